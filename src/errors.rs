@@ -1,0 +1,89 @@
+//! The catalogue of error codes roost reports, each with a title, a description and a
+//! recommended action, in the style of device deployment error codes. `roost explain CODE`
+//! prints an entry; the status file carries the code and the action.
+
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ErrorCode {
+    pub code: &'static str,
+    pub title: &'static str,
+    pub description: &'static str,
+    pub action: &'static str,
+}
+
+macro_rules! codes {
+    ($($ident:ident = $code:literal, $title:literal, $desc:literal, $action:literal;)*) => {
+        $(pub const $ident: ErrorCode = ErrorCode { code: $code, title: $title, description: $desc, action: $action };)*
+        /// Every code roost can report, in code order.
+        pub const CATALOGUE: &[ErrorCode] = &[$($ident),*];
+    };
+}
+
+codes! {
+    RUNTIME_UNREACHABLE = "DEP_E151", "Runtime not reachable",
+        "Roost cannot talk to the runtime that runs the components (the systemd manager over D-Bus, or the process supervisor).",
+        "Check that systemd is running and its D-Bus socket is reachable (`systemctl is-system-running`); roost retries with back-off and recovers by itself when the runtime returns.";
+    COMPONENT_FAILED = "DEP_E152", "Component exited too early or failed",
+        "A component exited with a non-zero status or was killed by a signal.",
+        "Read the component's log with `roost logs NAME`, fix the command or its environment; the restart policy decides whether roost restarts it.";
+    DEPENDENCY_FAILED = "DEP_E156", "A dependency is in error",
+        "A component is held back because a component it depends on (dependsOn) is in error.",
+        "Fix the failing dependency first; this component starts by itself once its dependencies run.";
+    EXECUTABLE_NOT_FOUND = "DEP_E161", "Executable not found or not executable",
+        "The first element of the component's command does not exist, is not on PATH, or is not executable.",
+        "Install the program or correct `command` in deployment.yaml (use an absolute path), and make it executable (chmod +x).";
+    INVALID_SPEC = "DEP_E162", "Invalid desired state",
+        "deployment.yaml could not be read or is invalid. The last valid desired state stays in force.",
+        "Fix the file at the line and column or field given (`roost check --file FILE` shows every problem); roost applies it as soon as it is valid.";
+    CRASH_LOOP = "DEP_E163", "Crash loop",
+        "A component keeps exiting soon after it starts; roost restarts it with growing back-off delays.",
+        "Read `roost logs NAME` for the reason it exits; fix it and change the file, or set restartPolicy: Never to stop retrying.";
+    STORAGE_UNUSABLE = "DEP_E301", "Storage unusable",
+        "The storage folder or metadata.db cannot be created, written or opened.",
+        "Check that spec.storage.path exists on a mounted, writable disk with the right owner and permissions.";
+    LOW_DISK_SPACE = "DEP_E302", "Low disk space",
+        "Free space on the storage is below spec.storage.minFreeSpace; the onLowSpace policy is being applied.",
+        "Collect recordings from the device or add storage; consider onLowSpace: deleteOldest.";
+    DISK_FULL = "DEP_E303", "Disk full while recording",
+        "The disk filled while a recording was written; the file was ended early and registered.",
+        "Free space on the storage disk; recording resumes when space is available.";
+    AUDIO_DEVICE_UNAVAILABLE = "DEP_E311", "Audio device unavailable",
+        "The configured audio input device is missing, busy or disappeared.",
+        "Check the microphone connection and `arecord -L`; set spec.recorder.device to a listed name. Recording resumes by itself when the device returns.";
+    AUDIO_FORMAT_UNSUPPORTED = "DEP_E312", "Audio format not supported",
+        "The audio device does not support the requested sample rate, channel count or sample format.",
+        "Choose a sampleRate, channels and sampleFormat the device supports (`arecord -D DEVICE --dump-hw-params`).";
+    NO_RECORDINGS = "DEP_E313", "Recorder produces no recordings",
+        "The recorder is running inside a recording window but has not produced a new file in time.",
+        "Check `roost logs recorder` and the audio device; the recorder is restarted by its restart policy.";
+    SAMPLES_DROPPED = "DEP_E314", "Samples dropped",
+        "The recorder could not keep up and samples were lost (buffer overruns).",
+        "Lower the sample rate, use faster storage, or reduce other load on the device.";
+    METADATA_DB_ERROR = "DEP_E321", "Metadata database error",
+        "metadata.db could not be written or is damaged.",
+        "Check the disk; roost repairs leftovers at start. If it persists, move metadata.db aside and restart roost.";
+    INTERNAL = "DEP_E401", "Internal error",
+        "Roost hit an unexpected internal error (a state file it cannot write, a bug).",
+        "Check that the state folder is writable and read roost's own log (journalctl -u roost); report the bug with the log.";
+}
+
+/// Looks a code up, case-insensitively.
+pub fn lookup(code: &str) -> Option<&'static ErrorCode> {
+    CATALOGUE.iter().find(|c| c.code.eq_ignore_ascii_case(code))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_complete() {
+        let mut seen = std::collections::BTreeSet::new();
+        for c in CATALOGUE {
+            assert!(seen.insert(c.code), "duplicate {}", c.code);
+            assert!(!c.action.is_empty() && !c.description.is_empty());
+        }
+        assert_eq!(lookup("dep_e162").unwrap().code, "DEP_E162");
+    }
+}

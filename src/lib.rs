@@ -1,0 +1,23 @@
+//! Roost keeps a field recording device in the state that `deployment.yaml` describes.
+//!
+//! # Layout
+//! - [`spec`]: the desired state, its types, schema and loading with precise errors.
+//! - [`plan`]: pure decisions: (desired, observed, history, now) -> actions and statuses.
+//! - [`runtime`]: where components run: the embedded process supervisor and systemd.
+//! - [`reconcile`]: the loop that wakes on triggers, observes, plans, applies and writes status.
+//! - [`watch`]: inotify on the file's folders, debounced into reload triggers.
+//! - [`status`]: the status document and its atomic writer.
+//! - [`recorder`], [`storage`], [`schedule`]: audio capture to WAV files and metadata.db.
+//! - [`errors`]: the error code catalogue.
+
+pub mod cli;
+pub mod errors;
+pub mod fsutil;
+pub mod history;
+pub mod plan;
+pub mod reconcile;
+pub mod runtime;
+pub mod spec;
+pub mod state_dir;
+pub mod status;
+pub mod watch;

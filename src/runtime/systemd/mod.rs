@@ -1,0 +1,1 @@
+//! Placeholder: the systemd runtime (D-Bus via zbus) is being written.

@@ -1,0 +1,274 @@
+//! The desired state: the types of `deployment.yaml` (serde + schemars), their validation, and
+//! loading a file with errors that point at the line and column or the field. This module never
+//! touches a runtime; it only says what is wanted.
+
+mod duration;
+mod load;
+mod names;
+pub mod recorder;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use duration::{DurationParseError, HumanDuration};
+pub use load::{LoadError, MAX_FILE_BYTES, load_file, parse_str};
+pub use names::{AbsolutePath, Command, ComponentName, DeploymentName, EnvName, Latitude, Longitude};
+pub use recorder::{RecorderSpec, StorageSpec};
+
+/// The only accepted `apiVersion`.
+pub const API_VERSION: &str = "roost/v1";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ApiVersion {
+    #[serde(rename = "roost/v1")]
+    V1,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Kind {
+    Deployment,
+}
+
+/// A whole `deployment.yaml`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(title = "roost Deployment", description = "Desired state of a roost field device.")]
+pub struct Deployment {
+    pub api_version: ApiVersion,
+    pub kind: Kind,
+    pub metadata: Metadata,
+    pub spec: DeploymentSpec,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Metadata {
+    /// Lower-case letters, digits and '-', 1-63 characters.
+    pub name: DeploymentName,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    #[default]
+    Running,
+    Stopped,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
+pub enum RestartPolicy {
+    /// Restart after every exit.
+    #[default]
+    Always,
+    /// Restart after a non-zero exit or a death by signal; exit 0 ends as Completed.
+    OnFailure,
+    /// Never restart.
+    Never,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Location {
+    pub latitude: Latitude,
+    pub longitude: Longitude,
+}
+
+/// Exponential back-off between restarts of a component.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Backoff {
+    /// Delay before the first restart; doubles after each quick failure.
+    pub initial: HumanDuration,
+    /// Longest delay.
+    pub max: HumanDuration,
+    /// A run at least this long resets the delay to `initial`.
+    pub reset_after: HumanDuration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            initial: HumanDuration::from_secs(1),
+            max: HumanDuration::from_secs(300),
+            reset_after: HumanDuration::from_secs(600),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeploymentSpec {
+    #[serde(default)]
+    pub state: RunState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<Location>,
+    /// Default restart policy of the components.
+    #[serde(default)]
+    pub restart_policy: RestartPolicy,
+    #[serde(default)]
+    pub backoff: Backoff,
+    #[serde(default)]
+    pub components: Vec<ComponentSpec>,
+    /// Where recordings and metadata.db live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageSpec>,
+    /// The audio recorder, run as component `recorder`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorder: Option<RecorderSpec>,
+}
+
+fn default_stop_timeout() -> HumanDuration {
+    HumanDuration::from_secs(10)
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ComponentSpec {
+    pub name: ComponentName,
+    /// Program and arguments; no shell is involved unless you call one.
+    pub command: Command,
+    #[serde(default)]
+    pub env: BTreeMap<EnvName, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<AbsolutePath>,
+    /// Overrides `spec.restartPolicy` for this component.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_policy: Option<RestartPolicy>,
+    #[serde(default)]
+    pub depends_on: Vec<ComponentName>,
+    /// Time between SIGTERM and SIGKILL when stopping.
+    #[serde(default = "default_stop_timeout")]
+    pub stop_timeout: HumanDuration,
+}
+
+/// A problem found after parsing, located by its field path (e.g. `spec.components[1].dependsOn[0]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldIssue {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldIssue {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl Deployment {
+    /// Cross-field checks that the types alone cannot express.
+    pub fn validate(&self) -> Vec<FieldIssue> {
+        let mut issues = Vec::new();
+        let spec = &self.spec;
+        if spec.backoff.initial > spec.backoff.max {
+            issues.push(FieldIssue::new(
+                "spec.backoff.initial",
+                format!("initial ({}) is longer than max ({}); make initial <= max", spec.backoff.initial, spec.backoff.max),
+            ));
+        }
+        let mut seen = BTreeMap::new();
+        for (i, c) in spec.components.iter().enumerate() {
+            if let Some(first) = seen.insert(c.name.as_str(), i) {
+                issues.push(FieldIssue::new(
+                    format!("spec.components[{i}].name"),
+                    format!("duplicate component name {:?} (also spec.components[{first}]); names must be unique", c.name.as_str()),
+                ));
+            }
+            if spec.recorder.is_some() && c.name.as_str() == recorder::RECORDER_COMPONENT {
+                issues.push(FieldIssue::new(
+                    format!("spec.components[{i}].name"),
+                    "the name \"recorder\" is reserved for spec.recorder; rename this component",
+                ));
+            }
+        }
+        let known: BTreeSet<&str> = self.component_names().collect();
+        for (i, c) in spec.components.iter().enumerate() {
+            for (j, dep) in c.depends_on.iter().enumerate() {
+                if !known.contains(dep.as_str()) {
+                    let hint = closest(dep.as_str(), known.iter().copied())
+                        .map(|n| format!(" (did you mean {n:?}?)"))
+                        .unwrap_or_default();
+                    issues.push(FieldIssue::new(
+                        format!("spec.components[{i}].dependsOn[{j}]"),
+                        format!("unknown component {:?}{hint}; dependsOn must name components of this file", dep.as_str()),
+                    ));
+                } else if dep == &c.name {
+                    issues.push(FieldIssue::new(
+                        format!("spec.components[{i}].dependsOn[{j}]"),
+                        "a component cannot depend on itself",
+                    ));
+                }
+            }
+        }
+        if issues.is_empty()
+            && let Err(cycle) = crate::plan::order::start_order(&spec.components)
+        {
+            issues.push(FieldIssue::new(
+                "spec.components",
+                format!("dependsOn forms a cycle: {}; remove one of these dependencies", cycle.join(" -> ")),
+            ));
+        }
+        if let Some(rec) = &spec.recorder {
+            issues.extend(rec.validate(spec.location.as_ref(), spec.storage.as_ref()));
+        }
+        issues
+    }
+
+    pub fn name(&self) -> &DeploymentName {
+        &self.metadata.name
+    }
+
+    /// Names of every component roost runs, the recorder included.
+    pub fn component_names(&self) -> impl Iterator<Item = &str> {
+        self.spec
+            .components
+            .iter()
+            .map(|c| c.name.as_str())
+            .chain(self.spec.recorder.as_ref().map(|_| recorder::RECORDER_COMPONENT))
+    }
+}
+
+impl ComponentSpec {
+    pub fn effective_restart_policy(&self, default: RestartPolicy) -> RestartPolicy {
+        self.restart_policy.unwrap_or(default)
+    }
+}
+
+/// The known name nearest to `word`, if it is close enough to be a likely typo.
+pub fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .map(|c| (edit_distance(&word.to_lowercase(), &c.to_lowercase()), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closest_finds_typos_only() {
+        let names = ["restartPolicy", "dependsOn", "command"];
+        assert_eq!(closest("restartPolcy", names.iter().copied()), Some("restartPolicy"));
+        assert_eq!(closest("dependson", names.iter().copied()), Some("dependsOn"));
+        assert_eq!(closest("zzz", names.iter().copied()), None);
+    }
+}
