@@ -10,6 +10,7 @@
 //! - [`recorder`], [`storage`], [`schedule`]: audio capture to WAV files and metadata.db.
 //! - [`errors`]: the error code catalogue.
 
+pub mod app;
 pub mod cli;
 pub mod errors;
 pub mod fsutil;
@@ -21,3 +22,6 @@ pub mod spec;
 pub mod state_dir;
 pub mod status;
 pub mod watch;
+pub mod recorder;
+pub mod schedule;
+pub mod storage;

@@ -1,1 +1,103 @@
-fn main(){}
+//! The `roost` binary: parses the command line, starts logging and calls into the library.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use roost::cli::{Cli, Command, LogFormat, SchemaKind};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ROOST_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { file, state_dir, runtime, user } => {
+            let state_dir = roost::state_dir::resolve(state_dir.as_deref());
+            roost::app::run(&file, &state_dir, runtime, user)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { file, state_dir } => {
+            let state_dir = roost::state_dir::resolve(state_dir.as_deref());
+            let report = roost::app::check(&file, &state_dir);
+            print!("{report}");
+            Ok(ExitCode::from(if report.passed() { 0 } else { 1 }))
+        }
+        Command::Status { state_dir, json } => {
+            let state_dir = roost::state_dir::StateDir::new(roost::state_dir::resolve(state_dir.as_deref()));
+            let doc = roost::status::read(&state_dir.status())?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                serde_json::to_writer_pretty(&mut out, &doc)?;
+                writeln!(out)?;
+            } else {
+                write!(out, "{}", roost::status::render_human(&doc))?;
+            }
+            Ok(ExitCode::from(doc.exit_code() as u8))
+        }
+        Command::Plan { file, state_dir } => {
+            let state_dir = roost::state_dir::resolve(state_dir.as_deref());
+            let (text, ok) = roost::app::plan_offline(&file, &state_dir);
+            print!("{text}");
+            Ok(ExitCode::from(if ok { 0 } else { 1 }))
+        }
+        Command::Schema { kind } => {
+            let schema = match kind {
+                SchemaKind::Deployment => roost::app::deployment_schema(),
+                SchemaKind::Status => roost::app::status_schema(),
+            };
+            println!("{schema}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Explain { code } => match code {
+            None => {
+                for c in roost::errors::CATALOGUE {
+                    println!("{}  {}", c.code, c.title);
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Some(code) => match roost::errors::lookup(&code) {
+                Some(c) => {
+                    println!("{}: {}\n\n{}\n\nRecommended action: {}", c.code, c.title, c.description, c.action);
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    eprintln!("unknown error code {code:?}; `roost explain` lists them all");
+                    Ok(ExitCode::from(2))
+                }
+            },
+        },
+        Command::Logs { name, state_dir, follow } => {
+            let state_dir = roost::state_dir::resolve(state_dir.as_deref());
+            roost::app::logs(&state_dir, &name, follow).context("cannot show logs")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Record { config, state_dir } => {
+            let state_dir = roost::state_dir::resolve(state_dir.as_deref());
+            let _ = (config, state_dir);
+            anyhow::bail!("recorder not wired yet") // WIRE-RECORDER
+        }
+        Command::Feed { fifo, sample_rate, channels, period_frames, seconds } => {
+            let _ = (fifo, sample_rate, channels, period_frames, seconds);
+            anyhow::bail!("feeder not wired yet") // WIRE-FEED
+        }
+    }
+}

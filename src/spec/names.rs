@@ -176,10 +176,18 @@ impl AbsolutePath {
 
 macro_rules! bounded_f64 {
     ($name:ident, $what:literal, $min:expr, $max:expr) => {
-        #[derive(Clone, Copy, Debug, PartialEq, PartialOrd, Serialize, Deserialize, JsonSchema)]
+        #[derive(Clone, Copy, Debug, PartialEq, PartialOrd, Serialize, Deserialize)]
         #[serde(try_from = "f64", into = "f64")]
-        #[schemars(with = "f64", range(min = $min, max = $max))]
         pub struct $name(f64);
+
+        impl JsonSchema for $name {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!({"type": "number", "minimum": $min, "maximum": $max})
+            }
+        }
 
         impl TryFrom<f64> for $name {
             type Error = String;

@@ -1,0 +1,265 @@
+//! What each command does, above the library's parts: choosing a runtime, `check`, `plan`,
+//! schemas and logs. `main.rs` only parses and dispatches.
+
+use std::fmt;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::cli::RuntimeChoice;
+use crate::errors::{self, ErrorCode};
+use crate::history::History;
+use crate::plan::{self, Desired, PlanInput};
+use crate::reconcile::{self, Config, ReconcileError};
+use crate::runtime::process::ProcessRuntime;
+use crate::runtime::RuntimeError;
+use crate::spec;
+use crate::state_dir::StateDir;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Reconcile(#[from] ReconcileError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("cannot start the async runtime: {0}")]
+    Tokio(#[source] std::io::Error),
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// `roost run`: reconciles until SIGTERM or SIGINT.
+pub fn run(file: &Path, state_dir: &Path, choice: RuntimeChoice, user: bool) -> Result<(), AppError> {
+    // One thread is plenty for a reconciler and keeps the footprint small.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(AppError::Tokio)?;
+    let file = absolute(file);
+    let cfg = Config {
+        file,
+        state_dir: state_dir.to_path_buf(),
+        exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("roost")),
+    };
+    rt.block_on(async move {
+        let shutdown = async {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+                return std::future::pending().await;
+            };
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM"),
+                _ = int.recv() => tracing::info!("SIGINT"),
+            }
+        };
+        let ready = || {
+            let _ = crate::runtime::systemd::notify::sd_notify("READY=1");
+        };
+        let use_systemd = match choice {
+            RuntimeChoice::Process => false,
+            RuntimeChoice::Systemd => true,
+            RuntimeChoice::Auto => false,
+        };
+        if use_systemd {
+            return Err(AppError::Usage("the systemd runtime is not available in this build yet".into()));
+        } else {
+            if user {
+                return Err(AppError::Usage("--user only applies to the systemd runtime".into()));
+            }
+            let runtime = ProcessRuntime::new(state_dir)?;
+            reconcile::run(cfg, runtime, shutdown, ready).await?;
+        }
+        Ok(())
+    })
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
+/// One problem `roost check` found.
+pub struct Problem {
+    pub code: &'static ErrorCode,
+    pub message: String,
+    pub snippet: Option<String>,
+}
+
+pub struct CheckReport {
+    pub problems: Vec<Problem>,
+}
+
+impl CheckReport {
+    pub fn passed(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+impl fmt::Display for CheckReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.passed() {
+            return writeln!(f, "Health checks passed");
+        }
+        for p in &self.problems {
+            writeln!(f, "{} {}", p.code.code, p.message)?;
+            if let Some(s) = &p.snippet {
+                writeln!(f, "{s}")?;
+            }
+            writeln!(f, "  action: {}", p.code.action)?;
+        }
+        writeln!(f, "{} problem(s) found", self.problems.len())
+    }
+}
+
+/// `roost check`: the file, then what it needs from the machine.
+pub fn check(file: &Path, state_dir: &Path) -> CheckReport {
+    let mut problems = Vec::new();
+    let deployment = match spec::load_file(file) {
+        Ok((d, _)) => Some(d),
+        Err(e) => {
+            let snippet = match &e {
+                spec::LoadError::Syntax { snippet, .. } => snippet.clone(),
+                _ => None,
+            };
+            problems.push(Problem { code: &errors::INVALID_SPEC, message: e.to_string(), snippet });
+            None
+        }
+    };
+    if let Some(d) = &deployment {
+        for c in &d.spec.components {
+            let path_var = c
+                .env
+                .iter()
+                .find(|(k, _)| k.as_str() == "PATH")
+                .map(|(_, v)| v.clone())
+                .or_else(|| std::env::var("PATH").ok())
+                .unwrap_or_default();
+            if let Err(e) = crate::runtime::process::resolve_program(
+                c.command.program(),
+                &path_var,
+                c.working_dir.as_ref().map(|w| w.as_path()),
+            ) {
+                problems.push(Problem {
+                    code: &errors::EXECUTABLE_NOT_FOUND,
+                    message: format!("component {}: {e}", c.name),
+                    snippet: None,
+                });
+            }
+            if let Some(dir) = &c.working_dir
+                && !dir.as_path().is_dir()
+            {
+                problems.push(Problem {
+                    code: &errors::COMPONENT_FAILED,
+                    message: format!("component {}: workingDir {} is not a folder", c.name, dir.as_path().display()),
+                    snippet: None,
+                });
+            }
+        }
+    }
+    if let Err(e) = std::fs::create_dir_all(state_dir).and_then(|_| writable(state_dir)) {
+        problems.push(Problem {
+            code: &errors::INTERNAL,
+            message: format!("state folder {} is not writable: {e}", state_dir.display()),
+            snippet: None,
+        });
+    }
+    CheckReport { problems }
+}
+
+fn writable(dir: &Path) -> std::io::Result<()> {
+    let probe = dir.join(format!(".roost-check-{}", std::process::id()));
+    std::fs::write(&probe, b"")?;
+    std::fs::remove_file(probe)
+}
+
+/// `roost plan`: what a running roost would do with this file, changing nothing.
+pub fn plan_offline(file: &Path, state_dir: &Path) -> (String, bool) {
+    let deployment = match spec::load_file(file) {
+        Ok((d, _)) => d,
+        Err(e) => return (format!("{} {e}\n", errors::INVALID_SPEC.code), false),
+    };
+    let state = StateDir::new(state_dir.to_path_buf());
+    let history = History::load(&state.history());
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("roost"));
+    let reconciler_cfg = Config { file: absolute(file), state_dir: state_dir.to_path_buf(), exe };
+    let extra = reconcile::recorder_run(&reconciler_cfg, &deployment).into_iter().collect();
+    let desired = Desired::from_deployment(&deployment, extra);
+    let observed = ProcessRuntime::observe_offline(state_dir);
+    let p = plan::plan(&PlanInput {
+        desired: &desired,
+        observed: &observed,
+        history: &history,
+        stop_failures: &Default::default(),
+        runtime_restarts_itself: false,
+        now: jiff::Timestamp::now(),
+    });
+    let mut out = String::new();
+    if p.actions.is_empty() {
+        out.push_str("No changes: the device already matches the file.\n");
+    }
+    for a in &p.actions {
+        out.push_str(&format!("  {a}\n"));
+    }
+    (out, true)
+}
+
+pub fn deployment_schema() -> String {
+    serde_json::to_string_pretty(&schemars::schema_for!(spec::Deployment)).expect("schema serializes")
+}
+
+pub fn status_schema() -> String {
+    serde_json::to_string_pretty(&schemars::schema_for!(crate::status::StatusDoc)).expect("schema serializes")
+}
+
+/// `roost logs NAME [--follow]`: the rotated files oldest first, then the current one.
+pub fn logs(state_dir: &Path, name: &str, follow: bool) -> std::io::Result<()> {
+    let state = StateDir::new(state_dir.to_path_buf());
+    let current = state.log_of(name);
+    if !current.exists() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no log for component {name:?} in {}", state.logs().display()),
+        ));
+    }
+    let mut out = std::io::stdout().lock();
+    for i in (1..=2).rev() {
+        if let Ok(bytes) = std::fs::read(crate::runtime::process::rotated(&current, i)) {
+            out.write_all(&bytes)?;
+        }
+    }
+    let mut file = std::fs::File::open(&current)?;
+    std::io::copy(&mut file, &mut out)?;
+    out.flush()?;
+    if !follow {
+        return Ok(());
+    }
+    follow_file(&current, file, &mut out)
+}
+
+/// Prints what is appended to the log, reopening it when rotation replaces it.
+fn follow_file(path: &Path, mut file: std::fs::File, out: &mut impl Write) -> std::io::Result<()> {
+    use notify::Watcher;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut watcher = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
+        let _ = tx.send(());
+    })
+    .map_err(std::io::Error::other)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    watcher.watch(dir, notify::RecursiveMode::NonRecursive).map_err(std::io::Error::other)?;
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        file.read_to_end(&mut buf)?;
+        out.write_all(&buf)?;
+        out.flush()?;
+        let pos = file.stream_position()?;
+        if std::fs::metadata(path).map(|m| m.len() < pos).unwrap_or(false) {
+            file = std::fs::File::open(path)?;
+            file.seek(SeekFrom::Start(0))?;
+            continue;
+        }
+        if rx.recv_timeout(Duration::from_secs(3600)).is_err() {
+            continue;
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! What roost remembers about each component between reconciles and across its own restarts:
+//! restart counts, the last exit, back-off state. Kept in `<state-dir>/history.json`.
+//! Transitions are pure functions of (record, event, now) so they are unit-tested without I/O.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::runtime::ExitInfo;
+use crate::spec::Backoff;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct History {
+    /// Generation of the last accepted desired state and the hash of its file content.
+    #[serde(default)]
+    pub generation: u64,
+    #[serde(default)]
+    pub accepted_hash: Option<String>,
+    #[serde(default)]
+    pub components: BTreeMap<String, ComponentHistory>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ComponentHistory {
+    /// The spec these counts belong to; a new spec starts a new record.
+    pub spec_hash: String,
+    /// Restarts roost did (the runtime's own restarts are added when shown).
+    pub restart_count: u32,
+    /// Exits in a row that came sooner than `backoff.resetAfter` after a start.
+    pub consecutive_failures: u32,
+    pub last_start: Option<Timestamp>,
+    pub last_exit: Option<ExitInfo>,
+    /// Why the last start attempt failed before the program ran (e.g. executable not found).
+    pub start_error: Option<String>,
+    /// The error code of that failure (DEP_E161 executable not found, DEP_E162 invalid value, ...).
+    #[serde(default)]
+    pub start_error_code: Option<String>,
+    pub start_error_at: Option<Timestamp>,
+}
+
+impl ComponentHistory {
+    pub fn new(spec_hash: &str) -> Self {
+        Self {
+            spec_hash: spec_hash.to_string(),
+            ..Self::default()
+        }
+    }
+
+    /// Records a successful start. A start after an exit or a failed start is a restart.
+    pub fn started(&mut self, now: Timestamp) {
+        if self.last_exit.is_some() || self.start_error.is_some() {
+            self.restart_count = self.restart_count.saturating_add(1);
+        }
+        self.last_start = Some(now);
+        self.start_error = None;
+        self.start_error_code = None;
+        self.start_error_at = None;
+    }
+
+    /// Records an exit; a run shorter than `resetAfter` counts as one more quick failure.
+    pub fn exited(&mut self, exit: ExitInfo, backoff: &Backoff) {
+        let ran_long = self
+            .last_start
+            .map(|s| exit.at.duration_since(s).unsigned_abs() >= backoff.reset_after.as_std())
+            .unwrap_or(false);
+        self.consecutive_failures = if ran_long { 1 } else { self.consecutive_failures.saturating_add(1) };
+        self.last_exit = Some(exit);
+    }
+
+    pub fn start_failed(&mut self, code: &str, reason: String, now: Timestamp) {
+        self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        self.start_error_code = Some(code.to_string());
+        self.start_error = Some(reason);
+        self.start_error_at = Some(now);
+    }
+
+    /// When the last failure happened (exit or failed start), if any.
+    pub fn last_failure_at(&self) -> Option<Timestamp> {
+        match (self.start_error_at, self.last_exit.map(|e| e.at)) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// Delay before the next start after `consecutive_failures` quick failures in a row.
+pub fn backoff_delay(backoff: &Backoff, consecutive_failures: u32) -> std::time::Duration {
+    let initial = backoff.initial.as_std();
+    let max = backoff.max.as_std();
+    if consecutive_failures == 0 {
+        return std::time::Duration::ZERO;
+    }
+    let doublings = (consecutive_failures - 1).min(32);
+    initial.saturating_mul(1u32 << doublings.min(31)).min(max)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl History {
+    /// Reads the history; a missing or unreadable file starts empty (counts are best effort,
+    /// never a reason to refuse to run).
+    pub fn load(path: &Path) -> Self {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(path = %path.display(), error = %e, "history file unreadable; starting afresh");
+                Self::default()
+            }),
+            Err(_) => Self::default(),
+        }
+    }
+
+    pub fn save(&self, path: &Path) -> Result<(), HistoryError> {
+        let bytes = serde_json::to_vec_pretty(self).expect("history serializes");
+        crate::fsutil::write_atomic(path, &bytes).map_err(|source| HistoryError::Write {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+
+    /// The record for a component under its current spec: a changed spec starts from zero.
+    pub fn for_spec(&mut self, name: &str, spec_hash: &str) -> &mut ComponentHistory {
+        let entry = self
+            .components
+            .entry(name.to_string())
+            .or_insert_with(|| ComponentHistory::new(spec_hash));
+        if entry.spec_hash != spec_hash {
+            *entry = ComponentHistory::new(spec_hash);
+        }
+        entry
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::HumanDuration;
+
+    fn backoff(initial: u64, max: u64) -> Backoff {
+        Backoff {
+            initial: HumanDuration::from_millis(initial),
+            max: HumanDuration::from_millis(max),
+            reset_after: HumanDuration::from_secs(600),
+        }
+    }
+
+    #[test]
+    fn delay_doubles_up_to_max() {
+        let b = backoff(1000, 5000);
+        let ms: Vec<u128> = (0..6).map(|n| backoff_delay(&b, n).as_millis()).collect();
+        assert_eq!(ms, [0, 1000, 2000, 4000, 5000, 5000]);
+        assert_eq!(backoff_delay(&backoff(0, 5000), 9).as_millis(), 0);
+        assert_eq!(backoff_delay(&b, u32::MAX).as_millis(), 5000);
+    }
+
+    #[test]
+    fn long_run_resets_failures_and_restart_counts_grow() {
+        let b = backoff(1000, 5000);
+        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let mut h = ComponentHistory::new("x");
+        h.started(t0);
+        assert_eq!(h.restart_count, 0);
+        let exit = |secs: i64| ExitInfo { code: Some(1), signal: None, at: t0 + jiff::SignedDuration::from_secs(secs) };
+        h.exited(exit(1), &b);
+        h.started(t0);
+        h.exited(exit(2), &b);
+        assert_eq!((h.consecutive_failures, h.restart_count), (2, 1));
+        h.started(t0);
+        h.exited(exit(3600), &b);
+        assert_eq!(h.consecutive_failures, 1);
+    }
+
+    #[test]
+    fn changed_spec_starts_a_new_record() {
+        let mut hist = History::default();
+        hist.for_spec("a", "h1").restart_count = 4;
+        assert_eq!(hist.for_spec("a", "h1").restart_count, 4);
+        assert_eq!(hist.for_spec("a", "h2").restart_count, 0);
+    }
+}

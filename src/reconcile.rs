@@ -1,0 +1,484 @@
+//! The reconcile loop. It wakes on a trigger (file change, runtime event, back-off timer,
+//! SIGHUP), re-reads the desired state if needed (a bad file keeps the last good one in force),
+//! observes the runtime, plans, applies the plan action by action (one failure never aborts the
+//! others) and writes the status file when anything changed.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use tokio::time::Instant;
+
+use crate::errors;
+use crate::history::History;
+use crate::plan::{self, Action, Desired, Plan, PlanInput};
+use crate::runtime::{ComponentRun, Runtime, RuntimeError, RuntimeEvent};
+use crate::spec::{self, Deployment};
+use crate::state_dir::StateDir;
+use crate::status::{self, ComponentState, ErrorEntry, OverallStatus, Phase, ReconcilerInfo, SpecError, StatusDoc};
+use crate::watch::FileWatcher;
+
+/// Passes of observe -> plan -> apply per trigger before roost waits for the next trigger.
+const MAX_PASSES: usize = 4;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub file: PathBuf,
+    pub state_dir: PathBuf,
+    /// The roost binary, used to start the recorder component.
+    pub exe: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("cannot create state folder {path}: {source}")]
+    StateDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Watch(#[from] crate::watch::WatchError),
+    #[error("cannot install signal handler: {0}")]
+    Signal(#[source] std::io::Error),
+}
+
+pub struct Reconciler<R: Runtime> {
+    cfg: Config,
+    state: StateDir,
+    pub runtime: R,
+    desired: Option<(Deployment, Desired)>,
+    generation: u64,
+    observed_generation: u64,
+    spec_error: Option<SpecError>,
+    /// Hash of the last file content looked at, valid or not, so unchanged content is skipped.
+    last_content_hash: Option<String>,
+    history: History,
+    stop_failures: BTreeMap<String, String>,
+    runtime_error: Option<String>,
+    runtime_retry: u32,
+    last_status: Option<StatusDoc>,
+    requeue_at: Option<Instant>,
+}
+
+impl<R: Runtime> Reconciler<R> {
+    pub fn new(cfg: Config, runtime: R) -> Result<Self, ReconcileError> {
+        std::fs::create_dir_all(&cfg.state_dir).map_err(|source| ReconcileError::StateDir {
+            path: cfg.state_dir.display().to_string(),
+            source,
+        })?;
+        let state = StateDir::new(cfg.state_dir.clone());
+        let history = History::load(&state.history());
+        Ok(Self {
+            generation: history.generation,
+            observed_generation: 0,
+            cfg,
+            state,
+            runtime,
+            desired: None,
+            spec_error: None,
+            last_content_hash: None,
+            history,
+            stop_failures: BTreeMap::new(),
+            runtime_error: None,
+            runtime_retry: 0,
+            last_status: None,
+            requeue_at: None,
+        })
+    }
+
+    /// Reads the file; a valid new content becomes the desired state (and a new generation),
+    /// an invalid one is reported and changes nothing that runs.
+    pub fn reload_file(&mut self) {
+        let loaded = spec::load_file(&self.cfg.file);
+        let content_hash = match &loaded {
+            Ok((_, bytes)) => Some(plan::spec_hash(bytes)),
+            Err(_) => None,
+        };
+        if content_hash.is_some() && content_hash == self.last_content_hash && self.desired.is_some() {
+            self.spec_error = None;
+            return;
+        }
+        self.last_content_hash = content_hash.clone();
+        match loaded {
+            Ok((deployment, _)) => {
+                if self.history.accepted_hash != content_hash || self.generation == 0 {
+                    self.generation += 1;
+                    self.history.generation = self.generation;
+                    self.history.accepted_hash = content_hash;
+                    self.save_history();
+                }
+                tracing::info!(generation = self.generation, deployment = %deployment.name(), "desired state accepted");
+                let extra = self.recorder_run(&deployment).into_iter().collect();
+                let desired = Desired::from_deployment(&deployment, extra);
+                self.desired = Some((deployment, desired));
+                self.spec_error = None;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "desired state rejected; the last valid one stays in force");
+                self.spec_error = Some(SpecError::from(&e));
+            }
+        }
+    }
+
+    fn recorder_run(&self, d: &Deployment) -> Option<ComponentRun> {
+        recorder_run(&self.cfg, d)
+    }
+
+    /// Takes note of what the runtime reported; the next reconcile acts on it.
+    pub fn record_event(&mut self, event: RuntimeEvent) {
+        match event {
+            RuntimeEvent::Exited { name, exit } => {
+                tracing::info!(component = %name, code = ?exit.code, signal = ?exit.signal, "component exited");
+                if let Some((_, desired)) = &self.desired
+                    && let Some(dc) = desired.components.iter().find(|c| c.run.name.as_str() == name)
+                {
+                    self.history.for_spec(&name, &dc.run.spec_hash).exited(exit, &dc.run.backoff);
+                    self.save_history();
+                }
+            }
+            RuntimeEvent::Changed => {}
+            RuntimeEvent::Unreachable { reason } => self.runtime_error = Some(reason),
+            RuntimeEvent::Reachable => {
+                self.runtime_error = None;
+                self.runtime_retry = 0;
+            }
+        }
+    }
+
+    /// Observes, plans and applies until nothing is left to do (or the pass limit), then writes
+    /// the status.
+    pub async fn reconcile(&mut self) {
+        self.requeue_at = None;
+        for pass in 0..MAX_PASSES {
+            let deployment = self.desired.as_ref().map(|(_, d)| d.deployment.clone()).unwrap_or_default();
+            let observed = match self.runtime.observe(&deployment).await {
+                Ok(o) => {
+                    self.runtime_error = None;
+                    self.runtime_retry = 0;
+                    o
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "runtime not reachable");
+                    self.runtime_error = Some(e.to_string());
+                    self.runtime_retry = self.runtime_retry.saturating_add(1);
+                    let delay = Duration::from_millis(500u64 << self.runtime_retry.min(6));
+                    self.requeue_at = Some(Instant::now() + delay);
+                    self.write_status(None);
+                    return;
+                }
+            };
+            let Some((_, desired)) = &self.desired else {
+                self.write_status(None);
+                return;
+            };
+            let plan = plan::plan(&PlanInput {
+                desired,
+                observed: &observed,
+                history: &self.history,
+                stop_failures: &self.stop_failures,
+                runtime_restarts_itself: self.runtime.restarts_itself(),
+                now: Timestamp::now(),
+            });
+            if plan.actions.is_empty() || pass + 1 == MAX_PASSES {
+                self.observed_generation = self.generation;
+                self.requeue_at = plan.requeue_after.map(|d| Instant::now() + d);
+                if !plan.actions.is_empty() {
+                    // Something keeps failing; look again soon rather than spin.
+                    let soon = Instant::now() + Duration::from_secs(1);
+                    self.requeue_at = Some(self.requeue_at.map_or(soon, |t| t.min(soon)));
+                }
+                self.write_status(Some(&plan));
+                return;
+            }
+            if pass == 0 && self.observed_generation != self.generation {
+                self.write_status_phase(&plan, Phase::InProgress);
+            }
+            self.apply(&plan).await;
+        }
+    }
+
+    async fn apply(&mut self, plan: &Plan) {
+        let deployment = self.desired.as_ref().map(|(_, d)| d.deployment.clone()).unwrap_or_default();
+        let mut failed = 0;
+        for action in &plan.actions {
+            tracing::info!(%action, "applying");
+            let result = match action {
+                Action::Start(run) | Action::Restart(run) => {
+                    self.prepare_start(run);
+                    let r = self.runtime.start(run).await;
+                    let record = self.history.for_spec(run.name.as_str(), &run.spec_hash);
+                    match &r {
+                        Ok(()) => record.started(Timestamp::now()),
+                        Err(e) => record.start_failed(start_error_code(e), e.to_string(), Timestamp::now()),
+                    }
+                    self.stop_failures.remove(run.name.as_str());
+                    r
+                }
+                Action::Stop { name, timeout } => {
+                    let r = self.runtime.stop(&deployment, name, *timeout).await;
+                    self.note_stop(name, &r);
+                    r
+                }
+                Action::Remove { name, timeout } => {
+                    let r = self.runtime.remove(&deployment, name, *timeout).await;
+                    self.note_stop(name, &r);
+                    if r.is_ok() {
+                        self.history.components.remove(name);
+                    }
+                    r
+                }
+            };
+            if let Err(e) = result {
+                failed += 1;
+                tracing::warn!(%action, error = %e, "action failed");
+            }
+        }
+        if failed > 0 {
+            tracing::warn!(failed, tried = plan.actions.len(), "some actions failed");
+        }
+        self.save_history();
+    }
+
+    fn note_stop(&mut self, name: &str, r: &Result<(), RuntimeError>) {
+        match r {
+            Ok(()) => self.stop_failures.remove(name),
+            Err(e) => self.stop_failures.insert(name.to_string(), e.to_string()),
+        };
+    }
+
+    /// Writes what a component needs on disk before it starts (the recorder's configuration).
+    fn prepare_start(&self, run: &ComponentRun) {
+        if run.name.as_str() != spec::recorder::RECORDER_COMPONENT {
+            return;
+        }
+        if let Some((d, _)) = &self.desired {
+            let config = recorder_config_json(d, &self.state.root);
+            if let Err(e) = crate::fsutil::write_atomic(&self.state.recorder_config(), config.as_bytes()) {
+                tracing::error!(error = %e, "cannot write the recorder configuration");
+            }
+        }
+    }
+
+    fn save_history(&self) {
+        if let Err(e) = self.history.save(&self.state.history()) {
+            tracing::error!(error = %e, "cannot save history");
+        }
+    }
+
+    fn write_status_phase(&mut self, plan: &Plan, phase: Phase) {
+        let mut doc = self.status_doc(Some(plan));
+        doc.phase = phase;
+        doc.status = OverallStatus::Pending;
+        self.write_doc(doc);
+    }
+
+    fn write_status(&mut self, plan: Option<&Plan>) {
+        let doc = self.status_doc(plan);
+        self.write_doc(doc);
+    }
+
+    fn write_doc(&mut self, doc: StatusDoc) {
+        if self.last_status.as_ref().is_some_and(|last| last.same_content(&doc)) {
+            return;
+        }
+        if let Err(e) = status::write(&self.state.status(), &doc) {
+            tracing::error!(error = %e, "cannot write status");
+        }
+        self.last_status = Some(doc);
+    }
+
+    fn status_doc(&self, plan: Option<&Plan>) -> StatusDoc {
+        let mut errors: Vec<ErrorEntry> = Vec::new();
+        if let Some(e) = &self.spec_error {
+            errors.push(ErrorEntry::new(&errors::INVALID_SPEC, None, e.message.clone()));
+        }
+        if let Some(reason) = &self.runtime_error {
+            errors.push(ErrorEntry::new(&errors::RUNTIME_UNREACHABLE, None, reason.clone()));
+        }
+        let (phase, components) = match plan {
+            Some(p) => {
+                errors.extend(p.errors.iter().cloned());
+                (p.phase, p.components.clone())
+            }
+            None => match self.last_status.as_ref() {
+                // Runtime unreachable: keep showing what was last known, marked Unknown below.
+                Some(last) if self.desired.is_some() => (last.phase, last.components.clone()),
+                _ => (Phase::FailedToStart, Vec::new()),
+            },
+        };
+        let status = if self.runtime_error.is_some() {
+            OverallStatus::Unknown
+        } else {
+            match phase {
+                Phase::Succeeded => OverallStatus::Running,
+                Phase::Stopped => OverallStatus::Stopped,
+                Phase::FailedToStart | Phase::PartiallyDeprovisioned => OverallStatus::Error,
+                Phase::InProgress | Phase::Provisioning => OverallStatus::Pending,
+            }
+        };
+        StatusDoc {
+            api_version: spec::API_VERSION.to_string(),
+            kind: "DeploymentStatus".to_string(),
+            deployment: self.desired.as_ref().map(|(d, _)| d.metadata.name.to_string()),
+            generation: self.generation,
+            observed_generation: self.observed_generation,
+            phase,
+            status,
+            spec_error: self.spec_error.clone(),
+            components,
+            errors,
+            reconciler: ReconcilerInfo {
+                pid: std::process::id(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                runtime: self.runtime.kind().to_string(),
+            },
+            updated_at: Timestamp::now(),
+        }
+    }
+
+    /// Stops what roost itself supervises (systemd units outlive roost) and writes a last status.
+    pub async fn shutdown(&mut self) {
+        if !self.runtime.restarts_itself()
+            && let Some((_, desired)) = &self.desired
+        {
+            let deployment = desired.deployment.clone();
+            let stops: Vec<(String, Duration)> =
+                desired.components.iter().rev().map(|c| (c.run.name.to_string(), c.run.stop_timeout)).collect();
+            for (name, timeout) in stops {
+                if let Err(e) = self.runtime.stop(&deployment, &name, timeout).await {
+                    tracing::warn!(component = %name, error = %e, "stop at shutdown failed");
+                }
+            }
+            let mut doc = self.status_doc(None);
+            for c in &mut doc.components {
+                c.status = ComponentState::Stopped;
+                c.reason = Some("ReconcilerStopped".into());
+                c.pid = None;
+            }
+            doc.phase = Phase::Stopped;
+            doc.status = OverallStatus::Stopped;
+            self.write_doc(doc);
+        }
+        self.save_history();
+    }
+
+    pub fn requeue_at(&self) -> Option<Instant> {
+        self.requeue_at
+    }
+}
+
+fn start_error_code(e: &RuntimeError) -> &'static str {
+    match e {
+        RuntimeError::ExecutableNotFound { .. } => errors::EXECUTABLE_NOT_FOUND.code,
+        RuntimeError::InvalidValue { .. } => errors::INVALID_SPEC.code,
+        RuntimeError::Unreachable(_) => errors::RUNTIME_UNREACHABLE.code,
+        _ => errors::COMPONENT_FAILED.code,
+    }
+}
+
+/// The recorder component, when the deployment asks for one: `roost record` of this binary.
+pub fn recorder_run(cfg: &Config, d: &Deployment) -> Option<ComponentRun> {
+    let rec = d.spec.recorder.as_ref()?;
+    let state = StateDir::new(cfg.state_dir.clone());
+    let config = recorder_config_json(d, &state.root);
+    let hash_input = format!("{}\n{}", cfg.exe.display(), config);
+    let argv = vec![
+        cfg.exe.display().to_string(),
+        "record".to_string(),
+        "--config".to_string(),
+        state.recorder_config().display().to_string(),
+        "--state-dir".to_string(),
+        state.root.display().to_string(),
+    ];
+    Some(ComponentRun {
+        deployment: d.metadata.name.to_string(),
+        name: spec::recorder::RECORDER_COMPONENT.try_into().expect("valid name"),
+        spec_hash: plan::spec_hash(hash_input.as_bytes()),
+        command: argv.try_into().expect("non-empty argv"),
+        env: BTreeMap::new(),
+        working_dir: None,
+        restart_policy: rec.restart_policy.unwrap_or(d.spec.restart_policy),
+        backoff: d.spec.backoff,
+        stop_timeout: Duration::from_secs(10),
+    })
+}
+
+/// The recorder's configuration, as `roost record --config` reads it.
+pub fn recorder_config_json(d: &Deployment, state_dir: &Path) -> String {
+    let storage = d.spec.storage.clone();
+    serde_json::json!({
+        "deployment": d.metadata.name,
+        "location": d.spec.location,
+        "storage": storage,
+        "recorder": d.spec.recorder,
+        "stateDir": state_dir,
+    })
+    .to_string()
+}
+
+/// Runs the loop until `shutdown` resolves. `on_ready` is called once, after the first
+/// reconcile (roost's unit uses it for READY=1).
+pub async fn run<R: Runtime>(
+    cfg: Config,
+    runtime: R,
+    shutdown: impl Future<Output = ()>,
+    on_ready: impl FnOnce(),
+) -> Result<(), ReconcileError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut reconciler = Reconciler::new(cfg.clone(), runtime)?;
+    let mut hangup = signal(SignalKind::hangup()).map_err(ReconcileError::Signal)?;
+    // The watcher debounces in its own task so that no trigger is lost when another branch of
+    // the select below wins.
+    let mut watcher = FileWatcher::new(&cfg.file)?;
+    let (file_tx, mut file_rx) = tokio::sync::mpsc::channel::<()>(1);
+    tokio::spawn(async move {
+        loop {
+            watcher.changed().await;
+            if file_tx.send(()).await.is_err() {
+                return;
+            }
+        }
+    });
+    let watchdog = crate::runtime::systemd::notify::watchdog_interval();
+    reconciler.reload_file();
+    reconciler.reconcile().await;
+    on_ready();
+    tokio::pin!(shutdown);
+    loop {
+        let requeue = reconciler.requeue_at();
+        let timer = async move {
+            match requeue {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        let watchdog_tick = async move {
+            match watchdog {
+                Some(d) => tokio::time::sleep(d / 2).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(()) = file_rx.recv() => reconciler.reload_file(),
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP: re-reading the desired state");
+                reconciler.last_content_hash = None;
+                reconciler.reload_file();
+            }
+            event = reconciler.runtime.next_event() => reconciler.record_event(event),
+            _ = timer => {}
+            _ = watchdog_tick => {
+                let _ = crate::runtime::systemd::notify::sd_notify("WATCHDOG=1");
+                continue;
+            }
+        }
+        reconciler.reconcile().await;
+    }
+    tracing::info!("shutting down");
+    reconciler.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,431 @@
+//! The embedded process runtime: each component is a child of roost in its own process group.
+//! Exits are noticed through SIGCHLD (tokio's child reaping), never by polling. Output goes to
+//! size-capped, rotated log files. The pids of running children are written to
+//! `processes.json` so that a roost killed with SIGKILL can clean up after itself when it
+//! starts again: no orphan or duplicate component survives a restart of roost.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, watch};
+
+use super::{ComponentRun, ExitInfo, Observation, ObservedComponent, ObservedState, Runtime, RuntimeError, RuntimeEvent};
+
+/// Default cap of one log file before it is rotated to `NAME.log.1`.
+pub const DEFAULT_LOG_MAX_BYTES: u64 = 1024 * 1024;
+/// Rotated files kept per component besides the current one.
+const LOG_ROTATIONS: u32 = 2;
+
+struct Child {
+    pid: u32,
+    spec_hash: String,
+    since: Timestamp,
+    exit: watch::Receiver<Option<ExitInfo>>,
+    stopping: bool,
+}
+
+pub struct ProcessRuntime {
+    logs_dir: PathBuf,
+    pids_file: PathBuf,
+    log_max_bytes: u64,
+    children: BTreeMap<String, Child>,
+    exited: BTreeMap<String, (String, ExitInfo)>,
+    exit_tx: mpsc::UnboundedSender<(String, u32, ExitInfo)>,
+    exit_rx: mpsc::UnboundedReceiver<(String, u32, ExitInfo)>,
+}
+
+/// What `processes.json` records of each child.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ChildRecord {
+    pub pid: u32,
+    /// Kernel start time (clock ticks since boot) to tell the child from a reused pid.
+    pub start_ticks: u64,
+    pub spec_hash: String,
+}
+
+impl ProcessRuntime {
+    /// Creates the runtime and kills whatever a previous roost left running.
+    pub fn new(state_dir: &Path) -> Result<Self, RuntimeError> {
+        let logs_dir = state_dir.join("logs");
+        std::fs::create_dir_all(&logs_dir).map_err(|e| RuntimeError::io(format!("cannot create {}", logs_dir.display()), e))?;
+        let pids_file = state_dir.join("processes.json");
+        let killed = kill_leftovers(&pids_file);
+        if killed > 0 {
+            tracing::info!(killed, "stopped components left running by a previous roost");
+        }
+        let (exit_tx, exit_rx) = mpsc::unbounded_channel();
+        let log_max_bytes = std::env::var("ROOST_LOG_MAX_BYTES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_LOG_MAX_BYTES);
+        let rt = Self {
+            logs_dir,
+            pids_file,
+            log_max_bytes,
+            children: BTreeMap::new(),
+            exited: BTreeMap::new(),
+            exit_tx,
+            exit_rx,
+        };
+        rt.save_pids();
+        Ok(rt)
+    }
+
+    /// Reads what a running roost holds, without touching it (for `roost plan`).
+    pub fn observe_offline(state_dir: &Path) -> Observation {
+        read_records(&state_dir.join("processes.json"))
+            .into_iter()
+            .filter(|(_, r)| proc_start_ticks(r.pid) == Some(r.start_ticks))
+            .map(|(name, r)| {
+                let obs = ObservedComponent {
+                    state: ObservedState::Running { pid: Some(r.pid), since: Timestamp::UNIX_EPOCH },
+                    spec_hash: Some(r.spec_hash),
+                    runtime_restarts: 0,
+                };
+                (name, obs)
+            })
+            .collect()
+    }
+
+    /// Stops every child (used when roost itself shuts down).
+    pub async fn stop_all(&mut self, timeout_of: impl Fn(&str) -> Duration) {
+        let names: Vec<String> = self.children.keys().cloned().collect();
+        for name in names.into_iter().rev() {
+            let timeout = timeout_of(&name);
+            if let Err(e) = self.stop_child(&name, timeout).await {
+                tracing::warn!(component = %name, error = %e, "stop failed");
+            }
+        }
+    }
+
+    fn save_pids(&self) {
+        let records: BTreeMap<&str, ChildRecord> = self
+            .children
+            .iter()
+            .map(|(name, c)| {
+                let rec = ChildRecord {
+                    pid: c.pid,
+                    start_ticks: proc_start_ticks(c.pid).unwrap_or(0),
+                    spec_hash: c.spec_hash.clone(),
+                };
+                (name.as_str(), rec)
+            })
+            .collect();
+        let bytes = serde_json::to_vec(&records).expect("records serialize");
+        // No fsync: this file only matters while the machine stays up (after a power cut no
+        // child survives), and the rename alone keeps it whole.
+        let tmp = self.pids_file.with_extension("json.tmp");
+        let result = std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, &self.pids_file));
+        if let Err(e) = result {
+            tracing::warn!(error = %e, path = %self.pids_file.display(), "cannot record child pids");
+        }
+    }
+
+    async fn stop_child(&mut self, name: &str, timeout: Duration) -> Result<(), RuntimeError> {
+        self.exited.remove(name);
+        let Some(child) = self.children.get_mut(name) else { return Ok(()) };
+        child.stopping = true;
+        let pgid = Pid::from_raw(child.pid as i32);
+        let mut exit = child.exit.clone();
+        let _ = killpg(pgid, Signal::SIGTERM);
+        let exited_in_time = tokio::time::timeout(timeout, exit.wait_for(|e| e.is_some())).await.is_ok();
+        if !exited_in_time {
+            tracing::warn!(component = name, ?timeout, "did not stop in time; sending SIGKILL");
+            let _ = killpg(pgid, Signal::SIGKILL);
+            if tokio::time::timeout(Duration::from_secs(5), exit.wait_for(|e| e.is_some())).await.is_err() {
+                return Err(RuntimeError::Component {
+                    name: name.to_string(),
+                    message: format!("process {} did not exit after SIGKILL", pgid),
+                });
+            }
+        }
+        self.children.remove(name);
+        self.save_pids();
+        Ok(())
+    }
+}
+
+impl Runtime for ProcessRuntime {
+    fn kind(&self) -> &'static str {
+        "process"
+    }
+
+    fn restarts_itself(&self) -> bool {
+        false
+    }
+
+    async fn observe(&mut self, _deployment: &str) -> Result<Observation, RuntimeError> {
+        let mut out = Observation::new();
+        for (name, c) in &self.children {
+            let state = ObservedState::Running { pid: Some(c.pid), since: c.since };
+            out.insert(name.clone(), ObservedComponent { state, spec_hash: Some(c.spec_hash.clone()), runtime_restarts: 0 });
+        }
+        for (name, (hash, exit)) in &self.exited {
+            let state = ObservedState::Exited { exit: *exit };
+            out.insert(name.clone(), ObservedComponent { state, spec_hash: Some(hash.clone()), runtime_restarts: 0 });
+        }
+        Ok(out)
+    }
+
+    async fn start(&mut self, run: &ComponentRun) -> Result<(), RuntimeError> {
+        let name = run.name.to_string();
+        if self.children.contains_key(&name) {
+            self.stop_child(&name, run.stop_timeout).await?;
+        }
+        let path_var = run.env.get("PATH").cloned().or_else(|| std::env::var("PATH").ok()).unwrap_or_default();
+        let program = resolve_program(run.command.program(), &path_var, run.working_dir.as_deref())?;
+        let mut cmd = tokio::process::Command::new(&program);
+        cmd.arg0(run.command.program())
+            .args(run.command.args())
+            .envs(&run.env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(false);
+        if let Some(dir) = &run.working_dir {
+            cmd.current_dir(dir);
+        }
+        let mut child = cmd.spawn().map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => RuntimeError::ExecutableNotFound {
+                program: run.command.program().to_string(),
+                reason: e.to_string(),
+            },
+            _ => RuntimeError::Component { name: name.clone(), message: format!("cannot start: {e}") },
+        })?;
+        let pid = child.id().unwrap_or(0);
+        let log = Arc::new(Mutex::new(LogFile::open(&self.logs_dir, &name, self.log_max_bytes)?));
+        if let Some(out) = child.stdout.take() {
+            tokio::spawn(pump(out, log.clone()));
+        }
+        if let Some(err) = child.stderr.take() {
+            tokio::spawn(pump(err, log));
+        }
+        let (exit_watch_tx, exit_watch_rx) = watch::channel(None);
+        let events = self.exit_tx.clone();
+        let event_name = name.clone();
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            let exit = ExitInfo {
+                code: status.as_ref().ok().and_then(|s| s.code()),
+                signal: status.as_ref().ok().and_then(std::os::unix::process::ExitStatusExt::signal),
+                at: Timestamp::now(),
+            };
+            // What the component left behind in its group goes with it, so a crashed component
+            // never leaves a duplicate beside its replacement.
+            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            let _ = exit_watch_tx.send(Some(exit));
+            let _ = events.send((event_name, pid, exit));
+        });
+        self.exited.remove(&name);
+        self.children.insert(
+            name,
+            Child { pid, spec_hash: run.spec_hash.clone(), since: Timestamp::now(), exit: exit_watch_rx, stopping: false },
+        );
+        self.save_pids();
+        Ok(())
+    }
+
+    async fn stop(&mut self, _deployment: &str, name: &str, timeout: Duration) -> Result<(), RuntimeError> {
+        self.stop_child(name, timeout).await
+    }
+
+    async fn remove(&mut self, _deployment: &str, name: &str, timeout: Duration) -> Result<(), RuntimeError> {
+        self.stop_child(name, timeout).await?;
+        self.exited.remove(name);
+        Ok(())
+    }
+
+    async fn next_event(&mut self) -> RuntimeEvent {
+        loop {
+            let Some((name, pid, exit)) = self.exit_rx.recv().await else {
+                return std::future::pending().await;
+            };
+            // Exits of children roost is stopping, or of an older instance, are not news.
+            let current = self.children.get(&name).is_some_and(|c| c.pid == pid && !c.stopping);
+            if !current {
+                continue;
+            }
+            if let Some(c) = self.children.remove(&name) {
+                self.exited.insert(name.clone(), (c.spec_hash, exit));
+            }
+            self.save_pids();
+            return RuntimeEvent::Exited { name, exit };
+        }
+    }
+}
+
+/// Finds the program as execvp would, so a missing one is reported before anything is forked.
+pub fn resolve_program(program: &str, path_var: &str, working_dir: Option<&Path>) -> Result<PathBuf, RuntimeError> {
+    let not_found = |reason: String| RuntimeError::ExecutableNotFound { program: program.to_string(), reason };
+    let candidates: Vec<PathBuf> = if program.contains('/') {
+        let p = PathBuf::from(program);
+        vec![match working_dir {
+            Some(dir) if p.is_relative() => dir.join(p),
+            _ => p,
+        }]
+    } else {
+        path_var.split(':').filter(|d| !d.is_empty()).map(|d| Path::new(d).join(program)).collect()
+    };
+    let mut last = "not found on PATH".to_string();
+    for c in candidates {
+        match std::fs::metadata(&c) {
+            Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => return Ok(c),
+            Ok(m) if m.is_file() => last = format!("{} is not executable", c.display()),
+            Ok(_) => last = format!("{} is not a file", c.display()),
+            Err(e) if program.contains('/') => last = format!("{}: {e}", c.display()),
+            Err(_) => {}
+        }
+    }
+    Err(not_found(last))
+}
+
+async fn pump(mut from: impl tokio::io::AsyncRead + Unpin, log: Arc<Mutex<LogFile>>) {
+    let mut buf = vec![0u8; 8192];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if let Ok(mut log) = log.lock() {
+                    log.write(&buf[..n]);
+                }
+            }
+        }
+    }
+}
+
+/// A component's log file, rotated to `.1`, `.2` when it exceeds its cap.
+struct LogFile {
+    path: PathBuf,
+    file: std::fs::File,
+    size: u64,
+    max: u64,
+}
+
+impl LogFile {
+    fn open(dir: &Path, name: &str, max: u64) -> Result<Self, RuntimeError> {
+        let path = dir.join(format!("{name}.log"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| RuntimeError::io(format!("cannot open log {}", path.display()), e))?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Ok(Self { path, file, size, max })
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        if self.size + bytes.len() as u64 > self.max && self.size > 0 {
+            self.rotate();
+        }
+        if self.file.write_all(bytes).is_ok() {
+            self.size += bytes.len() as u64;
+        }
+    }
+
+    fn rotate(&mut self) {
+        for i in (1..LOG_ROTATIONS).rev() {
+            let _ = std::fs::rename(rotated(&self.path, i), rotated(&self.path, i + 1));
+        }
+        let _ = std::fs::rename(&self.path, rotated(&self.path, 1));
+        if let Ok(f) = std::fs::OpenOptions::new().create(true).append(true).open(&self.path) {
+            self.file = f;
+            self.size = 0;
+        }
+    }
+}
+
+pub fn rotated(path: &Path, i: u32) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".{i}"));
+    PathBuf::from(s)
+}
+
+fn read_records(path: &Path) -> BTreeMap<String, ChildRecord> {
+    std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+}
+
+/// Field 22 of /proc/PID/stat: when the process started, in clock ticks since boot.
+fn proc_start_ticks(pid: u32) -> Option<u64> {
+    proc_stat_fields(pid).and_then(|f| f.get(19).and_then(|s| s.parse().ok()))
+}
+
+/// The fields of /proc/PID/stat after the command name (field 3 onwards).
+fn proc_stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = stat.rsplit_once(')')?.1;
+    Some(after_comm.split_whitespace().map(str::to_string).collect())
+}
+
+/// Kills the process groups a previous roost recorded, when they are still the same processes.
+fn kill_leftovers(pids_file: &Path) -> usize {
+    let mut killed = 0;
+    for (name, rec) in read_records(pids_file) {
+        let same_process = proc_start_ticks(rec.pid) == Some(rec.start_ticks);
+        // The leader may be gone while others of its group live on; pgids are not reused while
+        // a group exists, and members started after the leader.
+        let group_alive = same_process || group_members_since(rec.pid, rec.start_ticks);
+        if !group_alive {
+            continue;
+        }
+        tracing::info!(component = %name, pid = rec.pid, "stopping leftover component process group");
+        let pgid = Pid::from_raw(rec.pid as i32);
+        let _ = killpg(pgid, Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while group_members_since(rec.pid, rec.start_ticks) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = killpg(pgid, Signal::SIGKILL);
+        killed += 1;
+    }
+    killed
+}
+
+fn group_members_since(pgid: u32, start_ticks: u64) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return false };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(proc_stat_fields)
+        // field 5 (pgrp) is index 2 after the name; field 3 (state) index 0: skip zombies.
+        .any(|f| f.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(pgid)
+            && f.first().map(String::as_str) != Some("Z")
+            && f.get(19).and_then(|s| s.parse::<u64>().ok()).is_some_and(|t| t >= start_ticks))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_like_execvp() {
+        assert!(resolve_program("sh", "/nonexistent:/bin:/usr/bin", None).is_ok());
+        let err = resolve_program("no-such-program-xyz", "/bin:/usr/bin", None).unwrap_err();
+        assert!(matches!(err, RuntimeError::ExecutableNotFound { .. }));
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, "x").unwrap();
+        std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = resolve_program(plain.to_str().unwrap(), "", None).unwrap_err();
+        assert!(err.to_string().contains("not executable"), "{err}");
+    }
+
+    #[test]
+    fn logs_rotate_at_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = LogFile::open(dir.path(), "c", 10).unwrap();
+        log.write(b"0123456789");
+        log.write(b"abc");
+        assert_eq!(std::fs::read(dir.path().join("c.log")).unwrap(), b"abc");
+        assert_eq!(std::fs::read(dir.path().join("c.log.1")).unwrap(), b"0123456789");
+    }
+}

@@ -1,0 +1,272 @@
+//! The status document other tools read (`<state-dir>/status.json`) and its writer. Field names
+//! are a contract: extend, never rename. The writer replaces the file whole (temp file, fsync,
+//! rename) and only when something other than `updatedAt` changed.
+
+use std::path::Path;
+
+use jiff::Timestamp;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::errors::ErrorCode;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Phase {
+    /// A new desired state was accepted and is being applied.
+    InProgress,
+    /// Components are being started.
+    Provisioning,
+    /// Every component started and is running (or completed as its policy allows).
+    Succeeded,
+    /// Provisioning hit an error.
+    FailedToStart,
+    /// A stop was requested and some component could not be stopped.
+    PartiallyDeprovisioned,
+    /// `state: stopped` and every component is stopped.
+    Stopped,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum OverallStatus {
+    Running,
+    Pending,
+    Error,
+    Unknown,
+    Stopped,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ComponentState {
+    Running,
+    Pending,
+    Error,
+    Stopped,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ComponentStatus {
+    pub name: String,
+    pub status: ComponentState,
+    /// Why it is not Running: CrashLoopBackOff, ExecutableNotFound, DependencyFailed, Completed, ...
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub restart_count: u32,
+    /// Last exit status (128 + signal for a death by signal).
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// When it entered its current status.
+    #[serde(default)]
+    #[schemars(with = "Option<String>", extend("format" = "date-time"))]
+    pub since: Option<Timestamp>,
+    /// What the recorder produced (only on the `recorder` component).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorEntry {
+    pub code: String,
+    #[serde(default)]
+    pub component: Option<String>,
+    pub message: String,
+    pub action: String,
+}
+
+impl ErrorEntry {
+    pub fn new(code: &ErrorCode, component: Option<&str>, message: impl Into<String>) -> Self {
+        Self {
+            code: code.code.to_string(),
+            component: component.map(str::to_string),
+            message: message.into(),
+            action: code.action.to_string(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SpecError {
+    pub code: String,
+    pub message: String,
+    pub file: String,
+    #[serde(default)]
+    pub line: Option<u64>,
+    #[serde(default)]
+    pub column: Option<u64>,
+    /// Field path for errors found after parsing (e.g. `spec.components[1].dependsOn[0]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl From<&crate::spec::LoadError> for SpecError {
+    fn from(e: &crate::spec::LoadError) -> Self {
+        let (line, column) = e.position().unzip();
+        Self {
+            code: crate::errors::INVALID_SPEC.code.to_string(),
+            message: e.to_string(),
+            file: e.file().display().to_string(),
+            line,
+            column,
+            field: e.field().map(str::to_string),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReconcilerInfo {
+    pub pid: u32,
+    pub version: String,
+    /// `process` or `systemd`.
+    pub runtime: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(title = "roost DeploymentStatus")]
+pub struct StatusDoc {
+    pub api_version: String,
+    pub kind: String,
+    /// Name of the deployment, once a valid desired state was seen.
+    #[serde(default)]
+    pub deployment: Option<String>,
+    /// Count of valid desired states accepted.
+    pub generation: u64,
+    /// The generation that `phase` and `components` reflect.
+    pub observed_generation: u64,
+    pub phase: Phase,
+    pub status: OverallStatus,
+    #[serde(default)]
+    pub spec_error: Option<SpecError>,
+    #[serde(default)]
+    pub components: Vec<ComponentStatus>,
+    #[serde(default)]
+    pub errors: Vec<ErrorEntry>,
+    pub reconciler: ReconcilerInfo,
+    #[schemars(with = "String", extend("format" = "date-time"))]
+    pub updated_at: Timestamp,
+}
+
+impl StatusDoc {
+    /// Whether two documents say the same thing, `updatedAt` aside.
+    pub fn same_content(&self, other: &Self) -> bool {
+        let mut a = self.clone();
+        a.updated_at = other.updated_at;
+        &a == other
+    }
+
+    /// Exit code of `roost status`: 0 healthy, 3 stopped or not started, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match (self.phase, self.status) {
+            (Phase::Succeeded, OverallStatus::Running) => 0,
+            (_, OverallStatus::Stopped) | (Phase::Stopped, _) => 3,
+            _ => 1,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("cannot write status file {path}: {source}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read status file {path}: {source}; is `roost run` running with this state folder?")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("status file {path} is not a roost status document: {source}")]
+    Parse {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+pub fn write(path: &Path, doc: &StatusDoc) -> Result<(), StatusError> {
+    let mut bytes = serde_json::to_vec_pretty(doc).expect("status serializes");
+    bytes.push(b'\n');
+    crate::fsutil::write_atomic(path, &bytes).map_err(|source| StatusError::Write {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+pub fn read(path: &Path) -> Result<StatusDoc, StatusError> {
+    let bytes = std::fs::read(path).map_err(|source| StatusError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    serde_json::from_slice(&bytes).map_err(|source| StatusError::Parse {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Renders the short human report of `roost status`.
+pub fn render_human(doc: &StatusDoc) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "Runtime");
+    let _ = writeln!(
+        out,
+        "  {} (roost {} pid {}), updated {}",
+        doc.reconciler.runtime, doc.reconciler.version, doc.reconciler.pid, doc.updated_at
+    );
+    let _ = writeln!(out, "Components");
+    if doc.components.is_empty() {
+        let _ = writeln!(out, "  (none)");
+    }
+    for c in &doc.components {
+        let _ = write!(out, "  {:<20} {:<8}", c.name, format!("{:?}", c.status));
+        if let Some(r) = &c.reason {
+            let _ = write!(out, " {r}");
+        }
+        if let Some(pid) = c.pid {
+            let _ = write!(out, " pid {pid}");
+        }
+        let _ = write!(out, " restarts {}", c.restart_count);
+        if let Some(code) = c.exit_code {
+            let _ = write!(out, " last exit {code}");
+        }
+        let _ = writeln!(out);
+    }
+    let _ = writeln!(out, "Desired state");
+    match &doc.spec_error {
+        None => {
+            let _ = writeln!(out, "  valid, generation {}", doc.generation);
+        }
+        Some(e) => {
+            let _ = writeln!(out, "  {}: {} (generation {} still in force)", e.code, e.message, doc.generation);
+        }
+    }
+    let _ = writeln!(out, "Deployment");
+    let _ = writeln!(
+        out,
+        "  {}: phase {:?}, status {:?}, observed generation {}",
+        doc.deployment.as_deref().unwrap_or("(none)"),
+        doc.phase,
+        doc.status,
+        doc.observed_generation
+    );
+    for e in &doc.errors {
+        let _ = writeln!(
+            out,
+            "  {} {}{}\n      action: {}",
+            e.code,
+            e.component.as_deref().map(|c| format!("[{c}] ")).unwrap_or_default(),
+            e.message,
+            e.action
+        );
+    }
+    out
+}
