@@ -1,1 +1,4 @@
-//! Placeholder: the systemd runtime (D-Bus via zbus) is being written.
+//! The systemd runtime: one unit per component, written to roost's unit folder and driven and
+//! observed over D-Bus (zbus). It never shells out to `systemctl` and never polls.
+
+pub mod notify;

@@ -1,30 +1,87 @@
-//! The sd_notify protocol, spoken directly: one datagram to `$NOTIFY_SOCKET`.
+//! The sd_notify protocol, without libsystemd: one datagram per state change to the socket
+//! named by `$NOTIFY_SOCKET`, and the watchdog interval from `$WATCHDOG_USEC`. This module only
+//! reads the environment; it never changes it (the variables stay visible to children, which
+//! is harmless because roost's components run as their own units or with their own environment).
 
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
-/// Sends `state` (e.g. `READY=1`) to the service manager. Returns false when roost does not
-/// run under a manager that asked for notifications.
-pub fn sd_notify(state: &str) -> std::io::Result<bool> {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return Ok(false) };
-    let path = path.to_string_lossy().into_owned();
-    let addr = match path.strip_prefix('@') {
-        Some(abstract_name) => SocketAddr::from_abstract_name(abstract_name.as_bytes())?,
-        None => SocketAddr::from_pathname(&path)?,
-    };
-    let socket = UnixDatagram::unbound()?;
-    socket.send_to_addr(state.as_bytes(), &addr)?;
-    Ok(true)
+/// Sends `state` (e.g. `"READY=1"`, `"WATCHDOG=1"`, `"STATUS=..."`) to the service manager.
+/// Returns `Ok(false)` when roost was not started by a manager that listens (`$NOTIFY_SOCKET`
+/// unset), `Ok(true)` when the datagram was sent.
+pub fn sd_notify(state: &str) -> io::Result<bool> {
+    match std::env::var_os("NOTIFY_SOCKET") {
+        Some(socket) if !socket.is_empty() => notify_socket(&socket, state).map(|()| true),
+        _ => Ok(false),
+    }
 }
 
-/// The watchdog interval the manager expects pings within, if it set one for this process.
-pub fn watchdog_interval() -> Option<Duration> {
-    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
-    if let Some(pid) = std::env::var("WATCHDOG_PID").ok().and_then(|p| p.parse::<u32>().ok())
-        && pid != std::process::id()
-    {
-        return None;
+/// Sends `state` to the notify socket `socket`: a path, or an abstract name written `@name`.
+pub fn notify_socket(socket: &OsStr, state: &str) -> io::Result<()> {
+    let sender = UnixDatagram::unbound()?;
+    let bytes = socket.as_bytes();
+    let sent = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+        sender.send_to_addr(state.as_bytes(), &addr)?
+    } else {
+        sender.send_to(state.as_bytes(), socket)?
+    };
+    if sent != state.len() {
+        return Err(io::Error::new(io::ErrorKind::WriteZero, "short write to the notify socket"));
     }
-    (usec > 0).then(|| Duration::from_micros(usec))
+    Ok(())
+}
+
+/// How often the manager expects `WATCHDOG=1`, when it asked for it: `$WATCHDOG_USEC`, provided
+/// `$WATCHDOG_PID` is unset or names this process. Send at half this interval.
+pub fn watchdog_interval() -> Option<Duration> {
+    let usec = std::env::var("WATCHDOG_USEC").ok();
+    let pid = std::env::var("WATCHDOG_PID").ok();
+    watchdog_from(usec.as_deref(), pid.as_deref(), std::process::id())
+}
+
+fn watchdog_from(usec: Option<&str>, pid: Option<&str>, me: u32) -> Option<Duration> {
+    let usec: u64 = usec?.trim().parse().ok().filter(|u| *u > 0)?;
+    match pid {
+        Some(p) if p.trim().parse::<u32>().ok() != Some(me) => None,
+        _ => Some(Duration::from_micros(usec)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watchdog_needs_a_positive_interval_for_this_process() {
+        assert_eq!(watchdog_from(Some("3000000"), None, 7), Some(Duration::from_secs(3)));
+        assert_eq!(watchdog_from(Some("3000000"), Some("7"), 7), Some(Duration::from_secs(3)));
+        assert_eq!(watchdog_from(Some("3000000"), Some("8"), 7), None);
+        assert_eq!(watchdog_from(Some("0"), None, 7), None);
+        assert_eq!(watchdog_from(Some("x"), None, 7), None);
+        assert_eq!(watchdog_from(None, Some("7"), 7), None);
+    }
+
+    #[test]
+    fn sends_to_path_and_abstract_sockets() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let receiver = UnixDatagram::bind(&path).unwrap();
+        notify_socket(path.as_os_str(), "READY=1").unwrap();
+        let mut buf = [0u8; 64];
+        let n = receiver.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1");
+
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("roost-notify-test-{}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let receiver = UnixDatagram::bind_addr(&addr).unwrap();
+        notify_socket(OsStr::new(&format!("@{name}")), "WATCHDOG=1").unwrap();
+        let n = receiver.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"WATCHDOG=1");
+    }
 }
