@@ -1,0 +1,286 @@
+//! What roost makes of a unit's properties: the few values it reads, how `PropertiesChanged`
+//! updates them, and the mapping to [`ObservedState`]. Pure: no D-Bus, no clock.
+
+use std::collections::HashMap;
+
+use jiff::Timestamp;
+use zbus::OwnedVariant;
+
+use crate::runtime::{ExitInfo, ObservedState};
+
+/// `si_code` values systemd reports in `ExecMainCode`.
+pub const CLD_EXITED: i32 = 1;
+pub const CLD_KILLED: i32 = 2;
+pub const CLD_DUMPED: i32 = 3;
+/// `ExecMainStatus` when systemd could not execute the program (EXIT_EXEC).
+pub const EXIT_EXEC: i32 = 203;
+
+/// The properties of `org.freedesktop.systemd1.Unit` and `.Service` roost reads.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UnitProps {
+    pub load_state: String,
+    pub active_state: String,
+    pub sub_state: String,
+    pub result: String,
+    /// `always`, `on-failure`, `no`, ...
+    pub restart: String,
+    pub main_pid: u32,
+    pub n_restarts: u32,
+    pub exec_main_code: i32,
+    pub exec_main_status: i32,
+    /// Microseconds since the epoch; 0 when unset.
+    pub exec_main_start_us: u64,
+    pub exec_main_exit_us: u64,
+    pub active_enter_us: u64,
+}
+
+/// Property names [`UnitProps::merge`] reads; an invalidation of one of them means "fetch again".
+pub const READ_PROPERTIES: &[&str] = &[
+    "LoadState",
+    "ActiveState",
+    "SubState",
+    "Result",
+    "Restart",
+    "MainPID",
+    "NRestarts",
+    "ExecMainCode",
+    "ExecMainStatus",
+    "ExecMainStartTimestamp",
+    "ExecMainExitTimestamp",
+    "ActiveEnterTimestamp",
+];
+
+impl UnitProps {
+    /// Takes every known property present in `values` (a `GetAll` reply or the changed
+    /// properties of a signal); others stay as they were.
+    pub fn merge(&mut self, values: &HashMap<String, OwnedVariant>) {
+        fn text(v: &OwnedVariant) -> Option<String> {
+            <&str>::try_from(v).ok().map(str::to_string)
+        }
+        for (key, value) in values {
+            match key.as_str() {
+                "LoadState" => self.load_state = text(value).unwrap_or_default(),
+                "ActiveState" => self.active_state = text(value).unwrap_or_default(),
+                "SubState" => self.sub_state = text(value).unwrap_or_default(),
+                "Result" => self.result = text(value).unwrap_or_default(),
+                "Restart" => self.restart = text(value).unwrap_or_default(),
+                "MainPID" => self.main_pid = u32::try_from(value).unwrap_or_default(),
+                "NRestarts" => self.n_restarts = u32::try_from(value).unwrap_or_default(),
+                "ExecMainCode" => self.exec_main_code = i32::try_from(value).unwrap_or_default(),
+                "ExecMainStatus" => self.exec_main_status = i32::try_from(value).unwrap_or_default(),
+                "ExecMainStartTimestamp" => self.exec_main_start_us = u64::try_from(value).unwrap_or_default(),
+                "ExecMainExitTimestamp" => self.exec_main_exit_us = u64::try_from(value).unwrap_or_default(),
+                "ActiveEnterTimestamp" => self.active_enter_us = u64::try_from(value).unwrap_or_default(),
+                _ => {}
+            }
+        }
+    }
+
+    /// How the last main process ended, if one ended since the last start.
+    pub fn last_exit(&self) -> Option<ExitInfo> {
+        if self.exec_main_exit_us == 0 && self.exec_main_code == 0 {
+            return None;
+        }
+        let (code, signal) = match self.exec_main_code {
+            CLD_EXITED => (Some(self.exec_main_status), None),
+            CLD_KILLED | CLD_DUMPED => (None, Some(self.exec_main_status)),
+            _ => (None, None),
+        };
+        Some(ExitInfo {
+            code,
+            signal,
+            at: timestamp(self.exec_main_exit_us).unwrap_or_else(Timestamp::now),
+        })
+    }
+
+    /// An exit that leaves nothing to tell: a failure with no main process result (e.g. the
+    /// start limit was hit before anything ran).
+    fn exit_or_failure(&self) -> ExitInfo {
+        match self.last_exit() {
+            Some(exit) if exit.code.is_some() || exit.signal.is_some() => exit,
+            _ => ExitInfo {
+                code: Some(if self.result == "success" { 0 } else { 1 }),
+                signal: None,
+                at: Timestamp::now(),
+            },
+        }
+    }
+
+    /// systemd will start the unit again by itself after this failure.
+    fn restart_applies(&self) -> bool {
+        match self.restart.as_str() {
+            "always" => self.result != "start-limit-hit",
+            "on-failure" => !matches!(self.result.as_str(), "success" | "start-limit-hit"),
+            _ => false,
+        }
+    }
+}
+
+/// What roost remembers of a unit that the properties cannot tell.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Memory {
+    /// Roost stopped it (until roost starts it again).
+    pub roost_stopped: bool,
+    /// A stop roost did not ask for was seen (until roost starts it again or it runs again).
+    pub operator_stopped: bool,
+}
+
+/// Classifies a unit, then matches exhaustively.
+pub fn classify(props: &UnitProps, memory: Memory) -> ObservedState {
+    let since = || {
+        timestamp(props.exec_main_start_us)
+            .or_else(|| timestamp(props.active_enter_us))
+            .unwrap_or_else(Timestamp::now)
+    };
+    let pid = (props.main_pid != 0).then_some(props.main_pid);
+    match (props.active_state.as_str(), props.sub_state.as_str()) {
+        ("active" | "reloading", _) => ObservedState::Running { pid, since: since() },
+        ("activating", _) => ObservedState::Restarting {
+            last_exit: props.last_exit(),
+        },
+        ("deactivating", _) if memory.operator_stopped => ObservedState::StoppedByOperator,
+        // Still alive while it stops.
+        ("deactivating", _) => ObservedState::Running { pid, since: since() },
+        ("failed", _) if memory.roost_stopped => ObservedState::Inactive,
+        ("failed", _) if memory.operator_stopped => ObservedState::StoppedByOperator,
+        // The `failed` signal comes a few ms before `auto-restart`: not final when systemd
+        // restarts this kind of failure.
+        ("failed", _) if props.restart_applies() => ObservedState::Restarting {
+            last_exit: props.last_exit(),
+        },
+        ("failed", _) => ObservedState::Exited {
+            exit: props.exit_or_failure(),
+        },
+        ("inactive", _) => classify_inactive(props, memory),
+        _ => ObservedState::Inactive,
+    }
+}
+
+fn classify_inactive(props: &UnitProps, memory: Memory) -> ObservedState {
+    let never_ran = props.exec_main_start_us == 0 && props.exec_main_exit_us == 0;
+    let clean_exit = props.exec_main_code == CLD_EXITED && props.exec_main_status == 0;
+    if memory.roost_stopped || never_ran {
+        ObservedState::Inactive
+    } else if memory.operator_stopped {
+        ObservedState::StoppedByOperator
+    } else if props.result != "success" {
+        ObservedState::Exited {
+            exit: props.exit_or_failure(),
+        }
+    } else if clean_exit && props.restart != "always" {
+        // Exit 0 under on-failure/no: done.
+        ObservedState::Exited {
+            exit: props.exit_or_failure(),
+        }
+    } else {
+        // Nobody roost knows of stopped it, yet systemd did not restart it: Restart=always would
+        // have, and a death by SIGTERM/SIGINT/SIGHUP/SIGPIPE counts as clean only for a stop.
+        ObservedState::StoppedByOperator
+    }
+}
+
+fn timestamp(usec: u64) -> Option<Timestamp> {
+    (usec != 0)
+        .then(|| Timestamp::from_microsecond(i64::try_from(usec).ok()?).ok())
+        .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn props(active: &str, sub: &str, result: &str, restart: &str) -> UnitProps {
+        UnitProps {
+            load_state: "loaded".into(),
+            active_state: active.into(),
+            sub_state: sub.into(),
+            result: result.into(),
+            restart: restart.into(),
+            exec_main_start_us: 1_700_000_000_000_000,
+            ..UnitProps::default()
+        }
+    }
+
+    fn exited(mut p: UnitProps, code: i32, status: i32) -> UnitProps {
+        p.exec_main_code = code;
+        p.exec_main_status = status;
+        p.exec_main_exit_us = 1_700_000_001_000_000;
+        p
+    }
+
+    const NONE: Memory = Memory {
+        roost_stopped: false,
+        operator_stopped: false,
+    };
+
+    #[test]
+    fn running_carries_pid_and_start_time() {
+        let mut p = props("active", "running", "success", "always");
+        p.main_pid = 42;
+        let ObservedState::Running { pid, since } = classify(&p, NONE) else { panic!() };
+        assert_eq!(pid, Some(42));
+        assert_eq!(since.as_microsecond(), 1_700_000_000_000_000);
+    }
+
+    #[test]
+    fn a_crash_being_restarted_is_restarting_with_the_signal() {
+        let p = exited(props("activating", "auto-restart", "signal", "on-failure"), CLD_KILLED, 9);
+        let ObservedState::Restarting { last_exit: Some(exit) } = classify(&p, NONE) else { panic!() };
+        assert_eq!((exit.code, exit.signal), (None, Some(9)));
+        // The transient `failed` before auto-restart too.
+        let p = exited(props("failed", "failed", "signal", "on-failure"), CLD_KILLED, 9);
+        assert!(matches!(classify(&p, NONE), ObservedState::Restarting { .. }));
+    }
+
+    #[test]
+    fn final_failures_are_exits() {
+        let p = exited(props("failed", "failed", "exit-code", "no"), CLD_EXITED, 3);
+        assert!(matches!(classify(&p, NONE), ObservedState::Exited { exit } if exit.code == Some(3)));
+        let p = exited(props("failed", "failed", "start-limit-hit", "always"), CLD_EXITED, 1);
+        assert!(matches!(classify(&p, NONE), ObservedState::Exited { exit } if exit.code == Some(1)));
+        let p = exited(props("failed", "failed", "core-dump", "no"), CLD_DUMPED, 11);
+        assert!(matches!(classify(&p, NONE), ObservedState::Exited { exit } if exit.signal == Some(11)));
+    }
+
+    #[test]
+    fn a_clean_exit_is_exit_zero() {
+        let p = exited(props("inactive", "dead", "success", "on-failure"), CLD_EXITED, 0);
+        assert!(matches!(classify(&p, NONE), ObservedState::Exited { exit } if exit.succeeded()));
+    }
+
+    #[test]
+    fn stops_are_told_apart_by_memory_and_evidence() {
+        let stopped = exited(props("inactive", "dead", "success", "on-failure"), CLD_KILLED, 15);
+        assert_eq!(classify(&stopped, NONE), ObservedState::StoppedByOperator);
+        let roost = Memory {
+            roost_stopped: true,
+            ..NONE
+        };
+        assert_eq!(classify(&stopped, roost), ObservedState::Inactive);
+        // A program that exits 0 on SIGTERM: only memory tells, except under Restart=always.
+        let clean = exited(props("inactive", "dead", "success", "on-failure"), CLD_EXITED, 0);
+        let operator = Memory {
+            operator_stopped: true,
+            ..NONE
+        };
+        assert_eq!(classify(&clean, operator), ObservedState::StoppedByOperator);
+        let always = exited(props("inactive", "dead", "success", "always"), CLD_EXITED, 0);
+        assert_eq!(classify(&always, NONE), ObservedState::StoppedByOperator);
+        let mut never_ran = props("inactive", "dead", "success", "always");
+        never_ran.exec_main_start_us = 0;
+        assert_eq!(classify(&never_ran, NONE), ObservedState::Inactive);
+    }
+
+    #[test]
+    fn merge_reads_signal_values() {
+        let mut p = UnitProps::default();
+        let mut values = HashMap::new();
+        values.insert("ActiveState".to_string(), OwnedVariant::from(zbus::Str::from("failed")));
+        values.insert("MainPID".to_string(), OwnedVariant::from(7u32));
+        values.insert("ExecMainCode".to_string(), OwnedVariant::from(2i32));
+        values.insert("ExecMainExitTimestamp".to_string(), OwnedVariant::from(5u64));
+        values.insert("Unrelated".to_string(), OwnedVariant::from(true));
+        p.merge(&values);
+        assert_eq!((p.active_state.as_str(), p.main_pid, p.exec_main_code, p.exec_main_exit_us), ("failed", 7, 2, 5));
+    }
+}
