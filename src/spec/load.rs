@@ -178,6 +178,16 @@ fn improve_message(message: &str) -> String {
         let field = rest.split('`').next().unwrap_or(rest);
         return format!("unknown field {field:?}; this mapping takes no fields");
     }
+    if let Some(rest) = message.strip_prefix("duplicate mapping key: ") {
+        let key = rest.split(',').next().unwrap_or(rest).trim();
+        return format!("duplicate key {key:?}: each key may appear once in a mapping; remove one of them");
+    }
+    if message == "expected sequence start" {
+        return "expected a list here, e.g. [\"/usr/bin/prog\", \"arg\"] or one \"- item\" per line".into();
+    }
+    if message == "expected mapping start" {
+        return "expected a mapping here (key: value lines or {key: value})".into();
+    }
     if message.contains("alias") || message.contains("budget") {
         return format!("{message}; the file uses too many anchors/aliases or is nested too deeply (limits guard against alias bombs)");
     }
