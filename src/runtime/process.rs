@@ -325,12 +325,30 @@ impl LogFile {
         Ok(Self { path, file, size, max })
     }
 
-    fn write(&mut self, bytes: &[u8]) {
-        if self.size + bytes.len() as u64 > self.max && self.size > 0 {
-            self.rotate();
-        }
-        if self.file.write_all(bytes).is_ok() {
-            self.size += bytes.len() as u64;
+    /// Appends `bytes`, rotating so that no file grows past the cap; splits at a line end
+    /// where one fits.
+    fn write(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let room = self.max.saturating_sub(self.size) as usize;
+            if room == 0 {
+                self.rotate();
+                continue;
+            }
+            let mut take = room.min(bytes.len());
+            if take < bytes.len()
+                && let Some(nl) = bytes[..take].iter().rposition(|b| *b == b'\n')
+            {
+                take = nl + 1;
+            } else if take < bytes.len() && self.size > 0 {
+                // No line end fits: start a fresh file rather than split a line.
+                self.rotate();
+                continue;
+            }
+            if self.file.write_all(&bytes[..take]).is_err() {
+                return;
+            }
+            self.size += take as u64;
+            bytes = &bytes[take..];
         }
     }
 
