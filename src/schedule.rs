@@ -275,11 +275,11 @@ fn sun_event_minutes_utc(rising: bool, jd: f64, latitude: f64, longitude: f64) -
 }
 
 fn geom_mean_long_sun(t: f64) -> f64 {
-    (280.46646 + t * (36_000.76983 + t * 0.0003032)).rem_euclid(360.0)
+    (280.46646 + t * (36000.76983 + t * 0.0003032)).rem_euclid(360.0)
 }
 
 fn geom_mean_anomaly_sun(t: f64) -> f64 {
-    357.52911 + t * (35_999.05029 - 0.0001537 * t)
+    357.52911 + t * (35999.05029 - 0.0001537 * t)
 }
 
 fn eccentricity_earth_orbit(t: f64) -> f64 {

@@ -153,7 +153,7 @@ impl fmt::Display for ByteSize {
         }
         let (unit, factor) = BYTE_UNITS
             .iter()
-            .find(|(_, factor)| self.0 % factor == 0)
+            .find(|(_, factor)| self.0.is_multiple_of(*factor))
             .copied()
             .unwrap_or(("B", 1));
         write!(f, "{}{unit}", self.0 / factor)

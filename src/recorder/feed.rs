@@ -1,0 +1,194 @@
+//! A sound card for machines without one: a generated, deterministic signal written into a FIFO
+//! that ALSA's `file` plugin reads as a capture device (see `write_test_asound_conf`). Used by
+//! `roost feed`, the README quick start, the end-to-end tests and the benchmark. The signal is a
+//! pure function of the frame number, so a test can recompute what the recorder should have got.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Sample `channel` of frame `frame`: a repeating 100 Hz-8 kHz sweep whose low 6 bits carry the
+/// frame number, so that a lost or repeated period is visible.
+pub fn test_signal(frame: u64, channel: u16, sample_rate: u32) -> i16 {
+    let rate = f64::from(sample_rate);
+    let period = 10.0; // seconds per sweep
+    let t = (frame as f64 / rate) % period;
+    let (f0, f1) = (100.0, 8000.0f64.min(rate / 4.0));
+    let k = (f1 - f0) / period;
+    let phase = 2.0 * std::f64::consts::PI * (f0 * t + 0.5 * k * t * t) + f64::from(channel);
+    let value = (phase.sin() * 12_000.0) as i16;
+    (value & !0x3f) | ((frame + u64::from(channel)) & 0x3f) as i16
+}
+
+/// Interleaved S16_LE bytes of `frames` frames starting at `first_frame`.
+pub fn signal_bytes(first_frame: u64, frames: u64, sample_rate: u32, channels: u16) -> Vec<u8> {
+    let mut out = Vec::with_capacity(frames as usize * usize::from(channels) * 2);
+    for f in first_frame..first_frame + frames {
+        for c in 0..channels {
+            out.extend_from_slice(&test_signal(f, c, sample_rate).to_le_bytes());
+        }
+    }
+    out
+}
+
+/// An open FIFO being fed. Dropping it closes the FIFO (the reader then sees end of file).
+pub struct Feeder {
+    fifo: File,
+    sample_rate: u32,
+    channels: u16,
+    period_frames: u32,
+    /// Frames written so far.
+    pub frames: u64,
+    /// How late the latest paced write was, at worst (a full pipe shows here).
+    pub max_lateness: Duration,
+}
+
+impl Feeder {
+    /// Creates the FIFO if missing and opens it read-write, so that neither side's open blocks.
+    pub fn open(
+        fifo: &Path,
+        sample_rate: u32,
+        channels: u16,
+        period_frames: u32,
+    ) -> std::io::Result<Self> {
+        if !fifo.exists() {
+            nix::unistd::mkfifo(fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                .map_err(std::io::Error::from)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(fifo)?;
+        // A deep pipe absorbs a slow reader for a while instead of blocking the writer at once.
+        let _ = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
+        Ok(Self {
+            fifo: file,
+            sample_rate,
+            channels,
+            period_frames: period_frames.max(1),
+            frames: 0,
+            max_lateness: Duration::ZERO,
+        })
+    }
+
+    /// Writes `periods` capture periods as fast as the reader takes them.
+    pub fn write_unpaced(&mut self, periods: u64) -> std::io::Result<()> {
+        for _ in 0..periods {
+            self.write_period()?;
+        }
+        Ok(())
+    }
+
+    fn write_period(&mut self) -> std::io::Result<()> {
+        let bytes = signal_bytes(
+            self.frames,
+            u64::from(self.period_frames),
+            self.sample_rate,
+            self.channels,
+        );
+        self.fifo.write_all(&bytes)?;
+        self.frames += u64::from(self.period_frames);
+        Ok(())
+    }
+
+    /// Writes one period every period duration, to absolute deadlines, for `duration` (or until
+    /// `keep_going` returns false).
+    pub fn write_paced(
+        &mut self,
+        duration: Option<Duration>,
+        mut keep_going: impl FnMut() -> bool,
+    ) -> std::io::Result<()> {
+        let start = Instant::now();
+        let first = self.frames;
+        let rate = f64::from(self.sample_rate);
+        let total = duration.map(|d| (d.as_secs_f64() * rate) as u64);
+        loop {
+            let written = self.frames - first;
+            if total.is_some_and(|t| written >= t) || !keep_going() {
+                return Ok(());
+            }
+            let deadline = start + Duration::from_secs_f64(written as f64 / rate);
+            let now = Instant::now();
+            if deadline > now {
+                std::thread::sleep(deadline - now);
+            } else {
+                self.max_lateness = self.max_lateness.max(now - deadline);
+            }
+            self.write_period()?;
+        }
+    }
+}
+
+/// `roost feed`: feeds the test signal into `fifo` at real-time pace, in chunks of exactly one
+/// capture period (the file plugin reads one period per `read()` and pads a short read with
+/// silence), for `seconds` or until killed.
+pub fn run_feeder(
+    fifo: &Path,
+    sample_rate: u32,
+    channels: u16,
+    period_frames: u32,
+    seconds: Option<f64>,
+) -> std::io::Result<()> {
+    let mut feeder = Feeder::open(fifo, sample_rate, channels, period_frames)?;
+    feeder.write_paced(seconds.map(Duration::from_secs_f64), || true)?;
+    if feeder.max_lateness > Duration::from_millis(100) {
+        eprintln!(
+            "feed: the reader fell behind by up to {:.0} ms",
+            feeder.max_lateness.as_secs_f64() * 1000.0
+        );
+    }
+    Ok(())
+}
+
+/// Writes an ALSA configuration (for `ALSA_CONFIG_PATH`) in which the default capture device,
+/// and a listed device named `roost_test`, read raw S16_LE samples at `rate` Hz and `channels`
+/// channels from `infile` (or from `$ROOST_TEST_INFILE` when `infile` is `None`, `/dev/zero`
+/// when that is unset), through alsa-lib's `file` plugin and `plug` conversion.
+pub fn write_test_asound_conf(
+    path: &Path,
+    infile: Option<&Path>,
+    rate: u32,
+    channels: u16,
+) -> std::io::Result<()> {
+    let infile = match infile {
+        Some(p) => format!("\"{}\"", p.display()),
+        None => "{ @func getenv vars [ ROOST_TEST_INFILE ] default \"/dev/zero\" }".to_string(),
+    };
+    let conf = format!(
+        r#"# Written by roost: a capture device fed from a file or FIFO (no sound card needed).
+defaults.pcm.minperiodtime 5000
+pcm.roost_filecap {{
+    type file
+    slave.pcm {{ type null }}
+    file "/dev/null"
+    infile {infile}
+    format "raw"
+}}
+pcm.roost_test {{
+    type plug
+    slave {{ pcm "roost_filecap" format S16_LE channels {channels} rate {rate} }}
+    hint {{ show on description "roost test signal (ALSA file plugin)" }}
+}}
+pcm.!default {{
+    type plug
+    slave {{ pcm "roost_filecap" format S16_LE channels {channels} rate {rate} }}
+}}
+"#
+    );
+    crate::fsutil::write_atomic(path, conf.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signal_is_deterministic_and_counts_frames() {
+        assert_eq!(test_signal(12345, 0, 48_000), test_signal(12345, 0, 48_000));
+        for f in 0..200u64 {
+            assert_eq!((test_signal(f, 0, 48_000) & 0x3f) as u64, f & 0x3f);
+        }
+        assert_eq!(signal_bytes(0, 10, 48_000, 2).len(), 40);
+    }
+}

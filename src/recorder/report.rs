@@ -1,0 +1,263 @@
+//! The recorder's report: what it produced and what is wrong, written to
+//! `<state-dir>/recorder-report.json` (whole or not at all) on every file and every state change,
+//! and at least every [`HEARTBEAT`]. [`assess`] turns a report into health for the reconciler and
+//! `roost check`: output decides, so a recorder that runs but writes nothing is an error.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use crate::errors::{self, ErrorCode};
+use crate::storage::RepairReport;
+
+/// File name of the report in the state folder.
+pub const REPORT_FILE: &str = "recorder-report.json";
+
+/// The report is rewritten at least this often while the recorder runs.
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// How late a file may be before the recorder counts as producing nothing.
+pub const FILE_GRACE: SignedDuration = SignedDuration::from_secs(30);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RecorderState {
+    /// Opening the device and the storage.
+    Starting,
+    /// Writing a file.
+    Recording,
+    /// Outside the windows or between files.
+    Waiting,
+    /// The device is missing or stopped delivering samples; retrying.
+    DeviceUnavailable,
+    /// The storage cannot be written (or is full).
+    StorageError,
+    /// Free space is below minFreeSpace and onLowSpace keeps files from being written.
+    LowSpace,
+    /// Exited after SIGTERM/SIGINT.
+    Stopped,
+}
+
+/// An error in the report: a catalogue code and a message for humans.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportError {
+    pub code: String,
+    pub message: String,
+}
+
+impl ReportError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code: code.code.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// `<state-dir>/recorder-report.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecorderReport {
+    pub pid: u32,
+    pub state: RecorderState,
+    pub deployment: String,
+    pub device: String,
+    pub sample_rate: u32,
+    pub channels: u16,
+    pub sample_format: String,
+    pub storage: PathBuf,
+    pub started_at: Timestamp,
+    pub files_written: u64,
+    pub last_file: Option<PathBuf>,
+    pub last_file_at: Option<Timestamp>,
+    /// Frames (samples per channel) delivered by the device since the recorder started.
+    pub samples_captured: u64,
+    /// Frames lost because the writer could not keep up (ring buffer full).
+    pub samples_dropped: u64,
+    /// Overruns (xruns) the audio driver reported.
+    pub overruns: u64,
+    /// Files discarded or cut short by onLowSpace or a full disk.
+    pub files_discarded: u64,
+    /// When the next file must be complete if all is well; null outside the windows.
+    pub expected_file_by: Option<Timestamp>,
+    pub error: Option<ReportError>,
+    /// What the start-up repair of the storage did.
+    #[serde(default)]
+    pub repair: RepairReport,
+    pub updated_at: Timestamp,
+}
+
+/// How the recorder is doing, judged from its report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// Files arrive as expected (or none are expected right now).
+    Healthy,
+    /// Exited cleanly.
+    Stopped,
+    /// Not producing what it should: `code` is a `DEP_E3xx` catalogue entry.
+    Error {
+        code: &'static ErrorCode,
+        message: String,
+    },
+}
+
+/// Judges a report at `now`: its own error wins; a file overdue by more than [`FILE_GRACE`] is
+/// DEP_E313; a report not refreshed for three heartbeats (a hung recorder) is DEP_E313 too.
+pub fn assess(report: &RecorderReport, now: Timestamp) -> Health {
+    if report.state == RecorderState::Stopped {
+        return Health::Stopped;
+    }
+    if let Some(err) = &report.error {
+        let code = errors::lookup(&err.code).unwrap_or(&errors::INTERNAL);
+        return Health::Error {
+            code,
+            message: err.message.clone(),
+        };
+    }
+    if let Some(due) = report.expected_file_by
+        && now.duration_since(due) > FILE_GRACE
+    {
+        let last = match report.last_file_at {
+            Some(t) => format!("the last file was completed at {t}"),
+            None => "no file has been completed yet".to_string(),
+        };
+        return Health::Error {
+            code: &errors::NO_RECORDINGS,
+            message: format!("a recording was due by {due} and has not arrived; {last}"),
+        };
+    }
+    let stale_after = SignedDuration::try_from(HEARTBEAT * 3)
+        .unwrap_or(SignedDuration::from_secs(30))
+        + FILE_GRACE;
+    if now.duration_since(report.updated_at) > stale_after {
+        return Health::Error {
+            code: &errors::NO_RECORDINGS,
+            message: format!(
+                "the recorder has not reported since {}; it may be hung",
+                report.updated_at
+            ),
+        };
+    }
+    Health::Healthy
+}
+
+/// Path of the report in a state folder.
+pub fn report_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(REPORT_FILE)
+}
+
+/// Reads a report; `None` when there is none or it cannot be parsed.
+pub fn read_report(state_dir: &Path) -> Option<RecorderReport> {
+    let bytes = std::fs::read(report_path(state_dir)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Writes a report whole or not at all.
+pub fn write_report(state_dir: &Path, report: &RecorderReport) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(report).map_err(std::io::Error::other)?;
+    crate::fsutil::write_atomic(&report_path(state_dir), &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(now: Timestamp) -> RecorderReport {
+        RecorderReport {
+            pid: 1,
+            state: RecorderState::Recording,
+            deployment: "meadow".into(),
+            device: "default".into(),
+            sample_rate: 48_000,
+            channels: 1,
+            sample_format: "i16".into(),
+            storage: "/s".into(),
+            started_at: now,
+            files_written: 0,
+            last_file: None,
+            last_file_at: None,
+            samples_captured: 0,
+            samples_dropped: 0,
+            overruns: 0,
+            files_discarded: 0,
+            expected_file_by: Some(now + SignedDuration::from_secs(60)),
+            error: None,
+            repair: RepairReport::default(),
+            updated_at: now,
+        }
+    }
+
+    #[test]
+    fn output_decides_health() {
+        let t0: Timestamp = "2026-06-01T10:00:00Z".parse().unwrap();
+        let r = report(t0);
+        assert_eq!(
+            assess(&r, t0 + SignedDuration::from_secs(80)),
+            Health::Healthy
+        );
+        let Health::Error { code, .. } = assess(&r, t0 + SignedDuration::from_secs(91)) else {
+            panic!()
+        };
+        assert_eq!(code.code, "DEP_E313");
+        let waiting = RecorderReport {
+            state: RecorderState::Waiting,
+            expected_file_by: None,
+            ..r.clone()
+        };
+        assert_eq!(
+            assess(&waiting, t0 + SignedDuration::from_secs(60)),
+            Health::Healthy
+        );
+        let Health::Error { code, .. } = assess(&waiting, t0 + SignedDuration::from_secs(3600))
+        else {
+            panic!()
+        };
+        assert_eq!(code.code, "DEP_E313");
+        let lost = RecorderReport {
+            error: Some(ReportError::new(errors::AUDIO_DEVICE_UNAVAILABLE, "gone")),
+            ..r.clone()
+        };
+        let Health::Error { code, .. } = assess(&lost, t0) else {
+            panic!()
+        };
+        assert_eq!(code.code, "DEP_E311");
+        let stopped = RecorderReport {
+            state: RecorderState::Stopped,
+            ..r
+        };
+        assert_eq!(
+            assess(&stopped, t0 + SignedDuration::from_secs(9999)),
+            Health::Stopped
+        );
+    }
+
+    #[test]
+    fn report_round_trips_with_camel_case_names() {
+        let t0: Timestamp = "2026-06-01T10:00:00Z".parse().unwrap();
+        let json = serde_json::to_value(report(t0)).unwrap();
+        for key in [
+            "pid",
+            "state",
+            "device",
+            "sampleRate",
+            "channels",
+            "filesWritten",
+            "lastFile",
+            "lastFileAt",
+            "samplesCaptured",
+            "samplesDropped",
+            "overruns",
+            "expectedFileBy",
+            "error",
+            "updatedAt",
+        ] {
+            assert!(json.get(key).is_some(), "{key}");
+        }
+        assert_eq!(json["state"], "recording");
+        let back: RecorderReport = serde_json::from_value(json).unwrap();
+        assert_eq!(back, report(t0));
+    }
+}

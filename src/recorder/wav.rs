@@ -1,0 +1,380 @@
+//! One WAV file being written: hound writes the samples into a temporary file whose space was
+//! reserved up front (so a disk that fills cannot tear it), the header is checkpointed every
+//! second (so a crash leaves a readable prefix), and on completion the file is trimmed, given a
+//! GUANO metadata chunk and fsynced. [`salvage`] completes a temporary file a crash left behind.
+
+use std::fs::File;
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use jiff::Timestamp;
+
+use crate::spec::recorder::SampleFormat;
+
+/// Extra bytes reserved beyond the audio for the header and the GUANO chunk.
+pub const RESERVE_EXTRA: u64 = 8192;
+
+/// A sample as the writer holds it: i16, i32 (24-bit) or f32.
+pub trait WavSample: Copy + Default + Send + 'static + hound::Sample {}
+impl WavSample for i16 {}
+impl WavSample for i32 {}
+impl WavSample for f32 {}
+
+/// Format of a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WavFormat {
+    pub sample_rate: u32,
+    pub channels: u16,
+    pub sample_format: SampleFormat,
+}
+
+impl WavFormat {
+    fn hound_spec(self) -> hound::WavSpec {
+        let (bits, format) = match self.sample_format {
+            SampleFormat::I16 => (16, hound::SampleFormat::Int),
+            SampleFormat::I24 => (24, hound::SampleFormat::Int),
+            SampleFormat::F32 => (32, hound::SampleFormat::Float),
+        };
+        hound::WavSpec {
+            channels: self.channels,
+            sample_rate: self.sample_rate,
+            bits_per_sample: bits,
+            sample_format: format,
+        }
+    }
+
+    pub fn bytes_per_frame(self) -> u64 {
+        u64::from(self.channels) * u64::from(self.sample_format.bytes_per_sample())
+    }
+
+    /// Size of the header hound writes before the samples.
+    fn header_bytes(self) -> u64 {
+        if self.channels > 2 || self.sample_format != SampleFormat::I16 {
+            68
+        } else {
+            44
+        }
+    }
+}
+
+/// What goes into the GUANO chunk.
+#[derive(Clone, Debug)]
+pub struct Guano {
+    pub start: Timestamp,
+    pub deployment: String,
+    pub device: String,
+    pub latitude_longitude: Option<(f64, f64)>,
+}
+
+impl Guano {
+    fn text(&self, format: WavFormat, frames: u64, file_name: &str) -> String {
+        let mut s = String::from("GUANO|Version:1.0\n");
+        s += &format!(
+            "Timestamp:{}\n",
+            self.start.strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+        );
+        s += &format!("Samplerate:{}\n", format.sample_rate);
+        s += &format!(
+            "Length:{:.6}\n",
+            frames as f64 / f64::from(format.sample_rate)
+        );
+        if let Some((lat, lon)) = self.latitude_longitude {
+            s += &format!("Loc Position:{lat} {lon}\n");
+        }
+        s += "Make:roost\n";
+        s += &format!("Firmware Version:{}\n", env!("CARGO_PKG_VERSION"));
+        s += &format!("Original Filename:{file_name}\n");
+        s += &format!("ROOST|Deployment:{}\n", single_line(&self.deployment));
+        s += &format!("ROOST|Device:{}\n", single_line(&self.device));
+        s += &format!("ROOST|Channels:{}\n", format.channels);
+        s += &format!("ROOST|Sample Format:{}\n", format.sample_format);
+        s
+    }
+}
+
+fn single_line(s: &str) -> String {
+    s.replace(['\n', '\r'], " ")
+}
+
+/// A file being written.
+pub struct WavFile<T: WavSample> {
+    writer: hound::WavWriter<BufWriter<File>>,
+    file: File,
+    format: WavFormat,
+    frames: u64,
+    max_frames: u64,
+    samples_since_checkpoint: u64,
+    _sample: std::marker::PhantomData<T>,
+}
+
+impl<T: WavSample> WavFile<T> {
+    /// Creates `temp` with room reserved for `max_frames` frames. Fails with ENOSPC when not even
+    /// that fits; the caller decides how many frames to ask for.
+    pub fn create(temp: &Path, format: WavFormat, max_frames: u64) -> std::io::Result<Self> {
+        let file = File::create_new(temp)?;
+        let bytes = max_frames * format.bytes_per_frame() + RESERVE_EXTRA;
+        if let Err(e) = nix::fcntl::posix_fallocate(&file, 0, bytes as i64) {
+            // EINVAL/EOPNOTSUPP: the file system cannot reserve; write without the guarantee.
+            if e == nix::errno::Errno::ENOSPC {
+                drop(file);
+                let _ = std::fs::remove_file(temp);
+                return Err(e.into());
+            }
+        }
+        let writer_file = file.try_clone()?;
+        let writer = hound::WavWriter::new(
+            BufWriter::with_capacity(64 * 1024, writer_file),
+            format.hound_spec(),
+        )
+        .map_err(hound_to_io)?;
+        Ok(Self {
+            writer,
+            file,
+            format,
+            frames: 0,
+            max_frames,
+            samples_since_checkpoint: 0,
+            _sample: std::marker::PhantomData,
+        })
+    }
+
+    pub fn frames(&self) -> u64 {
+        self.frames
+    }
+
+    pub fn max_frames(&self) -> u64 {
+        self.max_frames
+    }
+
+    /// Appends whole frames.
+    pub fn write(&mut self, samples: &[T]) -> std::io::Result<()> {
+        for &s in samples {
+            self.writer.write_sample(s).map_err(hound_to_io)?;
+        }
+        let channels = u64::from(self.format.channels);
+        self.frames += samples.len() as u64 / channels;
+        self.samples_since_checkpoint += samples.len() as u64;
+        // Every second of audio: the header then says how much is valid, for salvage after a crash.
+        if self.samples_since_checkpoint >= u64::from(self.format.sample_rate) * channels {
+            self.samples_since_checkpoint = 0;
+            self.writer.flush().map_err(hound_to_io)?;
+        }
+        Ok(())
+    }
+
+    /// Finalizes the header, trims the reservation, appends GUANO and fsyncs. Returns the frames.
+    pub fn finish(self, guano: &Guano, file_name: &str) -> std::io::Result<u64> {
+        let Self {
+            writer,
+            file,
+            format,
+            frames,
+            ..
+        } = self;
+        writer.finalize().map_err(hound_to_io)?;
+        complete(&file, format, frames, guano, file_name)?;
+        Ok(frames)
+    }
+
+    /// Gives up on a file after a write error: the caller salvages what reached the disk.
+    pub fn abandon(self) {
+        // hound's Drop rewrites the header for what it buffered; salvage trusts only the file length.
+        drop(self);
+    }
+}
+
+fn hound_to_io(e: hound::Error) -> std::io::Error {
+    match e {
+        hound::Error::IoError(e) => e,
+        other => std::io::Error::other(other.to_string()),
+    }
+}
+
+/// Trims `file` to its header and `frames` frames, appends a GUANO chunk and fixes the sizes.
+fn complete(
+    file: &File,
+    format: WavFormat,
+    frames: u64,
+    guano: &Guano,
+    file_name: &str,
+) -> std::io::Result<()> {
+    let header = format.header_bytes();
+    let data_bytes = frames * format.bytes_per_frame();
+    let data_end = header + data_bytes;
+    let mut f = file;
+    f.set_len(data_end)?;
+    // The data size field sits just before the data.
+    f.seek(SeekFrom::Start(header - 4))?;
+    f.write_all(&(data_bytes as u32).to_le_bytes())?;
+    f.seek(SeekFrom::Start(data_end))?;
+    if data_bytes % 2 == 1 {
+        f.write_all(&[0])?;
+    }
+    let mut text = guano.text(format, frames, file_name).into_bytes();
+    let text_len = text.len() as u32;
+    if text.len() % 2 == 1 {
+        text.push(0);
+    }
+    let mut chunk = Vec::with_capacity(8 + text.len());
+    chunk.extend_from_slice(b"guan");
+    chunk.extend_from_slice(&text_len.to_le_bytes());
+    chunk.extend_from_slice(&text);
+    // On a full disk the metadata chunk may not fit; the audio matters more.
+    if let Err(e) = f.write_all(&chunk) {
+        tracing::warn!(error = %e, "cannot append the GUANO chunk; keeping the file without it");
+        f.set_len(data_end + data_bytes % 2)?;
+    }
+    let len = f.seek(SeekFrom::End(0))?;
+    f.seek(SeekFrom::Start(4))?;
+    f.write_all(&((len - 8) as u32).to_le_bytes())?;
+    f.sync_all()
+}
+
+/// Completes a temporary file left by a crash or a write error: keeps the whole frames that are
+/// both declared by the last header checkpoint (or all, if none) and present on disk. Returns the
+/// frames kept and the format, or `None` when the file holds no readable audio.
+pub fn salvage(
+    temp: &Path,
+    guano: &Guano,
+    file_name: &str,
+) -> std::io::Result<Option<(u64, WavFormat)>> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(temp)?;
+    let len = file.metadata()?.len();
+    let reader = match hound::WavReader::new(std::io::BufReader::new(&file)) {
+        Ok(r) => r,
+        Err(_) => return Ok(None),
+    };
+    let spec = reader.spec();
+    let sample_format = match (spec.sample_format, spec.bits_per_sample) {
+        (hound::SampleFormat::Int, 16) => SampleFormat::I16,
+        (hound::SampleFormat::Int, 24) => SampleFormat::I24,
+        (hound::SampleFormat::Float, 32) => SampleFormat::F32,
+        _ => return Ok(None),
+    };
+    let format = WavFormat {
+        sample_rate: spec.sample_rate,
+        channels: spec.channels,
+        sample_format,
+    };
+    let declared = u64::from(reader.duration());
+    drop(reader);
+    let on_disk = len.saturating_sub(format.header_bytes()) / format.bytes_per_frame();
+    let frames = declared.min(on_disk);
+    if frames == 0 {
+        return Ok(None);
+    }
+    complete(&file, format, frames, guano, file_name)?;
+    Ok(Some((frames, format)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guano() -> Guano {
+        Guano {
+            start: "2026-06-01T10:00:00Z".parse().unwrap(),
+            deployment: "meadow".into(),
+            device: "default".into(),
+            latitude_longitude: Some((51.5, -0.12)),
+        }
+    }
+
+    #[test]
+    fn files_read_back_with_guano() {
+        let dir = tempfile::tempdir().unwrap();
+        for (fmt, channels) in [
+            (SampleFormat::I16, 1),
+            (SampleFormat::I24, 3),
+            (SampleFormat::F32, 2),
+        ] {
+            let format = WavFormat {
+                sample_rate: 8000,
+                channels,
+                sample_format: fmt,
+            };
+            let p = dir.path().join(format!("{fmt}.wav"));
+            match fmt {
+                SampleFormat::I16 => {
+                    let mut w = WavFile::<i16>::create(&p, format, 20_000).unwrap();
+                    let s: Vec<i16> = (0..9001 * channels as i16)
+                        .map(|i| i.wrapping_mul(7))
+                        .collect();
+                    w.write(&s).unwrap();
+                    assert_eq!(w.finish(&guano(), "x.wav").unwrap(), 9001);
+                    let r: Vec<i16> = hound::WavReader::open(&p)
+                        .unwrap()
+                        .into_samples()
+                        .map(|s| s.unwrap())
+                        .collect();
+                    assert_eq!(r, s);
+                }
+                SampleFormat::I24 => {
+                    let mut w = WavFile::<i32>::create(&p, format, 20_000).unwrap();
+                    let s: Vec<i32> = (0..9001 * i32::from(channels))
+                        .map(|i| i * 100 - 8_000_000)
+                        .collect();
+                    w.write(&s).unwrap();
+                    w.finish(&guano(), "x.wav").unwrap();
+                    let r: Vec<i32> = hound::WavReader::open(&p)
+                        .unwrap()
+                        .into_samples()
+                        .map(|s| s.unwrap())
+                        .collect();
+                    assert_eq!(r, s);
+                }
+                SampleFormat::F32 => {
+                    let mut w = WavFile::<f32>::create(&p, format, 20_000).unwrap();
+                    let s: Vec<f32> = (0..9001 * channels)
+                        .map(|i| f32::from(i) / 20_000.0)
+                        .collect();
+                    w.write(&s).unwrap();
+                    w.finish(&guano(), "x.wav").unwrap();
+                    let r: Vec<f32> = hound::WavReader::open(&p)
+                        .unwrap()
+                        .into_samples()
+                        .map(|s| s.unwrap())
+                        .collect();
+                    assert_eq!(r, s);
+                }
+            }
+            let bytes = std::fs::read(&p).unwrap();
+            let riff = u32::from_le_bytes(bytes[4..8].try_into().unwrap()) as usize;
+            assert_eq!(riff + 8, bytes.len(), "{fmt}");
+            let text = String::from_utf8_lossy(&bytes);
+            assert!(
+                text.contains("GUANO|Version:1.0\nTimestamp:2026-06-01T10:00:00.000000Z"),
+                "{fmt}"
+            );
+            assert!(text.contains("ROOST|Deployment:meadow"));
+        }
+    }
+
+    #[test]
+    fn salvage_keeps_the_checkpointed_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.wav.part");
+        let format = WavFormat {
+            sample_rate: 8000,
+            channels: 1,
+            sample_format: SampleFormat::I16,
+        };
+        let mut w = WavFile::<i16>::create(&p, format, 80_000).unwrap();
+        let s: Vec<i16> = (0..20_000).map(|i| i as i16).collect();
+        w.write(&s[..8000]).unwrap(); // checkpoint at 1 s
+        w.write(&s[8000..12_000]).unwrap(); // not checkpointed
+        // Simulate a crash: forget the writer without finalizing.
+        std::mem::forget(w);
+        let (frames, _) = salvage(&p, &guano(), "x.wav").unwrap().unwrap();
+        assert_eq!(frames, 8000);
+        let r: Vec<i16> = hound::WavReader::open(&p)
+            .unwrap()
+            .into_samples()
+            .map(|s| s.unwrap())
+            .collect();
+        assert_eq!(r, s[..8000]);
+    }
+}
