@@ -193,7 +193,11 @@ mod tests {
     #[test]
     fn output_decides_health() {
         let t0: Timestamp = "2026-06-01T10:00:00Z".parse().unwrap();
-        let r = report(t0);
+        // Refreshed by heartbeats, but no new file: the file due at t0 + 60 s is what counts.
+        let r = RecorderReport {
+            updated_at: t0 + SignedDuration::from_secs(85),
+            ..report(t0)
+        };
         assert_eq!(
             assess(&r, t0 + SignedDuration::from_secs(80)),
             Health::Healthy
@@ -205,7 +209,7 @@ mod tests {
         let waiting = RecorderReport {
             state: RecorderState::Waiting,
             expected_file_by: None,
-            ..r.clone()
+            ..report(t0)
         };
         assert_eq!(
             assess(&waiting, t0 + SignedDuration::from_secs(60)),
