@@ -54,14 +54,28 @@ pub trait Manager {
         runtime: bool,
         force: bool,
     ) -> zbus::Result<(bool, Vec<UnitFileChange>)>;
-    fn disable_unit_files(&self, files: &[&str], runtime: bool) -> zbus::Result<Vec<UnitFileChange>>;
-    fn list_units_by_patterns(&self, states: &[&str], patterns: &[&str]) -> zbus::Result<Vec<ListedUnit>>;
+    fn disable_unit_files(
+        &self,
+        files: &[&str],
+        runtime: bool,
+    ) -> zbus::Result<Vec<UnitFileChange>>;
+    fn list_units_by_patterns(
+        &self,
+        states: &[&str],
+        patterns: &[&str],
+    ) -> zbus::Result<Vec<ListedUnit>>;
 
     #[zbus(property, name = "Version")]
     fn version(&self) -> zbus::Result<String>;
 
     #[zbus(signal)]
-    fn job_removed(&self, id: u32, job: ObjectPath<'_>, unit: &str, result: &str) -> zbus::Result<()>;
+    fn job_removed(
+        &self,
+        id: u32,
+        job: ObjectPath<'_>,
+        unit: &str,
+        result: &str,
+    ) -> zbus::Result<()>;
 }
 
 #[proxy(
@@ -107,7 +121,10 @@ pub trait Service {
 }
 
 /// Builds a proxy for the unit object at `path` with property caching off.
-pub async fn unit_proxy<'a>(conn: &zbus::Connection, path: OwnedObjectPath) -> zbus::Result<UnitProxy<'a>> {
+pub async fn unit_proxy<'a>(
+    conn: &zbus::Connection,
+    path: OwnedObjectPath,
+) -> zbus::Result<UnitProxy<'a>> {
     UnitProxy::builder(conn)
         .path(path)
         .cache_properties(zbus::proxy::CacheProperties::No)
@@ -116,7 +133,10 @@ pub async fn unit_proxy<'a>(conn: &zbus::Connection, path: OwnedObjectPath) -> z
 }
 
 /// Builds a proxy for the service interface of the unit object at `path`, caching off.
-pub async fn service_proxy<'a>(conn: &zbus::Connection, path: OwnedObjectPath) -> zbus::Result<ServiceProxy<'a>> {
+pub async fn service_proxy<'a>(
+    conn: &zbus::Connection,
+    path: OwnedObjectPath,
+) -> zbus::Result<ServiceProxy<'a>> {
     ServiceProxy::builder(conn)
         .path(path)
         .cache_properties(zbus::proxy::CacheProperties::No)

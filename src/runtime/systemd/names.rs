@@ -71,7 +71,10 @@ mod tests {
 
     #[test]
     fn unit_names() {
-        assert_eq!(unit_name("field-1", "uploader"), "roost-field-1-uploader.service");
+        assert_eq!(
+            unit_name("field-1", "uploader"),
+            "roost-field-1-uploader.service"
+        );
         assert!(unit_name("a", "b").starts_with(&deployment_prefix("a")));
     }
 
@@ -90,13 +93,21 @@ mod tests {
     #[test]
     fn object_paths_round_trip() {
         for name in ["roost-a-b.service", "1x", "", "ü-x_y.service", "a_2e"] {
-            assert_eq!(unescape_label(&escape_label(name)).as_deref(), Some(name), "{name}");
+            assert_eq!(
+                unescape_label(&escape_label(name)).as_deref(),
+                Some(name),
+                "{name}"
+            );
         }
         assert_eq!(
-            unit_from_object_path("/org/freedesktop/systemd1/unit/roost_2dd_2dc_2eservice").as_deref(),
+            unit_from_object_path("/org/freedesktop/systemd1/unit/roost_2dd_2dc_2eservice")
+                .as_deref(),
             Some("roost-d-c.service")
         );
-        assert_eq!(unit_from_object_path("/org/freedesktop/systemd1/job/1"), None);
+        assert_eq!(
+            unit_from_object_path("/org/freedesktop/systemd1/job/1"),
+            None
+        );
         assert_eq!(unescape_label("_zz"), None);
         assert_eq!(unescape_label("ab_2"), None);
     }

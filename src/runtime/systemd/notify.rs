@@ -31,7 +31,10 @@ pub fn notify_socket(socket: &OsStr, state: &str) -> io::Result<()> {
         sender.send_to(state.as_bytes(), socket)?
     };
     if sent != state.len() {
-        return Err(io::Error::new(io::ErrorKind::WriteZero, "short write to the notify socket"));
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "short write to the notify socket",
+        ));
     }
     Ok(())
 }
@@ -58,8 +61,14 @@ mod tests {
 
     #[test]
     fn watchdog_needs_a_positive_interval_for_this_process() {
-        assert_eq!(watchdog_from(Some("3000000"), None, 7), Some(Duration::from_secs(3)));
-        assert_eq!(watchdog_from(Some("3000000"), Some("7"), 7), Some(Duration::from_secs(3)));
+        assert_eq!(
+            watchdog_from(Some("3000000"), None, 7),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(
+            watchdog_from(Some("3000000"), Some("7"), 7),
+            Some(Duration::from_secs(3))
+        );
         assert_eq!(watchdog_from(Some("3000000"), Some("8"), 7), None);
         assert_eq!(watchdog_from(Some("0"), None, 7), None);
         assert_eq!(watchdog_from(Some("x"), None, 7), None);

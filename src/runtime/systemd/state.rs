@@ -67,10 +67,18 @@ impl UnitProps {
                 "MainPID" => self.main_pid = u32::try_from(value).unwrap_or_default(),
                 "NRestarts" => self.n_restarts = u32::try_from(value).unwrap_or_default(),
                 "ExecMainCode" => self.exec_main_code = i32::try_from(value).unwrap_or_default(),
-                "ExecMainStatus" => self.exec_main_status = i32::try_from(value).unwrap_or_default(),
-                "ExecMainStartTimestamp" => self.exec_main_start_us = u64::try_from(value).unwrap_or_default(),
-                "ExecMainExitTimestamp" => self.exec_main_exit_us = u64::try_from(value).unwrap_or_default(),
-                "ActiveEnterTimestamp" => self.active_enter_us = u64::try_from(value).unwrap_or_default(),
+                "ExecMainStatus" => {
+                    self.exec_main_status = i32::try_from(value).unwrap_or_default()
+                }
+                "ExecMainStartTimestamp" => {
+                    self.exec_main_start_us = u64::try_from(value).unwrap_or_default()
+                }
+                "ExecMainExitTimestamp" => {
+                    self.exec_main_exit_us = u64::try_from(value).unwrap_or_default()
+                }
+                "ActiveEnterTimestamp" => {
+                    self.active_enter_us = u64::try_from(value).unwrap_or_default()
+                }
                 _ => {}
             }
         }
@@ -134,13 +142,19 @@ pub fn classify(props: &UnitProps, memory: Memory) -> ObservedState {
     };
     let pid = (props.main_pid != 0).then_some(props.main_pid);
     match (props.active_state.as_str(), props.sub_state.as_str()) {
-        ("active" | "reloading", _) => ObservedState::Running { pid, since: since() },
+        ("active" | "reloading", _) => ObservedState::Running {
+            pid,
+            since: since(),
+        },
         ("activating", _) => ObservedState::Restarting {
             last_exit: props.last_exit(),
         },
         ("deactivating", _) if memory.operator_stopped => ObservedState::StoppedByOperator,
         // Still alive while it stops.
-        ("deactivating", _) => ObservedState::Running { pid, since: since() },
+        ("deactivating", _) => ObservedState::Running {
+            pid,
+            since: since(),
+        },
         ("failed", _) if memory.roost_stopped => ObservedState::Inactive,
         ("failed", _) if memory.operator_stopped => ObservedState::StoppedByOperator,
         // The `failed` signal comes a few ms before `auto-restart`: not final when systemd
@@ -217,40 +231,76 @@ mod tests {
     fn running_carries_pid_and_start_time() {
         let mut p = props("active", "running", "success", "always");
         p.main_pid = 42;
-        let ObservedState::Running { pid, since } = classify(&p, NONE) else { panic!() };
+        let ObservedState::Running { pid, since } = classify(&p, NONE) else {
+            panic!()
+        };
         assert_eq!(pid, Some(42));
         assert_eq!(since.as_microsecond(), 1_700_000_000_000_000);
     }
 
     #[test]
     fn a_crash_being_restarted_is_restarting_with_the_signal() {
-        let p = exited(props("activating", "auto-restart", "signal", "on-failure"), CLD_KILLED, 9);
-        let ObservedState::Restarting { last_exit: Some(exit) } = classify(&p, NONE) else { panic!() };
+        let p = exited(
+            props("activating", "auto-restart", "signal", "on-failure"),
+            CLD_KILLED,
+            9,
+        );
+        let ObservedState::Restarting {
+            last_exit: Some(exit),
+        } = classify(&p, NONE)
+        else {
+            panic!()
+        };
         assert_eq!((exit.code, exit.signal), (None, Some(9)));
         // The transient `failed` before auto-restart too.
-        let p = exited(props("failed", "failed", "signal", "on-failure"), CLD_KILLED, 9);
-        assert!(matches!(classify(&p, NONE), ObservedState::Restarting { .. }));
+        let p = exited(
+            props("failed", "failed", "signal", "on-failure"),
+            CLD_KILLED,
+            9,
+        );
+        assert!(matches!(
+            classify(&p, NONE),
+            ObservedState::Restarting { .. }
+        ));
     }
 
     #[test]
     fn final_failures_are_exits() {
         let p = exited(props("failed", "failed", "exit-code", "no"), CLD_EXITED, 3);
-        assert!(matches!(classify(&p, NONE), ObservedState::Exited { exit } if exit.code == Some(3)));
-        let p = exited(props("failed", "failed", "start-limit-hit", "always"), CLD_EXITED, 1);
-        assert!(matches!(classify(&p, NONE), ObservedState::Exited { exit } if exit.code == Some(1)));
+        assert!(
+            matches!(classify(&p, NONE), ObservedState::Exited { exit } if exit.code == Some(3))
+        );
+        let p = exited(
+            props("failed", "failed", "start-limit-hit", "always"),
+            CLD_EXITED,
+            1,
+        );
+        assert!(
+            matches!(classify(&p, NONE), ObservedState::Exited { exit } if exit.code == Some(1))
+        );
         let p = exited(props("failed", "failed", "core-dump", "no"), CLD_DUMPED, 11);
-        assert!(matches!(classify(&p, NONE), ObservedState::Exited { exit } if exit.signal == Some(11)));
+        assert!(
+            matches!(classify(&p, NONE), ObservedState::Exited { exit } if exit.signal == Some(11))
+        );
     }
 
     #[test]
     fn a_clean_exit_is_exit_zero() {
-        let p = exited(props("inactive", "dead", "success", "on-failure"), CLD_EXITED, 0);
+        let p = exited(
+            props("inactive", "dead", "success", "on-failure"),
+            CLD_EXITED,
+            0,
+        );
         assert!(matches!(classify(&p, NONE), ObservedState::Exited { exit } if exit.succeeded()));
     }
 
     #[test]
     fn stops_are_told_apart_by_memory_and_evidence() {
-        let stopped = exited(props("inactive", "dead", "success", "on-failure"), CLD_KILLED, 15);
+        let stopped = exited(
+            props("inactive", "dead", "success", "on-failure"),
+            CLD_KILLED,
+            15,
+        );
         assert_eq!(classify(&stopped, NONE), ObservedState::StoppedByOperator);
         let roost = Memory {
             roost_stopped: true,
@@ -258,13 +308,21 @@ mod tests {
         };
         assert_eq!(classify(&stopped, roost), ObservedState::Inactive);
         // A program that exits 0 on SIGTERM: only memory tells, except under Restart=always.
-        let clean = exited(props("inactive", "dead", "success", "on-failure"), CLD_EXITED, 0);
+        let clean = exited(
+            props("inactive", "dead", "success", "on-failure"),
+            CLD_EXITED,
+            0,
+        );
         let operator = Memory {
             operator_stopped: true,
             ..NONE
         };
         assert_eq!(classify(&clean, operator), ObservedState::StoppedByOperator);
-        let always = exited(props("inactive", "dead", "success", "always"), CLD_EXITED, 0);
+        let always = exited(
+            props("inactive", "dead", "success", "always"),
+            CLD_EXITED,
+            0,
+        );
         assert_eq!(classify(&always, NONE), ObservedState::StoppedByOperator);
         let mut never_ran = props("inactive", "dead", "success", "always");
         never_ran.exec_main_start_us = 0;
@@ -275,12 +333,26 @@ mod tests {
     fn merge_reads_signal_values() {
         let mut p = UnitProps::default();
         let mut values = HashMap::new();
-        values.insert("ActiveState".to_string(), OwnedVariant::from(zbus::Str::from("failed")));
+        values.insert(
+            "ActiveState".to_string(),
+            OwnedVariant::from(zbus::Str::from("failed")),
+        );
         values.insert("MainPID".to_string(), OwnedVariant::from(7u32));
         values.insert("ExecMainCode".to_string(), OwnedVariant::from(2i32));
-        values.insert("ExecMainExitTimestamp".to_string(), OwnedVariant::from(5u64));
+        values.insert(
+            "ExecMainExitTimestamp".to_string(),
+            OwnedVariant::from(5u64),
+        );
         values.insert("Unrelated".to_string(), OwnedVariant::from(true));
         p.merge(&values);
-        assert_eq!((p.active_state.as_str(), p.main_pid, p.exec_main_code, p.exec_main_exit_us), ("failed", 7, 2, 5));
+        assert_eq!(
+            (
+                p.active_state.as_str(),
+                p.main_pid,
+                p.exec_main_code,
+                p.exec_main_exit_us
+            ),
+            ("failed", 7, 2, 5)
+        );
     }
 }

@@ -51,15 +51,23 @@ pub fn render(run: &ComponentRun, opts: &UnitOptions) -> Result<String, RuntimeE
         message,
     };
     if run.spec_hash.is_empty() || !run.spec_hash.chars().all(|c| c.is_ascii_graphic()) {
-        return Err(invalid(format!("spec hash {:?} must be printable ASCII without spaces", run.spec_hash)));
+        return Err(invalid(format!(
+            "spec hash {:?} must be printable ASCII without spaces",
+            run.spec_hash
+        )));
     }
     let mut body = String::new();
     let restart_sec = run.backoff.initial.as_std().max(MIN_RESTART_SEC);
     let max_delay = run.backoff.max.as_std();
-    let start_limit_interval = (restart_sec * START_LIMIT_INTERVAL_FACTOR).max(MIN_START_LIMIT_INTERVAL);
+    let start_limit_interval =
+        (restart_sec * START_LIMIT_INTERVAL_FACTOR).max(MIN_START_LIMIT_INTERVAL);
 
     body.push_str("[Unit]\n");
-    let _ = writeln!(body, "Description=roost component {} of deployment {}", name, run.deployment);
+    let _ = writeln!(
+        body,
+        "Description=roost component {} of deployment {}",
+        name, run.deployment
+    );
     let _ = writeln!(body, "StartLimitIntervalSec={}", usec(start_limit_interval));
     let _ = writeln!(body, "StartLimitBurst={START_LIMIT_BURST}");
 
@@ -67,12 +75,24 @@ pub fn render(run: &ComponentRun, opts: &UnitOptions) -> Result<String, RuntimeE
     // exec: the start job fails when the program cannot be executed, instead of "done" then a
     // 203/EXEC failure.
     body.push_str("Type=exec\n");
-    let _ = writeln!(body, "ExecStart={}", exec_line(run.command.argv()).map_err(invalid)?);
+    let _ = writeln!(
+        body,
+        "ExecStart={}",
+        exec_line(run.command.argv()).map_err(invalid)?
+    );
     for (key, value) in &run.env {
-        let _ = writeln!(body, "Environment={}", environment_assignment(key, value).map_err(invalid)?);
+        let _ = writeln!(
+            body,
+            "Environment={}",
+            environment_assignment(key, value).map_err(invalid)?
+        );
     }
     if let Some(dir) = &run.working_dir {
-        let _ = writeln!(body, "WorkingDirectory={}", working_directory(dir).map_err(invalid)?);
+        let _ = writeln!(
+            body,
+            "WorkingDirectory={}",
+            working_directory(dir).map_err(invalid)?
+        );
     }
     let _ = writeln!(body, "SyslogIdentifier={name}");
     let restart = match run.restart_policy {
@@ -83,11 +103,19 @@ pub fn render(run: &ComponentRun, opts: &UnitOptions) -> Result<String, RuntimeE
     let _ = writeln!(body, "Restart={restart}");
     let _ = writeln!(body, "RestartSec={}", usec(restart_sec));
     if opts.restart_steps && max_delay > restart_sec {
-        let _ = writeln!(body, "RestartSteps={}", restart_steps(restart_sec, max_delay));
+        let _ = writeln!(
+            body,
+            "RestartSteps={}",
+            restart_steps(restart_sec, max_delay)
+        );
         let _ = writeln!(body, "RestartMaxDelaySec={}", usec(max_delay));
     }
     // 0 would mean "wait forever" to systemd.
-    let _ = writeln!(body, "TimeoutStopSec={}", usec(run.stop_timeout.max(Duration::from_millis(1))));
+    let _ = writeln!(
+        body,
+        "TimeoutStopSec={}",
+        usec(run.stop_timeout.max(Duration::from_millis(1)))
+    );
     body.push_str("KillMode=control-group\n");
 
     body.push_str("\n[Install]\n");
@@ -156,10 +184,14 @@ fn exec_line(argv: &[String]) -> Result<String, String> {
 
 fn environment_assignment(key: &str, value: &str) -> Result<String, String> {
     let mut chars = key.chars();
-    let key_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    let key_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
     if !key_ok {
-        return Err(format!("environment variable name {key:?} is not a valid name"));
+        return Err(format!(
+            "environment variable name {key:?} is not a valid name"
+        ));
     }
     check_line_safe(&format!("env {key}"), value)?;
     Ok(quote(&format!("{key}={value}")))
@@ -224,7 +256,9 @@ fn restart_steps(initial: Duration, max: Duration) -> u32 {
 /// FNV-1a, 64 bits: stable across Rust releases (std's hasher is not), so a roost upgrade does
 /// not make every unit look hand-edited.
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]
@@ -239,7 +273,8 @@ mod tests {
             deployment: "field".into(),
             name: ComponentName::try_from("uploader").unwrap(),
             spec_hash: "abc123".into(),
-            command: Command::try_from(argv.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap(),
+            command: Command::try_from(argv.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap(),
             env: BTreeMap::new(),
             working_dir: None,
             restart_policy: RestartPolicy::OnFailure,
@@ -285,7 +320,14 @@ mod tests {
         let mut r = run(&["/bin/true"]);
         r.backoff.initial = HumanDuration::from_secs(1);
         r.backoff.max = HumanDuration::from_secs(60);
-        let text = render(&r, &UnitOptions { restart_steps: true, ..USER }).unwrap();
+        let text = render(
+            &r,
+            &UnitOptions {
+                restart_steps: true,
+                ..USER
+            },
+        )
+        .unwrap();
         assert!(text.contains("RestartSteps=6\n"), "{text}");
         assert!(text.contains("RestartMaxDelaySec=60000000us\n"));
     }
@@ -300,7 +342,11 @@ mod tests {
         r.restart_policy = RestartPolicy::Never;
         assert!(render(&r, &USER).unwrap().contains("Restart=no\n"));
         r.stop_timeout = Duration::ZERO;
-        assert!(render(&r, &USER).unwrap().contains("TimeoutStopSec=1000us\n"));
+        assert!(
+            render(&r, &USER)
+                .unwrap()
+                .contains("TimeoutStopSec=1000us\n")
+        );
     }
 
     #[test]
@@ -310,20 +356,35 @@ mod tests {
         assert_eq!(quote("$HOME ${X} ; 'q' ü"), r#""$HOME ${X} ; 'q' ü""#);
         assert_eq!(quote(""), r#""""#);
         let text = render(&run(&["/bin/echo", ";", "%h", "\\"]), &USER).unwrap();
-        assert!(text.contains(r#"ExecStart=:"/bin/echo" ";" "%%h" "\\""#), "{text}");
+        assert!(
+            text.contains(r#"ExecStart=:"/bin/echo" ";" "%%h" "\\""#),
+            "{text}"
+        );
     }
 
     #[test]
     fn control_characters_are_refused() {
-        for bad in ["a\nExecStartPre=/bin/evil", "a\rb", "tab\there", "nul\u{7f}", "c1\u{85}"] {
+        for bad in [
+            "a\nExecStartPre=/bin/evil",
+            "a\rb",
+            "tab\there",
+            "nul\u{7f}",
+            "c1\u{85}",
+        ] {
             let err = render(&run(&["/bin/echo", bad]), &USER).unwrap_err();
             assert!(matches!(err, RuntimeError::InvalidValue { .. }), "{bad:?}");
             let mut r = run(&["/bin/echo"]);
             r.env.insert("X".into(), bad.into());
-            assert!(matches!(render(&r, &USER), Err(RuntimeError::InvalidValue { .. })));
+            assert!(matches!(
+                render(&r, &USER),
+                Err(RuntimeError::InvalidValue { .. })
+            ));
             let mut r = run(&["/bin/echo"]);
             r.working_dir = Some(format!("/srv/{bad}").into());
-            assert!(matches!(render(&r, &USER), Err(RuntimeError::InvalidValue { .. })));
+            assert!(matches!(
+                render(&r, &USER),
+                Err(RuntimeError::InvalidValue { .. })
+            ));
         }
     }
 
