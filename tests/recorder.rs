@@ -1,0 +1,309 @@
+//! End-to-end tests of `roost record`: real ALSA (file plugin over a FIFO) through cpal, the real
+//! binary, real SQLite and real files. Waits are on the recorder's report, with generous
+//! timeouts, so that a loaded 2-core machine only makes them slower.
+
+mod recorder_common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use recorder_common::{KillOnDrop, PacedFeeder, Rig, signal, terminate, wait_exit};
+use roost::recorder::RecorderState;
+use roost::recorder::feed::{Feeder, signal_bytes};
+use serde_json::json;
+
+const LONG: Duration = Duration::from_secs(40);
+
+fn samples(path: &PathBuf) -> Vec<i16> {
+    hound::WavReader::open(path)
+        .unwrap()
+        .into_samples::<i16>()
+        .map(|s| s.unwrap())
+        .collect()
+}
+
+#[test]
+fn continuous_files_concatenate_to_exactly_the_fed_samples() {
+    let rate = 16_000;
+    // The device by its listed name, to exercise lookup by name.
+    let rig = Rig::new(rate, json!({"device": "roost_test"}), json!({}));
+    // Unpaced: 3.5 s of signal as fast as the pipe takes it; then the FIFO stays open and silent.
+    let mut feeder = Feeder::open(&rig.fifo, rate, 1, rig.period).unwrap();
+    let periods = (rate as u64 * 7 / 2) / u64::from(rig.period);
+    feeder.write_unpaced(periods).unwrap();
+    let fed_frames = feeder.frames;
+    let mut child = KillOnDrop(rig.spawn_recorder());
+    // Stop by sample count: once every fed frame is in, the silent device is reported lost.
+    rig.wait_report("all fed samples captured", LONG, |r| {
+        r.samples_captured >= fed_frames && r.state == RecorderState::DeviceUnavailable
+    });
+    let status = terminate(&mut child.0);
+    assert!(status.success(), "{status:?}\n{}", rig.log());
+    let report = rig.report().unwrap();
+    assert_eq!(report.state, RecorderState::Stopped);
+    assert_eq!(report.samples_dropped, 0);
+    assert_eq!(report.error, None, "{:#?}", report);
+
+    let files = rig.recordings();
+    assert!(files.len() >= 4, "{files:?}");
+    let mut all = Vec::new();
+    for f in &files {
+        all.extend(samples(f));
+    }
+    let expected: Vec<i16> = signal_bytes(0, fed_frames, rate, 1)
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    assert_eq!(all.len(), expected.len(), "frames recorded vs fed");
+    assert!(
+        all == expected,
+        "the concatenated files differ from the fed signal"
+    );
+    // Inner files are exactly one second; each starts where the previous one ended.
+    for f in &files[1..files.len() - 1] {
+        assert_eq!(samples(f).len(), rate as usize, "{}", f.display());
+    }
+    let starts: Vec<jiff::Timestamp> = files
+        .iter()
+        .map(|f| roost::storage::start_from_file_name(f).unwrap())
+        .collect();
+    for (i, w) in starts.windows(2).enumerate() {
+        let len = samples(&files[i]).len() as f64 / f64::from(rate);
+        let gap = w[1].duration_since(w[0]).as_secs_f64();
+        assert!(
+            (gap - len).abs() < 2e-5,
+            "file {i}: {gap} s apart, {len} s long"
+        );
+    }
+    let text = String::from_utf8_lossy(&std::fs::read(&files[0]).unwrap()).into_owned();
+    assert!(
+        text.contains("GUANO|Version:1.0")
+            && text.contains("ROOST|Deployment:meadow-test")
+            && text.contains("Loc Position:51.5 -0.12")
+    );
+    rig.assert_consistent();
+    assert_eq!(rig.row_count(), files.len() as i64);
+}
+
+#[test]
+fn kill_9_mid_file_then_restart_leaves_a_consistent_storage() {
+    let rate = 16_000;
+    let rig = Rig::new(rate, json!({"duration": "3s"}), json!({}));
+    let feeder = PacedFeeder::start(&rig.fifo, rate, rig.period);
+    let mut child = KillOnDrop(rig.spawn_recorder());
+    rig.wait_report("one file", LONG, |r| r.files_written >= 1);
+    // Mid-file: at least one header checkpoint (1 s) into the next file.
+    std::thread::sleep(Duration::from_millis(1800));
+    signal(&child.0, nix::sys::signal::Signal::SIGKILL);
+    wait_exit(&mut child.0, Duration::from_secs(10));
+    let partial: Vec<_> = std::fs::read_dir(rig.storage.join(".partial"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(partial.len(), 1, "a file was being written");
+    let rows_before = rig.row_count();
+
+    let mut child = KillOnDrop(rig.spawn_recorder());
+    let report = rig.wait_report("restart", LONG, |r| {
+        r.state == RecorderState::Recording && r.pid == child.0.id()
+    });
+    assert_eq!(report.repair.salvaged.len(), 1, "{:#?}", report.repair);
+    assert!(report.repair.quarantined.is_empty() && report.repair.rows_removed.is_empty());
+    let salvaged = &report.repair.salvaged[0];
+    let frames = samples(salvaged).len();
+    assert!(
+        frames >= rate as usize && frames < 3 * rate as usize,
+        "{frames}"
+    );
+    rig.wait_report("a file after restart", LONG, |r| r.files_written >= 1);
+    let status = terminate(&mut child.0);
+    assert!(status.success(), "{}", rig.log());
+    drop(feeder);
+    rig.assert_consistent();
+    assert!(rig.row_count() >= rows_before + 2);
+    // One deployment row, continued across the crash.
+    let conn = rusqlite::Connection::open(rig.storage.join("metadata.db")).unwrap();
+    let deployments: i64 = conn
+        .query_row("SELECT count(*) FROM deployment", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(deployments, 1);
+    let orphans: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM recording WHERE deployment_id NOT IN (SELECT id FROM deployment)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(orphans, 0);
+}
+
+#[test]
+fn a_device_that_vanishes_is_reported_and_recording_resumes_when_it_returns() {
+    let rate = 16_000;
+    let rig = Rig::new(rate, json!({}), json!({}));
+    let first = PacedFeeder::start(&rig.fifo, rate, rig.period);
+    let mut child = KillOnDrop(rig.spawn_recorder());
+    rig.wait_report("recording", LONG, |r| r.files_written >= 1);
+    // Vanish: the signal stops and the device node is gone.
+    first.stall();
+    std::fs::remove_file(&rig.fifo).unwrap();
+    let lost = rig.wait_report("device unavailable", LONG, |r| {
+        r.state == RecorderState::DeviceUnavailable
+    });
+    assert_eq!(lost.error.as_ref().unwrap().code, "DEP_E311");
+    let health = roost::recorder::assess(&lost, jiff::Timestamp::now());
+    assert!(
+        matches!(health, roost::recorder::Health::Error { code, .. } if code.code == "DEP_E311")
+    );
+    let files_before = lost.files_written;
+    std::thread::sleep(Duration::from_secs(1));
+    // Return: a new device node with signal.
+    let second = PacedFeeder::start(&rig.fifo, rate, rig.period);
+    let back = rig.wait_report("recording again", LONG, |r| {
+        r.files_written >= files_before + 2
+    });
+    assert_eq!(back.error, None);
+    let status = terminate(&mut child.0);
+    assert!(status.success(), "{}", rig.log());
+    drop(second);
+    drop(first);
+    rig.assert_consistent();
+}
+
+/// Mounts a small tmpfs (the tests run as root) and unmounts it on drop.
+struct Tmpfs(PathBuf);
+impl Tmpfs {
+    fn mount(at: &std::path::Path, size: &str) -> Self {
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount tmpfs (needs root)");
+        Self(at.to_path_buf())
+    }
+}
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_disk_that_fills_ends_the_file_registered_and_says_so() {
+    let rate = 48_000;
+    let rig = Rig::new(rate, json!({"duration": "2s"}), json!({}));
+    let _mount = Tmpfs::mount(&rig.storage, "4M");
+    let feeder = PacedFeeder::start(&rig.fifo, rate, rig.period);
+    let mut child = KillOnDrop(rig.spawn_recorder());
+    let r = rig.wait_report("a file", LONG, |r| {
+        r.files_written >= 1 && r.state == RecorderState::Recording
+    });
+    // Another program fills the disk, leaving room for about one second of audio.
+    let free = roost::storage::free_bytes(&rig.storage).unwrap();
+    let leave =
+        roost::storage::DB_RESERVE_BYTES + roost::recorder::wav::RESERVE_EXTRA + 96_000 + 40_000;
+    let filler = rig.storage.join("filler");
+    std::fs::write(&filler, vec![1u8; (free - leave) as usize]).unwrap();
+    let full = rig.wait_report("disk full", LONG, |x| {
+        x.error.as_ref().is_some_and(|e| e.code == "DEP_E303") && x.files_written > r.files_written
+    });
+    assert_eq!(full.state, RecorderState::StorageError);
+    // The file cut short by the full disk is complete and registered.
+    rig.assert_consistent();
+    let short: Vec<_> = rig
+        .recordings()
+        .into_iter()
+        .filter(|f| {
+            let n = samples(f).len();
+            n < 2 * rate as usize && n >= rate as usize / 2
+        })
+        .collect();
+    assert!(!short.is_empty(), "{:?}", rig.recordings());
+    // Space returns: recording resumes by itself.
+    std::fs::remove_file(&filler).unwrap();
+    let resumed = rig.wait_report("resumed", LONG, |x| {
+        x.files_written >= full.files_written + 1 && x.error.is_none()
+    });
+    assert_eq!(resumed.state, RecorderState::Recording);
+    let status = terminate(&mut child.0);
+    assert!(status.success(), "{}", rig.log());
+    drop(feeder);
+    rig.assert_consistent();
+}
+
+#[test]
+fn low_space_policies_stop_discard_or_delete_the_oldest() {
+    let rate = 16_000;
+    let rig = Rig::new(rate, json!({}), json!({}));
+    let feeder = PacedFeeder::start(&rig.fifo, rate, rig.period);
+    let mut child = KillOnDrop(rig.spawn_recorder());
+    rig.wait_report("three files", LONG, |r| r.files_written >= 3);
+    assert!(terminate(&mut child.0).success());
+    let old = rig.recordings();
+
+    for policy in ["stop", "discardNew"] {
+        rig.write_config(
+            json!({}),
+            json!({"minFreeSpace": "100TiB", "onLowSpace": policy}),
+        );
+        let mut child = KillOnDrop(rig.spawn_recorder());
+        let low = rig.wait_report(policy, LONG, |r| {
+            r.state == RecorderState::LowSpace && r.pid == child.0.id()
+        });
+        assert_eq!(low.error.as_ref().unwrap().code, "DEP_E302");
+        assert!(terminate(&mut child.0).success());
+        assert_eq!(
+            rig.recordings(),
+            old,
+            "{policy} keeps what is there and adds nothing"
+        );
+    }
+
+    rig.write_config(
+        json!({}),
+        json!({"minFreeSpace": "100TiB", "onLowSpace": "deleteOldest"}),
+    );
+    let mut child = KillOnDrop(rig.spawn_recorder());
+    let low = rig.wait_report("deleteOldest", LONG, |r| {
+        r.state == RecorderState::LowSpace && r.pid == child.0.id()
+    });
+    assert_eq!(low.error.as_ref().unwrap().code, "DEP_E302");
+    assert!(terminate(&mut child.0).success());
+    assert!(
+        rig.recordings().is_empty(),
+        "the oldest recordings were deleted, rows with them"
+    );
+    assert_eq!(rig.row_count(), 0);
+    drop(feeder);
+    rig.assert_consistent();
+}
+
+#[test]
+fn check_reads_the_report_while_a_healthy_recorder_holds_the_device() {
+    let rate = 16_000;
+    let rig = Rig::new(rate, json!({}), json!({}));
+    let feeder = PacedFeeder::start(&rig.fifo, rate, rig.period);
+    let mut child = KillOnDrop(rig.spawn_recorder());
+    rig.wait_report("recording", LONG, |r| r.files_written >= 1);
+    let spec: roost::spec::RecorderSpec =
+        serde_json::from_value(json!({"sampleRate": rate})).unwrap();
+    // Without ALSA_CONFIG_PATH in this process the device cannot be opened here: only the report can answer.
+    assert_eq!(
+        roost::recorder::check_device_or_report(&spec, &rig.state, jiff::Timestamp::now()),
+        Ok(())
+    );
+    let other: roost::spec::RecorderSpec =
+        serde_json::from_value(json!({"sampleRate": 44_100})).unwrap();
+    assert!(
+        roost::recorder::check_device_or_report(&other, &rig.state, jiff::Timestamp::now())
+            .is_err()
+    );
+    assert!(terminate(&mut child.0).success());
+    drop(feeder);
+    let r = rig.report().unwrap();
+    assert_eq!((r.samples_dropped, r.overruns), (0, 0));
+}
