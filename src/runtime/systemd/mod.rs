@@ -396,11 +396,18 @@ impl SystemdRuntime {
                 reason: "systemd could not execute it (status 203/EXEC)".into(),
             });
         }
+        let setup_failed =
+            props.exec_main_code == CLD_EXITED && (200..=243).contains(&props.exec_main_status);
+        if props.exec_main_start_us != 0 && !setup_failed {
+            // It ran and exited before the job finished: an exit (reported as one by the
+            // watcher and by observe), not a failure to start.
+            return Ok(());
+        }
         Err(RuntimeError::Component {
             name: run.name.to_string(),
             message: format!(
-                "start job of {unit} ended {result:?} (state {}/{}, result {})",
-                props.active_state, props.sub_state, props.result
+                "start job of {unit} ended {result:?} (state {}/{}, result {}, status {}; statuses 200-243 are systemd.exec(5) set-up errors)",
+                props.active_state, props.sub_state, props.result, props.exec_main_status
             ),
         })
     }

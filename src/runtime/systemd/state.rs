@@ -113,15 +113,6 @@ impl UnitProps {
             },
         }
     }
-
-    /// systemd will start the unit again by itself after this failure.
-    fn restart_applies(&self) -> bool {
-        match self.restart.as_str() {
-            "always" => self.result != "start-limit-hit",
-            "on-failure" => !matches!(self.result.as_str(), "success" | "start-limit-hit"),
-            _ => false,
-        }
-    }
 }
 
 /// What roost remembers of a unit that the properties cannot tell.
@@ -157,11 +148,10 @@ pub fn classify(props: &UnitProps, memory: Memory) -> ObservedState {
         },
         ("failed", _) if memory.roost_stopped => ObservedState::Inactive,
         ("failed", _) if memory.operator_stopped => ObservedState::StoppedByOperator,
-        // The `failed` signal comes a few ms before `auto-restart`: not final when systemd
-        // restarts this kind of failure.
-        ("failed", _) if props.restart_applies() => ObservedState::Restarting {
-            last_exit: props.last_exit(),
-        },
+        // Final: a property read never sees the `failed` that precedes an auto-restart (systemd
+        // passes through it inside one call; only the signals show it, and the watcher re-reads
+        // a unit whose signal says `failed`). Hitting the start limit leaves `Result=exit-code`
+        // on 252, not `start-limit-hit`.
         ("failed", _) => ObservedState::Exited {
             exit: props.exit_or_failure(),
         },

@@ -271,6 +271,11 @@ fn on_properties_changed(
     };
     let before = props.clone();
     props.merge(&changed);
+    let props = props.clone();
+    if is_unit && props.active_state == "failed" {
+        // Maybe the transient `failed` before an auto-restart: only a fresh read tells.
+        entry.dirty = true;
+    }
     let component = entry.component.clone();
 
     if !is_unit
