@@ -124,7 +124,9 @@ impl RecorderError {
 }
 
 /// Runs the recorder until SIGTERM or SIGINT, then finishes the current file (registered) and
-/// returns. Device and storage problems are reported and retried, not returned.
+/// returns. Device and storage problems are reported and retried, not returned. Call it from the
+/// main thread before other threads exist: the signals are blocked here and in every thread
+/// started later, and taken by a thread of the recorder's own.
 pub fn run(config_path: &Path, state_dir: &Path) -> Result<(), RecorderError> {
     let bytes = std::fs::read(config_path).map_err(|source| RecorderError::ConfigUnreadable {
         path: config_path.to_path_buf(),
@@ -499,9 +501,14 @@ impl<T: WavSample> Recorder<T> {
         let poll = (period_time / 2).clamp(Duration::from_millis(2), Duration::from_millis(20));
         let mut consumed: u64 = 0;
         let mut last_data = Instant::now();
+        let mut draining = false;
         let lost = loop {
             if self.stopping() {
-                break None;
+                // What the device already delivered belongs in the last file: one more pass.
+                if draining {
+                    break None;
+                }
+                draining = true;
             }
             if cap.shared.device_lost.load(Ordering::Relaxed) {
                 break Some("the audio device disappeared".to_string());
@@ -509,6 +516,9 @@ impl<T: WavSample> Recorder<T> {
             let mut available = cap.samples.slots();
             available -= available % channels;
             if available == 0 {
+                if draining {
+                    break None;
+                }
                 if last_data.elapsed() > stall_timeout {
                     break Some(format!(
                         "the audio device delivered no samples for {:.1} s",
@@ -524,6 +534,10 @@ impl<T: WavSample> Recorder<T> {
             if self.anchor_ns.is_none() {
                 let behind = (available / channels) as f64 / f64::from(self.format.sample_rate);
                 self.anchor_ns = Some(Timestamp::now().as_nanosecond() - (behind * 1e9) as i128);
+                if self.report.state == RecorderState::DeviceUnavailable {
+                    tracing::info!("the audio device delivers samples again");
+                    self.set_state(RecorderState::Starting, None);
+                }
             }
             // A gap splits the stream: samples before it, then a jump of the timeline.
             if let Ok(gap) = cap.gaps.peek().copied() {
