@@ -11,8 +11,8 @@ use crate::errors::{self, ErrorCode};
 use crate::history::History;
 use crate::plan::{self, Desired, PlanInput};
 use crate::reconcile::{self, Config, ReconcileError};
-use crate::runtime::process::ProcessRuntime;
 use crate::runtime::RuntimeError;
+use crate::runtime::process::ProcessRuntime;
 use crate::spec;
 use crate::state_dir::StateDir;
 
@@ -29,9 +29,17 @@ pub enum AppError {
 }
 
 /// `roost run`: reconciles until SIGTERM or SIGINT.
-pub fn run(file: &Path, state_dir: &Path, choice: RuntimeChoice, user: bool) -> Result<(), AppError> {
+pub fn run(
+    file: &Path,
+    state_dir: &Path,
+    choice: RuntimeChoice,
+    user: bool,
+) -> Result<(), AppError> {
     // One thread is plenty for a reconciler and keeps the footprint small.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(AppError::Tokio)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(AppError::Tokio)?;
     let file = absolute(file);
     let cfg = Config {
         file,
@@ -41,7 +49,10 @@ pub fn run(file: &Path, state_dir: &Path, choice: RuntimeChoice, user: bool) -> 
     rt.block_on(async move {
         let shutdown = async {
             use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
                 return std::future::pending().await;
             };
             tokio::select! {
@@ -58,10 +69,14 @@ pub fn run(file: &Path, state_dir: &Path, choice: RuntimeChoice, user: bool) -> 
             RuntimeChoice::Auto => false,
         };
         if use_systemd {
-            return Err(AppError::Usage("the systemd runtime is not available in this build yet".into()));
+            return Err(AppError::Usage(
+                "the systemd runtime is not available in this build yet".into(),
+            ));
         } else {
             if user {
-                return Err(AppError::Usage("--user only applies to the systemd runtime".into()));
+                return Err(AppError::Usage(
+                    "--user only applies to the systemd runtime".into(),
+                ));
             }
             let runtime = ProcessRuntime::new(state_dir)?;
             reconcile::run(cfg, runtime, shutdown, ready).await?;
@@ -74,7 +89,9 @@ fn absolute(p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
     } else {
-        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
     }
 }
 
@@ -121,7 +138,11 @@ pub fn check(file: &Path, state_dir: &Path) -> CheckReport {
                 spec::LoadError::Syntax { snippet, .. } => snippet.clone(),
                 _ => None,
             };
-            problems.push(Problem { code: &errors::INVALID_SPEC, message: e.to_string(), snippet });
+            problems.push(Problem {
+                code: &errors::INVALID_SPEC,
+                message: e.to_string(),
+                snippet,
+            });
             None
         }
     };
@@ -150,7 +171,11 @@ pub fn check(file: &Path, state_dir: &Path) -> CheckReport {
             {
                 problems.push(Problem {
                     code: &errors::COMPONENT_FAILED,
-                    message: format!("component {}: workingDir {} is not a folder", c.name, dir.as_path().display()),
+                    message: format!(
+                        "component {}: workingDir {} is not a folder",
+                        c.name,
+                        dir.as_path().display()
+                    ),
                     snippet: None,
                 });
             }
@@ -181,8 +206,14 @@ pub fn plan_offline(file: &Path, state_dir: &Path) -> (String, bool) {
     let state = StateDir::new(state_dir.to_path_buf());
     let history = History::load(&state.history());
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("roost"));
-    let reconciler_cfg = Config { file: absolute(file), state_dir: state_dir.to_path_buf(), exe };
-    let extra = reconcile::recorder_run(&reconciler_cfg, &deployment).into_iter().collect();
+    let reconciler_cfg = Config {
+        file: absolute(file),
+        state_dir: state_dir.to_path_buf(),
+        exe,
+    };
+    let extra = reconcile::recorder_run(&reconciler_cfg, &deployment)
+        .into_iter()
+        .collect();
     let desired = Desired::from_deployment(&deployment, extra);
     let observed = ProcessRuntime::observe_offline(state_dir);
     let p = plan::plan(&PlanInput {
@@ -204,11 +235,13 @@ pub fn plan_offline(file: &Path, state_dir: &Path) -> (String, bool) {
 }
 
 pub fn deployment_schema() -> String {
-    serde_json::to_string_pretty(&schemars::schema_for!(spec::Deployment)).expect("schema serializes")
+    serde_json::to_string_pretty(&schemars::schema_for!(spec::Deployment))
+        .expect("schema serializes")
 }
 
 pub fn status_schema() -> String {
-    serde_json::to_string_pretty(&schemars::schema_for!(crate::status::StatusDoc)).expect("schema serializes")
+    serde_json::to_string_pretty(&schemars::schema_for!(crate::status::StatusDoc))
+        .expect("schema serializes")
 }
 
 /// `roost logs NAME [--follow]`: the rotated files oldest first, then the current one.
@@ -218,7 +251,10 @@ pub fn logs(state_dir: &Path, name: &str, follow: bool) -> std::io::Result<()> {
     if !current.exists() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::NotFound,
-            format!("no log for component {name:?} in {}", state.logs().display()),
+            format!(
+                "no log for component {name:?} in {}",
+                state.logs().display()
+            ),
         ));
     }
     let mut out = std::io::stdout().lock();
@@ -245,7 +281,9 @@ fn follow_file(path: &Path, mut file: std::fs::File, out: &mut impl Write) -> st
     })
     .map_err(std::io::Error::other)?;
     let dir = path.parent().unwrap_or(Path::new("."));
-    watcher.watch(dir, notify::RecursiveMode::NonRecursive).map_err(std::io::Error::other)?;
+    watcher
+        .watch(dir, notify::RecursiveMode::NonRecursive)
+        .map_err(std::io::Error::other)?;
     let mut buf = Vec::new();
     loop {
         buf.clear();
@@ -253,7 +291,10 @@ fn follow_file(path: &Path, mut file: std::fs::File, out: &mut impl Write) -> st
         out.write_all(&buf)?;
         out.flush()?;
         let pos = file.stream_position()?;
-        if std::fs::metadata(path).map(|m| m.len() < pos).unwrap_or(false) {
+        if std::fs::metadata(path)
+            .map(|m| m.len() < pos)
+            .unwrap_or(false)
+        {
             file = std::fs::File::open(path)?;
             file.seek(SeekFrom::Start(0))?;
             continue;

@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
-#[command(name = "roost", version, about = "Keeps a field recording device in the state deployment.yaml describes")]
+#[command(
+    name = "roost",
+    version,
+    about = "Keeps a field recording device in the state deployment.yaml describes"
+)]
 pub struct Cli {
     /// Log format of roost's own log on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]

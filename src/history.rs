@@ -67,7 +67,11 @@ impl ComponentHistory {
             .last_start
             .map(|s| exit.at.duration_since(s).unsigned_abs() >= backoff.reset_after.as_std())
             .unwrap_or(false);
-        self.consecutive_failures = if ran_long { 1 } else { self.consecutive_failures.saturating_add(1) };
+        self.consecutive_failures = if ran_long {
+            1
+        } else {
+            self.consecutive_failures.saturating_add(1)
+        };
         self.last_exit = Some(exit);
     }
 
@@ -171,7 +175,11 @@ mod tests {
         let mut h = ComponentHistory::new("x");
         h.started(t0);
         assert_eq!(h.restart_count, 0);
-        let exit = |secs: i64| ExitInfo { code: Some(1), signal: None, at: t0 + jiff::SignedDuration::from_secs(secs) };
+        let exit = |secs: i64| ExitInfo {
+            code: Some(1),
+            signal: None,
+            at: t0 + jiff::SignedDuration::from_secs(secs),
+        };
         h.exited(exit(1), &b);
         h.started(t0);
         h.exited(exit(2), &b);

@@ -20,8 +20,11 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ROOST_LOG").unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("ROOST_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -30,7 +33,12 @@ fn init_logging(format: LogFormat) {
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { file, state_dir, runtime, user } => {
+        Command::Run {
+            file,
+            state_dir,
+            runtime,
+            user,
+        } => {
             let state_dir = roost::state_dir::resolve(state_dir.as_deref());
             roost::app::run(&file, &state_dir, runtime, user)?;
             Ok(ExitCode::SUCCESS)
@@ -42,7 +50,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(if report.passed() { 0 } else { 1 }))
         }
         Command::Status { state_dir, json } => {
-            let state_dir = roost::state_dir::StateDir::new(roost::state_dir::resolve(state_dir.as_deref()));
+            let state_dir =
+                roost::state_dir::StateDir::new(roost::state_dir::resolve(state_dir.as_deref()));
             let doc = roost::status::read(&state_dir.status())?;
             let mut out = std::io::stdout().lock();
             if json {
@@ -76,7 +85,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             Some(code) => match roost::errors::lookup(&code) {
                 Some(c) => {
-                    println!("{}: {}\n\n{}\n\nRecommended action: {}", c.code, c.title, c.description, c.action);
+                    println!(
+                        "{}: {}\n\n{}\n\nRecommended action: {}",
+                        c.code, c.title, c.description, c.action
+                    );
                     Ok(ExitCode::SUCCESS)
                 }
                 None => {
@@ -85,7 +97,11 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 }
             },
         },
-        Command::Logs { name, state_dir, follow } => {
+        Command::Logs {
+            name,
+            state_dir,
+            follow,
+        } => {
             let state_dir = roost::state_dir::resolve(state_dir.as_deref());
             roost::app::logs(&state_dir, &name, follow).context("cannot show logs")?;
             Ok(ExitCode::SUCCESS)
@@ -95,7 +111,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let _ = (config, state_dir);
             anyhow::bail!("recorder not wired yet") // WIRE-RECORDER
         }
-        Command::Feed { fifo, sample_rate, channels, period_frames, seconds } => {
+        Command::Feed {
+            fifo,
+            sample_rate,
+            channels,
+            period_frames,
+            seconds,
+        } => {
             let _ = (fifo, sample_rate, channels, period_frames, seconds);
             anyhow::bail!("feeder not wired yet") // WIRE-FEED
         }

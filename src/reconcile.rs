@@ -17,7 +17,9 @@ use crate::plan::{self, Action, Desired, Plan, PlanInput};
 use crate::runtime::{ComponentRun, Runtime, RuntimeError, RuntimeEvent};
 use crate::spec::{self, Deployment};
 use crate::state_dir::StateDir;
-use crate::status::{self, ComponentState, ErrorEntry, OverallStatus, Phase, ReconcilerInfo, SpecError, StatusDoc};
+use crate::status::{
+    self, ComponentState, ErrorEntry, OverallStatus, Phase, ReconcilerInfo, SpecError, StatusDoc,
+};
 use crate::watch::FileWatcher;
 
 /// Passes of observe -> plan -> apply per trigger before roost waits for the next trigger.
@@ -97,7 +99,10 @@ impl<R: Runtime> Reconciler<R> {
             Ok((_, bytes)) => Some(plan::spec_hash(bytes)),
             Err(_) => None,
         };
-        if content_hash.is_some() && content_hash == self.last_content_hash && self.desired.is_some() {
+        if content_hash.is_some()
+            && content_hash == self.last_content_hash
+            && self.desired.is_some()
+        {
             self.spec_error = None;
             return;
         }
@@ -133,9 +138,14 @@ impl<R: Runtime> Reconciler<R> {
             RuntimeEvent::Exited { name, exit } => {
                 tracing::info!(component = %name, code = ?exit.code, signal = ?exit.signal, "component exited");
                 if let Some((_, desired)) = &self.desired
-                    && let Some(dc) = desired.components.iter().find(|c| c.run.name.as_str() == name)
+                    && let Some(dc) = desired
+                        .components
+                        .iter()
+                        .find(|c| c.run.name.as_str() == name)
                 {
-                    self.history.for_spec(&name, &dc.run.spec_hash).exited(exit, &dc.run.backoff);
+                    self.history
+                        .for_spec(&name, &dc.run.spec_hash)
+                        .exited(exit, &dc.run.backoff);
                     self.save_history();
                 }
             }
@@ -153,7 +163,11 @@ impl<R: Runtime> Reconciler<R> {
     pub async fn reconcile(&mut self) {
         self.requeue_at = None;
         for pass in 0..MAX_PASSES {
-            let deployment = self.desired.as_ref().map(|(_, d)| d.deployment.clone()).unwrap_or_default();
+            let deployment = self
+                .desired
+                .as_ref()
+                .map(|(_, d)| d.deployment.clone())
+                .unwrap_or_default();
             let observed = match self.runtime.observe(&deployment).await {
                 Ok(o) => {
                     self.runtime_error = None;
@@ -201,7 +215,11 @@ impl<R: Runtime> Reconciler<R> {
     }
 
     async fn apply(&mut self, plan: &Plan) {
-        let deployment = self.desired.as_ref().map(|(_, d)| d.deployment.clone()).unwrap_or_default();
+        let deployment = self
+            .desired
+            .as_ref()
+            .map(|(_, d)| d.deployment.clone())
+            .unwrap_or_default();
         let mut failed = 0;
         for action in &plan.actions {
             tracing::info!(%action, "applying");
@@ -212,7 +230,11 @@ impl<R: Runtime> Reconciler<R> {
                     let record = self.history.for_spec(run.name.as_str(), &run.spec_hash);
                     match &r {
                         Ok(()) => record.started(Timestamp::now()),
-                        Err(e) => record.start_failed(start_error_code(e), e.to_string(), Timestamp::now()),
+                        Err(e) => record.start_failed(
+                            start_error_code(e),
+                            e.to_string(),
+                            Timestamp::now(),
+                        ),
                     }
                     self.stop_failures.remove(run.name.as_str());
                     r
@@ -256,7 +278,9 @@ impl<R: Runtime> Reconciler<R> {
         }
         if let Some((d, _)) = &self.desired {
             let config = recorder_config_json(d, &self.state.root);
-            if let Err(e) = crate::fsutil::write_atomic(&self.state.recorder_config(), config.as_bytes()) {
+            if let Err(e) =
+                crate::fsutil::write_atomic(&self.state.recorder_config(), config.as_bytes())
+            {
                 tracing::error!(error = %e, "cannot write the recorder configuration");
             }
         }
@@ -281,7 +305,11 @@ impl<R: Runtime> Reconciler<R> {
     }
 
     fn write_doc(&mut self, doc: StatusDoc) {
-        if self.last_status.as_ref().is_some_and(|last| last.same_content(&doc)) {
+        if self
+            .last_status
+            .as_ref()
+            .is_some_and(|last| last.same_content(&doc))
+        {
             return;
         }
         if let Err(e) = status::write(&self.state.status(), &doc) {
@@ -293,10 +321,18 @@ impl<R: Runtime> Reconciler<R> {
     fn status_doc(&self, plan: Option<&Plan>) -> StatusDoc {
         let mut errors: Vec<ErrorEntry> = Vec::new();
         if let Some(e) = &self.spec_error {
-            errors.push(ErrorEntry::new(&errors::INVALID_SPEC, None, e.message.clone()));
+            errors.push(ErrorEntry::new(
+                &errors::INVALID_SPEC,
+                None,
+                e.message.clone(),
+            ));
         }
         if let Some(reason) = &self.runtime_error {
-            errors.push(ErrorEntry::new(&errors::RUNTIME_UNREACHABLE, None, reason.clone()));
+            errors.push(ErrorEntry::new(
+                &errors::RUNTIME_UNREACHABLE,
+                None,
+                reason.clone(),
+            ));
         }
         let (phase, components) = match plan {
             Some(p) => {
@@ -322,7 +358,10 @@ impl<R: Runtime> Reconciler<R> {
         StatusDoc {
             api_version: spec::API_VERSION.to_string(),
             kind: "DeploymentStatus".to_string(),
-            deployment: self.desired.as_ref().map(|(d, _)| d.metadata.name.to_string()),
+            deployment: self
+                .desired
+                .as_ref()
+                .map(|(d, _)| d.metadata.name.to_string()),
             generation: self.generation,
             observed_generation: self.observed_generation,
             phase,
@@ -345,8 +384,12 @@ impl<R: Runtime> Reconciler<R> {
             && let Some((_, desired)) = &self.desired
         {
             let deployment = desired.deployment.clone();
-            let stops: Vec<(String, Duration)> =
-                desired.components.iter().rev().map(|c| (c.run.name.to_string(), c.run.stop_timeout)).collect();
+            let stops: Vec<(String, Duration)> = desired
+                .components
+                .iter()
+                .rev()
+                .map(|c| (c.run.name.to_string(), c.run.stop_timeout))
+                .collect();
             for (name, timeout) in stops {
                 if let Err(e) = self.runtime.stop(&deployment, &name, timeout).await {
                     tracing::warn!(component = %name, error = %e, "stop at shutdown failed");
@@ -395,7 +438,9 @@ pub fn recorder_run(cfg: &Config, d: &Deployment) -> Option<ComponentRun> {
     ];
     Some(ComponentRun {
         deployment: d.metadata.name.to_string(),
-        name: spec::recorder::RECORDER_COMPONENT.try_into().expect("valid name"),
+        name: spec::recorder::RECORDER_COMPONENT
+            .try_into()
+            .expect("valid name"),
         spec_hash: plan::spec_hash(hash_input.as_bytes()),
         command: argv.try_into().expect("non-empty argv"),
         env: BTreeMap::new(),

@@ -178,7 +178,9 @@ pub enum StatusError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot read status file {path}: {source}; is `roost run` running with this state folder?")]
+    #[error(
+        "cannot read status file {path}: {source}; is `roost run` running with this state folder?"
+    )]
     Read {
         path: String,
         #[source]
@@ -246,7 +248,11 @@ pub fn render_human(doc: &StatusDoc) -> String {
             let _ = writeln!(out, "  valid, generation {}", doc.generation);
         }
         Some(e) => {
-            let _ = writeln!(out, "  {}: {} (generation {} still in force)", e.code, e.message, doc.generation);
+            let _ = writeln!(
+                out,
+                "  {}: {} (generation {} still in force)",
+                e.code, e.message, doc.generation
+            );
         }
     }
     let _ = writeln!(out, "Deployment");
@@ -263,7 +269,10 @@ pub fn render_human(doc: &StatusDoc) -> String {
             out,
             "  {} {}{}\n      action: {}",
             e.code,
-            e.component.as_deref().map(|c| format!("[{c}] ")).unwrap_or_default(),
+            e.component
+                .as_deref()
+                .map(|c| format!("[{c}] "))
+                .unwrap_or_default(),
             e.message,
             e.action
         );

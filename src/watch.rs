@@ -59,7 +59,9 @@ pub fn watch_set(file: &Path) -> WatchSet {
             if !matches!(comp, Component::Normal(_)) {
                 continue;
             }
-            let Ok(meta) = std::fs::symlink_metadata(&prefix) else { break };
+            let Ok(meta) = std::fs::symlink_metadata(&prefix) else {
+                break;
+            };
             if meta.file_type().is_symlink() {
                 if let (Some(parent), Some(name)) = (prefix.parent(), prefix.file_name()) {
                     set.dirs.insert(parent.to_path_buf());
@@ -67,7 +69,11 @@ pub fn watch_set(file: &Path) -> WatchSet {
                 }
                 if let Ok(target) = std::fs::read_link(&prefix) {
                     let base = prefix.parent().map(Path::to_path_buf).unwrap_or_default();
-                    let resolved = if target.is_absolute() { target } else { base.join(target) };
+                    let resolved = if target.is_absolute() {
+                        target
+                    } else {
+                        base.join(target)
+                    };
                     todo.push(resolved.join(components.as_path()));
                 }
                 break;
@@ -81,7 +87,9 @@ fn absolute(p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
     } else {
-        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
     }
 }
 
@@ -111,8 +119,16 @@ impl FileWatcher {
                 let _ = tx.send(ev);
             }
         })
-        .map_err(|source| WatchError::Watch { path: file.display().to_string(), source })?;
-        let mut w = Self { file: file.to_path_buf(), watcher, current: WatchSet::default(), raw };
+        .map_err(|source| WatchError::Watch {
+            path: file.display().to_string(),
+            source,
+        })?;
+        let mut w = Self {
+            file: file.to_path_buf(),
+            watcher,
+            current: WatchSet::default(),
+            raw,
+        };
         w.refresh()?;
         Ok(w)
     }
@@ -126,19 +142,26 @@ impl FileWatcher {
         for new in wanted.dirs.difference(&self.current.dirs) {
             self.watcher
                 .watch(new, RecursiveMode::NonRecursive)
-                .map_err(|source| WatchError::Watch { path: new.display().to_string(), source })?;
+                .map_err(|source| WatchError::Watch {
+                    path: new.display().to_string(),
+                    source,
+                })?;
         }
         self.current = wanted;
         Ok(())
     }
 
     fn relevant(&self, ev: &notify::Event) -> bool {
-        if matches!(ev.kind, EventKind::Access(AccessKind::Open(_)) | EventKind::Access(AccessKind::Read)) {
+        if matches!(
+            ev.kind,
+            EventKind::Access(AccessKind::Open(_)) | EventKind::Access(AccessKind::Read)
+        ) {
             return false;
         }
         ev.paths.iter().any(|p| {
-            p.file_name().is_some_and(|n| self.current.names.contains(n) || n.to_string_lossy().starts_with(".."))
-                || self.current.dirs.contains(p)
+            p.file_name().is_some_and(|n| {
+                self.current.names.contains(n) || n.to_string_lossy().starts_with("..")
+            }) || self.current.dirs.contains(p)
         }) || ev.need_rescan()
     }
 
@@ -169,7 +192,9 @@ impl FileWatcher {
 
 fn settle_time(kind: &EventKind) -> Duration {
     match kind {
-        EventKind::Modify(ModifyKind::Data(_)) | EventKind::Modify(ModifyKind::Any) => SETTLE_AFTER_PARTIAL_WRITE,
+        EventKind::Modify(ModifyKind::Data(_)) | EventKind::Modify(ModifyKind::Any) => {
+            SETTLE_AFTER_PARTIAL_WRITE
+        }
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => SETTLE_AFTER_COMPLETE,
         _ => SETTLE_AFTER_COMPLETE,
     }

@@ -8,8 +8,13 @@ use std::path::Path;
 use std::process::Command;
 
 fn check(file: &Path) -> (i32, String) {
-    let out = Command::new(common::ROOST).args(["check", "--file"]).arg(file).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let out = Command::new(common::ROOST)
+        .args(["check", "--file"])
+        .arg(file)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.code().unwrap_or(-1), text)
 }
 
@@ -25,14 +30,20 @@ fn every_bad_file_gets_its_error() {
         }
         let expect = std::fs::read_to_string(path.with_extension("expect")).unwrap();
         let (code, text) = check(&path);
-        let mut missing: Vec<&str> = expect.lines().filter(|l| !l.is_empty() && !text.contains(l)).collect();
+        let mut missing: Vec<&str> = expect
+            .lines()
+            .filter(|l| !l.is_empty() && !text.contains(l))
+            .collect();
         for always in ["DEP_E162", "action:", path.to_str().unwrap()] {
             if !text.contains(always) {
                 missing.push(always);
             }
         }
         if code != 1 || !missing.is_empty() {
-            failures.push(format!("{}: exit {code}, missing {missing:?} in:\n{text}", path.display()));
+            failures.push(format!(
+                "{}: exit {code}, missing {missing:?} in:\n{text}",
+                path.display()
+            ));
         }
         checked += 1;
     }
@@ -47,14 +58,20 @@ fn files_over_one_mib_are_refused_before_parsing() {
     std::fs::write(&file, "# padding\n".repeat(110_000)).unwrap();
     let (code, text) = check(&file);
     assert_eq!(code, 1);
-    assert!(text.contains("larger than 1 MiB") && text.contains("huge.yaml"), "{text}");
+    assert!(
+        text.contains("larger than 1 MiB") && text.contains("huge.yaml"),
+        "{text}"
+    );
 }
 
 #[test]
 fn missing_file_and_good_file() {
     let (code, text) = check(Path::new("/nonexistent/deployment.yaml"));
     assert_eq!(code, 1);
-    assert!(text.contains("/nonexistent/deployment.yaml") && text.contains("cannot read"), "{text}");
+    assert!(
+        text.contains("/nonexistent/deployment.yaml") && text.contains("cannot read"),
+        "{text}"
+    );
     let good = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/deployment.yaml");
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(common::ROOST)
@@ -64,7 +81,10 @@ fn missing_file_and_good_file() {
         .arg(dir.path())
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "Health checks passed\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "Health checks passed\n"
+    );
     assert_eq!(out.status.code(), Some(0));
 }
 
@@ -79,5 +99,8 @@ fn check_reports_a_missing_executable() {
     .unwrap();
     let (code, text) = check(&file);
     assert_eq!(code, 1);
-    assert!(text.contains("DEP_E161") && text.contains("/opt/none/prog"), "{text}");
+    assert!(
+        text.contains("DEP_E161") && text.contains("/opt/none/prog"),
+        "{text}"
+    );
 }

@@ -12,7 +12,10 @@ fn root() -> &'static Path {
 
 #[test]
 fn committed_schemas_equal_generated() {
-    for (kind, generated) in [("deployment", roost::app::deployment_schema()), ("status", roost::app::status_schema())] {
+    for (kind, generated) in [
+        ("deployment", roost::app::deployment_schema()),
+        ("status", roost::app::status_schema()),
+    ] {
         let path = root().join(format!("schemas/{kind}.schema.json"));
         let committed = std::fs::read_to_string(&path).unwrap();
         assert_eq!(
@@ -42,10 +45,15 @@ fn every_example_loads_and_points_at_the_schema() {
         n += 1;
     }
     assert!(n >= 1);
-    roost::spec::load_file(&root().join("packaging/deployment.yaml")).map(|_| ()).unwrap_or_else(|e| {
-        // packaging may not exist yet in every checkout of this history
-        assert!(matches!(e, roost::spec::LoadError::Unreadable { .. }), "{e}");
-    });
+    roost::spec::load_file(&root().join("packaging/deployment.yaml"))
+        .map(|_| ())
+        .unwrap_or_else(|e| {
+            // packaging may not exist yet in every checkout of this history
+            assert!(
+                matches!(e, roost::spec::LoadError::Unreadable { .. }),
+                "{e}"
+            );
+        });
 }
 
 #[test]
@@ -61,14 +69,25 @@ fn an_old_minimal_status_file_stays_readable() {
 
 #[test]
 fn explain_prints_title_and_action() {
-    let out = Command::new(common::ROOST).args(["explain", "DEP_E163"]).output().unwrap();
+    let out = Command::new(common::ROOST)
+        .args(["explain", "DEP_E163"])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    assert!(text.contains("Crash loop") && text.contains("Recommended action"), "{text}");
-    for code in ["DEP_E151", "DEP_E152", "DEP_E156", "DEP_E161", "DEP_E162", "DEP_E163"] {
+    assert!(
+        text.contains("Crash loop") && text.contains("Recommended action"),
+        "{text}"
+    );
+    for code in [
+        "DEP_E151", "DEP_E152", "DEP_E156", "DEP_E161", "DEP_E162", "DEP_E163",
+    ] {
         assert!(roost::errors::lookup(code).is_some(), "{code}");
     }
-    let out = Command::new(common::ROOST).args(["explain", "DEP_E999"]).output().unwrap();
+    let out = Command::new(common::ROOST)
+        .args(["explain", "DEP_E999"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -78,30 +97,54 @@ fn status_command_reports_and_exits_by_health() {
     let mut r = common::Roost::new(&common::deployment("st", "", &common::sleeper("a", &tag)));
     r.start();
     r.wait_succeeded(1);
-    let out = Command::new(common::ROOST).args(["status", "--state-dir"]).arg(&r.state).output().unwrap();
+    let out = Command::new(common::ROOST)
+        .args(["status", "--state-dir"])
+        .arg(&r.state)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
     for section in ["Runtime", "Components", "Desired state", "Deployment"] {
         assert!(text.contains(section), "{text}");
     }
-    let out = Command::new(common::ROOST).args(["status", "--json", "--state-dir"]).arg(&r.state).output().unwrap();
+    let out = Command::new(common::ROOST)
+        .args(["status", "--json", "--state-dir"])
+        .arg(&r.state)
+        .output()
+        .unwrap();
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["phase"], "Succeeded");
     // ROOST_STATE_DIR is honoured
-    let out = Command::new(common::ROOST).arg("status").env("ROOST_STATE_DIR", &r.state).output().unwrap();
+    let out = Command::new(common::ROOST)
+        .arg("status")
+        .env("ROOST_STATE_DIR", &r.state)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0));
     r.stop();
-    let out = Command::new(common::ROOST).args(["status", "--state-dir"]).arg(&r.state).output().unwrap();
+    let out = Command::new(common::ROOST)
+        .args(["status", "--state-dir"])
+        .arg(&r.state)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(3));
     let empty = tempfile::tempdir().unwrap();
-    let out = Command::new(common::ROOST).args(["status", "--state-dir"]).arg(empty.path()).output().unwrap();
+    let out = Command::new(common::ROOST)
+        .args(["status", "--state-dir"])
+        .arg(empty.path())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("roost run"));
 }
 
 #[test]
 fn logs_are_captured_rotated_and_followed() {
-    let comps = common::shell("talker", "i=0; while [ $i -lt 400 ]; do echo line-$i-padding-padding-padding; i=$((i+1)); done; echo done-talking; sleep 1000", "");
+    let comps = common::shell(
+        "talker",
+        "i=0; while [ $i -lt 400 ]; do echo line-$i-padding-padding-padding; i=$((i+1)); done; echo done-talking; sleep 1000",
+        "",
+    );
     let mut r = common::Roost::new(&common::deployment("logs", "", &comps));
     // small cap so rotation happens
     r.child = Some(
@@ -118,7 +161,10 @@ fn logs_are_captured_rotated_and_followed() {
     r.wait_succeeded(1);
     let log = r.state.join("logs/talker.log");
     for _ in 0..200 {
-        if std::fs::read_to_string(&log).unwrap_or_default().contains("done-talking") {
+        if std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("done-talking")
+        {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -126,9 +172,21 @@ fn logs_are_captured_rotated_and_followed() {
     assert!(std::fs::metadata(&log).unwrap().len() <= 4096);
     assert!(r.state.join("logs/talker.log.1").exists());
     assert!(!r.state.join("logs/talker.log.3").exists());
-    let out = Command::new(common::ROOST).args(["logs", "talker", "--state-dir"]).arg(&r.state).output().unwrap();
+    let out = Command::new(common::ROOST)
+        .args(["logs", "talker", "--state-dir"])
+        .arg(&r.state)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.ends_with("done-talking\n"), "{}", &text[text.len().saturating_sub(200)..]);
-    let out = Command::new(common::ROOST).args(["logs", "nobody", "--state-dir"]).arg(&r.state).output().unwrap();
+    assert!(
+        text.ends_with("done-talking\n"),
+        "{}",
+        &text[text.len().saturating_sub(200)..]
+    );
+    let out = Command::new(common::ROOST)
+        .args(["logs", "nobody", "--state-dir"])
+        .arg(&r.state)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }

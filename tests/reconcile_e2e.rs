@@ -12,20 +12,32 @@ const WAIT: Duration = Duration::from_secs(20);
 #[test]
 fn converges_and_changing_one_component_keeps_the_others() {
     let (ta, tb) = (unique("a"), unique("b"));
-    let mut r = Roost::new(&deployment("keep", "", &(sleeper("a", &ta) + &sleeper("b", &tb))));
+    let mut r = Roost::new(&deployment(
+        "keep",
+        "",
+        &(sleeper("a", &ta) + &sleeper("b", &tb)),
+    ));
     r.start();
     let s = r.wait_succeeded(1);
     let (pa, pb) = (pid_of(&s, "a"), pid_of(&s, "b"));
     assert_eq!(s["reconciler"]["runtime"], "process");
     // change only b
-    r.replace_atomically(&deployment("keep", "", &(sleeper("a", &ta) + &sleeper("b", &format!("{tb}-v2")))));
+    r.replace_atomically(&deployment(
+        "keep",
+        "",
+        &(sleeper("a", &ta) + &sleeper("b", &format!("{tb}-v2"))),
+    ));
     let s = r.wait_succeeded(2);
     assert_eq!(pid_of(&s, "a"), pa, "a must keep its process");
     assert_ne!(pid_of(&s, "b"), pb);
     assert!(!alive(pb), "old b must be gone");
     assert_eq!(processes_with(&tb).len(), 1, "exactly one b");
     // stop via the file
-    r.replace_atomically(&deployment("keep", "  state: stopped\n", &(sleeper("a", &ta) + &sleeper("b", &format!("{tb}-v2")))));
+    r.replace_atomically(&deployment(
+        "keep",
+        "  state: stopped\n",
+        &(sleeper("a", &ta) + &sleeper("b", &format!("{tb}-v2"))),
+    ));
     let s = r.wait_for("Stopped", WAIT, |s| s["phase"] == "Stopped");
     assert_eq!(s["status"], "Stopped");
     assert!(processes_with(&ta).is_empty() && processes_with(&tb).is_empty());
@@ -35,9 +47,17 @@ fn converges_and_changing_one_component_keeps_the_others() {
 #[test]
 fn restart_policies() {
     let comps = [
-        shell("always-ok", "sleep 0.2; exit 0", "      restartPolicy: Always\n"),
+        shell(
+            "always-ok",
+            "sleep 0.2; exit 0",
+            "      restartPolicy: Always\n",
+        ),
         shell("onfail-ok", "exit 0", "      restartPolicy: OnFailure\n"),
-        shell("onfail-bad", "sleep 0.2; exit 3", "      restartPolicy: OnFailure\n"),
+        shell(
+            "onfail-bad",
+            "sleep 0.2; exit 3",
+            "      restartPolicy: OnFailure\n",
+        ),
         shell("never-bad", "exit 4", "      restartPolicy: Never\n"),
         shell("never-ok", "exit 0", "      restartPolicy: Never\n"),
         shell("killed", "kill -9 $$", "      restartPolicy: Never\n"),
@@ -61,7 +81,13 @@ fn restart_policies() {
     assert_eq!(component(&s, "killed")["exitCode"], 128 + 9);
     assert_eq!(s["phase"], "FailedToStart");
     assert_eq!(s["status"], "Error");
-    assert!(s["errors"].as_array().unwrap().iter().any(|e| e["code"] == "DEP_E152" && e["component"] == "never-bad"));
+    assert!(
+        s["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["code"] == "DEP_E152" && e["component"] == "never-bad")
+    );
 }
 
 #[test]
@@ -74,14 +100,26 @@ fn crash_loop_is_reported_and_counts_survive_a_restart_of_roost() {
     .replace("initial: 0s, max: 1s", "initial: 100ms, max: 400ms");
     let mut r = Roost::new(&yaml);
     r.start();
-    let s = r.wait_for("crash loop", WAIT, |s| component(s, "crasher")["reason"] == "CrashLoopBackOff");
+    let s = r.wait_for("crash loop", WAIT, |s| {
+        component(s, "crasher")["reason"] == "CrashLoopBackOff"
+    });
     assert_eq!(component(&s, "crasher")["status"], "Error");
-    assert!(s["errors"].as_array().unwrap().iter().any(|e| e["code"] == "DEP_E163"));
+    assert!(
+        s["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["code"] == "DEP_E163")
+    );
     r.stop();
-    let before = component(&r.status().unwrap(), "crasher")["restartCount"].as_u64().unwrap();
+    let before = component(&r.status().unwrap(), "crasher")["restartCount"]
+        .as_u64()
+        .unwrap();
     assert!(before >= 2);
     r.start();
-    r.wait_for("count to carry on", WAIT, |s| component(s, "crasher")["restartCount"].as_u64() > Some(before));
+    r.wait_for("count to carry on", WAIT, |s| {
+        component(s, "crasher")["restartCount"].as_u64() > Some(before)
+    });
     // a changed spec starts counting afresh
     r.replace_atomically(&yaml.replace("exit 1", "sleep 1000"));
     let s = r.wait_succeeded(2);
@@ -91,15 +129,27 @@ fn crash_loop_is_reported_and_counts_survive_a_restart_of_roost() {
 #[test]
 fn a_failed_dependency_holds_its_dependents_back() {
     let comps = [
-        "    - name: base\n      command: [\"/opt/nowhere/base\"]\n      restartPolicy: Never\n".to_string(),
-        sleeper("top", &unique("top")).replace("stopTimeout: 2s\n", "stopTimeout: 2s\n      dependsOn: [base]\n"),
+        "    - name: base\n      command: [\"/opt/nowhere/base\"]\n      restartPolicy: Never\n"
+            .to_string(),
+        sleeper("top", &unique("top")).replace(
+            "stopTimeout: 2s\n",
+            "stopTimeout: 2s\n      dependsOn: [base]\n",
+        ),
     ]
     .concat();
     let mut r = Roost::new(&deployment("deps", "", &comps));
     r.start();
-    let s = r.wait_for("dependency failure", WAIT, |s| component(s, "top")["reason"] == "DependencyFailed");
+    let s = r.wait_for("dependency failure", WAIT, |s| {
+        component(s, "top")["reason"] == "DependencyFailed"
+    });
     assert_eq!(component(&s, "top")["pid"], serde_json::Value::Null);
-    assert!(s["errors"].as_array().unwrap().iter().any(|e| e["code"] == "DEP_E156" && e["component"] == "top"));
+    assert!(
+        s["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["code"] == "DEP_E156" && e["component"] == "top")
+    );
     assert_eq!(s["phase"], "FailedToStart");
 }
 
@@ -107,8 +157,16 @@ fn a_failed_dependency_holds_its_dependents_back() {
 fn start_order_follows_depends_on() {
     let log = std::env::temp_dir().join(unique("order"));
     let comps = [
-        shell("c", &format!("echo c >> {}; sleep 1000", log.display()), "      dependsOn: [b]\n"),
-        shell("b", &format!("echo b >> {}; sleep 1000", log.display()), "      dependsOn: [a]\n"),
+        shell(
+            "c",
+            &format!("echo c >> {}; sleep 1000", log.display()),
+            "      dependsOn: [b]\n",
+        ),
+        shell(
+            "b",
+            &format!("echo b >> {}; sleep 1000", log.display()),
+            "      dependsOn: [a]\n",
+        ),
         shell("a", &format!("echo a >> {}; sleep 1000", log.display()), ""),
     ]
     .concat();
@@ -122,12 +180,26 @@ fn start_order_follows_depends_on() {
 
 #[test]
 fn executable_not_found() {
-    let comps = "    - name: ghost\n      command: [\"/opt/nowhere/ghost\"]\n      restartPolicy: Never\n";
+    let comps =
+        "    - name: ghost\n      command: [\"/opt/nowhere/ghost\"]\n      restartPolicy: Never\n";
     let mut r = Roost::new(&deployment("ghost", "", comps));
     r.start();
-    let s = r.wait_for("not found", WAIT, |s| component(s, "ghost")["reason"] == "ExecutableNotFound");
-    let err = s["errors"].as_array().unwrap().iter().find(|e| e["code"] == "DEP_E161").unwrap();
-    assert!(err["message"].as_str().unwrap().contains("/opt/nowhere/ghost"), "{err}");
+    let s = r.wait_for("not found", WAIT, |s| {
+        component(s, "ghost")["reason"] == "ExecutableNotFound"
+    });
+    let err = s["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["code"] == "DEP_E161")
+        .unwrap();
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("/opt/nowhere/ghost"),
+        "{err}"
+    );
     assert!(err["action"].as_str().unwrap().contains("command"));
 }
 
@@ -139,7 +211,10 @@ fn roost_killed_with_sigkill_leaves_no_orphans_or_duplicates() {
     let s = r.wait_succeeded(1);
     let old = pid_of(&s, "s");
     r.kill9();
-    assert!(alive(old), "components outlive a SIGKILLed roost until it returns");
+    assert!(
+        alive(old),
+        "components outlive a SIGKILLed roost until it returns"
+    );
     r.start();
     let s = r.wait_for("replacement", WAIT, |s| {
         s["reconciler"]["pid"].as_u64() == Some(r.pid() as u64) && s["phase"] == "Succeeded"
@@ -149,7 +224,10 @@ fn roost_killed_with_sigkill_leaves_no_orphans_or_duplicates() {
     assert_eq!(processes_with(&tag).len(), 1, "no duplicate");
     assert_eq!(s["generation"], 1, "same file, same generation");
     assert_eq!(r.stop(), Some(0));
-    assert!(processes_with(&tag).is_empty(), "SIGTERM stops the components");
+    assert!(
+        processes_with(&tag).is_empty(),
+        "SIGTERM stops the components"
+    );
     let s = r.status().unwrap();
     assert_eq!(s["phase"], "Stopped");
 }
@@ -174,9 +252,17 @@ fn sighup_rereads_and_sigint_stops() {
 #[test]
 fn status_file_is_never_torn_during_churn() {
     let comps = (0..4)
-        .map(|i| shell(&format!("churn{i}"), "sleep 0.05; exit 1", "      restartPolicy: Always\n"))
+        .map(|i| {
+            shell(
+                &format!("churn{i}"),
+                "sleep 0.05; exit 1",
+                "      restartPolicy: Always\n",
+            )
+        })
         .collect::<String>();
-    let mut r = Roost::new(&deployment("churn", "", &comps).replace("initial: 0s, max: 1s", "initial: 0s, max: 0s"));
+    let mut r = Roost::new(
+        &deployment("churn", "", &comps).replace("initial: 0s, max: 1s", "initial: 0s, max: 0s"),
+    );
     r.start();
     r.wait_for("first status", WAIT, |_| true);
     let path = r.state.join("status.json");
@@ -186,14 +272,21 @@ fn status_file_is_never_torn_during_churn() {
     let mut edits = 0;
     while std::time::Instant::now() < deadline || reads < 5000 {
         let bytes = std::fs::read(&path).unwrap();
-        let doc: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("torn status after {reads} reads: {e}"));
+        let doc: serde_json::Value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("torn status after {reads} reads: {e}"));
         generations_seen.insert(doc["generation"].as_u64().unwrap());
         reads += 1;
         if reads % 500 == 0 && edits < 5 {
             edits += 1;
-            r.replace_atomically(&deployment("churn", "", &comps).replace("sleep 0.05", &format!("sleep 0.0{edits}")));
+            r.replace_atomically(
+                &deployment("churn", "", &comps)
+                    .replace("sleep 0.05", &format!("sleep 0.0{edits}")),
+            );
         }
     }
     assert!(reads >= 5000);
-    assert!(generations_seen.len() > 1, "edits happened during the reads");
+    assert!(
+        generations_seen.len() > 1,
+        "edits happened during the reads"
+    );
 }

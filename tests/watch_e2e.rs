@@ -11,7 +11,11 @@ use std::time::Duration;
 use common::*;
 
 fn yaml(version: u32) -> String {
-    deployment("watch", "", &sleeper("a", &format!("watch-a-v{version}-{}", std::process::id())))
+    deployment(
+        "watch",
+        "",
+        &sleeper("a", &format!("watch-a-v{version}-{}", std::process::id())),
+    )
 }
 
 /// Starts roost on `file`, then applies each writer in turn and checks each version lands.
@@ -43,7 +47,11 @@ fn cp_truncates_and_writes_in_chunks() {
     let file = r.file.clone();
     converges_through(&mut r, &file, |r, v| {
         let text = yaml(v);
-        let mut f = std::fs::OpenOptions::new().write(true).truncate(true).open(&r.file).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&r.file)
+            .unwrap();
         // Half a file is valid YAML up to a point; roost must wait for the writer to close.
         let (first, second) = text.split_at(text.len() / 2);
         f.write_all(first.as_bytes()).unwrap();
@@ -52,7 +60,10 @@ fn cp_truncates_and_writes_in_chunks() {
         f.write_all(second.as_bytes()).unwrap();
     });
     let log = std::fs::read_to_string(r.path("roost.log")).unwrap();
-    assert!(!log.contains("desired state rejected"), "a half-written file was read:\n{log}");
+    assert!(
+        !log.contains("desired state rejected"),
+        "a half-written file was read:\n{log}"
+    );
 }
 
 #[test]
@@ -82,7 +93,9 @@ fn configmap_data_symlink_swap() {
     };
     write_version(&dir, 1);
     symlink("..data/deployment.yaml", dir.join("deployment.yaml")).unwrap();
-    converges_through(&mut r, &dir.join("deployment.yaml"), |r, v| write_version(&r.path("config"), v));
+    converges_through(&mut r, &dir.join("deployment.yaml"), |r, v| {
+        write_version(&r.path("config"), v)
+    });
 }
 
 #[test]
@@ -99,7 +112,11 @@ fn git_sync_worktree_link_swap() {
         std::fs::rename(&tmp, root.join("current")).unwrap();
     };
     write_version(&root, 1);
-    converges_through(&mut r, &root.join("current/site/deployment.yaml"), |r, v| write_version(&r.path("git"), v));
+    converges_through(
+        &mut r,
+        &root.join("current/site/deployment.yaml"),
+        |r, v| write_version(&r.path("git"), v),
+    );
 }
 
 #[test]
@@ -109,10 +126,21 @@ fn delete_and_recreate_keeps_running() {
     let s = r.wait_succeeded(1);
     let pid = pid_of(&s, "a");
     std::fs::remove_file(&r.file).unwrap();
-    let s = r.wait_for("missing file reported", Duration::from_secs(10), |s| !s["specError"].is_null());
-    assert_eq!(pid_of(&s, "a"), pid, "deleting the file must not stop anything");
+    let s = r.wait_for("missing file reported", Duration::from_secs(10), |s| {
+        !s["specError"].is_null()
+    });
+    assert_eq!(
+        pid_of(&s, "a"),
+        pid,
+        "deleting the file must not stop anything"
+    );
     assert_eq!(s["phase"], "Succeeded");
-    assert!(s["specError"]["message"].as_str().unwrap().contains("deployment.yaml"));
+    assert!(
+        s["specError"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("deployment.yaml")
+    );
     std::fs::write(&r.file, yaml(2)).unwrap();
     let s = r.wait_succeeded(2);
     assert!(s["specError"].is_null());
@@ -125,13 +153,21 @@ fn invalid_file_keeps_the_last_good_state_and_reports_where() {
     let s = r.wait_succeeded(1);
     let pid = pid_of(&s, "a");
     r.replace_atomically(&yaml(2).replace("command:", "comand:"));
-    let s = r.wait_for("spec error", Duration::from_secs(10), |s| !s["specError"].is_null());
+    let s = r.wait_for("spec error", Duration::from_secs(10), |s| {
+        !s["specError"].is_null()
+    });
     let e = &s["specError"];
     assert_eq!(e["code"], "DEP_E162");
     assert_eq!(e["line"], 9, "{e}");
     assert_eq!(e["column"], 7, "{e}");
     assert!(e["file"].as_str().unwrap().ends_with("deployment.yaml"));
-    assert!(e["message"].as_str().unwrap().contains("did you mean \"command\""), "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("did you mean \"command\""),
+        "{e}"
+    );
     assert_eq!(s["generation"], 1);
     assert_eq!(pid_of(&s, "a"), pid);
     assert_eq!(s["phase"], "Succeeded");
@@ -142,9 +178,13 @@ fn invalid_file_keeps_the_last_good_state_and_reports_where() {
 
 #[test]
 fn invalid_file_at_start_is_reported() {
-    let mut r = Roost::new("apiVersion: roost/v1\nkind: Deployment\nmetadata: {name: Bad_Name}\nspec: {}\n");
+    let mut r = Roost::new(
+        "apiVersion: roost/v1\nkind: Deployment\nmetadata: {name: Bad_Name}\nspec: {}\n",
+    );
     r.start();
-    let s = r.wait_for("spec error", Duration::from_secs(10), |s| !s["specError"].is_null());
+    let s = r.wait_for("spec error", Duration::from_secs(10), |s| {
+        !s["specError"].is_null()
+    });
     assert_eq!(s["status"], "Error");
     assert_eq!(s["specError"]["line"], 3);
     r.replace_atomically(&yaml(1));

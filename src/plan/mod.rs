@@ -40,10 +40,14 @@ impl Desired {
     /// which depend on nothing and start first.
     pub fn from_deployment(d: &Deployment, extra: Vec<ComponentRun>) -> Self {
         let spec = &d.spec;
-        let order = order::start_order(&spec.components).unwrap_or_else(|_| (0..spec.components.len()).collect());
+        let order = order::start_order(&spec.components)
+            .unwrap_or_else(|_| (0..spec.components.len()).collect());
         let mut components: Vec<DesiredComponent> = extra
             .into_iter()
-            .map(|run| DesiredComponent { run, depends_on: Vec::new() })
+            .map(|run| DesiredComponent {
+                run,
+                depends_on: Vec::new(),
+            })
             .collect();
         for i in order {
             let c = &spec.components[i];
@@ -55,7 +59,11 @@ impl Desired {
                     name: c.name.clone(),
                     spec_hash: spec_hash(hash_input.to_string().as_bytes()),
                     command: c.command.clone(),
-                    env: c.env.iter().map(|(k, v)| (k.as_str().to_string(), v.clone())).collect(),
+                    env: c
+                        .env
+                        .iter()
+                        .map(|(k, v)| (k.as_str().to_string(), v.clone()))
+                        .collect(),
                     working_dir: c.working_dir.as_ref().map(|p| p.as_path().to_path_buf()),
                     restart_policy,
                     backoff: spec.backoff,
@@ -173,10 +181,18 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     let stop_actions: Vec<Action> = verdicts
         .iter()
         .rev()
-        .filter_map(|v| v.action.clone().filter(|a| matches!(a, Action::Stop { .. })))
+        .filter_map(|v| {
+            v.action
+                .clone()
+                .filter(|a| matches!(a, Action::Stop { .. }))
+        })
         .collect();
     actions.extend(stop_actions);
-    actions.extend(verdicts.iter().filter_map(|v| v.action.clone().filter(|a| !matches!(a, Action::Stop { .. }))));
+    actions.extend(verdicts.iter().filter_map(|v| {
+        v.action
+            .clone()
+            .filter(|a| !matches!(a, Action::Stop { .. }))
+    }));
 
     for v in &verdicts {
         if let Some((code, message)) = &v.error {
@@ -186,7 +202,11 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     let wake = verdicts.iter().filter_map(|v| v.wake_at).min();
     let requeue_after = wake.map(|t| {
         let d = t.duration_since(input.now);
-        if d.is_negative() { Duration::ZERO } else { d.unsigned_abs() }
+        if d.is_negative() {
+            Duration::ZERO
+        } else {
+            d.unsigned_abs()
+        }
     });
     let components: Vec<ComponentStatus> = verdicts.into_iter().map(|v| v.status).collect();
     let phase = phase_of(desired.running, &components, &actions, input.stop_failures);
@@ -199,11 +219,20 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     }
 }
 
-fn phase_of(running: bool, components: &[ComponentStatus], actions: &[Action], stop_failures: &BTreeMap<String, String>) -> Phase {
+fn phase_of(
+    running: bool,
+    components: &[ComponentStatus],
+    actions: &[Action],
+    stop_failures: &BTreeMap<String, String>,
+) -> Phase {
     if !running {
         return if !stop_failures.is_empty() {
             Phase::PartiallyDeprovisioned
-        } else if actions.is_empty() && components.iter().all(|c| c.status != ComponentState::Running) {
+        } else if actions.is_empty()
+            && components
+                .iter()
+                .all(|c| c.status != ComponentState::Running)
+        {
             Phase::Stopped
         } else {
             Phase::InProgress
@@ -211,7 +240,11 @@ fn phase_of(running: bool, components: &[ComponentStatus], actions: &[Action], s
     }
     if components.iter().any(|c| c.status == ComponentState::Error) {
         Phase::FailedToStart
-    } else if actions.is_empty() && components.iter().all(|c| c.status == ComponentState::Running || is_done(c)) {
+    } else if actions.is_empty()
+        && components
+            .iter()
+            .all(|c| c.status == ComponentState::Running || is_done(c))
+    {
         Phase::Succeeded
     } else {
         Phase::Provisioning
@@ -220,15 +253,25 @@ fn phase_of(running: bool, components: &[ComponentStatus], actions: &[Action], s
 
 /// A component that finished as its policy allows (exit 0 under OnFailure/Never, or stopped by an operator).
 fn is_done(c: &ComponentStatus) -> bool {
-    c.status == ComponentState::Stopped && matches!(c.reason.as_deref(), Some("Completed") | Some("StoppedByOperator"))
+    c.status == ComponentState::Stopped
+        && matches!(
+            c.reason.as_deref(),
+            Some("Completed") | Some("StoppedByOperator")
+        )
 }
 
-fn base_status(dc: &DesiredComponent, history: Option<&ComponentHistory>, runtime_restarts: u32) -> ComponentStatus {
+fn base_status(
+    dc: &DesiredComponent,
+    history: Option<&ComponentHistory>,
+    runtime_restarts: u32,
+) -> ComponentStatus {
     ComponentStatus {
         name: dc.run.name.to_string(),
         status: ComponentState::Pending,
         reason: None,
-        restart_count: history.map_or(0, |h| h.restart_count).saturating_add(runtime_restarts),
+        restart_count: history
+            .map_or(0, |h| h.restart_count)
+            .saturating_add(runtime_restarts),
         exit_code: history.and_then(|h| h.last_exit).map(|e| e.display_code()),
         pid: None,
         since: None,
@@ -239,9 +282,18 @@ fn base_status(dc: &DesiredComponent, history: Option<&ComponentHistory>, runtim
 fn decide_stopped(dc: &DesiredComponent, input: &PlanInput<'_>) -> Verdict {
     let name = dc.run.name.as_str();
     let obs = input.observed.get(name);
-    let history = input.history.components.get(name).filter(|h| h.spec_hash == dc.run.spec_hash);
+    let history = input
+        .history
+        .components
+        .get(name)
+        .filter(|h| h.spec_hash == dc.run.spec_hash);
     let mut status = base_status(dc, history, obs.map_or(0, |o| o.runtime_restarts));
-    let running = obs.is_some_and(|o| matches!(o.state, ObservedState::Running { .. } | ObservedState::Restarting { .. }));
+    let running = obs.is_some_and(|o| {
+        matches!(
+            o.state,
+            ObservedState::Running { .. } | ObservedState::Restarting { .. }
+        )
+    });
     let mut verdict = Verdict {
         status: status.clone(),
         action: None,
@@ -251,9 +303,16 @@ fn decide_stopped(dc: &DesiredComponent, input: &PlanInput<'_>) -> Verdict {
     if let Some(reason) = input.stop_failures.get(name) {
         status.status = ComponentState::Error;
         status.reason = Some("StopFailed".into());
-        verdict.error = Some((&errors::RUNTIME_UNREACHABLE, format!("could not stop: {reason}")));
+        verdict.error = Some((
+            &errors::RUNTIME_UNREACHABLE,
+            format!("could not stop: {reason}"),
+        ));
     } else {
-        status.status = if running { ComponentState::Pending } else { ComponentState::Stopped };
+        status.status = if running {
+            ComponentState::Pending
+        } else {
+            ComponentState::Stopped
+        };
         status.reason = Some("DeploymentStopped".into());
     }
     if running || input.stop_failures.contains_key(name) {
@@ -266,12 +325,22 @@ fn decide_stopped(dc: &DesiredComponent, input: &PlanInput<'_>) -> Verdict {
     verdict
 }
 
-fn decide_running(dc: &DesiredComponent, input: &PlanInput<'_>, earlier: &[Verdict], index: &BTreeMap<&str, usize>) -> Verdict {
+fn decide_running(
+    dc: &DesiredComponent,
+    input: &PlanInput<'_>,
+    earlier: &[Verdict],
+    index: &BTreeMap<&str, usize>,
+) -> Verdict {
     let name = dc.run.name.as_str();
     let obs = input.observed.get(name);
-    let history = input.history.components.get(name).filter(|h| h.spec_hash == dc.run.spec_hash);
+    let history = input
+        .history
+        .components
+        .get(name)
+        .filter(|h| h.spec_hash == dc.run.spec_hash);
     let mut status = base_status(dc, history, obs.map_or(0, |o| o.runtime_restarts));
-    let spec_current = obs.is_some_and(|o| o.spec_hash.as_deref().is_none_or(|h| h == dc.run.spec_hash));
+    let spec_current =
+        obs.is_some_and(|o| o.spec_hash.as_deref().is_none_or(|h| h == dc.run.spec_hash));
     let verdict = |status: ComponentStatus, action, error, wake_at| Verdict {
         status,
         action,
@@ -291,7 +360,9 @@ fn decide_running(dc: &DesiredComponent, input: &PlanInput<'_>, earlier: &[Verdi
             status.reason = Some("SpecChanged".into());
             return verdict(status, Some(Action::Restart(dc.run.clone())), None, None);
         }
-        Some(ObservedState::Restarting { last_exit }) if spec_current && input.runtime_restarts_itself => {
+        Some(ObservedState::Restarting { last_exit })
+            if spec_current && input.runtime_restarts_itself =>
+        {
             let quick = history.map_or(0, |h| h.consecutive_failures);
             status.exit_code = last_exit.map(|e| e.display_code()).or(status.exit_code);
             status.since = last_exit.map(|e| e.at);
@@ -315,7 +386,11 @@ fn decide_running(dc: &DesiredComponent, input: &PlanInput<'_>, earlier: &[Verdi
     if let Some(h) = history
         && let Some(reason) = &h.start_error
     {
-        let code = h.start_error_code.as_deref().and_then(errors::lookup).unwrap_or(&errors::COMPONENT_FAILED);
+        let code = h
+            .start_error_code
+            .as_deref()
+            .and_then(errors::lookup)
+            .unwrap_or(&errors::COMPONENT_FAILED);
         status.status = ComponentState::Error;
         status.reason = Some(start_failure_reason(code).into());
         status.since = h.start_error_at;
@@ -343,7 +418,10 @@ fn decide_running(dc: &DesiredComponent, input: &PlanInput<'_>, earlier: &[Verdi
             }
             status.status = ComponentState::Error;
             status.reason = Some("Failed".into());
-            let msg = format!("exited with {}; restartPolicy Never keeps it stopped", describe_exit(&exit));
+            let msg = format!(
+                "exited with {}; restartPolicy Never keeps it stopped",
+                describe_exit(&exit)
+            );
             return verdict(status, None, Some((&errors::COMPONENT_FAILED, msg)), None);
         }
         let due = exit.at + backoff_delay(&dc.run.backoff, quick);
@@ -355,14 +433,19 @@ fn decide_running(dc: &DesiredComponent, input: &PlanInput<'_>, earlier: &[Verdi
 
     // Due to start: only once everything it depends on runs.
     for dep in &dc.depends_on {
-        let Some(d) = index.get(dep.as_str()).map(|i| &earlier[*i].status) else { continue };
+        let Some(d) = index.get(dep.as_str()).map(|i| &earlier[*i].status) else {
+            continue;
+        };
         match d.status {
             ComponentState::Running => {}
             ComponentState::Stopped if is_done(d) => {}
             ComponentState::Error => {
                 status.status = ComponentState::Error;
                 status.reason = Some("DependencyFailed".into());
-                let msg = format!("held back: dependency {dep} is in error ({})", d.reason.as_deref().unwrap_or("Error"));
+                let msg = format!(
+                    "held back: dependency {dep} is in error ({})",
+                    d.reason.as_deref().unwrap_or("Error")
+                );
                 return verdict(status, None, Some((&errors::DEPENDENCY_FAILED, msg)), None);
             }
             _ => {
@@ -380,18 +463,33 @@ fn crash_or_backoff(
     quick_failures: u32,
     exit: Option<&ExitInfo>,
     wake_at: Option<Timestamp>,
-    verdict: impl FnOnce(ComponentStatus, Option<Action>, Option<(&'static ErrorCode, String)>, Option<Timestamp>) -> Verdict,
+    verdict: impl FnOnce(
+        ComponentStatus,
+        Option<Action>,
+        Option<(&'static ErrorCode, String)>,
+        Option<Timestamp>,
+    ) -> Verdict,
 ) -> Verdict {
     let what = exit.map(describe_exit).unwrap_or_else(|| "an exit".into());
     if quick_failures >= CRASH_LOOP_THRESHOLD {
         status.status = ComponentState::Error;
         status.reason = Some("CrashLoopBackOff".into());
-        let msg = format!("exited {quick_failures} times in a row soon after starting (last: {what}); restarting with back-off");
+        let msg = format!(
+            "exited {quick_failures} times in a row soon after starting (last: {what}); restarting with back-off"
+        );
         verdict(status, None, Some((&errors::CRASH_LOOP, msg)), wake_at)
     } else {
         status.status = ComponentState::Pending;
         status.reason = Some("BackOff".into());
-        verdict(status, None, Some((&errors::COMPONENT_FAILED, format!("exited with {what}; restarting after back-off"))), wake_at)
+        verdict(
+            status,
+            None,
+            Some((
+                &errors::COMPONENT_FAILED,
+                format!("exited with {what}; restarting after back-off"),
+            )),
+            wake_at,
+        )
     }
 }
 

@@ -7,7 +7,11 @@ use crate::spec::ComponentSpec;
 /// Indices of `components` in an order where each comes after everything it depends on, or the
 /// names along a dependency cycle. Unknown dependency names are ignored here (validation reports them).
 pub fn start_order(components: &[ComponentSpec]) -> Result<Vec<usize>, Vec<String>> {
-    let index: BTreeMap<&str, usize> = components.iter().enumerate().map(|(i, c)| (c.name.as_str(), i)).collect();
+    let index: BTreeMap<&str, usize> = components
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.name.as_str(), i))
+        .collect();
     // 0 = unvisited, 1 = on the current path, 2 = done.
     let mut mark = vec![0u8; components.len()];
     let mut order = Vec::with_capacity(components.len());
@@ -31,8 +35,10 @@ pub fn start_order(components: &[ComponentSpec]) -> Result<Vec<usize>, Vec<Strin
                     }
                     1 => {
                         let start = stack.iter().position(|(n, _)| *n == d).unwrap_or(0);
-                        let mut cycle: Vec<String> =
-                            stack[start..].iter().map(|(n, _)| components[*n].name.to_string()).collect();
+                        let mut cycle: Vec<String> = stack[start..]
+                            .iter()
+                            .map(|(n, _)| components[*n].name.to_string())
+                            .collect();
                         cycle.push(components[d].name.to_string());
                         return Err(cycle);
                     }
@@ -69,7 +75,11 @@ mod tests {
     #[test]
     fn dependencies_come_first() {
         let c = comps(&[("up", &["rec", "db"]), ("rec", &["db"]), ("db", &[])]);
-        let names: Vec<_> = start_order(&c).unwrap().into_iter().map(|i| c[i].name.as_str()).collect();
+        let names: Vec<_> = start_order(&c)
+            .unwrap()
+            .into_iter()
+            .map(|i| c[i].name.as_str())
+            .collect();
         assert_eq!(names, ["db", "rec", "up"]);
     }
 

@@ -34,7 +34,10 @@ fn running(name: &str, pid: u32) -> (String, ObservedComponent) {
     (
         name.into(),
         ObservedComponent {
-            state: ObservedState::Running { pid: Some(pid), since: t(0) },
+            state: ObservedState::Running {
+                pid: Some(pid),
+                since: t(0),
+            },
             spec_hash: Some(format!("hash-{name}")),
             runtime_restarts: 0,
         },
@@ -44,7 +47,11 @@ fn running(name: &str, pid: u32) -> (String, ObservedComponent) {
 fn exited_history(name: &str, code: i32, at: i64, quick: u32) -> (String, ComponentHistory) {
     let mut h = ComponentHistory::new(&format!("hash-{name}"));
     h.last_start = Some(t(at - 1));
-    h.last_exit = Some(ExitInfo { code: Some(code), signal: None, at: t(at) });
+    h.last_exit = Some(ExitInfo {
+        code: Some(code),
+        signal: None,
+        at: t(at),
+    });
     h.consecutive_failures = quick;
     (name.into(), h)
 }
@@ -61,21 +68,37 @@ fn run_plan(desired: &Desired, observed: Observation, history: History, now: i64
 }
 
 fn desired(components: Vec<DesiredComponent>) -> Desired {
-    Desired { deployment: "d".into(), running: true, components }
+    Desired {
+        deployment: "d".into(),
+        running: true,
+        components,
+    }
 }
 
 #[test]
 fn fresh_deployment_starts_only_components_without_pending_dependencies() {
-    let d = desired(vec![comp("db", RestartPolicy::Always, &[]), comp("up", RestartPolicy::Always, &["db"])]);
+    let d = desired(vec![
+        comp("db", RestartPolicy::Always, &[]),
+        comp("up", RestartPolicy::Always, &["db"]),
+    ]);
     let p = run_plan(&d, Observation::new(), History::default(), 0);
-    assert_eq!(p.actions.iter().map(|a| a.to_string()).collect::<Vec<_>>(), ["start db"]);
-    assert_eq!(p.components[1].reason.as_deref(), Some("WaitingForDependency"));
+    assert_eq!(
+        p.actions.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        ["start db"]
+    );
+    assert_eq!(
+        p.components[1].reason.as_deref(),
+        Some("WaitingForDependency")
+    );
     assert_eq!(p.phase, Phase::Provisioning);
 }
 
 #[test]
 fn all_running_is_succeeded_with_nothing_to_do() {
-    let d = desired(vec![comp("db", RestartPolicy::Always, &[]), comp("up", RestartPolicy::Always, &["db"])]);
+    let d = desired(vec![
+        comp("db", RestartPolicy::Always, &[]),
+        comp("up", RestartPolicy::Always, &["db"]),
+    ]);
     let obs = Observation::from([running("db", 10), running("up", 11)]);
     let p = run_plan(&d, obs, History::default(), 0);
     assert!(p.actions.is_empty());
@@ -86,31 +109,80 @@ fn all_running_is_succeeded_with_nothing_to_do() {
 
 #[test]
 fn changed_spec_restarts_that_component_only() {
-    let d = desired(vec![comp("a", RestartPolicy::Always, &[]), comp("b", RestartPolicy::Always, &[])]);
+    let d = desired(vec![
+        comp("a", RestartPolicy::Always, &[]),
+        comp("b", RestartPolicy::Always, &[]),
+    ]);
     let mut obs = Observation::from([running("a", 10), running("b", 11)]);
     obs.get_mut("b").unwrap().spec_hash = Some("old".into());
     let p = run_plan(&d, obs, History::default(), 0);
-    assert_eq!(p.actions.iter().map(|a| a.to_string()).collect::<Vec<_>>(), ["restart b (spec changed)"]);
+    assert_eq!(
+        p.actions.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        ["restart b (spec changed)"]
+    );
 }
 
 #[test]
 fn restart_policies_after_exit_zero_and_failure() {
     // (policy, exit code, expected action, expected status, expected reason)
     let cases = [
-        (RestartPolicy::Always, 0, true, ComponentState::Pending, "Starting"),
-        (RestartPolicy::Always, 1, true, ComponentState::Pending, "Starting"),
-        (RestartPolicy::OnFailure, 0, false, ComponentState::Stopped, "Completed"),
-        (RestartPolicy::OnFailure, 1, true, ComponentState::Pending, "Starting"),
-        (RestartPolicy::Never, 0, false, ComponentState::Stopped, "Completed"),
-        (RestartPolicy::Never, 1, false, ComponentState::Error, "Failed"),
+        (
+            RestartPolicy::Always,
+            0,
+            true,
+            ComponentState::Pending,
+            "Starting",
+        ),
+        (
+            RestartPolicy::Always,
+            1,
+            true,
+            ComponentState::Pending,
+            "Starting",
+        ),
+        (
+            RestartPolicy::OnFailure,
+            0,
+            false,
+            ComponentState::Stopped,
+            "Completed",
+        ),
+        (
+            RestartPolicy::OnFailure,
+            1,
+            true,
+            ComponentState::Pending,
+            "Starting",
+        ),
+        (
+            RestartPolicy::Never,
+            0,
+            false,
+            ComponentState::Stopped,
+            "Completed",
+        ),
+        (
+            RestartPolicy::Never,
+            1,
+            false,
+            ComponentState::Error,
+            "Failed",
+        ),
     ];
     for (policy, code, restarts, state, reason) in cases {
         let d = desired(vec![comp("a", policy, &[])]);
-        let hist = History { components: BTreeMap::from([exited_history("a", code, 0, 1)]), ..Default::default() };
+        let hist = History {
+            components: BTreeMap::from([exited_history("a", code, 0, 1)]),
+            ..Default::default()
+        };
         // one second later the first back-off (1 s) has passed
         let p = run_plan(&d, Observation::new(), hist, 1);
         assert_eq!(!p.actions.is_empty(), restarts, "{policy:?} {code}");
-        assert_eq!((p.components[0].status, p.components[0].reason.as_deref()), (state, Some(reason)), "{policy:?} {code}");
+        assert_eq!(
+            (p.components[0].status, p.components[0].reason.as_deref()),
+            (state, Some(reason)),
+            "{policy:?} {code}"
+        );
         assert_eq!(p.components[0].exit_code, Some(code));
     }
 }
@@ -118,16 +190,25 @@ fn restart_policies_after_exit_zero_and_failure() {
 #[test]
 fn backoff_waits_then_requeues_and_crash_loop_is_reported() {
     let d = desired(vec![comp("a", RestartPolicy::Always, &[])]);
-    let hist = History { components: BTreeMap::from([exited_history("a", 1, 0, 2)]), ..Default::default() };
+    let hist = History {
+        components: BTreeMap::from([exited_history("a", 1, 0, 2)]),
+        ..Default::default()
+    };
     let p = run_plan(&d, Observation::new(), hist.clone(), 0);
     assert!(p.actions.is_empty());
     assert_eq!(p.requeue_after, Some(Duration::from_secs(2)));
     assert_eq!(p.components[0].reason.as_deref(), Some("BackOff"));
     assert_eq!(p.errors[0].code, "DEP_E152");
-    let hist = History { components: BTreeMap::from([exited_history("a", 1, 0, 4)]), ..Default::default() };
+    let hist = History {
+        components: BTreeMap::from([exited_history("a", 1, 0, 4)]),
+        ..Default::default()
+    };
     let p = run_plan(&d, Observation::new(), hist.clone(), 0);
     assert_eq!(p.requeue_after, Some(Duration::from_secs(8)));
-    assert_eq!((p.components[0].status, p.components[0].reason.as_deref()), (ComponentState::Error, Some("CrashLoopBackOff")));
+    assert_eq!(
+        (p.components[0].status, p.components[0].reason.as_deref()),
+        (ComponentState::Error, Some("CrashLoopBackOff"))
+    );
     assert_eq!(p.errors[0].code, "DEP_E163");
     assert_eq!(p.phase, Phase::FailedToStart);
     let p = run_plan(&d, Observation::new(), hist, 8);
@@ -136,36 +217,58 @@ fn backoff_waits_then_requeues_and_crash_loop_is_reported() {
 
 #[test]
 fn dependency_in_error_holds_dependents_back() {
-    let d = desired(vec![comp("db", RestartPolicy::Never, &[]), comp("up", RestartPolicy::Always, &["db"])]);
-    let hist = History { components: BTreeMap::from([exited_history("db", 3, 0, 1)]), ..Default::default() };
+    let d = desired(vec![
+        comp("db", RestartPolicy::Never, &[]),
+        comp("up", RestartPolicy::Always, &["db"]),
+    ]);
+    let hist = History {
+        components: BTreeMap::from([exited_history("db", 3, 0, 1)]),
+        ..Default::default()
+    };
     let p = run_plan(&d, Observation::new(), hist, 5);
     assert!(p.actions.is_empty());
     assert_eq!(p.components[1].reason.as_deref(), Some("DependencyFailed"));
-    assert!(p.errors.iter().any(|e| e.code == "DEP_E156" && e.component.as_deref() == Some("up")));
+    assert!(
+        p.errors
+            .iter()
+            .any(|e| e.code == "DEP_E156" && e.component.as_deref() == Some("up"))
+    );
 }
 
 #[test]
 fn executable_not_found_is_retried_unless_never() {
     let mut h = ComponentHistory::new("hash-a");
     h.start_failed("DEP_E161", "no such file".into(), t(0));
-    let hist = History { components: BTreeMap::from([("a".to_string(), h)]), ..Default::default() };
+    let hist = History {
+        components: BTreeMap::from([("a".to_string(), h)]),
+        ..Default::default()
+    };
     let d = desired(vec![comp("a", RestartPolicy::Never, &[])]);
     let p = run_plan(&d, Observation::new(), hist.clone(), 100);
     assert!(p.actions.is_empty());
     assert_eq!(p.errors[0].code, "DEP_E161");
     let d = desired(vec![comp("a", RestartPolicy::Always, &[])]);
-    assert_eq!(run_plan(&d, Observation::new(), hist.clone(), 0).requeue_after, Some(Duration::from_secs(1)));
+    assert_eq!(
+        run_plan(&d, Observation::new(), hist.clone(), 0).requeue_after,
+        Some(Duration::from_secs(1))
+    );
     assert_eq!(run_plan(&d, Observation::new(), hist, 1).actions.len(), 1);
 }
 
 #[test]
 fn stopped_state_stops_in_reverse_order_and_removed_components_go() {
-    let mut d = desired(vec![comp("db", RestartPolicy::Always, &[]), comp("up", RestartPolicy::Always, &["db"])]);
+    let mut d = desired(vec![
+        comp("db", RestartPolicy::Always, &[]),
+        comp("up", RestartPolicy::Always, &["db"]),
+    ]);
     d.running = false;
     let obs = Observation::from([running("db", 1), running("up", 2), running("old", 3)]);
     let p = run_plan(&d, obs, History::default(), 0);
     let names: Vec<_> = p.actions.iter().map(|a| a.to_string()).collect();
-    assert_eq!(names, ["remove old (no longer in the file)", "stop up", "stop db"]);
+    assert_eq!(
+        names,
+        ["remove old (no longer in the file)", "stop up", "stop db"]
+    );
     assert_eq!(p.phase, Phase::InProgress);
     let p = run_plan(&d, Observation::new(), History::default(), 0);
     assert_eq!(p.phase, Phase::Stopped);
@@ -186,7 +289,10 @@ fn systemd_restarting_unit_is_not_an_error_and_operator_stop_is_respected() {
         now: t(0),
     });
     assert!(p.actions.is_empty());
-    assert_eq!((p.components[0].status, p.components[0].restart_count), (ComponentState::Pending, 2));
+    assert_eq!(
+        (p.components[0].status, p.components[0].restart_count),
+        (ComponentState::Pending, 2)
+    );
     obs.get_mut("a").unwrap().state = ObservedState::StoppedByOperator;
     let p = run_plan(&d, obs, History::default(), 0);
     assert!(p.actions.is_empty());

@@ -131,9 +131,19 @@ pub trait Runtime {
     /// Starts (or restarts with a new spec) one component.
     async fn start(&mut self, run: &ComponentRun) -> Result<(), RuntimeError>;
     /// Stops one component, waiting up to its stop timeout before killing it.
-    async fn stop(&mut self, deployment: &str, name: &str, timeout: Duration) -> Result<(), RuntimeError>;
+    async fn stop(
+        &mut self,
+        deployment: &str,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<(), RuntimeError>;
     /// Stops a component and forgets it entirely (it left the desired state).
-    async fn remove(&mut self, deployment: &str, name: &str, timeout: Duration) -> Result<(), RuntimeError>;
+    async fn remove(
+        &mut self,
+        deployment: &str,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<(), RuntimeError>;
     /// Waits for the next thing that happened.
     async fn next_event(&mut self) -> RuntimeEvent;
 }

@@ -19,7 +19,10 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 
-use super::{ComponentRun, ExitInfo, Observation, ObservedComponent, ObservedState, Runtime, RuntimeError, RuntimeEvent};
+use super::{
+    ComponentRun, ExitInfo, Observation, ObservedComponent, ObservedState, Runtime, RuntimeError,
+    RuntimeEvent,
+};
 
 /// Default cap of one log file before it is rotated to `NAME.log.1`.
 pub const DEFAULT_LOG_MAX_BYTES: u64 = 1024 * 1024;
@@ -58,11 +61,15 @@ impl ProcessRuntime {
     /// Creates the runtime and kills whatever a previous roost left running.
     pub fn new(state_dir: &Path) -> Result<Self, RuntimeError> {
         let logs_dir = state_dir.join("logs");
-        std::fs::create_dir_all(&logs_dir).map_err(|e| RuntimeError::io(format!("cannot create {}", logs_dir.display()), e))?;
+        std::fs::create_dir_all(&logs_dir)
+            .map_err(|e| RuntimeError::io(format!("cannot create {}", logs_dir.display()), e))?;
         let pids_file = state_dir.join("processes.json");
         let killed = kill_leftovers(&pids_file);
         if killed > 0 {
-            tracing::info!(killed, "stopped components left running by a previous roost");
+            tracing::info!(
+                killed,
+                "stopped components left running by a previous roost"
+            );
         }
         let (exit_tx, exit_rx) = mpsc::unbounded_channel();
         let log_max_bytes = std::env::var("ROOST_LOG_MAX_BYTES")
@@ -89,7 +96,10 @@ impl ProcessRuntime {
             .filter(|(_, r)| proc_start_ticks(r.pid) == Some(r.start_ticks))
             .map(|(name, r)| {
                 let obs = ObservedComponent {
-                    state: ObservedState::Running { pid: Some(r.pid), since: Timestamp::UNIX_EPOCH },
+                    state: ObservedState::Running {
+                        pid: Some(r.pid),
+                        since: Timestamp::UNIX_EPOCH,
+                    },
                     spec_hash: Some(r.spec_hash),
                     runtime_restarts: 0,
                 };
@@ -126,7 +136,8 @@ impl ProcessRuntime {
         // No fsync: this file only matters while the machine stays up (after a power cut no
         // child survives), and the rename alone keeps it whole.
         let tmp = self.pids_file.with_extension("json.tmp");
-        let result = std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, &self.pids_file));
+        let result =
+            std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, &self.pids_file));
         if let Err(e) = result {
             tracing::warn!(error = %e, path = %self.pids_file.display(), "cannot record child pids");
         }
@@ -134,16 +145,27 @@ impl ProcessRuntime {
 
     async fn stop_child(&mut self, name: &str, timeout: Duration) -> Result<(), RuntimeError> {
         self.exited.remove(name);
-        let Some(child) = self.children.get_mut(name) else { return Ok(()) };
+        let Some(child) = self.children.get_mut(name) else {
+            return Ok(());
+        };
         child.stopping = true;
         let pgid = Pid::from_raw(child.pid as i32);
         let mut exit = child.exit.clone();
         let _ = killpg(pgid, Signal::SIGTERM);
-        let exited_in_time = tokio::time::timeout(timeout, exit.wait_for(|e| e.is_some())).await.is_ok();
+        let exited_in_time = tokio::time::timeout(timeout, exit.wait_for(|e| e.is_some()))
+            .await
+            .is_ok();
         if !exited_in_time {
-            tracing::warn!(component = name, ?timeout, "did not stop in time; sending SIGKILL");
+            tracing::warn!(
+                component = name,
+                ?timeout,
+                "did not stop in time; sending SIGKILL"
+            );
             let _ = killpg(pgid, Signal::SIGKILL);
-            if tokio::time::timeout(Duration::from_secs(5), exit.wait_for(|e| e.is_some())).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(5), exit.wait_for(|e| e.is_some()))
+                .await
+                .is_err()
+            {
                 return Err(RuntimeError::Component {
                     name: name.to_string(),
                     message: format!("process {} did not exit after SIGKILL", pgid),
@@ -168,12 +190,29 @@ impl Runtime for ProcessRuntime {
     async fn observe(&mut self, _deployment: &str) -> Result<Observation, RuntimeError> {
         let mut out = Observation::new();
         for (name, c) in &self.children {
-            let state = ObservedState::Running { pid: Some(c.pid), since: c.since };
-            out.insert(name.clone(), ObservedComponent { state, spec_hash: Some(c.spec_hash.clone()), runtime_restarts: 0 });
+            let state = ObservedState::Running {
+                pid: Some(c.pid),
+                since: c.since,
+            };
+            out.insert(
+                name.clone(),
+                ObservedComponent {
+                    state,
+                    spec_hash: Some(c.spec_hash.clone()),
+                    runtime_restarts: 0,
+                },
+            );
         }
         for (name, (hash, exit)) in &self.exited {
             let state = ObservedState::Exited { exit: *exit };
-            out.insert(name.clone(), ObservedComponent { state, spec_hash: Some(hash.clone()), runtime_restarts: 0 });
+            out.insert(
+                name.clone(),
+                ObservedComponent {
+                    state,
+                    spec_hash: Some(hash.clone()),
+                    runtime_restarts: 0,
+                },
+            );
         }
         Ok(out)
     }
@@ -183,8 +222,14 @@ impl Runtime for ProcessRuntime {
         if self.children.contains_key(&name) {
             self.stop_child(&name, run.stop_timeout).await?;
         }
-        let path_var = run.env.get("PATH").cloned().or_else(|| std::env::var("PATH").ok()).unwrap_or_default();
-        let program = resolve_program(run.command.program(), &path_var, run.working_dir.as_deref())?;
+        let path_var = run
+            .env
+            .get("PATH")
+            .cloned()
+            .or_else(|| std::env::var("PATH").ok())
+            .unwrap_or_default();
+        let program =
+            resolve_program(run.command.program(), &path_var, run.working_dir.as_deref())?;
         let mut cmd = tokio::process::Command::new(&program);
         cmd.arg0(run.command.program())
             .args(run.command.args())
@@ -198,14 +243,23 @@ impl Runtime for ProcessRuntime {
             cmd.current_dir(dir);
         }
         let mut child = cmd.spawn().map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => RuntimeError::ExecutableNotFound {
-                program: run.command.program().to_string(),
-                reason: e.to_string(),
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
+                RuntimeError::ExecutableNotFound {
+                    program: run.command.program().to_string(),
+                    reason: e.to_string(),
+                }
+            }
+            _ => RuntimeError::Component {
+                name: name.clone(),
+                message: format!("cannot start: {e}"),
             },
-            _ => RuntimeError::Component { name: name.clone(), message: format!("cannot start: {e}") },
         })?;
         let pid = child.id().unwrap_or(0);
-        let log = Arc::new(Mutex::new(LogFile::open(&self.logs_dir, &name, self.log_max_bytes)?));
+        let log = Arc::new(Mutex::new(LogFile::open(
+            &self.logs_dir,
+            &name,
+            self.log_max_bytes,
+        )?));
         if let Some(out) = child.stdout.take() {
             tokio::spawn(pump(out, log.clone()));
         }
@@ -219,7 +273,10 @@ impl Runtime for ProcessRuntime {
             let status = child.wait().await;
             let exit = ExitInfo {
                 code: status.as_ref().ok().and_then(|s| s.code()),
-                signal: status.as_ref().ok().and_then(std::os::unix::process::ExitStatusExt::signal),
+                signal: status
+                    .as_ref()
+                    .ok()
+                    .and_then(std::os::unix::process::ExitStatusExt::signal),
                 at: Timestamp::now(),
             };
             // What the component left behind in its group goes with it, so a crashed component
@@ -231,17 +288,33 @@ impl Runtime for ProcessRuntime {
         self.exited.remove(&name);
         self.children.insert(
             name,
-            Child { pid, spec_hash: run.spec_hash.clone(), since: Timestamp::now(), exit: exit_watch_rx, stopping: false },
+            Child {
+                pid,
+                spec_hash: run.spec_hash.clone(),
+                since: Timestamp::now(),
+                exit: exit_watch_rx,
+                stopping: false,
+            },
         );
         self.save_pids();
         Ok(())
     }
 
-    async fn stop(&mut self, _deployment: &str, name: &str, timeout: Duration) -> Result<(), RuntimeError> {
+    async fn stop(
+        &mut self,
+        _deployment: &str,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<(), RuntimeError> {
         self.stop_child(name, timeout).await
     }
 
-    async fn remove(&mut self, _deployment: &str, name: &str, timeout: Duration) -> Result<(), RuntimeError> {
+    async fn remove(
+        &mut self,
+        _deployment: &str,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<(), RuntimeError> {
         self.stop_child(name, timeout).await?;
         self.exited.remove(name);
         Ok(())
@@ -253,7 +326,10 @@ impl Runtime for ProcessRuntime {
                 return std::future::pending().await;
             };
             // Exits of children roost is stopping, or of an older instance, are not news.
-            let current = self.children.get(&name).is_some_and(|c| c.pid == pid && !c.stopping);
+            let current = self
+                .children
+                .get(&name)
+                .is_some_and(|c| c.pid == pid && !c.stopping);
             if !current {
                 continue;
             }
@@ -267,8 +343,15 @@ impl Runtime for ProcessRuntime {
 }
 
 /// Finds the program as execvp would, so a missing one is reported before anything is forked.
-pub fn resolve_program(program: &str, path_var: &str, working_dir: Option<&Path>) -> Result<PathBuf, RuntimeError> {
-    let not_found = |reason: String| RuntimeError::ExecutableNotFound { program: program.to_string(), reason };
+pub fn resolve_program(
+    program: &str,
+    path_var: &str,
+    working_dir: Option<&Path>,
+) -> Result<PathBuf, RuntimeError> {
+    let not_found = |reason: String| RuntimeError::ExecutableNotFound {
+        program: program.to_string(),
+        reason,
+    };
     let candidates: Vec<PathBuf> = if program.contains('/') {
         let p = PathBuf::from(program);
         vec![match working_dir {
@@ -276,7 +359,11 @@ pub fn resolve_program(program: &str, path_var: &str, working_dir: Option<&Path>
             _ => p,
         }]
     } else {
-        path_var.split(':').filter(|d| !d.is_empty()).map(|d| Path::new(d).join(program)).collect()
+        path_var
+            .split(':')
+            .filter(|d| !d.is_empty())
+            .map(|d| Path::new(d).join(program))
+            .collect()
     };
     let mut last = "not found on PATH".to_string();
     for c in candidates {
@@ -322,7 +409,12 @@ impl LogFile {
             .open(&path)
             .map_err(|e| RuntimeError::io(format!("cannot open log {}", path.display()), e))?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        Ok(Self { path, file, size, max })
+        Ok(Self {
+            path,
+            file,
+            size,
+            max,
+        })
     }
 
     /// Appends `bytes`, rotating so that no file grows past the cap; splits at a line end
@@ -357,7 +449,11 @@ impl LogFile {
             let _ = std::fs::rename(rotated(&self.path, i), rotated(&self.path, i + 1));
         }
         let _ = std::fs::rename(&self.path, rotated(&self.path, 1));
-        if let Ok(f) = std::fs::OpenOptions::new().create(true).append(true).open(&self.path) {
+        if let Ok(f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+        {
             self.file = f;
             self.size = 0;
         }
@@ -371,7 +467,10 @@ pub fn rotated(path: &Path, i: u32) -> PathBuf {
 }
 
 fn read_records(path: &Path) -> BTreeMap<String, ChildRecord> {
-    std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
 }
 
 /// Field 22 of /proc/PID/stat: when the process started, in clock ticks since boot.
@@ -401,7 +500,8 @@ fn kill_leftovers(pids_file: &Path) -> usize {
         let pgid = Pid::from_raw(rec.pid as i32);
         let _ = killpg(pgid, Signal::SIGTERM);
         let deadline = std::time::Instant::now() + Duration::from_secs(3);
-        while group_members_since(rec.pid, rec.start_ticks) && std::time::Instant::now() < deadline {
+        while group_members_since(rec.pid, rec.start_ticks) && std::time::Instant::now() < deadline
+        {
             std::thread::sleep(Duration::from_millis(10));
         }
         let _ = killpg(pgid, Signal::SIGKILL);
@@ -411,13 +511,19 @@ fn kill_leftovers(pids_file: &Path) -> usize {
 }
 
 fn group_members_since(pgid: u32, start_ticks: u64) -> bool {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return false };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter_map(proc_stat_fields)
         // field 5 (pgrp) is index 2 after the name; field 3 (state) index 0: skip zombies.
-        .any(|f| f.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(pgid)
-            && f.first().map(String::as_str) != Some("Z")
-            && f.get(19).and_then(|s| s.parse::<u64>().ok()).is_some_and(|t| t >= start_ticks))
+        .any(|f| {
+            f.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(pgid)
+                && f.first().map(String::as_str) != Some("Z")
+                && f.get(19)
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .is_some_and(|t| t >= start_ticks)
+        })
 }
 
 #[cfg(test)]
@@ -444,6 +550,9 @@ mod tests {
         log.write(b"0123456789");
         log.write(b"abc");
         assert_eq!(std::fs::read(dir.path().join("c.log")).unwrap(), b"abc");
-        assert_eq!(std::fs::read(dir.path().join("c.log.1")).unwrap(), b"0123456789");
+        assert_eq!(
+            std::fs::read(dir.path().join("c.log.1")).unwrap(),
+            b"0123456789"
+        );
     }
 }

@@ -33,7 +33,9 @@ impl From<Duration> for HumanDuration {
 
 /// Why a duration string was refused; the message tells the user what is expected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid duration {text:?}: {why}; expected a number and a unit such as \"500ms\", \"5s\", \"5m\", \"2h\" or \"0s\"")]
+#[error(
+    "invalid duration {text:?}: {why}; expected a number and a unit such as \"500ms\", \"5s\", \"5m\", \"2h\" or \"0s\""
+)]
 pub struct DurationParseError {
     text: String,
     why: &'static str,
@@ -54,13 +56,19 @@ impl std::str::FromStr for HumanDuration {
         let mut total_ms: u128 = 0;
         let mut rest = s;
         while !rest.is_empty() {
-            let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+            let digits = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
             if digits == 0 {
                 return Err(fail("a number must come before each unit"));
             }
-            let number: u128 = rest[..digits].parse().map_err(|_| fail("the number is too large"))?;
+            let number: u128 = rest[..digits]
+                .parse()
+                .map_err(|_| fail("the number is too large"))?;
             rest = &rest[digits..];
-            let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+            let unit_len = rest
+                .find(|c: char| c.is_ascii_digit())
+                .unwrap_or(rest.len());
             let unit_ms: u128 = match &rest[..unit_len] {
                 "ms" => 1,
                 "s" => 1_000,
@@ -72,7 +80,11 @@ impl std::str::FromStr for HumanDuration {
             };
             rest = &rest[unit_len..];
             total_ms = total_ms
-                .checked_add(number.checked_mul(unit_ms).ok_or_else(|| fail("it is too large"))?)
+                .checked_add(
+                    number
+                        .checked_mul(unit_ms)
+                        .ok_or_else(|| fail("it is too large"))?,
+                )
                 .ok_or_else(|| fail("it is too large"))?;
         }
         // A year is far beyond any sensible timeout or back-off; refusing it catches typos like "5000000h".
@@ -90,7 +102,13 @@ impl fmt::Display for HumanDuration {
             return f.write_str("0s");
         }
         let mut rest = ms;
-        for (unit, size) in [("d", 86_400_000u128), ("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)] {
+        for (unit, size) in [
+            ("d", 86_400_000u128),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1_000),
+            ("ms", 1),
+        ] {
             if rest >= size {
                 write!(f, "{}{}", rest / size, unit)?;
                 rest %= size;
@@ -150,9 +168,22 @@ mod tests {
 
     #[test]
     fn refuses_garbage_with_a_reason() {
-        for text in ["", "5", "s", "5 s", "5sec", "-1s", "1.5s", "9999999999999999999999h", "400d"] {
+        for text in [
+            "",
+            "5",
+            "s",
+            "5 s",
+            "5sec",
+            "-1s",
+            "1.5s",
+            "9999999999999999999999h",
+            "400d",
+        ] {
             let err = text.parse::<HumanDuration>().unwrap_err();
-            assert!(err.to_string().contains("expected a number and a unit"), "{text}: {err}");
+            assert!(
+                err.to_string().contains("expected a number and a unit"),
+                "{text}: {err}"
+            );
         }
     }
 

@@ -14,11 +14,19 @@ pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
 pub enum LoadError {
     #[error("{file}: cannot read: {message}; check that the file exists and roost may read it")]
     Unreadable { file: PathBuf, message: String },
-    #[error("{file}: file is larger than 1 MiB ({size} bytes); a deployment file is a few KiB, check that the right file is named")]
+    #[error(
+        "{file}: file is larger than 1 MiB ({size} bytes); a deployment file is a few KiB, check that the right file is named"
+    )]
     TooLarge { file: PathBuf, size: u64 },
     #[error("{file}:{line}:{column}: file is not valid UTF-8; save it as UTF-8 text")]
-    NotUtf8 { file: PathBuf, line: u64, column: u64 },
-    #[error("{file}: file is empty; write a Deployment (apiVersion: roost/v1, kind: Deployment, metadata, spec)")]
+    NotUtf8 {
+        file: PathBuf,
+        line: u64,
+        column: u64,
+    },
+    #[error(
+        "{file}: file is empty; write a Deployment (apiVersion: roost/v1, kind: Deployment, metadata, spec)"
+    )]
     Empty { file: PathBuf },
     #[error("{file}:{line}:{column}: {message}")]
     Syntax {
@@ -30,7 +38,11 @@ pub enum LoadError {
         snippet: Option<String>,
     },
     #[error("{file}: field {field}: {message}")]
-    Invalid { file: PathBuf, field: String, message: String },
+    Invalid {
+        file: PathBuf,
+        field: String,
+        message: String,
+    },
 }
 
 impl LoadError {
@@ -48,7 +60,9 @@ impl LoadError {
     /// Line and column, where the error has them.
     pub fn position(&self) -> Option<(u64, u64)> {
         match self {
-            Self::NotUtf8 { line, column, .. } | Self::Syntax { line, column, .. } => Some((*line, *column)),
+            Self::NotUtf8 { line, column, .. } | Self::Syntax { line, column, .. } => {
+                Some((*line, *column))
+            }
             _ => None,
         }
     }
@@ -84,7 +98,9 @@ fn read_limited(path: &Path) -> Result<Vec<u8>, LoadError> {
     }
     let mut bytes = Vec::with_capacity(meta.len().min(MAX_FILE_BYTES) as usize);
     // Read one byte past the cap so a file that grew after stat is still caught.
-    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(unreadable)?;
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(unreadable)?;
     if bytes.len() as u64 > MAX_FILE_BYTES {
         return Err(LoadError::TooLarge {
             file: path.to_path_buf(),
@@ -110,7 +126,9 @@ pub fn parse_bytes(path: &Path, bytes: &[u8]) -> Result<Deployment, LoadError> {
 /// Parses YAML text as if it came from `path`.
 pub fn parse_str(path: &Path, text: &str) -> Result<Deployment, LoadError> {
     if is_blank(text) {
-        return Err(LoadError::Empty { file: path.to_path_buf() });
+        return Err(LoadError::Empty {
+            file: path.to_path_buf(),
+        });
     }
     let options = serde_saphyr::options! {
         budget: serde_saphyr::budget! {
@@ -141,7 +159,10 @@ fn is_blank(text: &str) -> bool {
 }
 
 fn syntax_error(path: &Path, e: &serde_saphyr::Error) -> LoadError {
-    let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+    let (line, column) = e
+        .location()
+        .map(|l| (l.line(), l.column()))
+        .unwrap_or((1, 1));
     let rendered = e.to_string();
     let first = rendered.lines().next().unwrap_or_default();
     // The parser prefixes its own position; we print ours in the file:line:column form.
@@ -170,8 +191,14 @@ fn improve_message(message: &str) -> String {
     {
         let candidates: Vec<&str> = expected.split(", ").map(|s| s.trim_matches('`')).collect();
         return match closest(field, candidates.iter().copied()) {
-            Some(best) => format!("unknown field {field:?}: did you mean {best:?}? (known fields: {})", candidates.join(", ")),
-            None => format!("unknown field {field:?}; known fields here: {}", candidates.join(", ")),
+            Some(best) => format!(
+                "unknown field {field:?}: did you mean {best:?}? (known fields: {})",
+                candidates.join(", ")
+            ),
+            None => format!(
+                "unknown field {field:?}; known fields here: {}",
+                candidates.join(", ")
+            ),
         };
     }
     if let Some(rest) = message.strip_prefix("unknown field `") {
@@ -180,7 +207,9 @@ fn improve_message(message: &str) -> String {
     }
     if let Some(rest) = message.strip_prefix("duplicate mapping key: ") {
         let key = rest.split(',').next().unwrap_or(rest).trim();
-        return format!("duplicate key {key:?}: each key may appear once in a mapping; remove one of them");
+        return format!(
+            "duplicate key {key:?}: each key may appear once in a mapping; remove one of them"
+        );
     }
     if message == "expected sequence start" {
         return "expected a list here, e.g. [\"/usr/bin/prog\", \"arg\"] or one \"- item\" per line".into();
@@ -189,7 +218,9 @@ fn improve_message(message: &str) -> String {
         return "expected a mapping here (key: value lines or {key: value})".into();
     }
     if message.contains("alias") || message.contains("budget") {
-        return format!("{message}; the file uses too many anchors/aliases or is nested too deeply (limits guard against alias bombs)");
+        return format!(
+            "{message}; the file uses too many anchors/aliases or is nested too deeply (limits guard against alias bombs)"
+        );
     }
     message
 }
@@ -222,7 +253,10 @@ mod tests {
         let text = GOOD.replace("command:", "comand:");
         let err = parse(&text).unwrap_err();
         assert_eq!(err.position(), Some((8, 7)), "{err}");
-        assert!(err.to_string().contains("did you mean \"command\""), "{err}");
+        assert!(
+            err.to_string().contains("did you mean \"command\""),
+            "{err}"
+        );
     }
 
     #[test]

@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 
 pub use duration::{DurationParseError, HumanDuration};
 pub use load::{LoadError, MAX_FILE_BYTES, load_file, parse_str};
-pub use names::{AbsolutePath, Command, ComponentName, DeploymentName, EnvName, Latitude, Longitude};
+pub use names::{
+    AbsolutePath, Command, ComponentName, DeploymentName, EnvName, Latitude, Longitude,
+};
 pub use recorder::{RecorderSpec, StorageSpec};
 
 /// The only accepted `apiVersion`.
@@ -34,7 +36,10 @@ pub enum Kind {
 /// A whole `deployment.yaml`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[schemars(title = "roost Deployment", description = "Desired state of a roost field device.")]
+#[schemars(
+    title = "roost Deployment",
+    description = "Desired state of a roost field device."
+)]
 pub struct Deployment {
     pub api_version: ApiVersion,
     pub kind: Kind,
@@ -167,7 +172,10 @@ impl Deployment {
         if spec.backoff.initial > spec.backoff.max {
             issues.push(FieldIssue::new(
                 "spec.backoff.initial",
-                format!("initial ({}) is longer than max ({}); make initial <= max", spec.backoff.initial, spec.backoff.max),
+                format!(
+                    "initial ({}) is longer than max ({}); make initial <= max",
+                    spec.backoff.initial, spec.backoff.max
+                ),
             ));
         }
         let mut seen = BTreeMap::new();
@@ -209,7 +217,10 @@ impl Deployment {
         {
             issues.push(FieldIssue::new(
                 "spec.components",
-                format!("dependsOn forms a cycle: {}; remove one of these dependencies", cycle.join(" -> ")),
+                format!(
+                    "dependsOn forms a cycle: {}; remove one of these dependencies",
+                    cycle.join(" -> ")
+                ),
             ));
         }
         if let Some(rec) = &spec.recorder {
@@ -224,11 +235,12 @@ impl Deployment {
 
     /// Names of every component roost runs, the recorder included.
     pub fn component_names(&self) -> impl Iterator<Item = &str> {
-        self.spec
-            .components
-            .iter()
-            .map(|c| c.name.as_str())
-            .chain(self.spec.recorder.as_ref().map(|_| recorder::RECORDER_COMPONENT))
+        self.spec.components.iter().map(|c| c.name.as_str()).chain(
+            self.spec
+                .recorder
+                .as_ref()
+                .map(|_| recorder::RECORDER_COMPONENT),
+        )
     }
 }
 
@@ -253,7 +265,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
         }
         prev = cur;
     }
@@ -267,8 +281,14 @@ mod tests {
     #[test]
     fn closest_finds_typos_only() {
         let names = ["restartPolicy", "dependsOn", "command"];
-        assert_eq!(closest("restartPolcy", names.iter().copied()), Some("restartPolicy"));
-        assert_eq!(closest("dependson", names.iter().copied()), Some("dependsOn"));
+        assert_eq!(
+            closest("restartPolcy", names.iter().copied()),
+            Some("restartPolicy")
+        );
+        assert_eq!(
+            closest("dependson", names.iter().copied()),
+            Some("dependsOn")
+        );
         assert_eq!(closest("zzz", names.iter().copied()), None);
     }
 }

@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 
 /// Rule shared by deployment and component names: they become unit names and file names.
 fn check_label(kind: &str, s: &str) -> Result<(), String> {
-    let ok_chars = s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let ok_chars = s
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if s.is_empty() || s.len() > 63 || !ok_chars || s.starts_with('-') || s.ends_with('-') {
         return Err(format!(
             "invalid {kind} {s:?}: use 1-63 lower-case letters, digits and '-', not starting or ending with '-'"
@@ -116,7 +118,9 @@ impl Command {
 }
 
 /// An environment variable name as POSIX shells accept it.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(try_from = "String", into = "String")]
 #[schemars(with = "String")]
 pub struct EnvName(String);
@@ -125,7 +129,9 @@ impl TryFrom<String> for EnvName {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
         let mut bytes = s.bytes();
-        let first_ok = bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
+        let first_ok = bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
         if !first_ok || !bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_') {
             return Err(format!(
                 "invalid environment variable name {s:?}: use letters, digits and '_', not starting with a digit"
@@ -223,7 +229,16 @@ mod tests {
         for ok in ["a", "meadow-north", "r2", &"x".repeat(63)] {
             assert!(ComponentName::try_from(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "-a", "a-", "Meadow", "a_b", "a.b", "a b", &"x".repeat(64)] {
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "Meadow",
+            "a_b",
+            "a.b",
+            "a b",
+            &"x".repeat(64),
+        ] {
             let err = DeploymentName::try_from(bad).unwrap_err();
             assert!(err.contains("1-63 lower-case"), "{bad}: {err}");
         }
@@ -233,7 +248,12 @@ mod tests {
     fn commands_need_a_program() {
         assert!(Command::try_from(vec![]).is_err());
         assert!(Command::try_from(vec![String::new()]).is_err());
-        assert_eq!(Command::try_from(vec!["/bin/true".into()]).unwrap().program(), "/bin/true");
+        assert_eq!(
+            Command::try_from(vec!["/bin/true".into()])
+                .unwrap()
+                .program(),
+            "/bin/true"
+        );
     }
 
     #[test]
@@ -241,7 +261,11 @@ mod tests {
         assert!(EnvName::try_from("PATH_2".to_string()).is_ok());
         assert!(EnvName::try_from("2X".to_string()).is_err());
         assert!(EnvName::try_from("A=B".to_string()).is_err());
-        assert!(Latitude::try_from(91.0).unwrap_err().contains("from -90 to 90"));
+        assert!(
+            Latitude::try_from(91.0)
+                .unwrap_err()
+                .contains("from -90 to 90")
+        );
         assert!(Longitude::try_from(f64::NAN).is_err());
     }
 }

@@ -24,7 +24,12 @@ impl Roost {
         let file = dir.path().join("deployment.yaml");
         std::fs::write(&file, yaml).unwrap();
         let state = dir.path().join("state");
-        Self { dir, file, state, child: None }
+        Self {
+            dir,
+            file,
+            state,
+            child: None,
+        }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -71,18 +76,36 @@ impl Roost {
                 return s;
             }
             if Instant::now() > deadline {
-                let log = std::fs::read_to_string(self.dir.path().join("roost.log")).unwrap_or_default();
-                let tail: String = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
-                panic!("timed out waiting for {what}\nstatus: {:#?}\nroost log tail:\n{tail}", self.status());
+                let log =
+                    std::fs::read_to_string(self.dir.path().join("roost.log")).unwrap_or_default();
+                let tail: String = log
+                    .lines()
+                    .rev()
+                    .take(40)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                panic!(
+                    "timed out waiting for {what}\nstatus: {:#?}\nroost log tail:\n{tail}",
+                    self.status()
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }
     }
 
     pub fn wait_succeeded(&self, generation: u64) -> Value {
-        self.wait_for(&format!("generation {generation} Succeeded"), Duration::from_secs(20), |s| {
-            s["observedGeneration"] == generation && s["phase"] == "Succeeded" && s["status"] == "Running"
-        })
+        self.wait_for(
+            &format!("generation {generation} Succeeded"),
+            Duration::from_secs(20),
+            |s| {
+                s["observedGeneration"] == generation
+                    && s["phase"] == "Succeeded"
+                    && s["status"] == "Running"
+            },
+        )
     }
 
     /// Replaces the file atomically, as configuration-management tools do.
@@ -93,14 +116,19 @@ impl Roost {
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]).status().unwrap();
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
         assert!(ok.success());
     }
 
     /// Sends SIGTERM and waits for roost to exit; returns its exit code.
     pub fn stop(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(st) = child.try_wait().unwrap() {
@@ -140,13 +168,19 @@ pub fn component<'a>(status: &'a Value, name: &str) -> &'a Value {
 }
 
 pub fn pid_of(status: &Value, name: &str) -> u64 {
-    component(status, name)["pid"].as_u64().unwrap_or_else(|| panic!("{name} has no pid: {status:#}"))
+    component(status, name)["pid"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{name} has no pid: {status:#}"))
 }
 
 pub fn alive(pid: u64) -> bool {
     // A zombie has exited already: only count processes that still run.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with('Z')).unwrap_or(false))
+        .map(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+                .unwrap_or(false)
+        })
         .unwrap_or(false)
 }
 
@@ -154,7 +188,9 @@ pub fn alive(pid: u64) -> bool {
 pub fn processes_with(marker: &str) -> Vec<u32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
         if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline"))
             && String::from_utf8_lossy(&cmd).contains(marker)
             && alive(pid as u64)
@@ -174,18 +210,29 @@ pub fn deployment(name: &str, extra_spec: &str, components: &str) -> String {
 
 /// A component that sleeps forever; `tag` makes its command line unique for process counting.
 pub fn sleeper(name: &str, tag: &str) -> String {
-    format!("    - name: {name}\n      command: [\"/bin/sh\", \"-c\", \"while :; do sleep 1000; done # {tag}\"]\n      stopTimeout: 2s\n")
+    format!(
+        "    - name: {name}\n      command: [\"/bin/sh\", \"-c\", \"while :; do sleep 1000; done # {tag}\"]\n      stopTimeout: 2s\n"
+    )
 }
 
 pub fn shell(name: &str, script: &str, extra: &str) -> String {
     let script = script.replace('\\', "\\\\").replace('"', "\\\"");
-    format!("    - name: {name}\n      command: [\"/bin/sh\", \"-c\", \"{script}\"]\n      stopTimeout: 2s\n{extra}")
+    format!(
+        "    - name: {name}\n      command: [\"/bin/sh\", \"-c\", \"{script}\"]\n      stopTimeout: 2s\n{extra}"
+    )
 }
 
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos() ^ rand_u64())
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos() ^ rand_u64()
+    )
 }
 
 fn rand_u64() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
 }
