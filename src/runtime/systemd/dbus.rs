@@ -94,6 +94,9 @@ pub trait Unit {
     fn unit_file_state(&self) -> zbus::Result<String>;
     #[zbus(property, name = "FragmentPath")]
     fn fragment_path(&self) -> zbus::Result<String>;
+    /// Microseconds since the epoch.
+    #[zbus(property, name = "ActiveEnterTimestamp")]
+    fn active_enter_timestamp(&self) -> zbus::Result<u64>;
 }
 
 #[proxy(

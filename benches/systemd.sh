@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Figures of the systemd runtime for docs/PERFORMANCE.md ("## systemd runtime").
+# Needs root (each measurement runs its own private `systemd --user`, see
+# tests/support/systemd_sandbox.rs). Debug build: the times measured are systemd's and the
+# bus's, not roost's CPU time.
+#
+#   kill -9 of a component's main process -> systemd's own restart (ActiveEnterTimestamp)
+#   kill -9 -> SystemdRuntime::observe() shows Running with the new pid (event-driven)
+#   kill -9 -> status.json shows Running with the new pid (full `roost run --runtime systemd`;
+#             printed as SKIPPED while `roost run` does not offer the systemd runtime)
+#   D-Bus calls per observe when nothing changed, and after one unit changed
+set -euo pipefail
+cd "$(dirname "$0")/.."
+exec cargo test --test systemd_bench -- --ignored --nocapture --test-threads=1
