@@ -108,8 +108,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Record { config, state_dir } => {
             let state_dir = roost::state_dir::resolve(state_dir.as_deref());
-            let _ = (config, state_dir);
-            anyhow::bail!("recorder not wired yet") // WIRE-RECORDER
+            roost::recorder::run(&config, &state_dir)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Feed {
             fifo,
@@ -118,8 +118,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             period_frames,
             seconds,
         } => {
-            let _ = (fifo, sample_rate, channels, period_frames, seconds);
-            anyhow::bail!("feeder not wired yet") // WIRE-FEED
+            roost::recorder::feed::run_feeder(&fifo, sample_rate, channels, period_frames, seconds)?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

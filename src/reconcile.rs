@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use crate::errors;
 use crate::history::History;
 use crate::plan::{self, Action, Desired, Plan, PlanInput};
+use crate::recorder::{Health, RecordConfig};
 use crate::runtime::{ComponentRun, Runtime, RuntimeError, RuntimeEvent};
 use crate::spec::{self, Deployment};
 use crate::state_dir::StateDir;
@@ -188,7 +189,7 @@ impl<R: Runtime> Reconciler<R> {
                 self.write_status(None);
                 return;
             };
-            let plan = plan::plan(&PlanInput {
+            let mut plan = plan::plan(&PlanInput {
                 desired,
                 observed: &observed,
                 history: &self.history,
@@ -196,9 +197,11 @@ impl<R: Runtime> Reconciler<R> {
                 runtime_restarts_itself: self.runtime.restarts_itself(),
                 now: Timestamp::now(),
             });
+            let recorder_wake = self.judge_recorder(&mut plan);
             if plan.actions.is_empty() || pass + 1 == MAX_PASSES {
                 self.observed_generation = self.generation;
-                self.requeue_at = plan.requeue_after.map(|d| Instant::now() + d);
+                let wake = plan.requeue_after.into_iter().chain(recorder_wake).min();
+                self.requeue_at = wake.map(|d| Instant::now() + d);
                 if !plan.actions.is_empty() {
                     // Something keeps failing; look again soon rather than spin.
                     let soon = Instant::now() + Duration::from_secs(1);
@@ -276,14 +279,44 @@ impl<R: Runtime> Reconciler<R> {
         if run.name.as_str() != spec::recorder::RECORDER_COMPONENT {
             return;
         }
-        if let Some((d, _)) = &self.desired {
-            let config = recorder_config_json(d, &self.state.root);
-            if let Err(e) =
-                crate::fsutil::write_atomic(&self.state.recorder_config(), config.as_bytes())
-            {
-                tracing::error!(error = %e, "cannot write the recorder configuration");
+        if let Some((d, _)) = &self.desired
+            && let Some(config) = RecordConfig::from_deployment(d, &self.state.root)
+            && let Err(e) = config.write(&self.state.root)
+        {
+            tracing::error!(error = %e, "cannot write the recorder configuration");
+        }
+    }
+
+    /// Health is judged by output: a running recorder whose files do not arrive is an error,
+    /// whatever its process does. Returns when to look again (a file falling due).
+    fn judge_recorder(&self, plan: &mut Plan) -> Option<Duration> {
+        let c = plan.components.iter_mut().find(|c| c.name == spec::recorder::RECORDER_COMPONENT)?;
+        if c.status != ComponentState::Running {
+            return None;
+        }
+        let now = Timestamp::now();
+        let Some(report) = crate::recorder::read_report(&self.state.root).filter(|r| Some(r.pid) == c.pid) else {
+            // Just started: give it until its first report is due.
+            c.reason = Some("Starting".into());
+            return Some(crate::recorder::HEARTBEAT * 3);
+        };
+        c.output = serde_json::to_value(recorder_output(&report)).ok();
+        match crate::recorder::assess(&report, now) {
+            Health::Healthy | Health::Stopped => {}
+            Health::Error { code, message } => {
+                c.status = ComponentState::Error;
+                c.reason = Some(recorder_reason(code).into());
+                plan.errors.push(ErrorEntry::new(code, Some(&c.name), message));
+                if plan.phase == Phase::Succeeded {
+                    plan.phase = Phase::FailedToStart;
+                }
             }
         }
+        // Look again when the next file is overdue, or when the report would go stale.
+        let grace = crate::recorder::FILE_GRACE;
+        let stale = report.updated_at + crate::recorder::HEARTBEAT * 3 + grace;
+        let due = report.expected_file_by.map(|t| t + grace).into_iter().chain([stale]).filter(|t| *t > now).min()?;
+        Some(due.duration_since(now).unsigned_abs() + Duration::from_millis(50))
     }
 
     fn save_history(&self) {
@@ -413,6 +446,37 @@ impl<R: Runtime> Reconciler<R> {
     }
 }
 
+/// The part of the recorder's report shown under the `recorder` component in status.json.
+fn recorder_output(r: &crate::recorder::RecorderReport) -> serde_json::Value {
+    serde_json::json!({
+        "state": r.state,
+        "device": r.device,
+        "filesWritten": r.files_written,
+        "lastFile": r.last_file,
+        "lastFileAt": r.last_file_at,
+        "samplesCaptured": r.samples_captured,
+        "samplesDropped": r.samples_dropped,
+        "overruns": r.overruns,
+        "filesDiscarded": r.files_discarded,
+        "expectedFileBy": r.expected_file_by,
+        "error": r.error,
+    })
+}
+
+fn recorder_reason(code: &errors::ErrorCode) -> &'static str {
+    match code.code {
+        "DEP_E301" => "StorageUnusable",
+        "DEP_E302" => "LowDiskSpace",
+        "DEP_E303" => "DiskFull",
+        "DEP_E311" => "AudioDeviceUnavailable",
+        "DEP_E312" => "AudioFormatUnsupported",
+        "DEP_E313" => "NoRecordings",
+        "DEP_E314" => "SamplesDropped",
+        "DEP_E321" => "MetadataDbError",
+        _ => "RecorderError",
+    }
+}
+
 fn start_error_code(e: &RuntimeError) -> &'static str {
     match e {
         RuntimeError::ExecutableNotFound { .. } => errors::EXECUTABLE_NOT_FOUND.code,
@@ -422,46 +486,32 @@ fn start_error_code(e: &RuntimeError) -> &'static str {
     }
 }
 
-/// The recorder component, when the deployment asks for one: `roost record` of this binary.
+/// The recorder component, when the deployment asks for one: `roost record` of this binary,
+/// reading the configuration roost writes before starting it.
 pub fn recorder_run(cfg: &Config, d: &Deployment) -> Option<ComponentRun> {
-    let rec = d.spec.recorder.as_ref()?;
-    let state = StateDir::new(cfg.state_dir.clone());
-    let config = recorder_config_json(d, &state.root);
-    let hash_input = format!("{}\n{}", cfg.exe.display(), config);
+    let config = RecordConfig::from_deployment(d, &cfg.state_dir)?;
+    let config_json = serde_json::to_string(&config).expect("recorder config serializes");
+    let hash_input = format!("{}\n{}", cfg.exe.display(), config_json);
     let argv = vec![
         cfg.exe.display().to_string(),
         "record".to_string(),
         "--config".to_string(),
-        state.recorder_config().display().to_string(),
+        RecordConfig::path(&cfg.state_dir).display().to_string(),
         "--state-dir".to_string(),
-        state.root.display().to_string(),
+        cfg.state_dir.display().to_string(),
     ];
     Some(ComponentRun {
         deployment: d.metadata.name.to_string(),
-        name: spec::recorder::RECORDER_COMPONENT
-            .try_into()
-            .expect("valid name"),
+        name: spec::recorder::RECORDER_COMPONENT.try_into().expect("valid name"),
         spec_hash: plan::spec_hash(hash_input.as_bytes()),
         command: argv.try_into().expect("non-empty argv"),
         env: BTreeMap::new(),
         working_dir: None,
-        restart_policy: rec.restart_policy.unwrap_or(d.spec.restart_policy),
+        restart_policy: config.recorder.restart_policy.unwrap_or(d.spec.restart_policy),
         backoff: d.spec.backoff,
-        stop_timeout: Duration::from_secs(10),
+        // The recorder finishes and registers the file it is writing before it exits.
+        stop_timeout: Duration::from_secs(30),
     })
-}
-
-/// The recorder's configuration, as `roost record --config` reads it.
-pub fn recorder_config_json(d: &Deployment, state_dir: &Path) -> String {
-    let storage = d.spec.storage.clone();
-    serde_json::json!({
-        "deployment": d.metadata.name,
-        "location": d.spec.location,
-        "storage": storage,
-        "recorder": d.spec.recorder,
-        "stateDir": state_dir,
-    })
-    .to_string()
 }
 
 /// Runs the loop until `shutdown` resolves. `on_ready` is called once, after the first
@@ -483,6 +533,17 @@ pub async fn run<R: Runtime>(
         loop {
             watcher.changed().await;
             if file_tx.send(()).await.is_err() {
+                return;
+            }
+        }
+    });
+    // The recorder's report arrives as a file in the state folder; its changes are triggers too.
+    let mut report_watcher = FileWatcher::new(&crate::recorder::report_path(&cfg.state_dir))?;
+    let (report_tx, mut report_rx) = tokio::sync::mpsc::channel::<()>(1);
+    tokio::spawn(async move {
+        loop {
+            report_watcher.changed().await;
+            if report_tx.send(()).await.is_err() {
                 return;
             }
         }
@@ -509,6 +570,7 @@ pub async fn run<R: Runtime>(
         tokio::select! {
             _ = &mut shutdown => break,
             Some(()) = file_rx.recv() => reconciler.reload_file(),
+            Some(()) = report_rx.recv() => {}
             _ = hangup.recv() => {
                 tracing::info!("SIGHUP: re-reading the desired state");
                 reconciler.last_content_hash = None;
