@@ -344,6 +344,11 @@ async fn hand_edited_or_deleted_units_are_detected_and_rewritten() {
             .await
             .is_err()
     );
+    assert!(
+        rt.stop(DEPLOYMENT, "foreign", Duration::from_secs(1))
+            .await
+            .is_err()
+    );
     assert_eq!(
         std::fs::read_to_string(&foreign_path).unwrap(),
         "[Service]\nExecStart=/bin/true\n"
@@ -396,7 +401,8 @@ async fn a_restarted_roost_adopts_running_units_without_restarting_them() {
 async fn stop_then_remove_deletes_the_unit() {
     let sandbox = Sandbox::start().await;
     let mut rt = connect(&sandbox).await;
-    rt.start(&sleeper("gone", RestartPolicy::Always))
+    // A bare program name: systemd resolves it on its own search path.
+    rt.start(&run("gone", &["sleep", "1000"], RestartPolicy::Always))
         .await
         .unwrap();
     let unit = SystemdRuntime::unit_name(DEPLOYMENT, "gone");

@@ -287,14 +287,19 @@ impl SystemdRuntime {
                 if let Ok(args) = signal.args()
                     && args.job().as_str() == job.as_str()
                 {
-                    return Some(args.result().to_string());
+                    return Some((args.result().to_string(), signal.message().recv_position()));
                 }
             }
             None
         })
         .await;
         match waited {
-            Ok(Some(result)) => Ok(result),
+            Ok(Some((result, seq))) => {
+                lock(&self.shared)
+                    .roost_jobs_until
+                    .insert(unit.to_string(), seq);
+                Ok(result)
+            }
             Ok(None) => Err(RuntimeError::Unreachable(
                 "bus connection closed while waiting for a job".into(),
             )),
@@ -419,11 +424,20 @@ impl SystemdRuntime {
         timeout: Duration,
     ) -> Result<(), RuntimeError> {
         let path = self.unit_dir.join(unit);
-        if read_optional(&path)?
+        let existing = read_optional(&path)?;
+        if existing
             .as_deref()
-            .and_then(unit::parse_marker)
-            .is_some()
+            .is_some_and(|text| unit::parse_marker(text).is_none())
         {
+            return Err(RuntimeError::Component {
+                name: unit.to_string(),
+                message: format!(
+                    "{} was not written by roost (no marker line); roost leaves it alone",
+                    path.display()
+                ),
+            });
+        }
+        if existing.is_some() {
             // Stopped by roost means not started at boot either.
             self.dbus_calls += 1;
             link.manager

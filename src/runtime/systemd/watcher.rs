@@ -64,6 +64,9 @@ pub(super) struct Shared {
     pub units: HashMap<String, Entry>,
     /// Roost has a job in flight on these (start, restart, stop): their stops are roost's.
     pub roost_busy: HashSet<String>,
+    /// Receive position of the `JobRemoved` of roost's last job per unit: signals up to it were
+    /// caused by that job even when the watcher handles them after roost's call returned.
+    pub roost_jobs_until: HashMap<String, Sequence>,
     /// Roost stopped these; cleared by roost's next start.
     pub roost_stopped: HashSet<String>,
     /// Someone else stopped these; cleared by roost's next start or when they run again.
@@ -74,8 +77,13 @@ impl Shared {
     fn mark_all_dirty(&mut self) {
         self.units.values_mut().for_each(|e| e.dirty = true);
     }
-    fn roost_caused(&self, unit: &str) -> bool {
-        self.roost_busy.contains(unit) || self.roost_stopped.contains(unit)
+    fn roost_caused(&self, unit: &str, seq: Sequence) -> bool {
+        self.roost_busy.contains(unit)
+            || self.roost_stopped.contains(unit)
+            || self
+                .roost_jobs_until
+                .get(unit)
+                .is_some_and(|until| seq <= *until)
     }
 }
 
@@ -249,7 +257,7 @@ fn on_properties_changed(
     let seq = msg.recv_position();
     let mut guard = lock(shared);
     let s = &mut *guard;
-    let roost_caused = s.roost_caused(&unit);
+    let roost_caused = s.roost_caused(&unit, seq);
     let Some(entry) = s.units.get_mut(&unit) else {
         if is_unit {
             let _ = events.send(RuntimeEvent::Changed);
