@@ -520,3 +520,41 @@ async fn losing_the_manager_is_reported_and_recovered() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_manager_reexec_keeps_units_and_signals() {
+    let sandbox = Sandbox::start().await;
+    let mut rt = connect(&sandbox).await;
+    rt.start(&sleeper("steady", RestartPolicy::OnFailure))
+        .await
+        .unwrap();
+    let c = observe_until(&mut rt, "steady", Duration::from_secs(5), |c| {
+        running_pid(c).is_some()
+    })
+    .await;
+    let first = running_pid(&c).unwrap();
+
+    // The manager leaves the bus and comes back (as `systemctl daemon-reexec` of PID 1 does).
+    let out = sandbox.systemctl(&["daemon-reexec"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c = observe_until(&mut rt, "steady", Duration::from_secs(10), |c| {
+        running_pid(c).is_some()
+    })
+    .await;
+    assert_eq!(running_pid(&c), Some(first), "a healthy unit was restarted");
+
+    // Signals still arrive: the watcher subscribed again.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    next_event_matching(&mut rt, Duration::from_secs(5), |e| {
+        matches!(e, RuntimeEvent::Exited { name, exit } if name == "steady" && exit.signal == Some(9))
+    })
+    .await;
+}
