@@ -109,9 +109,13 @@ pub enum Command {
         sample_rate: u32,
         #[arg(long, default_value_t = 1)]
         channels: u16,
-        /// Frames per write; must equal the capture period.
-        #[arg(long, default_value_t = 1024)]
-        period_frames: u32,
+        /// Frames per write; must equal the recorder's capture period (default: the recorder's).
+        #[arg(long)]
+        period_frames: Option<u32>,
+        /// Also write an ALSA configuration whose default capture device reads this FIFO
+        /// (use it as ALSA_CONFIG_PATH for `roost run`).
+        #[arg(long)]
+        alsa_config: Option<PathBuf>,
         /// Stop after this many seconds (default: run until killed).
         #[arg(long)]
         seconds: Option<f64>,

@@ -116,9 +116,26 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             sample_rate,
             channels,
             period_frames,
+            alsa_config,
             seconds,
         } => {
-            roost::recorder::feed::run_feeder(&fifo, sample_rate, channels, period_frames, seconds)?;
+            if let Some(conf) = alsa_config {
+                roost::recorder::feed::write_test_asound_conf(
+                    &conf,
+                    Some(&fifo),
+                    sample_rate,
+                    channels,
+                )?;
+            }
+            let period_frames = period_frames
+                .unwrap_or_else(|| roost::recorder::default_period_frames(sample_rate));
+            roost::recorder::feed::run_feeder(
+                &fifo,
+                sample_rate,
+                channels,
+                period_frames,
+                seconds,
+            )?;
             Ok(ExitCode::SUCCESS)
         }
     }

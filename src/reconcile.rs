@@ -290,12 +290,17 @@ impl<R: Runtime> Reconciler<R> {
     /// Health is judged by output: a running recorder whose files do not arrive is an error,
     /// whatever its process does. Returns when to look again (a file falling due).
     fn judge_recorder(&self, plan: &mut Plan) -> Option<Duration> {
-        let c = plan.components.iter_mut().find(|c| c.name == spec::recorder::RECORDER_COMPONENT)?;
+        let c = plan
+            .components
+            .iter_mut()
+            .find(|c| c.name == spec::recorder::RECORDER_COMPONENT)?;
         if c.status != ComponentState::Running {
             return None;
         }
         let now = Timestamp::now();
-        let Some(report) = crate::recorder::read_report(&self.state.root).filter(|r| Some(r.pid) == c.pid) else {
+        let Some(report) =
+            crate::recorder::read_report(&self.state.root).filter(|r| Some(r.pid) == c.pid)
+        else {
             // Just started: give it until its first report is due.
             c.reason = Some("Starting".into());
             return Some(crate::recorder::HEARTBEAT * 3);
@@ -306,7 +311,8 @@ impl<R: Runtime> Reconciler<R> {
             Health::Error { code, message } => {
                 c.status = ComponentState::Error;
                 c.reason = Some(recorder_reason(code).into());
-                plan.errors.push(ErrorEntry::new(code, Some(&c.name), message));
+                plan.errors
+                    .push(ErrorEntry::new(code, Some(&c.name), message));
                 if plan.phase == Phase::Succeeded {
                     plan.phase = Phase::FailedToStart;
                 }
@@ -315,7 +321,13 @@ impl<R: Runtime> Reconciler<R> {
         // Look again when the next file is overdue, or when the report would go stale.
         let grace = crate::recorder::FILE_GRACE;
         let stale = report.updated_at + crate::recorder::HEARTBEAT * 3 + grace;
-        let due = report.expected_file_by.map(|t| t + grace).into_iter().chain([stale]).filter(|t| *t > now).min()?;
+        let due = report
+            .expected_file_by
+            .map(|t| t + grace)
+            .into_iter()
+            .chain([stale])
+            .filter(|t| *t > now)
+            .min()?;
         Some(due.duration_since(now).unsigned_abs() + Duration::from_millis(50))
     }
 
@@ -502,12 +514,17 @@ pub fn recorder_run(cfg: &Config, d: &Deployment) -> Option<ComponentRun> {
     ];
     Some(ComponentRun {
         deployment: d.metadata.name.to_string(),
-        name: spec::recorder::RECORDER_COMPONENT.try_into().expect("valid name"),
+        name: spec::recorder::RECORDER_COMPONENT
+            .try_into()
+            .expect("valid name"),
         spec_hash: plan::spec_hash(hash_input.as_bytes()),
         command: argv.try_into().expect("non-empty argv"),
         env: BTreeMap::new(),
         working_dir: None,
-        restart_policy: config.recorder.restart_policy.unwrap_or(d.spec.restart_policy),
+        restart_policy: config
+            .recorder
+            .restart_policy
+            .unwrap_or(d.spec.restart_policy),
         backoff: d.spec.backoff,
         // The recorder finishes and registers the file it is writing before it exits.
         stop_timeout: Duration::from_secs(30),
