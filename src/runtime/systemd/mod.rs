@@ -331,12 +331,16 @@ impl SystemdRuntime {
             });
         }
         let file_changed = existing.as_deref() != Some(text);
+        // The manager may hold an older copy of an unchanged file (written but never reloaded,
+        // or reloaded while edited by hand and put back since).
+        let mut manager_stale = false;
         if !file_changed {
             let props = self.refresh(link, unit).await?;
+            manager_stale = props.load_state != "loaded" || props.need_daemon_reload;
             if matches!(
                 props.active_state.as_str(),
                 "active" | "reloading" | "activating"
-            ) && props.load_state == "loaded"
+            ) && !manager_stale
             {
                 // Adopt: it already runs this very unit.
                 return Ok(());
@@ -358,7 +362,7 @@ impl SystemdRuntime {
             link.manager.disable_unit_files(&[unit], false).await
         }
         .map_err(|e| dbus_error(unit, "enabling or disabling", e))?;
-        if file_changed || !changes.is_empty() {
+        if file_changed || manager_stale || !changes.is_empty() {
             self.dbus_calls += 1;
             link.manager
                 .reload()

@@ -32,6 +32,8 @@ pub struct UnitProps {
     pub exec_main_start_us: u64,
     pub exec_main_exit_us: u64,
     pub active_enter_us: u64,
+    /// The file on disk changed since the manager loaded it.
+    pub need_daemon_reload: bool,
 }
 
 /// Property names [`UnitProps::merge`] reads; an invalidation of one of them means "fetch again".
@@ -78,6 +80,9 @@ impl UnitProps {
                 }
                 "ActiveEnterTimestamp" => {
                     self.active_enter_us = u64::try_from(value).unwrap_or_default()
+                }
+                "NeedDaemonReload" => {
+                    self.need_daemon_reload = bool::try_from(value).unwrap_or_default()
                 }
                 _ => {}
             }
@@ -242,7 +247,7 @@ mod tests {
             panic!()
         };
         assert_eq!((exit.code, exit.signal), (None, Some(9)));
-        // The transient `failed` before auto-restart too.
+        // A read never sees the transient `failed` before an auto-restart: `failed` is final.
         let p = exited(
             props("failed", "failed", "signal", "on-failure"),
             CLD_KILLED,
@@ -250,7 +255,7 @@ mod tests {
         );
         assert!(matches!(
             classify(&p, NONE),
-            ObservedState::Restarting { .. }
+            ObservedState::Exited { exit } if exit.signal == Some(9)
         ));
     }
 
