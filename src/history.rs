@@ -21,6 +21,9 @@ pub struct History {
     pub accepted_hash: Option<String>,
     #[serde(default)]
     pub components: BTreeMap<String, ComponentHistory>,
+    /// The kernel's boot id when this history was written: a reboot is a new run.
+    #[serde(default)]
+    pub boot_id: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -75,6 +78,16 @@ impl ComponentHistory {
         self.last_exit = Some(exit);
     }
 
+    /// Roost itself stopped the component (a stop of the deployment, roost shutting down): the
+    /// next start is a fresh one, neither delayed nor counted as a restart.
+    pub fn stopped_by_roost(&mut self) {
+        self.last_exit = None;
+        self.start_error = None;
+        self.start_error_code = None;
+        self.start_error_at = None;
+        self.consecutive_failures = 0;
+    }
+
     pub fn start_failed(&mut self, code: &str, reason: String, now: Timestamp) {
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
         self.start_error_code = Some(code.to_string());
@@ -102,6 +115,12 @@ pub fn backoff_delay(backoff: &Backoff, consecutive_failures: u32) -> std::time:
     initial.saturating_mul(1u32 << doublings.min(31)).min(max)
 }
 
+fn current_boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
     #[error("cannot write {path}: {source}")]
@@ -114,8 +133,22 @@ pub enum HistoryError {
 
 impl History {
     /// Reads the history; a missing or unreadable file starts empty (counts are best effort,
-    /// never a reason to refuse to run).
+    /// never a reason to refuse to run). After a reboot, exits of the previous boot are
+    /// forgotten (restart counts stay): every component gets its run, as systemd units do.
     pub fn load(path: &Path) -> Self {
+        let mut history = Self::load_raw(path);
+        let boot = current_boot_id();
+        if history.boot_id.is_some() && history.boot_id != boot {
+            history
+                .components
+                .values_mut()
+                .for_each(ComponentHistory::stopped_by_roost);
+        }
+        history.boot_id = boot;
+        history
+    }
+
+    fn load_raw(path: &Path) -> Self {
         match std::fs::read(path) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
                 tracing::warn!(path = %path.display(), error = %e, "history file unreadable; starting afresh");
@@ -187,6 +220,30 @@ mod tests {
         h.started(t0);
         h.exited(exit(3600), &b);
         assert_eq!(h.consecutive_failures, 1);
+    }
+
+    #[test]
+    fn a_reboot_forgets_exits_but_keeps_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.json");
+        let mut h = History::load(&path);
+        let rec = h.for_spec("a", "x");
+        rec.restart_count = 3;
+        rec.last_exit = Some(ExitInfo {
+            code: Some(0),
+            signal: None,
+            at: Timestamp::UNIX_EPOCH,
+        });
+        h.save(&path).unwrap();
+        assert!(
+            History::load(&path).components["a"].last_exit.is_some(),
+            "same boot keeps exits"
+        );
+        h.boot_id = Some("another-boot".into());
+        h.save(&path).unwrap();
+        let after = History::load(&path);
+        assert_eq!(after.components["a"].last_exit, None);
+        assert_eq!(after.components["a"].restart_count, 3);
     }
 
     #[test]

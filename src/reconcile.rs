@@ -245,6 +245,11 @@ impl<R: Runtime> Reconciler<R> {
                 Action::Stop { name, timeout } => {
                     let r = self.runtime.stop(&deployment, name, *timeout).await;
                     self.note_stop(name, &r);
+                    if r.is_ok()
+                        && let Some(record) = self.history.components.get_mut(name)
+                    {
+                        record.stopped_by_roost();
+                    }
                     r
                 }
                 Action::Remove { name, timeout } => {
@@ -429,15 +434,28 @@ impl<R: Runtime> Reconciler<R> {
             && let Some((_, desired)) = &self.desired
         {
             let deployment = desired.deployment.clone();
+            let running = self.runtime.observe(&deployment).await.unwrap_or_default();
             let stops: Vec<(String, Duration)> = desired
                 .components
                 .iter()
                 .rev()
+                .filter(|c| {
+                    running.get(c.run.name.as_str()).is_some_and(|o| {
+                        matches!(o.state, crate::runtime::ObservedState::Running { .. })
+                    })
+                })
                 .map(|c| (c.run.name.to_string(), c.run.stop_timeout))
                 .collect();
             for (name, timeout) in stops {
-                if let Err(e) = self.runtime.stop(&deployment, &name, timeout).await {
-                    tracing::warn!(component = %name, error = %e, "stop at shutdown failed");
+                match self.runtime.stop(&deployment, &name, timeout).await {
+                    Ok(()) => {
+                        if let Some(record) = self.history.components.get_mut(&name) {
+                            record.stopped_by_roost();
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(component = %name, error = %e, "stop at shutdown failed")
+                    }
                 }
             }
             let mut doc = self.status_doc(None);

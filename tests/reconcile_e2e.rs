@@ -290,3 +290,48 @@ fn status_file_is_never_torn_during_churn() {
         "edits happened during the reads"
     );
 }
+
+#[test]
+fn a_restart_of_roost_keeps_completed_jobs_done_and_restarts_the_rest_uncounted() {
+    let tag = unique("steady");
+    let comps = [
+        shell(
+            "job",
+            "echo ran >> job.out; exit 0",
+            "      restartPolicy: OnFailure\n",
+        ),
+        sleeper("steady", &tag),
+    ]
+    .concat();
+    let mut r = Roost::new(&deployment("restarts", "", &comps).replace(
+        "      stopTimeout: 2s\n",
+        &format!(
+            "      stopTimeout: 2s\n      workingDir: {}\n",
+            std::env::temp_dir().display()
+        ),
+    ));
+    let out = std::env::temp_dir().join("job.out");
+    let _ = std::fs::remove_file(&out);
+    r.start();
+    r.wait_for("job done", WAIT, |s| {
+        component(s, "job")["reason"] == "Completed"
+            && component(s, "steady")["status"] == "Running"
+    });
+    assert_eq!(r.stop(), Some(0));
+    r.start();
+    let s = r.wait_for("back", WAIT, |s| {
+        s["reconciler"]["pid"].as_u64() == Some(r.pid() as u64) && s["phase"] == "Succeeded"
+    });
+    assert_eq!(
+        component(&s, "job")["reason"],
+        "Completed",
+        "a completed job is not run again by a restart of roost"
+    );
+    assert_eq!(
+        component(&s, "steady")["restartCount"],
+        0,
+        "a restart of roost is not a restart of the component"
+    );
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "ran\n");
+    let _ = std::fs::remove_file(&out);
+}
