@@ -181,6 +181,29 @@ pub fn check(file: &Path, state_dir: &Path) -> CheckReport {
             }
         }
     }
+    if let Some(d) = &deployment
+        && let Some(config) = crate::recorder::RecordConfig::from_deployment(d, state_dir)
+    {
+        let storage = config.storage_path(state_dir);
+        if let Err(e) = std::fs::create_dir_all(&storage).and_then(|_| writable(&storage)) {
+            problems.push(Problem {
+                code: &errors::STORAGE_UNUSABLE,
+                message: format!("storage {} is not writable: {e}", storage.display()),
+                snippet: None,
+            });
+        }
+        let now = jiff::Timestamp::now();
+        if let Err((code, message)) =
+            crate::recorder::check_device_or_report(&config.recorder, state_dir, now)
+        {
+            let code = errors::lookup(code.code).unwrap_or(&errors::AUDIO_DEVICE_UNAVAILABLE);
+            problems.push(Problem {
+                code,
+                message,
+                snippet: None,
+            });
+        }
+    }
     if let Err(e) = std::fs::create_dir_all(state_dir).and_then(|_| writable(state_dir)) {
         problems.push(Problem {
             code: &errors::INTERNAL,

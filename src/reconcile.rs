@@ -117,6 +117,7 @@ impl<R: Runtime> Reconciler<R> {
                     self.save_history();
                 }
                 tracing::info!(generation = self.generation, deployment = %deployment.name(), "desired state accepted");
+                self.end_recording_deployment_if_left(&deployment);
                 let extra = self.recorder_run(&deployment).into_iter().collect();
                 let desired = Desired::from_deployment(&deployment, extra);
                 self.desired = Some((deployment, desired));
@@ -131,6 +132,31 @@ impl<R: Runtime> Reconciler<R> {
 
     fn recorder_run(&self, d: &Deployment) -> Option<ComponentRun> {
         recorder_run(&self.cfg, d)
+    }
+
+    /// Marks the deployment's row in metadata.db as ended when the new desired state stops
+    /// recording under that name (stopped, recorder removed, renamed, storage moved).
+    fn end_recording_deployment_if_left(&self, next: &Deployment) {
+        let Some((previous, _)) = &self.desired else {
+            return;
+        };
+        let Some(old) = RecordConfig::from_deployment(previous, &self.state.root) else {
+            return;
+        };
+        let new = RecordConfig::from_deployment(next, &self.state.root);
+        let continues = next.spec.state == spec::RunState::Running
+            && new.as_ref().is_some_and(|n| {
+                n.deployment == old.deployment && n.storage.path == old.storage.path
+            });
+        if continues {
+            return;
+        }
+        let root = old.storage_path(&self.state.root);
+        match crate::storage::end_deployment(&root, &old.storage, &old.deployment, Timestamp::now())
+        {
+            Ok(_) => tracing::info!(deployment = %old.deployment, "recording deployment ended"),
+            Err(e) => tracing::warn!(error = %e, "cannot mark the deployment ended in metadata.db"),
+        }
     }
 
     /// Takes note of what the runtime reported; the next reconcile acts on it.

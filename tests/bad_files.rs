@@ -72,13 +72,18 @@ fn missing_file_and_good_file() {
         text.contains("/nonexistent/deployment.yaml") && text.contains("cannot read"),
         "{text}"
     );
-    let good = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/deployment.yaml");
     let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        common::deployment("good", "", &common::sleeper("a", "x")),
+    )
+    .unwrap();
     let out = Command::new(common::ROOST)
         .args(["check", "--file"])
         .arg(&good)
         .arg("--state-dir")
-        .arg(dir.path())
+        .arg(dir.path().join("state"))
         .output()
         .unwrap();
     assert_eq!(
@@ -86,6 +91,45 @@ fn missing_file_and_good_file() {
         "Health checks passed\n"
     );
     assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn check_verifies_the_audio_device() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/deployment.yaml");
+    let dir = tempfile::tempdir().unwrap();
+    // No sound card and no ALSA configuration: the device is reported missing.
+    let empty_conf = dir.path().join("empty.conf");
+    std::fs::write(&empty_conf, "").unwrap();
+    let out = Command::new(common::ROOST)
+        .args(["check", "--file"])
+        .arg(&example)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .env("ALSA_CONFIG_PATH", &empty_conf)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("DEP_E311") && text.contains("action:"),
+        "{text}"
+    );
+    // With the file plugin as the default device, the same file passes.
+    let conf = dir.path().join("asound.conf");
+    roost::recorder::feed::write_test_asound_conf(&conf, Some(Path::new("/dev/zero")), 48_000, 1)
+        .unwrap();
+    let out = Command::new(common::ROOST)
+        .args(["check", "--file"])
+        .arg(&example)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .env("ALSA_CONFIG_PATH", &conf)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "Health checks passed\n"
+    );
 }
 
 #[test]
