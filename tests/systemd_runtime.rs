@@ -252,43 +252,59 @@ async fn kill_9_is_an_exit_event_then_systemd_restarts_it() {
 async fn an_operator_stop_is_respected_until_roost_starts_it() {
     let sandbox = Sandbox::start().await;
     let mut rt = connect(&sandbox).await;
-    let r = sleeper("uploader", RestartPolicy::Always);
-    rt.start(&r).await.unwrap();
-    let c = observe_until(&mut rt, "uploader", Duration::from_secs(5), |c| {
-        running_pid(c).is_some()
-    })
-    .await;
-    let first = running_pid(&c).unwrap();
-
-    let unit = SystemdRuntime::unit_name(DEPLOYMENT, "uploader");
-    let out = sandbox.systemctl(&["stop", &unit]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    // Always (enabled) and OnFailure (not enabled: systemd may unload it once stopped) units;
+    // the second exits 0 on SIGTERM, so only the stop itself tells.
+    let always = sleeper("uploader", RestartPolicy::Always);
+    let on_failure = run(
+        "worker",
+        &["/bin/sh", "-c", "trap 'exit 0' TERM; sleep 100000 & wait"],
+        RestartPolicy::OnFailure,
     );
-    observe_until(&mut rt, "uploader", Duration::from_secs(5), |c| {
-        c.state == ObservedState::StoppedByOperator
-    })
-    .await;
+    let mut first = Vec::new();
+    for r in [&always, &on_failure] {
+        rt.start(r).await.unwrap();
+        let c = observe_until(&mut rt, r.name.as_str(), Duration::from_secs(5), |c| {
+            running_pid(c).is_some()
+        })
+        .await;
+        first.push(running_pid(&c).unwrap());
+    }
+
+    for name in ["uploader", "worker"] {
+        let unit = SystemdRuntime::unit_name(DEPLOYMENT, name);
+        let out = sandbox.systemctl(&["stop", &unit]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        observe_until(&mut rt, name, Duration::from_secs(5), |c| {
+            c.state == ObservedState::StoppedByOperator
+        })
+        .await;
+    }
     // Restart=always, yet systemd does not bring it back, and roost still says so later.
     tokio::time::sleep(Duration::from_millis(600)).await;
     let observed = rt.observe(DEPLOYMENT).await.unwrap();
     assert_eq!(observed["uploader"].state, ObservedState::StoppedByOperator);
+    assert_eq!(observed["worker"].state, ObservedState::StoppedByOperator);
 
-    // A fresh runtime (roost restarted meanwhile) tells the same from the unit alone.
-    let mut fresh = connect(&sandbox).await;
-    assert_eq!(
-        fresh.observe(DEPLOYMENT).await.unwrap()["uploader"].state,
-        ObservedState::StoppedByOperator
-    );
+    // roost restarted meanwhile: a fresh runtime knows it too (marks in the runtime folder).
+    drop(rt);
+    let mut rt = connect(&sandbox).await;
+    let observed = rt.observe(DEPLOYMENT).await.unwrap();
+    assert_eq!(observed["uploader"].state, ObservedState::StoppedByOperator);
+    assert_eq!(observed["worker"].state, ObservedState::StoppedByOperator);
 
-    rt.start(&r).await.unwrap();
-    let c = observe_until(&mut rt, "uploader", Duration::from_secs(5), |c| {
-        running_pid(c).is_some()
-    })
-    .await;
-    assert_ne!(running_pid(&c), Some(first));
+    // Until roost starts them again (a changed spec, or a reboot).
+    for (r, first) in [&always, &on_failure].into_iter().zip(first) {
+        rt.start(r).await.unwrap();
+        let c = observe_until(&mut rt, r.name.as_str(), Duration::from_secs(5), |c| {
+            running_pid(c).is_some()
+        })
+        .await;
+        assert_ne!(running_pid(&c), Some(first));
+    }
 }
 
 #[tokio::test]

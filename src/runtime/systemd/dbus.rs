@@ -84,6 +84,10 @@ pub trait Manager {
     assume_defaults = false
 )]
 pub trait Unit {
+    /// Pins the unit in the manager's memory while this connection lives: an inactive unit
+    /// nothing else references would otherwise be unloaded and forget how it ended.
+    #[zbus(name = "Ref")]
+    fn ref_unit(&self) -> zbus::Result<()>;
     #[zbus(property, name = "ActiveState")]
     fn active_state(&self) -> zbus::Result<String>;
     #[zbus(property, name = "SubState")]

@@ -74,6 +74,22 @@ impl SystemdTarget {
         }
     }
 
+    /// A folder the manager's runtime lives in (cleared at reboot) for roost's marks of
+    /// operator stops: `/run/roost` for the system manager, `$XDG_RUNTIME_DIR/roost` for a user
+    /// manager (for an explicit bus `unix:path=DIR/bus`: `DIR/roost`).
+    pub fn runtime_dir(&self) -> Option<PathBuf> {
+        match self {
+            Self::System => Some(PathBuf::from("/run/roost")),
+            Self::User => std::env::var_os("XDG_RUNTIME_DIR")
+                .filter(|v| !v.is_empty())
+                .map(|d| PathBuf::from(d).join("roost")),
+            Self::Address { bus_address, .. } => bus_address
+                .strip_prefix("unix:path=")
+                .map(|rest| rest.split(',').next().unwrap_or(rest))
+                .and_then(|socket| Path::new(socket).parent().map(|d| d.join("roost"))),
+        }
+    }
+
     fn wanted_by(&self) -> &'static str {
         match self {
             Self::System => "multi-user.target",
@@ -146,6 +162,11 @@ impl SystemdRuntime {
         let (events_tx, events) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = oneshot::channel();
         let shared = SharedRef::default();
+        {
+            let mut s = lock(&shared);
+            s.marks_dir = target.runtime_dir().map(|d| d.join("operator-stopped"));
+            s.load_marks();
+        }
         let unit_dir = target.unit_dir();
         let wanted_by = target.wanted_by();
         let watcher = tokio::spawn(watcher::run(
@@ -246,8 +267,23 @@ impl SystemdRuntime {
         Ok((props, seq.unwrap_or_default()))
     }
 
-    /// Fetches and stores in the cache.
+    /// Fetches and stores in the cache; pins the unit first (once per connection).
     async fn refresh(&mut self, link: &Link, unit: &str) -> Result<UnitProps, RuntimeError> {
+        if !lock(&self.shared).referenced.contains(unit) {
+            self.dbus_calls += 1;
+            let path = zbus::OwnedObjectPath::try_from(names::unit_object_path(unit))
+                .map_err(|e| dbus_error(unit, "naming the unit object", e))?;
+            let pinned = match dbus::unit_proxy(&link.conn, path).await {
+                Ok(proxy) => proxy.ref_unit().await,
+                Err(e) => Err(e),
+            };
+            match pinned {
+                Ok(()) => {
+                    lock(&self.shared).referenced.insert(unit.to_string());
+                }
+                Err(e) => tracing::debug!(%unit, error = %e, "could not pin the unit"),
+            }
+        }
         let (props, seq) = self.fetch(link, unit).await?;
         if let Some(entry) = lock(&self.shared).units.get_mut(unit) {
             entry.props = Some(props.clone());
@@ -601,6 +637,10 @@ impl Runtime for SystemdRuntime {
                 s.units.remove(&unit);
                 continue;
             }
+            if props.active_state == "active" {
+                // Running again (started by hand, or at boot): an old stop no longer holds.
+                s.clear_operator_stop(&unit);
+            }
             let memory = Memory {
                 roost_stopped: s.roost_stopped.contains(&unit),
                 operator_stopped: s.operator_stopped.contains(&unit),
@@ -627,7 +667,7 @@ impl Runtime for SystemdRuntime {
                 .entry(unit.clone())
                 .or_insert_with(|| Entry::new(&run.deployment, run.name.as_str()));
             s.roost_stopped.remove(&unit);
-            s.operator_stopped.remove(&unit);
+            s.clear_operator_stop(&unit);
             s.roost_busy.insert(unit.clone());
         }
         let result = self.start_inner(&link, run, &unit, &text).await;
@@ -651,7 +691,7 @@ impl Runtime for SystemdRuntime {
             let mut s = lock(&self.shared);
             s.roost_busy.insert(unit.clone());
             s.roost_stopped.insert(unit.clone());
-            s.operator_stopped.remove(&unit);
+            s.clear_operator_stop(&unit);
         }
         let result = self.stop_inner(&link, &unit, timeout).await;
         let mut s = lock(&self.shared);
@@ -703,7 +743,7 @@ impl Runtime for SystemdRuntime {
         let mut s = lock(&self.shared);
         s.units.remove(&unit);
         s.roost_stopped.remove(&unit);
-        s.operator_stopped.remove(&unit);
+        s.clear_operator_stop(&unit);
         Ok(())
     }
 
@@ -739,5 +779,10 @@ mod tests {
         assert_eq!(t.unit_dir(), PathBuf::from("/x/units"));
         assert_eq!(t.wanted_by(), "default.target");
         assert_eq!(SystemdTarget::System.wanted_by(), "multi-user.target");
+        assert_eq!(t.runtime_dir(), Some(PathBuf::from("/x/roost")));
+        assert_eq!(
+            SystemdTarget::System.runtime_dir(),
+            Some(PathBuf::from("/run/roost"))
+        );
     }
 }

@@ -168,10 +168,13 @@ pub fn classify(props: &UnitProps, memory: Memory) -> ObservedState {
 fn classify_inactive(props: &UnitProps, memory: Memory) -> ObservedState {
     let never_ran = props.exec_main_start_us == 0 && props.exec_main_exit_us == 0;
     let clean_exit = props.exec_main_code == CLD_EXITED && props.exec_main_status == 0;
-    if memory.roost_stopped || never_ran {
+    if memory.roost_stopped {
         ObservedState::Inactive
     } else if memory.operator_stopped {
+        // Before `never_ran`: systemd may have unloaded the stopped unit and forgotten its run.
         ObservedState::StoppedByOperator
+    } else if never_ran {
+        ObservedState::Inactive
     } else if props.result != "success" {
         ObservedState::Exited {
             exit: props.exit_or_failure(),

@@ -3,6 +3,7 @@
 //! from, and turns what it sees into [`RuntimeEvent`]s. It never starts or stops anything.
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use zbus::{Connection, MatchRule, MessageStream, OwnedVariant};
 
 use super::dbus::{self, ManagerProxy};
 use super::names::{UNIT_PREFIX, unit_from_object_path};
-use super::state::{READ_PROPERTIES, UnitProps};
+use super::state::{CLD_KILLED, READ_PROPERTIES, UnitProps};
 use super::{SystemdTarget, open_connection};
 use crate::runtime::RuntimeEvent;
 
@@ -70,10 +71,49 @@ pub(super) struct Shared {
     /// Roost stopped these; cleared by roost's next start.
     pub roost_stopped: HashSet<String>,
     /// Someone else stopped these; cleared by roost's next start or when they run again.
+    /// Mirrored as empty files in `marks_dir` (a runtime folder: a reboot clears them), so a
+    /// restarted roost still knows.
     pub operator_stopped: HashSet<String>,
+    pub marks_dir: Option<PathBuf>,
+    /// Units pinned in the manager's memory (`Unit.Ref`) on the current connection, so that
+    /// systemd keeps their exit status after they stop.
+    pub referenced: HashSet<String>,
 }
 
 impl Shared {
+    /// Loads the marks a previous roost left.
+    pub fn load_marks(&mut self) {
+        let Some(dir) = &self.marks_dir else { return };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if let Ok(name) = entry.file_name().into_string()
+                && name.starts_with(UNIT_PREFIX)
+            {
+                self.operator_stopped.insert(name);
+            }
+        }
+    }
+
+    pub fn mark_operator_stop(&mut self, unit: &str) {
+        if self.operator_stopped.insert(unit.to_string())
+            && let Some(dir) = &self.marks_dir
+        {
+            // Best effort: without the file only a roost restart forgets the stop.
+            let _ = std::fs::create_dir_all(dir);
+            let _ = std::fs::write(dir.join(unit), b"");
+        }
+    }
+
+    pub fn clear_operator_stop(&mut self, unit: &str) {
+        if self.operator_stopped.remove(unit)
+            && let Some(dir) = &self.marks_dir
+        {
+            let _ = std::fs::remove_file(dir.join(unit));
+        }
+    }
+
     fn mark_all_dirty(&mut self) {
         self.units.values_mut().for_each(|e| e.dirty = true);
     }
@@ -143,6 +183,7 @@ pub(super) async fn run(
         {
             let mut s = lock(&shared);
             s.link = Some(link.clone());
+            s.referenced.clear();
             s.mark_all_dirty();
         }
         if let Some(ready) = ready.take() {
@@ -291,9 +332,15 @@ fn on_properties_changed(
         && props.exec_main_exit_us != before.exec_main_exit_us
     {
         // The `failed` signal carries the exit; the auto-restart right after resets it.
+        // A death by SIGTERM/SIGINT/SIGHUP/SIGPIPE that systemd calls success is a stop, even
+        // when the manager's signals skipped `deactivating` (a quick stop comes as one change).
+        let clean_stop = props.result == "success"
+            && props.exec_main_code == CLD_KILLED
+            && matches!(props.exec_main_status, 1 | 2 | 13 | 15);
         let stopping = roost_caused
             || s.operator_stopped.contains(&unit)
-            || before.active_state == "deactivating";
+            || before.active_state == "deactivating"
+            || clean_stop;
         match props.last_exit() {
             Some(exit) if !stopping => {
                 let _ = events.send(RuntimeEvent::Exited {
@@ -303,7 +350,7 @@ fn on_properties_changed(
             }
             _ => {
                 if !roost_caused {
-                    s.operator_stopped.insert(unit.clone());
+                    s.mark_operator_stop(&unit);
                 }
                 let _ = events.send(RuntimeEvent::Changed);
             }
@@ -315,10 +362,10 @@ fn on_properties_changed(
         match props.active_state.as_str() {
             // A stop while the main process still lives, and roost did not ask for it.
             "deactivating" if props.main_pid != 0 && !roost_caused => {
-                s.operator_stopped.insert(unit.clone());
+                s.mark_operator_stop(&unit);
             }
             "active" => {
-                s.operator_stopped.remove(&unit);
+                s.clear_operator_stop(&unit);
             }
             _ => {}
         }
@@ -381,6 +428,7 @@ async fn on_owner_changed(
             {
                 let mut s = lock(shared);
                 s.link = Some(fresh);
+                s.referenced.clear();
                 s.mark_all_dirty();
             }
             let _ = events.send(RuntimeEvent::Reachable);
