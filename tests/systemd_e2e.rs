@@ -220,6 +220,34 @@ async fn lives() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    // A component that exits at once: systemd restarts it until its start limit, roost shows
+    // the crash loop (DEP_E163) and keeps restarting it with its own back-off.
+    let crashing = format!(
+        "{TWO_COMPONENTS}    - name: crasher\n      command: [\"/bin/sh\", \"-c\", \"exit 1\"]\n"
+    );
+    write_atomic(&file, &crashing);
+    let doc = roost
+        .wait(
+            "crasher in CrashLoopBackOff",
+            Duration::from_secs(15),
+            |d| {
+                component(d, "crasher")
+                    .is_some_and(|c| c.reason.as_deref() == Some("CrashLoopBackOff"))
+                    && d.errors.iter().any(|e| e.code == "DEP_E163")
+            },
+        )
+        .await;
+    let crasher = component(&doc, "crasher").unwrap();
+    assert_eq!(crasher.status, ComponentState::Error);
+    assert_eq!(crasher.exit_code, Some(1));
+    assert!(crasher.restart_count >= 3, "{crasher:?}");
+    write_atomic(&file, TWO_COMPONENTS);
+    roost
+        .wait("crasher removed", Duration::from_secs(10), |d| {
+            component(d, "crasher").is_none()
+        })
+        .await;
+
     // The manager goes away: DEP_E151; it comes back: recovery.
     sandbox.stop_manager();
     roost
