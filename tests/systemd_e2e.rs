@@ -240,7 +240,7 @@ async fn lives() {
     let crasher = component(&doc, "crasher").unwrap();
     assert_eq!(crasher.status, ComponentState::Error);
     assert_eq!(crasher.exit_code, Some(1));
-    assert!(crasher.restart_count >= 3, "{crasher:?}");
+    assert!(crasher.restart_count >= 1, "{crasher:?}");
     write_atomic(&file, TWO_COMPONENTS);
     roost
         .wait("crasher removed", Duration::from_secs(10), |d| {
