@@ -6,8 +6,8 @@
 #
 #   kill -9 of a component's main process -> systemd's own restart (ActiveEnterTimestamp)
 #   kill -9 -> SystemdRuntime::observe() shows Running with the new pid (event-driven)
-#   kill -9 -> status.json shows Running with the new pid (full `roost run --runtime systemd`;
-#             printed as SKIPPED while `roost run` does not offer the systemd runtime)
+#   kill -9 -> status.json shows Running with the new pid (the reconciler of `roost run` with
+#             the systemd runtime), and an atomic replace adding a component -> Running there
 #   D-Bus calls per observe when nothing changed, and after one unit changed
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -169,74 +169,72 @@ async fn bench_dbus_calls_per_observe() {
     assert_eq!(idle, 0);
 }
 
-/// Hook for the full loop: `roost run --runtime systemd --user` on the sandbox manager, then
-/// kill -9 of the component's main process until status.json shows it Running with a new pid.
-/// Skips (and says so) while `roost run` does not offer the systemd runtime.
+/// The full loop: the reconciler of `roost run` with the systemd runtime on the sandbox manager
+/// (in this process: the same `reconcile::run` the binary calls), then kill -9 of the
+/// component's main process until status.json shows it Running with a new pid; and an atomic
+/// replace of deployment.yaml adding a component until it is Running there.
 #[tokio::test]
 #[ignore = "benchmark: run by benches/systemd.sh"]
-async fn bench_kill_9_to_status_json() {
+async fn bench_status_json() {
+    tokio::task::LocalSet::new().run_until(status_json()).await;
+}
+
+async fn status_json() {
     let sandbox = Sandbox::start().await;
     let file = sandbox.dir().join("deployment.yaml");
-    std::fs::write(
-        &file,
-        "apiVersion: roost/v1\nkind: Deployment\nmetadata: {name: bench}\nspec:\n  restartPolicy: OnFailure\n  backoff: {initial: 100ms, max: 1s, resetAfter: 10s}\n  components:\n    - name: rec\n      command: [\"/bin/sleep\", \"100000\"]\n",
-    )
-    .unwrap();
+    let base = "apiVersion: roost/v1\nkind: Deployment\nmetadata: {name: bench}\nspec:\n  restartPolicy: OnFailure\n  backoff: {initial: 100ms, max: 1s, resetAfter: 10s}\n  components:\n    - name: rec\n      command: [\"/bin/sleep\", \"100000\"]\n";
+    let replace = |text: &str| {
+        let tmp = file.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &file).unwrap();
+    };
+    replace(base);
     let state = sandbox.dir().join("state");
-    let mut roost = std::process::Command::new(env!("CARGO_BIN_EXE_roost"))
-        .args(["run", "--file"])
-        .arg(&file)
-        .args(["--runtime", "systemd", "--user", "--state-dir"])
-        .arg(&state)
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("HOME", sandbox.dir().join("home"))
-        .env("XDG_CONFIG_HOME", sandbox.dir().join("config"))
-        .env("XDG_RUNTIME_DIR", sandbox.dir().join("xdg"))
-        .env("DBUS_SESSION_BUS_ADDRESS", sandbox.bus_address())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let runtime = SystemdRuntime::connect(sandbox.target()).await.unwrap();
+    let cfg = roost::reconcile::Config {
+        file: file.clone(),
+        state_dir: state.clone(),
+        exe: env!("CARGO_BIN_EXE_roost").into(),
+    };
+    let reconciler = tokio::task::spawn_local(async move {
+        let _ = roost::reconcile::run(cfg, runtime, std::future::pending(), || {}).await;
+    });
     let status_path = state.join("status.json");
-    let read_pid = || -> Option<u32> {
-        let doc: serde_json::Value =
+    let read_pid = |name: &str| -> Option<u32> {
+        let doc: roost::status::StatusDoc =
             serde_json::from_slice(&std::fs::read(&status_path).ok()?).ok()?;
-        let rec = doc["components"]
-            .as_array()?
-            .iter()
-            .find(|c| c["name"] == "rec")?;
-        (rec["status"] == "Running")
-            .then(|| rec["pid"].as_u64())
+        let c = doc.components.iter().find(|c| c.name == name)?;
+        (c.status == roost::status::ComponentState::Running)
+            .then_some(c.pid)
             .flatten()
-            .map(|p| p as u32)
     };
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut pid = loop {
-        if let Some(pid) = read_pid() {
+        if let Some(pid) = read_pid("rec") {
             break pid;
-        }
-        if let Ok(Some(status)) = roost.try_wait() {
-            let mut err = String::new();
-            use std::io::Read;
-            let _ = roost.stderr.take().unwrap().read_to_string(&mut err);
-            println!(
-                "SKIPPED: `roost run --runtime systemd --user` exited ({status}): {}",
-                err.trim()
-            );
-            return;
         }
         assert!(
             Instant::now() < deadline,
             "status.json never showed rec Running"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     };
+    let manager = dbus::manager_proxy(
+        &SystemdRuntime::connect(sandbox.target())
+            .await
+            .unwrap()
+            .connection()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let unit = SystemdRuntime::unit_name(DEPLOYMENT, "rec");
     let mut rounds = Vec::new();
     for _ in 0..ROUNDS {
         let killed = Instant::now();
         kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
         let new_pid = loop {
-            match read_pid() {
+            match read_pid("rec") {
                 Some(p) if p != pid => break p,
                 _ => {}
             }
@@ -244,16 +242,39 @@ async fn bench_kill_9_to_status_json() {
                 killed.elapsed() < Duration::from_secs(10),
                 "status.json never showed a new pid"
             );
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
         };
         rounds.push(killed.elapsed());
         pid = new_pid;
         tokio::time::sleep(Duration::from_millis(300)).await;
+        manager.reset_failed_unit(&unit).await.unwrap();
     }
     summary(
         "roost: kill -9 -> status.json shows Running with the new pid",
         rounds,
     );
-    let _ = kill(Pid::from_raw(roost.id() as i32), Signal::SIGTERM);
-    let _ = roost.wait();
+
+    let mut adds = Vec::new();
+    let mut text = base.to_string();
+    for i in 0..ROUNDS {
+        let name = format!("added{i}");
+        text.push_str(&format!(
+            "    - name: {name}\n      command: [\"/bin/sleep\", \"100000\"]\n"
+        ));
+        let replaced = Instant::now();
+        replace(&text);
+        while read_pid(&name).is_none() {
+            assert!(
+                replaced.elapsed() < Duration::from_secs(10),
+                "{name} never Running"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        adds.push(replaced.elapsed());
+    }
+    summary(
+        "roost: atomic replace of deployment.yaml adding a component -> unit active and Running in status.json",
+        adds,
+    );
+    reconciler.abort();
 }

@@ -367,43 +367,60 @@ impl SystemdRuntime {
             });
         }
         let file_changed = existing.as_deref() != Some(text);
+        let before = self.refresh(link, unit).await?;
         // The manager may hold an older copy of an unchanged file (written but never reloaded,
         // or reloaded while edited by hand and put back since).
-        let mut manager_stale = false;
-        if !file_changed {
-            let props = self.refresh(link, unit).await?;
-            manager_stale = props.load_state != "loaded" || props.need_daemon_reload;
-            if matches!(
-                props.active_state.as_str(),
+        let manager_stale =
+            !file_changed && (before.load_state != "loaded" || before.need_daemon_reload);
+        if !file_changed
+            && !manager_stale
+            && matches!(
+                before.active_state.as_str(),
                 "active" | "reloading" | "activating"
-            ) && !manager_stale
-            {
-                // Adopt: it already runs this very unit.
-                return Ok(());
-            }
-        } else {
+            )
+        {
+            // Adopt: it already runs this very unit.
+            return Ok(());
+        }
+        if file_changed {
             std::fs::create_dir_all(&self.unit_dir).map_err(|e| {
                 RuntimeError::io(format!("creating {}", self.unit_dir.display()), e)
             })?;
             crate::fsutil::write_atomic(&path, text.as_bytes())
                 .map_err(|e| RuntimeError::io(format!("writing {}", path.display()), e))?;
         }
+        // Enablement only matters at the next boot, when every file is read anyway: it needs
+        // no reload.
         self.dbus_calls += 1;
-        let changes = if run.restart_policy == RestartPolicy::Always {
+        if run.restart_policy == RestartPolicy::Always {
             link.manager
                 .enable_unit_files(&[unit], false, true)
                 .await
-                .map(|(_, c)| c)
+                .map(|_| ())
         } else {
-            link.manager.disable_unit_files(&[unit], false).await
+            link.manager
+                .disable_unit_files(&[unit], false)
+                .await
+                .map(|_| ())
         }
         .map_err(|e| dbus_error(unit, "enabling or disabling", e))?;
-        if file_changed || manager_stale || !changes.is_empty() {
+        // A unit the manager never loaded (or only as not-found, and not running) is read from
+        // disk by `LoadUnit`; only a unit it holds in memory needs the whole-manager `Reload`
+        // (tens of ms).
+        let unknown_to_manager =
+            before.load_state == "not-found" && before.active_state == "inactive";
+        if (file_changed || manager_stale) && !unknown_to_manager {
             self.dbus_calls += 1;
             link.manager
                 .reload()
                 .await
                 .map_err(|e| dbus_error(unit, "reloading", e))?;
+        } else if file_changed {
+            self.dbus_calls += 1;
+            link.manager
+                .load_unit(unit)
+                .await
+                .map_err(|e| dbus_error(unit, "loading", e))?;
         }
         let props = self.refresh(link, unit).await?;
         if props.load_state != "loaded" {
