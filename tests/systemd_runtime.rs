@@ -574,3 +574,20 @@ async fn a_manager_reexec_keeps_units_and_signals() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn probe_answers_quickly_either_way() {
+    let sandbox = Sandbox::start().await;
+    assert!(roost::runtime::systemd::probe(&sandbox.target(), Duration::from_secs(2)).await);
+    let nowhere = roost::runtime::systemd::SystemdTarget::Address {
+        bus_address: format!("unix:path={}", sandbox.dir().join("no-bus").display()),
+        unit_dir: sandbox.unit_dir(),
+    };
+    let asked = Instant::now();
+    assert!(!roost::runtime::systemd::probe(&nowhere, Duration::from_secs(2)).await);
+    assert!(asked.elapsed() < Duration::from_millis(500));
+    assert!(matches!(
+        SystemdRuntime::connect(nowhere).await,
+        Err(RuntimeError::Unreachable(_))
+    ));
+}
