@@ -184,6 +184,12 @@ pub(super) async fn run(
             let mut s = lock(&shared);
             s.link = Some(link.clone());
             s.referenced.clear();
+            // Receive positions of another connection do not compare.
+            s.roost_jobs_until.clear();
+            for entry in s.units.values_mut() {
+                entry.fetched_at = Sequence::default();
+                entry.signal_at = Sequence::default();
+            }
             s.mark_all_dirty();
         }
         if let Some(ready) = ready.take() {
