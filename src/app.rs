@@ -63,17 +63,30 @@ pub fn run(
         let ready = || {
             let _ = crate::runtime::systemd::notify::sd_notify("READY=1");
         };
+        use crate::runtime::systemd::{SystemdRuntime, SystemdTarget, probe};
+        let target = if user {
+            SystemdTarget::User
+        } else {
+            SystemdTarget::System
+        };
         let use_systemd = match choice {
             RuntimeChoice::Process => false,
             RuntimeChoice::Systemd => true,
-            RuntimeChoice::Auto => false,
+            RuntimeChoice::Auto => {
+                // No manager on this machine (a container, a test box): the process runtime.
+                std::path::Path::new("/run/systemd/system").exists()
+                    && probe(&target, Duration::from_millis(500)).await
+            }
         };
+        tracing::info!(
+            runtime = if use_systemd { "systemd" } else { "process" },
+            "runtime chosen"
+        );
         if use_systemd {
-            return Err(AppError::Usage(
-                "the systemd runtime is not available in this build yet".into(),
-            ));
+            let runtime = SystemdRuntime::connect(target).await?;
+            reconcile::run(cfg, runtime, shutdown, ready).await?;
         } else {
-            if user {
+            if user && choice == RuntimeChoice::Process {
                 return Err(AppError::Usage(
                     "--user only applies to the systemd runtime".into(),
                 ));
