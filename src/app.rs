@@ -251,13 +251,30 @@ pub fn plan_offline(file: &Path, state_dir: &Path) -> (String, bool) {
         .into_iter()
         .collect();
     let desired = Desired::from_deployment(&deployment, extra);
-    let observed = ProcessRuntime::observe_offline(state_dir);
+    let under_systemd =
+        crate::status::read(&state.status()).is_ok_and(|s| s.reconciler.runtime == "systemd");
+    let observed = if under_systemd {
+        match observe_systemd(&desired.deployment) {
+            Ok(o) => o,
+            Err(e) => {
+                return (
+                    format!(
+                        "{} cannot observe the systemd units: {e}\n",
+                        errors::RUNTIME_UNREACHABLE.code
+                    ),
+                    false,
+                );
+            }
+        }
+    } else {
+        ProcessRuntime::observe_offline(state_dir)
+    };
     let p = plan::plan(&PlanInput {
         desired: &desired,
         observed: &observed,
         history: &history,
         stop_failures: &Default::default(),
-        runtime_restarts_itself: false,
+        runtime_restarts_itself: under_systemd,
         now: jiff::Timestamp::now(),
     });
     let mut out = String::new();
@@ -268,6 +285,25 @@ pub fn plan_offline(file: &Path, state_dir: &Path) -> (String, bool) {
         out.push_str(&format!("  {a}\n"));
     }
     (out, true)
+}
+
+/// What the systemd manager holds for the deployment (system manager for root, else the user's).
+fn observe_systemd(deployment: &str) -> Result<crate::runtime::Observation, AppError> {
+    use crate::runtime::Runtime;
+    use crate::runtime::systemd::{SystemdRuntime, SystemdTarget};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(AppError::Tokio)?;
+    rt.block_on(async {
+        let target = if nix::unistd::geteuid().is_root() {
+            SystemdTarget::System
+        } else {
+            SystemdTarget::User
+        };
+        let mut runtime = SystemdRuntime::connect(target).await?;
+        Ok(runtime.observe(deployment).await?)
+    })
 }
 
 pub fn deployment_schema() -> String {

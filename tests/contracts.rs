@@ -190,3 +190,109 @@ fn logs_are_captured_rotated_and_followed() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn plan_shows_what_would_change_and_changes_nothing() {
+    let (ta, tb) = (common::unique("pa"), common::unique("pb"));
+    let yaml = common::deployment(
+        "plan",
+        "",
+        &(common::sleeper("a", &ta) + &common::sleeper("b", &tb)),
+    );
+    let mut r = common::Roost::new(&yaml);
+    let state = r.state.clone();
+    let plan = |file: &Path| {
+        let out = Command::new(common::ROOST)
+            .args(["plan", "--file"])
+            .arg(file)
+            .arg("--state-dir")
+            .arg(&state)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let before = plan(&r.file);
+    assert!(
+        before.contains("start a") && before.contains("start b"),
+        "{before}"
+    );
+    r.start();
+    let s = r.wait_succeeded(1);
+    assert!(plan(&r.file).contains("No changes"));
+    let changed = r.path("changed.yaml");
+    std::fs::write(
+        &changed,
+        common::deployment(
+            "plan",
+            "",
+            &(common::sleeper("a", &ta) + &common::sleeper("c", &tb)),
+        ),
+    )
+    .unwrap();
+    let text = plan(&changed);
+    assert!(
+        text.contains("remove b") && text.contains("start c") && !text.contains(" a"),
+        "{text}"
+    );
+    let after = r.status().unwrap();
+    assert_eq!(
+        common::pid_of(&after, "b"),
+        common::pid_of(&s, "b"),
+        "plan must not touch anything"
+    );
+}
+
+#[test]
+fn json_logs_and_logs_follow() {
+    let mut r = common::Roost::new(&common::deployment(
+        "follow",
+        "",
+        &common::shell(
+            "talker",
+            "echo first; sleep 0.5; echo second; sleep 1000",
+            "",
+        ),
+    ));
+    r.child = Some(
+        Command::new(common::ROOST)
+            .args([
+                "run",
+                "--log-format",
+                "json",
+                "--runtime",
+                "process",
+                "--file",
+            ])
+            .arg(&r.file)
+            .arg("--state-dir")
+            .arg(&r.state)
+            .stderr(std::fs::File::create(r.path("roost.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    r.wait_succeeded(1);
+    let log = std::fs::read_to_string(r.path("roost.log")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    assert!(first["fields"].is_object(), "{first}");
+    let mut follow = Command::new(common::ROOST)
+        .args(["logs", "talker", "--follow", "--state-dir"])
+        .arg(&r.state)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = follow.stdout.take().unwrap();
+    let mut seen = String::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut buf = [0u8; 256];
+    while !seen.contains("second") && std::time::Instant::now() < deadline {
+        use std::io::Read;
+        let n = out.read(&mut buf).unwrap();
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+    assert!(
+        seen.contains("first\n") && seen.contains("second\n"),
+        "{seen}"
+    );
+}
