@@ -33,6 +33,9 @@ pub use report::{
 };
 use wav::{Guano, WavFile, WavFormat, WavSample};
 
+/// Longest time between SIGTERM/SIGINT and the recorder's exit.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(8);
+
 /// File name of the recorder's configuration in the state folder.
 pub const CONFIG_FILE: &str = "recorder-config.json";
 
@@ -175,6 +178,14 @@ fn stop_on_signals() -> Result<Arc<AtomicBool>, RecorderError> {
                 tracing::info!(signal = ?sig, "stopping: finishing the current file");
             }
             flag.store(true, Ordering::SeqCst);
+            // Opening a device can block (a FIFO without a writer, a hung driver): do not
+            // outlive a stop request by much. A file cut here is completed at the next start.
+            std::thread::sleep(STOP_TIMEOUT);
+            tracing::error!(
+                "the recorder did not stop within {} s; exiting",
+                STOP_TIMEOUT.as_secs()
+            );
+            std::process::exit(1);
         })
         .map_err(|e| RecorderError::Signals(nix::Error::from_raw(e.raw_os_error().unwrap_or(0))))?;
     Ok(stop)
@@ -515,6 +526,17 @@ impl<T: WavSample> Recorder<T> {
             }
             let mut available = cap.samples.slots();
             available -= available % channels;
+            // A gap splits the stream: samples before it, then a jump of the timeline. It may
+            // come with no samples after it yet (the writer was far behind), so look first.
+            if let Ok(gap) = cap.gaps.peek().copied() {
+                if gap.at_sample == consumed {
+                    let _ = cap.gaps.pop();
+                    self.end_file();
+                    self.index += gap.frames;
+                    continue;
+                }
+                available = available.min((gap.at_sample - consumed) as usize);
+            }
             if available == 0 {
                 if draining {
                     break None;
@@ -538,16 +560,6 @@ impl<T: WavSample> Recorder<T> {
                     tracing::info!("the audio device delivers samples again");
                     self.set_state(RecorderState::Starting, None);
                 }
-            }
-            // A gap splits the stream: samples before it, then a jump of the timeline.
-            if let Ok(gap) = cap.gaps.peek().copied() {
-                if gap.at_sample == consumed {
-                    let _ = cap.gaps.pop();
-                    self.end_file();
-                    self.index += gap.frames;
-                    continue;
-                }
-                available = available.min((gap.at_sample - consumed) as usize);
             }
             if let Ok(chunk) = cap.samples.read_chunk(available) {
                 let (a, b) = chunk.as_slices();
