@@ -307,3 +307,70 @@ fn check_reads_the_report_while_a_healthy_recorder_holds_the_device() {
     let r = rig.report().unwrap();
     assert_eq!((r.samples_dropped, r.overruns), (0, 0));
 }
+
+#[test]
+fn i24_and_f32_files_hold_exactly_what_the_device_delivered() {
+    use std::io::Write;
+    let rate = 16_000;
+    let frames = rate as usize * 3 / 2;
+    for (format, alsa_format) in [("i24", "S24_LE"), ("f32", "FLOAT_LE")] {
+        let rig = Rig::with_alsa_format(
+            rate,
+            alsa_format,
+            json!({"sampleFormat": format}),
+            json!({}),
+        );
+        let ints: Vec<i32> = (0..frames)
+            .map(|f| {
+                i32::from(roost::recorder::feed::test_signal(f as u64, 0, rate)) * 256
+                    + (f % 256) as i32
+            })
+            .collect();
+        let floats: Vec<f32> = (0..frames).map(|f| (f as f32 * 0.01).sin() * 0.7).collect();
+        let bytes: Vec<u8> = match format {
+            "i24" => ints.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            _ => floats.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        };
+        nix::unistd::mkfifo(&rig.fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let mut fifo = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&rig.fifo)
+            .unwrap();
+        nix::fcntl::fcntl(&fifo, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20)).unwrap();
+        let period_bytes = rig.period as usize * 4;
+        let whole = bytes.len() / period_bytes * period_bytes;
+        fifo.write_all(&bytes[..whole]).unwrap();
+        let fed = (whole / 4) as u64;
+        let mut child = KillOnDrop(rig.spawn_recorder());
+        rig.wait_report("all fed samples captured", LONG, |r| {
+            r.samples_captured >= fed && r.state == RecorderState::DeviceUnavailable
+        });
+        assert!(terminate(&mut child.0).success(), "{}", rig.log());
+        let (mut got_ints, mut got_floats) = (Vec::new(), Vec::new());
+        for f in rig.recordings() {
+            let mut reader = hound::WavReader::open(&f).unwrap();
+            let spec = reader.spec();
+            if format == "i24" {
+                assert_eq!(
+                    (spec.bits_per_sample, spec.sample_format),
+                    (24, hound::SampleFormat::Int)
+                );
+                got_ints.extend(reader.samples::<i32>().map(|s| s.unwrap()));
+            } else {
+                assert_eq!(
+                    (spec.bits_per_sample, spec.sample_format),
+                    (32, hound::SampleFormat::Float)
+                );
+                got_floats.extend(reader.samples::<f32>().map(|s| s.unwrap()));
+            }
+        }
+        if format == "i24" {
+            assert!(got_ints == ints[..fed as usize], "i24 samples differ");
+        } else {
+            assert!(got_floats == floats[..fed as usize], "f32 samples differ");
+        }
+        rig.assert_consistent();
+        drop(fifo);
+    }
+}

@@ -70,8 +70,8 @@ impl<T: WavSample> Drop for Capture<T> {
     fn drop(&mut self) {
         // Dropping a cpal stream joins its thread, which may sit in a blocking read of a device
         // that stopped delivering: drop it on a thread of its own so the writer never hangs.
+        // Not even pause(): alsa-lib takes the PCM's lock for it, which that read holds.
         if let Some(stream) = self.stream.take() {
-            let _ = stream.pause();
             let _ = std::thread::Builder::new()
                 .name("roost-stream-drop".into())
                 .spawn(move || drop(stream));

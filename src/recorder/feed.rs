@@ -151,6 +151,18 @@ pub fn write_test_asound_conf(
     rate: u32,
     channels: u16,
 ) -> std::io::Result<()> {
+    write_test_asound_conf_format(path, infile, rate, channels, "S16_LE")
+}
+
+/// Like [`write_test_asound_conf`] with raw samples in ALSA format `alsa_format` ("S24_LE",
+/// "FLOAT_LE", ...). A capture in the same format passes through `plug` unconverted.
+pub fn write_test_asound_conf_format(
+    path: &Path,
+    infile: Option<&Path>,
+    rate: u32,
+    channels: u16,
+    alsa_format: &str,
+) -> std::io::Result<()> {
     let infile = match infile {
         Some(p) => format!("\"{}\"", p.display()),
         None => "{ @func getenv vars [ ROOST_TEST_INFILE ] default \"/dev/zero\" }".to_string(),
@@ -167,12 +179,12 @@ pcm.roost_filecap {{
 }}
 pcm.roost_test {{
     type plug
-    slave {{ pcm "roost_filecap" format S16_LE channels {channels} rate {rate} }}
+    slave {{ pcm "roost_filecap" format {alsa_format} channels {channels} rate {rate} }}
     hint {{ show on description "roost test signal (ALSA file plugin)" }}
 }}
 pcm.!default {{
     type plug
-    slave {{ pcm "roost_filecap" format S16_LE channels {channels} rate {rate} }}
+    slave {{ pcm "roost_filecap" format {alsa_format} channels {channels} rate {rate} }}
 }}
 "#
     );

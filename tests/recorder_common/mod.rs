@@ -30,13 +30,30 @@ pub struct Rig {
 impl Rig {
     /// A rig at `rate` Hz mono; `recorder` and `storage` are merged into the configuration.
     pub fn new(rate: u32, recorder: serde_json::Value, storage: serde_json::Value) -> Self {
+        Self::with_alsa_format(rate, "S16_LE", recorder, storage)
+    }
+
+    /// A rig whose FIFO carries raw samples in ALSA format `alsa_format`.
+    pub fn with_alsa_format(
+        rate: u32,
+        alsa_format: &str,
+        recorder: serde_json::Value,
+        storage: serde_json::Value,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("mic.fifo");
         let asound = dir.path().join("asound.conf");
         let state = dir.path().join("state");
         let storage_path = dir.path().join("storage");
         std::fs::create_dir_all(&storage_path).unwrap();
-        roost::recorder::feed::write_test_asound_conf(&asound, Some(&fifo), rate, 1).unwrap();
+        roost::recorder::feed::write_test_asound_conf_format(
+            &asound,
+            Some(&fifo),
+            rate,
+            1,
+            alsa_format,
+        )
+        .unwrap();
         let period = roost::recorder::default_period_frames(rate);
         let rig = Self {
             config: dir.path().join("recorder-config.json"),
