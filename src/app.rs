@@ -15,6 +15,7 @@ use crate::runtime::RuntimeError;
 use crate::runtime::process::ProcessRuntime;
 use crate::spec;
 use crate::state_dir::StateDir;
+use crate::watch::absolute;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -96,16 +97,6 @@ pub fn run(
         }
         Ok(())
     })
-}
-
-fn absolute(p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        std::env::current_dir()
-            .map(|d| d.join(p))
-            .unwrap_or_else(|_| p.to_path_buf())
-    }
 }
 
 /// One problem `roost check` found.

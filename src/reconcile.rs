@@ -575,6 +575,21 @@ pub fn recorder_run(cfg: &Config, d: &Deployment) -> Option<ComponentRun> {
     })
 }
 
+/// Debounces a watcher in its own task, so that no trigger is lost when another branch of the
+/// loop's select wins; at most one trigger waits in the channel.
+fn spawn_trigger(mut watcher: FileWatcher) -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<()>(1);
+    tokio::spawn(async move {
+        loop {
+            watcher.changed().await;
+            if tx.send(()).await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
 /// Runs the loop until `shutdown` resolves. `on_ready` is called once, after the first
 /// reconcile (roost's unit uses it for READY=1).
 pub async fn run<R: Runtime>(
@@ -588,27 +603,11 @@ pub async fn run<R: Runtime>(
     let mut hangup = signal(SignalKind::hangup()).map_err(ReconcileError::Signal)?;
     // The watcher debounces in its own task so that no trigger is lost when another branch of
     // the select below wins.
-    let mut watcher = FileWatcher::new(&cfg.file)?;
-    let (file_tx, mut file_rx) = tokio::sync::mpsc::channel::<()>(1);
-    tokio::spawn(async move {
-        loop {
-            watcher.changed().await;
-            if file_tx.send(()).await.is_err() {
-                return;
-            }
-        }
-    });
+    let mut file_rx = spawn_trigger(FileWatcher::new(&cfg.file)?);
     // The recorder's report arrives as a file in the state folder; its changes are triggers too.
-    let mut report_watcher = FileWatcher::new(&crate::recorder::report_path(&cfg.state_dir))?;
-    let (report_tx, mut report_rx) = tokio::sync::mpsc::channel::<()>(1);
-    tokio::spawn(async move {
-        loop {
-            report_watcher.changed().await;
-            if report_tx.send(()).await.is_err() {
-                return;
-            }
-        }
-    });
+    let mut report_rx = spawn_trigger(FileWatcher::new(&crate::recorder::report_path(
+        &cfg.state_dir,
+    ))?);
     let watchdog = crate::runtime::systemd::notify::watchdog_interval();
     reconciler.reload_file();
     reconciler.reconcile().await;

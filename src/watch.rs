@@ -83,7 +83,9 @@ pub fn watch_set(file: &Path) -> WatchSet {
     set
 }
 
-fn absolute(p: &Path) -> PathBuf {
+/// `p` made absolute against the current folder, without resolving links (they are followed
+/// at every load, since a swap may move them).
+pub fn absolute(p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
     } else {

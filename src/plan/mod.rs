@@ -279,7 +279,16 @@ fn base_status(
     }
 }
 
-fn decide_stopped(dc: &DesiredComponent, input: &PlanInput<'_>) -> Verdict {
+/// What is observed and remembered of a component under its current spec, and the status
+/// both start from.
+fn context<'a>(
+    dc: &DesiredComponent,
+    input: &PlanInput<'a>,
+) -> (
+    Option<&'a crate::runtime::ObservedComponent>,
+    Option<&'a ComponentHistory>,
+    ComponentStatus,
+) {
     let name = dc.run.name.as_str();
     let obs = input.observed.get(name);
     let history = input
@@ -287,7 +296,13 @@ fn decide_stopped(dc: &DesiredComponent, input: &PlanInput<'_>) -> Verdict {
         .components
         .get(name)
         .filter(|h| h.spec_hash == dc.run.spec_hash);
-    let mut status = base_status(dc, history, obs.map_or(0, |o| o.runtime_restarts));
+    let status = base_status(dc, history, obs.map_or(0, |o| o.runtime_restarts));
+    (obs, history, status)
+}
+
+fn decide_stopped(dc: &DesiredComponent, input: &PlanInput<'_>) -> Verdict {
+    let name = dc.run.name.as_str();
+    let (obs, _, mut status) = context(dc, input);
     let running = obs.is_some_and(|o| {
         matches!(
             o.state,
@@ -331,14 +346,7 @@ fn decide_running(
     earlier: &[Verdict],
     index: &BTreeMap<&str, usize>,
 ) -> Verdict {
-    let name = dc.run.name.as_str();
-    let obs = input.observed.get(name);
-    let history = input
-        .history
-        .components
-        .get(name)
-        .filter(|h| h.spec_hash == dc.run.spec_hash);
-    let mut status = base_status(dc, history, obs.map_or(0, |o| o.runtime_restarts));
+    let (obs, history, mut status) = context(dc, input);
     let spec_current =
         obs.is_some_and(|o| o.spec_hash.as_deref().is_none_or(|h| h == dc.run.spec_hash));
     let verdict = |status: ComponentStatus, action, error, wake_at| Verdict {
