@@ -88,12 +88,12 @@ fn continuous_files_concatenate_to_exactly_the_fed_samples() {
 #[test]
 fn kill_9_mid_file_then_restart_leaves_a_consistent_storage() {
     let rate = 16_000;
-    let rig = Rig::new(rate, json!({"duration": "3s"}), json!({}));
+    let rig = Rig::new(rate, json!({"duration": "6s"}), json!({}));
     let feeder = PacedFeeder::start(&rig.fifo, rate, rig.period);
     let mut child = KillOnDrop(rig.spawn_recorder());
     rig.wait_report("one file", LONG, |r| r.files_written >= 1);
-    // Mid-file: at least one header checkpoint (1 s) into the next file.
-    std::thread::sleep(Duration::from_millis(1800));
+    // Mid-file: past the first header checkpoint (1 s) of the next 6 s file, with time to spare.
+    std::thread::sleep(Duration::from_millis(2500));
     signal(&child.0, nix::sys::signal::Signal::SIGKILL);
     wait_exit(&mut child.0, Duration::from_secs(10));
     let partial: Vec<_> = std::fs::read_dir(rig.storage.join(".partial"))
@@ -112,7 +112,7 @@ fn kill_9_mid_file_then_restart_leaves_a_consistent_storage() {
     let salvaged = &report.repair.salvaged[0];
     let frames = samples(salvaged).len();
     assert!(
-        frames >= rate as usize && frames < 3 * rate as usize,
+        frames >= rate as usize && frames < 6 * rate as usize,
         "{frames}"
     );
     rig.wait_report("a file after restart", LONG, |r| r.files_written >= 1);
