@@ -299,3 +299,35 @@ fn systemd_restarting_unit_is_not_an_error_and_operator_stop_is_respected() {
     assert_eq!(p.components[0].reason.as_deref(), Some("StoppedByOperator"));
     assert_eq!(p.phase, Phase::Succeeded);
 }
+
+#[test]
+fn a_stop_that_failed_leaves_the_deployment_partially_deprovisioned() {
+    let mut d = desired(vec![
+        comp("a", RestartPolicy::Always, &[]),
+        comp("b", RestartPolicy::Always, &[]),
+    ]);
+    d.running = false;
+    let failures = BTreeMap::from([("a".to_string(), "did not exit after SIGKILL".to_string())]);
+    let obs = Observation::from([running("a", 1)]);
+    let p = plan(&PlanInput {
+        desired: &d,
+        observed: &obs,
+        history: &History::default(),
+        stop_failures: &failures,
+        runtime_restarts_itself: false,
+        now: t(0),
+    });
+    assert_eq!(p.phase, Phase::PartiallyDeprovisioned);
+    assert_eq!(p.components[0].reason.as_deref(), Some("StopFailed"));
+    assert_eq!(p.components[1].status, ComponentState::Stopped);
+    assert!(
+        p.errors
+            .iter()
+            .any(|e| e.component.as_deref() == Some("a") && e.message.contains("SIGKILL"))
+    );
+    assert_eq!(
+        p.actions.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        ["stop a"],
+        "the stop is retried"
+    );
+}
