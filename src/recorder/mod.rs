@@ -256,6 +256,13 @@ struct Recorder<T: WavSample> {
     file: Option<OpenFile<T>>,
     /// Wall-clock nanoseconds of frame 0 of the current stream.
     anchor_ns: Option<i128>,
+    /// Stream start, to tell a drifting sound card clock from input faster than real time.
+    anchored_at: Instant,
+    /// Frame index just past the newest captured frame, and when it was seen.
+    captured_end_index: u64,
+    captured_end_at: Timestamp,
+    /// Warned once that samples arrive much faster than real time (file or FIFO input).
+    warned_fast_input: bool,
     /// Frames since the anchor that have been handled.
     index: u64,
     /// Frames before this index are not recorded (between files, outside windows, low space).
@@ -309,6 +316,10 @@ impl<T: WavSample> Recorder<T> {
             last_report_write: Instant::now(),
             file: None,
             anchor_ns: None,
+            anchored_at: Instant::now(),
+            captured_end_index: 0,
+            captured_end_at: now,
+            warned_fast_input: false,
             index: 0,
             skip_until: 0,
             captured_before: 0,
@@ -556,11 +567,16 @@ impl<T: WavSample> Recorder<T> {
             if self.anchor_ns.is_none() {
                 let behind = (available / channels) as f64 / f64::from(self.format.sample_rate);
                 self.anchor_ns = Some(Timestamp::now().as_nanosecond() - (behind * 1e9) as i128);
+                self.anchored_at = Instant::now();
                 if self.report.state == RecorderState::DeviceUnavailable {
                     tracing::info!("the audio device delivers samples again");
                     self.set_state(RecorderState::Starting, None);
                 }
             }
+            // Frames already captured beyond the ones about to be handled: for the drift check.
+            let queued = (cap.samples.slots() / channels) as u64;
+            self.captured_end_index = self.index + queued;
+            self.captured_end_at = Timestamp::now();
             if let Ok(chunk) = cap.samples.read_chunk(available) {
                 let (a, b) = chunk.as_slices();
                 self.process(a);
@@ -652,6 +668,7 @@ impl<T: WavSample> Recorder<T> {
                 rest = &rest[take as usize * channels..];
                 continue;
             }
+            self.follow_wall_clock();
             let t = self.time_of(self.index);
             match self.schedule.segment_at(t) {
                 Segment::Record { end, .. } => {
@@ -671,6 +688,38 @@ impl<T: WavSample> Recorder<T> {
                 }
             }
         }
+    }
+
+    /// Between files, moves the anchor when the sound card's clock has drifted a second or more
+    /// from the wall clock (tens of ppm add up to seconds a day). Input far faster than real
+    /// time (a file, an unpaced FIFO) is not a drifting clock: it keeps its anchor, once warned.
+    fn follow_wall_clock(&mut self) {
+        let Some(anchor) = self.anchor_ns else { return };
+        let rate = i128::from(self.format.sample_rate);
+        let behind =
+            i128::from(self.captured_end_index.saturating_sub(self.index)) * 1_000_000_000 / rate;
+        let wall = self.captured_end_at.as_nanosecond() - behind;
+        let drift = anchor + i128::from(self.index) * 1_000_000_000 / rate - wall;
+        if drift.abs() < 1_000_000_000 {
+            return;
+        }
+        let elapsed = self.anchored_at.elapsed().as_nanos() as i128;
+        if drift.abs() * 1000 > elapsed {
+            if !self.warned_fast_input {
+                self.warned_fast_input = true;
+                tracing::warn!(
+                    drift_s = drift as f64 / 1e9,
+                    "samples arrive far off real time (file or unpaced input?); keeping the sample clock"
+                );
+            }
+            return;
+        }
+        tracing::info!(
+            drift_s = drift as f64 / 1e9,
+            "the sound card clock drifted from the wall clock; re-anchoring between files"
+        );
+        self.anchor_ns = Some(wall - i128::from(self.index) * 1_000_000_000 / rate);
+        self.anchored_at = Instant::now();
     }
 
     /// When the first file after an idle period ending at `until` should be complete; `None`
