@@ -374,3 +374,44 @@ fn i24_and_f32_files_hold_exactly_what_the_device_delivered() {
         drop(fifo);
     }
 }
+
+#[test]
+fn samples_dropped_when_the_writer_falls_behind_split_files_and_are_reported() {
+    let rate = 16_000;
+    let rig = Rig::new(rate, json!({}), json!({}));
+    // A regular file as the device: alsa-lib delivers it (and then its last period, forever)
+    // as fast as it can, far beyond what any writer keeps up with.
+    std::fs::write(&rig.fifo, signal_bytes(0, u64::from(rate) * 2, rate, 1)).unwrap();
+    let mut child = KillOnDrop(rig.spawn_recorder());
+    let report = rig.wait_report("samples dropped", LONG, |r| {
+        r.samples_dropped > 0 && r.error.as_ref().is_some_and(|e| e.code == "DEP_E314")
+    });
+    assert!(report.samples_captured > report.samples_dropped);
+    let health = roost::recorder::assess(&report, jiff::Timestamp::now());
+    assert!(
+        matches!(health, roost::recorder::Health::Error { code, .. } if code.code == "DEP_E314")
+    );
+    assert!(terminate(&mut child.0).success(), "{}", rig.log());
+    rig.assert_consistent();
+    // Files never overlap in time: a gap ends a file and the next starts after the lost frames.
+    let files = rig.recordings();
+    assert!(files.len() >= 2);
+    for w in files.windows(2) {
+        let start = roost::storage::start_from_file_name(&w[0]).unwrap();
+        let next = roost::storage::start_from_file_name(&w[1]).unwrap();
+        let len = samples(&w[0]).len() as f64 / f64::from(rate);
+        assert!(
+            next.duration_since(start).as_secs_f64() >= len - 2e-5,
+            "{} overlaps {}",
+            w[0].display(),
+            w[1].display()
+        );
+    }
+    // Up to the first gap, the files hold the signal exactly.
+    let first = samples(&files[0]);
+    let expected: Vec<i16> = signal_bytes(0, first.len() as u64, rate, 1)
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    assert!(first == expected);
+}
