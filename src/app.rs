@@ -27,6 +27,8 @@ pub enum AppError {
     Tokio(#[source] std::io::Error),
     #[error("{0}")]
     Usage(String),
+    #[error(transparent)]
+    Lock(#[from] crate::state_dir::LockError),
 }
 
 /// `roost run`: reconciles until SIGTERM or SIGINT.
@@ -36,6 +38,7 @@ pub fn run(
     choice: RuntimeChoice,
     user: bool,
 ) -> Result<(), AppError> {
+    let _lock = crate::state_dir::lock(state_dir)?;
     // One thread is plenty for a reconciler and keeps the footprint small.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -48,14 +51,12 @@ pub fn run(
         exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("roost")),
     };
     rt.block_on(async move {
-        let shutdown = async {
-            use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                return std::future::pending().await;
-            };
+        // Registered before anything starts, so a SIGTERM during start-up is not lost (the
+        // default action would kill roost and orphan what it started).
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).map_err(AppError::Tokio)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(AppError::Tokio)?;
+        let shutdown = async move {
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM"),
                 _ = int.recv() => tracing::info!("SIGINT"),

@@ -35,7 +35,7 @@ codes! {
         "Install the program or correct `command` in deployment.yaml (use an absolute path), and make it executable (chmod +x).";
     INVALID_SPEC = "DEP_E162", "Invalid desired state",
         "deployment.yaml could not be read or is invalid. The last valid desired state stays in force.",
-        "Fix the file at the line and column or field given (`roost check --file FILE` shows every problem); roost applies it as soon as it is valid.";
+        "Fix the file at the line and column or field given (`roost check --file FILE` shows it with the offending lines); roost applies the file as soon as it is valid.";
     CRASH_LOOP = "DEP_E163", "Crash loop",
         "A component keeps exiting soon after it starts; roost restarts it with growing back-off delays.",
         "Read `roost logs NAME` for the reason it exits; fix it and change the file, or set restartPolicy: Never to stop retrying.";

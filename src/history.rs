@@ -105,14 +105,26 @@ impl ComponentHistory {
 }
 
 /// Delay before the next start after `consecutive_failures` quick failures in a row.
+/// Quick failures in a row that make a crash loop.
+pub const CRASH_LOOP_THRESHOLD: u32 = 3;
+/// Least delay between restarts once in a crash loop (unless `max` is lower): `initial: 0s`
+/// restarts a crash at once, but a component that keeps crashing must not spin the CPU and
+/// wear the SD card with status writes.
+pub const CRASH_LOOP_MIN_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub fn backoff_delay(backoff: &Backoff, consecutive_failures: u32) -> std::time::Duration {
     let initial = backoff.initial.as_std();
     let max = backoff.max.as_std();
     if consecutive_failures == 0 {
         return std::time::Duration::ZERO;
     }
-    let doublings = (consecutive_failures - 1).min(32);
-    initial.saturating_mul(1u32 << doublings.min(31)).min(max)
+    let doublings = (consecutive_failures - 1).min(31);
+    let delay = initial.saturating_mul(1u32 << doublings).min(max);
+    if consecutive_failures >= CRASH_LOOP_THRESHOLD {
+        delay.max(CRASH_LOOP_MIN_DELAY.min(max))
+    } else {
+        delay
+    }
 }
 
 fn current_boot_id() -> Option<String> {
@@ -197,7 +209,21 @@ mod tests {
         let b = backoff(1000, 5000);
         let ms: Vec<u128> = (0..6).map(|n| backoff_delay(&b, n).as_millis()).collect();
         assert_eq!(ms, [0, 1000, 2000, 4000, 5000, 5000]);
-        assert_eq!(backoff_delay(&backoff(0, 5000), 9).as_millis(), 0);
+        assert_eq!(
+            backoff_delay(&backoff(0, 5000), 1).as_millis(),
+            0,
+            "initial 0s restarts at once"
+        );
+        assert_eq!(
+            backoff_delay(&backoff(0, 5000), 3).as_millis(),
+            1000,
+            "but not in a crash loop"
+        );
+        assert_eq!(
+            backoff_delay(&backoff(0, 0), 9).as_millis(),
+            0,
+            "unless max says so"
+        );
         assert_eq!(backoff_delay(&b, u32::MAX).as_millis(), 5000);
     }
 

@@ -52,13 +52,25 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Status { state_dir, json } => {
             let state_dir =
                 roost::state_dir::StateDir::new(roost::state_dir::resolve(state_dir.as_deref()));
-            let doc = roost::status::read(&state_dir.status())?;
+            let path = state_dir.status();
+            if !path.exists() {
+                eprintln!(
+                    "roost has not run with state folder {} (no status.json): not started",
+                    state_dir.root.display()
+                );
+                return Ok(ExitCode::from(3));
+            }
+            let doc = roost::status::read(&path)?;
             let mut out = std::io::stdout().lock();
             if json {
-                serde_json::to_writer_pretty(&mut out, &doc)?;
-                writeln!(out)?;
+                // The file itself, so fields newer than this binary are not lost.
+                out.write_all(&std::fs::read(&path)?)?;
             } else {
                 write!(out, "{}", roost::status::render_human(&doc))?;
+            }
+            if let Some(warning) = roost::status::stale_warning(&doc) {
+                eprintln!("{warning}");
+                return Ok(ExitCode::from(1));
             }
             Ok(ExitCode::from(doc.exit_code() as u8))
         }

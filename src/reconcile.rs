@@ -23,8 +23,9 @@ use crate::status::{
 };
 use crate::watch::FileWatcher;
 
-/// Passes of observe -> plan -> apply per trigger before roost waits for the next trigger.
-const MAX_PASSES: usize = 4;
+/// Upper bound of observe -> plan -> apply passes per trigger (a chain of dependsOn needs one
+/// pass per level); a pass in which every action failed ends the round early.
+const MAX_PASSES: usize = 64;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -109,29 +110,59 @@ impl<R: Runtime> Reconciler<R> {
         }
         self.last_content_hash = content_hash.clone();
         match loaded {
-            Ok((deployment, _)) => {
+            Ok((deployment, bytes)) => {
                 if self.history.accepted_hash != content_hash || self.generation == 0 {
                     self.generation += 1;
                     self.history.generation = self.generation;
                     self.history.accepted_hash = content_hash;
                     self.save_history();
                 }
+                if let Err(e) = crate::fsutil::write_atomic(&self.state.last_good(), &bytes) {
+                    tracing::warn!(error = %e, "cannot keep a copy of the desired state");
+                }
                 tracing::info!(generation = self.generation, deployment = %deployment.name(), "desired state accepted");
-                self.end_recording_deployment_if_left(&deployment);
-                let extra = self.recorder_run(&deployment).into_iter().collect();
-                let desired = Desired::from_deployment(&deployment, extra);
-                self.desired = Some((deployment, desired));
+                self.accept(deployment);
                 self.spec_error = None;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "desired state rejected; the last valid one stays in force");
                 self.spec_error = Some(SpecError::from(&e));
+                if self.desired.is_none() {
+                    self.fall_back_to_last_good();
+                }
             }
         }
     }
 
-    fn recorder_run(&self, d: &Deployment) -> Option<ComponentRun> {
-        recorder_run(&self.cfg, d)
+    fn accept(&mut self, deployment: Deployment) {
+        self.end_recording_deployment_if_left(&deployment);
+        let was_stopped = self.desired.as_ref().is_some_and(|(_, d)| !d.running);
+        let extra = recorder_run(&self.cfg, &deployment).into_iter().collect();
+        let desired = Desired::from_deployment(&deployment, extra);
+        if was_stopped && desired.running {
+            // Starting a stopped deployment again is a new run: finished components run again.
+            self.history
+                .components
+                .values_mut()
+                .for_each(|h| h.stopped_by_roost());
+        }
+        self.desired = Some((deployment, desired));
+    }
+
+    /// Roost (re)started while the file is bad or gone: run what was last accepted, which roost
+    /// keeps a copy of, rather than nothing. The error stays reported.
+    fn fall_back_to_last_good(&mut self) {
+        let Ok((deployment, bytes)) = spec::load_file(&self.state.last_good()) else {
+            return;
+        };
+        if self.history.accepted_hash.as_deref() != Some(plan::spec_hash(&bytes).as_str()) {
+            self.generation += 1;
+            self.history.generation = self.generation;
+            self.history.accepted_hash = Some(plan::spec_hash(&bytes));
+            self.save_history();
+        }
+        tracing::warn!(deployment = %deployment.name(), "running the last valid desired state");
+        self.accept(deployment);
     }
 
     /// Marks the deployment's row in metadata.db as ended when the new desired state stops
@@ -239,11 +270,18 @@ impl<R: Runtime> Reconciler<R> {
             if pass == 0 && self.observed_generation != self.generation {
                 self.write_status_phase(&plan, Phase::InProgress);
             }
-            self.apply(&plan).await;
+            if !self.apply(&plan).await {
+                // Nothing went through: look again soon rather than spin.
+                self.observed_generation = self.generation;
+                self.requeue_at = Some(Instant::now() + Duration::from_secs(1));
+                self.write_status(Some(&plan));
+                return;
+            }
         }
     }
 
-    async fn apply(&mut self, plan: &Plan) {
+    /// Carries the plan out; true when at least one action succeeded.
+    async fn apply(&mut self, plan: &Plan) -> bool {
         let deployment = self
             .desired
             .as_ref()
@@ -251,6 +289,8 @@ impl<R: Runtime> Reconciler<R> {
             .unwrap_or_default();
         let mut failed = 0;
         for action in &plan.actions {
+            // A stop may take its whole stopTimeout: keep systemd's watchdog fed meanwhile.
+            let _ = crate::runtime::systemd::notify::sd_notify("WATCHDOG=1");
             tracing::info!(%action, "applying");
             let result = match action {
                 Action::Start(run) | Action::Restart(run) => {
@@ -296,6 +336,7 @@ impl<R: Runtime> Reconciler<R> {
             tracing::warn!(failed, tried = plan.actions.len(), "some actions failed");
         }
         self.save_history();
+        failed < plan.actions.len()
     }
 
     fn note_stop(&mut self, name: &str, r: &Result<(), RuntimeError>) {
@@ -329,12 +370,30 @@ impl<R: Runtime> Reconciler<R> {
             return None;
         }
         let now = Timestamp::now();
-        let Some(report) =
-            crate::recorder::read_report(&self.state.root).filter(|r| Some(r.pid) == c.pid)
-        else {
-            // Just started: give it until its first report is due.
-            c.reason = Some("Starting".into());
-            return Some(crate::recorder::HEARTBEAT * 3);
+        let report =
+            crate::recorder::read_report(&self.state.root).filter(|r| Some(r.pid) == c.pid);
+        let Some(report) = report else {
+            // Just started: it has until its first report is due, then it is an error.
+            let first_due = c.since.unwrap_or(now) + crate::recorder::HEARTBEAT * 3;
+            if now < first_due {
+                c.reason = Some("Starting".into());
+                return Some(
+                    first_due.duration_since(now).unsigned_abs() + Duration::from_millis(50),
+                );
+            }
+            c.status = ComponentState::Error;
+            c.reason = Some("NoRecordings".into());
+            let message =
+                format!("the recorder has run since {first_due} without reporting anything");
+            plan.errors.push(ErrorEntry::new(
+                &errors::NO_RECORDINGS,
+                Some(&c.name),
+                message,
+            ));
+            if plan.phase == Phase::Succeeded {
+                plan.phase = Phase::FailedToStart;
+            }
+            return None;
         };
         c.output = serde_json::to_value(recorder_output(&report)).ok();
         match crate::recorder::assess(&report, now) {
@@ -388,10 +447,15 @@ impl<R: Runtime> Reconciler<R> {
         {
             return;
         }
-        if let Err(e) = status::write(&self.state.status(), &doc) {
-            tracing::error!(error = %e, "cannot write status");
+        match status::write(&self.state.status(), &doc) {
+            Ok(()) => self.last_status = Some(doc),
+            Err(e) => {
+                // Keep the old document as unwritten so the next pass tries again.
+                tracing::error!(error = %e, "cannot write status");
+                let retry = Instant::now() + Duration::from_secs(5);
+                self.requeue_at = Some(self.requeue_at.map_or(retry, |t| t.min(retry)));
+            }
         }
-        self.last_status = Some(doc);
     }
 
     fn status_doc(&self, plan: Option<&Plan>) -> StatusDoc {
@@ -456,44 +520,88 @@ impl<R: Runtime> Reconciler<R> {
 
     /// Stops what roost itself supervises (systemd units outlive roost) and writes a last status.
     pub async fn shutdown(&mut self) {
-        if !self.runtime.restarts_itself()
-            && let Some((_, desired)) = &self.desired
-        {
-            let deployment = desired.deployment.clone();
-            let running = self.runtime.observe(&deployment).await.unwrap_or_default();
-            let stops: Vec<(String, Duration)> = desired
-                .components
-                .iter()
-                .rev()
-                .filter(|c| {
-                    running.get(c.run.name.as_str()).is_some_and(|o| {
-                        matches!(o.state, crate::runtime::ObservedState::Running { .. })
-                    })
-                })
-                .map(|c| (c.run.name.to_string(), c.run.stop_timeout))
-                .collect();
-            for (name, timeout) in stops {
-                match self.runtime.stop(&deployment, &name, timeout).await {
-                    Ok(()) => {
-                        if let Some(record) = self.history.components.get_mut(&name) {
-                            record.stopped_by_roost();
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(component = %name, error = %e, "stop at shutdown failed")
+        if self.runtime.restarts_itself() {
+            self.save_history();
+            return;
+        }
+        let deployment = self
+            .desired
+            .as_ref()
+            .map(|(_, d)| d.deployment.clone())
+            .unwrap_or_default();
+        let running = self.runtime.observe(&deployment).await.unwrap_or_default();
+        let timeout_of = |name: &str| {
+            self.desired
+                .as_ref()
+                .and_then(|(_, d)| d.components.iter().find(|c| c.run.name.as_str() == name))
+                .map_or(plan::DEFAULT_STOP_TIMEOUT, |c| c.run.stop_timeout)
+        };
+        // Dependents first: reverse start order, then anything no longer desired.
+        let mut order: Vec<String> = self
+            .desired
+            .as_ref()
+            .map(|(_, d)| {
+                d.components
+                    .iter()
+                    .rev()
+                    .map(|c| c.run.name.to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        order.extend(
+            running
+                .keys()
+                .filter(|n| !order.contains(n))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        let mut failed: BTreeMap<String, String> = BTreeMap::new();
+        for name in order {
+            let is_running = running
+                .get(&name)
+                .is_some_and(|o| matches!(o.state, crate::runtime::ObservedState::Running { .. }));
+            if !is_running {
+                continue;
+            }
+            match self
+                .runtime
+                .stop(&deployment, &name, timeout_of(&name))
+                .await
+            {
+                Ok(()) => {
+                    if let Some(record) = self.history.components.get_mut(&name) {
+                        record.stopped_by_roost();
                     }
                 }
+                Err(e) => {
+                    tracing::warn!(component = %name, error = %e, "stop at shutdown failed");
+                    failed.insert(name, e.to_string());
+                }
             }
-            let mut doc = self.status_doc(None);
-            for c in &mut doc.components {
+        }
+        let mut doc = self.status_doc(None);
+        for c in &mut doc.components {
+            if let Some(reason) = failed.get(&c.name) {
+                c.status = ComponentState::Error;
+                c.reason = Some("StopFailed".into());
+                doc.errors.push(ErrorEntry::new(
+                    &errors::RUNTIME_UNREACHABLE,
+                    Some(&c.name),
+                    reason.clone(),
+                ));
+            } else {
                 c.status = ComponentState::Stopped;
                 c.reason = Some("ReconcilerStopped".into());
                 c.pid = None;
+                c.since = Some(doc.updated_at);
             }
-            doc.phase = Phase::Stopped;
-            doc.status = OverallStatus::Stopped;
-            self.write_doc(doc);
         }
+        (doc.phase, doc.status) = if failed.is_empty() {
+            (Phase::Stopped, OverallStatus::Stopped)
+        } else {
+            (Phase::PartiallyDeprovisioned, OverallStatus::Error)
+        };
+        self.write_doc(doc);
         self.save_history();
     }
 

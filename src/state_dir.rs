@@ -33,6 +33,13 @@ impl StateDir {
     pub fn history(&self) -> PathBuf {
         self.root.join("history.json")
     }
+    /// A copy of the last desired state roost accepted, run when the file is bad at start.
+    pub fn last_good(&self) -> PathBuf {
+        self.root.join("last-good.yaml")
+    }
+    pub fn lock(&self) -> PathBuf {
+        self.root.join("roost.lock")
+    }
     pub fn logs(&self) -> PathBuf {
         self.root.join("logs")
     }
@@ -45,4 +52,39 @@ impl StateDir {
     pub fn recorder_report(&self) -> PathBuf {
         self.root.join("recorder-report.json")
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("cannot create state folder {path}: {source}")]
+    Create {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "another roost is already running with state folder {path} (it holds {path}/roost.lock); stop it first or use another --state-dir"
+    )]
+    Held { path: String },
+}
+
+/// Takes the state folder for this process: two reconcilers on one folder would kill each
+/// other's components. The lock lasts as long as the returned value.
+pub fn lock(root: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, LockError> {
+    let create = |source| LockError::Create {
+        path: root.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(root).map_err(create)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(StateDir::new(root.to_path_buf()).lock())
+        .map_err(create)?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
+        LockError::Held {
+            path: root.display().to_string(),
+        }
+    })
 }

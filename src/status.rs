@@ -214,6 +214,22 @@ pub fn read(path: &Path) -> Result<StatusDoc, StatusError> {
     })
 }
 
+/// A status file whose reconciler is gone says nothing about now: the warning to print, if so.
+/// (A final status of a cleanly stopped roost is not stale: it says Stopped.)
+pub fn stale_warning(doc: &StatusDoc) -> Option<String> {
+    if doc.status == OverallStatus::Stopped {
+        return None;
+    }
+    let alive =
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(doc.reconciler.pid as i32), None).is_ok();
+    (!alive).then(|| {
+        format!(
+            "warning: roost (pid {}) that wrote this status is not running; it is as of {} and may be out of date (status Unknown)",
+            doc.reconciler.pid, doc.updated_at
+        )
+    })
+}
+
 /// Renders the short human report of `roost status`.
 pub fn render_human(doc: &StatusDoc) -> String {
     use std::fmt::Write;

@@ -49,7 +49,14 @@ pub fn watch_set(file: &Path) -> WatchSet {
             break;
         }
         if let (Some(parent), Some(name)) = (path.parent(), path.file_name()) {
-            set.dirs.insert(existing_ancestor(parent));
+            let watched = existing_ancestor(parent);
+            // Every missing folder on the way matters too: its creation must wake the watch.
+            for missing in path.ancestors().skip(1).take_while(|a| *a != watched) {
+                if let Some(n) = missing.file_name() {
+                    set.names.insert(n.to_os_string());
+                }
+            }
+            set.dirs.insert(watched);
             set.names.insert(name.to_os_string());
         }
         let mut prefix = PathBuf::new();
@@ -176,10 +183,14 @@ impl FileWatcher {
             if !self.relevant(&first) {
                 continue;
             }
-            let mut settle = settle_time(&first.kind);
+            // One deadline per burst, moved only by relevant events: a busy folder cannot
+            // starve the trigger.
+            let mut deadline = tokio::time::Instant::now() + settle_time(&first.kind);
             loop {
-                match tokio::time::timeout(settle, self.raw.recv()).await {
-                    Ok(Some(ev)) if self.relevant(&ev) => settle = settle_time(&ev.kind),
+                match tokio::time::timeout_at(deadline, self.raw.recv()).await {
+                    Ok(Some(ev)) if self.relevant(&ev) => {
+                        deadline = tokio::time::Instant::now() + settle_time(&ev.kind);
+                    }
                     Ok(Some(_)) => {}
                     Ok(None) | Err(_) => break,
                 }
@@ -235,5 +246,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let set = watch_set(&root.path().join("not/yet/d.yaml"));
         assert!(set.dirs.contains(root.path()));
+        assert!(set.names.contains(&OsString::from("not")), "{set:?}");
+        assert!(set.names.contains(&OsString::from("yet")));
     }
 }

@@ -134,8 +134,24 @@ fn status_command_reports_and_exits_by_health() {
         .arg(empty.path())
         .output()
         .unwrap();
+    assert_eq!(out.status.code(), Some(3), "not started");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not started"));
+    // A status left by a roost that died is stale: not healthy, whatever it says.
+    let mut r = common::Roost::new(&common::deployment("st2", "", &common::sleeper("a", &tag)));
+    r.start();
+    r.wait_succeeded(1);
+    r.kill9();
+    let out = Command::new(common::ROOST)
+        .args(["status", "--state-dir"])
+        .arg(&r.state)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("roost run"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not running"));
+    // the next roost would clean the leftover component up; here, by hand
+    for pid in common::processes_with(&tag) {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
 }
 
 #[test]

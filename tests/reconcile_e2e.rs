@@ -335,3 +335,66 @@ fn a_restart_of_roost_keeps_completed_jobs_done_and_restarts_the_rest_uncounted(
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "ran\n");
     let _ = std::fs::remove_file(&out);
 }
+
+#[test]
+fn a_restart_of_roost_with_a_broken_file_runs_the_last_valid_state() {
+    let tag = unique("lastgood");
+    let mut r = Roost::new(&deployment("lastgood", "", &sleeper("a", &tag)));
+    r.start();
+    r.wait_succeeded(1);
+    r.replace_atomically("apiVersion: roost/v1\nkind: Deployment\nmetadata: {name: lastgood}\nspec: {components: [}\n");
+    r.wait_for("spec error", WAIT, |s| !s["specError"].is_null());
+    r.kill9(); // e.g. a power cut while the file is broken
+    std::fs::remove_file(&r.file).unwrap();
+    r.start();
+    let s = r.wait_for("last valid state running", WAIT, |s| {
+        s["reconciler"]["pid"].as_u64() == Some(r.pid() as u64) && s["phase"] == "Succeeded"
+    });
+    assert!(!s["specError"].is_null(), "the problem stays reported");
+    assert_eq!(s["generation"], 1);
+    assert_eq!(processes_with(&tag).len(), 1);
+}
+
+#[test]
+fn a_component_ignoring_sigterm_is_killed_after_its_stop_timeout_with_its_whole_group() {
+    let tag = unique("stubborn");
+    let script =
+        format!("trap '' TERM; sleep 1000 & sleep 1000 & while :; do sleep 1; done # {tag}");
+    let comps = shell("stubborn", &script, "").replace("stopTimeout: 2s", "stopTimeout: 1s");
+    let mut r = Roost::new(&deployment("stubborn", "", &comps));
+    r.start();
+    let s = r.wait_succeeded(1);
+    let pgid = pid_of(&s, "stubborn");
+    let t0 = std::time::Instant::now();
+    r.replace_atomically(&deployment("stubborn", "  state: stopped\n", &comps));
+    r.wait_for("stopped", WAIT, |s| s["phase"] == "Stopped");
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "stopTimeout must be honoured, took {took:?}"
+    );
+    let group_left: Vec<u32> = processes_in_group(pgid as u32);
+    assert!(group_left.is_empty(), "left in the group: {group_left:?}");
+}
+
+#[test]
+fn a_second_roost_on_the_same_state_folder_is_refused() {
+    let tag = unique("single");
+    let mut r = Roost::new(&deployment("single", "", &sleeper("a", &tag)));
+    r.start();
+    let s = r.wait_succeeded(1);
+    let out = std::process::Command::new(ROOST)
+        .args(["run", "--runtime", "process", "--file"])
+        .arg(&r.file)
+        .arg("--state-dir")
+        .arg(&r.state)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another roost is already running"));
+    assert!(
+        alive(pid_of(&s, "a")),
+        "the first one's components are untouched"
+    );
+    assert_eq!(processes_with(&tag).len(), 1);
+}

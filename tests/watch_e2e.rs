@@ -190,3 +190,22 @@ fn invalid_file_at_start_is_reported() {
     r.replace_atomically(&yaml(1));
     r.wait_succeeded(1);
 }
+
+#[test]
+fn a_folder_created_after_start_is_seen() {
+    let mut r = Roost::new("");
+    let file = r.path("etc/roost/deployment.yaml");
+    r.start_with_file(&file);
+    let s = r.wait_for("missing file reported", Duration::from_secs(10), |s| {
+        !s["specError"].is_null()
+    });
+    assert!(
+        s["specError"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("etc/roost/deployment.yaml")
+    );
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, yaml(1)).unwrap();
+    r.wait_succeeded(1);
+}

@@ -15,8 +15,7 @@ use crate::runtime::{ComponentRun, ExitInfo, Observation, ObservedState};
 use crate::spec::{Deployment, RestartPolicy, RunState};
 use crate::status::{ComponentState, ComponentStatus, ErrorEntry, Phase};
 
-/// Quick failures in a row after which a restarting component is reported as a crash loop.
-pub const CRASH_LOOP_THRESHOLD: u32 = 3;
+pub use crate::history::CRASH_LOOP_THRESHOLD;
 /// Stop timeout for components that left the desired state (their own setting is gone).
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -437,6 +436,18 @@ fn decide_running(
             status.since = Some(exit.at);
             return crash_or_backoff(status, quick, Some(&exit), Some(due), verdict);
         }
+        if quick >= CRASH_LOOP_THRESHOLD {
+            // Restarting now, but still a crash loop: say so rather than "Starting".
+            status.since = Some(exit.at);
+            let looping = crash_or_backoff(status, quick, Some(&exit), None, verdict);
+            if deps_ready(dc, earlier, index) {
+                return Verdict {
+                    action: Some(Action::Start(dc.run.clone())),
+                    ..looping
+                };
+            }
+            return looping;
+        }
     }
 
     // Due to start: only once everything it depends on runs.
@@ -464,6 +475,15 @@ fn decide_running(
     }
     status.reason = Some("Starting".into());
     verdict(status, Some(Action::Start(dc.run.clone())), None, None)
+}
+
+fn deps_ready(dc: &DesiredComponent, earlier: &[Verdict], index: &BTreeMap<&str, usize>) -> bool {
+    dc.depends_on.iter().all(|dep| {
+        index
+            .get(dep.as_str())
+            .map(|i| &earlier[*i].status)
+            .is_none_or(|d| d.status == ComponentState::Running || is_done(d))
+    })
 }
 
 fn crash_or_backoff(

@@ -331,3 +331,32 @@ fn a_stop_that_failed_leaves_the_deployment_partially_deprovisioned() {
         "the stop is retried"
     );
 }
+
+#[test]
+fn zero_initial_backoff_still_reports_and_slows_a_crash_loop() {
+    let mut c = comp("a", RestartPolicy::Always, &[]);
+    c.run.backoff.initial = HumanDuration::from_secs(0);
+    let d = desired(vec![c]);
+    let first = History {
+        components: BTreeMap::from([exited_history("a", 1, 0, 1)]),
+        ..Default::default()
+    };
+    let p = run_plan(&d, Observation::new(), first, 0);
+    assert_eq!(p.actions.len(), 1, "the first crash restarts at once");
+    let looping = History {
+        components: BTreeMap::from([exited_history("a", 1, 0, 3)]),
+        ..Default::default()
+    };
+    let p = run_plan(&d, Observation::new(), looping.clone(), 0);
+    assert!(p.actions.is_empty());
+    assert_eq!(p.requeue_after, Some(Duration::from_secs(1)));
+    assert_eq!(p.components[0].reason.as_deref(), Some("CrashLoopBackOff"));
+    let p = run_plan(&d, Observation::new(), looping, 1);
+    assert_eq!(p.actions.len(), 1);
+    assert_eq!(
+        p.components[0].reason.as_deref(),
+        Some("CrashLoopBackOff"),
+        "restarting, still a loop"
+    );
+    assert_eq!(p.errors[0].code, "DEP_E163");
+}

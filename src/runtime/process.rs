@@ -9,6 +9,7 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,10 +32,15 @@ const LOG_ROTATIONS: u32 = 2;
 
 struct Child {
     pid: u32,
+    /// Kernel start time, read once at spawn: tells this child from a later process that
+    /// reuses its pid.
+    start_ticks: u64,
     spec_hash: String,
     since: Timestamp,
     exit: watch::Receiver<Option<ExitInfo>>,
-    stopping: bool,
+    /// Set while roost stops it: its exit is expected, and the rest of its group gets the
+    /// remainder of the stop timeout instead of an immediate SIGKILL.
+    stopping: Arc<AtomicBool>,
 }
 
 pub struct ProcessRuntime {
@@ -126,7 +132,7 @@ impl ProcessRuntime {
             .map(|(name, c)| {
                 let rec = ChildRecord {
                     pid: c.pid,
-                    start_ticks: proc_start_ticks(c.pid).unwrap_or(0),
+                    start_ticks: c.start_ticks,
                     spec_hash: c.spec_hash.clone(),
                 };
                 (name.as_str(), rec)
@@ -143,19 +149,27 @@ impl ProcessRuntime {
         }
     }
 
+    /// SIGTERM to the whole group, then up to `timeout` for the main process and everything
+    /// else in its group to exit, then SIGKILL to what is left.
     async fn stop_child(&mut self, name: &str, timeout: Duration) -> Result<(), RuntimeError> {
         self.exited.remove(name);
         let Some(child) = self.children.get_mut(name) else {
             return Ok(());
         };
-        child.stopping = true;
-        let pgid = Pid::from_raw(child.pid as i32);
+        child.stopping.store(true, Ordering::SeqCst);
+        let (pid, start_ticks) = (child.pid, child.start_ticks);
+        let pgid = Pid::from_raw(pid as i32);
         let mut exit = child.exit.clone();
-        let _ = killpg(pgid, Signal::SIGTERM);
-        let exited_in_time = tokio::time::timeout(timeout, exit.wait_for(|e| e.is_some()))
-            .await
-            .is_ok();
-        if !exited_in_time {
+        let deadline = tokio::time::Instant::now() + timeout;
+        if exit.borrow().is_none() {
+            let _ = killpg(pgid, Signal::SIGTERM);
+        }
+        let _ = tokio::time::timeout_at(deadline, exit.wait_for(|e| e.is_some())).await;
+        // The main process may be a wrapper (sh -c ...): its group gets the rest of the timeout.
+        while group_members_since(pid, start_ticks) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if exit.borrow().is_none() || group_members_since(pid, start_ticks) {
             tracing::warn!(
                 component = name,
                 ?timeout,
@@ -168,7 +182,7 @@ impl ProcessRuntime {
             {
                 return Err(RuntimeError::Component {
                     name: name.to_string(),
-                    message: format!("process {} did not exit after SIGKILL", pgid),
+                    message: format!("process {pgid} did not exit after SIGKILL"),
                 });
             }
         }
@@ -242,6 +256,20 @@ impl Runtime for ProcessRuntime {
         if let Some(dir) = &run.working_dir {
             cmd.current_dir(dir);
         }
+        if let Some(dir) = &run.working_dir
+            && !dir.is_dir()
+        {
+            return Err(RuntimeError::Component {
+                name: name.clone(),
+                message: format!("workingDir {} is not a folder", dir.display()),
+            });
+        }
+        // Opened before the spawn: a child must never run without being tracked.
+        let log = Arc::new(Mutex::new(LogFile::open(
+            &self.logs_dir,
+            &name,
+            self.log_max_bytes,
+        )?));
         let mut child = cmd.spawn().map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
                 RuntimeError::ExecutableNotFound {
@@ -255,11 +283,7 @@ impl Runtime for ProcessRuntime {
             },
         })?;
         let pid = child.id().unwrap_or(0);
-        let log = Arc::new(Mutex::new(LogFile::open(
-            &self.logs_dir,
-            &name,
-            self.log_max_bytes,
-        )?));
+        let start_ticks = proc_start_ticks(pid).unwrap_or(0);
         if let Some(out) = child.stdout.take() {
             tokio::spawn(pump(out, log.clone()));
         }
@@ -267,6 +291,8 @@ impl Runtime for ProcessRuntime {
             tokio::spawn(pump(err, log));
         }
         let (exit_watch_tx, exit_watch_rx) = watch::channel(None);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let stopping_seen_by_waiter = stopping.clone();
         let events = self.exit_tx.clone();
         let event_name = name.clone();
         tokio::spawn(async move {
@@ -279,9 +305,11 @@ impl Runtime for ProcessRuntime {
                     .and_then(std::os::unix::process::ExitStatusExt::signal),
                 at: Timestamp::now(),
             };
-            // What the component left behind in its group goes with it, so a crashed component
-            // never leaves a duplicate beside its replacement.
-            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            // What a crashed component left behind in its group goes with it, so it never
+            // leaves a duplicate beside its replacement. (A stop handles the group itself.)
+            if !stopping_seen_by_waiter.load(Ordering::SeqCst) {
+                let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
             let _ = exit_watch_tx.send(Some(exit));
             let _ = events.send((event_name, pid, exit));
         });
@@ -290,10 +318,11 @@ impl Runtime for ProcessRuntime {
             name,
             Child {
                 pid,
+                start_ticks,
                 spec_hash: run.spec_hash.clone(),
                 since: Timestamp::now(),
                 exit: exit_watch_rx,
-                stopping: false,
+                stopping,
             },
         );
         self.save_pids();
@@ -329,7 +358,7 @@ impl Runtime for ProcessRuntime {
             let current = self
                 .children
                 .get(&name)
-                .is_some_and(|c| c.pid == pid && !c.stopping);
+                .is_some_and(|c| c.pid == pid && !c.stopping.load(Ordering::SeqCst));
             if !current {
                 continue;
             }
@@ -422,18 +451,22 @@ impl LogFile {
     fn write(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             let room = self.max.saturating_sub(self.size) as usize;
-            if room == 0 {
-                self.rotate();
-                continue;
-            }
-            let mut take = room.min(bytes.len());
-            if take < bytes.len()
-                && let Some(nl) = bytes[..take].iter().rposition(|b| *b == b'\n')
-            {
-                take = nl + 1;
-            } else if take < bytes.len() && self.size > 0 {
-                // No line end fits: start a fresh file rather than split a line.
-                self.rotate();
+            let take = if bytes.len() <= room {
+                bytes.len()
+            } else if let Some(nl) = bytes[..room].iter().rposition(|b| *b == b'\n') {
+                nl + 1
+            } else if self.size == 0 {
+                room.max(1) // a line longer than the cap is split
+            } else {
+                0 // no line end fits: start a fresh file rather than split a line
+            };
+            if take == 0 {
+                if !self.rotate() {
+                    // Folder gone or disk read-only: write past the cap rather than loop, so
+                    // logs never stall the supervisor.
+                    let _ = self.file.write_all(bytes);
+                    return;
+                }
                 continue;
             }
             if self.file.write_all(&bytes[..take]).is_err() {
@@ -444,18 +477,24 @@ impl LogFile {
         }
     }
 
-    fn rotate(&mut self) {
+    /// Shifts `NAME.log` to `NAME.log.1` (and so on) and opens a fresh file; false when that
+    /// could not be done.
+    fn rotate(&mut self) -> bool {
         for i in (1..LOG_ROTATIONS).rev() {
             let _ = std::fs::rename(rotated(&self.path, i), rotated(&self.path, i + 1));
         }
         let _ = std::fs::rename(&self.path, rotated(&self.path, 1));
-        if let Ok(f) = std::fs::OpenOptions::new()
+        match std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.path)
         {
-            self.file = f;
-            self.size = 0;
+            Ok(f) => {
+                self.file = f;
+                self.size = 0;
+                true
+            }
+            Err(_) => false,
         }
     }
 }
@@ -541,6 +580,17 @@ mod tests {
         std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = resolve_program(plain.to_str().unwrap(), "", None).unwrap_err();
         assert!(err.to_string().contains("not executable"), "{err}");
+    }
+
+    #[test]
+    fn a_log_that_cannot_rotate_never_stalls() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("logs");
+        std::fs::create_dir(&logs).unwrap();
+        let mut log = LogFile::open(&logs, "c", 4).unwrap();
+        std::fs::remove_dir_all(&logs).unwrap();
+        log.write(b"0123\n");
+        log.write(b"456\n789\n"); // must return although the folder is gone
     }
 
     #[test]
