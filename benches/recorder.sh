@@ -4,25 +4,28 @@
 #
 #   1. paced, 48 kHz mono and 384 kHz mono, continuous 60 s files: dropped samples (must be 0),
 #      CPU time of the recorder as a share of one core, peak resident memory;
-#   2. unpaced (dd from /dev/zero into the FIFO, held back only by the recorder): sustained
-#      throughput of the recorder in MB/s, against the disk's own write speed measured with dd
-#      in the same folder in the same run.
+#   2. unpaced: the FIFO fed at 25, 50, 100, 200 MB/s and then without limit (dd from
+#      /dev/zero): MB/s written and frames dropped, against the disk's own write speed measured
+#      with dd in the same folder in the same run.
 #
-# Usage: benches/recorder.sh [--seconds N] [--unpaced-seconds N] [--dir DIR]
+# Usage: benches/recorder.sh [--seconds N] [--unpaced-seconds N] [--dir DIR] [--only paced|unpaced]
 #   --seconds N          paced run length per rate (default 600 = 10 minutes)
-#   --unpaced-seconds N  unpaced run length (default 20)
+#   --unpaced-seconds N  length of each unpaced run (default 10)
 #   --dir DIR            work folder (default: a new folder under /var/tmp); its disk is measured
+#   --only paced|unpaced run one part only
 # Environment: ROOST_BIN (default target/release/roost, built if missing).
 set -euo pipefail
 
 paced_seconds=600
-unpaced_seconds=20
+unpaced_seconds=10
 work=""
+only=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --seconds) paced_seconds="$2"; shift 2 ;;
         --unpaced-seconds) unpaced_seconds="$2"; shift 2 ;;
         --dir) work="$2"; shift 2 ;;
+        --only) only="$2"; shift 2 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -104,48 +107,77 @@ EOF
     if grep -q "fell behind" "$d/feed.log"; then echo "  feeder: $(cat "$d/feed.log")"; fi
 }
 
-unpaced() {
-    local rate=384000 d="$work/unpaced" period=$((384000 / 25))
+# One unpaced run: input at `target` MB/s (0: unlimited, dd from /dev/zero), for `unpaced_seconds`.
+unpaced_run() {
+    local target=$1 rate=384000 d="$work/unpaced" period=$((384000 / 25))
     rm -rf "$d"; mkdir -p "$d"
     mkfifo "$d/mic.fifo"
     asound_conf "$rate" "$d/mic.fifo" "$d/asound.conf"
     recorder_config "$rate" 10s "$d/storage" "$period" "$d/config.json"
-    # As fast as the recorder takes it: the pipe blocks dd whenever the recorder is behind.
-    # Opened read-write (1<>) so that the recorder's probing open and close of the device
-    # does not leave the pipe without a reader (SIGPIPE).
-    dd if=/dev/zero bs=$((period * 2)) 1<> "$d/mic.fifo" 2> /dev/null &
+    # The FIFO is opened read-write (1<>, O_RDWR) so that the recorder's probing open and close
+    # of the device never leaves the pipe without a reader.
+    if [ "$target" = 0 ]; then
+        dd if=/dev/zero bs=$((period * 2)) 1<> "$d/mic.fifo" 2> /dev/null &
+    else
+        python3 - "$d/mic.fifo" "$target" $((period * 2)) <<'EOF' &
+import fcntl, os, sys, time
+path, rate, chunk = sys.argv[1], float(sys.argv[2]) * 1e6, int(sys.argv[3])
+fd = os.open(path, os.O_RDWR)
+fcntl.fcntl(fd, 1031, 1 << 20)  # F_SETPIPE_SZ: a deep pipe
+buf, t0, sent = bytes(chunk), time.monotonic(), 0
+while True:
+    delay = t0 + sent / rate - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+    os.write(fd, buf)
+    sent += chunk
+EOF
+    fi
     local feeder=$!; pids+=("$feeder")
     ALSA_CONFIG_PATH="$d/asound.conf" "$bin" record --config "$d/config.json" --state-dir "$d/state" 2> "$d/recorder.log" &
     local rec=$!; pids+=("$rec")
     sleep 2
-    local t0 b0 t1 b1 c0 c1
+    local t0 b0 t1 b1 c0 c1 d0 d1
+    d0=$(report_field "$d/state/recorder-report.json" samplesDropped)
     t0=$(date +%s.%N); b0=$(du -sb "$d/storage" | cut -f1); c0=$(cpu_ticks "$rec")
     sleep "$unpaced_seconds"
     t1=$(date +%s.%N); b1=$(du -sb "$d/storage" | cut -f1); c1=$(cpu_ticks "$rec")
-    kill "$feeder" 2>/dev/null || true
+    # The recorder first: a FIFO whose writer is gone reads as end of file, which ALSA's file
+    # plugin turns into an endless stream of silence.
     kill -TERM "$rec"; wait "$rec" || true
-    local dropped captured
-    dropped=$(report_field "$d/state/recorder-report.json" samplesDropped)
-    captured=$(report_field "$d/state/recorder-report.json" samplesCaptured)
-    rm -rf "$d/storage"
-    # The disk's own sequential write speed, same folder, data forced to disk.
-    local disk
-    disk=$(dd if=/dev/zero of="$d/dd.test" bs=1M count=1024 conv=fdatasync 2>&1 | tail -1)
-    rm -f "$d/dd.test"
-    python3 - "$t0" "$t1" "$b0" "$b1" "$dropped" "$captured" "$disk" "$c0" "$c1" "$clk" <<'EOF'
-import re, sys
-t0, t1, b0, b1, dropped, captured, disk, c0, c1, clk = sys.argv[1:]
+    kill "$feeder" 2>/dev/null || true
+    d1=$(report_field "$d/state/recorder-report.json" samplesDropped)
+    python3 - "$target" "$t0" "$t1" "$b0" "$b1" "$c0" "$c1" "$clk" "$d0" "$d1" <<'EOF'
+import sys
+target, t0, t1, b0, b1, c0, c1, clk, d0, d1 = sys.argv[1:]
 wall = float(t1) - float(t0)
 mbps = (int(b1) - int(b0)) / wall / 1e6
 cpu = (float(c1) - float(c0)) / float(clk) / wall * 100
-m = re.search(r"([0-9.,]+) ([kMG]?B)/s", disk)
-print(f"unpaced 384 kHz mono: recorder sustained {mbps:.0f} MB/s into WAV files "
-      f"({mbps * 1e6 / 768000:.0f}x real time, CPU {cpu:.0f}% of one core, frames captured {captured}, "
-      f"dropped {dropped}); disk alone (dd 1 GiB, fdatasync): {m.group(0) if m else disk}")
+what = "unlimited (dd /dev/zero)" if target == "0" else f"{float(target):g} MB/s"
+print(f"unpaced 384 kHz mono, input {what}: written {mbps:.0f} MB/s ({mbps * 1e6 / 768000:.0f}x real time), "
+      f"recorder CPU {cpu:.0f}% of one core, frames dropped {int(d1) - int(d0)}"
+      f"{' (the ring overflows: input faster than the writer)' if int(d1) > int(d0) else ''}")
 EOF
+    rm -rf "$d/storage"
+}
+
+unpaced() {
+    local target
+    for target in 25 50 100 200 0; do
+        unpaced_run "$target"
+    done
+    # The disk's own sequential write speed, same folder, data forced to disk.
+    local disk
+    disk=$(dd if=/dev/zero of="$work/dd.test" bs=1M count=1024 conv=fdatasync 2>&1 | tail -1)
+    rm -f "$work/dd.test"
+    echo "disk alone, same folder (dd 1 GiB, conv=fdatasync): $disk"
 }
 
 echo "roost recorder benchmark: $(date -u +%FT%TZ), $(nproc) cores, binary $bin, work folder $work"
-paced 48000
-paced 384000
-unpaced
+if [ "$only" != unpaced ]; then
+    paced 48000
+    paced 384000
+fi
+if [ "$only" != paced ]; then
+    unpaced
+fi

@@ -14,9 +14,28 @@ use crate::spec::recorder::SampleFormat;
 /// Extra bytes reserved beyond the audio for the header and the GUANO chunk.
 pub const RESERVE_EXTRA: u64 = 8192;
 
+type Writer = hound::WavWriter<BufWriter<File>>;
+
 /// A sample as the writer holds it: i16, i32 (24-bit) or f32.
-pub trait WavSample: Copy + Default + Send + 'static + hound::Sample {}
-impl WavSample for i16 {}
+pub trait WavSample: Copy + Default + Send + 'static + hound::Sample {
+    /// Appends samples; i16 (the common case) uses hound's block writer.
+    fn write_all(writer: &mut Writer, samples: &[Self]) -> hound::Result<()> {
+        for &s in samples {
+            writer.write_sample(s)?;
+        }
+        Ok(())
+    }
+}
+impl WavSample for i16 {
+    fn write_all(writer: &mut Writer, samples: &[Self]) -> hound::Result<()> {
+        // Files of i16 samples are always written as 16-bit integers (see `hound_spec`).
+        let mut block = writer.get_i16_writer(samples.len() as u32);
+        for &s in samples {
+            block.write_sample(s);
+        }
+        block.flush()
+    }
+}
 impl WavSample for i32 {}
 impl WavSample for f32 {}
 
@@ -98,7 +117,7 @@ fn single_line(s: &str) -> String {
 
 /// A file being written.
 pub struct WavFile<T: WavSample> {
-    writer: hound::WavWriter<BufWriter<File>>,
+    writer: Writer,
     file: File,
     format: WavFormat,
     frames: u64,
@@ -148,9 +167,7 @@ impl<T: WavSample> WavFile<T> {
 
     /// Appends whole frames.
     pub fn write(&mut self, samples: &[T]) -> std::io::Result<()> {
-        for &s in samples {
-            self.writer.write_sample(s).map_err(hound_to_io)?;
-        }
+        T::write_all(&mut self.writer, samples).map_err(hound_to_io)?;
         let channels = u64::from(self.format.channels);
         self.frames += samples.len() as u64 / channels;
         self.samples_since_checkpoint += samples.len() as u64;
