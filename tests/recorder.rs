@@ -170,17 +170,17 @@ fn a_device_that_vanishes_is_reported_and_recording_resumes_when_it_returns() {
     rig.assert_consistent();
 }
 
-/// Mounts a small tmpfs (the tests run as root) and unmounts it on drop.
+/// Mounts a small tmpfs (needs root, as CI has) and unmounts it on drop.
 struct Tmpfs(PathBuf);
 impl Tmpfs {
-    fn mount(at: &std::path::Path, size: &str) -> Self {
+    fn mount(at: &std::path::Path, size: &str) -> Option<Self> {
         let status = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(at)
+            .stderr(std::process::Stdio::null())
             .status()
-            .unwrap();
-        assert!(status.success(), "mount tmpfs (needs root)");
-        Self(at.to_path_buf())
+            .ok()?;
+        status.success().then(|| Self(at.to_path_buf()))
     }
 }
 impl Drop for Tmpfs {
@@ -196,7 +196,14 @@ impl Drop for Tmpfs {
 fn a_disk_that_fills_ends_the_file_registered_and_says_so() {
     let rate = 48_000;
     let rig = Rig::new(rate, json!({"duration": "2s"}), json!({}));
-    let _mount = Tmpfs::mount(&rig.storage, "4M");
+    let Some(_mount) = Tmpfs::mount(&rig.storage, "4M") else {
+        assert!(
+            !nix::unistd::Uid::effective().is_root(),
+            "mounting a tmpfs failed as root"
+        );
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
     let feeder = PacedFeeder::start(&rig.fifo, rate, rig.period);
     let mut child = KillOnDrop(rig.spawn_recorder());
     let r = rig.wait_report("a file", LONG, |r| {
