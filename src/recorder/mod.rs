@@ -267,6 +267,8 @@ struct Recorder<T: WavSample> {
     index: u64,
     /// Frames before this index are not recorded (between files, outside windows, low space).
     skip_until: u64,
+    /// Finished files whose row could not be written yet.
+    unregistered: Vec<NewRecording>,
     /// Counters of earlier streams, added to the current stream's.
     captured_before: u64,
     dropped_before: u64,
@@ -322,6 +324,7 @@ impl<T: WavSample> Recorder<T> {
             warned_fast_input: false,
             index: 0,
             skip_until: 0,
+            unregistered: Vec::new(),
             captured_before: 0,
             dropped_before: 0,
             overruns_before: 0,
@@ -985,12 +988,31 @@ impl<T: WavSample> Recorder<T> {
             samplerate_hz: self.format.sample_rate,
             audio_channels: self.format.channels,
         };
-        if let Err(e) = storage.register(&rec, &self.deployment_id) {
-            // The file stays; the next start's repair registers it.
+        // Rows that could not be written before (a full disk, a damaged database) go first.
+        let mut unregistered = std::mem::take(&mut self.unregistered);
+        unregistered.push(rec);
+        let mut failure = None;
+        let mut registered = 0;
+        for rec in unregistered {
+            if failure.is_some() {
+                self.unregistered.push(rec);
+                continue;
+            }
+            match storage.register(&rec, &self.deployment_id) {
+                Ok(_) => registered += 1,
+                Err(e) => {
+                    // The file stays in recordings/: retried with the next file, and registered
+                    // by the next start's repair at the latest.
+                    self.unregistered.push(rec);
+                    failure = Some(e);
+                }
+            }
+        }
+        self.report.files_written += registered;
+        if let Some(e) = failure {
             self.storage_failed(&e);
             return;
         }
-        self.report.files_written += 1;
         self.report.last_file = Some(target);
         self.report.last_file_at = Some(Timestamp::now());
         self.force_report();
