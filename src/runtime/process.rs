@@ -166,8 +166,12 @@ impl ProcessRuntime {
         }
         let _ = tokio::time::timeout_at(deadline, exit.wait_for(|e| e.is_some())).await;
         // The main process may be a wrapper (sh -c ...): its group gets the rest of the timeout.
+        // Group members usually follow the leader within a millisecond: look again soon, then
+        // less often (bounded by the stop timeout).
+        let mut pause = Duration::from_millis(1);
         while group_members_since(pid, start_ticks) && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(20));
         }
         if exit.borrow().is_none() || group_members_since(pid, start_ticks) {
             tracing::warn!(
