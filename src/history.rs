@@ -43,6 +43,11 @@ pub struct ComponentHistory {
     #[serde(default)]
     pub start_error_code: Option<String>,
     pub start_error_at: Option<Timestamp>,
+    /// The runtime's own restart counter (systemd's NRestarts) as last seen; it resets when the
+    /// unit is stopped or the machine reboots, so what it had counted is folded into
+    /// `restart_count` then.
+    #[serde(default)]
+    pub runtime_restarts_seen: u32,
 }
 
 impl ComponentHistory {
@@ -76,6 +81,17 @@ impl ComponentHistory {
             self.consecutive_failures.saturating_add(1)
         };
         self.last_exit = Some(exit);
+    }
+
+    /// Takes note of the runtime's restart counter; a counter that went down was reset, and
+    /// the restarts it had counted are kept.
+    pub fn observe_runtime_restarts(&mut self, now_counted: u32) {
+        if now_counted < self.runtime_restarts_seen {
+            self.restart_count = self
+                .restart_count
+                .saturating_add(self.runtime_restarts_seen);
+        }
+        self.runtime_restarts_seen = now_counted;
     }
 
     /// Roost itself stopped the component (a stop of the deployment, roost shutting down): the
@@ -270,6 +286,18 @@ mod tests {
         let after = History::load(&path);
         assert_eq!(after.components["a"].last_exit, None);
         assert_eq!(after.components["a"].restart_count, 3);
+    }
+
+    #[test]
+    fn runtime_restart_counts_survive_their_reset() {
+        let mut h = ComponentHistory::new("x");
+        h.observe_runtime_restarts(2);
+        h.observe_runtime_restarts(3);
+        assert_eq!(h.restart_count + h.runtime_restarts_seen, 3);
+        h.observe_runtime_restarts(0); // StopUnit or a reboot reset NRestarts
+        assert_eq!(h.restart_count + h.runtime_restarts_seen, 3);
+        h.observe_runtime_restarts(1);
+        assert_eq!(h.restart_count + h.runtime_restarts_seen, 4);
     }
 
     #[test]

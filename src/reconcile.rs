@@ -246,6 +246,21 @@ impl<R: Runtime> Reconciler<R> {
                 self.write_status(None);
                 return;
             };
+            if self.runtime.restarts_itself() {
+                let mut changed = false;
+                for dc in &desired.components {
+                    if let Some(o) = observed.get(dc.run.name.as_str()) {
+                        let record = self
+                            .history
+                            .for_spec(dc.run.name.as_str(), &dc.run.spec_hash);
+                        changed |= record.runtime_restarts_seen != o.runtime_restarts;
+                        record.observe_runtime_restarts(o.runtime_restarts);
+                    }
+                }
+                if changed {
+                    self.save_history();
+                }
+            }
             let mut plan = plan::plan(&PlanInput {
                 desired,
                 observed: &observed,

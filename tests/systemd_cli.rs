@@ -59,7 +59,19 @@ async fn run_with_the_user_manager_and_adopt_after_a_restart_of_roost() {
     assert_eq!(pid_of(&s, "worker"), pid);
     assert_eq!(component(&s, "worker")["restartCount"], 0);
 
-    // state: stopped stops the unit through roost
+    // systemd restarts a killed component; roost counts it (NRestarts)
+    Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    let s = r.wait_for("restarted by systemd", Duration::from_secs(20), |s| {
+        component(s, "worker")["status"] == "Running"
+            && component(s, "worker")["pid"].as_u64() != Some(pid)
+    });
+    assert_eq!(component(&s, "worker")["restartCount"], 1);
+    let pid = pid_of(&s, "worker");
+
+    // state: stopped stops the unit through roost (which resets NRestarts: the count stays)
     r.replace_atomically(&deployment(
         "sdcli",
         "  state: stopped\n",
@@ -69,5 +81,12 @@ async fn run_with_the_user_manager_and_adopt_after_a_restart_of_roost() {
         s["phase"] == "Stopped"
     });
     assert!(!alive(pid));
+    r.replace_atomically(&deployment("sdcli", "", &sleeper("worker", &tag)));
+    let s = r.wait_succeeded(3);
+    assert_eq!(
+        component(&s, "worker")["restartCount"],
+        1,
+        "restart counts survive a stop"
+    );
     r.stop();
 }
