@@ -103,6 +103,42 @@ fn roost_run_records_and_reports_a_stalled_recorder_as_an_error() {
         let c = component(s, "recorder");
         c["status"] == "Running" && c["output"]["filesWritten"].as_u64() > Some(before)
     });
+    // Editing the file under the same name continues the deployment row; stopping ends it.
+    let stopped = recorder_yaml(&storage).replace("spec:\n", "spec:\n  state: stopped\n");
+    r.replace_atomically(&stopped);
+    r.wait_for("stopped", Duration::from_secs(60), |s| {
+        s["phase"] == "Stopped"
+    });
+    let db = rusqlite::Connection::open(storage.join("metadata.db")).unwrap();
+    let rows: Vec<(String, Option<String>)> = db
+        .prepare("SELECT name, ended_on FROM deployment")
+        .unwrap()
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].0, "rec-e2e");
+    assert!(
+        rows[0].1.is_some(),
+        "ended_on set when the deployment stops: {rows:?}"
+    );
+    let paths: Vec<String> = db
+        .prepare("SELECT path FROM recording")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(paths.len() >= 3);
+    for p in &paths {
+        let full = if p.starts_with('/') {
+            std::path::PathBuf::from(p)
+        } else {
+            storage.join(p)
+        };
+        assert!(full.exists(), "row without file: {p}");
+    }
     assert_eq!(r.stop(), Some(0));
     drop(feed);
 }
