@@ -454,15 +454,7 @@ impl<T: WavSample> Recorder<T> {
                 }
                 continue;
             };
-            let guano = Guano {
-                start,
-                deployment: self.config.deployment.clone(),
-                device: self.config.recorder.device.to_string(),
-                latitude_longitude: self
-                    .config
-                    .location
-                    .map(|l| (l.latitude.value(), l.longitude.value())),
-            };
+            let guano = guano_of(&self.config, start);
             match wav::salvage(&temp, &guano, final_name) {
                 Ok(Some((frames, format))) => {
                     let target = storage::recording_path(&storage.recordings_dir(), start);
@@ -885,15 +877,7 @@ impl<T: WavSample> Recorder<T> {
     }
 
     fn guano(&self, start: Timestamp) -> Guano {
-        Guano {
-            start,
-            deployment: self.config.deployment.clone(),
-            device: self.config.recorder.device.to_string(),
-            latitude_longitude: self
-                .config
-                .location
-                .map(|l| (l.latitude.value(), l.longitude.value())),
-        }
+        guano_of(&self.config, start)
     }
 
     /// Ends the open file where it is (stop, device loss, a gap), keeping it if it holds audio.
@@ -1066,4 +1050,16 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// The GUANO metadata of a file of this recorder starting at `start`.
+fn guano_of(config: &RecordConfig, start: Timestamp) -> Guano {
+    Guano {
+        start,
+        deployment: config.deployment.clone(),
+        device: config.recorder.device.to_string(),
+        latitude_longitude: config
+            .location
+            .map(|l| (l.latitude.value(), l.longitude.value())),
+    }
 }

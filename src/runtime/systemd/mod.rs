@@ -152,6 +152,16 @@ enum JobKind {
 }
 
 impl SystemdRuntime {
+    /// Roost's own job on `unit` is over: signals about it are news again, and the unit is
+    /// read afresh at the next observe.
+    fn roost_job_done(&self, unit: &str) {
+        let mut s = lock(&self.shared);
+        s.roost_busy.remove(unit);
+        if let Some(entry) = s.units.get_mut(unit) {
+            entry.dirty = true;
+        }
+    }
+
     /// Connects to the manager, subscribes to its signals and starts watching. Fails when no
     /// manager answers; after that, losing it is reported as [`RuntimeEvent::Unreachable`] and
     /// the watcher reconnects with back-off.
@@ -688,11 +698,7 @@ impl Runtime for SystemdRuntime {
             s.roost_busy.insert(unit.clone());
         }
         let result = self.start_inner(&link, run, &unit, &text).await;
-        let mut s = lock(&self.shared);
-        s.roost_busy.remove(&unit);
-        if let Some(entry) = s.units.get_mut(&unit) {
-            entry.dirty = true;
-        }
+        self.roost_job_done(&unit);
         result
     }
 
@@ -711,11 +717,7 @@ impl Runtime for SystemdRuntime {
             s.clear_operator_stop(&unit);
         }
         let result = self.stop_inner(&link, &unit, timeout).await;
-        let mut s = lock(&self.shared);
-        s.roost_busy.remove(&unit);
-        if let Some(entry) = s.units.get_mut(&unit) {
-            entry.dirty = true;
-        }
+        self.roost_job_done(&unit);
         result
     }
 
