@@ -22,6 +22,8 @@ use crate::spec::Location;
 use crate::spec::recorder::{OnLowSpace, StorageSpec};
 
 pub const DB_FILE: &str = "metadata.db";
+/// Oldest recordings deleted at most per space check under `onLowSpace: deleteOldest`.
+pub const MAX_DELETIONS_PER_CHECK: usize = 50;
 pub const RECORDINGS_DIR: &str = "recordings";
 pub const PARTIAL_DIR: &str = ".partial";
 pub const QUARANTINE_DIR: &str = "quarantine";
@@ -432,7 +434,10 @@ impl Storage {
             });
         }
         let mut deleted = 0;
-        while free < wanted {
+        // Deleting must actually help: stop when a deletion frees nothing here (files on
+        // another file system, or the disk filled by something else), and delete a bounded
+        // number per call so the writer thread never stalls long enough to drop samples.
+        while free < wanted && deleted < MAX_DELETIONS_PER_CHECK {
             let oldest: Option<(String, String)> = self
                 .conn
                 .query_row(
@@ -459,7 +464,14 @@ impl Storage {
                 .map_err(self.db_error("remove the oldest recording's row"))?;
             tracing::info!(path = %path, "deleted the oldest recording to keep minFreeSpace (onLowSpace: deleteOldest)");
             deleted += 1;
+            let before = free;
             free = self.free_bytes()?;
+            if free <= before {
+                tracing::warn!(
+                    "deleting recordings does not free space on this disk; keeping the rest"
+                );
+                break;
+            }
         }
         if free >= wanted {
             Ok(SpaceCheck::Enough { deleted })
@@ -783,9 +795,16 @@ mod tests {
             )
             .unwrap();
         }
-        // More than the disk holds: everything goes, and it still says Low.
+        // More than the disk holds: the oldest go first, deletion stops once it no longer frees
+        // space (or the rows run out), and it still says Low.
         assert!(matches!(s.ensure_space(0).unwrap(), SpaceCheck::Low { .. }));
-        assert!(s.recordings().unwrap().is_empty());
+        let left = s.recordings().unwrap();
+        assert!(left.len() < 3, "at least the oldest was deleted");
+        assert!(
+            left.iter()
+                .all(|r| !r.datetime.starts_with("2026-06-01T10:00")),
+            "oldest first"
+        );
         let mut stop = Storage::open(dir.path(), &spec(free * 2, OnLowSpace::Stop)).unwrap();
         assert!(matches!(
             stop.ensure_space(0).unwrap(),

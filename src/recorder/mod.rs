@@ -862,7 +862,9 @@ impl<T: WavSample> Recorder<T> {
         let guano = self.guano(file.start);
         let name = storage::recording_file_name(file.start);
         match wav::salvage(&file.temp, &guano, &name) {
-            Ok(Some((frames, _))) => self.place_and_register(&file.temp, file.start, frames),
+            Ok(Some((frames, _))) => {
+                self.place_and_register(&file.temp, file.start, frames);
+            }
             _ => {
                 let _ = std::fs::remove_file(&file.temp);
             }
@@ -901,7 +903,13 @@ impl<T: WavSample> Recorder<T> {
         let guano = self.guano(file.start);
         let dropped = self.report.samples_dropped - file.dropped_at_start;
         match file.wav.finish(&guano, &name) {
-            Ok(frames) => self.place_and_register(&file.temp, file.start, frames),
+            Ok(frames) => {
+                if !self.place_and_register(&file.temp, file.start, frames) {
+                    // storage_failed has put the error in the report: it must stay there, or
+                    // files would keep landing without rows while the status says Running.
+                    return;
+                }
+            }
             Err(e) => {
                 let code = if storage::is_disk_full(&e) {
                     errors::DISK_FULL
@@ -912,7 +920,7 @@ impl<T: WavSample> Recorder<T> {
                 tracing::error!(code = code.code, "{message}");
                 match wav::salvage(&file.temp, &guano, &name) {
                     Ok(Some((frames, _))) => {
-                        self.place_and_register(&file.temp, file.start, frames)
+                        self.place_and_register(&file.temp, file.start, frames);
                     }
                     _ => {
                         let _ = std::fs::remove_file(&file.temp);
@@ -951,9 +959,11 @@ impl<T: WavSample> Recorder<T> {
         self.set_state(state, error);
     }
 
-    fn place_and_register(&mut self, temp: &Path, start: Timestamp, frames: u64) {
+    /// Moves a finished file into recordings/ and registers it (with any rows still owed);
+    /// false when that failed and the error is in the report.
+    fn place_and_register(&mut self, temp: &Path, start: Timestamp, frames: u64) -> bool {
         let Some(storage) = self.storage.as_mut() else {
-            return;
+            return false;
         };
         let target = storage::recording_path(&storage.recordings_dir(), start);
         if let Err(e) = move_into_place(temp, &target) {
@@ -963,7 +973,7 @@ impl<T: WavSample> Recorder<T> {
                 source: e,
             };
             self.storage_failed(&err);
-            return;
+            return false;
         }
         let rec = NewRecording {
             path: target.clone(),
@@ -995,14 +1005,27 @@ impl<T: WavSample> Recorder<T> {
         self.report.files_written += registered;
         if let Some(e) = failure {
             self.storage_failed(&e);
-            return;
+            return false;
         }
         self.report.last_file = Some(target);
         self.report.last_file_at = Some(Timestamp::now());
         self.force_report();
+        true
     }
 
     fn set_state(&mut self, state: RecorderState, error: Option<ReportError>) {
+        // Files whose rows are still owed keep the recorder in error until they are written.
+        let error = error.or_else(|| {
+            (!self.unregistered.is_empty()).then(|| {
+                ReportError::new(
+                    errors::METADATA_DB_ERROR,
+                    format!(
+                        "{} recordings are in recordings/ without their metadata.db row yet; retried with every file",
+                        self.unregistered.len()
+                    ),
+                )
+            })
+        });
         if self.report.state != state || self.report.error != error {
             self.report.state = state;
             self.report.error = error;

@@ -260,16 +260,20 @@ pub fn salvage(
         .write(true)
         .open(temp)?;
     let len = file.metadata()?.len();
-    let reader = match hound::WavReader::new(std::io::BufReader::new(&file)) {
-        Ok(r) => r,
-        Err(_) => return Ok(None),
-    };
+    // A header that cannot be read is not "no audio": the caller keeps such a file aside.
+    let unreadable = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidData, why);
+    let reader = hound::WavReader::new(std::io::BufReader::new(&file))
+        .map_err(|e| unreadable(format!("unreadable WAV header: {e}")))?;
     let spec = reader.spec();
     let sample_format = match (spec.sample_format, spec.bits_per_sample) {
         (hound::SampleFormat::Int, 16) => SampleFormat::I16,
         (hound::SampleFormat::Int, 24) => SampleFormat::I24,
         (hound::SampleFormat::Float, 32) => SampleFormat::F32,
-        _ => return Ok(None),
+        (f, bits) => {
+            return Err(unreadable(format!(
+                "unexpected sample format {f:?} {bits} bits"
+            )));
+        }
     };
     let format = WavFormat {
         sample_rate: spec.sample_rate,

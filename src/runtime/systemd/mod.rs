@@ -365,17 +365,12 @@ impl SystemdRuntime {
     ) -> Result<(), RuntimeError> {
         let path = self.unit_dir.join(unit);
         let existing = read_optional(&path)?;
-        if let Some(existing) = &existing
-            && unit::parse_marker(existing).is_none()
-        {
-            return Err(RuntimeError::Component {
-                name: run.name.to_string(),
-                message: format!(
-                    "{} exists and was not written by roost (no marker line); roost leaves it alone: move it away",
-                    path.display()
-                ),
-            });
-        }
+        check_owned(
+            existing.as_deref(),
+            &path,
+            &run.deployment,
+            run.name.as_str(),
+        )?;
         let file_changed = existing.as_deref() != Some(text);
         let before = self.refresh(link, unit).await?;
         // The manager may hold an older copy of an unchanged file (written but never reloaded,
@@ -488,22 +483,12 @@ impl SystemdRuntime {
         &mut self,
         link: &Link,
         unit: &str,
+        (deployment, component): (&str, &str),
         timeout: Duration,
     ) -> Result<(), RuntimeError> {
         let path = self.unit_dir.join(unit);
         let existing = read_optional(&path)?;
-        if existing
-            .as_deref()
-            .is_some_and(|text| unit::parse_marker(text).is_none())
-        {
-            return Err(RuntimeError::Component {
-                name: unit.to_string(),
-                message: format!(
-                    "{} was not written by roost (no marker line); roost leaves it alone",
-                    path.display()
-                ),
-            });
-        }
+        check_owned(existing.as_deref(), &path, deployment, component)?;
         if existing.is_some() {
             // Stopped by roost means not started at boot either.
             self.dbus_calls += 1;
@@ -716,7 +701,9 @@ impl Runtime for SystemdRuntime {
             s.roost_stopped.insert(unit.clone());
             s.clear_operator_stop(&unit);
         }
-        let result = self.stop_inner(&link, &unit, timeout).await;
+        let result = self
+            .stop_inner(&link, &unit, (deployment, name), timeout)
+            .await;
         self.roost_job_done(&unit);
         result
     }
@@ -731,18 +718,7 @@ impl Runtime for SystemdRuntime {
         let unit = names::unit_name(deployment, name);
         let path = self.unit_dir.join(&unit);
         let existing = read_optional(&path)?;
-        if existing
-            .as_deref()
-            .is_some_and(|t| unit::parse_marker(t).is_none())
-        {
-            return Err(RuntimeError::Component {
-                name: name.to_string(),
-                message: format!(
-                    "{} was not written by roost (no marker line); roost leaves it alone",
-                    path.display()
-                ),
-            });
-        }
+        check_owned(existing.as_deref(), &path, deployment, name)?;
         self.stop(deployment, name, timeout).await?;
         if existing.is_some() {
             std::fs::remove_file(&path)
@@ -771,6 +747,35 @@ impl Runtime for SystemdRuntime {
             Some(event) => event,
             None => std::future::pending().await,
         }
+    }
+}
+
+/// Roost changes a unit file only when its marker names this very deployment and component:
+/// unit names alone are ambiguous (`roost-a-b-c` is `a`/`b-c` or `a-b`/`c`), and a file without
+/// a marker was written by someone else.
+fn check_owned(
+    existing: Option<&str>,
+    path: &Path,
+    deployment: &str,
+    component: &str,
+) -> Result<(), RuntimeError> {
+    let Some(text) = existing else { return Ok(()) };
+    let refuse = |why: String| {
+        Err(RuntimeError::Component {
+            name: component.to_string(),
+            message: format!(
+                "{}: {why}; roost leaves it alone: move it away",
+                path.display()
+            ),
+        })
+    };
+    match unit::parse_marker(text) {
+        None => refuse("exists and was not written by roost (no marker line)".into()),
+        Some(m) if m.deployment != deployment || m.component != component => refuse(format!(
+            "belongs to deployment {:?} component {:?}",
+            m.deployment, m.component
+        )),
+        Some(_) => Ok(()),
     }
 }
 
