@@ -490,8 +490,13 @@ impl Storage {
         let mut report = RepairReport::default();
         let rows = self.recordings()?;
         let mut known = std::collections::HashSet::new();
+        let recordings_dir = self.recordings_dir();
         for row in &rows {
-            if row.path.exists() {
+            // Only a confirmed absence under this storage's own recordings/ removes a row: an
+            // unreadable path (EACCES, EIO) or a row of a storage that was moved is left alone.
+            let confirmed_missing =
+                row.path.starts_with(&recordings_dir) && matches!(row.path.try_exists(), Ok(false));
+            if !confirmed_missing {
                 known.insert(row.path.clone());
             } else {
                 self.conn
