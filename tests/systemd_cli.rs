@@ -66,7 +66,9 @@ async fn run_with_the_user_manager_and_adopt_after_a_restart_of_roost() {
         .unwrap();
     let s = r.wait_for("restarted by systemd", Duration::from_secs(20), |s| {
         component(s, "worker")["status"] == "Running"
-            && component(s, "worker")["pid"].as_u64().is_some_and(|p| p != pid)
+            && component(s, "worker")["pid"]
+                .as_u64()
+                .is_some_and(|p| p != pid)
             && component(s, "worker")["restartCount"] == 1
     });
     let pid = pid_of(&s, "worker");
