@@ -131,6 +131,10 @@ impl<T: WavSample> WavFile<T> {
     /// that fits; the caller decides how many frames to ask for.
     pub fn create(temp: &Path, format: WavFormat, max_frames: u64) -> std::io::Result<Self> {
         let file = File::create_new(temp)?;
+        // The new name must survive a power cut too, or the whole partial file vanishes.
+        if let Some(dir) = temp.parent() {
+            File::open(dir)?.sync_all()?;
+        }
         let bytes = max_frames * format.bytes_per_frame() + RESERVE_EXTRA;
         if let Err(e) = nix::fcntl::posix_fallocate(&file, 0, bytes as i64) {
             // EINVAL/EOPNOTSUPP: the file system cannot reserve; write without the guarantee.
@@ -175,6 +179,9 @@ impl<T: WavSample> WavFile<T> {
         if self.samples_since_checkpoint >= u64::from(self.format.sample_rate) * channels {
             self.samples_since_checkpoint = 0;
             self.writer.flush().map_err(hound_to_io)?;
+            // Make the checkpoint durable: without it, after a power cut the header may claim
+            // frames whose data never reached the disk (zeros registered as audio).
+            self.file.sync_data()?;
         }
         Ok(())
     }
