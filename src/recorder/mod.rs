@@ -256,8 +256,11 @@ struct Recorder<T: WavSample> {
     file: Option<OpenFile<T>>,
     /// Wall-clock nanoseconds of frame 0 of the current stream.
     anchor_ns: Option<i128>,
-    /// Stream start, to tell a drifting sound card clock from input faster than real time.
+    /// When the anchor was taken (monotonic) and the frame index then: the sample clock is
+    /// compared with the monotonic clock to tell input far off real time (a file, an unpaced
+    /// FIFO) from a wall clock that moved (NTP step, drift).
     anchored_at: Instant,
+    anchored_frame: u64,
     /// Frame index just past the newest captured frame, and when it was seen.
     captured_end_index: u64,
     captured_end_at: Timestamp,
@@ -319,6 +322,7 @@ impl<T: WavSample> Recorder<T> {
             file: None,
             anchor_ns: None,
             anchored_at: Instant::now(),
+            anchored_frame: 0,
             captured_end_index: 0,
             captured_end_at: now,
             warned_fast_input: false,
@@ -563,6 +567,7 @@ impl<T: WavSample> Recorder<T> {
                 let behind = (available / channels) as f64 / f64::from(self.format.sample_rate);
                 self.anchor_ns = Some(Timestamp::now().as_nanosecond() - (behind * 1e9) as i128);
                 self.anchored_at = Instant::now();
+                self.anchored_frame = self.index + (available / channels) as u64;
                 if self.report.state == RecorderState::DeviceUnavailable {
                     tracing::info!("the audio device delivers samples again");
                     self.set_state(RecorderState::Starting, None);
@@ -685,9 +690,10 @@ impl<T: WavSample> Recorder<T> {
         }
     }
 
-    /// Between files, moves the anchor when the sound card's clock has drifted a second or more
-    /// from the wall clock (tens of ppm add up to seconds a day). Input far faster than real
-    /// time (a file, an unpaced FIFO) is not a drifting clock: it keeps its anchor, once warned.
+    /// Between files, moves the anchor when sample time and the wall clock differ by a second or
+    /// more: a drifting sound card (tens of ppm add up to seconds a day) or a wall clock that was
+    /// stepped (an RTC-less board set by NTP after boot). Input far off real time against the
+    /// monotonic clock (a file, an unpaced FIFO) keeps its sample clock, once warned.
     fn follow_wall_clock(&mut self) {
         let Some(anchor) = self.anchor_ns else { return };
         let rate = i128::from(self.format.sample_rate);
@@ -698,8 +704,13 @@ impl<T: WavSample> Recorder<T> {
         if drift.abs() < 1_000_000_000 {
             return;
         }
-        let elapsed = self.anchored_at.elapsed().as_nanos() as i128;
-        if drift.abs() * 1000 > elapsed {
+        // Against the monotonic clock, a real sound card keeps time within a fraction of a
+        // per mille; input that does not is not real time, and keeps its sample clock.
+        let monotonic = self.anchored_at.elapsed().as_nanos() as i128;
+        let sampled = i128::from(self.captured_end_index.saturating_sub(self.anchored_frame))
+            * 1_000_000_000
+            / rate;
+        if (sampled - monotonic).abs() > monotonic / 1000 + 200_000_000 {
             if !self.warned_fast_input {
                 self.warned_fast_input = true;
                 tracing::warn!(
@@ -711,10 +722,11 @@ impl<T: WavSample> Recorder<T> {
         }
         tracing::info!(
             drift_s = drift as f64 / 1e9,
-            "the sound card clock drifted from the wall clock; re-anchoring between files"
+            "the wall clock moved against the sound card (drift or a clock step); re-anchoring between files"
         );
         self.anchor_ns = Some(wall - i128::from(self.index) * 1_000_000_000 / rate);
         self.anchored_at = Instant::now();
+        self.anchored_frame = self.captured_end_index;
     }
 
     /// When the first file after an idle period ending at `until` should be complete; `None`
