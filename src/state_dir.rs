@@ -46,12 +46,6 @@ impl StateDir {
     pub fn log_of(&self, component: &str) -> PathBuf {
         self.logs().join(format!("{component}.log"))
     }
-    pub fn recorder_config(&self) -> PathBuf {
-        self.root.join("recorder-config.json")
-    }
-    pub fn recorder_report(&self) -> PathBuf {
-        self.root.join("recorder-report.json")
-    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -66,7 +66,7 @@ pub struct ChildRecord {
 impl ProcessRuntime {
     /// Creates the runtime and kills whatever a previous roost left running.
     pub fn new(state_dir: &Path) -> Result<Self, RuntimeError> {
-        let logs_dir = state_dir.join("logs");
+        let logs_dir = crate::state_dir::StateDir::new(state_dir.to_path_buf()).logs();
         std::fs::create_dir_all(&logs_dir)
             .map_err(|e| RuntimeError::io(format!("cannot create {}", logs_dir.display()), e))?;
         let pids_file = state_dir.join("processes.json");
@@ -112,17 +112,6 @@ impl ProcessRuntime {
                 (name, obs)
             })
             .collect()
-    }
-
-    /// Stops every child (used when roost itself shuts down).
-    pub async fn stop_all(&mut self, timeout_of: impl Fn(&str) -> Duration) {
-        let names: Vec<String> = self.children.keys().cloned().collect();
-        for name in names.into_iter().rev() {
-            let timeout = timeout_of(&name);
-            if let Err(e) = self.stop_child(&name, timeout).await {
-                tracing::warn!(component = %name, error = %e, "stop failed");
-            }
-        }
     }
 
     fn save_pids(&self) {
