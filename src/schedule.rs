@@ -70,8 +70,7 @@ impl Schedule {
         match *time {
             TimeOfDay::Clock { minute_of_day } => {
                 let civil = date.at((minute_of_day / 60) as i8, (minute_of_day % 60) as i8, 0, 0);
-                // In a DST gap jiff moves forward, in a fold it takes the earlier instant.
-                civil.to_zoned(self.tz.clone()).ok().map(|z| z.timestamp())
+                local_instant(&self.tz, civil)
             }
             TimeOfDay::Solar {
                 event,
@@ -88,10 +87,20 @@ impl Schedule {
     /// The instance of `window` that starts on local date `date`.
     fn instance(&self, date: Date, window: &Window) -> Option<(Timestamp, Timestamp)> {
         let start = self.resolve(date, &window.start)?;
-        let mut end = self.resolve(date, &window.end)?;
-        if end <= start {
-            end = self.resolve(date.tomorrow().ok()?, &window.end)?;
-        }
+        // Clock times decide by their readings whether a window ends the next day: on a DST day
+        // the instants of 01:30 and 02:30 may coincide, which is an empty window, not 24 hours.
+        let crosses_midnight = match (&window.start, &window.end) {
+            (TimeOfDay::Clock { minute_of_day: s }, TimeOfDay::Clock { minute_of_day: e }) => {
+                e <= s
+            }
+            _ => self.resolve(date, &window.end)? <= start,
+        };
+        let end_date = if crosses_midnight {
+            date.tomorrow().ok()?
+        } else {
+            date
+        };
+        let end = self.resolve(end_date, &window.end)?;
         (end > start).then_some((start, end))
     }
 
@@ -215,6 +224,21 @@ impl Schedule {
                 until: Some(slot_end.min(window_end)),
             }
         }
+    }
+}
+
+/// The instant a local reading `civil` stands for. A reading that occurs twice (clocks go back)
+/// is its first occurrence; one that does not occur (clocks go forward) is the instant the clocks
+/// jump, the first instant whose reading is past it.
+fn local_instant(tz: &TimeZone, civil: jiff::civil::DateTime) -> Option<Timestamp> {
+    use jiff::tz::AmbiguousOffset;
+    let ambiguous = tz.to_ambiguous_timestamp(civil);
+    match ambiguous.offset() {
+        AmbiguousOffset::Gap { after, .. } => {
+            let before_gap = after.to_timestamp(civil).ok()?;
+            tz.following(before_gap).next().map(|t| t.timestamp())
+        }
+        _ => ambiguous.compatible().ok(),
     }
 }
 
@@ -545,5 +569,86 @@ mod tests {
         let s = Schedule::new(&spec(tz, 60, 60, &[("00:30", "03:00")]), None);
         assert!(s.in_window(at(tz, "2026-03-29T02:30")));
         assert!(!s.in_window(at(tz, "2026-03-29T03:00")));
+    }
+
+    fn utc(t: &str) -> Timestamp {
+        t.parse().unwrap()
+    }
+
+    /// How long a schedule records between two instants, probing every minute.
+    fn minutes_in_window(s: &Schedule, from: &str, to: &str) -> i64 {
+        let (from, to) = (utc(from), utc(to));
+        let mut t = from;
+        let mut n = 0;
+        while t < to {
+            n += i64::from(s.in_window(t));
+            t = t.checked_add(SignedDuration::from_mins(1)).unwrap();
+        }
+        n
+    }
+
+    #[test]
+    fn a_window_in_the_spring_forward_gap_starts_when_the_clocks_jump() {
+        // Europe/London 2026-03-29: 01:00 GMT becomes 02:00 BST; 01:30 does not exist. The window
+        // opens when the clocks jump (01:00 UTC) and closes at 02:30 BST (01:30 UTC): 30 minutes,
+        // never the whole day (the field report: 24 h recorded).
+        let s = Schedule::new(&spec("Europe/London", 60, 60, &[("01:30", "02:30")]), None);
+        assert_eq!(
+            minutes_in_window(&s, "2026-03-28T12:00:00Z", "2026-03-30T12:00:00Z"),
+            30 + 60
+        );
+        assert!(!s.in_window(utc("2026-03-29T00:59:00Z")));
+        assert!(s.in_window(utc("2026-03-29T01:00:00Z")));
+        assert!(!s.in_window(utc("2026-03-29T01:30:00Z")));
+        assert!(!s.in_window(utc("2026-03-29T12:00:00Z")));
+        assert_eq!(
+            s.next_window_start(utc("2026-03-29T00:10:00Z")),
+            Some(utc("2026-03-29T01:00:00Z"))
+        );
+        // Both ends inside the gap: no window that day.
+        let empty = Schedule::new(&spec("Europe/London", 60, 60, &[("01:10", "01:50")]), None);
+        assert_eq!(
+            minutes_in_window(&empty, "2026-03-29T00:00:00Z", "2026-03-29T23:00:00Z"),
+            0
+        );
+        // A window across midnight and the gap loses the skipped hour.
+        let night = Schedule::new(&spec("Europe/London", 60, 60, &[("22:00", "04:00")]), None);
+        assert_eq!(
+            minutes_in_window(&night, "2026-03-28T12:00:00Z", "2026-03-29T12:00:00Z"),
+            5 * 60
+        );
+    }
+
+    #[test]
+    fn a_window_over_the_repeated_hour_starts_at_its_first_occurrence() {
+        // Europe/London 2026-10-25: 02:00 BST becomes 01:00 GMT; 01:00-02:00 happens twice. The
+        // window starts at the first 01:30 (00:30 UTC) and ends at 02:30 GMT (02:30 UTC).
+        let s = Schedule::new(&spec("Europe/London", 60, 60, &[("01:30", "02:30")]), None);
+        assert_eq!(
+            minutes_in_window(&s, "2026-10-24T12:00:00Z", "2026-10-26T12:00:00Z"),
+            120 + 60
+        );
+        assert!(s.in_window(utc("2026-10-25T00:30:00Z")));
+        assert!(s.in_window(utc("2026-10-25T02:29:00Z")));
+        assert!(!s.in_window(utc("2026-10-25T02:30:00Z")));
+        let night = Schedule::new(&spec("Europe/London", 60, 60, &[("22:00", "04:00")]), None);
+        assert_eq!(
+            minutes_in_window(&night, "2026-10-24T12:00:00Z", "2026-10-25T12:00:00Z"),
+            7 * 60
+        );
+    }
+
+    #[test]
+    fn slots_tile_dst_days_without_overlap() {
+        for day in ["2026-03-29", "2026-10-25"] {
+            let s = Schedule::new(&spec("Europe/London", 600, 600, &[]), None);
+            let mut t = utc(&format!("{day}T00:00:00Z"));
+            let end = t.checked_add(SignedDuration::from_hours(26)).unwrap();
+            while t < end {
+                let (start, slot_end) = s.slot(t);
+                assert!(start <= t && t < slot_end, "{t}: {start}..{slot_end}");
+                t = slot_end;
+            }
+        }
     }
 }

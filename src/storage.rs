@@ -681,6 +681,7 @@ mod tests {
             path: None,
             min_free_space: ByteSize(min_free),
             on_low_space: on_low,
+            require_mount: false,
         }
     }
 

@@ -37,6 +37,11 @@ pub struct StorageSpec {
     /// What to do when free space falls below minFreeSpace.
     #[serde(default)]
     pub on_low_space: OnLowSpace,
+    /// The storage folder must be a mount point (an SD card or USB disk): while nothing is
+    /// mounted there, the recorder writes nothing (not even its folders) and reports DEP_E301,
+    /// then records there by itself once the disk is mounted. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_mount: bool,
 }
 
 fn default_min_free_space() -> ByteSize {
@@ -49,6 +54,7 @@ impl Default for StorageSpec {
             path: None,
             min_free_space: default_min_free_space(),
             on_low_space: OnLowSpace::default(),
+            require_mount: false,
         }
     }
 }
