@@ -48,6 +48,9 @@ codes! {
     DISK_FULL = "DEP_E303", "Disk full while recording",
         "The disk filled while a recording was written; the file was ended early and registered.",
         "Free space on the storage disk; recording resumes when space is available.";
+    RECORDINGS_DELETED = "DEP_E304", "Recordings deleted to keep free space",
+        "onLowSpace: deleteOldest deleted the oldest registered recordings to keep minFreeSpace free. A warning: recording goes on; the names are in the recorder's report and log.",
+        "Collect recordings from the device more often, add storage, or lower the sample rate or the recording windows.";
     AUDIO_DEVICE_UNAVAILABLE = "DEP_E311", "Audio device unavailable",
         "The configured audio input device is missing, busy or disappeared.",
         "Check the microphone connection and `arecord -L`; set spec.recorder.device to a listed name. Recording resumes by itself when the device returns.";
@@ -60,6 +63,15 @@ codes! {
     SAMPLES_DROPPED = "DEP_E314", "Samples dropped",
         "The recorder could not keep up and samples were lost (buffer overruns).",
         "Lower the sample rate, use faster storage, or reduce other load on the device.";
+    INPUT_NOT_REAL_TIME = "DEP_E315", "Audio input faster than real time",
+        "The audio device delivers samples much faster than its sample rate (a source that reached its end, a misconfigured device). Such samples cannot be given true times, so they are not recorded.",
+        "Check spec.recorder.device and sampleRate against the device (`arecord -D DEVICE --dump-hw-params`) and what feeds it; recording resumes by itself once samples arrive in real time.";
+    CLOCK_NOT_SYNCHRONIZED = "DEP_E316", "Wall clock not synchronised",
+        "The kernel says the wall clock is not synchronised (no NTP or GPS time yet, no real-time clock). A warning: recording goes on, and each file's GUANO says whether its time was synchronised.",
+        "Give the device a time source (network for NTP, a GPS or an RTC module) and check `timedatectl`; files recorded meanwhile may carry wrong times.";
+    TIME_OVERLAP = "DEP_E317", "Recording times overlap",
+        "A recording claims a start time before the end of an earlier one: the wall clock was stepped back. A warning: nothing is overwritten (the later file gets a -N name) and the overlap is written into its GUANO.",
+        "Give the device a time source before recording starts (NTP, GPS, an RTC module); use the GUANO 'ROOST|Time Overlap' field to place the files.";
     METADATA_DB_ERROR = "DEP_E321", "Metadata database error",
         "metadata.db could not be written or is damaged.",
         "Check the disk; roost repairs leftovers at start. If it persists, move metadata.db aside and restart roost.";

@@ -638,6 +638,12 @@ fn recorder_output(r: &crate::recorder::RecorderReport) -> serde_json::Value {
         "overruns": r.overruns,
         "filesDiscarded": r.files_discarded,
         "expectedFileBy": r.expected_file_by,
+        "rowsOwed": r.rows_owed,
+        "filesDeleted": r.files_deleted,
+        "recentlyDeleted": r.recently_deleted,
+        "timeOverlaps": r.time_overlaps,
+        "clockSynchronized": r.clock_synchronized,
+        "warnings": r.warnings,
         "error": r.error,
     })
 }
@@ -651,6 +657,7 @@ fn recorder_reason(code: &errors::ErrorCode) -> &'static str {
         "DEP_E312" => "AudioFormatUnsupported",
         "DEP_E313" => "NoRecordings",
         "DEP_E314" => "SamplesDropped",
+        "DEP_E315" => "InputNotRealTime",
         "DEP_E321" => "MetadataDbError",
         _ => "RecorderError",
     }

@@ -19,11 +19,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::errors::{self, ErrorCode};
 use crate::spec::Location;
-use crate::spec::recorder::{OnLowSpace, StorageSpec};
+use crate::spec::recorder::StorageSpec;
 
 pub const DB_FILE: &str = "metadata.db";
-/// Oldest recordings deleted at most per space check under `onLowSpace: deleteOldest`.
-pub const MAX_DELETIONS_PER_CHECK: usize = 50;
 pub const RECORDINGS_DIR: &str = "recordings";
 pub const PARTIAL_DIR: &str = ".partial";
 pub const QUARANTINE_DIR: &str = "quarantine";
@@ -65,6 +63,10 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "storage {path} is not mounted (requireMount: true); nothing is written until a disk is mounted there"
+    )]
+    NotMounted { path: PathBuf },
     #[error("metadata database {path}: cannot {action}")]
     Database {
         path: PathBuf,
@@ -78,7 +80,7 @@ impl StorageError {
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::Unusable { source, .. } if is_disk_full(source) => errors::DISK_FULL,
-            Self::Unusable { .. } => errors::STORAGE_UNUSABLE,
+            Self::Unusable { .. } | Self::NotMounted { .. } => errors::STORAGE_UNUSABLE,
             Self::Database { source, .. } if is_sqlite_full(source) => errors::DISK_FULL,
             Self::Database { .. } => errors::METADATA_DB_ERROR,
         }
@@ -93,6 +95,20 @@ pub fn is_disk_full(e: &std::io::Error) -> bool {
 
 fn is_sqlite_full(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull)
+}
+
+impl StorageError {
+    /// Another connection holds the lock: waiting helps, reopening does not.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, Self::Database { source: rusqlite::Error::SqliteFailure(f, _), .. }
+            if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+    }
+
+    /// The file is not an SQLite database, or a damaged one: set it aside and start afresh.
+    fn is_not_a_database(&self) -> bool {
+        matches!(self, Self::Database { source: rusqlite::Error::SqliteFailure(f, _), .. }
+            if matches!(f.code, rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt))
+    }
 }
 
 /// A finished recording to register.
@@ -129,6 +145,9 @@ pub struct RepairReport {
     pub rows_removed: Vec<PathBuf>,
     /// Partial files (from a crash) completed and registered.
     pub salvaged: Vec<PathBuf>,
+    /// Unreadable metadata.db files moved aside (`metadata.db.bad-<time>`) and replaced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub databases_set_aside: Vec<PathBuf>,
 }
 
 impl RepairReport {
@@ -137,23 +156,200 @@ impl RepairReport {
             && self.quarantined.is_empty()
             && self.rows_removed.is_empty()
             && self.salvaged.is_empty()
+            && self.databases_set_aside.is_empty()
     }
 }
 
-/// The outcome of a free-space check before a file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SpaceCheck {
-    /// Enough space; `deleted` recordings were removed by deleteOldest to make it.
-    Enough { deleted: usize },
-    /// Below minFreeSpace and the policy forbids writing (stop, discardNew, or nothing left to delete).
-    Low { free: u64, policy: OnLowSpace },
+/// What one `deleteOldest` request did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoomOutcome {
+    /// Recordings deleted (file and row), oldest first.
+    pub deleted: Vec<PathBuf>,
+    /// Free bytes after the deletions.
+    pub free: u64,
+    /// Whether the free space asked for is there now.
+    pub enough: bool,
+    /// Bytes that deleting the oldest recordings could free (when not `enough` and nothing was
+    /// deleted: all registered recordings together would not have been enough).
+    pub reclaimable: u64,
 }
 
-/// An open storage.
+/// The folders of a storage, without its database: what the recorder's writer uses, so that
+/// writing audio never touches metadata.db.
+#[derive(Clone, Debug)]
+pub struct Folders {
+    root: PathBuf,
+    spec: StorageSpec,
+}
+
+impl Folders {
+    pub fn new(root: &Path, spec: &StorageSpec) -> Self {
+        Self {
+            root: root.to_path_buf(),
+            spec: spec.clone(),
+        }
+    }
+
+    /// Makes sure the storage can take files now: mounted when `requireMount` says so, folders
+    /// present (created again after an `rm -rf`). Cheap enough to call before every file.
+    pub fn prepare(&self) -> Result<(), StorageError> {
+        if self.spec.require_mount && !is_mount_point(&self.root) {
+            return Err(StorageError::NotMounted {
+                path: self.root.clone(),
+            });
+        }
+        for dir in [self.root.clone(), self.recordings_dir(), self.partial_dir()] {
+            std::fs::create_dir_all(&dir).map_err(|source| StorageError::Unusable {
+                path: self.root.clone(),
+                action: "create its folders",
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn spec(&self) -> &StorageSpec {
+        &self.spec
+    }
+    pub fn recordings_dir(&self) -> PathBuf {
+        self.root.join(RECORDINGS_DIR)
+    }
+    pub fn partial_dir(&self) -> PathBuf {
+        self.root.join(PARTIAL_DIR)
+    }
+    pub fn quarantine_dir(&self) -> PathBuf {
+        self.root.join(QUARANTINE_DIR)
+    }
+
+    /// Free bytes on the storage's file system for an unprivileged writer.
+    pub fn free_bytes(&self) -> Result<u64, StorageError> {
+        free_bytes(&self.root).map_err(|source| StorageError::Unusable {
+            path: self.root.clone(),
+            action: "read its free space",
+            source,
+        })
+    }
+
+    /// Moves a file into quarantine/, keeping its name (never replacing); returns the new path.
+    pub fn quarantine(&self, file: &Path) -> Result<PathBuf, StorageError> {
+        let unusable = |source| StorageError::Unusable {
+            path: file.to_path_buf(),
+            action: "quarantine a file",
+            source,
+        };
+        std::fs::create_dir_all(self.quarantine_dir()).map_err(unusable)?;
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        rename_no_replace(file, &self.quarantine_dir().join(name)).map_err(unusable)
+    }
+}
+
+/// Whether `path` is the root of a mounted file system (listed in /proc/self/mountinfo; bind
+/// mounts included). Falls back to comparing devices with the parent folder.
+pub fn is_mount_point(path: &Path) -> bool {
+    let Ok(canonical) = std::fs::canonicalize(path) else {
+        return false;
+    };
+    if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
+        return info.lines().any(|line| {
+            line.split(' ')
+                .nth(4)
+                .is_some_and(|mount| Path::new(&unescape_mountinfo(mount)) == canonical)
+        });
+    }
+    use std::os::unix::fs::MetadataExt;
+    let parent = canonical.parent().unwrap_or(Path::new("/"));
+    match (std::fs::metadata(&canonical), std::fs::metadata(parent)) {
+        (Ok(a), Ok(b)) => a.dev() != b.dev() || canonical == parent,
+        _ => false,
+    }
+}
+
+/// mountinfo writes space, tab, newline and backslash as octal escapes (`\040`).
+fn unescape_mountinfo(s: &str) -> String {
+    let mut out = Vec::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b.get(i + 1..i + 4).and_then(|d| {
+            std::str::from_utf8(d)
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+        });
+        match (b[i], octal) {
+            (b'\\', Some(v)) => {
+                out.push(v);
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Renames `from` to `to` without ever replacing a file already there: on a clash the name gets
+/// a `-1`, `-2` ... before its extension. Returns the name used; the rename is made durable.
+pub fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<PathBuf> {
+    use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+    let dir = to.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    for n in 0..1000u32 {
+        let target = if n == 0 {
+            to.to_path_buf()
+        } else {
+            numbered(to, n)
+        };
+        let renamed = match renameat2(
+            AT_FDCWD,
+            from,
+            AT_FDCWD,
+            &target,
+            RenameFlags::RENAME_NOREPLACE,
+        ) {
+            // A file system without RENAME_NOREPLACE: link fails on an existing name too.
+            Err(nix::errno::Errno::EINVAL) => std::fs::hard_link(from, &target)
+                .and_then(|_| std::fs::remove_file(from))
+                .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0))),
+            other => other,
+        };
+        match renamed {
+            Ok(()) => {
+                std::fs::File::open(dir)?.sync_all()?;
+                return Ok(target);
+            }
+            Err(nix::errno::Errno::EEXIST) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(std::io::Error::from_raw_os_error(nix::libc::EEXIST))
+}
+
+/// `name.wav` -> `name-N.wav`.
+pub fn numbered(path: &Path, n: u32) -> PathBuf {
+    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+    match path.extension() {
+        Some(ext) => path.with_file_name(format!("{stem}-{n}.{}", ext.to_string_lossy())),
+        None => path.with_file_name(format!("{stem}-{n}")),
+    }
+}
+
+/// An open storage: its folders and its metadata.db.
 pub struct Storage {
     root: PathBuf,
     conn: Connection,
     spec: StorageSpec,
+    /// Device and inode of metadata.db when it was opened, to notice it deleted or replaced.
+    db_identity: Option<(u64, u64)>,
+    /// Where an unreadable metadata.db found at open was moved.
+    set_aside: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Storage {
@@ -166,26 +362,40 @@ impl std::fmt::Debug for Storage {
 
 impl Storage {
     /// Opens the storage at `root`, creating its folders and database when missing, checking it
-    /// is writable, and migrating the schema.
+    /// is writable, and migrating the schema. A metadata.db that is not a database (damaged, or
+    /// another file renamed over it) is moved aside as `metadata.db.bad-<UTC time>` with its
+    /// -wal and -shm files, and a fresh one is created: see [`Storage::set_aside`].
     pub fn open(root: &Path, spec: &StorageSpec) -> Result<Self, StorageError> {
-        let unusable = |action, source| StorageError::Unusable {
-            path: root.to_path_buf(),
-            action,
-            source,
-        };
-        for dir in [
-            root.to_path_buf(),
-            root.join(RECORDINGS_DIR),
-            root.join(PARTIAL_DIR),
-        ] {
-            std::fs::create_dir_all(&dir).map_err(|e| unusable("create its folders", e))?;
-        }
+        let folders = Folders::new(root, spec);
+        folders.prepare()?;
         // Permissions and read-only mounts show up here rather than in the middle of a file.
-        let probe = root
-            .join(PARTIAL_DIR)
+        let probe = folders
+            .partial_dir()
             .join(format!(".probe-{}", std::process::id()));
-        std::fs::write(&probe, b"roost").map_err(|e| unusable("write to it", e))?;
+        std::fs::write(&probe, b"roost").map_err(|source| StorageError::Unusable {
+            path: root.to_path_buf(),
+            action: "write to it",
+            source,
+        })?;
         let _ = std::fs::remove_file(&probe);
+        match Self::open_db(root, spec) {
+            Err(e) if e.is_not_a_database() => {
+                let aside = set_aside_db(root).map_err(|source| StorageError::Unusable {
+                    path: root.join(DB_FILE),
+                    action: "move an unreadable metadata.db aside",
+                    source,
+                })?;
+                tracing::error!(code = errors::METADATA_DB_ERROR.code, error = %error_text(&e), aside = %aside.display(),
+                    "metadata.db is not a readable database; moved it aside and created a new one");
+                let mut storage = Self::open_db(root, spec)?;
+                storage.set_aside = Some(aside);
+                Ok(storage)
+            }
+            other => other,
+        }
+    }
+
+    fn open_db(root: &Path, spec: &StorageSpec) -> Result<Self, StorageError> {
         let db_path = root.join(DB_FILE);
         let db_err = |action| {
             let path = db_path.clone();
@@ -196,7 +406,7 @@ impl Storage {
             }
         };
         let conn = Connection::open(&db_path).map_err(db_err("open it"))?;
-        conn.busy_timeout(Duration::from_secs(30))
+        conn.busy_timeout(Duration::from_millis(500))
             .map_err(db_err("set its busy timeout"))?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db_err("switch it to WAL"))?;
@@ -208,9 +418,22 @@ impl Storage {
             root: root.to_path_buf(),
             conn,
             spec: spec.clone(),
+            db_identity: file_identity(&db_path),
+            set_aside: None,
         };
         storage.migrate()?;
         Ok(storage)
+    }
+
+    /// Where an unreadable metadata.db found by [`Storage::open`] was moved, if one was.
+    pub fn set_aside(&self) -> Option<&Path> {
+        self.set_aside.as_deref()
+    }
+
+    /// True when metadata.db is no longer the file this connection opened (deleted, or another
+    /// file renamed over it): rows written now would vanish with the unlinked file.
+    pub fn db_replaced(&self) -> bool {
+        file_identity(&self.root.join(DB_FILE)) != self.db_identity
     }
 
     fn db_error(&self, action: &'static str) -> impl FnOnce(rusqlite::Error) -> StorageError + '_ {
@@ -348,7 +571,8 @@ impl Storage {
         Ok(n > 0)
     }
 
-    /// Registers a finished recording in one transaction.
+    /// Registers a finished recording in one transaction. Registering a path twice (a retry, or
+    /// repair after a row that was written late) keeps the first row.
     pub fn register(
         &mut self,
         rec: &NewRecording,
@@ -364,7 +588,7 @@ impl Storage {
         let tx = self.conn.transaction().map_err(err)?;
         tx.execute(
             "INSERT INTO recording (id, path, datetime, duration_s, samplerate_hz, audio_channels, deployment_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(path) DO NOTHING",
             params![
                 id,
                 rec.path.to_string_lossy(),
@@ -408,52 +632,39 @@ impl Storage {
 
     /// Free bytes on the storage's file system for an unprivileged writer.
     pub fn free_bytes(&self) -> Result<u64, StorageError> {
-        free_bytes(&self.root).map_err(|source| StorageError::Unusable {
-            path: self.root.clone(),
-            action: "read its free space",
-            source,
-        })
+        self.folders().free_bytes()
     }
 
-    /// Checks that a file of `bytes_needed` leaves `minFreeSpace` free, applying `onLowSpace`
-    /// when it does not.
-    pub fn ensure_space(&mut self, bytes_needed: u64) -> Result<SpaceCheck, StorageError> {
-        let wanted = self
-            .spec
-            .min_free_space
-            .bytes()
-            .saturating_add(bytes_needed);
-        let mut free = self.free_bytes()?;
-        if free >= wanted {
-            return Ok(SpaceCheck::Enough { deleted: 0 });
+    pub fn folders(&self) -> Folders {
+        Folders::new(&self.root, &self.spec)
+    }
+
+    /// `onLowSpace: deleteOldest`: deletes the oldest registered recordings under recordings/
+    /// (file, then row) until `wanted_free` bytes are free, but only when deleting them can get
+    /// there: when the space is held by other files, nothing is deleted. Each deletion is logged.
+    pub fn make_room(&mut self, wanted_free: u64) -> Result<RoomOutcome, StorageError> {
+        let free = self.free_bytes()?;
+        let mut outcome = RoomOutcome {
+            deleted: Vec::new(),
+            free,
+            enough: free >= wanted_free,
+            reclaimable: 0,
+        };
+        if outcome.enough {
+            return Ok(outcome);
         }
-        if self.spec.on_low_space != OnLowSpace::DeleteOldest {
-            return Ok(SpaceCheck::Low {
-                free,
-                policy: self.spec.on_low_space,
-            });
+        let victims = self.oldest_until(wanted_free - free)?;
+        outcome.reclaimable = victims.iter().map(|(_, _, size)| size).sum();
+        if free + outcome.reclaimable < wanted_free {
+            return Ok(outcome);
         }
-        let mut deleted = 0;
-        // Deleting must actually help: stop when a deletion frees nothing here (files on
-        // another file system, or the disk filled by something else), and delete a bounded
-        // number per call so the writer thread never stalls long enough to drop samples.
-        while free < wanted && deleted < MAX_DELETIONS_PER_CHECK {
-            let oldest: Option<(String, String)> = self
-                .conn
-                .query_row(
-                    "SELECT id, path FROM recording ORDER BY datetime, path LIMIT 1",
-                    [],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()
-                .map_err(self.db_error("find the oldest recording"))?;
-            let Some((id, path)) = oldest else { break };
+        for (id, path, size) in victims {
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(source) => {
                     return Err(StorageError::Unusable {
-                        path: PathBuf::from(path),
+                        path,
                         action: "delete the oldest recording",
                         source,
                     });
@@ -462,25 +673,50 @@ impl Storage {
             self.conn
                 .execute("DELETE FROM recording WHERE id = ?1", params![id])
                 .map_err(self.db_error("remove the oldest recording's row"))?;
-            tracing::info!(path = %path, "deleted the oldest recording to keep minFreeSpace (onLowSpace: deleteOldest)");
-            deleted += 1;
-            let before = free;
-            free = self.free_bytes()?;
-            if free <= before {
-                tracing::warn!(
-                    "deleting recordings does not free space on this disk; keeping the rest"
-                );
+            tracing::warn!(code = errors::RECORDINGS_DELETED.code, path = %path.display(), bytes = size,
+                "deleted the oldest recording to keep minFreeSpace (onLowSpace: deleteOldest)");
+            outcome.free += size;
+            outcome.deleted.push(path);
+        }
+        outcome.enough = outcome.free >= wanted_free;
+        Ok(outcome)
+    }
+
+    /// Registered recordings under recordings/, oldest first, with the bytes each occupies,
+    /// until they add up to `bytes` (all of them when they never do).
+    fn oldest_until(&self, bytes: u64) -> Result<Vec<(String, PathBuf, u64)>, StorageError> {
+        use std::os::unix::fs::MetadataExt;
+        let recordings_dir = self.recordings_dir();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, path FROM recording ORDER BY datetime, path")
+            .map_err(self.db_error("find the oldest recordings"))?;
+        let mut rows = stmt
+            .query([])
+            .map_err(self.db_error("find the oldest recordings"))?;
+        let mut out = Vec::new();
+        let mut total = 0;
+        while let Some(row) = rows
+            .next()
+            .map_err(self.db_error("find the oldest recordings"))?
+        {
+            let id: String = row.get(0).map_err(self.db_error("read a row"))?;
+            let path = PathBuf::from(
+                row.get::<_, String>(1)
+                    .map_err(self.db_error("read a row"))?,
+            );
+            // Only files of this storage free space here.
+            if !path.starts_with(&recordings_dir) {
+                continue;
+            }
+            let size = std::fs::metadata(&path).map_or(0, |m| m.blocks() * 512);
+            total += size;
+            out.push((id, path, size));
+            if total >= bytes {
                 break;
             }
         }
-        if free >= wanted {
-            Ok(SpaceCheck::Enough { deleted })
-        } else {
-            Ok(SpaceCheck::Low {
-                free,
-                policy: OnLowSpace::DeleteOldest,
-            })
-        }
+        Ok(out)
     }
 
     /// Makes files and rows agree: a file under recordings/ without a row is registered (its
@@ -534,27 +770,9 @@ impl Storage {
         Ok(report)
     }
 
-    /// Moves a file into quarantine/, keeping its name; returns the new path.
+    /// Moves a file into quarantine/, keeping its name (never replacing); returns the new path.
     pub fn quarantine(&self, file: &Path) -> Result<PathBuf, StorageError> {
-        let dir = self.quarantine_dir();
-        let unusable = |source| StorageError::Unusable {
-            path: file.to_path_buf(),
-            action: "quarantine a file",
-            source,
-        };
-        std::fs::create_dir_all(&dir).map_err(unusable)?;
-        let name = file
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let mut target = dir.join(&name);
-        let mut n = 1;
-        while target.exists() {
-            target = dir.join(format!("{n}-{name}"));
-            n += 1;
-        }
-        std::fs::rename(file, &target).map_err(unusable)?;
-        Ok(target)
+        self.folders().quarantine(file)
     }
 
     /// `PRAGMA integrity_check`; "ok" when the database is sound.
@@ -577,6 +795,39 @@ pub fn end_deployment(
         return Ok(false);
     }
     Storage::open(root, spec)?.end_deployment(name, now)
+}
+
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Moves metadata.db (and its -wal and -shm files) to `metadata.db.bad-<UTC time>[-wal|-shm]`.
+fn set_aside_db(root: &Path) -> std::io::Result<PathBuf> {
+    let stamp = Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string();
+    let aside = rename_no_replace(
+        &root.join(DB_FILE),
+        &root.join(format!("{DB_FILE}.bad-{stamp}")),
+    )?;
+    for suffix in ["-wal", "-shm"] {
+        let from = root.join(format!("{DB_FILE}{suffix}"));
+        if from.exists() {
+            let to = PathBuf::from(format!("{}{suffix}", aside.display()));
+            let _ = rename_no_replace(&from, &to);
+        }
+    }
+    Ok(aside)
+}
+
+/// An error with its causes, on one line.
+pub fn error_text(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s += &format!(": {c}");
+        cur = c.source();
+    }
+    s
 }
 
 /// Free bytes available to unprivileged writers on the file system holding `path`.
@@ -603,7 +854,11 @@ pub fn recording_path(recordings_dir: &Path, start: Timestamp) -> PathBuf {
 /// The start time encoded in a recording's file name.
 pub fn start_from_file_name(path: &Path) -> Option<Timestamp> {
     let stem = path.file_stem()?.to_str()?;
-    let stem = stem.strip_suffix('Z')?;
+    // `...Z-2.wav`: a second file that claimed the same start (a wall clock stepped back).
+    let stem = match stem.rsplit_once("Z-") {
+        Some((time, n)) if n.bytes().all(|b| b.is_ascii_digit()) => time,
+        _ => stem.strip_suffix('Z')?,
+    };
     let dt = jiff::civil::DateTime::strptime("%Y%m%dT%H%M%S.%f", stem).ok()?;
     dt.to_zoned(jiff::tz::TimeZone::UTC)
         .ok()
@@ -674,7 +929,7 @@ pub fn new_uuid() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::recorder::ByteSize;
+    use crate::spec::recorder::{ByteSize, OnLowSpace};
 
     fn spec(min_free: u64, on_low: OnLowSpace) -> StorageSpec {
         StorageSpec {
@@ -777,53 +1032,106 @@ mod tests {
         assert!(s.repair(&dep).unwrap().is_empty());
     }
 
-    #[test]
-    fn delete_oldest_frees_space_oldest_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let free = free_bytes(dir.path()).unwrap();
-        let mut s = Storage::open(dir.path(), &spec(free * 2, OnLowSpace::DeleteOldest)).unwrap();
-        let dep = s
-            .start_deployment("meadow", None, Timestamp::now())
-            .unwrap();
-        for minute in 0..3 {
-            let t: Timestamp = format!("2026-06-01T10:0{minute}:00Z").parse().unwrap();
-            let path = recording_path(&s.recordings_dir(), t);
-            write_wav(&path, 10);
-            s.register(
-                &NewRecording {
-                    path,
+    fn register_wavs(s: &mut Storage, dep: &str, minutes: u32, frames: u32) -> Vec<PathBuf> {
+        (0..minutes)
+            .map(|minute| {
+                let t: Timestamp = format!("2026-06-01T10:{minute:02}:00Z").parse().unwrap();
+                let path = recording_path(&s.recordings_dir(), t);
+                write_wav(&path, frames);
+                let rec = NewRecording {
+                    path: path.clone(),
                     datetime: t,
                     duration_s: 0.1,
                     samplerate_hz: 8000,
                     audio_channels: 1,
-                },
-                &dep,
-            )
-            .unwrap();
+                };
+                s.register(&rec, dep).unwrap();
+                // Registering twice keeps one row (retries are harmless).
+                s.register(&rec, dep).unwrap();
+                path
+            })
+            .collect()
+    }
+
+    #[test]
+    fn delete_oldest_deletes_only_what_brings_free_space_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Storage::open(dir.path(), &spec(0, OnLowSpace::DeleteOldest)).unwrap();
+        let dep = s.start_deployment("m", None, Timestamp::now()).unwrap();
+        let files = register_wavs(&mut s, &dep, 6, 40_000);
+        assert_eq!(s.recordings().unwrap().len(), 6);
+        let free = s.free_bytes().unwrap();
+        let size = std::fs::metadata(&files[0]).unwrap().len();
+        // Two files' worth more than is free: exactly the two oldest go (blocks may round up).
+        let out = s.make_room(free + size + size / 2).unwrap();
+        assert!(out.enough, "{out:?}");
+        assert_eq!(out.deleted, files[..2].to_vec());
+        assert!(!files[0].exists() && !files[1].exists() && files[2].exists());
+        assert_eq!(s.recordings().unwrap().len(), 4);
+        // Space held by other files: more than every recording together; nothing is deleted.
+        let out = s.make_room(free + 1 << 40).unwrap();
+        assert!(!out.enough && out.deleted.is_empty(), "{out:?}");
+        assert!(out.reclaimable >= 4 * size, "{out:?}");
+        assert_eq!(s.recordings().unwrap().len(), 4);
+        // Enough already: nothing to do.
+        assert_eq!(s.make_room(0).unwrap().deleted.len(), 0);
+    }
+
+    #[test]
+    fn renames_never_replace_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("r/20260601T100000.000000Z.wav");
+        for (i, body) in ["first", "second", "third"].iter().enumerate() {
+            let temp = dir.path().join(format!("t{i}"));
+            std::fs::write(&temp, body).unwrap();
+            let placed = rename_no_replace(&temp, &target).unwrap();
+            let expected = if i == 0 {
+                target.clone()
+            } else {
+                numbered(&target, i as u32)
+            };
+            assert_eq!(placed, expected);
+            assert_eq!(std::fs::read_to_string(&placed).unwrap(), *body);
+            let start: Timestamp = "2026-06-01T10:00:00Z".parse().unwrap();
+            assert_eq!(start_from_file_name(&placed), Some(start));
         }
-        // More than the disk holds: the oldest go first, deletion stops once it no longer frees
-        // space (or the rows run out), and it still says Low.
-        assert!(matches!(s.ensure_space(0).unwrap(), SpaceCheck::Low { .. }));
-        let left = s.recordings().unwrap();
-        assert!(left.len() < 3, "at least the oldest was deleted");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "first");
+    }
+
+    #[test]
+    fn an_unreadable_database_is_set_aside_and_a_replaced_one_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(DB_FILE), vec![b'x'; 8192]).unwrap();
+        let s = Storage::open(dir.path(), &spec(0, OnLowSpace::Stop)).unwrap();
+        let aside = s.set_aside().unwrap().to_path_buf();
         assert!(
-            left.iter()
-                .all(|r| !r.datetime.starts_with("2026-06-01T10:00")),
-            "oldest first"
+            aside
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("metadata.db.bad-")
         );
-        let mut stop = Storage::open(dir.path(), &spec(free * 2, OnLowSpace::Stop)).unwrap();
-        assert!(matches!(
-            stop.ensure_space(0).unwrap(),
-            SpaceCheck::Low {
-                policy: OnLowSpace::Stop,
-                ..
-            }
-        ));
-        let mut fine = Storage::open(dir.path(), &spec(0, OnLowSpace::Stop)).unwrap();
-        assert_eq!(
-            fine.ensure_space(1).unwrap(),
-            SpaceCheck::Enough { deleted: 0 }
-        );
+        assert_eq!(std::fs::read(&aside).unwrap(), vec![b'x'; 8192]);
+        assert_eq!(s.integrity_check().unwrap(), "ok");
+        assert!(!s.db_replaced());
+        std::fs::remove_file(dir.path().join(DB_FILE)).unwrap();
+        assert!(s.db_replaced());
+    }
+
+    #[test]
+    fn a_storage_that_must_be_mounted_is_not_created_until_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("card");
+        let mut must = spec(0, OnLowSpace::Stop);
+        must.require_mount = true;
+        let err = Folders::new(&root, &must).prepare().unwrap_err();
+        assert!(matches!(err, StorageError::NotMounted { .. }), "{err}");
+        assert_eq!(err.code().code, "DEP_E301");
+        assert!(!root.exists(), "nothing is created on the root file system");
+        std::fs::create_dir(&root).unwrap();
+        assert!(Folders::new(&root, &must).prepare().is_err());
+        assert!(is_mount_point(Path::new("/")) && is_mount_point(Path::new("/proc")));
+        assert_eq!(unescape_mountinfo("/mnt/my\\040card"), "/mnt/my card");
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! continuous recording are contiguous and their start times follow from their lengths.
 
 pub mod capture;
+pub mod clock;
 pub mod feed;
+pub mod registrar;
 pub mod report;
 pub mod wav;
 
@@ -24,7 +26,8 @@ use crate::errors::{self, ErrorCode};
 use crate::schedule::{Schedule, Segment};
 use crate::spec::recorder::{OnLowSpace, RecorderSpec, SampleFormat, StorageSpec};
 use crate::spec::{Deployment, Location};
-use crate::storage::{self, NewRecording, SpaceCheck, Storage, StorageError};
+use crate::storage::{self, Folders, NewRecording, StorageError};
+use registrar::{DeploymentInfo, Registrar};
 
 pub use capture::default_period_frames;
 pub use report::{
@@ -241,7 +244,24 @@ struct OpenFile<T: WavSample> {
     /// The disk had room for less than the schedule asked for.
     cut_by_disk_full: bool,
     dropped_at_start: u64,
+    /// Seconds by which the start lies before the end of an earlier file (clock stepped back).
+    overlap_s: Option<f64>,
+    clock_synchronized: Option<bool>,
 }
+
+/// How samples arrive, judged against the monotonic clock since the anchor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pace {
+    RealTime,
+    /// Far faster than the sample rate: a source at its end, a misconfigured device.
+    Fast,
+    /// Too little time since the anchor to tell.
+    Unknown,
+}
+
+/// How long a storage that cannot be written is left alone before the next try (frames of
+/// audio skipped meanwhile are counted as lost to the storage, never silently).
+const STORAGE_RETRY: Duration = Duration::from_secs(1);
 
 struct Recorder<T: WavSample> {
     config: RecordConfig,
@@ -249,11 +269,18 @@ struct Recorder<T: WavSample> {
     stop: Arc<AtomicBool>,
     schedule: Schedule,
     format: WavFormat,
-    storage: Option<Storage>,
-    deployment_id: String,
+    folders: Folders,
+    /// Partial files of a crash are completed once the storage is first usable.
+    salvaged: bool,
+    registrar: Option<Registrar>,
+    registrar_version: u64,
     report: RecorderReport,
+    /// The writer's own error; the report shows it, or else rows owed by the registrar.
+    own_error: Option<ReportError>,
     last_report_write: Instant,
     file: Option<OpenFile<T>>,
+    /// End of the newest file written (or registered before), for overlap checks.
+    last_file_end: Option<Timestamp>,
     /// Wall-clock nanoseconds of frame 0 of the current stream.
     anchor_ns: Option<i128>,
     /// When the anchor was taken (monotonic) and the frame index then: the sample clock is
@@ -264,14 +291,12 @@ struct Recorder<T: WavSample> {
     /// Frame index just past the newest captured frame, and when it was seen.
     captured_end_index: u64,
     captured_end_at: Timestamp,
-    /// Warned once that samples arrive much faster than real time (file or FIFO input).
-    warned_fast_input: bool,
+    /// Samples arrive far faster than real time: they are discarded until they do not.
+    fast_input: bool,
     /// Frames since the anchor that have been handled.
     index: u64,
     /// Frames before this index are not recorded (between files, outside windows, low space).
     skip_until: u64,
-    /// Finished files whose row could not be written yet.
-    unregistered: Vec<NewRecording>,
     /// Counters of earlier streams, added to the current stream's.
     captured_before: u64,
     dropped_before: u64,
@@ -287,6 +312,7 @@ impl<T: WavSample> Recorder<T> {
             sample_format: config.recorder.sample_format,
         };
         let now = Timestamp::now();
+        let storage_root = config.storage_path(state_dir);
         let report = RecorderReport {
             pid: std::process::id(),
             state: RecorderState::Starting,
@@ -295,7 +321,7 @@ impl<T: WavSample> Recorder<T> {
             sample_rate: format.sample_rate,
             channels: format.channels,
             sample_format: format.sample_format.to_string(),
-            storage: config.storage_path(state_dir),
+            storage: storage_root.clone(),
             started_at: now,
             files_written: 0,
             last_file: None,
@@ -307,28 +333,37 @@ impl<T: WavSample> Recorder<T> {
             expected_file_by: None,
             error: None,
             repair: Default::default(),
+            rows_owed: 0,
+            files_deleted: 0,
+            recently_deleted: Vec::new(),
+            time_overlaps: 0,
+            clock_synchronized: clock::synchronized(),
+            warnings: Vec::new(),
             updated_at: now,
         };
         Self {
+            folders: Folders::new(&storage_root, &config.storage),
             config,
             state_dir: state_dir.to_path_buf(),
             stop,
             schedule,
             format,
-            storage: None,
-            deployment_id: String::new(),
+            salvaged: false,
+            registrar: None,
+            registrar_version: 0,
             report,
+            own_error: None,
             last_report_write: Instant::now(),
             file: None,
+            last_file_end: None,
             anchor_ns: None,
             anchored_at: Instant::now(),
             anchored_frame: 0,
             captured_end_index: 0,
             captured_end_at: now,
-            warned_fast_input: false,
+            fast_input: false,
             index: 0,
             skip_until: 0,
-            unregistered: Vec::new(),
             captured_before: 0,
             dropped_before: 0,
             overruns_before: 0,
@@ -349,18 +384,22 @@ impl<T: WavSample> Recorder<T> {
         T: capture::FromDevice<D>,
     {
         self.write_report()?;
-        self.open_storage();
+        if self.prepare_storage() {
+            self.salvage_partials();
+        }
+        self.registrar = Some(Registrar::start(
+            self.folders.clone(),
+            DeploymentInfo {
+                name: self.config.deployment.clone(),
+                location: self.config.location,
+            },
+        ));
         let period = self
             .config
             .period_frames
             .unwrap_or_else(|| default_period_frames(self.format.sample_rate));
         let mut backoff = Duration::from_millis(250);
         while !self.stopping() {
-            if self.storage.is_none() {
-                self.sleep(Duration::from_secs(5));
-                self.open_storage();
-                continue;
-            }
             match capture::start::<D, T>(&self.config.recorder, period) {
                 Ok(capture) => {
                     backoff = Duration::from_millis(250);
@@ -382,6 +421,10 @@ impl<T: WavSample> Recorder<T> {
             }
         }
         self.end_file();
+        if let Some(registrar) = self.registrar.take() {
+            let view = registrar.finish(STOP_TIMEOUT / 3);
+            self.apply_view(view);
+        }
         self.report.expected_file_by = None;
         self.set_state(RecorderState::Stopped, None);
         self.write_report()
@@ -398,115 +441,87 @@ impl<T: WavSample> Recorder<T> {
         }
     }
 
-    fn open_storage(&mut self) {
-        let root = self.config.storage_path(&self.state_dir);
-        let opened = Storage::open(&root, &self.config.storage).and_then(|mut s| {
-            let id = s.start_deployment(
-                &self.config.deployment,
-                self.config.location.as_ref(),
-                Timestamp::now(),
-            )?;
-            Ok((s, id))
-        });
-        match opened {
-            Ok((storage, id)) => {
-                self.storage = Some(storage);
-                self.deployment_id = id;
-                self.repair();
-                if self.report.state == RecorderState::StorageError {
-                    self.set_state(RecorderState::Starting, None);
+    /// Makes the storage ready for a file (mounted if required, folders present); on failure the
+    /// error is in the report and nothing was created.
+    fn prepare_storage(&mut self) -> bool {
+        match self.folders.prepare() {
+            Ok(()) => {
+                if !self.salvaged {
+                    self.salvage_partials();
                 }
+                true
             }
-            Err(e) => self.storage_failed(&e),
+            Err(e) => {
+                self.storage_failed(&e);
+                false
+            }
         }
     }
 
     fn storage_failed(&mut self, e: &StorageError) {
         let message = error_chain(e);
-        tracing::error!(code = e.code().code, "{message}");
+        if self.own_error.as_ref().map(|e| &e.message) != Some(&message) {
+            tracing::error!(code = e.code().code, "{message}");
+        }
+        self.report.expected_file_by = None;
         self.set_state(
             RecorderState::StorageError,
             Some(ReportError::new(e.code(), message)),
         );
     }
 
-    /// Start-up repair: partial files of a crash are completed and registered, then files and
-    /// rows are made to agree. Everything done is logged and put in the report.
-    fn repair(&mut self) {
-        let Some(storage) = self.storage.as_mut() else {
-            return;
-        };
-        let mut salvaged = Vec::new();
-        let mut problems = Vec::new();
-        let partial_dir = storage.partial_dir();
-        let entries: Vec<PathBuf> = std::fs::read_dir(&partial_dir)
+    /// Completes the partial files a crash left (file system only: the registrar registers
+    /// them with the other files found without a row). Everything done goes to the log and the
+    /// report.
+    fn salvage_partials(&mut self) {
+        self.salvaged = true;
+        let entries: Vec<PathBuf> = std::fs::read_dir(self.folders.partial_dir())
             .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
             .unwrap_or_default();
         for temp in entries {
-            let Some(final_name) = temp
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".part"))
-            else {
-                continue;
-            };
-            let final_path = storage.recordings_dir().join(final_name);
-            let Some(start) = storage::start_from_file_name(&final_path) else {
-                match storage.quarantine(&temp) {
-                    Ok(p) => problems.push(p),
-                    Err(e) => tracing::error!("{}", error_chain(&e)),
-                }
-                continue;
-            };
-            let guano = guano_of(&self.config, start);
-            match wav::salvage(&temp, &guano, final_name) {
-                Ok(Some((frames, format))) => {
-                    let target = storage::recording_path(&storage.recordings_dir(), start);
-                    let rec = NewRecording {
-                        path: target.clone(),
-                        datetime: start,
-                        duration_s: frames as f64 / f64::from(format.sample_rate),
-                        samplerate_hz: format.sample_rate,
-                        audio_channels: format.channels,
-                    };
-                    match move_into_place(&temp, &target)
-                        .map_err(|e| e.to_string())
-                        .and_then(|_| {
-                            storage
-                                .register(&rec, &self.deployment_id)
-                                .map_err(|e| error_chain(&e))
-                        }) {
-                        Ok(_) => {
-                            tracing::warn!(path = %target.display(), frames, "repair: completed and registered a recording interrupted by a crash");
-                            salvaged.push(target);
-                        }
-                        Err(e) => {
-                            tracing::error!(path = %temp.display(), "repair: cannot register a salvaged recording: {e}")
-                        }
-                    }
-                }
-                Ok(None) => {
-                    tracing::warn!(path = %temp.display(), "repair: removed a partial file that holds no audio");
-                    let _ = std::fs::remove_file(&temp);
-                }
-                Err(e) => {
-                    tracing::error!(path = %temp.display(), error = %e, "repair: cannot salvage a partial file; quarantining it");
-                    if let Ok(p) = storage.quarantine(&temp) {
-                        problems.push(p);
-                    }
-                }
+            if temp.extension().is_some_and(|e| e == "part") {
+                self.salvage_one(&temp);
             }
-        }
-        match storage.repair(&self.deployment_id) {
-            Ok(mut r) => {
-                r.salvaged = salvaged;
-                r.quarantined.extend(problems);
-                self.report.repair = r;
-            }
-            Err(e) => self.storage_failed(&e),
         }
     }
 
+    fn salvage_one(&mut self, temp: &Path) {
+        let name = temp
+            .file_stem()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let Some(start) = storage::start_from_file_name(Path::new(&name)) else {
+            self.quarantine(temp, "its name holds no start time");
+            return;
+        };
+        let guano = self.guano(start, None, None);
+        match wav::salvage(temp, &guano, &name) {
+            Ok(Some((frames, _))) => match self.place(temp, start) {
+                Ok(target) => {
+                    tracing::warn!(path = %target.display(), frames, "repair: completed a recording interrupted by a crash");
+                    self.report.repair.salvaged.push(target);
+                }
+                Err(e) => {
+                    tracing::error!(path = %temp.display(), "repair: cannot move a salvaged recording into recordings/: {e}")
+                }
+            },
+            Ok(None) => {
+                tracing::warn!(path = %temp.display(), "repair: removed a partial file that holds no audio");
+                let _ = std::fs::remove_file(temp);
+            }
+            Err(e) => self.quarantine(temp, &e.to_string()),
+        }
+    }
+
+    fn quarantine(&mut self, file: &Path, why: &str) {
+        match self.folders.quarantine(file) {
+            Ok(to) => {
+                tracing::error!(path = %file.display(), to = %to.display(), "repair: cannot salvage a partial file ({why}); quarantined it");
+                self.report.repair.quarantined.push(to);
+            }
+            Err(e) => tracing::error!("{}", error_chain(&e)),
+        }
+    }
     fn capture_loop<D>(&mut self, mut cap: capture::Capture<T>)
     where
         T: capture::FromDevice<D>,
@@ -662,10 +677,27 @@ impl<T: WavSample> Recorder<T> {
                 }
                 continue;
             }
+            if self.fast_input {
+                // Discarded: these samples have no true time.
+                self.leave_fast_input_when_real_time();
+                self.index += frames;
+                rest = &[];
+                continue;
+            }
             if self.index < self.skip_until {
+                // While no file is open, a wall clock that stepped (into a window, say) changes
+                // what to do now: decide again instead of waiting out a stale idle period.
+                if self.follow_wall_clock() {
+                    self.skip_until = self.index;
+                    continue;
+                }
                 let take = frames.min(self.skip_until - self.index);
                 self.index += take;
                 rest = &rest[take as usize * channels..];
+                continue;
+            }
+            if self.pace() == Pace::Fast {
+                self.enter_fast_input("samples arrive far faster than real time");
                 continue;
             }
             self.follow_wall_clock();
@@ -680,53 +712,118 @@ impl<T: WavSample> Recorder<T> {
                         .map_or(u64::MAX, |u| self.index_of(u))
                         .max(self.index + 1);
                     self.report.expected_file_by = self.expected_after(until);
-                    if self.report.state == RecorderState::Recording
-                        || self.report.state == RecorderState::Starting
-                    {
-                        self.set_state(RecorderState::Waiting, self.report.error.clone());
+                    if matches!(
+                        self.report.state,
+                        RecorderState::Recording | RecorderState::Starting
+                    ) {
+                        self.set_state(RecorderState::Waiting, self.own_error.clone());
                     }
                 }
             }
         }
     }
 
-    /// Between files, moves the anchor when sample time and the wall clock differ by a second or
-    /// more: a drifting sound card (tens of ppm add up to seconds a day) or a wall clock that was
-    /// stepped (an RTC-less board set by NTP after boot). Input far off real time against the
-    /// monotonic clock (a file, an unpaced FIFO) keeps its sample clock, once warned.
-    fn follow_wall_clock(&mut self) {
-        let Some(anchor) = self.anchor_ns else { return };
+    /// Sample time minus monotonic time since the anchor, in nanoseconds, and the monotonic time.
+    fn sample_lead(&self) -> (i128, i128) {
         let rate = i128::from(self.format.sample_rate);
-        let behind =
-            i128::from(self.captured_end_index.saturating_sub(self.index)) * 1_000_000_000 / rate;
-        let wall = self.captured_end_at.as_nanosecond() - behind;
-        let drift = anchor + i128::from(self.index) * 1_000_000_000 / rate - wall;
-        if drift.abs() < 1_000_000_000 {
-            return;
-        }
-        // Against the monotonic clock, a real sound card keeps time within a fraction of a
-        // per mille; input that does not is not real time, and keeps its sample clock.
         let monotonic = self.anchored_at.elapsed().as_nanos() as i128;
         let sampled = i128::from(self.captured_end_index.saturating_sub(self.anchored_frame))
             * 1_000_000_000
             / rate;
-        if (sampled - monotonic).abs() > monotonic / 1000 + 200_000_000 {
-            if !self.warned_fast_input {
-                self.warned_fast_input = true;
-                tracing::warn!(
-                    drift_s = drift as f64 / 1e9,
-                    "samples arrive far off real time (file or unpaced input?); keeping the sample clock"
-                );
+        (sampled - monotonic, monotonic)
+    }
+
+    /// A real sound card keeps time with the monotonic clock within a fraction of a per mille;
+    /// samples a second or more ahead of it are not real time.
+    fn pace(&self) -> Pace {
+        let (lead, monotonic) = self.sample_lead();
+        if lead > (monotonic / 500).max(1_000_000_000) {
+            Pace::Fast
+        } else if monotonic < 2_000_000_000 {
+            Pace::Unknown
+        } else {
+            Pace::RealTime
+        }
+    }
+
+    /// Stops recording input that is not real time: the open file (if any) ends, every sample is
+    /// discarded and counted, and the error says why until input is real time again.
+    fn enter_fast_input(&mut self, why: &str) {
+        self.end_file();
+        self.fast_input = true;
+        let message = format!(
+            "{why} ({} s of samples in {:.1} s); they cannot be given true times and are not recorded",
+            self.captured_end_index.saturating_sub(self.anchored_frame)
+                / u64::from(self.format.sample_rate),
+            self.anchored_at.elapsed().as_secs_f64()
+        );
+        tracing::error!(code = errors::INPUT_NOT_REAL_TIME.code, "{message}");
+        self.restart_pace_window();
+        self.report.expected_file_by = None;
+        self.set_state(
+            RecorderState::InputNotRealTime,
+            Some(ReportError::new(errors::INPUT_NOT_REAL_TIME, message)),
+        );
+    }
+
+    fn restart_pace_window(&mut self) {
+        self.anchored_at = Instant::now();
+        self.anchored_frame = self.captured_end_index;
+    }
+
+    /// Every two seconds of discarding, looks at the pace again; real time again means a new
+    /// anchor on the wall clock, and recording resumes.
+    fn leave_fast_input_when_real_time(&mut self) {
+        match self.pace() {
+            Pace::Unknown => {}
+            Pace::Fast => self.restart_pace_window(),
+            Pace::RealTime => {
+                let (lead, _) = self.sample_lead();
+                if lead.abs() > 200_000_000 {
+                    self.restart_pace_window();
+                    return;
+                }
+                tracing::info!("samples arrive in real time again; recording resumes");
+                self.fast_input = false;
+                self.anchor_to_wall_clock();
+                self.skip_until = self.index;
+                self.set_state(RecorderState::Starting, None);
             }
-            return;
+        }
+    }
+
+    /// Wall-clock nanoseconds of frame `self.index`, judged from the newest captured frame.
+    fn wall_of_index(&self) -> i128 {
+        let rate = i128::from(self.format.sample_rate);
+        let behind =
+            i128::from(self.captured_end_index.saturating_sub(self.index)) * 1_000_000_000 / rate;
+        self.captured_end_at.as_nanosecond() - behind
+    }
+
+    fn anchor_to_wall_clock(&mut self) {
+        let rate = i128::from(self.format.sample_rate);
+        self.anchor_ns = Some(self.wall_of_index() - i128::from(self.index) * 1_000_000_000 / rate);
+        self.restart_pace_window();
+    }
+
+    /// Between files, moves the anchor when sample time and the wall clock differ by a second or
+    /// more: a drifting sound card (tens of ppm add up to seconds a day) or a wall clock that was
+    /// stepped (an RTC-less board set by NTP after boot). Returns whether it moved.
+    fn follow_wall_clock(&mut self) -> bool {
+        let Some(anchor) = self.anchor_ns else {
+            return false;
+        };
+        let rate = i128::from(self.format.sample_rate);
+        let drift = anchor + i128::from(self.index) * 1_000_000_000 / rate - self.wall_of_index();
+        if drift.abs() < 1_000_000_000 || self.pace() == Pace::Fast {
+            return false;
         }
         tracing::info!(
             drift_s = drift as f64 / 1e9,
             "the wall clock moved against the sound card (drift or a clock step); re-anchoring between files"
         );
-        self.anchor_ns = Some(wall - i128::from(self.index) * 1_000_000_000 / rate);
-        self.anchored_at = Instant::now();
-        self.anchored_frame = self.captured_end_index;
+        self.anchor_to_wall_clock();
+        true
     }
 
     /// When the first file after an idle period ending at `until` should be complete; `None`
@@ -746,55 +843,32 @@ impl<T: WavSample> Recorder<T> {
         }
     }
 
+    /// Skips a little audio before trying a storage that failed again.
+    fn retry_storage_soon(&mut self, end_index: u64) {
+        let frames = STORAGE_RETRY.as_secs() * u64::from(self.format.sample_rate);
+        self.skip_until = end_index.min(self.index + frames.max(1));
+    }
+
     fn open_file(&mut self, end_index: u64) {
+        if !self.prepare_storage() {
+            self.retry_storage_soon(end_index);
+            return;
+        }
+        let start = self.time_of(self.index);
+        let duration_ns = self.config.recorder.duration.as_std().as_nanos() as i128;
+        if start.as_nanosecond() - self.wall_of_index() > duration_ns.max(1_000_000_000) {
+            self.enter_fast_input(
+                "a file would start more than one file duration ahead of the wall clock",
+            );
+            return;
+        }
         let frames_wanted = end_index - self.index;
         let bytes_wanted = frames_wanted * self.format.bytes_per_frame() + wav::RESERVE_EXTRA;
-        let expected = self.time_of(end_index);
-        let start = self.time_of(self.index);
-        let Some(storage) = self.storage.as_mut() else {
-            self.skip_until = end_index;
+        if !self.space_allows(bytes_wanted, end_index) {
             return;
-        };
-        match storage.ensure_space(bytes_wanted) {
-            Ok(SpaceCheck::Enough { deleted }) => {
-                if deleted > 0 {
-                    tracing::info!(
-                        deleted,
-                        "onLowSpace: deleteOldest removed recordings to keep minFreeSpace"
-                    );
-                }
-            }
-            Ok(SpaceCheck::Low { free, policy }) => {
-                let min = storage.spec().min_free_space;
-                let what = match policy {
-                    OnLowSpace::DeleteOldest => {
-                        "deleteOldest found nothing left to delete; not recording"
-                    }
-                    OnLowSpace::Stop => "onLowSpace: stop; recording paused until there is space",
-                    OnLowSpace::DiscardNew => "onLowSpace: discardNew; this file is discarded",
-                };
-                let message =
-                    format!("free space {free} bytes is below minFreeSpace {min}; {what}");
-                if self.report.state != RecorderState::LowSpace {
-                    tracing::warn!(code = errors::LOW_DISK_SPACE.code, "{message}");
-                }
-                self.report.files_discarded += 1;
-                self.skip_until = end_index;
-                self.report.expected_file_by = None;
-                self.set_state(
-                    RecorderState::LowSpace,
-                    Some(ReportError::new(errors::LOW_DISK_SPACE, message)),
-                );
-                return;
-            }
-            Err(e) => {
-                self.skip_until = end_index;
-                self.storage_failed(&e);
-                return;
-            }
         }
         // Reserve the file's space now; if the disk cannot hold all of it, record what fits.
-        let free = storage.free_bytes().unwrap_or(0);
+        let free = self.folders.free_bytes().unwrap_or(0);
         let room = free.saturating_sub(storage::DB_RESERVE_BYTES + wav::RESERVE_EXTRA)
             / self.format.bytes_per_frame();
         let frames = frames_wanted.min(room);
@@ -805,10 +879,9 @@ impl<T: WavSample> Recorder<T> {
             );
             return;
         }
-        let name = storage::recording_file_name(start);
-        let temp = storage.partial_dir().join(format!("{name}.part"));
-        match WavFile::<T>::create(&temp, self.format, frames) {
-            Ok(wav) => {
+        match self.create_part(start, frames) {
+            Ok((wav, temp)) => {
+                let overlap_s = self.overlap_with_earlier(start);
                 self.file = Some(OpenFile {
                     wav,
                     temp,
@@ -816,23 +889,25 @@ impl<T: WavSample> Recorder<T> {
                     end_index: self.index + frames,
                     cut_by_disk_full: frames < frames_wanted,
                     dropped_at_start: self.report.samples_dropped,
+                    overlap_s,
+                    clock_synchronized: self.report.clock_synchronized,
                 });
-                self.report.expected_file_by = Some(expected);
-                let error = match &self.report.error {
+                self.report.expected_file_by = Some(self.time_of(end_index));
+                let error = match &self.own_error {
                     // Errors about the stream itself stay until a file proves them gone.
                     Some(e) if e.code == errors::SAMPLES_DROPPED.code => Some(e.clone()),
                     _ => None,
                 };
                 self.set_state(RecorderState::Recording, error);
             }
-            Err(e) if storage::is_disk_full(&e) => {
+            Err((e, _)) if storage::is_disk_full(&e) => {
                 self.disk_full(
                     end_index,
                     format!("the disk is full ({free} bytes free); not recording"),
                 );
             }
-            Err(e) => {
-                self.skip_until = end_index;
+            Err((e, temp)) => {
+                self.retry_storage_soon(end_index);
                 let err = StorageError::Unusable {
                     path: temp,
                     action: "create a recording",
@@ -841,6 +916,95 @@ impl<T: WavSample> Recorder<T> {
                 self.storage_failed(&err);
             }
         }
+    }
+
+    /// Creates `.partial/<start>.wav.part`, never reusing an existing name; reads the clock's
+    /// synchronisation for the file's GUANO.
+    fn create_part(
+        &mut self,
+        start: Timestamp,
+        frames: u64,
+    ) -> Result<(WavFile<T>, PathBuf), (std::io::Error, PathBuf)> {
+        self.report.clock_synchronized = clock::synchronized();
+        let name = storage::recording_file_name(start);
+        let first = self.folders.partial_dir().join(format!("{name}.part"));
+        let mut temp = first.clone();
+        for n in 1..1000 {
+            match WavFile::<T>::create(&temp, self.format, frames) {
+                Ok(wav) => return Ok((wav, temp)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    temp =
+                        storage::numbered(&first.with_extension(""), n).with_extension("wav.part");
+                }
+                Err(e) => return Err((e, temp)),
+            }
+        }
+        Err((
+            std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            temp,
+        ))
+    }
+
+    /// Seconds by which a file starting at `start` overlaps the newest earlier file, counted and
+    /// logged; `None` when it does not.
+    fn overlap_with_earlier(&mut self, start: Timestamp) -> Option<f64> {
+        let latest = self
+            .last_file_end
+            .max(self.registrar.as_ref().and_then(|r| r.view_latest_end()))?;
+        let overlap = latest.duration_since(start).as_secs_f64();
+        if overlap <= 0.0 {
+            return None;
+        }
+        self.report.time_overlaps += 1;
+        tracing::warn!(
+            code = errors::TIME_OVERLAP.code,
+            overlap_s = overlap,
+            "a file starts {overlap:.3} s before the end of an earlier one (the wall clock was stepped back); both are kept"
+        );
+        Some(overlap)
+    }
+
+    /// Whether a file of `bytes` may be written now under minFreeSpace and onLowSpace.
+    fn space_allows(&mut self, bytes: u64, end_index: u64) -> bool {
+        let free = match self.folders.free_bytes() {
+            Ok(free) => free,
+            Err(e) => {
+                self.retry_storage_soon(end_index);
+                self.storage_failed(&e);
+                return false;
+            }
+        };
+        let min = self.folders.spec().min_free_space;
+        let wanted = min.bytes().saturating_add(bytes);
+        if free >= wanted {
+            return true;
+        }
+        let what = match self.folders.spec().on_low_space {
+            OnLowSpace::DeleteOldest => {
+                // The registrar deletes; until it finds it cannot help, minFreeSpace's margin
+                // takes this file (the reservation below still cuts it at a truly full disk).
+                let registrar = self.registrar.as_ref();
+                registrar.inspect(|r| r.make_room(wanted));
+                match registrar.and_then(|r| r.view().cannot_make_room) {
+                    None => return true,
+                    Some(why) => format!("deleteOldest: {why}; not recording"),
+                }
+            }
+            OnLowSpace::Stop => "onLowSpace: stop; recording paused until there is space".into(),
+            OnLowSpace::DiscardNew => "onLowSpace: discardNew; this file is discarded".into(),
+        };
+        let message = format!("free space {free} bytes is below minFreeSpace {min}; {what}");
+        if self.report.state != RecorderState::LowSpace {
+            tracing::warn!(code = errors::LOW_DISK_SPACE.code, "{message}");
+        }
+        self.report.files_discarded += 1;
+        self.skip_until = end_index;
+        self.report.expected_file_by = None;
+        self.set_state(
+            RecorderState::LowSpace,
+            Some(ReportError::new(errors::LOW_DISK_SPACE, message)),
+        );
+        false
     }
 
     fn disk_full(&mut self, end_index: u64, message: String) {
@@ -871,17 +1035,12 @@ impl<T: WavSample> Recorder<T> {
             file.temp.display()
         );
         tracing::error!(code = code.code, "{message}");
-        let guano = self.guano(file.start);
-        let name = storage::recording_file_name(file.start);
-        match wav::salvage(&file.temp, &guano, &name) {
-            Ok(Some((frames, _))) => {
-                self.place_and_register(&file.temp, file.start, frames);
-            }
-            _ => {
-                let _ = std::fs::remove_file(&file.temp);
-            }
+        self.salvage_after_error(&file.temp, file.start, file.overlap_s);
+        if code == errors::DISK_FULL {
+            self.skip_until = end_index;
+        } else {
+            self.retry_storage_soon(end_index);
         }
-        self.skip_until = end_index;
         self.report.files_discarded += 1;
         self.report.expected_file_by = None;
         self.set_state(
@@ -890,8 +1049,29 @@ impl<T: WavSample> Recorder<T> {
         );
     }
 
-    fn guano(&self, start: Timestamp) -> Guano {
-        guano_of(&self.config, start)
+    /// Keeps what a file that failed holds (checkpointed frames), registered.
+    fn salvage_after_error(&mut self, temp: &Path, start: Timestamp, overlap_s: Option<f64>) {
+        let guano = self.guano(start, self.report.clock_synchronized, overlap_s);
+        let name = storage::recording_file_name(start);
+        match wav::salvage(temp, &guano, &name) {
+            Ok(Some((frames, _))) => self.place_and_register(temp, start, frames),
+            _ => {
+                let _ = std::fs::remove_file(temp);
+            }
+        }
+    }
+
+    fn guano(
+        &self,
+        start: Timestamp,
+        clock_synchronized: Option<bool>,
+        overlap_s: Option<f64>,
+    ) -> Guano {
+        Guano {
+            clock_synchronized,
+            time_overlap_s: overlap_s,
+            ..guano_of(&self.config, start)
+        }
     }
 
     /// Ends the open file where it is (stop, device loss, a gap), keeping it if it holds audio.
@@ -908,20 +1088,15 @@ impl<T: WavSample> Recorder<T> {
         }
     }
 
-    /// Completes the open file: header, GUANO, fsync, rename into recordings/, then the row.
+    /// Completes the open file: header, GUANO, fsync, rename into recordings/, then hands its
+    /// row to the registrar.
     fn finish_file(&mut self) {
         let Some(file) = self.file.take() else { return };
         let name = storage::recording_file_name(file.start);
-        let guano = self.guano(file.start);
+        let guano = self.guano(file.start, file.clock_synchronized, file.overlap_s);
         let dropped = self.report.samples_dropped - file.dropped_at_start;
         match file.wav.finish(&guano, &name) {
-            Ok(frames) => {
-                if !self.place_and_register(&file.temp, file.start, frames) {
-                    // storage_failed has put the error in the report: it must stay there, or
-                    // files would keep landing without rows while the status says Running.
-                    return;
-                }
-            }
+            Ok(frames) => self.place_and_register(&file.temp, file.start, frames),
             Err(e) => {
                 let code = if storage::is_disk_full(&e) {
                     errors::DISK_FULL
@@ -930,20 +1105,17 @@ impl<T: WavSample> Recorder<T> {
                 };
                 let message = format!("cannot complete {}: {e}", file.temp.display());
                 tracing::error!(code = code.code, "{message}");
-                match wav::salvage(&file.temp, &guano, &name) {
-                    Ok(Some((frames, _))) => {
-                        self.place_and_register(&file.temp, file.start, frames);
-                    }
-                    _ => {
-                        let _ = std::fs::remove_file(&file.temp);
-                    }
-                }
+                self.salvage_after_error(&file.temp, file.start, file.overlap_s);
                 self.set_state(
                     RecorderState::StorageError,
                     Some(ReportError::new(code, message)),
                 );
                 return;
             }
+        }
+        if self.report.state == RecorderState::StorageError && !file.cut_by_disk_full {
+            // Placing the file failed: that error stays in the report.
+            return;
         }
         let error = if file.cut_by_disk_full {
             Some(ReportError::new(
@@ -960,10 +1132,7 @@ impl<T: WavSample> Recorder<T> {
         } else {
             None
         };
-        let state = if error
-            .as_ref()
-            .is_some_and(|e| e.code == errors::DISK_FULL.code)
-        {
+        let state = if file.cut_by_disk_full {
             RecorderState::StorageError
         } else {
             self.report.state
@@ -971,78 +1140,96 @@ impl<T: WavSample> Recorder<T> {
         self.set_state(state, error);
     }
 
-    /// Moves a finished file into recordings/ and registers it (with any rows still owed);
-    /// false when that failed and the error is in the report.
-    fn place_and_register(&mut self, temp: &Path, start: Timestamp, frames: u64) -> bool {
-        let Some(storage) = self.storage.as_mut() else {
-            return false;
-        };
-        let target = storage::recording_path(&storage.recordings_dir(), start);
-        if let Err(e) = move_into_place(temp, &target) {
-            let err = StorageError::Unusable {
-                path: target,
-                action: "move a finished recording into recordings/",
-                source: e,
-            };
-            self.storage_failed(&err);
-            return false;
-        }
-        let rec = NewRecording {
-            path: target.clone(),
-            datetime: start,
-            duration_s: frames as f64 / f64::from(self.format.sample_rate),
-            samplerate_hz: self.format.sample_rate,
-            audio_channels: self.format.channels,
-        };
-        // Rows that could not be written before (a full disk, a damaged database) go first.
-        let mut unregistered = std::mem::take(&mut self.unregistered);
-        unregistered.push(rec);
-        let mut failure = None;
-        let mut registered = 0;
-        for rec in unregistered {
-            if failure.is_some() {
-                self.unregistered.push(rec);
-                continue;
+    /// Moves a finished file into recordings/ (never over another file) and hands its row to
+    /// the registrar; on failure the error is in the report.
+    fn place_and_register(&mut self, temp: &Path, start: Timestamp, frames: u64) {
+        let target = match self.place(temp, start) {
+            Ok(target) => target,
+            Err(e) => {
+                self.storage_failed(&e);
+                return;
             }
-            match storage.register(&rec, &self.deployment_id) {
-                Ok(_) => registered += 1,
-                Err(e) => {
-                    // The file stays in recordings/: retried with the next file, and registered
-                    // by the next start's repair at the latest.
-                    self.unregistered.push(rec);
-                    failure = Some(e);
-                }
-            }
+        };
+        let duration_s = frames as f64 / f64::from(self.format.sample_rate);
+        let end = start
+            .checked_add(jiff::SignedDuration::from_secs_f64(duration_s))
+            .unwrap_or(start);
+        self.last_file_end = self.last_file_end.max(Some(end));
+        if let Some(registrar) = &self.registrar {
+            registrar.register(NewRecording {
+                path: target.clone(),
+                datetime: start,
+                duration_s,
+                samplerate_hz: self.format.sample_rate,
+                audio_channels: self.format.channels,
+            });
         }
-        self.report.files_written += registered;
-        if let Some(e) = failure {
-            self.storage_failed(&e);
-            return false;
-        }
+        self.report.files_written += 1;
         self.report.last_file = Some(target);
         self.report.last_file_at = Some(Timestamp::now());
         self.force_report();
-        true
     }
 
+    fn place(&self, temp: &Path, start: Timestamp) -> Result<PathBuf, StorageError> {
+        let target = storage::recording_path(&self.folders.recordings_dir(), start);
+        storage::rename_no_replace(temp, &target).map_err(|source| StorageError::Unusable {
+            path: target,
+            action: "move a finished recording into recordings/",
+            source,
+        })
+    }
+
+    /// Sets the state and the writer's own error; the report shows that error, or else rows
+    /// owed to metadata.db for longer than [`registrar::OWED_GRACE`].
     fn set_state(&mut self, state: RecorderState, error: Option<ReportError>) {
-        // Files whose rows are still owed keep the recorder in error until they are written.
-        let error = error.or_else(|| {
-            (!self.unregistered.is_empty()).then(|| {
-                ReportError::new(
-                    errors::METADATA_DB_ERROR,
-                    format!(
-                        "{} recordings are in recordings/ without their metadata.db row yet; retried with every file",
-                        self.unregistered.len()
-                    ),
-                )
-            })
-        });
+        self.own_error = error;
+        let error = self.effective_error();
         if self.report.state != state || self.report.error != error {
             self.report.state = state;
             self.report.error = error;
             self.force_report();
         }
+    }
+
+    fn effective_error(&self) -> Option<ReportError> {
+        if self.own_error.is_some() {
+            return self.own_error.clone();
+        }
+        let registrar = self.registrar.as_ref()?;
+        let (owed, since, last_error) = registrar.owed();
+        let age = since?.elapsed();
+        if owed == 0 || age < registrar::OWED_GRACE {
+            return None;
+        }
+        let why = last_error.map_or(String::new(), |e| format!(" ({e})"));
+        Some(ReportError::new(
+            errors::METADATA_DB_ERROR,
+            format!(
+                "{owed} recordings are in recordings/ without their metadata.db row for {} s{why}; files keep being written and the rows are retried every second",
+                age.as_secs()
+            ),
+        ))
+    }
+
+    /// Copies what the registrar did into the report.
+    fn apply_view(&mut self, view: registrar::RegistrarView) {
+        self.registrar_version = view.version;
+        self.report.rows_owed = view.rows_owed;
+        self.report.files_deleted = view.files_deleted;
+        self.report.recently_deleted = view.recently_deleted.into_iter().collect();
+        let salvaged = std::mem::take(&mut self.report.repair.salvaged);
+        let quarantined_here: Vec<PathBuf> = self
+            .report
+            .repair
+            .quarantined
+            .iter()
+            .filter(|p| !view.repair.quarantined.contains(p))
+            .cloned()
+            .collect();
+        self.report.repair = view.repair;
+        self.report.repair.salvaged = salvaged;
+        self.report.repair.quarantined.extend(quarantined_here);
+        self.report.repair.databases_set_aside = view.databases_set_aside;
     }
 
     fn force_report(&mut self) {
@@ -1051,13 +1238,70 @@ impl<T: WavSample> Recorder<T> {
         }
     }
 
+    /// Called between chunks: shows what the registrar did and rows owed too long, and
+    /// refreshes the report at least every [`HEARTBEAT`].
     fn heartbeat(&mut self) {
-        if self.last_report_write.elapsed() >= HEARTBEAT {
+        let mut changed = false;
+        if let Some(view) = self
+            .registrar
+            .as_ref()
+            .and_then(|r| r.changes(self.registrar_version))
+        {
+            self.apply_view(view);
+            changed = true;
+        }
+        if let Some(registrar) = &self.registrar {
+            let owed = registrar.owed().0;
+            changed |= owed != self.report.rows_owed;
+            self.report.rows_owed = owed;
+        }
+        let error = self.effective_error();
+        if error != self.report.error {
+            self.report.error = error;
+            changed = true;
+        }
+        if changed || self.last_report_write.elapsed() >= HEARTBEAT {
             self.force_report();
         }
     }
 
+    /// Warnings: conditions that do not stop recording but should be known.
+    fn warnings(&self) -> Vec<ReportError> {
+        let mut out = Vec::new();
+        if self.report.clock_synchronized == Some(false) {
+            out.push(ReportError::new(
+                errors::CLOCK_NOT_SYNCHRONIZED,
+                "the kernel says the wall clock is not synchronised; file times may be wrong (each file's GUANO says whether it was)",
+            ));
+        }
+        if self.report.files_deleted > 0 {
+            let latest = self
+                .report
+                .recently_deleted
+                .last()
+                .map_or(String::new(), |p| format!("; the latest: {}", p.display()));
+            out.push(ReportError::new(
+                errors::RECORDINGS_DELETED,
+                format!(
+                    "onLowSpace: deleteOldest deleted {} recordings since {} to keep minFreeSpace{latest}",
+                    self.report.files_deleted, self.report.started_at
+                ),
+            ));
+        }
+        if self.report.time_overlaps > 0 {
+            out.push(ReportError::new(
+                errors::TIME_OVERLAP,
+                format!(
+                    "{} files claim start times before the end of earlier files (the wall clock was stepped back); none was overwritten",
+                    self.report.time_overlaps
+                ),
+            ));
+        }
+        out
+    }
+
     fn write_report(&mut self) -> Result<(), RecorderError> {
+        self.report.warnings = self.warnings();
         self.report.updated_at = Timestamp::now();
         self.last_report_write = Instant::now();
         report::write_report(&self.state_dir, &self.report).map_err(|source| {
@@ -1067,14 +1311,6 @@ impl<T: WavSample> Recorder<T> {
             }
         })
     }
-}
-
-/// Renames a complete file into place and makes the rename durable.
-fn move_into_place(temp: &Path, target: &Path) -> std::io::Result<()> {
-    let dir = target.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    std::fs::rename(temp, target)?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -1096,5 +1332,7 @@ fn guano_of(config: &RecordConfig, start: Timestamp) -> Guano {
         latitude_longitude: config
             .location
             .map(|l| (l.latitude.value(), l.longitude.value())),
+        clock_synchronized: None,
+        time_overlap_s: None,
     }
 }

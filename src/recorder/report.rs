@@ -30,6 +30,8 @@ pub enum RecorderState {
     Recording,
     /// Outside the windows or between files.
     Waiting,
+    /// Samples arrive far faster than real time; nothing is recorded until they do not.
+    InputNotRealTime,
     /// The device is missing or stopped delivering samples; retrying.
     DeviceUnavailable,
     /// The storage cannot be written (or is full).
@@ -87,6 +89,25 @@ pub struct RecorderReport {
     /// What the start-up repair of the storage did.
     #[serde(default)]
     pub repair: RepairReport,
+    /// Finished files in recordings/ whose metadata.db row is not written yet (DEP_E321 once
+    /// one is owed for more than a few seconds).
+    #[serde(default)]
+    pub rows_owed: u64,
+    /// Recordings deleted by `onLowSpace: deleteOldest` since the recorder started, and the
+    /// latest of them.
+    #[serde(default)]
+    pub files_deleted: u64,
+    #[serde(default)]
+    pub recently_deleted: Vec<PathBuf>,
+    /// Files whose claimed start lies before the end of an earlier file (a clock stepped back).
+    #[serde(default)]
+    pub time_overlaps: u64,
+    /// Whether the kernel says the wall clock is synchronised (null: unknown).
+    #[serde(default)]
+    pub clock_synchronized: Option<bool>,
+    /// Conditions that do not stop recording but should be known (DEP_E304, DEP_E316, DEP_E317).
+    #[serde(default)]
+    pub warnings: Vec<ReportError>,
     pub updated_at: Timestamp,
 }
 
@@ -186,6 +207,12 @@ mod tests {
             expected_file_by: Some(now + SignedDuration::from_secs(60)),
             error: None,
             repair: RepairReport::default(),
+            rows_owed: 0,
+            files_deleted: 0,
+            recently_deleted: Vec::new(),
+            time_overlaps: 0,
+            clock_synchronized: None,
+            warnings: Vec::new(),
             updated_at: now,
         }
     }

@@ -83,6 +83,10 @@ pub struct Guano {
     pub deployment: String,
     pub device: String,
     pub latitude_longitude: Option<(f64, f64)>,
+    /// Whether the kernel said the wall clock was synchronised when the file started.
+    pub clock_synchronized: Option<bool>,
+    /// Seconds by which the start lies before the end of an earlier file (clock stepped back).
+    pub time_overlap_s: Option<f64>,
 }
 
 impl Guano {
@@ -107,6 +111,15 @@ impl Guano {
         s += &format!("ROOST|Device:{}\n", single_line(&self.device));
         s += &format!("ROOST|Channels:{}\n", format.channels);
         s += &format!("ROOST|Sample Format:{}\n", format.sample_format);
+        if let Some(synced) = self.clock_synchronized {
+            s += &format!(
+                "ROOST|Clock Synchronized:{}\n",
+                if synced { "yes" } else { "no" }
+            );
+        }
+        if let Some(overlap) = self.time_overlap_s {
+            s += &format!("ROOST|Time Overlap:{overlap:.6}\n");
+        }
         s
     }
 }
@@ -267,6 +280,14 @@ pub fn salvage(
         .write(true)
         .open(temp)?;
     let len = file.metadata()?.len();
+    // Space reserved by posix_fallocate reads as zeros: a header that never left the write
+    // buffer (a crash in the first second) means an empty file, not a damaged one.
+    let mut head = [0u8; 44];
+    let read = std::io::Read::read(&mut (&file), &mut head)?;
+    if head[..read].iter().all(|&b| b == 0) {
+        return Ok(None);
+    }
+    std::io::Seek::seek(&mut (&file), std::io::SeekFrom::Start(0))?;
     // A header that cannot be read is not "no audio": the caller keeps such a file aside.
     let unreadable = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidData, why);
     let reader = hound::WavReader::new(std::io::BufReader::new(&file))
@@ -308,7 +329,22 @@ mod tests {
             deployment: "meadow".into(),
             device: "default".into(),
             latitude_longitude: Some((51.5, -0.12)),
+            clock_synchronized: Some(false),
+            time_overlap_s: Some(1.5),
         }
+    }
+
+    #[test]
+    fn a_preallocated_file_whose_header_never_reached_the_disk_holds_no_audio() {
+        let dir = tempfile::tempdir().unwrap();
+        for len in [0usize, 10, 44, 1 << 20] {
+            let p = dir.path().join(format!("{len}.wav.part"));
+            std::fs::write(&p, vec![0u8; len]).unwrap();
+            assert!(salvage(&p, &guano(), "x.wav").unwrap().is_none(), "{len}");
+        }
+        let junk = dir.path().join("junk.wav.part");
+        std::fs::write(&junk, b"RIFX not a wav file at all, but not empty either").unwrap();
+        assert!(salvage(&junk, &guano(), "x.wav").is_err());
     }
 
     #[test]

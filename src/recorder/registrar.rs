@@ -1,0 +1,370 @@
+//! The registrar: the recorder's only user of metadata.db, on a thread of its own. The writer
+//! hands it each finished file's row and carries on; the registrar writes the rows, retries
+//! while the database is locked, unwritable, deleted or replaced (reopening it, recreating it,
+//! and registering the files found on disk), and carries out `deleteOldest`. It must never make
+//! the writer wait: the writer only sends jobs and reads a snapshot of [`RegistrarView`].
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+
+use crate::spec::Location;
+use crate::storage::{self, Folders, NewRecording, RepairReport, Storage, StorageError};
+
+/// Rows owed for longer than this are reported (DEP_E321).
+pub const OWED_GRACE: Duration = Duration::from_secs(3);
+/// Between attempts while rows are owed or the database cannot be opened.
+const RETRY: Duration = Duration::from_secs(1);
+/// Longest wait between attempts to open the database for the start-up repair.
+const MAX_REPAIR_RETRY: Duration = Duration::from_secs(30);
+/// Deletions named in the view (the most recent ones).
+pub const RECENT_DELETIONS: usize = 10;
+
+/// What the writer sees of the registrar: a snapshot, copied under a short lock.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RegistrarView {
+    /// Rows handed over and not written yet.
+    pub rows_owed: u64,
+    /// When the oldest owed row was handed over.
+    pub owed_since: Option<Instant>,
+    /// Why the last attempt failed, while rows are owed.
+    pub last_error: Option<String>,
+    /// Rows written since the recorder started.
+    pub rows_written: u64,
+    /// Recordings deleted by deleteOldest since the recorder started, and the latest of them.
+    pub files_deleted: u64,
+    pub recently_deleted: VecDeque<PathBuf>,
+    /// Set when deleteOldest cannot free enough: the space is held by other files.
+    pub cannot_make_room: Option<String>,
+    /// What the repairs of the storage did (at start and after each reopening).
+    pub repair: RepairReport,
+    /// Unreadable databases moved aside.
+    pub databases_set_aside: Vec<PathBuf>,
+    /// End of the newest registered recording (for overlap checks after a restart).
+    pub latest_end: Option<Timestamp>,
+    /// Bumped on every change the report should show.
+    pub version: u64,
+}
+
+enum Job {
+    Register(NewRecording),
+    MakeRoom { wanted_free: u64 },
+}
+
+/// Handle kept by the writer.
+pub struct Registrar {
+    tx: Option<Sender<Job>>,
+    view: Arc<Mutex<RegistrarView>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Which deployment rows belong to.
+#[derive(Clone, Debug)]
+pub struct DeploymentInfo {
+    pub name: String,
+    pub location: Option<Location>,
+}
+
+impl Registrar {
+    /// Starts the thread; it opens the database, repairs the storage and waits for jobs.
+    pub fn start(folders: Folders, deployment: DeploymentInfo) -> Self {
+        let (tx, rx) = mpsc::channel();
+        let view = Arc::new(Mutex::new(RegistrarView::default()));
+        let worker = Worker {
+            folders,
+            deployment,
+            view: view.clone(),
+            db: None,
+            deployment_id: String::new(),
+            queue: VecDeque::new(),
+            room: None,
+            repair_pending: true,
+        };
+        let thread = std::thread::Builder::new()
+            .name("roost-registrar".into())
+            .spawn(move || worker.run(rx))
+            .ok();
+        Self {
+            tx: Some(tx),
+            view,
+            thread,
+        }
+    }
+
+    /// Hands over a finished file's row; never waits for the database.
+    pub fn register(&self, rec: NewRecording) {
+        {
+            let mut v = lock(&self.view);
+            v.rows_owed += 1;
+            v.owed_since.get_or_insert_with(Instant::now);
+        }
+        self.send(Job::Register(rec));
+    }
+
+    /// Asks deleteOldest to bring free space up to `wanted_free` bytes.
+    pub fn make_room(&self, wanted_free: u64) {
+        self.send(Job::MakeRoom { wanted_free });
+    }
+
+    fn send(&self, job: Job) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(job);
+        }
+    }
+
+    pub fn view(&self) -> RegistrarView {
+        lock(&self.view).clone()
+    }
+
+    /// The view, when it changed since `version`.
+    pub fn changes(&self, version: u64) -> Option<RegistrarView> {
+        let v = lock(&self.view);
+        (v.version != version).then(|| v.clone())
+    }
+
+    /// Rows owed, since when, and why the last attempt failed: cheap enough for every chunk.
+    pub fn owed(&self) -> (u64, Option<Instant>, Option<String>) {
+        let v = lock(&self.view);
+        let why = (v.rows_owed > 0).then(|| v.last_error.clone()).flatten();
+        (v.rows_owed, v.owed_since, why)
+    }
+
+    pub fn view_latest_end(&self) -> Option<Timestamp> {
+        lock(&self.view).latest_end
+    }
+
+    /// Stops the thread after it has tried to write what is owed for up to `grace`. Rows still
+    /// owed then are written by the next start's repair (their files are in recordings/).
+    pub fn finish(mut self, grace: Duration) -> RegistrarView {
+        self.tx = None;
+        if let Some(thread) = self.thread.take() {
+            let deadline = Instant::now() + grace;
+            while !thread.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            }
+        }
+        self.view()
+    }
+}
+
+fn lock(view: &Mutex<RegistrarView>) -> std::sync::MutexGuard<'_, RegistrarView> {
+    view.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct Worker {
+    folders: Folders,
+    deployment: DeploymentInfo,
+    view: Arc<Mutex<RegistrarView>>,
+    db: Option<Storage>,
+    deployment_id: String,
+    queue: VecDeque<NewRecording>,
+    room: Option<u64>,
+    repair_pending: bool,
+}
+
+impl Worker {
+    fn run(mut self, rx: Receiver<Job>) {
+        let mut repair_retry = RETRY;
+        loop {
+            let wait = if !self.queue.is_empty() || self.room.is_some() {
+                Some(RETRY)
+            } else if self.repair_pending {
+                Some(repair_retry)
+            } else {
+                None
+            };
+            let received = match wait {
+                Some(d) => rx.recv_timeout(d),
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match received {
+                Ok(job) => self.take(job),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.turn();
+                    return;
+                }
+            }
+            while let Ok(job) = rx.try_recv() {
+                self.take(job);
+            }
+            self.turn();
+            repair_retry = if self.repair_pending {
+                (repair_retry * 2).min(MAX_REPAIR_RETRY)
+            } else {
+                RETRY
+            };
+        }
+    }
+
+    fn take(&mut self, job: Job) {
+        match job {
+            Job::Register(rec) => self.queue.push_back(rec),
+            Job::MakeRoom { wanted_free } => self.room = Some(wanted_free),
+        }
+    }
+
+    /// One attempt at everything pending.
+    fn turn(&mut self) {
+        if self.db.as_ref().is_some_and(Storage::db_replaced) {
+            tracing::warn!(
+                code = crate::errors::METADATA_DB_ERROR.code,
+                "metadata.db was deleted or replaced; reopening it and registering the files on disk"
+            );
+            self.db = None;
+            self.repair_pending = true;
+        }
+        if self.db.is_none()
+            && let Err(e) = self.open()
+        {
+            self.failed(&e);
+            return;
+        }
+        if self.repair_pending {
+            self.repair();
+        }
+        self.flush();
+        if let Some(wanted) = self.room.take() {
+            self.make_room(wanted);
+        }
+    }
+
+    fn open(&mut self) -> Result<(), StorageError> {
+        let mut db = Storage::open(self.folders.root(), self.folders.spec())?;
+        self.deployment_id = db.start_deployment(
+            &self.deployment.name,
+            self.deployment.location.as_ref(),
+            Timestamp::now(),
+        )?;
+        let latest_end = latest_end(&db);
+        let mut v = lock(&self.view);
+        if let Some(aside) = db.set_aside() {
+            v.databases_set_aside.push(aside.to_path_buf());
+            v.version += 1;
+        }
+        v.latest_end = latest_end.or(v.latest_end);
+        drop(v);
+        self.db = Some(db);
+        Ok(())
+    }
+
+    fn repair(&mut self) {
+        let Some(db) = self.db.as_mut() else { return };
+        match db.repair(&self.deployment_id) {
+            Ok(r) => {
+                self.repair_pending = false;
+                let mut v = lock(&self.view);
+                if !r.is_empty() {
+                    v.repair.registered.extend(r.registered);
+                    v.repair.quarantined.extend(r.quarantined);
+                    v.repair.rows_removed.extend(r.rows_removed);
+                    v.version += 1;
+                }
+            }
+            Err(e) => self.failed(&e),
+        }
+    }
+
+    fn flush(&mut self) {
+        let Some(db) = self.db.as_mut() else { return };
+        let mut written = 0;
+        let mut failure = None;
+        while let Some(rec) = self.queue.front() {
+            match db.register(rec, &self.deployment_id) {
+                Ok(_) => {
+                    self.queue.pop_front();
+                    written += 1;
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        if written > 0 {
+            let mut v = lock(&self.view);
+            v.rows_owed = v.rows_owed.saturating_sub(written);
+            v.rows_written += written;
+            if v.rows_owed == 0 {
+                v.owed_since = None;
+                v.last_error = None;
+            } else if self.queue.is_empty() {
+                // The rest is still in the channel: it was handed over just now.
+                v.owed_since = Some(Instant::now());
+            }
+        }
+        if let Some(e) = failure {
+            self.failed(&e);
+        }
+    }
+
+    /// Records why an attempt failed; anything but a lock held by another program drops the
+    /// connection, so that the next attempt reopens it (a file system back from read-only, a
+    /// database recreated).
+    fn failed(&mut self, e: &StorageError) {
+        let text = storage::error_text(e);
+        if !e.is_busy() {
+            self.db = None;
+        }
+        let mut v = lock(&self.view);
+        if v.last_error.as_deref() != Some(&text) {
+            tracing::warn!(
+                code = e.code().code,
+                rows_owed = v.rows_owed,
+                "{text}; retrying"
+            );
+            v.last_error = Some(text);
+            v.version += 1;
+        }
+    }
+
+    fn make_room(&mut self, wanted_free: u64) {
+        let Some(db) = self.db.as_mut() else {
+            self.room = Some(wanted_free);
+            return;
+        };
+        match db.make_room(wanted_free) {
+            Ok(outcome) => {
+                let mut v = lock(&self.view);
+                let verdict = (!outcome.enough && outcome.deleted.is_empty()).then(|| {
+                    format!(
+                        "the space is held by other files: deleting every registered recording would free {} bytes, and {} more are needed; nothing was deleted",
+                        outcome.reclaimable,
+                        wanted_free.saturating_sub(outcome.free)
+                    )
+                });
+                if v.cannot_make_room != verdict || !outcome.deleted.is_empty() {
+                    v.version += 1;
+                }
+                v.cannot_make_room = verdict;
+                v.files_deleted += outcome.deleted.len() as u64;
+                for path in outcome.deleted {
+                    v.recently_deleted.push_back(path);
+                    if v.recently_deleted.len() > RECENT_DELETIONS {
+                        v.recently_deleted.pop_front();
+                    }
+                }
+            }
+            Err(e) => self.failed(&e),
+        }
+    }
+}
+
+fn latest_end(db: &Storage) -> Option<Timestamp> {
+    let rows = db.recordings().ok()?;
+    rows.iter()
+        .filter_map(|r| {
+            let start = storage::start_from_file_name(&r.path)?;
+            start
+                .checked_add(jiff::SignedDuration::from_secs_f64(r.duration_s))
+                .ok()
+        })
+        .max()
+}
