@@ -287,7 +287,8 @@ struct Recorder<T: WavSample> {
     /// compared with the monotonic clock to tell input far off real time (a file, an unpaced
     /// FIFO) from a wall clock that moved (NTP step, drift).
     anchored_at: Instant,
-    anchored_frame: u64,
+    /// Frames the device had delivered then (dropped ones included: they arrived too).
+    anchored_captured: u64,
     /// Frame index just past the newest captured frame, and when it was seen.
     captured_end_index: u64,
     captured_end_at: Timestamp,
@@ -358,7 +359,7 @@ impl<T: WavSample> Recorder<T> {
             last_file_end: None,
             anchor_ns: None,
             anchored_at: Instant::now(),
-            anchored_frame: 0,
+            anchored_captured: 0,
             captured_end_index: 0,
             captured_end_at: now,
             fast_input: false,
@@ -549,7 +550,11 @@ impl<T: WavSample> Recorder<T> {
             if cap.shared.device_lost.load(Ordering::Relaxed) {
                 break Some("the audio device disappeared".to_string());
             }
-            let mut available = cap.samples.slots();
+            // A period at a time: counters and the pace check stay current through a backlog.
+            let mut available = cap
+                .samples
+                .slots()
+                .min(cap.period_frames as usize * channels);
             available -= available % channels;
             // A gap splits the stream: samples before it, then a jump of the timeline. It may
             // come with no samples after it yet (the writer was far behind), so look first.
@@ -582,7 +587,8 @@ impl<T: WavSample> Recorder<T> {
                 let behind = (available / channels) as f64 / f64::from(self.format.sample_rate);
                 self.anchor_ns = Some(Timestamp::now().as_nanosecond() - (behind * 1e9) as i128);
                 self.anchored_at = Instant::now();
-                self.anchored_frame = self.index + (available / channels) as u64;
+                self.update_counters(&cap);
+                self.anchored_captured = self.report.samples_captured;
                 if self.report.state == RecorderState::DeviceUnavailable {
                     tracing::info!("the audio device delivers samples again");
                     self.set_state(RecorderState::Starting, None);
@@ -727,17 +733,21 @@ impl<T: WavSample> Recorder<T> {
     fn sample_lead(&self) -> (i128, i128) {
         let rate = i128::from(self.format.sample_rate);
         let monotonic = self.anchored_at.elapsed().as_nanos() as i128;
-        let sampled = i128::from(self.captured_end_index.saturating_sub(self.anchored_frame))
-            * 1_000_000_000
+        let sampled = i128::from(
+            self.report
+                .samples_captured
+                .saturating_sub(self.anchored_captured),
+        ) * 1_000_000_000
             / rate;
         (sampled - monotonic, monotonic)
     }
 
     /// A real sound card keeps time with the monotonic clock within a fraction of a per mille;
-    /// samples a second or more ahead of it are not real time.
+    /// samples two seconds or more ahead of it are not real time (a start-up backlog of a
+    /// second, a sound card's buffer, is).
     fn pace(&self) -> Pace {
         let (lead, monotonic) = self.sample_lead();
-        if lead > (monotonic / 500).max(1_000_000_000) {
+        if lead > (monotonic / 500).max(2_000_000_000) {
             Pace::Fast
         } else if monotonic < 2_000_000_000 {
             Pace::Unknown
@@ -753,7 +763,9 @@ impl<T: WavSample> Recorder<T> {
         self.fast_input = true;
         let message = format!(
             "{why} ({} s of samples in {:.1} s); they cannot be given true times and are not recorded",
-            self.captured_end_index.saturating_sub(self.anchored_frame)
+            self.report
+                .samples_captured
+                .saturating_sub(self.anchored_captured)
                 / u64::from(self.format.sample_rate),
             self.anchored_at.elapsed().as_secs_f64()
         );
@@ -768,7 +780,7 @@ impl<T: WavSample> Recorder<T> {
 
     fn restart_pace_window(&mut self) {
         self.anchored_at = Instant::now();
-        self.anchored_frame = self.captured_end_index;
+        self.anchored_captured = self.report.samples_captured;
     }
 
     /// Every two seconds of discarding, looks at the pace again; real time again means a new
@@ -815,7 +827,13 @@ impl<T: WavSample> Recorder<T> {
         };
         let rate = i128::from(self.format.sample_rate);
         let drift = anchor + i128::from(self.index) * 1_000_000_000 / rate - self.wall_of_index();
-        if drift.abs() < 1_000_000_000 || self.pace() == Pace::Fast {
+        if drift.abs() < 1_000_000_000 {
+            return false;
+        }
+        // Only a sample clock that kept time with the monotonic clock proves the wall clock
+        // moved; input off real time (a burst, a backlog) keeps its sample clock.
+        let (lead, monotonic) = self.sample_lead();
+        if lead.abs() > monotonic / 1000 + 200_000_000 {
             return false;
         }
         tracing::info!(
@@ -856,7 +874,8 @@ impl<T: WavSample> Recorder<T> {
         }
         let start = self.time_of(self.index);
         let duration_ns = self.config.recorder.duration.as_std().as_nanos() as i128;
-        if start.as_nanosecond() - self.wall_of_index() > duration_ns.max(1_000_000_000) {
+        if start.as_nanosecond() - Timestamp::now().as_nanosecond() > duration_ns.max(1_000_000_000)
+        {
             self.enter_fast_input(
                 "a file would start more than one file duration ahead of the wall clock",
             );

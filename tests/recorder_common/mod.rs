@@ -86,6 +86,11 @@ impl Rig {
     }
 
     pub fn spawn_recorder(&self) -> Child {
+        self.spawn_recorder_with(&[])
+    }
+
+    /// Like `spawn_recorder`, with extra environment (libfaketime, say).
+    pub fn spawn_recorder_with(&self, envs: &[(&str, &str)]) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -98,6 +103,7 @@ impl Rig {
             .arg(&self.state)
             .env("ALSA_CONFIG_PATH", &self.asound)
             .env("RUST_LOG", "info")
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
