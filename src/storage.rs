@@ -348,6 +348,9 @@ pub struct Storage {
     spec: StorageSpec,
     /// Device and inode of metadata.db when it was opened, to notice it deleted or replaced.
     db_identity: Option<(u64, u64)>,
+    /// And of its write-ahead log: after a replacement the old log must not be applied to the
+    /// new file.
+    wal_identity: Option<(u64, u64)>,
     /// Where an unreadable metadata.db found at open was moved.
     set_aside: Option<PathBuf>,
 }
@@ -418,11 +421,39 @@ impl Storage {
             root: root.to_path_buf(),
             conn,
             spec: spec.clone(),
-            db_identity: file_identity(&db_path),
+            db_identity: None,
+            wal_identity: None,
             set_aside: None,
         };
         storage.migrate()?;
+        // After the first statements: SQLite creates the files lazily.
+        storage.db_identity = file_identity(&db_path);
+        storage.wal_identity = file_identity(&wal_path(root));
         Ok(storage)
+    }
+
+    /// Closes a connection whose metadata.db was deleted or replaced. SQLite leaves the old
+    /// file's -wal and -shm behind in that case, and would replay that log over whatever file
+    /// now has the name: the log (if still this connection's) is moved aside as
+    /// `metadata.db.replaced-<UTC time>-wal`, and the -shm index removed.
+    pub fn close_replaced(self) {
+        let root = self.root.clone();
+        let wal_identity = self.wal_identity;
+        drop(self);
+        let wal = wal_path(&root);
+        if wal_identity.is_some() && file_identity(&wal) == wal_identity {
+            let stamp = Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string();
+            let aside = root.join(format!("{DB_FILE}.replaced-{stamp}-wal"));
+            match rename_no_replace(&wal, &aside) {
+                Ok(to) => {
+                    tracing::warn!(to = %to.display(), "kept the log of the replaced metadata.db aside")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot move the log of the replaced metadata.db aside")
+                }
+            }
+            let _ = std::fs::remove_file(root.join(format!("{DB_FILE}-shm")));
+        }
     }
 
     /// Where an unreadable metadata.db found by [`Storage::open`] was moved, if one was.
@@ -797,6 +828,10 @@ pub fn end_deployment(
     Storage::open(root, spec)?.end_deployment(name, now)
 }
 
+fn wal_path(root: &Path) -> PathBuf {
+    root.join(format!("{DB_FILE}-wal"))
+}
+
 fn file_identity(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
@@ -1116,6 +1151,21 @@ mod tests {
         assert!(!s.db_replaced());
         std::fs::remove_file(dir.path().join(DB_FILE)).unwrap();
         assert!(s.db_replaced());
+        // Junk renamed over a database in use: the old log must not turn it back into the old
+        // database (SQLite leaves the log of an unlinked file behind and would replay it).
+        let mut s = Storage::open(dir.path(), &spec(0, OnLowSpace::Stop)).unwrap();
+        let dep = s.start_deployment("m", None, Timestamp::now()).unwrap();
+        register_wavs(&mut s, &dep, 2, 10);
+        std::fs::write(dir.path().join("junk"), vec![b'j'; 10_000]).unwrap();
+        std::fs::rename(dir.path().join("junk"), dir.path().join(DB_FILE)).unwrap();
+        assert!(s.db_replaced());
+        s.close_replaced();
+        let s = Storage::open(dir.path(), &spec(0, OnLowSpace::Stop)).unwrap();
+        assert!(
+            s.set_aside().is_some(),
+            "the junk is set aside, not read through the old log"
+        );
+        assert!(s.recordings().unwrap().is_empty());
     }
 
     #[test]

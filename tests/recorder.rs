@@ -7,7 +7,7 @@ mod recorder_common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use recorder_common::{KillOnDrop, PacedFeeder, Rig, signal, terminate, wait_exit};
+use recorder_common::{KillOnDrop, PacedFeeder, Rig, Tmpfs, signal, terminate, wait_exit};
 use roost::recorder::RecorderState;
 use roost::recorder::feed::{Feeder, signal_bytes};
 use serde_json::json;
@@ -174,28 +174,6 @@ fn a_device_that_vanishes_is_reported_and_recording_resumes_when_it_returns() {
     drop(second);
     drop(first);
     rig.assert_consistent();
-}
-
-/// Mounts a small tmpfs (needs root, as CI has) and unmounts it on drop.
-struct Tmpfs(PathBuf);
-impl Tmpfs {
-    fn mount(at: &std::path::Path, size: &str) -> Option<Self> {
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .ok()?;
-        status.success().then(|| Self(at.to_path_buf()))
-    }
-}
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
 }
 
 #[test]

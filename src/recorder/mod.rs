@@ -461,14 +461,27 @@ impl<T: WavSample> Recorder<T> {
 
     fn storage_failed(&mut self, e: &StorageError) {
         let message = error_chain(e);
-        if self.own_error.as_ref().map(|e| &e.message) != Some(&message) {
-            tracing::error!(code = e.code().code, "{message}");
+        // Once per fault, not once per retry: SD cards and journals wear.
+        if self.report.state != RecorderState::StorageError
+            || self.own_error.as_ref().map(|e| e.code.as_str()) != Some(e.code().code)
+        {
+            tracing::error!(code = e.code().code, "{message}; retrying every second");
         }
+        self.release_storage();
         self.report.expected_file_by = None;
         self.set_state(
             RecorderState::StorageError,
             Some(ReportError::new(e.code(), message)),
         );
+    }
+
+    /// A failing storage is let go of: metadata.db is closed until the next file's row, and
+    /// partial files it could not complete are salvaged once it works again.
+    fn release_storage(&mut self) {
+        self.salvaged = false;
+        if let Some(registrar) = &self.registrar {
+            registrar.release();
+        }
     }
 
     /// Completes the partial files a crash left (file system only: the registrar registers
@@ -497,9 +510,19 @@ impl<T: WavSample> Recorder<T> {
         };
         let guano = self.guano(start, None, None);
         match wav::salvage(temp, &guano, &name) {
-            Ok(Some((frames, _))) => match self.place(temp, start) {
+            Ok(Some((frames, format))) => match self.place(temp, start) {
                 Ok(target) => {
-                    tracing::warn!(path = %target.display(), frames, "repair: completed a recording interrupted by a crash");
+                    tracing::warn!(path = %target.display(), frames, "repair: completed a recording interrupted by a crash or a storage fault");
+                    // At start the registrar's repair registers it; later, hand it over.
+                    if let Some(registrar) = &self.registrar {
+                        registrar.register(NewRecording {
+                            path: target.clone(),
+                            datetime: start,
+                            duration_s: frames as f64 / f64::from(format.sample_rate),
+                            samplerate_hz: format.sample_rate,
+                            audio_channels: format.channels,
+                        });
+                    }
                     self.report.repair.salvaged.push(target);
                 }
                 Err(e) => {
@@ -1055,6 +1078,7 @@ impl<T: WavSample> Recorder<T> {
         );
         tracing::error!(code = code.code, "{message}");
         self.salvage_after_error(&file.temp, file.start, file.overlap_s);
+        self.release_storage();
         if code == errors::DISK_FULL {
             self.skip_until = end_index;
         } else {

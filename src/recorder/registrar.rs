@@ -52,7 +52,12 @@ pub struct RegistrarView {
 
 enum Job {
     Register(NewRecording),
-    MakeRoom { wanted_free: u64 },
+    MakeRoom {
+        wanted_free: u64,
+    },
+    /// The storage failed: close metadata.db so that nothing holds the card (an operator's
+    /// `umount -l; e2fsck; mount` gets a fresh file system only once every file is closed).
+    Release,
 }
 
 /// Handle kept by the writer.
@@ -108,6 +113,11 @@ impl Registrar {
     /// Asks deleteOldest to bring free space up to `wanted_free` bytes.
     pub fn make_room(&self, wanted_free: u64) {
         self.send(Job::MakeRoom { wanted_free });
+    }
+
+    /// Closes metadata.db until the next job (see `Job::Release`).
+    pub fn release(&self) {
+        self.send(Job::Release);
     }
 
     fn send(&self, job: Job) {
@@ -208,6 +218,12 @@ impl Worker {
         match job {
             Job::Register(rec) => self.queue.push_back(rec),
             Job::MakeRoom { wanted_free } => self.room = Some(wanted_free),
+            Job::Release => {
+                if self.db.take().is_some() {
+                    tracing::info!("closed metadata.db while the storage fails");
+                    self.repair_pending = true;
+                }
+            }
         }
     }
 
@@ -218,7 +234,9 @@ impl Worker {
                 code = crate::errors::METADATA_DB_ERROR.code,
                 "metadata.db was deleted or replaced; reopening it and registering the files on disk"
             );
-            self.db = None;
+            if let Some(db) = self.db.take() {
+                db.close_replaced();
+            }
             self.repair_pending = true;
         }
         if self.db.is_none()

@@ -295,3 +295,61 @@ impl Drop for PacedFeeder {
         self.finish();
     }
 }
+
+/// Mounts a small tmpfs (needs root, as CI has) and unmounts it on drop.
+pub struct Tmpfs(pub PathBuf);
+impl Tmpfs {
+    pub fn mount(at: &Path, size: &str) -> Option<Self> {
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .stderr(Stdio::null())
+            .status()
+            .ok()?;
+        status.success().then(|| Self(at.to_path_buf()))
+    }
+}
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Paths of the recording rows in the order they were written.
+pub fn rows_in_order(storage: &Path) -> Vec<PathBuf> {
+    let conn = rusqlite::Connection::open(storage.join("metadata.db")).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT path FROM recording ORDER BY rowid")
+        .unwrap();
+    stmt.query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(|p| PathBuf::from(p.unwrap()))
+        .collect()
+}
+
+/// Frames in a WAV file.
+pub fn frames(path: &Path) -> u64 {
+    u64::from(hound::WavReader::open(path).unwrap().duration())
+}
+
+/// True when running as root; otherwise prints why the test is skipped.
+pub fn root_or_skip(test: &str) -> bool {
+    let root = nix::unistd::Uid::effective().is_root();
+    if !root {
+        eprintln!("skipping {test}: needs root (mounts, loop devices)");
+    }
+    root
+}
+
+/// True when `program` is installed; otherwise prints why the test is skipped.
+pub fn have_or_skip(program: &str, test: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        eprintln!("skipping {test}: {program} is not installed (bash .ci/setup installs it)");
+    }
+    found
+}

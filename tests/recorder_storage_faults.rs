@@ -1,0 +1,452 @@
+//! End-to-end tests of the storage faults recorders meet in the field, made real: another
+//! program holding metadata.db's write lock, the storage removed with `rm -rf`, metadata.db
+//! deleted or replaced, a card not yet mounted, a card that goes read-only, a disk filled by
+//! other files. Each test says what must hold: no sample lost, every file registered once the
+//! fault is gone, and the report saying what is wrong while it lasts. Figures (time from the
+//! fault's end to the next registered file) are printed, never asserted.
+
+mod recorder_common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use recorder_common::{
+    KillOnDrop, PacedFeeder, Rig, Tmpfs, frames, have_or_skip, root_or_skip, rows_in_order,
+    terminate,
+};
+use roost::recorder::{RecorderReport, RecorderState};
+use serde_json::json;
+
+const LONG: Duration = Duration::from_secs(40);
+const RATE: u32 = 16_000;
+
+/// Every frame the device delivered is in a registered file (nothing dropped or skipped).
+fn assert_no_sample_lost(rig: &Rig, report: &RecorderReport) {
+    assert_eq!(report.samples_dropped, 0, "{report:#?}");
+    let recorded: u64 = rig.recordings().iter().map(|f| frames(f)).sum();
+    assert_eq!(recorded, report.samples_captured, "{report:#?}");
+}
+
+/// Seconds from `since` until a file completed after it is registered.
+fn wait_registered_after(rig: &Rig, since: Instant, what: &str) -> f64 {
+    let written = rig.report().map_or(0, |r| r.files_written);
+    rig.wait_report(what, LONG, |r| {
+        r.files_written > written && r.rows_owed == 0 && r.error.is_none()
+    });
+    since.elapsed().as_secs_f64()
+}
+
+/// `sqlite3 DB` holding an exclusive lock until dropped (COMMIT, then exit).
+struct Locker(std::process::Child);
+impl Locker {
+    fn lock(db: &Path) -> Self {
+        let mut child = Command::new("sqlite3")
+            .arg(db)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.as_mut().unwrap();
+        stdin
+            .write_all(b"PRAGMA busy_timeout=10000;\nBEGIN EXCLUSIVE;\nSELECT 'locked';\n")
+            .unwrap();
+        stdin.flush().unwrap();
+        let mut out = BufReader::new(child.stdout.as_mut().unwrap());
+        let mut line = String::new();
+        while line.trim() != "locked" {
+            line.clear();
+            assert!(
+                out.read_line(&mut line).unwrap() > 0,
+                "sqlite3 did not lock"
+            );
+        }
+        Self(child)
+    }
+}
+impl Drop for Locker {
+    fn drop(&mut self) {
+        if let Some(mut stdin) = self.0.stdin.take() {
+            let _ = stdin.write_all(b"COMMIT;\n.quit\n");
+        }
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_database_locked_by_another_program_costs_no_audio() {
+    if !have_or_skip(
+        "sqlite3",
+        "a_database_locked_by_another_program_costs_no_audio",
+    ) {
+        return;
+    }
+    let rig = Rig::new(RATE, json!({}), json!({}));
+    let feeder = PacedFeeder::start(&rig.fifo, RATE, rig.period);
+    let mut child = KillOnDrop(rig.spawn_recorder());
+    rig.wait_report("two files", LONG, |r| {
+        r.files_written >= 2 && r.rows_owed == 0
+    });
+    let locked_at = Instant::now();
+    let locker = Locker::lock(&rig.storage.join("metadata.db"));
+    let written = rig.report().unwrap().files_written;
+    let owed = rig.wait_report("DEP_E321 while locked", LONG, |r| {
+        r.error.as_ref().is_some_and(|e| e.code == "DEP_E321") && r.rows_owed >= 2
+    });
+    eprintln!(
+        "figure: DEP_E321 shown {:.1} s after the lock was taken",
+        locked_at.elapsed().as_secs_f64()
+    );
+    assert!(
+        owed.error
+            .unwrap()
+            .message
+            .contains("recordings are in recordings/")
+    );
+    // WAV files keep arriving while the database is locked: the writer never waits on it.
+    rig.wait_report("files while locked", LONG, |r| {
+        r.files_written >= written + 5
+    });
+    assert_eq!(rig.report().unwrap().samples_dropped, 0);
+    let released = Instant::now();
+    drop(locker);
+    let after = wait_registered_after(&rig, released, "rows written after the lock");
+    eprintln!("figure: lock released -> next file registered and error cleared in {after:.1} s");
+    assert!(terminate(&mut child.0).success(), "{}", rig.log());
+    drop(feeder);
+    let report = rig.report().unwrap();
+    assert_eq!(report.error, None);
+    assert_no_sample_lost(&rig, &report);
+    rig.assert_consistent();
+}
+
+#[test]
+fn a_storage_removed_while_recording_comes_back_by_itself() {
+    let rig = Rig::new(RATE, json!({}), json!({}));
+    let feeder = PacedFeeder::start(&rig.fifo, RATE, rig.period);
+    let mut child = KillOnDrop(rig.spawn_recorder());
+    rig.wait_report("two files", LONG, |r| {
+        r.files_written >= 2 && r.rows_owed == 0
+    });
+    let removed = Instant::now();
+    std::fs::remove_dir_all(&rig.storage).unwrap();
+    let after = wait_registered_after(&rig, removed, "recording after rm -rf");
+    eprintln!("figure: rm -rf of the storage -> next file registered in {after:.1} s");
+    // And again, with the database gone alone, then with the folder made by hand.
+    std::fs::remove_dir_all(&rig.storage).unwrap();
+    std::fs::create_dir_all(&rig.storage).unwrap();
+    wait_registered_after(&rig, Instant::now(), "recording after rm -rf; mkdir -p");
+    assert!(terminate(&mut child.0).success(), "{}", rig.log());
+    drop(feeder);
+    let report = rig.report().unwrap();
+    assert_eq!(report.error, None, "{report:#?}");
+    rig.assert_consistent();
+}
+
+#[test]
+fn a_database_deleted_or_replaced_is_noticed_and_every_file_registered() {
+    let rig = Rig::new(RATE, json!({}), json!({}));
+    let feeder = PacedFeeder::start(&rig.fifo, RATE, rig.period);
+    let mut child = KillOnDrop(rig.spawn_recorder());
+    rig.wait_report("two files", LONG, |r| {
+        r.files_written >= 2 && r.rows_owed == 0
+    });
+    let db = rig.storage.join("metadata.db");
+
+    // 1. Deleted (with its -wal and -shm, as `rm metadata.db*` does).
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    let t = Instant::now();
+    wait_registered_after(&rig, t, "rows after the database was deleted");
+    eprintln!(
+        "figure: metadata.db deleted -> next file registered in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    assert_eq!(rows_in_order(&rig.storage).len(), rig.recordings().len());
+
+    // 2. Another file renamed over it: not a database; set aside, a fresh one made.
+    let junk = rig.storage.join("junk");
+    std::fs::write(&junk, vec![b'j'; 10_000]).unwrap();
+    std::fs::rename(&junk, &db).unwrap();
+    let t = Instant::now();
+    let report = rig.wait_report("the junk set aside", LONG, |r| {
+        r.repair.databases_set_aside.len() == 1 && r.rows_owed == 0 && r.error.is_none()
+    });
+    eprintln!(
+        "figure: metadata.db replaced by junk -> set aside and registered in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let aside = &report.repair.databases_set_aside[0];
+    assert_eq!(std::fs::read(aside).unwrap(), vec![b'j'; 10_000]);
+
+    // 3. An older copy of itself restored over it (a backup put back).
+    let copy = rig.storage.join("copy.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute("VACUUM INTO ?1", [copy.to_string_lossy()])
+        .unwrap();
+    drop(conn);
+    rig.wait_report("two more files", LONG, |r| {
+        r.files_written >= report.files_written + 2
+    });
+    std::fs::rename(&copy, &db).unwrap();
+    wait_registered_after(&rig, Instant::now(), "rows after a restore");
+
+    assert!(terminate(&mut child.0).success(), "{}", rig.log());
+    drop(feeder);
+    let report = rig.report().unwrap();
+    assert_eq!(report.error, None, "{report:#?}");
+    rig.assert_consistent();
+    assert_no_sample_lost(&rig, &report);
+}
+
+#[test]
+fn a_database_that_cannot_be_opened_at_start_never_stops_capture() {
+    let rig = Rig::new(RATE, json!({}), json!({}));
+    std::fs::write(
+        rig.storage.join("metadata.db"),
+        b"not a database, but a note",
+    )
+    .unwrap();
+    // A recording left from before, without a row anywhere.
+    let orphan = rig
+        .storage
+        .join("recordings/2026/01/01/20260101T000000.000000Z.wav");
+    std::fs::create_dir_all(orphan.parent().unwrap()).unwrap();
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: RATE,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(&orphan, spec).unwrap();
+    for i in 0..RATE {
+        w.write_sample(i as i16).unwrap();
+    }
+    w.finalize().unwrap();
+    // A preallocated partial file whose header never reached the disk (a crash in its first
+    // second): empty, so removed, not quarantined.
+    std::fs::create_dir_all(rig.storage.join(".partial")).unwrap();
+    let empty = rig
+        .storage
+        .join(".partial/20260101T000100.000000Z.wav.part");
+    std::fs::write(&empty, vec![0u8; 1 << 20]).unwrap();
+
+    let feeder = PacedFeeder::start(&rig.fifo, RATE, rig.period);
+    let mut child = KillOnDrop(rig.spawn_recorder());
+    let report = rig.wait_report("recording with a fresh database", LONG, |r| {
+        r.files_written >= 2 && r.rows_owed == 0 && r.error.is_none()
+    });
+    assert_eq!(report.repair.databases_set_aside.len(), 1, "{report:#?}");
+    assert!(report.repair.registered.contains(&orphan), "{report:#?}");
+    assert!(report.repair.quarantined.is_empty(), "{report:#?}");
+    assert!(!empty.exists());
+    assert!(terminate(&mut child.0).success(), "{}", rig.log());
+    drop(feeder);
+    rig.assert_consistent();
+}
+
+/// Runs `sh -c script`, panicking with its output on failure.
+fn sh(script: &str) -> String {
+    let out = Command::new("sh").args(["-c", script]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn a_card_not_yet_mounted_is_not_written_until_it_is() {
+    if !root_or_skip("a_card_not_yet_mounted_is_not_written_until_it_is") {
+        return;
+    }
+    let rig = Rig::new(RATE, json!({}), json!({"requireMount": true}));
+    let feeder = PacedFeeder::start(&rig.fifo, RATE, rig.period);
+    let mut child = KillOnDrop(rig.spawn_recorder());
+    let report = rig.wait_report("not mounted", LONG, |r| {
+        r.state == RecorderState::StorageError
+            && r.error.as_ref().is_some_and(|e| e.code == "DEP_E301")
+    });
+    assert!(report.error.unwrap().message.contains("not mounted"));
+    std::thread::sleep(Duration::from_secs(2));
+    let inside: Vec<_> = std::fs::read_dir(&rig.storage).unwrap().collect();
+    assert!(
+        inside.is_empty(),
+        "nothing is written on the root file system: {inside:?}"
+    );
+    let mounted = Instant::now();
+    let card = Tmpfs::mount(&rig.storage, "64m").expect("mount a tmpfs");
+    let after = wait_registered_after(&rig, mounted, "recording once mounted");
+    eprintln!("figure: card mounted -> first file registered in {after:.1} s");
+    assert!(terminate(&mut child.0).success(), "{}", rig.log());
+    drop(feeder);
+    rig.assert_consistent();
+    drop(card);
+}
+
+/// An ext4 image on a loop device, mounted with errors=remount-ro.
+struct Card {
+    image: PathBuf,
+    at: PathBuf,
+}
+impl Card {
+    fn mount(image: &Path, at: &Path) -> Self {
+        sh(&format!(
+            "truncate -s 64M {0} && mkfs.ext4 -q -F {0} && mount -o loop,errors=remount-ro {0} {1}",
+            image.display(),
+            at.display()
+        ));
+        Self {
+            image: image.to_path_buf(),
+            at: at.to_path_buf(),
+        }
+    }
+    fn fail(&self) {
+        let dev = sh(&format!("findmnt -no SOURCE {}", self.at.display()));
+        let name = Path::new(&dev)
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        std::fs::write(format!("/sys/fs/ext4/{name}/trigger_fs_error"), "1").unwrap();
+    }
+    /// The operator's cycle after an emergency read-only remount.
+    fn repair_and_remount(&self) {
+        sh(&format!("umount -l {}", self.at.display()));
+        let _ = Command::new("e2fsck")
+            .args(["-fy"])
+            .arg(&self.image)
+            .output();
+        sh(&format!(
+            "mount -o loop,errors=remount-ro {} {}",
+            self.image.display(),
+            self.at.display()
+        ));
+    }
+}
+impl Drop for Card {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.at).status();
+    }
+}
+
+#[test]
+fn a_card_that_went_read_only_and_came_back_gets_files_and_rows_again() {
+    if !root_or_skip("a_card_that_went_read_only_and_came_back_gets_files_and_rows_again")
+        || !have_or_skip(
+            "mkfs.ext4",
+            "a_card_that_went_read_only_and_came_back_gets_files_and_rows_again",
+        )
+    {
+        return;
+    }
+    let rig = Rig::new(RATE, json!({}), json!({}));
+    let card = Card::mount(&rig.dir.path().join("card.img"), &rig.storage);
+    let feeder = PacedFeeder::start(&rig.fifo, RATE, rig.period);
+    let mut child = KillOnDrop(rig.spawn_recorder());
+    rig.wait_report("two files", LONG, |r| {
+        r.files_written >= 2 && r.rows_owed == 0
+    });
+    card.fail();
+    let report = rig.wait_report("the read-only card reported", LONG, |r| {
+        r.error
+            .as_ref()
+            .is_some_and(|e| e.code == "DEP_E301" || e.code == "DEP_E321")
+    });
+    assert_ne!(report.state, RecorderState::Recording, "{report:#?}");
+    // The operator comes by later; by then roost holds nothing open on the card.
+    std::thread::sleep(Duration::from_secs(1));
+    let back = Instant::now();
+    card.repair_and_remount();
+    let after = wait_registered_after(&rig, back, "files and rows on the remounted card");
+    eprintln!("figure: card remounted read-write -> next file registered in {after:.1} s");
+    wait_registered_after(&rig, Instant::now(), "and the one after");
+    assert!(terminate(&mut child.0).success(), "{}", rig.log());
+    drop(feeder);
+    rig.assert_consistent();
+    drop(card);
+}
+
+#[test]
+fn delete_oldest_deletes_what_helps_names_it_and_nothing_when_it_cannot_help() {
+    if !root_or_skip("delete_oldest_deletes_what_helps_names_it_and_nothing_when_it_cannot_help") {
+        return;
+    }
+    let rig = Rig::new(RATE, json!({}), json!({}));
+    let _card = Tmpfs::mount(&rig.storage, "64m").expect("mount a tmpfs");
+    let feeder = PacedFeeder::start(&rig.fifo, RATE, rig.period);
+    let mut child = KillOnDrop(rig.spawn_recorder());
+    rig.wait_report("eight files", LONG, |r| {
+        r.files_written >= 8 && r.rows_owed == 0
+    });
+    assert!(terminate(&mut child.0).success());
+    let old = rig.recordings();
+    let file_bytes = 32 * 1024; // 1 s at 16 kHz, i16, in whole pages
+    let free = roost::storage::free_bytes(&rig.storage).unwrap();
+
+    // minFreeSpace two files above what is free: the oldest few go, by name, oldest first,
+    // and recording goes on (metadata.db's log grows too, so a few more go as files arrive).
+    let min = free + 2 * file_bytes;
+    rig.write_config(
+        json!({}),
+        json!({"minFreeSpace": format!("{min}B"), "onLowSpace": "deleteOldest"}),
+    );
+    let mut child = KillOnDrop(rig.spawn_recorder());
+    let report = rig.wait_report("deletions", LONG, |r| {
+        r.files_deleted >= 3 && r.files_written >= 1 && r.state == RecorderState::Recording
+    });
+    assert_eq!(report.error, None, "deleting keeps recording: {report:#?}");
+    let warning = report
+        .warnings
+        .iter()
+        .find(|w| w.code == "DEP_E304")
+        .expect("a warning names the deletions");
+    assert!(
+        warning.message.contains("deleteOldest deleted"),
+        "{warning:?}"
+    );
+    assert_eq!(
+        report.recently_deleted[..3],
+        old[..3],
+        "oldest first, by name"
+    );
+    assert!(old[..3].iter().all(|f| !f.exists()));
+    assert!(terminate(&mut child.0).success());
+    assert!(rig.log().contains("deleted the oldest recording"));
+    rig.assert_consistent();
+
+    // A foreign file fills the disk: deleting every recording would not free enough, so
+    // nothing is deleted and DEP_E302 says so; removing the file lets recording resume.
+    let kept = rig.recordings();
+    let foreign = rig.storage.join("foreign.bin");
+    let free_mib = roost::storage::free_bytes(&rig.storage).unwrap() >> 20;
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=1M", &format!("count={}", free_mib - 2)])
+        .arg(format!("of={}", foreign.display()))
+        .stderr(Stdio::null())
+        .status();
+    rig.write_config(
+        json!({}),
+        json!({"minFreeSpace": "4MiB", "onLowSpace": "deleteOldest"}),
+    );
+    let mut child = KillOnDrop(rig.spawn_recorder());
+    let low = rig.wait_report("low, nothing deleted", LONG, |r| {
+        r.state == RecorderState::LowSpace && r.pid == child.0.id()
+    });
+    assert!(low.error.unwrap().message.contains("held by other files"));
+    std::thread::sleep(Duration::from_secs(2));
+    let still = rig.recordings();
+    assert!(kept.iter().all(|f| still.contains(f)), "nothing deleted");
+    assert_eq!(rig.report().unwrap().files_deleted, 0);
+    let freed = Instant::now();
+    std::fs::remove_file(&foreign).unwrap();
+    let after = wait_registered_after(&rig, freed, "recording once the space is back");
+    eprintln!("figure: foreign file removed -> next file registered in {after:.1} s");
+    assert!(terminate(&mut child.0).success());
+    drop(feeder);
+    rig.assert_consistent();
+}
