@@ -1104,7 +1104,7 @@ mod tests {
         assert!(!files[0].exists() && !files[1].exists() && files[2].exists());
         assert_eq!(s.recordings().unwrap().len(), 4);
         // Space held by other files: more than every recording together; nothing is deleted.
-        let out = s.make_room(free + 1 << 40).unwrap();
+        let out = s.make_room(free + (1 << 40)).unwrap();
         assert!(!out.enough && out.deleted.is_empty(), "{out:?}");
         assert!(out.reclaimable >= 4 * size, "{out:?}");
         assert_eq!(s.recordings().unwrap().len(), 4);
