@@ -1,6 +1,6 @@
 //! The `roost` binary: parses the command line, starts logging and calls into the library.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -13,7 +13,9 @@ fn main() -> ExitCode {
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Not eprintln!: it panics when stderr is a pipe nobody reads (`roost record`
+            // after its roost was killed).
+            let _ = writeln!(roost::logging::stderr(), "error: {e:#}");
             ExitCode::from(1)
         }
     }
@@ -22,9 +24,13 @@ fn main() -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("ROOST_LOG").unwrap_or_else(|_| "info".into());
+    // Colour codes only for a person at a terminal, never into log files or journald.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(roost::logging::stderr)
+        // Its report of a failed write is an eprintln!, which would panic on a broken stderr.
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
