@@ -8,9 +8,13 @@ use clap::Parser;
 use roost::cli::{Cli, Command, LogFormat, SchemaKind};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     init_logging(cli.log_format);
-    match dispatch(cli.command) {
+    let resolved = cli
+        .command
+        .resolve_paths()
+        .context("cannot make a path argument absolute");
+    match resolved.and_then(|()| dispatch(cli.command)) {
         Ok(code) => code,
         Err(e) => {
             // Not eprintln!: it panics when stderr is a pipe nobody reads (`roost record`
