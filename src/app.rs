@@ -135,79 +135,10 @@ impl fmt::Display for CheckReport {
 
 /// `roost check`: the file, then what it needs from the machine.
 pub fn check(file: &Path, state_dir: &Path) -> CheckReport {
-    let mut problems = Vec::new();
-    let deployment = match spec::load_file(file) {
-        Ok((d, _)) => Some(d),
-        Err(e) => {
-            let snippet = match &e {
-                spec::LoadError::Syntax { snippet, .. } => snippet.clone(),
-                _ => None,
-            };
-            problems.push(Problem {
-                code: &errors::INVALID_SPEC,
-                message: e.to_string(),
-                snippet,
-            });
-            None
-        }
-    };
+    let (deployment, mut problems) = check_file(file);
     if let Some(d) = &deployment {
-        for c in &d.spec.components {
-            let path_var = c
-                .env
-                .iter()
-                .find(|(k, _)| k.as_str() == "PATH")
-                .map(|(_, v)| v.clone())
-                .or_else(|| std::env::var("PATH").ok())
-                .unwrap_or_default();
-            if let Err(e) = crate::runtime::process::resolve_program(
-                c.command.program(),
-                &path_var,
-                c.working_dir.as_ref().map(|w| w.as_path()),
-            ) {
-                problems.push(Problem {
-                    code: &errors::EXECUTABLE_NOT_FOUND,
-                    message: format!("component {}: {e}", c.name),
-                    snippet: None,
-                });
-            }
-            if let Some(dir) = &c.working_dir
-                && !dir.as_path().is_dir()
-            {
-                problems.push(Problem {
-                    code: &errors::COMPONENT_FAILED,
-                    message: format!(
-                        "component {}: workingDir {} is not a folder",
-                        c.name,
-                        dir.as_path().display()
-                    ),
-                    snippet: None,
-                });
-            }
-        }
-    }
-    if let Some(d) = &deployment
-        && let Some(config) = crate::recorder::RecordConfig::from_deployment(d, state_dir)
-    {
-        let storage = config.storage_path(state_dir);
-        if let Err(e) = std::fs::create_dir_all(&storage).and_then(|_| writable(&storage)) {
-            problems.push(Problem {
-                code: &errors::STORAGE_UNUSABLE,
-                message: format!("storage {} is not writable: {e}", storage.display()),
-                snippet: None,
-            });
-        }
-        let now = jiff::Timestamp::now();
-        if let Err((code, message)) =
-            crate::recorder::check_device_or_report(&config.recorder, state_dir, now)
-        {
-            let code = errors::lookup(code.code).unwrap_or(&errors::AUDIO_DEVICE_UNAVAILABLE);
-            problems.push(Problem {
-                code,
-                message,
-                snippet: None,
-            });
-        }
+        problems.extend(check_programs(d));
+        problems.extend(check_recorder(d, state_dir));
     }
     if let Err(e) = std::fs::create_dir_all(state_dir).and_then(|_| writable(state_dir)) {
         problems.push(Problem {
@@ -217,6 +148,93 @@ pub fn check(file: &Path, state_dir: &Path) -> CheckReport {
         });
     }
     CheckReport { problems }
+}
+
+/// Loads and validates the file: the deployment, or the problem with its file, line and column.
+fn check_file(file: &Path) -> (Option<spec::Deployment>, Vec<Problem>) {
+    match spec::load_file(file) {
+        Ok((d, _)) => (Some(d), Vec::new()),
+        Err(e) => {
+            let snippet = match &e {
+                spec::LoadError::Syntax { snippet, .. } => snippet.clone(),
+                _ => None,
+            };
+            let problem = Problem {
+                code: &errors::INVALID_SPEC,
+                message: e.to_string(),
+                snippet,
+            };
+            (None, vec![problem])
+        }
+    }
+}
+
+/// Every component's program can be found and its working folder exists.
+fn check_programs(d: &spec::Deployment) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for c in &d.spec.components {
+        let path_var = c
+            .env
+            .iter()
+            .find(|(k, _)| k.as_str() == "PATH")
+            .map(|(_, v)| v.clone())
+            .or_else(|| std::env::var("PATH").ok())
+            .unwrap_or_default();
+        if let Err(e) = crate::runtime::process::resolve_program(
+            c.command.program(),
+            &path_var,
+            c.working_dir.as_ref().map(|w| w.as_path()),
+        ) {
+            problems.push(Problem {
+                code: &errors::EXECUTABLE_NOT_FOUND,
+                message: format!("component {}: {e}", c.name),
+                snippet: None,
+            });
+        }
+        if let Some(dir) = &c.working_dir
+            && !dir.as_path().is_dir()
+        {
+            problems.push(Problem {
+                code: &errors::COMPONENT_FAILED,
+                message: format!(
+                    "component {}: workingDir {} is not a folder",
+                    c.name,
+                    dir.as_path().display()
+                ),
+                snippet: None,
+            });
+        }
+    }
+    problems
+}
+
+/// The recorder's storage is writable and its device healthy, judged as `roost status` judges
+/// it (from a live recorder's report, else by a bounded probe of the device).
+fn check_recorder(d: &spec::Deployment, state_dir: &Path) -> Vec<Problem> {
+    let Some(config) = crate::recorder::RecordConfig::from_deployment(d, state_dir) else {
+        return Vec::new();
+    };
+    let mut problems = Vec::new();
+    let storage = config.storage_path(state_dir);
+    if let Err(e) = std::fs::create_dir_all(&storage).and_then(|_| writable(&storage)) {
+        problems.push(Problem {
+            code: &errors::STORAGE_UNUSABLE,
+            message: format!("storage {} is not writable: {e}", storage.display()),
+            snippet: None,
+        });
+    }
+    let now = jiff::Timestamp::now();
+    if let Err((code, message)) =
+        crate::recorder::check_device_or_report(&config.recorder, state_dir, now)
+    {
+        let code = errors::lookup(code.code).unwrap_or(&errors::AUDIO_DEVICE_UNAVAILABLE);
+        problems.push(Problem {
+            code,
+            message,
+            snippet: None,
+        });
+    }
+    problems
 }
 
 fn writable(dir: &Path) -> std::io::Result<()> {
