@@ -150,6 +150,15 @@ pub fn check(file: &Path, state_dir: &Path) -> CheckReport {
     CheckReport { problems }
 }
 
+/// `roost check --offline`: the file alone (parse and validate), for configuration-management
+/// tools that validate a file before putting it in place, perhaps on another machine. It looks
+/// at no device, storage, program or state folder, and creates nothing.
+pub fn check_offline(file: &Path) -> CheckReport {
+    CheckReport {
+        problems: check_file(file).1,
+    }
+}
+
 /// Loads and validates the file: the deployment, or the problem with its file, line and column.
 fn check_file(file: &Path) -> (Option<spec::Deployment>, Vec<Problem>) {
     match spec::load_file(file) {

@@ -61,6 +61,10 @@ pub enum Command {
         file: PathBuf,
         #[arg(long, env = "ROOST_STATE_DIR")]
         state_dir: Option<PathBuf>,
+        /// Check the file alone (syntax and validity): no device, storage, programs or state
+        /// folder. For `validate:` steps of configuration management.
+        #[arg(long)]
+        offline: bool,
     },
     /// Report the status file.
     Status {

@@ -53,9 +53,16 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             roost::app::run(&file, &state_dir, runtime, user)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { file, state_dir } => {
-            let state_dir = roost::state_dir::resolve(state_dir.as_deref());
-            let report = roost::app::check(&file, &state_dir);
+        Command::Check {
+            file,
+            state_dir,
+            offline,
+        } => {
+            let report = if offline {
+                roost::app::check_offline(&file)
+            } else {
+                roost::app::check(&file, &roost::state_dir::resolve(state_dir.as_deref()))
+            };
             print!("{report}");
             Ok(ExitCode::from(if report.passed() { 0 } else { 1 }))
         }

@@ -128,3 +128,51 @@ fn check_says_dep_e311_when_the_live_recorder_reports_the_device_unavailable() {
     assert!(terminate(&mut recorder.0).success());
     drop(feeder);
 }
+
+#[test]
+fn offline_checks_the_file_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("deployment.yaml");
+    let storage = dir.path().join("no/such/card");
+    let state = dir.path().join("no-such-state");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: roost/v1\nkind: Deployment\nmetadata:\n  name: offline\nspec:\n  storage: {{path: {}}}\n  recorder:\n    device: no-such-microphone\n  components:\n    - name: uploader\n      command: [\"/no/such/program\"]\n",
+            storage.display()
+        ),
+    )
+    .unwrap();
+    let offline = |file: &Path| {
+        Command::new(BIN)
+            .args(["check", "--offline", "--file"])
+            .arg(file)
+            .env("ROOST_STATE_DIR", &state)
+            .env("ALSA_CONFIG_PATH", dir.path().join("no-such-asound.conf"))
+            .output()
+            .unwrap()
+    };
+    let out = offline(&file);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(text.contains("Health checks passed"), "{text}");
+    assert!(
+        !storage.exists() && !state.exists(),
+        "offline created folders"
+    );
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: roost/v1\nkind: Deployment\nmetadata:\n  name: offline\nspec:\n  components:\n    - name: a\n      comand: [\"/bin/true\"]\n",
+    )
+    .unwrap();
+    let out = offline(&bad);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(text.contains("DEP_E162"), "{text}");
+    assert!(
+        text.contains(&format!("{}:8:", bad.display())),
+        "file:line:column expected:\n{text}"
+    );
+}
