@@ -224,14 +224,7 @@ fn check_recorder(d: &spec::Deployment, state_dir: &Path) -> Vec<Problem> {
         return Vec::new();
     };
     let mut problems = Vec::new();
-    let storage = config.storage_path(state_dir);
-    if let Err(e) = std::fs::create_dir_all(&storage).and_then(|_| writable(&storage)) {
-        problems.push(Problem {
-            code: &errors::STORAGE_UNUSABLE,
-            message: format!("storage {} is not writable: {e}", storage.display()),
-            snippet: None,
-        });
-    }
+    problems.extend(check_storage(&config, state_dir));
     let now = jiff::Timestamp::now();
     if let Err((code, message)) =
         crate::recorder::check_device_or_report(&config.recorder, state_dir, now)
@@ -244,6 +237,29 @@ fn check_recorder(d: &spec::Deployment, state_dir: &Path) -> Vec<Problem> {
         });
     }
     problems
+}
+
+/// The storage takes files as the recorder will find it: mounted when `requireMount` says so
+/// (nothing is created on the root file system otherwise), its folders present, writable.
+fn check_storage(config: &crate::recorder::RecordConfig, state_dir: &Path) -> Option<Problem> {
+    let storage = config.storage_path(state_dir);
+    let folders = crate::storage::Folders::new(&storage, &config.storage);
+    if let Err(e) = folders.prepare() {
+        let code = errors::lookup(e.code().code).unwrap_or(&errors::STORAGE_UNUSABLE);
+        let cause = std::error::Error::source(&e)
+            .map(|c| format!(": {c}"))
+            .unwrap_or_default();
+        return Some(Problem {
+            code,
+            message: format!("{e}{cause}"),
+            snippet: None,
+        });
+    }
+    writable(&storage).err().map(|e| Problem {
+        code: &errors::STORAGE_UNUSABLE,
+        message: format!("storage {} is not writable: {e}", storage.display()),
+        snippet: None,
+    })
 }
 
 fn writable(dir: &Path) -> std::io::Result<()> {

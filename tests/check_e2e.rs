@@ -176,3 +176,36 @@ fn offline_checks_the_file_alone() {
         "file:line:column expected:\n{text}"
     );
 }
+
+#[test]
+fn a_storage_that_must_be_a_mounted_card_is_checked_as_the_recorder_sees_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let card = dir.path().join("card");
+    let file = dir.path().join("deployment.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: roost/v1\nkind: Deployment\nmetadata:\n  name: card\nspec:\n  storage: {{path: {}, requireMount: true}}\n  recorder: {{}}\n",
+            card.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--file"])
+        .arg(&file)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .env("ALSA_CONFIG_PATH", dir.path().join("no-such-asound.conf"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        text.contains(&format!("DEP_E301 storage {}", card.display())),
+        "{text}"
+    );
+    assert!(
+        !card.exists(),
+        "check created the card's folder on the root file system"
+    );
+}
