@@ -29,15 +29,7 @@ const POLL: Duration = Duration::from_millis(10);
 /// Checks that the device opens in the requested format and delivers samples, within
 /// [`PROBE_TIMEOUT`] (for `roost check`).
 pub fn check_device(spec: &RecorderSpec) -> Result<(), (ErrorCode, String)> {
-    check_device_within(spec, PROBE_TIMEOUT)
-}
-
-/// [`check_device`] with another bound.
-pub fn check_device_within(
-    spec: &RecorderSpec,
-    timeout: Duration,
-) -> Result<(), (ErrorCode, String)> {
-    probe(spec, timeout).map_err(|e| (e.code, e.message))
+    probe(spec, PROBE_TIMEOUT).map_err(|e| (e.code, e.message))
 }
 
 /// Like [`check_device`], but while a live recorder holds the device in this format, judges its
