@@ -135,79 +135,10 @@ impl fmt::Display for CheckReport {
 
 /// `roost check`: the file, then what it needs from the machine.
 pub fn check(file: &Path, state_dir: &Path) -> CheckReport {
-    let mut problems = Vec::new();
-    let deployment = match spec::load_file(file) {
-        Ok((d, _)) => Some(d),
-        Err(e) => {
-            let snippet = match &e {
-                spec::LoadError::Syntax { snippet, .. } => snippet.clone(),
-                _ => None,
-            };
-            problems.push(Problem {
-                code: &errors::INVALID_SPEC,
-                message: e.to_string(),
-                snippet,
-            });
-            None
-        }
-    };
+    let (deployment, mut problems) = check_file(file);
     if let Some(d) = &deployment {
-        for c in &d.spec.components {
-            let path_var = c
-                .env
-                .iter()
-                .find(|(k, _)| k.as_str() == "PATH")
-                .map(|(_, v)| v.clone())
-                .or_else(|| std::env::var("PATH").ok())
-                .unwrap_or_default();
-            if let Err(e) = crate::runtime::process::resolve_program(
-                c.command.program(),
-                &path_var,
-                c.working_dir.as_ref().map(|w| w.as_path()),
-            ) {
-                problems.push(Problem {
-                    code: &errors::EXECUTABLE_NOT_FOUND,
-                    message: format!("component {}: {e}", c.name),
-                    snippet: None,
-                });
-            }
-            if let Some(dir) = &c.working_dir
-                && !dir.as_path().is_dir()
-            {
-                problems.push(Problem {
-                    code: &errors::COMPONENT_FAILED,
-                    message: format!(
-                        "component {}: workingDir {} is not a folder",
-                        c.name,
-                        dir.as_path().display()
-                    ),
-                    snippet: None,
-                });
-            }
-        }
-    }
-    if let Some(d) = &deployment
-        && let Some(config) = crate::recorder::RecordConfig::from_deployment(d, state_dir)
-    {
-        let storage = config.storage_path(state_dir);
-        if let Err(e) = std::fs::create_dir_all(&storage).and_then(|_| writable(&storage)) {
-            problems.push(Problem {
-                code: &errors::STORAGE_UNUSABLE,
-                message: format!("storage {} is not writable: {e}", storage.display()),
-                snippet: None,
-            });
-        }
-        let now = jiff::Timestamp::now();
-        if let Err((code, message)) =
-            crate::recorder::check_device_or_report(&config.recorder, state_dir, now)
-        {
-            let code = errors::lookup(code.code).unwrap_or(&errors::AUDIO_DEVICE_UNAVAILABLE);
-            problems.push(Problem {
-                code,
-                message,
-                snippet: None,
-            });
-        }
+        problems.extend(check_programs(d));
+        problems.extend(check_recorder(d, state_dir));
     }
     if let Err(e) = std::fs::create_dir_all(state_dir).and_then(|_| writable(state_dir)) {
         problems.push(Problem {
@@ -217,6 +148,118 @@ pub fn check(file: &Path, state_dir: &Path) -> CheckReport {
         });
     }
     CheckReport { problems }
+}
+
+/// `roost check --offline`: the file alone (parse and validate), for configuration-management
+/// tools that validate a file before putting it in place, perhaps on another machine. It looks
+/// at no device, storage, program or state folder, and creates nothing.
+pub fn check_offline(file: &Path) -> CheckReport {
+    CheckReport {
+        problems: check_file(file).1,
+    }
+}
+
+/// Loads and validates the file: the deployment, or the problem with its file, line and column.
+fn check_file(file: &Path) -> (Option<spec::Deployment>, Vec<Problem>) {
+    match spec::load_file(file) {
+        Ok((d, _)) => (Some(d), Vec::new()),
+        Err(e) => {
+            let snippet = match &e {
+                spec::LoadError::Syntax { snippet, .. } => snippet.clone(),
+                _ => None,
+            };
+            let problem = Problem {
+                code: &errors::INVALID_SPEC,
+                message: e.to_string(),
+                snippet,
+            };
+            (None, vec![problem])
+        }
+    }
+}
+
+/// Every component's program can be found and its working folder exists.
+fn check_programs(d: &spec::Deployment) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for c in &d.spec.components {
+        let path_var = c
+            .env
+            .iter()
+            .find(|(k, _)| k.as_str() == "PATH")
+            .map(|(_, v)| v.clone())
+            .or_else(|| std::env::var("PATH").ok())
+            .unwrap_or_default();
+        if let Err(e) = crate::runtime::process::resolve_program(
+            c.command.program(),
+            &path_var,
+            c.working_dir.as_ref().map(|w| w.as_path()),
+        ) {
+            problems.push(Problem {
+                code: &errors::EXECUTABLE_NOT_FOUND,
+                message: format!("component {}: {e}", c.name),
+                snippet: None,
+            });
+        }
+        if let Some(dir) = &c.working_dir
+            && !dir.as_path().is_dir()
+        {
+            problems.push(Problem {
+                code: &errors::COMPONENT_FAILED,
+                message: format!(
+                    "component {}: workingDir {} is not a folder",
+                    c.name,
+                    dir.as_path().display()
+                ),
+                snippet: None,
+            });
+        }
+    }
+    problems
+}
+
+/// The recorder's storage is writable and its device healthy, judged as `roost status` judges
+/// it (from a live recorder's report, else by a bounded probe of the device).
+fn check_recorder(d: &spec::Deployment, state_dir: &Path) -> Vec<Problem> {
+    let Some(config) = crate::recorder::RecordConfig::from_deployment(d, state_dir) else {
+        return Vec::new();
+    };
+    let mut problems = Vec::new();
+    problems.extend(check_storage(&config, state_dir));
+    let now = jiff::Timestamp::now();
+    if let Err((code, message)) =
+        crate::recorder::check_device_or_report(&config.recorder, state_dir, now)
+    {
+        let code = errors::lookup(code.code).unwrap_or(&errors::AUDIO_DEVICE_UNAVAILABLE);
+        problems.push(Problem {
+            code,
+            message,
+            snippet: None,
+        });
+    }
+    problems
+}
+
+/// The storage takes files as the recorder will find it: mounted when `requireMount` says so
+/// (nothing is created on the root file system otherwise), its folders present, writable.
+fn check_storage(config: &crate::recorder::RecordConfig, state_dir: &Path) -> Option<Problem> {
+    let storage = config.storage_path(state_dir);
+    let folders = crate::storage::Folders::new(&storage, &config.storage);
+    if let Err(e) = folders.prepare() {
+        let code = errors::lookup(e.code().code).unwrap_or(&errors::STORAGE_UNUSABLE);
+        let cause = std::error::Error::source(&e)
+            .map(|c| format!(": {c}"))
+            .unwrap_or_default();
+        return Some(Problem {
+            code,
+            message: format!("{e}{cause}"),
+            snippet: None,
+        });
+    }
+    writable(&storage).err().map(|e| Problem {
+        code: &errors::STORAGE_UNUSABLE,
+        message: format!("storage {} is not writable: {e}", storage.display()),
+        snippet: None,
+    })
 }
 
 fn writable(dir: &Path) -> std::io::Result<()> {

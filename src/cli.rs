@@ -1,6 +1,7 @@
-//! The command line (clap). Only definitions live here; `main.rs` dispatches.
+//! The command line (clap). Only definitions live here, and the one step every path argument
+//! goes through before use (made absolute); `main.rs` dispatches.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -60,6 +61,10 @@ pub enum Command {
         file: PathBuf,
         #[arg(long, env = "ROOST_STATE_DIR")]
         state_dir: Option<PathBuf>,
+        /// Check the file alone (syntax and validity): no device, storage, programs or state
+        /// folder. For `validate:` steps of configuration management.
+        #[arg(long)]
+        offline: bool,
     },
     /// Report the status file.
     Status {
@@ -120,4 +125,80 @@ pub enum Command {
         #[arg(long)]
         seconds: Option<f64>,
     },
+}
+
+impl Command {
+    /// Makes every path argument (`ROOST_STATE_DIR` included, which clap puts into
+    /// `--state-dir`) absolute, once, before anything uses it: the state folder ends up in the
+    /// recorder's configuration, in spec hashes and in metadata.db, and must be the same folder
+    /// whatever the working directory of roost or of the processes it starts. Nothing needs to
+    /// exist yet.
+    pub fn resolve_paths(&mut self) -> std::io::Result<()> {
+        for path in self.paths_mut() {
+            *path = absolute(path)?;
+        }
+        Ok(())
+    }
+
+    fn paths_mut(&mut self) -> Vec<&mut PathBuf> {
+        let paths: Vec<Option<&mut PathBuf>> = match self {
+            Command::Run {
+                file, state_dir, ..
+            }
+            | Command::Check {
+                file, state_dir, ..
+            }
+            | Command::Plan { file, state_dir } => vec![Some(file), state_dir.as_mut()],
+            Command::Record { config, state_dir } => vec![Some(config), state_dir.as_mut()],
+            Command::Status { state_dir, .. } | Command::Logs { state_dir, .. } => {
+                vec![state_dir.as_mut()]
+            }
+            Command::Feed {
+                fifo, alsa_config, ..
+            } => vec![Some(fifo), alsa_config.as_mut()],
+            Command::Schema { .. } | Command::Explain { .. } => vec![],
+        };
+        paths.into_iter().flatten().collect()
+    }
+}
+
+/// `path` joined to the working directory when relative, without `.` components or a trailing
+/// slash, so that `.state`, `./.state/` and `$PWD/.state` are one spelling. Symbolic links and
+/// `..` are kept: resolving them would need the path to exist.
+pub fn absolute(path: &Path) -> std::io::Result<PathBuf> {
+    Ok(std::path::absolute(path)?.components().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn every_spelling_of_a_folder_is_one_absolute_path() {
+        let cwd = std::env::current_dir().unwrap();
+        for spelling in [".state", "./.state/", "./.state/."] {
+            assert_eq!(absolute(Path::new(spelling)).unwrap(), cwd.join(".state"));
+        }
+        assert_eq!(
+            absolute(Path::new("/var/lib//roost/")).unwrap(),
+            Path::new("/var/lib/roost")
+        );
+        assert!(absolute(Path::new("")).is_err());
+    }
+
+    #[test]
+    fn path_arguments_are_resolved() {
+        let cwd = std::env::current_dir().unwrap();
+        let mut cli = Cli::parse_from(["roost", "run", "-f", "d.yaml", "--state-dir", ".state"]);
+        cli.command.resolve_paths().unwrap();
+        let Command::Run {
+            file, state_dir, ..
+        } = cli.command
+        else {
+            panic!("not run");
+        };
+        assert_eq!(file, cwd.join("d.yaml"));
+        assert_eq!(state_dir, Some(cwd.join(".state")));
+    }
 }

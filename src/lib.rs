@@ -9,12 +9,14 @@
 //! - [`status`]: the status document and its atomic writer.
 //! - [`recorder`], [`storage`], [`schedule`]: audio capture to WAV files and metadata.db.
 //! - [`errors`]: the error code catalogue.
+//! - [`logging`]: roost's own log writer, which no failed write can end.
 
 pub mod app;
 pub mod cli;
 pub mod errors;
 pub mod fsutil;
 pub mod history;
+pub mod logging;
 pub mod plan;
 pub mod reconcile;
 pub mod recorder;

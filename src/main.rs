@@ -1,6 +1,6 @@
 //! The `roost` binary: parses the command line, starts logging and calls into the library.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -8,12 +8,18 @@ use clap::Parser;
 use roost::cli::{Cli, Command, LogFormat, SchemaKind};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     init_logging(cli.log_format);
-    match dispatch(cli.command) {
+    let resolved = cli
+        .command
+        .resolve_paths()
+        .context("cannot make a path argument absolute");
+    match resolved.and_then(|()| dispatch(cli.command)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Not eprintln!: it panics when stderr is a pipe nobody reads (`roost record`
+            // after its roost was killed).
+            let _ = writeln!(roost::logging::stderr(), "error: {e:#}");
             ExitCode::from(1)
         }
     }
@@ -22,9 +28,13 @@ fn main() -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("ROOST_LOG").unwrap_or_else(|_| "info".into());
+    // Colour codes only for a person at a terminal, never into log files or journald.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(roost::logging::stderr)
+        // Its report of a failed write is an eprintln!, which would panic on a broken stderr.
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -43,9 +53,16 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             roost::app::run(&file, &state_dir, runtime, user)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { file, state_dir } => {
-            let state_dir = roost::state_dir::resolve(state_dir.as_deref());
-            let report = roost::app::check(&file, &state_dir);
+        Command::Check {
+            file,
+            state_dir,
+            offline,
+        } => {
+            let report = if offline {
+                roost::app::check_offline(&file)
+            } else {
+                roost::app::check(&file, &roost::state_dir::resolve(state_dir.as_deref()))
+            };
             print!("{report}");
             Ok(ExitCode::from(if report.passed() { 0 } else { 1 }))
         }

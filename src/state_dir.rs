@@ -2,8 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-/// `ROOST_STATE_DIR` (passed in by clap), else `/var/lib/roost` for root, else
-/// `$XDG_STATE_HOME/roost` (`~/.local/state/roost`).
+/// `ROOST_STATE_DIR` (passed in by clap, made absolute by `cli`), else `/var/lib/roost` for
+/// root, else `$XDG_STATE_HOME/roost` (`~/.local/state/roost`); the defaults are absolute too.
 pub fn resolve(explicit: Option<&Path>) -> PathBuf {
     if let Some(p) = explicit {
         return p.to_path_buf();
@@ -14,7 +14,12 @@ pub fn resolve(explicit: Option<&Path>) -> PathBuf {
     let base = std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
         .filter(|p| p.is_absolute())
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .filter(|h| h.is_absolute())
+                .map(|h| h.join(".local/state"))
+        })
         .unwrap_or_else(|| PathBuf::from("/tmp"));
     base.join("roost")
 }

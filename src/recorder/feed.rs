@@ -133,7 +133,7 @@ pub fn run_feeder(
     let mut feeder = Feeder::open(fifo, sample_rate, channels, period_frames)?;
     feeder.write_paced(seconds.map(Duration::from_secs_f64), || true)?;
     if feeder.max_lateness > Duration::from_millis(100) {
-        eprintln!(
+        tracing::warn!(
             "feed: the reader fell behind by up to {:.0} ms",
             feeder.max_lateness.as_secs_f64() * 1000.0
         );

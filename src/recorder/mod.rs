@@ -10,6 +10,7 @@
 pub mod capture;
 pub mod clock;
 pub mod feed;
+pub mod probe;
 pub mod registrar;
 pub mod report;
 pub mod wav;
@@ -30,6 +31,7 @@ use crate::storage::{self, Folders, NewRecording, StorageError};
 use registrar::{DeploymentInfo, Registrar};
 
 pub use capture::default_period_frames;
+pub use probe::{check_device, check_device_or_report};
 pub use report::{
     FILE_GRACE, HEARTBEAT, Health, REPORT_FILE, RecorderReport, RecorderState, ReportError, assess,
     read_report, report_path,
@@ -192,46 +194,6 @@ fn stop_on_signals() -> Result<Arc<AtomicBool>, RecorderError> {
         })
         .map_err(|e| RecorderError::Signals(nix::Error::from_raw(e.raw_os_error().unwrap_or(0))))?;
     Ok(stop)
-}
-
-/// Checks that the device exists and supports the requested format (for `roost check`).
-pub fn check_device(spec: &RecorderSpec) -> Result<(), (ErrorCode, String)> {
-    let device = capture::find_device(spec.device.as_str()).map_err(|e| (e.code, e.message))?;
-    capture::check_format(&device, spec).map_err(|e| (e.code, e.message))
-}
-
-/// Like [`check_device`], but while a healthy recorder holds the device, answers from its report
-/// instead of opening the device a second time.
-pub fn check_device_or_report(
-    spec: &RecorderSpec,
-    state_dir: &Path,
-    now: Timestamp,
-) -> Result<(), (ErrorCode, String)> {
-    if let Some(report) = read_report(state_dir)
-        && report.device == spec.device.as_str()
-        && report.sample_rate == spec.sample_rate.get()
-        && report.channels == spec.channels.get()
-        && report.sample_format == spec.sample_format.to_string()
-        && matches!(
-            report.state,
-            RecorderState::Recording | RecorderState::Waiting
-        )
-        && process_alive(report.pid)
-    {
-        return match assess(&report, now) {
-            Health::Healthy => Ok(()),
-            Health::Stopped => check_device(spec),
-            Health::Error { code, message } => Err((*code, message)),
-        };
-    }
-    check_device(spec)
-}
-
-fn process_alive(pid: u32) -> bool {
-    let Ok(pid) = i32::try_from(pid) else {
-        return false;
-    };
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
 }
 
 /// A file being recorded.

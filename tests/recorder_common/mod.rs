@@ -292,6 +292,13 @@ impl PacedFeeder {
 
 impl Drop for PacedFeeder {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The reader may be gone and the feeder blocked in a write to a full FIFO: joining
+            // would turn a failed test into a hung one.
+            self.writing.store(false, Ordering::SeqCst);
+            self.close.store(true, Ordering::SeqCst);
+            return;
+        }
         self.finish();
     }
 }

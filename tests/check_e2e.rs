@@ -1,0 +1,211 @@
+//! `roost check` end to end: the real binary, real alsa-lib and cpal reading a FIFO through
+//! ALSA's file plugin. The device is judged as `roost status` judges it (a live recorder's
+//! report, else a probe that waits for real samples), every probe is bounded in time, and
+//! `--offline` checks the file alone. The elapsed-time bounds are hang guards, not timing tests.
+
+mod recorder_common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use recorder_common::{BIN, KillOnDrop, PacedFeeder, Rig, terminate};
+use roost::recorder::feed::Feeder;
+use roost::recorder::{Health, RecorderState};
+use serde_json::json;
+
+const LONG: Duration = Duration::from_secs(40);
+/// A probe is bounded by 3 s; anything near this means it hung.
+const HANG_GUARD: Duration = Duration::from_secs(15);
+
+/// A deployment recording what the rig's device delivers, into the rig's storage.
+fn deployment_yaml(rig: &Rig) -> String {
+    format!(
+        "apiVersion: roost/v1\nkind: Deployment\nmetadata:\n  name: check-e2e\nspec:\n  storage: {{path: {}, minFreeSpace: 0, onLowSpace: stop}}\n  recorder:\n    device: default\n    sampleRate: {}\n    channels: 1\n    sampleFormat: i16\n    duration: 1s\n  components: []\n",
+        rig.storage.display(),
+        rig.rate
+    )
+}
+
+/// Runs `roost check` on the rig's device and state folder; returns its output, its text
+/// (stdout and stderr) and how long it took. It is killed if it outlives the hang guard.
+fn check(rig: &Rig, extra: &[&str]) -> (Output, String, Duration) {
+    let file = rig.dir.path().join("deployment.yaml");
+    std::fs::write(&file, deployment_yaml(rig)).unwrap();
+    let started = Instant::now();
+    let child = Command::new(BIN)
+        .args(["check", "--file"])
+        .arg(&file)
+        .arg("--state-dir")
+        .arg(&rig.state)
+        .args(extra)
+        .env("ALSA_CONFIG_PATH", &rig.asound)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let guard = std::thread::spawn(move || {
+        std::thread::sleep(HANG_GUARD * 2);
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    });
+    let out = child.wait_with_output().unwrap();
+    let elapsed = started.elapsed();
+    drop(guard);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out, text, elapsed)
+}
+
+fn mkfifo(path: &Path) {
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+}
+
+#[test]
+fn a_fifo_nobody_writes_to_is_unavailable_within_the_bound() {
+    let rig = Rig::new(16_000, json!({}), json!({}));
+    // No writer at all: alsa-lib's open of the FIFO blocks for ever.
+    mkfifo(&rig.fifo);
+    let (out, text, elapsed) = check(&rig, &[]);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("DEP_E311"), "{text}");
+    assert!(text.contains("did not answer within 3 s"), "{text}");
+    assert!(elapsed < HANG_GUARD, "check took {elapsed:?}:\n{text}");
+}
+
+#[test]
+fn a_device_that_opens_but_delivers_nothing_is_unavailable_within_the_bound() {
+    let rig = Rig::new(16_000, json!({}), json!({}));
+    // Opened by a writer that never writes: the device opens, its reads never return.
+    let _silent = Feeder::open(&rig.fifo, rig.rate, 1, rig.period).unwrap();
+    let (out, text, elapsed) = check(&rig, &[]);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("DEP_E311"), "{text}");
+    assert!(
+        text.contains("opened but delivered no samples in 3 s"),
+        "{text}"
+    );
+    assert!(elapsed < HANG_GUARD, "check took {elapsed:?}:\n{text}");
+}
+
+#[test]
+fn a_device_fed_at_real_time_passes() {
+    let rig = Rig::new(16_000, json!({}), json!({}));
+    let feeder = PacedFeeder::start(&rig.fifo, rig.rate, rig.period);
+    let (out, text, elapsed) = check(&rig, &[]);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("Health checks passed"), "{text}");
+    assert!(elapsed < HANG_GUARD, "check took {elapsed:?}:\n{text}");
+    drop(feeder);
+}
+
+#[test]
+fn check_says_dep_e311_when_the_live_recorder_reports_the_device_unavailable() {
+    let rig = Rig::new(16_000, json!({}), json!({}));
+    let feeder = PacedFeeder::start(&rig.fifo, rig.rate, rig.period);
+    let mut recorder = KillOnDrop(rig.spawn_recorder());
+    rig.wait_report("a file written", LONG, |r| r.files_written >= 1);
+    feeder.stall();
+    let report = rig.wait_report("device unavailable", LONG, |r| {
+        r.state == RecorderState::DeviceUnavailable
+    });
+    // What status makes of the same report.
+    let Health::Error { code, message } = roost::recorder::assess(&report, jiff::Timestamp::now())
+    else {
+        panic!("the report is not an error: {report:#?}");
+    };
+    assert_eq!(code.code, "DEP_E311");
+
+    let (out, text, _) = check(&rig, &[]);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    // The report's own words: the answer came from the recorder, not from a second probe.
+    assert!(
+        text.contains(&format!("DEP_E311 {message}")),
+        "{text}\nexpected: {message}"
+    );
+    assert!(terminate(&mut recorder.0).success());
+    drop(feeder);
+}
+
+#[test]
+fn offline_checks_the_file_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("deployment.yaml");
+    let storage = dir.path().join("no/such/card");
+    let state = dir.path().join("no-such-state");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: roost/v1\nkind: Deployment\nmetadata:\n  name: offline\nspec:\n  storage: {{path: {}}}\n  recorder:\n    device: no-such-microphone\n  components:\n    - name: uploader\n      command: [\"/no/such/program\"]\n",
+            storage.display()
+        ),
+    )
+    .unwrap();
+    let offline = |file: &Path| {
+        Command::new(BIN)
+            .args(["check", "--offline", "--file"])
+            .arg(file)
+            .env("ROOST_STATE_DIR", &state)
+            .env("ALSA_CONFIG_PATH", dir.path().join("no-such-asound.conf"))
+            .output()
+            .unwrap()
+    };
+    let out = offline(&file);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(text.contains("Health checks passed"), "{text}");
+    assert!(
+        !storage.exists() && !state.exists(),
+        "offline created folders"
+    );
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: roost/v1\nkind: Deployment\nmetadata:\n  name: offline\nspec:\n  components:\n    - name: a\n      comand: [\"/bin/true\"]\n",
+    )
+    .unwrap();
+    let out = offline(&bad);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(text.contains("DEP_E162"), "{text}");
+    assert!(
+        text.contains(&format!("{}:8:", bad.display())),
+        "file:line:column expected:\n{text}"
+    );
+}
+
+#[test]
+fn a_storage_that_must_be_a_mounted_card_is_checked_as_the_recorder_sees_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let card = dir.path().join("card");
+    let file = dir.path().join("deployment.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: roost/v1\nkind: Deployment\nmetadata:\n  name: card\nspec:\n  storage: {{path: {}, requireMount: true}}\n  recorder: {{}}\n",
+            card.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--file"])
+        .arg(&file)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .env("ALSA_CONFIG_PATH", dir.path().join("no-such-asound.conf"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        text.contains(&format!("DEP_E301 storage {}", card.display())),
+        "{text}"
+    );
+    assert!(
+        !card.exists(),
+        "check created the card's folder on the root file system"
+    );
+}
