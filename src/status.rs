@@ -293,5 +293,19 @@ pub fn render_human(doc: &StatusDoc) -> String {
             e.action
         );
     }
+    // Warnings a component reports about its output (the recorder's: clock, deletions, overlaps).
+    for c in &doc.components {
+        let warnings = c.output.as_ref().and_then(|o| o.get("warnings"));
+        for w in warnings.and_then(|w| w.as_array()).into_iter().flatten() {
+            let field = |k: &str| w.get(k).and_then(|v| v.as_str()).unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  warning {} [{}] {}",
+                field("code"),
+                c.name,
+                field("message")
+            );
+        }
+    }
     out
 }
