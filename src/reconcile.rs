@@ -720,6 +720,15 @@ fn spawn_trigger(mut watcher: FileWatcher) -> tokio::sync::mpsc::Receiver<()> {
     rx
 }
 
+/// The systemd watchdog's ticks: every half of `WatchdogSec`, on absolute deadlines (a late tick
+/// is followed by the next one a full period later, never by a burst).
+pub fn watchdog_ticks(watchdog: Option<Duration>) -> Option<tokio::time::Interval> {
+    let period = watchdog? / 2;
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    Some(ticks)
+}
+
 /// Runs the loop until `shutdown` resolves. `on_ready` is called once, after the first
 /// reconcile (roost's unit uses it for READY=1).
 pub async fn run<R: Runtime>(
@@ -738,7 +747,7 @@ pub async fn run<R: Runtime>(
     let mut report_rx = spawn_trigger(FileWatcher::new(&crate::recorder::report_path(
         &cfg.state_dir,
     ))?);
-    let watchdog = crate::runtime::systemd::notify::watchdog_interval();
+    let mut watchdog = watchdog_ticks(crate::runtime::systemd::notify::watchdog_interval());
     reconciler.reload_file();
     reconciler.reconcile().await;
     on_ready();
@@ -751,9 +760,11 @@ pub async fn run<R: Runtime>(
                 None => std::future::pending().await,
             }
         };
-        let watchdog_tick = async move {
-            match watchdog {
-                Some(d) => tokio::time::sleep(d / 2).await,
+        // The interval keeps its own deadlines across turns: other wake-ups never postpone it,
+        // and a loop stuck in reconcile stops feeding the watchdog, as it should.
+        let watchdog_tick = async {
+            match watchdog.as_mut() {
+                Some(ticks) => ticks.tick().await,
                 None => std::future::pending().await,
             }
         };
@@ -778,4 +789,34 @@ pub async fn run<R: Runtime>(
     tracing::info!("shutting down");
     reconciler.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The loop's shape: a select over a busy trigger and the watchdog. Woken every 100 ms by
+    /// the trigger, the watchdog still ticks every 2 s (WatchdogSec=4s) on tokio's paused clock.
+    #[tokio::test(start_paused = true)]
+    async fn frequent_wake_ups_never_postpone_the_watchdog() {
+        let mut watchdog = watchdog_ticks(Some(Duration::from_secs(4)));
+        let start = tokio::time::Instant::now();
+        let mut busy = tokio::time::interval(Duration::from_millis(100));
+        let mut ticks = Vec::new();
+        while start.elapsed() < Duration::from_secs(20) {
+            let watchdog_tick = async {
+                match watchdog.as_mut() {
+                    Some(t) => t.tick().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = busy.tick() => {}
+                _ = watchdog_tick => ticks.push(start.elapsed()),
+            }
+        }
+        let secs: Vec<u64> = ticks.iter().map(|t| t.as_secs()).collect();
+        assert_eq!(secs, vec![2, 4, 6, 8, 10, 12, 14, 16, 18]);
+        assert!(watchdog_ticks(None).is_none());
+    }
 }

@@ -38,12 +38,18 @@ impl Roost {
 
     /// Starts `roost run` on `file` (which may differ from the default, e.g. a link).
     pub fn start_with_file(&mut self, file: &Path) {
+        self.start_with(file, &[]);
+    }
+
+    /// Starts `roost run` on `file` with extra environment (`NOTIFY_SOCKET`, say).
+    pub fn start_with(&mut self, file: &Path, envs: &[(&str, &str)]) {
         let child = Command::new(ROOST)
             .args(["run", "--runtime", "process", "--file"])
             .arg(file)
             .arg("--state-dir")
             .arg(&self.state)
             .env("ROOST_LOG", "debug")
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.dir.path().join("roost.log")).unwrap())
