@@ -418,7 +418,9 @@ impl<R: Runtime> Reconciler<R> {
                 c.reason = Some(recorder_reason(code).into());
                 plan.errors
                     .push(ErrorEntry::new(code, Some(&c.name), message));
-                if plan.phase == Phase::Succeeded {
+                // Provisioning failed only if the recorder never produced a file; later errors
+                // keep the phase and make the status Error (status_doc).
+                if plan.phase == Phase::Succeeded && report.files_written == 0 {
                     plan.phase = Phase::FailedToStart;
                 }
             }
@@ -500,10 +502,14 @@ impl<R: Runtime> Reconciler<R> {
                 _ => (Phase::FailedToStart, Vec::new()),
             },
         };
+        // An error judged from output after provisioning (the recorder's) keeps the phase
+        // Succeeded; the status must still not be greener than the output.
+        let in_error = components.iter().any(|c| c.status == ComponentState::Error);
         let status = if self.runtime_error.is_some() {
             OverallStatus::Unknown
         } else {
             match phase {
+                Phase::Succeeded if in_error => OverallStatus::Error,
                 Phase::Succeeded => OverallStatus::Running,
                 Phase::Stopped => OverallStatus::Stopped,
                 Phase::FailedToStart | Phase::PartiallyDeprovisioned => OverallStatus::Error,
@@ -605,6 +611,13 @@ impl<R: Runtime> Reconciler<R> {
                     reason.clone(),
                 ));
             } else {
+                // The recorder's last word: its report written as it exited (its last file).
+                if c.name == spec::recorder::RECORDER_COMPONENT
+                    && let Some(report) = crate::recorder::read_report(&self.state.root)
+                        .filter(|r| Some(r.pid) == c.pid)
+                {
+                    c.output = serde_json::to_value(recorder_output(&report)).ok();
+                }
                 c.status = ComponentState::Stopped;
                 c.reason = Some("ReconcilerStopped".into());
                 c.pid = None;

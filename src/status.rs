@@ -163,6 +163,8 @@ impl StatusDoc {
     /// Exit code of `roost status`: 0 healthy, 3 stopped or not started, 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match (self.phase, self.status) {
+            // A file that was pushed and refused: the pusher must learn it, whatever runs.
+            _ if self.spec_error.is_some() => 1,
             (Phase::Succeeded, OverallStatus::Running) => 0,
             (_, OverallStatus::Stopped) | (Phase::Stopped, _) => 3,
             _ => 1,
@@ -234,12 +236,32 @@ pub fn stale_warning(doc: &StatusDoc) -> Option<String> {
 pub fn render_human(doc: &StatusDoc) -> String {
     use std::fmt::Write;
     let mut out = String::new();
+    if let Some(e) = &doc.spec_error {
+        let at = match (e.line, e.column, &e.field) {
+            (Some(l), Some(c), _) => format!("{}:{l}:{c}", e.file),
+            (_, _, Some(f)) => format!("{} ({f})", e.file),
+            _ => e.file.clone(),
+        };
+        let _ = writeln!(
+            out,
+            "The desired state was refused ({}): {at}: {}\n  generation {} is still in force\n",
+            e.code, e.message, doc.generation
+        );
+    }
     let _ = writeln!(out, "Runtime");
-    let _ = writeln!(
-        out,
-        "  {} (roost {} pid {}), updated {}",
-        doc.reconciler.runtime, doc.reconciler.version, doc.reconciler.pid, doc.updated_at
-    );
+    if doc.status == OverallStatus::Stopped {
+        let _ = writeln!(
+            out,
+            "  {} (roost {}), stopped at {}",
+            doc.reconciler.runtime, doc.reconciler.version, doc.updated_at
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "  {} (roost {} pid {}), updated {}",
+            doc.reconciler.runtime, doc.reconciler.version, doc.reconciler.pid, doc.updated_at
+        );
+    }
     let _ = writeln!(out, "Components");
     if doc.components.is_empty() {
         let _ = writeln!(out, "  (none)");

@@ -353,6 +353,18 @@ fn a_restart_of_roost_with_a_broken_file_runs_the_last_valid_state() {
     assert!(!s["specError"].is_null(), "the problem stays reported");
     assert_eq!(s["generation"], 1);
     assert_eq!(processes_with(&tag).len(), 1);
+    // A script that pushed the file learns it was refused: exit 1, the rejection first.
+    let out = std::process::Command::new(ROOST)
+        .args(["status", "--state-dir"])
+        .arg(&r.state)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.starts_with("The desired state was refused (DEP_E162)"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -29,6 +29,71 @@ fn recorder_yaml(storage: &std::path::Path) -> String {
     )
 }
 
+/// Starts the feeder (it writes the ALSA configuration) and `roost run` on `r`.
+fn start_recording(r: &mut Roost) -> Feed {
+    let fifo = r.path("mic.fifo");
+    let conf = r.path("asound.conf");
+    let feed = Feed(
+        Command::new(ROOST)
+            .args(["feed", "--sample-rate", "16000", "--fifo"])
+            .arg(&fifo)
+            .arg("--alsa-config")
+            .arg(&conf)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    while !conf.exists() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let child = Command::new(ROOST)
+        .args(["run", "--runtime", "process", "--file"])
+        .arg(&r.file)
+        .arg("--state-dir")
+        .arg(&r.state)
+        .env("ALSA_CONFIG_PATH", &conf)
+        .stderr(std::fs::File::create(r.path("roost.log")).unwrap())
+        .spawn()
+        .unwrap();
+    r.child = Some(child);
+    feed
+}
+
+#[test]
+fn the_last_status_carries_the_recorders_last_word() {
+    let mut r = Roost::new("");
+    let storage = r.path("storages");
+    std::fs::write(&r.file, recorder_yaml(&storage)).unwrap();
+    let feed = start_recording(&mut r);
+    r.wait_for("recordings", Duration::from_secs(30), |s| {
+        component(s, "recorder")["output"]["filesWritten"].as_u64() >= Some(2)
+    });
+    assert_eq!(r.stop(), Some(0));
+    drop(feed);
+    let s = r.status().unwrap();
+    let report = roost::recorder::read_report(&r.state).unwrap();
+    let out = &component(&s, "recorder")["output"];
+    assert_eq!(s["status"], "Stopped");
+    assert_eq!(out["state"], "stopped", "{s:#}");
+    assert_eq!(out["filesWritten"].as_u64(), Some(report.files_written));
+    assert_eq!(
+        out["lastFile"].as_str().map(std::path::PathBuf::from),
+        report.last_file
+    );
+    // The human report of a stopped roost does not show a pid as if it ran.
+    let human = Command::new(ROOST)
+        .args(["status", "--state-dir"])
+        .arg(&r.state)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert_eq!(human.status.code(), Some(3), "{text}");
+    assert!(
+        text.contains("stopped at") && !text.contains(" pid "),
+        "{text}"
+    );
+}
+
 #[test]
 fn roost_run_records_and_reports_a_stalled_recorder_as_an_error() {
     let mut r = Roost::new("");
@@ -90,6 +155,8 @@ fn roost_run_records_and_reports_a_stalled_recorder_as_an_error() {
         .unwrap();
     assert!(err["code"].as_str().unwrap().starts_with("DEP_E3"), "{err}");
     assert_eq!(s["status"], "Error");
+    // Provisioning succeeded; a later error keeps the phase and sets the status.
+    assert_eq!(s["phase"], "Succeeded");
 
     // It comes back by itself.
     Command::new("kill")
