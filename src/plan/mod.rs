@@ -390,6 +390,9 @@ fn decide_running(
     };
     let policy = dc.run.restart_policy;
     let quick = history.map_or(0, |h| h.consecutive_failures);
+    // A failed start stays reported (code and reason) while it is retried, until a start works:
+    // no component is ever in Error without its error entry.
+    let mut start_failure = None;
     if let Some(h) = history
         && let Some(reason) = &h.start_error
     {
@@ -409,6 +412,7 @@ fn decide_running(
         if due > input.now {
             return verdict(status, None, error, Some(due));
         }
+        start_failure = error;
     } else if let Some(exit) = last_exit {
         status.exit_code = Some(exit.display_code());
         let wants_restart = match policy {
@@ -473,8 +477,15 @@ fn decide_running(
             }
         }
     }
-    status.reason = Some("Starting".into());
-    verdict(status, Some(Action::Start(dc.run.clone())), None, None)
+    if start_failure.is_none() {
+        status.reason = Some("Starting".into());
+    }
+    verdict(
+        status,
+        Some(Action::Start(dc.run.clone())),
+        start_failure,
+        None,
+    )
 }
 
 fn deps_ready(dc: &DesiredComponent, earlier: &[Verdict], index: &BTreeMap<&str, usize>) -> bool {

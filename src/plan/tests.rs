@@ -252,7 +252,65 @@ fn executable_not_found_is_retried_unless_never() {
         run_plan(&d, Observation::new(), hist.clone(), 0).requeue_after,
         Some(Duration::from_secs(1))
     );
-    assert_eq!(run_plan(&d, Observation::new(), hist, 1).actions.len(), 1);
+    // Retried when the back-off ends, and still reported with its code while it is: a
+    // component is never in Error without an error entry (the field report: Error/Starting and
+    // no code for 8 s).
+    let retry = run_plan(&d, Observation::new(), hist, 1);
+    assert_eq!(retry.actions.len(), 1);
+    let c = &retry.components[0];
+    assert_eq!(
+        (c.status, c.reason.as_deref()),
+        (ComponentState::Error, Some("ExecutableNotFound"))
+    );
+    assert_eq!(retry.errors.len(), 1);
+    assert_eq!(retry.errors[0].code, "DEP_E161");
+}
+
+#[test]
+fn no_component_is_ever_in_error_without_an_error_entry() {
+    // Every history a component can have, every policy, every moment of its back-off.
+    let histories: Vec<ComponentHistory> = {
+        let mut failed = ComponentHistory::new("hash-a");
+        failed.start_failed("DEP_E161", "gone".into(), t(0));
+        let mut looping = exited_history("a", 1, 0, 5).1;
+        looping.start_failed("DEP_E152", "spawn failed".into(), t(1));
+        vec![
+            failed,
+            looping,
+            exited_history("a", 1, 0, 1).1,
+            exited_history("a", 1, 0, 9).1,
+            exited_history("a", 0, 0, 1).1,
+        ]
+    };
+    for policy in [
+        RestartPolicy::Always,
+        RestartPolicy::OnFailure,
+        RestartPolicy::Never,
+    ] {
+        for h in &histories {
+            for now in [0, 1, 2, 5, 60, 3600] {
+                let hist = History {
+                    components: BTreeMap::from([("a".to_string(), h.clone())]),
+                    ..Default::default()
+                };
+                let d = desired(vec![comp("a", policy, &[])]);
+                let p = run_plan(&d, Observation::new(), hist, now);
+                for c in p
+                    .components
+                    .iter()
+                    .filter(|c| c.status == ComponentState::Error)
+                {
+                    assert!(
+                        p.errors
+                            .iter()
+                            .any(|e| e.component.as_deref() == Some(c.name.as_str())),
+                        "{policy:?} at {now}: {c:?} without an error entry ({:?})",
+                        p.errors
+                    );
+                }
+            }
+        }
+    }
 }
 
 #[test]

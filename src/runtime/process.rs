@@ -393,7 +393,10 @@ pub fn resolve_program(
             Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => return Ok(c),
             Ok(m) if m.is_file() => last = format!("{} is not executable", c.display()),
             Ok(_) => last = format!("{} is not a file", c.display()),
-            Err(e) if program.contains('/') => last = format!("{}: {e}", c.display()),
+            // The program is named by the error already; when it was a relative name found
+            // through workingDir, say where it was looked for.
+            Err(e) if program.contains('/') && c.as_os_str() == program => last = e.to_string(),
+            Err(e) if program.contains('/') => last = format!("{} ({e})", c.display()),
             Err(_) => {}
         }
     }
