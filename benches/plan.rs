@@ -37,6 +37,7 @@ fn main() {
                 },
                 spec_hash: Some(c.run.spec_hash.clone()),
                 runtime_restarts: 0,
+                stop_timeout: None,
             };
             (c.run.name.to_string(), obs)
         })

@@ -31,6 +31,21 @@ pub enum AppError {
     Lock(#[from] crate::state_dir::LockError),
 }
 
+/// Raises the soft limit of open files to the hard limit: each component under the process
+/// runtime holds a few descriptors (log pipes), and the usual soft limit of 1024 stops at about
+/// 250 components. Components inherit the raised limit.
+pub fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open files limit"),
+            Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open files limit"),
+    }
+}
+
 /// `roost run`: reconciles until SIGTERM or SIGINT.
 pub fn run(
     file: &Path,
@@ -39,6 +54,7 @@ pub fn run(
     user: bool,
 ) -> Result<(), AppError> {
     let _lock = crate::state_dir::lock(state_dir)?;
+    raise_open_files_limit();
     // One thread is plenty for a reconciler and keeps the footprint small.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -39,6 +39,9 @@ codes! {
     CRASH_LOOP = "DEP_E163", "Crash loop",
         "A component keeps exiting soon after it starts; roost restarts it with growing back-off delays.",
         "Read `roost logs NAME` for the reason it exits; fix it and change the file, or set restartPolicy: Never to stop retrying.";
+    OUT_OF_DESCRIPTORS = "DEP_E164", "Out of file descriptors",
+        "A component could not be started because roost or the system ran out of file descriptors (EMFILE/ENFILE). Roost raises its own soft limit to the hard limit at start; this is the hard limit or the system-wide one.",
+        "Raise LimitNOFILE= in roost.service (or `ulimit -n` for a roost started by hand) or fs.file-max, or run fewer components; roost retries with back-off.";
     STORAGE_UNUSABLE = "DEP_E301", "Storage unusable",
         "The storage folder or metadata.db cannot be created, written or opened.",
         "Check that spec.storage.path exists on a mounted, writable disk with the right owner and permissions.";

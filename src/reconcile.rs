@@ -679,6 +679,7 @@ fn recorder_reason(code: &errors::ErrorCode) -> &'static str {
 fn start_error_code(e: &RuntimeError) -> &'static str {
     match e {
         RuntimeError::ExecutableNotFound { .. } => errors::EXECUTABLE_NOT_FOUND.code,
+        RuntimeError::OutOfDescriptors { .. } => errors::OUT_OF_DESCRIPTORS.code,
         RuntimeError::InvalidValue { .. } => errors::INVALID_SPEC.code,
         RuntimeError::Unreachable(_) => errors::RUNTIME_UNREACHABLE.code,
         _ => errors::COMPONENT_FAILED.code,

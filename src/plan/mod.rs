@@ -168,11 +168,11 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     let mut actions: Vec<Action> = Vec::new();
     let mut errors: Vec<ErrorEntry> = Vec::new();
     // Anything the runtime holds that the file no longer names goes away first.
-    for name in input.observed.keys() {
+    for (name, obs) in input.observed {
         if !by_name.contains_key(name.as_str()) {
             actions.push(Action::Remove {
                 name: name.clone(),
-                timeout: DEFAULT_STOP_TIMEOUT,
+                timeout: obs.stop_timeout.unwrap_or(DEFAULT_STOP_TIMEOUT),
             });
         }
     }
@@ -535,6 +535,7 @@ fn crash_or_backoff(
 fn start_failure_reason(code: &ErrorCode) -> &'static str {
     match code.code {
         "DEP_E161" => "ExecutableNotFound",
+        "DEP_E164" => "OutOfDescriptors",
         "DEP_E162" => "InvalidSpec",
         "DEP_E151" => "RuntimeUnreachable",
         _ => "StartFailed",

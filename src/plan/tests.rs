@@ -40,6 +40,7 @@ fn running(name: &str, pid: u32) -> (String, ObservedComponent) {
             },
             spec_hash: Some(format!("hash-{name}")),
             runtime_restarts: 0,
+            stop_timeout: None,
         },
     )
 }

@@ -74,6 +74,9 @@ pub struct ObservedComponent {
     pub spec_hash: Option<String>,
     /// Restarts the runtime did by itself since roost last started it (systemd's NRestarts).
     pub runtime_restarts: u32,
+    /// The stop timeout it was started with, when the runtime knows it: a component removed
+    /// from the file is stopped by its own rule, not a default.
+    pub stop_timeout: Option<std::time::Duration>,
 }
 
 pub type Observation = BTreeMap<String, ObservedComponent>;
@@ -99,6 +102,8 @@ pub enum RuntimeError {
     ExecutableNotFound { program: String, reason: String },
     #[error("component {name}: {message}")]
     Component { name: String, message: String },
+    #[error("component {name} cannot start: out of file descriptors ({reason})")]
+    OutOfDescriptors { name: String, reason: String },
     #[error("invalid value for component {name}: {message}")]
     InvalidValue { name: String, message: String },
     #[error("{context}: {source}")]

@@ -36,6 +36,9 @@ struct Child {
     /// reuses its pid.
     start_ticks: u64,
     spec_hash: String,
+    /// Its `ROOST_COMPONENT_ID`.
+    marker: String,
+    stop_timeout: std::time::Duration,
     since: Timestamp,
     exit: watch::Receiver<Option<ExitInfo>>,
     /// Set while roost stops it: its exit is expected, and the rest of its group gets the
@@ -44,6 +47,8 @@ struct Child {
 }
 
 pub struct ProcessRuntime {
+    /// Tells this state folder's components from others' in `ROOST_COMPONENT_ID`.
+    instance: String,
     logs_dir: PathBuf,
     pids_file: PathBuf,
     log_max_bytes: u64,
@@ -61,6 +66,9 @@ pub struct ChildRecord {
     /// Kernel start time (clock ticks since boot) to tell the child from a reused pid.
     pub start_ticks: u64,
     pub spec_hash: String,
+    /// Its stop timeout in milliseconds (absent in files of older roosts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_timeout_ms: Option<u64>,
 }
 
 impl ProcessRuntime {
@@ -83,6 +91,7 @@ impl ProcessRuntime {
             .and_then(|v| v.parse().ok())
             .unwrap_or(DEFAULT_LOG_MAX_BYTES);
         let rt = Self {
+            instance: instance_of(state_dir),
             logs_dir,
             pids_file,
             log_max_bytes,
@@ -108,6 +117,7 @@ impl ProcessRuntime {
                     },
                     spec_hash: Some(r.spec_hash),
                     runtime_restarts: 0,
+                    stop_timeout: r.stop_timeout_ms.map(std::time::Duration::from_millis),
                 };
                 (name, obs)
             })
@@ -123,6 +133,7 @@ impl ProcessRuntime {
                     pid: c.pid,
                     start_ticks: c.start_ticks,
                     spec_hash: c.spec_hash.clone(),
+                    stop_timeout_ms: Some(c.stop_timeout.as_millis() as u64),
                 };
                 (name.as_str(), rec)
             })
@@ -147,28 +158,33 @@ impl ProcessRuntime {
         };
         child.stopping.store(true, Ordering::SeqCst);
         let (pid, start_ticks) = (child.pid, child.start_ticks);
+        let marker = child.marker.clone();
         let pgid = Pid::from_raw(pid as i32);
         let mut exit = child.exit.clone();
         let deadline = tokio::time::Instant::now() + timeout;
         if exit.borrow().is_none() {
             let _ = killpg(pgid, Signal::SIGTERM);
         }
+        // Detached descendants (setsid) are outside the group: they get SIGTERM too.
+        signal_marked(&marker, Signal::SIGTERM);
+        let leftovers = |pid, ticks| group_members_since(pid, ticks) || !marked(&marker).is_empty();
         let _ = tokio::time::timeout_at(deadline, exit.wait_for(|e| e.is_some())).await;
         // The main process may be a wrapper (sh -c ...): its group gets the rest of the timeout.
         // Group members usually follow the leader within a millisecond: look again soon, then
         // less often (bounded by the stop timeout).
         let mut pause = Duration::from_millis(1);
-        while group_members_since(pid, start_ticks) && tokio::time::Instant::now() < deadline {
+        while leftovers(pid, start_ticks) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(20));
         }
-        if exit.borrow().is_none() || group_members_since(pid, start_ticks) {
+        if exit.borrow().is_none() || leftovers(pid, start_ticks) {
             tracing::warn!(
                 component = name,
                 ?timeout,
                 "did not stop in time; sending SIGKILL"
             );
             let _ = killpg(pgid, Signal::SIGKILL);
+            signal_marked(&marker, Signal::SIGKILL);
             if tokio::time::timeout(Duration::from_secs(5), exit.wait_for(|e| e.is_some()))
                 .await
                 .is_err()
@@ -207,6 +223,7 @@ impl Runtime for ProcessRuntime {
                     state,
                     spec_hash: Some(c.spec_hash.clone()),
                     runtime_restarts: 0,
+                    stop_timeout: Some(c.stop_timeout),
                 },
             );
         }
@@ -218,6 +235,7 @@ impl Runtime for ProcessRuntime {
                     state,
                     spec_hash: Some(hash.clone()),
                     runtime_restarts: 0,
+                    stop_timeout: None,
                 },
             );
         }
@@ -237,10 +255,14 @@ impl Runtime for ProcessRuntime {
             .unwrap_or_default();
         let program =
             resolve_program(run.command.program(), &path_var, run.working_dir.as_deref())?;
+        let marker = format!("{}/{name}", self.instance);
         let mut cmd = tokio::process::Command::new(&program);
         cmd.arg0(run.command.program())
             .args(run.command.args())
             .envs(&run.env)
+            // Inherited by everything the component starts, detached (setsid) or not: what
+            // has it is stopped with the component.
+            .env(MARKER_VAR, &marker)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -270,6 +292,16 @@ impl Runtime for ProcessRuntime {
                     reason: e.to_string(),
                 }
             }
+            _ if matches!(
+                e.raw_os_error(),
+                Some(nix::libc::EMFILE | nix::libc::ENFILE)
+            ) =>
+            {
+                RuntimeError::OutOfDescriptors {
+                    name: name.clone(),
+                    reason: e.to_string(),
+                }
+            }
             _ => RuntimeError::Component {
                 name: name.clone(),
                 message: format!("cannot start: {e}"),
@@ -288,6 +320,7 @@ impl Runtime for ProcessRuntime {
         let stopping_seen_by_waiter = stopping.clone();
         let events = self.exit_tx.clone();
         let event_name = name.clone();
+        let waiter_marker = marker.clone();
         tokio::spawn(async move {
             let status = child.wait().await;
             let exit = ExitInfo {
@@ -302,6 +335,7 @@ impl Runtime for ProcessRuntime {
             // leaves a duplicate beside its replacement. (A stop handles the group itself.)
             if !stopping_seen_by_waiter.load(Ordering::SeqCst) {
                 let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                signal_marked(&waiter_marker, Signal::SIGKILL);
             }
             let _ = exit_watch_tx.send(Some(exit));
             let _ = events.send((event_name, pid, exit));
@@ -313,6 +347,8 @@ impl Runtime for ProcessRuntime {
                 pid,
                 start_ticks,
                 spec_hash: run.spec_hash.clone(),
+                marker,
+                stop_timeout: run.stop_timeout,
                 since: Timestamp::now(),
                 exit: exit_watch_rx,
                 stopping,
@@ -543,6 +579,47 @@ fn kill_leftovers(pids_file: &Path) -> usize {
         killed += 1;
     }
     killed
+}
+
+/// Environment variable that marks every process a component started.
+pub const MARKER_VAR: &str = "ROOST_COMPONENT_ID";
+
+/// A short stable id of a state folder (FNV-1a of its path).
+fn instance_of(state_dir: &Path) -> String {
+    let hash = state_dir
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+        });
+    format!("{hash:016x}")
+}
+
+/// Live processes whose environment holds `ROOST_COMPONENT_ID=marker` (other users' processes
+/// cannot be read, and cannot be ours).
+fn marked(marker: &str) -> Vec<u32> {
+    let needle = format!("{MARKER_VAR}={marker}");
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let me = std::process::id();
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == needle.as_bytes()))
+        })
+        .filter(|pid| {
+            proc_stat_fields(*pid).is_some_and(|f| f.first().map(String::as_str) != Some("Z"))
+        })
+        .collect()
+}
+
+fn signal_marked(marker: &str, signal: Signal) {
+    for pid in marked(marker) {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), signal);
+    }
 }
 
 fn group_members_since(pgid: u32, start_ticks: u64) -> bool {

@@ -663,6 +663,7 @@ impl Runtime for SystemdRuntime {
                     state: state::classify(&props, memory),
                     spec_hash: Some(spec_hash),
                     runtime_restarts: props.n_restarts,
+                    stop_timeout: None,
                 },
             );
         }
