@@ -77,11 +77,14 @@ dropped0=$(field samplesDropped)
 t=$(now)
 { echo "BEGIN EXCLUSIVE;"; sleep "$lock_seconds"; echo "COMMIT;"; } | sqlite3 "$d/storage/metadata.db" &
 locker=$!; pids+=("$locker")
-shown=$(wait_for "$t" "r['error'] is not None and r['error']['code'] == 'DEP_E321'")
+wait_for "$t" "r['rowsOwed'] >= 1" > /dev/null
+owed=$(now)
+shown=$(wait_for "$owed" "r['error'] is not None and r['error']['code'] == 'DEP_E321'")
 wait "$locker"
 released=$(now)
+cleared=$(wait_for "$released" "r['rowsOwed'] == 0 and r['error'] is None")
 after=$(registered_after "$released")
-echo "exclusive lock ${lock_seconds} s: DEP_E321 shown after ${shown} s; samples dropped $(( $(field samplesDropped) - dropped0 )); lock released -> next file registered ${after} s"
+echo "exclusive lock ${lock_seconds} s: DEP_E321 shown ${shown} s after the first row was owed; samples dropped $(( $(field samplesDropped) - dropped0 )); lock released -> rows written and error cleared ${cleared} s, next file registered ${after} s"
 
 t=$(now); rm -f "$d/storage/metadata.db"*
 echo "metadata.db deleted -> next file registered $(registered_after "$t") s"

@@ -829,7 +829,12 @@ mod tests {
                 _ = watchdog_tick => ticks.push(start.elapsed()),
             }
         }
-        let secs: Vec<u64> = ticks.iter().map(|t| t.as_secs()).collect();
+        // (At 20 s the last busy tick and a watchdog tick are due together; either may win.)
+        let secs: Vec<u64> = ticks
+            .iter()
+            .map(|t| t.as_secs())
+            .filter(|s| *s < 20)
+            .collect();
         assert_eq!(secs, vec![2, 4, 6, 8, 10, 12, 14, 16, 18]);
         assert!(watchdog_ticks(None).is_none());
     }

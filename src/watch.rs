@@ -15,9 +15,10 @@ use tokio::sync::mpsc;
 
 /// Quiet time after an event that completes a write (close, rename, create, delete).
 pub const SETTLE_AFTER_COMPLETE: Duration = Duration::from_millis(3);
-/// Quiet time after a bare in-place modification, waiting for the writer to close the file
-/// (`cp` truncates and writes in chunks; reading in between could see half a file).
-pub const SETTLE_AFTER_PARTIAL_WRITE: Duration = Duration::from_millis(300);
+/// Longest wait for a writer that modified the file in place to close it (IN_CLOSE_WRITE):
+/// `cp`, `cat > file`, scp over a slow link, a script writing in pieces. When it passes and the
+/// file is still open for writing by some process, roost waits that long again.
+pub const MAX_WAIT_FOR_WRITER: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -175,6 +176,8 @@ impl FileWatcher {
     }
 
     /// Waits for the next change worth a look: a relevant event followed by a quiet period.
+    /// After an in-place modification the quiet period lasts until the writer closes the file
+    /// (IN_CLOSE_WRITE), however long it pauses: half a file is never read.
     pub async fn changed(&mut self) {
         loop {
             let Some(first) = self.raw.recv().await else {
@@ -183,16 +186,20 @@ impl FileWatcher {
             if !self.relevant(&first) {
                 continue;
             }
+            let mut burst = Burst::default();
+            burst.add(&first.kind);
             // One deadline per burst, moved only by relevant events: a busy folder cannot
             // starve the trigger.
-            let mut deadline = tokio::time::Instant::now() + settle_time(&first.kind);
             loop {
-                match tokio::time::timeout_at(deadline, self.raw.recv()).await {
-                    Ok(Some(ev)) if self.relevant(&ev) => {
-                        deadline = tokio::time::Instant::now() + settle_time(&ev.kind);
-                    }
+                match tokio::time::timeout_at(burst.deadline(), self.raw.recv()).await {
+                    Ok(Some(ev)) if self.relevant(&ev) => burst.add(&ev.kind),
                     Ok(Some(_)) => {}
-                    Ok(None) | Err(_) => break,
+                    Ok(None) => break,
+                    Err(_) if burst.writing && open_for_writing(&self.file) => {
+                        tracing::warn!(file = %self.file.display(), "still open for writing; waiting for the writer to finish before reading it");
+                        burst.writing_since = tokio::time::Instant::now();
+                    }
+                    Err(_) => break,
                 }
             }
             if let Err(e) = self.refresh() {
@@ -203,14 +210,87 @@ impl FileWatcher {
     }
 }
 
-fn settle_time(kind: &EventKind) -> Duration {
-    match kind {
-        EventKind::Modify(ModifyKind::Data(_)) | EventKind::Modify(ModifyKind::Any) => {
-            SETTLE_AFTER_PARTIAL_WRITE
+/// One burst of events: settled 3 ms after the last event that completes a write, or, while a
+/// writer modifies the file in place, when it closes it.
+#[derive(Debug)]
+struct Burst {
+    last: tokio::time::Instant,
+    writing: bool,
+    writing_since: tokio::time::Instant,
+}
+
+impl Default for Burst {
+    fn default() -> Self {
+        let now = tokio::time::Instant::now();
+        Self {
+            last: now,
+            writing: false,
+            writing_since: now,
         }
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => SETTLE_AFTER_COMPLETE,
-        _ => SETTLE_AFTER_COMPLETE,
     }
+}
+
+impl Burst {
+    fn add(&mut self, kind: &EventKind) {
+        let now = tokio::time::Instant::now();
+        self.last = now;
+        match kind {
+            EventKind::Modify(ModifyKind::Data(_)) | EventKind::Modify(ModifyKind::Any) => {
+                if !self.writing {
+                    self.writing = true;
+                    self.writing_since = now;
+                }
+            }
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => self.writing = false,
+            _ => {}
+        }
+    }
+
+    fn deadline(&self) -> tokio::time::Instant {
+        if self.writing {
+            self.writing_since + MAX_WAIT_FOR_WRITER
+        } else {
+            self.last + SETTLE_AFTER_COMPLETE
+        }
+    }
+}
+
+/// Whether some process holds `file` open for writing (`/proc/*/fd` and `fdinfo` flags). Only
+/// asked when a writer has been silent for [`MAX_WAIT_FOR_WRITER`].
+pub fn open_for_writing(file: &Path) -> bool {
+    let Ok(target) = std::fs::canonicalize(file) else {
+        return false;
+    };
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .any(|p| {
+            let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+                return false;
+            };
+            fds.filter_map(|fd| fd.ok()).any(|fd| {
+                std::fs::read_link(fd.path()).is_ok_and(|l| l == target)
+                    && writable_fd(&p.path().join("fdinfo").join(fd.file_name()))
+            })
+        })
+}
+
+fn writable_fd(fdinfo: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(fdinfo) else {
+        return false;
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+        .is_some_and(|flags| flags & 0o3 != 0)
 }
 
 #[cfg(test)]
@@ -239,6 +319,40 @@ mod tests {
         assert!(set.dirs.contains(r), "{set:?}");
         assert!(set.names.contains(&OsString::from("current")));
         assert!(set.dirs.contains(&r.join("rev-abc")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_in_place_write_settles_only_when_its_writer_closes() {
+        use notify::event::DataChange;
+        let start = tokio::time::Instant::now();
+        let mut b = Burst::default();
+        b.add(&EventKind::Create(notify::event::CreateKind::File));
+        assert_eq!(b.deadline(), start + SETTLE_AFTER_COMPLETE);
+        b.add(&EventKind::Modify(ModifyKind::Data(DataChange::Any)));
+        assert_eq!(b.deadline(), start + MAX_WAIT_FOR_WRITER);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        // More writes keep the writer's deadline; they do not push it out.
+        b.add(&EventKind::Modify(ModifyKind::Data(DataChange::Any)));
+        assert_eq!(b.deadline(), start + MAX_WAIT_FOR_WRITER);
+        b.add(&EventKind::Access(AccessKind::Close(AccessMode::Write)));
+        assert_eq!(
+            b.deadline(),
+            start + Duration::from_secs(5) + SETTLE_AFTER_COMPLETE
+        );
+    }
+
+    #[test]
+    fn a_file_held_open_for_writing_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.yaml");
+        std::fs::write(&p, "x").unwrap();
+        assert!(!open_for_writing(&p));
+        let reader = std::fs::File::open(&p).unwrap();
+        assert!(!open_for_writing(&p));
+        let writer = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+        assert!(open_for_writing(&p));
+        drop((reader, writer));
+        assert!(!open_for_writing(&p));
     }
 
     #[test]

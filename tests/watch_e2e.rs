@@ -209,3 +209,52 @@ fn a_folder_created_after_start_is_seen() {
     std::fs::write(&file, yaml(1)).unwrap();
     r.wait_succeeded(1);
 }
+
+/// A writer that opens the file, writes part of it, pauses (a line-by-line `cat > file`, scp
+/// over a slow link, a script writing in pieces) and then writes the rest: the part alone is a
+/// valid file without component b, and must never be applied.
+#[test]
+fn a_writer_that_pauses_is_waited_for_and_half_a_file_never_applied() {
+    let tag = unique("pause");
+    let full = deployment(
+        "pause",
+        "",
+        &format!(
+            "{}{}",
+            sleeper("a", &format!("{tag}-a")),
+            sleeper("b", &format!("{tag}-b"))
+        ),
+    );
+    let half = deployment("pause", "", &sleeper("a", &format!("{tag}-a")));
+    assert!(
+        full.starts_with(&half),
+        "the first part is a valid file on its own"
+    );
+    let mut r = Roost::new(&full);
+    r.start();
+    let s = r.wait_succeeded(1);
+    let b_pid = pid_of(&s, "b");
+    for pause_ms in [400u64, 2500] {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&r.file)
+            .unwrap();
+        f.write_all(half.as_bytes()).unwrap();
+        f.flush().unwrap();
+        let until = std::time::Instant::now() + Duration::from_millis(pause_ms);
+        while std::time::Instant::now() < until {
+            let s = r.status().unwrap();
+            assert_eq!(s["generation"], 1, "half a file was applied: {s:#}");
+            assert_eq!(pid_of(&s, "b"), b_pid);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        f.write_all(full[half.len()..].as_bytes()).unwrap();
+        drop(f);
+        std::thread::sleep(Duration::from_millis(300));
+        let s = r.status().unwrap();
+        assert_eq!(s["generation"], 1, "the same content is no new generation");
+        assert_eq!(pid_of(&s, "b"), b_pid, "b was never stopped");
+    }
+    assert!(alive(b_pid));
+}

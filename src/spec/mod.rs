@@ -164,6 +164,44 @@ impl FieldIssue {
     }
 }
 
+/// Values that one runtime cannot give a component exactly as the other would: refused when
+/// the file is loaded, so that a file means the same under both runtimes and never fails only
+/// at start time. (Everything else, newlines and control characters included, is escaped for
+/// systemd by `runtime::systemd::unit`.)
+fn runtime_parity_issues(i: usize, c: &ComponentSpec) -> Vec<FieldIssue> {
+    let mut issues = Vec::new();
+    let program = c.command.program();
+    if program.starts_with(['-', '@', ':', '+', '!', '|']) {
+        issues.push(FieldIssue::new(
+            format!("spec.components[{i}].command[0]"),
+            format!("program {program:?} starts with {:?}, which systemd reads as an ExecStart prefix; give an absolute path", &program[..1]),
+        ));
+    } else if program.contains('/') && !program.starts_with('/') {
+        issues.push(FieldIssue::new(
+            format!("spec.components[{i}].command[0]"),
+            format!("program {program:?} is a relative path; give an absolute path (or a bare name found on PATH)"),
+        ));
+    }
+    for (key, value) in &c.env {
+        if value.contains('\0') {
+            issues.push(FieldIssue::new(
+                format!("spec.components[{i}].env.{}", key.as_str()),
+                "the value contains a NUL character, which no process environment can hold",
+            ));
+        }
+    }
+    if let Some(dir) = &c.working_dir {
+        let text = dir.as_path().to_string_lossy();
+        if text.chars().any(char::is_control) || text.ends_with([' ', '\t', '\\']) {
+            issues.push(FieldIssue::new(
+                format!("spec.components[{i}].workingDir"),
+                format!("{text:?} holds a control character or ends with a blank or a backslash, which systemd's WorkingDirectory= cannot express; rename the folder"),
+            ));
+        }
+    }
+    issues
+}
+
 impl Deployment {
     /// Cross-field checks that the types alone cannot express.
     pub fn validate(&self) -> Vec<FieldIssue> {
@@ -192,6 +230,9 @@ impl Deployment {
                     "the name \"recorder\" is reserved for spec.recorder; rename this component",
                 ));
             }
+        }
+        for (i, c) in spec.components.iter().enumerate() {
+            issues.extend(runtime_parity_issues(i, c));
         }
         let known: BTreeSet<&str> = self.component_names().collect();
         for (i, c) in spec.components.iter().enumerate() {

@@ -1,7 +1,10 @@
 //! The unit file roost writes for one component: rendering with every YAML-derived value quoted
 //! and escaped per systemd.syntax(7) and systemd.unit(5) specifiers, and reading back the marker
-//! line that makes a file roost's. Pure: no I/O. A value that could break out of its line (a
-//! newline or any other control character) is refused, never escaped.
+//! line that makes a file roost's. Pure: no I/O. Command words and environment values are
+//! double-quoted and C-escaped (systemd unescapes quoted words of `ExecStart=` and
+//! `Environment=`), so newlines, tabs and every other character reach the process as written;
+//! what systemd cannot express (`WorkingDirectory=` is not unescaped) is refused when the file
+//! is loaded (`spec::Deployment::validate`), and refused here again as a last guard.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -173,7 +176,6 @@ fn exec_line(argv: &[String]) -> Result<String, String> {
     }
     let mut line = String::from(":");
     for (i, arg) in argv.iter().enumerate() {
-        check_line_safe("command", arg)?;
         if i > 0 {
             line.push(' ');
         }
@@ -193,7 +195,6 @@ fn environment_assignment(key: &str, value: &str) -> Result<String, String> {
             "environment variable name {key:?} is not a valid name"
         ));
     }
-    check_line_safe(&format!("env {key}"), value)?;
     Ok(quote(&format!("{key}={value}")))
 }
 
@@ -226,8 +227,10 @@ fn check_line_safe(field: &str, value: &str) -> Result<(), String> {
     }
 }
 
-/// One double-quoted word: backslash and quote escaped (systemd C-unescapes quoted words), `%`
-/// doubled (specifiers are expanded before unquoting).
+/// One double-quoted word, C-escaped as systemd unescapes quoted words (systemd.syntax(7)):
+/// backslash, quote and every control character escaped (`\n`, `\t`, `\xNN`, `\uNNNN`), `%`
+/// doubled (specifiers are expanded before unquoting). Other characters, non-ASCII included,
+/// are written as they are.
 pub fn quote(word: &str) -> String {
     let mut out = String::with_capacity(word.len() + 2);
     out.push('"');
@@ -236,6 +239,15 @@ pub fn quote(word: &str) -> String {
             '\\' => out.push_str("\\\\"),
             '"' => out.push_str("\\\""),
             '%' => out.push_str("%%"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_ascii_control() => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
             c => out.push(c),
         }
     }
@@ -363,29 +375,38 @@ mod tests {
     }
 
     #[test]
-    fn control_characters_are_refused() {
-        for bad in [
+    fn control_characters_are_escaped_and_working_dir_guarded() {
+        for odd in [
             "a\nExecStartPre=/bin/evil",
             "a\rb",
             "tab\there",
-            "nul\u{7f}",
+            "del\u{7f}",
             "c1\u{85}",
+            "bell\u{7}",
         ] {
-            let err = render(&run(&["/bin/echo", bad]), &USER).unwrap_err();
-            assert!(matches!(err, RuntimeError::InvalidValue { .. }), "{bad:?}");
+            let text = render(&run(&["/bin/echo", odd]), &USER).unwrap();
+            let exec = text.lines().find(|l| l.starts_with("ExecStart=")).unwrap();
+            assert!(!exec.chars().any(char::is_control), "{exec:?}");
+            assert!(!text.contains("\nExecStartPre"), "no new directive");
             let mut r = run(&["/bin/echo"]);
-            r.env.insert("X".into(), bad.into());
-            assert!(matches!(
-                render(&r, &USER),
-                Err(RuntimeError::InvalidValue { .. })
-            ));
+            r.env.insert("X".into(), odd.into());
+            let text = render(&r, &USER).unwrap();
+            let env = text
+                .lines()
+                .find(|l| l.starts_with("Environment="))
+                .unwrap();
+            assert!(!env.chars().any(char::is_control), "{env:?}");
             let mut r = run(&["/bin/echo"]);
-            r.working_dir = Some(format!("/srv/{bad}").into());
+            r.working_dir = Some(format!("/srv/{odd}").into());
             assert!(matches!(
                 render(&r, &USER),
                 Err(RuntimeError::InvalidValue { .. })
             ));
         }
+        assert_eq!(
+            quote("a\nb\t\u{1b}\u{85}\\%\""),
+            "\"a\\nb\\t\\x1b\\u0085\\\\%%\\\"\""
+        );
     }
 
     #[test]
