@@ -235,11 +235,11 @@ impl Burst {
         let now = tokio::time::Instant::now();
         self.last = now;
         match kind {
-            EventKind::Modify(ModifyKind::Data(_)) | EventKind::Modify(ModifyKind::Any) => {
-                if !self.writing {
-                    self.writing = true;
-                    self.writing_since = now;
-                }
+            EventKind::Modify(ModifyKind::Data(_)) | EventKind::Modify(ModifyKind::Any)
+                if !self.writing =>
+            {
+                self.writing = true;
+                self.writing_since = now;
             }
             EventKind::Access(AccessKind::Close(AccessMode::Write)) => self.writing = false,
             _ => {}
