@@ -249,7 +249,7 @@ fn a_writer_that_pauses_is_waited_for_and_half_a_file_never_applied() {
             assert_eq!(pid_of(&s, "b"), b_pid);
             std::thread::sleep(Duration::from_millis(20));
         }
-        f.write_all(full[half.len()..].as_bytes()).unwrap();
+        f.write_all(&full.as_bytes()[half.len()..]).unwrap();
         drop(f);
         std::thread::sleep(Duration::from_millis(300));
         let s = r.status().unwrap();
