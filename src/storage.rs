@@ -773,14 +773,10 @@ impl Storage {
                 report.rows_removed.push(row.path.clone());
             }
         }
+        // Best effort per entry: one unreadable folder or file must not stop the rows of all
+        // the others (a database error still does: nothing could be registered).
         let mut files = Vec::new();
-        collect_wavs(&self.recordings_dir(), &mut files).map_err(|source| {
-            StorageError::Unusable {
-                path: self.recordings_dir(),
-                action: "list its recordings",
-                source,
-            }
-        })?;
+        collect_wavs(&self.recordings_dir(), &mut files);
         for file in files {
             if known.contains(&file) {
                 continue;
@@ -791,11 +787,13 @@ impl Storage {
                     tracing::warn!(path = %file.display(), "repair: registered a recording that had no row");
                     report.registered.push(file);
                 }
-                None => {
-                    let moved = self.quarantine(&file)?;
-                    tracing::warn!(path = %file.display(), to = %moved.display(), "repair: quarantined an unreadable file");
-                    report.quarantined.push(moved);
-                }
+                None => match self.quarantine(&file) {
+                    Ok(moved) => {
+                        tracing::warn!(path = %file.display(), to = %moved.display(), "repair: quarantined an unreadable file");
+                        report.quarantined.push(moved);
+                    }
+                    Err(e) => tracing::error!("repair: {}; left where it is", error_text(&e)),
+                },
             }
         }
         Ok(report)
@@ -919,22 +917,30 @@ fn describe_wav(path: &Path) -> Option<NewRecording> {
     })
 }
 
-fn collect_wavs(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+/// The `*.wav` files under `dir` (hidden names such as macOS's `._x.wav` skipped); folders that
+/// cannot be read are logged and skipped.
+fn collect_wavs(dir: &Path, out: &mut Vec<PathBuf>) {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        Err(e) => {
+            tracing::error!(path = %dir.display(), error = %e, "repair: cannot list a folder of recordings; skipped");
+            return;
+        }
     };
-    for entry in entries {
-        let entry = entry?;
+    for entry in entries.flatten() {
         let path = entry.path();
-        if entry.file_type()?.is_dir() {
-            collect_wavs(&path, out)?;
-        } else {
-            out.push(path);
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') {
+            continue;
+        }
+        match entry.file_type() {
+            Ok(t) if t.is_dir() => collect_wavs(&path, out),
+            Ok(t) if t.is_file() && name.to_ascii_lowercase().ends_with(".wav") => out.push(path),
+            _ => {}
         }
     }
-    Ok(())
 }
 
 /// A random (version 4) UUID in its usual text form, as acoupi's ids are UUIDs.
@@ -1039,8 +1045,17 @@ mod tests {
         let t: Timestamp = "2026-06-01T10:00:00Z".parse().unwrap();
         let orphan = recording_path(&s.recordings_dir(), t);
         write_wav(&orphan, 8000);
-        let junk = s.recordings_dir().join("2026/06/01/notes.txt");
+        let junk = s
+            .recordings_dir()
+            .join("2026/06/01/20260601T080000.000000Z.wav");
         std::fs::write(&junk, b"x").unwrap();
+        // Other files are not roost's to judge: left alone.
+        let notes = s.recordings_dir().join("2026/06/01/notes.txt");
+        std::fs::write(&notes, b"x").unwrap();
+        let sidecar = s
+            .recordings_dir()
+            .join("2026/06/01/._20260601T100000.000000Z.wav");
+        std::fs::write(&sidecar, b"x").unwrap();
         let gone = s
             .recordings_dir()
             .join("2026/06/01/20260601T090000.000000Z.wav");
@@ -1065,6 +1080,7 @@ mod tests {
         assert_eq!(rows[0].datetime, "2026-06-01 10:00:00.000000");
         assert_eq!(rows[0].duration_s, 1.0);
         assert!(s.repair(&dep).unwrap().is_empty());
+        assert!(notes.exists() && sidecar.exists());
     }
 
     fn register_wavs(s: &mut Storage, dep: &str, minutes: u32, frames: u32) -> Vec<PathBuf> {

@@ -472,8 +472,11 @@ fn decide_running(
                 return verdict(status, None, Some((&errors::DEPENDENCY_FAILED, msg)), None);
             }
             _ => {
-                status.reason = Some("WaitingForDependency".into());
-                return verdict(status, None, None, None);
+                // A failed start stays reported while it waits; otherwise it is just waiting.
+                if start_failure.is_none() {
+                    status.reason = Some("WaitingForDependency".into());
+                }
+                return verdict(status, None, start_failure, None);
             }
         }
     }

@@ -294,20 +294,24 @@ fn no_component_is_ever_in_error_without_an_error_entry() {
                     components: BTreeMap::from([("a".to_string(), h.clone())]),
                     ..Default::default()
                 };
-                let d = desired(vec![comp("a", policy, &[])]);
-                let p = run_plan(&d, Observation::new(), hist, now);
-                for c in p
-                    .components
-                    .iter()
-                    .filter(|c| c.status == ComponentState::Error)
-                {
-                    assert!(
-                        p.errors
-                            .iter()
-                            .any(|e| e.component.as_deref() == Some(c.name.as_str())),
-                        "{policy:?} at {now}: {c:?} without an error entry ({:?})",
-                        p.errors
-                    );
+                // Alone, and waiting for a dependency that is not running yet.
+                let alone = desired(vec![comp("a", policy, &[])]);
+                let waiting = desired(vec![comp("dep", policy, &[]), comp("a", policy, &["dep"])]);
+                for d in [alone, waiting] {
+                    let p = run_plan(&d, Observation::new(), hist.clone(), now);
+                    for c in p
+                        .components
+                        .iter()
+                        .filter(|c| c.status == ComponentState::Error)
+                    {
+                        assert!(
+                            p.errors
+                                .iter()
+                                .any(|e| e.component.as_deref() == Some(c.name.as_str())),
+                            "{policy:?} at {now}: {c:?} without an error entry ({:?})",
+                            p.errors
+                        );
+                    }
                 }
             }
         }

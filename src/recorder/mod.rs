@@ -38,6 +38,12 @@ pub use report::{
 };
 use wav::{Guano, WavFile, WavFormat, WavSample};
 
+/// How often the storage is looked at while no file is being written.
+const IDLE_STORAGE_CHECK: Duration = Duration::from_secs(60);
+
+/// A stream that delivered this long resets the reopening back-off.
+const STABLE_STREAM: Duration = Duration::from_secs(10);
+
 /// Longest time between SIGTERM/SIGINT and the recorder's exit.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(8);
 
@@ -256,6 +262,10 @@ struct Recorder<T: WavSample> {
     captured_end_at: Timestamp,
     /// Samples arrive far faster than real time: they are discarded until they do not.
     fast_input: bool,
+    /// The first deleteOldest request of the current low-space episode.
+    low_space_since_request: Option<u64>,
+    /// Frame index at which the storage is looked at next while idle.
+    next_storage_check: u64,
     /// Frames since the anchor that have been handled.
     index: u64,
     /// Frames before this index are not recorded (between files, outside windows, low space).
@@ -325,6 +335,8 @@ impl<T: WavSample> Recorder<T> {
             captured_end_index: 0,
             captured_end_at: now,
             fast_input: false,
+            low_space_since_request: None,
+            next_storage_check: 0,
             index: 0,
             skip_until: 0,
             captured_before: 0,
@@ -365,9 +377,17 @@ impl<T: WavSample> Recorder<T> {
         while !self.stopping() {
             match capture::start::<D, T>(&self.config.recorder, period) {
                 Ok(capture) => {
-                    backoff = Duration::from_millis(250);
                     tracing::info!(device = %self.config.recorder.device, period_frames = capture.period_frames, "capturing");
+                    let opened = Instant::now();
                     self.capture_loop(capture);
+                    // A stream lost soon after it opened is retried with back-off too: a device
+                    // that opens and fails at once must not be reopened in a tight loop.
+                    if opened.elapsed() >= STABLE_STREAM {
+                        backoff = Duration::from_millis(250);
+                    } else if !self.stopping() {
+                        self.sleep(backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                    }
                 }
                 Err(e) => {
                     if self.report.state != RecorderState::DeviceUnavailable {
@@ -514,6 +534,7 @@ impl<T: WavSample> Recorder<T> {
     {
         self.anchor_ns = None;
         self.index = 0;
+        self.next_storage_check = 0;
         self.skip_until = 0;
         let channels = self.channels();
         let period_time = Duration::from_secs_f64(
@@ -546,6 +567,8 @@ impl<T: WavSample> Recorder<T> {
             if let Ok(gap) = cap.gaps.peek().copied() {
                 if gap.at_sample == consumed {
                     let _ = cap.gaps.pop();
+                    // The drops behind this gap belong to the file it ends.
+                    self.update_counters(&cap);
                     self.end_file();
                     self.index += gap.frames;
                     continue;
@@ -654,6 +677,10 @@ impl<T: WavSample> Recorder<T> {
         let mut rest = samples;
         while !rest.is_empty() {
             let frames = (rest.len() / channels) as u64;
+            if self.file.is_some() && self.pace() == Pace::Fast {
+                self.enter_fast_input("samples arrive far faster than real time");
+                continue;
+            }
             if let Some(file) = self.file.as_mut() {
                 let take = frames.min(file.end_index - self.index);
                 let n = take as usize * channels;
@@ -682,6 +709,7 @@ impl<T: WavSample> Recorder<T> {
                     self.skip_until = self.index;
                     continue;
                 }
+                self.check_storage_while_idle();
                 let take = frames.min(self.skip_until - self.index);
                 self.index += take;
                 rest = &rest[take as usize * channels..];
@@ -815,10 +843,10 @@ impl<T: WavSample> Recorder<T> {
         if drift.abs() < 1_000_000_000 {
             return false;
         }
-        // Only a sample clock that kept time with the monotonic clock proves the wall clock
-        // moved; input off real time (a burst, a backlog) keeps its sample clock.
+        // A sample clock ahead of the monotonic clock is a burst or a backlog: it keeps its
+        // time. One behind it lost frames (an overrun, a stall): the wall clock is right then.
         let (lead, monotonic) = self.sample_lead();
-        if lead.abs() > monotonic / 1000 + 200_000_000 {
+        if lead > monotonic / 1000 + 200_000_000 {
             return false;
         }
         tracing::info!(
@@ -843,6 +871,23 @@ impl<T: WavSample> Recorder<T> {
         match self.schedule.segment_at(Timestamp::now()) {
             Segment::Record { end, .. } => Some(end),
             Segment::Idle { until } => self.expected_after(until),
+        }
+    }
+
+    /// While no file is written (outside the windows, say), a card pulled or unmounted is
+    /// reported within a minute, not only when the next window opens; and one that came back
+    /// clears the error.
+    fn check_storage_while_idle(&mut self) {
+        if self.index < self.next_storage_check {
+            return;
+        }
+        self.next_storage_check =
+            self.index + IDLE_STORAGE_CHECK.as_secs() * u64::from(self.format.sample_rate);
+        let usable = self.prepare_storage();
+        if usable && self.report.state == RecorderState::StorageError {
+            let due = self.expected_by_wall_clock();
+            self.report.expected_file_by = due;
+            self.set_state(RecorderState::Waiting, None);
         }
     }
 
@@ -963,7 +1008,7 @@ impl<T: WavSample> Recorder<T> {
         tracing::warn!(
             code = errors::TIME_OVERLAP.code,
             overlap_s = overlap,
-            "a file starts {overlap:.3} s before the end of an earlier one (the wall clock was stepped back); both are kept"
+            "a file starts {overlap:.3} s before the end of an earlier one (the wall clock was stepped back, or the sound card's clock drifted and was corrected); both are kept"
         );
         Some(overlap)
     }
@@ -981,15 +1026,20 @@ impl<T: WavSample> Recorder<T> {
         let min = self.folders.spec().min_free_space;
         let wanted = min.bytes().saturating_add(bytes);
         if free >= wanted {
+            self.low_space_since_request = None;
             return true;
         }
         let what = match self.folders.spec().on_low_space {
             OnLowSpace::DeleteOldest => {
-                // The registrar deletes; until it finds it cannot help, minFreeSpace's margin
-                // takes this file (the reservation below still cuts it at a truly full disk).
-                let registrar = self.registrar.as_ref();
-                registrar.inspect(|r| r.make_room(wanted));
-                match registrar.and_then(|r| r.view().cannot_make_room) {
+                // The registrar deletes; until it finds, in this low-space episode, that it
+                // cannot help, minFreeSpace's margin takes this file (the reservation below
+                // still cuts it at a truly full disk).
+                let Some(registrar) = self.registrar.as_ref() else {
+                    return true;
+                };
+                let seq = registrar.make_room(wanted);
+                let first = *self.low_space_since_request.get_or_insert(seq);
+                match registrar.cannot_make_room(first) {
                     None => return true,
                     Some(why) => format!("deleteOldest: {why}; not recording"),
                 }
@@ -1060,8 +1110,13 @@ impl<T: WavSample> Recorder<T> {
         let name = storage::recording_file_name(start);
         match wav::salvage(temp, &guano, &name) {
             Ok(Some((frames, _))) => self.place_and_register(temp, start, frames),
-            _ => {
+            Ok(None) => {
                 let _ = std::fs::remove_file(temp);
+            }
+            // Kept in .partial/: salvaged (or quarantined) once the storage works again.
+            Err(e) => {
+                tracing::error!(path = %temp.display(), error = %e, "cannot complete the file now; it stays in .partial/ and is salvaged later");
+                self.salvaged = false;
             }
         }
     }
@@ -1200,18 +1255,21 @@ impl<T: WavSample> Recorder<T> {
         if self.own_error.is_some() {
             return self.own_error.clone();
         }
-        let registrar = self.registrar.as_ref()?;
-        let (owed, since, last_error) = registrar.owed();
-        let age = since?.elapsed();
-        if owed == 0 || age < registrar::OWED_GRACE {
+        let owed = self.registrar.as_ref()?.owed();
+        if owed.rows == 0 || owed.since?.elapsed() < registrar::OWED_GRACE {
             return None;
         }
-        let why = last_error.map_or(String::new(), |e| format!(" ({e})"));
+        // Stable while the fault lasts (no per-second rewrite of the report): the count
+        // changes once per file, the rest not at all.
+        let since = owed
+            .since_wall
+            .map_or(String::new(), |t| format!(" since {t:.0}"));
+        let why = owed.why.map_or(String::new(), |e| format!(" ({e})"));
         Some(ReportError::new(
             errors::METADATA_DB_ERROR,
             format!(
-                "{owed} recordings are in recordings/ without their metadata.db row for {} s{why}; files keep being written and the rows are retried every second",
-                age.as_secs()
+                "{} recordings are in recordings/ without their metadata.db row{since}{why}; files keep being written and the rows are retried every second",
+                owed.rows
             ),
         ))
     }
@@ -1256,7 +1314,7 @@ impl<T: WavSample> Recorder<T> {
             changed = true;
         }
         if let Some(registrar) = &self.registrar {
-            let owed = registrar.owed().0;
+            let owed = registrar.owed().rows;
             changed |= owed != self.report.rows_owed;
             self.report.rows_owed = owed;
         }

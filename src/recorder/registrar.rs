@@ -29,8 +29,9 @@ pub const RECENT_DELETIONS: usize = 10;
 pub struct RegistrarView {
     /// Rows handed over and not written yet.
     pub rows_owed: u64,
-    /// When the oldest owed row was handed over.
+    /// When the oldest owed row was handed over (monotonic, and on the wall clock for messages).
     pub owed_since: Option<Instant>,
+    pub owed_since_wall: Option<Timestamp>,
     /// Why the last attempt failed, while rows are owed.
     pub last_error: Option<String>,
     /// Rows written since the recorder started.
@@ -40,6 +41,9 @@ pub struct RegistrarView {
     pub recently_deleted: VecDeque<PathBuf>,
     /// Set when deleteOldest cannot free enough: the space is held by other files.
     pub cannot_make_room: Option<String>,
+    /// deleteOldest requests made, and the request `cannot_make_room` answers.
+    pub room_requests: u64,
+    pub room_answered: u64,
     /// What the repairs of the storage did (at start and after each reopening).
     pub repair: RepairReport,
     /// Unreadable databases moved aside.
@@ -50,10 +54,20 @@ pub struct RegistrarView {
     pub version: u64,
 }
 
+/// Rows owed, since when, and why the last attempt failed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Owed {
+    pub rows: u64,
+    pub since: Option<Instant>,
+    pub since_wall: Option<Timestamp>,
+    pub why: Option<String>,
+}
+
 enum Job {
     Register(NewRecording),
     MakeRoom {
         wanted_free: u64,
+        seq: u64,
     },
     /// The storage failed: close metadata.db so that nothing holds the card (an operator's
     /// `umount -l; e2fsck; mount` gets a fresh file system only once every file is closed).
@@ -88,6 +102,7 @@ impl Registrar {
             queue: VecDeque::new(),
             room: None,
             repair_pending: true,
+            released: false,
         };
         let thread = std::thread::Builder::new()
             .name("roost-registrar".into())
@@ -105,14 +120,32 @@ impl Registrar {
         {
             let mut v = lock(&self.view);
             v.rows_owed += 1;
-            v.owed_since.get_or_insert_with(Instant::now);
+            if v.owed_since.is_none() {
+                v.owed_since = Some(Instant::now());
+                v.owed_since_wall = Some(Timestamp::now());
+            }
         }
         self.send(Job::Register(rec));
     }
 
-    /// Asks deleteOldest to bring free space up to `wanted_free` bytes.
-    pub fn make_room(&self, wanted_free: u64) {
-        self.send(Job::MakeRoom { wanted_free });
+    /// Asks deleteOldest to bring free space up to `wanted_free` bytes; returns the request's
+    /// number (see [`RegistrarView::room_answered`]).
+    pub fn make_room(&self, wanted_free: u64) -> u64 {
+        let seq = {
+            let mut v = lock(&self.view);
+            v.room_requests += 1;
+            v.room_requests
+        };
+        self.send(Job::MakeRoom { wanted_free, seq });
+        seq
+    }
+
+    /// The verdict "deleting cannot help", if it answers request `since` or a later one.
+    pub fn cannot_make_room(&self, since: u64) -> Option<String> {
+        let v = lock(&self.view);
+        (v.room_answered >= since)
+            .then(|| v.cannot_make_room.clone())
+            .flatten()
     }
 
     /// Closes metadata.db until the next job (see `Job::Release`).
@@ -137,10 +170,14 @@ impl Registrar {
     }
 
     /// Rows owed, since when, and why the last attempt failed: cheap enough for every chunk.
-    pub fn owed(&self) -> (u64, Option<Instant>, Option<String>) {
+    pub fn owed(&self) -> Owed {
         let v = lock(&self.view);
-        let why = (v.rows_owed > 0).then(|| v.last_error.clone()).flatten();
-        (v.rows_owed, v.owed_since, why)
+        Owed {
+            rows: v.rows_owed,
+            since: v.owed_since,
+            since_wall: v.owed_since_wall,
+            why: (v.rows_owed > 0).then(|| v.last_error.clone()).flatten(),
+        }
     }
 
     pub fn view_latest_end(&self) -> Option<Timestamp> {
@@ -175,15 +212,19 @@ struct Worker {
     db: Option<Storage>,
     deployment_id: String,
     queue: VecDeque<NewRecording>,
-    room: Option<u64>,
+    room: Option<(u64, u64)>,
     repair_pending: bool,
+    /// Closed on the writer's request: stays closed until a job needs the database.
+    released: bool,
 }
 
 impl Worker {
     fn run(mut self, rx: Receiver<Job>) {
         let mut repair_retry = RETRY;
         loop {
-            let wait = if !self.queue.is_empty() || self.room.is_some() {
+            let wait = if self.released {
+                None
+            } else if !self.queue.is_empty() || self.room.is_some() {
                 Some(RETRY)
             } else if self.repair_pending {
                 Some(repair_retry)
@@ -216,9 +257,16 @@ impl Worker {
 
     fn take(&mut self, job: Job) {
         match job {
-            Job::Register(rec) => self.queue.push_back(rec),
-            Job::MakeRoom { wanted_free } => self.room = Some(wanted_free),
+            Job::Register(rec) => {
+                self.queue.push_back(rec);
+                self.released = false;
+            }
+            Job::MakeRoom { wanted_free, seq } => {
+                self.room = Some((wanted_free, seq));
+                self.released = false;
+            }
             Job::Release => {
+                self.released = true;
                 if self.db.take().is_some() {
                     tracing::info!("closed metadata.db while the storage fails");
                     self.repair_pending = true;
@@ -229,6 +277,9 @@ impl Worker {
 
     /// One attempt at everything pending.
     fn turn(&mut self) {
+        if self.released {
+            return;
+        }
         if self.db.as_ref().is_some_and(Storage::db_replaced) {
             tracing::warn!(
                 code = crate::errors::METADATA_DB_ERROR.code,
@@ -249,8 +300,8 @@ impl Worker {
             self.repair();
         }
         self.flush();
-        if let Some(wanted) = self.room.take() {
-            self.make_room(wanted);
+        if let Some((wanted, seq)) = self.room.take() {
+            self.make_room(wanted, seq);
         }
     }
 
@@ -312,10 +363,12 @@ impl Worker {
             v.rows_written += written;
             if v.rows_owed == 0 {
                 v.owed_since = None;
+                v.owed_since_wall = None;
                 v.last_error = None;
             } else if self.queue.is_empty() {
                 // The rest is still in the channel: it was handed over just now.
                 v.owed_since = Some(Instant::now());
+                v.owed_since_wall = Some(Timestamp::now());
             }
         }
         if let Some(e) = failure {
@@ -343,9 +396,9 @@ impl Worker {
         }
     }
 
-    fn make_room(&mut self, wanted_free: u64) {
+    fn make_room(&mut self, wanted_free: u64, seq: u64) {
         let Some(db) = self.db.as_mut() else {
-            self.room = Some(wanted_free);
+            self.room = Some((wanted_free, seq));
             return;
         };
         match db.make_room(wanted_free) {
@@ -362,6 +415,7 @@ impl Worker {
                     v.version += 1;
                 }
                 v.cannot_make_room = verdict;
+                v.room_answered = seq;
                 v.files_deleted += outcome.deleted.len() as u64;
                 for path in outcome.deleted {
                     v.recently_deleted.push_back(path);

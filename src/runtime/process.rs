@@ -78,7 +78,7 @@ impl ProcessRuntime {
         std::fs::create_dir_all(&logs_dir)
             .map_err(|e| RuntimeError::io(format!("cannot create {}", logs_dir.display()), e))?;
         let pids_file = state_dir.join("processes.json");
-        let killed = kill_leftovers(&pids_file);
+        let killed = kill_leftovers(&pids_file) + kill_marked_leftovers(&instance_of(state_dir));
         if killed > 0 {
             tracing::info!(
                 killed,
@@ -165,9 +165,13 @@ impl ProcessRuntime {
         if exit.borrow().is_none() {
             let _ = killpg(pgid, Signal::SIGTERM);
         }
-        // Detached descendants (setsid) are outside the group: they get SIGTERM too.
-        signal_marked(&marker, Signal::SIGTERM);
-        let leftovers = |pid, ticks| group_members_since(pid, ticks) || !marked(&marker).is_empty();
+        // Detached descendants (setsid) are outside the group: they get SIGTERM too. Found once
+        // (reading every process's environment is not for a 20 ms poll), looked for again at
+        // the SIGKILL below.
+        let detached = marked(&marker);
+        signal_pids(&detached, Signal::SIGTERM);
+        let leftovers =
+            |pid, ticks| group_members_since(pid, ticks) || detached.iter().any(|p| alive(*p));
         let _ = tokio::time::timeout_at(deadline, exit.wait_for(|e| e.is_some())).await;
         // The main process may be a wrapper (sh -c ...): its group gets the rest of the timeout.
         // Group members usually follow the leader within a millisecond: look again soon, then
@@ -599,27 +603,62 @@ fn instance_of(state_dir: &Path) -> String {
 /// Live processes whose environment holds `ROOST_COMPONENT_ID=marker` (other users' processes
 /// cannot be read, and cannot be ours).
 fn marked(marker: &str) -> Vec<u32> {
-    let needle = format!("{MARKER_VAR}={marker}");
+    marked_where(&format!("{MARKER_VAR}={marker}"), false)
+}
+
+/// Live processes with a `ROOST_COMPONENT_ID` equal to `needle`'s value, or (with `prefix`)
+/// starting with it.
+fn marked_where(needle: &str, prefix: bool) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     let me = std::process::id();
+    let matches = |var: &[u8]| {
+        if prefix {
+            var.starts_with(needle.as_bytes())
+        } else {
+            var == needle.as_bytes()
+        }
+    };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| *pid != me)
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == needle.as_bytes()))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(matches))
         })
-        .filter(|pid| {
-            proc_stat_fields(*pid).is_some_and(|f| f.first().map(String::as_str) != Some("Z"))
-        })
+        .filter(|pid| alive(*pid))
         .collect()
 }
 
-fn signal_marked(marker: &str, signal: Signal) {
-    for pid in marked(marker) {
-        let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), signal);
+fn alive(pid: u32) -> bool {
+    proc_stat_fields(pid).is_some_and(|f| f.first().map(String::as_str) != Some("Z"))
+}
+
+fn signal_pids(pids: &[u32], signal: Signal) {
+    for pid in pids {
+        let _ = nix::sys::signal::kill(Pid::from_raw(*pid as i32), signal);
     }
+}
+
+fn signal_marked(marker: &str, signal: Signal) {
+    signal_pids(&marked(marker), signal);
+}
+
+/// Processes a previous roost on this state folder left behind that are outside the process
+/// groups it recorded (detached with setsid): SIGTERM, up to 3 s, SIGKILL.
+fn kill_marked_leftovers(instance: &str) -> usize {
+    let needle = format!("{MARKER_VAR}={instance}/");
+    let pids = marked_where(&needle, true);
+    if pids.is_empty() {
+        return 0;
+    }
+    signal_pids(&pids, Signal::SIGTERM);
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while pids.iter().any(|p| alive(*p)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    signal_pids(&marked_where(&needle, true), Signal::SIGKILL);
+    pids.len()
 }
 
 fn group_members_since(pgid: u32, start_ticks: u64) -> bool {

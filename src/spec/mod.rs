@@ -176,6 +176,11 @@ fn runtime_parity_issues(i: usize, c: &ComponentSpec) -> Vec<FieldIssue> {
             format!("spec.components[{i}].command[0]"),
             format!("program {program:?} starts with {:?}, which systemd reads as an ExecStart prefix; give an absolute path", &program[..1]),
         ));
+    } else if program.split('/').any(|part| part == "..") {
+        issues.push(FieldIssue::new(
+            format!("spec.components[{i}].command[0]"),
+            format!("program {program:?} holds a \"..\" component, which systemd refuses; give the path without it"),
+        ));
     } else if program.contains('/') && !program.starts_with('/') {
         issues.push(FieldIssue::new(
             format!("spec.components[{i}].command[0]"),
@@ -192,10 +197,13 @@ fn runtime_parity_issues(i: usize, c: &ComponentSpec) -> Vec<FieldIssue> {
     }
     if let Some(dir) = &c.working_dir {
         let text = dir.as_path().to_string_lossy();
-        if text.chars().any(char::is_control) || text.ends_with([' ', '\t', '\\']) {
+        if text.chars().any(char::is_control)
+            || text.ends_with(|c: char| c.is_whitespace() || c == '\\')
+            || text.split('/').any(|part| part == "..")
+        {
             issues.push(FieldIssue::new(
                 format!("spec.components[{i}].workingDir"),
-                format!("{text:?} holds a control character or ends with a blank or a backslash, which systemd's WorkingDirectory= cannot express; rename the folder"),
+                format!("{text:?} holds a control character or a \"..\" component, or ends with a blank or a backslash, which systemd's WorkingDirectory= cannot express; give the folder another name"),
             ));
         }
     }

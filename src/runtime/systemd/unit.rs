@@ -209,7 +209,7 @@ fn working_directory(dir: &std::path::Path) -> Result<String, String> {
     if !dir.starts_with('/') {
         return Err(format!("working directory {dir:?} must be absolute"));
     }
-    if dir.trim() != dir || dir.ends_with('\\') {
+    if dir.ends_with(|c: char| c.is_whitespace() || c == '\\') {
         return Err(format!(
             "working directory {dir:?} ends with a blank or a backslash, which systemd would not keep"
         ));
