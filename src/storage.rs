@@ -105,7 +105,7 @@ impl StorageError {
     }
 
     /// The file is not an SQLite database, or a damaged one: set it aside and start afresh.
-    fn is_not_a_database(&self) -> bool {
+    pub fn is_not_a_database(&self) -> bool {
         matches!(self, Self::Database { source: rusqlite::Error::SqliteFailure(f, _), .. }
             if matches!(f.code, rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt))
     }
@@ -369,6 +369,16 @@ impl Storage {
     /// another file renamed over it) is moved aside as `metadata.db.bad-<UTC time>` with its
     /// -wal and -shm files, and a fresh one is created: see [`Storage::set_aside`].
     pub fn open(root: &Path, spec: &StorageSpec) -> Result<Self, StorageError> {
+        Self::open_or_replace(root, spec, false)
+    }
+
+    /// Like [`Storage::open`]; with `replace`, the existing metadata.db is set aside first
+    /// whatever it holds (it was found damaged in use: SQLITE_CORRUPT on a write).
+    pub fn open_or_replace(
+        root: &Path,
+        spec: &StorageSpec,
+        replace: bool,
+    ) -> Result<Self, StorageError> {
         let folders = Folders::new(root, spec);
         folders.prepare()?;
         // Permissions and read-only mounts show up here rather than in the middle of a file.
@@ -381,7 +391,21 @@ impl Storage {
             source,
         })?;
         let _ = std::fs::remove_file(&probe);
-        match Self::open_db(root, spec) {
+        // A folder or another non-file where the database should be cannot be opened at all.
+        let not_a_file = std::fs::symlink_metadata(root.join(DB_FILE)).is_ok_and(|m| !m.is_file());
+        let opened = if replace || not_a_file {
+            Err(StorageError::Database {
+                path: root.join(DB_FILE),
+                action: "use it",
+                source: rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+                    Some("damaged or not a file".into()),
+                ),
+            })
+        } else {
+            Self::open_db(root, spec)
+        };
+        match opened {
             Err(e) if e.is_not_a_database() => {
                 let aside = set_aside_db(root).map_err(|source| StorageError::Unusable {
                     path: root.join(DB_FILE),
@@ -517,13 +541,10 @@ impl Storage {
         &self.root
     }
     pub fn recordings_dir(&self) -> PathBuf {
-        self.root.join(RECORDINGS_DIR)
+        self.folders().recordings_dir()
     }
     pub fn partial_dir(&self) -> PathBuf {
-        self.root.join(PARTIAL_DIR)
-    }
-    pub fn quarantine_dir(&self) -> PathBuf {
-        self.root.join(QUARANTINE_DIR)
+        self.folders().partial_dir()
     }
     pub fn spec(&self) -> &StorageSpec {
         &self.spec
@@ -1182,6 +1203,18 @@ mod tests {
             "the junk is set aside, not read through the old log"
         );
         assert!(s.recordings().unwrap().is_empty());
+        drop(s);
+        // A database found damaged in use is replaced on request; a folder in its place too.
+        let s = Storage::open_or_replace(dir.path(), &spec(0, OnLowSpace::Stop), true).unwrap();
+        assert!(s.set_aside().is_some());
+        drop(s);
+        for f in ["metadata.db", "metadata.db-wal", "metadata.db-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(f));
+        }
+        std::fs::create_dir(dir.path().join(DB_FILE)).unwrap();
+        let s = Storage::open(dir.path(), &spec(0, OnLowSpace::Stop)).unwrap();
+        assert!(s.set_aside().is_some_and(|p| p.is_dir()));
+        assert_eq!(s.integrity_check().unwrap(), "ok");
     }
 
     #[test]

@@ -99,31 +99,7 @@ fn roost_run_records_and_reports_a_stalled_recorder_as_an_error() {
     let mut r = Roost::new("");
     let storage = r.path("storages");
     std::fs::write(&r.file, recorder_yaml(&storage)).unwrap();
-    let fifo = r.path("mic.fifo");
-    let conf = r.path("asound.conf");
-    let feed = Feed(
-        Command::new(ROOST)
-            .args(["feed", "--sample-rate", "16000", "--fifo"])
-            .arg(&fifo)
-            .arg("--alsa-config")
-            .arg(&conf)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    while !conf.exists() {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let child = Command::new(ROOST)
-        .args(["run", "--runtime", "process", "--file"])
-        .arg(&r.file)
-        .arg("--state-dir")
-        .arg(&r.state)
-        .env("ALSA_CONFIG_PATH", &conf)
-        .stderr(std::fs::File::create(r.path("roost.log")).unwrap())
-        .spawn()
-        .unwrap();
-    r.child = Some(child);
+    let feed = start_recording(&mut r);
     let s = r.wait_for("recordings", Duration::from_secs(30), |s| {
         let c = component(s, "recorder");
         c["status"] == "Running" && c["output"]["filesWritten"].as_u64() >= Some(2)

@@ -193,6 +193,17 @@ fn a_database_deleted_or_replaced_is_noticed_and_every_file_registered() {
     std::fs::rename(&copy, &db).unwrap();
     wait_registered_after(&rig, Instant::now(), "rows after a restore");
 
+    // 4. A folder where the database should be (a tool that extracted an archive there).
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    std::fs::create_dir(&db).unwrap();
+    let report = rig.wait_report("the folder set aside", LONG, |r| {
+        r.repair.databases_set_aside.len() == 2 && r.rows_owed == 0 && r.error.is_none()
+    });
+    assert!(report.repair.databases_set_aside[1].is_dir());
+    assert!(db.is_file());
+
     assert!(terminate(&mut child.0).success(), "{}", rig.log());
     drop(feeder);
     let report = rig.report().unwrap();

@@ -103,6 +103,7 @@ impl Registrar {
             room: None,
             repair_pending: true,
             released: false,
+            replace_db: false,
         };
         let thread = std::thread::Builder::new()
             .name("roost-registrar".into())
@@ -216,6 +217,8 @@ struct Worker {
     repair_pending: bool,
     /// Closed on the writer's request: stays closed until a job needs the database.
     released: bool,
+    /// The database was found damaged in use: set it aside at the next opening.
+    replace_db: bool,
 }
 
 impl Worker {
@@ -306,7 +309,8 @@ impl Worker {
     }
 
     fn open(&mut self) -> Result<(), StorageError> {
-        let mut db = Storage::open(self.folders.root(), self.folders.spec())?;
+        let replace = std::mem::take(&mut self.replace_db);
+        let mut db = Storage::open_or_replace(self.folders.root(), self.folders.spec(), replace)?;
         self.deployment_id = db.start_deployment(
             &self.deployment.name,
             self.deployment.location.as_ref(),
@@ -382,7 +386,12 @@ impl Worker {
     fn failed(&mut self, e: &StorageError) {
         let text = storage::error_text(e);
         if !e.is_busy() {
-            self.db = None;
+            // A database that answers "corrupt" to a write is damaged in use: a new one, with
+            // the files on disk registered again, beats retrying it for ever.
+            if self.db.take().is_some() && e.is_not_a_database() {
+                self.replace_db = true;
+                self.repair_pending = true;
+            }
         }
         let mut v = lock(&self.view);
         if v.last_error.as_deref() != Some(&text) {
