@@ -195,8 +195,13 @@ impl FileWatcher {
                     Ok(Some(ev)) if self.relevant(&ev) => burst.add(&ev.kind),
                     Ok(Some(_)) => {}
                     Ok(None) => break,
-                    Err(_) if burst.writing && open_for_writing(&self.file) => {
-                        tracing::warn!(file = %self.file.display(), "still open for writing; waiting for the writer to finish before reading it");
+                    // A writer silent for long, or another writer still holding the file after
+                    // the first one closed it: wait for them too.
+                    Err(_) if burst.wrote_in_place && open_for_writing(&self.file) => {
+                        if burst.writing {
+                            tracing::warn!(file = %self.file.display(), "still open for writing; waiting for the writer to finish before reading it");
+                        }
+                        burst.writing = true;
                         burst.writing_since = tokio::time::Instant::now();
                     }
                     Err(_) => break,
@@ -215,6 +220,8 @@ impl FileWatcher {
 #[derive(Debug)]
 struct Burst {
     last: tokio::time::Instant,
+    /// Some event of the burst modified the file in place.
+    wrote_in_place: bool,
     writing: bool,
     writing_since: tokio::time::Instant,
 }
@@ -224,6 +231,7 @@ impl Default for Burst {
         let now = tokio::time::Instant::now();
         Self {
             last: now,
+            wrote_in_place: false,
             writing: false,
             writing_since: now,
         }
@@ -239,6 +247,7 @@ impl Burst {
                 if !self.writing =>
             {
                 self.writing = true;
+                self.wrote_in_place = true;
                 self.writing_since = now;
             }
             EventKind::Access(AccessKind::Close(AccessMode::Write)) => self.writing = false,

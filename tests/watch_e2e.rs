@@ -258,3 +258,32 @@ fn a_writer_that_pauses_is_waited_for_and_half_a_file_never_applied() {
     }
     assert!(alive(b_pid));
 }
+
+/// Two writers: the new content is read only when the last of them has closed the file.
+#[test]
+fn the_file_is_read_only_when_every_writer_has_closed_it() {
+    let mut r = Roost::new(&yaml(1));
+    r.start();
+    r.wait_succeeded(1);
+    // A second writer (a script that keeps the file open) holds it while an editor writes.
+    let holder = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&r.file)
+        .unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&r.file)
+        .unwrap();
+    f.write_all(yaml(2).as_bytes()).unwrap();
+    drop(f);
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        r.status().unwrap()["generation"],
+        1,
+        "read while another writer still had the file open"
+    );
+    drop(holder);
+    let s = r.wait_succeeded(2);
+    assert!(s["specError"].is_null(), "{s:#}");
+}
