@@ -439,3 +439,38 @@ fn input_far_faster_than_real_time_is_refused_and_never_stamped_ahead() {
         assert!(first == expected);
     }
 }
+
+#[test]
+fn a_backlog_waiting_in_the_source_at_start_is_recorded_with_its_true_times() {
+    let rate = 16_000;
+    let rig = Rig::new(rate, json!({}), json!({}));
+    // The source runs 1.5 s before the recorder opens it (a slow start on a loaded board): its
+    // backlog is real audio from the past, not input faster than real time.
+    let fed_from = jiff::Timestamp::now();
+    let feeder = PacedFeeder::start(&rig.fifo, rate, rig.period);
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut child = KillOnDrop(rig.spawn_recorder());
+    rig.wait_report("four files", LONG, |r| r.files_written >= 4);
+    assert!(terminate(&mut child.0).success(), "{}", rig.log());
+    drop(feeder);
+    let report = rig.report().unwrap();
+    assert_eq!(report.error, None, "{report:#?}");
+    assert_eq!(report.time_overlaps, 0);
+    let files = rig.recordings();
+    let recorded: u64 = files
+        .iter()
+        .map(|f| u64::from(hound::WavReader::open(f).unwrap().duration()))
+        .sum();
+    assert_eq!(
+        (recorded, report.samples_dropped),
+        (report.samples_captured, 0)
+    );
+    // The first file starts when the source started, not when the recorder did.
+    let first = roost::storage::start_from_file_name(&files[0]).unwrap();
+    let off = first.duration_since(fed_from).as_secs_f64();
+    assert!(
+        off.abs() < 0.5,
+        "first file starts {off:.3} s after the source"
+    );
+    rig.assert_consistent();
+}

@@ -38,6 +38,9 @@ pub use report::{
 };
 use wav::{Guano, WavFile, WavFormat, WavSample};
 
+/// How long a new stream's first samples wait before the anchor is taken.
+const ANCHOR_SETTLE: Duration = Duration::from_millis(300);
+
 /// How often the storage is looked at while no file is being written.
 const IDLE_STORAGE_CHECK: Duration = Duration::from_secs(60);
 
@@ -544,6 +547,7 @@ impl<T: WavSample> Recorder<T> {
         let poll = (period_time / 2).clamp(Duration::from_millis(2), Duration::from_millis(20));
         let mut consumed: u64 = 0;
         let mut last_data = Instant::now();
+        let opened = Instant::now();
         let mut draining = false;
         let lost = loop {
             if self.stopping() {
@@ -592,7 +596,15 @@ impl<T: WavSample> Recorder<T> {
             }
             last_data = Instant::now();
             if self.anchor_ns.is_none() {
-                let behind = (available / channels) as f64 / f64::from(self.format.sample_rate);
+                // What a source had buffered before the stream opened (a FIFO's backlog) arrives
+                // in its first moments: let it into the ring, then anchor with all of it, so
+                // that its samples get their true, earlier times.
+                if opened.elapsed() < ANCHOR_SETTLE {
+                    std::thread::sleep(poll);
+                    continue;
+                }
+                let queued = cap.samples.slots() / channels;
+                let behind = queued as f64 / f64::from(self.format.sample_rate);
                 self.anchor_ns = Some(Timestamp::now().as_nanosecond() - (behind * 1e9) as i128);
                 self.anchored_at = Instant::now();
                 self.update_counters(&cap);
