@@ -79,7 +79,7 @@ pub fn run(
             }
         };
         let ready = || {
-            let _ = crate::runtime::systemd::notify::sd_notify("READY=1");
+            let _ = crate::notify::sd_notify("READY=1");
         };
         use crate::runtime::systemd::{SystemdRuntime, SystemdTarget, probe};
         let target = if user {

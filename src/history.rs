@@ -8,7 +8,7 @@ use std::path::Path;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::runtime::ExitInfo;
+use crate::observe::ExitInfo;
 use crate::spec::Backoff;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -17,6 +17,8 @@ pub mod errors;
 pub mod fsutil;
 pub mod history;
 pub mod logging;
+pub mod notify;
+pub mod observe;
 pub mod plan;
 pub mod reconcile;
 pub mod recorder;

@@ -305,7 +305,7 @@ impl<R: Runtime> Reconciler<R> {
         let mut failed = 0;
         for action in &plan.actions {
             // A stop may take its whole stopTimeout: keep systemd's watchdog fed meanwhile.
-            let _ = crate::runtime::systemd::notify::sd_notify("WATCHDOG=1");
+            let _ = crate::notify::sd_notify("WATCHDOG=1");
             tracing::info!(%action, "applying");
             let result = match action {
                 Action::Start(run) | Action::Restart(run) => {
@@ -761,7 +761,7 @@ pub async fn run<R: Runtime>(
     let mut report_rx = spawn_trigger(FileWatcher::new(&crate::recorder::report_path(
         &cfg.state_dir,
     ))?);
-    let mut watchdog = watchdog_ticks(crate::runtime::systemd::notify::watchdog_interval());
+    let mut watchdog = watchdog_ticks(crate::notify::watchdog_interval());
     reconciler.reload_file();
     reconciler.reconcile().await;
     on_ready();
@@ -794,7 +794,7 @@ pub async fn run<R: Runtime>(
             event = reconciler.runtime.next_event() => reconciler.record_event(event),
             _ = timer => {}
             _ = watchdog_tick => {
-                let _ = crate::runtime::systemd::notify::sd_notify("WATCHDOG=1");
+                let _ = crate::notify::sd_notify("WATCHDOG=1");
                 continue;
             }
         }

@@ -2,7 +2,8 @@
 //! and the current time, and returns the actions to take, the status of every component, and
 //! when to look again. It never performs I/O and never sees the event that woke the loop.
 
-pub mod order;
+/// The start order lives with the desired state it is computed from.
+pub use crate::spec::order;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use jiff::Timestamp;
 
 use crate::errors::{self, ErrorCode};
 use crate::history::{ComponentHistory, History, backoff_delay};
-use crate::runtime::{ComponentRun, ExitInfo, Observation, ObservedState};
+use crate::observe::{ComponentRun, ExitInfo, Observation, ObservedState};
 use crate::spec::{Deployment, RestartPolicy, RunState};
 use crate::status::{ComponentState, ComponentStatus, ErrorEntry, Phase};
 
@@ -284,7 +285,7 @@ fn context<'a>(
     dc: &DesiredComponent,
     input: &PlanInput<'a>,
 ) -> (
-    Option<&'a crate::runtime::ObservedComponent>,
+    Option<&'a crate::observe::ObservedComponent>,
     Option<&'a ComponentHistory>,
     ComponentStatus,
 ) {

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::history::ComponentHistory;
-use crate::runtime::ObservedComponent;
+use crate::observe::ObservedComponent;
 use crate::spec::{Backoff, HumanDuration};
 
 fn t(secs: i64) -> Timestamp {

@@ -5,6 +5,7 @@
 mod duration;
 mod load;
 mod names;
+pub mod order;
 pub mod recorder;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -262,7 +263,7 @@ impl Deployment {
             }
         }
         if issues.is_empty()
-            && let Err(cycle) = crate::plan::order::start_order(&spec.components)
+            && let Err(cycle) = order::start_order(&spec.components)
         {
             issues.push(FieldIssue::new(
                 "spec.components",

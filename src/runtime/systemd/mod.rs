@@ -13,7 +13,8 @@
 
 pub mod dbus;
 pub mod names;
-pub mod notify;
+/// sd_notify is used under any runtime; kept here under its old path too.
+pub use crate::notify;
 pub mod state;
 pub mod unit;
 mod watcher;
