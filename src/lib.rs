@@ -12,6 +12,7 @@
 //! - [`logging`]: roost's own log writer, which no failed write can end.
 
 pub mod app;
+pub mod apply;
 pub mod cli;
 pub mod errors;
 pub mod fsutil;

@@ -13,9 +13,9 @@ use tokio::time::Instant;
 
 use crate::errors;
 use crate::history::History;
-use crate::plan::{self, Action, Desired, Plan, PlanInput};
+use crate::plan::{self, Desired, Plan, PlanInput};
 use crate::recorder::{Health, RecordConfig};
-use crate::runtime::{ComponentRun, Runtime, RuntimeError, RuntimeEvent};
+use crate::runtime::{ComponentRun, Runtime, RuntimeEvent};
 use crate::spec::{self, Deployment};
 use crate::state_dir::StateDir;
 use crate::status::{
@@ -64,6 +64,8 @@ pub struct Reconciler<R: Runtime> {
     runtime_error: Option<String>,
     runtime_retry: u32,
     last_status: Option<StatusDoc>,
+    /// What the last apply tried and how much of it failed (status.json `lastApply`).
+    last_apply: Option<crate::apply::ApplyCounts>,
     requeue_at: Option<Instant>,
 }
 
@@ -89,6 +91,7 @@ impl<R: Runtime> Reconciler<R> {
             runtime_error: None,
             runtime_retry: 0,
             last_status: None,
+            last_apply: None,
             requeue_at: None,
         })
     }
@@ -295,83 +298,27 @@ impl<R: Runtime> Reconciler<R> {
         }
     }
 
-    /// Carries the plan out; true when at least one action succeeded.
+    /// Carries the plan out (see `apply`); true when at least one action succeeded.
     async fn apply(&mut self, plan: &Plan) -> bool {
         let deployment = self
             .desired
             .as_ref()
             .map(|(_, d)| d.deployment.clone())
             .unwrap_or_default();
-        let mut failed = 0;
-        for action in &plan.actions {
-            // A stop may take its whole stopTimeout: keep systemd's watchdog fed meanwhile.
-            let _ = crate::notify::sd_notify("WATCHDOG=1");
-            tracing::info!(%action, "applying");
-            let result = match action {
-                Action::Start(run) | Action::Restart(run) => {
-                    self.prepare_start(run);
-                    let r = self.runtime.start(run).await;
-                    let record = self.history.for_spec(run.name.as_str(), &run.spec_hash);
-                    match &r {
-                        Ok(()) => record.started(Timestamp::now()),
-                        Err(e) => record.start_failed(
-                            start_error_code(e),
-                            e.to_string(),
-                            Timestamp::now(),
-                        ),
-                    }
-                    self.stop_failures.remove(run.name.as_str());
-                    r
-                }
-                Action::Stop { name, timeout } => {
-                    let r = self.runtime.stop(&deployment, name, *timeout).await;
-                    self.note_stop(name, &r);
-                    if r.is_ok()
-                        && let Some(record) = self.history.components.get_mut(name)
-                    {
-                        record.stopped_by_roost();
-                    }
-                    r
-                }
-                Action::Remove { name, timeout } => {
-                    let r = self.runtime.remove(&deployment, name, *timeout).await;
-                    self.note_stop(name, &r);
-                    if r.is_ok() {
-                        self.history.components.remove(name);
-                    }
-                    r
-                }
-            };
-            if let Err(e) = result {
-                failed += 1;
-                tracing::warn!(%action, error = %e, "action failed");
-            }
-        }
-        if failed > 0 {
-            tracing::warn!(failed, tried = plan.actions.len(), "some actions failed");
-        }
+        let desired = self.desired.as_ref().map(|(d, _)| d.clone());
+        let state_root = self.state.root.clone();
+        let counts = crate::apply::apply(
+            &mut self.runtime,
+            &deployment,
+            &plan.actions,
+            &mut self.history,
+            &mut self.stop_failures,
+            |run| prepare_start(desired.as_ref(), &state_root, run),
+        )
+        .await;
+        self.last_apply = Some(counts);
         self.save_history();
-        failed < plan.actions.len()
-    }
-
-    fn note_stop(&mut self, name: &str, r: &Result<(), RuntimeError>) {
-        match r {
-            Ok(()) => self.stop_failures.remove(name),
-            Err(e) => self.stop_failures.insert(name.to_string(), e.to_string()),
-        };
-    }
-
-    /// Writes what a component needs on disk before it starts (the recorder's configuration).
-    fn prepare_start(&self, run: &ComponentRun) {
-        if run.name.as_str() != spec::recorder::RECORDER_COMPONENT {
-            return;
-        }
-        if let Some((d, _)) = &self.desired
-            && let Some(config) = RecordConfig::from_deployment(d, &self.state.root)
-            && let Err(e) = config.write(&self.state.root)
-        {
-            tracing::error!(error = %e, "cannot write the recorder configuration");
-        }
+        counts.failed < counts.tried
     }
 
     /// Health is judged by output: a running recorder whose files do not arrive is an error,
@@ -530,6 +477,7 @@ impl<R: Runtime> Reconciler<R> {
             spec_error: self.spec_error.clone(),
             components,
             errors,
+            last_apply: self.last_apply,
             reconciler: ReconcilerInfo {
                 pid: std::process::id(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
@@ -638,6 +586,19 @@ impl<R: Runtime> Reconciler<R> {
     }
 }
 
+/// Writes what a component needs on disk before it starts (the recorder's configuration).
+fn prepare_start(desired: Option<&Deployment>, state_root: &std::path::Path, run: &ComponentRun) {
+    if run.name.as_str() != spec::recorder::RECORDER_COMPONENT {
+        return;
+    }
+    if let Some(d) = desired
+        && let Some(config) = RecordConfig::from_deployment(d, state_root)
+        && let Err(e) = config.write(state_root)
+    {
+        tracing::error!(error = %e, "cannot write the recorder configuration");
+    }
+}
+
 /// The part of the recorder's report shown under the `recorder` component in status.json.
 fn recorder_output(r: &crate::recorder::RecorderReport) -> serde_json::Value {
     serde_json::json!({
@@ -673,16 +634,6 @@ fn recorder_reason(code: &errors::ErrorCode) -> &'static str {
         "DEP_E315" => "InputNotRealTime",
         "DEP_E321" => "MetadataDbError",
         _ => "RecorderError",
-    }
-}
-
-fn start_error_code(e: &RuntimeError) -> &'static str {
-    match e {
-        RuntimeError::ExecutableNotFound { .. } => errors::EXECUTABLE_NOT_FOUND.code,
-        RuntimeError::OutOfDescriptors { .. } => errors::OUT_OF_DESCRIPTORS.code,
-        RuntimeError::InvalidValue { .. } => errors::INVALID_SPEC.code,
-        RuntimeError::Unreachable(_) => errors::RUNTIME_UNREACHABLE.code,
-        _ => errors::COMPONENT_FAILED.code,
     }
 }
 

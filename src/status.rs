@@ -147,6 +147,10 @@ pub struct StatusDoc {
     pub components: Vec<ComponentStatus>,
     #[serde(default)]
     pub errors: Vec<ErrorEntry>,
+    /// What the last pass of applying a plan tried and how many of those actions failed
+    /// (absent until roost first applied something).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_apply: Option<crate::apply::ApplyCounts>,
     pub reconciler: ReconcilerInfo,
     #[schemars(with = "String", extend("format" = "date-time"))]
     pub updated_at: Timestamp,

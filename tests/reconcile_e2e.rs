@@ -201,6 +201,9 @@ fn executable_not_found() {
         "{err}"
     );
     assert!(err["action"].as_str().unwrap().contains("command"));
+    // What the last apply tried and how much of it failed.
+    assert!(s["lastApply"]["tried"].as_u64() >= Some(1), "{s:#}");
+    assert_eq!(s["lastApply"]["failed"], s["lastApply"]["tried"], "{s:#}");
 }
 
 #[test]
