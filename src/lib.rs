@@ -21,6 +21,7 @@ pub mod logging;
 pub mod notify;
 pub mod observe;
 pub mod plan;
+pub mod publish;
 pub mod reconcile;
 pub mod recorder;
 pub mod runtime;

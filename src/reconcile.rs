@@ -19,7 +19,7 @@ use crate::runtime::{ComponentRun, Runtime, RuntimeEvent};
 use crate::spec::{self, Deployment};
 use crate::state_dir::StateDir;
 use crate::status::{
-    self, ComponentState, ErrorEntry, OverallStatus, Phase, ReconcilerInfo, SpecError, StatusDoc,
+    ComponentState, ErrorEntry, OverallStatus, Phase, ReconcilerInfo, SpecError, StatusDoc,
 };
 use crate::watch::FileWatcher;
 
@@ -64,6 +64,8 @@ pub struct Reconciler<R: Runtime> {
     runtime_error: Option<String>,
     runtime_retry: u32,
     last_status: Option<StatusDoc>,
+    /// Where each new status document goes (status.json, later MQTT, HTTP ...).
+    publishers: crate::publish::Publishers,
     /// What the last apply tried and how much of it failed (status.json `lastApply`).
     last_apply: Option<crate::apply::ApplyCounts>,
     requeue_at: Option<Instant>,
@@ -77,6 +79,9 @@ impl<R: Runtime> Reconciler<R> {
         })?;
         let state = StateDir::new(cfg.state_dir.clone());
         let history = History::load(&state.history());
+        let status_file = crate::publish::StatusFile {
+            path: state.status(),
+        };
         Ok(Self {
             generation: history.generation,
             observed_generation: 0,
@@ -91,6 +96,7 @@ impl<R: Runtime> Reconciler<R> {
             runtime_error: None,
             runtime_retry: 0,
             last_status: None,
+            publishers: crate::publish::Publishers::new(vec![Box::new(status_file)]),
             last_apply: None,
             requeue_at: None,
         })
@@ -411,15 +417,9 @@ impl<R: Runtime> Reconciler<R> {
         {
             return;
         }
-        match status::write(&self.state.status(), &doc) {
-            Ok(()) => self.last_status = Some(doc),
-            Err(e) => {
-                // Keep the old document as unwritten so the next pass tries again.
-                tracing::error!(error = %e, "cannot write status");
-                let retry = Instant::now() + Duration::from_secs(5);
-                self.requeue_at = Some(self.requeue_at.map_or(retry, |t| t.min(retry)));
-            }
-        }
+        // Every publisher (status.json first) gets it on its own thread, retrying failures.
+        self.last_status = Some(doc.clone());
+        self.publishers.publish(doc);
     }
 
     fn status_doc(&self, plan: Option<&Plan>) -> StatusDoc {
@@ -581,6 +581,13 @@ impl<R: Runtime> Reconciler<R> {
         self.save_history();
     }
 
+    /// Waits (bounded) until every publisher has the newest status document.
+    pub fn flush_status(&self) {
+        if !self.publishers.flush(Duration::from_secs(5)) {
+            tracing::warn!("a status publisher did not finish within 5 s");
+        }
+    }
+
     pub fn requeue_at(&self) -> Option<Instant> {
         self.requeue_at
     }
@@ -715,6 +722,8 @@ pub async fn run<R: Runtime>(
     let mut watchdog = watchdog_ticks(crate::notify::watchdog_interval());
     reconciler.reload_file();
     reconciler.reconcile().await;
+    // READY=1 means status.json tells the truth already.
+    reconciler.flush_status();
     on_ready();
     tokio::pin!(shutdown);
     loop {
@@ -753,6 +762,7 @@ pub async fn run<R: Runtime>(
     }
     tracing::info!("shutting down");
     reconciler.shutdown().await;
+    reconciler.flush_status();
     Ok(())
 }
 
