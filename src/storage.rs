@@ -318,6 +318,10 @@ pub fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<PathBuf> {
             Err(nix::errno::Errno::EINVAL) => std::fs::hard_link(from, &target)
                 .and_then(|_| std::fs::remove_file(from))
                 .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0))),
+            // Another file system (a storage swapped under a link): copy, then remove.
+            Err(nix::errno::Errno::EXDEV) => copy_no_replace(from, &target)
+                .and_then(|_| std::fs::remove_file(from))
+                .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0))),
             other => other,
         };
         match renamed {
@@ -330,6 +334,20 @@ pub fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<PathBuf> {
         }
     }
     Err(std::io::Error::from_raw_os_error(nix::libc::EEXIST))
+}
+
+/// Copies `from` to a new file `to` (never replacing one), fsynced.
+fn copy_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
+    let mut src = std::fs::File::open(from)?;
+    let mut dst = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(to)?;
+    let copied = std::io::copy(&mut src, &mut dst).and_then(|_| dst.sync_all());
+    if copied.is_err() {
+        let _ = std::fs::remove_file(to);
+    }
+    copied
 }
 
 /// `name.wav` -> `name-N.wav`.

@@ -461,3 +461,89 @@ fn delete_oldest_deletes_what_helps_names_it_and_nothing_when_it_cannot_help() {
     drop(feeder);
     rig.assert_consistent();
 }
+
+#[test]
+fn a_file_that_cannot_be_moved_into_recordings_is_reported_kept_and_moved_later() {
+    let rig = Rig::new(RATE, json!({}), json!({}));
+    let feeder = PacedFeeder::start(&rig.fifo, RATE, rig.period);
+    let mut child = KillOnDrop(rig.spawn_recorder());
+    rig.wait_report("two files", LONG, |r| {
+        r.files_written >= 2 && r.rows_owed == 0
+    });
+    // Today's folder cannot be made: a file stands where it should be (as a damaged folder, a
+    // read-only parent or an immutable day folder would).
+    let today = rig.recordings()[0].parent().unwrap().to_path_buf();
+    let aside = today.with_extension("moved");
+    std::fs::rename(&today, &aside).unwrap();
+    std::fs::write(&today, b"in the way").unwrap();
+    let blocked = rig.wait_report("DEP_E301 while files cannot be placed", LONG, |r| {
+        r.error.as_ref().is_some_and(|e| e.code == "DEP_E301")
+    });
+    assert!(
+        blocked
+            .error
+            .unwrap()
+            .message
+            .contains("cannot be moved into recordings/")
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let kept = std::fs::read_dir(rig.storage.join(".partial"))
+        .unwrap()
+        .count();
+    assert!(kept >= 2, "finished files are kept in .partial/: {kept}");
+    // The way is clear again: every kept file is moved and registered, no one needed.
+    let cleared = Instant::now();
+    std::fs::remove_file(&today).unwrap();
+    std::fs::rename(&aside, &today).unwrap();
+    let after = wait_registered_after(&rig, cleared, "kept files moved");
+    eprintln!("figure: folder usable again -> kept files moved and registered in {after:.1} s");
+    assert!(terminate(&mut child.0).success(), "{}", rig.log());
+    drop(feeder);
+    let report = rig.report().unwrap();
+    assert_eq!(report.error, None, "{report:#?}");
+    rig.assert_consistent();
+    assert_no_sample_lost(&rig, &report);
+    // Said once per fault, not once per file per second.
+    let lines = rig
+        .log()
+        .matches("cannot move a finished recording")
+        .count();
+    assert!(lines <= 2, "{lines} log lines");
+}
+
+#[test]
+fn a_storage_swapped_under_its_link_keeps_the_file_being_written() {
+    let rig = Rig::new(RATE, json!({}), json!({}));
+    let (a, b) = (rig.dir.path().join("A"), rig.dir.path().join("B"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let link = rig.dir.path().join("card");
+    std::os::unix::fs::symlink(&a, &link).unwrap();
+    rig.write_config(json!({"duration": "2s"}), json!({"path": link}));
+    let feeder = PacedFeeder::start(&rig.fifo, RATE, rig.period);
+    let mut child = KillOnDrop(rig.spawn_recorder());
+    rig.wait_report("two files", LONG, |r| {
+        r.files_written >= 2 && r.rows_owed == 0
+    });
+    let swap = rig.dir.path().join("card.new");
+    std::os::unix::fs::symlink(&b, &swap).unwrap();
+    std::fs::rename(&swap, &link).unwrap();
+    let written = rig.report().unwrap().files_written;
+    rig.wait_report("files in B", LONG, |r| {
+        r.files_written >= written + 2 && r.rows_owed == 0 && r.error.is_none()
+    });
+    assert!(terminate(&mut child.0).success(), "{}", rig.log());
+    drop(feeder);
+    // The file being written at the swap was finished and moved, not left behind in A.
+    let left: Vec<_> = std::fs::read_dir(a.join(".partial")).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+    let report = rig.report().unwrap();
+    let in_b = rows_in_order(&b).len() as u64;
+    let in_a = rows_in_order(&a).len() as u64;
+    assert!(in_b >= 2, "B has its rows");
+    assert_eq!(
+        in_a + in_b,
+        report.files_written,
+        "every file has one row somewhere"
+    );
+}

@@ -44,6 +44,13 @@ const ANCHOR_SETTLE: Duration = Duration::from_millis(300);
 /// How often the storage is looked at while no file is being written.
 const IDLE_STORAGE_CHECK: Duration = Duration::from_secs(60);
 
+/// Input far faster than real time for this long closes the stream until a later look.
+const FAST_INPUT_CLOSE: Duration = Duration::from_millis(500);
+/// First pause before looking again at a source that was far faster than real time.
+const FAST_INPUT_FIRST_BACKOFF: Duration = Duration::from_secs(5);
+/// Longest pause before looking again at a source that was far faster than real time.
+const FAST_INPUT_MAX_BACKOFF: Duration = Duration::from_secs(60);
+
 /// A stream that delivered this long resets the reopening back-off.
 const STABLE_STREAM: Duration = Duration::from_secs(10);
 
@@ -220,6 +227,16 @@ struct OpenFile<T: WavSample> {
     clock_synchronized: Option<bool>,
 }
 
+/// A finished recording that could not be moved into recordings/ yet (its folder cannot be
+/// created, the storage was swapped): retried every second, reported until it is placed.
+struct Stranded {
+    temp: PathBuf,
+    start: Timestamp,
+    frames: u64,
+    sample_rate: u32,
+    channels: u16,
+}
+
 /// How samples arrive, judged against the monotonic clock since the anchor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Pace {
@@ -265,10 +282,17 @@ struct Recorder<T: WavSample> {
     captured_end_at: Timestamp,
     /// Samples arrive far faster than real time: they are discarded until they do not.
     fast_input: bool,
+    /// Since when, and whether this stream (not only an earlier one) showed it.
+    fast_since: Instant,
+    fast_seen_on_stream: bool,
     /// The first deleteOldest request of the current low-space episode.
     low_space_since_request: Option<u64>,
     /// Frame index at which the storage is looked at next while idle.
     next_storage_check: u64,
+    /// Finished recordings not yet moved into recordings/, why, and when to try again.
+    stranded: Vec<Stranded>,
+    stranded_error: Option<String>,
+    stranded_retry_at: Instant,
     /// Frames since the anchor that have been handled.
     index: u64,
     /// Frames before this index are not recorded (between files, outside windows, low space).
@@ -338,8 +362,13 @@ impl<T: WavSample> Recorder<T> {
             captured_end_index: 0,
             captured_end_at: now,
             fast_input: false,
+            fast_since: Instant::now(),
+            fast_seen_on_stream: false,
             low_space_since_request: None,
             next_storage_check: 0,
+            stranded: Vec::new(),
+            stranded_error: None,
+            stranded_retry_at: Instant::now(),
             index: 0,
             skip_until: 0,
             captured_before: 0,
@@ -385,11 +414,19 @@ impl<T: WavSample> Recorder<T> {
                     self.capture_loop(capture);
                     // A stream lost soon after it opened is retried with back-off too: a device
                     // that opens and fails at once must not be reopened in a tight loop.
-                    if opened.elapsed() >= STABLE_STREAM {
+                    let cap = if self.fast_input {
+                        FAST_INPUT_MAX_BACKOFF
+                    } else {
+                        Duration::from_secs(10)
+                    };
+                    if opened.elapsed() >= STABLE_STREAM && !self.fast_input {
                         backoff = Duration::from_millis(250);
                     } else if !self.stopping() {
+                        if self.fast_input {
+                            backoff = backoff.max(FAST_INPUT_FIRST_BACKOFF);
+                        }
                         self.sleep(backoff);
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        backoff = (backoff * 2).min(cap);
                     }
                 }
                 Err(e) => {
@@ -478,7 +515,8 @@ impl<T: WavSample> Recorder<T> {
             .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
             .unwrap_or_default();
         for temp in entries {
-            if temp.extension().is_some_and(|e| e == "part") {
+            let stranded = self.stranded.iter().any(|s| s.temp == temp);
+            if temp.extension().is_some_and(|e| e == "part") && !stranded {
                 self.salvage_one(&temp);
             }
         }
@@ -495,25 +533,19 @@ impl<T: WavSample> Recorder<T> {
         };
         let guano = self.guano(start, None, None);
         match wav::salvage(temp, &guano, &name) {
-            Ok(Some((frames, format))) => match self.place(temp, start) {
-                Ok(target) => {
+            Ok(Some((frames, format))) => {
+                let stranded = Stranded {
+                    temp: temp.to_path_buf(),
+                    start,
+                    frames,
+                    sample_rate: format.sample_rate,
+                    channels: format.channels,
+                };
+                if let Some(target) = self.place_or_strand(stranded) {
                     tracing::warn!(path = %target.display(), frames, "repair: completed a recording interrupted by a crash or a storage fault");
-                    // At start the registrar's repair registers it; later, hand it over.
-                    if let Some(registrar) = &self.registrar {
-                        registrar.register(NewRecording {
-                            path: target.clone(),
-                            datetime: start,
-                            duration_s: frames as f64 / f64::from(format.sample_rate),
-                            samplerate_hz: format.sample_rate,
-                            audio_channels: format.channels,
-                        });
-                    }
                     self.report.repair.salvaged.push(target);
                 }
-                Err(e) => {
-                    tracing::error!(path = %temp.display(), "repair: cannot move a salvaged recording into recordings/: {e}")
-                }
-            },
+            }
             Ok(None) => {
                 tracing::warn!(path = %temp.display(), "repair: removed a partial file that holds no audio");
                 let _ = std::fs::remove_file(temp);
@@ -538,6 +570,7 @@ impl<T: WavSample> Recorder<T> {
         self.anchor_ns = None;
         self.index = 0;
         self.next_storage_check = 0;
+        self.fast_seen_on_stream = false;
         self.skip_until = 0;
         let channels = self.channels();
         let period_time = Duration::from_secs_f64(
@@ -559,6 +592,14 @@ impl<T: WavSample> Recorder<T> {
             }
             if cap.shared.device_lost.load(Ordering::Relaxed) {
                 break Some("the audio device disappeared".to_string());
+            }
+            // Input far faster than real time keeps a core busy for nothing: close the stream
+            // and look again later (run() backs off), keeping DEP_E315 meanwhile.
+            if self.fast_input
+                && self.fast_seen_on_stream
+                && self.fast_since.elapsed() >= FAST_INPUT_CLOSE
+            {
+                break None;
             }
             // A period at a time: counters and the pace check stay current through a backlog.
             let mut available = cap
@@ -786,6 +827,8 @@ impl<T: WavSample> Recorder<T> {
     fn enter_fast_input(&mut self, why: &str) {
         self.end_file();
         self.fast_input = true;
+        self.fast_seen_on_stream = true;
+        self.fast_since = Instant::now();
         let message = format!(
             "{why} ({} s of samples in {:.1} s); they cannot be given true times and are not recorded",
             self.report
@@ -813,7 +856,13 @@ impl<T: WavSample> Recorder<T> {
     fn leave_fast_input_when_real_time(&mut self) {
         match self.pace() {
             Pace::Unknown => {}
-            Pace::Fast => self.restart_pace_window(),
+            Pace::Fast => {
+                if !self.fast_seen_on_stream {
+                    self.fast_seen_on_stream = true;
+                    self.fast_since = Instant::now();
+                }
+                self.restart_pace_window();
+            }
             Pace::RealTime => {
                 let (lead, _) = self.sample_lead();
                 if lead.abs() > 200_000_000 {
@@ -988,7 +1037,10 @@ impl<T: WavSample> Recorder<T> {
     ) -> Result<(WavFile<T>, PathBuf), (std::io::Error, PathBuf)> {
         self.report.clock_synchronized = clock::synchronized();
         let name = storage::recording_file_name(start);
-        let first = self.folders.partial_dir().join(format!("{name}.part"));
+        // The real folder, not a path through a link that may be swapped before the file ends.
+        let partial = self.folders.partial_dir();
+        let partial = std::fs::canonicalize(&partial).unwrap_or(partial);
+        let first = partial.join(format!("{name}.part"));
         let mut temp = first.clone();
         for n in 1..1000 {
             match WavFile::<T>::create(&temp, self.format, frames) {
@@ -1213,33 +1265,99 @@ impl<T: WavSample> Recorder<T> {
     }
 
     /// Moves a finished file into recordings/ (never over another file) and hands its row to
-    /// the registrar; on failure the error is in the report.
+    /// the registrar; a file that cannot be moved yet is kept and retried (see [`Stranded`]).
     fn place_and_register(&mut self, temp: &Path, start: Timestamp, frames: u64) {
-        let target = match self.place(temp, start) {
-            Ok(target) => target,
-            Err(e) => {
-                self.storage_failed(&e);
-                return;
-            }
+        let stranded = Stranded {
+            temp: temp.to_path_buf(),
+            start,
+            frames,
+            sample_rate: self.format.sample_rate,
+            channels: self.format.channels,
         };
-        let duration_s = frames as f64 / f64::from(self.format.sample_rate);
-        let end = start
+        if self.place_or_strand(stranded).is_some() {
+            self.force_report();
+        }
+    }
+
+    /// Places and registers one file; `None` when it had to be kept for later.
+    fn place_or_strand(&mut self, file: Stranded) -> Option<PathBuf> {
+        match self.place(&file.temp, file.start) {
+            Ok(target) => {
+                self.registered(&file, target.clone());
+                Some(target)
+            }
+            Err(e) if !file.temp.exists() => {
+                // Removed with its storage (rm -rf): nothing left to keep.
+                tracing::error!(code = errors::STORAGE_UNUSABLE.code, path = %file.temp.display(), "{}; the file was removed with its storage", error_chain(&e));
+                None
+            }
+            Err(e) => {
+                let message = error_chain(&e);
+                if self.stranded.is_empty() {
+                    tracing::error!(
+                        code = errors::STORAGE_UNUSABLE.code,
+                        "{message}; the file stays in .partial/ and is moved every second until it can be"
+                    );
+                }
+                self.stranded_error = Some(message);
+                self.stranded.push(file);
+                None
+            }
+        }
+    }
+
+    /// Hands a placed file's row to the registrar and counts it.
+    fn registered(&mut self, file: &Stranded, target: PathBuf) {
+        let duration_s = file.frames as f64 / f64::from(file.sample_rate);
+        let end = file
+            .start
             .checked_add(jiff::SignedDuration::from_secs_f64(duration_s))
-            .unwrap_or(start);
+            .unwrap_or(file.start);
         self.last_file_end = self.last_file_end.max(Some(end));
         if let Some(registrar) = &self.registrar {
             registrar.register(NewRecording {
                 path: target.clone(),
-                datetime: start,
+                datetime: file.start,
                 duration_s,
-                samplerate_hz: self.format.sample_rate,
-                audio_channels: self.format.channels,
+                samplerate_hz: file.sample_rate,
+                audio_channels: file.channels,
             });
         }
         self.report.files_written += 1;
         self.report.last_file = Some(target);
         self.report.last_file_at = Some(Timestamp::now());
-        self.force_report();
+    }
+
+    /// Tries the stranded files again, once a second at most.
+    fn retry_stranded(&mut self) {
+        if self.stranded.is_empty() || self.stranded_retry_at > Instant::now() {
+            return;
+        }
+        self.stranded_retry_at = Instant::now() + STORAGE_RETRY;
+        let files = std::mem::take(&mut self.stranded);
+        let count = files.len();
+        for file in files {
+            match self.place(&file.temp, file.start) {
+                Ok(target) => self.registered(&file, target),
+                Err(_) if !file.temp.exists() => {
+                    tracing::error!(path = %file.temp.display(), "a recording kept in .partial/ was removed before it could be moved");
+                }
+                Err(e) => {
+                    self.stranded_error = Some(error_chain(&e));
+                    self.stranded.push(file);
+                }
+            }
+        }
+        if self.stranded.is_empty() {
+            tracing::info!(
+                count,
+                "the recordings kept in .partial/ are in recordings/ now"
+            );
+            self.stranded_error = None;
+        }
+        if self.stranded.len() != count {
+            self.force_report();
+        }
     }
 
     fn place(&self, temp: &Path, start: Timestamp) -> Result<PathBuf, StorageError> {
@@ -1266,6 +1384,15 @@ impl<T: WavSample> Recorder<T> {
     fn effective_error(&self) -> Option<ReportError> {
         if self.own_error.is_some() {
             return self.own_error.clone();
+        }
+        if let Some(why) = &self.stranded_error {
+            return Some(ReportError::new(
+                errors::STORAGE_UNUSABLE,
+                format!(
+                    "{} finished recordings cannot be moved into recordings/ ({why}); they stay in .partial/ and are moved as soon as they can be",
+                    self.stranded.len()
+                ),
+            ));
         }
         let owed = self.registrar.as_ref()?.owed();
         if owed.rows == 0 || owed.since?.elapsed() < registrar::OWED_GRACE {
@@ -1316,6 +1443,7 @@ impl<T: WavSample> Recorder<T> {
     /// Called between chunks: shows what the registrar did and rows owed too long, and
     /// refreshes the report at least every [`HEARTBEAT`].
     fn heartbeat(&mut self) {
+        self.retry_stranded();
         let mut changed = false;
         if let Some(view) = self
             .registrar
@@ -1360,6 +1488,15 @@ impl<T: WavSample> Recorder<T> {
                 format!(
                     "onLowSpace: deleteOldest deleted {} recordings since {} to keep minFreeSpace{latest}",
                     self.report.files_deleted, self.report.started_at
+                ),
+            ));
+        }
+        if self.report.samples_dropped > 0 {
+            out.push(ReportError::new(
+                errors::SAMPLES_DROPPED,
+                format!(
+                    "{} frames were dropped since {} (the writer fell behind or the process stalled); files were split at each gap",
+                    self.report.samples_dropped, self.report.started_at
                 ),
             ));
         }

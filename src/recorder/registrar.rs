@@ -299,10 +299,11 @@ impl Worker {
             self.failed(&e);
             return;
         }
-        if self.repair_pending {
+        // Rows handed over first: repair then finds only true orphans (not this run's files).
+        self.flush();
+        if self.repair_pending && self.db.is_some() {
             self.repair();
         }
-        self.flush();
         if let Some((wanted, seq)) = self.room.take() {
             self.make_room(wanted, seq);
         }
