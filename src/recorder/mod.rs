@@ -1299,7 +1299,9 @@ impl<T: WavSample> Recorder<T> {
                         "{message}; the file stays in .partial/ and is moved every second until it can be"
                     );
                 }
-                self.stranded_error = Some(message);
+                // The first reason stays: a message that changed every second would rewrite
+                // the report (and status.json) every second.
+                self.stranded_error.get_or_insert(message);
                 self.stranded.push(file);
                 None
             }
@@ -1343,7 +1345,7 @@ impl<T: WavSample> Recorder<T> {
                     tracing::error!(path = %file.temp.display(), "a recording kept in .partial/ was removed before it could be moved");
                 }
                 Err(e) => {
-                    self.stranded_error = Some(error_chain(&e));
+                    self.stranded_error.get_or_insert_with(|| error_chain(&e));
                     self.stranded.push(file);
                 }
             }
