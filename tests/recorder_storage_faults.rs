@@ -378,6 +378,10 @@ fn a_card_that_went_read_only_and_came_back_gets_files_and_rows_again() {
     wait_registered_after(&rig, Instant::now(), "and the one after");
     assert!(terminate(&mut child.0).success(), "{}", rig.log());
     drop(feeder);
+    let partial: Vec<_> = std::fs::read_dir(rig.storage.join(".partial"))
+        .unwrap()
+        .collect();
+    assert!(partial.is_empty(), "{partial:?}\n{}", rig.log());
     rig.assert_consistent();
     drop(card);
 }

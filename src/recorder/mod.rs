@@ -258,8 +258,6 @@ struct Recorder<T: WavSample> {
     schedule: Schedule,
     format: WavFormat,
     folders: Folders,
-    /// Partial files of a crash are completed once the storage is first usable.
-    salvaged: bool,
     registrar: Option<Registrar>,
     registrar_version: u64,
     report: RecorderReport,
@@ -348,7 +346,6 @@ impl<T: WavSample> Recorder<T> {
             stop,
             schedule,
             format,
-            salvaged: false,
             registrar: None,
             registrar_version: 0,
             report,
@@ -391,9 +388,8 @@ impl<T: WavSample> Recorder<T> {
         T: capture::FromDevice<D>,
     {
         self.write_report()?;
-        if self.prepare_storage() {
-            self.salvage_partials();
-        }
+        // Partial files of a crash are completed here, before the registrar's start-up repair.
+        self.prepare_storage();
         self.registrar = Some(Registrar::start(
             self.folders.clone(),
             DeploymentInfo {
@@ -469,9 +465,9 @@ impl<T: WavSample> Recorder<T> {
     fn prepare_storage(&mut self) -> bool {
         match self.folders.prepare() {
             Ok(()) => {
-                if !self.salvaged {
-                    self.salvage_partials();
-                }
+                // Partial files are looked for before every file, not once: a storage back from
+                // a fault (remounted, its journal replayed) may bring some back.
+                self.salvage_partials();
                 true
             }
             Err(e) => {
@@ -497,10 +493,8 @@ impl<T: WavSample> Recorder<T> {
         );
     }
 
-    /// A failing storage is let go of: metadata.db is closed until the next file's row, and
-    /// partial files it could not complete are salvaged once it works again.
+    /// A failing storage is let go of: metadata.db is closed until the next file's row.
     fn release_storage(&mut self) {
-        self.salvaged = false;
         if let Some(registrar) = &self.registrar {
             registrar.release();
         }
@@ -510,26 +504,26 @@ impl<T: WavSample> Recorder<T> {
     /// them with the other files found without a row). Everything done goes to the log and the
     /// report.
     fn salvage_partials(&mut self) {
-        self.salvaged = true;
         let entries: Vec<PathBuf> = std::fs::read_dir(self.folders.partial_dir())
             .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
             .unwrap_or_default();
         for temp in entries {
             let stranded = self.stranded.iter().any(|s| s.temp == temp);
+            // One the storage cannot take now (read-only, I/O errors) is tried with the next file.
             if temp.extension().is_some_and(|e| e == "part") && !stranded {
                 self.salvage_one(&temp);
             }
         }
     }
 
-    fn salvage_one(&mut self, temp: &Path) {
+    /// Completes one partial file; false when the storage could not take it now.
+    fn salvage_one(&mut self, temp: &Path) -> bool {
         let name = temp
             .file_stem()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let Some(start) = storage::start_from_file_name(Path::new(&name)) else {
-            self.quarantine(temp, "its name holds no start time");
-            return;
+            return self.quarantine(temp, "its name holds no start time");
         };
         let guano = self.guano(start, None, None);
         match wav::salvage(temp, &guano, &name) {
@@ -550,17 +544,31 @@ impl<T: WavSample> Recorder<T> {
                 tracing::warn!(path = %temp.display(), "repair: removed a partial file that holds no audio");
                 let _ = std::fs::remove_file(temp);
             }
-            Err(e) => self.quarantine(temp, &e.to_string()),
+            // An unreadable header: kept aside for a person. Anything else is the storage's
+            // fault (read-only, I/O errors): left for a later attempt.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return self.quarantine(temp, &e.to_string());
+            }
+            Err(e) => {
+                tracing::debug!(path = %temp.display(), error = %e, "cannot complete a partial file now; trying again when the storage works");
+                return false;
+            }
         }
+        true
     }
 
-    fn quarantine(&mut self, file: &Path, why: &str) {
+    /// Moves a file that cannot be salvaged aside; false when even that failed (tried again).
+    fn quarantine(&mut self, file: &Path, why: &str) -> bool {
         match self.folders.quarantine(file) {
             Ok(to) => {
                 tracing::error!(path = %file.display(), to = %to.display(), "repair: cannot salvage a partial file ({why}); quarantined it");
                 self.report.repair.quarantined.push(to);
+                true
             }
-            Err(e) => tracing::error!("{}", error_chain(&e)),
+            Err(e) => {
+                tracing::error!("{}", error_chain(&e));
+                false
+            }
         }
     }
     fn capture_loop<D>(&mut self, mut cap: capture::Capture<T>)
@@ -1180,7 +1188,6 @@ impl<T: WavSample> Recorder<T> {
             // Kept in .partial/: salvaged (or quarantined) once the storage works again.
             Err(e) => {
                 tracing::error!(path = %temp.display(), error = %e, "cannot complete the file now; it stays in .partial/ and is salvaged later");
-                self.salvaged = false;
             }
         }
     }
