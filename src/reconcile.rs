@@ -616,6 +616,7 @@ fn recorder_output(r: &crate::recorder::RecorderReport) -> serde_json::Value {
         "lastFileAt": r.last_file_at,
         "samplesCaptured": r.samples_captured,
         "samplesDropped": r.samples_dropped,
+        "samplesDiscarded": r.samples_discarded,
         "overruns": r.overruns,
         "filesDiscarded": r.files_discarded,
         "expectedFileBy": r.expected_file_by,

@@ -296,6 +296,16 @@ fn a_card_not_yet_mounted_is_not_written_until_it_is() {
     assert!(terminate(&mut child.0).success(), "{}", rig.log());
     drop(feeder);
     rig.assert_consistent();
+    // What could not be written while the card was missing is counted, not hidden: every
+    // captured frame is in a file or in samplesDiscarded.
+    let report = rig.report().unwrap();
+    let recorded: u64 = rig.recordings().iter().map(|f| frames(f)).sum();
+    assert!(report.samples_discarded > 0, "{report:#?}");
+    assert_eq!(
+        recorded + report.samples_discarded + report.samples_dropped,
+        report.samples_captured,
+        "{report:#?}"
+    );
     drop(card);
 }
 

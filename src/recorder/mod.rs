@@ -287,6 +287,8 @@ struct Recorder<T: WavSample> {
     low_space_since_request: Option<u64>,
     /// Frame index at which the storage is looked at next while idle.
     next_storage_check: u64,
+    /// The frames being skipped are lost to a fault (storage, space), not outside the windows.
+    discarding: bool,
     /// Finished recordings not yet moved into recordings/, why, and when to try again.
     stranded: Vec<Stranded>,
     stranded_error: Option<String>,
@@ -326,6 +328,7 @@ impl<T: WavSample> Recorder<T> {
             last_file_at: None,
             samples_captured: 0,
             samples_dropped: 0,
+            samples_discarded: 0,
             overruns: 0,
             files_discarded: 0,
             expected_file_by: None,
@@ -363,6 +366,7 @@ impl<T: WavSample> Recorder<T> {
             fast_seen_on_stream: false,
             low_space_since_request: None,
             next_storage_check: 0,
+            discarding: false,
             stranded: Vec::new(),
             stranded_error: None,
             stranded_retry_at: Instant::now(),
@@ -759,6 +763,7 @@ impl<T: WavSample> Recorder<T> {
             if self.fast_input {
                 // Discarded: these samples have no true time.
                 self.leave_fast_input_when_real_time();
+                self.report.samples_discarded += frames;
                 self.index += frames;
                 rest = &[];
                 continue;
@@ -772,6 +777,9 @@ impl<T: WavSample> Recorder<T> {
                 }
                 self.check_storage_while_idle();
                 let take = frames.min(self.skip_until - self.index);
+                if self.discarding {
+                    self.report.samples_discarded += take;
+                }
                 self.index += take;
                 rest = &rest[take as usize * channels..];
                 continue;
@@ -780,6 +788,8 @@ impl<T: WavSample> Recorder<T> {
                 self.enter_fast_input("samples arrive far faster than real time");
                 continue;
             }
+            // A new decision: skipping from here on is waiting, unless a fault says otherwise.
+            self.discarding = false;
             self.follow_wall_clock();
             let t = self.time_of(self.index);
             match self.schedule.segment_at(t) {
@@ -964,6 +974,7 @@ impl<T: WavSample> Recorder<T> {
     fn retry_storage_soon(&mut self, end_index: u64) {
         let frames = STORAGE_RETRY.as_secs() * u64::from(self.format.sample_rate);
         self.skip_until = end_index.min(self.index + frames.max(1));
+        self.discarding = true;
     }
 
     fn open_file(&mut self, end_index: u64) {
@@ -1125,6 +1136,7 @@ impl<T: WavSample> Recorder<T> {
         }
         self.report.files_discarded += 1;
         self.skip_until = end_index;
+        self.discarding = true;
         self.report.expected_file_by = None;
         self.set_state(
             RecorderState::LowSpace,
@@ -1138,6 +1150,7 @@ impl<T: WavSample> Recorder<T> {
             tracing::error!(code = errors::DISK_FULL.code, "{message}");
         }
         self.skip_until = end_index;
+        self.discarding = true;
         self.report.files_discarded += 1;
         self.report.expected_file_by = None;
         self.set_state(
@@ -1165,6 +1178,7 @@ impl<T: WavSample> Recorder<T> {
         self.release_storage();
         if code == errors::DISK_FULL {
             self.skip_until = end_index;
+            self.discarding = true;
         } else {
             self.retry_storage_soon(end_index);
         }
@@ -1506,6 +1520,15 @@ impl<T: WavSample> Recorder<T> {
                 format!(
                     "{} frames were dropped since {} (the writer fell behind or the process stalled); files were split at each gap",
                     self.report.samples_dropped, self.report.started_at
+                ),
+            ));
+        }
+        if self.report.samples_discarded > 0 {
+            out.push(ReportError::new(
+                errors::SAMPLES_DROPPED,
+                format!(
+                    "{} frames could not be recorded since {} (storage faults, low space or input not in real time; see the log)",
+                    self.report.samples_discarded, self.report.started_at
                 ),
             ));
         }

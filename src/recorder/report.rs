@@ -79,6 +79,10 @@ pub struct RecorderReport {
     pub samples_captured: u64,
     /// Frames lost because the writer could not keep up (ring buffer full).
     pub samples_dropped: u64,
+    /// Frames the device delivered that could not be written: the storage failed or was low on
+    /// space, or the input was not in real time. (Frames outside the windows are not counted.)
+    #[serde(default)]
+    pub samples_discarded: u64,
     /// Overruns (xruns) the audio driver reported.
     pub overruns: u64,
     /// Files discarded or cut short by onLowSpace or a full disk.
@@ -202,6 +206,7 @@ mod tests {
             last_file_at: None,
             samples_captured: 0,
             samples_dropped: 0,
+            samples_discarded: 0,
             overruns: 0,
             files_discarded: 0,
             expected_file_by: Some(now + SignedDuration::from_secs(60)),
