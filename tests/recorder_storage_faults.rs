@@ -29,6 +29,16 @@ fn assert_no_sample_lost(rig: &Rig, report: &RecorderReport) {
     assert_eq!(recorded, report.samples_captured, "{report:#?}");
 }
 
+/// Starts the feeder and the recorder on `rig` and waits for two registered files.
+fn recording(rig: &Rig) -> (PacedFeeder, KillOnDrop) {
+    let feeder = PacedFeeder::start(&rig.fifo, RATE, rig.period);
+    let child = KillOnDrop(rig.spawn_recorder());
+    rig.wait_report("two files", LONG, |r| {
+        r.files_written >= 2 && r.rows_owed == 0
+    });
+    (feeder, child)
+}
+
 /// Seconds from `since` until a file completed after it is registered.
 fn wait_registered_after(rig: &Rig, since: Instant, what: &str) -> f64 {
     let written = rig.report().map_or(0, |r| r.files_written);
@@ -83,11 +93,7 @@ fn a_database_locked_by_another_program_costs_no_audio() {
         return;
     }
     let rig = Rig::new(RATE, json!({}), json!({}));
-    let feeder = PacedFeeder::start(&rig.fifo, RATE, rig.period);
-    let mut child = KillOnDrop(rig.spawn_recorder());
-    rig.wait_report("two files", LONG, |r| {
-        r.files_written >= 2 && r.rows_owed == 0
-    });
+    let (feeder, mut child) = recording(&rig);
     let locked_at = Instant::now();
     let locker = Locker::lock(&rig.storage.join("metadata.db"));
     let written = rig.report().unwrap().files_written;
@@ -124,11 +130,7 @@ fn a_database_locked_by_another_program_costs_no_audio() {
 #[test]
 fn a_storage_removed_while_recording_comes_back_by_itself() {
     let rig = Rig::new(RATE, json!({}), json!({}));
-    let feeder = PacedFeeder::start(&rig.fifo, RATE, rig.period);
-    let mut child = KillOnDrop(rig.spawn_recorder());
-    rig.wait_report("two files", LONG, |r| {
-        r.files_written >= 2 && r.rows_owed == 0
-    });
+    let (feeder, mut child) = recording(&rig);
     let removed = Instant::now();
     std::fs::remove_dir_all(&rig.storage).unwrap();
     let after = wait_registered_after(&rig, removed, "recording after rm -rf");
@@ -147,11 +149,7 @@ fn a_storage_removed_while_recording_comes_back_by_itself() {
 #[test]
 fn a_database_deleted_or_replaced_is_noticed_and_every_file_registered() {
     let rig = Rig::new(RATE, json!({}), json!({}));
-    let feeder = PacedFeeder::start(&rig.fifo, RATE, rig.period);
-    let mut child = KillOnDrop(rig.spawn_recorder());
-    rig.wait_report("two files", LONG, |r| {
-        r.files_written >= 2 && r.rows_owed == 0
-    });
+    let (feeder, mut child) = recording(&rig);
     let db = rig.storage.join("metadata.db");
 
     // 1. Deleted (with its -wal and -shm, as `rm metadata.db*` does).
@@ -367,11 +365,7 @@ fn a_card_that_went_read_only_and_came_back_gets_files_and_rows_again() {
     }
     let rig = Rig::new(RATE, json!({}), json!({}));
     let card = Card::mount(&rig.dir.path().join("card.img"), &rig.storage);
-    let feeder = PacedFeeder::start(&rig.fifo, RATE, rig.period);
-    let mut child = KillOnDrop(rig.spawn_recorder());
-    rig.wait_report("two files", LONG, |r| {
-        r.files_written >= 2 && r.rows_owed == 0
-    });
+    let (feeder, mut child) = recording(&rig);
     card.fail();
     let report = rig.wait_report("the read-only card reported", LONG, |r| {
         r.error
@@ -479,11 +473,7 @@ fn delete_oldest_deletes_what_helps_names_it_and_nothing_when_it_cannot_help() {
 #[test]
 fn a_file_that_cannot_be_moved_into_recordings_is_reported_kept_and_moved_later() {
     let rig = Rig::new(RATE, json!({}), json!({}));
-    let feeder = PacedFeeder::start(&rig.fifo, RATE, rig.period);
-    let mut child = KillOnDrop(rig.spawn_recorder());
-    rig.wait_report("two files", LONG, |r| {
-        r.files_written >= 2 && r.rows_owed == 0
-    });
+    let (feeder, mut child) = recording(&rig);
     // Today's folder cannot be made: a file stands where it should be (as a damaged folder, a
     // read-only parent or an immutable day folder would).
     let today = rig.recordings()[0].parent().unwrap().to_path_buf();
@@ -534,11 +524,7 @@ fn a_storage_swapped_under_its_link_keeps_the_file_being_written() {
     let link = rig.dir.path().join("card");
     std::os::unix::fs::symlink(&a, &link).unwrap();
     rig.write_config(json!({"duration": "2s"}), json!({"path": link}));
-    let feeder = PacedFeeder::start(&rig.fifo, RATE, rig.period);
-    let mut child = KillOnDrop(rig.spawn_recorder());
-    rig.wait_report("two files", LONG, |r| {
-        r.files_written >= 2 && r.rows_owed == 0
-    });
+    let (feeder, mut child) = recording(&rig);
     let swap = rig.dir.path().join("card.new");
     std::os::unix::fs::symlink(&b, &swap).unwrap();
     std::fs::rename(&swap, &link).unwrap();
