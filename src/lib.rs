@@ -3,8 +3,12 @@
 //! # Layout
 //! - [`spec`]: the desired state, its types, schema and loading with precise errors.
 //! - [`plan`]: pure decisions: (desired, observed, history, now) -> actions and statuses.
+//! - [`observe`]: the data plan and runtime share (runs, observed states, exits).
 //! - [`runtime`]: where components run: the embedded process supervisor and systemd.
-//! - [`reconcile`]: the loop that wakes on triggers, observes, plans, applies and writes status.
+//! - [`apply`]: carries a plan out through a runtime and counts what failed.
+//! - [`reconcile`]: the loop that wakes on triggers, observes, plans, applies and publishes.
+//! - [`publish`]: status publishers (status.json first), each on its own thread.
+//! - [`notify`]: sd_notify (READY=1, WATCHDOG=1) under any runtime.
 //! - [`watch`]: inotify on the file's folders, debounced into reload triggers.
 //! - [`status`]: the status document and its atomic writer.
 //! - [`recorder`], [`storage`], [`schedule`]: audio capture to WAV files and metadata.db.
