@@ -125,3 +125,48 @@ fn children_that_detach_with_setsid_are_stopped_with_their_component() {
         "gone with their component"
     );
 }
+
+#[test]
+fn a_start_that_runs_out_of_file_descriptors_says_so() {
+    let tag = unique("nofile");
+    let comps: String = (0..40).map(|i| sleeper(&format!("c{i}"), &tag)).collect();
+    let mut r = Roost::new(&deployment("nofile", "", &comps));
+    // Hard limit 48: roost cannot raise it, and runs out after a few components.
+    let child = Command::new("sh")
+        .args(["-c", "ulimit -n 48 && exec \"$0\" \"$@\""])
+        .arg(ROOST)
+        .args(["run", "--runtime", "process", "--file"])
+        .arg(&r.file)
+        .arg("--state-dir")
+        .arg(&r.state)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(r.path("roost.log")).unwrap())
+        .spawn()
+        .unwrap();
+    r.child = Some(child);
+    let s = r.wait_for("DEP_E164", WAIT, |s| {
+        s["errors"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["code"] == "DEP_E164"))
+    });
+    let failed = s["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["reason"] == "OutOfDescriptors")
+        .count();
+    assert!(failed > 0, "{s:#}");
+    let err = s["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["code"] == "DEP_E164")
+        .unwrap();
+    assert!(
+        err["action"].as_str().unwrap().contains("LimitNOFILE"),
+        "{err}"
+    );
+    assert_eq!(r.stop(), Some(0));
+    assert!(processes_with(&tag).is_empty());
+}
