@@ -83,6 +83,17 @@ codes! {
         "Check that the state folder is writable and read roost's own log (journalctl -u roost); report the bug with the log.";
 }
 
+/// An error and its causes (`source()` chain) on one line, `: `-separated, for logs and reports.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s += &format!(": {c}");
+        cur = c.source();
+    }
+    s
+}
+
 /// Looks a code up, case-insensitively.
 pub fn lookup(code: &str) -> Option<&'static ErrorCode> {
     CATALOGUE.iter().find(|c| c.code.eq_ignore_ascii_case(code))

@@ -430,7 +430,7 @@ impl Storage {
                     action: "move an unreadable metadata.db aside",
                     source,
                 })?;
-                tracing::error!(code = errors::METADATA_DB_ERROR.code, error = %error_text(&e), aside = %aside.display(),
+                tracing::error!(code = errors::METADATA_DB_ERROR.code, error = %crate::errors::chain(&e), aside = %aside.display(),
                     "metadata.db is not a readable database; moved it aside and created a new one");
                 let mut storage = Self::open_db(root, spec)?;
                 storage.set_aside = Some(aside);
@@ -831,7 +831,9 @@ impl Storage {
                         tracing::warn!(path = %file.display(), to = %moved.display(), "repair: quarantined an unreadable file");
                         report.quarantined.push(moved);
                     }
-                    Err(e) => tracing::error!("repair: {}; left where it is", error_text(&e)),
+                    Err(e) => {
+                        tracing::error!("repair: {}; left where it is", crate::errors::chain(&e))
+                    }
                 },
             }
         }
@@ -889,17 +891,6 @@ fn set_aside_db(root: &Path) -> std::io::Result<PathBuf> {
         }
     }
     Ok(aside)
-}
-
-/// An error with its causes, on one line.
-pub fn error_text(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s += &format!(": {c}");
-        cur = c.source();
-    }
-    s
 }
 
 /// Free bytes available to unprivileged writers on the file system holding `path`.

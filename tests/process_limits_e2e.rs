@@ -12,6 +12,23 @@ use common::*;
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// Starts `roost run` on `r` under `ulimit ARGS` (open files limits).
+fn start_with_ulimit(r: &mut Roost, args: &str) {
+    let child = Command::new("sh")
+        .args(["-c", &format!("ulimit {args} && exec \"$0\" \"$@\"")])
+        .arg(ROOST)
+        .args(["run", "--runtime", "process", "--file"])
+        .arg(&r.file)
+        .arg("--state-dir")
+        .arg(&r.state)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(r.path("roost.log")).unwrap())
+        .spawn()
+        .unwrap();
+    r.child = Some(child);
+}
+
 #[test]
 fn a_removed_component_is_stopped_by_its_own_stop_timeout() {
     let tag = unique("removed");
@@ -46,19 +63,7 @@ fn three_hundred_components_start_under_a_soft_limit_of_1024_files() {
     let comps: String = (0..300).map(|i| sleeper(&format!("c{i}"), &tag)).collect();
     let mut r = Roost::new(&deployment("many", "", &comps));
     let t0 = Instant::now();
-    let child = Command::new("sh")
-        .args(["-c", "ulimit -Sn 1024 && exec \"$0\" \"$@\""])
-        .arg(ROOST)
-        .args(["run", "--runtime", "process", "--file"])
-        .arg(&r.file)
-        .arg("--state-dir")
-        .arg(&r.state)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(r.path("roost.log")).unwrap())
-        .spawn()
-        .unwrap();
-    r.child = Some(child);
+    start_with_ulimit(&mut r, "-Sn 1024");
     let s = r.wait_for("all 300 running", Duration::from_secs(120), |s| {
         s["phase"] == "Succeeded"
             && s["components"]
@@ -132,19 +137,7 @@ fn a_start_that_runs_out_of_file_descriptors_says_so() {
     let comps: String = (0..40).map(|i| sleeper(&format!("c{i}"), &tag)).collect();
     let mut r = Roost::new(&deployment("nofile", "", &comps));
     // Hard limit 48: roost cannot raise it, and runs out after a few components.
-    let child = Command::new("sh")
-        .args(["-c", "ulimit -n 48 && exec \"$0\" \"$@\""])
-        .arg(ROOST)
-        .args(["run", "--runtime", "process", "--file"])
-        .arg(&r.file)
-        .arg("--state-dir")
-        .arg(&r.state)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(r.path("roost.log")).unwrap())
-        .spawn()
-        .unwrap();
-    r.child = Some(child);
+    start_with_ulimit(&mut r, "-n 48");
     let s = r.wait_for("DEP_E164", WAIT, |s| {
         s["errors"]
             .as_array()

@@ -482,7 +482,7 @@ impl<T: WavSample> Recorder<T> {
     }
 
     fn storage_failed(&mut self, e: &StorageError) {
-        let message = error_chain(e);
+        let message = errors::chain(e);
         // Once per fault, not once per retry: SD cards and journals wear.
         if self.report.state != RecorderState::StorageError
             || self.own_error.as_ref().map(|e| e.code.as_str()) != Some(e.code().code)
@@ -520,14 +520,15 @@ impl<T: WavSample> Recorder<T> {
         }
     }
 
-    /// Completes one partial file; false when the storage could not take it now.
-    fn salvage_one(&mut self, temp: &Path) -> bool {
+    /// Completes one partial file (one the storage cannot take now stays for the next try).
+    fn salvage_one(&mut self, temp: &Path) {
         let name = temp
             .file_stem()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let Some(start) = storage::start_from_file_name(Path::new(&name)) else {
-            return self.quarantine(temp, "its name holds no start time");
+            self.quarantine(temp, "its name holds no start time");
+            return;
         };
         let guano = self.guano(start, None, None);
         match wav::salvage(temp, &guano, &name) {
@@ -551,28 +552,23 @@ impl<T: WavSample> Recorder<T> {
             // An unreadable header: kept aside for a person. Anything else is the storage's
             // fault (read-only, I/O errors): left for a later attempt.
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                return self.quarantine(temp, &e.to_string());
+                self.quarantine(temp, &e.to_string());
             }
             Err(e) => {
                 tracing::debug!(path = %temp.display(), error = %e, "cannot complete a partial file now; trying again when the storage works");
-                return false;
             }
         }
-        true
     }
 
-    /// Moves a file that cannot be salvaged aside; false when even that failed (tried again).
-    fn quarantine(&mut self, file: &Path, why: &str) -> bool {
+    /// Moves a file that cannot be salvaged aside (left in place, and tried again with the next
+    /// file, when even that fails).
+    fn quarantine(&mut self, file: &Path, why: &str) {
         match self.folders.quarantine(file) {
             Ok(to) => {
                 tracing::error!(path = %file.display(), to = %to.display(), "repair: cannot salvage a partial file ({why}); quarantined it");
                 self.report.repair.quarantined.push(to);
-                true
             }
-            Err(e) => {
-                tracing::error!("{}", error_chain(&e));
-                false
-            }
+            Err(e) => tracing::error!("{}", errors::chain(&e)),
         }
     }
     fn capture_loop<D>(&mut self, mut cap: capture::Capture<T>)
@@ -1309,11 +1305,11 @@ impl<T: WavSample> Recorder<T> {
             }
             Err(e) if !file.temp.exists() => {
                 // Removed with its storage (rm -rf): nothing left to keep.
-                tracing::error!(code = errors::STORAGE_UNUSABLE.code, path = %file.temp.display(), "{}; the file was removed with its storage", error_chain(&e));
+                tracing::error!(code = errors::STORAGE_UNUSABLE.code, path = %file.temp.display(), "{}; the file was removed with its storage", errors::chain(&e));
                 None
             }
             Err(e) => {
-                let message = error_chain(&e);
+                let message = errors::chain(&e);
                 if self.stranded.is_empty() {
                     tracing::error!(
                         code = errors::STORAGE_UNUSABLE.code,
@@ -1366,7 +1362,7 @@ impl<T: WavSample> Recorder<T> {
                     tracing::error!(path = %file.temp.display(), "a recording kept in .partial/ was removed before it could be moved");
                 }
                 Err(e) => {
-                    self.stranded_error.get_or_insert_with(|| error_chain(&e));
+                    self.stranded_error.get_or_insert_with(|| errors::chain(&e));
                     self.stranded.push(file);
                 }
             }
@@ -1459,7 +1455,7 @@ impl<T: WavSample> Recorder<T> {
 
     fn force_report(&mut self) {
         if let Err(e) = self.write_report() {
-            tracing::warn!("{}", error_chain(&e));
+            tracing::warn!("{}", errors::chain(&e));
         }
     }
 
@@ -1555,16 +1551,6 @@ impl<T: WavSample> Recorder<T> {
             }
         })
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s += &format!(": {c}");
-        cur = c.source();
-    }
-    s
 }
 
 /// The GUANO metadata of a file of this recorder starting at `start`.

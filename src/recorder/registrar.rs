@@ -385,7 +385,7 @@ impl Worker {
     /// connection, so that the next attempt reopens it (a file system back from read-only, a
     /// database recreated).
     fn failed(&mut self, e: &StorageError) {
-        let text = storage::error_text(e);
+        let text = crate::errors::chain(e);
         if !e.is_busy() {
             // A database that answers "corrupt" to a write is damaged in use: a new one, with
             // the files on disk registered again, beats retrying it for ever.
