@@ -361,9 +361,8 @@ pub fn numbered(path: &Path, n: u32) -> PathBuf {
 
 /// An open storage: its folders and its metadata.db.
 pub struct Storage {
-    root: PathBuf,
+    folders: Folders,
     conn: Connection,
-    spec: StorageSpec,
     /// Device and inode of metadata.db when it was opened, to notice it deleted or replaced.
     db_identity: Option<(u64, u64)>,
     /// And of its write-ahead log: after a replacement the old log must not be applied to the
@@ -376,7 +375,7 @@ pub struct Storage {
 impl std::fmt::Debug for Storage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Storage")
-            .field("root", &self.root)
+            .field("root", &self.folders.root)
             .finish_non_exhaustive()
     }
 }
@@ -460,9 +459,8 @@ impl Storage {
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(db_err("enable foreign keys"))?;
         let mut storage = Self {
-            root: root.to_path_buf(),
+            folders: Folders::new(root, spec),
             conn,
-            spec: spec.clone(),
             db_identity: None,
             wal_identity: None,
             set_aside: None,
@@ -479,7 +477,7 @@ impl Storage {
     /// now has the name: the log (if still this connection's) is moved aside as
     /// `metadata.db.replaced-<UTC time>-wal`, and the -shm index removed.
     pub fn close_replaced(self) {
-        let root = self.root.clone();
+        let root = self.folders.root.clone();
         let wal_identity = self.wal_identity;
         drop(self);
         let wal = wal_path(&root);
@@ -506,12 +504,12 @@ impl Storage {
     /// True when metadata.db is no longer the file this connection opened (deleted, or another
     /// file renamed over it): rows written now would vanish with the unlinked file.
     pub fn db_replaced(&self) -> bool {
-        file_identity(&self.root.join(DB_FILE)) != self.db_identity
+        file_identity(&self.folders.root.join(DB_FILE)) != self.db_identity
     }
 
     fn db_error(&self, action: &'static str) -> impl FnOnce(rusqlite::Error) -> StorageError + '_ {
         move |source| StorageError::Database {
-            path: self.root.join(DB_FILE),
+            path: self.folders.root.join(DB_FILE),
             action,
             source,
         }
@@ -525,7 +523,7 @@ impl Storage {
         let version = usize::try_from(version).unwrap_or(0);
         if version > MIGRATIONS.len() {
             return Err(StorageError::Database {
-                path: self.root.join(DB_FILE),
+                path: self.folders.root.join(DB_FILE),
                 action: "use it",
                 source: rusqlite::Error::InvalidParameterName(format!(
                     "schema version {version} is newer than this roost knows ({}); upgrade roost",
@@ -534,7 +532,7 @@ impl Storage {
             });
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-            let path = self.root.join(DB_FILE);
+            let path = self.folders.root.join(DB_FILE);
             let tx = self
                 .conn
                 .transaction()
@@ -556,7 +554,7 @@ impl Storage {
     }
 
     pub fn root(&self) -> &Path {
-        &self.root
+        &self.folders.root
     }
     pub fn recordings_dir(&self) -> PathBuf {
         self.folders().recordings_dir()
@@ -565,7 +563,7 @@ impl Storage {
         self.folders().partial_dir()
     }
     pub fn spec(&self) -> &StorageSpec {
-        &self.spec
+        &self.folders.spec
     }
     pub fn connection(&self) -> &Connection {
         &self.conn
@@ -580,7 +578,7 @@ impl Storage {
         location: Option<&Location>,
         now: Timestamp,
     ) -> Result<String, StorageError> {
-        let path = self.root.join(DB_FILE);
+        let path = self.folders.root.join(DB_FILE);
         let err = |source| StorageError::Database {
             path: path.clone(),
             action: "start the deployment row",
@@ -649,7 +647,7 @@ impl Storage {
         deployment_id: &str,
     ) -> Result<String, StorageError> {
         let id = new_uuid();
-        let path = self.root.join(DB_FILE);
+        let path = self.folders.root.join(DB_FILE);
         let err = |source| StorageError::Database {
             path: path.clone(),
             action: "register a recording",
@@ -705,8 +703,8 @@ impl Storage {
         self.folders().free_bytes()
     }
 
-    pub fn folders(&self) -> Folders {
-        Folders::new(&self.root, &self.spec)
+    pub fn folders(&self) -> &Folders {
+        &self.folders
     }
 
     /// `onLowSpace: deleteOldest`: deletes the oldest registered recordings under recordings/
