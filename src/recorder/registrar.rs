@@ -34,8 +34,6 @@ pub struct RegistrarView {
     pub owed_since_wall: Option<Timestamp>,
     /// Why the last attempt failed, while rows are owed.
     pub last_error: Option<String>,
-    /// Rows written since the recorder started.
-    pub rows_written: u64,
     /// Recordings deleted by deleteOldest since the recorder started, and the latest of them.
     pub files_deleted: u64,
     pub recently_deleted: VecDeque<PathBuf>,
@@ -365,7 +363,6 @@ impl Worker {
         if written > 0 {
             let mut v = lock(&self.view);
             v.rows_owed = v.rows_owed.saturating_sub(written);
-            v.rows_written += written;
             if v.rows_owed == 0 {
                 v.owed_since = None;
                 v.owed_since_wall = None;
