@@ -1304,8 +1304,10 @@ impl<T: WavSample> Recorder<T> {
                 Some(target)
             }
             Err(e) if !file.temp.exists() => {
-                // Removed with its storage (rm -rf): nothing left to keep.
+                // Removed with its storage (rm -rf): nothing left to keep, but counted.
                 tracing::error!(code = errors::STORAGE_UNUSABLE.code, path = %file.temp.display(), "{}; the file was removed with its storage", errors::chain(&e));
+                self.report.files_discarded += 1;
+                self.report.samples_discarded += file.frames;
                 None
             }
             Err(e) => {
@@ -1510,21 +1512,14 @@ impl<T: WavSample> Recorder<T> {
                 ),
             ));
         }
-        if self.report.samples_dropped > 0 {
+        let (dropped, discarded) = (self.report.samples_dropped, self.report.samples_discarded);
+        if dropped + discarded > 0 {
+            // One warning for all audio lost since the start, whatever lost it.
             out.push(ReportError::new(
                 errors::SAMPLES_DROPPED,
                 format!(
-                    "{} frames were dropped since {} (the writer fell behind or the process stalled); files were split at each gap",
-                    self.report.samples_dropped, self.report.started_at
-                ),
-            ));
-        }
-        if self.report.samples_discarded > 0 {
-            out.push(ReportError::new(
-                errors::SAMPLES_DROPPED,
-                format!(
-                    "{} frames could not be recorded since {} (storage faults, low space or input not in real time; see the log)",
-                    self.report.samples_discarded, self.report.started_at
+                    "frames lost since {}: {dropped} dropped (the writer fell behind or the process stalled; files split at each gap), {discarded} not recorded (storage faults, low space, input not in real time; see the log)",
+                    self.report.started_at
                 ),
             ));
         }
