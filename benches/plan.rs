@@ -53,6 +53,7 @@ fn main() {
             history: &history,
             stop_failures: &stop_failures,
             runtime_restarts_itself: false,
+            builtins: &Default::default(),
             now,
         });
         times.push(t.elapsed());

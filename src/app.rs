@@ -298,9 +298,8 @@ pub fn plan_offline(file: &Path, state_dir: &Path) -> (String, bool) {
         state_dir: state_dir.to_path_buf(),
         exe,
     };
-    let extra = reconcile::recorder_run(&reconciler_cfg, &deployment)
-        .into_iter()
-        .collect();
+    let extra =
+        crate::builtin::Builtins::standard(&reconciler_cfg.exe, state_dir).runs(&deployment);
     let desired = Desired::from_deployment(&deployment, extra);
     let under_systemd =
         crate::status::read(&state.status()).is_ok_and(|s| s.reconciler.runtime == "systemd");
@@ -326,6 +325,7 @@ pub fn plan_offline(file: &Path, state_dir: &Path) -> (String, bool) {
         history: &history,
         stop_failures: &Default::default(),
         runtime_restarts_itself: under_systemd,
+        builtins: &Default::default(),
         now: jiff::Timestamp::now(),
     });
     let mut out = String::new();

@@ -5,13 +5,14 @@
 
 use std::collections::BTreeMap;
 
-use jiff::Timestamp;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::clock::Clock;
 use crate::errors;
 use crate::history::History;
-use crate::observe::ComponentRun;
+use crate::notify::Liveness;
+use crate::observe::{ComponentRun, Observation, ObservedState};
 use crate::plan::Action;
 use crate::runtime::{Runtime, RuntimeError};
 
@@ -25,68 +26,126 @@ pub struct ApplyCounts {
     pub failed: u32,
 }
 
-/// Applies `actions` for `deployment`; `before_start` writes what a component needs on disk
-/// before it starts (the recorder's configuration).
-pub async fn apply<R: Runtime>(
-    runtime: &mut R,
-    deployment: &str,
-    actions: &[Action],
-    history: &mut History,
-    stop_failures: &mut BTreeMap<String, String>,
-    mut before_start: impl FnMut(&ComponentRun),
-) -> ApplyCounts {
-    let mut counts = ApplyCounts::default();
-    for action in actions {
-        // A stop may take its whole stopTimeout: keep systemd's watchdog fed meanwhile.
-        let _ = crate::notify::sd_notify("WATCHDOG=1");
-        tracing::info!(%action, "applying");
-        counts.tried += 1;
-        let result = match action {
-            Action::Start(run) | Action::Restart(run) => {
-                before_start(run);
-                let r = runtime.start(run).await;
-                let record = history.for_spec(run.name.as_str(), &run.spec_hash);
-                match &r {
-                    Ok(()) => record.started(Timestamp::now()),
-                    Err(e) => {
-                        record.start_failed(start_error_code(e), e.to_string(), Timestamp::now())
+/// Carries actions out for one deployment through a runtime.
+pub struct Applier<'a, R: Runtime> {
+    /// Where components run.
+    pub runtime: &'a mut R,
+    /// The deployment the actions are for.
+    pub deployment: &'a str,
+    /// The wall clock the history's times come from.
+    pub clock: &'a dyn Clock,
+    /// Told after every action, so that a long stop does not look like a hung loop.
+    pub liveness: &'a Liveness,
+}
+
+impl<R: Runtime> Applier<'_, R> {
+    /// Applies `actions` in order and keeps the books (`history`, `stop_failures`);
+    /// `before_start` writes what a component needs on disk before it starts (a built-in's
+    /// configuration).
+    pub async fn apply(
+        &mut self,
+        actions: &[Action],
+        history: &mut History,
+        stop_failures: &mut BTreeMap<String, String>,
+        mut before_start: impl FnMut(&ComponentRun),
+    ) -> ApplyCounts {
+        let mut counts = ApplyCounts::default();
+        for action in actions {
+            self.liveness.busy();
+            tracing::info!(%action, "applying");
+            counts.tried += 1;
+            let result = match action {
+                Action::Start(run) | Action::Restart(run) => {
+                    before_start(run);
+                    self.start(run, history, stop_failures).await
+                }
+                Action::Stop { name, timeout } => {
+                    let r = self.runtime.stop(self.deployment, name, *timeout).await;
+                    note_stop(stop_failures, name, &r);
+                    if r.is_ok()
+                        && let Some(record) = history.components.get_mut(name)
+                    {
+                        record.stopped_by_roost();
+                    }
+                    r
+                }
+                Action::Remove { name, timeout } => {
+                    let r = self.runtime.remove(self.deployment, name, *timeout).await;
+                    note_stop(stop_failures, name, &r);
+                    if r.is_ok() {
+                        history.components.remove(name);
+                    }
+                    r
+                }
+            };
+            if let Err(e) = result {
+                counts.failed += 1;
+                tracing::warn!(%action, error = %e, "action failed");
+            }
+        }
+        if counts.failed > 0 {
+            tracing::warn!(
+                failed = counts.failed,
+                tried = counts.tried,
+                "some actions failed"
+            );
+        }
+        counts
+    }
+
+    async fn start(
+        &mut self,
+        run: &ComponentRun,
+        history: &mut History,
+        stop_failures: &mut BTreeMap<String, String>,
+    ) -> Result<(), RuntimeError> {
+        let r = self.runtime.start(run).await;
+        let record = history.for_spec(run.name.as_str(), &run.spec_hash);
+        match &r {
+            Ok(()) => record.started(self.clock.now()),
+            Err(e) => record.start_failed(start_error_code(e), e.to_string(), self.clock.now()),
+        }
+        stop_failures.remove(run.name.as_str());
+        r
+    }
+
+    /// Stops every component of `order` that `running` shows running, in that order (roost
+    /// shutting down); `timeout_of` gives each one's stop timeout. Returns the ones that could
+    /// not be stopped, with why.
+    pub async fn stop_all(
+        &mut self,
+        order: &[String],
+        running: &Observation,
+        timeout_of: impl Fn(&str) -> std::time::Duration,
+        history: &mut History,
+    ) -> BTreeMap<String, String> {
+        let mut failed = BTreeMap::new();
+        for name in order {
+            let is_running = running
+                .get(name)
+                .is_some_and(|o| matches!(o.state, ObservedState::Running { .. }));
+            if !is_running {
+                continue;
+            }
+            self.liveness.busy();
+            match self
+                .runtime
+                .stop(self.deployment, name, timeout_of(name))
+                .await
+            {
+                Ok(()) => {
+                    if let Some(record) = history.components.get_mut(name) {
+                        record.stopped_by_roost();
                     }
                 }
-                stop_failures.remove(run.name.as_str());
-                r
-            }
-            Action::Stop { name, timeout } => {
-                let r = runtime.stop(deployment, name, *timeout).await;
-                note_stop(stop_failures, name, &r);
-                if r.is_ok()
-                    && let Some(record) = history.components.get_mut(name)
-                {
-                    record.stopped_by_roost();
+                Err(e) => {
+                    tracing::warn!(component = %name, error = %e, "stop at shutdown failed");
+                    failed.insert(name.clone(), e.to_string());
                 }
-                r
             }
-            Action::Remove { name, timeout } => {
-                let r = runtime.remove(deployment, name, *timeout).await;
-                note_stop(stop_failures, name, &r);
-                if r.is_ok() {
-                    history.components.remove(name);
-                }
-                r
-            }
-        };
-        if let Err(e) = result {
-            counts.failed += 1;
-            tracing::warn!(%action, error = %e, "action failed");
         }
+        failed
     }
-    if counts.failed > 0 {
-        tracing::warn!(
-            failed = counts.failed,
-            tried = counts.tried,
-            "some actions failed"
-        );
-    }
-    counts
 }
 
 fn note_stop(

@@ -6,6 +6,9 @@
 //! - [`observe`]: the data plan and runtime share (runs, observed states, exits).
 //! - [`runtime`]: where components run: the embedded process supervisor and systemd.
 //! - [`apply`]: carries a plan out through a runtime and counts what failed.
+//! - [`builtin`]: components roost provides itself (the recorder), their runs and health.
+//! - [`desired`]: the desired-state file, its last valid copy and what changed.
+//! - [`clock`]: the wall clock handed to decision code (a tokio-paced one for tests).
 //! - [`reconcile`]: the loop that wakes on triggers, observes, plans, applies and publishes.
 //! - [`publish`]: status publishers (status.json first), each on its own thread.
 //! - [`notify`]: sd_notify (READY=1, WATCHDOG=1) under any runtime.
@@ -17,7 +20,10 @@
 
 pub mod app;
 pub mod apply;
+pub mod builtin;
 pub mod cli;
+pub mod clock;
+pub mod desired;
 pub mod errors;
 pub mod fsutil;
 pub mod history;

@@ -75,3 +75,46 @@ pub struct ObservedComponent {
 }
 
 pub type Observation = BTreeMap<String, ObservedComponent>;
+
+/// What a built-in component's output says of its running instance (read by the loop, judged
+/// by the planner).
+#[derive(Clone, Debug, PartialEq)]
+pub enum BuiltinHealth {
+    /// The running instance has not reported yet. It must within `within` of its start, or it
+    /// is in error with `code` and `reason`.
+    Silent {
+        /// How long after its start its first report may take.
+        within: Duration,
+        /// The error once it is overdue (the recorder's DEP_E313).
+        code: &'static crate::errors::ErrorCode,
+        /// The component's reason once it is overdue.
+        reason: crate::status::Reason,
+    },
+    /// It reported.
+    Reported(BuiltinReport),
+}
+
+/// A built-in's report, reduced to what status and planning need.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BuiltinReport {
+    /// Shown as the component's `output` in status.json.
+    pub output: serde_json::Value,
+    /// A fault its output shows.
+    pub trouble: Option<Trouble>,
+    /// Whether it has produced anything yet: a fault before its first output means the
+    /// deployment failed to start; a later one keeps the phase and makes the status Error.
+    pub produced: bool,
+    /// When its output next means something new (a file falling due, the report going stale).
+    pub look_again_at: Option<Timestamp>,
+}
+
+/// A fault a built-in's output shows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Trouble {
+    /// A catalogue entry (`DEP_E3xx` for the recorder).
+    pub code: &'static crate::errors::ErrorCode,
+    /// The component's reason in status.json.
+    pub reason: crate::status::Reason,
+    /// What happened, for `errors[].message`.
+    pub message: String,
+}

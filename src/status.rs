@@ -43,6 +43,75 @@ pub enum ComponentState {
     Stopped,
 }
 
+/// Why a component is in its status, as `reason` in status.json (the strings are a contract:
+/// each variant is written as its name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Reason {
+    /// Started and not yet reporting (a built-in), or about to be started.
+    Starting,
+    /// Its spec changed; it is being replaced.
+    SpecChanged,
+    /// Someone stopped it outside roost; it stays stopped until its spec changes.
+    StoppedByOperator,
+    /// Roost could not stop it.
+    StopFailed,
+    /// `state: stopped`.
+    DeploymentStopped,
+    /// It exited 0 and its policy does not restart it.
+    Completed,
+    /// It exited with an error and restartPolicy Never keeps it stopped.
+    Failed,
+    /// Something it depends on is in error.
+    DependencyFailed,
+    /// Something it depends on is not running yet.
+    WaitingForDependency,
+    /// It keeps exiting soon after starting; restarted with back-off.
+    CrashLoopBackOff,
+    /// It exited; restarted when its back-off expires.
+    BackOff,
+    /// Its program is missing or not executable (DEP_E161).
+    ExecutableNotFound,
+    /// No file descriptor was left to start it (DEP_E164).
+    OutOfDescriptors,
+    /// The runtime refused a value of its spec (DEP_E162).
+    InvalidSpec,
+    /// The runtime could not be reached to start it (DEP_E151).
+    RuntimeUnreachable,
+    /// Its start failed for another reason.
+    StartFailed,
+    /// The recorder runs and produces no files (DEP_E313).
+    NoRecordings,
+    /// The recorder's storage cannot be written (DEP_E301).
+    StorageUnusable,
+    /// Below the storage's free-space floor (DEP_E302).
+    LowDiskSpace,
+    /// The storage is full (DEP_E303).
+    DiskFull,
+    /// The audio device cannot be opened (DEP_E311).
+    AudioDeviceUnavailable,
+    /// The audio device does not offer the asked format (DEP_E312).
+    AudioFormatUnsupported,
+    /// Samples were dropped (DEP_E314).
+    SamplesDropped,
+    /// The input runs far faster than real time (DEP_E315).
+    InputNotRealTime,
+    /// metadata.db cannot take the recorder's rows (DEP_E321).
+    MetadataDbError,
+    /// Another recorder fault.
+    RecorderError,
+    /// Roost stopped and stopped it.
+    ReconcilerStopped,
+    /// A reason this version of roost does not know (a status written by a newer one).
+    #[serde(other)]
+    Unknown,
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ComponentStatus {
@@ -50,7 +119,8 @@ pub struct ComponentStatus {
     pub status: ComponentState,
     /// Why it is not Running: CrashLoopBackOff, ExecutableNotFound, DependencyFailed, Completed, ...
     #[serde(default)]
-    pub reason: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub reason: Option<Reason>,
     #[serde(default)]
     pub restart_count: u32,
     /// Last exit status (128 + signal for a death by signal).
@@ -173,6 +243,136 @@ impl StatusDoc {
             (_, OverallStatus::Stopped) | (Phase::Stopped, _) => 3,
             _ => 1,
         }
+    }
+}
+
+/// Everything a status document is built from: the loop's state at one moment.
+#[derive(Clone, Debug)]
+pub struct StatusInputs<'a> {
+    /// The deployment's name, once a valid desired state was seen.
+    pub deployment: Option<String>,
+    /// Count of valid desired states accepted.
+    pub generation: u64,
+    /// The generation the plan reflects.
+    pub observed_generation: u64,
+    /// The refusal of the newest file, if it was refused.
+    pub spec_error: Option<&'a SpecError>,
+    /// Why the runtime cannot be reached, if it cannot (status Unknown).
+    pub runtime_error: Option<&'a str>,
+    /// The plan's phase, components and errors; `None` when nothing could be planned.
+    pub planned: Option<(Phase, &'a [ComponentStatus], &'a [ErrorEntry])>,
+    /// The document published before, shown (as Unknown) while the runtime is unreachable.
+    pub last: Option<&'a StatusDoc>,
+    /// Whether a desired state is in force.
+    pub has_desired: bool,
+    /// What the last apply tried and how much failed.
+    pub last_apply: Option<crate::apply::ApplyCounts>,
+    /// `process` or `systemd`.
+    pub runtime: &'static str,
+    /// `updatedAt`.
+    pub now: Timestamp,
+}
+
+impl StatusDoc {
+    /// Builds the document: the status is never greener than the components' output, and a
+    /// runtime that cannot be reached makes it Unknown.
+    pub fn build(i: StatusInputs<'_>) -> Self {
+        let mut errors: Vec<ErrorEntry> = Vec::new();
+        if let Some(e) = i.spec_error {
+            errors.push(ErrorEntry::new(
+                &crate::errors::INVALID_SPEC,
+                None,
+                e.message.clone(),
+            ));
+        }
+        if let Some(reason) = i.runtime_error {
+            errors.push(ErrorEntry::new(
+                &crate::errors::RUNTIME_UNREACHABLE,
+                None,
+                reason,
+            ));
+        }
+        let (phase, components) = match i.planned {
+            Some((phase, components, plan_errors)) => {
+                errors.extend(plan_errors.iter().cloned());
+                (phase, components.to_vec())
+            }
+            None => match i.last {
+                // Runtime unreachable: keep showing what was last known, marked Unknown below.
+                Some(last) if i.has_desired => (last.phase, last.components.clone()),
+                _ => (Phase::FailedToStart, Vec::new()),
+            },
+        };
+        let status = overall(phase, &components, i.runtime_error.is_some());
+        StatusDoc {
+            api_version: crate::spec::API_VERSION.to_string(),
+            kind: "DeploymentStatus".to_string(),
+            deployment: i.deployment,
+            generation: i.generation,
+            observed_generation: i.observed_generation,
+            phase,
+            status,
+            spec_error: i.spec_error.cloned(),
+            components,
+            errors,
+            last_apply: i.last_apply,
+            reconciler: ReconcilerInfo {
+                pid: std::process::id(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                runtime: i.runtime.to_string(),
+            },
+            updated_at: i.now,
+        }
+    }
+
+    /// The last document of a roost that stopped: every component it stopped is Stopped
+    /// (`ReconcilerStopped`), each in `stop_failed` (name -> why) is in error. `last_output`
+    /// gives a component's last output (the recorder's report written as it exited).
+    pub fn after_shutdown(
+        mut self,
+        stop_failed: &std::collections::BTreeMap<String, String>,
+        last_output: impl Fn(&ComponentStatus) -> Option<serde_json::Value>,
+    ) -> Self {
+        let at = self.updated_at;
+        for c in &mut self.components {
+            if let Some(reason) = stop_failed.get(&c.name) {
+                c.status = ComponentState::Error;
+                c.reason = Some(Reason::StopFailed);
+                self.errors.push(ErrorEntry::new(
+                    &crate::errors::RUNTIME_UNREACHABLE,
+                    Some(&c.name),
+                    reason.clone(),
+                ));
+                continue;
+            }
+            if let Some(output) = last_output(c) {
+                c.output = Some(output);
+            }
+            c.status = ComponentState::Stopped;
+            c.reason = Some(Reason::ReconcilerStopped);
+            c.pid = None;
+            c.since = Some(at);
+        }
+        (self.phase, self.status) = if stop_failed.is_empty() {
+            (Phase::Stopped, OverallStatus::Stopped)
+        } else {
+            (Phase::PartiallyDeprovisioned, OverallStatus::Error)
+        };
+        self
+    }
+}
+
+/// An error judged from output after provisioning (a built-in's) keeps the phase Succeeded;
+/// the status must still not be greener than the output.
+fn overall(phase: Phase, components: &[ComponentStatus], unreachable: bool) -> OverallStatus {
+    let in_error = components.iter().any(|c| c.status == ComponentState::Error);
+    match phase {
+        _ if unreachable => OverallStatus::Unknown,
+        Phase::Succeeded if in_error => OverallStatus::Error,
+        Phase::Succeeded => OverallStatus::Running,
+        Phase::Stopped => OverallStatus::Stopped,
+        Phase::FailedToStart | Phase::PartiallyDeprovisioned => OverallStatus::Error,
+        Phase::InProgress | Phase::Provisioning => OverallStatus::Pending,
     }
 }
 

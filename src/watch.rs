@@ -372,4 +372,63 @@ mod tests {
         assert!(set.names.contains(&OsString::from("not")), "{set:?}");
         assert!(set.names.contains(&OsString::from("yet")));
     }
+
+    /// The debounce on tokio's paused clock, events fed by hand: a burst of writes is one
+    /// trigger 3 ms after its last event; events about other files never trigger; a writer
+    /// that pauses 20 s between writes is waited for until it closes the file.
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_is_one_trigger_after_it_settles() {
+        use notify::event::{CreateKind, DataChange};
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("d.yaml");
+        std::fs::write(&file, "x").unwrap();
+        let mut w = FileWatcher::new(&file).unwrap();
+        let (tx, raw) = mpsc::unbounded_channel();
+        w.raw = raw;
+        let event =
+            |kind: EventKind, path: &Path| notify::Event::new(kind).add_path(path.to_path_buf());
+        let start = tokio::time::Instant::now();
+        let feeder = {
+            let (file, other) = (file.clone(), dir.path().join("other.txt"));
+            tokio::spawn(async move {
+                let ms = |n| tokio::time::sleep(Duration::from_millis(n));
+                tx.send(event(EventKind::Create(CreateKind::File), &other))
+                    .unwrap();
+                ms(10).await;
+                tx.send(event(EventKind::Create(CreateKind::File), &file))
+                    .unwrap();
+                ms(2).await;
+                tx.send(event(
+                    EventKind::Modify(ModifyKind::Name(notify::event::RenameMode::To)),
+                    &file,
+                ))
+                .unwrap();
+                ms(100).await;
+                // An in-place writer: opens, writes, pauses 20 s, writes, closes.
+                tx.send(event(
+                    EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+                    &file,
+                ))
+                .unwrap();
+                ms(20_000).await;
+                tx.send(event(
+                    EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+                    &file,
+                ))
+                .unwrap();
+                ms(5).await;
+                tx.send(event(
+                    EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                    &file,
+                ))
+                .unwrap();
+                tx
+            })
+        };
+        w.changed().await;
+        assert_eq!(start.elapsed(), Duration::from_millis(15));
+        w.changed().await;
+        assert_eq!(start.elapsed(), Duration::from_millis(112 + 20_005 + 3));
+        drop(feeder.await.unwrap());
+    }
 }

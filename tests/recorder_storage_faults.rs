@@ -40,6 +40,19 @@ fn recording(rig: &Rig) -> (PacedFeeder, KillOnDrop) {
 }
 
 /// Seconds from `since` until a file completed after it is registered.
+/// `rm -rf` as a user runs it again when the recorder recreated something while it walked the
+/// tree (ENOTEMPTY): the fault is the storage vanishing, not the race inside rm.
+fn rm_rf(path: &std::path::Path) {
+    for _ in 0..50 {
+        match std::fs::remove_dir_all(path) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
+    panic!("cannot remove {}", path.display());
+}
+
 fn wait_registered_after(rig: &Rig, since: Instant, what: &str) -> f64 {
     let written = rig.report().map_or(0, |r| r.files_written);
     rig.wait_report(what, LONG, |r| {
@@ -132,11 +145,11 @@ fn a_storage_removed_while_recording_comes_back_by_itself() {
     let rig = Rig::new(RATE, json!({}), json!({}));
     let (feeder, mut child) = recording(&rig);
     let removed = Instant::now();
-    std::fs::remove_dir_all(&rig.storage).unwrap();
+    rm_rf(&rig.storage);
     let after = wait_registered_after(&rig, removed, "recording after rm -rf");
     eprintln!("figure: rm -rf of the storage -> next file registered in {after:.1} s");
     // And again, with the database gone alone, then with the folder made by hand.
-    std::fs::remove_dir_all(&rig.storage).unwrap();
+    rm_rf(&rig.storage);
     std::fs::create_dir_all(&rig.storage).unwrap();
     wait_registered_after(&rig, Instant::now(), "recording after rm -rf; mkdir -p");
     assert!(terminate(&mut child.0).success(), "{}", rig.log());

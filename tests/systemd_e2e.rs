@@ -157,14 +157,18 @@ async fn lives() {
         .wait("uploader StoppedByOperator", Duration::from_secs(10), |d| {
             component(d, "uploader").is_some_and(|c| {
                 c.status == ComponentState::Stopped
-                    && c.reason.as_deref() == Some("StoppedByOperator")
+                    && c.reason == Some(roost::status::Reason::StoppedByOperator)
             })
         })
         .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let doc = roost.status().unwrap();
     assert_eq!(
-        component(&doc, "uploader").unwrap().reason.as_deref(),
+        component(&doc, "uploader")
+            .unwrap()
+            .reason
+            .map(|r| r.to_string())
+            .as_deref(),
         Some("StoppedByOperator")
     );
 
@@ -232,7 +236,7 @@ async fn lives() {
             Duration::from_secs(15),
             |d| {
                 component(d, "crasher")
-                    .is_some_and(|c| c.reason.as_deref() == Some("CrashLoopBackOff"))
+                    .is_some_and(|c| c.reason == Some(roost::status::Reason::CrashLoopBackOff))
                     && d.errors.iter().any(|e| e.code == "DEP_E163")
             },
         )

@@ -12,9 +12,9 @@ use jiff::Timestamp;
 
 use crate::errors::{self, ErrorCode};
 use crate::history::{ComponentHistory, History, backoff_delay};
-use crate::observe::{ComponentRun, ExitInfo, Observation, ObservedState};
+use crate::observe::{BuiltinHealth, ComponentRun, ExitInfo, Observation, ObservedState};
 use crate::spec::{Deployment, RestartPolicy, RunState};
-use crate::status::{ComponentState, ComponentStatus, ErrorEntry, Phase};
+use crate::status::{ComponentState, ComponentStatus, ErrorEntry, Phase, Reason};
 
 pub use crate::history::CRASH_LOOP_THRESHOLD;
 /// Stop timeout for components that left the desired state (their own setting is gone).
@@ -131,6 +131,8 @@ pub struct PlanInput<'a> {
     pub stop_failures: &'a BTreeMap<String, String>,
     /// systemd restarts components itself; the process runtime relies on roost.
     pub runtime_restarts_itself: bool,
+    /// Health of the built-in components that run, read from their output.
+    pub builtins: &'a BTreeMap<String, BuiltinHealth>,
     pub now: Timestamp,
 }
 
@@ -200,7 +202,17 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         }
     }
     let wake = verdicts.iter().filter_map(|v| v.wake_at).min();
-    let requeue_after = wake.map(|t| {
+    let components: Vec<ComponentStatus> = verdicts.into_iter().map(|v| v.status).collect();
+    let phase = phase_of(desired.running, &components, &actions, input.stop_failures);
+    let mut plan = Plan {
+        actions,
+        components,
+        errors,
+        phase,
+        requeue_after: None,
+    };
+    let builtin_wake = builtin::judge(&mut plan, |n| input.builtins.get(n).cloned(), input.now);
+    plan.requeue_after = wake.into_iter().chain(builtin_wake).min().map(|t| {
         let d = t.duration_since(input.now);
         if d.is_negative() {
             Duration::ZERO
@@ -208,15 +220,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             d.unsigned_abs()
         }
     });
-    let components: Vec<ComponentStatus> = verdicts.into_iter().map(|v| v.status).collect();
-    let phase = phase_of(desired.running, &components, &actions, input.stop_failures);
-    Plan {
-        actions,
-        components,
-        errors,
-        phase,
-        requeue_after,
-    }
+    plan
 }
 
 fn phase_of(
@@ -255,8 +259,8 @@ fn phase_of(
 fn is_done(c: &ComponentStatus) -> bool {
     c.status == ComponentState::Stopped
         && matches!(
-            c.reason.as_deref(),
-            Some("Completed") | Some("StoppedByOperator")
+            c.reason,
+            Some(Reason::Completed | Reason::StoppedByOperator)
         )
 }
 
@@ -317,7 +321,7 @@ fn decide_stopped(dc: &DesiredComponent, input: &PlanInput<'_>) -> Verdict {
     };
     if let Some(reason) = input.stop_failures.get(name) {
         status.status = ComponentState::Error;
-        status.reason = Some("StopFailed".into());
+        status.reason = Some(Reason::StopFailed);
         verdict.error = Some((
             &errors::RUNTIME_UNREACHABLE,
             format!("could not stop: {reason}"),
@@ -328,7 +332,7 @@ fn decide_stopped(dc: &DesiredComponent, input: &PlanInput<'_>) -> Verdict {
         } else {
             ComponentState::Stopped
         };
-        status.reason = Some("DeploymentStopped".into());
+        status.reason = Some(Reason::DeploymentStopped);
     }
     if running || input.stop_failures.contains_key(name) {
         verdict.action = Some(Action::Stop {
@@ -365,7 +369,7 @@ fn decide_running(
             return verdict(status, None, None, None);
         }
         Some(ObservedState::Running { .. }) => {
-            status.reason = Some("SpecChanged".into());
+            status.reason = Some(Reason::SpecChanged);
             return verdict(status, Some(Action::Restart(dc.run.clone())), None, None);
         }
         Some(ObservedState::Restarting { last_exit })
@@ -378,7 +382,7 @@ fn decide_running(
         }
         Some(ObservedState::StoppedByOperator) if spec_current => {
             status.status = ComponentState::Stopped;
-            status.reason = Some("StoppedByOperator".into());
+            status.reason = Some(Reason::StoppedByOperator);
             return verdict(status, None, None, None);
         }
         _ => {}
@@ -403,7 +407,7 @@ fn decide_running(
             .and_then(errors::lookup)
             .unwrap_or(&errors::COMPONENT_FAILED);
         status.status = ComponentState::Error;
-        status.reason = Some(start_failure_reason(code).into());
+        status.reason = Some(start_failure_reason(code));
         status.since = h.start_error_at;
         let error = Some((code, reason.clone()));
         if policy == RestartPolicy::Never {
@@ -425,11 +429,11 @@ fn decide_running(
             status.since = Some(exit.at);
             if exit.succeeded() {
                 status.status = ComponentState::Stopped;
-                status.reason = Some("Completed".into());
+                status.reason = Some(Reason::Completed);
                 return verdict(status, None, None, None);
             }
             status.status = ComponentState::Error;
-            status.reason = Some("Failed".into());
+            status.reason = Some(Reason::Failed);
             let msg = format!(
                 "exited with {}; restartPolicy Never keeps it stopped",
                 describe_exit(&exit)
@@ -465,24 +469,24 @@ fn decide_running(
             ComponentState::Stopped if is_done(d) => {}
             ComponentState::Error => {
                 status.status = ComponentState::Error;
-                status.reason = Some("DependencyFailed".into());
+                status.reason = Some(Reason::DependencyFailed);
                 let msg = format!(
                     "held back: dependency {dep} is in error ({})",
-                    d.reason.as_deref().unwrap_or("Error")
+                    d.reason.map_or("Error".to_string(), |r| r.to_string())
                 );
                 return verdict(status, None, Some((&errors::DEPENDENCY_FAILED, msg)), None);
             }
             _ => {
                 // A failed start stays reported while it waits; otherwise it is just waiting.
                 if start_failure.is_none() {
-                    status.reason = Some("WaitingForDependency".into());
+                    status.reason = Some(Reason::WaitingForDependency);
                 }
                 return verdict(status, None, start_failure, None);
             }
         }
     }
     if start_failure.is_none() {
-        status.reason = Some("Starting".into());
+        status.reason = Some(Reason::Starting);
     }
     verdict(
         status,
@@ -516,14 +520,14 @@ fn crash_or_backoff(
     let what = exit.map(describe_exit).unwrap_or_else(|| "an exit".into());
     if quick_failures >= CRASH_LOOP_THRESHOLD {
         status.status = ComponentState::Error;
-        status.reason = Some("CrashLoopBackOff".into());
+        status.reason = Some(Reason::CrashLoopBackOff);
         let msg = format!(
             "exited {quick_failures} times in a row soon after starting (last: {what}); restarting with back-off"
         );
         verdict(status, None, Some((&errors::CRASH_LOOP, msg)), wake_at)
     } else {
         status.status = ComponentState::Pending;
-        status.reason = Some("BackOff".into());
+        status.reason = Some(Reason::BackOff);
         verdict(
             status,
             None,
@@ -536,13 +540,13 @@ fn crash_or_backoff(
     }
 }
 
-fn start_failure_reason(code: &ErrorCode) -> &'static str {
+fn start_failure_reason(code: &ErrorCode) -> Reason {
     match code.code {
-        "DEP_E161" => "ExecutableNotFound",
-        "DEP_E164" => "OutOfDescriptors",
-        "DEP_E162" => "InvalidSpec",
-        "DEP_E151" => "RuntimeUnreachable",
-        _ => "StartFailed",
+        "DEP_E161" => Reason::ExecutableNotFound,
+        "DEP_E164" => Reason::OutOfDescriptors,
+        "DEP_E162" => Reason::InvalidSpec,
+        "DEP_E151" => Reason::RuntimeUnreachable,
+        _ => Reason::StartFailed,
     }
 }
 
@@ -554,5 +558,6 @@ pub fn describe_exit(exit: &ExitInfo) -> String {
     }
 }
 
+mod builtin;
 #[cfg(test)]
 mod tests;

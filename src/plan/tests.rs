@@ -64,6 +64,7 @@ fn run_plan(desired: &Desired, observed: Observation, history: History, now: i64
         history: &history,
         stop_failures: &BTreeMap::new(),
         runtime_restarts_itself: false,
+        builtins: &Default::default(),
         now: t(now),
     })
 }
@@ -88,7 +89,7 @@ fn fresh_deployment_starts_only_components_without_pending_dependencies() {
         ["start db"]
     );
     assert_eq!(
-        p.components[1].reason.as_deref(),
+        p.components[1].reason.map(|r| r.to_string()).as_deref(),
         Some("WaitingForDependency")
     );
     assert_eq!(p.phase, Phase::Provisioning);
@@ -180,7 +181,10 @@ fn restart_policies_after_exit_zero_and_failure() {
         let p = run_plan(&d, Observation::new(), hist, 1);
         assert_eq!(!p.actions.is_empty(), restarts, "{policy:?} {code}");
         assert_eq!(
-            (p.components[0].status, p.components[0].reason.as_deref()),
+            (
+                p.components[0].status,
+                p.components[0].reason.map(|r| r.to_string()).as_deref()
+            ),
             (state, Some(reason)),
             "{policy:?} {code}"
         );
@@ -198,7 +202,10 @@ fn backoff_waits_then_requeues_and_crash_loop_is_reported() {
     let p = run_plan(&d, Observation::new(), hist.clone(), 0);
     assert!(p.actions.is_empty());
     assert_eq!(p.requeue_after, Some(Duration::from_secs(2)));
-    assert_eq!(p.components[0].reason.as_deref(), Some("BackOff"));
+    assert_eq!(
+        p.components[0].reason.map(|r| r.to_string()).as_deref(),
+        Some("BackOff")
+    );
     assert_eq!(p.errors[0].code, "DEP_E152");
     let hist = History {
         components: BTreeMap::from([exited_history("a", 1, 0, 4)]),
@@ -207,7 +214,10 @@ fn backoff_waits_then_requeues_and_crash_loop_is_reported() {
     let p = run_plan(&d, Observation::new(), hist.clone(), 0);
     assert_eq!(p.requeue_after, Some(Duration::from_secs(8)));
     assert_eq!(
-        (p.components[0].status, p.components[0].reason.as_deref()),
+        (
+            p.components[0].status,
+            p.components[0].reason.map(|r| r.to_string()).as_deref()
+        ),
         (ComponentState::Error, Some("CrashLoopBackOff"))
     );
     assert_eq!(p.errors[0].code, "DEP_E163");
@@ -228,7 +238,10 @@ fn dependency_in_error_holds_dependents_back() {
     };
     let p = run_plan(&d, Observation::new(), hist, 5);
     assert!(p.actions.is_empty());
-    assert_eq!(p.components[1].reason.as_deref(), Some("DependencyFailed"));
+    assert_eq!(
+        p.components[1].reason.map(|r| r.to_string()).as_deref(),
+        Some("DependencyFailed")
+    );
     assert!(
         p.errors
             .iter()
@@ -260,7 +273,7 @@ fn executable_not_found_is_retried_unless_never() {
     assert_eq!(retry.actions.len(), 1);
     let c = &retry.components[0];
     assert_eq!(
-        (c.status, c.reason.as_deref()),
+        (c.status, c.reason.map(|r| r.to_string()).as_deref()),
         (ComponentState::Error, Some("ExecutableNotFound"))
     );
     assert_eq!(retry.errors.len(), 1);
@@ -349,6 +362,7 @@ fn systemd_restarting_unit_is_not_an_error_and_operator_stop_is_respected() {
         history: &History::default(),
         stop_failures: &BTreeMap::new(),
         runtime_restarts_itself: true,
+        builtins: &Default::default(),
         now: t(0),
     });
     assert!(p.actions.is_empty());
@@ -359,7 +373,10 @@ fn systemd_restarting_unit_is_not_an_error_and_operator_stop_is_respected() {
     obs.get_mut("a").unwrap().state = ObservedState::StoppedByOperator;
     let p = run_plan(&d, obs, History::default(), 0);
     assert!(p.actions.is_empty());
-    assert_eq!(p.components[0].reason.as_deref(), Some("StoppedByOperator"));
+    assert_eq!(
+        p.components[0].reason.map(|r| r.to_string()).as_deref(),
+        Some("StoppedByOperator")
+    );
     assert_eq!(p.phase, Phase::Succeeded);
 }
 
@@ -378,10 +395,14 @@ fn a_stop_that_failed_leaves_the_deployment_partially_deprovisioned() {
         history: &History::default(),
         stop_failures: &failures,
         runtime_restarts_itself: false,
+        builtins: &Default::default(),
         now: t(0),
     });
     assert_eq!(p.phase, Phase::PartiallyDeprovisioned);
-    assert_eq!(p.components[0].reason.as_deref(), Some("StopFailed"));
+    assert_eq!(
+        p.components[0].reason.map(|r| r.to_string()).as_deref(),
+        Some("StopFailed")
+    );
     assert_eq!(p.components[1].status, ComponentState::Stopped);
     assert!(
         p.errors
@@ -413,11 +434,14 @@ fn zero_initial_backoff_still_reports_and_slows_a_crash_loop() {
     let p = run_plan(&d, Observation::new(), looping.clone(), 0);
     assert!(p.actions.is_empty());
     assert_eq!(p.requeue_after, Some(Duration::from_secs(1)));
-    assert_eq!(p.components[0].reason.as_deref(), Some("CrashLoopBackOff"));
+    assert_eq!(
+        p.components[0].reason.map(|r| r.to_string()).as_deref(),
+        Some("CrashLoopBackOff")
+    );
     let p = run_plan(&d, Observation::new(), looping, 1);
     assert_eq!(p.actions.len(), 1);
     assert_eq!(
-        p.components[0].reason.as_deref(),
+        p.components[0].reason.map(|r| r.to_string()).as_deref(),
         Some("CrashLoopBackOff"),
         "restarting, still a loop"
     );

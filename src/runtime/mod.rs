@@ -3,7 +3,9 @@
 //!
 //! - [`process`]: roost supervises child processes itself (no systemd needed).
 //! - [`systemd`]: one systemd unit per component, driven and observed over D-Bus.
+//! - [`fake`]: a recording in-memory runtime for in-process tests of the loop.
 
+pub mod fake;
 pub mod process;
 pub mod systemd;
 

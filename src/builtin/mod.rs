@@ -1,0 +1,111 @@
+//! Components roost provides itself: the recorder now, detectors and publishers later. Each
+//! says how it runs for a deployment, what it needs on disk before it starts, and how healthy
+//! its running instance is, read from its output. A built-in never decides what the deployment
+//! does about that: the planner receives the health as input and decides alone.
+//!
+//! A new built-in is a type implementing [`Builtin`], added to [`Builtins::standard`].
+
+pub mod recorder;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use jiff::Timestamp;
+
+pub use crate::observe::{BuiltinHealth, BuiltinReport, Trouble};
+
+use crate::observe::{ComponentRun, Observation, ObservedState};
+use crate::spec::Deployment;
+
+/// A failure of a built-in's own housekeeping (never of the component it runs).
+#[derive(Debug, thiserror::Error)]
+pub enum BuiltinError {
+    /// What it needs before it starts could not be written.
+    #[error("cannot prepare the {component} component in {path}")]
+    Prepare {
+        /// The built-in's component name.
+        component: &'static str,
+        /// The file it tried to write.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A component roost provides itself.
+pub trait Builtin: Send {
+    /// Its component name in status.json (`recorder`).
+    fn name(&self) -> &'static str;
+    /// How it runs for `deployment`; `None` when the deployment does not ask for it.
+    fn run(&self, deployment: &Deployment) -> Option<ComponentRun>;
+    /// Writes what it needs on disk before it starts (its configuration).
+    fn prepare(&self, deployment: &Deployment) -> Result<(), BuiltinError>;
+    /// Its running instance's health at `now`, read from its output; `pid` is the instance the
+    /// runtime observes, so that output left by an earlier instance is not taken for its own.
+    fn health(&self, pid: Option<u32>, now: Timestamp) -> BuiltinHealth;
+    /// The desired state moved from `previous` to `next`: wind up what `previous` left (the
+    /// recorder marks its deployment ended in metadata.db when recording stops under its name).
+    fn desired_changed(&self, _previous: &Deployment, _next: &Deployment, _now: Timestamp) {}
+    /// A file whose changes mean its health may have changed (a trigger for the loop).
+    fn output_file(&self) -> Option<PathBuf> {
+        None
+    }
+}
+
+/// Every built-in roost knows, in start order (they start before the file's components).
+pub struct Builtins(Vec<Box<dyn Builtin>>);
+
+impl Builtins {
+    /// The built-ins of a roost running `exe` with its state in `state_dir`.
+    pub fn standard(exe: &Path, state_dir: &Path) -> Self {
+        Self(vec![Box::new(recorder::Recorder::new(exe, state_dir))])
+    }
+
+    /// A chosen set (tests).
+    pub fn new(builtins: Vec<Box<dyn Builtin>>) -> Self {
+        Self(builtins)
+    }
+
+    /// The runs `deployment` asks for.
+    pub fn runs(&self, deployment: &Deployment) -> Vec<ComponentRun> {
+        self.0.iter().filter_map(|b| b.run(deployment)).collect()
+    }
+
+    /// Prepares the built-in named `name`, if it is one; nothing for other components.
+    pub fn prepare(&self, name: &str, deployment: &Deployment) -> Result<(), BuiltinError> {
+        match self.0.iter().find(|b| b.name() == name) {
+            Some(b) => b.prepare(deployment),
+            None => Ok(()),
+        }
+    }
+
+    /// The health of every built-in the runtime observes running, keyed by component name.
+    pub fn health(
+        &self,
+        observed: &Observation,
+        now: Timestamp,
+    ) -> BTreeMap<String, BuiltinHealth> {
+        self.0
+            .iter()
+            .filter_map(|b| match observed.get(b.name()).map(|o| &o.state) {
+                Some(ObservedState::Running { pid, .. }) => {
+                    Some((b.name().to_string(), b.health(*pid, now)))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Tells every built-in that the desired state changed.
+    pub fn desired_changed(&self, previous: &Deployment, next: &Deployment, now: Timestamp) {
+        for b in &self.0 {
+            b.desired_changed(previous, next, now);
+        }
+    }
+
+    /// The files whose changes are triggers.
+    pub fn output_files(&self) -> Vec<PathBuf> {
+        self.0.iter().filter_map(|b| b.output_file()).collect()
+    }
+}

@@ -1,0 +1,82 @@
+//! The desired state's source: reads the file, skips content already seen, keeps a copy of the
+//! last valid content in the state folder, and offers that copy when roost starts on a bad or
+//! missing file. It never starts or stops anything and never counts generations (the loop
+//! does, in the history); it only says what the file asks for now.
+
+use std::path::PathBuf;
+
+use crate::spec::{self, Deployment};
+use crate::status::SpecError;
+
+/// What a look at the file found.
+#[derive(Debug)]
+pub enum Loaded {
+    /// The same valid content as last time, while a desired state is in force.
+    Unchanged,
+    /// A valid desired state; `hash` identifies its bytes (`plan::spec_hash`).
+    Valid {
+        /// The deployment the file describes.
+        deployment: Box<Deployment>,
+        /// Hash of the file's bytes.
+        hash: String,
+    },
+    /// The file was refused (file, line, column or field and why).
+    Refused(SpecError),
+}
+
+/// The desired-state file and the copy of its last valid content.
+#[derive(Debug)]
+pub struct DesiredSource {
+    file: PathBuf,
+    last_good: PathBuf,
+    /// Hash of the last valid content looked at, so that unchanged content is skipped.
+    last_content_hash: Option<String>,
+}
+
+impl DesiredSource {
+    /// Reads `file`, keeping the last valid content at `last_good`.
+    pub fn new(file: PathBuf, last_good: PathBuf) -> Self {
+        Self {
+            file,
+            last_good,
+            last_content_hash: None,
+        }
+    }
+
+    /// Looks at the file. `in_force` says whether a desired state already runs: only then is
+    /// unchanged content [`Loaded::Unchanged`].
+    pub fn read(&mut self, in_force: bool) -> Loaded {
+        match spec::load_file(&self.file) {
+            Ok((deployment, bytes)) => {
+                let hash = crate::plan::spec_hash(&bytes);
+                if in_force && self.last_content_hash.as_ref() == Some(&hash) {
+                    return Loaded::Unchanged;
+                }
+                self.last_content_hash = Some(hash.clone());
+                if let Err(e) = crate::fsutil::write_atomic(&self.last_good, &bytes) {
+                    tracing::warn!(error = %e, "cannot keep a copy of the desired state");
+                }
+                Loaded::Valid {
+                    deployment: Box::new(deployment),
+                    hash,
+                }
+            }
+            Err(e) => {
+                self.last_content_hash = None;
+                tracing::warn!(error = %e, "desired state rejected; the last valid one stays in force");
+                Loaded::Refused(SpecError::from(&e))
+            }
+        }
+    }
+
+    /// Forgets what was seen, so that the next read takes the file as new (SIGHUP).
+    pub fn forget(&mut self) {
+        self.last_content_hash = None;
+    }
+
+    /// The last valid content roost kept, with its hash, if it can still be read.
+    pub fn last_good(&self) -> Option<(Deployment, String)> {
+        let (deployment, bytes) = spec::load_file(&self.last_good).ok()?;
+        Some((deployment, crate::plan::spec_hash(&bytes)))
+    }
+}

@@ -1,0 +1,185 @@
+//! One round of the loop: observe, plan, apply, pass after pass until nothing is left to do,
+//! then publish the status and say when to look again. The planner decides; a round only
+//! carries data between the runtime, the built-ins, the planner and the applier.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{MAX_PASSES, RETRY_FAILED_ACTIONS, Reconciler};
+use crate::apply::Applier;
+use crate::builtin::BuiltinHealth;
+use crate::observe::Observation;
+use crate::plan::{self, Plan, PlanInput};
+use crate::runtime::Runtime;
+use crate::status::{OverallStatus, Phase};
+
+/// How a round of passes ended: the one place the next wake-up comes from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum RoundEnd {
+    /// The runtime did not answer (its `retry`-th time in a row).
+    Unreachable { retry: u32 },
+    /// No desired state is in force.
+    NothingDesired,
+    /// Nothing left to do; a back-off or a built-in's deadline may fall due.
+    Settled { requeue_after: Option<Duration> },
+    /// Actions keep failing or the pass limit was hit.
+    Stuck { requeue_after: Option<Duration> },
+}
+
+impl RoundEnd {
+    fn wake_after(self) -> Option<Duration> {
+        match self {
+            RoundEnd::Unreachable { retry } => Some(Duration::from_millis(500u64 << retry.min(6))),
+            RoundEnd::NothingDesired => None,
+            RoundEnd::Settled { requeue_after } => requeue_after,
+            RoundEnd::Stuck { requeue_after } => {
+                Some(requeue_after.map_or(RETRY_FAILED_ACTIONS, |d| d.min(RETRY_FAILED_ACTIONS)))
+            }
+        }
+    }
+}
+impl<R: Runtime> Reconciler<R> {
+    /// Observes, plans and applies until nothing is left to do (or the pass limit), publishes
+    /// the status and sets the next wake-up.
+    pub async fn reconcile(&mut self) {
+        self.liveness.busy();
+        let end = self.round().await;
+        self.next_wake = end.wake_after().map(|d| Instant::now() + d);
+    }
+
+    async fn round(&mut self) -> RoundEnd {
+        for pass in 0..MAX_PASSES {
+            let observed = match self.observe().await {
+                Ok(o) => o,
+                Err(end) => return end,
+            };
+            if self.desired.is_none() {
+                self.write_status(None);
+                return RoundEnd::NothingDesired;
+            }
+            let plan = self.plan(&observed);
+            if plan.actions.is_empty() || pass + 1 == MAX_PASSES {
+                self.observed_generation = self.generation;
+                self.write_status(Some(&plan));
+                return match plan.actions.is_empty() {
+                    true => RoundEnd::Settled {
+                        requeue_after: plan.requeue_after,
+                    },
+                    false => RoundEnd::Stuck {
+                        requeue_after: plan.requeue_after,
+                    },
+                };
+            }
+            if pass == 0 && self.observed_generation != self.generation {
+                let mut doc = self.status_doc(Some(&plan));
+                (doc.phase, doc.status) = (Phase::InProgress, OverallStatus::Pending);
+                self.write_doc(doc);
+            }
+            if !self.apply(&plan).await {
+                // Nothing went through: look again soon rather than spin.
+                self.observed_generation = self.generation;
+                self.write_status(Some(&plan));
+                return RoundEnd::Stuck {
+                    requeue_after: None,
+                };
+            }
+        }
+        RoundEnd::Settled {
+            requeue_after: None,
+        }
+    }
+
+    async fn observe(&mut self) -> Result<Observation, RoundEnd> {
+        match self.runtime.observe(&self.deployment_name()).await {
+            Ok(observed) => {
+                self.runtime_error = None;
+                self.runtime_retry = 0;
+                self.note_runtime_restarts(&observed);
+                Ok(observed)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "runtime not reachable");
+                self.runtime_error = Some(e.to_string());
+                self.runtime_retry = self.runtime_retry.saturating_add(1);
+                self.write_status(None);
+                Err(RoundEnd::Unreachable {
+                    retry: self.runtime_retry,
+                })
+            }
+        }
+    }
+
+    /// systemd restarts components itself: its restart counts go into the history.
+    fn note_runtime_restarts(&mut self, observed: &Observation) {
+        let Some((_, desired)) = &self.desired else {
+            return;
+        };
+        if !self.runtime.restarts_itself() {
+            return;
+        }
+        let mut changed = false;
+        for dc in &desired.components {
+            if let Some(o) = observed.get(dc.run.name.as_str()) {
+                let record = self
+                    .history
+                    .for_spec(dc.run.name.as_str(), &dc.run.spec_hash);
+                changed |= record.runtime_restarts_seen != o.runtime_restarts;
+                record.observe_runtime_restarts(o.runtime_restarts);
+            }
+        }
+        if changed {
+            self.save_history();
+        }
+    }
+
+    fn plan(&self, observed: &Observation) -> Plan {
+        let (_, desired) = self.desired.as_ref().expect("a desired state is in force");
+        let now = self.clock.now();
+        let builtins: BTreeMap<String, BuiltinHealth> = self.builtins.health(observed, now);
+        plan::plan(&PlanInput {
+            desired,
+            observed,
+            history: &self.history,
+            stop_failures: &self.stop_failures,
+            runtime_restarts_itself: self.runtime.restarts_itself(),
+            builtins: &builtins,
+            now,
+        })
+    }
+
+    /// Carries the plan out; true when at least one action succeeded.
+    async fn apply(&mut self, plan: &Plan) -> bool {
+        let deployment = self.deployment_name();
+        let spec = self.desired.as_ref().map(|(d, _)| d.clone());
+        let builtins = &self.builtins;
+        let counts = Applier {
+            runtime: &mut self.runtime,
+            deployment: &deployment,
+            clock: self.clock.as_ref(),
+            liveness: &self.liveness,
+        }
+        .apply(
+            &plan.actions,
+            &mut self.history,
+            &mut self.stop_failures,
+            |run| {
+                let Some(spec) = &spec else { return };
+                if let Err(e) = builtins.prepare(run.name.as_str(), spec) {
+                    tracing::error!(error = %crate::errors::chain(&e), "cannot prepare a built-in component");
+                }
+            },
+        )
+        .await;
+        self.last_apply = Some(counts);
+        self.save_history();
+        counts.failed < counts.tried
+    }
+
+    pub(super) fn save_history(&self) {
+        if let Err(e) = self.history.save(&self.state.history()) {
+            tracing::error!(error = %e, "cannot save history");
+        }
+    }
+}
