@@ -5,9 +5,6 @@
 
 use std::collections::BTreeMap;
 
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-
 use crate::clock::Clock;
 use crate::errors;
 use crate::history::History;
@@ -16,15 +13,8 @@ use crate::observe::{ComponentRun, Observation, ObservedState};
 use crate::plan::Action;
 use crate::runtime::{Runtime, RuntimeError};
 
-/// What the last apply did: shown in status.json as `lastApply`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ApplyCounts {
-    /// Actions tried (starts, restarts, stops, removals).
-    pub tried: u32,
-    /// Of those, the ones that failed (their errors are in `errors` and the components).
-    pub failed: u32,
-}
+/// What the last apply did (a status.json type, kept with the document).
+pub use crate::status::ApplyCounts;
 
 /// Carries actions out for one deployment through a runtime.
 pub struct Applier<'a, R: Runtime> {

@@ -137,6 +137,16 @@ pub struct ComponentStatus {
     pub output: Option<serde_json::Value>,
 }
 
+/// What the last apply did: shown in status.json as `lastApply`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplyCounts {
+    /// Actions tried (starts, restarts, stops, removals).
+    pub tried: u32,
+    /// Of those, the ones that failed (their errors are in `errors` and the components).
+    pub failed: u32,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorEntry {
@@ -220,7 +230,7 @@ pub struct StatusDoc {
     /// What the last pass of applying a plan tried and how many of those actions failed
     /// (absent until roost first applied something).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_apply: Option<crate::apply::ApplyCounts>,
+    pub last_apply: Option<ApplyCounts>,
     pub reconciler: ReconcilerInfo,
     #[schemars(with = "String", extend("format" = "date-time"))]
     pub updated_at: Timestamp,
@@ -266,7 +276,7 @@ pub struct StatusInputs<'a> {
     /// Whether a desired state is in force.
     pub has_desired: bool,
     /// What the last apply tried and how much failed.
-    pub last_apply: Option<crate::apply::ApplyCounts>,
+    pub last_apply: Option<ApplyCounts>,
     /// `process` or `systemd`.
     pub runtime: &'static str,
     /// `updatedAt`.

@@ -1,0 +1,105 @@
+//! Arrows point one way: the library's top-level modules import each other without a circle,
+//! and the planner never imports a runtime or a built-in (it decides from data alone). Read
+//! from the sources (`crate::<module>` paths outside test code).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+type Graph = BTreeMap<String, BTreeSet<String>>;
+
+fn module_of(path: &Path, src: &Path) -> Option<String> {
+    let rel = path.strip_prefix(src).ok()?;
+    let first = rel.components().next()?.as_os_str().to_str()?;
+    let name = first.trim_end_matches(".rs").to_string();
+    (name != "main" && name != "lib").then_some(name)
+}
+
+fn imports(text: &str) -> BTreeSet<String> {
+    // Test code may reach anywhere; it is not part of the graph.
+    let code = text.split("#[cfg(test)]").next().unwrap_or(text);
+    code.match_indices("crate::")
+        .map(|(i, _)| {
+            code[i + 7..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect()
+        })
+        .collect()
+}
+
+fn graph() -> Graph {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut graph = Graph::new();
+    let mut todo = vec![src.clone()];
+    while let Some(dir) = todo.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+                continue;
+            }
+            let is_tests = path.file_name().is_some_and(|n| n == "tests.rs");
+            let Some(module) = module_of(&path, &src).filter(|_| !is_tests) else {
+                continue;
+            };
+            let text = std::fs::read_to_string(&path).unwrap();
+            let out = graph.entry(module.clone()).or_default();
+            out.extend(imports(&text).into_iter().filter(|m| *m != module));
+        }
+    }
+    graph
+}
+
+/// A path from `from` back to itself, if there is one.
+fn circle(graph: &Graph, from: &str) -> Option<Vec<String>> {
+    let mut stack: Vec<Vec<String>> = graph
+        .get(from)?
+        .iter()
+        .map(|n| vec![from.to_string(), n.clone()])
+        .collect();
+    let mut seen = BTreeSet::new();
+    while let Some(path) = stack.pop() {
+        let last = path.last().unwrap().clone();
+        if last == from {
+            return Some(path);
+        }
+        if !seen.insert(last.clone()) {
+            continue;
+        }
+        for next in graph.get(&last).into_iter().flatten() {
+            let mut longer = path.clone();
+            longer.push(next.clone());
+            stack.push(longer);
+        }
+    }
+    None
+}
+
+#[test]
+fn the_module_graph_has_no_circle() {
+    let graph = graph();
+    assert!(graph.contains_key("reconcile") && graph.contains_key("plan"));
+    for module in graph.keys() {
+        assert_eq!(circle(&graph, module), None, "{graph:#?}");
+    }
+}
+
+#[test]
+fn the_planner_imports_data_only() {
+    let graph = graph();
+    let plan = &graph["plan"];
+    for forbidden in [
+        "runtime",
+        "builtin",
+        "apply",
+        "reconcile",
+        "recorder",
+        "storage",
+    ] {
+        assert!(
+            !plan.contains(forbidden),
+            "plan imports {forbidden}: {plan:?}"
+        );
+    }
+    assert!(!graph["spec"].contains("plan"), "spec imports plan");
+}
