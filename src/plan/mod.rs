@@ -12,7 +12,9 @@ use jiff::Timestamp;
 
 use crate::errors::{self, ErrorCode};
 use crate::history::{ComponentHistory, History, backoff_delay};
-use crate::observe::{BuiltinHealth, ComponentRun, ExitInfo, Observation, ObservedState};
+use crate::observe::{
+    BuiltinHealth, ComponentRun, ExitInfo, Observation, ObservedComponent, ObservedState,
+};
 use crate::spec::{Deployment, RestartPolicy, RunState};
 use crate::status::{ComponentState, ComponentStatus, ErrorEntry, Phase, Reason};
 
@@ -154,13 +156,46 @@ struct Verdict {
     wake_at: Option<Timestamp>,
 }
 
+impl Verdict {
+    fn of(status: ComponentStatus) -> Self {
+        Self {
+            status,
+            action: None,
+            error: None,
+            wake_at: None,
+        }
+    }
+    fn with_action(self, action: Action) -> Self {
+        Self {
+            action: Some(action),
+            ..self
+        }
+    }
+    fn with_error(self, error: (&'static ErrorCode, String)) -> Self {
+        self.with_optional_error(Some(error))
+    }
+    fn with_optional_error(self, error: Option<(&'static ErrorCode, String)>) -> Self {
+        Self { error, ..self }
+    }
+    fn waking_at(self, at: Timestamp) -> Self {
+        Self {
+            wake_at: Some(at),
+            ..self
+        }
+    }
+}
+
 pub fn plan(input: &PlanInput<'_>) -> Plan {
     let desired = input.desired;
     let mut verdicts: Vec<Verdict> = Vec::with_capacity(desired.components.len());
     let mut by_name: BTreeMap<&str, usize> = BTreeMap::new();
     for dc in &desired.components {
         let v = if desired.running {
-            decide_running(dc, input, &verdicts, &by_name)
+            let earlier = Earlier {
+                verdicts: &verdicts,
+                index: &by_name,
+            };
+            decide_running(dc, input, &earlier)
         } else {
             decide_stopped(dc, input)
         };
@@ -344,124 +379,199 @@ fn decide_stopped(dc: &DesiredComponent, input: &PlanInput<'_>) -> Verdict {
     verdict
 }
 
-fn decide_running(
-    dc: &DesiredComponent,
-    input: &PlanInput<'_>,
-    earlier: &[Verdict],
-    index: &BTreeMap<&str, usize>,
-) -> Verdict {
-    let (obs, history, mut status) = context(dc, input);
+/// What the runtime shows of a component the deployment wants running.
+enum Seen {
+    /// Running the current spec.
+    Running { pid: Option<u32>, since: Timestamp },
+    /// Running an older spec.
+    Outdated,
+    /// Exited; the runtime restarts it itself (systemd).
+    RestartingItself { last_exit: Option<ExitInfo> },
+    /// Stopped by someone outside roost.
+    StoppedByOperator,
+    /// Not running; `exit` when the runtime saw its last exit under the current spec.
+    NotRunning { exit: Option<ExitInfo> },
+}
+
+fn classify(dc: &DesiredComponent, obs: Option<&ObservedComponent>, restarts_itself: bool) -> Seen {
     let spec_current =
         obs.is_some_and(|o| o.spec_hash.as_deref().is_none_or(|h| h == dc.run.spec_hash));
-    let verdict = |status: ComponentStatus, action, error, wake_at| Verdict {
-        status,
-        action,
-        error,
-        wake_at,
-    };
+    match (obs.map(|o| &o.state), spec_current) {
+        (Some(ObservedState::Running { pid, since }), true) => Seen::Running {
+            pid: *pid,
+            since: *since,
+        },
+        (Some(ObservedState::Running { .. }), false) => Seen::Outdated,
+        (Some(ObservedState::Restarting { last_exit }), true) if restarts_itself => {
+            Seen::RestartingItself {
+                last_exit: *last_exit,
+            }
+        }
+        (Some(ObservedState::StoppedByOperator), true) => Seen::StoppedByOperator,
+        (Some(ObservedState::Exited { exit }), true) => Seen::NotRunning { exit: Some(*exit) },
+        _ => Seen::NotRunning { exit: None },
+    }
+}
 
-    // Classify what is there now, then decide.
-    match obs.map(|o| &o.state) {
-        Some(ObservedState::Running { pid, since }) if spec_current => {
+fn decide_running(dc: &DesiredComponent, input: &PlanInput<'_>, earlier: &Earlier<'_>) -> Verdict {
+    let (obs, history, mut status) = context(dc, input);
+    match classify(dc, obs, input.runtime_restarts_itself) {
+        Seen::Running { pid, since } => {
             status.status = ComponentState::Running;
-            status.pid = *pid;
-            status.since = Some(*since);
-            return verdict(status, None, None, None);
+            status.pid = pid;
+            status.since = Some(since);
+            Verdict::of(status)
         }
-        Some(ObservedState::Running { .. }) => {
+        Seen::Outdated => {
             status.reason = Some(Reason::SpecChanged);
-            return verdict(status, Some(Action::Restart(dc.run.clone())), None, None);
+            Verdict::of(status).with_action(Action::Restart(dc.run.clone()))
         }
-        Some(ObservedState::Restarting { last_exit })
-            if spec_current && input.runtime_restarts_itself =>
-        {
+        Seen::RestartingItself { last_exit } => {
             let quick = history.map_or(0, |h| h.consecutive_failures);
             status.exit_code = last_exit.map(|e| e.display_code()).or(status.exit_code);
             status.since = last_exit.map(|e| e.at);
-            return crash_or_backoff(status, quick, last_exit.as_ref(), None, verdict);
+            crash_or_backoff(status, quick, last_exit.as_ref(), None)
         }
-        Some(ObservedState::StoppedByOperator) if spec_current => {
+        Seen::StoppedByOperator => {
             status.status = ComponentState::Stopped;
             status.reason = Some(Reason::StoppedByOperator);
-            return verdict(status, None, None, None);
+            Verdict::of(status)
         }
-        _ => {}
+        Seen::NotRunning { exit } => decide_start(dc, input, earlier, history, status, exit),
     }
+}
 
-    // Not running: does the restart policy want it started, and when?
-    let last_exit = match obs.map(|o| &o.state) {
-        Some(ObservedState::Exited { exit }) if spec_current => Some(*exit),
-        _ => history.and_then(|h| h.last_exit),
+/// The verdicts of the components before this one in start order, by name.
+struct Earlier<'a> {
+    verdicts: &'a [Verdict],
+    index: &'a BTreeMap<&'a str, usize>,
+}
+
+impl Earlier<'_> {
+    fn status(&self, name: &str) -> Option<&ComponentStatus> {
+        self.index.get(name).map(|i| &self.verdicts[*i].status)
+    }
+}
+
+/// What the last outcome of a component that is not running leaves to do.
+enum Then {
+    /// Nothing now: the verdict is final (waiting for a back-off, completed, failed).
+    Done(Verdict),
+    /// Start it once its dependencies run; a failed start stays reported meanwhile.
+    Start(Option<PlanError>),
+    /// Start it now, still a crash loop: the verdict says so.
+    StartLooping(Verdict),
+}
+
+type PlanError = (&'static ErrorCode, String);
+
+/// Not running: does the restart policy want it started, and when?
+fn decide_start(
+    dc: &DesiredComponent,
+    input: &PlanInput<'_>,
+    earlier: &Earlier<'_>,
+    history: Option<&ComponentHistory>,
+    mut status: ComponentStatus,
+    exit_now: Option<ExitInfo>,
+) -> Verdict {
+    let last_exit = exit_now.or_else(|| history.and_then(|h| h.last_exit));
+    let failed_start = history.filter(|h| h.start_error.is_some());
+    let then = match (failed_start, last_exit) {
+        (Some(h), _) => after_failed_start(dc, input, h, &mut status),
+        (None, Some(exit)) => after_exit(dc, input, history, exit, &mut status),
+        (None, None) => Then::Start(None),
     };
-    let policy = dc.run.restart_policy;
+    match then {
+        Then::Done(verdict) => verdict,
+        Then::StartLooping(verdict) if deps_ready(dc, earlier) => {
+            verdict.with_action(Action::Start(dc.run.clone()))
+        }
+        Then::StartLooping(verdict) => verdict,
+        Then::Start(start_failure) => start_when_ready(dc, earlier, status, start_failure),
+    }
+}
+
+/// A failed start stays reported (code and reason) while it is retried, until a start works:
+/// no component is ever in Error without its error entry.
+fn after_failed_start(
+    dc: &DesiredComponent,
+    input: &PlanInput<'_>,
+    h: &ComponentHistory,
+    status: &mut ComponentStatus,
+) -> Then {
+    let code = h
+        .start_error_code
+        .as_deref()
+        .and_then(errors::lookup)
+        .unwrap_or(&errors::COMPONENT_FAILED);
+    status.status = ComponentState::Error;
+    status.reason = Some(start_failure_reason(code));
+    status.since = h.start_error_at;
+    let error = (code, h.start_error.clone().unwrap_or_default());
+    if dc.run.restart_policy == RestartPolicy::Never {
+        return Then::Done(Verdict::of(status.clone()).with_error(error));
+    }
+    let due = h.last_failure_at().unwrap_or(input.now)
+        + backoff_delay(&dc.run.backoff, h.consecutive_failures);
+    if due > input.now {
+        return Then::Done(Verdict::of(status.clone()).with_error(error).waking_at(due));
+    }
+    Then::Start(Some(error))
+}
+
+/// After an exit: completed or failed for good under its policy, backing off, or due again.
+fn after_exit(
+    dc: &DesiredComponent,
+    input: &PlanInput<'_>,
+    history: Option<&ComponentHistory>,
+    exit: ExitInfo,
+    status: &mut ComponentStatus,
+) -> Then {
     let quick = history.map_or(0, |h| h.consecutive_failures);
-    // A failed start stays reported (code and reason) while it is retried, until a start works:
-    // no component is ever in Error without its error entry.
-    let mut start_failure = None;
-    if let Some(h) = history
-        && let Some(reason) = &h.start_error
-    {
-        let code = h
-            .start_error_code
-            .as_deref()
-            .and_then(errors::lookup)
-            .unwrap_or(&errors::COMPONENT_FAILED);
-        status.status = ComponentState::Error;
-        status.reason = Some(start_failure_reason(code));
-        status.since = h.start_error_at;
-        let error = Some((code, reason.clone()));
-        if policy == RestartPolicy::Never {
-            return verdict(status, None, error, None);
+    status.exit_code = Some(exit.display_code());
+    let wants_restart = match dc.run.restart_policy {
+        RestartPolicy::Always => true,
+        RestartPolicy::OnFailure => !exit.succeeded(),
+        RestartPolicy::Never => false,
+    };
+    let due = exit.at + backoff_delay(&dc.run.backoff, quick);
+    let mut status = status.clone();
+    status.since = Some(exit.at);
+    match (wants_restart, exit.succeeded()) {
+        (false, true) => {
+            status.status = ComponentState::Stopped;
+            status.reason = Some(Reason::Completed);
+            Then::Done(Verdict::of(status))
         }
-        let due = h.last_failure_at().unwrap_or(input.now) + backoff_delay(&dc.run.backoff, quick);
-        if due > input.now {
-            return verdict(status, None, error, Some(due));
-        }
-        start_failure = error;
-    } else if let Some(exit) = last_exit {
-        status.exit_code = Some(exit.display_code());
-        let wants_restart = match policy {
-            RestartPolicy::Always => true,
-            RestartPolicy::OnFailure => !exit.succeeded(),
-            RestartPolicy::Never => false,
-        };
-        if !wants_restart {
-            status.since = Some(exit.at);
-            if exit.succeeded() {
-                status.status = ComponentState::Stopped;
-                status.reason = Some(Reason::Completed);
-                return verdict(status, None, None, None);
-            }
+        (false, false) => {
             status.status = ComponentState::Error;
             status.reason = Some(Reason::Failed);
             let msg = format!(
                 "exited with {}; restartPolicy Never keeps it stopped",
                 describe_exit(&exit)
             );
-            return verdict(status, None, Some((&errors::COMPONENT_FAILED, msg)), None);
+            Then::Done(Verdict::of(status).with_error((&errors::COMPONENT_FAILED, msg)))
         }
-        let due = exit.at + backoff_delay(&dc.run.backoff, quick);
-        if due > input.now {
-            status.since = Some(exit.at);
-            return crash_or_backoff(status, quick, Some(&exit), Some(due), verdict);
+        (true, _) if due > input.now => {
+            Then::Done(crash_or_backoff(status, quick, Some(&exit), Some(due)))
         }
-        if quick >= CRASH_LOOP_THRESHOLD {
-            // Restarting now, but still a crash loop: say so rather than "Starting".
-            status.since = Some(exit.at);
-            let looping = crash_or_backoff(status, quick, Some(&exit), None, verdict);
-            if deps_ready(dc, earlier, index) {
-                return Verdict {
-                    action: Some(Action::Start(dc.run.clone())),
-                    ..looping
-                };
-            }
-            return looping;
+        // Restarting now, but still a crash loop: say so rather than "Starting".
+        (true, _) if quick >= CRASH_LOOP_THRESHOLD => {
+            Then::StartLooping(crash_or_backoff(status, quick, Some(&exit), None))
         }
+        (true, _) => Then::Start(None),
     }
+}
 
-    // Due to start: only once everything it depends on runs.
+/// Due to start: only once everything it depends on runs (or completed).
+fn start_when_ready(
+    dc: &DesiredComponent,
+    earlier: &Earlier<'_>,
+    mut status: ComponentStatus,
+    start_failure: Option<PlanError>,
+) -> Verdict {
     for dep in &dc.depends_on {
-        let Some(d) = index.get(dep.as_str()).map(|i| &earlier[*i].status) else {
+        let Some(d) = earlier.status(dep) else {
             continue;
         };
         match d.status {
@@ -474,33 +584,29 @@ fn decide_running(
                     "held back: dependency {dep} is in error ({})",
                     d.reason.map_or("Error".to_string(), |r| r.to_string())
                 );
-                return verdict(status, None, Some((&errors::DEPENDENCY_FAILED, msg)), None);
+                return Verdict::of(status).with_error((&errors::DEPENDENCY_FAILED, msg));
             }
             _ => {
                 // A failed start stays reported while it waits; otherwise it is just waiting.
                 if start_failure.is_none() {
                     status.reason = Some(Reason::WaitingForDependency);
                 }
-                return verdict(status, None, start_failure, None);
+                return Verdict::of(status).with_optional_error(start_failure);
             }
         }
     }
     if start_failure.is_none() {
         status.reason = Some(Reason::Starting);
     }
-    verdict(
-        status,
-        Some(Action::Start(dc.run.clone())),
-        start_failure,
-        None,
-    )
+    Verdict::of(status)
+        .with_action(Action::Start(dc.run.clone()))
+        .with_optional_error(start_failure)
 }
 
-fn deps_ready(dc: &DesiredComponent, earlier: &[Verdict], index: &BTreeMap<&str, usize>) -> bool {
+fn deps_ready(dc: &DesiredComponent, earlier: &Earlier<'_>) -> bool {
     dc.depends_on.iter().all(|dep| {
-        index
-            .get(dep.as_str())
-            .map(|i| &earlier[*i].status)
+        earlier
+            .status(dep)
             .is_none_or(|d| d.status == ComponentState::Running || is_done(d))
     })
 }
@@ -510,33 +616,24 @@ fn crash_or_backoff(
     quick_failures: u32,
     exit: Option<&ExitInfo>,
     wake_at: Option<Timestamp>,
-    verdict: impl FnOnce(
-        ComponentStatus,
-        Option<Action>,
-        Option<(&'static ErrorCode, String)>,
-        Option<Timestamp>,
-    ) -> Verdict,
 ) -> Verdict {
     let what = exit.map(describe_exit).unwrap_or_else(|| "an exit".into());
-    if quick_failures >= CRASH_LOOP_THRESHOLD {
+    let error = if quick_failures >= CRASH_LOOP_THRESHOLD {
         status.status = ComponentState::Error;
         status.reason = Some(Reason::CrashLoopBackOff);
         let msg = format!(
             "exited {quick_failures} times in a row soon after starting (last: {what}); restarting with back-off"
         );
-        verdict(status, None, Some((&errors::CRASH_LOOP, msg)), wake_at)
+        (&errors::CRASH_LOOP, msg)
     } else {
         status.status = ComponentState::Pending;
         status.reason = Some(Reason::BackOff);
-        verdict(
-            status,
-            None,
-            Some((
-                &errors::COMPONENT_FAILED,
-                format!("exited with {what}; restarting after back-off"),
-            )),
-            wake_at,
-        )
+        let msg = format!("exited with {what}; restarting after back-off");
+        (&errors::COMPONENT_FAILED, msg)
+    };
+    Verdict {
+        wake_at,
+        ..Verdict::of(status).with_error(error)
     }
 }
 
