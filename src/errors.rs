@@ -4,17 +4,22 @@
 
 use serde::Serialize;
 
+/// One entry of the catalogue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct ErrorCode {
+    /// `DEP_E` and three digits: 1xx deployment and runtime, 3xx recorder and storage.
     pub code: &'static str,
+    /// A short title.
     pub title: &'static str,
+    /// What the code means.
     pub description: &'static str,
+    /// What to do about it.
     pub action: &'static str,
 }
 
 macro_rules! codes {
     ($($ident:ident = $code:literal, $title:literal, $desc:literal, $action:literal;)*) => {
-        $(pub const $ident: ErrorCode = ErrorCode { code: $code, title: $title, description: $desc, action: $action };)*
+        $(#[doc = concat!("`", $code, "`: ", $title, ".")] pub const $ident: ErrorCode = ErrorCode { code: $code, title: $title, description: $desc, action: $action };)*
         /// Every code roost can report, in code order.
         pub const CATALOGUE: &[ErrorCode] = &[$($ident),*];
     };

@@ -14,15 +14,23 @@ use crate::spec::{Backoff, Command, ComponentName, RestartPolicy};
 /// Everything a runtime needs to run one component, resolved from the desired state.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ComponentRun {
+    /// The deployment it belongs to.
     pub deployment: String,
+    /// Its name.
     pub name: ComponentName,
     /// Changes whenever anything in the component's spec changes.
     pub spec_hash: String,
+    /// Program and arguments (absolute program path).
     pub command: Command,
+    /// Extra environment variables.
     pub env: BTreeMap<String, String>,
+    /// Its working folder, if set.
     pub working_dir: Option<PathBuf>,
+    /// When it is restarted after an exit.
     pub restart_policy: RestartPolicy,
+    /// Delays between restarts.
     pub backoff: Backoff,
+    /// How long a stop waits before killing it.
     pub stop_timeout: Duration,
 }
 
@@ -34,10 +42,12 @@ pub struct ExitInfo {
     pub code: Option<i32>,
     /// Signal number, when a signal killed it.
     pub signal: Option<i32>,
+    /// When it ended.
     pub at: Timestamp,
 }
 
 impl ExitInfo {
+    /// Exit status 0, not killed by a signal.
     pub fn succeeded(&self) -> bool {
         self.code == Some(0) && self.signal.is_none()
     }
@@ -51,19 +61,32 @@ impl ExitInfo {
 #[derive(Clone, Debug, PartialEq)]
 pub enum ObservedState {
     /// Its main process is alive.
-    Running { pid: Option<u32>, since: Timestamp },
+    Running {
+        /// Its main process, when known.
+        pid: Option<u32>,
+        /// Since when it runs.
+        since: Timestamp,
+    },
     /// It exited and the runtime itself will start it again (systemd's auto-restart).
-    Restarting { last_exit: Option<ExitInfo> },
+    Restarting {
+        /// Its last exit, when known.
+        last_exit: Option<ExitInfo>,
+    },
     /// It exited and nothing will start it again unless roost does.
-    Exited { exit: ExitInfo },
+    Exited {
+        /// How it ended.
+        exit: ExitInfo,
+    },
     /// Someone stopped it outside roost (e.g. `systemctl stop`): leave it until its spec changes.
     StoppedByOperator,
     /// Known to the runtime but not running and never run (e.g. a unit file without a process).
     Inactive,
 }
 
+/// What a runtime holds of one component.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ObservedComponent {
+    /// Its state.
     pub state: ObservedState,
     /// Hash of the spec this instance was started from, when the runtime can tell.
     pub spec_hash: Option<String>,
@@ -74,6 +97,7 @@ pub struct ObservedComponent {
     pub stop_timeout: Option<std::time::Duration>,
 }
 
+/// Everything a runtime holds for a deployment, by component name.
 pub type Observation = BTreeMap<String, ObservedComponent>;
 
 /// What a built-in component's output says of its running instance (read by the loop, judged

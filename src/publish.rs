@@ -25,6 +25,7 @@ pub trait StatusPublisher: Send + 'static {
 
 /// The `status.json` writer: temp file, fsync, rename, fsync the folder.
 pub struct StatusFile {
+    /// `<state-dir>/status.json`.
     pub path: PathBuf,
 }
 
@@ -33,7 +34,7 @@ impl StatusPublisher for StatusFile {
         "status.json"
     }
     fn publish(&mut self, doc: &StatusDoc) -> Result<(), String> {
-        status::write(&self.path, doc).map_err(|e| e.to_string())
+        status::write(&self.path, doc).map_err(|e| crate::errors::chain(&e))
     }
 }
 

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::errors::ErrorCode;
 
+/// Where a deployment is on its way to the desired state (`phase` in status.json).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum Phase {
     /// A new desired state was accepted and is being applied.
@@ -26,20 +27,31 @@ pub enum Phase {
     Stopped,
 }
 
+/// The one-word summary of a deployment (`status`): never greener than the components' output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum OverallStatus {
+    /// Every component runs (or completed) and none reports a fault.
     Running,
+    /// Being applied, or components waiting to start.
     Pending,
+    /// Some component is in error, or the deployment failed to start.
     Error,
+    /// The runtime cannot be reached: what was last known is shown.
     Unknown,
+    /// `state: stopped` and nothing runs, or roost stopped.
     Stopped,
 }
 
+/// The state of one component (`components[].status`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum ComponentState {
+    /// Its process runs the current spec.
     Running,
+    /// Starting, waiting for a dependency or a back-off, or being stopped.
     Pending,
+    /// Failed, crash-looping, or its output shows a fault.
     Error,
+    /// Not running, as intended (completed, stopped by roost or an operator).
     Stopped,
 }
 
@@ -112,20 +124,25 @@ impl std::fmt::Display for Reason {
     }
 }
 
+/// One entry of `components` in status.json.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ComponentStatus {
+    /// The component's name from the file (or `recorder`).
     pub name: String,
+    /// Its state.
     pub status: ComponentState,
     /// Why it is not Running: CrashLoopBackOff, ExecutableNotFound, DependencyFailed, Completed, ...
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub reason: Option<Reason>,
+    /// Restarts since roost first started it under this spec (roost's and the runtime's own).
     #[serde(default)]
     pub restart_count: u32,
     /// Last exit status (128 + signal for a death by signal).
     #[serde(default)]
     pub exit_code: Option<i32>,
+    /// Its main process, while it runs.
     #[serde(default)]
     pub pid: Option<u32>,
     /// When it entered its current status.
@@ -147,17 +164,23 @@ pub struct ApplyCounts {
     pub failed: u32,
 }
 
+/// One entry of `errors` in status.json: a catalogue code, what happened, what to do.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorEntry {
+    /// The catalogue code (`DEP_E161` ...); `roost explain CODE` describes it.
     pub code: String,
+    /// The component it concerns, if any.
     #[serde(default)]
     pub component: Option<String>,
+    /// What happened, in words.
     pub message: String,
+    /// The recommended action (the catalogue's).
     pub action: String,
 }
 
 impl ErrorEntry {
+    /// An entry for `code` about `component`, with the catalogue's action.
     pub fn new(code: &ErrorCode, component: Option<&str>, message: impl Into<String>) -> Self {
         Self {
             code: code.code.to_string(),
@@ -168,14 +191,20 @@ impl ErrorEntry {
     }
 }
 
+/// Why the newest desired-state file was refused (`specError`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SpecError {
+    /// Always `DEP_E162`.
     pub code: String,
+    /// What is wrong and what to do.
     pub message: String,
+    /// The file that was read.
     pub file: String,
+    /// 1-based line of the problem, when the parser knows it.
     #[serde(default)]
     pub line: Option<u64>,
+    /// 1-based column of the problem, when the parser knows it.
     #[serde(default)]
     pub column: Option<u64>,
     /// Field path for errors found after parsing (e.g. `spec.components[1].dependsOn[0]`).
@@ -197,20 +226,26 @@ impl From<&crate::spec::LoadError> for SpecError {
     }
 }
 
+/// The roost process that wrote the document (`reconciler`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReconcilerInfo {
+    /// Its process id (`roost status` checks it still runs).
     pub pid: u32,
+    /// Roost's version.
     pub version: String,
     /// `process` or `systemd`.
     pub runtime: String,
 }
 
+/// The status document other tools read (`<state-dir>/status.json`). Field names are a contract.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(title = "roost DeploymentStatus")]
 pub struct StatusDoc {
+    /// `roost/v1`.
     pub api_version: String,
+    /// `DeploymentStatus`.
     pub kind: String,
     /// Name of the deployment, once a valid desired state was seen.
     #[serde(default)]
@@ -219,19 +254,26 @@ pub struct StatusDoc {
     pub generation: u64,
     /// The generation that `phase` and `components` reflect.
     pub observed_generation: u64,
+    /// Where the deployment is on its way to the desired state.
     pub phase: Phase,
+    /// The one-word summary.
     pub status: OverallStatus,
+    /// Why the newest file was refused, while it is.
     #[serde(default)]
     pub spec_error: Option<SpecError>,
+    /// Every component, built-ins first, then in start order.
     #[serde(default)]
     pub components: Vec<ComponentStatus>,
+    /// Every error now, each with its code and action.
     #[serde(default)]
     pub errors: Vec<ErrorEntry>,
     /// What the last pass of applying a plan tried and how many of those actions failed
     /// (absent until roost first applied something).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_apply: Option<ApplyCounts>,
+    /// The roost process that wrote it.
     pub reconciler: ReconcilerInfo,
+    /// When it was built (UTC).
     #[schemars(with = "String", extend("format" = "date-time"))]
     pub updated_at: Timestamp,
 }
@@ -386,30 +428,39 @@ fn overall(phase: Phase, components: &[ComponentStatus], unreachable: bool) -> O
     }
 }
 
+/// Why status.json cannot be written or read.
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
-    #[error("cannot write status file {path}: {source}")]
+    /// The file cannot be written.
+    #[error("cannot write status file {path}")]
     Write {
+        /// The file.
         path: String,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "cannot read status file {path}: {source}; is `roost run` running with this state folder?"
-    )]
+    #[error("cannot read status file {path} (is `roost run` running with this state folder?)")]
+    /// The file cannot be read.
     Read {
+        /// The file.
         path: String,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
-    #[error("status file {path} is not a roost status document: {source}")]
+    /// The file is not a status document.
+    #[error("status file {path} is not a roost status document")]
     Parse {
+        /// The file.
         path: String,
+        /// Why.
         #[source]
         source: serde_json::Error,
     },
 }
 
+/// Writes `doc` to `path` whole or not at all (temp file, fsync, rename, fsync the folder).
 pub fn write(path: &Path, doc: &StatusDoc) -> Result<(), StatusError> {
     let mut bytes = serde_json::to_vec_pretty(doc).expect("status serializes");
     bytes.push(b'\n');
@@ -419,6 +470,7 @@ pub fn write(path: &Path, doc: &StatusDoc) -> Result<(), StatusError> {
     })
 }
 
+/// Reads a status document.
 pub fn read(path: &Path) -> Result<StatusDoc, StatusError> {
     let bytes = std::fs::read(path).map_err(|source| StatusError::Read {
         path: path.display().to_string(),

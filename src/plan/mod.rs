@@ -25,15 +25,20 @@ pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// One component as the plan sees it: how to run it and what it waits for.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DesiredComponent {
+    /// How the runtime runs it.
     pub run: ComponentRun,
+    /// Components that must run (or have completed) before it starts.
     pub depends_on: Vec<String>,
 }
 
 /// The desired state reduced to what planning needs, components in start order.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Desired {
+    /// The deployment's name.
     pub deployment: String,
+    /// `state: running` (false: `stopped`).
     pub running: bool,
+    /// Built-ins first, then the file's components in start order.
     pub components: Vec<DesiredComponent>,
 }
 
@@ -93,6 +98,7 @@ pub fn spec_hash(bytes: &[u8]) -> String {
     format!("{h:016x}")
 }
 
+/// One thing for the applier to do.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
     /// Start a component that is not running.
@@ -100,12 +106,23 @@ pub enum Action {
     /// Replace a running component whose spec changed.
     Restart(ComponentRun),
     /// Stop a component (the deployment is stopped).
-    Stop { name: String, timeout: Duration },
+    Stop {
+        /// The component.
+        name: String,
+        /// How long to wait before killing it.
+        timeout: Duration,
+    },
     /// Stop a component that left the desired state and forget it.
-    Remove { name: String, timeout: Duration },
+    Remove {
+        /// The component.
+        name: String,
+        /// How long to wait before killing it.
+        timeout: Duration,
+    },
 }
 
 impl Action {
+    /// The component the action is about.
     pub fn component(&self) -> &str {
         match self {
             Action::Start(r) | Action::Restart(r) => r.name.as_str(),
@@ -125,9 +142,13 @@ impl std::fmt::Display for Action {
     }
 }
 
+/// Everything a plan is made from.
 pub struct PlanInput<'a> {
+    /// The desired state in force.
     pub desired: &'a Desired,
+    /// What the runtime holds now.
     pub observed: &'a Observation,
+    /// What roost remembers (restarts, exits, failed starts).
     pub history: &'a History,
     /// Components whose last stop failed, with the reason (for PartiallyDeprovisioned).
     pub stop_failures: &'a BTreeMap<String, String>,
@@ -135,14 +156,20 @@ pub struct PlanInput<'a> {
     pub runtime_restarts_itself: bool,
     /// Health of the built-in components that run, read from their output.
     pub builtins: &'a BTreeMap<String, BuiltinHealth>,
+    /// The current wall-clock time.
     pub now: Timestamp,
 }
 
+/// What the planner decided.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
+    /// Actions in order: removals, stops (dependents first), starts (start order).
     pub actions: Vec<Action>,
+    /// Every desired component's status.
     pub components: Vec<ComponentStatus>,
+    /// Errors, each with its code and component.
     pub errors: Vec<ErrorEntry>,
+    /// The deployment's phase.
     pub phase: Phase,
     /// When to reconcile again even if nothing happens (a back-off expiring).
     pub requeue_after: Option<Duration>,
@@ -185,6 +212,7 @@ impl Verdict {
     }
 }
 
+/// Decides actions, statuses, errors, phase and the next look from `input`. Pure.
 pub fn plan(input: &PlanInput<'_>) -> Plan {
     let desired = input.desired;
     let mut verdicts: Vec<Verdict> = Vec::with_capacity(desired.components.len());
@@ -647,6 +675,7 @@ fn start_failure_reason(code: &ErrorCode) -> Reason {
     }
 }
 
+/// An exit in words: `code 3`, `signal 9`.
 pub fn describe_exit(exit: &ExitInfo) -> String {
     match (exit.code, exit.signal) {
         (_, Some(sig)) => format!("signal {sig}"),
