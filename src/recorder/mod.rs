@@ -251,6 +251,52 @@ enum Pace {
 /// audio skipped meanwhile are counted as lost to the storage, never silently).
 const STORAGE_RETRY: Duration = Duration::from_secs(1);
 
+/// Where the capture loop stands in one stream.
+struct StreamPosition {
+    /// Samples taken from the ring since the stream opened.
+    consumed: u64,
+    last_data: Instant,
+    opened: Instant,
+    /// Stop was asked: one more pass takes what the device already delivered.
+    draining: bool,
+    /// No samples for this long: the device is lost.
+    stall_timeout: Duration,
+    /// How long to wait when there is nothing to read.
+    poll: Duration,
+}
+
+impl StreamPosition {
+    fn new(period_frames: u32, sample_rate: u32) -> Self {
+        let period_time =
+            Duration::from_secs_f64(f64::from(period_frames) / f64::from(sample_rate));
+        Self {
+            consumed: 0,
+            last_data: Instant::now(),
+            opened: Instant::now(),
+            draining: false,
+            stall_timeout: (period_time * 8).max(Duration::from_secs(2)),
+            poll: (period_time / 2).clamp(Duration::from_millis(2), Duration::from_millis(20)),
+        }
+    }
+}
+
+/// What the capture loop does next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum StreamStep {
+    /// Close the stream: stopped and drained, or input far off real time for long enough.
+    End,
+    /// The device is gone or silent; why.
+    Lost(String),
+    /// A gap in the stream at the read position: the file ends, the timeline jumps.
+    Gap { frames: u64 },
+    /// Nothing to read yet.
+    Idle,
+    /// Samples wait in the ring until the stream's anchor can be taken.
+    Settle,
+    /// Handle this many samples (whole frames).
+    Read { samples: usize },
+}
+
 struct Recorder<T: WavSample> {
     config: RecordConfig,
     state_dir: PathBuf,
@@ -580,103 +626,130 @@ impl<T: WavSample> Recorder<T> {
         self.next_storage_check = 0;
         self.fast_seen_on_stream = false;
         self.skip_until = 0;
-        let channels = self.channels();
-        let period_time = Duration::from_secs_f64(
-            f64::from(cap.period_frames) / f64::from(self.format.sample_rate),
-        );
-        let stall_timeout = (period_time * 8).max(Duration::from_secs(2));
-        let poll = (period_time / 2).clamp(Duration::from_millis(2), Duration::from_millis(20));
-        let mut consumed: u64 = 0;
-        let mut last_data = Instant::now();
-        let opened = Instant::now();
-        let mut draining = false;
+        let mut stream = StreamPosition::new(cap.period_frames, self.format.sample_rate);
         let lost = loop {
             if self.stopping() {
                 // What the device already delivered belongs in the last file: one more pass.
-                if draining {
+                if stream.draining {
                     break None;
                 }
-                draining = true;
+                stream.draining = true;
             }
-            if cap.shared.device_lost.load(Ordering::Relaxed) {
-                break Some("the audio device disappeared".to_string());
-            }
-            // Input far faster than real time keeps a core busy for nothing: close the stream
-            // and look again later (run() backs off), keeping DEP_E315 meanwhile.
-            if self.fast_input
-                && self.fast_seen_on_stream
-                && self.fast_since.elapsed() >= FAST_INPUT_CLOSE
-            {
-                break None;
-            }
-            // A period at a time: counters and the pace check stay current through a backlog.
-            let mut available = cap
-                .samples
-                .slots()
-                .min(cap.period_frames as usize * channels);
-            available -= available % channels;
-            // A gap splits the stream: samples before it, then a jump of the timeline. It may
-            // come with no samples after it yet (the writer was far behind), so look first.
-            if let Ok(gap) = cap.gaps.peek().copied() {
-                if gap.at_sample == consumed {
+            match self.next_step(&cap, &stream) {
+                StreamStep::End => break None,
+                StreamStep::Lost(message) => break Some(message),
+                StreamStep::Gap { frames } => {
                     let _ = cap.gaps.pop();
                     // The drops behind this gap belong to the file it ends.
                     self.update_counters(&cap);
                     self.end_file();
-                    self.index += gap.frames;
-                    continue;
+                    self.index += frames;
                 }
-                available = available.min((gap.at_sample - consumed) as usize);
-            }
-            if available == 0 {
-                if draining {
-                    break None;
+                StreamStep::Idle => {
+                    self.update_counters(&cap);
+                    self.heartbeat();
+                    std::thread::sleep(stream.poll);
                 }
-                if last_data.elapsed() > stall_timeout {
-                    break Some(format!(
-                        "the audio device delivered no samples for {:.1} s",
-                        stall_timeout.as_secs_f64()
-                    ));
+                StreamStep::Settle => {
+                    stream.last_data = Instant::now();
+                    std::thread::sleep(stream.poll);
                 }
-                self.update_counters(&cap);
-                self.heartbeat();
-                std::thread::sleep(poll);
-                continue;
-            }
-            last_data = Instant::now();
-            if self.anchor_ns.is_none() {
-                // What a source had buffered before the stream opened (a FIFO's backlog) arrives
-                // in its first moments: let it into the ring, then anchor with all of it, so
-                // that its samples get their true, earlier times.
-                if opened.elapsed() < ANCHOR_SETTLE {
-                    std::thread::sleep(poll);
-                    continue;
-                }
-                let queued = cap.samples.slots() / channels;
-                let behind = queued as f64 / f64::from(self.format.sample_rate);
-                self.anchor_ns = Some(Timestamp::now().as_nanosecond() - (behind * 1e9) as i128);
-                self.anchored_at = Instant::now();
-                self.update_counters(&cap);
-                self.anchored_captured = self.report.samples_captured;
-                if self.report.state == RecorderState::DeviceUnavailable {
-                    tracing::info!("the audio device delivers samples again");
-                    self.set_state(RecorderState::Starting, None);
+                StreamStep::Read { samples } => {
+                    stream.last_data = Instant::now();
+                    stream.consumed += self.read_samples(&mut cap, samples);
                 }
             }
-            // Frames already captured beyond the ones about to be handled: for the drift check.
-            let queued = (cap.samples.slots() / channels) as u64;
-            self.captured_end_index = self.index + queued;
-            self.captured_end_at = Timestamp::now();
-            if let Ok(chunk) = cap.samples.read_chunk(available) {
-                let (a, b) = chunk.as_slices();
-                self.process(a);
-                self.process(b);
-                chunk.commit_all();
-                consumed += available as u64;
-            }
-            self.update_counters(&cap);
-            self.heartbeat();
         };
+        self.end_stream(cap, lost);
+    }
+
+    /// Classifies what the capture loop does next; changes nothing.
+    fn next_step(&self, cap: &capture::Capture<T>, stream: &StreamPosition) -> StreamStep {
+        if cap.shared.device_lost.load(Ordering::Relaxed) {
+            return StreamStep::Lost("the audio device disappeared".to_string());
+        }
+        // Input far faster than real time keeps a core busy for nothing: close the stream
+        // and look again later (run() backs off), keeping DEP_E315 meanwhile.
+        if self.fast_input
+            && self.fast_seen_on_stream
+            && self.fast_since.elapsed() >= FAST_INPUT_CLOSE
+        {
+            return StreamStep::End;
+        }
+        let channels = self.channels();
+        // A period at a time: counters and the pace check stay current through a backlog.
+        let mut available = cap
+            .samples
+            .slots()
+            .min(cap.period_frames as usize * channels);
+        available -= available % channels;
+        // A gap splits the stream: samples before it, then a jump of the timeline. It may
+        // come with no samples after it yet (the writer was far behind), so look first.
+        if let Ok(gap) = cap.gaps.peek() {
+            if gap.at_sample == stream.consumed {
+                return StreamStep::Gap { frames: gap.frames };
+            }
+            available = available.min((gap.at_sample - stream.consumed) as usize);
+        }
+        let stalled = stream.last_data.elapsed() > stream.stall_timeout;
+        // What a source had buffered before the stream opened (a FIFO's backlog) arrives in its
+        // first moments: let it into the ring, then anchor with all of it, so that its samples
+        // get their true, earlier times.
+        let settling = self.anchor_ns.is_none() && stream.opened.elapsed() < ANCHOR_SETTLE;
+        match (available, stream.draining, stalled, settling) {
+            (0, true, _, _) => StreamStep::End,
+            (0, false, true, _) => StreamStep::Lost(format!(
+                "the audio device delivered no samples for {:.1} s",
+                stream.stall_timeout.as_secs_f64()
+            )),
+            (0, false, false, _) => StreamStep::Idle,
+            (_, _, _, true) => StreamStep::Settle,
+            (samples, _, _, false) => StreamStep::Read { samples },
+        }
+    }
+
+    /// Handles `available` samples from the ring (anchoring the stream first if it is not yet);
+    /// returns how many were taken.
+    fn read_samples(&mut self, cap: &mut capture::Capture<T>, available: usize) -> u64 {
+        let channels = self.channels();
+        if self.anchor_ns.is_none() {
+            self.anchor_stream(cap);
+        }
+        // Frames already captured beyond the ones about to be handled: for the drift check.
+        let queued = (cap.samples.slots() / channels) as u64;
+        self.captured_end_index = self.index + queued;
+        self.captured_end_at = Timestamp::now();
+        let mut taken = 0;
+        if let Ok(chunk) = cap.samples.read_chunk(available) {
+            let (a, b) = chunk.as_slices();
+            self.process(a);
+            self.process(b);
+            chunk.commit_all();
+            taken = available as u64;
+        }
+        self.update_counters(cap);
+        self.heartbeat();
+        taken
+    }
+
+    /// Frame 0 of the stream gets the wall-clock time it was captured at, judged from what is
+    /// queued behind it.
+    fn anchor_stream(&mut self, cap: &capture::Capture<T>) {
+        let queued = cap.samples.slots() / self.channels();
+        let behind = queued as f64 / f64::from(self.format.sample_rate);
+        self.anchor_ns = Some(Timestamp::now().as_nanosecond() - (behind * 1e9) as i128);
+        self.anchored_at = Instant::now();
+        self.update_counters(cap);
+        self.anchored_captured = self.report.samples_captured;
+        if self.report.state == RecorderState::DeviceUnavailable {
+            tracing::info!("the audio device delivers samples again");
+            self.set_state(RecorderState::Starting, None);
+        }
+    }
+
+    /// Keeps the stream's counters for the next one, ends the file and closes the stream;
+    /// a lost device is reported.
+    fn end_stream(&mut self, cap: capture::Capture<T>, lost: Option<String>) {
         self.update_counters(&cap);
         self.captured_before = self.report.samples_captured;
         self.dropped_before = self.report.samples_dropped;
