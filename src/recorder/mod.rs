@@ -359,35 +359,7 @@ impl<T: WavSample> Recorder<T> {
         };
         let now = Timestamp::now();
         let storage_root = config.storage_path(state_dir);
-        let report = RecorderReport {
-            pid: std::process::id(),
-            state: RecorderState::Starting,
-            deployment: config.deployment.clone(),
-            device: config.recorder.device.to_string(),
-            sample_rate: format.sample_rate,
-            channels: format.channels,
-            sample_format: format.sample_format.to_string(),
-            storage: storage_root.clone(),
-            started_at: now,
-            files_written: 0,
-            last_file: None,
-            last_file_at: None,
-            samples_captured: 0,
-            samples_dropped: 0,
-            samples_discarded: 0,
-            overruns: 0,
-            files_discarded: 0,
-            expected_file_by: None,
-            error: None,
-            repair: Default::default(),
-            rows_owed: 0,
-            files_deleted: 0,
-            recently_deleted: Vec::new(),
-            time_overlaps: 0,
-            clock_synchronized: clock::synchronized(),
-            warnings: Vec::new(),
-            updated_at: now,
-        };
+        let report = initial_report(&config, &format, &storage_root, now);
         Self {
             folders: Folders::new(&storage_root, &config.storage),
             config,
@@ -807,76 +779,89 @@ impl<T: WavSample> Recorder<T> {
 
     /// Handles interleaved samples starting at frame `self.index`.
     fn process(&mut self, samples: &[T]) {
-        let channels = self.channels();
         let mut rest = samples;
         while !rest.is_empty() {
-            let frames = (rest.len() / channels) as u64;
-            if self.file.is_some() && self.pace() == Pace::Fast {
-                self.enter_fast_input("samples arrive far faster than real time");
-                continue;
-            }
-            if let Some(file) = self.file.as_mut() {
-                let take = frames.min(file.end_index - self.index);
-                let n = take as usize * channels;
-                if let Err(e) = file.wav.write(&rest[..n]) {
-                    self.write_failed(e);
-                    continue;
+            let fast = self.pace() == Pace::Fast;
+            let skipping = self.index < self.skip_until;
+            match (self.file.is_some(), self.fast_input, skipping, fast) {
+                (true, _, _, true) | (false, false, false, true) => {
+                    self.enter_fast_input("samples arrive far faster than real time");
                 }
-                self.index += take;
-                rest = &rest[n..];
-                if self.index >= self.file.as_ref().map_or(0, |f| f.end_index) {
-                    self.finish_file();
+                (true, _, _, false) => rest = self.write_to_file(rest),
+                (false, true, _, _) => {
+                    // Discarded: these samples have no true time.
+                    self.leave_fast_input_when_real_time();
+                    let frames = (rest.len() / self.channels()) as u64;
+                    self.report.samples_discarded += frames;
+                    self.index += frames;
+                    rest = &[];
                 }
-                continue;
+                (false, false, true, _) => rest = self.skip(rest),
+                (false, false, false, false) => self.decide(),
             }
-            if self.fast_input {
-                // Discarded: these samples have no true time.
-                self.leave_fast_input_when_real_time();
-                self.report.samples_discarded += frames;
-                self.index += frames;
-                rest = &[];
-                continue;
+        }
+    }
+
+    /// Writes what belongs in the open file; returns the samples left over.
+    fn write_to_file<'a>(&mut self, rest: &'a [T]) -> &'a [T] {
+        let channels = self.channels();
+        let Some(file) = self.file.as_mut() else {
+            return rest;
+        };
+        let frames = (rest.len() / channels) as u64;
+        let take = frames.min(file.end_index - self.index);
+        let n = take as usize * channels;
+        if let Err(e) = file.wav.write(&rest[..n]) {
+            self.write_failed(e);
+            return rest;
+        }
+        self.index += take;
+        if self.index >= self.file.as_ref().map_or(0, |f| f.end_index) {
+            self.finish_file();
+        }
+        &rest[n..]
+    }
+
+    /// Passes over samples no file wants (between files, outside the windows, after a fault);
+    /// returns the samples left over.
+    fn skip<'a>(&mut self, rest: &'a [T]) -> &'a [T] {
+        // While no file is open, a wall clock that stepped (into a window, say) changes
+        // what to do now: decide again instead of waiting out a stale idle period.
+        if self.follow_wall_clock() {
+            self.skip_until = self.index;
+            return rest;
+        }
+        self.check_storage_while_idle();
+        let frames = (rest.len() / self.channels()) as u64;
+        let take = frames.min(self.skip_until - self.index);
+        if self.discarding {
+            self.report.samples_discarded += take;
+        }
+        self.index += take;
+        &rest[take as usize * self.channels()..]
+    }
+
+    /// A new decision at frame `self.index`: open a file, or skip to the next window.
+    fn decide(&mut self) {
+        // Skipping from here on is waiting, unless a fault says otherwise.
+        self.discarding = false;
+        self.follow_wall_clock();
+        let t = self.time_of(self.index);
+        match self.schedule.segment_at(t) {
+            Segment::Record { end, .. } => {
+                let end_index = self.index_of(end).max(self.index + 1);
+                self.open_file(end_index);
             }
-            if self.index < self.skip_until {
-                // While no file is open, a wall clock that stepped (into a window, say) changes
-                // what to do now: decide again instead of waiting out a stale idle period.
-                if self.follow_wall_clock() {
-                    self.skip_until = self.index;
-                    continue;
-                }
-                self.check_storage_while_idle();
-                let take = frames.min(self.skip_until - self.index);
-                if self.discarding {
-                    self.report.samples_discarded += take;
-                }
-                self.index += take;
-                rest = &rest[take as usize * channels..];
-                continue;
-            }
-            if self.pace() == Pace::Fast {
-                self.enter_fast_input("samples arrive far faster than real time");
-                continue;
-            }
-            // A new decision: skipping from here on is waiting, unless a fault says otherwise.
-            self.discarding = false;
-            self.follow_wall_clock();
-            let t = self.time_of(self.index);
-            match self.schedule.segment_at(t) {
-                Segment::Record { end, .. } => {
-                    let end_index = self.index_of(end).max(self.index + 1);
-                    self.open_file(end_index);
-                }
-                Segment::Idle { until } => {
-                    self.skip_until = until
-                        .map_or(u64::MAX, |u| self.index_of(u))
-                        .max(self.index + 1);
-                    self.report.expected_file_by = self.expected_after(until);
-                    if matches!(
-                        self.report.state,
-                        RecorderState::Recording | RecorderState::Starting
-                    ) {
-                        self.set_state(RecorderState::Waiting, self.own_error.clone());
-                    }
+            Segment::Idle { until } => {
+                self.skip_until = until
+                    .map_or(u64::MAX, |u| self.index_of(u))
+                    .max(self.index + 1);
+                self.report.expected_file_by = self.expected_after(until);
+                if matches!(
+                    self.report.state,
+                    RecorderState::Recording | RecorderState::Starting
+                ) {
+                    self.set_state(RecorderState::Waiting, self.own_error.clone());
                 }
             }
         }
@@ -1618,6 +1603,44 @@ impl<T: WavSample> Recorder<T> {
                 source,
             }
         })
+    }
+}
+
+/// The report of a recorder that has just started.
+fn initial_report(
+    config: &RecordConfig,
+    format: &WavFormat,
+    storage_root: &Path,
+    now: Timestamp,
+) -> RecorderReport {
+    RecorderReport {
+        pid: std::process::id(),
+        state: RecorderState::Starting,
+        deployment: config.deployment.clone(),
+        device: config.recorder.device.to_string(),
+        sample_rate: format.sample_rate,
+        channels: format.channels,
+        sample_format: format.sample_format.to_string(),
+        storage: storage_root.to_path_buf(),
+        started_at: now,
+        files_written: 0,
+        last_file: None,
+        last_file_at: None,
+        samples_captured: 0,
+        samples_dropped: 0,
+        samples_discarded: 0,
+        overruns: 0,
+        files_discarded: 0,
+        expected_file_by: None,
+        error: None,
+        repair: Default::default(),
+        rows_owed: 0,
+        files_deleted: 0,
+        recently_deleted: Vec::new(),
+        time_overlaps: 0,
+        clock_synchronized: clock::synchronized(),
+        warnings: Vec::new(),
+        updated_at: now,
     }
 }
 
