@@ -731,6 +731,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn spawn_failures_are_classified() {
+        let os = std::io::Error::from_raw_os_error;
+        assert_eq!(
+            SpawnFailure::classify(&os(nix::libc::ENOENT)),
+            SpawnFailure::NotExecutable
+        );
+        assert_eq!(
+            SpawnFailure::classify(&os(nix::libc::EACCES)),
+            SpawnFailure::NotExecutable
+        );
+        assert_eq!(
+            SpawnFailure::classify(&os(nix::libc::EMFILE)),
+            SpawnFailure::OutOfDescriptors
+        );
+        assert_eq!(
+            SpawnFailure::classify(&os(nix::libc::ENFILE)),
+            SpawnFailure::OutOfDescriptors
+        );
+        assert_eq!(
+            SpawnFailure::classify(&os(nix::libc::E2BIG)),
+            SpawnFailure::Other
+        );
+    }
+
+    #[test]
     fn resolves_like_execvp() {
         assert!(resolve_program("sh", "/nonexistent:/bin:/usr/bin", None).is_ok());
         let err = resolve_program("no-such-program-xyz", "/bin:/usr/bin", None).unwrap_err();

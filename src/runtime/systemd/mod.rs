@@ -895,6 +895,66 @@ fn check_owned(
 mod tests {
     use super::*;
 
+    fn props(load_state: &str, active: &str, need_daemon_reload: bool) -> UnitProps {
+        UnitProps {
+            load_state: load_state.into(),
+            active_state: ActiveState::parse(active),
+            need_daemon_reload,
+            ..UnitProps::default()
+        }
+    }
+
+    #[test]
+    fn a_start_prepares_by_the_file_and_the_managers_copy() {
+        use Prepare::*;
+        let table = [
+            (false, props("loaded", "active", false), Adopt),
+            (false, props("loaded", "activating", false), Adopt),
+            (false, props("loaded", "failed", false), Nothing),
+            (false, props("loaded", "active", true), Reload),
+            (false, props("not-found", "active", false), Reload),
+            (false, props("not-found", "inactive", false), Nothing),
+            (
+                true,
+                props("loaded", "active", false),
+                WriteThen(Reread::Reload),
+            ),
+            (
+                true,
+                props("not-found", "failed", false),
+                WriteThen(Reread::Reload),
+            ),
+            (
+                true,
+                props("not-found", "inactive", false),
+                WriteThen(Reread::LoadUnit),
+            ),
+        ];
+        for (file_changed, before, want) in table {
+            assert_eq!(Prepare::classify(file_changed, &before), want, "{before:?}");
+        }
+    }
+
+    #[test]
+    fn a_start_job_that_failed_is_told_apart() {
+        let ended = |code, status, start_us| UnitProps {
+            exec_main_code: code,
+            exec_main_status: status,
+            exec_main_start_us: start_us,
+            ..UnitProps::default()
+        };
+        assert_eq!(
+            JobEnd::classify(&ended(CLD_EXITED, EXIT_EXEC, 1)),
+            JobEnd::NotExecutable
+        );
+        assert_eq!(
+            JobEnd::classify(&ended(CLD_EXITED, 3, 1)),
+            JobEnd::RanAndExited
+        );
+        assert_eq!(JobEnd::classify(&ended(CLD_EXITED, 217, 1)), JobEnd::Failed);
+        assert_eq!(JobEnd::classify(&ended(0, 0, 0)), JobEnd::Failed);
+    }
+
     #[test]
     fn versions() {
         assert_eq!(parse_version("252.38-1~deb12u1"), 252);
