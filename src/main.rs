@@ -1,6 +1,7 @@
 //! The `roost` binary: parses the command line, starts logging and calls into the library.
 
 use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -41,6 +42,7 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// One command, one function; each returns the process exit code.
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run {
@@ -49,51 +51,17 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             runtime,
             user,
         } => {
-            let state_dir = roost::state_dir::resolve(state_dir.as_deref());
-            roost::app::run(&file, &state_dir, runtime, user)?;
+            roost::app::run(&file, &resolve(state_dir), runtime, user)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check {
             file,
             state_dir,
             offline,
-        } => {
-            let report = if offline {
-                roost::app::check_offline(&file)
-            } else {
-                roost::app::check(&file, &roost::state_dir::resolve(state_dir.as_deref()))
-            };
-            print!("{report}");
-            Ok(ExitCode::from(if report.passed() { 0 } else { 1 }))
-        }
-        Command::Status { state_dir, json } => {
-            let state_dir =
-                roost::state_dir::StateDir::new(roost::state_dir::resolve(state_dir.as_deref()));
-            let path = state_dir.status();
-            if !path.exists() {
-                eprintln!(
-                    "roost has not run with state folder {} (no status.json): not started",
-                    state_dir.root.display()
-                );
-                return Ok(ExitCode::from(3));
-            }
-            let doc = roost::status::read(&path)?;
-            let mut out = std::io::stdout().lock();
-            if json {
-                // The file itself, so fields newer than this binary are not lost.
-                out.write_all(&std::fs::read(&path)?)?;
-            } else {
-                write!(out, "{}", roost::status::render_human(&doc))?;
-            }
-            if let Some(warning) = roost::status::stale_warning(&doc) {
-                eprintln!("{warning}");
-                return Ok(ExitCode::from(1));
-            }
-            Ok(ExitCode::from(doc.exit_code() as u8))
-        }
+        } => Ok(check(&file, state_dir, offline)),
+        Command::Status { state_dir, json } => status(state_dir, json),
         Command::Plan { file, state_dir } => {
-            let state_dir = roost::state_dir::resolve(state_dir.as_deref());
-            let (text, ok) = roost::app::plan_offline(&file, &state_dir);
+            let (text, ok) = roost::app::plan_offline(&file, &resolve(state_dir));
             print!("{text}");
             Ok(ExitCode::from(if ok { 0 } else { 1 }))
         }
@@ -105,39 +73,17 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             println!("{schema}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Explain { code } => match code {
-            None => {
-                for c in roost::errors::CATALOGUE {
-                    println!("{}  {}", c.code, c.title);
-                }
-                Ok(ExitCode::SUCCESS)
-            }
-            Some(code) => match roost::errors::lookup(&code) {
-                Some(c) => {
-                    println!(
-                        "{}: {}\n\n{}\n\nRecommended action: {}",
-                        c.code, c.title, c.description, c.action
-                    );
-                    Ok(ExitCode::SUCCESS)
-                }
-                None => {
-                    eprintln!("unknown error code {code:?}; `roost explain` lists them all");
-                    Ok(ExitCode::from(2))
-                }
-            },
-        },
+        Command::Explain { code } => Ok(explain(code.as_deref())),
         Command::Logs {
             name,
             state_dir,
             follow,
         } => {
-            let state_dir = roost::state_dir::resolve(state_dir.as_deref());
-            roost::app::logs(&state_dir, &name, follow).context("cannot show logs")?;
+            roost::app::logs(&resolve(state_dir), &name, follow).context("cannot show logs")?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Record { config, state_dir } => {
-            let state_dir = roost::state_dir::resolve(state_dir.as_deref());
-            roost::recorder::run(&config, &state_dir)?;
+            roost::recorder::run(&config, &resolve(state_dir))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Feed {
@@ -148,18 +94,11 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             alsa_config,
             seconds,
         } => {
-            if let Some(conf) = alsa_config {
-                roost::recorder::feed::write_test_asound_conf(
-                    &conf,
-                    Some(&fifo),
-                    sample_rate,
-                    channels,
-                )?;
-            }
             let period_frames = period_frames
                 .unwrap_or_else(|| roost::recorder::default_period_frames(sample_rate));
-            roost::recorder::feed::run_feeder(
+            feed(
                 &fifo,
+                alsa_config,
                 sample_rate,
                 channels,
                 period_frames,
@@ -168,4 +107,83 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn resolve(state_dir: Option<PathBuf>) -> PathBuf {
+    roost::state_dir::resolve(state_dir.as_deref())
+}
+
+fn check(file: &Path, state_dir: Option<PathBuf>, offline: bool) -> ExitCode {
+    let report = if offline {
+        roost::app::check_offline(file)
+    } else {
+        roost::app::check(file, &resolve(state_dir))
+    };
+    print!("{report}");
+    ExitCode::from(if report.passed() { 0 } else { 1 })
+}
+
+/// Exit code: the document's own, 1 when it is stale, 3 when roost never ran here.
+fn status(state_dir: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
+    let state_dir = roost::state_dir::StateDir::new(resolve(state_dir));
+    let path = state_dir.status();
+    if !path.exists() {
+        eprintln!(
+            "roost has not run with state folder {} (no status.json): not started",
+            state_dir.root.display()
+        );
+        return Ok(ExitCode::from(3));
+    }
+    let doc = roost::status::read(&path)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        // The file itself, so fields newer than this binary are not lost.
+        out.write_all(&std::fs::read(&path)?)?;
+    } else {
+        write!(out, "{}", roost::status::render_human(&doc))?;
+    }
+    if let Some(warning) = roost::status::stale_warning(&doc) {
+        eprintln!("{warning}");
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::from(doc.exit_code() as u8))
+}
+
+/// The whole catalogue, or one entry; exit code 2 for a code roost does not know.
+fn explain(code: Option<&str>) -> ExitCode {
+    let Some(code) = code else {
+        for c in roost::errors::CATALOGUE {
+            println!("{}  {}", c.code, c.title);
+        }
+        return ExitCode::SUCCESS;
+    };
+    match roost::errors::lookup(code) {
+        Some(c) => {
+            println!(
+                "{}: {}\n\n{}\n\nRecommended action: {}",
+                c.code, c.title, c.description, c.action
+            );
+            ExitCode::SUCCESS
+        }
+        None => {
+            eprintln!("unknown error code {code:?}; `roost explain` lists them all");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `roost feed`: test audio into a FIFO, with an ALSA configuration that reads it if asked.
+fn feed(
+    fifo: &Path,
+    alsa_config: Option<PathBuf>,
+    sample_rate: u32,
+    channels: u16,
+    period_frames: u32,
+    seconds: Option<f64>,
+) -> anyhow::Result<()> {
+    if let Some(conf) = alsa_config {
+        roost::recorder::feed::write_test_asound_conf(&conf, Some(fifo), sample_rate, channels)?;
+    }
+    roost::recorder::feed::run_feeder(fifo, sample_rate, channels, period_frames, seconds)?;
+    Ok(())
 }

@@ -55,7 +55,7 @@ impl StateDir {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("cannot create state folder {path}: {source}")]
+    #[error("cannot create state folder {path}")]
     Create {
         path: String,
         #[source]

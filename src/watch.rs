@@ -22,7 +22,7 @@ pub const MAX_WAIT_FOR_WRITER: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
-    #[error("cannot watch {path}: {source}")]
+    #[error("cannot watch {path}")]
     Watch {
         path: String,
         #[source]
@@ -208,7 +208,7 @@ impl FileWatcher {
                 }
             }
             if let Err(e) = self.refresh() {
-                tracing::warn!(error = %e, "cannot update file watches");
+                tracing::warn!(error = %crate::errors::chain(&e), "cannot update file watches");
             }
             return;
         }

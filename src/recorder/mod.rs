@@ -251,6 +251,52 @@ enum Pace {
 /// audio skipped meanwhile are counted as lost to the storage, never silently).
 const STORAGE_RETRY: Duration = Duration::from_secs(1);
 
+/// Where the capture loop stands in one stream.
+struct StreamPosition {
+    /// Samples taken from the ring since the stream opened.
+    consumed: u64,
+    last_data: Instant,
+    opened: Instant,
+    /// Stop was asked: one more pass takes what the device already delivered.
+    draining: bool,
+    /// No samples for this long: the device is lost.
+    stall_timeout: Duration,
+    /// How long to wait when there is nothing to read.
+    poll: Duration,
+}
+
+impl StreamPosition {
+    fn new(period_frames: u32, sample_rate: u32) -> Self {
+        let period_time =
+            Duration::from_secs_f64(f64::from(period_frames) / f64::from(sample_rate));
+        Self {
+            consumed: 0,
+            last_data: Instant::now(),
+            opened: Instant::now(),
+            draining: false,
+            stall_timeout: (period_time * 8).max(Duration::from_secs(2)),
+            poll: (period_time / 2).clamp(Duration::from_millis(2), Duration::from_millis(20)),
+        }
+    }
+}
+
+/// What the capture loop does next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum StreamStep {
+    /// Close the stream: stopped and drained, or input far off real time for long enough.
+    End,
+    /// The device is gone or silent; why.
+    Lost(String),
+    /// A gap in the stream at the read position: the file ends, the timeline jumps.
+    Gap { frames: u64 },
+    /// Nothing to read yet.
+    Idle,
+    /// Samples wait in the ring until the stream's anchor can be taken.
+    Settle,
+    /// Handle this many samples (whole frames).
+    Read { samples: usize },
+}
+
 struct Recorder<T: WavSample> {
     config: RecordConfig,
     state_dir: PathBuf,
@@ -313,35 +359,7 @@ impl<T: WavSample> Recorder<T> {
         };
         let now = Timestamp::now();
         let storage_root = config.storage_path(state_dir);
-        let report = RecorderReport {
-            pid: std::process::id(),
-            state: RecorderState::Starting,
-            deployment: config.deployment.clone(),
-            device: config.recorder.device.to_string(),
-            sample_rate: format.sample_rate,
-            channels: format.channels,
-            sample_format: format.sample_format.to_string(),
-            storage: storage_root.clone(),
-            started_at: now,
-            files_written: 0,
-            last_file: None,
-            last_file_at: None,
-            samples_captured: 0,
-            samples_dropped: 0,
-            samples_discarded: 0,
-            overruns: 0,
-            files_discarded: 0,
-            expected_file_by: None,
-            error: None,
-            repair: Default::default(),
-            rows_owed: 0,
-            files_deleted: 0,
-            recently_deleted: Vec::new(),
-            time_overlaps: 0,
-            clock_synchronized: clock::synchronized(),
-            warnings: Vec::new(),
-            updated_at: now,
-        };
+        let report = initial_report(&config, &format, &storage_root, now);
         Self {
             folders: Folders::new(&storage_root, &config.storage),
             config,
@@ -580,103 +598,130 @@ impl<T: WavSample> Recorder<T> {
         self.next_storage_check = 0;
         self.fast_seen_on_stream = false;
         self.skip_until = 0;
-        let channels = self.channels();
-        let period_time = Duration::from_secs_f64(
-            f64::from(cap.period_frames) / f64::from(self.format.sample_rate),
-        );
-        let stall_timeout = (period_time * 8).max(Duration::from_secs(2));
-        let poll = (period_time / 2).clamp(Duration::from_millis(2), Duration::from_millis(20));
-        let mut consumed: u64 = 0;
-        let mut last_data = Instant::now();
-        let opened = Instant::now();
-        let mut draining = false;
+        let mut stream = StreamPosition::new(cap.period_frames, self.format.sample_rate);
         let lost = loop {
             if self.stopping() {
                 // What the device already delivered belongs in the last file: one more pass.
-                if draining {
+                if stream.draining {
                     break None;
                 }
-                draining = true;
+                stream.draining = true;
             }
-            if cap.shared.device_lost.load(Ordering::Relaxed) {
-                break Some("the audio device disappeared".to_string());
-            }
-            // Input far faster than real time keeps a core busy for nothing: close the stream
-            // and look again later (run() backs off), keeping DEP_E315 meanwhile.
-            if self.fast_input
-                && self.fast_seen_on_stream
-                && self.fast_since.elapsed() >= FAST_INPUT_CLOSE
-            {
-                break None;
-            }
-            // A period at a time: counters and the pace check stay current through a backlog.
-            let mut available = cap
-                .samples
-                .slots()
-                .min(cap.period_frames as usize * channels);
-            available -= available % channels;
-            // A gap splits the stream: samples before it, then a jump of the timeline. It may
-            // come with no samples after it yet (the writer was far behind), so look first.
-            if let Ok(gap) = cap.gaps.peek().copied() {
-                if gap.at_sample == consumed {
+            match self.next_step(&cap, &stream) {
+                StreamStep::End => break None,
+                StreamStep::Lost(message) => break Some(message),
+                StreamStep::Gap { frames } => {
                     let _ = cap.gaps.pop();
                     // The drops behind this gap belong to the file it ends.
                     self.update_counters(&cap);
                     self.end_file();
-                    self.index += gap.frames;
-                    continue;
+                    self.index += frames;
                 }
-                available = available.min((gap.at_sample - consumed) as usize);
-            }
-            if available == 0 {
-                if draining {
-                    break None;
+                StreamStep::Idle => {
+                    self.update_counters(&cap);
+                    self.heartbeat();
+                    std::thread::sleep(stream.poll);
                 }
-                if last_data.elapsed() > stall_timeout {
-                    break Some(format!(
-                        "the audio device delivered no samples for {:.1} s",
-                        stall_timeout.as_secs_f64()
-                    ));
+                StreamStep::Settle => {
+                    stream.last_data = Instant::now();
+                    std::thread::sleep(stream.poll);
                 }
-                self.update_counters(&cap);
-                self.heartbeat();
-                std::thread::sleep(poll);
-                continue;
-            }
-            last_data = Instant::now();
-            if self.anchor_ns.is_none() {
-                // What a source had buffered before the stream opened (a FIFO's backlog) arrives
-                // in its first moments: let it into the ring, then anchor with all of it, so
-                // that its samples get their true, earlier times.
-                if opened.elapsed() < ANCHOR_SETTLE {
-                    std::thread::sleep(poll);
-                    continue;
-                }
-                let queued = cap.samples.slots() / channels;
-                let behind = queued as f64 / f64::from(self.format.sample_rate);
-                self.anchor_ns = Some(Timestamp::now().as_nanosecond() - (behind * 1e9) as i128);
-                self.anchored_at = Instant::now();
-                self.update_counters(&cap);
-                self.anchored_captured = self.report.samples_captured;
-                if self.report.state == RecorderState::DeviceUnavailable {
-                    tracing::info!("the audio device delivers samples again");
-                    self.set_state(RecorderState::Starting, None);
+                StreamStep::Read { samples } => {
+                    stream.last_data = Instant::now();
+                    stream.consumed += self.read_samples(&mut cap, samples);
                 }
             }
-            // Frames already captured beyond the ones about to be handled: for the drift check.
-            let queued = (cap.samples.slots() / channels) as u64;
-            self.captured_end_index = self.index + queued;
-            self.captured_end_at = Timestamp::now();
-            if let Ok(chunk) = cap.samples.read_chunk(available) {
-                let (a, b) = chunk.as_slices();
-                self.process(a);
-                self.process(b);
-                chunk.commit_all();
-                consumed += available as u64;
-            }
-            self.update_counters(&cap);
-            self.heartbeat();
         };
+        self.end_stream(cap, lost);
+    }
+
+    /// Classifies what the capture loop does next; changes nothing.
+    fn next_step(&self, cap: &capture::Capture<T>, stream: &StreamPosition) -> StreamStep {
+        if cap.shared.device_lost.load(Ordering::Relaxed) {
+            return StreamStep::Lost("the audio device disappeared".to_string());
+        }
+        // Input far faster than real time keeps a core busy for nothing: close the stream
+        // and look again later (run() backs off), keeping DEP_E315 meanwhile.
+        if self.fast_input
+            && self.fast_seen_on_stream
+            && self.fast_since.elapsed() >= FAST_INPUT_CLOSE
+        {
+            return StreamStep::End;
+        }
+        let channels = self.channels();
+        // A period at a time: counters and the pace check stay current through a backlog.
+        let mut available = cap
+            .samples
+            .slots()
+            .min(cap.period_frames as usize * channels);
+        available -= available % channels;
+        // A gap splits the stream: samples before it, then a jump of the timeline. It may
+        // come with no samples after it yet (the writer was far behind), so look first.
+        if let Ok(gap) = cap.gaps.peek() {
+            if gap.at_sample == stream.consumed {
+                return StreamStep::Gap { frames: gap.frames };
+            }
+            available = available.min((gap.at_sample - stream.consumed) as usize);
+        }
+        let stalled = stream.last_data.elapsed() > stream.stall_timeout;
+        // What a source had buffered before the stream opened (a FIFO's backlog) arrives in its
+        // first moments: let it into the ring, then anchor with all of it, so that its samples
+        // get their true, earlier times.
+        let settling = self.anchor_ns.is_none() && stream.opened.elapsed() < ANCHOR_SETTLE;
+        match (available, stream.draining, stalled, settling) {
+            (0, true, _, _) => StreamStep::End,
+            (0, false, true, _) => StreamStep::Lost(format!(
+                "the audio device delivered no samples for {:.1} s",
+                stream.stall_timeout.as_secs_f64()
+            )),
+            (0, false, false, _) => StreamStep::Idle,
+            (_, _, _, true) => StreamStep::Settle,
+            (samples, _, _, false) => StreamStep::Read { samples },
+        }
+    }
+
+    /// Handles `available` samples from the ring (anchoring the stream first if it is not yet);
+    /// returns how many were taken.
+    fn read_samples(&mut self, cap: &mut capture::Capture<T>, available: usize) -> u64 {
+        let channels = self.channels();
+        if self.anchor_ns.is_none() {
+            self.anchor_stream(cap);
+        }
+        // Frames already captured beyond the ones about to be handled: for the drift check.
+        let queued = (cap.samples.slots() / channels) as u64;
+        self.captured_end_index = self.index + queued;
+        self.captured_end_at = Timestamp::now();
+        let mut taken = 0;
+        if let Ok(chunk) = cap.samples.read_chunk(available) {
+            let (a, b) = chunk.as_slices();
+            self.process(a);
+            self.process(b);
+            chunk.commit_all();
+            taken = available as u64;
+        }
+        self.update_counters(cap);
+        self.heartbeat();
+        taken
+    }
+
+    /// Frame 0 of the stream gets the wall-clock time it was captured at, judged from what is
+    /// queued behind it.
+    fn anchor_stream(&mut self, cap: &capture::Capture<T>) {
+        let queued = cap.samples.slots() / self.channels();
+        let behind = queued as f64 / f64::from(self.format.sample_rate);
+        self.anchor_ns = Some(Timestamp::now().as_nanosecond() - (behind * 1e9) as i128);
+        self.anchored_at = Instant::now();
+        self.update_counters(cap);
+        self.anchored_captured = self.report.samples_captured;
+        if self.report.state == RecorderState::DeviceUnavailable {
+            tracing::info!("the audio device delivers samples again");
+            self.set_state(RecorderState::Starting, None);
+        }
+    }
+
+    /// Keeps the stream's counters for the next one, ends the file and closes the stream;
+    /// a lost device is reported.
+    fn end_stream(&mut self, cap: capture::Capture<T>, lost: Option<String>) {
         self.update_counters(&cap);
         self.captured_before = self.report.samples_captured;
         self.dropped_before = self.report.samples_dropped;
@@ -734,76 +779,89 @@ impl<T: WavSample> Recorder<T> {
 
     /// Handles interleaved samples starting at frame `self.index`.
     fn process(&mut self, samples: &[T]) {
-        let channels = self.channels();
         let mut rest = samples;
         while !rest.is_empty() {
-            let frames = (rest.len() / channels) as u64;
-            if self.file.is_some() && self.pace() == Pace::Fast {
-                self.enter_fast_input("samples arrive far faster than real time");
-                continue;
-            }
-            if let Some(file) = self.file.as_mut() {
-                let take = frames.min(file.end_index - self.index);
-                let n = take as usize * channels;
-                if let Err(e) = file.wav.write(&rest[..n]) {
-                    self.write_failed(e);
-                    continue;
+            let fast = self.pace() == Pace::Fast;
+            let skipping = self.index < self.skip_until;
+            match (self.file.is_some(), self.fast_input, skipping, fast) {
+                (true, _, _, true) | (false, false, false, true) => {
+                    self.enter_fast_input("samples arrive far faster than real time");
                 }
-                self.index += take;
-                rest = &rest[n..];
-                if self.index >= self.file.as_ref().map_or(0, |f| f.end_index) {
-                    self.finish_file();
+                (true, _, _, false) => rest = self.write_to_file(rest),
+                (false, true, _, _) => {
+                    // Discarded: these samples have no true time.
+                    self.leave_fast_input_when_real_time();
+                    let frames = (rest.len() / self.channels()) as u64;
+                    self.report.samples_discarded += frames;
+                    self.index += frames;
+                    rest = &[];
                 }
-                continue;
+                (false, false, true, _) => rest = self.skip(rest),
+                (false, false, false, false) => self.decide(),
             }
-            if self.fast_input {
-                // Discarded: these samples have no true time.
-                self.leave_fast_input_when_real_time();
-                self.report.samples_discarded += frames;
-                self.index += frames;
-                rest = &[];
-                continue;
+        }
+    }
+
+    /// Writes what belongs in the open file; returns the samples left over.
+    fn write_to_file<'a>(&mut self, rest: &'a [T]) -> &'a [T] {
+        let channels = self.channels();
+        let Some(file) = self.file.as_mut() else {
+            return rest;
+        };
+        let frames = (rest.len() / channels) as u64;
+        let take = frames.min(file.end_index - self.index);
+        let n = take as usize * channels;
+        if let Err(e) = file.wav.write(&rest[..n]) {
+            self.write_failed(e);
+            return rest;
+        }
+        self.index += take;
+        if self.index >= self.file.as_ref().map_or(0, |f| f.end_index) {
+            self.finish_file();
+        }
+        &rest[n..]
+    }
+
+    /// Passes over samples no file wants (between files, outside the windows, after a fault);
+    /// returns the samples left over.
+    fn skip<'a>(&mut self, rest: &'a [T]) -> &'a [T] {
+        // While no file is open, a wall clock that stepped (into a window, say) changes
+        // what to do now: decide again instead of waiting out a stale idle period.
+        if self.follow_wall_clock() {
+            self.skip_until = self.index;
+            return rest;
+        }
+        self.check_storage_while_idle();
+        let frames = (rest.len() / self.channels()) as u64;
+        let take = frames.min(self.skip_until - self.index);
+        if self.discarding {
+            self.report.samples_discarded += take;
+        }
+        self.index += take;
+        &rest[take as usize * self.channels()..]
+    }
+
+    /// A new decision at frame `self.index`: open a file, or skip to the next window.
+    fn decide(&mut self) {
+        // Skipping from here on is waiting, unless a fault says otherwise.
+        self.discarding = false;
+        self.follow_wall_clock();
+        let t = self.time_of(self.index);
+        match self.schedule.segment_at(t) {
+            Segment::Record { end, .. } => {
+                let end_index = self.index_of(end).max(self.index + 1);
+                self.open_file(end_index);
             }
-            if self.index < self.skip_until {
-                // While no file is open, a wall clock that stepped (into a window, say) changes
-                // what to do now: decide again instead of waiting out a stale idle period.
-                if self.follow_wall_clock() {
-                    self.skip_until = self.index;
-                    continue;
-                }
-                self.check_storage_while_idle();
-                let take = frames.min(self.skip_until - self.index);
-                if self.discarding {
-                    self.report.samples_discarded += take;
-                }
-                self.index += take;
-                rest = &rest[take as usize * channels..];
-                continue;
-            }
-            if self.pace() == Pace::Fast {
-                self.enter_fast_input("samples arrive far faster than real time");
-                continue;
-            }
-            // A new decision: skipping from here on is waiting, unless a fault says otherwise.
-            self.discarding = false;
-            self.follow_wall_clock();
-            let t = self.time_of(self.index);
-            match self.schedule.segment_at(t) {
-                Segment::Record { end, .. } => {
-                    let end_index = self.index_of(end).max(self.index + 1);
-                    self.open_file(end_index);
-                }
-                Segment::Idle { until } => {
-                    self.skip_until = until
-                        .map_or(u64::MAX, |u| self.index_of(u))
-                        .max(self.index + 1);
-                    self.report.expected_file_by = self.expected_after(until);
-                    if matches!(
-                        self.report.state,
-                        RecorderState::Recording | RecorderState::Starting
-                    ) {
-                        self.set_state(RecorderState::Waiting, self.own_error.clone());
-                    }
+            Segment::Idle { until } => {
+                self.skip_until = until
+                    .map_or(u64::MAX, |u| self.index_of(u))
+                    .max(self.index + 1);
+                self.report.expected_file_by = self.expected_after(until);
+                if matches!(
+                    self.report.state,
+                    RecorderState::Recording | RecorderState::Starting
+                ) {
+                    self.set_state(RecorderState::Waiting, self.own_error.clone());
                 }
             }
         }
@@ -1545,6 +1603,44 @@ impl<T: WavSample> Recorder<T> {
                 source,
             }
         })
+    }
+}
+
+/// The report of a recorder that has just started.
+fn initial_report(
+    config: &RecordConfig,
+    format: &WavFormat,
+    storage_root: &Path,
+    now: Timestamp,
+) -> RecorderReport {
+    RecorderReport {
+        pid: std::process::id(),
+        state: RecorderState::Starting,
+        deployment: config.deployment.clone(),
+        device: config.recorder.device.to_string(),
+        sample_rate: format.sample_rate,
+        channels: format.channels,
+        sample_format: format.sample_format.to_string(),
+        storage: storage_root.to_path_buf(),
+        started_at: now,
+        files_written: 0,
+        last_file: None,
+        last_file_at: None,
+        samples_captured: 0,
+        samples_dropped: 0,
+        samples_discarded: 0,
+        overruns: 0,
+        files_discarded: 0,
+        expected_file_by: None,
+        error: None,
+        repair: Default::default(),
+        rows_owed: 0,
+        files_deleted: 0,
+        recently_deleted: Vec::new(),
+        time_overlaps: 0,
+        clock_synchronized: clock::synchronized(),
+        warnings: Vec::new(),
+        updated_at: now,
     }
 }
 

@@ -205,6 +205,116 @@ impl ProcessRuntime {
     }
 }
 
+impl ProcessRuntime {
+    /// Reaps the child in a task of its own; its exit goes to the returned watch (for a stop
+    /// waiting on it) and to the runtime's events.
+    fn wait_for_exit(
+        &self,
+        mut child: tokio::process::Child,
+        pid: u32,
+        name: &str,
+        marker: &str,
+        stopping: Arc<AtomicBool>,
+    ) -> watch::Receiver<Option<ExitInfo>> {
+        let (exit_watch_tx, exit_watch_rx) = watch::channel(None);
+        let events = self.exit_tx.clone();
+        let event_name = name.to_string();
+        let marker = marker.to_string();
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            let exit = ExitInfo {
+                code: status.as_ref().ok().and_then(|s| s.code()),
+                signal: status
+                    .as_ref()
+                    .ok()
+                    .and_then(std::os::unix::process::ExitStatusExt::signal),
+                at: Timestamp::now(),
+            };
+            // What a crashed component left behind in its group goes with it, so it never
+            // leaves a duplicate beside its replacement. (A stop handles the group itself.)
+            if !stopping.load(Ordering::SeqCst) {
+                let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                signal_marked(&marker, Signal::SIGKILL);
+            }
+            let _ = exit_watch_tx.send(Some(exit));
+            let _ = events.send((event_name, pid, exit));
+        });
+        exit_watch_rx
+    }
+}
+
+/// PATH as the component sees it: its own, else roost's.
+fn path_of(run: &ComponentRun) -> String {
+    run.env
+        .get("PATH")
+        .cloned()
+        .or_else(|| std::env::var("PATH").ok())
+        .unwrap_or_default()
+}
+
+/// The component's command: its own process group, output piped to its log, marked.
+fn command(run: &ComponentRun, program: &Path, marker: &str) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.arg0(run.command.program())
+        .args(run.command.args())
+        .envs(&run.env)
+        // Inherited by everything the component starts, detached (setsid) or not: what
+        // has it is stopped with the component.
+        .env(MARKER_VAR, marker)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(false);
+    if let Some(dir) = &run.working_dir {
+        cmd.current_dir(dir);
+    }
+    cmd
+}
+
+/// Why a spawn failed, in the words roost reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SpawnFailure {
+    /// Missing or not executable (ENOENT, EACCES).
+    NotExecutable,
+    /// EMFILE or ENFILE.
+    OutOfDescriptors,
+    Other,
+}
+
+impl SpawnFailure {
+    fn classify(e: &std::io::Error) -> Self {
+        let descriptors = matches!(
+            e.raw_os_error(),
+            Some(nix::libc::EMFILE | nix::libc::ENFILE)
+        );
+        match (e.kind(), descriptors) {
+            (std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied, _) => {
+                Self::NotExecutable
+            }
+            (_, true) => Self::OutOfDescriptors,
+            (_, false) => Self::Other,
+        }
+    }
+}
+
+fn spawn_error(run: &ComponentRun, e: std::io::Error) -> RuntimeError {
+    match SpawnFailure::classify(&e) {
+        SpawnFailure::NotExecutable => RuntimeError::ExecutableNotFound {
+            program: run.command.program().to_string(),
+            reason: e.to_string(),
+        },
+        SpawnFailure::OutOfDescriptors => RuntimeError::OutOfDescriptors {
+            name: run.name.to_string(),
+            reason: e.to_string(),
+        },
+        SpawnFailure::Other => RuntimeError::Component {
+            name: run.name.to_string(),
+            message: format!("cannot start: {e}"),
+        },
+    }
+}
+
 impl Runtime for ProcessRuntime {
     fn kind(&self) -> &'static str {
         "process"
@@ -251,30 +361,13 @@ impl Runtime for ProcessRuntime {
         if self.children.contains_key(&name) {
             self.stop_child(&name, run.stop_timeout).await?;
         }
-        let path_var = run
-            .env
-            .get("PATH")
-            .cloned()
-            .or_else(|| std::env::var("PATH").ok())
-            .unwrap_or_default();
-        let program =
-            resolve_program(run.command.program(), &path_var, run.working_dir.as_deref())?;
+        let program = resolve_program(
+            run.command.program(),
+            &path_of(run),
+            run.working_dir.as_deref(),
+        )?;
         let marker = format!("{}/{name}", self.instance);
-        let mut cmd = tokio::process::Command::new(&program);
-        cmd.arg0(run.command.program())
-            .args(run.command.args())
-            .envs(&run.env)
-            // Inherited by everything the component starts, detached (setsid) or not: what
-            // has it is stopped with the component.
-            .env(MARKER_VAR, &marker)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(false);
-        if let Some(dir) = &run.working_dir {
-            cmd.current_dir(dir);
-        }
+        let mut cmd = command(run, &program, &marker);
         if let Some(dir) = &run.working_dir
             && !dir.is_dir()
         {
@@ -289,28 +382,7 @@ impl Runtime for ProcessRuntime {
             &name,
             self.log_max_bytes,
         )?));
-        let mut child = cmd.spawn().map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
-                RuntimeError::ExecutableNotFound {
-                    program: run.command.program().to_string(),
-                    reason: e.to_string(),
-                }
-            }
-            _ if matches!(
-                e.raw_os_error(),
-                Some(nix::libc::EMFILE | nix::libc::ENFILE)
-            ) =>
-            {
-                RuntimeError::OutOfDescriptors {
-                    name: name.clone(),
-                    reason: e.to_string(),
-                }
-            }
-            _ => RuntimeError::Component {
-                name: name.clone(),
-                message: format!("cannot start: {e}"),
-            },
-        })?;
+        let mut child = cmd.spawn().map_err(|e| spawn_error(run, e))?;
         let pid = child.id().unwrap_or(0);
         let start_ticks = proc_start_ticks(pid).unwrap_or(0);
         if let Some(out) = child.stdout.take() {
@@ -319,31 +391,8 @@ impl Runtime for ProcessRuntime {
         if let Some(err) = child.stderr.take() {
             tokio::spawn(pump(err, log));
         }
-        let (exit_watch_tx, exit_watch_rx) = watch::channel(None);
         let stopping = Arc::new(AtomicBool::new(false));
-        let stopping_seen_by_waiter = stopping.clone();
-        let events = self.exit_tx.clone();
-        let event_name = name.clone();
-        let waiter_marker = marker.clone();
-        tokio::spawn(async move {
-            let status = child.wait().await;
-            let exit = ExitInfo {
-                code: status.as_ref().ok().and_then(|s| s.code()),
-                signal: status
-                    .as_ref()
-                    .ok()
-                    .and_then(std::os::unix::process::ExitStatusExt::signal),
-                at: Timestamp::now(),
-            };
-            // What a crashed component left behind in its group goes with it, so it never
-            // leaves a duplicate beside its replacement. (A stop handles the group itself.)
-            if !stopping_seen_by_waiter.load(Ordering::SeqCst) {
-                let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
-                signal_marked(&waiter_marker, Signal::SIGKILL);
-            }
-            let _ = exit_watch_tx.send(Some(exit));
-            let _ = events.send((event_name, pid, exit));
-        });
+        let exit = self.wait_for_exit(child, pid, &name, &marker, stopping.clone());
         self.exited.remove(&name);
         self.children.insert(
             name,
@@ -354,7 +403,7 @@ impl Runtime for ProcessRuntime {
                 marker,
                 stop_timeout: run.stop_timeout,
                 since: Timestamp::now(),
-                exit: exit_watch_rx,
+                exit,
                 stopping,
             },
         );
@@ -680,6 +729,31 @@ fn group_members_since(pgid: u32, start_ticks: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spawn_failures_are_classified() {
+        let os = std::io::Error::from_raw_os_error;
+        assert_eq!(
+            SpawnFailure::classify(&os(nix::libc::ENOENT)),
+            SpawnFailure::NotExecutable
+        );
+        assert_eq!(
+            SpawnFailure::classify(&os(nix::libc::EACCES)),
+            SpawnFailure::NotExecutable
+        );
+        assert_eq!(
+            SpawnFailure::classify(&os(nix::libc::EMFILE)),
+            SpawnFailure::OutOfDescriptors
+        );
+        assert_eq!(
+            SpawnFailure::classify(&os(nix::libc::ENFILE)),
+            SpawnFailure::OutOfDescriptors
+        );
+        assert_eq!(
+            SpawnFailure::classify(&os(nix::libc::E2BIG)),
+            SpawnFailure::Other
+        );
+    }
 
     #[test]
     fn resolves_like_execvp() {

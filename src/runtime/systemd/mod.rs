@@ -32,7 +32,7 @@ use crate::runtime::{
     ComponentRun, Observation, ObservedComponent, Runtime, RuntimeError, RuntimeEvent,
 };
 use crate::spec::RestartPolicy;
-use state::{CLD_EXITED, EXIT_EXEC, Memory, UnitProps};
+use state::{ActiveState, CLD_EXITED, EXIT_EXEC, Memory, UnitProps};
 use unit::UnitOptions;
 use watcher::{Entry, Link, SharedRef, lock};
 
@@ -372,62 +372,20 @@ impl SystemdRuntime {
             &run.deployment,
             run.name.as_str(),
         )?;
-        let file_changed = existing.as_deref() != Some(text);
         let before = self.refresh(link, unit).await?;
-        // The manager may hold an older copy of an unchanged file (written but never reloaded,
-        // or reloaded while edited by hand and put back since).
-        let manager_stale =
-            !file_changed && (before.load_state != "loaded" || before.need_daemon_reload);
-        if !file_changed
-            && !manager_stale
-            && matches!(
-                before.active_state.as_str(),
-                "active" | "reloading" | "activating"
-            )
-        {
-            // Adopt: it already runs this very unit.
-            return Ok(());
-        }
-        if file_changed {
-            std::fs::create_dir_all(&self.unit_dir).map_err(|e| {
-                RuntimeError::io(format!("creating {}", self.unit_dir.display()), e)
-            })?;
-            crate::fsutil::write_atomic(&path, text.as_bytes())
-                .map_err(|e| RuntimeError::io(format!("writing {}", path.display()), e))?;
-        }
-        // Enablement only matters at the next boot, when every file is read anyway: it needs
-        // no reload.
-        self.dbus_calls += 1;
-        if run.restart_policy == RestartPolicy::Always {
-            link.manager
-                .enable_unit_files(&[unit], false, true)
-                .await
-                .map(|_| ())
-        } else {
-            link.manager
-                .disable_unit_files(&[unit], false)
-                .await
-                .map(|_| ())
-        }
-        .map_err(|e| dbus_error(unit, "enabling or disabling", e))?;
-        // A unit the manager never loaded (or only as not-found, and not running) is read from
-        // disk by `LoadUnit`; only a unit it holds in memory needs the whole-manager `Reload`
-        // (tens of ms).
-        let unknown_to_manager =
-            before.load_state == "not-found" && before.active_state == "inactive";
-        if (file_changed || manager_stale) && !unknown_to_manager {
-            self.dbus_calls += 1;
-            link.manager
-                .reload()
-                .await
-                .map_err(|e| dbus_error(unit, "reloading", e))?;
-        } else if file_changed {
-            self.dbus_calls += 1;
-            link.manager
-                .load_unit(unit)
-                .await
-                .map_err(|e| dbus_error(unit, "loading", e))?;
-        }
+        let file_changed = existing.as_deref() != Some(text);
+        let load = match Prepare::classify(file_changed, &before) {
+            // It already runs this very unit.
+            Prepare::Adopt => return Ok(()),
+            Prepare::Nothing => Reread::Nothing,
+            Prepare::Reload => Reread::Reload,
+            Prepare::WriteThen(load) => {
+                self.write_unit_file(&path, text)?;
+                load
+            }
+        };
+        self.set_enablement(link, unit, run.restart_policy).await?;
+        self.load(link, unit, load).await?;
         let props = self.refresh(link, unit).await?;
         if props.load_state != "loaded" {
             return Err(RuntimeError::Component {
@@ -438,9 +396,30 @@ impl SystemdRuntime {
                 ),
             });
         }
-        let kind = match props.active_state.as_str() {
-            "active" | "reloading" | "activating" | "deactivating" => JobKind::Restart,
-            "failed" => {
+        let kind = self.start_job(link, unit, &props.active_state).await?;
+        let result = self
+            .run_job(link, unit, kind, run.stop_timeout + JOB_MARGIN)
+            .await?;
+        if result == "done" {
+            return Ok(());
+        }
+        let props = self.refresh(link, unit).await?;
+        start_job_failed(run, unit, &result, &props)
+    }
+
+    /// The job that starts the unit from `state`.
+    async fn start_job(
+        &mut self,
+        link: &Link,
+        unit: &str,
+        state: &ActiveState,
+    ) -> Result<JobKind, RuntimeError> {
+        Ok(match state {
+            ActiveState::Active
+            | ActiveState::Reloading
+            | ActiveState::Activating
+            | ActiveState::Deactivating => JobKind::Restart,
+            ActiveState::Failed => {
                 // Also resets the start-limit counter.
                 self.dbus_calls += 1;
                 link.manager
@@ -449,35 +428,62 @@ impl SystemdRuntime {
                     .map_err(|e| dbus_error(unit, "resetting the failed state", e))?;
                 JobKind::Start
             }
-            _ => JobKind::Start,
-        };
-        let result = self
-            .run_job(link, unit, kind, run.stop_timeout + JOB_MARGIN)
-            .await?;
-        if result == "done" {
-            return Ok(());
-        }
-        let props = self.refresh(link, unit).await?;
-        if props.exec_main_code == CLD_EXITED && props.exec_main_status == EXIT_EXEC {
-            return Err(RuntimeError::ExecutableNotFound {
-                program: run.command.program().to_string(),
-                reason: "systemd could not execute it (status 203/EXEC)".into(),
-            });
-        }
-        let setup_failed =
-            props.exec_main_code == CLD_EXITED && (200..=243).contains(&props.exec_main_status);
-        if props.exec_main_start_us != 0 && !setup_failed {
-            // It ran and exited before the job finished: an exit (reported as one by the
-            // watcher and by observe), not a failure to start.
-            return Ok(());
-        }
-        Err(RuntimeError::Component {
-            name: run.name.to_string(),
-            message: format!(
-                "start job of {unit} ended {result:?} (state {}/{}, result {}, status {}; statuses 200-243 are systemd.exec(5) set-up errors)",
-                props.active_state, props.sub_state, props.result, props.exec_main_status
-            ),
+            ActiveState::Inactive
+            | ActiveState::Maintenance
+            | ActiveState::Refreshing
+            | ActiveState::Other(_) => JobKind::Start,
         })
+    }
+
+    fn write_unit_file(&self, path: &Path, text: &str) -> Result<(), RuntimeError> {
+        std::fs::create_dir_all(&self.unit_dir)
+            .map_err(|e| RuntimeError::io(format!("creating {}", self.unit_dir.display()), e))?;
+        crate::fsutil::write_atomic(path, text.as_bytes())
+            .map_err(|e| RuntimeError::io(format!("writing {}", path.display()), e))
+    }
+
+    /// Enablement only matters at the next boot, when every file is read anyway: it needs no
+    /// reload.
+    async fn set_enablement(
+        &mut self,
+        link: &Link,
+        unit: &str,
+        policy: RestartPolicy,
+    ) -> Result<(), RuntimeError> {
+        self.dbus_calls += 1;
+        if policy == RestartPolicy::Always {
+            link.manager
+                .enable_unit_files(&[unit], false, true)
+                .await
+                .map(|_| ())
+        } else {
+            link.manager
+                .disable_unit_files(&[unit], false)
+                .await
+                .map(|_| ())
+        }
+        .map_err(|e| dbus_error(unit, "enabling or disabling", e))
+    }
+
+    async fn load(&mut self, link: &Link, unit: &str, load: Reread) -> Result<(), RuntimeError> {
+        match load {
+            Reread::Nothing => Ok(()),
+            Reread::Reload => {
+                self.dbus_calls += 1;
+                link.manager
+                    .reload()
+                    .await
+                    .map_err(|e| dbus_error(unit, "reloading", e))
+            }
+            Reread::LoadUnit => {
+                self.dbus_calls += 1;
+                link.manager
+                    .load_unit(unit)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| dbus_error(unit, "loading", e))
+            }
+        }
     }
 
     async fn stop_inner(
@@ -543,6 +549,107 @@ impl SystemdRuntime {
             }
         }
         Ok(found)
+    }
+}
+
+/// How the manager comes to read a unit file roost wrote or found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reread {
+    Nothing,
+    /// The whole manager re-reads every file (tens of ms): the only way for a unit it holds.
+    Reload,
+    /// The manager reads this one file: enough for a unit it never loaded.
+    LoadUnit,
+}
+
+/// What a start does before its job, from the unit file and the manager's copy of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Prepare {
+    /// The manager already runs this very unit.
+    Adopt,
+    /// File and manager agree: only the job is needed.
+    Nothing,
+    /// The manager holds an older copy of an unchanged file (written but never reloaded, or
+    /// reloaded while edited by hand and put back since).
+    Reload,
+    /// The file changes: write it, then have the manager read it.
+    WriteThen(Reread),
+}
+
+impl Prepare {
+    fn classify(file_changed: bool, before: &UnitProps) -> Self {
+        let manager_stale = before.load_state != "loaded" || before.need_daemon_reload;
+        // A unit the manager never loaded (or only as not-found, and not running) is read from
+        // disk by `LoadUnit`; only a unit it holds in memory needs `Reload`.
+        let unknown_to_manager =
+            before.load_state == "not-found" && before.active_state == ActiveState::Inactive;
+        let up = match before.active_state {
+            ActiveState::Active | ActiveState::Reloading | ActiveState::Activating => true,
+            ActiveState::Inactive
+            | ActiveState::Failed
+            | ActiveState::Deactivating
+            | ActiveState::Maintenance
+            | ActiveState::Refreshing
+            | ActiveState::Other(_) => false,
+        };
+        match (file_changed, manager_stale, unknown_to_manager, up) {
+            (false, false, _, true) => Self::Adopt,
+            (false, false, _, false) | (false, true, true, _) => Self::Nothing,
+            (false, true, false, _) => Self::Reload,
+            (true, _, false, _) => Self::WriteThen(Reread::Reload),
+            (true, _, true, _) => Self::WriteThen(Reread::LoadUnit),
+        }
+    }
+}
+
+/// How a start job that did not end `done` ended, told from the unit's properties after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum JobEnd {
+    /// systemd could not execute the program (203/EXEC).
+    NotExecutable,
+    /// It ran and exited before the job finished: an exit (reported as one by the watcher and
+    /// by observe), not a failure to start.
+    RanAndExited,
+    /// It never ran, or systemd's set-up before the program failed (statuses 200-243).
+    Failed,
+}
+
+impl JobEnd {
+    fn classify(props: &UnitProps) -> Self {
+        let exited = props.exec_main_code == CLD_EXITED;
+        let setup_failed = exited && (200..=243).contains(&props.exec_main_status);
+        let ran = props.exec_main_start_us != 0;
+        match (
+            exited && props.exec_main_status == EXIT_EXEC,
+            setup_failed,
+            ran,
+        ) {
+            (true, _, _) => Self::NotExecutable,
+            (false, false, true) => Self::RanAndExited,
+            (false, true, _) | (false, false, false) => Self::Failed,
+        }
+    }
+}
+
+fn start_job_failed(
+    run: &ComponentRun,
+    unit: &str,
+    result: &str,
+    props: &UnitProps,
+) -> Result<(), RuntimeError> {
+    match JobEnd::classify(props) {
+        JobEnd::NotExecutable => Err(RuntimeError::ExecutableNotFound {
+            program: run.command.program().to_string(),
+            reason: "systemd could not execute it (status 203/EXEC)".into(),
+        }),
+        JobEnd::RanAndExited => Ok(()),
+        JobEnd::Failed => Err(RuntimeError::Component {
+            name: run.name.to_string(),
+            message: format!(
+                "start job of {unit} ended {result:?} (state {}/{}, result {}, status {}; statuses 200-243 are systemd.exec(5) set-up errors)",
+                props.active_state, props.sub_state, props.result, props.exec_main_status
+            ),
+        }),
     }
 }
 
@@ -644,13 +751,16 @@ impl Runtime for SystemdRuntime {
             let mut s = lock(&self.shared);
             if !has_file
                 && props.load_state == "not-found"
-                && matches!(props.active_state.as_str(), "inactive" | "failed")
+                && matches!(
+                    props.active_state,
+                    ActiveState::Inactive | ActiveState::Failed
+                )
             {
                 // Gone entirely (file deleted and the unit stopped): forget it.
                 s.units.remove(&unit);
                 continue;
             }
-            if props.active_state == "active" {
+            if props.active_state == ActiveState::Active {
                 // Running again (started by hand, or at boot): an old stop no longer holds.
                 s.clear_operator_stop(&unit);
             }
@@ -784,6 +894,66 @@ fn check_owned(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn props(load_state: &str, active: &str, need_daemon_reload: bool) -> UnitProps {
+        UnitProps {
+            load_state: load_state.into(),
+            active_state: ActiveState::parse(active),
+            need_daemon_reload,
+            ..UnitProps::default()
+        }
+    }
+
+    #[test]
+    fn a_start_prepares_by_the_file_and_the_managers_copy() {
+        use Prepare::*;
+        let table = [
+            (false, props("loaded", "active", false), Adopt),
+            (false, props("loaded", "activating", false), Adopt),
+            (false, props("loaded", "failed", false), Nothing),
+            (false, props("loaded", "active", true), Reload),
+            (false, props("not-found", "active", false), Reload),
+            (false, props("not-found", "inactive", false), Nothing),
+            (
+                true,
+                props("loaded", "active", false),
+                WriteThen(Reread::Reload),
+            ),
+            (
+                true,
+                props("not-found", "failed", false),
+                WriteThen(Reread::Reload),
+            ),
+            (
+                true,
+                props("not-found", "inactive", false),
+                WriteThen(Reread::LoadUnit),
+            ),
+        ];
+        for (file_changed, before, want) in table {
+            assert_eq!(Prepare::classify(file_changed, &before), want, "{before:?}");
+        }
+    }
+
+    #[test]
+    fn a_start_job_that_failed_is_told_apart() {
+        let ended = |code, status, start_us| UnitProps {
+            exec_main_code: code,
+            exec_main_status: status,
+            exec_main_start_us: start_us,
+            ..UnitProps::default()
+        };
+        assert_eq!(
+            JobEnd::classify(&ended(CLD_EXITED, EXIT_EXEC, 1)),
+            JobEnd::NotExecutable
+        );
+        assert_eq!(
+            JobEnd::classify(&ended(CLD_EXITED, 3, 1)),
+            JobEnd::RanAndExited
+        );
+        assert_eq!(JobEnd::classify(&ended(CLD_EXITED, 217, 1)), JobEnd::Failed);
+        assert_eq!(JobEnd::classify(&ended(0, 0, 0)), JobEnd::Failed);
+    }
 
     #[test]
     fn versions() {

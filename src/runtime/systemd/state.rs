@@ -15,12 +15,103 @@ pub const CLD_DUMPED: i32 = 3;
 /// `ExecMainStatus` when systemd could not execute the program (EXIT_EXEC).
 pub const EXIT_EXEC: i32 = 203;
 
+/// A closed list of systemd's words for one property, parsed where the property is read. A
+/// word the list does not know (a newer systemd) is kept as it was read, in `Other`.
+macro_rules! systemd_words {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)* }) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, PartialEq, Eq)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)*
+            /// A word this list does not know, or none (`""`, nothing read yet).
+            Other(String),
+        }
+
+        impl $name {
+            pub fn parse(text: &str) -> Self {
+                match text {
+                    $($text => Self::$variant,)*
+                    other => Self::Other(other.to_string()),
+                }
+            }
+
+            /// The word as systemd spells it.
+            pub fn as_str(&self) -> &str {
+                match self {
+                    $(Self::$variant => $text,)*
+                    Self::Other(text) => text,
+                }
+            }
+        }
+
+        impl Default for $name {
+            /// Nothing read yet: the empty word a missing string property gives.
+            fn default() -> Self {
+                Self::Other(String::new())
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+systemd_words! {
+    /// A unit's `ActiveState` (org.freedesktop.systemd1(5)).
+    ActiveState {
+        Active = "active",
+        Reloading = "reloading",
+        Inactive = "inactive",
+        Failed = "failed",
+        Activating = "activating",
+        Deactivating = "deactivating",
+        /// Cleaning up after the unit (`systemctl clean`).
+        Maintenance = "maintenance",
+        /// Refreshing extension images.
+        Refreshing = "refreshing",
+    }
+}
+
+systemd_words! {
+    /// A service's `SubState` (systemd's service states; other unit types have other words).
+    SubState {
+        Dead = "dead",
+        Condition = "condition",
+        StartPre = "start-pre",
+        Start = "start",
+        StartPost = "start-post",
+        Running = "running",
+        Exited = "exited",
+        Reload = "reload",
+        ReloadSignal = "reload-signal",
+        ReloadNotify = "reload-notify",
+        Stop = "stop",
+        StopWatchdog = "stop-watchdog",
+        StopSigterm = "stop-sigterm",
+        StopSigkill = "stop-sigkill",
+        StopPost = "stop-post",
+        FinalWatchdog = "final-watchdog",
+        FinalSigterm = "final-sigterm",
+        FinalSigkill = "final-sigkill",
+        Failed = "failed",
+        DeadBeforeAutoRestart = "dead-before-auto-restart",
+        FailedBeforeAutoRestart = "failed-before-auto-restart",
+        DeadResourcesPinned = "dead-resources-pinned",
+        AutoRestart = "auto-restart",
+        AutoRestartQueued = "auto-restart-queued",
+        Cleaning = "cleaning",
+    }
+}
+
 /// The properties of `org.freedesktop.systemd1.Unit` and `.Service` roost reads.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UnitProps {
     pub load_state: String,
-    pub active_state: String,
-    pub sub_state: String,
+    pub active_state: ActiveState,
+    pub sub_state: SubState,
     pub result: String,
     /// `always`, `on-failure`, `no`, ...
     pub restart: String,
@@ -62,8 +153,10 @@ impl UnitProps {
         for (key, value) in values {
             match key.as_str() {
                 "LoadState" => self.load_state = text(value).unwrap_or_default(),
-                "ActiveState" => self.active_state = text(value).unwrap_or_default(),
-                "SubState" => self.sub_state = text(value).unwrap_or_default(),
+                "ActiveState" => {
+                    self.active_state = ActiveState::parse(&text(value).unwrap_or_default())
+                }
+                "SubState" => self.sub_state = SubState::parse(&text(value).unwrap_or_default()),
                 "Result" => self.result = text(value).unwrap_or_default(),
                 "Restart" => self.restart = text(value).unwrap_or_default(),
                 "MainPID" => self.main_pid = u32::try_from(value).unwrap_or_default(),
@@ -137,31 +230,33 @@ pub fn classify(props: &UnitProps, memory: Memory) -> ObservedState {
             .unwrap_or_else(Timestamp::now)
     };
     let pid = (props.main_pid != 0).then_some(props.main_pid);
-    match (props.active_state.as_str(), props.sub_state.as_str()) {
-        ("active" | "reloading", _) => ObservedState::Running {
+    match &props.active_state {
+        ActiveState::Active | ActiveState::Reloading => ObservedState::Running {
             pid,
             since: since(),
         },
-        ("activating", _) => ObservedState::Restarting {
+        ActiveState::Activating => ObservedState::Restarting {
             last_exit: props.last_exit(),
         },
-        ("deactivating", _) if memory.operator_stopped => ObservedState::StoppedByOperator,
+        ActiveState::Deactivating if memory.operator_stopped => ObservedState::StoppedByOperator,
         // Still alive while it stops.
-        ("deactivating", _) => ObservedState::Running {
+        ActiveState::Deactivating => ObservedState::Running {
             pid,
             since: since(),
         },
-        ("failed", _) if memory.roost_stopped => ObservedState::Inactive,
-        ("failed", _) if memory.operator_stopped => ObservedState::StoppedByOperator,
+        ActiveState::Failed if memory.roost_stopped => ObservedState::Inactive,
+        ActiveState::Failed if memory.operator_stopped => ObservedState::StoppedByOperator,
         // Final: a property read never sees the `failed` that precedes an auto-restart (systemd
         // passes through it inside one call; only the signals show it, and the watcher re-reads
         // a unit whose signal says `failed`). Hitting the start limit leaves `Result=exit-code`
         // on 252, not `start-limit-hit`.
-        ("failed", _) => ObservedState::Exited {
+        ActiveState::Failed => ObservedState::Exited {
             exit: props.exit_or_failure(),
         },
-        ("inactive", _) => classify_inactive(props, memory),
-        _ => ObservedState::Inactive,
+        ActiveState::Inactive => classify_inactive(props, memory),
+        ActiveState::Maintenance | ActiveState::Refreshing | ActiveState::Other(_) => {
+            ObservedState::Inactive
+        }
     }
 }
 
@@ -204,8 +299,8 @@ mod tests {
     fn props(active: &str, sub: &str, result: &str, restart: &str) -> UnitProps {
         UnitProps {
             load_state: "loaded".into(),
-            active_state: active.into(),
-            sub_state: sub.into(),
+            active_state: ActiveState::parse(active),
+            sub_state: SubState::parse(sub),
             result: result.into(),
             restart: restart.into(),
             exec_main_start_us: 1_700_000_000_000_000,
@@ -345,12 +440,31 @@ mod tests {
         p.merge(&values);
         assert_eq!(
             (
-                p.active_state.as_str(),
+                &p.active_state,
                 p.main_pid,
                 p.exec_main_code,
                 p.exec_main_exit_us
             ),
-            ("failed", 7, 2, 5)
+            (&ActiveState::Failed, 7, 2, 5)
         );
+    }
+
+    #[test]
+    fn words_read_back_as_read() {
+        for word in [
+            "active",
+            "activating",
+            "maintenance",
+            "",
+            "some-future-state",
+        ] {
+            assert_eq!(ActiveState::parse(word).to_string(), word);
+        }
+        for word in ["running", "auto-restart-queued", "stop-sigterm", "mounting"] {
+            assert_eq!(SubState::parse(word).as_str(), word);
+        }
+        assert_eq!(ActiveState::parse("failed"), ActiveState::Failed);
+        assert_eq!(SubState::parse("auto-restart"), SubState::AutoRestart);
+        assert_eq!(ActiveState::default(), ActiveState::Other(String::new()));
     }
 }

@@ -14,7 +14,7 @@ use zbus::{Connection, MatchRule, MessageStream, OwnedVariant};
 
 use super::dbus::{self, ManagerProxy};
 use super::names::{UNIT_PREFIX, unit_from_object_path};
-use super::state::{CLD_KILLED, READ_PROPERTIES, UnitProps};
+use super::state::{ActiveState, CLD_KILLED, READ_PROPERTIES, UnitProps};
 use super::{SystemdTarget, open_connection};
 use crate::runtime::RuntimeEvent;
 
@@ -327,7 +327,7 @@ fn on_properties_changed(
     let before = props.clone();
     props.merge(&changed);
     let props = props.clone();
-    if is_unit && props.active_state == "failed" {
+    if is_unit && props.active_state == ActiveState::Failed {
         // Maybe the transient `failed` before an auto-restart: only a fresh read tells.
         entry.dirty = true;
     }
@@ -345,7 +345,7 @@ fn on_properties_changed(
             && matches!(props.exec_main_status, 1 | 2 | 13 | 15);
         let stopping = roost_caused
             || s.operator_stopped.contains(&unit)
-            || before.active_state == "deactivating"
+            || before.active_state == ActiveState::Deactivating
             || clean_stop;
         match props.last_exit() {
             Some(exit) if !stopping => {
@@ -365,15 +365,22 @@ fn on_properties_changed(
     }
     if is_unit && (props.active_state != before.active_state || props.sub_state != before.sub_state)
     {
-        match props.active_state.as_str() {
+        match props.active_state {
             // A stop while the main process still lives, and roost did not ask for it.
-            "deactivating" if props.main_pid != 0 && !roost_caused => {
+            ActiveState::Deactivating if props.main_pid != 0 && !roost_caused => {
                 s.mark_operator_stop(&unit);
             }
-            "active" => {
+            ActiveState::Active => {
                 s.clear_operator_stop(&unit);
             }
-            _ => {}
+            ActiveState::Deactivating
+            | ActiveState::Reloading
+            | ActiveState::Inactive
+            | ActiveState::Failed
+            | ActiveState::Activating
+            | ActiveState::Maintenance
+            | ActiveState::Refreshing
+            | ActiveState::Other(_) => {}
         }
         let _ = events.send(RuntimeEvent::Changed);
     }
