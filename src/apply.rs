@@ -49,7 +49,7 @@ pub async fn apply<R: Runtime>(
                 match &r {
                     Ok(()) => record.started(Timestamp::now()),
                     Err(e) => {
-                        record.start_failed(start_error_code(e), e.to_string(), Timestamp::now())
+                        record.start_failed(start_error_code(e), errors::chain(e), Timestamp::now())
                     }
                 }
                 stop_failures.remove(run.name.as_str());
@@ -76,7 +76,7 @@ pub async fn apply<R: Runtime>(
         };
         if let Err(e) = result {
             counts.failed += 1;
-            tracing::warn!(%action, error = %e, "action failed");
+            tracing::warn!(%action, error = %errors::chain(&e), "action failed");
         }
     }
     if counts.failed > 0 {
@@ -96,7 +96,7 @@ fn note_stop(
 ) {
     match r {
         Ok(()) => stop_failures.remove(name),
-        Err(e) => stop_failures.insert(name.to_string(), e.to_string()),
+        Err(e) => stop_failures.insert(name.to_string(), errors::chain(e)),
     };
 }
 
