@@ -23,7 +23,7 @@ pub enum AppError {
     Reconcile(#[from] ReconcileError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
-    #[error("cannot start the async runtime: {0}")]
+    #[error("cannot start the async runtime")]
     Tokio(#[source] std::io::Error),
     #[error("{0}")]
     Usage(String),
@@ -309,8 +309,9 @@ pub fn plan_offline(file: &Path, state_dir: &Path) -> (String, bool) {
             Err(e) => {
                 return (
                     format!(
-                        "{} cannot observe the systemd units: {e}\n",
-                        errors::RUNTIME_UNREACHABLE.code
+                        "{} cannot observe the systemd units: {}\n",
+                        errors::RUNTIME_UNREACHABLE.code,
+                        errors::chain(&e)
                     ),
                     false,
                 );

@@ -70,7 +70,7 @@ impl<R: Runtime> Applier<'_, R> {
             };
             if let Err(e) = result {
                 counts.failed += 1;
-                tracing::warn!(%action, error = %e, "action failed");
+                tracing::warn!(%action, error = %errors::chain(&e), "action failed");
             }
         }
         if counts.failed > 0 {
@@ -93,7 +93,7 @@ impl<R: Runtime> Applier<'_, R> {
         let record = history.for_spec(run.name.as_str(), &run.spec_hash);
         match &r {
             Ok(()) => record.started(self.clock.now()),
-            Err(e) => record.start_failed(start_error_code(e), e.to_string(), self.clock.now()),
+            Err(e) => record.start_failed(start_error_code(e), errors::chain(e), self.clock.now()),
         }
         stop_failures.remove(run.name.as_str());
         r
@@ -129,8 +129,9 @@ impl<R: Runtime> Applier<'_, R> {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(component = %name, error = %e, "stop at shutdown failed");
-                    failed.insert(name.clone(), e.to_string());
+                    let why = errors::chain(&e);
+                    tracing::warn!(component = %name, error = %why, "stop at shutdown failed");
+                    failed.insert(name.clone(), why);
                 }
             }
         }
@@ -145,7 +146,7 @@ fn note_stop(
 ) {
     match r {
         Ok(()) => stop_failures.remove(name),
-        Err(e) => stop_failures.insert(name.to_string(), e.to_string()),
+        Err(e) => stop_failures.insert(name.to_string(), errors::chain(e)),
     };
 }
 

@@ -151,7 +151,7 @@ fn current_boot_id() -> Option<String> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         path: String,
         #[source]

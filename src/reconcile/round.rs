@@ -100,8 +100,9 @@ impl<R: Runtime> Reconciler<R> {
                 Ok(observed)
             }
             Err(e) => {
-                tracing::warn!(error = %e, "runtime not reachable");
-                self.runtime_error = Some(e.to_string());
+                let why = crate::errors::chain(&e);
+                tracing::warn!(error = %why, "runtime not reachable");
+                self.runtime_error = Some(why);
                 self.runtime_retry = self.runtime_retry.saturating_add(1);
                 self.write_status(None);
                 Err(RoundEnd::Unreachable {
@@ -179,7 +180,7 @@ impl<R: Runtime> Reconciler<R> {
 
     pub(super) fn save_history(&self) {
         if let Err(e) = self.history.save(&self.state.history()) {
-            tracing::error!(error = %e, "cannot save history");
+            tracing::error!(error = %crate::errors::chain(&e), "cannot save history");
         }
     }
 }

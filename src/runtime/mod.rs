@@ -38,7 +38,7 @@ pub enum RuntimeError {
     OutOfDescriptors { name: String, reason: String },
     #[error("invalid value for component {name}: {message}")]
     InvalidValue { name: String, message: String },
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         context: String,
         #[source]
