@@ -460,11 +460,12 @@ pub enum StatusError {
     },
 }
 
-/// Writes `doc` to `path` whole or not at all (temp file, fsync, rename, fsync the folder).
+/// Writes `doc` to `path` whole or not at all (temp file, rename; not fsynced: a derived file
+/// rewritten on every change, so a power cut may lose the newest version, never tear it).
 pub fn write(path: &Path, doc: &StatusDoc) -> Result<(), StatusError> {
     let mut bytes = serde_json::to_vec_pretty(doc).expect("status serializes");
     bytes.push(b'\n');
-    crate::fsutil::write_atomic(path, &bytes).map_err(|source| StatusError::Write {
+    crate::fsutil::replace_quietly(path, &bytes).map_err(|source| StatusError::Write {
         path: path.display().to_string(),
         source,
     })

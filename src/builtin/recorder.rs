@@ -12,7 +12,9 @@ use jiff::Timestamp;
 use super::{Builtin, BuiltinError};
 use crate::errors::{self, ErrorCode};
 use crate::observe::{BuiltinHealth, BuiltinReport, ComponentRun, Trouble};
-use crate::recorder::{FILE_GRACE, HEARTBEAT, Health, RecordConfig, RecorderReport};
+use crate::recorder::{
+    FILE_GRACE, FIRST_REPORT_WITHIN, HEARTBEAT, Health, RecordConfig, RecorderReport,
+};
 use crate::spec::{self, Deployment, recorder::RECORDER_COMPONENT};
 use crate::status::Reason;
 
@@ -88,7 +90,7 @@ impl Builtin for Recorder {
             Some(report) => BuiltinHealth::Reported(reported(&report, now)),
             // Just started: it has until its first report is due, then it is an error.
             None => BuiltinHealth::Silent {
-                within: HEARTBEAT * 3,
+                within: FIRST_REPORT_WITHIN,
                 code: &errors::NO_RECORDINGS,
                 reason: Reason::NoRecordings,
             },

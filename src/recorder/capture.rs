@@ -47,23 +47,69 @@ pub struct Gap {
     pub frames: u64,
 }
 
+/// Seconds of audio the writer lets gather in the ring before the callback wakes it: the
+/// writer then handles them in one go instead of waking every period (fewer wakeups and
+/// context switches; the ring holds [`RING_SECONDS`], far more).
+pub const WAKE_SECONDS: f64 = 0.5;
+
 /// Counters shared between the audio callback and the writer.
 #[derive(Debug, Default)]
 pub struct Shared {
+    /// Frames the device delivered (kept or dropped).
     pub frames_captured: AtomicU64,
+    /// Frames dropped because the ring was full.
     pub frames_dropped: AtomicU64,
+    /// Overruns ALSA reported (xruns).
     pub overruns: AtomicU64,
     /// Set by the error callback when the device disappeared or the stream died.
     pub device_lost: AtomicBool,
+    /// The writer thread, woken by the callbacks when there is work.
+    writer: std::sync::OnceLock<std::thread::Thread>,
+    /// A wake-up is on its way: the callback does not send another until the writer waits again.
+    wake_sent: AtomicBool,
+}
+
+impl Shared {
+    /// Wakes the writer unless a wake-up is already on its way (cheap: one atomic swap; an
+    /// unpark only when the writer may be waiting).
+    fn wake_writer(&self) {
+        if !self.wake_sent.swap(true, Ordering::AcqRel)
+            && let Some(writer) = self.writer.get()
+        {
+            writer.unpark();
+        }
+    }
 }
 
 /// A running capture: the stream and the reading ends of its ring buffers.
 pub struct Capture<T: WavSample> {
     stream: Option<cpal::Stream>,
+    /// Samples, interleaved, in whole frames.
     pub samples: rtrb::Consumer<T>,
+    /// Where periods were dropped.
     pub gaps: rtrb::Consumer<Gap>,
+    /// Counters and the writer's wake-up.
     pub shared: Arc<Shared>,
+    /// Frames per period the device delivers.
     pub period_frames: u32,
+    /// Samples in the ring that make the callback wake the writer.
+    wake_samples: usize,
+}
+
+impl<T: WavSample> Capture<T> {
+    /// Waits, on the writer's thread, until the ring holds a batch of samples, a gap or a lost
+    /// device is signalled, or `timeout` passes. Event-driven: no polling.
+    pub fn wait(&self, timeout: Duration) {
+        self.shared.wake_sent.store(false, Ordering::Release);
+        // Samples that arrived before the flag was cleared sent no wake-up: look first.
+        if self.samples.slots() >= self.wake_samples
+            || !self.gaps.is_empty()
+            || self.shared.device_lost.load(Ordering::Relaxed)
+        {
+            return;
+        }
+        std::thread::park_timeout(timeout);
+    }
 }
 
 impl<T: WavSample> Drop for Capture<T> {
@@ -214,7 +260,7 @@ where
         }
         other => other,
     };
-    let (stream, samples, gaps, shared) = built.map_err(|e| stream_error(spec, e))?;
+    let (stream, samples, gaps, shared, wake_samples) = built.map_err(|e| stream_error(spec, e))?;
     stream.play().map_err(|e| stream_error(spec, e))?;
     let period_frames = stream.buffer_size().unwrap_or(period_frames);
     Ok(Capture {
@@ -223,6 +269,7 @@ where
         gaps,
         shared,
         period_frames,
+        wake_samples,
     })
 }
 
@@ -231,6 +278,7 @@ type Built<T> = (
     rtrb::Consumer<T>,
     rtrb::Consumer<Gap>,
     Arc<Shared>,
+    usize,
 );
 
 fn build<D, T>(
@@ -249,6 +297,11 @@ where
     let (mut producer, consumer) = rtrb::RingBuffer::<T>::new(capacity);
     let (mut gap_producer, gap_consumer) = rtrb::RingBuffer::<Gap>::new(256);
     let shared = Arc::new(Shared::default());
+    // The stream is built on the writer's thread: that is the thread the callbacks wake.
+    let _ = shared.writer.set(std::thread::current());
+    let wake_samples = ((rate as f64 * WAKE_SECONDS) as usize * channels)
+        .max(period_frames as usize * channels)
+        .min(capacity / 4);
     let data_shared = shared.clone();
     let mut pushed: u64 = 0;
     let mut pending_gap: Option<Gap> = None;
@@ -266,6 +319,9 @@ where
             Ok(chunk) if pending_gap.is_none() => {
                 chunk.fill_from_iter(data.iter().map(|&d| T::from_device(d)));
                 pushed += data.len() as u64;
+                if capacity - producer.slots() >= wake_samples {
+                    data_shared.wake_writer();
+                }
             }
             _ => {
                 // The writer is behind: drop this period whole and tell the writer where.
@@ -286,6 +342,7 @@ where
                     Ok(()) => None,
                     Err(_) => Some(gap),
                 };
+                data_shared.wake_writer();
             }
         }
     };
@@ -298,6 +355,7 @@ where
         | cpal::ErrorKind::StreamInvalidated
         | cpal::ErrorKind::HostUnavailable => {
             error_shared.device_lost.store(true, Ordering::Relaxed);
+            error_shared.wake_writer();
         }
         _ => tracing::warn!(error = %e, "audio stream error"),
     };
@@ -307,7 +365,7 @@ where
         error_callback,
         Some(Duration::from_secs(5)),
     )?;
-    Ok((stream, consumer, gap_consumer, shared))
+    Ok((stream, consumer, gap_consumer, shared, wake_samples))
 }
 
 fn stream_error(spec: &RecorderSpec, e: cpal::Error) -> DeviceError {

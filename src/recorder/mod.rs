@@ -33,13 +33,16 @@ use registrar::{DeploymentInfo, Registrar};
 pub use capture::default_period_frames;
 pub use probe::{check_device, check_device_or_report};
 pub use report::{
-    FILE_GRACE, HEARTBEAT, Health, REPORT_FILE, RecorderReport, RecorderState, ReportError, assess,
-    read_report, report_path,
+    FILE_GRACE, FIRST_REPORT_WITHIN, HEARTBEAT, Health, REPORT_FILE, RecorderReport, RecorderState,
+    ReportError, assess, read_report, report_path,
 };
 use wav::{Guano, WavFile, WavFormat, WavSample};
 
 /// How long a new stream's first samples wait before the anchor is taken.
 const ANCHOR_SETTLE: Duration = Duration::from_millis(300);
+/// Longest wait for samples: the stop flag, the registrar's news and the report are looked at
+/// at least this often while the device is silent.
+const IDLE_LOOK: Duration = Duration::from_secs(1);
 
 /// How often the storage is looked at while no file is being written.
 const IDLE_STORAGE_CHECK: Duration = Duration::from_secs(60);
@@ -192,6 +195,8 @@ fn stop_on_signals() -> Result<Arc<AtomicBool>, RecorderError> {
     set.thread_block().map_err(RecorderError::Signals)?;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
+    // The writer runs on this thread: a stop wakes it at once, wherever it waits.
+    let writer = std::thread::current();
     std::thread::Builder::new()
         .name("roost-signals".into())
         .spawn(move || {
@@ -199,6 +204,7 @@ fn stop_on_signals() -> Result<Arc<AtomicBool>, RecorderError> {
                 tracing::info!(signal = ?sig, "stopping: finishing the current file");
             }
             flag.store(true, Ordering::SeqCst);
+            writer.unpark();
             // Opening a device can block (a FIFO without a writer, a hung driver): do not
             // outlive a stop request by much. A file cut here is completed at the next start.
             std::thread::sleep(STOP_TIMEOUT);
@@ -261,8 +267,6 @@ struct StreamPosition {
     draining: bool,
     /// No samples for this long: the device is lost.
     stall_timeout: Duration,
-    /// How long to wait when there is nothing to read.
-    poll: Duration,
 }
 
 impl StreamPosition {
@@ -275,7 +279,6 @@ impl StreamPosition {
             opened: Instant::now(),
             draining: false,
             stall_timeout: (period_time * 8).max(Duration::from_secs(2)),
-            poll: (period_time / 2).clamp(Duration::from_millis(2), Duration::from_millis(20)),
         }
     }
 }
@@ -475,8 +478,9 @@ impl<T: WavSample> Recorder<T> {
     fn sleep(&mut self, d: Duration) {
         let until = Instant::now() + d;
         while !self.stopping() && Instant::now() < until {
-            std::thread::sleep(
-                Duration::from_millis(50).min(until.saturating_duration_since(Instant::now())),
+            // The signal thread unparks this thread on a stop.
+            std::thread::park_timeout(
+                IDLE_LOOK.min(until.saturating_duration_since(Instant::now())),
             );
             self.heartbeat();
         }
@@ -620,11 +624,16 @@ impl<T: WavSample> Recorder<T> {
                 StreamStep::Idle => {
                     self.update_counters(&cap);
                     self.heartbeat();
-                    std::thread::sleep(stream.poll);
+                    // Woken by the callback when a batch is in (or a gap, a lost device); the
+                    // bound keeps the stall check and the stop flag looked at.
+                    let to_stall = stream
+                        .stall_timeout
+                        .saturating_sub(stream.last_data.elapsed());
+                    cap.wait(to_stall.min(IDLE_LOOK));
                 }
                 StreamStep::Settle => {
                     stream.last_data = Instant::now();
-                    std::thread::sleep(stream.poll);
+                    std::thread::sleep(ANCHOR_SETTLE.saturating_sub(stream.opened.elapsed()));
                 }
                 StreamStep::Read { samples } => {
                     stream.last_data = Instant::now();
@@ -1116,7 +1125,8 @@ impl<T: WavSample> Recorder<T> {
         let first = partial.join(format!("{name}.part"));
         let mut temp = first.clone();
         for n in 1..1000 {
-            match WavFile::<T>::create(&temp, self.format, frames) {
+            let sync = self.config.recorder.effective_sync_interval();
+            match WavFile::<T>::create(&temp, self.format, frames, sync) {
                 Ok(wav) => return Ok((wav, temp)),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     temp =

@@ -1,6 +1,6 @@
 //! The recorder's report: what it produced and what is wrong, written to
-//! `<state-dir>/recorder-report.json` (whole or not at all) on every file and every state change,
-//! and at least every [`HEARTBEAT`]. [`assess`] turns a report into health for the reconciler and
+//! `<state-dir>/recorder-report.json` (whole or not at all, not fsynced) on every file, every
+//! state change and fault, and at least every [`HEARTBEAT`]. [`assess`] turns a report into health for the reconciler and
 //! `roost check`: output decides, so a recorder that runs but writes nothing is an error.
 
 use std::path::{Path, PathBuf};
@@ -15,8 +15,13 @@ use crate::storage::RepairReport;
 /// File name of the report in the state folder.
 pub const REPORT_FILE: &str = "recorder-report.json";
 
-/// The report is rewritten at least this often while the recorder runs.
-pub const HEARTBEAT: Duration = Duration::from_secs(10);
+/// The report is rewritten at least this often while the recorder runs, even when nothing a
+/// reader acts on changed: the reconciler takes a report three heartbeats old (plus
+/// [`FILE_GRACE`]) for a hung recorder. Files, state changes and faults rewrite it at once.
+pub const HEARTBEAT: Duration = Duration::from_secs(60);
+
+/// A recorder that has not written its first report this long after its start is in error.
+pub const FIRST_REPORT_WITHIN: Duration = Duration::from_secs(30);
 
 /// How late a file may be before the recorder counts as producing nothing.
 pub const FILE_GRACE: SignedDuration = SignedDuration::from_secs(30);
@@ -180,10 +185,11 @@ pub fn read_report(state_dir: &Path) -> Option<RecorderReport> {
     serde_json::from_slice(&bytes).ok()
 }
 
-/// Writes a report whole or not at all.
+/// Writes a report whole or not at all, without fsync (a derived file: a power cut may lose the
+/// newest version, never tear it; see [`crate::fsutil::replace_quietly`]).
 pub fn write_report(state_dir: &Path, report: &RecorderReport) -> std::io::Result<()> {
     let bytes = serde_json::to_vec_pretty(report).map_err(std::io::Error::other)?;
-    crate::fsutil::write_atomic(&report_path(state_dir), &bytes)
+    crate::fsutil::replace_quietly(&report_path(state_dir), &bytes)
 }
 
 #[cfg(test)]

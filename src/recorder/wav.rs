@@ -1,7 +1,11 @@
 //! One WAV file being written: hound writes the samples into a temporary file whose space was
-//! reserved up front (so a disk that fills cannot tear it), the header is checkpointed every
-//! second (so a crash leaves a readable prefix), and on completion the file is trimmed, given a
-//! GUANO metadata chunk and fsynced. [`salvage`] completes a temporary file a crash left behind.
+//! reserved up front without changing its size (so a disk that fills cannot tear it, and the
+//! size always says how much was written); the data is flushed to the card every
+//! `syncInterval` (the most audio a power cut can cost); on completion the file is trimmed,
+//! given a GUANO metadata chunk and fsynced. [`salvage`] completes a temporary file a crash
+//! left behind from its size alone: the data after the header is plain PCM, so no header
+//! checkpoint is needed (on ext4's default `data=ordered`, a size on disk never covers data
+//! that did not reach it).
 
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
@@ -135,21 +139,31 @@ pub struct WavFile<T: WavSample> {
     format: WavFormat,
     frames: u64,
     max_frames: u64,
-    samples_since_checkpoint: u64,
+    /// Samples between flushes to the card (0: at the end only).
+    sync_every: u64,
+    samples_since_sync: u64,
     _sample: std::marker::PhantomData<T>,
 }
 
 impl<T: WavSample> WavFile<T> {
-    /// Creates `temp` with room reserved for `max_frames` frames. Fails with ENOSPC when not even
-    /// that fits; the caller decides how many frames to ask for.
-    pub fn create(temp: &Path, format: WavFormat, max_frames: u64) -> std::io::Result<Self> {
+    /// Creates `temp` with room reserved for `max_frames` frames, flushed to the card every
+    /// `sync_interval` of audio (zero: at the end only). Fails with ENOSPC when not even that
+    /// fits; the caller decides how many frames to ask for.
+    pub fn create(
+        temp: &Path,
+        format: WavFormat,
+        max_frames: u64,
+        sync_interval: std::time::Duration,
+    ) -> std::io::Result<Self> {
         let file = File::create_new(temp)?;
         // The new name must survive a power cut too, or the whole partial file vanishes.
         if let Some(dir) = temp.parent() {
             File::open(dir)?.sync_all()?;
         }
         let bytes = max_frames * format.bytes_per_frame() + RESERVE_EXTRA;
-        if let Err(e) = nix::fcntl::posix_fallocate(&file, 0, bytes as i64) {
+        // KEEP_SIZE: the blocks are the file's, its size grows only as data is written.
+        let keep_size = nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE;
+        if let Err(e) = nix::fcntl::fallocate(&file, keep_size, 0, bytes as i64) {
             // EINVAL/EOPNOTSUPP: the file system cannot reserve; write without the guarantee.
             if e == nix::errno::Errno::ENOSPC {
                 drop(file);
@@ -169,7 +183,10 @@ impl<T: WavSample> WavFile<T> {
             format,
             frames: 0,
             max_frames,
-            samples_since_checkpoint: 0,
+            sync_every: (sync_interval.as_secs_f64()
+                * f64::from(format.sample_rate)
+                * f64::from(format.channels)) as u64,
+            samples_since_sync: 0,
             _sample: std::marker::PhantomData,
         })
     }
@@ -187,13 +204,10 @@ impl<T: WavSample> WavFile<T> {
         T::write_all(&mut self.writer, samples).map_err(hound_to_io)?;
         let channels = u64::from(self.format.channels);
         self.frames += samples.len() as u64 / channels;
-        self.samples_since_checkpoint += samples.len() as u64;
-        // Every second of audio: the header then says how much is valid, for salvage after a crash.
-        if self.samples_since_checkpoint >= u64::from(self.format.sample_rate) * channels {
-            self.samples_since_checkpoint = 0;
+        self.samples_since_sync += samples.len() as u64;
+        if self.sync_every > 0 && self.samples_since_sync >= self.sync_every {
+            self.samples_since_sync = 0;
             self.writer.flush().map_err(hound_to_io)?;
-            // Make the checkpoint durable: without it, after a power cut the header may claim
-            // frames whose data never reached the disk (zeros registered as audio).
             self.file.sync_data()?;
         }
         Ok(())
@@ -267,9 +281,9 @@ fn complete(
     f.sync_all()
 }
 
-/// Completes a temporary file left by a crash or a write error: keeps the whole frames that are
-/// both declared by the last header checkpoint (or all, if none) and present on disk. Returns the
-/// frames kept and the format, or `None` when the file holds no readable audio.
+/// Completes a temporary file left by a crash or a write error: keeps every whole frame present
+/// on disk after the header (the header's own sizes are not trusted: hound writes them at the
+/// end). Returns the frames kept and the format, or `None` when the file holds no readable audio.
 pub fn salvage(
     temp: &Path,
     guano: &Guano,
@@ -280,8 +294,8 @@ pub fn salvage(
         .write(true)
         .open(temp)?;
     let len = file.metadata()?.len();
-    // Space reserved by posix_fallocate reads as zeros: a header that never left the write
-    // buffer (a crash in the first second) means an empty file, not a damaged one.
+    // A header of zeros (space reserved by an older roost's posix_fallocate, a file system
+    // that zero-filled after a power cut) means an empty file, not a damaged one.
     let mut head = [0u8; 44];
     let read = std::io::Read::read(&mut (&file), &mut head)?;
     if head[..read].iter().all(|&b| b == 0) {
@@ -308,10 +322,8 @@ pub fn salvage(
         channels: spec.channels,
         sample_format,
     };
-    let declared = u64::from(reader.duration());
     drop(reader);
-    let on_disk = len.saturating_sub(format.header_bytes()) / format.bytes_per_frame();
-    let frames = declared.min(on_disk);
+    let frames = len.saturating_sub(format.header_bytes()) / format.bytes_per_frame();
     if frames == 0 {
         return Ok(None);
     }
@@ -322,6 +334,8 @@ pub fn salvage(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const SYNC: std::time::Duration = std::time::Duration::from_secs(10);
 
     fn guano() -> Guano {
         Guano {
@@ -363,7 +377,7 @@ mod tests {
             let p = dir.path().join(format!("{fmt}.wav"));
             match fmt {
                 SampleFormat::I16 => {
-                    let mut w = WavFile::<i16>::create(&p, format, 20_000).unwrap();
+                    let mut w = WavFile::<i16>::create(&p, format, 20_000, SYNC).unwrap();
                     let s: Vec<i16> = (0..9001 * channels as i16)
                         .map(|i| i.wrapping_mul(7))
                         .collect();
@@ -377,7 +391,7 @@ mod tests {
                     assert_eq!(r, s);
                 }
                 SampleFormat::I24 => {
-                    let mut w = WavFile::<i32>::create(&p, format, 20_000).unwrap();
+                    let mut w = WavFile::<i32>::create(&p, format, 20_000, SYNC).unwrap();
                     let s: Vec<i32> = (0..9001 * i32::from(channels))
                         .map(|i| i * 100 - 8_000_000)
                         .collect();
@@ -391,7 +405,7 @@ mod tests {
                     assert_eq!(r, s);
                 }
                 SampleFormat::F32 => {
-                    let mut w = WavFile::<f32>::create(&p, format, 20_000).unwrap();
+                    let mut w = WavFile::<f32>::create(&p, format, 20_000, SYNC).unwrap();
                     let s: Vec<f32> = (0..9001 * channels)
                         .map(|i| f32::from(i) / 20_000.0)
                         .collect();
@@ -417,28 +431,68 @@ mod tests {
         }
     }
 
+    /// Kill -9 at any moment: every whole frame hound handed to the kernel is kept, whatever the
+    /// header says; a cut mid-frame loses that frame only. A power cut that loses what was not
+    /// yet synced is the same as a file truncated to its last synced length.
     #[test]
-    fn salvage_keeps_the_checkpointed_prefix() {
+    fn salvage_keeps_every_whole_frame_on_disk() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("x.wav.part");
         let format = WavFormat {
             sample_rate: 8000,
+            channels: 2,
+            sample_format: SampleFormat::I16,
+        };
+        let s: Vec<i16> = (0..40_000).map(|i| i as i16).collect();
+        let header = format.header_bytes();
+        // (frames written, bytes cut from the end (a torn frame), frames expected)
+        for (written, cut, kept) in [
+            (20_000, 0, 20_000),
+            (20_000, 3, 19_999),
+            (9_000, 0, 9_000),
+            (1, 0, 1),
+        ] {
+            let p = dir.path().join(format!("{written}-{cut}.wav.part"));
+            let mut w = WavFile::<i16>::create(&p, format, 80_000, SYNC).unwrap();
+            w.write(&s[..written * 2]).unwrap();
+            // Simulate kill -9: what hound buffered reaches the kernel, nothing finalizes.
+            w.writer.flush().unwrap();
+            std::mem::forget(w);
+            let len = std::fs::metadata(&p).unwrap().len();
+            assert_eq!(
+                len,
+                header + written as u64 * 4,
+                "the size says what was written"
+            );
+            let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+            f.set_len(len - cut).unwrap();
+            let (frames, _) = salvage(&p, &guano(), "x.wav").unwrap().unwrap();
+            assert_eq!(frames, kept);
+            let r: Vec<i16> = hound::WavReader::open(&p)
+                .unwrap()
+                .into_samples()
+                .map(|s| s.unwrap())
+                .collect();
+            assert_eq!(r, s[..kept as usize * 2]);
+        }
+    }
+
+    /// The reservation does not show in the size, and finishing gives back what was not used.
+    #[test]
+    fn reserved_space_is_returned_when_the_file_ends() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.wav");
+        let format = WavFormat {
+            sample_rate: 48_000,
             channels: 1,
             sample_format: SampleFormat::I16,
         };
-        let mut w = WavFile::<i16>::create(&p, format, 80_000).unwrap();
-        let s: Vec<i16> = (0..20_000).map(|i| i as i16).collect();
-        w.write(&s[..8000]).unwrap(); // checkpoint at 1 s
-        w.write(&s[8000..12_000]).unwrap(); // not checkpointed
-        // Simulate a crash: forget the writer without finalizing.
-        std::mem::forget(w);
-        let (frames, _) = salvage(&p, &guano(), "x.wav").unwrap().unwrap();
-        assert_eq!(frames, 8000);
-        let r: Vec<i16> = hound::WavReader::open(&p)
-            .unwrap()
-            .into_samples()
-            .map(|s| s.unwrap())
-            .collect();
-        assert_eq!(r, s[..8000]);
+        let mut w = WavFile::<i16>::create(&p, format, 48_000 * 60, SYNC).unwrap();
+        w.write(&vec![1i16; 48_000]).unwrap();
+        w.finish(&guano(), "r.wav").unwrap();
+        let meta = std::fs::metadata(&p).unwrap();
+        assert!(meta.len() < 100_000, "{}", meta.len());
+        // Allocated blocks: about the file, not the 5.8 MB reserved for 60 s.
+        assert!(meta.blocks() * 512 < 200_000, "{} blocks", meta.blocks());
     }
 }
