@@ -98,7 +98,7 @@ fn kill_9_mid_file_then_restart_leaves_a_consistent_storage() {
     let feeder = PacedFeeder::start(&rig.fifo, rate, rig.period);
     let mut child = KillOnDrop(rig.spawn_recorder());
     rig.wait_report("one file", LONG, |r| r.files_written >= 1);
-    // Mid-file: past the first header checkpoint (1 s) of the next 6 s file, with time to spare.
+    // Mid-file: 2.5 s into the next 6 s file.
     std::thread::sleep(Duration::from_millis(2500));
     signal(&child.0, nix::sys::signal::Signal::SIGKILL);
     wait_exit(&mut child.0, Duration::from_secs(10));
@@ -141,6 +141,64 @@ fn kill_9_mid_file_then_restart_leaves_a_consistent_storage() {
         )
         .unwrap();
     assert_eq!(orphans, 0);
+}
+
+/// A power cut loses at most `syncInterval` of audio: kill -9 mid-file, then the file cut back
+/// to the last multiple of `syncInterval` the writer synced (what a power cut leaves on a card
+/// that kept only synced data); the restarted recorder salvages exactly that prefix.
+#[test]
+fn a_power_cut_costs_at_most_the_sync_interval() {
+    let rate = 16_000u64;
+    let rig = Rig::new(
+        rate as u32,
+        json!({"duration": "10s", "syncInterval": "2s"}),
+        json!({}),
+    );
+    let feeder = PacedFeeder::start(&rig.fifo, rate as u32, rig.period);
+    let mut child = KillOnDrop(rig.spawn_recorder());
+    let first = rig.wait_report("one file", LONG, |r| r.files_written >= 1);
+    let file_start = first.last_file_at.unwrap();
+    // 5.3 s into the next 10 s file: synced at 2 s and 4 s of its audio.
+    let since_start = jiff::Timestamp::now()
+        .duration_since(file_start)
+        .unsigned_abs();
+    let into = Duration::from_millis(5300).saturating_sub(since_start);
+    std::thread::sleep(into);
+    signal(&child.0, nix::sys::signal::Signal::SIGKILL);
+    let killed_at = jiff::Timestamp::now();
+    wait_exit(&mut child.0, Duration::from_secs(10));
+    let part = std::fs::read_dir(rig.storage.join(".partial"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "part"))
+        .expect("a file was being written");
+    let on_disk = (std::fs::metadata(&part).unwrap().len() - 44) / 2;
+    let sync_frames = 2 * rate;
+    let synced = on_disk / sync_frames * sync_frames;
+    // Normally 4 s (the writer is at most a batch behind); a loaded machine may lag one sync.
+    assert!(synced >= 2 * rate, "{on_disk} frames reached the kernel");
+    let f = std::fs::OpenOptions::new().write(true).open(&part).unwrap();
+    f.set_len(44 + synced * 2).unwrap();
+    drop(f);
+
+    let mut child = KillOnDrop(rig.spawn_recorder());
+    let report = rig.wait_report("restart", LONG, |r| {
+        r.state == RecorderState::Recording && r.pid == child.0.id()
+    });
+    let salvaged = &report.repair.salvaged[0];
+    assert_eq!(samples(salvaged).len() as u64, synced);
+    // Audio lost: from the last sync to the cut, at most the interval plus the writer's batch
+    // (0.5 s) and its buffer; a second of slack for a loaded machine.
+    let recorded_for = killed_at.duration_since(file_start).as_secs_f64();
+    let lost = recorded_for - synced as f64 / rate as f64;
+    eprintln!(
+        "figure: power cut {recorded_for:.2} s into a file lost {lost:.2} s (syncInterval 2 s)"
+    );
+    assert!(lost <= 2.0 + 1.5, "{lost}");
+    terminate(&mut child.0);
+    drop(feeder);
+    rig.assert_consistent();
 }
 
 #[test]
