@@ -17,16 +17,23 @@ use crate::spec;
 use crate::state_dir::StateDir;
 use crate::watch::absolute;
 
+/// Why a command failed, as `main` reports it.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
+    /// The reconcile loop ended with an error.
     #[error(transparent)]
     Reconcile(#[from] ReconcileError),
+    /// The runtime could not be set up or asked (e.g. the systemd manager does not answer).
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    /// The async runtime or its signal handlers could not be set up.
     #[error("cannot start the async runtime")]
     Tokio(#[source] std::io::Error),
+    /// The command line asks for something that cannot be done (e.g. `--user` with the process
+    /// runtime).
     #[error("{0}")]
     Usage(String),
+    /// Another roost runs on the state folder, or the folder cannot be created.
     #[error(transparent)]
     Lock(#[from] crate::state_dir::LockError),
 }
@@ -118,16 +125,22 @@ pub fn run(
 
 /// One problem `roost check` found.
 pub struct Problem {
+    /// The catalogue entry of the problem.
     pub code: &'static ErrorCode,
+    /// What is wrong, with the file, line and column where there are any.
     pub message: String,
+    /// The offending lines of the file, for a syntax error.
     pub snippet: Option<String>,
 }
 
+/// What `roost check` found; its `Display` is the report printed.
 pub struct CheckReport {
+    /// Every problem found, in the order checked; none means the check passed.
     pub problems: Vec<Problem>,
 }
 
 impl CheckReport {
+    /// True when no problem was found.
     pub fn passed(&self) -> bool {
         self.problems.is_empty()
     }
@@ -358,11 +371,13 @@ fn observe_systemd(deployment: &str) -> Result<crate::runtime::Observation, AppE
     })
 }
 
+/// The JSON Schema of `deployment.yaml`, pretty-printed (`roost schema deployment`).
 pub fn deployment_schema() -> String {
     serde_json::to_string_pretty(&schemars::schema_for!(spec::Deployment))
         .expect("schema serializes")
 }
 
+/// The JSON Schema of `status.json`, pretty-printed (`roost schema status`).
 pub fn status_schema() -> String {
     serde_json::to_string_pretty(&schemars::schema_for!(crate::status::StatusDoc))
         .expect("schema serializes")

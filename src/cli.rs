@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// The command line of roost: the global options and one command.
 #[derive(Parser, Debug)]
 #[command(
     name = "roost",
@@ -15,16 +16,21 @@ pub struct Cli {
     /// Log format of roost's own log on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// The command to run.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// How roost writes its own log lines on stderr.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
+    /// Human-readable lines.
     Text,
+    /// One JSON object per line.
     Json,
 }
 
+/// Where `roost run` runs the components.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum RuntimeChoice {
     /// systemd when a manager answers on D-Bus, the process runtime otherwise.
@@ -35,20 +41,28 @@ pub enum RuntimeChoice {
     Systemd,
 }
 
+/// Which JSON Schema `roost schema` prints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum SchemaKind {
+    /// The schema of deployment.yaml.
     Deployment,
+    /// The schema of status.json.
     Status,
 }
 
+/// What roost is asked to do.
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Watch the file and reconcile until stopped (SIGTERM/SIGINT); SIGHUP re-reads the file.
     Run {
+        /// The deployment file to apply and watch.
         #[arg(long, short)]
         file: PathBuf,
+        /// Folder of status.json, history.json and logs (default: /var/lib/roost for root, else
+        /// $XDG_STATE_HOME/roost).
         #[arg(long, env = "ROOST_STATE_DIR")]
         state_dir: Option<PathBuf>,
+        /// Where the components run.
         #[arg(long, value_enum, default_value_t = RuntimeChoice::Auto)]
         runtime: RuntimeChoice,
         /// With the systemd runtime: use the user manager instead of the system manager.
@@ -57,8 +71,11 @@ pub enum Command {
     },
     /// Validate the file and the environment it needs.
     Check {
+        /// The deployment file to check.
         #[arg(long, short)]
         file: PathBuf,
+        /// Folder of status.json, history.json and logs (default: /var/lib/roost for root, else
+        /// $XDG_STATE_HOME/roost).
         #[arg(long, env = "ROOST_STATE_DIR")]
         state_dir: Option<PathBuf>,
         /// Check the file alone (syntax and validity): no device, storage, programs or state
@@ -68,6 +85,8 @@ pub enum Command {
     },
     /// Report the status file.
     Status {
+        /// Folder of status.json, history.json and logs (default: /var/lib/roost for root, else
+        /// $XDG_STATE_HOME/roost).
         #[arg(long, env = "ROOST_STATE_DIR")]
         state_dir: Option<PathBuf>,
         /// Print the status file itself.
@@ -76,21 +95,31 @@ pub enum Command {
     },
     /// Show what would change, changing nothing.
     Plan {
+        /// The deployment file to compare with what runs now.
         #[arg(long, short)]
         file: PathBuf,
+        /// Folder of status.json, history.json and logs (default: /var/lib/roost for root, else
+        /// $XDG_STATE_HOME/roost).
         #[arg(long, env = "ROOST_STATE_DIR")]
         state_dir: Option<PathBuf>,
     },
     /// Print a JSON Schema.
     Schema {
+        /// Which schema to print.
         #[arg(value_enum, default_value_t = SchemaKind::Deployment)]
         kind: SchemaKind,
     },
     /// Explain an error code (or list them all).
-    Explain { code: Option<String> },
+    Explain {
+        /// The code to explain, e.g. DEP_E161; without it, every code is listed.
+        code: Option<String>,
+    },
     /// Show a component's log.
     Logs {
+        /// The component whose log to print.
         name: String,
+        /// Folder of status.json, history.json and logs (default: /var/lib/roost for root, else
+        /// $XDG_STATE_HOME/roost).
         #[arg(long, env = "ROOST_STATE_DIR")]
         state_dir: Option<PathBuf>,
         /// Keep printing new lines as they are written.
@@ -102,16 +131,21 @@ pub enum Command {
         /// The recorder configuration written by the reconciler.
         #[arg(long)]
         config: PathBuf,
+        /// Folder of status.json, history.json and logs (default: /var/lib/roost for root, else
+        /// $XDG_STATE_HOME/roost).
         #[arg(long, env = "ROOST_STATE_DIR")]
         state_dir: Option<PathBuf>,
     },
     /// Feed a generated test signal into a FIFO at real-time pace (for devices without a sound card).
     #[command(hide = true)]
     Feed {
+        /// The FIFO to write the signal into.
         #[arg(long)]
         fifo: PathBuf,
+        /// Samples per second per channel.
         #[arg(long, default_value_t = 48_000)]
         sample_rate: u32,
+        /// Number of interleaved channels.
         #[arg(long, default_value_t = 1)]
         channels: u16,
         /// Frames per write; must equal the recorder's capture period (default: the recorder's).

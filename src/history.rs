@@ -11,14 +11,18 @@ use serde::{Deserialize, Serialize};
 use crate::observe::ExitInfo;
 use crate::spec::Backoff;
 
+/// What `<state-dir>/history.json` holds: the generation of the accepted desired state and what
+/// roost remembers of each component.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct History {
     /// Generation of the last accepted desired state and the hash of its file content.
     #[serde(default)]
     pub generation: u64,
+    /// Hash of the content of that accepted file.
     #[serde(default)]
     pub accepted_hash: Option<String>,
+    /// Each component's record, by component name.
     #[serde(default)]
     pub components: BTreeMap<String, ComponentHistory>,
     /// The kernel's boot id when this history was written: a reboot is a new run.
@@ -26,6 +30,8 @@ pub struct History {
     pub boot_id: Option<String>,
 }
 
+/// What roost remembers of one component under one spec: starts, exits, failed starts and
+/// restarts.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ComponentHistory {
@@ -35,13 +41,16 @@ pub struct ComponentHistory {
     pub restart_count: u32,
     /// Exits in a row that came sooner than `backoff.resetAfter` after a start.
     pub consecutive_failures: u32,
+    /// When roost last started it successfully.
     pub last_start: Option<Timestamp>,
+    /// How its program last exited; cleared when roost stops it on purpose.
     pub last_exit: Option<ExitInfo>,
     /// Why the last start attempt failed before the program ran (e.g. executable not found).
     pub start_error: Option<String>,
     /// The error code of that failure (DEP_E161 executable not found, DEP_E162 invalid value, ...).
     #[serde(default)]
     pub start_error_code: Option<String>,
+    /// When the last start attempt failed.
     pub start_error_at: Option<Timestamp>,
     /// The runtime's own restart counter (systemd's NRestarts) as last seen; it resets when the
     /// unit is stopped or the machine reboots, so what it had counted is folded into
@@ -51,6 +60,7 @@ pub struct ComponentHistory {
 }
 
 impl ComponentHistory {
+    /// An empty record for the spec whose hash is `spec_hash`.
     pub fn new(spec_hash: &str) -> Self {
         Self {
             spec_hash: spec_hash.to_string(),
@@ -104,6 +114,8 @@ impl ComponentHistory {
         self.consecutive_failures = 0;
     }
 
+    /// Records a start that failed before the program ran (one more quick failure): the catalogue
+    /// `code` (e.g. DEP_E161), the `reason` and when.
     pub fn start_failed(&mut self, code: &str, reason: String, now: Timestamp) {
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
         self.start_error_code = Some(code.to_string());
@@ -120,7 +132,6 @@ impl ComponentHistory {
     }
 }
 
-/// Delay before the next start after `consecutive_failures` quick failures in a row.
 /// Quick failures in a row that make a crash loop.
 pub const CRASH_LOOP_THRESHOLD: u32 = 3;
 /// Least delay between restarts once in a crash loop (unless `max` is lower): `initial: 0s`
@@ -128,6 +139,9 @@ pub const CRASH_LOOP_THRESHOLD: u32 = 3;
 /// wear the SD card with status writes.
 pub const CRASH_LOOP_MIN_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Delay before the next start after `consecutive_failures` quick failures in a row: none
+/// after none, then `backoff.initial` doubled for each further failure up to `backoff.max`; in a
+/// crash loop at least [`CRASH_LOOP_MIN_DELAY`] (unless `max` is lower).
 pub fn backoff_delay(backoff: &Backoff, consecutive_failures: u32) -> std::time::Duration {
     let initial = backoff.initial.as_std();
     let max = backoff.max.as_std();
@@ -149,11 +163,15 @@ fn current_boot_id() -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
+/// Why the history could not be saved.
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
+    /// Writing history.json failed.
     #[error("cannot write {path}")]
     Write {
+        /// The history file.
         path: String,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
@@ -186,6 +204,8 @@ impl History {
         }
     }
 
+    /// Writes the history to `path` as JSON, whole or not at all (temp file, fsync, rename); errors:
+    /// [`HistoryError::Write`].
     pub fn save(&self, path: &Path) -> Result<(), HistoryError> {
         let bytes = serde_json::to_vec_pretty(self).expect("history serializes");
         crate::fsutil::write_atomic(path, &bytes).map_err(|source| HistoryError::Write {

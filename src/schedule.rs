@@ -20,12 +20,19 @@ pub enum Segment {
     /// Record; the current file must end before `end` (exclusive). `slot_start` is the start of
     /// the file's slot on the interval grid.
     Record {
+        /// Start of the current file's slot on the interval grid.
         slot_start: Timestamp,
+        /// When the current file must end: `duration` after its slot start, cut at the slot's end or
+        /// the window's end.
         end: Timestamp,
     },
     /// Do not record until `until` (`None`: no window ever opens again, e.g. a sunrise window
     /// in a polar night that lasts beyond the search horizon).
-    Idle { until: Option<Timestamp> },
+    Idle {
+        /// When recording may start: the next slot or window start (`None`: no window within
+        /// the search horizon).
+        until: Option<Timestamp>,
+    },
 }
 
 /// The recording schedule of a recorder spec, ready to be asked about instants.
@@ -42,6 +49,8 @@ pub struct Schedule {
 const SEARCH_DAYS: i32 = 370;
 
 impl Schedule {
+    /// The schedule of `spec` (time zone, `duration`, `interval`, windows) at `location`, which sun
+    /// windows need. `interval` is never shorter than `duration`.
     pub fn new(spec: &RecorderSpec, location: Option<&Location>) -> Self {
         let duration = SignedDuration::try_from(spec.duration.as_std())
             .unwrap_or(SignedDuration::from_secs(60));
@@ -56,6 +65,7 @@ impl Schedule {
         }
     }
 
+    /// The time zone of the windows and of the grid (`spec.recorder.timezone`).
     pub fn time_zone(&self) -> &TimeZone {
         &self.tz
     }

@@ -24,17 +24,22 @@ pub fn resolve(explicit: Option<&Path>) -> PathBuf {
     base.join("roost")
 }
 
+/// The state folder and the paths of what roost keeps in it.
 pub struct StateDir {
+    /// The state folder itself.
     pub root: PathBuf,
 }
 
 impl StateDir {
+    /// The state folder at `root`; nothing is created.
     pub fn new(root: PathBuf) -> Self {
         Self { root }
     }
+    /// `<root>/status.json`: the status document.
     pub fn status(&self) -> PathBuf {
         self.root.join("status.json")
     }
+    /// `<root>/history.json`: restart counts, last exits and the accepted generation.
     pub fn history(&self) -> PathBuf {
         self.root.join("history.json")
     }
@@ -42,29 +47,40 @@ impl StateDir {
     pub fn last_good(&self) -> PathBuf {
         self.root.join("last-good.yaml")
     }
+    /// `<root>/roost.lock`: held by the roost that runs on this folder (see [`lock`](fn@lock)).
     pub fn lock(&self) -> PathBuf {
         self.root.join("roost.lock")
     }
+    /// `<root>/logs`: the components' log files under the process runtime.
     pub fn logs(&self) -> PathBuf {
         self.root.join("logs")
     }
+    /// `<root>/logs/<component>.log`: a component's current log file.
     pub fn log_of(&self, component: &str) -> PathBuf {
         self.logs().join(format!("{component}.log"))
     }
 }
 
+/// Why the state folder could not be taken.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
+    /// The folder or its lock file could not be created.
     #[error("cannot create state folder {path}")]
     Create {
+        /// The state folder.
         path: String,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// Another roost process holds the folder's lock.
     #[error(
         "another roost is already running with state folder {path} (it holds {path}/roost.lock); stop it first or use another --state-dir"
     )]
-    Held { path: String },
+    Held {
+        /// The state folder.
+        path: String,
+    },
 }
 
 /// Takes the state folder for this process: two reconcilers on one folder would kill each

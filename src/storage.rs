@@ -21,9 +21,13 @@ use crate::errors::{self, ErrorCode};
 use crate::spec::Location;
 use crate::spec::recorder::StorageSpec;
 
+/// File name of the metadata database in a storage folder.
 pub const DB_FILE: &str = "metadata.db";
+/// Folder of a storage that holds finished recordings, in `YYYY/MM/DD/` subfolders.
 pub const RECORDINGS_DIR: &str = "recordings";
+/// Folder of a storage that holds files being written; they move to recordings/ when complete.
 pub const PARTIAL_DIR: &str = ".partial";
+/// Folder of a storage where files found at start that could not be read or registered are put.
 pub const QUARANTINE_DIR: &str = "quarantine";
 
 /// Space kept free beyond a file's own size so that metadata.db can still be written when the
@@ -54,29 +58,45 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX deployment_name ON deployment(name);",
 ];
 
+/// Why a storage or its metadata.db cannot be used; each variant names the path concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
+    /// An operation on the storage folder or a file in it failed.
     #[error("storage {path}: cannot {action}")]
     Unusable {
+        /// The storage folder, or the file the operation was about.
         path: PathBuf,
+        /// What roost tried, completing "cannot ..." (e.g. "create its folders").
         action: &'static str,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// `requireMount: true` and no file system is mounted at the storage folder.
     #[error(
         "storage {path} is not mounted (requireMount: true); nothing is written until a disk is mounted there"
     )]
-    NotMounted { path: PathBuf },
+    NotMounted {
+        /// The storage folder that should be a mount point.
+        path: PathBuf,
+    },
+    /// metadata.db could not be opened, migrated, read or written.
     #[error("metadata database {path}: cannot {action}")]
     Database {
+        /// Path of metadata.db.
         path: PathBuf,
+        /// What roost tried, completing "cannot ..." (e.g. "register a recording").
         action: &'static str,
+        /// SQLite's error.
         #[source]
         source: rusqlite::Error,
     },
 }
 
 impl StorageError {
+    /// The catalogue code this failure is reported with: [`errors::DISK_FULL`] when the disk or the
+    /// quota is full, [`errors::STORAGE_UNUSABLE`] for the folder, [`errors::METADATA_DB_ERROR`]
+    /// for the database.
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::Unusable { source, .. } if is_disk_full(source) => errors::DISK_FULL,
@@ -114,22 +134,34 @@ impl StorageError {
 /// A finished recording to register.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NewRecording {
+    /// Where the WAV file lies, under recordings/.
     pub path: PathBuf,
+    /// When the recording's first sample was captured.
     pub datetime: Timestamp,
+    /// Length of the recording in seconds.
     pub duration_s: f64,
+    /// Samples per second per channel.
     pub samplerate_hz: u32,
+    /// Number of channels.
     pub audio_channels: u16,
 }
 
 /// A registered recording.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RecordingRow {
+    /// The row's UUID (`recording.id`).
     pub id: String,
+    /// Where the WAV file lies, as registered.
     pub path: PathBuf,
+    /// Start of the recording as stored: UTC, `YYYY-MM-DD HH:MM:SS.ffffff`.
     pub datetime: String,
+    /// Length of the recording in seconds.
     pub duration_s: f64,
+    /// Samples per second per channel.
     pub samplerate_hz: u32,
+    /// Number of channels.
     pub audio_channels: u16,
+    /// The `deployment` row the recording belongs to, if any.
     pub deployment_id: Option<String>,
 }
 
@@ -151,6 +183,7 @@ pub struct RepairReport {
 }
 
 impl RepairReport {
+    /// True when the repair found nothing to do.
     pub fn is_empty(&self) -> bool {
         self.registered.is_empty()
             && self.quarantined.is_empty()
@@ -183,6 +216,8 @@ pub struct Folders {
 }
 
 impl Folders {
+    /// The folders of the storage at `root` with settings `spec`; touches nothing on disk (see
+    /// [`Folders::prepare`]).
     pub fn new(root: &Path, spec: &StorageSpec) -> Self {
         Self {
             root: root.to_path_buf(),
@@ -208,18 +243,23 @@ impl Folders {
         Ok(())
     }
 
+    /// The storage folder, which holds metadata.db and recordings/.
     pub fn root(&self) -> &Path {
         &self.root
     }
+    /// The storage's settings from the desired state.
     pub fn spec(&self) -> &StorageSpec {
         &self.spec
     }
+    /// `<root>/recordings`: finished recordings.
     pub fn recordings_dir(&self) -> PathBuf {
         self.root.join(RECORDINGS_DIR)
     }
+    /// `<root>/.partial`: files being written.
     pub fn partial_dir(&self) -> PathBuf {
         self.root.join(PARTIAL_DIR)
     }
+    /// `<root>/quarantine`: files set aside at start because they could not be read or registered.
     pub fn quarantine_dir(&self) -> PathBuf {
         self.root.join(QUARANTINE_DIR)
     }
@@ -553,18 +593,23 @@ impl Storage {
         Ok(())
     }
 
+    /// The storage folder, which holds metadata.db and recordings/.
     pub fn root(&self) -> &Path {
         &self.folders.root
     }
+    /// `<root>/recordings`: finished recordings.
     pub fn recordings_dir(&self) -> PathBuf {
         self.folders().recordings_dir()
     }
+    /// `<root>/.partial`: files being written.
     pub fn partial_dir(&self) -> PathBuf {
         self.folders().partial_dir()
     }
+    /// The storage's settings from the desired state.
     pub fn spec(&self) -> &StorageSpec {
         &self.folders.spec
     }
+    /// The open connection to metadata.db (WAL journal, synchronous FULL, foreign keys on).
     pub fn connection(&self) -> &Connection {
         &self.conn
     }
@@ -703,6 +748,7 @@ impl Storage {
         self.folders().free_bytes()
     }
 
+    /// The storage's folders, without the database.
     pub fn folders(&self) -> &Folders {
         &self.folders
     }

@@ -20,11 +20,15 @@ pub const SETTLE_AFTER_COMPLETE: Duration = Duration::from_millis(3);
 /// file is still open for writing by some process, roost waits that long again.
 pub const MAX_WAIT_FOR_WRITER: Duration = Duration::from_secs(60);
 
+/// Why the desired-state file cannot be watched.
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
+    /// A watch could not be set up (no inotify instance or watch left, no permission).
     #[error("cannot watch {path}")]
     Watch {
+        /// The folder that could not be watched, or the file when no watcher could be created.
         path: String,
+        /// notify's error.
         #[source]
         source: notify::Error,
     },
@@ -33,7 +37,9 @@ pub enum WatchError {
 /// The folders to watch and the names inside them that matter for `file`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WatchSet {
+    /// Folders to watch, each without its subfolders.
     pub dirs: BTreeSet<PathBuf>,
+    /// Names inside those folders whose events matter (the file, the links, missing folders).
     pub names: BTreeSet<OsString>,
 }
 
@@ -122,6 +128,8 @@ pub struct FileWatcher {
 }
 
 impl FileWatcher {
+    /// Starts watching `file` and the folders on its way to its content; errors:
+    /// [`WatchError::Watch`] when a watch cannot be set up.
     pub fn new(file: &Path) -> Result<Self, WatchError> {
         let (tx, raw) = mpsc::unbounded_channel();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {

@@ -17,36 +17,75 @@ pub use crate::observe::{ComponentRun, ExitInfo, Observation, ObservedComponent,
 #[derive(Clone, Debug, PartialEq)]
 pub enum RuntimeEvent {
     /// A component's main process ended (the reconciler counts it in the history).
-    Exited { name: String, exit: ExitInfo },
+    Exited {
+        /// The component whose program ended.
+        name: String,
+        /// How it ended: exit code or signal, and when.
+        exit: ExitInfo,
+    },
     /// Some component changed state; look again.
     Changed,
     /// The runtime cannot be reached (DEP_E151).
-    Unreachable { reason: String },
+    Unreachable {
+        /// What failed, e.g. the D-Bus error.
+        reason: String,
+    },
     /// The runtime answers again.
     Reachable,
 }
 
+/// Why a runtime could not do what it was asked; [`crate::apply::start_error_code`] maps a
+/// failed start to its catalogue code.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
+    /// The runtime does not answer (systemd's bus or manager); holds what failed.
     #[error("runtime not reachable: {0}")]
     Unreachable(String),
+    /// A component's program is missing or may not be executed.
     #[error("executable not found or not executable: {program}: {reason}")]
-    ExecutableNotFound { program: String, reason: String },
+    ExecutableNotFound {
+        /// The program as written in the command.
+        program: String,
+        /// Why it cannot be run (the system's error, or what the search found).
+        reason: String,
+    },
+    /// Any other failure to start, stop or observe one component.
     #[error("component {name}: {message}")]
-    Component { name: String, message: String },
+    Component {
+        /// The component concerned.
+        name: String,
+        /// What failed.
+        message: String,
+    },
+    /// Starting a component failed because roost or the system ran out of file descriptors.
     #[error("component {name} cannot start: out of file descriptors ({reason})")]
-    OutOfDescriptors { name: String, reason: String },
+    OutOfDescriptors {
+        /// The component that could not start.
+        name: String,
+        /// The system's error.
+        reason: String,
+    },
+    /// A value of the component's spec cannot be expressed in this runtime (e.g. in a unit file).
     #[error("invalid value for component {name}: {message}")]
-    InvalidValue { name: String, message: String },
+    InvalidValue {
+        /// The component concerned.
+        name: String,
+        /// Which value, and why.
+        message: String,
+    },
+    /// A file or process operation of the runtime itself failed.
     #[error("{context}")]
     Io {
+        /// What the runtime was doing, e.g. "cannot create /var/lib/roost/logs".
         context: String,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
 }
 
 impl RuntimeError {
+    /// An [`RuntimeError::Io`] saying what was being done (`context`) and the error.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Self::Io {
             context: context.into(),

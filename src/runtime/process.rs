@@ -46,6 +46,8 @@ struct Child {
     stopping: Arc<AtomicBool>,
 }
 
+/// The embedded process runtime: every component is a child process of roost in its own process
+/// group, with its output in rotated files under `<state-dir>/logs`.
 pub struct ProcessRuntime {
     /// Tells this state folder's components from others' in `ROOST_COMPONENT_ID`.
     instance: String,
@@ -62,9 +64,11 @@ pub struct ProcessRuntime {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ChildRecord {
+    /// The child's process id.
     pub pid: u32,
     /// Kernel start time (clock ticks since boot) to tell the child from a reused pid.
     pub start_ticks: u64,
+    /// Hash of the spec the child was started from.
     pub spec_hash: String,
     /// Its stop timeout in milliseconds (absent in files of older roosts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -584,6 +588,7 @@ impl LogFile {
     }
 }
 
+/// The `i`-th rotated copy of log file `path`: `NAME.log.i`, 1 being the newest.
 pub fn rotated(path: &Path, i: u32) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(format!(".{i}"));

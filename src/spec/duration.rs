@@ -11,15 +11,19 @@ use serde::{Deserialize, Serialize};
 pub struct HumanDuration(Duration);
 
 impl HumanDuration {
+    /// A duration of `ms` milliseconds.
     pub const fn from_millis(ms: u64) -> Self {
         Self(Duration::from_millis(ms))
     }
+    /// A duration of `s` seconds.
     pub const fn from_secs(s: u64) -> Self {
         Self(Duration::from_secs(s))
     }
+    /// The duration as a [`std::time::Duration`].
     pub fn as_std(self) -> Duration {
         self.0
     }
+    /// True for a zero duration (`0s`).
     pub fn is_zero(self) -> bool {
         self.0.is_zero()
     }

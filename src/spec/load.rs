@@ -12,40 +12,72 @@ pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
 /// Why a desired-state file was not accepted. Every variant carries the file it is about.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum LoadError {
+    /// The file cannot be opened or read (missing, not permitted, a folder).
     #[error("{file}: cannot read: {message}; check that the file exists and roost may read it")]
-    Unreadable { file: PathBuf, message: String },
+    Unreadable {
+        /// The desired-state file.
+        file: PathBuf,
+        /// Why, in the system's words (or "it is a folder").
+        message: String,
+    },
+    /// The file is larger than [`MAX_FILE_BYTES`].
     #[error(
         "{file}: file is larger than 1 MiB ({size} bytes); a deployment file is a few KiB, check that the right file is named"
     )]
-    TooLarge { file: PathBuf, size: u64 },
+    TooLarge {
+        /// The desired-state file.
+        file: PathBuf,
+        /// Its size in bytes, as far as roost saw it.
+        size: u64,
+    },
+    /// The file is not UTF-8 text.
     #[error("{file}:{line}:{column}: file is not valid UTF-8; save it as UTF-8 text")]
     NotUtf8 {
+        /// The desired-state file.
         file: PathBuf,
+        /// 1-based line of the first byte that is not UTF-8.
         line: u64,
+        /// 1-based column of that byte, counted in bytes.
         column: u64,
     },
+    /// The file holds nothing but blank lines, comments and document markers.
     #[error(
         "{file}: file is empty; write a Deployment (apiVersion: roost/v1, kind: Deployment, metadata, spec)"
     )]
-    Empty { file: PathBuf },
+    Empty {
+        /// The desired-state file.
+        file: PathBuf,
+    },
+    /// The file is not valid YAML, or does not have the shape of a Deployment (unknown field,
+    /// wrong type, missing field).
     #[error("{file}:{line}:{column}: {message}")]
     Syntax {
+        /// The desired-state file.
         file: PathBuf,
+        /// 1-based line of the problem, as the parser reports it.
         line: u64,
+        /// 1-based column of the problem, as the parser reports it.
         column: u64,
+        /// What is wrong, with a hint of what to write instead where roost has one.
         message: String,
         /// The parser's rendering of the offending lines, for humans.
         snippet: Option<String>,
     },
+    /// The file parses but a value breaks a rule of [`Deployment::validate`] (a duplicate name, an
+    /// unknown dependency, a cycle, ...).
     #[error("{file}: field {field}: {message}")]
     Invalid {
+        /// The desired-state file.
         file: PathBuf,
+        /// Field path of the offending value, e.g. `spec.components[1].dependsOn[0]`.
         field: String,
+        /// What is wrong and what to do about it.
         message: String,
     },
 }
 
 impl LoadError {
+    /// The desired-state file the error is about.
     pub fn file(&self) -> &Path {
         match self {
             Self::Unreadable { file, .. }
@@ -67,6 +99,7 @@ impl LoadError {
         }
     }
 
+    /// The field path, for [`LoadError::Invalid`] only.
     pub fn field(&self) -> Option<&str> {
         match self {
             Self::Invalid { field, .. } => Some(field),

@@ -23,14 +23,18 @@ pub use recorder::{RecorderSpec, StorageSpec};
 /// The only accepted `apiVersion`.
 pub const API_VERSION: &str = "roost/v1";
 
+/// The format version a deployment file declares in `apiVersion`; only `roost/v1` exists.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum ApiVersion {
+    /// `roost/v1`, the current format.
     #[serde(rename = "roost/v1")]
     V1,
 }
 
+/// What a file describes, from its `kind`; roost reads only `Deployment` files.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum Kind {
+    /// The desired state of one field device.
     Deployment,
 }
 
@@ -42,12 +46,17 @@ pub enum Kind {
     description = "Desired state of a roost field device."
 )]
 pub struct Deployment {
+    /// Format version of the file: `roost/v1`.
     pub api_version: ApiVersion,
+    /// What the file describes: `Deployment`.
     pub kind: Kind,
+    /// Identifies the deployment (its `name`).
     pub metadata: Metadata,
+    /// What runs on the device and how.
     pub spec: DeploymentSpec,
 }
 
+/// The `metadata` of a deployment: how the deployment is named.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Metadata {
@@ -55,14 +64,18 @@ pub struct Metadata {
     pub name: DeploymentName,
 }
 
+/// Whether the deployment's components should run (`spec.state`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RunState {
+    /// Every component runs (the default).
     #[default]
     Running,
+    /// Every component is stopped and none is started; roost keeps watching the file.
     Stopped,
 }
 
+/// What roost does when a component's program exits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
 pub enum RestartPolicy {
     /// Restart after every exit.
@@ -74,10 +87,13 @@ pub enum RestartPolicy {
     Never,
 }
 
+/// Where the device stands, in decimal degrees.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Location {
+    /// Degrees north of the equator (south is negative), -90 to 90.
     pub latitude: Latitude,
+    /// Degrees east of Greenwich (west is negative), -180 to 180.
     pub longitude: Longitude,
 }
 
@@ -103,18 +119,23 @@ impl Default for Backoff {
     }
 }
 
+/// The `spec` of a deployment: its components, the recorder, and how they are restarted.
 #[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DeploymentSpec {
+    /// `running` (the default) runs the components; `stopped` stops them all.
     #[serde(default)]
     pub state: RunState,
+    /// Where the device stands; needed for sunrise and sunset windows, and stored in metadata.db.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<Location>,
     /// Default restart policy of the components.
     #[serde(default)]
     pub restart_policy: RestartPolicy,
+    /// Delays between restarts of a component that keeps exiting.
     #[serde(default)]
     pub backoff: Backoff,
+    /// Programs roost runs and supervises besides the recorder.
     #[serde(default)]
     pub components: Vec<ComponentSpec>,
     /// Where recordings and metadata.db live.
@@ -129,19 +150,25 @@ fn default_stop_timeout() -> HumanDuration {
     HumanDuration::from_secs(10)
 }
 
+/// A program roost runs and supervises: one entry of `spec.components`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ComponentSpec {
+    /// Unique name of the component; part of its unit name and log file name.
     pub name: ComponentName,
     /// Program and arguments; no shell is involved unless you call one.
     pub command: Command,
+    /// Environment variables set for the program.
     #[serde(default)]
     pub env: BTreeMap<EnvName, String>,
+    /// Absolute folder the program starts in; without it, the runtime's default (roost's own
+    /// working folder under the process runtime, systemd's under systemd).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<AbsolutePath>,
     /// Overrides `spec.restartPolicy` for this component.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_policy: Option<RestartPolicy>,
+    /// Components that must be running (or have completed) before this one starts.
     #[serde(default)]
     pub depends_on: Vec<ComponentName>,
     /// Time between SIGTERM and SIGKILL when stopping.
@@ -152,11 +179,14 @@ pub struct ComponentSpec {
 /// A problem found after parsing, located by its field path (e.g. `spec.components[1].dependsOn[0]`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldIssue {
+    /// Field path of the problem, e.g. `spec.components[1].dependsOn[0]`.
     pub field: String,
+    /// What is wrong and what to do about it, in one line.
     pub message: String,
 }
 
 impl FieldIssue {
+    /// A problem with `field` (a field path) described by `message`.
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             field: field.into(),
@@ -279,6 +309,7 @@ impl Deployment {
         issues
     }
 
+    /// The deployment's name from `metadata.name`.
     pub fn name(&self) -> &DeploymentName {
         &self.metadata.name
     }
@@ -295,6 +326,7 @@ impl Deployment {
 }
 
 impl ComponentSpec {
+    /// The component's own restart policy, else `default` (the deployment's `spec.restartPolicy`).
     pub fn effective_restart_policy(&self, default: RestartPolicy) -> RestartPolicy {
         self.restart_policy.unwrap_or(default)
     }

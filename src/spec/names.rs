@@ -22,6 +22,9 @@ fn check_label(kind: &str, s: &str) -> Result<(), String> {
 
 macro_rules! label_type {
     ($name:ident, $kind:literal) => {
+        /// A deployment or component name: 1-63 lower-case letters, digits and '-', not starting
+        /// or ending with '-'. It becomes part of unit names and file names, so it is checked when
+        /// built.
         #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
         pub struct $name(String);
@@ -45,6 +48,7 @@ macro_rules! label_type {
             }
         }
         impl $name {
+            /// The name as written in the file.
             pub fn as_str(&self) -> &str {
                 &self.0
             }
@@ -106,12 +110,15 @@ impl From<Command> for Vec<String> {
     }
 }
 impl Command {
+    /// The program: the first element of the argv (a bare name is looked up on PATH).
     pub fn program(&self) -> &str {
         &self.0[0]
     }
+    /// The arguments after the program (possibly none).
     pub fn args(&self) -> &[String] {
         &self.0[1..]
     }
+    /// The whole argv, program first.
     pub fn argv(&self) -> &[String] {
         &self.0
     }
@@ -146,6 +153,7 @@ impl From<EnvName> for String {
     }
 }
 impl EnvName {
+    /// The name as written in the file.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -175,6 +183,7 @@ impl From<AbsolutePath> for String {
     }
 }
 impl AbsolutePath {
+    /// The path as a [`std::path::Path`].
     pub fn as_path(&self) -> &std::path::Path {
         &self.0
     }
@@ -182,6 +191,8 @@ impl AbsolutePath {
 
 macro_rules! bounded_f64 {
     ($name:ident, $what:literal, $min:expr, $max:expr) => {
+        /// A coordinate in decimal degrees, checked against its range when built (latitude -90 to 90,
+        /// longitude -180 to 180).
         #[derive(Clone, Copy, Debug, PartialEq, PartialOrd, Serialize, Deserialize)]
         #[serde(try_from = "f64", into = "f64")]
         pub struct $name(f64);
@@ -210,6 +221,7 @@ macro_rules! bounded_f64 {
             }
         }
         impl $name {
+            /// The coordinate in decimal degrees.
             pub fn value(self) -> f64 {
                 self.0
             }

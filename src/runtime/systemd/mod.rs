@@ -55,7 +55,9 @@ pub enum SystemdTarget {
     User,
     /// A user manager on an explicit bus (tests: `unix:path=$DIR/xdg/bus`), with its unit folder.
     Address {
+        /// D-Bus address of the manager's bus, e.g. `unix:path=/run/user/1000/bus`.
         bus_address: String,
+        /// Folder the manager loads unit files from; roost writes its units there.
         unit_dir: PathBuf,
     },
 }

@@ -3,6 +3,7 @@
 
 /// Every unit roost writes starts with this.
 pub const UNIT_PREFIX: &str = "roost-";
+/// Every unit roost writes ends with this: components run as services.
 pub const UNIT_SUFFIX: &str = ".service";
 
 /// `roost-<deployment>-<component>.service`. Both labels are `[a-z0-9-]`, already valid in a
@@ -24,6 +25,8 @@ pub fn unit_object_path(unit: &str) -> String {
     format!("/org/freedesktop/systemd1/unit/{}", escape_label(unit))
 }
 
+/// One label of an object path as `sd_bus_path_encode` escapes it: every byte outside
+/// `[A-Za-z0-9]` (and a leading digit) becomes `_xx` in lower-case hex; an empty label is `_`.
 pub fn escape_label(label: &str) -> String {
     if label.is_empty() {
         return "_".into();

@@ -10,7 +10,9 @@ use crate::runtime::{ExitInfo, ObservedState};
 
 /// `si_code` values systemd reports in `ExecMainCode`.
 pub const CLD_EXITED: i32 = 1;
+/// The main process was killed by a signal.
 pub const CLD_KILLED: i32 = 2;
+/// The main process was killed by a signal and dumped core.
 pub const CLD_DUMPED: i32 = 3;
 /// `ExecMainStatus` when systemd could not execute the program (EXIT_EXEC).
 pub const EXIT_EXEC: i32 = 203;
@@ -28,6 +30,7 @@ macro_rules! systemd_words {
         }
 
         impl $name {
+            /// Reads a word as systemd spells it; one this list does not know is kept in `Other`.
             pub fn parse(text: &str) -> Self {
                 match text {
                     $($text => Self::$variant,)*
@@ -62,11 +65,17 @@ macro_rules! systemd_words {
 systemd_words! {
     /// A unit's `ActiveState` (org.freedesktop.systemd1(5)).
     ActiveState {
+        /// Started and running.
         Active = "active",
+        /// Active and reloading its configuration.
         Reloading = "reloading",
+        /// Not running, and the last run did not fail (or there was none).
         Inactive = "inactive",
+        /// Not running after a failure (an exit code, a signal, a timeout, the start limit).
         Failed = "failed",
+        /// On its way to active: starting, or waiting to be restarted.
         Activating = "activating",
+        /// On its way to inactive: stopping.
         Deactivating = "deactivating",
         /// Cleaning up after the unit (`systemctl clean`).
         Maintenance = "maintenance",
@@ -78,30 +87,56 @@ systemd_words! {
 systemd_words! {
     /// A service's `SubState` (systemd's service states; other unit types have other words).
     SubState {
+        /// No process runs.
         Dead = "dead",
+        /// `ExecCondition=` runs.
         Condition = "condition",
+        /// `ExecStartPre=` runs.
         StartPre = "start-pre",
+        /// The main process was started and is not yet reported up (forking or notify types).
         Start = "start",
+        /// `ExecStartPost=` runs.
         StartPost = "start-post",
+        /// The main process runs.
         Running = "running",
+        /// The main process ended and the service stays active (`RemainAfterExit=yes`).
         Exited = "exited",
+        /// `ExecReload=` runs.
         Reload = "reload",
+        /// The reload signal was sent; waiting for the service to finish reloading.
         ReloadSignal = "reload-signal",
+        /// The service said it is reloading; waiting for it to say it is ready again.
         ReloadNotify = "reload-notify",
+        /// `ExecStop=` runs.
         Stop = "stop",
+        /// The watchdog timed out during the stop and its signal was sent; waiting for the processes to
+        /// end.
         StopWatchdog = "stop-watchdog",
+        /// SIGTERM (or `KillSignal=`) was sent; waiting for the processes to end.
         StopSigterm = "stop-sigterm",
+        /// SIGKILL was sent; waiting for the processes to end.
         StopSigkill = "stop-sigkill",
+        /// `ExecStopPost=` runs.
         StopPost = "stop-post",
+        /// After `ExecStopPost=`: the watchdog signal was sent to what remains.
         FinalWatchdog = "final-watchdog",
+        /// After `ExecStopPost=`: SIGTERM was sent to what remains.
         FinalSigterm = "final-sigterm",
+        /// After `ExecStopPost=`: SIGKILL was sent to what remains.
         FinalSigkill = "final-sigkill",
+        /// The service ended in failure.
         Failed = "failed",
+        /// No process runs, and systemd will restart it (systemd 254 and newer).
         DeadBeforeAutoRestart = "dead-before-auto-restart",
+        /// The service failed, and systemd will restart it (systemd 254 and newer).
         FailedBeforeAutoRestart = "failed-before-auto-restart",
+        /// No process runs, but resources such as stored file descriptors are kept.
         DeadResourcesPinned = "dead-resources-pinned",
+        /// Waiting `RestartSec=` before systemd restarts the service.
         AutoRestart = "auto-restart",
+        /// The restart job is queued (systemd 254 and newer).
         AutoRestartQueued = "auto-restart-queued",
+        /// `systemctl clean` removes the service's folders.
         Cleaning = "cleaning",
     }
 }
@@ -109,19 +144,33 @@ systemd_words! {
 /// The properties of `org.freedesktop.systemd1.Unit` and `.Service` roost reads.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UnitProps {
+    /// `LoadState`: whether the manager could load the unit (`loaded`, `not-found`, `masked`, ...).
     pub load_state: String,
+    /// `ActiveState`.
     pub active_state: ActiveState,
+    /// `SubState`.
     pub sub_state: SubState,
+    /// `Result`: how the last run ended (`success`, `exit-code`, `signal`, `start-limit-hit`, ...).
     pub result: String,
     /// `always`, `on-failure`, `no`, ...
     pub restart: String,
+    /// `MainPID`: the main process, 0 when there is none.
     pub main_pid: u32,
+    /// `NRestarts`: automatic restarts systemd did since the unit was last started or stopped on
+    /// request.
     pub n_restarts: u32,
+    /// `ExecMainCode`: how the last main process ended: [`CLD_EXITED`], [`CLD_KILLED`] or
+    /// [`CLD_DUMPED`]; 0 while none has ended.
     pub exec_main_code: i32,
+    /// `ExecMainStatus`: the exit status of the last main process, or the signal that killed it.
     pub exec_main_status: i32,
     /// Microseconds since the epoch; 0 when unset.
     pub exec_main_start_us: u64,
+    /// `ExecMainExitTimestamp`: when the last main process ended, in microseconds since the epoch;
+    /// 0 when unset.
     pub exec_main_exit_us: u64,
+    /// `ActiveEnterTimestamp`: when the unit last became active, in microseconds since the epoch; 0
+    /// when unset.
     pub active_enter_us: u64,
     /// The file on disk changed since the manager loaded it.
     pub need_daemon_reload: bool,

@@ -25,6 +25,7 @@ pub const MIN_RESTART_SEC: Duration = Duration::from_millis(100);
 pub const START_LIMIT_BURST: u32 = 5;
 /// The interval is this many times `RestartSec`, and at least [`MIN_START_LIMIT_INTERVAL`].
 pub const START_LIMIT_INTERVAL_FACTOR: u32 = 10;
+/// Shortest start-limit interval, however short `RestartSec` is.
 pub const MIN_START_LIMIT_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What differs between managers.
@@ -39,8 +40,11 @@ pub struct UnitOptions {
 /// What the marker line says about a unit file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Marker {
+    /// The deployment the unit belongs to (`roost-deployment=`).
     pub deployment: String,
+    /// The component the unit runs (`roost-component=`).
     pub component: String,
+    /// Hash of the spec the file was rendered from (`roost-spec-hash=`).
     pub spec_hash: String,
     /// The rest of the file is exactly what roost wrote (its hash matches the marker).
     pub intact: bool,
