@@ -30,8 +30,9 @@ while [ $# -gt 0 ]; do
     esac
 done
 cd "$(dirname "$0")/.."
-bin="$(pwd)/${ROOST_BIN:-target/release/roost}"
+bin="${ROOST_BIN:-target/release/roost}"
 [ -x "$bin" ] || cargo build --release
+bin=$(realpath "$bin")
 command -v arecord > /dev/null || { echo "arecord (alsa-utils) is needed" >&2; exit 2; }
 
 work=$(mktemp -d /var/tmp/roost-vs-arecord.XXXXXX)
