@@ -136,6 +136,17 @@ pub enum Command {
         #[arg(long, env = "ROOST_STATE_DIR")]
         state_dir: Option<PathBuf>,
     },
+    /// Run the connector (started by `roost run` as component `connect` when spec.connect is set).
+    #[command(hide = true)]
+    Connect {
+        /// The connector configuration written by the reconciler.
+        #[arg(long)]
+        config: PathBuf,
+        /// Folder of status.json and the outbox (default: /var/lib/roost for root, else
+        /// $XDG_STATE_HOME/roost).
+        #[arg(long, env = "ROOST_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+    },
     /// Feed a generated test signal into a FIFO at real-time pace (for devices without a sound card).
     #[command(hide = true)]
     Feed {
@@ -183,7 +194,9 @@ impl Command {
                 file, state_dir, ..
             }
             | Command::Plan { file, state_dir } => vec![Some(file), state_dir.as_mut()],
-            Command::Record { config, state_dir } => vec![Some(config), state_dir.as_mut()],
+            Command::Record { config, state_dir } | Command::Connect { config, state_dir } => {
+                vec![Some(config), state_dir.as_mut()]
+            }
             Command::Status { state_dir, .. } | Command::Logs { state_dir, .. } => {
                 vec![state_dir.as_mut()]
             }

@@ -86,6 +86,27 @@ codes! {
     INTERNAL = "DEP_E401", "Internal error",
         "Roost hit an unexpected internal error (a state file it cannot write, a bug).",
         "Check that the state folder is writable and read roost's own log (journalctl -u roost); report the bug with the log.";
+    LINK_DOWN = "DEP_E501", "Link down",
+        "Roost cannot reach the MQTT broker or the HTTP endpoint of spec.connect, for longer than spec.connect.outbox.warnAfter. A warning: recording goes on, and messages wait in the outbox (status.json shows its depth).",
+        "Check the device's network (cellular signal, Wi-Fi) and the broker or endpoint (`mosquitto_sub -h HOST -p PORT -t '#'`, `curl URL`); messages are delivered, in order, once the link returns.";
+    CREDENTIALS_REFUSED = "DEP_E502", "Credentials refused",
+        "The MQTT broker refused the username or password (or the client is not authorised).",
+        "Check spec.connect.mqtt.username and the file spec.connect.mqtt.passwordFile names (its first line is the password) against the broker's password file; roost retries with back-off.";
+    CERTIFICATE_NOT_TRUSTED = "DEP_E503", "Certificate not trusted",
+        "The broker's or endpoint's TLS certificate does not verify against the system's CA store and spec.connect's caFile (unknown issuer, expired, wrong host name).",
+        "Give the CA that signed the server's certificate in caFile (PEM), check the host name in the url matches the certificate, and the device's clock (an unsynchronised clock makes valid certificates look expired).";
+    HTTP_ENDPOINT_FAILING = "DEP_E504", "HTTP endpoint failing",
+        "The HTTP endpoint of spec.connect.http answered with an error status or did not answer within its timeout.",
+        "Check the endpoint's logs and the headers file (tokens); messages wait in the outbox and are sent again with back-off.";
+    OUTBOX_FULL = "DEP_E505", "Outbox over its limits",
+        "Messages waited longer than spec.connect.outbox.maxAge, or more than maxBytes waited: the oldest were dropped (counted in status.json).",
+        "Restore the link, or raise maxBytes/maxAge if the device is often offline for long; status and heartbeats resume by themselves.";
+    OUTBOX_UNREADABLE = "DEP_E506", "Outbox unreadable",
+        "The outbox file (outbox.db in the state folder) could not be read as a database; it was set aside and a new one started. Messages it held were not sent.",
+        "Check the card for errors (dmesg, fsck); the file set aside (outbox.db.bad-*) can be inspected with sqlite3.";
+    SECRET_UNREADABLE = "DEP_E507", "Secret file unreadable",
+        "A file spec.connect names (passwordFile, headersFile, caFile) cannot be read or parsed.",
+        "Create the file with the secret (readable by roost, not by everyone: chmod 600), or fix its format (caFile: PEM certificates; headersFile: `Name: value` lines).";
 }
 
 /// An error and its causes (`source()` chain) on one line, `: `-separated, for logs and reports.

@@ -14,6 +14,7 @@
 //! - [`notify`]: sd_notify (READY=1, WATCHDOG=1) under any runtime.
 //! - [`watch`]: inotify on the file's folders, debounced into reload triggers.
 //! - [`status`]: the status document and its atomic writer.
+//! - [`connect`]: `roost connect`, status and heartbeats to MQTT, HTTP and Prometheus through a durable outbox.
 //! - [`recorder`], [`storage`], [`schedule`]: audio capture to WAV files and metadata.db.
 //! - [`errors`]: the error code catalogue.
 //! - [`logging`]: roost's own log writer, which no failed write can end.
@@ -23,6 +24,7 @@ pub mod apply;
 pub mod builtin;
 pub mod cli;
 pub mod clock;
+pub mod connect;
 pub mod desired;
 pub mod errors;
 pub mod fsutil;

@@ -86,6 +86,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             roost::recorder::run(&config, &resolve(state_dir))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Connect { config, state_dir } => {
+            roost::connect::run(&config, &resolve(state_dir))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Feed {
             fifo,
             sample_rate,

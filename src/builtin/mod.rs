@@ -5,6 +5,7 @@
 //!
 //! A new built-in is a type implementing [`Builtin`], added to [`Builtins::standard`].
 
+pub mod connect;
 pub mod recorder;
 
 use std::collections::BTreeMap;
@@ -59,7 +60,10 @@ pub struct Builtins(Vec<Box<dyn Builtin>>);
 impl Builtins {
     /// The built-ins of a roost running `exe` with its state in `state_dir`.
     pub fn standard(exe: &Path, state_dir: &Path) -> Self {
-        Self(vec![Box::new(recorder::Recorder::new(exe, state_dir))])
+        Self(vec![
+            Box::new(recorder::Recorder::new(exe, state_dir)),
+            Box::new(connect::Connect::new(exe, state_dir)),
+        ])
     }
 
     /// A chosen set (tests).

@@ -26,7 +26,9 @@ pub fn default_period_frames(sample_rate: u32) -> u32 {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct DeviceError {
+    /// DEP_E311 (unavailable) or DEP_E312 (format not offered).
     pub code: ErrorCode,
+    /// What is wrong, naming the device and what it offers.
     pub message: String,
 }
 
@@ -43,7 +45,9 @@ impl DeviceError {
 /// pushed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Gap {
+    /// Samples pushed into the ring before the gap.
     pub at_sample: u64,
+    /// Frames lost.
     pub frames: u64,
 }
 

@@ -7,12 +7,19 @@
 //! and every later instant is `anchor + frames / sampleRate`, so consecutive files of a
 //! continuous recording are contiguous and their start times follow from their lengths.
 
+/// The audio device side: cpal capture into a lock-free ring buffer.
 pub mod capture;
+/// The kernel's clock synchronisation (adjtimex).
 pub mod clock;
+/// A paced test source for ALSA's file plugin (`roost feed`).
 pub mod feed;
+/// The device as `roost check` sees it.
 pub mod probe;
+/// The only metadata.db connection, on a thread of its own.
 pub mod registrar;
+/// The recorder's report (`recorder-report.json`) and its assessment.
 pub mod report;
+/// One WAV file being written, and salvage of a cut one.
 pub mod wav;
 
 use std::path::{Path, PathBuf};
@@ -67,11 +74,14 @@ pub const CONFIG_FILE: &str = "recorder-config.json";
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RecordConfig {
+    /// The deployment's name.
     pub deployment: String,
+    /// Where the device records (GUANO and metadata.db).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<Location>,
     /// With `path` set.
     pub storage: StorageSpec,
+    /// The recorder's spec as written in the file.
     pub recorder: RecorderSpec,
     /// Frames per capture period; default [`default_period_frames`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -110,11 +120,13 @@ impl RecordConfig {
         Ok(path)
     }
 
+    /// The storage folder, relative paths resolved against `state_dir`.
     pub fn storage_path(&self, state_dir: &Path) -> PathBuf {
         self.storage.resolved_path(state_dir)
     }
 }
 
+/// Why the recorder process cannot run (device and storage faults are reported, not returned).
 #[derive(Debug, thiserror::Error)]
 pub enum RecorderError {
     #[error("cannot read the recorder configuration {path}")]
@@ -140,6 +152,7 @@ pub enum RecorderError {
 }
 
 impl RecorderError {
+    /// The catalogue code for the report.
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::ConfigUnreadable { .. }

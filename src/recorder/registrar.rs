@@ -31,16 +31,19 @@ pub struct RegistrarView {
     pub rows_owed: u64,
     /// When the oldest owed row was handed over (monotonic, and on the wall clock for messages).
     pub owed_since: Option<Instant>,
+    /// The same moment on the wall clock.
     pub owed_since_wall: Option<Timestamp>,
     /// Why the last attempt failed, while rows are owed.
     pub last_error: Option<String>,
     /// Recordings deleted by deleteOldest since the recorder started, and the latest of them.
     pub files_deleted: u64,
+    /// The latest recordings it deleted, newest last (at most [`RECENT_DELETIONS`]).
     pub recently_deleted: VecDeque<PathBuf>,
     /// Set when deleteOldest cannot free enough: the space is held by other files.
     pub cannot_make_room: Option<String>,
     /// deleteOldest requests made, and the request `cannot_make_room` answers.
     pub room_requests: u64,
+    /// The request number that `cannot_make_room` answers.
     pub room_answered: u64,
     /// What the repairs of the storage did (at start and after each reopening).
     pub repair: RepairReport,
@@ -55,9 +58,13 @@ pub struct RegistrarView {
 /// Rows owed, since when, and why the last attempt failed.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Owed {
+    /// Rows handed over and not written yet.
     pub rows: u64,
+    /// When the oldest of them was handed over (monotonic).
     pub since: Option<Instant>,
+    /// The same moment on the wall clock.
     pub since_wall: Option<Timestamp>,
+    /// Why the last attempt failed.
     pub why: Option<String>,
 }
 
@@ -82,7 +89,9 @@ pub struct Registrar {
 /// Which deployment rows belong to.
 #[derive(Clone, Debug)]
 pub struct DeploymentInfo {
+    /// The deployment's name (`deployment.name` in metadata.db).
     pub name: String,
+    /// Where it records, for the deployment row.
     pub location: Option<Location>,
 }
 
@@ -158,6 +167,7 @@ impl Registrar {
         }
     }
 
+    /// A copy of everything the registrar shows.
     pub fn view(&self) -> RegistrarView {
         lock(&self.view).clone()
     }
@@ -179,6 +189,7 @@ impl Registrar {
         }
     }
 
+    /// End of the newest registered recording, if any.
     pub fn view_latest_end(&self) -> Option<Timestamp> {
         lock(&self.view).latest_end
     }

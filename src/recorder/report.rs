@@ -26,6 +26,7 @@ pub const FIRST_REPORT_WITHIN: Duration = Duration::from_secs(30);
 /// How late a file may be before the recorder counts as producing nothing.
 pub const FILE_GRACE: SignedDuration = SignedDuration::from_secs(30);
 
+/// What the recorder is doing (`state` in the report and in status.json's recorder output).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum RecorderState {
@@ -51,11 +52,14 @@ pub enum RecorderState {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ReportError {
+    /// A catalogue code (`DEP_E3xx`).
     pub code: String,
+    /// What happened and what follows, in words.
     pub message: String,
 }
 
 impl ReportError {
+    /// An entry for catalogue `code`.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code: code.code.to_string(),
@@ -68,17 +72,29 @@ impl ReportError {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RecorderReport {
+    /// The recorder's process id (the reconciler ignores a report of another process).
     pub pid: u32,
+    /// What it is doing now.
     pub state: RecorderState,
+    /// The deployment it records for (metadata.db's `deployment.name`).
     pub deployment: String,
+    /// The ALSA device name it captures from.
     pub device: String,
+    /// Samples per second per channel.
     pub sample_rate: u32,
+    /// Channels per frame.
     pub channels: u16,
+    /// `i16`, `i24` or `f32`.
     pub sample_format: String,
+    /// The storage folder (recordings/ and metadata.db inside).
     pub storage: PathBuf,
+    /// When this recorder process started.
     pub started_at: Timestamp,
+    /// Recordings completed and placed in recordings/ since it started.
     pub files_written: u64,
+    /// The newest recording.
     pub last_file: Option<PathBuf>,
+    /// When the newest recording was completed.
     pub last_file_at: Option<Timestamp>,
     /// Frames (samples per channel) delivered by the device since the recorder started.
     pub samples_captured: u64,
@@ -94,6 +110,7 @@ pub struct RecorderReport {
     pub files_discarded: u64,
     /// When the next file must be complete if all is well; null outside the windows.
     pub expected_file_by: Option<Timestamp>,
+    /// The fault that keeps it from recording as it should, if any.
     pub error: Option<ReportError>,
     /// What the start-up repair of the storage did.
     #[serde(default)]
@@ -106,6 +123,7 @@ pub struct RecorderReport {
     /// latest of them.
     #[serde(default)]
     pub files_deleted: u64,
+    /// The latest recordings deleteOldest removed (newest last, a few).
     #[serde(default)]
     pub recently_deleted: Vec<PathBuf>,
     /// Files whose claimed start lies before the end of an earlier file (a clock stepped back).
@@ -117,6 +135,7 @@ pub struct RecorderReport {
     /// Conditions that do not stop recording but should be known (DEP_E304, DEP_E316, DEP_E317).
     #[serde(default)]
     pub warnings: Vec<ReportError>,
+    /// When this report was written.
     pub updated_at: Timestamp,
 }
 

@@ -46,8 +46,11 @@ impl WavSample for f32 {}
 /// Format of a file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WavFormat {
+    /// Samples per second per channel.
     pub sample_rate: u32,
+    /// Channels per frame.
     pub channels: u16,
+    /// Sample encoding.
     pub sample_format: SampleFormat,
 }
 
@@ -66,6 +69,7 @@ impl WavFormat {
         }
     }
 
+    /// Bytes of one frame (all channels).
     pub fn bytes_per_frame(self) -> u64 {
         u64::from(self.channels) * u64::from(self.sample_format.bytes_per_sample())
     }
@@ -83,9 +87,13 @@ impl WavFormat {
 /// What goes into the GUANO chunk.
 #[derive(Clone, Debug)]
 pub struct Guano {
+    /// When the first sample was captured.
     pub start: Timestamp,
+    /// The deployment's name.
     pub deployment: String,
+    /// The ALSA device name.
     pub device: String,
+    /// Where, in decimal degrees, when the spec says.
     pub latitude_longitude: Option<(f64, f64)>,
     /// Whether the kernel said the wall clock was synchronised when the file started.
     pub clock_synchronized: Option<bool>,
@@ -191,10 +199,12 @@ impl<T: WavSample> WavFile<T> {
         })
     }
 
+    /// Frames written so far.
     pub fn frames(&self) -> u64 {
         self.frames
     }
 
+    /// Frames the file was created for.
     pub fn max_frames(&self) -> u64 {
         self.max_frames
     }
@@ -322,13 +332,32 @@ pub fn salvage(
         channels: spec.channels,
         sample_format,
     };
+    let declared = u64::from(reader.duration());
     drop(reader);
-    let frames = len.saturating_sub(format.header_bytes()) / format.bytes_per_frame();
+    let header = format.header_bytes();
+    // A file completed (GUANO appended) whose move into recordings/ a crash undid: its header
+    // is right and what follows the data is metadata, not audio.
+    let declared_end = header + declared * format.bytes_per_frame();
+    let completed = declared > 0 && chunk_id_at(&file, declared_end + declared_end % 2) == *b"guan";
+    let frames = match completed {
+        true => declared,
+        false => len.saturating_sub(header) / format.bytes_per_frame(),
+    };
     if frames == 0 {
         return Ok(None);
     }
     complete(&file, format, frames, guano, file_name)?;
     Ok(Some((frames, format)))
+}
+
+/// The four bytes at `offset`, or zeros when the file is shorter.
+fn chunk_id_at(file: &File, offset: u64) -> [u8; 4] {
+    use std::os::unix::fs::FileExt;
+    let mut id = [0u8; 4];
+    match file.read_exact_at(&mut id, offset) {
+        Ok(()) => id,
+        Err(_) => [0; 4],
+    }
 }
 
 #[cfg(test)]
@@ -474,6 +503,31 @@ mod tests {
                 .collect();
             assert_eq!(r, s[..kept as usize * 2]);
         }
+    }
+
+    /// A completed file (GUANO appended) left in .partial by a crash before its move keeps
+    /// exactly its frames: the metadata after them is not taken for audio.
+    #[test]
+    fn salvage_of_a_completed_file_keeps_its_frames() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("done.wav.part");
+        let format = WavFormat {
+            sample_rate: 8000,
+            channels: 1,
+            sample_format: SampleFormat::I16,
+        };
+        let s: Vec<i16> = (0..8001).map(|i| i as i16).collect();
+        let mut w = WavFile::<i16>::create(&p, format, 8001, SYNC).unwrap();
+        w.write(&s).unwrap();
+        w.finish(&guano(), "done.wav").unwrap();
+        let (frames, _) = salvage(&p, &guano(), "done.wav").unwrap().unwrap();
+        assert_eq!(frames, 8001);
+        let r: Vec<i16> = hound::WavReader::open(&p)
+            .unwrap()
+            .into_samples()
+            .map(|s| s.unwrap())
+            .collect();
+        assert_eq!(r, s);
     }
 
     /// The reservation does not show in the size, and finishing gives back what was not used.

@@ -2,6 +2,7 @@
 //! loading a file with errors that point at the line and column or the field. This module never
 //! touches a runtime; it only says what is wanted.
 
+pub mod connect;
 mod duration;
 mod load;
 mod names;
@@ -144,6 +145,10 @@ pub struct DeploymentSpec {
     /// The audio recorder, run as component `recorder`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recorder: Option<RecorderSpec>,
+    /// Where status, heartbeats and messages go when the device is connected (component
+    /// `connect`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect: Option<connect::ConnectSpec>,
 }
 
 fn default_stop_timeout() -> HumanDuration {
@@ -263,6 +268,12 @@ impl Deployment {
                     format!("duplicate component name {:?} (also spec.components[{first}]); names must be unique", c.name.as_str()),
                 ));
             }
+            if spec.connect.is_some() && c.name.as_str() == "connect" {
+                issues.push(FieldIssue::new(
+                    format!("spec.components[{i}].name"),
+                    "the name \"connect\" is reserved for spec.connect; rename this component",
+                ));
+            }
             if spec.recorder.is_some() && c.name.as_str() == recorder::RECORDER_COMPONENT {
                 issues.push(FieldIssue::new(
                     format!("spec.components[{i}].name"),
@@ -306,6 +317,9 @@ impl Deployment {
         if let Some(rec) = &spec.recorder {
             issues.extend(rec.validate(spec.location.as_ref(), spec.storage.as_ref()));
         }
+        if let Some(connect) = &spec.connect {
+            issues.extend(connect.validate());
+        }
         issues
     }
 
@@ -316,12 +330,17 @@ impl Deployment {
 
     /// Names of every component roost runs, the recorder included.
     pub fn component_names(&self) -> impl Iterator<Item = &str> {
-        self.spec.components.iter().map(|c| c.name.as_str()).chain(
-            self.spec
-                .recorder
-                .as_ref()
-                .map(|_| recorder::RECORDER_COMPONENT),
-        )
+        self.spec
+            .components
+            .iter()
+            .map(|c| c.name.as_str())
+            .chain(
+                self.spec
+                    .recorder
+                    .as_ref()
+                    .map(|_| recorder::RECORDER_COMPONENT),
+            )
+            .chain(self.spec.connect.as_ref().map(|_| "connect"))
     }
 }
 

@@ -97,6 +97,7 @@ pub enum OnLowSpace {
 pub struct ByteSize(pub u64);
 
 impl ByteSize {
+    /// The size in bytes.
     pub fn bytes(self) -> u64 {
         self.0
     }
@@ -209,6 +210,7 @@ pub struct RecorderSpec {
     /// Number of channels, 1 to 32.
     #[serde(default)]
     pub channels: Channels,
+    /// Sample encoding of the files: `i16` (default), `i24` or `f32`.
     #[serde(default)]
     pub sample_format: SampleFormat,
     /// Length of one file.
@@ -400,6 +402,7 @@ impl From<DeviceName> for String {
     }
 }
 impl DeviceName {
+    /// The name as written.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -443,6 +446,7 @@ impl From<SampleRate> for u32 {
     }
 }
 impl SampleRate {
+    /// Samples per second per channel.
     pub fn get(self) -> u32 {
         self.0
     }
@@ -479,6 +483,7 @@ impl From<Channels> for u16 {
     }
 }
 impl Channels {
+    /// Channels per frame.
     pub fn get(self) -> u16 {
         self.0
     }
@@ -541,6 +546,7 @@ impl From<TimeZoneName> for String {
     }
 }
 impl TimeZoneName {
+    /// The IANA name as written.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -554,14 +560,18 @@ impl TimeZoneName {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Window {
+    /// When recording starts each day.
     pub start: TimeOfDay,
+    /// When it ends (at or before `start`: the next day).
     pub end: TimeOfDay,
 }
 
 /// A sun event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SunEvent {
+    /// The upper limb of the sun at the horizon, morning.
     Sunrise,
+    /// The same, evening.
     Sunset,
 }
 
@@ -571,15 +581,21 @@ pub enum SunEvent {
 #[serde(try_from = "String", into = "String")]
 pub enum TimeOfDay {
     /// Minutes after local midnight, 0..1440.
-    Clock { minute_of_day: u16 },
+    Clock {
+        /// Minutes after local midnight.
+        minute_of_day: u16,
+    },
     /// A sun event shifted by `offset_seconds` (negative: before).
     Solar {
+        /// Sunrise or sunset.
         event: SunEvent,
+        /// Seconds after it (negative: before).
         offset_seconds: i32,
     },
 }
 
 impl TimeOfDay {
+    /// Whether it follows the sun (needs `spec.location`).
     pub fn is_solar(&self) -> bool {
         matches!(self, Self::Solar { .. })
     }

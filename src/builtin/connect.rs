@@ -1,0 +1,94 @@
+//! The connector as a built-in component: `roost connect` of this binary, reading the
+//! configuration roost writes before starting it; its health is read from its report
+//! (`connect-report.json`). A link that is down is a warning in its output, never an error of
+//! the deployment: the recording does not depend on the network.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+use super::{Builtin, BuiltinError};
+use crate::connect::ConnectConfig;
+use crate::connect::messages::CONNECT_COMPONENT;
+use crate::observe::{BuiltinHealth, BuiltinReport, ComponentRun};
+use crate::spec::Deployment;
+
+/// The connector built-in of a roost running `exe` with its state in `state_dir`.
+pub struct Connect {
+    exe: PathBuf,
+    state_dir: PathBuf,
+}
+
+impl Connect {
+    /// The connector started as `<exe> connect`, its files in `state_dir`.
+    pub fn new(exe: &Path, state_dir: &Path) -> Self {
+        Self {
+            exe: exe.to_path_buf(),
+            state_dir: state_dir.to_path_buf(),
+        }
+    }
+}
+
+impl Builtin for Connect {
+    fn name(&self) -> &'static str {
+        CONNECT_COMPONENT
+    }
+
+    fn run(&self, d: &Deployment) -> Option<ComponentRun> {
+        let config = ConnectConfig::from_deployment(d, &self.state_dir)?;
+        let config_json = serde_json::to_string(&config).expect("connect config serializes");
+        let hash_input = format!("{}\n{}", self.exe.display(), config_json);
+        let argv = vec![
+            self.exe.display().to_string(),
+            "connect".to_string(),
+            "--config".to_string(),
+            ConnectConfig::path(&self.state_dir).display().to_string(),
+            "--state-dir".to_string(),
+            self.state_dir.display().to_string(),
+        ];
+        Some(ComponentRun {
+            deployment: d.metadata.name.to_string(),
+            name: CONNECT_COMPONENT.try_into().expect("valid name"),
+            spec_hash: crate::plan::spec_hash(hash_input.as_bytes()),
+            command: argv.try_into().expect("non-empty argv"),
+            env: BTreeMap::new(),
+            working_dir: None,
+            restart_policy: crate::spec::RestartPolicy::Always,
+            backoff: d.spec.backoff,
+            // It says `offline` and commits what was acknowledged before it exits.
+            stop_timeout: Duration::from_secs(5),
+        })
+    }
+
+    fn prepare(&self, d: &Deployment) -> Result<(), BuiltinError> {
+        let Some(config) = ConnectConfig::from_deployment(d, &self.state_dir) else {
+            return Ok(());
+        };
+        config
+            .write(&self.state_dir)
+            .map_err(|source| BuiltinError::Prepare {
+                component: CONNECT_COMPONENT,
+                path: ConnectConfig::path(&self.state_dir),
+                source,
+            })
+    }
+
+    fn health(&self, pid: Option<u32>, _now: Timestamp) -> BuiltinHealth {
+        let report =
+            crate::connect::report::read_report(&self.state_dir).filter(|r| Some(r.pid) == pid);
+        BuiltinHealth::Reported(BuiltinReport {
+            output: report
+                .and_then(|r| serde_json::to_value(r).ok())
+                .unwrap_or(serde_json::Value::Null),
+            trouble: None,
+            produced: true,
+            look_again_at: None,
+        })
+    }
+
+    fn output_file(&self) -> Option<PathBuf> {
+        Some(crate::connect::report::report_path(&self.state_dir))
+    }
+}

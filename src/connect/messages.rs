@@ -1,0 +1,288 @@
+//! What is sent: the status document, heartbeats (roost's and acoupi's JSON), Home Assistant
+//! discovery and its state topics, each built from output facts (status.json, the recorder's
+//! figures, metadata.db, free space, the outbox). Pure builders plus the few reads they need;
+//! nothing here sends.
+
+use std::path::Path;
+
+use jiff::Timestamp;
+use serde_json::{Value, json};
+
+use super::outbox::OutboxStats;
+use crate::status::StatusDoc;
+
+/// The component name of the connector in status.json.
+pub const CONNECT_COMPONENT: &str = "connect";
+
+/// Facts a heartbeat reports besides the status document.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Facts {
+    /// Recordings registered in the last hour (metadata.db), when it can be read.
+    pub files_last_hour: Option<u64>,
+    /// Free bytes on the storage's file system.
+    pub free_bytes: Option<u64>,
+    /// What waits in the outbox.
+    pub outbox: OutboxStats,
+}
+
+/// The status document as compared between sends: the connector's own output (outbox depth,
+/// link state) is left out, or each delivery would change the status and queue another.
+pub fn comparable(doc: &StatusDoc) -> Value {
+    let mut v = serde_json::to_value(doc).unwrap_or(Value::Null);
+    if let Some(components) = v.get_mut("components").and_then(Value::as_array_mut) {
+        components.retain(|c| c.get("name").and_then(Value::as_str) != Some(CONNECT_COMPONENT));
+    }
+    if let Some(o) = v.as_object_mut() {
+        o.remove("updatedAt");
+    }
+    v
+}
+
+/// The status message: the document itself with `messageId` and `deviceId` added.
+pub fn status(doc: &StatusDoc, device_id: &str, message_id: &str) -> Value {
+    let mut v = serde_json::to_value(doc).unwrap_or(Value::Null);
+    if let Some(o) = v.as_object_mut() {
+        o.insert("messageId".into(), json!(message_id));
+        o.insert("deviceId".into(), json!(device_id));
+    }
+    v
+}
+
+fn recorder_output(doc: &StatusDoc) -> Option<&Value> {
+    doc.components
+        .iter()
+        .find(|c| c.name == crate::spec::recorder::RECORDER_COMPONENT)
+        .and_then(|c| c.output.as_ref())
+}
+
+/// The heartbeat's metrics, in roost's names.
+pub fn metrics(doc: Option<&StatusDoc>, facts: &Facts, now: Timestamp) -> Value {
+    let rec = doc.and_then(recorder_output);
+    let last_file_at = rec
+        .and_then(|r| r.get("lastFileAt"))
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse::<Timestamp>().ok());
+    json!({
+        "phase": doc.map(|d| d.phase),
+        "status": doc.map(|d| d.status),
+        "errorCodes": doc.map(|d| d.errors.iter().map(|e| e.code.clone()).collect::<Vec<_>>()).unwrap_or_default(),
+        "lastRecordingAt": last_file_at,
+        "lastRecordingAgeSeconds": last_file_at.map(|t| now.duration_since(t).as_secs()),
+        "filesWritten": rec.and_then(|r| r.get("filesWritten")).cloned(),
+        "filesLastHour": facts.files_last_hour,
+        "samplesDropped": rec.and_then(|r| r.get("samplesDropped")).cloned(),
+        "freeBytes": facts.free_bytes,
+        "clockSynchronized": rec.and_then(|r| r.get("clockSynchronized")).cloned(),
+        "outboxDepth": facts.outbox.depth,
+        "outboxOldestAt": facts.outbox.oldest_at,
+        "outboxDropped": facts.outbox.dropped,
+    })
+}
+
+/// Roost's heartbeat on `<prefix>/<deviceId>/heartbeat`.
+pub fn heartbeat(
+    doc: Option<&StatusDoc>,
+    facts: &Facts,
+    ids: (&str, &str),
+    interval: std::time::Duration,
+    now: Timestamp,
+) -> Value {
+    let (device_id, message_id) = ids;
+    json!({
+        "messageId": message_id,
+        "deviceId": device_id,
+        "deployment": doc.and_then(|d| d.deployment.clone()),
+        "sentAt": now,
+        "intervalSeconds": interval.as_secs(),
+        "metrics": metrics(doc, facts, now),
+    })
+}
+
+/// acoupi's heartbeat JSON (`sent_on`, `device_id`, `status`, `metrics`) on
+/// `<acoupiTopic>/<deviceId>`, so that dashboards that ingest acoupi's heartbeats take roost's.
+pub fn acoupi_heartbeat(
+    doc: Option<&StatusDoc>,
+    facts: &Facts,
+    device_id: &str,
+    now: Timestamp,
+) -> Value {
+    let status = doc.map_or("unknown".to_string(), |d| {
+        format!("{:?}", d.status).to_lowercase()
+    });
+    json!({
+        "sent_on": now,
+        "device_id": device_id,
+        "status": status,
+        "metrics": metrics(doc, facts, now),
+    })
+}
+
+/// One Home Assistant entity: its id, platform and the discovery fields beyond the common ones.
+struct Entity {
+    id: &'static str,
+    platform: &'static str,
+    name: &'static str,
+    extra: Value,
+}
+
+fn entities() -> Vec<Entity> {
+    vec![
+        Entity {
+            id: "status",
+            platform: "sensor",
+            name: "Status",
+            extra: json!({}),
+        },
+        Entity {
+            id: "phase",
+            platform: "sensor",
+            name: "Phase",
+            extra: json!({}),
+        },
+        Entity {
+            id: "problem",
+            platform: "binary_sensor",
+            name: "Problem",
+            extra: json!({"dev_cla": "problem", "pl_on": "ON", "pl_off": "OFF"}),
+        },
+        Entity {
+            id: "error_codes",
+            platform: "sensor",
+            name: "Error codes",
+            extra: json!({}),
+        },
+        Entity {
+            id: "last_recording",
+            platform: "sensor",
+            name: "Last recording",
+            extra: json!({"dev_cla": "timestamp"}),
+        },
+        Entity {
+            id: "files_written",
+            platform: "sensor",
+            name: "Recordings written",
+            extra: json!({"stat_cla": "total_increasing"}),
+        },
+        Entity {
+            id: "samples_dropped",
+            platform: "sensor",
+            name: "Samples dropped",
+            extra: json!({"stat_cla": "total_increasing"}),
+        },
+        Entity {
+            id: "free_bytes",
+            platform: "sensor",
+            name: "Free space",
+            extra: json!({"dev_cla": "data_size", "unit_of_meas": "B", "stat_cla": "measurement"}),
+        },
+        Entity {
+            id: "outbox_depth",
+            platform: "sensor",
+            name: "Outbox depth",
+            extra: json!({"stat_cla": "measurement"}),
+        },
+    ]
+}
+
+/// Topic of one entity's retained state.
+pub fn state_topic(prefix: &str, device_id: &str, entity: &str) -> String {
+    format!("{prefix}/{device_id}/state/{entity}")
+}
+
+/// Topic of the availability (`online` / `offline`, retained; the last will says `offline`).
+pub fn availability_topic(prefix: &str, device_id: &str) -> String {
+    format!("{prefix}/{device_id}/availability")
+}
+
+/// Home Assistant device-based discovery: one retained config on
+/// `<discoveryPrefix>/device/<deviceId>/config` listing every entity, each on its own state
+/// topic, availability wired to roost's.
+pub fn discovery(
+    prefix: &str,
+    discovery_prefix: &str,
+    device_id: &str,
+    deployment: Option<&str>,
+) -> (String, Value) {
+    let mut cmps = serde_json::Map::new();
+    for e in entities() {
+        let mut c = json!({
+            "p": e.platform,
+            "name": e.name,
+            "uniq_id": format!("{device_id}_{}", e.id),
+            "stat_t": state_topic(prefix, device_id, e.id),
+        });
+        if let (Some(c), Some(extra)) = (c.as_object_mut(), e.extra.as_object()) {
+            c.extend(extra.clone());
+        }
+        cmps.insert(e.id.to_string(), c);
+    }
+    let config = json!({
+        "dev": {
+            "ids": [format!("roost_{device_id}")],
+            "name": format!("roost {device_id}"),
+            "mf": "roost",
+            "mdl": deployment.unwrap_or("field recorder"),
+            "sw": env!("CARGO_PKG_VERSION"),
+        },
+        "o": {"name": "roost", "sw": env!("CARGO_PKG_VERSION")},
+        "avty_t": availability_topic(prefix, device_id),
+        "cmps": cmps,
+    });
+    (
+        format!("{discovery_prefix}/device/{device_id}/config"),
+        config,
+    )
+}
+
+/// Each entity's state now, as published on its state topic (strings, as Home Assistant reads).
+pub fn entity_states(doc: &StatusDoc, facts: &Facts) -> Vec<(&'static str, String)> {
+    let m = metrics(Some(doc), facts, Timestamp::now());
+    let text = |v: &Value| match v {
+        Value::Null => "unknown".to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let in_error = matches!(doc.status, crate::status::OverallStatus::Error);
+    vec![
+        ("status", format!("{:?}", doc.status)),
+        ("phase", format!("{:?}", doc.phase)),
+        ("problem", if in_error { "ON" } else { "OFF" }.to_string()),
+        ("error_codes", {
+            let codes: Vec<&str> = doc.errors.iter().map(|e| e.code.as_str()).collect();
+            if codes.is_empty() {
+                "none".to_string()
+            } else {
+                codes.join(",")
+            }
+        }),
+        ("last_recording", text(&m["lastRecordingAt"])),
+        ("files_written", text(&m["filesWritten"])),
+        ("samples_dropped", text(&m["samplesDropped"])),
+        ("free_bytes", text(&m["freeBytes"])),
+        ("outbox_depth", text(&m["outboxDepth"])),
+    ]
+}
+
+/// Recordings registered in metadata.db over the hour before `now` (read-only, no waiting on a
+/// lock); `None` when it cannot be read.
+pub fn files_last_hour(storage: &Path, now: Timestamp) -> Option<u64> {
+    use rusqlite::{Connection, OpenFlags};
+    let db = storage.join("metadata.db");
+    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+    let since = crate::storage::db_datetime(now - jiff::SignedDuration::from_hours(1));
+    conn.query_row(
+        "SELECT count(*) FROM recording WHERE datetime >= ?1",
+        [since],
+        |r| r.get::<_, i64>(0),
+    )
+    .ok()
+    .map(|n| n as u64)
+}
+
+/// Free bytes for unprivileged writers on the file system holding `path` (its nearest existing
+/// folder: a storage not created yet lives on its parent's file system).
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    let existing = path.ancestors().find(|p| p.exists())?;
+    let s = nix::sys::statvfs::statvfs(existing).ok()?;
+    Some(s.blocks_available() as u64 * s.fragment_size() as u64)
+}

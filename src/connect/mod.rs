@@ -1,0 +1,123 @@
+//! `roost connect`: the built-in component `connect` that sends the device's status, heartbeats
+//! and messages to an MQTT broker and an HTTP endpoint, and keeps a Prometheus text file. It
+//! runs as a process of its own, so that no network fault, TLS stack or broker ever disturbs
+//! the reconciler or the recorder. Everything it sends goes first into the durable outbox
+//! ([`outbox`]) and leaves it only when the sink acknowledged it. It reads status.json (on
+//! inotify) and metadata.db; it writes only its outbox, its report and the Prometheus file.
+
+pub mod http;
+pub mod messages;
+pub mod mqtt;
+pub mod outbox;
+pub mod prometheus;
+pub mod report;
+mod run;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use run::run;
+
+use crate::spec::Deployment;
+use crate::spec::connect::ConnectSpec;
+
+/// File name of the connector's configuration in the state folder.
+pub const CONFIG_FILE: &str = "connect-config.json";
+
+/// What `roost connect` is given (written by the reconciler before it starts it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConnectConfig {
+    /// The deployment's name.
+    pub deployment: String,
+    /// This device's id in topics and messages (resolved: the file's, or from /etc/machine-id).
+    pub device_id: String,
+    /// `spec.connect` as written.
+    pub connect: ConnectSpec,
+    /// The recordings' storage folder (free space, recordings of the last hour).
+    pub storage: PathBuf,
+}
+
+impl ConnectConfig {
+    /// The connector's configuration of a deployment, `None` when it has no `spec.connect`.
+    pub fn from_deployment(d: &Deployment, state_dir: &Path) -> Option<Self> {
+        let connect = d.spec.connect.clone()?;
+        let device_id = connect
+            .device_id
+            .as_ref()
+            .map(|id| id.as_str().to_string())
+            .unwrap_or_else(default_device_id);
+        let storage = d
+            .spec
+            .storage
+            .clone()
+            .unwrap_or_default()
+            .resolved_path(state_dir);
+        Some(Self {
+            deployment: d.name().to_string(),
+            device_id,
+            connect,
+            storage,
+        })
+    }
+
+    /// `<state_dir>/connect-config.json`.
+    pub fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join(CONFIG_FILE)
+    }
+
+    /// Writes the configuration whole to `<state_dir>/connect-config.json`.
+    pub fn write(&self, state_dir: &Path) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        crate::fsutil::write_atomic(&Self::path(state_dir), &bytes)
+    }
+}
+
+/// `roost-` and the first 12 characters of /etc/machine-id: stable across reboots and unique
+/// per installation; `roost-unknown` when there is none.
+pub fn default_device_id() -> String {
+    let id = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
+    let id: String = id
+        .trim()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(12)
+        .collect();
+    match id.is_empty() {
+        true => "roost-unknown".to_string(),
+        false => format!("roost-{id}"),
+    }
+}
+
+/// Why the connector cannot run (link faults are reported, not returned).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The configuration cannot be read.
+    #[error("cannot read the connector configuration {path}")]
+    ConfigUnreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configuration is not valid JSON of the expected shape.
+    #[error("the connector configuration {path} is invalid")]
+    ConfigInvalid {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The outbox cannot be opened even after setting a bad one aside.
+    #[error(transparent)]
+    Outbox(#[from] outbox::OutboxError),
+    /// The async runtime or the signal handler cannot start.
+    #[error("cannot start the connector's runtime")]
+    Runtime(#[source] std::io::Error),
+    /// The status file cannot be watched.
+    #[error(transparent)]
+    Watch(#[from] crate::watch::WatchError),
+}

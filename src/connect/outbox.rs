@@ -1,0 +1,450 @@
+//! The durable outbox (`<state-dir>/outbox.db`, SQLite): every message is written in a
+//! committed transaction (synchronous FULL) before it counts as queued, delivered in order per
+//! sink, and deleted only when the sink acknowledged it (MQTT PUBACK, HTTP 2xx). Bounded by
+//! bytes and age: the oldest go first, and are counted. Survives restarts, kill -9 and power
+//! cuts; a file that is not a database is set aside and replaced. It never sends anything.
+
+use std::path::{Path, PathBuf};
+
+use jiff::{SignedDuration, Timestamp};
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// Where a message goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Sink {
+    /// The MQTT broker.
+    Mqtt,
+    /// The HTTP endpoint.
+    Http,
+}
+
+impl Sink {
+    fn as_str(self) -> &'static str {
+        match self {
+            Sink::Mqtt => "mqtt",
+            Sink::Http => "http",
+        }
+    }
+}
+
+/// A message to queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewMessage {
+    /// Its sink.
+    pub sink: Sink,
+    /// MQTT topic (for HTTP: what it is, e.g. `status`).
+    pub topic: String,
+    /// The bytes sent (JSON, carrying the message id).
+    pub payload: Vec<u8>,
+    /// MQTT retain flag.
+    pub retain: bool,
+}
+
+/// A queued message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// Position in the outbox: increasing, never reused while the file lives.
+    pub seq: i64,
+    /// Its sink.
+    pub sink: Sink,
+    /// MQTT topic (for HTTP: what it is).
+    pub topic: String,
+    /// The bytes sent.
+    pub payload: Vec<u8>,
+    /// MQTT retain flag.
+    pub retain: bool,
+    /// When it was queued.
+    pub created_at: Timestamp,
+}
+
+/// What the outbox holds, for the report and the heartbeat.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OutboxStats {
+    /// Messages waiting (all sinks).
+    pub depth: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// When the oldest waiting message was queued.
+    pub oldest_at: Option<Timestamp>,
+    /// Messages dropped to keep within maxBytes and maxAge since the outbox was created.
+    pub dropped: u64,
+    /// When a sink last acknowledged a message.
+    pub last_delivered_at: Option<Timestamp>,
+}
+
+/// Bounds of the outbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Most bytes kept (payload and topic).
+    pub max_bytes: u64,
+    /// Oldest message kept.
+    pub max_age: SignedDuration,
+}
+
+/// Why the outbox cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    /// An SQLite operation failed.
+    #[error("outbox {path}: cannot {action}")]
+    Database {
+        /// The outbox file.
+        path: PathBuf,
+        /// What was being done.
+        action: &'static str,
+        /// Why.
+        #[source]
+        source: rusqlite::Error,
+    },
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS message (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    sink TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    retain INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    bytes INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS message_sink ON message (sink, seq);
+CREATE TABLE IF NOT EXISTS counter (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+";
+
+/// The outbox file and its connection.
+pub struct Outbox {
+    conn: Connection,
+    path: PathBuf,
+    limits: Limits,
+}
+
+impl Outbox {
+    /// Opens (or creates) the outbox at `path`. A file that is not a usable database is moved
+    /// aside as `<path>.bad-<UTC>` and replaced; its path is returned with the outbox.
+    pub fn open(path: &Path, limits: Limits) -> Result<(Self, Option<PathBuf>), OutboxError> {
+        match Self::open_existing(path, limits) {
+            Ok(outbox) => Ok((outbox, None)),
+            Err(e) => {
+                let aside = PathBuf::from(format!(
+                    "{}.bad-{}",
+                    path.display(),
+                    Timestamp::now().strftime("%Y%m%dT%H%M%SZ")
+                ));
+                tracing::warn!(error = %crate::errors::chain(&e), aside = %aside.display(), "the outbox cannot be read; setting it aside");
+                let _ = std::fs::rename(path, &aside);
+                for suffix in ["-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+                Ok((Self::open_existing(path, limits)?, Some(aside)))
+            }
+        }
+    }
+
+    fn open_existing(path: &Path, limits: Limits) -> Result<Self, OutboxError> {
+        let err = |action| {
+            let path = path.to_path_buf();
+            move |source| OutboxError::Database {
+                path,
+                action,
+                source,
+            }
+        };
+        let conn = Connection::open(path).map_err(err("open it"))?;
+        conn.busy_timeout(std::time::Duration::from_secs(2))
+            .map_err(err("set its busy timeout"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err("switch it to WAL"))?;
+        // Queued means on the card: a message is never reported queued and then lost.
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(err("set synchronous"))?;
+        conn.execute_batch(SCHEMA)
+            .map_err(err("create its tables"))?;
+        let check: String = conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(err("check it"))?;
+        if check != "ok" {
+            return Err(OutboxError::Database {
+                path: path.to_path_buf(),
+                action: "use it (quick_check failed)",
+                source: rusqlite::Error::InvalidQuery,
+            });
+        }
+        Ok(Self {
+            conn,
+            path: path.to_path_buf(),
+            limits,
+        })
+    }
+
+    fn err(&self, action: &'static str) -> impl FnOnce(rusqlite::Error) -> OutboxError + '_ {
+        move |source| OutboxError::Database {
+            path: self.path.clone(),
+            action,
+            source,
+        }
+    }
+
+    /// Queues `messages` in one transaction, then drops what exceeds the limits (oldest first).
+    /// Returns how many were dropped.
+    pub fn push(&mut self, messages: &[NewMessage], now: Timestamp) -> Result<u64, OutboxError> {
+        let path = self.path.clone();
+        let err = |action: &'static str| {
+            let path = path.clone();
+            move |source| OutboxError::Database {
+                path,
+                action,
+                source,
+            }
+        };
+        let tx = self.conn.transaction().map_err(err("begin"))?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO message (sink, topic, payload, retain, created_at, bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(err("prepare an insert"))?;
+            for m in messages {
+                let bytes = (m.payload.len() + m.topic.len()) as i64;
+                insert
+                    .execute(params![
+                        m.sink.as_str(),
+                        m.topic,
+                        m.payload,
+                        m.retain,
+                        now.to_string(),
+                        bytes
+                    ])
+                    .map_err(err("queue a message"))?;
+            }
+        }
+        tx.commit().map_err(err("commit"))?;
+        self.enforce_limits(now)
+    }
+
+    /// Drops messages older than maxAge, then the oldest until the rest fit in maxBytes.
+    fn enforce_limits(&mut self, now: Timestamp) -> Result<u64, OutboxError> {
+        let cutoff = (now - self.limits.max_age).to_string();
+        let mut dropped = self
+            .conn
+            .execute("DELETE FROM message WHERE created_at < ?1", [cutoff])
+            .map_err(self.err("drop old messages"))? as u64;
+        let total: i64 = self
+            .conn
+            .query_row("SELECT coalesce(sum(bytes), 0) FROM message", [], |r| {
+                r.get(0)
+            })
+            .map_err(self.err("measure it"))?;
+        if total as u64 > self.limits.max_bytes {
+            let excess = total as u64 - self.limits.max_bytes;
+            // The shortest run of oldest rows whose bytes cover the excess.
+            dropped += self
+                .conn
+                .execute(
+                    "DELETE FROM message WHERE seq IN (SELECT seq FROM (SELECT seq, bytes, sum(bytes) OVER (ORDER BY seq) AS running FROM message) WHERE running - bytes < ?1)",
+                    [excess as i64],
+                )
+                .map_err(self.err("drop the oldest messages"))? as u64;
+        }
+        if dropped > 0 {
+            self.add_counter("dropped", dropped as i64)?;
+            tracing::warn!(
+                dropped,
+                "outbox over its limits: dropped the oldest messages"
+            );
+        }
+        Ok(dropped)
+    }
+
+    fn add_counter(&self, name: &str, by: i64) -> Result<(), OutboxError> {
+        self.conn
+            .execute(
+                "INSERT INTO counter (name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value = value + ?2",
+                params![name, by],
+            )
+            .map_err(self.err("count"))?;
+        Ok(())
+    }
+
+    /// Up to `limit` messages for `sink` after position `after`, oldest first.
+    pub fn next(&self, sink: Sink, after: i64, limit: usize) -> Result<Vec<Message>, OutboxError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT seq, topic, payload, retain, created_at FROM message WHERE sink = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            )
+            .map_err(self.err("prepare a read"))?;
+        let rows = stmt
+            .query_map(params![sink.as_str(), after, limit as i64], |r| {
+                let created: String = r.get(4)?;
+                Ok(Message {
+                    seq: r.get(0)?,
+                    sink,
+                    topic: r.get(1)?,
+                    payload: r.get(2)?,
+                    retain: r.get(3)?,
+                    created_at: created.parse().unwrap_or(Timestamp::UNIX_EPOCH),
+                })
+            })
+            .map_err(self.err("read messages"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(self.err("read a message"))
+    }
+
+    /// Deletes the acknowledged messages `seqs` and notes the delivery time.
+    pub fn ack(&mut self, seqs: &[i64], now: Timestamp) -> Result<(), OutboxError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        let err = |action: &'static str| {
+            let path = path.clone();
+            move |source| OutboxError::Database {
+                path,
+                action,
+                source,
+            }
+        };
+        // A delivery lost to a power cut costs a duplicate (at least once), not a message: no
+        // fsync for it; the next queueing (FULL) makes it durable along with itself.
+        self.conn
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(err("relax synchronous"))?;
+        let tx = self.conn.transaction().map_err(err("begin"))?;
+        {
+            let mut delete = tx
+                .prepare_cached("DELETE FROM message WHERE seq = ?1")
+                .map_err(err("prepare a delete"))?;
+            for seq in seqs {
+                delete.execute([seq]).map_err(err("delete a message"))?;
+            }
+            tx.execute(
+                "INSERT INTO counter (name, value) VALUES ('last_delivered_ms', ?1) ON CONFLICT(name) DO UPDATE SET value = ?1",
+                [now.as_millisecond()],
+            )
+            .map_err(err("note the delivery"))?;
+        }
+        tx.commit().map_err(err("commit"))?;
+        self.conn
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(err("restore synchronous"))
+    }
+
+    /// Depth, bytes, oldest message, drops and last delivery.
+    pub fn stats(&self) -> Result<OutboxStats, OutboxError> {
+        let (depth, bytes, oldest): (i64, i64, Option<String>) = self
+            .conn
+            .query_row(
+                "SELECT count(*), coalesce(sum(bytes), 0), min(created_at) FROM message",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .map_err(self.err("measure it"))?;
+        let counter = |name: &str| -> Result<Option<i64>, OutboxError> {
+            self.conn
+                .query_row("SELECT value FROM counter WHERE name = ?1", [name], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(self.err("read a counter"))
+        };
+        Ok(OutboxStats {
+            depth: depth as u64,
+            bytes: bytes as u64,
+            oldest_at: oldest.and_then(|t| t.parse().ok()),
+            dropped: counter("dropped")?.unwrap_or(0) as u64,
+            last_delivered_at: counter("last_delivered_ms")?
+                .and_then(|ms| Timestamp::from_millisecond(ms).ok()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(sink: Sink, n: usize, size: usize) -> NewMessage {
+        NewMessage {
+            sink,
+            topic: format!("roost/dev/{n}"),
+            payload: vec![b'x'; size],
+            retain: false,
+        }
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            max_bytes: 1 << 20,
+            max_age: SignedDuration::from_hours(24),
+        }
+    }
+
+    #[test]
+    fn messages_come_out_in_order_per_sink_and_go_only_when_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("outbox.db");
+        let now = Timestamp::now();
+        let (mut o, aside) = Outbox::open(&p, limits()).unwrap();
+        assert!(aside.is_none());
+        let batch: Vec<NewMessage> = (0..5)
+            .flat_map(|n| [msg(Sink::Mqtt, n, 10), msg(Sink::Http, n, 10)])
+            .collect();
+        o.push(&batch, now).unwrap();
+        let mqtt = o.next(Sink::Mqtt, 0, 100).unwrap();
+        assert_eq!(mqtt.len(), 5);
+        assert!(mqtt.windows(2).all(|w| w[0].seq < w[1].seq));
+        o.ack(&[mqtt[0].seq, mqtt[1].seq], now).unwrap();
+        drop(o);
+        // Reopened (a restart): what was not acknowledged is still there, in order.
+        let (o, _) = Outbox::open(&p, limits()).unwrap();
+        let left = o.next(Sink::Mqtt, 0, 100).unwrap();
+        assert_eq!(
+            left.iter().map(|m| m.topic.clone()).collect::<Vec<_>>(),
+            ["roost/dev/2", "roost/dev/3", "roost/dev/4"]
+        );
+        let s = o.stats().unwrap();
+        assert_eq!((s.depth, s.dropped), (8, 0));
+        assert!(s.last_delivered_at.is_some());
+    }
+
+    #[test]
+    fn the_oldest_go_first_when_the_limits_are_reached_and_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Timestamp::now();
+        let small = Limits {
+            max_bytes: 10_000,
+            max_age: SignedDuration::from_hours(1),
+        };
+        let (mut o, _) = Outbox::open(&dir.path().join("o.db"), small).unwrap();
+        o.push(
+            &[msg(Sink::Mqtt, 0, 100)],
+            now - SignedDuration::from_hours(2),
+        )
+        .unwrap();
+        let batch: Vec<NewMessage> = (1..=30).map(|n| msg(Sink::Mqtt, n, 990)).collect();
+        let dropped = o.push(&batch, now).unwrap();
+        let s = o.stats().unwrap();
+        assert!(s.bytes <= 10_000, "{s:?}");
+        assert_eq!(s.dropped, dropped);
+        // The expired one and the oldest of the new ones went; the newest stayed.
+        let left = o.next(Sink::Mqtt, 0, 100).unwrap();
+        assert_eq!(left.last().unwrap().topic, "roost/dev/30");
+        assert_eq!(s.depth + dropped, 31);
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("outbox.db");
+        std::fs::write(
+            &p,
+            b"this is not SQLite, it is a text file someone left here, long enough",
+        )
+        .unwrap();
+        let (mut o, aside) = Outbox::open(&p, limits()).unwrap();
+        let aside = aside.expect("set aside");
+        assert!(aside.exists());
+        o.push(&[msg(Sink::Mqtt, 1, 5)], Timestamp::now()).unwrap();
+        assert_eq!(o.stats().unwrap().depth, 1);
+    }
+}

@@ -1,0 +1,87 @@
+//! The connector's report (`<state-dir>/connect-report.json`), shown as the `connect`
+//! component's output in status.json: link state per sink, the outbox, and warnings. A link
+//! that is down is a warning, never an error of the recording. Replaced whole, not fsynced.
+
+use std::path::{Path, PathBuf};
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use super::outbox::OutboxStats;
+use crate::errors::ErrorCode;
+
+/// File name of the report in the state folder.
+pub const REPORT_FILE: &str = "connect-report.json";
+
+/// A warning or a sink's last error: a catalogue code and what happened.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// Catalogue code (`DEP_E50x`).
+    pub code: String,
+    /// What happened and what follows.
+    pub message: String,
+}
+
+impl Problem {
+    /// A problem with catalogue `code`.
+    pub fn new(code: &ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code: code.code.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// One sink's link.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkState {
+    /// Whether the sink is configured.
+    pub configured: bool,
+    /// Connected (MQTT) or the last POST succeeded (HTTP).
+    pub connected: bool,
+    /// Since when it is connected, or since when it is not.
+    pub since: Option<Timestamp>,
+    /// Messages it acknowledged since the connector started.
+    pub delivered: u64,
+    /// Why the last attempt failed, while it fails.
+    pub last_error: Option<Problem>,
+}
+
+/// `<state-dir>/connect-report.json`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectReport {
+    /// The connector's process id (a report of another process is ignored).
+    pub pid: u32,
+    /// The device id in topics and messages.
+    pub device_id: String,
+    /// The MQTT broker's link.
+    pub mqtt: LinkState,
+    /// The HTTP endpoint's link.
+    pub http: LinkState,
+    /// What waits in the outbox.
+    pub outbox: OutboxStats,
+    /// Outbox files set aside because they could not be read.
+    pub outboxes_set_aside: Vec<PathBuf>,
+    /// Conditions that do not stop anything but should be known (DEP_E501 ... DEP_E507).
+    pub warnings: Vec<Problem>,
+    /// When the report was written.
+    pub updated_at: Option<Timestamp>,
+}
+
+/// Path of the report in a state folder.
+pub fn report_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(REPORT_FILE)
+}
+
+/// Reads a report; `None` when there is none or it cannot be parsed.
+pub fn read_report(state_dir: &Path) -> Option<ConnectReport> {
+    serde_json::from_slice(&std::fs::read(report_path(state_dir)).ok()?).ok()
+}
+
+/// Writes a report whole (not fsynced: derived, rewritten on change).
+pub fn write_report(state_dir: &Path, report: &ConnectReport) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(report).map_err(std::io::Error::other)?;
+    crate::fsutil::replace_quietly(&report_path(state_dir), &bytes)
+}

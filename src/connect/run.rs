@@ -1,0 +1,763 @@
+//! The connector's loop: one task that owns the outbox and wakes on a status change
+//! (inotify on status.json), the heartbeat timer, an MQTT event, an MQTT retry, an HTTP
+//! answer or a stop; everything else waits. Messages are queued first and sent from the
+//! outbox, in order, at least once.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use rumqttc::{Event, Incoming, Outgoing, QoS};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::messages::{self, Facts};
+use super::mqtt::{self, IN_FLIGHT, Session, SessionEvent};
+use super::outbox::{Limits, NewMessage, Outbox, Sink};
+use super::report::{ConnectReport, Problem};
+use super::{ConnectConfig, ConnectError, http, prometheus};
+use crate::errors;
+use crate::spec::connect::MqttSpec;
+use crate::status::StatusDoc;
+
+/// Longest wait between two connection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// The report is rewritten at least this often (fresh outbox figures for status.json).
+const REPORT_EVERY: Duration = Duration::from_secs(60);
+
+/// Runs the connector until SIGTERM or SIGINT.
+pub fn run(config_path: &Path, state_dir: &Path) -> Result<(), ConnectError> {
+    let bytes = std::fs::read(config_path).map_err(|source| ConnectError::ConfigUnreadable {
+        path: config_path.to_path_buf(),
+        source,
+    })?;
+    let cfg: ConnectConfig =
+        serde_json::from_slice(&bytes).map_err(|source| ConnectError::ConfigInvalid {
+            path: config_path.to_path_buf(),
+            source,
+        })?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ConnectError::Runtime)?;
+    rt.block_on(async {
+        let mut connector = Connector::open(cfg, state_dir)?;
+        connector.run().await
+    })
+}
+
+/// The MQTT side's state across sessions.
+struct MqttLink {
+    spec: MqttSpec,
+    password: Option<String>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    session: Option<Session>,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    /// Last outbox position handed to the session.
+    cursor: i64,
+    /// Outbox positions of the publishes not yet written, in order (`None`: not from the outbox).
+    pending: VecDeque<Option<i64>>,
+    /// Packet id -> outbox position, for publishes awaiting their PUBACK.
+    in_flight: HashMap<u16, i64>,
+}
+
+/// The HTTP side's state.
+struct HttpLink {
+    sink: http::HttpSink,
+    job: Option<tokio::task::JoinHandle<(i64, Result<(), Problem>)>>,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+}
+
+/// What woke the loop.
+enum Wake {
+    Stop,
+    Status,
+    Heartbeat,
+    Mqtt(Option<SessionEvent>),
+    MqttRetry,
+    Http(Option<(i64, Result<(), Problem>)>),
+    HttpRetry,
+    ReportDue,
+}
+
+struct Connector {
+    cfg: ConnectConfig,
+    state_dir: PathBuf,
+    outbox: Outbox,
+    report: ConnectReport,
+    report_dirty: bool,
+    status: Option<StatusDoc>,
+    sent_status: Option<Value>,
+    sent_states: BTreeMap<&'static str, String>,
+    counter: u64,
+    to_ack: Vec<i64>,
+    mqtt: Option<MqttLink>,
+    http: Option<HttpLink>,
+}
+
+impl Connector {
+    fn open(cfg: ConnectConfig, state_dir: &Path) -> Result<Self, ConnectError> {
+        let limits = Limits {
+            max_bytes: cfg.connect.outbox.max_bytes.bytes(),
+            max_age: SignedDuration::try_from(cfg.connect.outbox.max_age.as_std())
+                .unwrap_or(SignedDuration::MAX),
+        };
+        let (outbox, aside) = Outbox::open(&state_dir.join("outbox.db"), limits)?;
+        let mut report = ConnectReport {
+            pid: std::process::id(),
+            device_id: cfg.device_id.clone(),
+            ..ConnectReport::default()
+        };
+        report.outboxes_set_aside.extend(aside);
+        let mqtt = cfg
+            .connect
+            .mqtt
+            .clone()
+            .map(|spec| open_mqtt(spec, &mut report));
+        let http = cfg.connect.http.clone().map(|spec| HttpLink {
+            sink: http::HttpSink::new(&spec, &mut report),
+            job: None,
+            retry_at: None,
+            backoff: Duration::from_secs(1),
+        });
+        report.mqtt.configured = mqtt.is_some();
+        report.http.configured = http.is_some();
+        Ok(Self {
+            cfg,
+            state_dir: state_dir.to_path_buf(),
+            outbox,
+            report,
+            report_dirty: true,
+            status: None,
+            sent_status: None,
+            sent_states: BTreeMap::new(),
+            counter: 0,
+            to_ack: Vec::new(),
+            mqtt,
+            http,
+        })
+    }
+
+    async fn run(&mut self) -> Result<(), ConnectError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).map_err(ConnectError::Runtime)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(ConnectError::Runtime)?;
+        let status_path = crate::state_dir::StateDir::new(self.state_dir.clone()).status();
+        let mut status_changes = crate::watch::FileWatcher::new(&status_path)?;
+        let mut heartbeat = tokio::time::interval(self.cfg.connect.heartbeat.interval.as_std());
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut report_due = tokio::time::interval(REPORT_EVERY);
+        self.on_status();
+        if let Some(m) = &mut self.mqtt {
+            m.retry_at = Some(Instant::now());
+        }
+        loop {
+            self.fill_mqtt();
+            self.start_http();
+            self.flush_acks();
+            self.write_report_if(false);
+            let wake = self
+                .wait(
+                    &mut term,
+                    &mut int,
+                    &mut status_changes,
+                    &mut heartbeat,
+                    &mut report_due,
+                )
+                .await;
+            match wake {
+                Wake::Stop => break,
+                Wake::Status => self.on_status(),
+                Wake::Heartbeat => self.on_heartbeat(),
+                Wake::Mqtt(event) => self.on_mqtt_events(event),
+                Wake::MqttRetry => self.connect_mqtt(),
+                Wake::Http(result) => self.on_http(result),
+                Wake::HttpRetry => {
+                    if let Some(h) = &mut self.http {
+                        h.retry_at = None;
+                    }
+                }
+                Wake::ReportDue => self.write_report_if(true),
+            }
+        }
+        self.stop().await;
+        Ok(())
+    }
+
+    async fn wait(
+        &mut self,
+        term: &mut tokio::signal::unix::Signal,
+        int: &mut tokio::signal::unix::Signal,
+        status_changes: &mut crate::watch::FileWatcher,
+        heartbeat: &mut tokio::time::Interval,
+        report_due: &mut tokio::time::Interval,
+    ) -> Wake {
+        let mqtt_retry = self.mqtt.as_ref().and_then(|m| m.retry_at);
+        let http_retry = self.http.as_ref().and_then(|h| h.retry_at);
+        let events = self
+            .mqtt
+            .as_mut()
+            .and_then(|m| m.session.as_mut())
+            .map(|s| &mut s.events);
+        let http_job = self.http.as_mut().and_then(|h| h.job.as_mut());
+        tokio::select! {
+            _ = term.recv() => Wake::Stop,
+            _ = int.recv() => Wake::Stop,
+            _ = status_changes.changed() => Wake::Status,
+            _ = heartbeat.tick() => Wake::Heartbeat,
+            event = recv(events) => Wake::Mqtt(event),
+            _ = at(mqtt_retry) => Wake::MqttRetry,
+            result = join(http_job) => Wake::Http(result),
+            _ = at(http_retry) => Wake::HttpRetry,
+            _ = report_due.tick() => Wake::ReportDue,
+        }
+    }
+
+    fn next_id(&mut self, now: Timestamp) -> String {
+        self.counter += 1;
+        format!(
+            "{}-{}-{}",
+            self.cfg.device_id,
+            now.as_millisecond(),
+            self.counter
+        )
+    }
+
+    fn prefix(&self) -> Option<String> {
+        self.mqtt.as_ref().map(|m| m.spec.topic_prefix.to_string())
+    }
+
+    /// Queues `messages`; a drop to keep within the limits becomes a warning.
+    fn enqueue(&mut self, messages: Vec<NewMessage>) {
+        if messages.is_empty() {
+            return;
+        }
+        match self.outbox.push(&messages, Timestamp::now()) {
+            Ok(0) => {}
+            Ok(_) => self.report_dirty = true,
+            Err(e) => {
+                tracing::error!(error = %errors::chain(&e), "cannot queue messages");
+            }
+        }
+    }
+
+    /// A JSON message for every configured sink (`what` names it for HTTP).
+    fn to_sinks(
+        &self,
+        topic: Option<String>,
+        what: &str,
+        payload: &Value,
+        retain: bool,
+    ) -> Vec<NewMessage> {
+        let bytes = payload.to_string().into_bytes();
+        let mut out = Vec::new();
+        if let Some(topic) = topic.filter(|_| self.mqtt.is_some()) {
+            out.push(NewMessage {
+                sink: Sink::Mqtt,
+                topic,
+                payload: bytes.clone(),
+                retain,
+            });
+        }
+        if self.http.is_some() {
+            out.push(NewMessage {
+                sink: Sink::Http,
+                topic: what.to_string(),
+                payload: bytes,
+                retain: false,
+            });
+        }
+        out
+    }
+
+    fn facts(&self) -> Facts {
+        let now = Timestamp::now();
+        Facts {
+            files_last_hour: messages::files_last_hour(&self.cfg.storage, now),
+            free_bytes: messages::free_bytes(&self.cfg.storage),
+            outbox: self.outbox.stats().unwrap_or_default(),
+        }
+    }
+
+    /// status.json changed: queue it when it says something new (the connector's own output
+    /// aside), with the Home Assistant states that changed, and refresh the Prometheus file.
+    fn on_status(&mut self) {
+        let path = crate::state_dir::StateDir::new(self.state_dir.clone()).status();
+        let Ok(doc) = crate::status::read(&path) else {
+            return;
+        };
+        let comparable = messages::comparable(&doc);
+        self.status = Some(doc);
+        if self.sent_status.as_ref() == Some(&comparable) {
+            return;
+        }
+        self.sent_status = Some(comparable);
+        let now = Timestamp::now();
+        let id = self.next_id(now);
+        let doc = self.status.clone().expect("just read");
+        let payload = messages::status(&doc, &self.cfg.device_id, &id);
+        let topic = self
+            .prefix()
+            .map(|p| format!("{p}/{}/status", self.cfg.device_id));
+        let mut out = self.to_sinks(topic, "status", &payload, true);
+        out.extend(self.state_messages());
+        self.enqueue(out);
+        self.write_prometheus();
+    }
+
+    /// The Home Assistant entity states that changed since last published.
+    fn state_messages(&mut self) -> Vec<NewMessage> {
+        let (Some(doc), Some(m)) = (&self.status, &self.mqtt) else {
+            return Vec::new();
+        };
+        if !m.spec.home_assistant {
+            return Vec::new();
+        }
+        let prefix = m.spec.topic_prefix.to_string();
+        let facts = self.facts();
+        let mut out = Vec::new();
+        for (entity, value) in messages::entity_states(doc, &facts) {
+            if self.sent_states.get(entity) == Some(&value) {
+                continue;
+            }
+            out.push(NewMessage {
+                sink: Sink::Mqtt,
+                topic: messages::state_topic(&prefix, &self.cfg.device_id, entity),
+                payload: value.clone().into_bytes(),
+                retain: true,
+            });
+            self.sent_states.insert(entity, value);
+        }
+        out
+    }
+
+    fn on_heartbeat(&mut self) {
+        let now = Timestamp::now();
+        let facts = self.facts();
+        let id = self.next_id(now);
+        let doc = self.status.as_ref();
+        let interval = self.cfg.connect.heartbeat.interval.as_std();
+        let beat = messages::heartbeat(doc, &facts, (&self.cfg.device_id, &id), interval, now);
+        let topic = self
+            .prefix()
+            .map(|p| format!("{p}/{}/heartbeat", self.cfg.device_id));
+        let mut out = self.to_sinks(topic, "heartbeat", &beat, true);
+        if let Some(acoupi) = self.mqtt.as_ref().and_then(|m| m.spec.acoupi_topic.clone()) {
+            let payload = messages::acoupi_heartbeat(doc, &facts, &self.cfg.device_id, now);
+            out.push(NewMessage {
+                sink: Sink::Mqtt,
+                topic: format!("{acoupi}/{}", self.cfg.device_id),
+                payload: payload.to_string().into_bytes(),
+                retain: false,
+            });
+        }
+        out.extend(self.state_messages());
+        self.enqueue(out);
+        self.write_prometheus();
+        self.report_dirty = true;
+    }
+
+    fn write_prometheus(&mut self) {
+        let Some(p) = self.cfg.connect.prometheus.clone() else {
+            return;
+        };
+        let facts = self.facts();
+        let text = prometheus::render(
+            self.status.as_ref(),
+            &facts,
+            &self.report,
+            &self.cfg.device_id,
+        );
+        if let Err(e) = crate::fsutil::replace_quietly(p.textfile.as_path(), text.as_bytes()) {
+            tracing::warn!(error = %e, file = %p.textfile.as_path().display(), "cannot write the Prometheus text file");
+        }
+    }
+
+    // --- MQTT -------------------------------------------------------------------------------
+
+    fn connect_mqtt(&mut self) {
+        let device_id = self.cfg.device_id.clone();
+        let Some(m) = &mut self.mqtt else { return };
+        m.retry_at = None;
+        let options = mqtt::options(&m.spec, &device_id, m.password.clone(), m.tls.clone());
+        m.session = Some(Session::start(options));
+        m.pending.clear();
+        m.in_flight.clear();
+    }
+
+    /// Handles an event and every other one already waiting, so that acknowledgements are
+    /// committed in batches.
+    fn on_mqtt_events(&mut self, first: Option<SessionEvent>) {
+        let mut next = first;
+        loop {
+            match next {
+                Some(Ok(event)) => self.on_mqtt_event(event),
+                Some(Err(e)) => {
+                    self.mqtt_failed(Some(e));
+                    return;
+                }
+                None => {
+                    self.mqtt_failed(None);
+                    return;
+                }
+            }
+            let more = self
+                .mqtt
+                .as_mut()
+                .and_then(|m| m.session.as_mut())
+                .map(|s| s.events.try_recv());
+            next = match more {
+                Some(Ok(event)) => Some(event),
+                _ => return,
+            };
+        }
+    }
+
+    fn on_mqtt_event(&mut self, event: Event) {
+        let Some(m) = &mut self.mqtt else { return };
+        match event {
+            Event::Incoming(Incoming::ConnAck(ack))
+                if ack.code == rumqttc::ConnectReturnCode::Success =>
+            {
+                m.backoff = Duration::from_secs(1);
+                m.cursor = 0;
+                self.report.mqtt.connected = true;
+                self.report.mqtt.since = Some(Timestamp::now());
+                self.report.mqtt.last_error = None;
+                self.report_dirty = true;
+                tracing::info!(broker = %m.spec.url, "connected to the MQTT broker");
+                self.announce();
+            }
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                if let Some(Some(seq)) = m.pending.pop_front() {
+                    m.in_flight.insert(pkid, seq);
+                }
+            }
+            Event::Incoming(Incoming::PubAck(ack)) => {
+                if let Some(seq) = m.in_flight.remove(&ack.pkid) {
+                    self.to_ack.push(seq);
+                    self.report.mqtt.delivered += 1;
+                }
+            }
+            Event::Incoming(Incoming::Publish(p)) => {
+                let ha_status = format!("{}/status", m.spec.discovery_prefix);
+                if p.topic == ha_status && p.payload.as_ref() == b"online" {
+                    tracing::info!("Home Assistant announced itself; publishing discovery again");
+                    self.announce_discovery();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// On each connect: `online` on the availability topic, and Home Assistant discovery.
+    fn announce(&mut self) {
+        let device_id = self.cfg.device_id.clone();
+        let Some(m) = &mut self.mqtt else { return };
+        let Some(s) = &m.session else { return };
+        let topic = messages::availability_topic(m.spec.topic_prefix.as_str(), &device_id);
+        if s.client
+            .try_publish(topic, QoS::AtLeastOnce, true, "online")
+            .is_ok()
+        {
+            m.pending.push_back(None);
+        }
+        if m.spec.home_assistant {
+            let ha_status = format!("{}/status", m.spec.discovery_prefix);
+            let _ = s.client.try_subscribe(ha_status, QoS::AtLeastOnce);
+        }
+        self.announce_discovery();
+    }
+
+    fn announce_discovery(&mut self) {
+        let device_id = self.cfg.device_id.clone();
+        let deployment = self.cfg.deployment.clone();
+        let Some(m) = &mut self.mqtt else { return };
+        let Some(s) = &m.session else { return };
+        if !m.spec.home_assistant {
+            return;
+        }
+        let (topic, config) = messages::discovery(
+            m.spec.topic_prefix.as_str(),
+            m.spec.discovery_prefix.as_str(),
+            &device_id,
+            Some(&deployment),
+        );
+        if s.client
+            .try_publish(topic, QoS::AtLeastOnce, true, config.to_string())
+            .is_ok()
+        {
+            m.pending.push_back(None);
+        }
+    }
+
+    fn mqtt_failed(&mut self, e: Option<rumqttc::ConnectionError>) {
+        let Some(m) = &mut self.mqtt else { return };
+        let problem = match &e {
+            Some(e) => mqtt::classify(e, &m.spec.url.to_string()),
+            None => Problem::new(&errors::LINK_DOWN, "the MQTT session ended"),
+        };
+        if self.report.mqtt.last_error.as_ref() != Some(&problem) {
+            tracing::warn!(code = %problem.code, "{}", problem.message);
+        }
+        if self.report.mqtt.connected || self.report.mqtt.since.is_none() {
+            self.report.mqtt.since = Some(Timestamp::now());
+        }
+        self.report.mqtt.connected = false;
+        self.report.mqtt.last_error = Some(problem);
+        self.report_dirty = true;
+        m.session = None;
+        m.pending.clear();
+        m.in_flight.clear();
+        m.retry_at = Some(Instant::now() + m.backoff);
+        m.backoff = (m.backoff * 2).min(MAX_BACKOFF);
+    }
+
+    /// Hands the session the next queued messages, keeping [`IN_FLIGHT`] of them in flight.
+    fn fill_mqtt(&mut self) {
+        let Some(m) = &mut self.mqtt else { return };
+        let Some(s) = &m.session else { return };
+        if !self.report.mqtt.connected {
+            return;
+        }
+        let room = usize::from(IN_FLIGHT).saturating_sub(m.pending.len() + m.in_flight.len());
+        if room == 0 {
+            return;
+        }
+        let batch = match self.outbox.next(Sink::Mqtt, m.cursor, room) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %errors::chain(&e), "cannot read the outbox");
+                return;
+            }
+        };
+        for msg in batch {
+            let qos = QoS::AtLeastOnce;
+            if s.client
+                .try_publish(msg.topic, qos, msg.retain, msg.payload)
+                .is_err()
+            {
+                break;
+            }
+            m.pending.push_back(Some(msg.seq));
+            m.cursor = msg.seq;
+        }
+    }
+
+    fn flush_acks(&mut self) {
+        if self.to_ack.is_empty() {
+            return;
+        }
+        let seqs = std::mem::take(&mut self.to_ack);
+        if let Err(e) = self.outbox.ack(&seqs, Timestamp::now()) {
+            tracing::error!(error = %errors::chain(&e), "cannot remove delivered messages from the outbox");
+        }
+    }
+
+    // --- HTTP -------------------------------------------------------------------------------
+
+    fn start_http(&mut self) {
+        let Some(h) = &mut self.http else { return };
+        if h.job.is_some() || h.retry_at.is_some() {
+            return;
+        }
+        let next = match self.outbox.next(Sink::Http, 0, 1) {
+            Ok(mut b) => b.pop(),
+            Err(_) => None,
+        };
+        let Some(msg) = next else { return };
+        let sink = h.sink.clone();
+        h.job = Some(tokio::task::spawn_blocking(move || {
+            (msg.seq, sink.post(&msg.payload))
+        }));
+    }
+
+    fn on_http(&mut self, result: Option<(i64, Result<(), Problem>)>) {
+        let Some(h) = &mut self.http else { return };
+        h.job = None;
+        let outcome = result.unwrap_or((
+            0,
+            Err(Problem::new(
+                &errors::INTERNAL,
+                "the HTTP request task failed",
+            )),
+        ));
+        match outcome {
+            (seq, Ok(())) => {
+                self.to_ack.push(seq);
+                h.backoff = Duration::from_secs(1);
+                self.report.http.delivered += 1;
+                if !self.report.http.connected {
+                    self.report.http.connected = true;
+                    self.report.http.since = Some(Timestamp::now());
+                    self.report.http.last_error = None;
+                    self.report_dirty = true;
+                }
+            }
+            (_, Err(problem)) => {
+                if self.report.http.last_error.as_ref() != Some(&problem) {
+                    tracing::warn!(code = %problem.code, "{}", problem.message);
+                    self.report_dirty = true;
+                }
+                if self.report.http.connected || self.report.http.since.is_none() {
+                    self.report.http.since = Some(Timestamp::now());
+                }
+                self.report.http.connected = false;
+                self.report.http.last_error = Some(problem);
+                h.retry_at = Some(Instant::now() + h.backoff);
+                h.backoff = (h.backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+
+    // --- report -----------------------------------------------------------------------------
+
+    fn write_report_if(&mut self, due: bool) {
+        if !due && !self.report_dirty {
+            return;
+        }
+        self.report.outbox = self.outbox.stats().unwrap_or_default();
+        self.report.warnings = warnings(&self.report, &self.cfg, Timestamp::now());
+        self.report.updated_at = Some(Timestamp::now());
+        if let Err(e) = super::report::write_report(&self.state_dir, &self.report) {
+            tracing::warn!(error = %e, "cannot write the connector report");
+        }
+        self.report_dirty = false;
+    }
+
+    /// A clean stop: `offline` on the availability topic (the last will covers the rest).
+    async fn stop(&mut self) {
+        self.flush_acks();
+        let device_id = self.cfg.device_id.clone();
+        if let Some(m) = &mut self.mqtt
+            && let Some(s) = &m.session
+            && self.report.mqtt.connected
+        {
+            let topic = messages::availability_topic(m.spec.topic_prefix.as_str(), &device_id);
+            let _ = s
+                .client
+                .try_publish(topic, QoS::AtLeastOnce, true, "offline");
+            let _ = s.client.try_disconnect();
+            // Let the event loop write them out.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            if let Some(s) = &mut m.session {
+                while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, s.events.recv()).await
+                {
+                }
+            }
+        }
+        self.report.mqtt.connected = false;
+        self.report_dirty = true;
+        self.write_report_if(true);
+    }
+}
+
+fn open_mqtt(spec: MqttSpec, report: &mut ConnectReport) -> MqttLink {
+    let password =
+        spec.password_file
+            .as_ref()
+            .and_then(|p| match std::fs::read_to_string(p.as_path()) {
+                Ok(s) => Some(s.lines().next().unwrap_or_default().to_string()),
+                Err(e) => {
+                    report.warnings.push(Problem::new(
+                        &errors::SECRET_UNREADABLE,
+                        format!("passwordFile {}: {e}", p.as_path().display()),
+                    ));
+                    None
+                }
+            });
+    let tls = match spec.url.tls {
+        true => match mqtt::tls_config(spec.ca_file.as_ref().map(|p| p.as_path())) {
+            Ok(c) => Some(c),
+            Err(problem) => {
+                report.mqtt.last_error = Some(problem);
+                None
+            }
+        },
+        false => None,
+    };
+    MqttLink {
+        spec,
+        password,
+        tls,
+        session: None,
+        retry_at: None,
+        backoff: Duration::from_secs(1),
+        cursor: 0,
+        pending: VecDeque::new(),
+        in_flight: HashMap::new(),
+    }
+}
+
+/// Warnings now: a link down longer than warnAfter (DEP_E501), refused credentials or an
+/// untrusted certificate at once (they will not mend themselves), an HTTP endpoint failing,
+/// messages dropped, outboxes set aside, secrets that cannot be read.
+fn warnings(r: &ConnectReport, cfg: &ConnectConfig, now: Timestamp) -> Vec<Problem> {
+    let warn_after = SignedDuration::try_from(cfg.connect.outbox.warn_after.as_std())
+        .unwrap_or(SignedDuration::MAX);
+    let mut out = Vec::new();
+    for link in [&r.mqtt, &r.http] {
+        let Some(problem) = &link.last_error else {
+            continue;
+        };
+        let down_long = link
+            .since
+            .is_some_and(|s| now.duration_since(s) >= warn_after);
+        let lasting = problem.code != errors::LINK_DOWN.code
+            && problem.code != errors::HTTP_ENDPOINT_FAILING.code;
+        if link.configured && !link.connected && (lasting || down_long) {
+            out.push(problem.clone());
+        }
+    }
+    if r.outbox.dropped > 0 {
+        out.push(Problem::new(
+            &errors::OUTBOX_FULL,
+            format!(
+                "{} messages dropped to keep the outbox within maxBytes and maxAge",
+                r.outbox.dropped
+            ),
+        ));
+    }
+    for aside in &r.outboxes_set_aside {
+        out.push(Problem::new(
+            &errors::OUTBOX_UNREADABLE,
+            format!(
+                "the outbox could not be read and was set aside as {}",
+                aside.display()
+            ),
+        ));
+    }
+    out.extend(
+        r.warnings
+            .iter()
+            .filter(|w| w.code == errors::SECRET_UNREADABLE.code)
+            .cloned(),
+    );
+    out.dedup();
+    out
+}
+
+async fn recv<T>(rx: Option<&mut tokio::sync::mpsc::UnboundedReceiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn at(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn join<T>(job: Option<&mut tokio::task::JoinHandle<T>>) -> Option<T> {
+    match job {
+        Some(job) => job.await.ok(),
+        None => std::future::pending().await,
+    }
+}
