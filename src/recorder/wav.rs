@@ -150,6 +150,9 @@ pub struct WavFile<T: WavSample> {
     /// Samples between flushes to the card (0: at the end only).
     sync_every: u64,
     samples_since_sync: u64,
+    /// The folder holding the file, fsynced with the first flush so that the name survives a
+    /// power cut along with the data (a file that ends first is placed, and synced, by its move).
+    dir_to_sync: Option<std::path::PathBuf>,
     _sample: std::marker::PhantomData<T>,
 }
 
@@ -164,10 +167,6 @@ impl<T: WavSample> WavFile<T> {
         sync_interval: std::time::Duration,
     ) -> std::io::Result<Self> {
         let file = File::create_new(temp)?;
-        // The new name must survive a power cut too, or the whole partial file vanishes.
-        if let Some(dir) = temp.parent() {
-            File::open(dir)?.sync_all()?;
-        }
         let bytes = max_frames * format.bytes_per_frame() + RESERVE_EXTRA;
         // KEEP_SIZE: the blocks are the file's, its size grows only as data is written.
         let keep_size = nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE;
@@ -195,6 +194,7 @@ impl<T: WavSample> WavFile<T> {
                 * f64::from(format.sample_rate)
                 * f64::from(format.channels)) as u64,
             samples_since_sync: 0,
+            dir_to_sync: temp.parent().map(Path::to_path_buf),
             _sample: std::marker::PhantomData,
         })
     }
@@ -219,6 +219,9 @@ impl<T: WavSample> WavFile<T> {
             self.samples_since_sync = 0;
             self.writer.flush().map_err(hound_to_io)?;
             self.file.sync_data()?;
+            if let Some(dir) = self.dir_to_sync.take() {
+                File::open(dir)?.sync_all()?;
+            }
         }
         Ok(())
     }
