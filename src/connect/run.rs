@@ -237,7 +237,7 @@ impl Connector {
             return;
         }
         match self.outbox.push(&messages, Timestamp::now()) {
-            Ok(0) => {}
+            // The report's outbox figures changed (depth, and drops when over the limits).
             Ok(_) => self.report_dirty = true,
             Err(e) => {
                 tracing::error!(error = %errors::chain(&e), "cannot queue messages");
@@ -553,8 +553,13 @@ impl Connector {
             return;
         }
         let seqs = std::mem::take(&mut self.to_ack);
-        if let Err(e) = self.outbox.ack(&seqs, Timestamp::now()) {
-            tracing::error!(error = %errors::chain(&e), "cannot remove delivered messages from the outbox");
+        match self.outbox.ack(&seqs, Timestamp::now()) {
+            // The depth and `delivered` changed: without this status.json kept showing the
+            // queue as it was before the link returned, until the next periodic report.
+            Ok(()) => self.report_dirty = true,
+            Err(e) => {
+                tracing::error!(error = %errors::chain(&e), "cannot remove delivered messages from the outbox")
+            }
         }
     }
 
