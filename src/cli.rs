@@ -5,6 +5,9 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::fleet::QuietWait;
+use crate::spec::connect::{BrokerUrl, TopicLevel};
+
 /// The command line of roost: the global options and one command.
 #[derive(Parser, Debug)]
 #[command(
@@ -126,6 +129,32 @@ pub enum Command {
         #[arg(long, short = 'f')]
         follow: bool,
     },
+    /// One line per device from the retained status, availability and heartbeat topics on an
+    /// MQTT broker; exit 0 when every device is reachable and Running, 1 otherwise, 2 when the
+    /// broker cannot be read.
+    Fleet {
+        /// The broker: `mqtt://host[:port]` or `mqtts://host[:port]`.
+        #[arg(long, value_parser = broker_url)]
+        broker: BrokerUrl,
+        /// First topic level of the devices' topics (their spec.connect.mqtt.topicPrefix).
+        #[arg(long, value_parser = topic_level, default_value = "roost")]
+        prefix: TopicLevel,
+        /// Print a JSON array of devices instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// User name, when the broker asks for one.
+        #[arg(long)]
+        username: Option<String>,
+        /// A file whose first line is the password (with --username).
+        #[arg(long, requires = "username")]
+        password_file: Option<PathBuf>,
+        /// PEM CA certificates to trust besides the system's (mqtts).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// Stop reading once no message arrived for this long (at most 10s).
+        #[arg(long, default_value = "2s")]
+        wait: QuietWait,
+    },
     /// Run the audio recorder (started by roost as component `recorder`).
     Record {
         /// The recorder configuration written by the reconciler.
@@ -203,10 +232,23 @@ impl Command {
             Command::Feed {
                 fifo, alsa_config, ..
             } => vec![Some(fifo), alsa_config.as_mut()],
+            Command::Fleet {
+                password_file,
+                ca_file,
+                ..
+            } => vec![password_file.as_mut(), ca_file.as_mut()],
             Command::Schema { .. } | Command::Explain { .. } => vec![],
         };
         paths.into_iter().flatten().collect()
     }
+}
+
+fn broker_url(text: &str) -> Result<BrokerUrl, String> {
+    BrokerUrl::try_from(text.to_string())
+}
+
+fn topic_level(text: &str) -> Result<TopicLevel, String> {
+    TopicLevel::try_from(text.to_string())
 }
 
 /// `path` joined to the working directory when relative, without `.` components or a trailing
@@ -247,5 +289,48 @@ mod tests {
         };
         assert_eq!(file, cwd.join("d.yaml"));
         assert_eq!(state_dir, Some(cwd.join(".state")));
+    }
+
+    #[test]
+    fn fleet_arguments_are_parsed_and_its_files_resolved() {
+        let cwd = std::env::current_dir().unwrap();
+        let mut cli = Cli::parse_from([
+            "roost",
+            "fleet",
+            "--broker",
+            "mqtts://broker.example.org",
+            "--username",
+            "ops",
+            "--password-file",
+            "pw",
+            "--ca-file",
+            "ca.pem",
+        ]);
+        cli.command.resolve_paths().unwrap();
+        let Command::Fleet {
+            broker,
+            prefix,
+            password_file,
+            ca_file,
+            wait,
+            json,
+            ..
+        } = cli.command
+        else {
+            panic!("not fleet");
+        };
+        assert_eq!((broker.port, broker.tls), (8883, true));
+        assert_eq!(prefix.as_str(), "roost");
+        assert_eq!(password_file, Some(cwd.join("pw")));
+        assert_eq!(ca_file, Some(cwd.join("ca.pem")));
+        assert_eq!(wait, QuietWait::default());
+        assert!(!json);
+        for bad in [
+            vec!["roost", "fleet", "--broker", "http://h"],
+            vec!["roost", "fleet", "--broker", "mqtt://h", "--prefix", "a/b"],
+            vec!["roost", "fleet", "--broker", "mqtt://h", "--wait", "1m"],
+        ] {
+            assert!(Cli::try_parse_from(&bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -15,6 +15,7 @@
 //! - [`watch`]: inotify on the file's folders, debounced into reload triggers.
 //! - [`status`]: the status document and its atomic writer.
 //! - [`connect`]: `roost connect`, status and heartbeats to MQTT, HTTP and Prometheus through a durable outbox.
+//! - [`fleet`]: `roost fleet`, every device's retained status, availability and heartbeat on a broker, one row each.
 //! - [`recorder`], [`storage`], [`schedule`]: audio capture to WAV files and metadata.db.
 //! - [`errors`]: the error code catalogue.
 //! - [`logging`]: roost's own log writer, which no failed write can end.
@@ -27,6 +28,7 @@ pub mod clock;
 pub mod connect;
 pub mod desired;
 pub mod errors;
+pub mod fleet;
 pub mod fsutil;
 pub mod history;
 pub mod logging;

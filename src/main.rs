@@ -82,6 +82,30 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             roost::app::logs(&resolve(state_dir), &name, follow).context("cannot show logs")?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Fleet {
+            broker,
+            prefix,
+            json,
+            username,
+            password_file,
+            ca_file,
+            wait,
+        } => {
+            let options = roost::fleet::FleetOptions {
+                broker,
+                prefix,
+                username,
+                password_file,
+                ca_file,
+                wait,
+            };
+            let outcome = roost::fleet::run(&options, json);
+            std::io::stdout()
+                .lock()
+                .write_all(outcome.stdout.as_bytes())?;
+            let _ = roost::logging::stderr().write_all(outcome.stderr.as_bytes());
+            Ok(ExitCode::from(outcome.exit_code))
+        }
         Command::Record { config, state_dir } => {
             roost::recorder::run(&config, &resolve(state_dir))?;
             Ok(ExitCode::SUCCESS)
