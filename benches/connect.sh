@@ -77,7 +77,7 @@ for line in open(sys.argv[2]):
         doc = json.loads(payload)
     except ValueError:
         continue
-    running = sum(1 for c in doc.get("components", []) if c["name"].startswith("c") and c["status"] == "Running")
+    running = sum(1 for c in doc.get("components", []) if c["name"].startswith("c") and c["name"] != "connect" and c["status"] == "Running")
     if doc.get("phase") == "Succeeded" and running in writes and running not in firsts:
         firsts[running] = float(t)
 lat = sorted((firsts[n] - writes[n]) * 1000 for n in writes if n in firsts)
@@ -92,7 +92,9 @@ sleep "$idle"
 c1=$(awk '{print $14 + $15}' "/proc/$cpid/stat")
 rss=$(awk '$1 == "VmRSS:" {print $2}' "/proc/$cpid/status")
 hwm=$(awk '$1 == "VmHWM:" {print $2}' "/proc/$cpid/status")
-echo "roost connect: VmRSS $((rss / 1024)).$(((rss % 1024) * 10 / 1024)) MiB (peak $((hwm / 1024)).$(((hwm % 1024) * 10 / 1024)) MiB); CPU while idle: $((c1 - c0)) ticks (1/$clk s) over ${idle} s"
+private=$(awk '/^Private_(Clean|Dirty):/ {s += $2} END {print s}' "/proc/$cpid/smaps_rollup")
+anon=$(awk '$1 == "RssAnon:" {print $2}' "/proc/$cpid/status")
+echo "roost connect: private memory (what it adds; the binary's pages are shared with roost run) $((private / 1024)).$(((private % 1024) * 10 / 1024)) MiB, of it anonymous $((anon / 1024)).$(((anon % 1024) * 10 / 1024)) MiB; VmRSS $((rss / 1024)).$(((rss % 1024) * 10 / 1024)) MiB (peak $((hwm / 1024)).$(((hwm % 1024) * 10 / 1024)) MiB); CPU while idle: $((c1 - c0)) ticks (1/$clk s) over ${idle} s"
 kill "${pids[1]}"; wait "${pids[1]}" 2> /dev/null || true
 
 # 2. drain a backlog
@@ -105,7 +107,7 @@ EOF
 timeout 2 "$bin" connect --config "$work/drain/connect-config.json" --state-dir "$work/drain" 2> /dev/null || true
 sqlite3 "$work/drain/outbox.db" "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $backlog)
   INSERT INTO message (sink, topic, payload, retain, created_at, bytes)
-  SELECT 'mqtt', 'roost/drain-01/bench', printf('{\"messageId\":\"drain-01-%d\",\"n\":%d,\"pad\":\"%s\"}', i, i, substr(hex(zeroblob(100)), 1, 200)), 0, strftime('%Y-%m-%dT%H:%M:%SZ','now'), 260 FROM n;"
+  SELECT 'mqtt', 'roost/drain-01/bench', CAST(printf('{\"messageId\":\"drain-01-%d\",\"n\":%d,\"pad\":\"%s\"}', i, i, substr(hex(zeroblob(100)), 1, 200)) AS BLOB), 0, strftime('%Y-%m-%dT%H:%M:%SZ','now'), 260 FROM n;"
 left() { sqlite3 "$work/drain/outbox.db" "SELECT count(*) FROM message"; }
 echo "queued: $(left)"
 t0=$(date +%s.%N)

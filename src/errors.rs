@@ -26,9 +26,9 @@ macro_rules! codes {
 }
 
 codes! {
-    RUNTIME_UNREACHABLE = "DEP_E151", "Runtime not reachable",
-        "Roost cannot talk to the runtime that runs the components (the systemd manager over D-Bus, or the process supervisor).",
-        "Check that systemd is running and its D-Bus socket is reachable (`systemctl is-system-running`); roost retries with back-off and recovers by itself when the runtime returns.";
+    RUNTIME_UNREACHABLE = "DEP_E151", "Runtime or device not reachable",
+        "On a device: roost cannot talk to the runtime that runs the components (the systemd manager over D-Bus, or the process supervisor). In `roost fleet`: a device is offline or not reachable (its last will said offline, or its heartbeat is older than two intervals).",
+        "On a device: check that systemd is running and its D-Bus socket is reachable (`systemctl is-system-running`); roost retries with back-off and recovers by itself when the runtime returns. For a device in the fleet view: check its power (battery, solar), its network link (cellular signal, Wi-Fi) and that `roost run` is running (`roost status` on the device); its messages wait in its outbox and arrive once it is back.";
     COMPONENT_FAILED = "DEP_E152", "Component exited too early or failed",
         "A component exited with a non-zero status or was killed by a signal.",
         "Read the component's log with `roost logs NAME`, fix the command or its environment; the restart policy decides whether roost restarts it.";

@@ -17,6 +17,12 @@ fn module_of(path: &Path, src: &Path) -> Option<String> {
 fn imports(text: &str) -> BTreeSet<String> {
     // Test code may reach anywhere; it is not part of the graph.
     let code = text.split("#[cfg(test)]").next().unwrap_or(text);
+    // Comments (doc links included) are not imports.
+    let code: String = code
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n");
     code.match_indices("crate::")
         .map(|(i, _)| {
             code[i + 7..]

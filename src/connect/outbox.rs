@@ -281,7 +281,11 @@ impl Outbox {
                     seq: r.get(0)?,
                     sink,
                     topic: r.get(1)?,
-                    payload: r.get(2)?,
+                    // Text or blob: a row another tool wrote must not block the queue.
+                    payload: match r.get_ref(2)? {
+                        rusqlite::types::ValueRef::Blob(b) | rusqlite::types::ValueRef::Text(b) => b.to_vec(),
+                        _ => Vec::new(),
+                    },
                     retain: r.get(3)?,
                     created_at: created.parse().unwrap_or(Timestamp::UNIX_EPOCH),
                 })

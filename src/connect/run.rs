@@ -147,7 +147,18 @@ impl Connector {
         let mut term = signal(SignalKind::terminate()).map_err(ConnectError::Runtime)?;
         let mut int = signal(SignalKind::interrupt()).map_err(ConnectError::Runtime)?;
         let status_path = crate::state_dir::StateDir::new(self.state_dir.clone()).status();
-        let mut status_changes = crate::watch::FileWatcher::new(&status_path)?;
+        // The watcher debounces in a task of its own: a change is never lost to another
+        // branch of the select below winning during its settle time.
+        let mut watcher = crate::watch::FileWatcher::new(&status_path)?;
+        let (status_tx, mut status_changes) = tokio::sync::mpsc::channel::<()>(1);
+        tokio::spawn(async move {
+            loop {
+                watcher.changed().await;
+                if status_tx.send(()).await.is_err() {
+                    return;
+                }
+            }
+        });
         let mut heartbeat = tokio::time::interval(self.cfg.connect.heartbeat.interval.as_std());
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut report_due = tokio::time::interval(REPORT_EVERY);
@@ -192,7 +203,7 @@ impl Connector {
         &mut self,
         term: &mut tokio::signal::unix::Signal,
         int: &mut tokio::signal::unix::Signal,
-        status_changes: &mut crate::watch::FileWatcher,
+        status_changes: &mut tokio::sync::mpsc::Receiver<()>,
         heartbeat: &mut tokio::time::Interval,
         report_due: &mut tokio::time::Interval,
     ) -> Wake {
@@ -207,7 +218,7 @@ impl Connector {
         tokio::select! {
             _ = term.recv() => Wake::Stop,
             _ = int.recv() => Wake::Stop,
-            _ = status_changes.changed() => Wake::Status,
+            Some(()) = status_changes.recv() => Wake::Status,
             _ = heartbeat.tick() => Wake::Heartbeat,
             event = recv(events) => Wake::Mqtt(event),
             _ = at(mqtt_retry) => Wake::MqttRetry,
