@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! Roost keeps a field recording device in the state that `deployment.yaml` describes.
 //!
 //! # Layout

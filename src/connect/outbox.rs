@@ -283,7 +283,9 @@ impl Outbox {
                     topic: r.get(1)?,
                     // Text or blob: a row another tool wrote must not block the queue.
                     payload: match r.get_ref(2)? {
-                        rusqlite::types::ValueRef::Blob(b) | rusqlite::types::ValueRef::Text(b) => b.to_vec(),
+                        rusqlite::types::ValueRef::Blob(b) | rusqlite::types::ValueRef::Text(b) => {
+                            b.to_vec()
+                        }
                         _ => Vec::new(),
                     },
                     retain: r.get(3)?,

@@ -222,6 +222,7 @@ pub fn check_format(device: &cpal::Device, spec: &RecorderSpec) -> Result<(), De
 
 /// Converts a device sample into the writer's sample type.
 pub trait FromDevice<D>: WavSample {
+    /// The sample as the writer holds it.
     fn from_device(d: D) -> Self;
 }
 impl FromDevice<i16> for i16 {

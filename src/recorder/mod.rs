@@ -129,23 +129,33 @@ impl RecordConfig {
 /// Why the recorder process cannot run (device and storage faults are reported, not returned).
 #[derive(Debug, thiserror::Error)]
 pub enum RecorderError {
+    /// The configuration file cannot be read.
     #[error("cannot read the recorder configuration {path}")]
     ConfigUnreadable {
+        /// The file.
         path: PathBuf,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
+    /// The configuration is not valid JSON of the expected shape.
     #[error("the recorder configuration {path} is invalid")]
     ConfigInvalid {
+        /// The file.
         path: PathBuf,
+        /// Why.
         #[source]
         source: serde_json::Error,
     },
+    /// SIGTERM and SIGINT cannot be taken over.
     #[error("cannot set up signal handling")]
     Signals(#[source] nix::Error),
+    /// The report cannot be written.
     #[error("cannot write the recorder report {path}")]
     Report {
+        /// The report's path.
         path: PathBuf,
+        /// Why.
         #[source]
         source: std::io::Error,
     },

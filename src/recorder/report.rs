@@ -148,7 +148,9 @@ pub enum Health {
     Stopped,
     /// Not producing what it should: `code` is a `DEP_E3xx` catalogue entry.
     Error {
+        /// The catalogue entry.
         code: &'static ErrorCode,
+        /// What is wrong.
         message: String,
     },
 }
