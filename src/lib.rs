@@ -15,6 +15,7 @@
 //! - [`notify`]: sd_notify (READY=1, WATCHDOG=1) under any runtime.
 //! - [`watch`]: inotify on the file's folders, debounced into reload triggers.
 //! - [`status`]: the status document and its atomic writer.
+//! - [`status_view`]: what `roost status` says to people (the first line answers "is it recording?").
 //! - [`connect`]: `roost connect`, status and heartbeats to MQTT, HTTP and Prometheus through a durable outbox.
 //! - [`fleet`]: `roost fleet`, every device's retained status, availability and heartbeat on a broker, one row each.
 //! - [`recorder`], [`storage`], [`schedule`]: audio capture to WAV files and metadata.db.
@@ -44,5 +45,6 @@ pub mod schedule;
 pub mod spec;
 pub mod state_dir;
 pub mod status;
+pub mod status_view;
 pub mod storage;
 pub mod watch;

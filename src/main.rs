@@ -168,7 +168,9 @@ fn status(state_dir: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
         // The file itself, so fields newer than this binary are not lost.
         out.write_all(&std::fs::read(&path)?)?;
     } else {
-        write!(out, "{}", roost::status::render_human(&doc))?;
+        let now = jiff::Timestamp::now();
+        let facts = roost::status_view::gather(&doc, &state_dir.root, now);
+        write!(out, "{}", roost::status_view::render(&doc, &facts, now))?;
     }
     if let Some(warning) = roost::status::stale_warning(&doc) {
         eprintln!("{warning}");

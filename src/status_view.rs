@@ -1,0 +1,537 @@
+//! What `roost status` says to people on site: a first line that answers "is it recording?",
+//! then the recorder's figures (last file and its age, files today, samples lost, free space
+//! and days until full), each component in plain words, every problem with its code and what
+//! to do, times in the deployment's time zone. Rendering is pure ([`render`]); [`gather`] reads
+//! the few facts status.json does not hold (metadata.db, free space, the recorder's settings).
+//! The status.json contract and `--json` are untouched.
+
+use std::fmt::Write;
+use std::path::Path;
+
+use jiff::tz::TimeZone;
+use jiff::{SignedDuration, Timestamp};
+use serde_json::Value;
+
+use crate::status::{ComponentState, ComponentStatus, OverallStatus, Phase, Reason, StatusDoc};
+
+/// Facts beside the status document.
+#[derive(Clone, Debug, Default)]
+pub struct Facts {
+    /// The deployment's time zone (the recorder's `timezone`), UTC when unknown.
+    pub time_zone: Option<TimeZone>,
+    /// Recordings registered since local midnight.
+    pub files_today: Option<u64>,
+    /// Bytes of audio a day at the rate of the last 24 hours' recordings (for the
+    /// days-until-full estimate).
+    pub bytes_last_day: Option<u64>,
+    /// Free bytes on the storage's file system.
+    pub free_bytes: Option<u64>,
+    /// Whether the roost that wrote status.json still runs.
+    pub roost_running: bool,
+}
+
+/// Reads the facts for `doc` from the state folder: the recorder's configuration (time zone,
+/// storage), metadata.db (read-only) and the storage's free space.
+pub fn gather(doc: &StatusDoc, state_dir: &Path, now: Timestamp) -> Facts {
+    let config = std::fs::read(crate::recorder::RecordConfig::path(state_dir))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<crate::recorder::RecordConfig>(&b).ok());
+    let time_zone = config.as_ref().map(|c| c.recorder.time_zone());
+    let storage = config.as_ref().map(|c| c.storage_path(state_dir));
+    let tz = time_zone.clone().unwrap_or(TimeZone::UTC);
+    let (files_today, bytes_last_day) = storage
+        .as_deref()
+        .map(|s| recorded(s, &tz, now))
+        .unwrap_or((None, None));
+    Facts {
+        time_zone,
+        files_today,
+        bytes_last_day,
+        free_bytes: storage
+            .as_deref()
+            .and_then(crate::connect::messages::free_bytes),
+        roost_running: crate::status::stale_warning(doc).is_none(),
+    }
+}
+
+/// Recordings since local midnight, and bytes a day at the last 24 h's rate, from metadata.db.
+fn recorded(storage: &Path, tz: &TimeZone, now: Timestamp) -> (Option<u64>, Option<u64>) {
+    use rusqlite::{Connection, OpenFlags};
+    let Ok(conn) = Connection::open_with_flags(
+        storage.join("metadata.db"),
+        OpenFlags::SQLITE_OPEN_READ_ONLY,
+    ) else {
+        return (None, None);
+    };
+    let midnight = now
+        .to_zoned(tz.clone())
+        .start_of_day()
+        .map(|z| z.timestamp())
+        .unwrap_or(now);
+    let today = conn
+        .query_row(
+            "SELECT count(*) FROM recording WHERE datetime >= ?1",
+            [crate::storage::db_datetime(midnight)],
+            |r| r.get::<_, i64>(0),
+        )
+        .ok()
+        .map(|n| n as u64);
+    let day_ago = now - SignedDuration::from_hours(24);
+    // 2 bytes a sample (i16, the default): an estimate, said to be one. Over the span the
+    // last day's recordings cover, so that a deployment a few minutes old is not taken for
+    // one that records a few minutes a day.
+    let row = conn.query_row(
+        "SELECT coalesce(sum(duration_s * samplerate_hz * audio_channels * 2), 0), min(datetime) FROM recording WHERE datetime >= ?1",
+        [crate::storage::db_datetime(day_ago)],
+        |r| Ok((r.get::<_, f64>(0)?, r.get::<_, Option<String>>(1)?)),
+    );
+    let per_day = row.ok().and_then(|(bytes, first)| {
+        let first =
+            first.and_then(|f| jiff::civil::DateTime::strptime("%Y-%m-%d %H:%M:%S%.f", &f).ok())?;
+        let first = first.to_zoned(TimeZone::UTC).ok()?.timestamp().max(day_ago);
+        let span = now.duration_since(first).as_secs_f64().max(60.0);
+        Some((bytes * 86_400.0 / span) as u64)
+    });
+    (today, per_day)
+}
+
+/// The human report.
+pub fn render(doc: &StatusDoc, facts: &Facts, now: Timestamp) -> String {
+    let tz = facts.time_zone.clone().unwrap_or(TimeZone::UTC);
+    let mut out = String::new();
+    let _ = writeln!(out, "{}", headline(doc, facts, &tz, now));
+    if let Some(e) = &doc.spec_error {
+        let at = match (e.line, e.column, &e.field) {
+            (Some(l), Some(c), _) => format!("{}:{l}:{c}", e.file),
+            (_, _, Some(f)) => format!("{} ({f})", e.file),
+            _ => e.file.clone(),
+        };
+        let _ = writeln!(
+            out,
+            "\nThe new deployment file was refused ({}): {at}: {}\n  the previous settings stay in force",
+            e.code, e.message
+        );
+    }
+    recorder_section(&mut out, doc, facts, &tz, now);
+    components_section(&mut out, doc);
+    problems_section(&mut out, doc);
+    let _ = writeln!(
+        out,
+        "\nDeployment {}: settings version {}; roost {} ({} runtime{}), updated {}",
+        doc.deployment.as_deref().unwrap_or("(none yet)"),
+        doc.generation,
+        doc.reconciler.version,
+        doc.reconciler.runtime,
+        match facts.roost_running {
+            true => format!(", pid {}", doc.reconciler.pid),
+            false => ", not running".to_string(),
+        },
+        local(doc.updated_at, &tz)
+    );
+    out
+}
+
+fn recorder(doc: &StatusDoc) -> Option<(&ComponentStatus, &Value)> {
+    let c = doc
+        .components
+        .iter()
+        .find(|c| c.name == crate::spec::recorder::RECORDER_COMPONENT)?;
+    Some((c, c.output.as_ref()?))
+}
+
+/// The first line: recording, not recording and why, or stopped.
+fn headline(doc: &StatusDoc, facts: &Facts, tz: &TimeZone, now: Timestamp) -> String {
+    if !facts.roost_running && doc.status != OverallStatus::Stopped {
+        return format!(
+            "NOT RUNNING: roost stopped unexpectedly; this is what it last knew, at {}.",
+            local(doc.updated_at, tz)
+        );
+    }
+    if doc.status == OverallStatus::Stopped || doc.phase == Phase::Stopped {
+        return format!("Stopped (since {}).", local(doc.updated_at, tz));
+    }
+    let Some((c, out)) = recorder(doc) else {
+        return match doc.status {
+            OverallStatus::Running => "Running (no recorder in this deployment).".to_string(),
+            _ => format!("Not all is well: {}.", first_problem(doc)),
+        };
+    };
+    let state = out.get("state").and_then(Value::as_str).unwrap_or("");
+    let last = last_file_at(out);
+    match (c.status, state) {
+        (ComponentState::Running, "recording") => match last {
+            Some(t) => format!("Recording. Last file finished {} ago.", age(now, t)),
+            None => "Recording (the first file is not finished yet).".to_string(),
+        },
+        (ComponentState::Running, "waiting") => {
+            let next = out
+                .get("expectedFileBy")
+                .and_then(Value::as_str)
+                .and_then(|s| s.parse().ok());
+            match next {
+                Some(t) => format!(
+                    "Waiting between recordings; the next file is due by {}.",
+                    local(t, tz)
+                ),
+                None => "Waiting: outside the recording windows.".to_string(),
+            }
+        }
+        (ComponentState::Running, "starting") => "Starting the recorder.".to_string(),
+        _ => format!("NOT RECORDING: {}.", first_problem(doc)),
+    }
+}
+
+fn first_problem(doc: &StatusDoc) -> String {
+    doc.errors
+        .first()
+        .map(|e| format!("{} ({})", e.message, e.code))
+        .unwrap_or_else(|| "see the components below".to_string())
+}
+
+fn last_file_at(out: &Value) -> Option<Timestamp> {
+    out.get("lastFileAt")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse().ok())
+}
+
+fn recorder_section(
+    out: &mut String,
+    doc: &StatusDoc,
+    facts: &Facts,
+    tz: &TimeZone,
+    now: Timestamp,
+) {
+    let Some((_, rec)) = recorder(doc) else {
+        return;
+    };
+    let _ = writeln!(out, "\nRecorder");
+    let last = rec.get("lastFile").and_then(Value::as_str);
+    let last_line = match (last, last_file_at(rec)) {
+        (Some(f), Some(t)) => {
+            let name = Path::new(f)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            format!("{name}, {} ago ({})", age(now, t), local(t, tz))
+        }
+        _ => "none yet".to_string(),
+    };
+    let _ = writeln!(out, "  last file      {last_line}");
+    if let Some(n) = facts.files_today {
+        let _ = writeln!(out, "  files today    {n}");
+    }
+    let num = |k: &str| rec.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "  samples lost   {} dropped, {} not written",
+        num("samplesDropped"),
+        num("samplesDiscarded")
+    );
+    if let Some(free) = facts.free_bytes {
+        let days = match facts.bytes_last_day {
+            Some(per_day) if per_day > 0 => format!(
+                ", about {:.0} days at the last day's rate",
+                free as f64 / per_day as f64
+            ),
+            _ => String::new(),
+        };
+        let _ = writeln!(out, "  free space     {}{days}", bytes(free));
+    }
+    let clock = match rec.get("clockSynchronized").and_then(Value::as_bool) {
+        Some(true) => "synchronised",
+        Some(false) => "NOT synchronised (file times may be wrong)",
+        None => "unknown",
+    };
+    let _ = writeln!(out, "  clock          {clock}");
+}
+
+fn components_section(out: &mut String, doc: &StatusDoc) {
+    let _ = writeln!(out, "\nComponents");
+    if doc.components.is_empty() {
+        let _ = writeln!(out, "  (none)");
+    }
+    for c in &doc.components {
+        let mut line = format!("  {:<16} {}", c.name, in_words(c));
+        if c.restart_count > 0 {
+            let _ = write!(line, "; restarted {} times", c.restart_count);
+        }
+        if let Some(code) = c.exit_code.filter(|_| c.status != ComponentState::Running) {
+            let _ = write!(line, "; last exit code {code}");
+        }
+        let _ = writeln!(out, "{line}");
+    }
+}
+
+/// A component's state in words a field ecologist knows.
+fn in_words(c: &ComponentStatus) -> &'static str {
+    match (c.status, c.reason) {
+        (ComponentState::Running, Some(Reason::Starting)) => "starting",
+        (ComponentState::Running, _) => "running",
+        (_, Some(reason)) => reason_in_words(reason),
+        (ComponentState::Pending, None) => "starting",
+        (ComponentState::Error, None) => "in trouble",
+        (ComponentState::Stopped, None) => "stopped",
+    }
+}
+
+fn reason_in_words(r: Reason) -> &'static str {
+    match r {
+        Reason::Starting => "starting",
+        Reason::SpecChanged => "restarting with new settings",
+        Reason::StoppedByOperator => "stopped by hand (starts again when its settings change)",
+        Reason::StopFailed => "could not be stopped",
+        Reason::DeploymentStopped => "stopped (the deployment says state: stopped)",
+        Reason::Completed => "finished",
+        Reason::Failed => "failed and is not restarted",
+        Reason::DependencyFailed => "held back: something it needs is failing",
+        Reason::WaitingForDependency => "waiting for something it needs",
+        Reason::CrashLoopBackOff => "keeps crashing; retrying more and more slowly",
+        Reason::BackOff => "stopped unexpectedly; restarting shortly",
+        Reason::ExecutableNotFound => "its program is missing",
+        Reason::OutOfDescriptors => "cannot start: too many open files",
+        Reason::InvalidSpec => "cannot start: a setting is invalid",
+        Reason::RuntimeUnreachable => "cannot start: the service manager does not answer",
+        Reason::StartFailed => "cannot start",
+        Reason::NoRecordings => "running but producing no recordings",
+        Reason::StorageUnusable => "cannot write to the storage",
+        Reason::LowDiskSpace => "the card is nearly full",
+        Reason::DiskFull => "the card is full",
+        Reason::AudioDeviceUnavailable => "the microphone / sound card is missing",
+        Reason::AudioFormatUnsupported => "the sound card cannot record these settings",
+        Reason::SamplesDropped => "losing samples",
+        Reason::InputNotRealTime => "the audio input runs far too fast",
+        Reason::MetadataDbError => "cannot write the recordings' list (metadata.db)",
+        Reason::RecorderError => "in trouble",
+        Reason::ReconcilerStopped => "stopped with roost",
+        Reason::Unknown => "in an unknown state",
+    }
+}
+
+fn problems_section(out: &mut String, doc: &StatusDoc) {
+    if !doc.errors.is_empty() {
+        let _ = writeln!(out, "\nProblems");
+        for e in &doc.errors {
+            let who = e
+                .component
+                .as_deref()
+                .map(|c| format!("[{c}] "))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  {} {who}{}\n      what to do: {}",
+                e.code, e.message, e.action
+            );
+        }
+    }
+    let warnings: Vec<(String, String, String)> = doc
+        .components
+        .iter()
+        .flat_map(|c| {
+            let list = c
+                .output
+                .as_ref()
+                .and_then(|o| o.get("warnings"))
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            list.into_iter().map(move |w| {
+                let f = |k: &str| {
+                    w.get(k)
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                (f("code"), c.name.clone(), f("message"))
+            })
+        })
+        .collect();
+    if !warnings.is_empty() {
+        let _ = writeln!(out, "\nWarnings");
+        for (code, who, message) in warnings {
+            let action = crate::errors::lookup(&code).map(|c| c.action).unwrap_or("");
+            let _ = writeln!(
+                out,
+                "  {code} [{who}] {message}\n      what to do: {action}"
+            );
+        }
+    }
+}
+
+/// `Sat 28 Nov 14:03:05 GMT`: the time in `tz`, with the zone's abbreviation.
+fn local(t: Timestamp, tz: &TimeZone) -> String {
+    let z = t.to_zoned(tz.clone());
+    z.strftime("%a %-d %b %H:%M:%S %Z").to_string()
+}
+
+/// "35 s", "4 min", "2 h 5 min", "3 days".
+fn age(now: Timestamp, t: Timestamp) -> String {
+    let s = now.duration_since(t).as_secs().max(0);
+    match s {
+        0..=119 => format!("{s} s"),
+        120..=7199 => format!("{} min", s / 60),
+        7200..=172_799 => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+        _ => format!("{} days", s / 86_400),
+    }
+}
+
+fn bytes(b: u64) -> String {
+    let b = b as f64;
+    match b {
+        _ if b >= 1e9 => format!("{:.1} GB", b / 1e9),
+        _ if b >= 1e6 => format!("{:.0} MB", b / 1e6),
+        _ => format!("{:.0} kB", b / 1e3),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{ErrorEntry, ReconcilerInfo};
+    use serde_json::json;
+
+    fn doc(
+        status: OverallStatus,
+        phase: Phase,
+        recorder: Option<(ComponentState, Value)>,
+    ) -> StatusDoc {
+        StatusDoc {
+            api_version: "roost/v1".into(),
+            kind: "DeploymentStatus".into(),
+            deployment: Some("meadow".into()),
+            generation: 3,
+            observed_generation: 3,
+            phase,
+            status,
+            spec_error: None,
+            components: recorder
+                .map(|(s, out)| ComponentStatus {
+                    name: "recorder".into(),
+                    status: s,
+                    reason: None,
+                    restart_count: 0,
+                    exit_code: None,
+                    pid: Some(7),
+                    since: None,
+                    output: Some(out),
+                })
+                .into_iter()
+                .collect(),
+            errors: Vec::new(),
+            last_apply: None,
+            reconciler: ReconcilerInfo {
+                pid: 1,
+                version: "0.1.0".into(),
+                runtime: "process".into(),
+            },
+            updated_at: "2026-06-01T04:00:00Z".parse().unwrap(),
+        }
+    }
+
+    fn facts() -> Facts {
+        Facts {
+            time_zone: Some(TimeZone::get("Europe/London").unwrap()),
+            files_today: Some(57),
+            bytes_last_day: Some(8_294_400_000),
+            free_bytes: Some(124_000_000_000),
+            roost_running: true,
+        }
+    }
+
+    /// The first line answers "is it recording?" for each kind of state.
+    #[test]
+    fn the_first_line_says_whether_it_records() {
+        let now: Timestamp = "2026-06-01T04:02:30Z".parse().unwrap();
+        let recording = json!({"state": "recording", "lastFile": "/s/recordings/2026/06/01/a.wav", "lastFileAt": "2026-06-01T04:00:00Z", "samplesDropped": 0, "samplesDiscarded": 0, "clockSynchronized": true});
+        let waiting = json!({"state": "waiting", "expectedFileBy": "2026-06-01T19:30:00Z"});
+        let lost = json!({"state": "deviceUnavailable"});
+        let mut broken = doc(
+            OverallStatus::Error,
+            Phase::Succeeded,
+            Some((ComponentState::Error, lost)),
+        );
+        broken.errors.push(ErrorEntry::new(
+            &crate::errors::AUDIO_DEVICE_UNAVAILABLE,
+            Some("recorder"),
+            "the audio device disappeared",
+        ));
+        let cases = [
+            (
+                doc(
+                    OverallStatus::Running,
+                    Phase::Succeeded,
+                    Some((ComponentState::Running, recording)),
+                ),
+                facts(),
+                "Recording. Last file finished 2 min ago.",
+            ),
+            (
+                doc(
+                    OverallStatus::Running,
+                    Phase::Succeeded,
+                    Some((ComponentState::Running, waiting)),
+                ),
+                facts(),
+                "Waiting between recordings; the next file is due by Mon 1 Jun 20:30:00 BST.",
+            ),
+            (
+                broken,
+                facts(),
+                "NOT RECORDING: the audio device disappeared (DEP_E311).",
+            ),
+            (
+                doc(OverallStatus::Stopped, Phase::Stopped, None),
+                facts(),
+                "Stopped (since Mon 1 Jun 05:00:00 BST).",
+            ),
+            (
+                doc(OverallStatus::Running, Phase::Succeeded, None),
+                Facts {
+                    roost_running: false,
+                    ..facts()
+                },
+                "NOT RUNNING: roost stopped unexpectedly; this is what it last knew, at Mon 1 Jun 05:00:00 BST.",
+            ),
+            (
+                doc(OverallStatus::Running, Phase::Succeeded, None),
+                facts(),
+                "Running (no recorder in this deployment).",
+            ),
+        ];
+        for (d, f, first) in cases {
+            let text = render(&d, &f, now);
+            assert_eq!(text.lines().next(), Some(first), "{text}");
+        }
+    }
+
+    #[test]
+    fn the_recorder_section_has_the_figures_a_visit_needs() {
+        let now: Timestamp = "2026-06-01T04:02:30Z".parse().unwrap();
+        let out = json!({"state": "recording", "lastFile": "/s/recordings/2026/06/01/20260601T040000.000000Z.wav", "lastFileAt": "2026-06-01T04:00:00Z", "samplesDropped": 3, "samplesDiscarded": 0, "clockSynchronized": false});
+        let text = render(
+            &doc(
+                OverallStatus::Running,
+                Phase::Succeeded,
+                Some((ComponentState::Running, out)),
+            ),
+            &facts(),
+            now,
+        );
+        for needle in [
+            "last file      20260601T040000.000000Z.wav, 2 min ago (Mon 1 Jun 05:00:00 BST)",
+            "files today    57",
+            "samples lost   3 dropped, 0 not written",
+            "free space     124.0 GB, about 15 days at the last day's rate",
+            "clock          NOT synchronised",
+            "recorder         running",
+        ] {
+            assert!(text.contains(needle), "{needle:?} in\n{text}");
+        }
+        for jargon in [
+            "ReconcilerStopped",
+            "observed generation",
+            "observedGeneration",
+        ] {
+            assert!(!text.contains(jargon), "{text}");
+        }
+    }
+}
