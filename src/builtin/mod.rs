@@ -6,6 +6,7 @@
 //! A new built-in is a type implementing [`Builtin`], added to [`Builtins::standard`].
 
 pub mod connect;
+pub mod page;
 pub mod recorder;
 
 use std::collections::BTreeMap;
@@ -63,6 +64,7 @@ impl Builtins {
         Self(vec![
             Box::new(recorder::Recorder::new(exe, state_dir)),
             Box::new(connect::Connect::new(exe, state_dir)),
+            Box::new(page::Page::new(exe, state_dir)),
         ])
     }
 

@@ -73,7 +73,9 @@ fn silent(
 
 fn reported(plan: &mut Plan, i: usize, report: BuiltinReport) -> Option<Timestamp> {
     let c: &mut ComponentStatus = &mut plan.components[i];
-    c.output = Some(report.output);
+    if !report.output.is_null() {
+        c.output = Some(report.output);
+    }
     if let Some(trouble) = report.trouble {
         c.status = ComponentState::Error;
         c.reason = Some(trouble.reason);

@@ -149,6 +149,44 @@ pub struct DeploymentSpec {
     /// `connect`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect: Option<connect::ConnectSpec>,
+    /// The read-only field page (component `page`, `roost serve`); off unless set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page: Option<PageSpec>,
+}
+
+/// `spec.page`: the read-only field page served on the device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PageSpec {
+    /// Address and port to listen on, e.g. `0.0.0.0:8080` (every interface: the phone on the
+    /// device's hotspot) or `127.0.0.1:8080`.
+    pub listen: ListenAddress,
+}
+
+/// A socket address to listen on: `IP:port`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(try_from = "String", into = "String")]
+#[schemars(with = "String")]
+pub struct ListenAddress(std::net::SocketAddr);
+
+impl TryFrom<String> for ListenAddress {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+            .map(Self)
+            .map_err(|_| format!("invalid listen address {s:?}: write IP:port, e.g. 0.0.0.0:8080"))
+    }
+}
+impl From<ListenAddress> for String {
+    fn from(a: ListenAddress) -> String {
+        a.0.to_string()
+    }
+}
+impl ListenAddress {
+    /// The address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.0
+    }
 }
 
 fn default_stop_timeout() -> HumanDuration {
@@ -268,6 +306,12 @@ impl Deployment {
                     format!("duplicate component name {:?} (also spec.components[{first}]); names must be unique", c.name.as_str()),
                 ));
             }
+            if spec.page.is_some() && c.name.as_str() == "page" {
+                issues.push(FieldIssue::new(
+                    format!("spec.components[{i}].name"),
+                    "the name \"page\" is reserved for spec.page; rename this component",
+                ));
+            }
             if spec.connect.is_some() && c.name.as_str() == "connect" {
                 issues.push(FieldIssue::new(
                     format!("spec.components[{i}].name"),
@@ -341,6 +385,7 @@ impl Deployment {
                     .map(|_| recorder::RECORDER_COMPONENT),
             )
             .chain(self.spec.connect.as_ref().map(|_| "connect"))
+            .chain(self.spec.page.as_ref().map(|_| "page"))
     }
 }
 

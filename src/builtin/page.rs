@@ -1,0 +1,76 @@
+//! The field page as a built-in component: `roost serve --listen ADDR --state-dir DIR` of this
+//! binary when `spec.page` is set. It reads status.json, the recorder's settings and the
+//! recordings; it writes nothing but its spectrogram cache, and nothing it serves can change the
+//! device. Its health is its process: it has no output of its own to judge.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+use super::{Builtin, BuiltinError};
+use crate::observe::{BuiltinHealth, BuiltinReport, ComponentRun};
+use crate::spec::Deployment;
+
+/// The component name of the page.
+pub const PAGE_COMPONENT: &str = "page";
+
+/// The page built-in of a roost running `exe` with its state in `state_dir`.
+pub struct Page {
+    exe: PathBuf,
+    state_dir: PathBuf,
+}
+
+impl Page {
+    /// The page served by `<exe> serve`, reading `state_dir`.
+    pub fn new(exe: &Path, state_dir: &Path) -> Self {
+        Self {
+            exe: exe.to_path_buf(),
+            state_dir: state_dir.to_path_buf(),
+        }
+    }
+}
+
+impl Builtin for Page {
+    fn name(&self) -> &'static str {
+        PAGE_COMPONENT
+    }
+
+    fn run(&self, d: &Deployment) -> Option<ComponentRun> {
+        let page = d.spec.page.as_ref()?;
+        let argv = vec![
+            self.exe.display().to_string(),
+            "serve".to_string(),
+            "--listen".to_string(),
+            page.listen.addr().to_string(),
+            "--state-dir".to_string(),
+            self.state_dir.display().to_string(),
+        ];
+        let hash_input = argv.join("\n");
+        Some(ComponentRun {
+            deployment: d.metadata.name.to_string(),
+            name: PAGE_COMPONENT.try_into().expect("valid name"),
+            spec_hash: crate::plan::spec_hash(hash_input.as_bytes()),
+            command: argv.try_into().expect("non-empty argv"),
+            env: BTreeMap::new(),
+            working_dir: None,
+            restart_policy: crate::spec::RestartPolicy::Always,
+            backoff: d.spec.backoff,
+            stop_timeout: Duration::from_secs(2),
+        })
+    }
+
+    fn prepare(&self, _d: &Deployment) -> Result<(), BuiltinError> {
+        Ok(())
+    }
+
+    fn health(&self, _pid: Option<u32>, _now: Timestamp) -> BuiltinHealth {
+        BuiltinHealth::Reported(BuiltinReport {
+            output: serde_json::Value::Null,
+            trouble: None,
+            produced: true,
+            look_again_at: None,
+        })
+    }
+}
