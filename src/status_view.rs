@@ -99,7 +99,7 @@ fn recorded(storage: &Path, tz: &TimeZone, now: Timestamp) -> (Option<u64>, Opti
 pub fn render(doc: &StatusDoc, facts: &Facts, now: Timestamp) -> String {
     let tz = facts.time_zone.clone().unwrap_or(TimeZone::UTC);
     let mut out = String::new();
-    let _ = writeln!(out, "{}", headline(doc, facts, &tz, now));
+    // A file that was pushed and refused comes first: the pusher must learn it at once.
     if let Some(e) = &doc.spec_error {
         let at = match (e.line, e.column, &e.field) {
             (Some(l), Some(c), _) => format!("{}:{l}:{c}", e.file),
@@ -108,25 +108,30 @@ pub fn render(doc: &StatusDoc, facts: &Facts, now: Timestamp) -> String {
         };
         let _ = writeln!(
             out,
-            "\nThe new deployment file was refused ({}): {at}: {}\n  the previous settings stay in force",
-            e.code, e.message
+            "The desired state was refused ({}): {at}: {}\n  the previous settings (version {}) stay in force\n",
+            e.code, e.message, doc.generation
         );
     }
+    let _ = writeln!(out, "{}", headline(doc, facts, &tz, now));
     recorder_section(&mut out, doc, facts, &tz, now);
     components_section(&mut out, doc);
     problems_section(&mut out, doc);
+    let roost = match (doc.status, facts.roost_running) {
+        (OverallStatus::Stopped, _) => format!("stopped at {}", local(doc.updated_at, &tz)),
+        (_, true) => format!(
+            "pid {}, updated {}",
+            doc.reconciler.pid,
+            local(doc.updated_at, &tz)
+        ),
+        (_, false) => format!("not running; last update {}", local(doc.updated_at, &tz)),
+    };
     let _ = writeln!(
         out,
-        "\nDeployment {}: settings version {}; roost {} ({} runtime{}), updated {}",
+        "\nDeployment {}: settings version {}; roost {} ({} runtime), {roost}",
         doc.deployment.as_deref().unwrap_or("(none yet)"),
         doc.generation,
         doc.reconciler.version,
         doc.reconciler.runtime,
-        match facts.roost_running {
-            true => format!(", pid {}", doc.reconciler.pid),
-            false => ", not running".to_string(),
-        },
-        local(doc.updated_at, &tz)
     );
     out
 }

@@ -58,6 +58,9 @@ pub struct ProcessRuntime {
     exited: BTreeMap<String, (String, ExitInfo)>,
     exit_tx: mpsc::UnboundedSender<(String, u32, ExitInfo)>,
     exit_rx: mpsc::UnboundedReceiver<(String, u32, ExitInfo)>,
+    /// Every marked process (pid, marker) as last scanned, and when: stopping 300 components
+    /// reads every process's environment once, not 300 times.
+    marker_scan: Option<(std::time::Instant, Vec<(u32, String)>)>,
 }
 
 /// What `processes.json` records of each child.
@@ -103,6 +106,7 @@ impl ProcessRuntime {
             exited: BTreeMap::new(),
             exit_tx,
             exit_rx,
+            marker_scan: None,
         };
         rt.save_pids();
         Ok(rt)
@@ -172,7 +176,7 @@ impl ProcessRuntime {
         // Detached descendants (setsid) are outside the group: they get SIGTERM too. Found once
         // (reading every process's environment is not for a 20 ms poll), looked for again at
         // the SIGKILL below.
-        let detached = marked(&marker);
+        let detached = self.marked_recently(&marker);
         signal_pids(&detached, Signal::SIGTERM);
         let leftovers =
             |pid, ticks| group_members_since(pid, ticks) || detached.iter().any(|p| alive(*p));
@@ -656,6 +660,50 @@ fn instance_of(state_dir: &Path) -> String {
 
 /// Live processes whose environment holds `ROOST_COMPONENT_ID=marker` (other users' processes
 /// cannot be read, and cannot be ours).
+/// How long a scan of marked processes is reused by the next stops (a descendant detached in
+/// that window is found by the SIGKILL stage's own scan).
+const MARKER_SCAN_REUSE: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl ProcessRuntime {
+    /// Processes marked with `marker`, from a scan at most [`MARKER_SCAN_REUSE`] old.
+    fn marked_recently(&mut self, marker: &str) -> Vec<u32> {
+        let fresh = self
+            .marker_scan
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() < MARKER_SCAN_REUSE);
+        if !fresh {
+            self.marker_scan = Some((std::time::Instant::now(), scan_markers()));
+        }
+        let (_, scan) = self.marker_scan.as_ref().expect("just scanned");
+        scan.iter()
+            .filter(|(pid, m)| m == marker && alive(*pid))
+            .map(|(pid, _)| *pid)
+            .collect()
+    }
+}
+
+/// Every live process carrying `ROOST_COMPONENT_ID`, with its value.
+fn scan_markers() -> Vec<(u32, String)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let me = std::process::id();
+    let prefix = format!("{MARKER_VAR}=");
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter_map(|pid| {
+            let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+            let var = env
+                .split(|b| *b == 0)
+                .find(|v| v.starts_with(prefix.as_bytes()))?;
+            Some((
+                pid,
+                String::from_utf8_lossy(&var[prefix.len()..]).into_owned(),
+            ))
+        })
+        .collect()
+}
+
 fn marked(marker: &str) -> Vec<u32> {
     marked_where(&format!("{MARKER_VAR}={marker}"), false)
 }
@@ -716,6 +764,10 @@ fn kill_marked_leftovers(instance: &str) -> usize {
 }
 
 fn group_members_since(pgid: u32, start_ticks: u64) -> bool {
+    // An empty group is the common case: one kill(-pgid, 0) says so without reading /proc.
+    if killpg(Pid::from_raw(pgid as i32), None) == Err(nix::errno::Errno::ESRCH) {
+        return false;
+    }
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return false;
     };
