@@ -3,7 +3,6 @@
 //! (`connect-report.json`). A link that is down is a warning in its output, never an error of
 //! the deployment: the recording does not depend on the network.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -48,18 +47,14 @@ impl Builtin for Connect {
             "--state-dir".to_string(),
             self.state_dir.display().to_string(),
         ];
-        Some(ComponentRun {
-            deployment: d.metadata.name.to_string(),
-            name: CONNECT_COMPONENT.try_into().expect("valid name"),
-            spec_hash: crate::plan::spec_hash(hash_input.as_bytes()),
-            command: argv.try_into().expect("non-empty argv"),
-            env: BTreeMap::new(),
-            working_dir: None,
-            restart_policy: crate::spec::RestartPolicy::Always,
-            backoff: d.spec.backoff,
-            // It says `offline` and commits what was acknowledged before it exits.
-            stop_timeout: Duration::from_secs(5),
-        })
+        Some(super::own_run(
+            CONNECT_COMPONENT,
+            d,
+            argv,
+            &hash_input,
+            crate::spec::RestartPolicy::Always,
+            Duration::from_secs(5),
+        ))
     }
 
     fn prepare(&self, d: &Deployment) -> Result<(), BuiltinError> {

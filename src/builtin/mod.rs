@@ -55,6 +55,29 @@ pub trait Builtin: Send {
     }
 }
 
+/// The run of a built-in that is a subcommand of roost itself: `argv` (the binary first), its
+/// spec hash made from `hash_input` (everything that, when it changes, must restart it).
+pub(crate) fn own_run(
+    name: &'static str,
+    d: &Deployment,
+    argv: Vec<String>,
+    hash_input: &str,
+    restart_policy: crate::spec::RestartPolicy,
+    stop_timeout: std::time::Duration,
+) -> ComponentRun {
+    ComponentRun {
+        deployment: d.metadata.name.to_string(),
+        name: name.try_into().expect("a built-in's name is valid"),
+        spec_hash: crate::plan::spec_hash(hash_input.as_bytes()),
+        command: argv.try_into().expect("non-empty argv"),
+        env: BTreeMap::new(),
+        working_dir: None,
+        restart_policy,
+        backoff: d.spec.backoff,
+        stop_timeout,
+    }
+}
+
 /// Every built-in roost knows, in start order (they start before the file's components).
 pub struct Builtins(Vec<Box<dyn Builtin>>);
 

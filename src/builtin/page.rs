@@ -3,7 +3,6 @@
 //! recordings; it writes nothing but its spectrogram cache, and nothing it serves can change the
 //! device. Its health is its process: it has no output of its own to judge.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -48,17 +47,14 @@ impl Builtin for Page {
             self.state_dir.display().to_string(),
         ];
         let hash_input = argv.join("\n");
-        Some(ComponentRun {
-            deployment: d.metadata.name.to_string(),
-            name: PAGE_COMPONENT.try_into().expect("valid name"),
-            spec_hash: crate::plan::spec_hash(hash_input.as_bytes()),
-            command: argv.try_into().expect("non-empty argv"),
-            env: BTreeMap::new(),
-            working_dir: None,
-            restart_policy: crate::spec::RestartPolicy::Always,
-            backoff: d.spec.backoff,
-            stop_timeout: Duration::from_secs(2),
-        })
+        Some(super::own_run(
+            PAGE_COMPONENT,
+            d,
+            argv,
+            &hash_input,
+            crate::spec::RestartPolicy::Always,
+            Duration::from_secs(2),
+        ))
     }
 
     fn prepare(&self, _d: &Deployment) -> Result<(), BuiltinError> {

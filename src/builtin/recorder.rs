@@ -3,7 +3,6 @@
 //! in the state folder (`recorder-report.json`). Never judges what the report means for the
 //! deployment: that is the planner's.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -54,21 +53,17 @@ impl Builtin for Recorder {
             "--state-dir".to_string(),
             self.state_dir.display().to_string(),
         ];
-        Some(ComponentRun {
-            deployment: d.metadata.name.to_string(),
-            name: RECORDER_COMPONENT.try_into().expect("valid name"),
-            spec_hash: crate::plan::spec_hash(hash_input.as_bytes()),
-            command: argv.try_into().expect("non-empty argv"),
-            env: BTreeMap::new(),
-            working_dir: None,
-            restart_policy: config
+        Some(super::own_run(
+            RECORDER_COMPONENT,
+            d,
+            argv,
+            &hash_input,
+            config
                 .recorder
                 .restart_policy
                 .unwrap_or(d.spec.restart_policy),
-            backoff: d.spec.backoff,
-            // The recorder finishes and registers the file it is writing before it exits.
-            stop_timeout: STOP_TIMEOUT,
-        })
+            STOP_TIMEOUT,
+        ))
     }
 
     fn prepare(&self, d: &Deployment) -> Result<(), BuiltinError> {

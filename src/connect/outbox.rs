@@ -98,6 +98,20 @@ pub enum OutboxError {
     },
 }
 
+/// A maker of errors about the outbox at `path`, one per action.
+fn db_err(
+    path: PathBuf,
+) -> impl Fn(&'static str) -> Box<dyn FnOnce(rusqlite::Error) -> OutboxError> {
+    move |action| {
+        let path = path.clone();
+        Box::new(move |source| OutboxError::Database {
+            path,
+            action,
+            source,
+        })
+    }
+}
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS message (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -188,15 +202,7 @@ impl Outbox {
     /// Queues `messages` in one transaction, then drops what exceeds the limits (oldest first).
     /// Returns how many were dropped.
     pub fn push(&mut self, messages: &[NewMessage], now: Timestamp) -> Result<u64, OutboxError> {
-        let path = self.path.clone();
-        let err = |action: &'static str| {
-            let path = path.clone();
-            move |source| OutboxError::Database {
-                path,
-                action,
-                source,
-            }
-        };
+        let err = db_err(self.path.clone());
         let tx = self.conn.transaction().map_err(err("begin"))?;
         {
             let mut insert = tx
@@ -302,15 +308,7 @@ impl Outbox {
         if seqs.is_empty() {
             return Ok(());
         }
-        let path = self.path.clone();
-        let err = |action: &'static str| {
-            let path = path.clone();
-            move |source| OutboxError::Database {
-                path,
-                action,
-                source,
-            }
-        };
+        let err = db_err(self.path.clone());
         // A delivery lost to a power cut costs a duplicate (at least once), not a message: no
         // fsync for it; the next queueing (FULL) makes it durable along with itself.
         self.conn
