@@ -155,6 +155,17 @@ pub enum Command {
         #[arg(long, default_value = "2s")]
         wait: QuietWait,
     },
+    /// Serve a read-only web page of the device's state and spectrograms of its recordings
+    /// (for a phone on the device's hotspot); runs until stopped.
+    Serve {
+        /// Address and port to listen on.
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        listen: std::net::SocketAddr,
+        /// Folder of status.json, history.json and logs (default: /var/lib/roost for root, else
+        /// $XDG_STATE_HOME/roost).
+        #[arg(long, env = "ROOST_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+    },
     /// Run the audio recorder (started by roost as component `recorder`).
     Record {
         /// The recorder configuration written by the reconciler.
@@ -226,7 +237,9 @@ impl Command {
             Command::Record { config, state_dir } | Command::Connect { config, state_dir } => {
                 vec![Some(config), state_dir.as_mut()]
             }
-            Command::Status { state_dir, .. } | Command::Logs { state_dir, .. } => {
+            Command::Status { state_dir, .. }
+            | Command::Logs { state_dir, .. }
+            | Command::Serve { state_dir, .. } => {
                 vec![state_dir.as_mut()]
             }
             Command::Feed {

@@ -16,6 +16,7 @@
 //! - [`watch`]: inotify on the file's folders, debounced into reload triggers.
 //! - [`status`]: the status document and its atomic writer.
 //! - [`status_view`]: what `roost status` says to people (the first line answers "is it recording?").
+//! - [`serve`]: `roost serve`, a read-only web page (status, problems, spectrograms) for a phone on the hotspot.
 //! - [`connect`]: `roost connect`, status and heartbeats to MQTT, HTTP and Prometheus through a durable outbox.
 //! - [`fleet`]: `roost fleet`, every device's retained status, availability and heartbeat on a broker, one row each.
 //! - [`recorder`], [`storage`], [`schedule`]: audio capture to WAV files and metadata.db.
@@ -42,6 +43,7 @@ pub mod reconcile;
 pub mod recorder;
 pub mod runtime;
 pub mod schedule;
+pub mod serve;
 pub mod spec;
 pub mod state_dir;
 pub mod status;

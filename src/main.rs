@@ -106,6 +106,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let _ = roost::logging::stderr().write_all(outcome.stderr.as_bytes());
             Ok(ExitCode::from(outcome.exit_code))
         }
+        Command::Serve { listen, state_dir } => {
+            roost::serve::run(listen, &resolve(state_dir))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Record { config, state_dir } => {
             roost::recorder::run(&config, &resolve(state_dir))?;
             Ok(ExitCode::SUCCESS)

@@ -112,7 +112,7 @@ pub fn render(doc: &StatusDoc, facts: &Facts, now: Timestamp) -> String {
             e.code, e.message, doc.generation
         );
     }
-    let _ = writeln!(out, "{}", headline(doc, facts, &tz, now));
+    let _ = writeln!(out, "{}", headline_in(doc, facts, &tz, now));
     recorder_section(&mut out, doc, facts, &tz, now);
     components_section(&mut out, doc);
     problems_section(&mut out, doc);
@@ -144,8 +144,14 @@ fn recorder(doc: &StatusDoc) -> Option<(&ComponentStatus, &Value)> {
     Some((c, c.output.as_ref()?))
 }
 
-/// The first line: recording, not recording and why, or stopped.
-fn headline(doc: &StatusDoc, facts: &Facts, tz: &TimeZone, now: Timestamp) -> String {
+/// The first line of the report: recording, not recording and why, or stopped (times in the
+/// deployment's time zone). `roost serve` shows it in large type.
+pub fn headline(doc: &StatusDoc, facts: &Facts, now: Timestamp) -> String {
+    let tz = facts.time_zone.clone().unwrap_or(TimeZone::UTC);
+    headline_in(doc, facts, &tz, now)
+}
+
+fn headline_in(doc: &StatusDoc, facts: &Facts, tz: &TimeZone, now: Timestamp) -> String {
     if !facts.roost_running && doc.status != OverallStatus::Stopped {
         return format!(
             "NOT RUNNING: roost stopped unexpectedly; this is what it last knew, at {}.",
@@ -206,10 +212,34 @@ fn recorder_section(
     tz: &TimeZone,
     now: Timestamp,
 ) {
-    let Some((_, rec)) = recorder(doc) else {
+    let Some(figures) = recorder_figures_in(doc, facts, tz, now) else {
         return;
     };
     let _ = writeln!(out, "\nRecorder");
+    for (label, value) in figures {
+        let _ = writeln!(out, "  {label:<15}{value}");
+    }
+}
+
+/// The recorder's figures as (label, value) pairs: last file and its age, files today, samples
+/// lost, free space and days until full, clock. `None` without a recorder.
+pub fn recorder_figures(
+    doc: &StatusDoc,
+    facts: &Facts,
+    now: Timestamp,
+) -> Option<Vec<(&'static str, String)>> {
+    let tz = facts.time_zone.clone().unwrap_or(TimeZone::UTC);
+    recorder_figures_in(doc, facts, &tz, now)
+}
+
+fn recorder_figures_in(
+    doc: &StatusDoc,
+    facts: &Facts,
+    tz: &TimeZone,
+    now: Timestamp,
+) -> Option<Vec<(&'static str, String)>> {
+    let (_, rec) = recorder(doc)?;
+    let mut figures = Vec::new();
     let last = rec.get("lastFile").and_then(Value::as_str);
     let last_line = match (last, last_file_at(rec)) {
         (Some(f), Some(t)) => {
@@ -221,17 +251,19 @@ fn recorder_section(
         }
         _ => "none yet".to_string(),
     };
-    let _ = writeln!(out, "  last file      {last_line}");
+    figures.push(("last file", last_line));
     if let Some(n) = facts.files_today {
-        let _ = writeln!(out, "  files today    {n}");
+        figures.push(("files today", n.to_string()));
     }
     let num = |k: &str| rec.get(k).and_then(Value::as_u64).unwrap_or(0);
-    let _ = writeln!(
-        out,
-        "  samples lost   {} dropped, {} not written",
-        num("samplesDropped"),
-        num("samplesDiscarded")
-    );
+    figures.push((
+        "samples lost",
+        format!(
+            "{} dropped, {} not written",
+            num("samplesDropped"),
+            num("samplesDiscarded")
+        ),
+    ));
     if let Some(free) = facts.free_bytes {
         let days = match facts.bytes_last_day {
             Some(per_day) if per_day > 0 => format!(
@@ -240,14 +272,15 @@ fn recorder_section(
             ),
             _ => String::new(),
         };
-        let _ = writeln!(out, "  free space     {}{days}", bytes(free));
+        figures.push(("free space", format!("{}{days}", bytes(free))));
     }
     let clock = match rec.get("clockSynchronized").and_then(Value::as_bool) {
         Some(true) => "synchronised",
         Some(false) => "NOT synchronised (file times may be wrong)",
         None => "unknown",
     };
-    let _ = writeln!(out, "  clock          {clock}");
+    figures.push(("clock", clock.to_string()));
+    Some(figures)
 }
 
 fn components_section(out: &mut String, doc: &StatusDoc) {
@@ -256,7 +289,7 @@ fn components_section(out: &mut String, doc: &StatusDoc) {
         let _ = writeln!(out, "  (none)");
     }
     for c in &doc.components {
-        let mut line = format!("  {:<16} {}", c.name, in_words(c));
+        let mut line = format!("  {:<16} {}", c.name, component_in_words(c));
         if c.restart_count > 0 {
             let _ = write!(line, "; restarted {} times", c.restart_count);
         }
@@ -268,7 +301,7 @@ fn components_section(out: &mut String, doc: &StatusDoc) {
 }
 
 /// A component's state in words a field ecologist knows.
-fn in_words(c: &ComponentStatus) -> &'static str {
+pub fn component_in_words(c: &ComponentStatus) -> &'static str {
     match (c.status, c.reason) {
         (ComponentState::Running, Some(Reason::Starting)) => "starting",
         (ComponentState::Running, _) => "running",

@@ -1,0 +1,294 @@
+//! Spectrogram PNGs of WAV files: a 1024-point Hann STFT (half overlap), power averaged into at
+//! most [`MAX_WIDTH`] columns, in dB over an 80 dB range mapped to grey, low frequencies at the
+//! bottom. The WAV is streamed, never read whole into memory (a recording can be hundreds of
+//! megabytes). Renders are cached by file stem; this module never writes beside the recordings.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use realfft::RealFftPlanner;
+
+/// Points of each FFT; the image is `FFT_LEN / 2` rows high.
+pub const FFT_LEN: usize = 1024;
+/// Samples between the starts of two frames (half overlap).
+const HOP: usize = FFT_LEN / 2;
+/// Widest image in pixels; longer recordings average several frames into a column.
+pub const MAX_WIDTH: usize = 800;
+/// Range of levels shown below the loudest cell, in dB; quieter cells are black.
+const DYNAMIC_RANGE_DB: f64 = 80.0;
+
+/// Why a spectrogram cannot be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum SpectrogramError {
+    /// The WAV cannot be opened or decoded.
+    #[error("cannot read the recording {path}")]
+    Wav {
+        /// The WAV file.
+        path: PathBuf,
+        /// The decoder's error.
+        #[source]
+        source: hound::Error,
+    },
+    /// The WAV holds fewer samples than one FFT frame.
+    #[error("the recording {path} is too short for a spectrogram")]
+    TooShort {
+        /// The WAV file.
+        path: PathBuf,
+    },
+    /// The PNG cannot be encoded.
+    #[error("cannot encode the spectrogram of {path}")]
+    Png {
+        /// The WAV file.
+        path: PathBuf,
+        /// The encoder's error.
+        #[source]
+        source: png::EncodingError,
+    },
+}
+
+/// The cached PNG for `wav` in `cache_dir` (`<stem>.png`), rendered and stored first when it
+/// is not there. The WAV name is unique, so a cached file never goes stale. A cache that cannot
+/// be written only costs a render next time.
+pub fn cached(wav: &Path, cache_dir: &Path) -> Result<Vec<u8>, SpectrogramError> {
+    let stem = wav.file_stem().map(|s| s.to_string_lossy().into_owned());
+    let cache_file = stem.map(|s| cache_dir.join(format!("{s}.png")));
+    if let Some(bytes) = cache_file.as_ref().and_then(|f| std::fs::read(f).ok()) {
+        return Ok(bytes);
+    }
+    let png = render(wav)?;
+    if let Some(file) = cache_file {
+        let stored = std::fs::create_dir_all(cache_dir)
+            .and_then(|()| crate::fsutil::replace_quietly(&file, &png));
+        if let Err(e) = stored {
+            tracing::warn!(file = %file.display(), error = %e, "cannot cache the spectrogram");
+        }
+    }
+    Ok(png)
+}
+
+/// Renders the spectrogram of the first channel of `wav` as a greyscale PNG.
+pub fn render(wav: &Path) -> Result<Vec<u8>, SpectrogramError> {
+    let wav_err = |source| SpectrogramError::Wav {
+        path: wav.to_path_buf(),
+        source,
+    };
+    let reader = hound::WavReader::open(wav).map_err(wav_err)?;
+    let spec = reader.spec();
+    let frames_total = (reader.duration() as usize).saturating_sub(FFT_LEN) / HOP + 1;
+    if (reader.duration() as usize) < FFT_LEN {
+        return Err(SpectrogramError::TooShort {
+            path: wav.to_path_buf(),
+        });
+    }
+    let frames_per_column = frames_total.div_ceil(MAX_WIDTH);
+    let mut stft = Stft::new(frames_per_column);
+    let channels = spec.channels as usize;
+    match spec.sample_format {
+        hound::SampleFormat::Float => {
+            for (i, s) in reader.into_samples::<f32>().enumerate() {
+                if i % channels == 0 {
+                    stft.push(s.map_err(wav_err)?);
+                }
+            }
+        }
+        hound::SampleFormat::Int => {
+            let full_scale = (1u64 << (spec.bits_per_sample - 1)) as f32;
+            for (i, s) in reader.into_samples::<i32>().enumerate() {
+                if i % channels == 0 {
+                    stft.push(s.map_err(wav_err)? as f32 / full_scale);
+                }
+            }
+        }
+    }
+    let columns = stft.finish();
+    encode(&columns).map_err(|source| SpectrogramError::Png {
+        path: wav.to_path_buf(),
+        source,
+    })
+}
+
+/// A streaming short-time Fourier transform that averages power over groups of frames.
+struct Stft {
+    fft: Arc<dyn realfft::RealToComplex<f32>>,
+    window: Vec<f32>,
+    pending: Vec<f32>,
+    input: Vec<f32>,
+    spectrum: Vec<realfft::num_complex::Complex<f32>>,
+    frames_per_column: usize,
+    sum: Vec<f64>,
+    frames_in_sum: usize,
+    columns: Vec<Vec<f64>>,
+}
+
+impl Stft {
+    fn new(frames_per_column: usize) -> Self {
+        let fft = RealFftPlanner::<f32>::new().plan_fft_forward(FFT_LEN);
+        let window = (0..FFT_LEN)
+            .map(|n| {
+                let x = std::f32::consts::TAU * n as f32 / FFT_LEN as f32;
+                0.5 - 0.5 * x.cos()
+            })
+            .collect();
+        Self {
+            input: fft.make_input_vec(),
+            spectrum: fft.make_output_vec(),
+            fft,
+            window,
+            pending: Vec::with_capacity(FFT_LEN),
+            frames_per_column,
+            sum: vec![0.0; FFT_LEN / 2],
+            frames_in_sum: 0,
+            columns: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, sample: f32) {
+        self.pending.push(sample);
+        if self.pending.len() < FFT_LEN {
+            return;
+        }
+        for ((x, s), w) in self.input.iter_mut().zip(&self.pending).zip(&self.window) {
+            *x = s * w;
+        }
+        // Lengths come from the plan itself, so the transform cannot fail.
+        let _ = self.fft.process(&mut self.input, &mut self.spectrum);
+        for (acc, c) in self.sum.iter_mut().zip(&self.spectrum) {
+            *acc += c.norm_sqr() as f64;
+        }
+        self.frames_in_sum += 1;
+        if self.frames_in_sum == self.frames_per_column {
+            self.flush();
+        }
+        self.pending.drain(..HOP);
+    }
+
+    fn flush(&mut self) {
+        let n = self.frames_in_sum as f64;
+        self.columns.push(self.sum.iter().map(|p| p / n).collect());
+        self.sum.iter_mut().for_each(|p| *p = 0.0);
+        self.frames_in_sum = 0;
+    }
+
+    /// Columns of mean power per bin (bin 0 first).
+    fn finish(mut self) -> Vec<Vec<f64>> {
+        if self.frames_in_sum > 0 {
+            self.flush();
+        }
+        self.columns
+    }
+}
+
+/// One grey pixel per (column, bin), the highest bin on the top row.
+fn encode(columns: &[Vec<f64>]) -> Result<Vec<u8>, png::EncodingError> {
+    let width = columns.len();
+    let height = FFT_LEN / 2;
+    let db = |p: f64| 10.0 * (p + 1e-20).log10();
+    let loudest = columns
+        .iter()
+        .flatten()
+        .map(|&p| db(p))
+        .fold(f64::NEG_INFINITY, f64::max);
+    let mut pixels = vec![0u8; width * height];
+    for (x, column) in columns.iter().enumerate() {
+        for (bin, &p) in column.iter().enumerate() {
+            let level = ((db(p) - loudest + DYNAMIC_RANGE_DB) / DYNAMIC_RANGE_DB).clamp(0.0, 1.0);
+            let row = height - 1 - bin;
+            pixels[row * width + x] = (level * 255.0).round() as u8;
+        }
+    }
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, width as u32, height as u32);
+    encoder.set_color(png::ColorType::Grayscale);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder.write_header()?;
+    writer.write_image_data(&pixels)?;
+    writer.finish()?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tone_wav(path: &Path, rate: u32, hz: f32, seconds: f32) {
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: rate,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::create(path, spec).unwrap();
+        for n in 0..(rate as f32 * seconds) as usize {
+            let t = n as f32 / rate as f32;
+            let s = 0.5 * (std::f32::consts::TAU * hz * t).sin();
+            w.write_sample((s * i16::MAX as f32) as i16).unwrap();
+        }
+        w.finalize().unwrap();
+    }
+
+    fn decode(png_bytes: &[u8]) -> (usize, usize, Vec<u8>) {
+        let decoder = png::Decoder::new(std::io::Cursor::new(png_bytes));
+        let mut reader = decoder.read_info().unwrap();
+        let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        assert_eq!(info.color_type, png::ColorType::Grayscale);
+        buf.truncate(info.buffer_size());
+        (info.width as usize, info.height as usize, buf)
+    }
+
+    #[test]
+    fn a_1_khz_tone_is_the_brightest_row_at_1_khz() {
+        let dir = tempfile::tempdir().unwrap();
+        let wav = dir.path().join("tone.wav");
+        let rate = 48_000;
+        tone_wav(&wav, rate, 1000.0, 2.0);
+        let (width, height, pixels) = decode(&render(&wav).unwrap());
+        assert_eq!(height, FFT_LEN / 2);
+        assert!(width > 100 && width <= MAX_WIDTH, "width {width}");
+        let row_sum = |r: usize| -> u64 {
+            pixels[r * width..(r + 1) * width]
+                .iter()
+                .map(|&p| p as u64)
+                .sum()
+        };
+        let brightest = (0..height).max_by_key(|&r| row_sum(r)).unwrap();
+        let bin = 1000.0 * FFT_LEN as f64 / rate as f64;
+        let expected_row = (height - 1) as f64 - bin;
+        assert!(
+            (brightest as f64 - expected_row).abs() <= 1.0,
+            "brightest row {brightest}, 1 kHz at row {expected_row:.1}"
+        );
+    }
+
+    #[test]
+    fn long_recordings_are_capped_in_width_and_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let wav = dir.path().join("long.wav");
+        tone_wav(&wav, 8_000, 500.0, 60.0); // 937 frames
+        let cache = dir.path().join("cache");
+        let first = cached(&wav, &cache).unwrap();
+        let (width, _, _) = decode(&first);
+        assert!(width <= MAX_WIDTH, "width {width}");
+        assert_eq!(std::fs::read(cache.join("long.png")).unwrap(), first);
+        std::fs::remove_file(&wav).unwrap();
+        assert_eq!(
+            cached(&wav, &cache).unwrap(),
+            first,
+            "served from the cache"
+        );
+    }
+
+    #[test]
+    fn too_short_and_not_a_wav_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let short = dir.path().join("short.wav");
+        tone_wav(&short, 8_000, 500.0, 0.01);
+        assert!(matches!(
+            render(&short),
+            Err(SpectrogramError::TooShort { .. })
+        ));
+        let junk = dir.path().join("junk.wav");
+        std::fs::write(&junk, b"not a wav").unwrap();
+        assert!(matches!(render(&junk), Err(SpectrogramError::Wav { .. })));
+    }
+}

@@ -1,0 +1,251 @@
+//! `roost serve` as a real process on a real socket, against a state folder prepared here: a
+//! status.json, the recorder's configuration, a storage with metadata.db (written through
+//! roost's own storage code) and a WAV of a 1 kHz tone. Raw HTTP/1.0 requests, so the test
+//! sees exactly what a phone's browser would.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port nobody listens on now (the kernel's choice, released at once).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start(state: &Path) -> Server {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_roost"))
+        .args(["serve", "--listen", &addr, "--state-dir"])
+        .arg(state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(&addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "roost serve did not listen on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Server { child, addr }
+}
+
+struct Answer {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+fn request(addr: &str, method: &str, path: &str) -> Answer {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    write!(stream, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a header");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    Answer {
+        status,
+        head,
+        body: raw[split + 4..].to_vec(),
+    }
+}
+
+/// The state folder and the name of its one recording under recordings/.
+fn prepare(state: &Path) -> String {
+    let storage = state.join("storage");
+    let config = serde_json::json!({
+        "deployment": "meadow-test",
+        "storage": {"path": storage, "minFreeSpace": "0", "onLowSpace": "stop"},
+        "recorder": {"device": "default", "sampleRate": 48000, "channels": 1,
+                     "sampleFormat": "i16", "duration": "2s"},
+    });
+    std::fs::write(
+        state.join("recorder-config.json"),
+        serde_json::to_vec_pretty(&config).unwrap(),
+    )
+    .unwrap();
+    let config: roost::recorder::RecordConfig = serde_json::from_value(config).unwrap();
+    let mut db = roost::storage::Storage::open(&storage, &config.storage).unwrap();
+    let start: jiff::Timestamp = "2026-11-30T01:00:00Z".parse().unwrap();
+    let deployment = db.start_deployment("meadow-test", None, start).unwrap();
+    let name = "2026/11/30/20261130T010000.000Z.wav";
+    let wav: PathBuf = db.recordings_dir().join(name);
+    std::fs::create_dir_all(wav.parent().unwrap()).unwrap();
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 48_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(&wav, spec).unwrap();
+    for n in 0..96_000 {
+        let s = 0.5 * (std::f32::consts::TAU * 1000.0 * n as f32 / 48_000.0).sin();
+        w.write_sample((s * i16::MAX as f32) as i16).unwrap();
+    }
+    w.finalize().unwrap();
+    db.register(
+        &roost::storage::NewRecording {
+            path: wav.clone(),
+            datetime: start,
+            duration_s: 2.0,
+            samplerate_hz: 48_000,
+            audio_channels: 1,
+        },
+        &deployment,
+    )
+    .unwrap();
+    std::fs::write(state.join("passwd.wav"), b"root:x:0:0").unwrap();
+    let status = serde_json::json!({
+        "apiVersion": "roost/v1", "kind": "DeploymentStatus", "deployment": "meadow-test",
+        "generation": 1, "observedGeneration": 1, "phase": "Succeeded", "status": "Error",
+        "components": [
+            {"name": "recorder", "status": "Running", "restartCount": 0,
+             "output": {"state": "recording", "lastFile": wav, "lastFileAt": "2026-11-30T01:00:02Z",
+                        "samplesDropped": 0, "clockSynchronized": true}},
+            {"name": "uploader", "status": "Error", "reason": "CrashLoopBackOff", "restartCount": 4}
+        ],
+        "errors": [{"code": "DEP_E163", "component": "uploader",
+                    "message": "uploader keeps exiting", "action": "Read its log <roost logs uploader>."}],
+        "reconciler": {"pid": std::process::id(), "version": "0.1.0", "runtime": "process"},
+        "updatedAt": "2026-11-30T01:00:03Z"
+    });
+    std::fs::write(
+        state.join("status.json"),
+        serde_json::to_vec_pretty(&status).unwrap(),
+    )
+    .unwrap();
+    name.to_string()
+}
+
+#[test]
+fn the_page_its_data_and_spectrograms_are_served_read_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let name = prepare(&state);
+    let server = start(&state);
+    let addr = server.addr.as_str();
+
+    let page = request(addr, "GET", "/");
+    assert_eq!(page.status, 200);
+    assert!(
+        page.header("content-type")
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = page.text();
+    assert!(
+        html.contains("Recording. Last file finished"),
+        "headline missing: {html}"
+    );
+    assert!(html.contains("DEP_E163") && html.contains("&lt;roost logs uploader&gt;"));
+    assert!(html.contains("keeps crashing"), "the component in words");
+    assert!(html.contains(&format!("/spectrogram.png?file={name}")));
+    assert!(!html.contains("http://") && !html.contains("https://"));
+
+    let status = request(addr, "GET", "/status.json");
+    assert_eq!(status.status, 200);
+    assert_eq!(status.header("content-type").unwrap(), "application/json");
+    assert_eq!(
+        status.body,
+        std::fs::read(state.join("status.json")).unwrap()
+    );
+
+    let view = request(addr, "GET", "/api/view.json");
+    assert_eq!(view.status, 200);
+    let view: serde_json::Value = serde_json::from_slice(&view.body).unwrap();
+    assert_eq!(view["lastRecording"], name.as_str());
+    assert_eq!(view["recordings"][0]["name"], name.as_str());
+    assert_eq!(view["errors"][0]["code"], "DEP_E163");
+
+    let png = request(addr, "GET", "/spectrogram.png");
+    assert_eq!(png.status, 200, "{}", png.text());
+    assert_eq!(png.header("content-type").unwrap(), "image/png");
+    assert_eq!(&png.body[..8], b"\x89PNG\r\n\x1a\n");
+    let cached = state.join("cache/spectrograms/20261130T010000.000Z.png");
+    assert_eq!(std::fs::read(cached).unwrap(), png.body);
+    let by_name = request(addr, "GET", &format!("/spectrogram.png?file={name}"));
+    assert_eq!(by_name.body, png.body);
+
+    let head = request(addr, "HEAD", "/");
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    for method in ["POST", "PUT", "DELETE"] {
+        let refused = request(addr, method, "/status.json");
+        assert_eq!(refused.status, 405, "{method}");
+        assert_eq!(refused.header("allow").unwrap(), "GET, HEAD");
+    }
+    for url in [
+        "/spectrogram.png?file=../../etc/passwd",
+        "/spectrogram.png?file=..%2F..%2Fpasswd.wav",
+        "/spectrogram.png?file=/etc/passwd",
+        "/spectrogram.png?file=nothing.wav",
+        "/../status.json",
+    ] {
+        let answer = request(addr, "GET", url);
+        assert!(
+            answer.status == 400 || answer.status == 404,
+            "{url}: {}",
+            answer.status
+        );
+        assert!(!answer.text().contains("root:"), "{url}");
+    }
+}
+
+#[test]
+fn an_address_in_use_is_named_in_the_error() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_roost"))
+        .args(["serve", "--listen", &addr, "--state-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+}
