@@ -249,3 +249,71 @@ fn an_address_in_use_is_named_in_the_error() {
         "{stderr}"
     );
 }
+
+/// `spec.page` makes `roost run` start the page as its built-in component `page`: the page
+/// answers on the address the file gives and shows what status.json says; removing `spec.page`
+/// from the file stops it.
+#[path = "common/mod.rs"]
+mod common;
+
+#[test]
+fn spec_page_runs_the_page_as_a_component_of_roost_run() {
+    let port = free_port();
+    let page = format!("  page: {{listen: \"127.0.0.1:{port}\"}}\n");
+    let tag = common::unique("page");
+    let mut r = common::Roost::new(&common::deployment(
+        "field",
+        &page,
+        &common::sleeper("a", &tag),
+    ));
+    r.start();
+    let s = r.wait_succeeded(1);
+    let component = s["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "page")
+        .cloned();
+    assert_eq!(
+        component.as_ref().map(|c| c["status"].clone()),
+        Some("Running".into()),
+        "{s:#}"
+    );
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(&addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the page never listened on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let answer = request(&addr, "GET", "/");
+    assert_eq!(answer.status, 200);
+    let html = String::from_utf8_lossy(&answer.body);
+    assert!(
+        html.contains("Running (no recorder in this deployment)."),
+        "{html}"
+    );
+    assert_eq!(request(&addr, "POST", "/").status, 405);
+    // Off again: the component goes away and the address is free.
+    r.replace_atomically(&common::deployment(
+        "field",
+        "",
+        &common::sleeper("a", &tag),
+    ));
+    r.wait_for("page removed", Duration::from_secs(20), |s| {
+        s["components"]
+            .as_array()
+            .is_some_and(|c| c.iter().all(|c| c["name"] != "page"))
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(&addr).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the page still answers on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    r.stop();
+}
