@@ -185,11 +185,13 @@ impl ProcessRuntime {
         // Group members usually follow the leader within a millisecond: look again soon, then
         // less often (bounded by the stop timeout).
         let mut pause = Duration::from_millis(1);
-        while leftovers(pid, start_ticks) && tokio::time::Instant::now() < deadline {
+        let mut left = leftovers(pid, start_ticks);
+        while left && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(20));
+            left = leftovers(pid, start_ticks);
         }
-        if exit.borrow().is_none() || leftovers(pid, start_ticks) {
+        if exit.borrow().is_none() || left {
             tracing::warn!(
                 component = name,
                 ?timeout,
@@ -772,20 +774,44 @@ fn group_members_since(pgid: u32, start_ticks: u64) -> bool {
         return false;
     };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(proc_stat_fields)
-        // field 5 (pgrp) is index 2 after the name; field 3 (state) index 0: skip zombies.
-        .any(|f| {
-            f.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(pgid)
-                && f.first().map(String::as_str) != Some("Z")
-                && f.get(19)
-                    .and_then(|s| s.parse::<u64>().ok())
-                    .is_some_and(|t| t >= start_ticks)
-        })
+        .filter_map(state_group_start)
+        // Zombies (state Z) are gone already, only not reaped (by init, for orphans).
+        .any(|(state, group, start)| group == pgid && state != b'Z' && start >= start_ticks)
+}
+
+/// State, process group and start time of `pid` from `/proc/PID/stat`, without allocating:
+/// group scans read every process's stat.
+fn state_group_start(pid: u32) -> Option<(u8, u32, u64)> {
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    let close = stat.iter().rposition(|b| *b == b')')?;
+    let mut fields = stat[close + 1..]
+        .split(|b| *b == b' ')
+        .filter(|f| !f.is_empty());
+    // Fields after the command: 0 state, 2 pgrp, 19 starttime.
+    let state = *fields.next()?.first()?;
+    let group = std::str::from_utf8(fields.nth(1)?).ok()?.parse().ok()?;
+    let start = std::str::from_utf8(fields.nth(16)?)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((state, group, start))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The allocation-free reader agrees with the plain one on a live process.
+    #[test]
+    fn stat_fields_are_read_without_allocating() {
+        let me = std::process::id();
+        let fields = proc_stat_fields(me).unwrap();
+        let (state, group, start) = state_group_start(me).unwrap();
+        assert_eq!(state, fields[0].as_bytes()[0]);
+        assert_eq!(group.to_string(), fields[2]);
+        assert_eq!(start.to_string(), fields[19]);
+    }
 
     #[test]
     fn spawn_failures_are_classified() {
