@@ -317,3 +317,78 @@ fn spec_page_runs_the_page_as_a_component_of_roost_run() {
     }
     r.stop();
 }
+
+/// The page in a real headless browser (Debian's chromium): after its scripts ran, the DOM shows
+/// the state and the last file, and the spectrogram image decoded at its expected size (the
+/// page notes `naturalWidth x naturalHeight` when it loads); a phone-sized screenshot is kept
+/// as a test artifact in `target/page-screenshot.png`.
+#[test]
+fn the_page_renders_in_a_headless_browser() {
+    let Some(browser) = ["chromium", "chromium-browser"].into_iter().find(|b| {
+        Command::new(b)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }) else {
+        eprintln!("skipped: no chromium (Debian package chromium) on this machine");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let name = prepare(dir.path());
+    let server = start(dir.path());
+    let url = format!("http://{}/", server.addr);
+    let profile = dir.path().join("profile");
+    let common = [
+        "--headless=new".to_string(),
+        "--no-sandbox".into(),
+        "--disable-gpu".into(),
+        "--no-first-run".into(),
+        format!("--user-data-dir={}", profile.display()),
+        "--virtual-time-budget=5000".into(),
+        "--window-size=412,915".into(),
+    ];
+    let dom = Command::new(browser)
+        .args(&common)
+        .arg("--dump-dom")
+        .arg(&url)
+        .output()
+        .unwrap();
+    let html = String::from_utf8_lossy(&dom.stdout);
+    assert!(
+        dom.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dom.stderr)
+    );
+    let file = Path::new(&name)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(html.contains(&file), "the last file {file} in\n{html}");
+    let size = html
+        .split("data-size=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_default()
+        .to_string();
+    let (w, h) = size.split_once('x').unwrap_or(("0", "0"));
+    assert!(
+        w.parse::<u32>().unwrap_or(0) > 0 && h.parse::<u32>().unwrap_or(0) == 512,
+        "image size {size:?}"
+    );
+    let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/page-screenshot.png");
+    let out = Command::new(browser)
+        .args(&common)
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let png = std::fs::read(&shot).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    drop(server);
+}

@@ -220,10 +220,10 @@ pub fn page(view: &View) -> String {
     }
     let spectrogram = match &view.last_recording {
         Some(name) => format!(
-            "<img id=\"spec\" alt=\"spectrogram of the last recording\" src=\"/spectrogram.png?file={}\">",
+            "<img id=\"spec\" alt=\"spectrogram of the last recording\" onload=\"this.dataset.size=this.naturalWidth+'x'+this.naturalHeight\" src=\"/spectrogram.png?file={}\">",
             escape(&query_value(name))
         ),
-        None => "<img id=\"spec\" alt=\"no recording yet\" hidden>".to_string(),
+        None => "<img id=\"spec\" alt=\"no recording yet\" onload=\"this.dataset.size=this.naturalWidth+'x'+this.naturalHeight\" hidden>".to_string(),
     };
     PAGE.replace(
         "{STATUS}",
