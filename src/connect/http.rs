@@ -41,6 +41,9 @@ impl HttpSink {
         let config = ureq::Agent::config_builder()
             .timeout_global(Some(spec.timeout.as_std()))
             .http_status_as_error(false)
+            // A redirect answers a POST with somewhere else (a captive portal's login page):
+            // not a delivery. The 3xx is an error and the message stays queued.
+            .max_redirects(0)
             .tls_config(tls)
             .build();
         Self {

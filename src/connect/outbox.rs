@@ -272,6 +272,35 @@ impl Outbox {
         Ok(())
     }
 
+    /// Drops the messages for `sink` that no longer belong to the configuration: all of them
+    /// when `keep` is empty (the sink was removed), else those whose topic starts with none of
+    /// `keep` (the device id or prefix changed: a message for the old identity must not reach
+    /// a broker as a ghost device). Counted as dropped; returns how many.
+    pub fn drop_foreign(&mut self, sink: Sink, keep: &[String]) -> Result<u64, OutboxError> {
+        let rows = self.next(sink, 0, usize::MAX >> 1)?;
+        let foreign: Vec<i64> = rows
+            .iter()
+            .filter(|m| keep.is_empty() || !keep.iter().any(|k| m.topic.starts_with(k.as_str())))
+            .map(|m| m.seq)
+            .collect();
+        if foreign.is_empty() {
+            return Ok(0);
+        }
+        let err = db_err(self.path.clone());
+        let tx = self.conn.transaction().map_err(err("begin"))?;
+        {
+            let mut delete = tx
+                .prepare_cached("DELETE FROM message WHERE seq = ?1")
+                .map_err(err("prepare a delete"))?;
+            for seq in &foreign {
+                delete.execute([seq]).map_err(err("drop a message"))?;
+            }
+        }
+        tx.commit().map_err(err("commit"))?;
+        self.add_counter("dropped", foreign.len() as i64)?;
+        Ok(foreign.len() as u64)
+    }
+
     /// Up to `limit` messages for `sink` after position `after`, oldest first.
     pub fn next(&self, sink: Sink, after: i64, limit: usize) -> Result<Vec<Message>, OutboxError> {
         let mut stmt = self
@@ -434,6 +463,40 @@ mod tests {
         let left = o.next(Sink::Mqtt, 0, 100).unwrap();
         assert_eq!(left.last().unwrap().topic, "roost/dev/30");
         assert_eq!(s.depth + dropped, 31);
+    }
+
+    /// A device id changed or a sink removed: the old identity's messages are dropped, counted.
+    #[test]
+    fn messages_of_an_old_identity_or_a_removed_sink_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut o, _) = Outbox::open(&dir.path().join("o.db"), limits()).unwrap();
+        let mk = |sink, topic: &str| NewMessage {
+            sink,
+            topic: topic.into(),
+            payload: b"{}".to_vec(),
+            retain: true,
+        };
+        o.push(
+            &[
+                mk(Sink::Mqtt, "roost/dev3/status"),
+                mk(Sink::Mqtt, "roost/dev4/status"),
+                mk(Sink::Mqtt, "acoupi/dev4"),
+                mk(Sink::Http, "status"),
+            ],
+            Timestamp::now(),
+        )
+        .unwrap();
+        let keep = ["roost/dev4/".to_string(), "acoupi/dev4".to_string()];
+        assert_eq!(o.drop_foreign(Sink::Mqtt, &keep).unwrap(), 1);
+        assert_eq!(o.drop_foreign(Sink::Http, &[]).unwrap(), 1);
+        let left: Vec<String> = o
+            .next(Sink::Mqtt, 0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.topic)
+            .collect();
+        assert_eq!(left, ["roost/dev4/status", "acoupi/dev4"]);
+        assert_eq!(o.stats().unwrap().dropped, 2);
     }
 
     #[test]

@@ -64,6 +64,13 @@ pub struct ConnectReport {
     pub outbox: OutboxStats,
     /// Outbox files set aside because they could not be read.
     pub outboxes_set_aside: Vec<PathBuf>,
+    /// Why messages cannot be queued right now (DEP_E506), while they cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbox_error: Option<Problem>,
+    /// Messages the outbox had dropped before this connector started (DEP_E505 warns only of
+    /// drops since).
+    #[serde(default)]
+    pub dropped_before: u64,
     /// Conditions that do not stop anything but should be known (DEP_E501 ... DEP_E507).
     pub warnings: Vec<Problem>,
     /// When the report was written.

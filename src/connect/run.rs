@@ -51,8 +51,6 @@ pub fn run(config_path: &Path, state_dir: &Path) -> Result<(), ConnectError> {
 /// The MQTT side's state across sessions.
 struct MqttLink {
     spec: MqttSpec,
-    password: Option<String>,
-    tls: Option<Arc<rustls::ClientConfig>>,
     session: Option<Session>,
     retry_at: Option<Instant>,
     backoff: Duration,
@@ -106,18 +104,16 @@ impl Connector {
             max_age: SignedDuration::try_from(cfg.connect.outbox.max_age.as_std())
                 .unwrap_or(SignedDuration::MAX),
         };
-        let (outbox, aside) = Outbox::open(&state_dir.join("outbox.db"), limits)?;
+        let (mut outbox, aside) = Outbox::open(&state_dir.join("outbox.db"), limits)?;
+        forget_foreign(&mut outbox, &cfg);
         let mut report = ConnectReport {
             pid: std::process::id(),
             device_id: cfg.device_id.clone(),
             ..ConnectReport::default()
         };
         report.outboxes_set_aside.extend(aside);
-        let mqtt = cfg
-            .connect
-            .mqtt
-            .clone()
-            .map(|spec| open_mqtt(spec, &mut report));
+        report.dropped_before = outbox.stats().map(|s| s.dropped).unwrap_or(0);
+        let mqtt = cfg.connect.mqtt.clone().map(open_mqtt);
         let http = cfg.connect.http.clone().map(|spec| HttpLink {
             sink: http::HttpSink::new(&spec, &mut report),
             job: None,
@@ -192,7 +188,10 @@ impl Connector {
                         h.retry_at = None;
                     }
                 }
-                Wake::ReportDue => self.write_report_if(true),
+                Wake::ReportDue => {
+                    self.on_status();
+                    self.write_report_if(true);
+                }
             }
         }
         self.stop().await;
@@ -243,15 +242,27 @@ impl Connector {
     }
 
     /// Queues `messages`; a drop to keep within the limits becomes a warning.
-    fn enqueue(&mut self, messages: Vec<NewMessage>) {
+    /// Queues `messages`; false when the outbox cannot take them (reported as DEP_E506 until
+    /// a write works again).
+    fn enqueue(&mut self, messages: Vec<NewMessage>) -> bool {
         if messages.is_empty() {
-            return;
+            return true;
         }
+        // The report's outbox figures change either way (depth, drops, the write error).
+        self.report_dirty = true;
         match self.outbox.push(&messages, Timestamp::now()) {
-            // The report's outbox figures changed (depth, and drops when over the limits).
-            Ok(_) => self.report_dirty = true,
+            Ok(_) => {
+                self.report.outbox_error = None;
+                true
+            }
             Err(e) => {
-                tracing::error!(error = %errors::chain(&e), "cannot queue messages");
+                let why = errors::chain(&e);
+                tracing::error!(error = %why, "cannot queue messages");
+                self.report.outbox_error = Some(Problem::new(
+                    &errors::OUTBOX_UNREADABLE,
+                    format!("messages cannot be queued: {why}; they are built again when it works"),
+                ));
+                false
             }
         }
     }
@@ -306,7 +317,6 @@ impl Connector {
         if self.sent_status.as_ref() == Some(&comparable) {
             return;
         }
-        self.sent_status = Some(comparable);
         let now = Timestamp::now();
         let id = self.next_id(now);
         let doc = self.status.clone().expect("just read");
@@ -315,24 +325,32 @@ impl Connector {
             .prefix()
             .map(|p| format!("{p}/{}/status", self.cfg.device_id));
         let mut out = self.to_sinks(topic, "status", &payload, true);
-        out.extend(self.state_messages());
-        self.enqueue(out);
+        let (states, sent_states) = self.state_messages();
+        out.extend(states);
+        // Only what reached the outbox counts as sent: a failed write is queued again at the
+        // next wake-up (heartbeat or report), not forgotten.
+        if self.enqueue(out) {
+            self.sent_status = Some(comparable);
+            self.sent_states = sent_states;
+        }
         self.write_prometheus();
     }
 
-    /// The Home Assistant entity states that changed since last published.
-    fn state_messages(&mut self) -> Vec<NewMessage> {
+    /// The Home Assistant entity states that changed since last published, and the states
+    /// published once they are queued.
+    fn state_messages(&self) -> (Vec<NewMessage>, BTreeMap<&'static str, String>) {
+        let mut sent = self.sent_states.clone();
         let (Some(doc), Some(m)) = (&self.status, &self.mqtt) else {
-            return Vec::new();
+            return (Vec::new(), sent);
         };
         if !m.spec.home_assistant {
-            return Vec::new();
+            return (Vec::new(), sent);
         }
         let prefix = m.spec.topic_prefix.to_string();
         let facts = self.facts();
         let mut out = Vec::new();
         for (entity, value) in messages::entity_states(doc, &facts) {
-            if self.sent_states.get(entity) == Some(&value) {
+            if sent.get(entity) == Some(&value) {
                 continue;
             }
             out.push(NewMessage {
@@ -341,9 +359,9 @@ impl Connector {
                 payload: value.clone().into_bytes(),
                 retain: true,
             });
-            self.sent_states.insert(entity, value);
+            sent.insert(entity, value);
         }
-        out
+        (out, sent)
     }
 
     fn on_heartbeat(&mut self) {
@@ -366,8 +384,13 @@ impl Connector {
                 retain: false,
             });
         }
-        out.extend(self.state_messages());
-        self.enqueue(out);
+        let (states, sent_states) = self.state_messages();
+        out.extend(states);
+        if self.enqueue(out) {
+            self.sent_states = sent_states;
+        }
+        // A status whose queueing failed earlier is queued now.
+        self.on_status();
         self.write_prometheus();
         self.report_dirty = true;
     }
@@ -394,10 +417,29 @@ impl Connector {
         let device_id = self.cfg.device_id.clone();
         let Some(m) = &mut self.mqtt else { return };
         m.retry_at = None;
-        let options = mqtt::options(&m.spec, &device_id, m.password.clone(), m.tls.clone());
-        m.session = Some(Session::start(options));
-        m.pending.clear();
-        m.in_flight.clear();
+        let mut problems = Vec::new();
+        let secrets = secrets(&m.spec, &mut problems);
+        // Secret problems are warnings of this attempt: fixed files clear them.
+        let secret_code = errors::SECRET_UNREADABLE.code;
+        self.report.warnings.retain(|w| w.code != secret_code);
+        self.report
+            .warnings
+            .extend(problems.into_iter().filter(|p| p.code == secret_code));
+        self.report_dirty = true;
+        match secrets {
+            Ok((password, tls)) => {
+                let options = mqtt::options(&m.spec, &device_id, password, tls);
+                m.session = Some(Session::start(options));
+                m.pending.clear();
+                m.in_flight.clear();
+            }
+            Err(problem) => {
+                // No TLS settings at all: wait, never connect in clear.
+                self.report.mqtt.last_error = Some(problem);
+                m.retry_at = Some(Instant::now() + m.backoff);
+                m.backoff = (m.backoff * 2).min(MAX_BACKOFF);
+            }
+        }
     }
 
     /// Handles an event and every other one already waiting, so that acknowledgements are
@@ -672,34 +714,49 @@ impl Connector {
     }
 }
 
-fn open_mqtt(spec: MqttSpec, report: &mut ConnectReport) -> MqttLink {
-    let password =
-        spec.password_file
-            .as_ref()
-            .and_then(|p| match std::fs::read_to_string(p.as_path()) {
-                Ok(s) => Some(s.lines().next().unwrap_or_default().to_string()),
-                Err(e) => {
-                    report.warnings.push(Problem::new(
-                        &errors::SECRET_UNREADABLE,
-                        format!("passwordFile {}: {e}", p.as_path().display()),
-                    ));
-                    None
-                }
-            });
-    let tls = match spec.url.tls {
-        true => match mqtt::tls_config(spec.ca_file.as_ref().map(|p| p.as_path())) {
-            Ok(c) => Some(c),
-            Err(problem) => {
-                report.mqtt.last_error = Some(problem);
-                None
-            }
-        },
-        false => None,
+/// Messages queued for a sink that is gone, or for another device id or topic prefix, are
+/// dropped at start (logged and counted).
+fn forget_foreign(outbox: &mut Outbox, cfg: &ConnectConfig) {
+    let id = &cfg.device_id;
+    let mqtt_keep: Vec<String> = match &cfg.connect.mqtt {
+        Some(m) => [
+            Some(format!("{}/{id}/", m.topic_prefix)),
+            m.acoupi_topic.as_ref().map(|a| format!("{a}/{id}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
+        None => Vec::new(),
     };
+    let http_keep = vec![String::new()];
+    for (sink, keep) in [
+        (Sink::Mqtt, mqtt_keep),
+        (
+            Sink::Http,
+            if cfg.connect.http.is_some() {
+                http_keep
+            } else {
+                Vec::new()
+            },
+        ),
+    ] {
+        match outbox.drop_foreign(sink, &keep) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                dropped = n,
+                ?sink,
+                "dropped queued messages of a sink or identity no longer configured"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %errors::chain(&e), "cannot drop queued messages of an old configuration")
+            }
+        }
+    }
+}
+
+fn open_mqtt(spec: MqttSpec) -> MqttLink {
     MqttLink {
         spec,
-        password,
-        tls,
         session: None,
         retry_at: None,
         backoff: Duration::from_secs(1),
@@ -707,6 +764,39 @@ fn open_mqtt(spec: MqttSpec, report: &mut ConnectReport) -> MqttLink {
         pending: VecDeque::new(),
         in_flight: HashMap::new(),
     }
+}
+
+/// The password and TLS settings of `spec`, read afresh (a secret fixed on the device is used
+/// at the next attempt). An `mqtts` url whose CA file cannot be read still gets TLS with the
+/// system's roots (the problem is reported), never a connection in clear.
+fn secrets(
+    spec: &MqttSpec,
+    problems: &mut Vec<Problem>,
+) -> Result<(Option<String>, Option<Arc<rustls::ClientConfig>>), Problem> {
+    let password = match &spec.password_file {
+        Some(p) => match std::fs::read_to_string(p.as_path()) {
+            Ok(s) => Some(s.lines().next().unwrap_or_default().to_string()),
+            Err(e) => {
+                problems.push(Problem::new(
+                    &errors::SECRET_UNREADABLE,
+                    format!("passwordFile {}: {e}", p.as_path().display()),
+                ));
+                None
+            }
+        },
+        None => None,
+    };
+    if !spec.url.tls {
+        return Ok((password, None));
+    }
+    let tls = match mqtt::tls_config(spec.ca_file.as_ref().map(|p| p.as_path())) {
+        Ok(c) => c,
+        Err(problem) => {
+            problems.push(problem);
+            mqtt::tls_config(None)?
+        }
+    };
+    Ok((password, Some(tls)))
 }
 
 /// Warnings now: a link down longer than warnAfter (DEP_E501), refused credentials or an
@@ -729,12 +819,13 @@ fn warnings(r: &ConnectReport, cfg: &ConnectConfig, now: Timestamp) -> Vec<Probl
             out.push(problem.clone());
         }
     }
-    if r.outbox.dropped > 0 {
+    out.extend(r.outbox_error.clone());
+    if r.outbox.dropped > r.dropped_before {
         out.push(Problem::new(
             &errors::OUTBOX_FULL,
             format!(
-                "{} messages dropped to keep the outbox within maxBytes and maxAge",
-                r.outbox.dropped
+                "{} messages dropped since the connector started, to keep the outbox within maxBytes and maxAge",
+                r.outbox.dropped - r.dropped_before
             ),
         ));
     }

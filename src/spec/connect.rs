@@ -216,7 +216,12 @@ impl TryFrom<String> for BrokerUrl {
             _ => return Err(bad("the scheme must be mqtt or mqtts")),
         };
         let rest = rest.trim_end_matches('/');
-        let (host, port) = match rest.rsplit_once(':') {
+        // An IPv6 literal keeps its colons inside brackets: only a colon after `]` is a port.
+        let port_colon = match rest.rfind(']') {
+            Some(close) => rest[close..].find(':').map(|i| close + i),
+            None => rest.rfind(':'),
+        };
+        let (host, port) = match port_colon.map(|i| (&rest[..i], &rest[i + 1..])) {
             Some((h, p)) => (
                 h,
                 p.parse::<u16>()
@@ -308,6 +313,16 @@ impl ConnectSpec {
                 ));
             }
         }
+        if let Some(h) = &self.http {
+            let t = h.timeout.as_std();
+            if t < std::time::Duration::from_millis(100) || t > std::time::Duration::from_secs(600)
+            {
+                issues.push(FieldIssue::new(
+                    "spec.connect.http.timeout",
+                    format!("timeout {} is outside 100ms..10m; no POST could finish, or a hung one would hold the queue", h.timeout),
+                ));
+            }
+        }
         if self.heartbeat.interval.as_std() < std::time::Duration::from_secs(10) {
             issues.push(FieldIssue::new(
                 "spec.connect.heartbeat.interval",
@@ -338,6 +353,10 @@ mod tests {
             (u.host.as_str(), u.port, u.tls),
             ("broker.example.org", 8883, true)
         );
+        let u = BrokerUrl::try_from("mqtt://[::1]".to_string()).unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("::1", 1883));
+        let u = BrokerUrl::try_from("mqtt://[::1]:1884".to_string()).unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("::1", 1884));
         let u = BrokerUrl::try_from("mqtt://127.0.0.1:18830/".to_string()).unwrap();
         assert_eq!(
             (u.host.as_str(), u.port, u.tls),
