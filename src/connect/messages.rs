@@ -283,6 +283,5 @@ pub fn files_last_hour(storage: &Path, now: Timestamp) -> Option<u64> {
 /// folder: a storage not created yet lives on its parent's file system).
 pub fn free_bytes(path: &Path) -> Option<u64> {
     let existing = path.ancestors().find(|p| p.exists())?;
-    let s = nix::sys::statvfs::statvfs(existing).ok()?;
-    Some(s.blocks_available() as u64 * s.fragment_size() as u64)
+    crate::storage::free_bytes(existing).ok()
 }
