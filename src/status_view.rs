@@ -33,9 +33,7 @@ pub struct Facts {
 /// Reads the facts for `doc` from the state folder: the recorder's configuration (time zone,
 /// storage), metadata.db (read-only) and the storage's free space.
 pub fn gather(doc: &StatusDoc, state_dir: &Path, now: Timestamp) -> Facts {
-    let config = std::fs::read(crate::recorder::RecordConfig::path(state_dir))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<crate::recorder::RecordConfig>(&b).ok());
+    let config = crate::recorder::RecordConfig::read(state_dir);
     let time_zone = config.as_ref().map(|c| c.recorder.time_zone());
     let storage = config.as_ref().map(|c| c.storage_path(state_dir));
     let tz = time_zone.clone().unwrap_or(TimeZone::UTC);

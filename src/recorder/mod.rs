@@ -112,6 +112,13 @@ impl RecordConfig {
         state_dir.join(CONFIG_FILE)
     }
 
+    /// The configuration roost last wrote into `state_dir`, if it can be read (for tools that
+    /// show the recorder: `roost status`, the field page).
+    pub fn read(state_dir: &Path) -> Option<Self> {
+        let bytes = std::fs::read(Self::path(state_dir)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
     /// Writes the configuration atomically to `<state_dir>/recorder-config.json`.
     pub fn write(&self, state_dir: &Path) -> std::io::Result<PathBuf> {
         let path = Self::path(state_dir);

@@ -63,9 +63,7 @@ pub struct Component {
 
 /// The storage folder of the recorder's configuration in `state_dir`, if there is one.
 pub fn storage_of(state_dir: &Path) -> Option<PathBuf> {
-    let bytes = std::fs::read(crate::recorder::RecordConfig::path(state_dir)).ok()?;
-    let config: crate::recorder::RecordConfig = serde_json::from_slice(&bytes).ok()?;
-    Some(config.storage_path(state_dir))
+    crate::recorder::RecordConfig::read(state_dir).map(|c| c.storage_path(state_dir))
 }
 
 /// Reads status.json, the recorder's configuration and metadata.db in `state_dir`.
