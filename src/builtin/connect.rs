@@ -39,14 +39,8 @@ impl Builtin for Connect {
         let config = ConnectConfig::from_deployment(d, &self.state_dir)?;
         let config_json = serde_json::to_string(&config).expect("connect config serializes");
         let hash_input = format!("{}\n{}", self.exe.display(), config_json);
-        let argv = vec![
-            self.exe.display().to_string(),
-            "connect".to_string(),
-            "--config".to_string(),
-            ConnectConfig::path(&self.state_dir).display().to_string(),
-            "--state-dir".to_string(),
-            self.state_dir.display().to_string(),
-        ];
+        let config_path = ConnectConfig::path(&self.state_dir);
+        let argv = super::config_argv(&self.exe, "connect", &config_path, &self.state_dir);
         Some(super::own_run(
             CONNECT_COMPONENT,
             d,

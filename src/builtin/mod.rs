@@ -55,6 +55,24 @@ pub trait Builtin: Send {
     }
 }
 
+/// `<exe> <subcommand> --config <config> --state-dir <state_dir>`: how roost starts a built-in
+/// that reads a configuration roost wrote for it.
+pub(crate) fn config_argv(
+    exe: &Path,
+    subcommand: &str,
+    config: &Path,
+    state_dir: &Path,
+) -> Vec<String> {
+    vec![
+        exe.display().to_string(),
+        subcommand.to_string(),
+        "--config".to_string(),
+        config.display().to_string(),
+        "--state-dir".to_string(),
+        state_dir.display().to_string(),
+    ]
+}
+
 /// The run of a built-in that is a subcommand of roost itself: `argv` (the binary first), its
 /// spec hash made from `hash_input` (everything that, when it changes, must restart it).
 pub(crate) fn own_run(

@@ -45,14 +45,8 @@ impl Builtin for Recorder {
         let config = RecordConfig::from_deployment(d, &self.state_dir)?;
         let config_json = serde_json::to_string(&config).expect("recorder config serializes");
         let hash_input = format!("{}\n{}", self.exe.display(), config_json);
-        let argv = vec![
-            self.exe.display().to_string(),
-            "record".to_string(),
-            "--config".to_string(),
-            RecordConfig::path(&self.state_dir).display().to_string(),
-            "--state-dir".to_string(),
-            self.state_dir.display().to_string(),
-        ];
+        let config_path = RecordConfig::path(&self.state_dir);
+        let argv = super::config_argv(&self.exe, "record", &config_path, &self.state_dir);
         Some(super::own_run(
             RECORDER_COMPONENT,
             d,
