@@ -325,7 +325,7 @@ impl Connector {
             .prefix()
             .map(|p| format!("{p}/{}/status", self.cfg.device_id));
         let mut out = self.to_sinks(topic, "status", &payload, true);
-        let (states, sent_states) = self.state_messages();
+        let (states, sent_states) = self.state_messages(&self.facts());
         out.extend(states);
         // Only what reached the outbox counts as sent: a failed write is queued again at the
         // next wake-up (heartbeat or report), not forgotten.
@@ -338,7 +338,7 @@ impl Connector {
 
     /// The Home Assistant entity states that changed since last published, and the states
     /// published once they are queued.
-    fn state_messages(&self) -> (Vec<NewMessage>, BTreeMap<&'static str, String>) {
+    fn state_messages(&self, facts: &Facts) -> (Vec<NewMessage>, BTreeMap<&'static str, String>) {
         let mut sent = self.sent_states.clone();
         let (Some(doc), Some(m)) = (&self.status, &self.mqtt) else {
             return (Vec::new(), sent);
@@ -347,9 +347,9 @@ impl Connector {
             return (Vec::new(), sent);
         }
         let prefix = m.spec.topic_prefix.to_string();
-        let facts = self.facts();
+
         let mut out = Vec::new();
-        for (entity, value) in messages::entity_states(doc, &facts) {
+        for (entity, value) in messages::entity_states(doc, facts) {
             if sent.get(entity) == Some(&value) {
                 continue;
             }
@@ -384,7 +384,7 @@ impl Connector {
                 retain: false,
             });
         }
-        let (states, sent_states) = self.state_messages();
+        let (states, sent_states) = self.state_messages(&facts);
         out.extend(states);
         if self.enqueue(out) {
             self.sent_states = sent_states;
