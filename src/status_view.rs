@@ -186,6 +186,11 @@ fn headline_in(doc: &StatusDoc, facts: &Facts, tz: &TimeZone, now: Timestamp) ->
             }
         }
         (ComponentState::Running, "starting") => "Starting the recorder.".to_string(),
+        // Files still arrive (metadata.db locked, samples dropped): say so, and what is wrong.
+        // A recorder whose files stopped (DEP_E313) is not recording, whatever it reports.
+        (ComponentState::Error, "recording") if c.reason != Some(Reason::NoRecordings) => {
+            format!("Recording, with a problem: {}.", first_problem(doc))
+        }
         _ => format!("NOT RECORDING: {}.", first_problem(doc)),
     }
 }
@@ -490,7 +495,40 @@ mod tests {
             Some("recorder"),
             "the audio device disappeared",
         ));
+        let writing = json!({"state": "recording", "lastFile": "/s/recordings/2026/06/01/a.wav", "lastFileAt": "2026-06-01T04:00:00Z"});
+        let mut locked = doc(
+            OverallStatus::Error,
+            Phase::Succeeded,
+            Some((ComponentState::Error, writing.clone())),
+        );
+        locked.components[0].reason = Some(Reason::MetadataDbError);
+        locked.errors.push(ErrorEntry::new(
+            &crate::errors::METADATA_DB_ERROR,
+            Some("recorder"),
+            "2 recordings wait for their row",
+        ));
+        let mut hung = doc(
+            OverallStatus::Error,
+            Phase::Succeeded,
+            Some((ComponentState::Error, writing)),
+        );
+        hung.components[0].reason = Some(Reason::NoRecordings);
+        hung.errors.push(ErrorEntry::new(
+            &crate::errors::NO_RECORDINGS,
+            Some("recorder"),
+            "a recording was due and has not arrived",
+        ));
         let cases = [
+            (
+                locked,
+                facts(),
+                "Recording, with a problem: 2 recordings wait for their row (DEP_E321).",
+            ),
+            (
+                hung,
+                facts(),
+                "NOT RECORDING: a recording was due and has not arrived (DEP_E313).",
+            ),
             (
                 doc(
                     OverallStatus::Running,
