@@ -181,6 +181,7 @@ fn each_package_holds_what_a_device_owner_needs() {
             "/usr/share/doc/roost/PACKAGING.md".into(),
             "/usr/share/doc/roost/copyright".into(),
             "/usr/share/doc/roost/changelog.Debian.gz".into(),
+            "/usr/share/man/man1/roost.1.gz".into(),
         ];
         needed.extend(
             examples()
