@@ -269,6 +269,12 @@ fn each_package_holds_what_a_device_owner_needs() {
             "conffiles: {}",
             package.control("conffiles")
         );
+        let md5sums = package.control("md5sums");
+        assert!(
+            md5sums.lines().any(|l| l.ends_with("  usr/bin/roost"))
+                && !md5sums.contains("etc/roost"),
+            "md5sums: {md5sums}"
+        );
         for script in ["postinst", "prerm", "postrm"] {
             let path = package.dir.path().join("DEBIAN").join(script);
             must(Command::new("sh").arg("-n").arg(&path));
@@ -664,6 +670,8 @@ fn the_amd64_package_installs_upgrades_and_goes_away_as_on_a_device() {
         ));
         container.must(&format!("test -f {schema}"));
     }
+    // Every installed file as packed (DEBIAN/md5sums), as `dpkg --verify` checks a card.
+    assert_eq!(container.must("dpkg --verify roost"), "");
     let unit_path = container.show("roost.service", "FragmentPath");
     let verify = container.must(&format!("systemd-analyze verify {unit_path}"));
     assert!(
@@ -695,6 +703,14 @@ fn the_amd64_package_installs_upgrades_and_goes_away_as_on_a_device() {
     );
     let status = container.must("roost status");
     eprintln!("roost status:\n{status}");
+    // The host sees roost and its component in their units' cgroups (so that "none left"
+    // below means something).
+    let running = container.roost_processes();
+    assert!(
+        running.iter().any(|p| p.contains("/usr/bin/roost run"))
+            && running.iter().any(|p| p.contains("heartbeat")),
+        "{running:?}"
+    );
 
     // The owner edits the desired state; roost applies it by itself.
     container.must(&format!(
@@ -774,9 +790,15 @@ fn the_amd64_package_installs_upgrades_and_goes_away_as_on_a_device() {
         container.must(&format!("test -f /etc/systemd/system/{unit}"));
     }
     assert_eq!(
-        container.out("find /etc/systemd/system -path '*.wants/*' -name 'roost*'"),
+        container.out("find /etc/systemd/system -path '*.wants/*' -name 'roost-*'"),
         "",
-        "still enabled"
+        "a generated unit is still enabled"
+    );
+    // debhelper's way for the package's own unit: masked on removal (its enablement link is
+    // kept for a reinstall and goes with the purge), so it cannot start either.
+    assert_eq!(
+        container.out("systemctl is-enabled roost.service"),
+        "masked"
     );
     assert_eq!(container.roost_processes(), Vec::<String>::new());
     container.must("test ! -e /usr/bin/roost");
@@ -1048,10 +1070,14 @@ exec "$QEMU" "$ROOST" run --runtime process --file "$FILE" --state-dir "$STATE""
         .as_u64()
         .unwrap();
     let conn = rusqlite::Connection::open(storage.join("metadata.db")).unwrap();
-    let rows: u64 = conn
+    let rows: i64 = conn
         .query_row("SELECT count(*) FROM recording", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(rows, written, "every file has its row");
+    assert_eq!(
+        u64::try_from(rows).unwrap(),
+        written,
+        "every file has its row"
+    );
     let _ = feed.0.kill();
 
     let status = qemu(arch, binary)

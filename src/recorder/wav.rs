@@ -170,7 +170,10 @@ impl<T: WavSample> WavFile<T> {
         let bytes = max_frames * format.bytes_per_frame() + RESERVE_EXTRA;
         // KEEP_SIZE: the blocks are the file's, its size grows only as data is written.
         let keep_size = nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE;
-        if let Err(e) = nix::fcntl::fallocate(&file, keep_size, 0, bytes as i64) {
+        // off_t has 32 bits on armhf: a reservation past 2 GiB stops there, and the rest is
+        // written without the guarantee, as on a file system that cannot reserve.
+        let reserve = nix::libc::off_t::try_from(bytes).unwrap_or(nix::libc::off_t::MAX);
+        if let Err(e) = nix::fcntl::fallocate(&file, keep_size, 0, reserve) {
             // EINVAL/EOPNOTSUPP: the file system cannot reserve; write without the guarantee.
             if e == nix::errno::Errno::ENOSPC {
                 drop(file);
