@@ -383,6 +383,12 @@ pub fn status_schema() -> String {
         .expect("schema serializes")
 }
 
+/// The JSON Schema of the field page's `/api/view.json`, pretty-printed (`roost schema view`).
+pub fn view_schema() -> String {
+    serde_json::to_string_pretty(&schemars::schema_for!(crate::serve::view::View))
+        .expect("schema serializes")
+}
+
 /// `roost logs NAME [--follow]`: the rotated files oldest first, then the current one.
 pub fn logs(state_dir: &Path, name: &str, follow: bool) -> std::io::Result<()> {
     let state = StateDir::new(state_dir.to_path_buf());

@@ -51,6 +51,8 @@ pub enum SchemaKind {
     Deployment,
     /// The schema of status.json.
     Status,
+    /// The schema of the field page's `/api/view.json` (`roost serve`).
+    View,
 }
 
 /// What roost is asked to do.

@@ -69,6 +69,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let schema = match kind {
                 SchemaKind::Deployment => roost::app::deployment_schema(),
                 SchemaKind::Status => roost::app::status_schema(),
+                SchemaKind::View => roost::app::view_schema(),
             };
             println!("{schema}");
             Ok(ExitCode::SUCCESS)
