@@ -228,9 +228,12 @@ pub struct RecorderSpec {
     /// Overrides spec.restartPolicy for the recorder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_policy: Option<RestartPolicy>,
-    /// How often the file being written is flushed to the card (fdatasync): the most audio a
-    /// power cut can cost. Default 10s; `0s` syncs at the end of each file only. Shorter
-    /// intervals wear an SD card faster.
+    /// The most audio a power cut can cost: how often the file being written is made durable.
+    /// On ext3/ext4 with ordered data (the default) the audio is handed to the kernel's
+    /// write-back every `syncInterval` less the journal's commit interval (5 s unless mounted
+    /// with `commit=`) and the journal's own commit carries its size, with no forced commit;
+    /// elsewhere, or when that leaves less than 1 s, fdatasync every `syncInterval`. Default
+    /// 10s; `0s` syncs at the end of each file only. Shorter intervals wear an SD card faster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync_interval: Option<HumanDuration>,
 }
