@@ -29,6 +29,7 @@ pub mod builtin;
 pub mod cli;
 pub mod clock;
 pub mod connect;
+pub mod curate;
 pub mod desired;
 pub mod errors;
 pub mod fleet;

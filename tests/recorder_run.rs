@@ -119,7 +119,7 @@ fn roost_run_records_and_reports_a_stalled_recorder_as_an_error() {
         "ended_on set when the deployment stops: {rows:?}"
     );
     let paths: Vec<String> = db
-        .prepare("SELECT path FROM recording")
+        .prepare("SELECT path FROM recording WHERE path IS NOT NULL")
         .unwrap()
         .query_map([], |row| row.get(0))
         .unwrap()
