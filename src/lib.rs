@@ -31,6 +31,7 @@ pub mod clock;
 pub mod connect;
 pub mod curate;
 pub mod desired;
+pub mod detect;
 pub mod errors;
 pub mod fleet;
 pub mod fsutil;

@@ -343,6 +343,9 @@ fn reason_in_words(r: Reason) -> &'static str {
         Reason::InputNotRealTime => "the audio input runs far too fast",
         Reason::MetadataDbError => "cannot write the recordings' list (metadata.db)",
         Reason::RecorderError => "in trouble",
+        Reason::DetectorBehind => "falling behind the recordings",
+        Reason::DetectorStalled => "stalled: no recording analysed for long",
+        Reason::CuratorError => "in trouble",
         Reason::ReconcilerStopped => "stopped with roost",
         Reason::Unknown => "in an unknown state",
     }

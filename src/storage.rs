@@ -111,6 +111,10 @@ const MIGRATIONS: &[&str] = &[
         finished_on TEXT,
         PRIMARY KEY (recording_id, detector)
     );
+    CREATE TABLE roost_detector (
+        name TEXT PRIMARY KEY NOT NULL,
+        since TEXT NOT NULL
+    );
     CREATE TABLE roost_keep (
         recording_id TEXT PRIMARY KEY NOT NULL REFERENCES recording(id),
         kept_by TEXT,
@@ -1059,6 +1063,16 @@ pub fn start_from_file_name(path: &Path) -> Option<Timestamp> {
 /// acoupi's datetime text form (UTC): `YYYY-MM-DD HH:MM:SS.ffffff`.
 pub fn db_datetime(t: Timestamp) -> String {
     t.strftime("%Y-%m-%d %H:%M:%S.%6f").to_string()
+}
+
+/// The instant of a `datetime` column written by [`db_datetime`] (UTC); `None` when it is not
+/// such a text.
+pub fn parse_db_datetime(text: &str) -> Option<Timestamp> {
+    let civil: jiff::civil::DateTime = text.trim().parse().ok()?;
+    civil
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .ok()
+        .map(|z| z.timestamp())
 }
 
 fn describe_wav(path: &Path) -> Option<NewRecording> {

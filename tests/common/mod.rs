@@ -293,6 +293,11 @@ impl Roost {
     /// Starts the 16 kHz feeder (it writes the ALSA configuration) and `roost run --runtime
     /// process` on this deployment, its log in `roost.log`.
     pub fn start_recording(&mut self) -> Feed {
+        self.start_recording_with(&[])
+    }
+
+    /// [`Roost::start_recording`] with more arguments for `roost feed` (`--signal events`).
+    pub fn start_recording_with(&mut self, feed_args: &[&str]) -> Feed {
         let fifo = self.path("mic.fifo");
         let conf = self.path("asound.conf");
         let feed = Feed(
@@ -301,6 +306,7 @@ impl Roost {
                 .arg(&fifo)
                 .arg("--alsa-config")
                 .arg(&conf)
+                .args(feed_args)
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap(),
