@@ -7,7 +7,8 @@ use serde::Serialize;
 /// One entry of the catalogue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct ErrorCode {
-    /// `DEP_E` and three digits: 1xx deployment and runtime, 3xx recorder and storage.
+    /// `DEP_E` and three digits: 1xx deployment and runtime, 3xx recorder and storage, 4xx roost
+    /// itself, 5xx connect, 6xx detectors.
     pub code: &'static str,
     /// A short title.
     pub title: &'static str,
