@@ -896,8 +896,8 @@ impl Storage {
                 row.get::<_, String>(1)
                     .map_err(self.db_error("read a row"))?,
             );
-            // Only files of this storage free space here.
-            if !path.starts_with(&recordings_dir) {
+            // Only files of this storage free space here; a protected one never goes.
+            if !path.starts_with(&recordings_dir) || keep_marker(&path).exists() {
                 continue;
             }
             let size = std::fs::metadata(&path).map_or(0, |m| m.blocks() * 512);
@@ -1063,6 +1063,13 @@ pub fn start_from_file_name(path: &Path) -> Option<Timestamp> {
 /// acoupi's datetime text form (UTC): `YYYY-MM-DD HH:MM:SS.ffffff`.
 pub fn db_datetime(t: Timestamp) -> String {
     t.strftime("%Y-%m-%d %H:%M:%S.%6f").to_string()
+}
+
+/// The marker that protects a recording from every deletion: `<file>.keep` beside it.
+pub fn keep_marker(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(".keep");
+    PathBuf::from(name)
 }
 
 /// The instant of a `datetime` column written by [`db_datetime`] (UTC); `None` when it is not

@@ -336,7 +336,9 @@ fn keep_rules_keep_and_delete_exactly_the_expected_files() {
         .replace("storage: {path:", "storage: {keep: [{every: 1m}], path:");
     std::fs::write(&r.file, &yaml).unwrap();
     let _feed = r.start_recording();
-    r.wait_for("metadata.db", Duration::from_secs(30), |_| storage.join("metadata.db").exists());
+    r.wait_for("metadata.db", Duration::from_secs(30), |_| {
+        storage.join("metadata.db").exists()
+    });
     let conn = db(&storage);
     let minute_files = |conn: &rusqlite::Connection| -> i64 {
         conn.query_row(

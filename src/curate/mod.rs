@@ -12,8 +12,7 @@ pub mod run;
 pub use config::CurateConfig;
 pub use run::run;
 
-/// The component name of the curator.
-pub const CURATOR_COMPONENT: &str = "curator";
+pub use crate::spec::curate::CURATOR_COMPONENT;
 
 use std::path::PathBuf;
 

@@ -291,6 +291,19 @@ impl Curator {
         Ok(())
     }
 
+    /// Opens metadata.db and decides keep or delete for every recording waiting for it, as a
+    /// round does (for benches and tools); returns how many were decided.
+    ///
+    /// # Errors
+    /// metadata.db cannot be opened, read or written.
+    pub fn decide_now(&mut self) -> Result<u64, String> {
+        self.open()
+            .map_err(|p| format!("{}: {}", p.code, p.message))?;
+        let before = self.report.storage.kept_this_run + self.report.storage.deleted_this_run;
+        self.decide_all().map_err(|e| e.to_string())?;
+        Ok(self.report.storage.kept_this_run + self.report.storage.deleted_this_run - before)
+    }
+
     /// One round: analyse, decide, retain, report. Stops early on SIGTERM.
     fn round(&mut self, rx: &mpsc::Receiver<Wake>) {
         self.failed_now.clear();
@@ -596,11 +609,9 @@ fn protected(rec: &Recording) -> bool {
     rec.protected || marker(&rec.path).exists()
 }
 
-/// `<file>.keep`.
+/// `<file>.keep` ([`crate::storage::keep_marker`]).
 pub fn marker(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_os_string();
-    name.push(".keep");
-    PathBuf::from(name)
+    crate::storage::keep_marker(path)
 }
 
 /// Deletes a recording's file; true when it is gone (already gone counts).

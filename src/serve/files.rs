@@ -111,7 +111,7 @@ pub fn recent(storage: &Path, limit: usize) -> Vec<Recording> {
         return Vec::new();
     };
     let Ok(mut query) =
-        conn.prepare("SELECT path, datetime FROM recording ORDER BY datetime DESC LIMIT ?1")
+        conn.prepare("SELECT path, datetime FROM recording WHERE path IS NOT NULL ORDER BY datetime DESC LIMIT ?1")
     else {
         return Vec::new();
     };

@@ -13,6 +13,9 @@ use super::{FieldIssue, HumanDuration};
 
 pub use super::names::DetectorName;
 
+/// The component name of the curator (detectors, keep rules, retention).
+pub const CURATOR_COMPONENT: &str = "curator";
+
 /// What kind of detector.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -332,7 +332,7 @@ impl Deployment {
                     "the name \"connect\" is reserved for spec.connect; rename this component",
                 ));
             }
-            if c.name.as_str() == crate::curate::CURATOR_COMPONENT && spec.curates() {
+            if c.name.as_str() == curate::CURATOR_COMPONENT && spec.curates() {
                 issues.push(FieldIssue::new(
                     format!("spec.components[{i}].name"),
                     "the name \"curator\" is reserved for detectors and keep rules; rename this component",
