@@ -137,6 +137,8 @@ pub struct Problem {
 pub struct CheckReport {
     /// Every problem found, in the order checked; none means the check passed.
     pub problems: Vec<Problem>,
+    /// What is valid but probably not meant (keep rules that keep nothing); never fails it.
+    pub warnings: Vec<String>,
 }
 
 impl CheckReport {
@@ -148,6 +150,9 @@ impl CheckReport {
 
 impl fmt::Display for CheckReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for w in &self.warnings {
+            writeln!(f, "warning: {w}")?;
+        }
         if self.passed() {
             return writeln!(f, "Health checks passed");
         }
@@ -176,16 +181,23 @@ pub fn check(file: &Path, state_dir: &Path) -> CheckReport {
             snippet: None,
         });
     }
-    CheckReport { problems }
+    let warnings = deployment
+        .as_ref()
+        .map(crate::curate::keep_warnings)
+        .unwrap_or_default();
+    CheckReport { problems, warnings }
 }
 
 /// `roost check --offline`: the file alone (parse and validate), for configuration-management
 /// tools that validate a file before putting it in place, perhaps on another machine. It looks
 /// at no device, storage, program or state folder, and creates nothing.
 pub fn check_offline(file: &Path) -> CheckReport {
-    CheckReport {
-        problems: check_file(file).1,
-    }
+    let (deployment, problems) = check_file(file);
+    let warnings = deployment
+        .as_ref()
+        .map(crate::curate::keep_warnings)
+        .unwrap_or_default();
+    CheckReport { problems, warnings }
 }
 
 /// Loads and validates the file: the deployment, or the problem with its file, line and column.
@@ -349,7 +361,39 @@ pub fn plan_offline(file: &Path, state_dir: &Path) -> (String, bool) {
     for a in &p.actions {
         out.push_str(&format!("  {a}\n"));
     }
+    out.push_str(&keep_preview(&deployment, state_dir));
     (out, true)
+}
+
+/// What the keep rules would delete now, and warnings about rules that keep nothing.
+fn keep_preview(deployment: &spec::Deployment, state_dir: &Path) -> String {
+    let mut out = String::new();
+    for w in crate::curate::keep_warnings(deployment) {
+        out.push_str(&format!("warning: {w}\n"));
+    }
+    let Some(config) = crate::curate::CurateConfig::from_deployment(deployment, state_dir) else {
+        return out;
+    };
+    if config.storage.keep.is_empty() {
+        return out;
+    }
+    match crate::curate::preview(&config) {
+        Ok(p) => {
+            out.push_str(&format!(
+                "Keep rules: of {} recordings now on the storage, {} would be deleted (nothing is changed by plan).\n",
+                p.recordings,
+                p.would_delete.len()
+            ));
+            for path in p.would_delete.iter().take(20) {
+                out.push_str(&format!("  would delete {}\n", path.display()));
+            }
+            if p.would_delete.len() > 20 {
+                out.push_str(&format!("  ... and {} more\n", p.would_delete.len() - 20));
+            }
+        }
+        Err(_) => out.push_str("Keep rules: no metadata.db yet, nothing to delete.\n"),
+    }
+    out
 }
 
 /// What the systemd manager holds for the deployment (system manager for root, else the user's).
@@ -380,6 +424,12 @@ pub fn deployment_schema() -> String {
 /// The JSON Schema of `status.json`, pretty-printed (`roost schema status`).
 pub fn status_schema() -> String {
     serde_json::to_string_pretty(&schemars::schema_for!(crate::status::StatusDoc))
+        .expect("schema serializes")
+}
+
+/// The JSON Schema of the field page's `/api/view.json`, pretty-printed (`roost schema view`).
+pub fn view_schema() -> String {
+    serde_json::to_string_pretty(&schemars::schema_for!(crate::serve::view::View))
         .expect("schema serializes")
 }
 

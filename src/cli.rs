@@ -51,6 +51,8 @@ pub enum SchemaKind {
     Deployment,
     /// The schema of status.json.
     Status,
+    /// The schema of the field page's `/api/view.json` (`roost serve`).
+    View,
 }
 
 /// What roost is asked to do.
@@ -187,6 +189,17 @@ pub enum Command {
         #[arg(long, env = "ROOST_STATE_DIR")]
         state_dir: Option<PathBuf>,
     },
+    /// Run the curator: detectors, keep rules, retention (started by `roost run` as component
+    /// `curator` when spec.detectors or spec.storage.keep/maxAge/maxUsage is set).
+    #[command(hide = true)]
+    Curate {
+        /// The curator configuration written by the reconciler.
+        #[arg(long)]
+        config: PathBuf,
+        /// Folder of its report (default: /var/lib/roost for root, else $XDG_STATE_HOME/roost).
+        #[arg(long, env = "ROOST_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+    },
     /// Feed a generated test signal into a FIFO at real-time pace (for devices without a sound card).
     #[command(hide = true)]
     Feed {
@@ -209,6 +222,9 @@ pub enum Command {
         /// Stop after this many seconds (default: run until killed).
         #[arg(long)]
         seconds: Option<f64>,
+        /// The signal: `sweep` (default) or `events` (tone bursts at known times, for detectors).
+        #[arg(long, value_enum, default_value_t = crate::recorder::feed::Signal::Sweep)]
+        signal: crate::recorder::feed::Signal,
     },
 }
 
@@ -234,7 +250,9 @@ impl Command {
                 file, state_dir, ..
             }
             | Command::Plan { file, state_dir } => vec![Some(file), state_dir.as_mut()],
-            Command::Record { config, state_dir } | Command::Connect { config, state_dir } => {
+            Command::Record { config, state_dir }
+            | Command::Connect { config, state_dir }
+            | Command::Curate { config, state_dir } => {
                 vec![Some(config), state_dir.as_mut()]
             }
             Command::Status { state_dir, .. }

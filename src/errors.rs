@@ -7,7 +7,8 @@ use serde::Serialize;
 /// One entry of the catalogue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct ErrorCode {
-    /// `DEP_E` and three digits: 1xx deployment and runtime, 3xx recorder and storage.
+    /// `DEP_E` and three digits: 1xx deployment and runtime, 3xx recorder and storage, 4xx roost
+    /// itself, 5xx connect, 6xx detectors.
     pub code: &'static str,
     /// A short title.
     pub title: &'static str,
@@ -107,6 +108,39 @@ codes! {
     SECRET_UNREADABLE = "DEP_E507", "Secret file unreadable",
         "A file spec.connect names (passwordFile, headersFile, caFile) cannot be read or parsed.",
         "Create the file with the secret (readable by roost, not by everyone: chmod 600), or fix its format (caFile: PEM certificates; headersFile: `Name: value` lines).";
+    DETECTOR_NOT_FOUND = "DEP_E601", "Detector command not found or not executable",
+        "The first element of a command detector's `command` does not exist, is not on PATH, or is not executable. Recordings are not analysed until it is fixed; they are not retried by themselves.",
+        "Install the detector or correct `command` in deployment.yaml (use an absolute path), and make it executable (chmod +x); a script needs a first line such as `#!/usr/bin/env python3`.";
+    DETECTOR_FAILED = "DEP_E602", "Detector exited with a failure",
+        "A command detector exited with a non-zero status or was killed by a signal while analysing a recording. The end of its stderr is in the message; the recording is retried.",
+        "Run the command by hand on the recording named in the message (the WAV's path is its last argument) and read what it prints on stderr: a missing model file, a Python package not installed, not enough memory.";
+    DETECTOR_TIMED_OUT = "DEP_E603", "Detector timed out",
+        "A command detector did not finish within its `timeout`; roost killed its whole process group. The recording is retried.",
+        "Time the command by hand on the recording named in the message; raise `timeout`, use a smaller model, or record shorter files. On a Raspberry Pi, a first run may be slow while a model loads.";
+    DETECTOR_BAD_OUTPUT = "DEP_E604", "Detector output is not roost's findings JSON",
+        "A command detector exited successfully but what it printed on stdout is not the documented findings JSON (a syntax error at the line and column given, an unknown field, a value out of range), or is larger than 1 MiB. Nothing of it is kept.",
+        "Make the command print only the findings JSON on stdout (docs/DETECTORS.md, schemas/findings.schema.json) and its progress messages on stderr (`>&2`); the message names the line and column or the field, e.g. detections[3].location[2].";
+    DETECTOR_NOT_RUN = "DEP_E605", "Detector could not be run",
+        "Roost could not start a command detector or read its output for a reason other than a missing program: out of file descriptors or processes, a pipe that failed. The recording is retried.",
+        "Read roost's log for the system's reason (EMFILE, EAGAIN); raise LimitNOFILE= or LimitNPROC= in roost.service, or run fewer detectors at once.";
+    DETECTOR_FAILED_ON_RECORDING = "DEP_E610", "A detector could not read a recording",
+        "The built-in detector could not read one recording (not a WAV it reads, or unreadable); the recording is marked failed for it and the queue goes on.",
+        "Look at the file named in the curator's report; nothing to do if it was cut by a fault (it is kept).";
+    DETECTOR_BEHIND = "DEP_E611", "Detector falling behind",
+        "More recordings wait for a detector than its maxBacklog: it is slower than the recorder. Keep rules wait for it, so files stay until it catches up.",
+        "Use a lighter model or fewer detectors, raise maxBacklog if a backlog is expected (e.g. analysing at night), or record less.";
+    DETECTOR_STALLED = "DEP_E612", "Detector stalled",
+        "A detector finished no recording for 15 minutes while recordings wait.",
+        "Read `roost logs curator`; check that the detector's command still works on a recent file by hand.";
+    RECORDING_GONE = "DEP_E613", "Recording deleted before analysis",
+        "A recording's file disappeared before every detector had seen it (deleted by hand or by another program); its row keeps its data with path cleared.",
+        "Nothing, if it was deleted on purpose; otherwise find what deletes files in the storage.";
+    KEEP_DELETES_EVERYTHING = "DEP_E614", "Keep rules keep nothing",
+        "spec.storage.keep has rules, but none can keep a recording (e.g. only detection rules and no detector, or windows that never occur): every recording would be deleted once analysed.",
+        "Add a rule that keeps something (always, a window, every: 10m), or a detector for the detection rule.";
+    CURATOR_SILENT = "DEP_E615", "Curator not reporting",
+        "The curator (detectors, keep rules, retention) has not written its report since it started, or cannot use the storage.",
+        "Read `roost logs curator`.";
 }
 
 /// An error and its causes (`source()` chain) on one line, `: `-separated, for logs and reports.

@@ -16,7 +16,48 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// forces the data of a file renamed over another out before the rename, `auto_da_alloc`),
 /// which the next rewrite replaces. Saves two flushes of the card per write.
 pub fn replace_quietly(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    replace(path, bytes, false)
+    match exchange(path, bytes) {
+        Ok(()) => Ok(()),
+        // RENAME_EXCHANGE unsupported (some file systems) or the spare unusable: a new file.
+        Err(_) => replace(path, bytes, false),
+    }
+}
+
+/// The spare of a quietly replaced file: `.<name>.spare` beside it.
+fn spare_of(path: &Path) -> Option<std::path::PathBuf> {
+    let name = path.file_name()?.to_string_lossy().into_owned();
+    Some(path.with_file_name(format!(".{name}.spare")))
+}
+
+/// Writes `bytes` over the spare in place, then swaps the spare and `path` atomically
+/// (`renameat2(RENAME_EXCHANGE)`): no inode is created or freed, so a rewrite costs the card a
+/// data block and the directory's, not a new file's allocation. A reader sees the old or the
+/// new content whole; the old becomes the next spare.
+fn exchange(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+    use std::io::{Seek, SeekFrom};
+    if !path.exists() {
+        return Err(std::io::Error::from(std::io::ErrorKind::NotFound));
+    }
+    let spare =
+        spare_of(path).ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&spare)?;
+    f.seek(SeekFrom::Start(0))?;
+    f.write_all(bytes)?;
+    f.set_len(bytes.len() as u64)?;
+    drop(f);
+    renameat2(
+        AT_FDCWD,
+        &spare,
+        AT_FDCWD,
+        path,
+        RenameFlags::RENAME_EXCHANGE,
+    )
+    .map_err(std::io::Error::from)
 }
 
 fn replace(path: &Path, bytes: &[u8], durable: bool) -> std::io::Result<()> {
@@ -47,8 +88,89 @@ fn replace(path: &Path, bytes: &[u8], durable: bool) -> std::io::Result<()> {
     result
 }
 
+/// The commit interval of the journal under `path` when it lies on ext3/ext4 with ordered data
+/// (the default `data=ordered`): there, data that the kernel wrote back is followed by the
+/// file's new size in the journal's own next commit, at most this long later (`commit=` mount
+/// option, 5 s when absent). `None` on any other file system or data mode, or when
+/// `/proc/self/mounts` cannot be read: then only fsync makes data durable.
+pub fn ordered_journal_commit(path: &Path) -> Option<std::time::Duration> {
+    let path = std::fs::canonicalize(path).ok()?;
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    commit_interval_in(&mounts, &path)
+}
+
+/// [`ordered_journal_commit`] for a `/proc/self/mounts` text and a canonical path: the last
+/// mounted of the longest mount points holding `path` decides.
+fn commit_interval_in(mounts: &str, path: &Path) -> Option<std::time::Duration> {
+    let mut best: Option<(usize, &str, &str)> = None;
+    for line in mounts.lines() {
+        let mut fields = line.split(' ');
+        let (_, Some(point), Some(kind), Some(options)) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        // Spaces and the like are octal escapes (\040) in mount points.
+        let point = unescape_mount_point(point);
+        let depth = Path::new(&point).components().count();
+        if path.starts_with(&point) && best.is_none_or(|(d, _, _)| depth >= d) {
+            best = Some((depth, kind, options));
+        }
+    }
+    let (_, kind, options) = best?;
+    if kind != "ext4" && kind != "ext3" {
+        return None;
+    }
+    let mut commit = 5;
+    for option in options.split(',') {
+        match option.split_once('=') {
+            Some(("data", mode)) if mode != "ordered" => return None,
+            Some(("commit", secs)) => commit = secs.parse::<u64>().ok().filter(|s| *s > 0)?,
+            _ => {}
+        }
+    }
+    Some(std::time::Duration::from_secs(commit))
+}
+
+fn unescape_mount_point(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = text
+            .get(i + 1..i + 4)
+            .and_then(|d| u8::from_str_radix(d, 8).ok());
+        match (bytes[i], octal) {
+            (b'\\', Some(b)) => {
+                out.push(b);
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn quiet_replacement_swaps_two_files_and_never_allocates_a_third() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("report.json");
+        let mut inodes = std::collections::BTreeSet::new();
+        for text in ["first, and long", "second", "third, longer than the second"] {
+            super::replace_quietly(&p, text.as_bytes()).unwrap();
+            assert_eq!(std::fs::read_to_string(&p).unwrap(), text);
+            inodes.insert(std::fs::metadata(&p).unwrap().ino());
+        }
+        assert_eq!(inodes.len(), 2, "the file and its spare take turns");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
     #[test]
     fn replaces_whole_file() {
         let dir = tempfile::tempdir().unwrap();
@@ -57,5 +179,28 @@ mod tests {
         super::write_atomic(&p, b"two").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn the_journal_commit_is_read_from_the_mount_holding_the_path() {
+        let mounts = "/dev/vda1 / ext4 rw,relatime 0 0\n\
+                      tmpfs /tmp tmpfs rw 0 0\n\
+                      /dev/sda1 /media/sd\\040card ext4 rw,commit=30 0 0\n\
+                      /dev/sdb1 /data ext4 rw,data=journal 0 0\n\
+                      /dev/sdc1 /mnt/exfat exfat rw 0 0\n\
+                      /dev/sdd1 /old ext3 rw,data=ordered,commit=7 0 0\n";
+        let at = |p: &str| super::commit_interval_in(mounts, std::path::Path::new(p));
+        let secs = std::time::Duration::from_secs;
+        assert_eq!(at("/var/lib/roost"), Some(secs(5)));
+        assert_eq!(at("/tmp/x"), None);
+        assert_eq!(at("/media/sd card/rec"), Some(secs(30)));
+        assert_eq!(at("/data/rec"), None, "data=journal: fsync only");
+        assert_eq!(at("/mnt/exfat/rec"), None);
+        assert_eq!(at("/old"), Some(secs(7)));
+        assert_eq!(
+            at("/datastore"),
+            Some(secs(5)),
+            "a prefix of a name is not its folder"
+        );
     }
 }

@@ -20,6 +20,7 @@
 //! - [`connect`]: `roost connect`, status and heartbeats to MQTT, HTTP and Prometheus through a durable outbox.
 //! - [`fleet`]: `roost fleet`, every device's retained status, availability and heartbeat on a broker, one row each.
 //! - [`recorder`], [`storage`], [`schedule`]: audio capture to WAV files and metadata.db.
+//! - [`detect`]: detectors run on each new recording (an external command printing findings JSON).
 //! - [`errors`]: the error code catalogue.
 //! - [`logging`]: roost's own log writer, which no failed write can end.
 
@@ -29,7 +30,9 @@ pub mod builtin;
 pub mod cli;
 pub mod clock;
 pub mod connect;
+pub mod curate;
 pub mod desired;
+pub mod detect;
 pub mod errors;
 pub mod fleet;
 pub mod fsutil;

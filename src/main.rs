@@ -69,6 +69,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let schema = match kind {
                 SchemaKind::Deployment => roost::app::deployment_schema(),
                 SchemaKind::Status => roost::app::status_schema(),
+                SchemaKind::View => roost::app::view_schema(),
             };
             println!("{schema}");
             Ok(ExitCode::SUCCESS)
@@ -114,6 +115,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             roost::recorder::run(&config, &resolve(state_dir))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Curate { config, state_dir } => {
+            roost::curate::run(&config, &resolve(state_dir))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Connect { config, state_dir } => {
             roost::connect::run(&config, &resolve(state_dir))?;
             Ok(ExitCode::SUCCESS)
@@ -125,6 +130,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             period_frames,
             alsa_config,
             seconds,
+            signal,
         } => {
             let period_frames = period_frames
                 .unwrap_or_else(|| roost::recorder::default_period_frames(sample_rate));
@@ -135,6 +141,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 channels,
                 period_frames,
                 seconds,
+                signal,
             )?;
             Ok(ExitCode::SUCCESS)
         }
@@ -214,10 +221,11 @@ fn feed(
     channels: u16,
     period_frames: u32,
     seconds: Option<f64>,
+    signal: roost::recorder::feed::Signal,
 ) -> anyhow::Result<()> {
     if let Some(conf) = alsa_config {
         roost::recorder::feed::write_test_asound_conf(&conf, Some(fifo), sample_rate, channels)?;
     }
-    roost::recorder::feed::run_feeder(fifo, sample_rate, channels, period_frames, seconds)?;
+    roost::recorder::feed::run_feeder(fifo, sample_rate, channels, period_frames, seconds, signal)?;
     Ok(())
 }

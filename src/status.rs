@@ -111,6 +111,12 @@ pub enum Reason {
     MetadataDbError,
     /// Another recorder fault.
     RecorderError,
+    /// A detector has more recordings waiting than its maxBacklog (DEP_E611).
+    DetectorBehind,
+    /// A detector finished nothing for long while recordings wait (DEP_E612).
+    DetectorStalled,
+    /// Another curator fault (storage, metadata.db).
+    CuratorError,
     /// Roost stopped and stopped it.
     ReconcilerStopped,
     /// A reason this version of roost does not know (a status written by a newer one).

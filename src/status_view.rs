@@ -79,7 +79,7 @@ fn recorded(storage: &Path, tz: &TimeZone, now: Timestamp) -> (Option<u64>, Opti
     // last day's recordings cover, so that a deployment a few minutes old is not taken for
     // one that records a few minutes a day.
     let row = conn.query_row(
-        "SELECT coalesce(sum(duration_s * samplerate_hz * audio_channels * 2), 0), min(datetime) FROM recording WHERE datetime >= ?1",
+        "SELECT coalesce(sum(duration_s * samplerate_hz * audio_channels * 2), 0), min(datetime) FROM recording WHERE datetime >= ?1 AND path IS NOT NULL",
         [crate::storage::db_datetime(day_ago)],
         |r| Ok((r.get::<_, f64>(0)?, r.get::<_, Option<String>>(1)?)),
     );
@@ -343,6 +343,9 @@ fn reason_in_words(r: Reason) -> &'static str {
         Reason::InputNotRealTime => "the audio input runs far too fast",
         Reason::MetadataDbError => "cannot write the recordings' list (metadata.db)",
         Reason::RecorderError => "in trouble",
+        Reason::DetectorBehind => "falling behind the recordings",
+        Reason::DetectorStalled => "stalled: no recording analysed for long",
+        Reason::CuratorError => "in trouble",
         Reason::ReconcilerStopped => "stopped with roost",
         Reason::Unknown => "in an unknown state",
     }

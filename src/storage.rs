@@ -56,6 +56,70 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX recording_datetime ON recording(datetime);
     CREATE INDEX deployment_name ON deployment(name);",
+    // 2: detectors' findings in acoupi's tables; a recording whose file is deleted keeps its
+    // row with `path` NULL (acoupi: "None if the recording is not stored locally"), and roost
+    // says when and why (`deleted_on`, `deleted_by`); `protected` recordings are never deleted;
+    // `roost_analysis` holds which detector finished which recording (exactly once).
+    "CREATE TABLE recording_v2 (
+        id TEXT PRIMARY KEY NOT NULL,
+        path TEXT UNIQUE,
+        datetime TEXT NOT NULL,
+        duration_s REAL NOT NULL,
+        samplerate_hz INTEGER NOT NULL,
+        audio_channels INTEGER NOT NULL,
+        deployment_id TEXT REFERENCES deployment(id),
+        protected INTEGER NOT NULL DEFAULT 0,
+        deleted_on TEXT,
+        deleted_by TEXT
+    );
+    INSERT INTO recording_v2 (id, path, datetime, duration_s, samplerate_hz, audio_channels, deployment_id)
+        SELECT id, path, datetime, duration_s, samplerate_hz, audio_channels, deployment_id FROM recording;
+    DROP TABLE recording;
+    ALTER TABLE recording_v2 RENAME TO recording;
+    CREATE INDEX recording_datetime ON recording(datetime);
+    CREATE TABLE model_output (
+        id TEXT PRIMARY KEY NOT NULL,
+        model_name TEXT NOT NULL,
+        recording_id TEXT NOT NULL REFERENCES recording(id),
+        created_on TEXT NOT NULL
+    );
+    CREATE INDEX model_output_recording ON model_output(recording_id);
+    CREATE INDEX model_output_created ON model_output(created_on);
+    CREATE TABLE detection (
+        id TEXT PRIMARY KEY NOT NULL,
+        location TEXT,
+        detection_score REAL NOT NULL,
+        model_output_id TEXT NOT NULL REFERENCES model_output(id)
+    );
+    CREATE INDEX detection_model_output ON detection(model_output_id);
+    CREATE TABLE predicted_tag (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        confidence_score REAL NOT NULL,
+        detection_id TEXT REFERENCES detection(id),
+        model_output_id TEXT REFERENCES model_output(id)
+    );
+    CREATE INDEX predicted_tag_detection ON predicted_tag(detection_id);
+    CREATE TABLE roost_analysis (
+        recording_id TEXT NOT NULL REFERENCES recording(id),
+        detector TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        error_code TEXT,
+        error TEXT,
+        finished_on TEXT,
+        PRIMARY KEY (recording_id, detector)
+    );
+    CREATE TABLE roost_detector (
+        name TEXT PRIMARY KEY NOT NULL,
+        since TEXT NOT NULL
+    );
+    CREATE TABLE roost_keep (
+        recording_id TEXT PRIMARY KEY NOT NULL REFERENCES recording(id),
+        kept_by TEXT,
+        decided_on TEXT NOT NULL
+    );",
 ];
 
 /// Why a storage or its metadata.db cannot be used; each variant names the path concerned.
@@ -576,14 +640,22 @@ impl Storage {
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
             let path = self.folders.root.join(DB_FILE);
+            // IMMEDIATE, and the version read again inside: the recorder and the curator may
+            // open a new database at the same moment; one migrates, the other sees it done.
             let tx = self
                 .conn
-                .transaction()
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(|source| StorageError::Database {
                     path: path.clone(),
                     action: "migrate it",
                     source,
                 })?;
+            let now: i64 = tx
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .unwrap_or(0);
+            if now > i as i64 {
+                continue;
+            }
             tx.execute_batch(sql)
                 .and_then(|_| tx.pragma_update(None, "user_version", (i + 1) as i64))
                 .and_then(|_| tx.commit())
@@ -726,7 +798,7 @@ impl Storage {
             .conn
             .prepare(
                 "SELECT id, path, datetime, duration_s, samplerate_hz, audio_channels, deployment_id
-                 FROM recording ORDER BY datetime, path",
+                 FROM recording WHERE path IS NOT NULL ORDER BY datetime, path",
             )
             .map_err(self.db_error("list recordings"))?;
         let rows = stmt
@@ -787,9 +859,8 @@ impl Storage {
                     });
                 }
             }
-            self.conn
-                .execute("DELETE FROM recording WHERE id = ?1", params![id])
-                .map_err(self.db_error("remove the oldest recording's row"))?;
+            self.mark_deleted(&id, "onLowSpace", Timestamp::now())
+                .map_err(self.db_error("mark the oldest recording deleted"))?;
             tracing::warn!(code = errors::RECORDINGS_DELETED.code, path = %path.display(), bytes = size,
                 "deleted the oldest recording to keep minFreeSpace (onLowSpace: deleteOldest)");
             outcome.free += size;
@@ -806,7 +877,10 @@ impl Storage {
         let recordings_dir = self.recordings_dir();
         let mut stmt = self
             .conn
-            .prepare("SELECT id, path FROM recording ORDER BY datetime, path")
+            .prepare(
+                "SELECT id, path FROM recording WHERE path IS NOT NULL AND protected = 0
+                 ORDER BY datetime, path",
+            )
             .map_err(self.db_error("find the oldest recordings"))?;
         let mut rows = stmt
             .query([])
@@ -822,8 +896,8 @@ impl Storage {
                 row.get::<_, String>(1)
                     .map_err(self.db_error("read a row"))?,
             );
-            // Only files of this storage free space here.
-            if !path.starts_with(&recordings_dir) {
+            // Only files of this storage free space here; a protected one never goes.
+            if !path.starts_with(&recordings_dir) || keep_marker(&path).exists() {
                 continue;
             }
             let size = std::fs::metadata(&path).map_or(0, |m| m.blocks() * 512);
@@ -852,10 +926,9 @@ impl Storage {
             if !confirmed_missing {
                 known.insert(row.path.clone());
             } else {
-                self.conn
-                    .execute("DELETE FROM recording WHERE id = ?1", params![row.id])
-                    .map_err(self.db_error("remove a row without file"))?;
-                tracing::warn!(path = %row.path.display(), "repair: removed the row of a recording whose file is missing");
+                self.mark_deleted(&row.id, "missing", Timestamp::now())
+                    .map_err(self.db_error("mark a row without file"))?;
+                tracing::warn!(path = %row.path.display(), "repair: marked the row of a recording whose file is missing (path cleared, deleted_by missing)");
                 report.rows_removed.push(row.path.clone());
             }
         }
@@ -885,6 +958,18 @@ impl Storage {
             }
         }
         Ok(report)
+    }
+
+    /// Records that a recording's file is gone: `path` NULL (acoupi's "not stored locally"),
+    /// `deleted_on` `now`, `deleted_by` the rule or cause (`onLowSpace`, `missing`, a keep
+    /// rule, `maxAge`, `maxUsage`). Its detections stay.
+    pub fn mark_deleted(&self, id: &str, by: &str, now: Timestamp) -> rusqlite::Result<()> {
+        self.conn
+            .execute(
+                "UPDATE recording SET path = NULL, deleted_on = ?2, deleted_by = ?3 WHERE id = ?1",
+                params![id, now.to_string(), by],
+            )
+            .map(drop)
     }
 
     /// Moves a file into quarantine/, keeping its name (never replacing); returns the new path.
@@ -980,6 +1065,23 @@ pub fn db_datetime(t: Timestamp) -> String {
     t.strftime("%Y-%m-%d %H:%M:%S.%6f").to_string()
 }
 
+/// The marker that protects a recording from every deletion: `<file>.keep` beside it.
+pub fn keep_marker(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(".keep");
+    PathBuf::from(name)
+}
+
+/// The instant of a `datetime` column written by [`db_datetime`] (UTC); `None` when it is not
+/// such a text.
+pub fn parse_db_datetime(text: &str) -> Option<Timestamp> {
+    let civil: jiff::civil::DateTime = text.trim().parse().ok()?;
+    civil
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .ok()
+        .map(|z| z.timestamp())
+}
+
 fn describe_wav(path: &Path) -> Option<NewRecording> {
     let datetime = start_from_file_name(path)?;
     let reader = hound::WavReader::open(path).ok()?;
@@ -1054,7 +1156,7 @@ mod tests {
             path: None,
             min_free_space: ByteSize(min_free),
             on_low_space: on_low,
-            require_mount: false,
+            ..StorageSpec::default()
         }
     }
 

@@ -15,6 +15,7 @@ fn committed_schemas_equal_generated() {
     for (kind, generated) in [
         ("deployment", roost::app::deployment_schema()),
         ("status", roost::app::status_schema()),
+        ("view", roost::app::view_schema()),
     ] {
         let path = root().join(format!("schemas/{kind}.schema.json"));
         let committed = std::fs::read_to_string(&path).unwrap();

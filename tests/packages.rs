@@ -179,6 +179,7 @@ fn each_package_holds_what_a_device_owner_needs() {
             "/usr/share/doc/roost/RECORDER.md".into(),
             "/usr/share/doc/roost/SYSTEMD.md".into(),
             "/usr/share/doc/roost/PACKAGING.md".into(),
+            "/usr/share/doc/roost/DETECTORS.md".into(),
             "/usr/share/doc/roost/copyright".into(),
             "/usr/share/doc/roost/changelog.Debian.gz".into(),
             "/usr/share/man/man1/roost.1.gz".into(),
@@ -235,12 +236,30 @@ fn each_package_holds_what_a_device_owner_needs() {
                 );
             }
         }
-        for kind in ["deployment", "status"] {
+        for schema in std::fs::read_dir(repo().join("schemas")).unwrap() {
+            let schema = schema.unwrap().path();
+            let name = schema.file_name().unwrap().to_string_lossy().into_owned();
             assert_eq!(
-                std::fs::read(package.file(&format!("/usr/share/roost/{kind}.schema.json")))
-                    .unwrap(),
-                std::fs::read(repo().join(format!("schemas/{kind}.schema.json"))).unwrap()
+                std::fs::read(package.file(&format!("/usr/share/roost/{name}"))).ok(),
+                Some(std::fs::read(&schema).unwrap()),
+                "{}: /usr/share/roost/{name}",
+                arch.name
             );
+        }
+        for converter in std::fs::read_dir(repo().join("examples/detectors")).unwrap() {
+            let name = converter
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .into_owned();
+            let installed =
+                package.file(&format!("/usr/share/doc/roost/examples/detectors/{name}"));
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&installed)
+                .unwrap_or_else(|e| panic!("{}: {}: {e}", arch.name, installed.display()))
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o755, "{}", installed.display());
         }
 
         let changelog = text(

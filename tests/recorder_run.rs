@@ -5,66 +5,17 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-
-struct Feed(std::process::Child);
-
-impl Drop for Feed {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-CONT", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn recorder_yaml(storage: &std::path::Path) -> String {
-    format!(
-        "apiVersion: roost/v1\nkind: Deployment\nmetadata:\n  name: rec-e2e\nspec:\n  location: {{latitude: 51.76, longitude: -1.26}}\n  backoff: {{initial: 0s, max: 1s, resetAfter: 10m}}\n  storage: {{path: {}, minFreeSpace: 0, onLowSpace: stop}}\n  recorder:\n    device: default\n    sampleRate: 16000\n    channels: 1\n    sampleFormat: i16\n    duration: 1s\n    timezone: UTC\n  components: []\n",
-        storage.display()
-    )
-}
-
-/// Starts the feeder (it writes the ALSA configuration) and `roost run` on `r`.
-fn start_recording(r: &mut Roost) -> Feed {
-    let fifo = r.path("mic.fifo");
-    let conf = r.path("asound.conf");
-    let feed = Feed(
-        Command::new(ROOST)
-            .args(["feed", "--sample-rate", "16000", "--fifo"])
-            .arg(&fifo)
-            .arg("--alsa-config")
-            .arg(&conf)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    while !conf.exists() {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let child = Command::new(ROOST)
-        .args(["run", "--runtime", "process", "--file"])
-        .arg(&r.file)
-        .arg("--state-dir")
-        .arg(&r.state)
-        .env("ALSA_CONFIG_PATH", &conf)
-        .stderr(std::fs::File::create(r.path("roost.log")).unwrap())
-        .spawn()
-        .unwrap();
-    r.child = Some(child);
-    feed
-}
 
 #[test]
 fn the_last_status_carries_the_recorders_last_word() {
     let mut r = Roost::new("");
     let storage = r.path("storages");
-    std::fs::write(&r.file, recorder_yaml(&storage)).unwrap();
-    let feed = start_recording(&mut r);
+    std::fs::write(&r.file, recorder_deployment("rec-e2e", &storage, "")).unwrap();
+    let feed = r.start_recording();
     r.wait_for("recordings", Duration::from_secs(30), |s| {
         component(s, "recorder")["output"]["filesWritten"].as_u64() >= Some(2)
     });
@@ -98,8 +49,8 @@ fn the_last_status_carries_the_recorders_last_word() {
 fn roost_run_records_and_reports_a_stalled_recorder_as_an_error() {
     let mut r = Roost::new("");
     let storage = r.path("storages");
-    std::fs::write(&r.file, recorder_yaml(&storage)).unwrap();
-    let feed = start_recording(&mut r);
+    std::fs::write(&r.file, recorder_deployment("rec-e2e", &storage, "")).unwrap();
+    let feed = r.start_recording();
     let s = r.wait_for("recordings", Duration::from_secs(30), |s| {
         let c = component(s, "recorder");
         c["status"] == "Running" && c["output"]["filesWritten"].as_u64() >= Some(2)
@@ -147,7 +98,8 @@ fn roost_run_records_and_reports_a_stalled_recorder_as_an_error() {
         c["status"] == "Running" && c["output"]["filesWritten"].as_u64() > Some(before)
     });
     // Editing the file under the same name continues the deployment row; stopping ends it.
-    let stopped = recorder_yaml(&storage).replace("spec:\n", "spec:\n  state: stopped\n");
+    let stopped = recorder_deployment("rec-e2e", &storage, "")
+        .replace("spec:\n", "spec:\n  state: stopped\n");
     r.replace_atomically(&stopped);
     r.wait_for("stopped", Duration::from_secs(60), |s| {
         s["phase"] == "Stopped"
@@ -167,7 +119,7 @@ fn roost_run_records_and_reports_a_stalled_recorder_as_an_error() {
         "ended_on set when the deployment stops: {rows:?}"
     );
     let paths: Vec<String> = db
-        .prepare("SELECT path FROM recording")
+        .prepare("SELECT path FROM recording WHERE path IS NOT NULL")
         .unwrap()
         .query_map([], |row| row.get(0))
         .unwrap()
@@ -183,5 +135,100 @@ fn roost_run_records_and_reports_a_stalled_recorder_as_an_error() {
         assert!(full.exists(), "row without file: {p}");
     }
     assert_eq!(r.stop(), Some(0));
+    drop(feed);
+}
+
+/// `roost status` for people: its exit code and first line.
+fn human_status(r: &Roost) -> (Option<i32>, String) {
+    let out = Command::new(ROOST)
+        .args(["status", "--state-dir"])
+        .arg(&r.state)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// The first line of `roost status` answers "is it recording?" in each state a visit meets, on
+/// the real recorder: recording, a silent microphone, a full disk, roost killed, and stopped.
+#[test]
+fn roost_status_says_whether_it_records_in_each_state() {
+    let mut r = Roost::new("");
+    let storage = r.path("storage");
+    let yaml = recorder_deployment("status-words", &storage, "");
+    std::fs::write(&r.file, &yaml).unwrap();
+    let feed = r.start_recording();
+    r.wait_for("recordings", Duration::from_secs(30), |s| {
+        component(s, "recorder")["output"]["filesWritten"].as_u64() >= Some(2)
+    });
+    let (code, text) = human_status(&r);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.starts_with("Recording. Last file finished"), "{text}");
+    for needle in ["files today", "free space", "days at the last day's rate"] {
+        assert!(text.contains(needle), "{needle}: {text}");
+    }
+
+    // A silent microphone: the process lives, no file comes.
+    let stop = |sig: &str| {
+        Command::new("kill")
+            .args([sig, &feed.0.id().to_string()])
+            .status()
+            .unwrap()
+    };
+    stop("-STOP");
+    r.wait_for("silence seen", Duration::from_secs(90), |s| {
+        component(s, "recorder")["status"] == "Error"
+    });
+    let (code, text) = human_status(&r);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.starts_with("NOT RECORDING: ") && text.contains("(DEP_E3"),
+        "{text}"
+    );
+    stop("-CONT");
+    r.wait_for("recording again", Duration::from_secs(60), |s| {
+        component(s, "recorder")["status"] == "Running"
+    });
+
+    // A disk with less free space than minFreeSpace asks for.
+    r.replace_atomically(&yaml.replace("minFreeSpace: 0", "minFreeSpace: 1000TB"));
+    r.wait_for("low disk seen", Duration::from_secs(60), |s| {
+        s["errors"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["code"] == "DEP_E302"))
+    });
+    let (code, text) = human_status(&r);
+    assert_eq!(code, Some(1), "{text}");
+    let first = text.lines().next().unwrap();
+    assert!(
+        first.starts_with("NOT RECORDING: ") && first.contains("DEP_E302"),
+        "{text}"
+    );
+    assert!(text.contains("free space"), "{text}");
+
+    // roost itself killed: what it last knew, said as such.
+    let pid = r.pid();
+    r.kill9();
+    let (code, text) = human_status(&r);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.starts_with("NOT RUNNING: roost stopped unexpectedly"),
+        "{text} (pid {pid})"
+    );
+
+    // Started again and stopped cleanly (its recorder is adopted and stopped with it).
+    r.start_with(
+        &r.file.clone(),
+        &[("ALSA_CONFIG_PATH", r.path("asound.conf").to_str().unwrap())],
+    );
+    r.wait_for("adopted", Duration::from_secs(30), |s| {
+        s["reconciler"]["pid"].as_u64() != Some(u64::from(pid))
+    });
+    assert_eq!(r.stop(), Some(0));
+    let (code, text) = human_status(&r);
+    assert_eq!(code, Some(3), "{text}");
+    assert!(text.starts_with("Stopped"), "{text}");
     drop(feed);
 }

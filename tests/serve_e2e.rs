@@ -233,6 +233,61 @@ fn the_page_its_data_and_spectrograms_are_served_read_only() {
 }
 
 #[test]
+fn idle_and_oversized_clients_do_not_stop_the_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    prepare(&state);
+    let server = start(&state);
+    let addr = server.addr.as_str();
+
+    // Slowloris: 20 connections that send nothing, and one that never ends its head.
+    let idle: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let mut dribbling = TcpStream::connect(addr).unwrap();
+    dribbling.write_all(b"GET / HTTP/1.1\r\nX-Slow: ").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let asked = Instant::now();
+    let page = request(addr, "GET", "/");
+    assert_eq!(page.status, 200);
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "the page took {:?} behind idle connections",
+        asked.elapsed()
+    );
+
+    let long_url = format!("/{}", "a".repeat(4096));
+    assert_eq!(request(addr, "GET", &long_url).status, 414);
+    let mut huge = TcpStream::connect(addr).unwrap();
+    huge.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(huge, "GET / HTTP/1.1\r\n").unwrap();
+    for n in 0..200 {
+        // The server may answer and close before all of it is sent.
+        if write!(huge, "X-Filler-{n}: {}\r\n", "b".repeat(100)).is_err() {
+            break;
+        }
+    }
+    let mut raw = Vec::new();
+    let _ = huge.read_to_end(&mut raw);
+    assert!(
+        String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 431"),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+
+    // A client that never finishes its head is closed after the deadline (5 s).
+    dribbling
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed_at = Instant::now();
+    let _ = dribbling.read_to_end(&mut rest);
+    assert!(closed_at.elapsed() < Duration::from_secs(8));
+    assert!(rest.is_empty());
+    drop(idle);
+}
+
+#[test]
 fn an_address_in_use_is_named_in_the_error() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
@@ -391,4 +446,205 @@ fn the_page_renders_in_a_headless_browser() {
     let png = std::fs::read(&shot).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     drop(server);
+}
+
+/// What a raw exchange on a fresh connection brings back (empty when the server closed it).
+fn raw_exchange(addr: &str, bytes: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    // The server may answer and close before all of it is sent.
+    let _ = stream.write_all(bytes);
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    out
+}
+
+/// Every spelling of a way out of the storage that a client might try, towards `secret`
+/// (a file beside the storage) and `leak.wav` (a symbolic link to it inside `recordings/`).
+fn traversal_targets(secret: &Path) -> Vec<String> {
+    let abs = secret.display().to_string();
+    let enc = abs.replace('/', "%2F");
+    let mut targets: Vec<String> = [
+        "../secret.wav",
+        "../../secret.wav",
+        "..%2Fsecret.wav",
+        "..%2F..%2Fsecret.wav",
+        "%2e%2e%2fsecret.wav",
+        "%2E%2E/%2E%2E/secret.wav",
+        "%252e%252e%252fsecret.wav",
+        "....//secret.wav",
+        "..\\secret.wav",
+        "..%5Csecret.wav",
+        "2026/../../secret.wav",
+        "./../secret.wav",
+        "leak.wav",
+        "secret.wav%00.wav",
+        "%c0%ae%c0%ae/secret.wav",
+    ]
+    .iter()
+    .map(|t| format!("/spectrogram.png?file={t}"))
+    .collect();
+    targets.extend([
+        format!("/spectrogram.png?file={abs}"),
+        format!("/spectrogram.png?file={enc}"),
+        format!("/spectrogram.png?file=a&file={abs}"),
+        format!("/{abs}"),
+        format!("/..{abs}"),
+        "/../secret.wav".into(),
+        "/status.json/../../secret.wav".into(),
+        "/%2e%2e/secret.wav".into(),
+        "//secret.wav".into(),
+    ]);
+    targets
+}
+
+/// A recording device with its page on, attacked while it records: idle and dribbling
+/// connections, oversized heads, long targets, garbage, every spelling of a traversal, and
+/// spectrogram renders from several clients at once. No answer carries a byte of a file outside
+/// the storage, the page still answers, its JSON matches the published schemas, and the recorder
+/// drops no sample.
+#[test]
+fn hostile_clients_neither_read_outside_the_storage_nor_stall_recording() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut r = common::Roost::new("");
+    let storage = r.path("storage");
+    let page = format!("  page: {{listen: \"{addr}\"}}\n");
+    std::fs::write(
+        &r.file,
+        common::recorder_deployment("page-attack", &storage, &page),
+    )
+    .unwrap();
+    let secret = r.path("secret.wav");
+    std::fs::write(&secret, b"SENTINEL-outside-the-storage").unwrap();
+    let _feed = r.start_recording();
+    r.wait_for("recording with the page on", Duration::from_secs(60), |s| {
+        let rec = common::component(s, "recorder");
+        rec["output"]["filesWritten"].as_u64() >= Some(2)
+            && common::component(s, "page")["status"] == "Running"
+    });
+    std::os::unix::fs::symlink(&secret, storage.join("recordings/leak.wav")).unwrap();
+    while TcpStream::connect(&addr).is_err() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let idle: Vec<TcpStream> = (0..40)
+        .map(|_| TcpStream::connect(&addr).unwrap())
+        .collect();
+    let renders: Vec<_> = (0..3)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                for _ in 0..5 {
+                    let view = request(&addr, "GET", "/api/view.json");
+                    let view: serde_json::Value = serde_json::from_slice(&view.body).unwrap();
+                    for rec in view["recordings"].as_array().unwrap().iter().take(4) {
+                        let url =
+                            format!("/spectrogram.png?file={}", rec["name"].as_str().unwrap());
+                        assert_eq!(request(&addr, "GET", &url).status, 200, "{url}");
+                    }
+                }
+            })
+        })
+        .collect();
+    for target in traversal_targets(&secret) {
+        for method in ["GET", "HEAD"] {
+            let answer = raw_exchange(
+                &addr,
+                format!("{method} {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+            );
+            let text = String::from_utf8_lossy(&answer);
+            assert!(!text.contains("SENTINEL"), "{target} leaked: {text}");
+            assert!(
+                text.starts_with("HTTP/1.1 400") || text.starts_with("HTTP/1.1 404"),
+                "{method} {target}: {text}"
+            );
+        }
+    }
+    let garbage: [&[u8]; 5] = [
+        b"\x00\x01\x02\xff\r\n\r\n",
+        b"GET\r\n\r\n",
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzzzz\r\n",
+    ];
+    for bytes in garbage {
+        let text = String::from_utf8_lossy(&raw_exchange(&addr, bytes)).into_owned();
+        assert!(!text.contains("SENTINEL"), "{text}");
+    }
+    let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(3000));
+    assert!(
+        String::from_utf8_lossy(&raw_exchange(&addr, long.as_bytes())).starts_with("HTTP/1.1 414")
+    );
+    let mut huge = b"GET / HTTP/1.1\r\n".to_vec();
+    huge.extend(format!("X-Big: {}\r\n\r\n", "b".repeat(20_000)).bytes());
+    assert!(String::from_utf8_lossy(&raw_exchange(&addr, &huge)).starts_with("HTTP/1.1 431"));
+    let body = b"POST /status.json HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello";
+    assert!(String::from_utf8_lossy(&raw_exchange(&addr, body)).starts_with("HTTP/1.1 405"));
+    for handle in renders {
+        handle.join().unwrap();
+    }
+    let asked = Instant::now();
+    assert_eq!(request(&addr, "GET", "/").status, 200);
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+    drop(idle);
+
+    for (endpoint, schema) in [("/status.json", "status"), ("/api/view.json", "view")] {
+        let answer = request(&addr, "GET", endpoint);
+        assert_eq!(answer.status, 200);
+        assert_valid(&answer.body, schema);
+    }
+    // Files kept coming during the attack, and none of their samples was dropped.
+    let before = common::component(&r.status().unwrap(), "recorder")["output"]["filesWritten"]
+        .as_u64()
+        .unwrap();
+    let s = r.wait_for("files after the attack", Duration::from_secs(20), |s| {
+        common::component(s, "recorder")["output"]["filesWritten"].as_u64() > Some(before + 1)
+    });
+    let rec = common::component(&s, "recorder");
+    assert_eq!(rec["status"], "Running", "{s:#}");
+    assert_eq!(rec["output"]["samplesDropped"], 0, "{s:#}");
+    r.stop();
+}
+
+/// Checks `json` against `schemas/<kind>.schema.json` with Python's jsonschema (Debian's
+/// python3-jsonschema), a validator that is not roost's own.
+fn assert_valid(json: &[u8], kind: &str) {
+    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("schemas/{kind}.schema.json"));
+    let python = ["/usr/bin/python3", "python3"]
+        .into_iter()
+        .find(|python| {
+            Command::new(python)
+                .args(["-c", "import jsonschema"])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .expect("a python3 with jsonschema: install python3-jsonschema (bash .ci/setup does)");
+    let mut child = Command::new(python)
+        .args([
+            "-c",
+            "import json, sys, jsonschema\n\
+             schema = json.load(open(sys.argv[1]))\n\
+             jsonschema.Draft202012Validator(schema).validate(json.load(sys.stdin))",
+        ])
+        .arg(&schema)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child.stdin.take().unwrap().write_all(json).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{kind}: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(json)
+    );
 }

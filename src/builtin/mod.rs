@@ -6,6 +6,7 @@
 //! A new built-in is a type implementing [`Builtin`], added to [`Builtins::standard`].
 
 pub mod connect;
+pub mod curator;
 pub mod page;
 pub mod recorder;
 
@@ -104,6 +105,7 @@ impl Builtins {
     pub fn standard(exe: &Path, state_dir: &Path) -> Self {
         Self(vec![
             Box::new(recorder::Recorder::new(exe, state_dir)),
+            Box::new(curator::Curator::new(exe, state_dir)),
             Box::new(connect::Connect::new(exe, state_dir)),
             Box::new(page::Page::new(exe, state_dir)),
         ])

@@ -5,6 +5,7 @@
 //! ([`outbox`]) and leaves it only when the sink acknowledged it. It reads status.json (on
 //! inotify) and metadata.db; it writes only its outbox, its report and the Prometheus file.
 
+pub mod detections;
 pub mod http;
 pub mod messages;
 pub mod mqtt;
@@ -37,6 +38,9 @@ pub struct ConnectConfig {
     pub connect: ConnectSpec,
     /// The recordings' storage folder (free space, recordings of the last hour).
     pub storage: PathBuf,
+    /// Per detector, the lowest detection score sent (`spec.detectors[].sendMinScore`).
+    #[serde(default)]
+    pub send_min_scores: std::collections::BTreeMap<String, f64>,
 }
 
 impl ConnectConfig {
@@ -59,6 +63,12 @@ impl ConnectConfig {
             device_id,
             connect,
             storage,
+            send_min_scores: d
+                .spec
+                .detectors
+                .iter()
+                .map(|x| (x.name.to_string(), x.send_min_score()))
+                .collect(),
         })
     }
 

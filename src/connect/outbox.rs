@@ -228,6 +228,54 @@ impl Outbox {
         self.enforce_limits(now)
     }
 
+    /// Queues `messages` and sets counter `mark.0` to `mark.1` in the same transaction (a
+    /// cursor over another source: what was queued and how far it got commit together).
+    pub fn push_marked(
+        &mut self,
+        messages: &[NewMessage],
+        mark: (&str, i64),
+        now: Timestamp,
+    ) -> Result<u64, OutboxError> {
+        let err = db_err(self.path.clone());
+        let tx = self.conn.transaction().map_err(err("begin"))?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO message (sink, topic, payload, retain, created_at, bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(err("prepare an insert"))?;
+            for m in messages {
+                let bytes = (m.payload.len() + m.topic.len()) as i64;
+                insert
+                    .execute(params![
+                        m.sink.as_str(),
+                        m.topic,
+                        m.payload,
+                        m.retain,
+                        now.to_string(),
+                        bytes
+                    ])
+                    .map_err(err("queue a message"))?;
+            }
+            tx.execute(
+                "INSERT INTO counter (name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value = ?2",
+                params![mark.0, mark.1],
+            )
+            .map_err(err("move a cursor"))?;
+        }
+        tx.commit().map_err(err("commit"))?;
+        self.enforce_limits(now)
+    }
+
+    /// The value of counter `name` (0 when never set).
+    pub fn counter(&self, name: &str) -> i64 {
+        self.conn
+            .query_row("SELECT value FROM counter WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .unwrap_or(0)
+    }
+
     /// Drops messages older than maxAge, then the oldest until the rest fit in maxBytes.
     fn enforce_limits(&mut self, now: Timestamp) -> Result<u64, OutboxError> {
         let cutoff = (now - self.limits.max_age).to_string();

@@ -159,6 +159,7 @@ impl Connector {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut report_due = tokio::time::interval(REPORT_EVERY);
         self.on_status();
+        self.queue_detections();
         if let Some(m) = &mut self.mqtt {
             m.retry_at = Some(Instant::now());
         }
@@ -178,7 +179,10 @@ impl Connector {
                 .await;
             match wake {
                 Wake::Stop => break,
-                Wake::Status => self.on_status(),
+                Wake::Status => {
+                    self.on_status();
+                    self.queue_detections();
+                }
                 Wake::Heartbeat => self.on_heartbeat(),
                 Wake::Mqtt(event) => self.on_mqtt_events(event),
                 Wake::MqttRetry => self.connect_mqtt(),
@@ -391,8 +395,72 @@ impl Connector {
         }
         // A status whose queueing failed earlier is queued now.
         self.on_status();
+        self.queue_summary(now);
         self.write_prometheus();
         self.report_dirty = true;
+    }
+
+    /// New model outputs in metadata.db become messages (those with a detection at or above
+    /// their detector's sendMinScore, or file-level tags); the cursor moves in the same outbox
+    /// transaction, so each is queued exactly once.
+    fn queue_detections(&mut self) {
+        const CURSOR: &str = "model_output_rowid";
+        loop {
+            let after = self.outbox.counter(CURSOR);
+            let Some(batch) =
+                super::detections::after(&self.cfg.storage, after, 200, &self.cfg.send_min_scores)
+            else {
+                return;
+            };
+            let Some(last) = batch.last().map(|o| o.rowid) else {
+                return;
+            };
+            let now = Timestamp::now();
+            let mut out = Vec::new();
+            for output in batch.iter().filter(|o| o.detections > 0) {
+                let id = self.next_id(now);
+                let mut body = output.body.clone();
+                body["messageId"] = Value::from(id);
+                body["deviceId"] = Value::from(self.cfg.device_id.clone());
+                let topic = self
+                    .prefix()
+                    .map(|p| format!("{p}/{}/detections", self.cfg.device_id));
+                out.extend(self.to_sinks(topic, "model_output", &body, false));
+            }
+            self.report_dirty = true;
+            if let Err(e) = self.outbox.push_marked(&out, (CURSOR, last), now) {
+                tracing::error!(error = %errors::chain(&e), "cannot queue detections; trying again at the next change");
+                return;
+            }
+        }
+    }
+
+    /// Every heartbeat: counts and scores per tag since the last summary.
+    fn queue_summary(&mut self, now: Timestamp) {
+        const CURSOR: &str = "summary_until_ms";
+        let from_ms = self.outbox.counter(CURSOR);
+        let from = match from_ms {
+            0 => {
+                now - SignedDuration::try_from(self.cfg.connect.heartbeat.interval.as_std())
+                    .unwrap_or(SignedDuration::ZERO)
+            }
+            ms => Timestamp::from_millisecond(ms).unwrap_or(now),
+        };
+        let mut out = Vec::new();
+        if let Some(mut body) = super::detections::summary(&self.cfg.storage, from, now) {
+            body["messageId"] = Value::from(self.next_id(now));
+            body["deviceId"] = Value::from(self.cfg.device_id.clone());
+            let topic = self
+                .prefix()
+                .map(|p| format!("{p}/{}/summary", self.cfg.device_id));
+            out = self.to_sinks(topic, "summary", &body, false);
+        }
+        if let Err(e) = self
+            .outbox
+            .push_marked(&out, (CURSOR, now.as_millisecond()), now)
+        {
+            tracing::error!(error = %errors::chain(&e), "cannot queue the detection summary");
+        }
     }
 
     fn write_prometheus(&mut self) {

@@ -21,6 +21,47 @@ pub fn test_signal(frame: u64, channel: u16, sample_rate: u32) -> i16 {
     (value & !0x3f) | ((frame + u64::from(channel)) & 0x3f) as i16
 }
 
+/// What the feeder writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Signal {
+    /// [`test_signal`]: a sweep carrying the frame number (sample-exact checks).
+    #[default]
+    Sweep,
+    /// [`events_signal`]: tone bursts at known times over faint noise (detector checks).
+    Events,
+}
+
+/// The period of [`events_signal`], s.
+pub const EVENTS_PERIOD_S: f64 = 2.0;
+/// The in-band burst of [`events_signal`]: (start s, end s, Hz) within each period.
+pub const EVENT_IN_BAND: (f64, f64, f64) = (0.5, 0.8, 3000.0);
+/// The out-of-band burst: (start s, end s, Hz) within each period (a band of 2-5 kHz misses it).
+pub const EVENT_OUT_OF_BAND: (f64, f64, f64) = (1.3, 1.5, 7000.0);
+
+/// Sample of frame `frame`: every [`EVENTS_PERIOD_S`] a 3 kHz burst ([`EVENT_IN_BAND`]) and a
+/// 7 kHz burst ([`EVENT_OUT_OF_BAND`], at most 0.45 of the sample rate) over faint
+/// deterministic noise; the rest is that noise alone. Channels carry the same signal.
+pub fn events_signal(frame: u64, sample_rate: u32) -> i16 {
+    let rate = f64::from(sample_rate);
+    let t = frame as f64 / rate;
+    let within = t % EVENTS_PERIOD_S;
+    // A small xorshift of the frame number: noise at about -50 dBFS.
+    let mut x = frame.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5851_F42D_4C95_7F2D;
+    x ^= x >> 29;
+    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x ^= x >> 32;
+    let noise = ((x % 201) as f64 - 100.0) * 1.0;
+    let burst = |(from, to, hz): (f64, f64, f64)| {
+        let hz = hz.min(rate * 0.45);
+        if within >= from && within < to {
+            (2.0 * std::f64::consts::PI * hz * t).sin() * 8000.0
+        } else {
+            0.0
+        }
+    };
+    (noise + burst(EVENT_IN_BAND) + burst(EVENT_OUT_OF_BAND)) as i16
+}
+
 /// Interleaved S16_LE bytes of `frames` frames starting at `first_frame`.
 pub fn signal_bytes(first_frame: u64, frames: u64, sample_rate: u32, channels: u16) -> Vec<u8> {
     let mut out = Vec::with_capacity(frames as usize * usize::from(channels) * 2);
@@ -42,6 +83,8 @@ pub struct Feeder {
     pub frames: u64,
     /// How late the latest paced write was, at worst (a full pipe shows here).
     pub max_lateness: Duration,
+    /// What is written (default: the sweep).
+    pub signal: Signal,
 }
 
 impl Feeder {
@@ -69,6 +112,7 @@ impl Feeder {
             period_frames: period_frames.max(1),
             frames: 0,
             max_lateness: Duration::ZERO,
+            signal: Signal::Sweep,
         })
     }
 
@@ -81,12 +125,16 @@ impl Feeder {
     }
 
     fn write_period(&mut self) -> std::io::Result<()> {
-        let bytes = signal_bytes(
-            self.frames,
-            u64::from(self.period_frames),
-            self.sample_rate,
-            self.channels,
-        );
+        let frames = u64::from(self.period_frames);
+        let bytes = match self.signal {
+            Signal::Sweep => signal_bytes(self.frames, frames, self.sample_rate, self.channels),
+            Signal::Events => (self.frames..self.frames + frames)
+                .flat_map(|f| {
+                    let v = events_signal(f, self.sample_rate).to_le_bytes();
+                    std::iter::repeat_n(v, usize::from(self.channels)).flatten()
+                })
+                .collect(),
+        };
         self.fifo.write_all(&bytes)?;
         self.frames += u64::from(self.period_frames);
         Ok(())
@@ -129,8 +177,10 @@ pub fn run_feeder(
     channels: u16,
     period_frames: u32,
     seconds: Option<f64>,
+    signal: Signal,
 ) -> std::io::Result<()> {
     let mut feeder = Feeder::open(fifo, sample_rate, channels, period_frames)?;
+    feeder.signal = signal;
     feeder.write_paced(seconds.map(Duration::from_secs_f64), || true)?;
     if feeder.max_lateness > Duration::from_millis(100) {
         tracing::warn!(

@@ -140,6 +140,50 @@ fn single_line(s: &str) -> String {
     s.replace(['\n', '\r'], " ")
 }
 
+/// How a file's audio is pushed to the card while it is written (its end is always fsynced).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flush {
+    /// Nothing before the end (`syncInterval: 0s`).
+    AtEnd,
+    /// `fdatasync` every interval: each one a journal commit and a cache flush of the card.
+    Datasync(std::time::Duration),
+    /// On ext3/ext4 with ordered data: the audio written so far is handed to the kernel's
+    /// write-back every interval (whole pages, no wait, no forced commit); the file system's own
+    /// next commit, at most its commit interval later, makes the new size durable. The interval
+    /// is `syncInterval` less that commit interval, so the bound is still `syncInterval`.
+    WriteBack(std::time::Duration),
+}
+
+impl Flush {
+    /// The plan for `sync_interval` on a file system whose ordered journal commits every
+    /// `journal_commit` (`None`: not such a file system). Write-back needs at least 1 s of its
+    /// own; a shorter remainder falls back to `fdatasync`.
+    pub fn plan(
+        sync_interval: std::time::Duration,
+        journal_commit: Option<std::time::Duration>,
+    ) -> Self {
+        let one_second = std::time::Duration::from_secs(1);
+        match journal_commit {
+            _ if sync_interval.is_zero() => Self::AtEnd,
+            Some(commit) if sync_interval >= commit + one_second => {
+                Self::WriteBack(sync_interval - commit)
+            }
+            _ => Self::Datasync(sync_interval),
+        }
+    }
+
+    fn interval(self) -> std::time::Duration {
+        match self {
+            Self::AtEnd => std::time::Duration::ZERO,
+            Self::Datasync(every) | Self::WriteBack(every) => every,
+        }
+    }
+}
+
+/// The page size write-back works in; the last, partial page waits for the next round so it
+/// is not written twice.
+const PAGE: u64 = 4096;
+
 /// A file being written.
 pub struct WavFile<T: WavSample> {
     writer: Writer,
@@ -147,9 +191,13 @@ pub struct WavFile<T: WavSample> {
     format: WavFormat,
     frames: u64,
     max_frames: u64,
-    /// Samples between flushes to the card (0: at the end only).
+    /// How audio reaches the card between the file's start and its end.
+    flush: Flush,
+    /// Samples between flushes (0: at the end only).
     sync_every: u64,
     samples_since_sync: u64,
+    /// Bytes from the file's start handed to the kernel's write-back so far ([`Flush::WriteBack`]).
+    written_back: u64,
     /// The folder holding the file, fsynced with the first flush so that the name survives a
     /// power cut along with the data (a file that ends first is placed, and synced, by its move).
     dir_to_sync: Option<std::path::PathBuf>,
@@ -181,6 +229,11 @@ impl<T: WavSample> WavFile<T> {
                 return Err(e.into());
             }
         }
+        let flush = Flush::plan(
+            sync_interval,
+            temp.parent()
+                .and_then(crate::fsutil::ordered_journal_commit),
+        );
         let writer_file = file.try_clone()?;
         let writer = hound::WavWriter::new(
             BufWriter::with_capacity(64 * 1024, writer_file),
@@ -193,10 +246,12 @@ impl<T: WavSample> WavFile<T> {
             format,
             frames: 0,
             max_frames,
-            sync_every: (sync_interval.as_secs_f64()
+            flush,
+            sync_every: (flush.interval().as_secs_f64()
                 * f64::from(format.sample_rate)
                 * f64::from(format.channels)) as u64,
             samples_since_sync: 0,
+            written_back: 0,
             dir_to_sync: temp.parent().map(Path::to_path_buf),
             _sample: std::marker::PhantomData,
         })
@@ -221,10 +276,43 @@ impl<T: WavSample> WavFile<T> {
         if self.sync_every > 0 && self.samples_since_sync >= self.sync_every {
             self.samples_since_sync = 0;
             self.writer.flush().map_err(hound_to_io)?;
-            self.file.sync_data()?;
-            if let Some(dir) = self.dir_to_sync.take() {
-                File::open(dir)?.sync_all()?;
+            match self.flush {
+                Flush::WriteBack(_) => self.write_back()?,
+                _ => self.datasync()?,
             }
+        }
+        Ok(())
+    }
+
+    /// The flush in use.
+    pub fn flush_mode(&self) -> Flush {
+        self.flush
+    }
+
+    fn datasync(&mut self) -> std::io::Result<()> {
+        self.file.sync_data()?;
+        if let Some(dir) = self.dir_to_sync.take() {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// Starts write-back of the whole pages written since the last round (POSIX_FADV_DONTNEED
+    /// starts it without waiting and drops the pages once clean: audio is never read back). The
+    /// journal's next commit carries the new size and the file's name.
+    fn write_back(&mut self) -> std::io::Result<()> {
+        let end = (self.format.header_bytes() + self.frames * self.format.bytes_per_frame()) / PAGE
+            * PAGE;
+        if end > self.written_back {
+            let advice = nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED;
+            // off_t has 32 bits on armhf: past 2 GiB the pages are left to the kernel's own
+            // write-back.
+            let from = nix::libc::off_t::try_from(self.written_back);
+            let len = nix::libc::off_t::try_from(end - self.written_back);
+            if let (Ok(from), Ok(len)) = (from, len) {
+                nix::fcntl::posix_fadvise(&self.file, from, len, advice)?;
+            }
+            self.written_back = end;
         }
         Ok(())
     }
@@ -554,5 +642,32 @@ mod tests {
         assert!(meta.len() < 100_000, "{}", meta.len());
         // Allocated blocks: about the file, not the 5.8 MB reserved for 60 s.
         assert!(meta.blocks() * 512 < 200_000, "{} blocks", meta.blocks());
+    }
+
+    #[test]
+    fn the_flush_follows_the_journal_under_the_file() {
+        let secs = std::time::Duration::from_secs;
+        assert_eq!(Flush::plan(secs(0), Some(secs(5))), Flush::AtEnd);
+        assert_eq!(
+            Flush::plan(secs(10), Some(secs(5))),
+            Flush::WriteBack(secs(5))
+        );
+        assert_eq!(
+            Flush::plan(secs(6), Some(secs(5))),
+            Flush::WriteBack(secs(1))
+        );
+        assert_eq!(
+            Flush::plan(secs(5), Some(secs(5))),
+            Flush::Datasync(secs(5))
+        );
+        assert_eq!(
+            Flush::plan(secs(2), Some(secs(5))),
+            Flush::Datasync(secs(2))
+        );
+        assert_eq!(Flush::plan(secs(10), None), Flush::Datasync(secs(10)));
+        assert_eq!(
+            Flush::plan(secs(60), Some(secs(30))),
+            Flush::WriteBack(secs(30))
+        );
     }
 }

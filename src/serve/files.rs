@@ -58,6 +58,32 @@ impl RecordingName {
         (file.starts_with(&root) && file.is_file()).then_some(file)
     }
 
+    /// Whether metadata.db of the storage at `storage` lists this recording (roost stores the
+    /// absolute path, `<storage>/recordings/<name>`; a path relative to the storage is accepted
+    /// too). A file under recordings/ that is not registered is not served: only what roost
+    /// recorded and registered reaches the page. Opened read-only; `false` without metadata.db.
+    pub fn listed(&self, storage: &Path) -> bool {
+        use rusqlite::{Connection, OpenFlags};
+        let Ok(conn) = Connection::open_with_flags(
+            storage.join("metadata.db"),
+            OpenFlags::SQLITE_OPEN_READ_ONLY,
+        ) else {
+            return false;
+        };
+        let recordings_dir = storage.join(crate::storage::RECORDINGS_DIR);
+        let absolute = recordings_dir.join(&self.0);
+        let relative = Path::new(crate::storage::RECORDINGS_DIR).join(&self.0);
+        let (Some(absolute), Some(relative)) = (absolute.to_str(), relative.to_str()) else {
+            return false;
+        };
+        conn.query_row(
+            "SELECT 1 FROM recording WHERE path IN (?1, ?2) LIMIT 1",
+            [absolute, relative],
+            |_| Ok(()),
+        )
+        .is_ok()
+    }
+
     /// The name of `path` relative to `recordings_dir`, if it lies there.
     pub fn of(path: &Path, recordings_dir: &Path) -> Option<Self> {
         let rel = path.strip_prefix(recordings_dir).ok()?;
@@ -66,7 +92,7 @@ impl RecordingName {
 }
 
 /// A registered recording, newest first in [`recent`].
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, schemars::JsonSchema)]
 pub struct Recording {
     /// Its name under `recordings/` (what `/spectrogram.png?file=` takes).
     pub name: String,
@@ -85,7 +111,7 @@ pub fn recent(storage: &Path, limit: usize) -> Vec<Recording> {
         return Vec::new();
     };
     let Ok(mut query) =
-        conn.prepare("SELECT path, datetime FROM recording ORDER BY datetime DESC LIMIT ?1")
+        conn.prepare("SELECT path, datetime FROM recording WHERE path IS NOT NULL ORDER BY datetime DESC LIMIT ?1")
     else {
         return Vec::new();
     };

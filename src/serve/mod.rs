@@ -6,6 +6,7 @@
 //! answered, and the only file it writes is that cache.
 
 pub mod files;
+pub mod http;
 pub mod spectrogram;
 pub mod view;
 
@@ -15,9 +16,6 @@ use std::path::{Path, PathBuf};
 use jiff::Timestamp;
 
 use files::RecordingName;
-
-/// Threads answering requests: one slow spectrogram render does not hold up the page.
-const WORKERS: usize = 2;
 
 /// Why the page cannot be served.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +54,7 @@ impl Response {
         }
     }
 
-    fn text(status: u16, message: impl Into<String>) -> Self {
+    pub(crate) fn text(status: u16, message: impl Into<String>) -> Self {
         let mut body = message.into();
         body.push('\n');
         Self {
@@ -142,7 +140,11 @@ fn spectrogram_of(name: Option<RecordingName>, state_dir: &Path, now: Timestamp)
             .and_then(|n| RecordingName::try_from(n.as_str()).ok()),
     };
     let recordings_dir = storage.join(crate::storage::RECORDINGS_DIR);
-    let Some(wav) = name.and_then(|n| n.resolve(&recordings_dir)) else {
+    // Listed in metadata.db first, then inside recordings/ once links are resolved.
+    let Some(wav) = name
+        .filter(|n| n.listed(&storage))
+        .and_then(|n| n.resolve(&recordings_dir))
+    else {
         return Response::text(404, "no such recording");
     };
     match spectrogram::cached(&wav, &cache_dir(state_dir)) {
@@ -197,7 +199,10 @@ fn percent_decode(text: &str) -> Result<String, ()> {
 }
 
 /// Serves the page on `listen` until the process is stopped (it holds no state to save, so
-/// SIGTERM's default ending is right).
+/// SIGTERM's default ending is right). The transport and its limits are in [`http`].
+///
+/// # Errors
+/// [`ServeError::Bind`] when the address cannot be listened on.
 pub fn run(listen: SocketAddr, state_dir: &Path) -> Result<(), ServeError> {
     let bind_err = |source| ServeError::Bind {
         addr: listen,
@@ -205,52 +210,8 @@ pub fn run(listen: SocketAddr, state_dir: &Path) -> Result<(), ServeError> {
     };
     let listener = TcpListener::bind(listen).map_err(bind_err)?;
     let local = listener.local_addr().map_err(bind_err)?;
-    // tiny_http: small, synchronous and maintained; a page for one person at a time needs no
-    // async runtime, and the reconciler's tokio runtime stays out of this process.
-    let server = tiny_http::Server::from_listener(listener, None)
-        .map_err(|e| bind_err(std::io::Error::other(e)))?;
     tracing::info!(address = %local, state_dir = %state_dir.display(), "serving the read-only page");
-    std::thread::scope(|scope| {
-        for _ in 0..WORKERS {
-            scope.spawn(|| {
-                while let Ok(request) = server.recv() {
-                    answer(request, state_dir);
-                }
-            });
-        }
-    });
-    Ok(())
-}
-
-fn answer(request: tiny_http::Request, state_dir: &Path) {
-    let method = request.method().as_str().to_string();
-    let response = respond(&method, request.url(), state_dir, Timestamp::now());
-    tracing::debug!(%method, url = request.url(), status = response.status, "request");
-    let header = |name: &str, value: &str| {
-        tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).ok()
-    };
-    let cache = match response.immutable {
-        true => "max-age=86400",
-        false => "no-store",
-    };
-    let headers = [
-        header("Content-Type", response.content_type),
-        header("Cache-Control", cache),
-        // Nothing but this device's own page, even if a recording's name were hostile.
-        header(
-            "Content-Security-Policy",
-            "default-src 'none'; img-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'",
-        ),
-        (response.status == 405)
-            .then(|| header("Allow", "GET, HEAD"))
-            .flatten(),
-    ];
-    let mut reply = tiny_http::Response::from_data(response.body).with_status_code(response.status);
-    for h in headers.into_iter().flatten() {
-        reply.add_header(h);
-    }
-    // tiny_http leaves the body out for HEAD. A client gone away is not an error of ours.
-    let _ = request.respond(reply);
+    http::serve(listener, state_dir).map_err(bind_err)
 }
 
 #[cfg(test)]
@@ -308,5 +269,64 @@ mod tests {
             404
         );
         assert_eq!(respond("POST", "/", dir.path(), now).status, 405);
+    }
+
+    fn write_wav(path: &Path) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: 8_000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::create(path, spec).unwrap();
+        for n in 0..16_000 {
+            w.write_sample(((n % 40) * 500) as i16).unwrap();
+        }
+        w.finalize().unwrap();
+    }
+
+    #[test]
+    fn only_recordings_listed_in_metadata_db_are_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path();
+        let storage = state.join("storage");
+        let config = serde_json::json!({
+            "deployment": "unit",
+            "storage": {"path": storage, "minFreeSpace": "0", "onLowSpace": "stop"},
+            "recorder": {"device": "default", "sampleRate": 8000, "channels": 1,
+                         "sampleFormat": "i16", "duration": "2s"},
+        });
+        std::fs::write(
+            crate::recorder::RecordConfig::path(state),
+            serde_json::to_vec(&config).unwrap(),
+        )
+        .unwrap();
+        let config: crate::recorder::RecordConfig = serde_json::from_value(config).unwrap();
+        let mut db = crate::storage::Storage::open(&storage, &config.storage).unwrap();
+        let start: Timestamp = "2026-11-30T01:00:00Z".parse().unwrap();
+        let deployment = db.start_deployment("unit", None, start).unwrap();
+        let listed = db.recordings_dir().join("2026/listed.wav");
+        let unlisted = db.recordings_dir().join("2026/unlisted.wav");
+        write_wav(&listed);
+        write_wav(&unlisted);
+        db.register(
+            &crate::storage::NewRecording {
+                path: listed,
+                datetime: start,
+                duration_s: 2.0,
+                samplerate_hz: 8_000,
+                audio_channels: 1,
+            },
+            &deployment,
+        )
+        .unwrap();
+        let now = Timestamp::now();
+        let get = |name: &str| {
+            respond("GET", &format!("/spectrogram.png?file={name}"), state, now).status
+        };
+        assert_eq!(get("2026/listed.wav"), 200);
+        assert_eq!(get("2026/unlisted.wav"), 404);
+        assert!(!cache_dir(state).join("unlisted.png").exists());
     }
 }

@@ -52,7 +52,17 @@ pub enum SpectrogramError {
 pub fn cached(wav: &Path, cache_dir: &Path) -> Result<Vec<u8>, SpectrogramError> {
     let stem = wav.file_stem().map(|s| s.to_string_lossy().into_owned());
     let cache_file = stem.map(|s| cache_dir.join(format!("{s}.png")));
-    if let Some(bytes) = cache_file.as_ref().and_then(|f| std::fs::read(f).ok()) {
+    let from_cache = || cache_file.as_ref().and_then(|f| std::fs::read(f).ok());
+    if let Some(bytes) = from_cache() {
+        return Ok(bytes);
+    }
+    // One render at a time, so many clients asking at once cost one render's memory and one
+    // core; who waited gets the cached result.
+    static RENDERING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = RENDERING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(bytes) = from_cache() {
         return Ok(bytes);
     }
     let png = render(wav)?;

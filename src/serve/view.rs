@@ -17,7 +17,7 @@ use crate::status_view;
 pub const RECENT_RECORDINGS: usize = 20;
 
 /// Everything on the page.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct View {
     /// The first line of `roost status`: is it recording, and if not why.
@@ -25,6 +25,7 @@ pub struct View {
     /// The overall status word (`Running`, `Error` ...), `None` before roost ever ran.
     pub status: Option<String>,
     /// When status.json was written.
+    #[schemars(with = "Option<String>", extend("format" = "date-time"))]
     pub updated_at: Option<Timestamp>,
     /// The recorder's figures as (label, value).
     pub figures: Vec<Figure>,
@@ -39,7 +40,7 @@ pub struct View {
 }
 
 /// One recorder figure.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Figure {
     /// E.g. `free space`.
     pub label: String,
@@ -48,7 +49,7 @@ pub struct Figure {
 }
 
 /// One component's line.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Component {
     /// Its name in the deployment.

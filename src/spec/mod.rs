@@ -3,6 +3,7 @@
 //! touches a runtime; it only says what is wanted.
 
 pub mod connect;
+pub mod curate;
 mod duration;
 mod load;
 mod names;
@@ -17,7 +18,8 @@ use serde::{Deserialize, Serialize};
 pub use duration::{DurationParseError, HumanDuration};
 pub use load::{LoadError, MAX_FILE_BYTES, load_file, parse_str};
 pub use names::{
-    AbsolutePath, Command, ComponentName, DeploymentName, EnvName, Latitude, Longitude,
+    AbsolutePath, Command, ComponentName, DeploymentName, DetectorName, EnvName, Latitude,
+    Longitude,
 };
 pub use recorder::{RecorderSpec, StorageSpec};
 
@@ -149,9 +151,21 @@ pub struct DeploymentSpec {
     /// `connect`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect: Option<connect::ConnectSpec>,
+    /// Detectors that look at every new recording once, in order (component `curator`,
+    /// `roost curate`); their findings go into metadata.db and, when connected, out as messages.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub detectors: Vec<curate::DetectorSpec>,
     /// The read-only field page (component `page`, `roost serve`); off unless set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub page: Option<PageSpec>,
+}
+
+impl DeploymentSpec {
+    /// Whether the curator runs: detectors, keep rules or retention are set (and a recorder).
+    pub fn curates(&self) -> bool {
+        self.recorder.is_some()
+            && (!self.detectors.is_empty() || self.storage.as_ref().is_some_and(|s| s.curates()))
+    }
 }
 
 /// `spec.page`: the read-only field page served on the device.
@@ -318,6 +332,12 @@ impl Deployment {
                     "the name \"connect\" is reserved for spec.connect; rename this component",
                 ));
             }
+            if c.name.as_str() == curate::CURATOR_COMPONENT && spec.curates() {
+                issues.push(FieldIssue::new(
+                    format!("spec.components[{i}].name"),
+                    "the name \"curator\" is reserved for detectors and keep rules; rename this component",
+                ));
+            }
             if spec.recorder.is_some() && c.name.as_str() == recorder::RECORDER_COMPONENT {
                 issues.push(FieldIssue::new(
                     format!("spec.components[{i}].name"),
@@ -363,6 +383,21 @@ impl Deployment {
         }
         if let Some(connect) = &spec.connect {
             issues.extend(connect.validate());
+        }
+        issues.extend(curate::validate_detectors(&spec.detectors));
+        if let Some(storage) = &spec.storage {
+            issues.extend(curate::validate_keep(
+                &storage.keep,
+                spec.location.is_some(),
+            ));
+        }
+        if spec.recorder.is_none()
+            && (!spec.detectors.is_empty() || spec.storage.as_ref().is_some_and(|s| s.curates()))
+        {
+            issues.push(FieldIssue::new(
+                "spec.detectors",
+                "detectors and keep rules look at the recorder's recordings; add spec.recorder",
+            ));
         }
         issues
     }

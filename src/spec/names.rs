@@ -81,6 +81,7 @@ macro_rules! label_type {
 
 label_type!(DeploymentName, "deployment name");
 label_type!(ComponentName, "component name");
+label_type!(DetectorName, "detector name");
 
 /// The argv of a component: at least one element, the first one the program.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]

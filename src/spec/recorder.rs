@@ -42,6 +42,19 @@ pub struct StorageSpec {
     /// then records there by itself once the disk is mounted. Default false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub require_mount: bool,
+    /// Saving rules, decided for each recording once every detector has seen it: kept when any
+    /// rule keeps it, otherwise its file is deleted and its row's `path` cleared. Without rules
+    /// everything is kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keep: Vec<super::curate::KeepRule>,
+    /// Recordings older than this are deleted (never protected ones, nor ones a detector or the
+    /// outbox still needs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<HumanDuration>,
+    /// The most the recordings may use: bytes ("20GiB") or a share of the file system ("80%");
+    /// the oldest go first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_usage: Option<super::curate::Usage>,
 }
 
 fn default_min_free_space() -> ByteSize {
@@ -55,6 +68,9 @@ impl Default for StorageSpec {
             min_free_space: default_min_free_space(),
             on_low_space: OnLowSpace::default(),
             require_mount: false,
+            keep: Vec::new(),
+            max_age: None,
+            max_usage: None,
         }
     }
 }
@@ -66,6 +82,11 @@ impl StorageSpec {
             Some(p) => p.as_path().to_path_buf(),
             None => state_dir.join(DEFAULT_STORAGE_DIR),
         }
+    }
+
+    /// Whether keep rules or retention limits are set.
+    pub fn curates(&self) -> bool {
+        !self.keep.is_empty() || self.max_age.is_some() || self.max_usage.is_some()
     }
 
     /// A copy whose `path` is set, so that the recorder needs no state folder to find it.
@@ -228,9 +249,12 @@ pub struct RecorderSpec {
     /// Overrides spec.restartPolicy for the recorder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_policy: Option<RestartPolicy>,
-    /// How often the file being written is flushed to the card (fdatasync): the most audio a
-    /// power cut can cost. Default 10s; `0s` syncs at the end of each file only. Shorter
-    /// intervals wear an SD card faster.
+    /// The most audio a power cut can cost: how often the file being written is made durable.
+    /// On ext3/ext4 with ordered data (the default) the audio is handed to the kernel's
+    /// write-back every `syncInterval` less the journal's commit interval (5 s unless mounted
+    /// with `commit=`) and the journal's own commit carries its size, with no forced commit;
+    /// elsewhere, or when that leaves less than 1 s, fdatasync every `syncInterval`. Default
+    /// 10s; `0s` syncs at the end of each file only. Shorter intervals wear an SD card faster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync_interval: Option<HumanDuration>,
 }

@@ -265,3 +265,65 @@ pub fn processes_in_group(pgid: u32) -> Vec<u32> {
     }
     out
 }
+
+/// The paced feeder (`roost feed`, RECIPES §2) behind the ALSA file plugin; resumed (if a test
+/// stopped it) and killed on drop.
+pub struct Feed(pub Child);
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A deployment named `name` that records 16 kHz mono i16 in 1 s files into `storage`, with
+/// `extra_spec` (lines indented by 2) and no components.
+pub fn recorder_deployment(name: &str, storage: &Path, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: roost/v1\nkind: Deployment\nmetadata:\n  name: {name}\nspec:\n  location: {{latitude: 51.76, longitude: -1.26}}\n  backoff: {{initial: 0s, max: 1s, resetAfter: 10m}}\n  storage: {{path: {}, minFreeSpace: 0, onLowSpace: stop}}\n  recorder:\n    device: default\n    sampleRate: 16000\n    channels: 1\n    sampleFormat: i16\n    duration: 1s\n    timezone: UTC\n{extra_spec}  components: []\n",
+        storage.display()
+    )
+}
+
+impl Roost {
+    /// Starts the 16 kHz feeder (it writes the ALSA configuration) and `roost run --runtime
+    /// process` on this deployment, its log in `roost.log`.
+    pub fn start_recording(&mut self) -> Feed {
+        self.start_recording_with(&[])
+    }
+
+    /// [`Roost::start_recording`] with more arguments for `roost feed` (`--signal events`).
+    pub fn start_recording_with(&mut self, feed_args: &[&str]) -> Feed {
+        let fifo = self.path("mic.fifo");
+        let conf = self.path("asound.conf");
+        let feed = Feed(
+            Command::new(ROOST)
+                .args(["feed", "--sample-rate", "16000", "--fifo"])
+                .arg(&fifo)
+                .arg("--alsa-config")
+                .arg(&conf)
+                .args(feed_args)
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        while !conf.exists() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let child = Command::new(ROOST)
+            .args(["run", "--runtime", "process", "--file"])
+            .arg(&self.file)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .env("ALSA_CONFIG_PATH", &conf)
+            .stderr(std::fs::File::create(self.path("roost.log")).unwrap())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        feed
+    }
+}

@@ -159,7 +159,7 @@ impl Rig {
             .unwrap();
         assert_eq!(ok, "ok");
         let mut stmt = conn
-            .prepare("SELECT path, duration_s, samplerate_hz FROM recording")
+            .prepare("SELECT path, duration_s, samplerate_hz FROM recording WHERE path IS NOT NULL")
             .unwrap();
         let rows: Vec<(String, f64, u32)> = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
@@ -186,8 +186,12 @@ impl Rig {
 
     pub fn row_count(&self) -> i64 {
         let conn = rusqlite::Connection::open(self.storage.join("metadata.db")).unwrap();
-        conn.query_row("SELECT count(*) FROM recording", [], |r| r.get(0))
-            .unwrap()
+        conn.query_row(
+            "SELECT count(*) FROM recording WHERE path IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
     }
 }
 
@@ -326,7 +330,7 @@ impl Drop for Tmpfs {
 pub fn rows_in_order(storage: &Path) -> Vec<PathBuf> {
     let conn = rusqlite::Connection::open(storage.join("metadata.db")).unwrap();
     let mut stmt = conn
-        .prepare("SELECT path FROM recording ORDER BY rowid")
+        .prepare("SELECT path FROM recording WHERE path IS NOT NULL ORDER BY rowid")
         .unwrap();
     stmt.query_map([], |r| r.get::<_, String>(0))
         .unwrap()

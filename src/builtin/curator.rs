@@ -1,0 +1,116 @@
+//! The curator as a built-in component: `roost curate` of this binary, reading the
+//! configuration roost writes before starting it; health by output, from
+//! `curator-report.json`: a detector far behind or stalled is an error of the component, never
+//! of the recording (the recorder goes on whatever the curator does).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+use super::{Builtin, BuiltinError};
+use crate::curate::report::{CuratorReport, read_report, report_path};
+use crate::curate::{CURATOR_COMPONENT, CurateConfig};
+use crate::errors;
+use crate::observe::{BuiltinHealth, BuiltinReport, ComponentRun, Trouble};
+use crate::spec::Deployment;
+use crate::status::Reason;
+
+/// The curator built-in of a roost running `exe` with its state in `state_dir`.
+pub struct Curator {
+    exe: PathBuf,
+    state_dir: PathBuf,
+}
+
+impl Curator {
+    /// The curator started as `<exe> curate`, its files in `state_dir`.
+    pub fn new(exe: &Path, state_dir: &Path) -> Self {
+        Self {
+            exe: exe.to_path_buf(),
+            state_dir: state_dir.to_path_buf(),
+        }
+    }
+}
+
+impl Builtin for Curator {
+    fn name(&self) -> &'static str {
+        CURATOR_COMPONENT
+    }
+
+    fn run(&self, d: &Deployment) -> Option<ComponentRun> {
+        let config = CurateConfig::from_deployment(d, &self.state_dir)?;
+        let config_json = serde_json::to_string(&config).expect("curator config serializes");
+        let hash_input = format!("{}\n{}", self.exe.display(), config_json);
+        let argv = super::config_argv(
+            &self.exe,
+            "curate",
+            &CurateConfig::path(&self.state_dir),
+            &self.state_dir,
+        );
+        Some(super::own_run(
+            CURATOR_COMPONENT,
+            d,
+            argv,
+            &hash_input,
+            crate::spec::RestartPolicy::Always,
+            Duration::from_secs(10),
+        ))
+    }
+
+    fn prepare(&self, d: &Deployment) -> Result<(), BuiltinError> {
+        let Some(config) = CurateConfig::from_deployment(d, &self.state_dir) else {
+            return Ok(());
+        };
+        config
+            .write(&self.state_dir)
+            .map_err(|source| BuiltinError::Prepare {
+                component: CURATOR_COMPONENT,
+                path: CurateConfig::path(&self.state_dir),
+                source,
+            })
+    }
+
+    fn health(&self, pid: Option<u32>, now: Timestamp) -> BuiltinHealth {
+        match read_report(&self.state_dir).filter(|r| Some(r.pid) == pid) {
+            Some(report) => BuiltinHealth::Reported(reported(&report, now)),
+            None => BuiltinHealth::Silent {
+                within: crate::recorder::FIRST_REPORT_WITHIN,
+                code: &errors::CURATOR_SILENT,
+                reason: Reason::CuratorError,
+            },
+        }
+    }
+
+    fn output_file(&self) -> Option<PathBuf> {
+        Some(report_path(&self.state_dir))
+    }
+}
+
+fn reported(report: &CuratorReport, now: Timestamp) -> BuiltinReport {
+    let trouble = report.error.as_ref().map(|p| {
+        let code = errors::CATALOGUE
+            .iter()
+            .find(|c| c.code == p.code)
+            .unwrap_or(&errors::CURATOR_SILENT);
+        let reason = match code.code {
+            "DEP_E611" => Reason::DetectorBehind,
+            "DEP_E612" => Reason::DetectorStalled,
+            _ => Reason::CuratorError,
+        };
+        Trouble {
+            code,
+            reason,
+            message: p.message.clone(),
+        }
+    });
+    let stale = report
+        .updated_at
+        .map(|t| t + crate::recorder::HEARTBEAT * 3)
+        .filter(|t| *t > now);
+    BuiltinReport {
+        output: serde_json::to_value(report).unwrap_or(serde_json::Value::Null),
+        trouble,
+        produced: true,
+        look_again_at: stale,
+    }
+}

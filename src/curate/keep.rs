@@ -1,0 +1,359 @@
+//! Saving rules and retention, decided without touching anything: which recordings
+//! `spec.storage.keep` keeps, and which `maxAge` / `maxUsage` delete. Pure functions of the
+//! facts and the time; the curator applies them.
+
+use jiff::{SignedDuration, Timestamp};
+
+use crate::schedule::Schedule;
+use crate::spec::recorder::{RecorderSpec, SunEvent, TimeOfDay, Window};
+use crate::spec::{Location, curate::KeepRule};
+
+/// What one detection of a recording is, for the rules.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Found {
+    /// The detector (`model_name`).
+    pub detector: String,
+    /// Its score, 0..1.
+    pub score: f64,
+    /// Its tag values.
+    pub tags: Vec<String>,
+}
+
+/// What the rules look at in one recording.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Facts {
+    /// When its first sample was captured.
+    pub start: Timestamp,
+    /// Its length, s.
+    pub duration_s: f64,
+    /// Every detection of every detector.
+    pub found: Vec<Found>,
+}
+
+/// The rules of a deployment, with what the time rules need (the recorder's time zone and the
+/// location, for sunrise and sunset).
+pub struct Rules {
+    rules: Vec<(String, Matcher)>,
+}
+
+enum Matcher {
+    Always,
+    Window(Schedule),
+    Every {
+        seconds: i64,
+        tz: jiff::tz::TimeZone,
+    },
+    Detection(crate::spec::curate::DetectionRule),
+}
+
+impl Rules {
+    /// The matchers of `keep` in the recorder's time zone at `location`.
+    pub fn new(keep: &[KeepRule], recorder: &RecorderSpec, location: Option<&Location>) -> Self {
+        let window = |w: Window| {
+            let spec = RecorderSpec {
+                windows: vec![w],
+                ..recorder.clone()
+            };
+            Matcher::Window(Schedule::new(&spec, location))
+        };
+        let around = |event, a: &crate::spec::curate::AroundSun| Window {
+            start: TimeOfDay::Solar {
+                event,
+                offset_seconds: -(a.before.as_std().as_secs() as i32),
+            },
+            end: TimeOfDay::Solar {
+                event,
+                offset_seconds: a.after.as_std().as_secs() as i32,
+            },
+        };
+        let rules = keep
+            .iter()
+            .map(|rule| {
+                let matcher = match rule {
+                    KeepRule {
+                        always: Some(_), ..
+                    } => Matcher::Always,
+                    KeepRule {
+                        window: Some(w), ..
+                    } => window(w.clone()),
+                    KeepRule { dawn: Some(a), .. } => window(around(SunEvent::Sunrise, a)),
+                    KeepRule { dusk: Some(a), .. } => window(around(SunEvent::Sunset, a)),
+                    KeepRule { every: Some(e), .. } => Matcher::Every {
+                        seconds: e.as_std().as_secs().max(1) as i64,
+                        tz: recorder.time_zone(),
+                    },
+                    KeepRule {
+                        detection: Some(d), ..
+                    } => Matcher::Detection(d.clone()),
+                    _ => Matcher::Always,
+                };
+                (rule.kind().to_string(), matcher)
+            })
+            .collect();
+        Self { rules }
+    }
+
+    /// Whether there are rules at all (none: everything is kept).
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The first rule that keeps a recording with `facts` (`keep[i]:kind`), `None`: delete it.
+    /// Without rules everything is kept (`none`).
+    pub fn kept_by(&self, facts: &Facts) -> Option<String> {
+        if self.rules.is_empty() {
+            return Some("none".into());
+        }
+        self.rules
+            .iter()
+            .enumerate()
+            .find(|(_, (_, m))| m.keeps(facts))
+            .map(|(i, (kind, _))| format!("keep[{i}]:{kind}"))
+    }
+}
+
+impl Matcher {
+    fn keeps(&self, facts: &Facts) -> bool {
+        match self {
+            Self::Always => true,
+            Self::Window(schedule) => schedule.in_window(facts.start),
+            Self::Every { seconds, tz } => holds_slot_start(facts, *seconds, tz),
+            Self::Detection(rule) => facts.found.iter().any(|f| {
+                f.score >= rule.min_score
+                    && rule
+                        .detector
+                        .as_ref()
+                        .is_none_or(|d| d.as_str() == f.detector)
+                    && (rule.tags.is_empty() || f.tags.iter().any(|t| rule.tags.contains(t)))
+            }),
+        }
+    }
+}
+
+/// Whether the recording holds the start of a slot of `seconds` counted from local midnight.
+fn holds_slot_start(facts: &Facts, seconds: i64, tz: &jiff::tz::TimeZone) -> bool {
+    let local = facts.start.to_zoned(tz.clone());
+    let since_midnight = local
+        .start_of_day()
+        .map(|m| facts.start.duration_since(m.timestamp()))
+        .unwrap_or(SignedDuration::ZERO);
+    let s = since_midnight.as_millis();
+    let slot = i128::from(seconds) * 1000;
+    let next = (s + slot - 1) / slot * slot;
+    let end = s + (facts.duration_s * 1000.0).round() as i128;
+    next < end.max(s + 1)
+}
+
+/// A recording retention may delete.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Candidate {
+    /// Its row id.
+    pub id: String,
+    /// When it started.
+    pub start: Timestamp,
+    /// Bytes it occupies on the disk.
+    pub bytes: u64,
+    /// Whether it may go now: not protected, every detector done, no message of it waiting.
+    pub deletable: bool,
+}
+
+/// Which recordings `maxAge` and `maxUsage` delete at `now`, oldest first, with the rule
+/// (`maxAge` or `maxUsage`). `candidates` are oldest first; `max_usage` is in bytes of
+/// recordings. Recordings that are not deletable are never chosen, but count in the usage.
+pub fn retention(
+    candidates: &[Candidate],
+    now: Timestamp,
+    max_age: Option<std::time::Duration>,
+    max_usage: Option<u64>,
+) -> Vec<(String, &'static str)> {
+    let mut out = Vec::new();
+    let mut used: u64 = candidates.iter().map(|c| c.bytes).sum();
+    for c in candidates {
+        if !c.deletable {
+            continue;
+        }
+        let too_old = max_age.is_some_and(|age| {
+            now.duration_since(c.start).as_secs_f64().max(0.0) > age.as_secs_f64()
+        });
+        let too_much = max_usage.is_some_and(|limit| used > limit);
+        let rule = match (too_old, too_much) {
+            (true, _) => "maxAge",
+            (false, true) => "maxUsage",
+            (false, false) => continue,
+        };
+        used -= c.bytes;
+        out.push((c.id.clone(), rule));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::curate::{AroundSun, DetectionRule};
+
+    fn recorder() -> RecorderSpec {
+        serde_json::from_value(serde_json::json!({"timezone": "Europe/London"})).unwrap()
+    }
+
+    fn location() -> Location {
+        serde_json::from_value(serde_json::json!({"latitude": 51.76, "longitude": -1.26})).unwrap()
+    }
+
+    fn at(t: &str, found: Vec<Found>) -> Facts {
+        Facts {
+            start: t.parse().unwrap(),
+            duration_s: 60.0,
+            found,
+        }
+    }
+
+    fn rules(keep: serde_json::Value) -> Rules {
+        let keep: Vec<KeepRule> = serde_json::from_value(keep).unwrap();
+        Rules::new(&keep, &recorder(), Some(&location()))
+    }
+
+    #[test]
+    fn no_rules_keep_everything_and_any_rule_keeps() {
+        assert_eq!(
+            rules(serde_json::json!([])).kept_by(&at("2026-06-01T12:00:00Z", vec![])),
+            Some("none".into())
+        );
+        let r = rules(
+            serde_json::json!([{"window": {"start": "05:00", "end": "07:00"}}, {"always": true}]),
+        );
+        assert_eq!(
+            r.kept_by(&at("2026-06-01T04:30:00Z", vec![])),
+            Some("keep[0]:window".into())
+        );
+        assert_eq!(
+            r.kept_by(&at("2026-06-01T12:00:00Z", vec![])),
+            Some("keep[1]:always".into())
+        );
+    }
+
+    #[test]
+    fn windows_dawn_and_dusk_follow_the_local_clock_and_the_sun() {
+        // Oxford, 1 June 2026: sunrise about 03:50 UTC, sunset about 20:15 UTC.
+        let r = rules(serde_json::json!([{"dawn": {"before": "30m", "after": "1h"}}]));
+        assert!(r.kept_by(&at("2026-06-01T03:30:00Z", vec![])).is_some());
+        assert!(r.kept_by(&at("2026-06-01T04:40:00Z", vec![])).is_some());
+        assert!(r.kept_by(&at("2026-06-01T05:00:00Z", vec![])).is_none());
+        assert!(r.kept_by(&at("2026-06-01T03:00:00Z", vec![])).is_none());
+        let r = rules(serde_json::json!([{"dusk": {"before": "1h"}}]));
+        assert!(r.kept_by(&at("2026-06-01T19:40:00Z", vec![])).is_some());
+        assert!(r.kept_by(&at("2026-06-01T20:40:00Z", vec![])).is_none());
+        let r = rules(serde_json::json!([{"window": {"start": "22:00", "end": "02:00"}}]));
+        // 23:30 BST is 22:30 UTC; 02:30 BST is 01:30 UTC.
+        assert!(r.kept_by(&at("2026-06-01T22:30:00Z", vec![])).is_some());
+        assert!(r.kept_by(&at("2026-06-02T01:30:00Z", vec![])).is_none());
+    }
+
+    #[test]
+    fn every_keeps_the_recording_holding_each_slot_start() {
+        let r = rules(serde_json::json!([{"every": "10m"}]));
+        // Local 13:10:00 BST, a slot start.
+        assert!(r.kept_by(&at("2026-06-01T12:10:00Z", vec![])).is_some());
+        assert!(r.kept_by(&at("2026-06-01T12:11:00Z", vec![])).is_none());
+        // Starts 12:09:30.5, holds 12:10:00.
+        assert!(r.kept_by(&at("2026-06-01T12:09:30.5Z", vec![])).is_some());
+        let kept = (0..60)
+            .filter(|m| {
+                r.kept_by(&at(&format!("2026-06-01T12:{m:02}:00Z"), vec![]))
+                    .is_some()
+            })
+            .count();
+        assert_eq!(kept, 6, "one file of 60 s in every 10 minutes");
+    }
+
+    #[test]
+    fn detections_keep_by_score_detector_and_tag() {
+        let found = |d: &str, s: f64, t: &str| Found {
+            detector: d.into(),
+            score: s,
+            tags: vec![t.into()],
+        };
+        let r = rules(
+            serde_json::json!([{"detection": {"minScore": 0.8, "detector": "birdnet", "tags": ["Turdus merula"]}}]),
+        );
+        assert!(
+            r.kept_by(&at(
+                "2026-06-01T12:00:00Z",
+                vec![found("birdnet", 0.9, "Turdus merula")]
+            ))
+            .is_some()
+        );
+        assert!(
+            r.kept_by(&at(
+                "2026-06-01T12:00:00Z",
+                vec![found("birdnet", 0.7, "Turdus merula")]
+            ))
+            .is_none()
+        );
+        assert!(
+            r.kept_by(&at(
+                "2026-06-01T12:00:00Z",
+                vec![found("bats", 0.9, "Turdus merula")]
+            ))
+            .is_none()
+        );
+        assert!(
+            r.kept_by(&at(
+                "2026-06-01T12:00:00Z",
+                vec![found("birdnet", 0.9, "Erithacus rubecula")]
+            ))
+            .is_none()
+        );
+        let any = Rules::new(
+            &[KeepRule {
+                detection: Some(DetectionRule {
+                    min_score: 0.5,
+                    detector: None,
+                    tags: vec![],
+                }),
+                ..KeepRule::default()
+            }],
+            &recorder(),
+            None,
+        );
+        assert!(
+            any.kept_by(&at("2026-06-01T12:00:00Z", vec![found("x", 0.5, "sound")]))
+                .is_some()
+        );
+        assert!(any.kept_by(&at("2026-06-01T12:00:00Z", vec![])).is_none());
+        let _ = AroundSun::default();
+    }
+
+    #[test]
+    fn retention_deletes_the_oldest_deletable_by_age_then_by_usage() {
+        let now: Timestamp = "2026-06-10T12:00:00Z".parse().unwrap();
+        let c = |id: &str, day: u8, deletable: bool| Candidate {
+            id: id.into(),
+            start: format!("2026-06-{day:02}T00:00:00Z").parse().unwrap(),
+            bytes: 100,
+            deletable,
+        };
+        let cands = [
+            c("a", 1, true),
+            c("b", 2, false),
+            c("c", 3, true),
+            c("d", 8, true),
+            c("e", 9, true),
+        ];
+        let week = Some(std::time::Duration::from_secs(7 * 86_400));
+        assert_eq!(
+            retention(&cands, now, week, None),
+            vec![("a".into(), "maxAge"), ("c".into(), "maxAge")]
+        );
+        // 500 bytes used, at most 250: a, c (b is not deletable), then d.
+        assert_eq!(
+            retention(&cands, now, None, Some(250)),
+            vec![
+                ("a".into(), "maxUsage"),
+                ("c".into(), "maxUsage"),
+                ("d".into(), "maxUsage")
+            ]
+        );
+        assert!(retention(&cands, now, None, Some(1000)).is_empty());
+    }
+}

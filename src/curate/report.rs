@@ -1,0 +1,101 @@
+//! `curator-report.json`: what the curator did and how far behind it is, read by `roost run`
+//! for status.json (component `curator`) and by the page. Replaced whole, not fsynced (derived).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// The file's name in the state folder.
+pub const REPORT_FILE: &str = "curator-report.json";
+
+/// A problem, with its code.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// The catalogue code.
+    pub code: String,
+    /// What happened.
+    pub message: String,
+}
+
+/// One detector's figures.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DetectorFigures {
+    /// Its name.
+    pub name: String,
+    /// Recordings it finished (with or without detections).
+    pub analysed: u64,
+    /// Recordings it gave up on after its retries.
+    pub failed: u64,
+    /// Recordings waiting for it.
+    pub backlog: u64,
+    /// The last recording it finished.
+    pub last_analysed: Option<PathBuf>,
+    /// When it finished it.
+    pub last_analysed_at: Option<Timestamp>,
+    /// Detections it wrote in the last hour.
+    pub detections_last_hour: u64,
+    /// The last failure on a recording (code per recording), while it is the newest news.
+    pub last_failure: Option<Problem>,
+    /// The recording of that failure.
+    pub last_failure_file: Option<PathBuf>,
+}
+
+/// What the storage holds and what was deleted.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageFigures {
+    /// Bytes the recordings occupy on disk.
+    pub bytes_used: u64,
+    /// Recordings whose file is there.
+    pub recordings: u64,
+    /// Free bytes on the storage's file system.
+    pub free_bytes: Option<u64>,
+    /// Files deleted, by rule or cause (`keep`, `maxAge`, `maxUsage`, `onLowSpace`, `missing`).
+    pub deleted_by_rule: BTreeMap<String, u64>,
+    /// Recordings kept by the keep rules, and deleted by them, since the curator started.
+    pub kept_this_run: u64,
+    /// Deleted by the keep rules since the curator started.
+    pub deleted_this_run: u64,
+    /// Days until the disk is full at the last day's rate of kept recordings.
+    pub days_until_full: Option<f64>,
+}
+
+/// The whole report.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CuratorReport {
+    /// The curator's process.
+    pub pid: u32,
+    /// When it was written.
+    pub updated_at: Option<Timestamp>,
+    /// Per detector, in `spec.detectors` order.
+    pub detectors: Vec<DetectorFigures>,
+    /// The storage.
+    pub storage: StorageFigures,
+    /// What stops the curator's work now (storage unusable, a detector behind or stalled).
+    pub error: Option<Problem>,
+    /// Whether it has stopped (SIGTERM).
+    #[serde(default)]
+    pub stopped: bool,
+}
+
+/// `<state_dir>/curator-report.json`.
+pub fn report_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(REPORT_FILE)
+}
+
+/// The report in `state_dir`, if there is a readable one.
+pub fn read_report(state_dir: &Path) -> Option<CuratorReport> {
+    serde_json::from_slice(&std::fs::read(report_path(state_dir)).ok()?).ok()
+}
+
+impl CuratorReport {
+    /// Replaces the report whole (not fsynced: derived, rewritten at each change).
+    pub fn write(&self, state_dir: &Path) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        crate::fsutil::replace_quietly(&report_path(state_dir), &bytes)
+    }
+}

@@ -1,0 +1,640 @@
+//! The curator's loop: wakes when the recorder reports (a new file) or once a minute, analyses
+//! what waits, decides keep or delete, applies retention, and rewrites its report when it
+//! changed. Detectors run one recording at a time in this process, never in the recorder's.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use rusqlite::Connection;
+
+use super::config::CurateConfig;
+use super::db::{self, Recording};
+use super::keep::{self, Rules};
+use super::report::{CuratorReport, DetectorFigures, Problem};
+use crate::detect::band_energy::BandEnergy;
+use crate::detect::command::CommandDetector;
+use crate::detect::findings::{Detection, Findings, PredictedTag};
+use crate::errors::{self, ErrorCode};
+use crate::spec::curate::{DetectorKind, DetectorSpec, Usage, defaults};
+
+/// Longest sleep between rounds with nothing new (retention by age, health).
+pub const IDLE_LOOK: Duration = Duration::from_secs(60);
+/// A detector with a backlog that finished nothing for this long is stalled.
+pub const STALLED_AFTER: Duration = Duration::from_secs(15 * 60);
+/// Recordings read from metadata.db at a time.
+const BATCH: usize = 32;
+
+/// Why the curator cannot run at all (faults while running are reported, not returned).
+#[derive(Debug, thiserror::Error)]
+pub enum CurateError {
+    /// The configuration cannot be read.
+    #[error("cannot read the curator configuration {path}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// SIGTERM/SIGINT cannot be taken over, or the state folder cannot be watched.
+    #[error("cannot set up the curator")]
+    Setup(#[source] std::io::Error),
+}
+
+enum Wake {
+    Look,
+    Stop,
+}
+
+/// Runs the curator until SIGTERM or SIGINT.
+///
+/// # Errors
+/// [`CurateError`] when it cannot start; every later fault is in its report.
+pub fn run(config_path: &Path, state_dir: &Path) -> Result<(), CurateError> {
+    let config = CurateConfig::read(config_path).map_err(|source| CurateError::Config {
+        path: config_path.to_path_buf(),
+        source,
+    })?;
+    let (tx, rx) = mpsc::channel();
+    stop_on_signals(tx.clone())?;
+    let _watcher = watch_recorder(state_dir, tx)?;
+    let mut curator = Curator::new(config, state_dir);
+    loop {
+        curator.round(&rx);
+        if curator.stopping {
+            break;
+        }
+        match rx.recv_timeout(IDLE_LOOK) {
+            Ok(Wake::Stop) => break,
+            Ok(Wake::Look) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        // Several reports in a row are one look.
+        while let Ok(w) = rx.try_recv() {
+            if matches!(w, Wake::Stop) {
+                curator.stopping = true;
+            }
+        }
+        if curator.stopping {
+            break;
+        }
+    }
+    curator.report.stopped = true;
+    curator.publish(true);
+    Ok(())
+}
+
+fn stop_on_signals(tx: mpsc::Sender<Wake>) -> Result<(), CurateError> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.thread_block()
+        .map_err(|e| CurateError::Setup(std::io::Error::from(e)))?;
+    std::thread::Builder::new()
+        .name("roost-signals".into())
+        .spawn(move || {
+            let _ = set.wait();
+            let _ = tx.send(Wake::Stop);
+        })
+        .map(drop)
+        .map_err(CurateError::Setup)
+}
+
+/// Wakes the loop when `recorder-report.json` is replaced (the recorder finished a file).
+fn watch_recorder(
+    state_dir: &Path,
+    tx: mpsc::Sender<Wake>,
+) -> Result<notify::RecommendedWatcher, CurateError> {
+    use notify::Watcher;
+    let report = crate::recorder::report_path(state_dir);
+    let name = report.file_name().map(|n| n.to_os_string());
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        if event
+            .paths
+            .iter()
+            .any(|p| p.file_name().map(|n| n.to_os_string()) == name)
+        {
+            let _ = tx.send(Wake::Look);
+        }
+    })
+    .map_err(|e| CurateError::Setup(std::io::Error::other(e)))?;
+    std::fs::create_dir_all(state_dir).map_err(CurateError::Setup)?;
+    watcher
+        .watch(state_dir, notify::RecursiveMode::NonRecursive)
+        .map_err(|e| CurateError::Setup(std::io::Error::other(e)))?;
+    Ok(watcher)
+}
+
+/// A failure of one detector on one recording.
+struct Failure {
+    code: &'static ErrorCode,
+    message: String,
+    retryable: bool,
+}
+
+enum Analyser {
+    Band(BandEnergy),
+    Command(CommandDetector),
+}
+
+impl Analyser {
+    fn of(spec: &DetectorSpec) -> Self {
+        match spec.kind {
+            DetectorKind::BandEnergy => Self::Band(BandEnergy {
+                low_hz: spec.low_hz.unwrap_or(0.0),
+                high_hz: spec.high_hz.unwrap_or(f64::MAX),
+                threshold_db: spec.threshold_db.unwrap_or(defaults::THRESHOLD_DB),
+                min_duration: spec
+                    .min_duration
+                    .map(|d| d.as_std())
+                    .unwrap_or(Duration::from_millis(defaults::MIN_DURATION_MS)),
+            }),
+            DetectorKind::Command => Self::Command(CommandDetector {
+                command: spec.command.clone().unwrap_or_default(),
+                timeout: spec
+                    .timeout
+                    .map(|d| d.as_std())
+                    .unwrap_or(Duration::from_secs(defaults::TIMEOUT_S)),
+            }),
+        }
+    }
+
+    fn analyse(&self, rec: &Recording) -> Result<Findings, Failure> {
+        match self {
+            Self::Band(band) => band
+                .analyse_file(&rec.path)
+                .map(|events| band_findings(&events))
+                .map_err(|e| Failure {
+                    code: &errors::DETECTOR_FAILED_ON_RECORDING,
+                    message: errors::chain(&e),
+                    retryable: false,
+                }),
+            Self::Command(cmd) => cmd
+                .run(&rec.path, rec.duration_s, rec.samplerate_hz)
+                .map_err(|e| Failure {
+                    code: e.code(),
+                    message: errors::chain(&e),
+                    retryable: e.retryable(),
+                }),
+        }
+    }
+}
+
+/// The built-in detector's events as acoupi-style detections tagged `event: sound`.
+pub fn band_findings(events: &[crate::detect::band_energy::Event]) -> Findings {
+    Findings {
+        detections: events
+            .iter()
+            .map(|e| Detection {
+                location: [e.start_s, e.low_hz, e.end_s, e.high_hz],
+                detection_score: e.score,
+                tags: vec![PredictedTag {
+                    key: "event".into(),
+                    value: "sound".into(),
+                    confidence_score: e.score,
+                }],
+            })
+            .collect(),
+        tags: Vec::new(),
+    }
+}
+
+struct Active {
+    spec: DetectorSpec,
+    analyser: Analyser,
+    since: Option<Timestamp>,
+}
+
+/// The curator's state between rounds.
+pub struct Curator {
+    config: CurateConfig,
+    state_dir: PathBuf,
+    conn: Option<Connection>,
+    detectors: Vec<Active>,
+    rules: Rules,
+    report: CuratorReport,
+    written: Option<CuratorReport>,
+    /// (recording, detector) tried and failed this round: retried in a later round, so one bad
+    /// recording never holds the queue.
+    failed_now: HashSet<(String, String)>,
+    stopping: bool,
+}
+
+impl Curator {
+    /// A curator for `config` with its report in `state_dir`.
+    pub fn new(config: CurateConfig, state_dir: &Path) -> Self {
+        let rules = Rules::new(
+            &config.storage.keep,
+            &config.recorder,
+            config.location.as_ref(),
+        );
+        let detectors = config
+            .detectors
+            .iter()
+            .map(|spec| Active {
+                spec: spec.clone(),
+                analyser: Analyser::of(spec),
+                since: None,
+            })
+            .collect();
+        let report = CuratorReport {
+            pid: std::process::id(),
+            detectors: config
+                .detectors
+                .iter()
+                .map(|d| DetectorFigures {
+                    name: d.name.to_string(),
+                    ..DetectorFigures::default()
+                })
+                .collect(),
+            ..CuratorReport::default()
+        };
+        Self {
+            config,
+            state_dir: state_dir.to_path_buf(),
+            conn: None,
+            detectors,
+            rules,
+            report,
+            written: None,
+            failed_now: HashSet::new(),
+            stopping: false,
+        }
+    }
+
+    fn open(&mut self) -> Result<(), Problem> {
+        if self.conn.is_some() {
+            return Ok(());
+        }
+        let root = self.config.storage_path();
+        let storage =
+            crate::storage::Storage::open(&root, &self.config.storage).map_err(|e| Problem {
+                code: e.code().code.to_string(),
+                message: errors::chain(&e),
+            })?;
+        drop(storage);
+        let conn = Connection::open(root.join(crate::storage::DB_FILE)).map_err(|e| Problem {
+            code: errors::STORAGE_UNUSABLE.code.to_string(),
+            message: format!("metadata.db in {}: {}", root.display(), e),
+        })?;
+        let _ = conn.busy_timeout(Duration::from_secs(5));
+        let now = Timestamp::now();
+        for d in &mut self.detectors {
+            d.since = db::detector_since(&conn, d.spec.name.as_str(), now).ok();
+        }
+        self.conn = Some(conn);
+        Ok(())
+    }
+
+    /// Opens metadata.db and decides keep or delete for every recording waiting for it, as a
+    /// round does (for benches and tools); returns how many were decided.
+    ///
+    /// # Errors
+    /// metadata.db cannot be opened, read or written.
+    pub fn decide_now(&mut self) -> Result<u64, String> {
+        self.open()
+            .map_err(|p| format!("{}: {}", p.code, p.message))?;
+        let before = self.report.storage.kept_this_run + self.report.storage.deleted_this_run;
+        self.decide_all().map_err(|e| e.to_string())?;
+        Ok(self.report.storage.kept_this_run + self.report.storage.deleted_this_run - before)
+    }
+
+    /// One round: analyse, decide, retain, report. Stops early on SIGTERM.
+    fn round(&mut self, rx: &mpsc::Receiver<Wake>) {
+        self.failed_now.clear();
+        if let Err(problem) = self.open() {
+            self.report.error = Some(problem);
+            self.publish(false);
+            return;
+        }
+        self.report.error = None;
+        let result = self
+            .analyse_all(rx)
+            .and_then(|()| self.decide_all())
+            .and_then(|()| self.retain());
+        if let Err(e) = result {
+            // A lost database (deleted, replaced, locked too long): open it again next round.
+            self.conn = None;
+            self.report.error = Some(Problem {
+                code: errors::METADATA_DB_ERROR.code.to_string(),
+                message: format!("metadata.db: {e}"),
+            });
+        }
+        self.refresh_figures();
+        self.publish(false);
+    }
+
+    fn analyse_all(&mut self, rx: &mpsc::Receiver<Wake>) -> rusqlite::Result<()> {
+        for i in 0..self.detectors.len() {
+            loop {
+                let conn = self.conn.as_ref().expect("opened");
+                let (name, since) = (
+                    self.detectors[i].spec.name.to_string(),
+                    self.detectors[i].since,
+                );
+                let Some(since) = since else { break };
+                let waiting: Vec<Recording> = db::pending(conn, &name, since, BATCH)?
+                    .into_iter()
+                    .filter(|r| !self.failed_now.contains(&(r.id.clone(), name.clone())))
+                    .collect();
+                if waiting.is_empty() {
+                    break;
+                }
+                for rec in waiting {
+                    if let Ok(Wake::Stop) = rx.try_recv() {
+                        self.stopping = true;
+                    }
+                    if self.stopping {
+                        return Ok(());
+                    }
+                    self.analyse_one(i, &rec)?;
+                    self.publish(false);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn analyse_one(&mut self, i: usize, rec: &Recording) -> rusqlite::Result<()> {
+        let name = self.detectors[i].spec.name.to_string();
+        let now = Timestamp::now;
+        if !rec.path.exists() {
+            // Deleted by hand (or by another program) before analysis: recorded, never retried.
+            let conn = self.conn.as_ref().expect("opened");
+            db::mark_deleted(conn, &rec.id, "missing", now())?;
+            let message = format!(
+                "{} was deleted before {name} analysed it",
+                rec.path.display()
+            );
+            db::record_failure(
+                conn,
+                &rec.id,
+                &name,
+                errors::RECORDING_GONE.code,
+                &message,
+                true,
+                now(),
+            )?;
+            self.note_failure(i, rec, &errors::RECORDING_GONE, message);
+            return Ok(());
+        }
+        match self.detectors[i].analyser.analyse(rec) {
+            Ok(findings) => {
+                let conn = self.conn.as_mut().expect("opened");
+                db::record_findings(conn, &rec.id, &name, &findings, now())?;
+                let f = &mut self.report.detectors[i];
+                f.last_analysed = Some(rec.path.clone());
+                f.last_analysed_at = Some(now());
+            }
+            Err(failure) => {
+                let conn = self.conn.as_ref().expect("opened");
+                let attempts = db::attempts(conn, &rec.id, &name)? + 1;
+                let give_up = !failure.retryable || attempts > self.detectors[i].spec.retries();
+                db::record_failure(
+                    conn,
+                    &rec.id,
+                    &name,
+                    failure.code.code,
+                    &failure.message,
+                    give_up,
+                    now(),
+                )?;
+                tracing::warn!(code = failure.code.code, recording = %rec.path.display(), detector = %name, attempts, give_up, "{}", failure.message);
+                self.failed_now.insert((rec.id.clone(), name));
+                self.note_failure(i, rec, failure.code, failure.message);
+            }
+        }
+        Ok(())
+    }
+
+    fn note_failure(&mut self, i: usize, rec: &Recording, code: &ErrorCode, message: String) {
+        let f = &mut self.report.detectors[i];
+        f.last_failure = Some(Problem {
+            code: code.code.to_string(),
+            message,
+        });
+        f.last_failure_file = Some(rec.path.clone());
+    }
+
+    fn since_list(&self) -> Vec<(String, Timestamp)> {
+        self.detectors
+            .iter()
+            .filter_map(|d| Some((d.spec.name.to_string(), d.since?)))
+            .collect()
+    }
+
+    /// Keep or delete each recording every detector has finished.
+    fn decide_all(&mut self) -> rusqlite::Result<()> {
+        if self.rules.is_empty() || self.stopping {
+            return Ok(());
+        }
+        let since = self.since_list();
+        loop {
+            let conn = self.conn.as_ref().expect("opened");
+            let batch = db::undecided(conn, &since, 256)?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let now = Timestamp::now();
+            for rec in batch {
+                let facts = keep::Facts {
+                    start: rec.start,
+                    duration_s: rec.duration_s,
+                    found: db::found_in(conn, &rec.id)?,
+                };
+                let kept_by = match protected(&rec) {
+                    true => Some("protected".to_string()),
+                    false => self.rules.kept_by(&facts),
+                };
+                if kept_by.is_none() {
+                    if !delete_file(&rec.path) {
+                        continue;
+                    }
+                    db::mark_deleted(conn, &rec.id, "keep", now)?;
+                    self.report.storage.deleted_this_run += 1;
+                } else {
+                    self.report.storage.kept_this_run += 1;
+                }
+                db::decided(conn, &rec.id, kept_by.as_deref(), now)?;
+            }
+        }
+    }
+
+    /// `maxAge` and `maxUsage`: the oldest deletable recordings go first.
+    fn retain(&mut self) -> rusqlite::Result<()> {
+        let storage = &self.config.storage;
+        if (storage.max_age.is_none() && storage.max_usage.is_none()) || self.stopping {
+            return Ok(());
+        }
+        let since = self.since_list();
+        let conn = self.conn.as_ref().expect("opened");
+        let mut candidates = Vec::new();
+        for rec in db::present(conn)? {
+            let deletable = !protected(&rec) && db::analysed_by_all(conn, &rec, &since)?;
+            candidates.push(keep::Candidate {
+                bytes: disk_bytes(&rec.path),
+                id: rec.id,
+                start: rec.start,
+                deletable,
+            });
+        }
+        let limit = storage.max_usage.map(|u| match u {
+            Usage::Bytes(b) => b.bytes(),
+            Usage::Percent(p) => (fs_size(&self.config.storage_path()) as f64 * p / 100.0) as u64,
+        });
+        let max_age = storage.max_age.map(|a| a.as_std());
+        let now = Timestamp::now();
+        let paths: std::collections::HashMap<String, PathBuf> = db::present(conn)?
+            .into_iter()
+            .map(|r| (r.id, r.path))
+            .collect();
+        for (id, rule) in keep::retention(&candidates, now, max_age, limit) {
+            let Some(path) = paths.get(&id) else { continue };
+            if delete_file(path) {
+                db::mark_deleted(conn, &id, rule, now)?;
+                tracing::info!(path = %path.display(), rule, "deleted a recording");
+            }
+        }
+        Ok(())
+    }
+
+    fn refresh_figures(&mut self) {
+        let Some(conn) = self.conn.as_ref() else {
+            return;
+        };
+        let now = Timestamp::now();
+        let hour_ago = now - SignedDuration::from_hours(1);
+        let recent = db::detections_since(conn, hour_ago).unwrap_or_default();
+        for (d, f) in self.detectors.iter().zip(self.report.detectors.iter_mut()) {
+            let name = d.spec.name.as_str();
+            if let Some(since) = d.since {
+                f.backlog = db::backlog(conn, name, since).unwrap_or(f.backlog);
+            }
+            let (done, failed) = db::outcomes(conn, name).unwrap_or((f.analysed, f.failed));
+            f.analysed = done;
+            f.failed = failed;
+            f.detections_last_hour = recent
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or(0, |(_, c)| *c);
+        }
+        let present = db::present(conn).unwrap_or_default();
+        let s = &mut self.report.storage;
+        s.recordings = present.len() as u64;
+        s.bytes_used = present.iter().map(|r| disk_bytes(&r.path)).sum();
+        let day_ago = now - SignedDuration::from_hours(24);
+        let last_day: u64 = present
+            .iter()
+            .filter(|r| r.start >= day_ago)
+            .map(|r| disk_bytes(&r.path))
+            .sum();
+        s.free_bytes =
+            crate::storage::Folders::new(&self.config.storage_path(), &self.config.storage)
+                .free_bytes()
+                .ok();
+        s.days_until_full = s
+            .free_bytes
+            .filter(|_| last_day > 0)
+            .map(|free| (free as f64 / last_day as f64 * 10.0).round() / 10.0);
+        s.deleted_by_rule = db::deleted_by_rule(conn)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        self.report.error = self.report.error.take().or_else(|| self.health(now));
+    }
+
+    /// A detector far behind, or one that finished nothing for long while recordings wait.
+    fn health(&self, now: Timestamp) -> Option<Problem> {
+        for (d, f) in self.detectors.iter().zip(&self.report.detectors) {
+            if f.backlog > u64::from(d.spec.max_backlog()) {
+                return Some(Problem {
+                    code: errors::DETECTOR_BEHIND.code.to_string(),
+                    message: format!(
+                        "{} has {} recordings waiting (maxBacklog {})",
+                        f.name,
+                        f.backlog,
+                        d.spec.max_backlog()
+                    ),
+                });
+            }
+            let idle = f
+                .last_analysed_at
+                .map(|t| now.duration_since(t).unsigned_abs() > STALLED_AFTER);
+            if f.backlog > 0 && idle == Some(true) {
+                return Some(Problem {
+                    code: errors::DETECTOR_STALLED.code.to_string(),
+                    message: format!(
+                        "{} finished no recording for {} min while {} wait",
+                        f.name,
+                        STALLED_AFTER.as_secs() / 60,
+                        f.backlog
+                    ),
+                });
+            }
+        }
+        None
+    }
+
+    /// Writes the report when a field changed (the time alone is not a change), or `force`.
+    fn publish(&mut self, force: bool) {
+        let mut same = self.written.clone();
+        if let Some(w) = same.as_mut() {
+            w.updated_at = self.report.updated_at;
+        }
+        if !force && same.as_ref() == Some(&self.report) && !self.heartbeat_due() {
+            return;
+        }
+        self.report.updated_at = Some(Timestamp::now());
+        if let Err(e) = self.report.write(&self.state_dir) {
+            tracing::warn!(error = %e, "cannot write curator-report.json");
+        }
+        self.written = Some(self.report.clone());
+    }
+
+    fn heartbeat_due(&self) -> bool {
+        self.report.updated_at.is_none_or(|t| {
+            Timestamp::now().duration_since(t).unsigned_abs() >= crate::recorder::HEARTBEAT
+        })
+    }
+}
+
+/// Whether a recording may never be deleted: its row says `protected`, or a marker file
+/// `<file>.keep` sits beside it.
+fn protected(rec: &Recording) -> bool {
+    rec.protected || marker(&rec.path).exists()
+}
+
+/// `<file>.keep` ([`crate::storage::keep_marker`]).
+pub fn marker(path: &Path) -> PathBuf {
+    crate::storage::keep_marker(path)
+}
+
+/// Deletes a recording's file; true when it is gone (already gone counts).
+fn delete_file(path: &Path) -> bool {
+    match std::fs::remove_file(path) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot delete a recording; trying again later");
+            false
+        }
+    }
+}
+
+fn disk_bytes(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map_or(0, |m| m.blocks() * 512)
+}
+
+fn fs_size(path: &Path) -> u64 {
+    // The field types differ between targets (32-bit on armhf).
+    #[allow(clippy::unnecessary_cast)]
+    nix::sys::statvfs::statvfs(path)
+        .map(|s| s.blocks() as u64 * s.fragment_size() as u64)
+        .unwrap_or(0)
+}

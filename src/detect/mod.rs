@@ -1,0 +1,4 @@
+//! Detectors: what looks at each new recording and what it found.
+
+pub mod command;
+pub mod findings;

@@ -1,0 +1,136 @@
+//! The page's HTTP transport: hyper's HTTP/1 server on a one-thread tokio runtime, with the
+//! limits that keep a slow or hostile client from holding the page (see docs/PAGE.md).
+//! Answers come from [`super::respond`], a plain function run on a blocking thread so a
+//! spectrogram render never stalls the accept loop.
+
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use jiff::Timestamp;
+use tokio::sync::Semaphore;
+
+use super::Response;
+
+/// Connections served at once; more wait in the kernel's backlog until one ends.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A client has this long from connecting to the end of its request head.
+pub const HEAD_DEADLINE: Duration = Duration::from_secs(5);
+/// The longest a connection may live, answer included (a client that reads its answer a byte
+/// at a time is cut off here).
+pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(30);
+/// The largest request head read, in bytes (hyper's smallest allowed buffer); more gets 431.
+pub const MAX_HEAD_BYTES: usize = 8 * 1024;
+/// The longest request target, in bytes; longer gets 414.
+pub const MAX_TARGET_BYTES: usize = 2 * 1024;
+
+const CSP: &str = "default-src 'none'; img-src 'self'; connect-src 'self'; \
+                   style-src 'unsafe-inline'; script-src 'unsafe-inline'";
+
+/// Serves `listener` until the process ends, answering with `respond(method, target, state)`.
+///
+/// # Errors
+/// The runtime cannot be built or the listener cannot be registered with it.
+pub fn serve(listener: std::net::TcpListener, state_dir: &Path) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        // Renders and file reads: two at once at most, so many clients cost bounded memory.
+        .max_blocking_threads(2)
+        .build()?;
+    let state_dir: Arc<Path> = Arc::from(state_dir);
+    runtime.block_on(accept_loop(listener, state_dir))
+}
+
+async fn accept_loop(listener: std::net::TcpListener, state_dir: Arc<Path>) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return Ok(());
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors or a connection reset before accept: go on after a pause.
+                tracing::warn!(error = %e, "cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let state_dir = state_dir.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| answer(request, state_dir.clone()));
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEAD_DEADLINE)
+                .max_buf_size(MAX_HEAD_BYTES)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            // A client gone or too slow is not an error of ours.
+            let _ = tokio::time::timeout(CONNECTION_DEADLINE, connection).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn answer(
+    request: Request<Incoming>,
+    state_dir: Arc<Path>,
+) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+    let method = request.method().clone();
+    let target = request.uri().to_string();
+    let response = if target.len() > MAX_TARGET_BYTES {
+        Response::text(414, "request target too long")
+    } else {
+        let (m, t, dir): (String, String, PathBuf) =
+            (method.to_string(), target.clone(), state_dir.to_path_buf());
+        tokio::task::spawn_blocking(move || super::respond(&m, &t, &dir, Timestamp::now()))
+            .await
+            .unwrap_or_else(|_| Response::text(500, "the answer failed"))
+    };
+    tracing::debug!(%method, %target, status = response.status, "request");
+    Ok(to_hyper(response, method == Method::HEAD))
+}
+
+fn to_hyper(response: Response, head: bool) -> hyper::Response<Full<Bytes>> {
+    let cache = match response.immutable {
+        true => "max-age=86400",
+        false => "no-store",
+    };
+    let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let allow = response.status == 405;
+    let length = response.body.len();
+    let body = if head {
+        Bytes::new()
+    } else {
+        Bytes::from(response.body)
+    };
+    let mut reply = hyper::Response::new(Full::new(body));
+    *reply.status_mut() = status;
+    let headers = reply.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(response.content_type),
+    );
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static(cache));
+    headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    // Nothing but this device's own page, even if a recording's name were hostile.
+    headers.insert("content-security-policy", HeaderValue::from_static(CSP));
+    if allow {
+        headers.insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+    }
+    if head {
+        headers.insert(hyper::header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    reply
+}

@@ -1,0 +1,433 @@
+//! Detectors, keep rules and detection messages end to end: `roost run` records a fed signal
+//! through ALSA's file plugin (tone bursts at known times: `roost feed --signal events`), the
+//! curator (`roost curate`) analyses each file with the built-in band-energy detector or an
+//! external command, writes acoupi's tables in the real metadata.db, keeps or deletes files,
+//! and the connector sends the model outputs to a real Mosquitto broker.
+
+mod common;
+#[path = "support/mosquitto.rs"]
+mod mosquitto;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Roost, component, recorder_deployment};
+use serde_json::Value;
+
+/// A sounding part of a recording found from its samples: start and end (s) and frequency
+/// (Hz, from zero crossings).
+#[derive(Debug)]
+struct Burst {
+    start: f64,
+    end: f64,
+    hz: f64,
+}
+
+/// The bursts in a WAV, from its own samples: 5 ms blocks louder than the noise, joined, their
+/// frequency from zero crossings. The ground truth the detector is held to.
+fn bursts(path: &Path) -> (Vec<Burst>, f64) {
+    let mut reader = hound::WavReader::open(path).unwrap();
+    let rate = f64::from(reader.spec().sample_rate);
+    let samples: Vec<i16> = reader.samples::<i16>().map(Result::unwrap).collect();
+    let block = (rate * 0.005) as usize;
+    let mut out: Vec<Burst> = Vec::new();
+    let mut current: Option<(usize, usize, usize)> = None; // first block, last block, crossings
+    for (i, chunk) in samples.chunks(block).enumerate() {
+        let rms =
+            (chunk.iter().map(|s| f64::from(*s).powi(2)).sum::<f64>() / chunk.len() as f64).sqrt();
+        let crossings = chunk
+            .windows(2)
+            .filter(|w| (w[0] < 0) != (w[1] < 0))
+            .count();
+        match (rms > 1000.0, current.as_mut()) {
+            (true, Some(c)) => {
+                c.1 = i;
+                c.2 += crossings;
+            }
+            (true, None) => current = Some((i, i, crossings)),
+            (false, Some(&mut (a, b, z))) => {
+                let secs = (b - a + 1) as f64 * block as f64 / rate;
+                out.push(Burst {
+                    start: a as f64 * block as f64 / rate,
+                    end: (b + 1) as f64 * block as f64 / rate,
+                    hz: z as f64 / 2.0 / secs,
+                });
+                current = None;
+            }
+            (false, None) => {}
+        }
+    }
+    if let Some((a, b, z)) = current {
+        let secs = (b - a + 1) as f64 * block as f64 / rate;
+        out.push(Burst {
+            start: a as f64 * block as f64 / rate,
+            end: (b + 1) as f64 * block as f64 / rate,
+            hz: z as f64 / 2.0 / secs,
+        });
+    }
+    (out, samples.len() as f64 / rate)
+}
+
+/// (start, low, end, high, score) of every detection of `detector` in the recording at `path`.
+fn detections(db: &rusqlite::Connection, path: &Path, detector: &str) -> Vec<[f64; 5]> {
+    let mut stmt = db
+        .prepare(
+            "SELECT d.location, d.detection_score FROM detection d
+             JOIN model_output m ON m.id = d.model_output_id JOIN recording r ON r.id = m.recording_id
+             WHERE r.path = ?1 AND m.model_name = ?2",
+        )
+        .unwrap();
+    stmt.query_map(rusqlite::params![path.to_str().unwrap(), detector], |r| {
+        let location: String = r.get(0)?;
+        let score: f64 = r.get(1)?;
+        let v: Value = serde_json::from_str(&location).unwrap();
+        let c = &v["coordinates"];
+        Ok([
+            c[0].as_f64().unwrap(),
+            c[1].as_f64().unwrap(),
+            c[2].as_f64().unwrap(),
+            c[3].as_f64().unwrap(),
+            score,
+        ])
+    })
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
+}
+
+fn db(storage: &Path) -> rusqlite::Connection {
+    let db = rusqlite::Connection::open(storage.join("metadata.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    db
+}
+
+fn curator_output(s: &Value) -> &Value {
+    &component(s, "curator")["output"]
+}
+
+/// The built-in detector finds every in-band burst of the fed signal (start and end within
+/// 50 ms, a frequency box around 3 kHz narrower than the band), nothing in the noise and
+/// nothing for the 7 kHz burst outside its band; each file is analysed once; the detection
+/// rule keeps the files; the model outputs reach a real broker as acoupi-style messages.
+#[test]
+fn band_energy_finds_the_fed_events_and_they_are_kept_and_sent() {
+    if !mosquitto::have_or_skip(
+        &["mosquitto", "mosquitto_passwd", "openssl"],
+        "band_energy_finds_the_fed_events_and_they_are_kept_and_sent",
+    ) {
+        return;
+    }
+    let broker = mosquitto::Broker::start();
+    let mut r = Roost::new("");
+    let storage = r.path("storage");
+    let pass = r.path("mqtt-password");
+    std::fs::write(&pass, format!("{}\n", mosquitto::ROOST_USER.1)).unwrap();
+    let extra = format!(
+        "  detectors:\n    - {{name: birds, kind: bandEnergy, lowHz: 2000, highHz: 5000, thresholdDb: 12, minDuration: 100ms, sendMinScore: 0.1}}\n  connect:\n    deviceId: meadow\n    mqtt: {{url: \"mqtt://127.0.0.1:{}\", username: {}, passwordFile: {}, homeAssistant: false}}\n",
+        broker.port,
+        mosquitto::ROOST_USER.0,
+        pass.display()
+    );
+    let yaml = recorder_deployment("curate-e2e", &storage, &extra)
+        .replace("duration: 1s", "duration: 4s")
+        .replace(
+            "storage: {path:",
+            "storage: {keep: [{detection: {minScore: 0.3, detector: birds}}], path:",
+        );
+    std::fs::write(&r.file, &yaml).unwrap();
+    let subscriber = mosquitto::Subscriber::start(broker.port, &["roost/meadow/detections"]);
+    let _feed = r.start_recording_with(&["--signal", "events"]);
+    let s = r.wait_for("three files analysed", Duration::from_secs(60), |s| {
+        curator_output(s)["detectors"][0]["analysed"].as_u64() >= Some(3)
+    });
+    assert_eq!(component(&s, "curator")["status"], "Running", "{s:#}");
+    let out = curator_output(&s);
+    assert!(
+        out["detectors"][0]["detectionsLastHour"].as_u64() > Some(0),
+        "{out:#}"
+    );
+    let conn = db(&storage);
+    let files: Vec<PathBuf> = conn
+        .prepare("SELECT r.path FROM recording r JOIN roost_analysis a ON a.recording_id = r.id WHERE a.detector = 'birds' AND a.outcome = 'done'")
+        .unwrap()
+        .query_map([], |r| r.get::<_, String>(0).map(PathBuf::from))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(files.len() >= 3);
+    let mut checked = 0;
+    for file in &files {
+        let (truth, length) = bursts(file);
+        let found = detections(&conn, file, "birds");
+        for b in &truth {
+            let whole = b.start > 0.06 && b.end < length - 0.06 && b.end - b.start > 0.15;
+            let in_band = (2000.0..5000.0).contains(&b.hz);
+            if in_band && whole {
+                let hit = found
+                    .iter()
+                    .find(|d| (d[0] - b.start).abs() <= 0.05 && (d[2] - b.end).abs() <= 0.05);
+                let hit = hit.unwrap_or_else(|| {
+                    panic!("{}: burst {b:?} not found in {found:?}", file.display())
+                });
+                assert!(
+                    hit[1] <= b.hz && b.hz <= hit[3] && hit[3] - hit[1] < 3000.0,
+                    "box {hit:?} for {b:?}"
+                );
+                checked += 1;
+            }
+        }
+        for d in &found {
+            let overlaps_in_band = truth.iter().any(|b| {
+                (2000.0..5000.0).contains(&b.hz) && d[0] < b.end + 0.05 && d[2] > b.start - 0.05
+            });
+            assert!(
+                overlaps_in_band,
+                "{}: detection {d:?} where no in-band burst sounds ({truth:?})",
+                file.display()
+            );
+        }
+        let outputs: i64 = conn
+            .query_row("SELECT count(*) FROM model_output m JOIN recording r ON r.id = m.recording_id WHERE r.path = ?1 AND m.model_name = 'birds'", [file.to_str().unwrap()], |r| r.get(0))
+            .unwrap();
+        assert_eq!(outputs, 1, "{} analysed once", file.display());
+    }
+    assert!(
+        checked >= 3,
+        "at least three whole bursts checked, {checked}"
+    );
+    let tags: i64 = conn
+        .query_row("SELECT count(*) FROM predicted_tag WHERE key = 'event' AND value = 'sound' AND detection_id IS NOT NULL", [], |r| r.get(0))
+        .unwrap();
+    assert!(tags >= 3);
+    // Kept by the detection rule: every analysed file is still there and decided.
+    r.wait_for("decided", Duration::from_secs(20), |_| {
+        conn.query_row(
+            "SELECT count(*) FROM roost_keep WHERE kept_by LIKE 'keep[0]:detection'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap()
+            >= 3
+    });
+    assert!(files.iter().all(|f| f.exists()));
+    // The model outputs at a real subscriber, in acoupi's model-output JSON.
+    let log = r.path("roost.log");
+    let got = subscriber.wait_until(
+        "a model output message",
+        Duration::from_secs(30),
+        || std::fs::read_to_string(&log).unwrap_or_default(),
+        |m| !m.is_empty(),
+    );
+    let message = got[0].json();
+    assert_eq!(message["name_model"], "birds", "{message:#}");
+    assert_eq!(message["recording"]["deployment"]["name"], "curate-e2e");
+    let d = &message["detections"][0];
+    assert_eq!(
+        d["location"]["coordinates"].as_array().unwrap().len(),
+        4,
+        "{message:#}"
+    );
+    assert_eq!(d["tags"][0]["tag"]["value"], "sound");
+    let integrity: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(integrity, "ok");
+    assert_eq!(r.stop(), Some(0));
+}
+
+/// An external detector (a script printing a fixed detection list) analyses every recording
+/// exactly once although the curator and roost itself are killed with SIGKILL mid-queue; a
+/// recording it fails on is marked failed with its code and does not hold the queue.
+#[test]
+fn every_recording_is_analysed_exactly_once_across_kill_9() {
+    let mut r = Roost::new("");
+    let storage = r.path("storage");
+    let script = r.path("detector.sh");
+    let calls = r.path("calls.log");
+    let first = r.path("first-done");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n[ -e {first} ] || {{ touch {first}; echo broken >&2; exit 3; }}\nsleep 0.3\necho \"$1\" >> {calls}\nprintf '{{\"detections\": [{{\"location\": [0.0, 1000, 0.05, 2000], \"detection_score\": 0.9, \"tags\": [{{\"key\": \"species\", \"value\": \"Testus testus\", \"confidence_score\": 0.9}}]}}]}}'\n",
+            first = first.display(),
+            calls = calls.display()
+        ),
+    )
+    .unwrap();
+    Command::new("chmod")
+        .arg("+x")
+        .arg(&script)
+        .status()
+        .unwrap();
+    let extra = format!(
+        "  detectors:\n    - {{name: ext, kind: command, command: [\"{}\"], timeout: 10s, retries: 0}}\n",
+        script.display()
+    );
+    std::fs::write(&r.file, recorder_deployment("once", &storage, &extra)).unwrap();
+    let _feed = r.start_recording();
+    let s = r.wait_for("some analysed", Duration::from_secs(60), |s| {
+        curator_output(s)["detectors"][0]["analysed"].as_u64() >= Some(3)
+    });
+    let failure = &curator_output(&s)["detectors"][0];
+    assert_eq!(failure["failed"], 1, "{failure:#}");
+    let curator = common::pid_of(&s, "curator");
+    Command::new("kill")
+        .args(["-9", &curator.to_string()])
+        .status()
+        .unwrap();
+    r.wait_for("curator back", Duration::from_secs(60), |s| {
+        common::pid_of(s, "curator") != curator
+            && curator_output(s)["detectors"][0]["analysed"].as_u64() >= Some(6)
+    });
+    let pid = r.pid();
+    r.kill9();
+    let conf = r.path("asound.conf");
+    r.start_with(
+        &r.file.clone(),
+        &[("ALSA_CONFIG_PATH", conf.to_str().unwrap())],
+    );
+    r.wait_for("after roost's restart", Duration::from_secs(60), |s| {
+        s["reconciler"]["pid"].as_u64() != Some(u64::from(pid))
+            && curator_output(s)["detectors"][0]["analysed"].as_u64() >= Some(10)
+    });
+    assert_eq!(r.stop(), Some(0));
+    let conn = db(&storage);
+    let twice: i64 = conn
+        .query_row("SELECT count(*) FROM (SELECT recording_id FROM model_output GROUP BY recording_id, model_name HAVING count(*) > 1)", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(twice, 0, "no recording has two outputs of one detector");
+    let done: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM roost_analysis WHERE outcome = 'done'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let outputs: i64 = conn
+        .query_row("SELECT count(*) FROM model_output", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        done, outputs,
+        "every finished analysis has exactly its one output"
+    );
+    let failed: Vec<(String, String)> = conn
+        .prepare("SELECT outcome, error_code FROM roost_analysis WHERE outcome != 'done'")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(failed, vec![("failed".to_string(), "DEP_E602".to_string())]);
+    let integrity: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(integrity, "ok");
+}
+
+/// `every: 1m` keeps exactly the file holding each minute's start and deletes the others
+/// (their rows stay, path cleared, deleted_by keep); `roost plan` on rules that keep nothing
+/// warns DEP_E614 and says what would go, changing nothing.
+#[test]
+fn keep_rules_keep_and_delete_exactly_the_expected_files() {
+    let mut r = Roost::new("");
+    let storage = r.path("storage");
+    let yaml = recorder_deployment("keep", &storage, "")
+        .replace("storage: {path:", "storage: {keep: [{every: 1m}], path:");
+    std::fs::write(&r.file, &yaml).unwrap();
+    let _feed = r.start_recording();
+    r.wait_for("metadata.db", Duration::from_secs(30), |_| {
+        storage.join("metadata.db").exists()
+    });
+    let conn = db(&storage);
+    let minute_files = |conn: &rusqlite::Connection| -> i64 {
+        conn.query_row(
+            "SELECT count(*) FROM roost_keep WHERE kept_by IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap_or(0)
+    };
+    r.wait_for("a minute's start kept and 5 files after it decided", Duration::from_secs(100), |_| {
+        minute_files(&conn) >= 1
+            && conn
+                .query_row("SELECT count(*) FROM roost_keep k JOIN recording r ON r.id = k.recording_id WHERE r.datetime > (SELECT min(r2.datetime) FROM roost_keep k2 JOIN recording r2 ON r2.id = k2.recording_id WHERE k2.kept_by IS NOT NULL)", [], |r| r.get::<_, i64>(0))
+                .unwrap_or(0)
+                >= 5
+    });
+    // roost plan with rules that can keep nothing: a warning and a preview, nothing changed.
+    let dry = r.path("dry.yaml");
+    std::fs::write(
+        &dry,
+        yaml.replace(
+            "keep: [{every: 1m}]",
+            "keep: [{detection: {minScore: 0.5}}]",
+        ),
+    )
+    .unwrap();
+    let present_before: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM recording WHERE path IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let plan = Command::new(common::ROOST)
+        .args(["plan", "--file"])
+        .arg(&dry)
+        .arg("--state-dir")
+        .arg(&r.state)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&plan.stdout);
+    assert!(
+        text.contains("DEP_E614") && text.contains("would be deleted"),
+        "{text}"
+    );
+    assert!(
+        conn.query_row(
+            "SELECT count(*) FROM recording WHERE path IS NOT NULL",
+            [],
+            |r| r.get::<_, i64>(0)
+        )
+        .unwrap()
+            >= present_before,
+        "plan changed nothing"
+    );
+    assert_eq!(r.stop(), Some(0));
+
+    type Row = (String, Option<String>, Option<String>, Option<String>);
+    let rows: Vec<Row> = conn
+        .prepare("SELECT r.datetime, r.path, r.deleted_by, k.kept_by FROM recording r JOIN roost_keep k ON k.recording_id = r.id ORDER BY r.datetime")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(rows.len() >= 6);
+    for (datetime, path, deleted_by, kept_by) in &rows {
+        // 1 s files on whole seconds: the one starting at second 00 holds the minute's start.
+        let start: jiff::civil::DateTime = datetime.parse().unwrap();
+        let holds_minute = start.second() == 0;
+        assert_eq!(
+            kept_by.is_some(),
+            holds_minute,
+            "{datetime}: kept_by {kept_by:?}"
+        );
+        match holds_minute {
+            true => assert!(
+                path.as_ref().is_some_and(|p| Path::new(p).exists()) && deleted_by.is_none()
+            ),
+            false => {
+                assert_eq!(path, &None, "{datetime}");
+                assert_eq!(deleted_by.as_deref(), Some("keep"));
+            }
+        }
+    }
+    let on_disk = std::fs::read_dir(storage.join("recordings")).is_ok();
+    assert!(on_disk);
+    let integrity: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(integrity, "ok");
+}

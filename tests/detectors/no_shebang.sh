@@ -1,0 +1,2 @@
+# A detector for tests without a first "#!" line: exec refuses it (ENOEXEC).
+echo "{}"
