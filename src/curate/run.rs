@@ -283,6 +283,9 @@ impl Curator {
             message: format!("metadata.db in {}: {}", root.display(), e),
         })?;
         let _ = conn.busy_timeout(Duration::from_secs(5));
+        // WAL (set by the storage) with NORMAL: a power cut may lose the last commits, which
+        // are done again (findings and their mark commit together); no fsync per decision.
+        let _ = conn.pragma_update(None, "synchronous", "NORMAL");
         let now = Timestamp::now();
         for d in &mut self.detectors {
             d.since = db::detector_since(&conn, d.spec.name.as_str(), now).ok();
@@ -435,8 +438,10 @@ impl Curator {
         }
         let since = self.since_list();
         loop {
-            let conn = self.conn.as_ref().expect("opened");
-            let batch = db::undecided(conn, &since, 256)?;
+            let conn = self.conn.as_mut().expect("opened");
+            // One transaction per batch: decisions are written together, not one commit each.
+            let conn = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let batch = db::undecided(&conn, &since, 256)?;
             if batch.is_empty() {
                 return Ok(());
             }
@@ -445,7 +450,7 @@ impl Curator {
                 let facts = keep::Facts {
                     start: rec.start,
                     duration_s: rec.duration_s,
-                    found: db::found_in(conn, &rec.id)?,
+                    found: db::found_in(&conn, &rec.id)?,
                 };
                 let kept_by = match protected(&rec) {
                     true => Some("protected".to_string()),
@@ -455,13 +460,14 @@ impl Curator {
                     if !delete_file(&rec.path) {
                         continue;
                     }
-                    db::mark_deleted(conn, &rec.id, "keep", now)?;
+                    db::mark_deleted(&conn, &rec.id, "keep", now)?;
                     self.report.storage.deleted_this_run += 1;
                 } else {
                     self.report.storage.kept_this_run += 1;
                 }
-                db::decided(conn, &rec.id, kept_by.as_deref(), now)?;
+                db::decided(&conn, &rec.id, kept_by.as_deref(), now)?;
             }
+            conn.commit()?;
         }
     }
 
