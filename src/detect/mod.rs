@@ -1,0 +1,3 @@
+//! Detectors: what looks at each new recording and what it found.
+
+pub mod band_energy;
