@@ -744,7 +744,8 @@ mod tests {
             "{figures:#?}"
         );
         let conn = Connection::open(storage_path.join("metadata.db")).unwrap();
-        let rows: Vec<(Option<String>, Option<String>, String, Option<String>)> = conn
+        type Row = (Option<String>, Option<String>, String, Option<String>);
+        let rows: Vec<Row> = conn
             .prepare("SELECT r.path, r.deleted_by, a.outcome, a.error_code FROM recording r JOIN roost_analysis a ON a.recording_id = r.id ORDER BY r.datetime")
             .unwrap()
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
