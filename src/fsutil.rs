@@ -16,48 +16,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// forces the data of a file renamed over another out before the rename, `auto_da_alloc`),
 /// which the next rewrite replaces. Saves two flushes of the card per write.
 pub fn replace_quietly(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    match exchange(path, bytes) {
-        Ok(()) => Ok(()),
-        // RENAME_EXCHANGE unsupported (some file systems) or the spare unusable: a new file.
-        Err(_) => replace(path, bytes, false),
-    }
-}
-
-/// The spare of a quietly replaced file: `.<name>.spare` beside it.
-fn spare_of(path: &Path) -> Option<std::path::PathBuf> {
-    let name = path.file_name()?.to_string_lossy().into_owned();
-    Some(path.with_file_name(format!(".{name}.spare")))
-}
-
-/// Writes `bytes` over the spare in place, then swaps the spare and `path` atomically
-/// (`renameat2(RENAME_EXCHANGE)`): no inode is created or freed, so a rewrite costs the card a
-/// data block and the directory's, not a new file's allocation. A reader sees the old or the
-/// new content whole; the old becomes the next spare.
-fn exchange(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
-    use std::io::{Seek, SeekFrom};
-    if !path.exists() {
-        return Err(std::io::Error::from(std::io::ErrorKind::NotFound));
-    }
-    let spare =
-        spare_of(path).ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&spare)?;
-    f.seek(SeekFrom::Start(0))?;
-    f.write_all(bytes)?;
-    f.set_len(bytes.len() as u64)?;
-    drop(f);
-    renameat2(
-        AT_FDCWD,
-        &spare,
-        AT_FDCWD,
-        path,
-        RenameFlags::RENAME_EXCHANGE,
-    )
-    .map_err(std::io::Error::from)
+    replace(path, bytes, false)
 }
 
 fn replace(path: &Path, bytes: &[u8], durable: bool) -> std::io::Result<()> {
@@ -156,21 +115,6 @@ fn unescape_mount_point(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn quiet_replacement_swaps_two_files_and_never_allocates_a_third() {
-        use std::os::unix::fs::MetadataExt;
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("report.json");
-        let mut inodes = std::collections::BTreeSet::new();
-        for text in ["first, and long", "second", "third, longer than the second"] {
-            super::replace_quietly(&p, text.as_bytes()).unwrap();
-            assert_eq!(std::fs::read_to_string(&p).unwrap(), text);
-            inodes.insert(std::fs::metadata(&p).unwrap().ino());
-        }
-        assert_eq!(inodes.len(), 2, "the file and its spare take turns");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
-    }
-
     #[test]
     fn replaces_whole_file() {
         let dir = tempfile::tempdir().unwrap();

@@ -18,9 +18,10 @@
 //! - [`status_view`]: what `roost status` says to people (the first line answers "is it recording?").
 //! - [`serve`]: `roost serve`, a read-only web page (status, problems, spectrograms) for a phone on the hotspot.
 //! - [`connect`]: `roost connect`, status and heartbeats to MQTT, HTTP and Prometheus through a durable outbox.
+//! - [`detect`]: detectors that look at each new recording (the built-in band-energy detector, an external command printing findings JSON).
+//! - [`curate`]: `roost curate`, the detectors' queue (exactly once per recording), keep rules and retention.
 //! - [`fleet`]: `roost fleet`, every device's retained status, availability and heartbeat on a broker, one row each.
 //! - [`recorder`], [`storage`], [`schedule`]: audio capture to WAV files and metadata.db.
-//! - [`detect`]: detectors run on each new recording (an external command printing findings JSON).
 //! - [`errors`]: the error code catalogue.
 //! - [`logging`]: roost's own log writer, which no failed write can end.
 

@@ -233,6 +233,13 @@ fn band_energy_finds_the_fed_events_and_they_are_kept_and_sent() {
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap();
     assert_eq!(integrity, "ok");
+    // The detector never cost the recorder a sample.
+    let s = r.status().unwrap();
+    assert_eq!(
+        component(&s, "recorder")["output"]["samplesDropped"],
+        0,
+        "{s:#}"
+    );
     assert_eq!(r.stop(), Some(0));
 }
 
@@ -291,6 +298,12 @@ fn every_recording_is_analysed_exactly_once_across_kill_9() {
         s["reconciler"]["pid"].as_u64() != Some(u64::from(pid))
             && curator_output(s)["detectors"][0]["analysed"].as_u64() >= Some(10)
     });
+    let s = r.status().unwrap();
+    assert_eq!(
+        component(&s, "recorder")["output"]["samplesDropped"],
+        0,
+        "{s:#}"
+    );
     assert_eq!(r.stop(), Some(0));
     let conn = db(&storage);
     let twice: i64 = conn

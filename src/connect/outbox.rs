@@ -202,30 +202,7 @@ impl Outbox {
     /// Queues `messages` in one transaction, then drops what exceeds the limits (oldest first).
     /// Returns how many were dropped.
     pub fn push(&mut self, messages: &[NewMessage], now: Timestamp) -> Result<u64, OutboxError> {
-        let err = db_err(self.path.clone());
-        let tx = self.conn.transaction().map_err(err("begin"))?;
-        {
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT INTO message (sink, topic, payload, retain, created_at, bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )
-                .map_err(err("prepare an insert"))?;
-            for m in messages {
-                let bytes = (m.payload.len() + m.topic.len()) as i64;
-                insert
-                    .execute(params![
-                        m.sink.as_str(),
-                        m.topic,
-                        m.payload,
-                        m.retain,
-                        now.to_string(),
-                        bytes
-                    ])
-                    .map_err(err("queue a message"))?;
-            }
-        }
-        tx.commit().map_err(err("commit"))?;
-        self.enforce_limits(now)
+        self.push_with(messages, None, now)
     }
 
     /// Queues `messages` and sets counter `mark.0` to `mark.1` in the same transaction (a
@@ -234,6 +211,15 @@ impl Outbox {
         &mut self,
         messages: &[NewMessage],
         mark: (&str, i64),
+        now: Timestamp,
+    ) -> Result<u64, OutboxError> {
+        self.push_with(messages, Some(mark), now)
+    }
+
+    fn push_with(
+        &mut self,
+        messages: &[NewMessage],
+        mark: Option<(&str, i64)>,
         now: Timestamp,
     ) -> Result<u64, OutboxError> {
         let err = db_err(self.path.clone());
@@ -257,11 +243,13 @@ impl Outbox {
                     ])
                     .map_err(err("queue a message"))?;
             }
-            tx.execute(
-                "INSERT INTO counter (name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value = ?2",
-                params![mark.0, mark.1],
-            )
-            .map_err(err("move a cursor"))?;
+            if let Some((name, value)) = mark {
+                tx.execute(
+                    "INSERT INTO counter (name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value = ?2",
+                    params![name, value],
+                )
+                .map_err(err("move a cursor"))?;
+            }
         }
         tx.commit().map_err(err("commit"))?;
         self.enforce_limits(now)

@@ -334,3 +334,12 @@ pub fn outcomes(conn: &Connection, detector: &str) -> rusqlite::Result<(u64, u64
         |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
     )
 }
+
+/// Whether a detector gave up on `recording` (its findings are unknown).
+pub fn failed_any(conn: &Connection, recording: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM roost_analysis WHERE recording_id = ?1 AND outcome = 'failed')",
+        [recording],
+        |r| r.get(0),
+    )
+}

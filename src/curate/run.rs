@@ -283,6 +283,9 @@ impl Curator {
             message: format!("metadata.db in {}: {}", root.display(), e),
         })?;
         let _ = conn.busy_timeout(Duration::from_secs(5));
+        // WAL (set by the storage) with NORMAL: a power cut may lose the last commits, which
+        // are done again (findings and their mark commit together); no fsync per decision.
+        let _ = conn.pragma_update(None, "synchronous", "NORMAL");
         let now = Timestamp::now();
         for d in &mut self.detectors {
             d.since = db::detector_since(&conn, d.spec.name.as_str(), now).ok();
@@ -302,6 +305,18 @@ impl Curator {
         let before = self.report.storage.kept_this_run + self.report.storage.deleted_this_run;
         self.decide_all().map_err(|e| e.to_string())?;
         Ok(self.report.storage.kept_this_run + self.report.storage.deleted_this_run - before)
+    }
+
+    /// One whole round now (analyse, decide, retain, report), without signals: for tests and
+    /// tools.
+    pub fn round_now(&mut self) {
+        let (_tx, rx) = mpsc::channel();
+        self.round(&rx);
+    }
+
+    /// The report as it stands.
+    pub fn report(&self) -> &CuratorReport {
+        &self.report
     }
 
     /// One round: analyse, decide, retain, report. Stops early on SIGTERM.
@@ -435,8 +450,10 @@ impl Curator {
         }
         let since = self.since_list();
         loop {
-            let conn = self.conn.as_ref().expect("opened");
-            let batch = db::undecided(conn, &since, 256)?;
+            let conn = self.conn.as_mut().expect("opened");
+            // One transaction per batch: decisions are written together, not one commit each.
+            let conn = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let batch = db::undecided(&conn, &since, 256)?;
             if batch.is_empty() {
                 return Ok(());
             }
@@ -445,23 +462,28 @@ impl Curator {
                 let facts = keep::Facts {
                     start: rec.start,
                     duration_s: rec.duration_s,
-                    found: db::found_in(conn, &rec.id)?,
+                    found: db::found_in(&conn, &rec.id)?,
                 };
-                let kept_by = match protected(&rec) {
-                    true => Some("protected".to_string()),
-                    false => self.rules.kept_by(&facts),
+                // A recording a detector could not judge is kept: its findings are unknown.
+                let kept_by = if protected(&rec) {
+                    Some("protected".to_string())
+                } else if db::failed_any(&conn, &rec.id)? {
+                    Some("analysisFailed".to_string())
+                } else {
+                    self.rules.kept_by(&facts)
                 };
                 if kept_by.is_none() {
                     if !delete_file(&rec.path) {
                         continue;
                     }
-                    db::mark_deleted(conn, &rec.id, "keep", now)?;
+                    db::mark_deleted(&conn, &rec.id, "keep", now)?;
                     self.report.storage.deleted_this_run += 1;
                 } else {
                     self.report.storage.kept_this_run += 1;
                 }
-                db::decided(conn, &rec.id, kept_by.as_deref(), now)?;
+                db::decided(&conn, &rec.id, kept_by.as_deref(), now)?;
             }
+            conn.commit()?;
         }
     }
 
@@ -637,4 +659,135 @@ fn fs_size(path: &Path) -> u64 {
     nix::sys::statvfs::statvfs(path)
         .map(|s| s.blocks() as u64 * s.fragment_size() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{NewRecording, Storage};
+
+    fn tone(path: &Path) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: 16_000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::create(path, spec).unwrap();
+        for n in 0..32_000u32 {
+            let on = (8_000..12_000).contains(&n);
+            let s = if on {
+                (std::f64::consts::TAU * 3000.0 * f64::from(n) / 16_000.0).sin() * 8000.0
+            } else {
+                f64::from(n % 7) * 10.0 - 30.0
+            };
+            w.write_sample(s as i16).unwrap();
+        }
+        w.finalize().unwrap();
+    }
+
+    /// A recording deleted by hand before analysis is marked (path cleared, `missing`, its
+    /// detector entry failed with DEP_E613) and the queue goes on; a file that is not a WAV is
+    /// failed with DEP_E610; the others are analysed once, and a second round does nothing.
+    #[test]
+    fn a_missing_or_broken_recording_never_holds_the_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage_path = dir.path().join("storage");
+        let config: CurateConfig = serde_json::from_value(serde_json::json!({
+            "deployment": "unit",
+            "detectors": [{"name": "birds", "kind": "bandEnergy", "lowHz": 2000, "highHz": 5000}],
+            "storage": {"path": storage_path, "minFreeSpace": "0", "onLowSpace": "stop",
+                        "keep": [{"detection": {"minScore": 0.1}}]},
+            "recorder": {"timezone": "UTC", "duration": "2s"},
+        }))
+        .unwrap();
+        let mut storage = Storage::open(&storage_path, &config.storage).unwrap();
+        let t0: Timestamp = "2020-06-01T10:00:00Z".parse().unwrap();
+        let dep = storage.start_deployment("unit", None, t0).unwrap();
+        let mut paths = Vec::new();
+        for i in 0..4 {
+            let t = t0 + SignedDuration::from_secs(2 * i);
+            let path = storage
+                .recordings_dir()
+                .join(crate::storage::recording_file_name(t));
+            match i {
+                1 => {} // deleted by hand before analysis
+                2 => {
+                    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                    std::fs::write(&path, b"not a wav").unwrap();
+                }
+                _ => tone(&path),
+            }
+            let rec = NewRecording {
+                path: path.clone(),
+                datetime: t,
+                duration_s: 2.0,
+                samplerate_hz: 16_000,
+                audio_channels: 1,
+            };
+            storage.register(&rec, &dep).unwrap();
+            paths.push(path);
+        }
+        // The detector was first seen before these recordings.
+        storage.connection().execute("INSERT INTO roost_detector (name, since) VALUES ('birds', '2020-01-01 00:00:00.000000')", []).unwrap();
+        drop(storage);
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        let mut curator = Curator::new(config, &state);
+        curator.round_now();
+        curator.round_now();
+        let figures = &curator.report().detectors[0];
+        assert_eq!(
+            (figures.analysed, figures.failed, figures.backlog),
+            (2, 2, 0),
+            "{figures:#?}"
+        );
+        let conn = Connection::open(storage_path.join("metadata.db")).unwrap();
+        type Row = (Option<String>, Option<String>, String, Option<String>);
+        let rows: Vec<Row> = conn
+            .prepare("SELECT r.path, r.deleted_by, a.outcome, a.error_code FROM recording r JOIN roost_analysis a ON a.recording_id = r.id ORDER BY r.datetime")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(rows[0].2, "done");
+        assert_eq!(
+            (
+                rows[1].0.as_deref(),
+                rows[1].1.as_deref(),
+                rows[1].2.as_str(),
+                rows[1].3.as_deref()
+            ),
+            (None, Some("missing"), "failed", Some("DEP_E613"))
+        );
+        assert_eq!(
+            (rows[2].2.as_str(), rows[2].3.as_deref()),
+            ("failed", Some("DEP_E610"))
+        );
+        assert_eq!(rows[3].2, "done");
+        let outputs: i64 = conn
+            .query_row("SELECT count(*) FROM model_output", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(outputs, 2, "analysed once each, whatever the rounds");
+        // The tone files have a detection and are kept; the one the detector could not judge
+        // is kept too.
+        assert!(paths[0].exists() && paths[2].exists() && paths[3].exists());
+        let kept: Vec<Option<String>> = conn
+            .prepare("SELECT k.kept_by FROM roost_keep k JOIN recording r ON r.id = k.recording_id ORDER BY r.datetime")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            kept,
+            vec![
+                Some("keep[0]:detection".into()),
+                Some("analysisFailed".into()),
+                Some("keep[0]:detection".into())
+            ]
+        );
+    }
 }
