@@ -769,7 +769,8 @@ fn the_amd64_package_installs_upgrades_and_goes_away_as_on_a_device() {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let status = container.status();
-        if status["reconciler"]["pid"].to_string() == new_roost_pid && status["status"] == "Running"
+        if status["reconciler"]["pid"] == new_roost_pid.parse::<u64>().unwrap()
+            && status["status"] == "Running"
         {
             break;
         }
