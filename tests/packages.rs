@@ -12,6 +12,9 @@
 //!
 //! Needs root (cgroups, namespaces, nspawn), as CI has.
 
+#[path = "support/systemd_sandbox.rs"]
+mod sandbox;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -143,216 +146,231 @@ const ARCHES: [Arch; 3] = [
 fn each_package_holds_what_a_device_owner_needs() {
     for arch in &ARCHES {
         let deb = deb(arch.name);
-        let fields = text(
-            &must(Command::new("dpkg-deb").arg("-f").arg(&deb).args([
-                "Package",
-                "Version",
-                "Architecture",
-                "Depends",
-            ]))
-            .stdout,
-        );
-        assert!(fields.contains("Package: roost\n"), "{fields}");
-        assert!(
-            fields.contains(&format!("Version: {VERSION}\n")),
-            "{fields}"
-        );
-        assert!(
-            fields.contains(&format!("Architecture: {}\n", arch.name)),
-            "{fields}"
-        );
-        for dependency in ["libasound2", "libc6", "systemd", "dbus"] {
-            assert!(
-                fields.contains(dependency),
-                "{}: no {dependency} in {fields}",
-                arch.name
-            );
-        }
-
+        control_fields_name_the_dependencies(arch, &deb);
         let package = Unpacked::new(&deb);
-        let mut needed = vec![
-            "/usr/bin/roost".to_string(),
-            "/etc/roost/deployment.yaml".into(),
-            "/usr/share/roost/deployment.schema.json".into(),
-            "/usr/share/roost/status.schema.json".into(),
-            "/usr/share/doc/roost/README.md".into(),
-            "/usr/share/doc/roost/RECORDER.md".into(),
-            "/usr/share/doc/roost/SYSTEMD.md".into(),
-            "/usr/share/doc/roost/PACKAGING.md".into(),
-            "/usr/share/doc/roost/DETECTORS.md".into(),
-            "/usr/share/doc/roost/copyright".into(),
-            "/usr/share/doc/roost/changelog.Debian.gz".into(),
-            "/usr/share/man/man1/roost.1.gz".into(),
-        ];
-        needed.extend(
-            examples()
-                .iter()
-                .map(|e| format!("/usr/share/doc/roost/examples/{e}")),
-        );
-        for path in &needed {
-            assert!(
-                package.file(path).is_file(),
-                "{}: {path} missing",
-                arch.name
-            );
-        }
-        let unit = [
-            "/lib/systemd/system/roost.service",
-            "/usr/lib/systemd/system/roost.service",
-        ]
-        .into_iter()
-        .find(|p| package.file(p).is_file())
-        .unwrap_or_else(|| panic!("{}: no roost.service", arch.name));
-        assert_eq!(
-            std::fs::read_to_string(package.file(unit)).unwrap(),
-            std::fs::read_to_string(repo().join("packaging/roost.service")).unwrap()
-        );
+        the_files_are_there(arch, &package);
+        examples_name_the_installed_schema(&package);
+        schemas_and_converters_are_the_repositorys(arch, &package);
+        changelog_and_copyright_are_debians(&package);
+        conffiles_sums_and_scripts_hold(&package);
+        the_binary_is_stripped_and_small(arch, &deb, &package);
+    }
+}
 
-        // Every example (and the conffile) names the schema where the package installs it.
-        let mut yaml_files: Vec<String> = examples()
-            .iter()
-            .map(|e| format!("/usr/share/doc/roost/examples/{e}"))
-            .collect();
-        yaml_files.push("/etc/roost/deployment.yaml".into());
-        for yaml in &yaml_files {
-            let content = std::fs::read_to_string(package.file(yaml)).unwrap();
-            let first = content.lines().next().unwrap_or_default();
-            let schema = first
-                .strip_prefix("# yaml-language-server: $schema=")
-                .unwrap_or_else(|| panic!("{yaml} starts with {first:?}"));
-            assert!(
-                package.file(schema).is_file(),
-                "{yaml} names {schema}, which the package does not install"
-            );
-            let repo_example = repo()
-                .join("examples")
-                .join(Path::new(yaml).file_name().unwrap());
-            if yaml.contains("/examples/") {
-                // Only the schema line differs from the repository's example.
-                let original = std::fs::read_to_string(repo_example).unwrap();
-                assert_eq!(
-                    content.split_once('\n').unwrap().1,
-                    original.split_once('\n').unwrap().1
-                );
-            }
-        }
-        for schema in std::fs::read_dir(repo().join("schemas")).unwrap() {
-            let schema = schema.unwrap().path();
-            let name = schema.file_name().unwrap().to_string_lossy().into_owned();
-            assert_eq!(
-                std::fs::read(package.file(&format!("/usr/share/roost/{name}"))).ok(),
-                Some(std::fs::read(&schema).unwrap()),
-                "{}: /usr/share/roost/{name}",
-                arch.name
-            );
-        }
-        for converter in std::fs::read_dir(repo().join("examples/detectors")).unwrap() {
-            let name = converter
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .into_owned();
-            let installed =
-                package.file(&format!("/usr/share/doc/roost/examples/detectors/{name}"));
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&installed)
-                .unwrap_or_else(|e| panic!("{}: {}: {e}", arch.name, installed.display()))
-                .permissions()
-                .mode();
-            assert_eq!(mode & 0o777, 0o755, "{}", installed.display());
-        }
-
-        let changelog = text(
-            &must(
-                Command::new("gzip")
-                    .arg("-dc")
-                    .arg(package.file("/usr/share/doc/roost/changelog.Debian.gz")),
-            )
-            .stdout,
-        );
+fn control_fields_name_the_dependencies(arch: &Arch, deb: &Path) {
+    let fields = text(
+        &must(Command::new("dpkg-deb").arg("-f").arg(deb).args([
+            "Package",
+            "Version",
+            "Architecture",
+            "Depends",
+        ]))
+        .stdout,
+    );
+    assert!(fields.contains("Package: roost\n"), "{fields}");
+    assert!(
+        fields.contains(&format!("Version: {VERSION}\n")),
+        "{fields}"
+    );
+    assert!(
+        fields.contains(&format!("Architecture: {}\n", arch.name)),
+        "{fields}"
+    );
+    for dependency in ["libasound2", "libc6", "systemd", "dbus"] {
         assert!(
-            changelog.starts_with(&format!("roost ({VERSION}) ")),
-            "{changelog}"
-        );
-        let copyright =
-            std::fs::read_to_string(package.file("/usr/share/doc/roost/copyright")).unwrap();
-        assert!(copyright.starts_with(
-            "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/"
-        ));
-
-        assert!(
-            package
-                .control("conffiles")
-                .lines()
-                .any(|l| l == "/etc/roost/deployment.yaml"),
-            "conffiles: {}",
-            package.control("conffiles")
-        );
-        let md5sums = package.control("md5sums");
-        assert!(
-            md5sums.lines().any(|l| l.ends_with("  usr/bin/roost"))
-                && !md5sums.contains("etc/roost"),
-            "md5sums: {md5sums}"
-        );
-        for script in ["postinst", "prerm", "postrm"] {
-            let path = package.dir.path().join("DEBIAN").join(script);
-            must(Command::new("sh").arg("-n").arg(&path));
-            assert!(
-                !package.control(script).contains("#DEBHELPER#"),
-                "{script}: token left"
-            );
-        }
-        assert!(package.control("postinst").contains("deb-systemd-invoke"));
-        assert!(
-            package
-                .control("prerm")
-                .contains("systemctl --no-reload disable")
-        );
-        assert!(package.control("postrm").contains("rm -rf \"$state\""));
-
-        let binary = package.file("/usr/bin/roost");
-        assert_eq!(elf_machine(&binary), arch.elf_machine, "{}", arch.name);
-        let sections = text(&must(Command::new("readelf").args(["-S", "-W"]).arg(&binary)).stdout);
-        assert!(
-            !sections.contains(".symtab") && !sections.contains(".debug_info"),
-            "{}: the binary is not stripped",
-            arch.name
-        );
-        let binary_size = std::fs::metadata(&binary).unwrap().len();
-        let deb_size = std::fs::metadata(&deb).unwrap().len();
-        eprintln!(
-            "{}: package {:.2} MB, stripped binary {:.2} MB",
-            arch.name,
-            deb_size as f64 / 1e6,
-            binary_size as f64 / 1e6
-        );
-        // The targets of issue 13 are held for the Pi's packages; the amd64 binary (x86 code,
-        // rustfft's AVX and SSE kernels) is 12.4 MB and only reported (docs/PERFORMANCE.md).
-        if arch.name != "amd64" {
-            assert!(
-                binary_size <= 12_000_000,
-                "{}: binary {binary_size} bytes",
-                arch.name
-            );
-        }
-        assert!(
-            deb_size <= 5_000_000,
-            "{}: package {deb_size} bytes",
+            fields.contains(dependency),
+            "{}: no {dependency} in {fields}",
             arch.name
         );
     }
 }
 
+fn the_files_are_there(arch: &Arch, package: &Unpacked) {
+    let mut needed = vec![
+        "/usr/bin/roost".to_string(),
+        "/etc/roost/deployment.yaml".into(),
+        "/usr/share/roost/deployment.schema.json".into(),
+        "/usr/share/roost/status.schema.json".into(),
+        "/usr/share/doc/roost/README.md".into(),
+        "/usr/share/doc/roost/RECORDER.md".into(),
+        "/usr/share/doc/roost/SYSTEMD.md".into(),
+        "/usr/share/doc/roost/PACKAGING.md".into(),
+        "/usr/share/doc/roost/DETECTORS.md".into(),
+        "/usr/share/doc/roost/copyright".into(),
+        "/usr/share/doc/roost/changelog.Debian.gz".into(),
+        "/usr/share/man/man1/roost.1.gz".into(),
+    ];
+    needed.extend(
+        examples()
+            .iter()
+            .map(|e| format!("/usr/share/doc/roost/examples/{e}")),
+    );
+    for path in &needed {
+        assert!(
+            package.file(path).is_file(),
+            "{}: {path} missing",
+            arch.name
+        );
+    }
+    let unit = [
+        "/lib/systemd/system/roost.service",
+        "/usr/lib/systemd/system/roost.service",
+    ]
+    .into_iter()
+    .find(|p| package.file(p).is_file())
+    .unwrap_or_else(|| panic!("{}: no roost.service", arch.name));
+    assert_eq!(
+        std::fs::read_to_string(package.file(unit)).unwrap(),
+        std::fs::read_to_string(repo().join("packaging/roost.service")).unwrap()
+    );
+}
+
+fn examples_name_the_installed_schema(package: &Unpacked) {
+    // Every example (and the conffile) names the schema where the package installs it.
+    let mut yaml_files: Vec<String> = examples()
+        .iter()
+        .map(|e| format!("/usr/share/doc/roost/examples/{e}"))
+        .collect();
+    yaml_files.push("/etc/roost/deployment.yaml".into());
+    for yaml in &yaml_files {
+        let content = std::fs::read_to_string(package.file(yaml)).unwrap();
+        let first = content.lines().next().unwrap_or_default();
+        let schema = first
+            .strip_prefix("# yaml-language-server: $schema=")
+            .unwrap_or_else(|| panic!("{yaml} starts with {first:?}"));
+        assert!(
+            package.file(schema).is_file(),
+            "{yaml} names {schema}, which the package does not install"
+        );
+        let repo_example = repo()
+            .join("examples")
+            .join(Path::new(yaml).file_name().unwrap());
+        if yaml.contains("/examples/") {
+            // Only the schema line differs from the repository's example.
+            let original = std::fs::read_to_string(repo_example).unwrap();
+            assert_eq!(
+                content.split_once('\n').unwrap().1,
+                original.split_once('\n').unwrap().1
+            );
+        }
+    }
+}
+
+fn schemas_and_converters_are_the_repositorys(arch: &Arch, package: &Unpacked) {
+    for schema in std::fs::read_dir(repo().join("schemas")).unwrap() {
+        let schema = schema.unwrap().path();
+        let name = schema.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(
+            std::fs::read(package.file(&format!("/usr/share/roost/{name}"))).ok(),
+            Some(std::fs::read(&schema).unwrap()),
+            "{}: /usr/share/roost/{name}",
+            arch.name
+        );
+    }
+    for converter in std::fs::read_dir(repo().join("examples/detectors")).unwrap() {
+        let name = converter
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        let installed = package.file(&format!("/usr/share/doc/roost/examples/detectors/{name}"));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&installed)
+            .unwrap_or_else(|e| panic!("{}: {}: {e}", arch.name, installed.display()))
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o755, "{}", installed.display());
+    }
+}
+
+fn changelog_and_copyright_are_debians(package: &Unpacked) {
+    let changelog = text(
+        &must(
+            Command::new("gzip")
+                .arg("-dc")
+                .arg(package.file("/usr/share/doc/roost/changelog.Debian.gz")),
+        )
+        .stdout,
+    );
+    assert!(
+        changelog.starts_with(&format!("roost ({VERSION}) ")),
+        "{changelog}"
+    );
+    let copyright =
+        std::fs::read_to_string(package.file("/usr/share/doc/roost/copyright")).unwrap();
+    assert!(
+        copyright.starts_with(
+            "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/"
+        )
+    );
+}
+
+fn conffiles_sums_and_scripts_hold(package: &Unpacked) {
+    assert!(
+        package
+            .control("conffiles")
+            .lines()
+            .any(|l| l == "/etc/roost/deployment.yaml"),
+        "conffiles: {}",
+        package.control("conffiles")
+    );
+    let md5sums = package.control("md5sums");
+    assert!(
+        md5sums.lines().any(|l| l.ends_with("  usr/bin/roost")) && !md5sums.contains("etc/roost"),
+        "md5sums: {md5sums}"
+    );
+    for script in ["postinst", "prerm", "postrm"] {
+        let path = package.dir.path().join("DEBIAN").join(script);
+        must(Command::new("sh").arg("-n").arg(&path));
+        assert!(
+            !package.control(script).contains("#DEBHELPER#"),
+            "{script}: token left"
+        );
+    }
+    assert!(package.control("postinst").contains("deb-systemd-invoke"));
+    assert!(
+        package
+            .control("prerm")
+            .contains("systemctl --no-reload disable")
+    );
+    assert!(package.control("postrm").contains("rm -rf \"$state\""));
+}
+
+fn the_binary_is_stripped_and_small(arch: &Arch, deb: &Path, package: &Unpacked) {
+    let binary = package.file("/usr/bin/roost");
+    assert_eq!(elf_machine(&binary), arch.elf_machine, "{}", arch.name);
+    let sections = text(&must(Command::new("readelf").args(["-S", "-W"]).arg(&binary)).stdout);
+    assert!(
+        !sections.contains(".symtab") && !sections.contains(".debug_info"),
+        "{}: the binary is not stripped",
+        arch.name
+    );
+    let binary_size = std::fs::metadata(&binary).unwrap().len();
+    let deb_size = std::fs::metadata(deb).unwrap().len();
+    eprintln!(
+        "{}: package {:.2} MB, stripped binary {:.2} MB",
+        arch.name,
+        deb_size as f64 / 1e6,
+        binary_size as f64 / 1e6
+    );
+    // The targets of issue 13 are held for the Pi's packages; the amd64 binary (x86 code,
+    // rustfft's AVX and SSE kernels) is 12.4 MB and only reported (docs/PERFORMANCE.md).
+    if arch.name != "amd64" {
+        assert!(
+            binary_size <= 12_000_000,
+            "{}: binary {binary_size} bytes",
+            arch.name
+        );
+    }
+    assert!(
+        deb_size <= 5_000_000,
+        "{}: package {deb_size} bytes",
+        arch.name
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The amd64 package in a booted Debian 12.
-
-const HIERARCHIES: &[&str] = &[
-    "/sys/fs/cgroup/systemd",
-    "/sys/fs/cgroup/unified",
-    "/sys/fs/cgroup/pids",
-    "/sys/fs/cgroup/memory",
-    "/sys/fs/cgroup/cpu",
-];
 
 /// A Debian 12 booted by systemd-nspawn (systemd as its PID 1, D-Bus, a real system manager)
 /// on an ephemeral copy of the debootstrap tree `.ci/packages` made, in a cgroup of its own and
@@ -403,7 +421,7 @@ exec unshare -m --propagation private sh -c '
             .arg(script)
             .env_clear()
             .env("PATH", PATH)
-            .env("HIERARCHIES", HIERARCHIES.join(" "))
+            .env("HIERARCHIES", sandbox::HIERARCHIES.join(" "))
             .env("CG", &cgroup)
             .env("ROOTFS", &rootfs)
             .env("MACHINE", &machine)
@@ -578,55 +596,13 @@ exec unshare -m --propagation private sh -c '
             let _ = nspawn.kill();
             let _ = nspawn.wait();
         }
-        remove_cgroup_tree(&self.cgroup);
+        sandbox::remove_cgroup_tree(&self.cgroup);
     }
 }
 
 impl Drop for Container {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-/// Kills what is left in the cgroup (none after a clean poweroff) and removes it, deepest first.
-fn remove_cgroup_tree(cgroup: &str) {
-    for hierarchy in HIERARCHIES {
-        let root = Path::new(hierarchy).join(cgroup);
-        if !root.exists() {
-            continue;
-        }
-        let mut dirs = Vec::new();
-        collect_dirs(&root, &mut dirs);
-        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-        for _ in 0..100 {
-            for dir in &dirs {
-                for pid in std::fs::read_to_string(dir.join("cgroup.procs"))
-                    .unwrap_or_default()
-                    .lines()
-                {
-                    if let Ok(pid) = pid.trim().parse::<i32>() {
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(pid),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
-                    }
-                }
-                let _ = std::fs::remove_dir(dir);
-            }
-            if !root.exists() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
-    out.push(dir.to_path_buf());
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            collect_dirs(&entry.path(), out);
-        }
     }
 }
 
