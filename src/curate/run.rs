@@ -59,9 +59,9 @@ pub fn run(config_path: &Path, state_dir: &Path) -> Result<(), CurateError> {
         source,
     })?;
     let (tx, rx) = mpsc::channel();
-    stop_on_signals(tx.clone())?;
-    let _watcher = watch_recorder(state_dir, tx)?;
     let mut curator = Curator::new(config, state_dir);
+    stop_on_signals(tx.clone(), curator.stop_flag.clone())?;
+    let _watcher = watch_recorder(state_dir, tx)?;
     loop {
         curator.round(&rx);
         if curator.stopping {
@@ -87,7 +87,10 @@ pub fn run(config_path: &Path, state_dir: &Path) -> Result<(), CurateError> {
     Ok(())
 }
 
-fn stop_on_signals(tx: mpsc::Sender<Wake>) -> Result<(), CurateError> {
+fn stop_on_signals(
+    tx: mpsc::Sender<Wake>,
+    flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Result<(), CurateError> {
     use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();
     set.add(Signal::SIGTERM);
@@ -98,6 +101,7 @@ fn stop_on_signals(tx: mpsc::Sender<Wake>) -> Result<(), CurateError> {
         .name("roost-signals".into())
         .spawn(move || {
             let _ = set.wait();
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
             let _ = tx.send(Wake::Stop);
         })
         .map(drop)
@@ -223,6 +227,9 @@ pub struct Curator {
     /// recording never holds the queue.
     failed_now: HashSet<(String, String)>,
     stopping: bool,
+    /// Set by SIGTERM/SIGINT: a detector run that fails now was most likely ended by the same
+    /// stop (roost stopping stops what the curator started), and is not counted.
+    stop_flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Curator {
@@ -264,6 +271,7 @@ impl Curator {
             written: None,
             failed_now: HashSet::new(),
             stopping: false,
+            stop_flag: Default::default(),
         }
     }
 
@@ -405,6 +413,10 @@ impl Curator {
                 let f = &mut self.report.detectors[i];
                 f.last_analysed = Some(rec.path.clone());
                 f.last_analysed_at = Some(now());
+            }
+            Err(_) if self.stop_flag.load(std::sync::atomic::Ordering::SeqCst) => {
+                tracing::info!(recording = %rec.path.display(), detector = %name, "stopping: the run that ended with the stop is not counted; analysed again at the next start");
+                self.stopping = true;
             }
             Err(failure) => {
                 let conn = self.conn.as_ref().expect("opened");
