@@ -461,6 +461,7 @@ impl Curator {
             return Ok(());
         }
         let since = self.since_list();
+        let mut doomed = Vec::new();
         loop {
             let conn = self.conn.as_mut().expect("opened");
             // One transaction per batch: decisions are written together, not one commit each.
@@ -485,10 +486,10 @@ impl Curator {
                     self.rules.kept_by(&facts)
                 };
                 if kept_by.is_none() {
-                    if !delete_file(&rec.path) {
-                        continue;
-                    }
+                    // The row first, the file after the commit: a reader that finds the file
+                    // gone (the recorder's repair) finds the row already saying why.
                     db::mark_deleted(&conn, &rec.id, "keep", now)?;
+                    doomed.push(rec.path.clone());
                     self.report.storage.deleted_this_run += 1;
                 } else {
                     self.report.storage.kept_this_run += 1;
@@ -496,6 +497,9 @@ impl Curator {
                 db::decided(&conn, &rec.id, kept_by.as_deref(), now)?;
             }
             conn.commit()?;
+            doomed.drain(..).for_each(|p| {
+                delete_file(&p);
+            });
         }
     }
 
@@ -529,8 +533,9 @@ impl Curator {
             .collect();
         for (id, rule) in keep::retention(&candidates, now, max_age, limit) {
             let Some(path) = paths.get(&id) else { continue };
+            // The row first, then the file (see decide_all).
+            db::mark_deleted(conn, &id, rule, now)?;
             if delete_file(path) {
-                db::mark_deleted(conn, &id, rule, now)?;
                 tracing::info!(path = %path.display(), rule, "deleted a recording");
             }
         }
