@@ -511,12 +511,13 @@ impl Curator {
         }
         let since = self.since_list();
         let conn = self.conn.as_ref().expect("opened");
-        let mut candidates = Vec::new();
-        for rec in db::present(conn)? {
-            let deletable = !protected(&rec) && db::analysed_by_all(conn, &rec, &since)?;
+        let present = db::present(conn)?;
+        let mut candidates = Vec::with_capacity(present.len());
+        for rec in &present {
+            let deletable = !protected(rec) && db::analysed_by_all(conn, rec, &since)?;
             candidates.push(keep::Candidate {
                 bytes: disk_bytes(&rec.path),
-                id: rec.id,
+                id: rec.id.clone(),
                 start: rec.start,
                 deletable,
             });
@@ -527,10 +528,8 @@ impl Curator {
         });
         let max_age = storage.max_age.map(|a| a.as_std());
         let now = Timestamp::now();
-        let paths: std::collections::HashMap<String, PathBuf> = db::present(conn)?
-            .into_iter()
-            .map(|r| (r.id, r.path))
-            .collect();
+        let paths: std::collections::HashMap<String, PathBuf> =
+            present.into_iter().map(|r| (r.id, r.path)).collect();
         for (id, rule) in keep::retention(&candidates, now, max_age, limit) {
             let Some(path) = paths.get(&id) else { continue };
             // The row first, then the file (see decide_all).
@@ -565,13 +564,13 @@ impl Curator {
         let present = db::present(conn).unwrap_or_default();
         let s = &mut self.report.storage;
         s.recordings = present.len() as u64;
-        s.bytes_used = present.iter().map(|r| disk_bytes(&r.path)).sum();
+        // One stat per file for both sums.
         let day_ago = now - SignedDuration::from_hours(24);
-        let last_day: u64 = present
-            .iter()
-            .filter(|r| r.start >= day_ago)
-            .map(|r| disk_bytes(&r.path))
-            .sum();
+        let (used, last_day) = present.iter().fold((0u64, 0u64), |(all, day), r| {
+            let b = disk_bytes(&r.path);
+            (all + b, day + if r.start >= day_ago { b } else { 0 })
+        });
+        s.bytes_used = used;
         s.free_bytes =
             crate::storage::Folders::new(&self.config.storage_path(), &self.config.storage)
                 .free_bytes()
