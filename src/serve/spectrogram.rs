@@ -86,7 +86,7 @@ pub fn render(wav: &Path) -> Result<Vec<u8>, SpectrogramError> {
     let frames_total = (reader.duration() as usize).saturating_sub(FFT_LEN) / HOP + 1;
     let mut stft = Stft::new(frames_total.div_ceil(MAX_WIDTH));
     let channels = spec.channels as usize;
-    let first_channel = |i: &usize| i % channels == 0;
+    let first_channel = |i: &usize| i.is_multiple_of(channels);
     match spec.sample_format {
         hound::SampleFormat::Float => {
             let samples = reader
