@@ -112,6 +112,13 @@ pub fn render(doc: &StatusDoc, facts: &Facts, now: Timestamp) -> String {
     }
     let _ = writeln!(out, "{}", headline_in(doc, facts, &tz, now));
     recorder_section(&mut out, doc, facts, &tz, now);
+    let curated = curator_figures(doc);
+    if !curated.is_empty() {
+        let _ = writeln!(out, "\nDetectors and keep rules");
+        for (label, value) in curated {
+            let _ = writeln!(out, "  {label:<15}{value}");
+        }
+    }
     components_section(&mut out, doc);
     problems_section(&mut out, doc);
     let roost = match (doc.status, facts.roost_running) {
@@ -284,6 +291,55 @@ fn recorder_figures_in(
     };
     figures.push(("clock", clock.to_string()));
     Some(figures)
+}
+
+/// The curator's figures as (label, value): per detector what it analysed, what waits and
+/// what it found in the last hour, then the files deleted by rule. Empty without a curator.
+pub fn curator_figures(doc: &StatusDoc) -> Vec<(String, String)> {
+    let Some(out) = doc
+        .components
+        .iter()
+        .find(|c| c.name == crate::spec::curate::CURATOR_COMPONENT)
+        .and_then(|c| c.output.as_ref())
+    else {
+        return Vec::new();
+    };
+    let num = |v: &Value, k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let mut figures = Vec::new();
+    for d in out
+        .get("detectors")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let name = d.get("name").and_then(Value::as_str).unwrap_or("detector");
+        let failure = d
+            .pointer("/lastFailure/code")
+            .and_then(Value::as_str)
+            .map(|c| format!(", last failure {c}"))
+            .unwrap_or_default();
+        figures.push((
+            name.to_string(),
+            format!(
+                "{} analysed, {} failed, {} waiting, {} detections in the last hour{failure}",
+                num(d, "analysed"),
+                num(d, "failed"),
+                num(d, "backlog"),
+                num(d, "detectionsLastHour")
+            ),
+        ));
+    }
+    let deleted: Vec<String> = out
+        .pointer("/storage/deletedByRule")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(rule, n)| format!("{} by {rule}", n.as_u64().unwrap_or(0)))
+        .collect();
+    if !deleted.is_empty() {
+        figures.push(("files deleted".to_string(), deleted.join(", ")));
+    }
+    figures
 }
 
 fn components_section(out: &mut String, doc: &StatusDoc) {
@@ -578,6 +634,29 @@ mod tests {
             let text = render(&d, &f, now);
             assert_eq!(text.lines().next(), Some(first), "{text}");
         }
+    }
+
+    #[test]
+    fn the_curator_says_what_each_detector_did_and_what_was_deleted() {
+        let mut d = doc(
+            OverallStatus::Running,
+            Phase::Succeeded,
+            Some((ComponentState::Running, json!({"state": "recording"}))),
+        );
+        let mut curator = d.components[0].clone();
+        curator.name = "curator".into();
+        curator.output = Some(
+            json!({"detectors": [{"name": "birds", "analysed": 120, "failed": 1, "backlog": 2, "detectionsLastHour": 14, "lastFailure": {"code": "DEP_E603", "message": "slow"}}],
+                                     "storage": {"deletedByRule": {"keep": 30, "maxAge": 2}}}),
+        );
+        d.components.push(curator);
+        let text = render(&d, &facts(), "2026-06-01T04:02:30Z".parse().unwrap());
+        assert!(text.contains("Detectors and keep rules"), "{text}");
+        assert!(text.contains("birds          120 analysed, 1 failed, 2 waiting, 14 detections in the last hour, last failure DEP_E603"), "{text}");
+        assert!(
+            text.contains("files deleted  30 by keep, 2 by maxAge"),
+            "{text}"
+        );
     }
 
     #[test]

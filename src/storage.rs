@@ -962,11 +962,13 @@ impl Storage {
 
     /// Records that a recording's file is gone: `path` NULL (acoupi's "not stored locally"),
     /// `deleted_on` `now`, `deleted_by` the rule or cause (`onLowSpace`, `missing`, a keep
-    /// rule, `maxAge`, `maxUsage`). Its detections stay.
+    /// rule, `maxAge`, `maxUsage`). Its detections stay. The first to mark a row wins: a
+    /// later "missing" never relabels a deliberate deletion.
     pub fn mark_deleted(&self, id: &str, by: &str, now: Timestamp) -> rusqlite::Result<()> {
         self.conn
             .execute(
-                "UPDATE recording SET path = NULL, deleted_on = ?2, deleted_by = ?3 WHERE id = ?1",
+                "UPDATE recording SET path = NULL, deleted_on = ?2, deleted_by = ?3
+                 WHERE id = ?1 AND path IS NOT NULL",
                 params![id, now.to_string(), by],
             )
             .map(drop)

@@ -267,9 +267,14 @@ fn every_recording_is_analysed_exactly_once_across_kill_9() {
         .arg(&script)
         .status()
         .unwrap();
+    // A second detector, slower, whose runs this test kills with SIGKILL: retried, never lost.
+    let slow = r.path("slow-detector.sh");
+    std::fs::write(&slow, "#!/bin/sh\nsleep 0.4\nprintf '{}'\n").unwrap();
+    Command::new("chmod").arg("+x").arg(&slow).status().unwrap();
     let extra = format!(
-        "  detectors:\n    - {{name: ext, kind: command, command: [\"{}\"], timeout: 10s, retries: 0}}\n",
-        script.display()
+        "  detectors:\n    - {{name: ext, kind: command, command: [\"{}\"], timeout: 10s, retries: 0}}\n    - {{name: slow, kind: command, command: [\"{}\"], timeout: 10s, retries: 5, maxBacklog: 100}}\n",
+        script.display(),
+        slow.display()
     );
     std::fs::write(&r.file, recorder_deployment("once", &storage, &extra)).unwrap();
     let _feed = r.start_recording();
@@ -287,6 +292,31 @@ fn every_recording_is_analysed_exactly_once_across_kill_9() {
         common::pid_of(s, "curator") != curator
             && curator_output(s)["detectors"][0]["analysed"].as_u64() >= Some(6)
     });
+    // kill -9 of the detector itself, mid-run, three times.
+    for _ in 0..3 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let running = Command::new("pgrep")
+                .args(["-f", slow.to_str().unwrap()])
+                .output()
+                .unwrap();
+            let pids = String::from_utf8_lossy(&running.stdout).trim().to_string();
+            if !pids.is_empty() {
+                Command::new("kill")
+                    .arg("-9")
+                    .args(pids.split_whitespace())
+                    .status()
+                    .unwrap();
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the slow detector never ran"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+    }
     let pid = r.pid();
     r.kill9();
     let conf = r.path("asound.conf");
@@ -331,7 +361,18 @@ fn every_recording_is_analysed_exactly_once_across_kill_9() {
         .unwrap()
         .map(Result::unwrap)
         .collect();
-    assert_eq!(failed, vec![("failed".to_string(), "DEP_E602".to_string())]);
+    assert_eq!(
+        failed,
+        vec![("failed".to_string(), "DEP_E602".to_string())],
+        "only the first run of ext failed; every killed run of slow was retried"
+    );
+    let retried: i64 = conn
+        .query_row("SELECT count(*) FROM roost_analysis WHERE detector = 'slow' AND outcome = 'done' AND attempts > 1", [], |r| r.get(0))
+        .unwrap();
+    assert!(
+        retried >= 1,
+        "a run killed mid-way was retried and finished"
+    );
     let integrity: String = conn
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap();

@@ -284,7 +284,8 @@ pub fn mark_deleted(
     now: Timestamp,
 ) -> rusqlite::Result<()> {
     conn.execute(
-        "UPDATE recording SET path = NULL, deleted_on = ?2, deleted_by = ?3 WHERE id = ?1",
+        "UPDATE recording SET path = NULL, deleted_on = ?2, deleted_by = ?3
+         WHERE id = ?1 AND path IS NOT NULL",
         params![recording, now.to_string(), by],
     )
     .map(drop)

@@ -59,9 +59,9 @@ pub fn run(config_path: &Path, state_dir: &Path) -> Result<(), CurateError> {
         source,
     })?;
     let (tx, rx) = mpsc::channel();
-    stop_on_signals(tx.clone())?;
-    let _watcher = watch_recorder(state_dir, tx)?;
     let mut curator = Curator::new(config, state_dir);
+    stop_on_signals(tx.clone(), curator.stop_flag.clone())?;
+    let _watcher = watch_recorder(state_dir, tx)?;
     loop {
         curator.round(&rx);
         if curator.stopping {
@@ -87,7 +87,10 @@ pub fn run(config_path: &Path, state_dir: &Path) -> Result<(), CurateError> {
     Ok(())
 }
 
-fn stop_on_signals(tx: mpsc::Sender<Wake>) -> Result<(), CurateError> {
+fn stop_on_signals(
+    tx: mpsc::Sender<Wake>,
+    flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Result<(), CurateError> {
     use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();
     set.add(Signal::SIGTERM);
@@ -98,6 +101,7 @@ fn stop_on_signals(tx: mpsc::Sender<Wake>) -> Result<(), CurateError> {
         .name("roost-signals".into())
         .spawn(move || {
             let _ = set.wait();
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
             let _ = tx.send(Wake::Stop);
         })
         .map(drop)
@@ -223,6 +227,9 @@ pub struct Curator {
     /// recording never holds the queue.
     failed_now: HashSet<(String, String)>,
     stopping: bool,
+    /// Set by SIGTERM/SIGINT: a detector run that fails now was most likely ended by the same
+    /// stop (roost stopping stops what the curator started), and is not counted.
+    stop_flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Curator {
@@ -264,6 +271,7 @@ impl Curator {
             written: None,
             failed_now: HashSet::new(),
             stopping: false,
+            stop_flag: Default::default(),
         }
     }
 
@@ -406,6 +414,10 @@ impl Curator {
                 f.last_analysed = Some(rec.path.clone());
                 f.last_analysed_at = Some(now());
             }
+            Err(_) if self.stop_flag.load(std::sync::atomic::Ordering::SeqCst) => {
+                tracing::info!(recording = %rec.path.display(), detector = %name, "stopping: the run that ended with the stop is not counted; analysed again at the next start");
+                self.stopping = true;
+            }
             Err(failure) => {
                 let conn = self.conn.as_ref().expect("opened");
                 let attempts = db::attempts(conn, &rec.id, &name)? + 1;
@@ -449,6 +461,7 @@ impl Curator {
             return Ok(());
         }
         let since = self.since_list();
+        let mut doomed = Vec::new();
         loop {
             let conn = self.conn.as_mut().expect("opened");
             // One transaction per batch: decisions are written together, not one commit each.
@@ -473,10 +486,10 @@ impl Curator {
                     self.rules.kept_by(&facts)
                 };
                 if kept_by.is_none() {
-                    if !delete_file(&rec.path) {
-                        continue;
-                    }
+                    // The row first, the file after the commit: a reader that finds the file
+                    // gone (the recorder's repair) finds the row already saying why.
                     db::mark_deleted(&conn, &rec.id, "keep", now)?;
+                    doomed.push(rec.path.clone());
                     self.report.storage.deleted_this_run += 1;
                 } else {
                     self.report.storage.kept_this_run += 1;
@@ -484,6 +497,9 @@ impl Curator {
                 db::decided(&conn, &rec.id, kept_by.as_deref(), now)?;
             }
             conn.commit()?;
+            doomed.drain(..).for_each(|p| {
+                delete_file(&p);
+            });
         }
     }
 
@@ -495,12 +511,13 @@ impl Curator {
         }
         let since = self.since_list();
         let conn = self.conn.as_ref().expect("opened");
-        let mut candidates = Vec::new();
-        for rec in db::present(conn)? {
-            let deletable = !protected(&rec) && db::analysed_by_all(conn, &rec, &since)?;
+        let present = db::present(conn)?;
+        let mut candidates = Vec::with_capacity(present.len());
+        for rec in &present {
+            let deletable = !protected(rec) && db::analysed_by_all(conn, rec, &since)?;
             candidates.push(keep::Candidate {
                 bytes: disk_bytes(&rec.path),
-                id: rec.id,
+                id: rec.id.clone(),
                 start: rec.start,
                 deletable,
             });
@@ -511,14 +528,13 @@ impl Curator {
         });
         let max_age = storage.max_age.map(|a| a.as_std());
         let now = Timestamp::now();
-        let paths: std::collections::HashMap<String, PathBuf> = db::present(conn)?
-            .into_iter()
-            .map(|r| (r.id, r.path))
-            .collect();
+        let paths: std::collections::HashMap<String, PathBuf> =
+            present.into_iter().map(|r| (r.id, r.path)).collect();
         for (id, rule) in keep::retention(&candidates, now, max_age, limit) {
             let Some(path) = paths.get(&id) else { continue };
+            // The row first, then the file (see decide_all).
+            db::mark_deleted(conn, &id, rule, now)?;
             if delete_file(path) {
-                db::mark_deleted(conn, &id, rule, now)?;
                 tracing::info!(path = %path.display(), rule, "deleted a recording");
             }
         }
@@ -548,13 +564,13 @@ impl Curator {
         let present = db::present(conn).unwrap_or_default();
         let s = &mut self.report.storage;
         s.recordings = present.len() as u64;
-        s.bytes_used = present.iter().map(|r| disk_bytes(&r.path)).sum();
+        // One stat per file for both sums.
         let day_ago = now - SignedDuration::from_hours(24);
-        let last_day: u64 = present
-            .iter()
-            .filter(|r| r.start >= day_ago)
-            .map(|r| disk_bytes(&r.path))
-            .sum();
+        let (used, last_day) = present.iter().fold((0u64, 0u64), |(all, day), r| {
+            let b = disk_bytes(&r.path);
+            (all + b, day + if r.start >= day_ago { b } else { 0 })
+        });
+        s.bytes_used = used;
         s.free_bytes =
             crate::storage::Folders::new(&self.config.storage_path(), &self.config.storage)
                 .free_bytes()

@@ -29,12 +29,6 @@ pub enum SpectrogramError {
         #[source]
         source: hound::Error,
     },
-    /// The WAV holds fewer samples than one FFT frame.
-    #[error("the recording {path} is too short for a spectrogram")]
-    TooShort {
-        /// The WAV file.
-        path: PathBuf,
-    },
     /// The PNG cannot be encoded.
     #[error("cannot encode the spectrogram of {path}")]
     Png {
@@ -77,6 +71,11 @@ pub fn cached(wav: &Path, cache_dir: &Path) -> Result<Vec<u8>, SpectrogramError>
 }
 
 /// Renders the spectrogram of the first channel of `wav` as a greyscale PNG.
+///
+/// A recording shorter than one frame (the first file after a start is cut at the next file
+/// boundary, sometimes after a few milliseconds) is padded with silence to one column, and a
+/// data chunk that ends early (a file cut by a power failure and not yet salvaged) is drawn up
+/// to where it ends: every recording the page lists gets a picture.
 pub fn render(wav: &Path) -> Result<Vec<u8>, SpectrogramError> {
     let wav_err = |source| SpectrogramError::Wav {
         path: wav.to_path_buf(),
@@ -85,29 +84,25 @@ pub fn render(wav: &Path) -> Result<Vec<u8>, SpectrogramError> {
     let reader = hound::WavReader::open(wav).map_err(wav_err)?;
     let spec = reader.spec();
     let frames_total = (reader.duration() as usize).saturating_sub(FFT_LEN) / HOP + 1;
-    if (reader.duration() as usize) < FFT_LEN {
-        return Err(SpectrogramError::TooShort {
-            path: wav.to_path_buf(),
-        });
-    }
-    let frames_per_column = frames_total.div_ceil(MAX_WIDTH);
-    let mut stft = Stft::new(frames_per_column);
+    let mut stft = Stft::new(frames_total.div_ceil(MAX_WIDTH));
     let channels = spec.channels as usize;
+    let first_channel = |i: &usize| i.is_multiple_of(channels);
     match spec.sample_format {
         hound::SampleFormat::Float => {
-            for (i, s) in reader.into_samples::<f32>().enumerate() {
-                if i % channels == 0 {
-                    stft.push(s.map_err(wav_err)?);
-                }
-            }
+            let samples = reader
+                .into_samples::<f32>()
+                .enumerate()
+                .filter(|(i, _)| first_channel(i));
+            feed(&mut stft, samples.map(|(_, s)| s)).map_err(wav_err)?;
         }
         hound::SampleFormat::Int => {
             let full_scale = (1u64 << (spec.bits_per_sample - 1)) as f32;
-            for (i, s) in reader.into_samples::<i32>().enumerate() {
-                if i % channels == 0 {
-                    stft.push(s.map_err(wav_err)? as f32 / full_scale);
-                }
-            }
+            let samples = reader
+                .into_samples::<i32>()
+                .enumerate()
+                .filter(|(i, _)| first_channel(i));
+            let scaled = samples.map(|(_, s)| s.map(|s| s as f32 / full_scale));
+            feed(&mut stft, scaled).map_err(wav_err)?;
         }
     }
     let columns = stft.finish();
@@ -115,6 +110,22 @@ pub fn render(wav: &Path) -> Result<Vec<u8>, SpectrogramError> {
         path: wav.to_path_buf(),
         source,
     })
+}
+
+/// Pushes samples until the stream ends; a data chunk cut short ends it too.
+fn feed(
+    stft: &mut Stft,
+    samples: impl Iterator<Item = Result<f32, hound::Error>>,
+) -> Result<(), hound::Error> {
+    for sample in samples {
+        match sample {
+            Ok(s) => stft.push(s),
+            // hound reports a data chunk shorter than its header says as an I/O error.
+            Err(hound::Error::IoError(_)) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// A streaming short-time Fourier transform that averages power over groups of frames.
@@ -181,6 +192,12 @@ impl Stft {
 
     /// Columns of mean power per bin (bin 0 first).
     fn finish(mut self) -> Vec<Vec<f64>> {
+        if self.columns.is_empty() && self.frames_in_sum == 0 {
+            // Shorter than one frame: pad with silence so the image has one column.
+            while self.columns.is_empty() && self.frames_in_sum == 0 {
+                self.push(0.0);
+            }
+        }
         if self.frames_in_sum > 0 {
             self.flush();
         }
@@ -289,14 +306,37 @@ mod tests {
     }
 
     #[test]
-    fn too_short_and_not_a_wav_are_errors() {
+    fn short_empty_and_cut_recordings_still_get_a_picture() {
         let dir = tempfile::tempdir().unwrap();
-        let short = dir.path().join("short.wav");
-        tone_wav(&short, 8_000, 500.0, 0.01);
-        assert!(matches!(
-            render(&short),
-            Err(SpectrogramError::TooShort { .. })
-        ));
+        // 0 samples, 80 samples (10 ms at 8 kHz), one sample short of a frame, exactly one frame.
+        for (name, seconds, columns) in [
+            ("empty", 0.0, 1),
+            ("short", 0.01, 1),
+            ("almost", 1023.5 / 8000.0, 1),
+            ("one-frame", 1024.5 / 8000.0, 1),
+        ] {
+            let wav = dir.path().join(format!("{name}.wav"));
+            tone_wav(&wav, 8_000, 500.0, seconds);
+            let (width, height, _) = decode(&render(&wav).unwrap());
+            assert_eq!((width, height), (columns, FFT_LEN / 2), "{name}");
+        }
+        // A 1 s file whose data chunk was cut after 0.5 s (header still says 1 s).
+        let cut = dir.path().join("cut.wav");
+        tone_wav(&cut, 8_000, 500.0, 1.0);
+        let len = std::fs::metadata(&cut).unwrap().len();
+        let file = std::fs::OpenOptions::new().write(true).open(&cut).unwrap();
+        file.set_len(len - 8_000).unwrap();
+        let (width, _, _) = decode(&render(&cut).unwrap());
+        assert_eq!(
+            width,
+            (4_000 - FFT_LEN) / HOP + 1,
+            "frames of the half that is there"
+        );
+    }
+
+    #[test]
+    fn not_a_wav_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
         let junk = dir.path().join("junk.wav");
         std::fs::write(&junk, b"not a wav").unwrap();
         assert!(matches!(render(&junk), Err(SpectrogramError::Wav { .. })));

@@ -119,10 +119,9 @@ fn from_doc(
         figures: status_view::recorder_figures(doc, &facts, now)
             .unwrap_or_default()
             .into_iter()
-            .map(|(label, value)| Figure {
-                label: label.to_string(),
-                value,
-            })
+            .map(|(label, value)| (label.to_string(), value))
+            .chain(status_view::curator_figures(doc))
+            .map(|(label, value)| Figure { label, value })
             .collect(),
         components: doc
             .components
