@@ -88,7 +88,7 @@ paced() {
     hwm=$(status_kb "$rec" VmHWM); rss=$(status_kb "$rec" VmRSS)
     kill -TERM "$rec"; wait "$rec" || true
     kill "$feeder" 2>/dev/null || true; wait "$feeder" 2>/dev/null || true
-    local report="$d/state/recorder-report.json"
+    local report="$d/state/run/recorder-report.json"
     local captured dropped overruns files recorded_frames
     captured=$(report_field "$report" samplesCaptured)
     dropped=$(report_field "$report" samplesDropped)
@@ -138,7 +138,7 @@ EOF
     local rec=$!; pids+=("$rec")
     sleep 2
     local t0 b0 t1 b1 c0 c1 d0 d1
-    d0=$(report_field "$d/state/recorder-report.json" samplesDropped)
+    d0=$(report_field "$d/state/run/recorder-report.json" samplesDropped)
     t0=$(date +%s.%N); b0=$(du -sb "$d/storage" | cut -f1); c0=$(cpu_ticks "$rec")
     sleep "$unpaced_seconds"
     t1=$(date +%s.%N); b1=$(du -sb "$d/storage" | cut -f1); c1=$(cpu_ticks "$rec")
@@ -146,7 +146,7 @@ EOF
     # plugin turns into an endless stream of silence.
     kill -TERM "$rec"; wait "$rec" || true
     kill "$feeder" 2>/dev/null || true
-    d1=$(report_field "$d/state/recorder-report.json" samplesDropped)
+    d1=$(report_field "$d/state/run/recorder-report.json" samplesDropped)
     python3 - "$target" "$t0" "$t1" "$b0" "$b1" "$c0" "$c1" "$clk" "$d0" "$d1" <<'EOF'
 import sys
 target, t0, t1, b0, b1, c0, c1, clk, d0, d1 = sys.argv[1:]

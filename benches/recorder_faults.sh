@@ -46,7 +46,7 @@ cat > "$d/config.json" <<EOF
  "recorder": {"device": "default", "sampleRate": $rate, "channels": 1, "sampleFormat": "i16", "duration": "10s"},
  "periodFrames": $period}
 EOF
-report="$d/state/recorder-report.json"
+report="$d/state/run/recorder-report.json"
 field() { python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); v=r
 for k in sys.argv[2].split("."): v=(v or {}).get(k) if isinstance(v, dict) else None
 print(v)' "$report" "$1"; }

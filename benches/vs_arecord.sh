@@ -12,7 +12,14 @@
 # memory; bytes written to the device per byte of audio in the files; device cache flushes per
 # minute; and, with --syncs (strace), fsync/fdatasync calls per minute.
 #
+# --warm N measures the steady state instead: the device's bytes and flushes are counted over the
+# window of --seconds that starts N s after the start (the audio of that window is seconds x rate
+# x 2 bytes), so metadata.db's creation and the first file do not weigh; a device records for
+# months. roost's run-time folder (`<state>/run`, its reports) is on a tmpfs, as /run is on a
+# Raspberry Pi OS device (`RUNTIME_DIRECTORY`).
+#
 # Usage: benches/vs_arecord.sh [--seconds N] [--rounds N] [--rates "16000 48000 384000"] [--syncs]
+#                              [--warm N]
 # Needs root (loop device, mount). ROOST_BIN defaults to target/release/roost (built if missing).
 set -euo pipefail
 
@@ -20,12 +27,14 @@ seconds=120
 rounds=2
 rates="16000 48000 384000"
 syncs=0
+warm=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --seconds) seconds="$2"; shift 2 ;;
         --rounds) rounds="$2"; shift 2 ;;
         --rates) rates="$2"; shift 2 ;;
         --syncs) syncs=1; shift ;;
+        --warm) warm="$2"; shift 2 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -42,6 +51,7 @@ pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2> /dev/null || true; done
     umount "$disk" 2> /dev/null || true
+    umount "$work/run" 2> /dev/null || true
     [ -n "${loop:-}" ] && losetup -d "$loop" 2> /dev/null || true
     rm -rf "$work"
 }
@@ -52,6 +62,8 @@ loop=$(losetup --find --show "$image")
 mkdir -p "$disk"
 mount "$loop" "$disk"
 dev=$(basename "$loop")
+mkdir -p "$work/run"
+mount -t tmpfs -o size=16m tmpfs "$work/run"
 clk=$(getconf CLK_TCK)
 
 # /sys/block/<dev>/stat: field 7 sectors written, field 16 flush requests completed.
@@ -81,7 +93,7 @@ run_one() {
     local conf="$work/asound-$rate.conf" fifo="$work/mic-$rate.fifo"
     asound_conf "$rate" "$fifo" "$conf"
     "$bin" feed --fifo "$fifo" --sample-rate "$rate" --channels 1 --period-frames "$period" \
-        --seconds $((seconds + 20)) 2> /dev/null &
+        --seconds $((warm + seconds + 20)) 2> /dev/null &
     local feeder=$!; pids+=("$feeder")
     sleep 0.5
     sync -f "$disk"
@@ -94,7 +106,7 @@ run_one() {
  "recorder": {"device": "default", "sampleRate": $rate, "channels": 1, "sampleFormat": "i16", "duration": "60s"},
  "periodFrames": $period}
 EOF
-        ALSA_CONFIG_PATH="$conf" "${trace[@]}" "$bin" record --config "$d/config.json" --state-dir "$d/state" 2> "$d/log" &
+        RUNTIME_DIRECTORY="$work/run" ALSA_CONFIG_PATH="$conf" "${trace[@]}" "$bin" record --config "$d/config.json" --state-dir "$d/state" 2> "$d/log" &
     else
         ALSA_CONFIG_PATH="$conf" "${trace[@]}" arecord -q -D default -f S16_LE -c 1 -r "$rate" \
             --period-size="$period" --max-file-time 60 -t wav "$d/out/rec.wav" 2> "$d/log" &
@@ -105,22 +117,32 @@ EOF
     local pid=$launched
     [ "$syncs" = 1 ] && pid=$(pgrep -P "$launched" | head -1)
     local t0 c0 s0 t1 c1 s1 hwm
+    if [ "$warm" -gt 0 ]; then
+        sleep "$warm"
+        w0=$(dev_stat 7); f0=$(dev_stat 16)
+    fi
     t0=$(date +%s.%N); c0=$(cpu_ticks "$pid"); s0=$(ctxt "$pid")
     sleep "$seconds"
     t1=$(date +%s.%N); c1=$(cpu_ticks "$pid"); s1=$(ctxt "$pid"); hwm=$(hwm_kb "$pid")
+    local w1 f1 audio
+    if [ "$warm" -gt 0 ]; then
+        w1=$(dev_stat 7); f1=$(dev_stat 16); audio=$((seconds * rate * 2))
+    fi
     kill -TERM "$pid"; wait "$launched" 2> /dev/null || true
     kill "$feeder" 2> /dev/null || true; wait "$feeder" 2> /dev/null || true
-    sync -f "$disk"
-    local w1 f1; w1=$(dev_stat 7); f1=$(dev_stat 16)
-    local audio
-    audio=$(find "$d/out" -name '*.wav' -printf '%s\n' | awk '{s += $1 - 44} END {print s + 0}')
+    if [ "$warm" -eq 0 ]; then
+        sync -f "$disk"
+        w1=$(dev_stat 7); f1=$(dev_stat 16)
+        audio=$(find "$d/out" -name '*.wav' -printf '%s\n' | awk '{s += $1 - 44} END {print s + 0}')
+    fi
     local nsync=0
     [ "$syncs" = 1 ] && nsync=$(grep -cE 'fsync|fdatasync' "$work/strace-$tool-$rate" || true)
-    python3 - "$tool" "$rate" "$t0" "$t1" "$c0" "$c1" "$clk" "$s0" "$s1" "$hwm" "$w0" "$w1" "$f0" "$f1" "$audio" "$nsync" "$seconds" <<'EOF'
+    python3 - "$tool" "$rate" "$t0" "$t1" "$c0" "$c1" "$clk" "$s0" "$s1" "$hwm" "$w0" "$w1" "$f0" "$f1" "$audio" "$nsync" "$seconds" "$warm" <<'EOF'
 import sys
-tool, rate, t0, t1, c0, c1, clk, s0, s1, hwm, w0, w1, f0, f1, audio, nsync, secs = sys.argv[1:]
+tool, rate, t0, t1, c0, c1, clk, s0, s1, hwm, w0, w1, f0, f1, audio, nsync, secs, warm = sys.argv[1:]
 wall = float(t1) - float(t0)
-minutes = (float(secs) + 3) / 60
+# Device counters cover the window alone with --warm, else the run from its start.
+minutes = float(secs) / 60 if int(warm) > 0 else (float(secs) + 3) / 60
 cpu = (int(c1) - int(c0)) / int(clk) / wall * 100
 cs = (int(s1) - int(s0)) / wall
 written = (int(w1) - int(w0)) * 512

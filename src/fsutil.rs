@@ -47,6 +47,119 @@ fn replace(path: &Path, bytes: &[u8], durable: bool) -> std::io::Result<()> {
     result
 }
 
+/// Name of the run-time folder in a state folder (`<state-dir>/run`): the components' reports,
+/// rewritten on every recording, live there. It is a symbolic link to a folder on a RAM file
+/// system (tmpfs) when one can be had, so these rewrites never reach the SD card; otherwise a
+/// plain folder. A reboot empties it, like any run-time folder: the reports are rebuilt by the
+/// components' next writes.
+pub const RUN_DIR: &str = "run";
+
+/// `<state-dir>/run`, where readers find the reports (see [`RUN_DIR`]).
+pub fn run_dir(state_dir: &Path) -> std::path::PathBuf {
+    state_dir.join(RUN_DIR)
+}
+
+/// Makes `<state-dir>/run` usable and returns it: a link to a tmpfs folder that exists is kept
+/// as it is (no write); a missing, dangling or disk-backed one is pointed at
+/// `<base>/<escaped state path>` under the first of `$RUNTIME_DIRECTORY` (systemd's
+/// `RuntimeDirectory=`), `/run/roost`, `$XDG_RUNTIME_DIR/roost` that is on tmpfs and writable;
+/// with none, a plain folder in the state folder. Errors: the state folder cannot be written.
+pub fn prepare_run_dir(state_dir: &Path) -> std::io::Result<std::path::PathBuf> {
+    let link = run_dir(state_dir);
+    if std::fs::read_link(&link).is_ok() && is_ram_dir(&link) {
+        return Ok(link);
+    }
+    std::fs::create_dir_all(state_dir)?;
+    let Some(target) = ram_target(state_dir) else {
+        if std::fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink()) {
+            std::fs::remove_file(&link)?;
+        }
+        std::fs::create_dir_all(&link)?;
+        return Ok(link);
+    };
+    if std::fs::symlink_metadata(&link).is_ok_and(|m| m.is_dir()) {
+        // A plain folder from a start without tmpfs: derived files only.
+        std::fs::remove_dir_all(&link)?;
+    }
+    let tmp = state_dir.join(format!(".{RUN_DIR}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&target, &tmp)?;
+    std::fs::rename(&tmp, &link).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })?;
+    Ok(link)
+}
+
+/// Replaces `<state-dir>/run/<name>` like [`replace_quietly`]; when the run-time folder is gone
+/// (a reboot emptied /run, a service's `RuntimeDirectory=` removed) it is made again first.
+pub fn replace_run_file(state_dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let path = run_dir(state_dir).join(name);
+    match replace_quietly(&path, bytes) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            prepare_run_dir(state_dir)?;
+            replace_quietly(&path, bytes)
+        }
+        other => other,
+    }
+}
+
+/// A folder on tmpfs or ramfs for this state folder, made if needed; `None` when none can be.
+fn ram_target(state_dir: &Path) -> Option<std::path::PathBuf> {
+    let state = std::fs::canonicalize(state_dir).ok()?;
+    let bases = [
+        std::env::var_os("RUNTIME_DIRECTORY")
+            .and_then(|v| std::env::split_paths(&v).next())
+            .filter(|p| p.is_absolute()),
+        Some(std::path::PathBuf::from("/run/roost")),
+        std::env::var_os("XDG_RUNTIME_DIR")
+            .map(std::path::PathBuf::from)
+            .filter(|p| p.is_absolute())
+            .map(|p| p.join("roost")),
+    ];
+    bases.into_iter().flatten().find_map(|base| {
+        // Judged before anything is made, so no folder is left on a disk-backed /run.
+        let existing = base.ancestors().find(|a| a.exists())?;
+        if !is_ram_dir(existing) {
+            return None;
+        }
+        let target = base.join(escape_path(&state));
+        std::fs::create_dir_all(&target).ok()?;
+        Some(target)
+    })
+}
+
+fn is_ram_dir(path: &Path) -> bool {
+    use nix::sys::statfs::{FsType, TMPFS_MAGIC, statfs};
+    // ramfs has no constant in nix; its magic number is in linux/magic.h.
+    let ramfs = FsType(0x8584_58f6_u32 as _);
+    path.is_dir() && statfs(path).is_ok_and(|s| [TMPFS_MAGIC, ramfs].contains(&s.filesystem_type()))
+}
+
+/// A state folder's path as one file name, much as `systemd-escape --path` does: `/` becomes
+/// `-`, bytes other than ASCII letters, digits and `.` become `_NN` (hex; `_` itself too).
+fn escape_path(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    let trimmed = bytes.strip_prefix(b"/").unwrap_or(bytes);
+    let mut out = String::new();
+    for &b in trimmed {
+        match b {
+            b'/' => out.push('-'),
+            b if b.is_ascii_alphanumeric() || b == b'.' => out.push(b as char),
+            b => out.push_str(&format!("_{b:02x}")),
+        }
+    }
+    if out.is_empty() {
+        out.push('-');
+    }
+    if out.len() > 200 {
+        // A name must stay under 255 bytes; the tail tells folders apart best, and a link's
+        // target is read back, never recomputed, so the cut needs no stability.
+        out = out.split_off(out.len() - 200);
+    }
+    out
+}
+
 /// The commit interval of the journal under `path` when it lies on ext3/ext4 with ordered data
 /// (the default `data=ordered`): there, data that the kernel wrote back is followed by the
 /// file's new size in the journal's own next commit, at most this long later (`commit=` mount
@@ -123,6 +236,35 @@ mod tests {
         super::write_atomic(&p, b"two").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn state_paths_escape_to_one_file_name() {
+        let e = |p: &str| super::escape_path(std::path::Path::new(p));
+        assert_eq!(e("/var/lib/roost"), "var-lib-roost");
+        assert_eq!(e("/tmp/my state-1"), "tmp-my_20state_2d1");
+        assert_eq!(e("/"), "-");
+        assert_eq!(e("/a/x_y.z"), "a-x_5fy.z");
+        assert_eq!(e(&format!("/{}", "d/".repeat(300))).len(), 200);
+    }
+
+    #[test]
+    fn the_run_folder_is_a_plain_folder_without_tmpfs_and_is_made_again_when_gone() {
+        let state = tempfile::tempdir().unwrap();
+        let run = super::prepare_run_dir(state.path()).unwrap();
+        assert_eq!(run, state.path().join("run"));
+        super::replace_run_file(state.path(), "r.json", b"1").unwrap();
+        // Whatever it points at (a tmpfs folder as root, a plain folder otherwise), removing it
+        // is mended by the next write.
+        let target = std::fs::canonicalize(&run).unwrap();
+        std::fs::remove_dir_all(&target).unwrap();
+        super::replace_run_file(state.path(), "r.json", b"2").unwrap();
+        assert_eq!(std::fs::read(run.join("r.json")).unwrap(), b"2");
+        assert_eq!(
+            super::prepare_run_dir(state.path()).unwrap(),
+            run,
+            "kept when it works"
+        );
     }
 
     #[test]

@@ -873,7 +873,6 @@ impl Storage {
     /// Registered recordings under recordings/, oldest first, with the bytes each occupies,
     /// until they add up to `bytes` (all of them when they never do).
     fn oldest_until(&self, bytes: u64) -> Result<Vec<(String, PathBuf, u64)>, StorageError> {
-        use std::os::unix::fs::MetadataExt;
         let recordings_dir = self.recordings_dir();
         let mut stmt = self
             .conn
@@ -900,7 +899,7 @@ impl Storage {
             if !path.starts_with(&recordings_dir) || keep_marker(&path).exists() {
                 continue;
             }
-            let size = std::fs::metadata(&path).map_or(0, |m| m.blocks() * 512);
+            let size = disk_bytes(&path);
             total += size;
             out.push((id, path, size));
             if total >= bytes {
@@ -1029,9 +1028,29 @@ fn set_aside_db(root: &Path) -> std::io::Result<PathBuf> {
 
 /// Free bytes available to unprivileged writers on the file system holding `path`.
 pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    fs_bytes(path, |st| st.blocks_available())
+}
+
+/// Size in bytes of the file system holding `path`.
+pub fn fs_size(path: &Path) -> std::io::Result<u64> {
+    fs_bytes(path, |st| st.blocks())
+}
+
+fn fs_bytes(
+    path: &Path,
+    blocks: impl Fn(&nix::sys::statvfs::Statvfs) -> nix::libc::fsblkcnt_t,
+) -> std::io::Result<u64> {
     let st = nix::sys::statvfs::statvfs(path).map_err(std::io::Error::from)?;
+    // The field types differ between targets (32-bit on armhf).
     #[allow(clippy::unnecessary_cast)]
-    Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
+    Ok(blocks(&st) as u64 * st.fragment_size() as u64)
+}
+
+/// Bytes a file takes on its disk (allocated blocks; 0 when it cannot be read): what deleting it
+/// frees.
+pub fn disk_bytes(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map_or(0, |m| m.blocks() * 512)
 }
 
 /// The file name of a recording that starts at `start` (UTC, microseconds).

@@ -232,3 +232,75 @@ fn roost_status_says_whether_it_records_in_each_state() {
     assert!(text.starts_with("Stopped"), "{text}");
     drop(feed);
 }
+
+/// Mounts a tmpfs at `at` for the test and unmounts it on drop (needs root).
+struct Ram(std::path::PathBuf);
+impl Ram {
+    fn mount(at: &std::path::Path) -> Option<Self> {
+        std::fs::create_dir_all(at).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then(|| Self(at.to_path_buf()))
+    }
+}
+impl Drop for Ram {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn files_written(s: &serde_json::Value) -> u64 {
+    component(s, "recorder")["output"]["filesWritten"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// The components' reports, rewritten on every recording, live on a RAM file system
+/// (`$RUNTIME_DIRECTORY`, as systemd's `RuntimeDirectory=` gives it) behind `<state>/run`, so
+/// they never wear the card; the folder vanishing while roost records (an `rm -rf`, a reboot
+/// emptying /run) costs nothing: the next report makes it again and status keeps counting.
+#[test]
+fn reports_live_on_a_ram_run_folder_made_again_when_it_vanishes() {
+    let mut r = Roost::new("");
+    let Some(ram) = Ram::mount(&r.path("ram")) else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let storage = r.path("storage");
+    std::fs::write(&r.file, recorder_deployment("run-folder", &storage, "")).unwrap();
+    let ram_dir = ram.0.clone();
+    let env = [("RUNTIME_DIRECTORY", ram_dir.as_path())];
+    let feed = r.start_recording_env(&[], &env);
+    let s = r.wait_for("two files", Duration::from_secs(60), |s| {
+        files_written(s) >= 2
+    });
+    let link = r.state.join("run");
+    let target = std::fs::read_link(&link).expect("<state>/run is a link");
+    assert!(target.starts_with(&ram_dir), "{}", target.display());
+    assert!(target.join("recorder-report.json").is_file());
+    assert!(!r.state.join("recorder-report.json").exists());
+
+    // Removed while recording: the next file's report makes it again.
+    std::fs::remove_dir_all(&target).unwrap();
+    let before = files_written(&s);
+    r.wait_for("two more files", Duration::from_secs(60), |s| {
+        files_written(s) >= before + 2
+    });
+    assert!(target.join("recorder-report.json").is_file());
+
+    // A reboot: roost stopped, /run emptied, roost started again on the same state folder.
+    assert_eq!(r.stop(), Some(0));
+    drop(feed);
+    drop(ram);
+    let ram = Ram::mount(&r.path("ram")).unwrap();
+    let _feed = r.start_recording_env(&[], &env);
+    r.wait_for("recording after the reboot", Duration::from_secs(60), |s| {
+        component(s, "recorder")["status"] == "Running" && files_written(s) >= 1
+    });
+    assert!(target.join("recorder-report.json").is_file());
+    assert_eq!(r.stop(), Some(0));
+    drop(ram);
+}

@@ -28,6 +28,16 @@ impl Connect {
             state_dir: state_dir.to_path_buf(),
         }
     }
+
+    fn configured(&self) -> super::Configured<'_> {
+        super::Configured {
+            component: CONNECT_COMPONENT,
+            subcommand: "connect",
+            exe: &self.exe,
+            state_dir: &self.state_dir,
+            config_path: ConnectConfig::path(&self.state_dir),
+        }
+    }
 }
 
 impl Builtin for Connect {
@@ -37,31 +47,15 @@ impl Builtin for Connect {
 
     fn run(&self, d: &Deployment) -> Option<ComponentRun> {
         let config = ConnectConfig::from_deployment(d, &self.state_dir)?;
-        let config_json = serde_json::to_string(&config).expect("connect config serializes");
-        let hash_input = format!("{}\n{}", self.exe.display(), config_json);
-        let config_path = ConnectConfig::path(&self.state_dir);
-        let argv = super::config_argv(&self.exe, "connect", &config_path, &self.state_dir);
-        Some(super::own_run(
-            CONNECT_COMPONENT,
-            d,
-            argv,
-            &hash_input,
-            crate::spec::RestartPolicy::Always,
-            Duration::from_secs(5),
-        ))
+        let (restart, stop) = (crate::spec::RestartPolicy::Always, Duration::from_secs(5));
+        Some(self.configured().run(d, &config, restart, stop))
     }
 
     fn prepare(&self, d: &Deployment) -> Result<(), BuiltinError> {
         let Some(config) = ConnectConfig::from_deployment(d, &self.state_dir) else {
             return Ok(());
         };
-        config
-            .write(&self.state_dir)
-            .map_err(|source| BuiltinError::Prepare {
-                component: CONNECT_COMPONENT,
-                path: ConnectConfig::path(&self.state_dir),
-                source,
-            })
+        self.configured().prepared(config.write(&self.state_dir))
     }
 
     fn health(&self, pid: Option<u32>, _now: Timestamp) -> BuiltinHealth {

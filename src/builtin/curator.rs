@@ -30,6 +30,16 @@ impl Curator {
             state_dir: state_dir.to_path_buf(),
         }
     }
+
+    fn configured(&self) -> super::Configured<'_> {
+        super::Configured {
+            component: CURATOR_COMPONENT,
+            subcommand: "curate",
+            exe: &self.exe,
+            state_dir: &self.state_dir,
+            config_path: CurateConfig::path(&self.state_dir),
+        }
+    }
 }
 
 impl Builtin for Curator {
@@ -39,35 +49,15 @@ impl Builtin for Curator {
 
     fn run(&self, d: &Deployment) -> Option<ComponentRun> {
         let config = CurateConfig::from_deployment(d, &self.state_dir)?;
-        let config_json = serde_json::to_string(&config).expect("curator config serializes");
-        let hash_input = format!("{}\n{}", self.exe.display(), config_json);
-        let argv = super::config_argv(
-            &self.exe,
-            "curate",
-            &CurateConfig::path(&self.state_dir),
-            &self.state_dir,
-        );
-        Some(super::own_run(
-            CURATOR_COMPONENT,
-            d,
-            argv,
-            &hash_input,
-            crate::spec::RestartPolicy::Always,
-            Duration::from_secs(10),
-        ))
+        let (restart, stop) = (crate::spec::RestartPolicy::Always, Duration::from_secs(10));
+        Some(self.configured().run(d, &config, restart, stop))
     }
 
     fn prepare(&self, d: &Deployment) -> Result<(), BuiltinError> {
         let Some(config) = CurateConfig::from_deployment(d, &self.state_dir) else {
             return Ok(());
         };
-        config
-            .write(&self.state_dir)
-            .map_err(|source| BuiltinError::Prepare {
-                component: CURATOR_COMPONENT,
-                path: CurateConfig::path(&self.state_dir),
-                source,
-            })
+        self.configured().prepared(config.write(&self.state_dir))
     }
 
     fn health(&self, pid: Option<u32>, now: Timestamp) -> BuiltinHealth {

@@ -74,6 +74,54 @@ pub(crate) fn config_argv(
     ]
 }
 
+/// A built-in that runs as `<exe> <subcommand> --config <file> --state-dir <state>` from a
+/// configuration file roost writes for it (recorder, curator, connect).
+pub(crate) struct Configured<'a> {
+    /// Its component name.
+    pub component: &'static str,
+    /// roost's subcommand that runs it.
+    pub subcommand: &'static str,
+    /// roost's binary.
+    pub exe: &'a Path,
+    /// The state folder.
+    pub state_dir: &'a Path,
+    /// Where its configuration is written.
+    pub config_path: PathBuf,
+}
+
+impl Configured<'_> {
+    /// Its run for `d` reading `config`, which goes into the spec hash: a changed configuration
+    /// (or binary) restarts it.
+    pub fn run(
+        &self,
+        d: &Deployment,
+        config: &impl serde::Serialize,
+        restart_policy: crate::spec::RestartPolicy,
+        stop_timeout: std::time::Duration,
+    ) -> ComponentRun {
+        let config_json = serde_json::to_string(config).expect("a built-in's config serializes");
+        let hash_input = format!("{}\n{}", self.exe.display(), config_json);
+        let argv = config_argv(self.exe, self.subcommand, &self.config_path, self.state_dir);
+        own_run(
+            self.component,
+            d,
+            argv,
+            &hash_input,
+            restart_policy,
+            stop_timeout,
+        )
+    }
+
+    /// The outcome of writing its configuration, an error naming the component and the file.
+    pub fn prepared<T>(&self, written: std::io::Result<T>) -> Result<(), BuiltinError> {
+        written.map(drop).map_err(|source| BuiltinError::Prepare {
+            component: self.component,
+            path: self.config_path.clone(),
+            source,
+        })
+    }
+}
+
 /// The run of a built-in that is a subcommand of roost itself: `argv` (the binary first), its
 /// spec hash made from `hash_input` (everything that, when it changes, must restart it).
 pub(crate) fn own_run(

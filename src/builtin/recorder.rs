@@ -1,6 +1,6 @@
 //! The recorder as a built-in component: `roost record` of this binary, reading the
 //! configuration roost writes before starting it; its health is read from the report it keeps
-//! in the state folder (`recorder-report.json`). Never judges what the report means for the
+//! in the state folder's run-time folder (`run/recorder-report.json`). Never judges what the report means for the
 //! deployment: that is the planner's.
 
 use std::path::{Path, PathBuf};
@@ -34,6 +34,16 @@ impl Recorder {
             state_dir: state_dir.to_path_buf(),
         }
     }
+
+    fn configured(&self) -> super::Configured<'_> {
+        super::Configured {
+            component: RECORDER_COMPONENT,
+            subcommand: "record",
+            exe: &self.exe,
+            state_dir: &self.state_dir,
+            config_path: RecordConfig::path(&self.state_dir),
+        }
+    }
 }
 
 impl Builtin for Recorder {
@@ -43,35 +53,18 @@ impl Builtin for Recorder {
 
     fn run(&self, d: &Deployment) -> Option<ComponentRun> {
         let config = RecordConfig::from_deployment(d, &self.state_dir)?;
-        let config_json = serde_json::to_string(&config).expect("recorder config serializes");
-        let hash_input = format!("{}\n{}", self.exe.display(), config_json);
-        let config_path = RecordConfig::path(&self.state_dir);
-        let argv = super::config_argv(&self.exe, "record", &config_path, &self.state_dir);
-        Some(super::own_run(
-            RECORDER_COMPONENT,
-            d,
-            argv,
-            &hash_input,
-            config
-                .recorder
-                .restart_policy
-                .unwrap_or(d.spec.restart_policy),
-            STOP_TIMEOUT,
-        ))
+        let restart = config
+            .recorder
+            .restart_policy
+            .unwrap_or(d.spec.restart_policy);
+        Some(self.configured().run(d, &config, restart, STOP_TIMEOUT))
     }
 
     fn prepare(&self, d: &Deployment) -> Result<(), BuiltinError> {
         let Some(config) = RecordConfig::from_deployment(d, &self.state_dir) else {
             return Ok(());
         };
-        config
-            .write(&self.state_dir)
-            .map(|_| ())
-            .map_err(|source| BuiltinError::Prepare {
-                component: RECORDER_COMPONENT,
-                path: RecordConfig::path(&self.state_dir),
-                source,
-            })
+        self.configured().prepared(config.write(&self.state_dir))
     }
 
     fn health(&self, pid: Option<u32>, now: Timestamp) -> BuiltinHealth {

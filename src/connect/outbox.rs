@@ -38,6 +38,9 @@ pub struct NewMessage {
     pub payload: Vec<u8>,
     /// MQTT retain flag.
     pub retain: bool,
+    /// The recording (metadata.db `recording.id`) the message tells about: the curator never
+    /// deletes a recording while a message about it waits here.
+    pub recording: Option<String>,
 }
 
 /// A queued message.
@@ -126,6 +129,55 @@ CREATE INDEX IF NOT EXISTS message_sink ON message (sink, seq);
 CREATE TABLE IF NOT EXISTS counter (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 ";
 
+/// Added after the first release: the recording a message is about (NULL for the others).
+const RECORDING_COLUMN: &str = "
+ALTER TABLE message ADD COLUMN recording_id TEXT;
+CREATE INDEX IF NOT EXISTS message_recording ON message (recording_id);
+";
+
+/// The outbox's file name in the state folder.
+pub const OUTBOX_FILE: &str = "outbox.db";
+
+/// The counter holding the rowid of the last `model_output` queued.
+pub const MODEL_OUTPUT_CURSOR: &str = "model_output_rowid";
+
+/// What the outbox still owes about recordings, read without disturbing the connector.
+#[derive(Debug, Default)]
+pub struct Owed {
+    /// The last `model_output` rowid queued (later ones are not queued yet).
+    pub queued_until: i64,
+    /// Recordings with a message still waiting for delivery.
+    pub recordings: std::collections::HashSet<String>,
+}
+
+/// Reads [`Owed`] from the outbox at `path`, read-only; `None` when there is no outbox (the
+/// connector never ran) or it cannot be read (then nothing is known to be owed).
+pub fn owed(path: &Path) -> Option<Owed> {
+    let flags =
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).ok()?;
+    conn.busy_timeout(std::time::Duration::from_secs(2)).ok()?;
+    let queued_until = conn
+        .query_row(
+            "SELECT value FROM counter WHERE name = ?1",
+            [MODEL_OUTPUT_CURSOR],
+            |r| r.get(0),
+        )
+        .unwrap_or(0);
+    let mut stmt = conn
+        .prepare("SELECT DISTINCT recording_id FROM message WHERE recording_id IS NOT NULL")
+        .ok()?;
+    let recordings = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .ok()?
+        .flatten()
+        .collect();
+    Some(Owed {
+        queued_until,
+        recordings,
+    })
+}
+
 /// The outbox file and its connection.
 pub struct Outbox {
     conn: Connection,
@@ -174,6 +226,13 @@ impl Outbox {
             .map_err(err("set synchronous"))?;
         conn.execute_batch(SCHEMA)
             .map_err(err("create its tables"))?;
+        if conn
+            .prepare("SELECT recording_id FROM message LIMIT 0")
+            .is_err()
+        {
+            conn.execute_batch(RECORDING_COLUMN)
+                .map_err(err("add the recording column"))?;
+        }
         let check: String = conn
             .query_row("PRAGMA quick_check", [], |r| r.get(0))
             .map_err(err("check it"))?;
@@ -227,7 +286,7 @@ impl Outbox {
         {
             let mut insert = tx
                 .prepare_cached(
-                    "INSERT INTO message (sink, topic, payload, retain, created_at, bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT INTO message (sink, topic, payload, retain, created_at, bytes, recording_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
                 .map_err(err("prepare an insert"))?;
             for m in messages {
@@ -239,7 +298,8 @@ impl Outbox {
                         m.payload,
                         m.retain,
                         now.to_string(),
-                        bytes
+                        bytes,
+                        m.recording
                     ])
                     .map_err(err("queue a message"))?;
             }
@@ -438,6 +498,7 @@ mod tests {
             topic: format!("roost/dev/{n}"),
             payload: vec![b'x'; size],
             retain: false,
+            recording: None,
         }
     }
 
@@ -511,6 +572,7 @@ mod tests {
             topic: topic.into(),
             payload: b"{}".to_vec(),
             retain: true,
+            recording: None,
         };
         o.push(
             &[

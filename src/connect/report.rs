@@ -1,4 +1,4 @@
-//! The connector's report (`<state-dir>/connect-report.json`), shown as the `connect`
+//! The connector's report (`<state-dir>/run/connect-report.json`), shown as the `connect`
 //! component's output in status.json: link state per sink, the outbox, and warnings. A link
 //! that is down is a warning, never an error of the recording. Replaced whole, not fsynced.
 
@@ -48,7 +48,7 @@ pub struct LinkState {
     pub last_error: Option<Problem>,
 }
 
-/// `<state-dir>/connect-report.json`.
+/// `<state-dir>/run/connect-report.json`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ConnectReport {
@@ -77,9 +77,9 @@ pub struct ConnectReport {
     pub updated_at: Option<Timestamp>,
 }
 
-/// Path of the report in a state folder.
+/// `<state-dir>/run/connect-report.json` (see [`crate::fsutil::RUN_DIR`]).
 pub fn report_path(state_dir: &Path) -> PathBuf {
-    state_dir.join(REPORT_FILE)
+    crate::fsutil::run_dir(state_dir).join(REPORT_FILE)
 }
 
 /// Reads a report; `None` when there is none or it cannot be parsed.
@@ -90,5 +90,5 @@ pub fn read_report(state_dir: &Path) -> Option<ConnectReport> {
 /// Writes a report whole (not fsynced: derived, rewritten on change).
 pub fn write_report(state_dir: &Path, report: &ConnectReport) -> std::io::Result<()> {
     let bytes = serde_json::to_vec_pretty(report).map_err(std::io::Error::other)?;
-    crate::fsutil::replace_quietly(&report_path(state_dir), &bytes)
+    crate::fsutil::replace_run_file(state_dir, REPORT_FILE, &bytes)
 }

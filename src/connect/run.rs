@@ -104,7 +104,8 @@ impl Connector {
             max_age: SignedDuration::try_from(cfg.connect.outbox.max_age.as_std())
                 .unwrap_or(SignedDuration::MAX),
         };
-        let (mut outbox, aside) = Outbox::open(&state_dir.join("outbox.db"), limits)?;
+        let (mut outbox, aside) =
+            Outbox::open(&state_dir.join(super::outbox::OUTBOX_FILE), limits)?;
         forget_foreign(&mut outbox, &cfg);
         let mut report = ConnectReport {
             pid: std::process::id(),
@@ -287,6 +288,7 @@ impl Connector {
                 topic,
                 payload: bytes.clone(),
                 retain,
+                recording: None,
             });
         }
         if self.http.is_some() {
@@ -295,6 +297,7 @@ impl Connector {
                 topic: what.to_string(),
                 payload: bytes,
                 retain: false,
+                recording: None,
             });
         }
         out
@@ -362,6 +365,7 @@ impl Connector {
                 topic: messages::state_topic(&prefix, &self.cfg.device_id, entity),
                 payload: value.clone().into_bytes(),
                 retain: true,
+                recording: None,
             });
             sent.insert(entity, value);
         }
@@ -386,6 +390,7 @@ impl Connector {
                 topic: format!("{acoupi}/{}", self.cfg.device_id),
                 payload: payload.to_string().into_bytes(),
                 retain: false,
+                recording: None,
             });
         }
         let (states, sent_states) = self.state_messages(&facts);
@@ -404,7 +409,7 @@ impl Connector {
     /// their detector's sendMinScore, or file-level tags); the cursor moves in the same outbox
     /// transaction, so each is queued exactly once.
     fn queue_detections(&mut self) {
-        const CURSOR: &str = "model_output_rowid";
+        const CURSOR: &str = super::outbox::MODEL_OUTPUT_CURSOR;
         loop {
             let after = self.outbox.counter(CURSOR);
             let Some(batch) =
@@ -425,7 +430,12 @@ impl Connector {
                 let topic = self
                     .prefix()
                     .map(|p| format!("{p}/{}/detections", self.cfg.device_id));
-                out.extend(self.to_sinks(topic, "model_output", &body, false));
+                let recording = output.body["recording"]["id"].as_str().map(str::to_string);
+                let messages = self.to_sinks(topic, "model_output", &body, false);
+                out.extend(messages.into_iter().map(|m| NewMessage {
+                    recording: recording.clone(),
+                    ..m
+                }));
             }
             self.report_dirty = true;
             if let Err(e) = self.outbox.push_marked(&out, (CURSOR, last), now) {

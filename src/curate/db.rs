@@ -240,6 +240,32 @@ pub fn analysed_by_all(
     Ok(true)
 }
 
+/// When the recording before `r` ended (by start time; any row, a deleted one too: its rows
+/// stay); `None` when `r` is the first.
+pub fn previous_end(conn: &Connection, r: &Recording) -> rusqlite::Result<Option<Timestamp>> {
+    let row: Option<(String, f64)> = conn
+        .prepare_cached(
+            "SELECT datetime, duration_s FROM recording WHERE datetime < ?1
+             ORDER BY datetime DESC LIMIT 1",
+        )?
+        .query_row([crate::storage::db_datetime(r.start)], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .optional()?;
+    Ok(row.and_then(|(start, duration_s)| {
+        let start = crate::storage::parse_db_datetime(&start)?;
+        start
+            .checked_add(jiff::SignedDuration::from_secs_f64(duration_s.max(0.0)))
+            .ok()
+    }))
+}
+
+/// The rowid of a recording's newest `model_output`; `None` when it has none.
+pub fn last_model_output(conn: &Connection, recording: &str) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached("SELECT max(rowid) FROM model_output WHERE recording_id = ?1")?
+        .query_row([recording], |r| r.get(0))
+}
+
 /// Every detection of a recording, with its tag values.
 pub fn found_in(conn: &Connection, recording: &str) -> rusqlite::Result<Vec<Found>> {
     let mut stmt = conn.prepare_cached(

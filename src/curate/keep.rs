@@ -26,6 +26,8 @@ pub struct Facts {
     pub start: Timestamp,
     /// Its length, s.
     pub duration_s: f64,
+    /// When the recording before it ended; `None` when it is the first.
+    pub previous_end: Option<Timestamp>,
     /// Every detection of every detector.
     pub found: Vec<Found>,
 }
@@ -130,7 +132,11 @@ impl Matcher {
     }
 }
 
-/// Whether the recording holds the start of a slot of `seconds` counted from local midnight.
+/// Whether the recording is the one kept for a slot of `seconds` counted from local midnight:
+/// it holds the slot's start, or it is the first recording after a start that no recording
+/// held (a gap in the recording: a restart, a window opening mid-slot, a split at dropped
+/// samples). So each slot that has recordings keeps exactly one: a boundary that the previous
+/// recording held is its, not this one's.
 fn holds_slot_start(facts: &Facts, seconds: i64, tz: &jiff::tz::TimeZone) -> bool {
     let local = facts.start.to_zoned(tz.clone());
     let since_midnight = local
@@ -139,8 +145,17 @@ fn holds_slot_start(facts: &Facts, seconds: i64, tz: &jiff::tz::TimeZone) -> boo
         .unwrap_or(SignedDuration::ZERO);
     let s = since_midnight.as_millis();
     let slot = i128::from(seconds) * 1000;
-    let next = (s + slot - 1) / slot * slot;
     let end = s + (facts.duration_s * 1000.0).round() as i128;
+    // Boundaries from here on are this recording's to hold; the first recording of all holds
+    // the one before it too.
+    let from = match facts.previous_end {
+        Some(previous) => s - facts.start.duration_since(previous).as_millis(),
+        None => s - slot,
+    };
+    let mut next = from.div_euclid(slot) * slot;
+    if next < from {
+        next += slot;
+    }
     next < end.max(s + 1)
 }
 
@@ -149,6 +164,8 @@ fn holds_slot_start(facts: &Facts, seconds: i64, tz: &jiff::tz::TimeZone) -> boo
 pub struct Candidate {
     /// Its row id.
     pub id: String,
+    /// Its file.
+    pub path: std::path::PathBuf,
     /// When it started.
     pub start: Timestamp,
     /// Bytes it occupies on the disk.
@@ -200,10 +217,12 @@ mod tests {
         serde_json::from_value(serde_json::json!({"latitude": 51.76, "longitude": -1.26})).unwrap()
     }
 
+    /// A 60 s recording starting at `t`, right after the previous one.
     fn at(t: &str, found: Vec<Found>) -> Facts {
         Facts {
             start: t.parse().unwrap(),
             duration_s: 60.0,
+            previous_end: Some(t.parse().unwrap()),
             found,
         }
     }
@@ -264,6 +283,68 @@ mod tests {
             })
             .count();
         assert_eq!(kept, 6, "one file of 60 s in every 10 minutes");
+    }
+
+    #[test]
+    fn every_keeps_the_first_recording_after_a_slot_start_nobody_held() {
+        let r = rules(serde_json::json!([{"every": "1m"}]));
+        let after = |start: &str, previous_end: Option<&str>, duration_s: f64| Facts {
+            start: start.parse().unwrap(),
+            duration_s,
+            previous_end: previous_end.map(|p| p.parse().unwrap()),
+            found: vec![],
+        };
+        let kept = |f: Facts| r.kept_by(&f).is_some();
+        // A gap across the minute (dropped samples split the file): the first file after it.
+        assert!(kept(after(
+            "2026-06-01T12:10:00.135Z",
+            Some("2026-06-01T12:09:59.9Z"),
+            1.0
+        )));
+        assert!(!kept(after(
+            "2026-06-01T12:10:01.135Z",
+            Some("2026-06-01T12:10:01.135Z"),
+            1.0
+        )));
+        // A recorder started (or a window opened) at 12:10:20: nobody held 12:10:00.
+        assert!(kept(after(
+            "2026-06-01T12:10:20Z",
+            Some("2026-06-01T11:00:00Z"),
+            1.0
+        )));
+        // The very first recording of all.
+        assert!(kept(after("2026-06-01T12:10:20Z", None, 1.0)));
+        // The previous file held the minute (it overlaps this one by 0.5 s): not this one.
+        assert!(!kept(after(
+            "2026-06-01T12:09:59.8Z",
+            Some("2026-06-01T12:10:00.3Z"),
+            1.0
+        )));
+        // A gap since yesterday: across midnight, still the first after it.
+        assert!(kept(after(
+            "2026-06-02T08:00:30Z",
+            Some("2026-06-01T20:00:00Z"),
+            1.0
+        )));
+        // 10 minutes of 1 s files from 12:00:00.4 on, contiguous: one per minute.
+        let mut previous = None::<Timestamp>;
+        let mut n = 0;
+        for i in 0..600 {
+            let start: Timestamp = "2026-06-01T12:00:00.4Z".parse::<Timestamp>().unwrap()
+                + SignedDuration::from_secs(i);
+            let facts = Facts {
+                start,
+                duration_s: 1.0,
+                previous_end: previous,
+                found: vec![],
+            };
+            n += usize::from(kept(facts));
+            previous = Some(start + SignedDuration::from_secs(1));
+        }
+        assert_eq!(
+            n, 11,
+            "the first file, then the ones holding 12:01 ... 12:10"
+        );
     }
 
     #[test]
@@ -329,6 +410,7 @@ mod tests {
         let now: Timestamp = "2026-06-10T12:00:00Z".parse().unwrap();
         let c = |id: &str, day: u8, deletable: bool| Candidate {
             id: id.into(),
+            path: format!("/r/{id}.wav").into(),
             start: format!("2026-06-{day:02}T00:00:00Z").parse().unwrap(),
             bytes: 100,
             deletable,

@@ -73,9 +73,10 @@ pub fn preview(config: &CurateConfig) -> rusqlite::Result<Preview> {
         let facts = keep::Facts {
             start: rec.start,
             duration_s: rec.duration_s,
+            previous_end: db::previous_end(&conn, &rec)?,
             found: db::found_in(&conn, &rec.id).unwrap_or_default(),
         };
-        if !rec.protected && !run::marker(&rec.path).exists() && rules.kept_by(&facts).is_none() {
+        if !run::protected(&rec) && rules.kept_by(&facts).is_none() {
             out.would_delete.push(rec.path);
         }
     }

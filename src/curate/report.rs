@@ -61,6 +61,10 @@ pub struct StorageFigures {
     pub deleted_this_run: u64,
     /// Days until the disk is full at the last day's rate of kept recordings.
     pub days_until_full: Option<f64>,
+    /// Recordings past `maxAge` or `maxUsage` kept for now: a detector has not analysed them
+    /// or a message about them waits in the outbox (at the last retention round).
+    #[serde(default)]
+    pub held_for_retention: u64,
 }
 
 /// The whole report.
@@ -82,9 +86,9 @@ pub struct CuratorReport {
     pub stopped: bool,
 }
 
-/// `<state_dir>/curator-report.json`.
+/// `<state_dir>/run/curator-report.json` (see [`crate::fsutil::RUN_DIR`]).
 pub fn report_path(state_dir: &Path) -> PathBuf {
-    state_dir.join(REPORT_FILE)
+    crate::fsutil::run_dir(state_dir).join(REPORT_FILE)
 }
 
 /// The report in `state_dir`, if there is a readable one.
@@ -96,6 +100,6 @@ impl CuratorReport {
     /// Replaces the report whole (not fsynced: derived, rewritten at each change).
     pub fn write(&self, state_dir: &Path) -> std::io::Result<()> {
         let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        crate::fsutil::replace_quietly(&report_path(state_dir), &bytes)
+        crate::fsutil::replace_run_file(state_dir, REPORT_FILE, &bytes)
     }
 }

@@ -127,9 +127,9 @@ fn watch_recorder(
         }
     })
     .map_err(|e| CurateError::Setup(std::io::Error::other(e)))?;
-    std::fs::create_dir_all(state_dir).map_err(CurateError::Setup)?;
+    let run_dir = crate::fsutil::prepare_run_dir(state_dir).map_err(CurateError::Setup)?;
     watcher
-        .watch(state_dir, notify::RecursiveMode::NonRecursive)
+        .watch(&run_dir, notify::RecursiveMode::NonRecursive)
         .map_err(|e| CurateError::Setup(std::io::Error::other(e)))?;
     Ok(watcher)
 }
@@ -475,6 +475,7 @@ impl Curator {
                 let facts = keep::Facts {
                     start: rec.start,
                     duration_s: rec.duration_s,
+                    previous_end: db::previous_end(&conn, &rec)?,
                     found: db::found_in(&conn, &rec.id)?,
                 };
                 // A recording a detector could not judge is kept: its findings are unknown.
@@ -509,29 +510,27 @@ impl Curator {
         if (storage.max_age.is_none() && storage.max_usage.is_none()) || self.stopping {
             return Ok(());
         }
-        let since = self.since_list();
+        let (candidates, unheld) = self.retention_candidates()?;
         let conn = self.conn.as_ref().expect("opened");
-        let present = db::present(conn)?;
-        let mut candidates = Vec::with_capacity(present.len());
-        for rec in &present {
-            let deletable = !protected(rec) && db::analysed_by_all(conn, rec, &since)?;
-            candidates.push(keep::Candidate {
-                bytes: disk_bytes(&rec.path),
-                id: rec.id.clone(),
-                start: rec.start,
-                deletable,
-            });
-        }
         let limit = storage.max_usage.map(|u| match u {
             Usage::Bytes(b) => b.bytes(),
-            Usage::Percent(p) => (fs_size(&self.config.storage_path()) as f64 * p / 100.0) as u64,
+            Usage::Percent(p) => {
+                (crate::storage::fs_size(&self.config.storage_path()).unwrap_or(0) as f64 * p
+                    / 100.0) as u64
+            }
         });
         let max_age = storage.max_age.map(|a| a.as_std());
         let now = Timestamp::now();
-        let paths: std::collections::HashMap<String, PathBuf> =
-            present.into_iter().map(|r| (r.id, r.path)).collect();
-        for (id, rule) in keep::retention(&candidates, now, max_age, limit) {
-            let Some(path) = paths.get(&id) else { continue };
+        let verdicts = keep::retention(&candidates, now, max_age, limit);
+        let unheld = keep::retention(&unheld, now, max_age, limit).len();
+        self.report.storage.held_for_retention = unheld.saturating_sub(verdicts.len()) as u64;
+        let paths: std::collections::HashMap<&str, &Path> = (candidates.iter())
+            .map(|c| (c.id.as_str(), c.path.as_path()))
+            .collect();
+        for (id, rule) in verdicts {
+            let Some(path) = paths.get(id.as_str()) else {
+                continue;
+            };
             // The row first, then the file (see decide_all).
             db::mark_deleted(conn, &id, rule, now)?;
             if delete_file(path) {
@@ -539,6 +538,37 @@ impl Curator {
             }
         }
         Ok(())
+    }
+
+    /// The present recordings as retention candidates, and the same as if analysis and the
+    /// outbox held nothing back (only protection): the difference is what they hold.
+    fn retention_candidates(
+        &self,
+    ) -> rusqlite::Result<(Vec<keep::Candidate>, Vec<keep::Candidate>)> {
+        let since = self.since_list();
+        let owed = (self.config.outbox.as_ref())
+            .map(|p| crate::connect::outbox::owed(p).unwrap_or_default());
+        let conn = self.conn.as_ref().expect("opened");
+        let (mut held, mut unheld) = (Vec::new(), Vec::new());
+        for rec in db::present(conn)? {
+            let free = !protected(&rec);
+            let deletable = free
+                && db::analysed_by_all(conn, &rec, &since)?
+                && !owed_to_outbox(conn, &rec, owed.as_ref())?;
+            let candidate = keep::Candidate {
+                bytes: crate::storage::disk_bytes(&rec.path),
+                id: rec.id,
+                path: rec.path,
+                start: rec.start,
+                deletable: free,
+            };
+            held.push(keep::Candidate {
+                deletable,
+                ..candidate.clone()
+            });
+            unheld.push(candidate);
+        }
+        Ok((held, unheld))
     }
 
     fn refresh_figures(&mut self) {
@@ -567,7 +597,7 @@ impl Curator {
         // One stat per file for both sums.
         let day_ago = now - SignedDuration::from_hours(24);
         let (used, last_day) = present.iter().fold((0u64, 0u64), |(all, day), r| {
-            let b = disk_bytes(&r.path);
+            let b = crate::storage::disk_bytes(&r.path);
             (all + b, day + if r.start >= day_ago { b } else { 0 })
         });
         s.bytes_used = used;
@@ -642,14 +672,24 @@ impl Curator {
 }
 
 /// Whether a recording may never be deleted: its row says `protected`, or a marker file
-/// `<file>.keep` sits beside it.
-fn protected(rec: &Recording) -> bool {
-    rec.protected || marker(&rec.path).exists()
+/// `<file>.keep` ([`crate::storage::keep_marker`]) sits beside it.
+pub fn protected(rec: &Recording) -> bool {
+    rec.protected || crate::storage::keep_marker(&rec.path).exists()
 }
 
-/// `<file>.keep` ([`crate::storage::keep_marker`]).
-pub fn marker(path: &Path) -> PathBuf {
-    crate::storage::keep_marker(path)
+/// Whether a message about `rec` may still have to leave through the outbox: one waits there,
+/// or a model output of it is newer than what the connector has queued. `owed` is `None` when
+/// the deployment sends no messages.
+fn owed_to_outbox(
+    conn: &Connection,
+    rec: &Recording,
+    owed: Option<&crate::connect::outbox::Owed>,
+) -> rusqlite::Result<bool> {
+    let Some(owed) = owed else { return Ok(false) };
+    if owed.recordings.contains(&rec.id) {
+        return Ok(true);
+    }
+    Ok(db::last_model_output(conn, &rec.id)?.is_some_and(|rowid| rowid > owed.queued_until))
 }
 
 /// Deletes a recording's file; true when it is gone (already gone counts).
@@ -662,19 +702,6 @@ fn delete_file(path: &Path) -> bool {
             false
         }
     }
-}
-
-fn disk_bytes(path: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).map_or(0, |m| m.blocks() * 512)
-}
-
-fn fs_size(path: &Path) -> u64 {
-    // The field types differ between targets (32-bit on armhf).
-    #[allow(clippy::unnecessary_cast)]
-    nix::sys::statvfs::statvfs(path)
-        .map(|s| s.blocks() as u64 * s.fragment_size() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

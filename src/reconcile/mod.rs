@@ -112,9 +112,12 @@ impl<R: Runtime> Reconciler<R> {
         builtins: Builtins,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, ReconcileError> {
-        std::fs::create_dir_all(&cfg.state_dir).map_err(|source| ReconcileError::StateDir {
-            path: cfg.state_dir.display().to_string(),
-            source,
+        // The run-time folder is made before anything watches the reports in it.
+        crate::fsutil::prepare_run_dir(&cfg.state_dir).map_err(|source| {
+            ReconcileError::StateDir {
+                path: cfg.state_dir.display().to_string(),
+                source,
+            }
         })?;
         let state = StateDir::new(cfg.state_dir.clone());
         let history = History::load(&state.history());

@@ -1,6 +1,6 @@
 //! The recorder process (`roost record`): capture (cpal) -> ring buffer -> WAV files (hound) ->
 //! rows in metadata.db. It records what the schedule asks for, sample-exact, and says what it
-//! produced in `<state-dir>/recorder-report.json`. It must never block the audio callback, never
+//! produced in `<state-dir>/run/recorder-report.json`. It must never block the audio callback, never
 //! register a file before it is complete on disk, and never hide a sample it lost.
 //!
 //! Time stamps come from samples: the wall clock is read once when a stream starts (the anchor)

@@ -1,5 +1,5 @@
 //! The recorder's report: what it produced and what is wrong, written to
-//! `<state-dir>/recorder-report.json` (whole or not at all, not fsynced) on every file, every
+//! `<state-dir>/run/recorder-report.json` (a run-time folder: [`crate::fsutil::RUN_DIR`]) (whole or not at all, not fsynced) on every file, every
 //! state change and fault, and at least every [`HEARTBEAT`]. [`assess`] turns a report into health for the reconciler and
 //! `roost check`: output decides, so a recorder that runs but writes nothing is an error.
 
@@ -195,9 +195,9 @@ pub fn assess(report: &RecorderReport, now: Timestamp) -> Health {
     Health::Healthy
 }
 
-/// Path of the report in a state folder.
+/// `<state-dir>/run/recorder-report.json` (see [`crate::fsutil::RUN_DIR`]).
 pub fn report_path(state_dir: &Path) -> PathBuf {
-    state_dir.join(REPORT_FILE)
+    crate::fsutil::run_dir(state_dir).join(REPORT_FILE)
 }
 
 /// Reads a report; `None` when there is none or it cannot be parsed.
@@ -210,7 +210,7 @@ pub fn read_report(state_dir: &Path) -> Option<RecorderReport> {
 /// newest version, never tear it; see [`crate::fsutil::replace_quietly`]).
 pub fn write_report(state_dir: &Path, report: &RecorderReport) -> std::io::Result<()> {
     let bytes = serde_json::to_vec_pretty(report).map_err(std::io::Error::other)?;
-    crate::fsutil::replace_quietly(&report_path(state_dir), &bytes)
+    crate::fsutil::replace_run_file(state_dir, REPORT_FILE, &bytes)
 }
 
 #[cfg(test)]

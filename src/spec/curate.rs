@@ -228,7 +228,8 @@ pub struct KeepRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dusk: Option<AroundSun>,
     /// One recording in every such slot (slots counted from local midnight): the one holding
-    /// the slot's start, e.g. `every: 10m` keeps the files of 00:00, 00:10, 00:20 ...
+    /// the slot's start, e.g. `every: 10m` keeps the files of 00:00, 00:10, 00:20 ...; when no
+    /// recording held a start (a gap), the first recording after it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub every: Option<HumanDuration>,
     /// Recordings with a detection scoring at least `minScore`.

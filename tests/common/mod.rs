@@ -298,6 +298,11 @@ impl Roost {
 
     /// [`Roost::start_recording`] with more arguments for `roost feed` (`--signal events`).
     pub fn start_recording_with(&mut self, feed_args: &[&str]) -> Feed {
+        self.start_recording_env(feed_args, &[])
+    }
+
+    /// [`Roost::start_recording_with`] with extra environment for `roost run`.
+    pub fn start_recording_env(&mut self, feed_args: &[&str], envs: &[(&str, &Path)]) -> Feed {
         let fifo = self.path("mic.fifo");
         let conf = self.path("asound.conf");
         let feed = Feed(
@@ -320,6 +325,7 @@ impl Roost {
             .arg("--state-dir")
             .arg(&self.state)
             .env("ALSA_CONFIG_PATH", &conf)
+            .envs(envs.iter().copied())
             .stderr(std::fs::File::create(self.path("roost.log")).unwrap())
             .spawn()
             .unwrap();
