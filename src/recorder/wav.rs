@@ -218,7 +218,10 @@ impl<T: WavSample> WavFile<T> {
         let bytes = max_frames * format.bytes_per_frame() + RESERVE_EXTRA;
         // KEEP_SIZE: the blocks are the file's, its size grows only as data is written.
         let keep_size = nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE;
-        if let Err(e) = nix::fcntl::fallocate(&file, keep_size, 0, bytes as i64) {
+        // off_t has 32 bits on armhf: a reservation past 2 GiB stops there, and the rest is
+        // written without the guarantee, as on a file system that cannot reserve.
+        let reserve = nix::libc::off_t::try_from(bytes).unwrap_or(nix::libc::off_t::MAX);
+        if let Err(e) = nix::fcntl::fallocate(&file, keep_size, 0, reserve) {
             // EINVAL/EOPNOTSUPP: the file system cannot reserve; write without the guarantee.
             if e == nix::errno::Errno::ENOSPC {
                 drop(file);
@@ -302,8 +305,13 @@ impl<T: WavSample> WavFile<T> {
             * PAGE;
         if end > self.written_back {
             let advice = nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED;
-            let (from, len) = (self.written_back as i64, (end - self.written_back) as i64);
-            nix::fcntl::posix_fadvise(&self.file, from, len, advice)?;
+            // off_t has 32 bits on armhf: past 2 GiB the pages are left to the kernel's own
+            // write-back.
+            let from = nix::libc::off_t::try_from(self.written_back);
+            let len = nix::libc::off_t::try_from(end - self.written_back);
+            if let (Ok(from), Ok(len)) = (from, len) {
+                nix::fcntl::posix_fadvise(&self.file, from, len, advice)?;
+            }
             self.written_back = end;
         }
         Ok(())

@@ -19,7 +19,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use roost::runtime::systemd::SystemdTarget;
 
-const HIERARCHIES: &[&str] = &[
+pub const HIERARCHIES: &[&str] = &[
     "/sys/fs/cgroup/systemd",
     "/sys/fs/cgroup/unified",
     "/sys/fs/cgroup/pids",
@@ -226,7 +226,7 @@ fn terminate(mut child: Child) {
 }
 
 /// Kills whatever is left in the test's cgroups and removes them, deepest first.
-fn remove_cgroup_tree(cgroup: &str) {
+pub fn remove_cgroup_tree(cgroup: &str) {
     for hierarchy in HIERARCHIES {
         let root = Path::new(hierarchy).join(cgroup);
         if !root.exists() {
