@@ -339,6 +339,16 @@ pub fn curator_figures(doc: &StatusDoc) -> Vec<(String, String)> {
     if !deleted.is_empty() {
         figures.push(("files deleted".to_string(), deleted.join(", ")));
     }
+    let held = out
+        .pointer("/storage/heldForRetention")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    if held > 0 {
+        figures.push((
+            "files held".to_string(),
+            format!("{held} past maxAge or maxUsage, kept until analysed and their messages sent"),
+        ));
+    }
     figures
 }
 
@@ -647,7 +657,7 @@ mod tests {
         curator.name = "curator".into();
         curator.output = Some(
             json!({"detectors": [{"name": "birds", "analysed": 120, "failed": 1, "backlog": 2, "detectionsLastHour": 14, "lastFailure": {"code": "DEP_E603", "message": "slow"}}],
-                                     "storage": {"deletedByRule": {"keep": 30, "maxAge": 2}}}),
+                                     "storage": {"deletedByRule": {"keep": 30, "maxAge": 2}, "heldForRetention": 3}}),
         );
         d.components.push(curator);
         let text = render(&d, &facts(), "2026-06-01T04:02:30Z".parse().unwrap());
@@ -655,6 +665,10 @@ mod tests {
         assert!(text.contains("birds          120 analysed, 1 failed, 2 waiting, 14 detections in the last hour, last failure DEP_E603"), "{text}");
         assert!(
             text.contains("files deleted  30 by keep, 2 by maxAge"),
+            "{text}"
+        );
+        assert!(
+            text.contains("files held     3 past maxAge or maxUsage, kept until analysed and their messages sent"),
             "{text}"
         );
     }
