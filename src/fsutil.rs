@@ -66,28 +66,46 @@ pub fn run_dir(state_dir: &Path) -> std::path::PathBuf {
 /// with none, a plain folder in the state folder. Errors: the state folder cannot be written.
 pub fn prepare_run_dir(state_dir: &Path) -> std::io::Result<std::path::PathBuf> {
     let link = run_dir(state_dir);
-    if std::fs::read_link(&link).is_ok() && is_ram_dir(&link) {
+    let is_link = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink());
+    if is_link(&link) && is_ram_dir(&link) {
         return Ok(link);
     }
     std::fs::create_dir_all(state_dir)?;
-    let Some(target) = ram_target(state_dir) else {
-        if std::fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink()) {
-            std::fs::remove_file(&link)?;
+    let made = match ram_target(state_dir) {
+        Some(target) => point_link(state_dir, &link, &target),
+        None => {
+            if is_link(&link) {
+                gone_is_fine(std::fs::remove_file(&link))?;
+            }
+            std::fs::create_dir_all(&link)
         }
-        std::fs::create_dir_all(&link)?;
-        return Ok(link);
     };
-    if std::fs::symlink_metadata(&link).is_ok_and(|m| m.is_dir()) {
-        // A plain folder from a start without tmpfs: derived files only.
-        std::fs::remove_dir_all(&link)?;
+    // Another component may have made it at the same moment: what matters is that it works.
+    match made {
+        Err(_) if link.is_dir() => Ok(link),
+        other => other.map(|()| link),
+    }
+}
+
+/// Points `link` at `target` in one rename (a plain folder there is removed first: it holds
+/// derived files only).
+fn point_link(state_dir: &Path, link: &Path, target: &Path) -> std::io::Result<()> {
+    if std::fs::symlink_metadata(link).is_ok_and(|m| m.is_dir()) {
+        gone_is_fine(std::fs::remove_dir_all(link))?;
     }
     let tmp = state_dir.join(format!(".{RUN_DIR}.{}.tmp", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(&target, &tmp)?;
-    std::fs::rename(&tmp, &link).inspect_err(|_| {
+    std::os::unix::fs::symlink(target, &tmp)?;
+    std::fs::rename(&tmp, link).inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
-    })?;
-    Ok(link)
+    })
+}
+
+fn gone_is_fine(result: std::io::Result<()>) -> std::io::Result<()> {
+    match result {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
 }
 
 /// Replaces `<state-dir>/run/<name>` like [`replace_quietly`]; when the run-time folder is gone
@@ -101,6 +119,21 @@ pub fn replace_run_file(state_dir: &Path, name: &str, bytes: &[u8]) -> std::io::
         }
         other => other,
     }
+}
+
+/// Reads `<state-dir>/run/<name>`, or `<state-dir>/<name>` where a component started by an
+/// older roost (adopted across an upgrade, its spec unchanged) still writes it: the newer of
+/// the two. `None` when neither can be read.
+pub fn read_run_file(state_dir: &Path, name: &str) -> Option<Vec<u8>> {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let current = run_dir(state_dir).join(name);
+    let legacy = state_dir.join(name);
+    let newest = match (modified(&current), modified(&legacy)) {
+        (Some(c), Some(l)) if l > c => legacy,
+        (None, Some(_)) => legacy,
+        _ => current,
+    };
+    std::fs::read(newest).ok()
 }
 
 /// A folder on tmpfs or ramfs for this state folder, made if needed; `None` when none can be.
@@ -153,8 +186,8 @@ fn escape_path(path: &Path) -> String {
         out.push('-');
     }
     if out.len() > 200 {
-        // A name must stay under 255 bytes; the tail tells folders apart best, and a link's
-        // target is read back, never recomputed, so the cut needs no stability.
+        // A name must stay under 255 bytes; the tail tells folders apart best. A working link
+        // is kept as it is, so the cut needs no stability across versions.
         out = out.split_off(out.len() - 200);
     }
     out

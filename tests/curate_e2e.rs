@@ -467,7 +467,9 @@ fn keep_rules_keep_and_delete_exactly_the_expected_files() {
         .collect();
     // The file kept for a minute holds its start, or is the first after a start that no file
     // held (a gap: the first file, a split at dropped samples under load). UTC is local here.
-    let mut previous_end: Option<f64> = None;
+    // Whole microseconds, as the rows and the rule count.
+    let minute: i64 = 60_000_000;
+    let mut previous_end: Option<i64> = None;
     let mut decided = 0;
     for (datetime, duration_s, path, deleted_by, kept_by, is_decided) in &rows {
         let civil: jiff::civil::DateTime = datetime.parse().unwrap();
@@ -475,11 +477,11 @@ fn keep_rules_keep_and_delete_exactly_the_expected_files() {
             .to_zoned(jiff::tz::TimeZone::UTC)
             .unwrap()
             .timestamp()
-            .as_microsecond() as f64
-            / 1e6;
-        let end = start + duration_s;
-        let from = previous_end.unwrap_or(start - 60.0);
-        let holds_minute = (from / 60.0).ceil() * 60.0 < end.max(start + 0.001);
+            .as_microsecond();
+        let end = start + (duration_s * 1e6).round() as i64;
+        let from = previous_end.unwrap_or(start - minute);
+        let next_minute = (from + minute - 1).div_euclid(minute) * minute;
+        let holds_minute = next_minute < end.max(start + 1);
         previous_end = Some(end);
         if !is_decided {
             continue;
@@ -527,22 +529,9 @@ fn deleted_by(s: &Value, rule: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// `maxAge` deletes the recordings older than it, oldest first, marking each row (path cleared,
-/// deleted_by maxAge), but never a file protected by a `.keep` marker or by the row's
-/// `protected` flag; then, the file changed to `maxUsage`, the present recordings stay within
-/// the limit plus the one file that may have arrived since the last round.
-#[test]
-fn retention_deletes_by_age_and_usage_but_never_a_protected_file() {
-    let mut r = Roost::new("");
-    let storage = r.path("storage");
-    let yaml = recorder_deployment("retention", &storage, "")
-        .replace("storage: {path:", "storage: {maxAge: 6s, path:");
-    std::fs::write(&r.file, &yaml).unwrap();
-    let _feed = r.start_recording();
-    r.wait_for("metadata.db", Duration::from_secs(30), |_| {
-        storage.join("metadata.db").exists()
-    });
-    let conn = db(&storage);
+/// The two oldest recordings present, protected: the first by a `.keep` marker, the second by
+/// its row's `protected` flag. Waits for them.
+fn protect_the_first_two(r: &Roost, conn: &rusqlite::Connection) -> Vec<(String, PathBuf)> {
     let first_two = || -> Vec<(String, PathBuf)> {
         conn.prepare(
             "SELECT id, path FROM recording WHERE path IS NOT NULL ORDER BY datetime LIMIT 2",
@@ -565,56 +554,78 @@ fn retention_deletes_by_age_and_usage_but_never_a_protected_file() {
         [&kept[1].0],
     )
     .unwrap();
+    kept
+}
+
+/// Every row agrees with the disk: a present path is a file, a cleared one says its rule.
+fn rows_agree_with_files(conn: &rusqlite::Connection, rules: &[&str]) {
+    for (path, by) in recording_rows(conn) {
+        match path {
+            Some(p) => assert!(p.is_file() && by.is_none(), "{p:?} {by:?}"),
+            None => assert!(rules.contains(&by.as_deref().unwrap_or("")), "{by:?}"),
+        }
+    }
+}
+
+/// `maxAge` deletes the recordings older than it, oldest first, marking each row (path cleared,
+/// deleted_by maxAge), but never a file protected by a `.keep` marker or by the row's
+/// `protected` flag; then, the file changed to `maxUsage`, the present recordings stay within
+/// the limit plus the files that may have arrived since the last round.
+#[test]
+fn retention_deletes_by_age_and_usage_but_never_a_protected_file() {
+    let mut r = Roost::new("");
+    let storage = r.path("storage");
+    let yaml = recorder_deployment("retention", &storage, "")
+        .replace("storage: {path:", "storage: {maxAge: 1h, path:");
+    std::fs::write(&r.file, &yaml).unwrap();
+    let feed = r.start_recording();
+    r.wait_for("metadata.db", Duration::from_secs(30), |_| {
+        storage.join("metadata.db").exists()
+    });
+    let conn = db(&storage);
+    // Protected while nothing is old enough to go, then the age lowered.
+    let kept = protect_the_first_two(&r, &conn);
+    r.replace_atomically(&yaml.replace("maxAge: 1h", "maxAge: 6s"));
     let s = r.wait_for("four deleted by maxAge", Duration::from_secs(60), |s| {
         deleted_by(s, "maxAge") >= 4
     });
     assert_eq!(component(&s, "curator")["status"], "Running", "{s:#}");
-    for (_, path) in &kept {
-        assert!(path.is_file(), "protected {} was deleted", path.display());
-    }
-    let rows = recording_rows(&conn);
-    let by_age = rows
-        .iter()
-        .filter(|(_, by)| by.as_deref() == Some("maxAge"));
-    assert!(by_age.clone().count() >= 4, "{rows:?}");
-    for (path, by) in &rows {
-        match path {
-            Some(p) => assert!(p.is_file() && by.is_none(), "{p:?} {by:?}"),
-            None => assert_eq!(by.as_deref(), Some("maxAge")),
-        }
-    }
+    assert_eq!(r.stop(), Some(0));
+    drop(feed);
+    let by_age = recording_rows(&conn)
+        .into_iter()
+        .filter(|(_, by)| by.as_deref() == Some("maxAge"))
+        .count();
+    assert!(by_age >= 4, "{by_age}");
+    rows_agree_with_files(&conn, &["maxAge"]);
 
     // maxUsage instead: three 1 s files' worth (36 KiB on disk each at 16 kHz).
-    let limit = 3 * 36 * 1024;
-    r.replace_atomically(&yaml.replace("maxAge: 6s", &format!("maxUsage: {}KiB", limit / 1024)));
+    let file = 36 * 1024;
+    let limit = 3 * file;
+    std::fs::write(
+        &r.file,
+        yaml.replace("maxAge: 1h", &format!("maxUsage: {}KiB", limit / 1024)),
+    )
+    .unwrap();
+    let _feed = r.start_recording();
     r.wait_for("deleted by maxUsage", Duration::from_secs(60), |s| {
         deleted_by(s, "maxUsage") >= 2
     });
-    let used = || -> u64 {
-        recording_rows(&conn)
-            .iter()
-            .filter_map(|(p, _)| p.as_ref())
-            .filter(|p| kept.iter().all(|(_, k)| k != *p))
-            .map(|p| roost::storage::disk_bytes(p))
-            .sum()
-    };
-    // Sampled over a few rounds: a file may land between two rounds.
-    for _ in 0..3 {
-        std::thread::sleep(Duration::from_millis(1500));
-        let protected_bytes: u64 = kept
-            .iter()
-            .map(|(_, p)| roost::storage::disk_bytes(p))
-            .sum();
-        assert!(
-            used() + protected_bytes <= limit + 2 * 36 * 1024,
-            "{} bytes present, limit {limit}",
-            used() + protected_bytes
-        );
-    }
+    assert_eq!(r.stop(), Some(0));
+    rows_agree_with_files(&conn, &["maxAge", "maxUsage"]);
+    let present: u64 = recording_rows(&conn)
+        .iter()
+        .filter_map(|(p, _)| p.as_ref())
+        .map(|p| roost::storage::disk_bytes(p))
+        .sum();
+    // The protected files count in the usage; files that landed after the last round add.
+    assert!(
+        present <= limit + 3 * file,
+        "{present} bytes present, limit {limit}"
+    );
     for (_, path) in &kept {
         assert!(path.is_file(), "protected {} was deleted", path.display());
     }
-    assert_eq!(r.stop(), Some(0));
 }
 
 /// Recordings past `maxAge` whose detection messages wait in the outbox (the broker is down)
@@ -645,22 +656,27 @@ fn retention_waits_for_the_messages_about_a_recording_to_leave() {
         .replace("storage: {path:", "storage: {maxAge: 3s, path:");
     std::fs::write(&r.file, &yaml).unwrap();
     let _feed = r.start_recording_with(&["--signal", "events"]);
+    // Read-only, so the test never makes the outbox before the connector does.
+    let outbox_file = r.state.join("outbox.db");
+    let waiting = || -> Vec<String> {
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+        let Ok(outbox) = rusqlite::Connection::open_with_flags(&outbox_file, flags) else {
+            return Vec::new();
+        };
+        outbox.busy_timeout(Duration::from_secs(10)).unwrap();
+        outbox
+            .prepare("SELECT DISTINCT recording_id FROM message WHERE recording_id IS NOT NULL")
+            .and_then(|mut q| q.query_map([], |r| r.get(0))?.collect())
+            .unwrap_or_default()
+    };
     let s = r.wait_for(
         "recordings held for their messages",
         Duration::from_secs(90),
-        |s| curator_output(s)["storage"]["heldForRetention"].as_u64() >= Some(2),
+        |s| {
+            curator_output(s)["storage"]["heldForRetention"].as_u64() >= Some(2)
+                && waiting().len() >= 2
+        },
     );
-    let outbox = rusqlite::Connection::open(r.state.join("outbox.db")).unwrap();
-    outbox.busy_timeout(Duration::from_secs(10)).unwrap();
-    let waiting = || -> Vec<String> {
-        outbox
-            .prepare("SELECT DISTINCT recording_id FROM message WHERE recording_id IS NOT NULL")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
-    };
     let held = waiting();
     assert!(held.len() >= 2, "{held:?} {s:#}");
     let conn = db(&storage);

@@ -284,7 +284,10 @@ fn reports_live_on_a_ram_run_folder_made_again_when_it_vanishes() {
     assert!(!r.state.join("recorder-report.json").exists());
 
     // Removed while recording: the next file's report makes it again.
-    std::fs::remove_dir_all(&target).unwrap();
+    // Moved away first, as `rm -rf` racing the recorder's next report could fail half-way.
+    let away = ram_dir.join("removed");
+    std::fs::rename(&target, &away).unwrap();
+    std::fs::remove_dir_all(&away).unwrap();
     let before = files_written(&s);
     r.wait_for("two more files", Duration::from_secs(60), |s| {
         files_written(s) >= before + 2

@@ -129,11 +129,19 @@ CREATE INDEX IF NOT EXISTS message_sink ON message (sink, seq);
 CREATE TABLE IF NOT EXISTS counter (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 ";
 
-/// Added after the first release: the recording a message is about (NULL for the others).
+/// Added after the first release: the recording a message is about (NULL for the others), in
+/// one transaction with its index.
 const RECORDING_COLUMN: &str = "
+BEGIN IMMEDIATE;
 ALTER TABLE message ADD COLUMN recording_id TEXT;
 CREATE INDEX IF NOT EXISTS message_recording ON message (recording_id);
+COMMIT;
 ";
+
+fn has_recording_column(conn: &Connection) -> bool {
+    conn.prepare("SELECT recording_id FROM message LIMIT 0")
+        .is_ok()
+}
 
 /// The outbox's file name in the state folder.
 pub const OUTBOX_FILE: &str = "outbox.db";
@@ -150,8 +158,9 @@ pub struct Owed {
     pub recordings: std::collections::HashSet<String>,
 }
 
-/// Reads [`Owed`] from the outbox at `path`, read-only; `None` when there is no outbox (the
-/// connector never ran) or it cannot be read (then nothing is known to be owed).
+/// Reads [`Owed`] from the outbox at `path`, read-only; `None` when there is no outbox yet (the
+/// connector has not run) or it cannot be read now (locked, damaged). An outbox of an older
+/// roost, without the recording column, gives its cursor and no recordings.
 pub fn owed(path: &Path) -> Option<Owed> {
     let flags =
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -164,14 +173,18 @@ pub fn owed(path: &Path) -> Option<Owed> {
             |r| r.get(0),
         )
         .unwrap_or(0);
-    let mut stmt = conn
+    let recordings = match conn
         .prepare("SELECT DISTINCT recording_id FROM message WHERE recording_id IS NOT NULL")
-        .ok()?;
-    let recordings = stmt
-        .query_map([], |r| r.get::<_, String>(0))
-        .ok()?
-        .flatten()
-        .collect();
+    {
+        Ok(mut stmt) => stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .ok()?
+            .flatten()
+            .collect(),
+        // No such column: written by an older connector, which never said.
+        Err(_) if !has_recording_column(&conn) => Default::default(),
+        Err(_) => return None,
+    };
     Some(Owed {
         queued_until,
         recordings,
@@ -226,12 +239,11 @@ impl Outbox {
             .map_err(err("set synchronous"))?;
         conn.execute_batch(SCHEMA)
             .map_err(err("create its tables"))?;
-        if conn
-            .prepare("SELECT recording_id FROM message LIMIT 0")
-            .is_err()
-        {
-            conn.execute_batch(RECORDING_COLUMN)
-                .map_err(err("add the recording column"))?;
+        if !has_recording_column(&conn) {
+            conn.execute_batch(RECORDING_COLUMN).map_err(|e| {
+                let _ = conn.execute_batch("ROLLBACK");
+                err("add the recording column")(e)
+            })?;
         }
         let check: String = conn
             .query_row("PRAGMA quick_check", [], |r| r.get(0))

@@ -84,7 +84,7 @@ pub fn report_path(state_dir: &Path) -> PathBuf {
 
 /// Reads a report; `None` when there is none or it cannot be parsed.
 pub fn read_report(state_dir: &Path) -> Option<ConnectReport> {
-    serde_json::from_slice(&std::fs::read(report_path(state_dir)).ok()?).ok()
+    serde_json::from_slice(&crate::fsutil::read_run_file(state_dir, REPORT_FILE)?).ok()
 }
 
 /// Writes a report whole (not fsynced: derived, rewritten on change).

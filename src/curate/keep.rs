@@ -143,13 +143,15 @@ fn holds_slot_start(facts: &Facts, seconds: i64, tz: &jiff::tz::TimeZone) -> boo
         .start_of_day()
         .map(|m| facts.start.duration_since(m.timestamp()))
         .unwrap_or(SignedDuration::ZERO);
-    let s = since_midnight.as_millis();
-    let slot = i128::from(seconds) * 1000;
-    let end = s + (facts.duration_s * 1000.0).round() as i128;
+    // Microseconds: the precision of the recordings' start times, so a file that starts a few
+    // microseconds after a boundary does not take it from the file before.
+    let s = since_midnight.as_micros();
+    let slot = i128::from(seconds) * 1_000_000;
+    let end = s + (facts.duration_s * 1e6).round() as i128;
     // Boundaries from here on are this recording's to hold; the first recording of all holds
     // the one before it too.
     let from = match facts.previous_end {
-        Some(previous) => s - facts.start.duration_since(previous).as_millis(),
+        Some(previous) => s - facts.start.duration_since(previous).as_micros(),
         None => s - slot,
     };
     let mut next = from.div_euclid(slot) * slot;
@@ -314,6 +316,17 @@ mod tests {
         )));
         // The very first recording of all.
         assert!(kept(after("2026-06-01T12:10:20Z", None, 1.0)));
+        // 120 µs after the minute, the file before ending there: that file held it.
+        assert!(!kept(after(
+            "2026-06-01T12:10:00.00012Z",
+            Some("2026-06-01T12:10:00.00012Z"),
+            1.0
+        )));
+        assert!(kept(after(
+            "2026-06-01T12:09:59.00012Z",
+            Some("2026-06-01T12:09:59.00012Z"),
+            1.0
+        )));
         // The previous file held the minute (it overlaps this one by 0.5 s): not this one.
         assert!(!kept(after(
             "2026-06-01T12:09:59.8Z",

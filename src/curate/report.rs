@@ -93,7 +93,7 @@ pub fn report_path(state_dir: &Path) -> PathBuf {
 
 /// The report in `state_dir`, if there is a readable one.
 pub fn read_report(state_dir: &Path) -> Option<CuratorReport> {
-    serde_json::from_slice(&std::fs::read(report_path(state_dir)).ok()?).ok()
+    serde_json::from_slice(&crate::fsutil::read_run_file(state_dir, REPORT_FILE)?).ok()
 }
 
 impl CuratorReport {

@@ -61,8 +61,10 @@ pub fn run(config_path: &Path, state_dir: &Path) -> Result<(), CurateError> {
     let (tx, rx) = mpsc::channel();
     let mut curator = Curator::new(config, state_dir);
     stop_on_signals(tx.clone(), curator.stop_flag.clone())?;
-    let _watcher = watch_recorder(state_dir, tx)?;
+    let mut watch = RecorderWatch::new(state_dir, tx)?;
     loop {
+        // The run-time folder may have been made again (removed, a reboot's /run): watch that.
+        watch.follow();
         curator.round(&rx);
         if curator.stopping {
             break;
@@ -108,30 +110,64 @@ fn stop_on_signals(
         .map_err(CurateError::Setup)
 }
 
-/// Wakes the loop when `recorder-report.json` is replaced (the recorder finished a file).
-fn watch_recorder(
-    state_dir: &Path,
+/// Wakes the loop when `recorder-report.json` is replaced (the recorder finished a file), in
+/// the run-time folder that `<state>/run` leads to now.
+struct RecorderWatch {
+    state_dir: PathBuf,
     tx: mpsc::Sender<Wake>,
-) -> Result<notify::RecommendedWatcher, CurateError> {
-    use notify::Watcher;
-    let report = crate::recorder::report_path(state_dir);
-    let name = report.file_name().map(|n| n.to_os_string());
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let Ok(event) = event else { return };
-        if event
-            .paths
-            .iter()
-            .any(|p| p.file_name().map(|n| n.to_os_string()) == name)
-        {
-            let _ = tx.send(Wake::Look);
+    watched: Option<PathBuf>,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl RecorderWatch {
+    fn new(state_dir: &Path, tx: mpsc::Sender<Wake>) -> Result<Self, CurateError> {
+        crate::fsutil::prepare_run_dir(state_dir).map_err(CurateError::Setup)?;
+        let mut watch = Self {
+            state_dir: state_dir.to_path_buf(),
+            tx,
+            watched: None,
+            _watcher: None,
+        };
+        watch.follow();
+        Ok(watch)
+    }
+
+    /// Watches the folder `<state>/run` leads to, when that is not the one watched already; a
+    /// folder that cannot be watched leaves the once-a-minute look.
+    fn follow(&mut self) {
+        let now = std::fs::canonicalize(crate::fsutil::run_dir(&self.state_dir)).ok();
+        if now.is_some() && now == self.watched {
+            return;
         }
-    })
-    .map_err(|e| CurateError::Setup(std::io::Error::other(e)))?;
-    let run_dir = crate::fsutil::prepare_run_dir(state_dir).map_err(CurateError::Setup)?;
-    watcher
-        .watch(&run_dir, notify::RecursiveMode::NonRecursive)
-        .map_err(|e| CurateError::Setup(std::io::Error::other(e)))?;
-    Ok(watcher)
+        self._watcher = now.as_deref().and_then(|dir| self.watcher(dir));
+        self.watched = now.filter(|_| self._watcher.is_some());
+    }
+
+    fn watcher(&self, dir: &Path) -> Option<notify::RecommendedWatcher> {
+        use notify::Watcher;
+        let name = Some(std::ffi::OsString::from(crate::recorder::REPORT_FILE));
+        let tx = self.tx.clone();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                let Ok(event) = event else { return };
+                if event
+                    .paths
+                    .iter()
+                    .any(|p| p.file_name().map(|n| n.to_os_string()) == name)
+                {
+                    let _ = tx.send(Wake::Look);
+                }
+            });
+        let watching = watcher.as_mut().map_err(|e| e.to_string()).and_then(|w| {
+            w.watch(dir, notify::RecursiveMode::NonRecursive)
+                .map_err(|e| e.to_string())
+        });
+        if let Err(e) = watching {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the recorder's report; looking once a minute");
+            return None;
+        }
+        watcher.ok()
+    }
 }
 
 /// A failure of one detector on one recording.
@@ -522,8 +558,13 @@ impl Curator {
         let max_age = storage.max_age.map(|a| a.as_std());
         let now = Timestamp::now();
         let verdicts = keep::retention(&candidates, now, max_age, limit);
-        let unheld = keep::retention(&unheld, now, max_age, limit).len();
-        self.report.storage.held_for_retention = unheld.saturating_sub(verdicts.len()) as u64;
+        // Held: what would go but for analysis or the outbox (others may go in their place).
+        let going: HashSet<&str> = verdicts.iter().map(|(id, _)| id.as_str()).collect();
+        let unheld = keep::retention(&unheld, now, max_age, limit);
+        self.report.storage.held_for_retention = unheld
+            .iter()
+            .filter(|(id, _)| !going.contains(id.as_str()))
+            .count() as u64;
         let paths: std::collections::HashMap<&str, &Path> = (candidates.iter())
             .map(|c| (c.id.as_str(), c.path.as_path()))
             .collect();
@@ -546,6 +587,8 @@ impl Curator {
         &self,
     ) -> rusqlite::Result<(Vec<keep::Candidate>, Vec<keep::Candidate>)> {
         let since = self.since_list();
+        // An outbox not made yet, or that cannot be read now, owes every model output: holding
+        // a file a round longer costs nothing, deleting it before its message left is final.
         let owed = (self.config.outbox.as_ref())
             .map(|p| crate::connect::outbox::owed(p).unwrap_or_default());
         let conn = self.conn.as_ref().expect("opened");

@@ -68,7 +68,7 @@ impl ReportError {
     }
 }
 
-/// `<state-dir>/recorder-report.json`.
+/// `<state-dir>/run/recorder-report.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RecorderReport {
@@ -202,7 +202,7 @@ pub fn report_path(state_dir: &Path) -> PathBuf {
 
 /// Reads a report; `None` when there is none or it cannot be parsed.
 pub fn read_report(state_dir: &Path) -> Option<RecorderReport> {
-    let bytes = std::fs::read(report_path(state_dir)).ok()?;
+    let bytes = crate::fsutil::read_run_file(state_dir, REPORT_FILE)?;
     serde_json::from_slice(&bytes).ok()
 }
 

@@ -59,8 +59,9 @@ pub fn cached(wav: &Path, cache_dir: &Path) -> Result<Vec<u8>, SpectrogramError>
     if let Some(bytes) = from_cache() {
         return Ok(bytes);
     }
-    let png = render(wav)?;
-    if let Some(file) = cache_file {
+    let (png, whole) = render_checked(wav)?;
+    // A file drawn only to where its data ended may be completed later (salvage): not cached.
+    if let Some(file) = cache_file.filter(|_| whole) {
         let stored = std::fs::create_dir_all(cache_dir)
             .and_then(|()| crate::fsutil::replace_quietly(&file, &png));
         if let Err(e) = stored {
@@ -75,8 +76,14 @@ pub fn cached(wav: &Path, cache_dir: &Path) -> Result<Vec<u8>, SpectrogramError>
 /// A recording shorter than one frame (the first file after a start is cut at the next file
 /// boundary, sometimes after a few milliseconds) is padded with silence to one column, and a
 /// data chunk that ends early (a file cut by a power failure and not yet salvaged) is drawn up
-/// to where it ends: every recording the page lists gets a picture.
+/// to where it ends: every recording the page lists gets a picture. A read error of the device
+/// (EIO) is an error, not an end.
 pub fn render(wav: &Path) -> Result<Vec<u8>, SpectrogramError> {
+    render_checked(wav).map(|(png, _)| png)
+}
+
+/// [`render`], and whether the whole data chunk was read.
+fn render_checked(wav: &Path) -> Result<(Vec<u8>, bool), SpectrogramError> {
     let wav_err = |source| SpectrogramError::Wav {
         path: wav.to_path_buf(),
         source,
@@ -87,13 +94,13 @@ pub fn render(wav: &Path) -> Result<Vec<u8>, SpectrogramError> {
     let mut stft = Stft::new(frames_total.div_ceil(MAX_WIDTH));
     let channels = spec.channels as usize;
     let first_channel = |i: &usize| i.is_multiple_of(channels);
-    match spec.sample_format {
+    let whole = match spec.sample_format {
         hound::SampleFormat::Float => {
             let samples = reader
                 .into_samples::<f32>()
                 .enumerate()
                 .filter(|(i, _)| first_channel(i));
-            feed(&mut stft, samples.map(|(_, s)| s)).map_err(wav_err)?;
+            feed(&mut stft, samples.map(|(_, s)| s)).map_err(wav_err)?
         }
         hound::SampleFormat::Int => {
             let full_scale = (1u64 << (spec.bits_per_sample - 1)) as f32;
@@ -102,30 +109,33 @@ pub fn render(wav: &Path) -> Result<Vec<u8>, SpectrogramError> {
                 .enumerate()
                 .filter(|(i, _)| first_channel(i));
             let scaled = samples.map(|(_, s)| s.map(|s| s as f32 / full_scale));
-            feed(&mut stft, scaled).map_err(wav_err)?;
+            feed(&mut stft, scaled).map_err(wav_err)?
         }
-    }
+    };
     let columns = stft.finish();
-    encode(&columns).map_err(|source| SpectrogramError::Png {
+    let png = encode(&columns).map_err(|source| SpectrogramError::Png {
         path: wav.to_path_buf(),
         source,
-    })
+    })?;
+    Ok((png, whole))
 }
 
-/// Pushes samples until the stream ends; a data chunk cut short ends it too.
+/// Pushes samples until the stream ends; a data chunk cut short ends it too. Returns whether
+/// the stream ended where the header said.
 fn feed(
     stft: &mut Stft,
     samples: impl Iterator<Item = Result<f32, hound::Error>>,
-) -> Result<(), hound::Error> {
+) -> Result<bool, hound::Error> {
     for sample in samples {
         match sample {
             Ok(s) => stft.push(s),
-            // hound reports a data chunk shorter than its header says as an I/O error.
-            Err(hound::Error::IoError(_)) => break,
+            // hound reports a data chunk shorter than its header says as an I/O error of its
+            // own making; one from the operating system (EIO) carries its errno.
+            Err(hound::Error::IoError(e)) if e.raw_os_error().is_none() => return Ok(false),
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// A streaming short-time Fourier transform that averages power over groups of frames.
@@ -331,6 +341,12 @@ mod tests {
             width,
             (4_000 - FFT_LEN) / HOP + 1,
             "frames of the half that is there"
+        );
+        let cache = dir.path().join("cache");
+        cached(&cut, &cache).unwrap();
+        assert!(
+            !cache.join("cut.png").exists(),
+            "a cut file's picture is not cached"
         );
     }
 
