@@ -26,19 +26,27 @@ fn main() -> ExitCode {
     }
 }
 
+/// `ROOST_LOG`: a level (`debug`) or `target=level` pairs (`roost=debug,zbus=warn`); `info`
+/// when unset or unreadable. `Targets` rather than `EnvFilter`: the same syntax for what roost
+/// needs, without the regular-expression engine (about 1 MB of binary on a Pi).
 fn init_logging(format: LogFormat) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("ROOST_LOG").unwrap_or_else(|_| "info".into());
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter: Targets = std::env::var("ROOST_LOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
     // Colour codes only for a person at a terminal, never into log files or journald.
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(LevelFilter::TRACE)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(roost::logging::stderr)
         // Its report of a failed write is an eprintln!, which would panic on a broken stderr.
         .log_internal_errors(false);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.finish().with(filter).init(),
+        LogFormat::Json => builder.json().finish().with(filter).init(),
     }
 }
 

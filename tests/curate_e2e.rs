@@ -379,21 +379,35 @@ fn every_recording_is_analysed_exactly_once_across_kill_9() {
     assert_eq!(integrity, "ok");
 }
 
-/// `every: 1m` keeps exactly the file holding each minute's start and deletes the others
-/// (their rows stay, path cleared, deleted_by keep); `roost plan` on rules that keep nothing
-/// warns DEP_E614 and says what would go, changing nothing.
-#[test]
-fn keep_rules_keep_and_delete_exactly_the_expected_files() {
+/// roost recording 1 s files of `feed_args`'s signal into a storage whose `spec.storage` gains
+/// `storage_fields` (`keep: [...]`, `maxAge: 6s`), once metadata.db is there: roost, the
+/// storage, the file's text, the feeder and metadata.db.
+fn recording_with(
+    name: &str,
+    storage_fields: &str,
+) -> (Roost, PathBuf, String, common::Feed, rusqlite::Connection) {
     let mut r = Roost::new("");
     let storage = r.path("storage");
-    let yaml = recorder_deployment("keep", &storage, "")
-        .replace("storage: {path:", "storage: {keep: [{every: 1m}], path:");
+    let yaml = recorder_deployment(name, &storage, "").replace(
+        "storage: {path:",
+        &format!("storage: {{{storage_fields}, path:"),
+    );
     std::fs::write(&r.file, &yaml).unwrap();
-    let _feed = r.start_recording();
+    let feed = r.start_recording();
     r.wait_for("metadata.db", Duration::from_secs(30), |_| {
         storage.join("metadata.db").exists()
     });
     let conn = db(&storage);
+    (r, storage, yaml, feed, conn)
+}
+
+/// `every: 1m` keeps exactly one file per minute (the one holding its start, or the first after
+/// a start no file held: the first file, a split under load) and deletes the others
+/// (their rows stay, path cleared, deleted_by keep); `roost plan` on rules that keep nothing
+/// warns DEP_E614 and says what would go, changing nothing.
+#[test]
+fn keep_rules_keep_and_delete_exactly_the_expected_files() {
+    let (mut r, storage, yaml, _feed, conn) = recording_with("keep", "keep: [{every: 1m}]");
     let minute_files = |conn: &rusqlite::Connection| -> i64 {
         conn.query_row(
             "SELECT count(*) FROM roost_keep WHERE kept_by IS NOT NULL",
@@ -573,16 +587,7 @@ fn rows_agree_with_files(conn: &rusqlite::Connection, rules: &[&str]) {
 /// the limit plus the files that may have arrived since the last round.
 #[test]
 fn retention_deletes_by_age_and_usage_but_never_a_protected_file() {
-    let mut r = Roost::new("");
-    let storage = r.path("storage");
-    let yaml = recorder_deployment("retention", &storage, "")
-        .replace("storage: {path:", "storage: {maxAge: 1h, path:");
-    std::fs::write(&r.file, &yaml).unwrap();
-    let feed = r.start_recording();
-    r.wait_for("metadata.db", Duration::from_secs(30), |_| {
-        storage.join("metadata.db").exists()
-    });
-    let conn = db(&storage);
+    let (mut r, _storage, yaml, feed, conn) = recording_with("retention", "maxAge: 1h");
     // Protected while nothing is old enough to go, then the age lowered.
     let kept = protect_the_first_two(&r, &conn);
     r.replace_atomically(&yaml.replace("maxAge: 1h", "maxAge: 6s"));

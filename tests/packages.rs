@@ -580,21 +580,9 @@ exec unshare -m --propagation private sh -c '
     }
 
     fn stop(&mut self) {
-        if let Some(mut nspawn) = self.nspawn.take() {
+        if let Some(nspawn) = self.nspawn.take() {
             // SIGTERM to nspawn powers the container off.
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(nspawn.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = nspawn.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = nspawn.kill();
-            let _ = nspawn.wait();
+            sandbox::terminate(nspawn, Duration::from_secs(30));
         }
         sandbox::remove_cgroup_tree(&self.cgroup);
     }

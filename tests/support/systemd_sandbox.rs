@@ -112,7 +112,7 @@ impl Sandbox {
     /// Stops the manager and leaves it stopped.
     pub fn stop_manager(&mut self) {
         if let Some(child) = self.manager.take() {
-            terminate(child);
+            terminate(child, Duration::from_secs(10));
         }
         remove_cgroup_tree(&self.cgroup);
     }
@@ -210,11 +210,12 @@ impl Drop for Sandbox {
     }
 }
 
-/// SIGTERM, wait (PID 1 here reaps late, so wait on the child ourselves), SIGKILL if it hangs.
-fn terminate(mut child: Child) {
+/// SIGTERM, wait up to `within` (PID 1 here reaps late, so wait on the child ourselves),
+/// SIGKILL if it hangs.
+pub fn terminate(mut child: Child, within: Duration) {
     let pid = Pid::from_raw(child.id() as i32);
     let _ = kill(pid, Signal::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
             return;
