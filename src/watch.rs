@@ -124,7 +124,15 @@ pub struct FileWatcher {
     file: PathBuf,
     watcher: notify::RecommendedWatcher,
     current: WatchSet,
+    /// (device, inode) of each watched folder when its watch was set.
+    identities: std::collections::HashMap<PathBuf, (u64, u64)>,
     raw: mpsc::UnboundedReceiver<notify::Event>,
+}
+
+/// (device, inode) of a folder, links followed; `None` when it cannot be read.
+fn dir_identity(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).ok().map(|m| (m.dev(), m.ino()))
 }
 
 impl FileWatcher {
@@ -145,26 +153,37 @@ impl FileWatcher {
             file: file.to_path_buf(),
             watcher,
             current: WatchSet::default(),
+            identities: Default::default(),
             raw,
         };
         w.refresh()?;
         Ok(w)
     }
 
-    /// Re-follows the links (a swap may have moved the content) and adjusts the watches.
+    /// Re-follows the links (a swap may have moved the content) and adjusts the watches. A
+    /// folder at the same path that is another folder now (removed and made again: a
+    /// run-time folder after `rm -rf`) is watched again: a watch follows the old one.
     fn refresh(&mut self) -> Result<(), WatchError> {
         let wanted = watch_set(&self.file);
-        for gone in self.current.dirs.difference(&wanted.dirs) {
+        let replaced: Vec<PathBuf> = (wanted.dirs.intersection(&self.current.dirs))
+            .filter(|d| self.identities.get(*d) != dir_identity(d).as_ref())
+            .cloned()
+            .collect();
+        for gone in self.current.dirs.difference(&wanted.dirs).chain(&replaced) {
             let _ = self.watcher.unwatch(gone);
         }
-        for new in wanted.dirs.difference(&self.current.dirs) {
+        let new = wanted.dirs.difference(&self.current.dirs).chain(&replaced);
+        for dir in new {
             self.watcher
-                .watch(new, RecursiveMode::NonRecursive)
+                .watch(dir, RecursiveMode::NonRecursive)
                 .map_err(|source| WatchError::Watch {
-                    path: new.display().to_string(),
+                    path: dir.display().to_string(),
                     source,
                 })?;
         }
+        self.identities = (wanted.dirs.iter())
+            .filter_map(|d| Some((d.clone(), dir_identity(d)?)))
+            .collect();
         self.current = wanted;
         Ok(())
     }
@@ -384,6 +403,51 @@ mod tests {
     /// The debounce on tokio's paused clock, events fed by hand: a burst of writes is one
     /// trigger 3 ms after its last event; events about other files never trigger; a writer
     /// that pauses 20 s between writes is waited for until it closes the file.
+    async fn woke(w: &mut FileWatcher) -> bool {
+        tokio::time::timeout(Duration::from_secs(5), w.changed())
+            .await
+            .is_ok()
+    }
+
+    /// A watched folder removed and made again at the same path (`rm -rf` of the run-time
+    /// folder, which the next report makes again) is watched again: later writes still wake.
+    #[tokio::test]
+    async fn a_folder_made_again_at_the_same_path_is_watched_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        std::fs::create_dir_all(&run).unwrap();
+        let file = run.join("report.json");
+        std::fs::write(&file, "1").unwrap();
+        let mut w = FileWatcher::new(&file).unwrap();
+        let replace = |text: &str| {
+            let tmp = run.join(".report.tmp");
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, &file).unwrap();
+        };
+        replace("2");
+        assert!(woke(&mut w).await);
+        std::fs::rename(&run, dir.path().join("gone")).unwrap();
+        std::fs::remove_dir_all(dir.path().join("gone")).unwrap();
+        std::fs::create_dir_all(&run).unwrap();
+        replace("3");
+        // The removal and the new file may come as one look or two; then a write must wake.
+        while woke(&mut w).await {
+            if tokio::time::timeout(Duration::from_millis(300), w.changed())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        for n in 4..6 {
+            replace(&n.to_string());
+            assert!(
+                woke(&mut w).await,
+                "write {n} after the folder was made again"
+            );
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_burst_is_one_trigger_after_it_settles() {
         use notify::event::{CreateKind, DataChange};

@@ -307,3 +307,30 @@ fn reports_live_on_a_ram_run_folder_made_again_when_it_vanishes() {
     assert_eq!(r.stop(), Some(0));
     drop(ram);
 }
+
+/// The run-time folder as a plain folder (no tmpfs, as on this machine), moved away and removed
+/// while roost records: the reports come back, and status.json keeps following the recorder
+/// (before: its watch followed the removed folder and status froze on a stale error).
+#[test]
+fn status_keeps_following_the_recorder_after_its_run_folder_is_removed() {
+    let mut r = Roost::new("");
+    let storage = r.path("storage");
+    std::fs::write(&r.file, recorder_deployment("run-removed", &storage, "")).unwrap();
+    let _feed = r.start_recording();
+    let mut s = r.wait_for("two files", Duration::from_secs(60), |s| {
+        files_written(s) >= 2
+    });
+    let run = r.state.join("run");
+    for round in 0..2 {
+        let before = files_written(&s);
+        let away = r.path(&format!("gone-{round}"));
+        std::fs::rename(std::fs::canonicalize(&run).unwrap(), &away).unwrap();
+        std::fs::remove_dir_all(&away).unwrap();
+        r.wait_for(
+            "status following the recorder again",
+            Duration::from_secs(30),
+            |s| files_written(s) >= before + 4 && s["status"] == "Running",
+        );
+    }
+    assert_eq!(r.stop(), Some(0));
+}

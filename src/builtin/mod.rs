@@ -205,4 +205,9 @@ impl Builtins {
     pub fn output_files(&self) -> Vec<PathBuf> {
         self.0.iter().filter_map(|b| b.output_file()).collect()
     }
+
+    /// Whether `deployment` runs a built-in judged by an output file (the recorder, say).
+    pub fn any_reporting(&self, deployment: &Deployment) -> bool {
+        (self.0.iter()).any(|b| b.output_file().is_some() && b.run(deployment).is_some())
+    }
 }

@@ -255,6 +255,8 @@ pub struct Curator {
     config: CurateConfig,
     state_dir: PathBuf,
     conn: Option<Connection>,
+    /// (device, inode) of the metadata.db `conn` has open.
+    db_identity: Option<(u64, u64)>,
     detectors: Vec<Active>,
     rules: Rules,
     report: CuratorReport,
@@ -301,6 +303,7 @@ impl Curator {
             config,
             state_dir: state_dir.to_path_buf(),
             conn: None,
+            db_identity: None,
             detectors,
             rules,
             report,
@@ -311,11 +314,26 @@ impl Curator {
         }
     }
 
+    /// Opens metadata.db, again when the file at its path is another one now (a storage
+    /// mounted again, a database replaced). Never makes one: under a storage that is not
+    /// mounted that would hide an empty database beneath the mount point; the recorder makes it.
     fn open(&mut self) -> Result<(), Problem> {
-        if self.conn.is_some() {
+        let root = self.config.storage_path();
+        let db_path = root.join(crate::storage::DB_FILE);
+        let identity = file_identity(&db_path);
+        if self.conn.is_some() && identity.is_some() && identity == self.db_identity {
             return Ok(());
         }
-        let root = self.config.storage_path();
+        self.conn = None;
+        if identity.is_none() {
+            return Err(Problem {
+                code: errors::STORAGE_UNUSABLE.code.to_string(),
+                message: format!(
+                    "{} is not there (the recorder makes it; a storage that is not mounted looks like this too)",
+                    db_path.display()
+                ),
+            });
+        }
         let storage =
             crate::storage::Storage::open(&root, &self.config.storage).map_err(|e| Problem {
                 code: e.code().code.to_string(),
@@ -335,6 +353,7 @@ impl Curator {
             d.since = db::detector_since(&conn, d.spec.name.as_str(), now).ok();
         }
         self.conn = Some(conn);
+        self.db_identity = identity;
         Ok(())
     }
 
@@ -557,10 +576,14 @@ impl Curator {
         });
         let max_age = storage.max_age.map(|a| a.as_std());
         let now = Timestamp::now();
-        let verdicts = keep::retention(&candidates, now, max_age, limit);
+        let lead = SignedDuration::try_from(self.config.recorder.duration.as_std())
+            .unwrap_or(SignedDuration::ZERO)
+            * 2;
+        let age_now = age_clock(now, &candidates, lead);
+        let verdicts = keep::retention(&candidates, age_now, max_age, limit);
         // Held: what would go but for analysis or the outbox (others may go in their place).
         let going: HashSet<&str> = verdicts.iter().map(|(id, _)| id.as_str()).collect();
-        let unheld = keep::retention(&unheld, now, max_age, limit);
+        let unheld = keep::retention(&unheld, age_now, max_age, limit);
         self.report.storage.held_for_retention = unheld
             .iter()
             .filter(|(id, _)| !going.contains(id.as_str()))
@@ -714,6 +737,24 @@ impl Curator {
     }
 }
 
+/// The instant ages are counted to: the wall clock, but never more than `lead` (two files;
+/// at least a minute) past the newest recording's start. A clock stepped ahead (this
+/// process's alone, or the system's before the recorder has recorded under it) then cannot make
+/// every recording look old at once; ages grow again as recordings arrive, and stand still
+/// while none do (a recording window closed).
+fn age_clock(now: Timestamp, candidates: &[keep::Candidate], lead: SignedDuration) -> Timestamp {
+    match candidates.iter().map(|c| c.start).max() {
+        Some(newest) => now.min(newest + lead.max(SignedDuration::from_mins(1))),
+        None => now,
+    }
+}
+
+/// (device, inode) of a file; `None` when it is not there or cannot be read.
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
 /// Whether a recording may never be deleted: its row says `protected`, or a marker file
 /// `<file>.keep` ([`crate::storage::keep_marker`]) sits beside it.
 pub fn protected(rec: &Recording) -> bool {
@@ -771,6 +812,79 @@ mod tests {
             w.write_sample(s as i16).unwrap();
         }
         w.finalize().unwrap();
+    }
+
+    /// No metadata.db (a storage not mounted, or the recorder not started yet): an error with
+    /// DEP_E301, and no database made beneath the mount point; once it is there, it is used,
+    /// and a database replaced at its path is opened again.
+    #[test]
+    fn the_curator_never_makes_metadata_db_and_follows_a_replaced_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage_path = dir.path().join("storage");
+        std::fs::create_dir_all(&storage_path).unwrap();
+        let config: CurateConfig = serde_json::from_value(serde_json::json!({
+            "deployment": "unit",
+            "storage": {"path": storage_path, "minFreeSpace": "0", "onLowSpace": "stop",
+                        "keep": [{"always": true}]},
+            "recorder": {"timezone": "UTC", "duration": "2s"},
+        }))
+        .unwrap();
+        let state = dir.path().join("state");
+        let mut curator = Curator::new(config.clone(), &state);
+        curator.round_now();
+        let error = curator.report().error.clone().expect("an error");
+        assert_eq!(error.code, errors::STORAGE_UNUSABLE.code);
+        assert!(!storage_path.join("metadata.db").exists(), "made nothing");
+        drop(Storage::open(&storage_path, &config.storage).unwrap());
+        curator.round_now();
+        assert_eq!(curator.report().error, None);
+        let first = curator.db_identity;
+        // Another database at the same path (a storage mounted again).
+        std::fs::rename(storage_path.join("metadata.db"), dir.path().join("old.db")).unwrap();
+        for suffix in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(storage_path.join(format!("metadata.db{suffix}")));
+        }
+        drop(Storage::open(&storage_path, &config.storage).unwrap());
+        curator.round_now();
+        assert_eq!(curator.report().error, None);
+        assert_ne!(curator.db_identity, first, "opened the new one");
+    }
+
+    #[test]
+    fn ages_count_to_the_newest_recording_when_the_clock_runs_ahead() {
+        let t = |s: &str| s.parse::<Timestamp>().unwrap();
+        let c = |start: &str| keep::Candidate {
+            id: start.into(),
+            path: PathBuf::new(),
+            start: t(start),
+            bytes: 1,
+            deletable: true,
+        };
+        let recordings = [c("2026-06-01T10:00:00Z"), c("2026-06-01T10:30:00Z")];
+        let lead = SignedDuration::from_mins(2);
+        // Two hours ahead of the recorder: counted to the newest recording plus the lead.
+        assert_eq!(
+            age_clock(t("2026-06-01T12:30:00Z"), &recordings, lead),
+            t("2026-06-01T10:32:00Z")
+        );
+        // Within the lead, or behind: the wall clock.
+        assert_eq!(
+            age_clock(t("2026-06-01T10:31:00Z"), &recordings, lead),
+            t("2026-06-01T10:31:00Z")
+        );
+        assert_eq!(
+            age_clock(t("2026-06-01T09:00:00Z"), &recordings, lead),
+            t("2026-06-01T09:00:00Z")
+        );
+        // At least a minute of lead, and no recordings: the wall clock.
+        assert_eq!(
+            age_clock(t("2026-06-01T12:00:00Z"), &recordings, SignedDuration::ZERO),
+            t("2026-06-01T10:31:00Z")
+        );
+        assert_eq!(
+            age_clock(t("2026-06-01T12:00:00Z"), &[], lead),
+            t("2026-06-01T12:00:00Z")
+        );
     }
 
     /// A recording deleted by hand before analysis is marked (path cleared, `missing`, its

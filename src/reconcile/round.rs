@@ -15,7 +15,11 @@ use crate::plan::{self, Plan, PlanInput};
 use crate::runtime::Runtime;
 use crate::status::{OverallStatus, Phase};
 
-/// How a round of passes ended: the one place the next wake-up comes from.
+/// The longest the loop sleeps while a built-in judged by its report runs: twice the
+/// recorder's report heartbeat, so a lost file watch delays news by at most this.
+const OUTPUT_SAFETY_LOOK: Duration = Duration::from_secs(120);
+
+/// How a round of passes ended: where the next wake-up comes from (with the safety look).
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum RoundEnd {
     /// The runtime did not answer (its `retry`-th time in a row).
@@ -46,7 +50,17 @@ impl<R: Runtime> Reconciler<R> {
     pub async fn reconcile(&mut self) {
         self.liveness.busy();
         let end = self.round().await;
-        self.next_wake = end.wake_after().map(|d| Instant::now() + d);
+        let mut wake = end.wake_after();
+        if self.desired_reports() {
+            // A built-in's report wakes the loop through a file watch; should that watch be
+            // lost (its folder removed and made again), this look still catches its news.
+            wake = Some(wake.map_or(OUTPUT_SAFETY_LOOK, |d| d.min(OUTPUT_SAFETY_LOOK)));
+        }
+        self.next_wake = wake.map(|d| Instant::now() + d);
+    }
+
+    fn desired_reports(&self) -> bool {
+        (self.desired.as_ref()).is_some_and(|(d, _)| self.builtins.any_reporting(d))
     }
 
     async fn round(&mut self) -> RoundEnd {
