@@ -326,7 +326,7 @@ fn status_keeps_following_the_recorder_after_its_run_folder_is_removed() {
         let away = r.path(&format!("gone-{round}"));
         std::fs::rename(std::fs::canonicalize(&run).unwrap(), &away).unwrap();
         std::fs::remove_dir_all(&away).unwrap();
-        r.wait_for(
+        s = r.wait_for(
             "status following the recorder again",
             Duration::from_secs(30),
             |s| files_written(s) >= before + 4 && s["status"] == "Running",
