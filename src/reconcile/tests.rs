@@ -234,6 +234,8 @@ async fn a_file_trigger_applies_the_new_desired_state() {
 /// report's `look_again_at`; after that its output shows the fault.
 struct Probe {
     due: Option<Timestamp>,
+    /// Judged by an output file (as the recorder is), so the loop's safety look applies.
+    reports: bool,
 }
 
 impl Builtin for Probe {
@@ -255,6 +257,10 @@ impl Builtin for Probe {
     }
     fn prepare(&self, _: &crate::spec::Deployment) -> Result<(), BuiltinError> {
         Ok(())
+    }
+    fn output_file(&self) -> Option<std::path::PathBuf> {
+        self.reports
+            .then(|| "/nonexistent/probe-report.json".into())
     }
     fn health(&self, _pid: Option<u32>, now: Timestamp) -> BuiltinHealth {
         let Some(due) = self.due else {
@@ -286,7 +292,10 @@ async fn a_built_in_that_falls_overdue_turns_the_status_to_error_on_time() {
     let due = start + SignedDuration::from_secs(60);
     let mut l = setup(
         &deployment("{initial: 1s, max: 5m, resetAfter: 10m}", ""),
-        vec![Box::new(Probe { due: Some(due) })],
+        vec![Box::new(Probe {
+            due: Some(due),
+            reports: false,
+        })],
     );
     l.run_for(120).await;
     let probe = l.timeline("probe");
@@ -305,13 +314,40 @@ async fn a_built_in_that_falls_overdue_turns_the_status_to_error_on_time() {
     );
 }
 
+/// A built-in judged by its report, in error with no deadline left: the loop still looks every
+/// 2 min (its file watch may have been lost), and never more often.
+#[tokio::test(start_paused = true)]
+async fn a_reporting_built_in_in_error_is_looked_at_every_two_minutes() {
+    let start: Timestamp = START.parse().unwrap();
+    let due = start + SignedDuration::from_secs(60);
+    let mut l = setup(
+        &deployment("{initial: 1s, max: 5m, resetAfter: 10m}", ""),
+        vec![Box::new(Probe {
+            due: Some(due),
+            reports: true,
+        })],
+    );
+    l.run_for(600).await;
+    let observes: Vec<i64> = (l.fake.calls().into_iter())
+        .filter_map(|c| match c {
+            Call::Observe(t) => Some(l.ms(t)),
+            _ => None,
+        })
+        .filter(|t| *t > 90_050 && *t < 600_000)
+        .collect();
+    assert_eq!(observes, vec![210_050, 330_050, 450_050, 570_050]);
+}
+
 /// A built-in that never reports is Starting for 30 s, then in error and the deployment failed
 /// to start.
 #[tokio::test(start_paused = true)]
 async fn a_silent_built_in_is_starting_then_failed_to_start() {
     let mut l = setup(
         &deployment("{initial: 1s, max: 5m, resetAfter: 10m}", ""),
-        vec![Box::new(Probe { due: None })],
+        vec![Box::new(Probe {
+            due: None,
+            reports: false,
+        })],
     );
     l.run_for(40).await;
     let probe = l.timeline("probe");
