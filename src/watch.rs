@@ -403,51 +403,6 @@ mod tests {
     /// The debounce on tokio's paused clock, events fed by hand: a burst of writes is one
     /// trigger 3 ms after its last event; events about other files never trigger; a writer
     /// that pauses 20 s between writes is waited for until it closes the file.
-    async fn woke(w: &mut FileWatcher) -> bool {
-        tokio::time::timeout(Duration::from_secs(5), w.changed())
-            .await
-            .is_ok()
-    }
-
-    /// A watched folder removed and made again at the same path (`rm -rf` of the run-time
-    /// folder, which the next report makes again) is watched again: later writes still wake.
-    #[tokio::test]
-    async fn a_folder_made_again_at_the_same_path_is_watched_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let run = dir.path().join("run");
-        std::fs::create_dir_all(&run).unwrap();
-        let file = run.join("report.json");
-        std::fs::write(&file, "1").unwrap();
-        let mut w = FileWatcher::new(&file).unwrap();
-        let replace = |text: &str| {
-            let tmp = run.join(".report.tmp");
-            std::fs::write(&tmp, text).unwrap();
-            std::fs::rename(&tmp, &file).unwrap();
-        };
-        replace("2");
-        assert!(woke(&mut w).await);
-        std::fs::rename(&run, dir.path().join("gone")).unwrap();
-        std::fs::remove_dir_all(dir.path().join("gone")).unwrap();
-        std::fs::create_dir_all(&run).unwrap();
-        replace("3");
-        // The removal and the new file may come as one look or two; then a write must wake.
-        while woke(&mut w).await {
-            if tokio::time::timeout(Duration::from_millis(300), w.changed())
-                .await
-                .is_err()
-            {
-                break;
-            }
-        }
-        for n in 4..6 {
-            replace(&n.to_string());
-            assert!(
-                woke(&mut w).await,
-                "write {n} after the folder was made again"
-            );
-        }
-    }
-
     #[tokio::test(start_paused = true)]
     async fn a_burst_is_one_trigger_after_it_settles() {
         use notify::event::{CreateKind, DataChange};

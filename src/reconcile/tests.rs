@@ -59,6 +59,16 @@ fn setup(yaml: &str, builtins: Vec<Box<dyn Builtin>>) -> Loop {
 }
 
 impl Loop {
+    /// When the runtime was observed, ms after the start.
+    fn observes_ms(&self) -> Vec<i64> {
+        (self.fake.calls().into_iter())
+            .filter_map(|c| match c {
+                Call::Observe(t) => Some(self.ms(t)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Runs the loop for `secs` of paused time with hand-fed triggers.
     async fn run_for(&mut self, secs: u64) {
         self.run_for_ms(secs * 1000).await;
@@ -176,15 +186,7 @@ async fn the_loop_wakes_once_when_a_back_off_expires_and_never_while_idle() {
     l.fake.script("uploader", Behaviour::RunsForever);
     l.run_for(600).await;
     assert_eq!(l.starts_ms("uploader"), vec![0, 7000]);
-    let observes: Vec<i64> = l
-        .fake
-        .calls()
-        .into_iter()
-        .filter_map(|c| match c {
-            Call::Observe(t) => Some(l.ms(t)),
-            _ => None,
-        })
-        .collect();
+    let observes = l.observes_ms();
     // First run: start pass and settle pass at 0, the exit at 2 s, its shutdown's look at 3 s.
     // Second run (roost restarted; the back-off is kept): its first look at 3 s, the restart
     // at 7 s (two passes), then nothing until its shutdown's look at 603 s.
@@ -284,19 +286,23 @@ impl Builtin for Probe {
     }
 }
 
+/// A loop running one [`Probe`] whose next output is due 60 s after the start.
+fn probe_due_at_60_s(reports: bool) -> Loop {
+    let due = START.parse::<Timestamp>().unwrap() + SignedDuration::from_secs(60);
+    setup(
+        &deployment("{initial: 1s, max: 5m, resetAfter: 10m}", ""),
+        vec![Box::new(Probe {
+            due: Some(due),
+            reports,
+        })],
+    )
+}
+
 /// A built-in whose next output is due at 60 s falls overdue at 90 s: the loop wakes by
 /// itself 50 ms later and the status turns Error, the phase staying Succeeded.
 #[tokio::test(start_paused = true)]
 async fn a_built_in_that_falls_overdue_turns_the_status_to_error_on_time() {
-    let start: Timestamp = START.parse().unwrap();
-    let due = start + SignedDuration::from_secs(60);
-    let mut l = setup(
-        &deployment("{initial: 1s, max: 5m, resetAfter: 10m}", ""),
-        vec![Box::new(Probe {
-            due: Some(due),
-            reports: false,
-        })],
-    );
+    let mut l = probe_due_at_60_s(false);
     l.run_for(120).await;
     let probe = l.timeline("probe");
     let turned = probe
@@ -318,21 +324,9 @@ async fn a_built_in_that_falls_overdue_turns_the_status_to_error_on_time() {
 /// 2 min (its file watch may have been lost), and never more often.
 #[tokio::test(start_paused = true)]
 async fn a_reporting_built_in_in_error_is_looked_at_every_two_minutes() {
-    let start: Timestamp = START.parse().unwrap();
-    let due = start + SignedDuration::from_secs(60);
-    let mut l = setup(
-        &deployment("{initial: 1s, max: 5m, resetAfter: 10m}", ""),
-        vec![Box::new(Probe {
-            due: Some(due),
-            reports: true,
-        })],
-    );
+    let mut l = probe_due_at_60_s(true);
     l.run_for(600).await;
-    let observes: Vec<i64> = (l.fake.calls().into_iter())
-        .filter_map(|c| match c {
-            Call::Observe(t) => Some(l.ms(t)),
-            _ => None,
-        })
+    let observes: Vec<i64> = (l.observes_ms().into_iter())
         .filter(|t| *t > 90_050 && *t < 600_000)
         .collect();
     assert_eq!(observes, vec![210_050, 330_050, 450_050, 570_050]);
