@@ -285,6 +285,16 @@ pub struct StatusDoc {
 }
 
 impl StatusDoc {
+    /// The component named `name` (`recorder`, `curator`), if the document has it.
+    pub fn component(&self, name: &str) -> Option<&ComponentStatus> {
+        self.components.iter().find(|c| c.name == name)
+    }
+
+    /// The output of the component named `name` (its report), if it has one.
+    pub fn output_of(&self, name: &str) -> Option<&serde_json::Value> {
+        self.component(name).and_then(|c| c.output.as_ref())
+    }
+
     /// Whether two documents say the same thing, `updatedAt` aside.
     pub fn same_content(&self, other: &Self) -> bool {
         let mut a = self.clone();

@@ -142,10 +142,7 @@ pub fn render(doc: &StatusDoc, facts: &Facts, now: Timestamp) -> String {
 }
 
 fn recorder(doc: &StatusDoc) -> Option<(&ComponentStatus, &Value)> {
-    let c = doc
-        .components
-        .iter()
-        .find(|c| c.name == crate::spec::recorder::RECORDER_COMPONENT)?;
+    let c = doc.component(crate::spec::recorder::RECORDER_COMPONENT)?;
     Some((c, c.output.as_ref()?))
 }
 
@@ -296,12 +293,7 @@ fn recorder_figures_in(
 /// The curator's figures as (label, value): per detector what it analysed, what waits and
 /// what it found in the last hour, then the files deleted by rule. Empty without a curator.
 pub fn curator_figures(doc: &StatusDoc) -> Vec<(String, String)> {
-    let Some(out) = doc
-        .components
-        .iter()
-        .find(|c| c.name == crate::spec::curate::CURATOR_COMPONENT)
-        .and_then(|c| c.output.as_ref())
-    else {
+    let Some(out) = doc.output_of(crate::spec::curate::CURATOR_COMPONENT) else {
         return Vec::new();
     };
     let num = |v: &Value, k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);

@@ -49,10 +49,7 @@ pub fn status(doc: &StatusDoc, device_id: &str, message_id: &str) -> Value {
 }
 
 fn recorder_output(doc: &StatusDoc) -> Option<&Value> {
-    doc.components
-        .iter()
-        .find(|c| c.name == crate::spec::recorder::RECORDER_COMPONENT)
-        .and_then(|c| c.output.as_ref())
+    doc.output_of(crate::spec::recorder::RECORDER_COMPONENT)
 }
 
 /// The heartbeat's metrics, in roost's names.

@@ -163,12 +163,7 @@ pub fn render(
 }
 
 fn recorder_metrics(out: &mut String, doc: &StatusDoc, dev: &str) {
-    let Some(rec) = doc
-        .components
-        .iter()
-        .find(|c| c.name == crate::spec::recorder::RECORDER_COMPONENT)
-        .and_then(|c| c.output.as_ref())
-    else {
+    let Some(rec) = doc.output_of(crate::spec::recorder::RECORDER_COMPONENT) else {
         return;
     };
     let num = |k: &str| rec.get(k).and_then(Value::as_f64);
