@@ -380,9 +380,11 @@ fn keep_preview(deployment: &spec::Deployment, state_dir: &Path) -> String {
     match crate::curate::preview(&config) {
         Ok(p) => {
             out.push_str(&format!(
-                "Keep rules: of {} recordings now on the storage, {} would be deleted (nothing is changed by plan).\n",
+                "Keep rules: of {} recordings now on the storage, {} would be deleted, {} are kept for good, {} wait for a detector (nothing is changed by plan).\n",
                 p.recordings,
-                p.would_delete.len()
+                p.would_delete.len(),
+                p.kept,
+                p.waiting
             ));
             for path in p.would_delete.iter().take(20) {
                 out.push_str(&format!("  would delete {}\n", path.display()));
@@ -391,7 +393,9 @@ fn keep_preview(deployment: &spec::Deployment, state_dir: &Path) -> String {
                 out.push_str(&format!("  ... and {} more\n", p.would_delete.len() - 20));
             }
         }
-        Err(_) => out.push_str("Keep rules: no metadata.db yet, nothing to delete.\n"),
+        Err(e) => out.push_str(&format!(
+            "Keep rules: metadata.db cannot be read yet ({e}); nothing to delete.\n"
+        )),
     }
     out
 }

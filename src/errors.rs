@@ -136,11 +136,14 @@ codes! {
         "A recording's file disappeared before every detector had seen it (deleted by hand or by another program); its row keeps its data with path cleared.",
         "Nothing, if it was deleted on purpose; otherwise find what deletes files in the storage.";
     KEEP_DELETES_EVERYTHING = "DEP_E614", "Keep rules keep nothing",
-        "spec.storage.keep has rules, but none can keep a recording (e.g. only detection rules and no detector, or windows that never occur): every recording would be deleted once analysed.",
+        "spec.storage.keep has rules, but none can keep a recording (e.g. only detection rules and no detector, or windows that never occur). A detection rule whose detector does not run judges nothing: such recordings are kept as notAnalysed, and only retention (maxAge, maxUsage) removes them.",
         "Add a rule that keeps something (always, a window, every: 10m), or a detector for the detection rule.";
     CURATOR_SILENT = "DEP_E615", "Curator not reporting",
         "The curator (detectors, keep rules, retention) has not written its report since it started, or cannot use the storage.",
         "Read `roost logs curator`.";
+    RECORDING_UNDESCRIBABLE = "DEP_E616", "Recording cannot be described",
+        "A recording's row or WAV header holds numbers no recording can have (a sample rate of 0 or above 1.536 MHz, no channels, a duration that is not a number or longer than a day, more data than the file holds). It is set aside: never analysed or deleted by a rule, and never computed with; the others go on. A WAV with such a header found in recordings/ at start is moved to quarantine/.",
+        "Look at the file named in the message (e.g. with soxi); if it is not a recording of this device, move it out of the storage; fix or delete the row with sqlite3 if it was written by another program.";
 }
 
 /// An error and its causes (`source()` chain) on one line, `: `-separated, for logs and reports.

@@ -115,6 +115,8 @@ pub enum Reason {
     DetectorBehind,
     /// A detector finished nothing for long while recordings wait (DEP_E612).
     DetectorStalled,
+    /// A detector failed on its last recordings in a row (DEP_E601–E605, DEP_E610).
+    DetectorFailing,
     /// Another curator fault (storage, metadata.db).
     CuratorError,
     /// Roost stopped and stopped it.

@@ -403,6 +403,7 @@ fn reason_in_words(r: Reason) -> &'static str {
         Reason::RecorderError => "in trouble",
         Reason::DetectorBehind => "falling behind the recordings",
         Reason::DetectorStalled => "stalled: no recording analysed for long",
+        Reason::DetectorFailing => "failing on every recording",
         Reason::CuratorError => "in trouble",
         Reason::ReconcilerStopped => "stopped with roost",
         Reason::Unknown => "in an unknown state",

@@ -120,6 +120,26 @@ const MIGRATIONS: &[&str] = &[
         kept_by TEXT,
         decided_on TEXT NOT NULL
     );",
+    // 3: clock-proof bookkeeping. A detector looks at recordings registered after a row
+    // (`since_rowid`, insertion order: a wall clock stepped back cannot hide a recording from
+    // it); `roost_age` holds when each recording was made on the device's own clock, which
+    // counts real elapsed time (`roost_clock`, see `curate::age`), so that no clock step makes
+    // a recording look old.
+    "ALTER TABLE roost_detector ADD COLUMN since_rowid INTEGER;
+    UPDATE roost_detector SET since_rowid = coalesce(
+        (SELECT max(rowid) FROM recording WHERE datetime < roost_detector.since), 0);
+    CREATE TABLE roost_age (
+        recording_id TEXT PRIMARY KEY NOT NULL REFERENCES recording(id),
+        made_device_s REAL NOT NULL
+    );
+    CREATE TABLE roost_clock (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        boot_id TEXT NOT NULL,
+        boottime_s REAL NOT NULL,
+        device_s REAL NOT NULL,
+        wall TEXT NOT NULL,
+        wall_synced INTEGER NOT NULL
+    );",
 ];
 
 /// Why a storage or its metadata.db cannot be used; each variant names the path concerned.
@@ -241,6 +261,10 @@ pub struct RepairReport {
     pub rows_removed: Vec<PathBuf>,
     /// Partial files (from a crash) completed and registered.
     pub salvaged: Vec<PathBuf>,
+    /// Files whose rows say they were deleted (a power cut between the decision and the
+    /// removal), removed now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deletions_finished: Vec<PathBuf>,
     /// Unreadable metadata.db files moved aside (`metadata.db.bad-<time>`) and replaced.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub databases_set_aside: Vec<PathBuf>,
@@ -254,6 +278,7 @@ impl RepairReport {
             && self.rows_removed.is_empty()
             && self.salvaged.is_empty()
             && self.databases_set_aside.is_empty()
+            && self.deletions_finished.is_empty()
     }
 }
 
@@ -847,7 +872,12 @@ impl Storage {
         if free + outcome.reclaimable < wanted_free {
             return Ok(outcome);
         }
-        for (id, path, size) in victims {
+        // The rows first, durable on the card, then the files: a power cut in between leaves
+        // rows that say why and files that repair deletes at the next start.
+        let ids: Vec<&str> = victims.iter().map(|(id, _, _)| id.as_str()).collect();
+        self.mark_deleted_durably(&ids, "onLowSpace", Timestamp::now())
+            .map_err(self.db_error("mark the oldest recordings deleted"))?;
+        for (_, path, size) in victims {
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -859,8 +889,6 @@ impl Storage {
                     });
                 }
             }
-            self.mark_deleted(&id, "onLowSpace", Timestamp::now())
-                .map_err(self.db_error("mark the oldest recording deleted"))?;
             tracing::warn!(code = errors::RECORDINGS_DELETED.code, path = %path.display(), bytes = size,
                 "deleted the oldest recording to keep minFreeSpace (onLowSpace: deleteOldest)");
             outcome.free += size;
@@ -939,15 +967,29 @@ impl Storage {
             if known.contains(&file) {
                 continue;
             }
+            if self.deletion_interrupted(&file)? {
+                // Its row says it was deleted (a rule decided, then the power went before
+                // the file was removed): the decision stands.
+                match std::fs::remove_file(&file) {
+                    Ok(()) => {
+                        tracing::warn!(path = %file.display(), "repair: finished deleting a recording whose row says it was deleted")
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %file.display(), error = %e, "repair: cannot finish deleting a recording")
+                    }
+                }
+                report.deletions_finished.push(file);
+                continue;
+            }
             match describe_wav(&file) {
-                Some(rec) => {
+                Ok(rec) => {
                     self.register(&rec, deployment_id)?;
                     tracing::warn!(path = %file.display(), "repair: registered a recording that had no row");
                     report.registered.push(file);
                 }
-                None => match self.quarantine(&file) {
+                Err(why) => match self.quarantine(&file) {
                     Ok(moved) => {
-                        tracing::warn!(path = %file.display(), to = %moved.display(), "repair: quarantined an unreadable file");
+                        tracing::warn!(path = %file.display(), to = %moved.display(), why, "repair: quarantined a file that cannot be read or described");
                         report.quarantined.push(moved);
                     }
                     Err(e) => {
@@ -959,18 +1001,49 @@ impl Storage {
         Ok(report)
     }
 
+    /// Whether `file` (no row has its path) is a recording whose row says a rule or cause
+    /// deleted it: a row of the same start time, path cleared, `deleted_by` other than
+    /// `missing`, and no other row of that start with a file.
+    fn deletion_interrupted(&self, file: &Path) -> Result<bool, StorageError> {
+        // A `-N` file shares its start with another: never matched by start alone.
+        let plain = file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .is_some_and(|s| s.ends_with('Z'));
+        let Some(start) = start_from_file_name(file).filter(|_| plain) else {
+            return Ok(false);
+        };
+        self.conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM recording WHERE datetime = ?1 AND path IS NULL
+                     AND deleted_by IS NOT NULL AND deleted_by != 'missing')
+                 AND NOT EXISTS (SELECT 1 FROM recording WHERE datetime = ?1 AND path IS NOT NULL)",
+                [db_datetime(start)],
+                |r| r.get(0),
+            )
+            .map_err(self.db_error("look up a deleted recording"))
+    }
+
     /// Records that a recording's file is gone: `path` NULL (acoupi's "not stored locally"),
     /// `deleted_on` `now`, `deleted_by` the rule or cause (`onLowSpace`, `missing`, a keep
     /// rule, `maxAge`, `maxUsage`). Its detections stay. The first to mark a row wins: a
     /// later "missing" never relabels a deliberate deletion.
     pub fn mark_deleted(&self, id: &str, by: &str, now: Timestamp) -> rusqlite::Result<()> {
-        self.conn
-            .execute(
-                "UPDATE recording SET path = NULL, deleted_on = ?2, deleted_by = ?3
-                 WHERE id = ?1 AND path IS NOT NULL",
-                params![id, now.to_string(), by],
-            )
-            .map(drop)
+        mark_deleted(&self.conn, id, by, now)
+    }
+
+    /// Marks several recordings deleted (as [`Self::mark_deleted`]) in one transaction that is
+    /// on the card when this returns (synchronous FULL for its commit): only then may their
+    /// files go.
+    pub fn mark_deleted_durably(
+        &mut self,
+        ids: &[&str],
+        by: &str,
+        now: Timestamp,
+    ) -> rusqlite::Result<()> {
+        durably(&mut self.conn, |tx| {
+            ids.iter().try_for_each(|id| mark_deleted(tx, id, by, now))
+        })
     }
 
     /// Moves a file into quarantine/, keeping its name (never replacing); returns the new path.
@@ -984,6 +1057,35 @@ impl Storage {
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
             .map_err(self.db_error("check its integrity"))
     }
+}
+
+/// The file of a recording is gone or going: `path` NULL (acoupi's "not stored locally"),
+/// `deleted_on` `now`, `deleted_by` the rule or cause. The first to mark a row wins.
+pub fn mark_deleted(conn: &Connection, id: &str, by: &str, now: Timestamp) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE recording SET path = NULL, deleted_on = ?2, deleted_by = ?3
+         WHERE id = ?1 AND path IS NOT NULL",
+        params![id, now.to_string(), by],
+    )
+    .map(drop)
+}
+
+/// Runs `work` in one IMMEDIATE transaction whose commit is fsynced (synchronous FULL for that
+/// commit, NORMAL again after): what it wrote survives a power cut once this returns. Files
+/// are deleted only after such a commit says why.
+pub fn durably<T>(
+    conn: &mut Connection,
+    work: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    let result = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .and_then(|tx| {
+            let out = work(&tx)?;
+            tx.commit().map(|()| out)
+        });
+    let _ = conn.pragma_update(None, "synchronous", "NORMAL");
+    result
 }
 
 /// Sets `ended_on` of deployment `name` in the storage at `root`, if that storage exists. For the
@@ -1103,18 +1205,69 @@ pub fn parse_db_datetime(text: &str) -> Option<Timestamp> {
         .map(|z| z.timestamp())
 }
 
-fn describe_wav(path: &Path) -> Option<NewRecording> {
-    let datetime = start_from_file_name(path)?;
-    let reader = hound::WavReader::open(path).ok()?;
+/// Highest sample rate a recording may claim (Hz): twice the recorder's own limit.
+pub const MAX_SAMPLE_RATE: u32 = 1_536_000;
+/// Most channels a recording may claim.
+pub const MAX_CHANNELS: u16 = 64;
+/// Longest recording a row may describe (s): a day.
+pub const MAX_DURATION_S: f64 = 86_400.0;
+
+/// Why a recording's numbers cannot describe it: `None` when they can. Every number read from
+/// a WAV header or a row goes through here before any arithmetic.
+pub fn implausible(duration_s: f64, samplerate_hz: u32, channels: u16) -> Option<String> {
+    if !(1..=MAX_SAMPLE_RATE).contains(&samplerate_hz) {
+        return Some(format!(
+            "sample rate {samplerate_hz} Hz is outside 1 to {MAX_SAMPLE_RATE}"
+        ));
+    }
+    if !(1..=MAX_CHANNELS).contains(&channels) {
+        return Some(format!(
+            "{channels} channels is outside 1 to {MAX_CHANNELS}"
+        ));
+    }
+    if !duration_s.is_finite() || !(0.0..=MAX_DURATION_S).contains(&duration_s) {
+        return Some(format!(
+            "duration {duration_s} s is outside 0 to {MAX_DURATION_S}"
+        ));
+    }
+    None
+}
+
+/// The row a WAV under recordings/ describes, its numbers checked: the header's rate, channels
+/// and bits within range, and its data no larger than the file. The error says why not.
+fn describe_wav(path: &Path) -> Result<NewRecording, String> {
+    let datetime = start_from_file_name(path).ok_or("its name is not a start time")?;
+    let reader = hound::WavReader::open(path).map_err(|e| e.to_string())?;
     let spec = reader.spec();
-    let frames = reader.duration();
-    Some(NewRecording {
+    if !(8..=32).contains(&spec.bits_per_sample) {
+        return Err(format!("{} bits per sample", spec.bits_per_sample));
+    }
+    let frames = u64::from(reader.duration());
+    let frame_bytes = u64::from(spec.channels) * u64::from(spec.bits_per_sample.div_ceil(8));
+    let file_bytes = std::fs::metadata(path).map_or(0, |m| m.len());
+    if frames.saturating_mul(frame_bytes) > file_bytes {
+        return Err(format!(
+            "its header claims {frames} frames, more than its {file_bytes} bytes hold"
+        ));
+    }
+    let duration_s = frames as f64 / f64::from(spec.sample_rate.max(1));
+    if let Some(why) = implausible(duration_s, spec.sample_rate, spec.channels) {
+        return Err(why);
+    }
+    Ok(NewRecording {
         path: path.to_path_buf(),
         datetime,
-        duration_s: f64::from(frames) / f64::from(spec.sample_rate),
+        duration_s,
         samplerate_hz: spec.sample_rate,
         audio_channels: spec.channels,
     })
+}
+
+/// `start + duration_s`, `None` when the sum is not a time (a duration that is not a finite
+/// number of seconds, or out of range).
+pub fn end_of(start: Timestamp, duration_s: f64) -> Option<Timestamp> {
+    let d = jiff::SignedDuration::try_from_secs_f64(duration_s).ok()?;
+    start.checked_add(d).ok()
 }
 
 /// The `*.wav` files under `dir` (hidden names such as macOS's `._x.wav` skipped); folders that

@@ -85,6 +85,9 @@ fn reported(report: &CuratorReport, now: Timestamp) -> BuiltinReport {
         let reason = match code.code {
             "DEP_E611" => Reason::DetectorBehind,
             "DEP_E612" => Reason::DetectorStalled,
+            "DEP_E601" | "DEP_E602" | "DEP_E603" | "DEP_E604" | "DEP_E605" | "DEP_E610" => {
+                Reason::DetectorFailing
+            }
             _ => Reason::CuratorError,
         };
         Trouble {

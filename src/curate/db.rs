@@ -17,84 +17,162 @@ use crate::storage::{db_datetime, new_uuid, parse_db_datetime};
 pub struct Recording {
     /// Row id.
     pub id: String,
+    /// SQLite's rowid: insertion order, which no clock step reorders.
+    pub rowid: i64,
     /// Its file.
     pub path: PathBuf,
-    /// When it started.
+    /// When it started (wall clock; the Unix epoch when the row's text is no time).
     pub start: Timestamp,
-    /// Length, s.
+    /// Length, s, as the row says (untrusted: see [`Recording::implausible`]).
     pub duration_s: f64,
-    /// Sample rate, Hz.
+    /// Sample rate, Hz, as the row says.
     pub samplerate_hz: u32,
+    /// Channels, as the row says.
+    pub audio_channels: u16,
     /// Whether its row says protected.
     pub protected: bool,
+    /// When it was made on the device clock (`roost_age`), once the curator has seen it.
+    pub made_device_s: Option<f64>,
 }
 
-const RECORDING_COLUMNS: &str =
-    "r.id, r.path, r.datetime, r.duration_s, r.samplerate_hz, r.protected";
+impl Recording {
+    /// Why the row's numbers cannot describe a recording (a sample rate of 0, a duration that
+    /// is no number): `None` when they can. Such a recording is set aside, never computed with.
+    pub fn implausible(&self) -> Option<String> {
+        crate::storage::implausible(self.duration_s, self.samplerate_hz, self.audio_channels)
+    }
+}
+
+const RECORDING_COLUMNS: &str = "r.id, r.rowid, r.path, r.datetime, r.duration_s, r.samplerate_hz, r.audio_channels, r.protected,
+     (SELECT g.made_device_s FROM roost_age g WHERE g.recording_id = r.id)";
 
 fn recording(row: &rusqlite::Row<'_>) -> rusqlite::Result<Recording> {
-    let datetime: String = row.get(2)?;
+    let datetime: String = row.get(3)?;
+    // Numbers of any SQLite type are read leniently: a row another program wrote with text
+    // or out-of-range values is described as implausible, never an error for all others.
+    let number = |i: usize| -> rusqlite::Result<f64> {
+        Ok(match row.get_ref(i)? {
+            rusqlite::types::ValueRef::Integer(n) => n as f64,
+            rusqlite::types::ValueRef::Real(x) => x,
+            _ => f64::NAN,
+        })
+    };
+    let whole = |x: f64, max: f64| {
+        if x.is_finite() && (0.0..=max).contains(&x) {
+            x
+        } else {
+            0.0
+        }
+    };
     Ok(Recording {
         id: row.get(0)?,
-        path: PathBuf::from(row.get::<_, String>(1)?),
+        rowid: row.get(1)?,
+        path: match row.get_ref(2)? {
+            rusqlite::types::ValueRef::Text(b) | rusqlite::types::ValueRef::Blob(b) => {
+                PathBuf::from(String::from_utf8_lossy(b).into_owned())
+            }
+            _ => PathBuf::new(),
+        },
         start: parse_db_datetime(&datetime).unwrap_or(Timestamp::UNIX_EPOCH),
-        duration_s: row.get(3)?,
-        samplerate_hz: row.get(4)?,
-        protected: row.get::<_, i64>(5)? != 0,
+        duration_s: number(4)?,
+        samplerate_hz: whole(number(5)?, f64::from(u32::MAX)) as u32,
+        audio_channels: whole(number(6)?, f64::from(u16::MAX)) as u16,
+        protected: number(7)? != 0.0,
+        made_device_s: row.get(8)?,
     })
 }
 
-/// Records when each detector was first seen, and returns since when it looks at recordings:
-/// a detector added to a deployment analyses the recordings that start after it was added, not
-/// the whole history.
+/// Whether no detector was ever seen on this storage (the curator never analysed here).
+pub fn no_detector_yet(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT NOT EXISTS (SELECT 1 FROM roost_detector)",
+        [],
+        |r| r.get(0),
+    )
+}
+
+/// The rowid after which a detector first seen now looks at recordings, when this storage
+/// had no detector before: just before the first recording of the running deployment `name`,
+/// so that the first files of a new storage, made before the curator first opened it, are
+/// analysed too; `None` when that deployment has no recording yet.
+pub fn first_rowid_of(conn: &Connection, deployment: &str) -> rusqlite::Result<Option<i64>> {
+    conn.query_row(
+        "SELECT min(r.rowid) - 1 FROM recording r JOIN deployment d ON d.id = r.deployment_id
+         WHERE d.name = ?1 AND d.ended_on IS NULL",
+        [deployment],
+        |r| r.get(0),
+    )
+}
+
+/// Records when each detector was first seen and returns the rowid after which it analyses
+/// recordings: `from` when given (a storage new to the curator), else the newest row now: a
+/// detector added to a deployment analyses the recordings made after it was added, not the
+/// whole history. Insertion order, not time: no clock step hides a recording from it.
 pub fn detector_since(
     conn: &Connection,
     name: &str,
+    from: Option<i64>,
     now: Timestamp,
-) -> rusqlite::Result<Timestamp> {
+) -> rusqlite::Result<i64> {
     conn.execute(
-        "INSERT INTO roost_detector (name, since) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING",
-        params![name, db_datetime(now)],
+        "INSERT INTO roost_detector (name, since, since_rowid)
+         VALUES (?1, ?2, coalesce(?3, (SELECT max(rowid) FROM recording), 0))
+         ON CONFLICT(name) DO NOTHING",
+        params![name, db_datetime(now), from],
     )?;
-    let since: String = conn.query_row(
-        "SELECT since FROM roost_detector WHERE name = ?1",
+    conn.query_row(
+        "SELECT coalesce(since_rowid, 0) FROM roost_detector WHERE name = ?1",
         [name],
         |r| r.get(0),
-    )?;
-    Ok(parse_db_datetime(&since).unwrap_or(now))
+    )
 }
 
-/// The oldest `limit` recordings `detector` has not finished, starting at or after `since`.
+/// Every detector seen on this storage with its `since_rowid` (for `roost plan`).
+pub fn detectors_seen(conn: &Connection) -> rusqlite::Result<Vec<(String, i64)>> {
+    conn.prepare("SELECT name, coalesce(since_rowid, 0) FROM roost_detector")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect()
+}
+
+/// The oldest `limit` recordings (insertion order) after rowid `after` that `detector` has not
+/// finished.
 pub fn pending(
     conn: &Connection,
     detector: &str,
-    since: Timestamp,
+    after: i64,
     limit: usize,
 ) -> rusqlite::Result<Vec<Recording>> {
     let sql = format!(
         "SELECT {RECORDING_COLUMNS} FROM recording r
-         WHERE r.path IS NOT NULL AND r.datetime >= ?2 AND NOT EXISTS (
+         WHERE r.rowid > ?2 AND r.path IS NOT NULL AND NOT EXISTS (
              SELECT 1 FROM roost_analysis a WHERE a.recording_id = r.id AND a.detector = ?1
              AND a.outcome IN ('done', 'failed'))
-         ORDER BY r.datetime LIMIT ?3"
+         ORDER BY r.rowid LIMIT ?3"
     );
     let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(
-        params![detector, db_datetime(since), limit as i64],
-        recording,
-    )?;
+    let rows = stmt.query_map(params![detector, after, limit as i64], recording)?;
     rows.collect()
 }
 
-/// How many recordings wait for `detector`.
-pub fn backlog(conn: &Connection, detector: &str, since: Timestamp) -> rusqlite::Result<u64> {
+/// How many recordings after rowid `since` wait for `detector`, and the start of the oldest.
+pub fn backlog(
+    conn: &Connection,
+    detector: &str,
+    since: i64,
+) -> rusqlite::Result<(u64, Option<Timestamp>)> {
     conn.query_row(
-        "SELECT count(*) FROM recording r
-         WHERE r.path IS NOT NULL AND r.datetime >= ?2 AND NOT EXISTS (
+        "SELECT count(*), min(r.datetime) FROM recording r
+         WHERE r.rowid > ?2 AND r.path IS NOT NULL AND NOT EXISTS (
              SELECT 1 FROM roost_analysis a WHERE a.recording_id = r.id AND a.detector = ?1
              AND a.outcome IN ('done', 'failed'))",
-        params![detector, db_datetime(since)],
-        |r| r.get::<_, i64>(0).map(|n| n as u64),
+        params![detector, since],
+        |r| {
+            let oldest: Option<String> = r.get(1)?;
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                oldest.as_deref().and_then(parse_db_datetime),
+            ))
+        },
     )
 }
 
@@ -189,17 +267,18 @@ pub fn record_failure(
     .map(drop)
 }
 
-/// Recordings not yet decided on whose every detector (of `detectors`) is done or failed,
-/// oldest first.
+/// Recordings not yet decided on, oldest (insertion order) first, up to the first that a
+/// detector of `detectors` (name, since rowid) has not finished: a recording still waiting
+/// holds the ones after it.
 pub fn undecided(
     conn: &Connection,
-    detectors: &[(String, Timestamp)],
+    detectors: &[(String, i64)],
     limit: usize,
 ) -> rusqlite::Result<Vec<Recording>> {
     let sql = format!(
         "SELECT {RECORDING_COLUMNS} FROM recording r
          WHERE r.path IS NOT NULL AND NOT EXISTS (SELECT 1 FROM roost_keep k WHERE k.recording_id = r.id)
-         ORDER BY r.datetime LIMIT ?1"
+         ORDER BY r.rowid LIMIT ?1"
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows: Vec<Recording> = stmt
@@ -210,40 +289,64 @@ pub fn undecided(
         if analysed_by_all(conn, &r, detectors)? {
             out.push(r);
         } else {
-            // Oldest first: a recording still waiting holds the ones after it too.
             break;
         }
     }
     Ok(out)
 }
 
-/// Whether every detector that looks at `r` has finished it.
+/// Whether every detector that looks at `r` (those whose `since` rowid lies before it) has
+/// finished it (done or failed).
 pub fn analysed_by_all(
     conn: &Connection,
     r: &Recording,
-    detectors: &[(String, Timestamp)],
+    detectors: &[(String, i64)],
 ) -> rusqlite::Result<bool> {
     for (name, since) in detectors {
-        if r.start < *since {
+        if r.rowid <= *since {
             continue;
         }
-        let done: bool = conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM roost_analysis WHERE recording_id = ?1 AND detector = ?2
-             AND outcome IN ('done', 'failed'))",
-            params![r.id, name],
-            |row| row.get(0),
-        )?;
-        if !done {
+        if !finished(conn, &r.id, name, &["done", "failed"])? {
             return Ok(false);
         }
     }
     Ok(true)
 }
 
+/// The detectors of `detectors` that finished `recording` with their findings (`done`).
+pub fn analysed_by(
+    conn: &Connection,
+    recording: &str,
+    detectors: &[String],
+) -> rusqlite::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for name in detectors {
+        if finished(conn, recording, name, &["done"])? {
+            out.push(name.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn finished(
+    conn: &Connection,
+    recording: &str,
+    detector: &str,
+    outcomes: &[&str],
+) -> rusqlite::Result<bool> {
+    let outcome: Option<String> = conn
+        .prepare_cached(
+            "SELECT outcome FROM roost_analysis WHERE recording_id = ?1 AND detector = ?2",
+        )?
+        .query_row(params![recording, detector], |row| row.get(0))
+        .optional()?;
+    Ok(outcome.is_some_and(|o| outcomes.contains(&o.as_str())))
+}
+
 /// When the recording before `r` ended (by start time; any row, a deleted one too: its rows
 /// stay); `None` when `r` is the first.
 pub fn previous_end(conn: &Connection, r: &Recording) -> rusqlite::Result<Option<Timestamp>> {
-    let row: Option<(String, f64)> = conn
+    let row: Option<(String, Option<f64>)> = conn
         .prepare_cached(
             "SELECT datetime, duration_s FROM recording WHERE datetime < ?1
              ORDER BY datetime DESC LIMIT 1",
@@ -253,10 +356,7 @@ pub fn previous_end(conn: &Connection, r: &Recording) -> rusqlite::Result<Option
         })
         .optional()?;
     Ok(row.and_then(|(start, duration_s)| {
-        let start = crate::storage::parse_db_datetime(&start)?;
-        start
-            .checked_add(jiff::SignedDuration::from_secs_f64(duration_s.max(0.0)))
-            .ok()
+        crate::storage::end_of(crate::storage::parse_db_datetime(&start)?, duration_s?)
     }))
 }
 
@@ -287,6 +387,14 @@ pub fn found_in(conn: &Connection, recording: &str) -> rusqlite::Result<Vec<Foun
     rows.collect()
 }
 
+/// The keep decision made on a recording (`Some(kept_by)`; a deleted one has a NULL
+/// `kept_by`, and no file), `None` when none was made.
+pub fn decision(conn: &Connection, recording: &str) -> rusqlite::Result<Option<Option<String>>> {
+    conn.prepare_cached("SELECT kept_by FROM roost_keep WHERE recording_id = ?1")?
+        .query_row([recording], |r| r.get(0))
+        .optional()
+}
+
 /// Records the keep decision on a recording (`kept_by` `None`: deleted by the rules).
 pub fn decided(
     conn: &Connection,
@@ -303,16 +411,70 @@ pub fn decided(
 }
 
 /// The file of a recording is gone: `path` NULL, when and why (see `Storage::mark_deleted`).
-pub fn mark_deleted(
+pub use crate::storage::mark_deleted;
+
+/// Stamps, on the device clock, when each recording after rowid `after` that has none yet was
+/// made (see [`super::age::made_at`]); returns the newest rowid looked at.
+pub fn stamp_made(
     conn: &Connection,
-    recording: &str,
-    by: &str,
-    now: Timestamp,
-) -> rusqlite::Result<()> {
+    after: i64,
+    device_now: f64,
+    wall_now: Timestamp,
+) -> rusqlite::Result<i64> {
+    let sql =
+        format!("SELECT {RECORDING_COLUMNS} FROM recording r WHERE r.rowid > ?1 ORDER BY r.rowid");
+    let rows: Vec<Recording> = conn
+        .prepare_cached(&sql)?
+        .query_map([after], recording)?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO roost_age (recording_id, made_device_s) VALUES (?1, ?2)
+         ON CONFLICT(recording_id) DO NOTHING",
+    )?;
+    let mut newest = after;
+    for r in rows {
+        newest = newest.max(r.rowid);
+        if r.made_device_s.is_none() {
+            let made = super::age::made_at(device_now, wall_now, r.start, r.duration_s);
+            insert.execute(params![r.id, made])?;
+        }
+    }
+    Ok(newest)
+}
+
+/// The device clock as last stored (`roost_clock`), if ever.
+pub fn load_clock(conn: &Connection) -> rusqlite::Result<Option<super::age::Anchor>> {
+    conn.query_row(
+        "SELECT boot_id, boottime_s, device_s, wall, wall_synced FROM roost_clock WHERE id = 1",
+        [],
+        |r| {
+            let wall: String = r.get(3)?;
+            Ok(super::age::Anchor {
+                boot_id: r.get(0)?,
+                boottime_s: r.get(1)?,
+                device_s: r.get(2)?,
+                wall: parse_db_datetime(&wall).unwrap_or(Timestamp::UNIX_EPOCH),
+                wall_synced: r.get::<_, i64>(4)? != 0,
+            })
+        },
+    )
+    .optional()
+}
+
+/// Stores the device clock.
+pub fn store_clock(conn: &Connection, a: &super::age::Anchor) -> rusqlite::Result<()> {
     conn.execute(
-        "UPDATE recording SET path = NULL, deleted_on = ?2, deleted_by = ?3
-         WHERE id = ?1 AND path IS NOT NULL",
-        params![recording, now.to_string(), by],
+        "INSERT INTO roost_clock (id, boot_id, boottime_s, device_s, wall, wall_synced)
+         VALUES (1, ?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT(id) DO UPDATE SET boot_id = ?1, boottime_s = ?2, device_s = ?3, wall = ?4,
+             wall_synced = ?5",
+        params![
+            a.boot_id,
+            a.boottime_s,
+            a.device_s,
+            db_datetime(a.wall),
+            a.wall_synced
+        ],
     )
     .map(drop)
 }

@@ -30,7 +30,16 @@ pub struct Facts {
     pub previous_end: Option<Timestamp>,
     /// Every detection of every detector.
     pub found: Vec<Found>,
+    /// The deployment's detectors that finished this recording with findings.
+    pub judged_by: Vec<String>,
+    /// The deployment's detectors.
+    pub detectors: Vec<String>,
 }
+
+/// What `kept_by` says when no rule keeps a recording but a detection rule could not judge
+/// it: its detector has not analysed it (made before the detector was added, or the rule
+/// names a detector the deployment does not run). Never deleted by a rule that did not look.
+pub const NOT_ANALYSED: &str = "notAnalysed";
 
 /// The rules of a deployment, with what the time rules need (the recorder's time zone and the
 /// location, for sunrise and sunset).
@@ -106,15 +115,34 @@ impl Rules {
         if self.rules.is_empty() {
             return Some("none".into());
         }
-        self.rules
+        let kept = self
+            .rules
             .iter()
             .enumerate()
             .find(|(_, (_, m))| m.keeps(facts))
-            .map(|(i, (kind, _))| format!("keep[{i}]:{kind}"))
+            .map(|(i, (kind, _))| format!("keep[{i}]:{kind}"));
+        kept.or_else(|| {
+            let blind = self.rules.iter().any(|(_, m)| !m.judges(facts));
+            blind.then(|| NOT_ANALYSED.to_string())
+        })
     }
 }
 
 impl Matcher {
+    /// Whether this rule could look at the recording: a detection rule only when its
+    /// detector (or, without one, every detector of the deployment) finished it.
+    fn judges(&self, facts: &Facts) -> bool {
+        match self {
+            Self::Detection(rule) => match &rule.detector {
+                Some(d) => facts.judged_by.iter().any(|j| j == d.as_str()),
+                None => {
+                    !facts.detectors.is_empty() && facts.judged_by.len() == facts.detectors.len()
+                }
+            },
+            Self::Always | Self::Window(_) | Self::Every { .. } => true,
+        }
+    }
+
     fn keeps(&self, facts: &Facts) -> bool {
         match self {
             Self::Always => true,
@@ -168,20 +196,20 @@ pub struct Candidate {
     pub id: String,
     /// Its file.
     pub path: std::path::PathBuf,
-    /// When it started.
-    pub start: Timestamp,
+    /// How long it has really existed on this device, s (see [`super::age`]); never the
+    /// difference of two wall-clock readings.
+    pub age_s: f64,
     /// Bytes it occupies on the disk.
     pub bytes: u64,
     /// Whether it may go now: not protected, every detector done, no message of it waiting.
     pub deletable: bool,
 }
 
-/// Which recordings `maxAge` and `maxUsage` delete at `now`, oldest first, with the rule
-/// (`maxAge` or `maxUsage`). `candidates` are oldest first; `max_usage` is in bytes of
-/// recordings. Recordings that are not deletable are never chosen, but count in the usage.
+/// Which recordings `maxAge` and `maxUsage` delete, oldest first, with the rule (`maxAge` or
+/// `maxUsage`). `candidates` are oldest first; `max_usage` is in bytes of recordings.
+/// Recordings that are not deletable are never chosen, but count in the usage.
 pub fn retention(
     candidates: &[Candidate],
-    now: Timestamp,
     max_age: Option<std::time::Duration>,
     max_usage: Option<u64>,
 ) -> Vec<(String, &'static str)> {
@@ -191,9 +219,7 @@ pub fn retention(
         if !c.deletable {
             continue;
         }
-        let too_old = max_age.is_some_and(|age| {
-            now.duration_since(c.start).as_secs_f64().max(0.0) > age.as_secs_f64()
-        });
+        let too_old = max_age.is_some_and(|age| c.age_s > age.as_secs_f64());
         let too_much = max_usage.is_some_and(|limit| used > limit);
         let rule = match (too_old, too_much) {
             (true, _) => "maxAge",
@@ -226,6 +252,8 @@ mod tests {
             duration_s: 60.0,
             previous_end: Some(t.parse().unwrap()),
             found,
+            judged_by: ["birdnet", "bats", "x"].map(String::from).to_vec(),
+            detectors: ["birdnet", "bats", "x"].map(String::from).to_vec(),
         }
     }
 
@@ -295,6 +323,8 @@ mod tests {
             duration_s,
             previous_end: previous_end.map(|p| p.parse().unwrap()),
             found: vec![],
+            judged_by: vec![],
+            detectors: vec![],
         };
         let kept = |f: Facts| r.kept_by(&f).is_some();
         // A gap across the minute (dropped samples split the file): the first file after it.
@@ -350,6 +380,8 @@ mod tests {
                 duration_s: 1.0,
                 previous_end: previous,
                 found: vec![],
+                judged_by: vec![],
+                detectors: vec![],
             };
             n += usize::from(kept(facts));
             previous = Some(start + SignedDuration::from_secs(1));
@@ -418,13 +450,54 @@ mod tests {
         let _ = AroundSun::default();
     }
 
+    /// A detection rule never deletes what its detector did not analyse: made before the
+    /// detector was added, or a detector the deployment does not run. Other rules still keep.
+    #[test]
+    fn a_detection_rule_never_deletes_what_its_detector_did_not_judge() {
+        let facts = |judged_by: &[&str], detectors: &[&str]| Facts {
+            judged_by: judged_by.iter().map(|s| s.to_string()).collect(),
+            detectors: detectors.iter().map(|s| s.to_string()).collect(),
+            ..at("2026-06-01T12:00:00Z", vec![])
+        };
+        let named =
+            rules(serde_json::json!([{"detection": {"minScore": 0.5, "detector": "birdnet"}}]));
+        assert_eq!(named.kept_by(&facts(&["birdnet"], &["birdnet"])), None);
+        assert_eq!(
+            named.kept_by(&facts(&[], &["birdnet"])).as_deref(),
+            Some(NOT_ANALYSED)
+        );
+        assert_eq!(
+            named.kept_by(&facts(&["bats"], &["bats"])).as_deref(),
+            Some(NOT_ANALYSED),
+            "a detector the deployment does not run judges nothing"
+        );
+        let any = rules(serde_json::json!([{"detection": {"minScore": 0.5}}]));
+        assert_eq!(any.kept_by(&facts(&["a", "b"], &["a", "b"])), None);
+        for (judged, configured) in [(&["a"][..], &["a", "b"][..]), (&[], &[])] {
+            assert_eq!(
+                any.kept_by(&facts(judged, configured)).as_deref(),
+                Some(NOT_ANALYSED),
+                "{judged:?} of {configured:?}"
+            );
+        }
+        // Another rule that keeps it is named first.
+        let window = rules(serde_json::json!([
+            {"detection": {"minScore": 0.5, "detector": "birdnet"}},
+            {"window": {"start": "12:00", "end": "14:00"}}
+        ]));
+        assert_eq!(
+            window.kept_by(&facts(&[], &["birdnet"])).as_deref(),
+            Some("keep[1]:window")
+        );
+    }
+
     #[test]
     fn retention_deletes_the_oldest_deletable_by_age_then_by_usage() {
-        let now: Timestamp = "2026-06-10T12:00:00Z".parse().unwrap();
+        // Ages as on 2026-06-10 12:00 of recordings made at midnight on day `day`.
         let c = |id: &str, day: u8, deletable: bool| Candidate {
             id: id.into(),
             path: format!("/r/{id}.wav").into(),
-            start: format!("2026-06-{day:02}T00:00:00Z").parse().unwrap(),
+            age_s: (f64::from(10 - day) + 0.5) * 86_400.0,
             bytes: 100,
             deletable,
         };
@@ -437,18 +510,18 @@ mod tests {
         ];
         let week = Some(std::time::Duration::from_secs(7 * 86_400));
         assert_eq!(
-            retention(&cands, now, week, None),
+            retention(&cands, week, None),
             vec![("a".into(), "maxAge"), ("c".into(), "maxAge")]
         );
         // 500 bytes used, at most 250: a, c (b is not deletable), then d.
         assert_eq!(
-            retention(&cands, now, None, Some(250)),
+            retention(&cands, None, Some(250)),
             vec![
                 ("a".into(), "maxUsage"),
                 ("c".into(), "maxUsage"),
                 ("d".into(), "maxUsage")
             ]
         );
-        assert!(retention(&cands, now, None, Some(1000)).is_empty());
+        assert!(retention(&cands, None, Some(1000)).is_empty());
     }
 }

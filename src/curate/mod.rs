@@ -3,8 +3,10 @@
 //! `detection` and `predicted_tag` tables), then decides with `spec.storage.keep` which
 //! recordings are kept, and applies `maxAge` / `maxUsage`. Reports in `curator-report.json`.
 
+pub mod age;
 pub mod config;
 pub mod db;
+pub mod judge;
 pub mod keep;
 pub mod report;
 pub mod run;
@@ -45,16 +47,22 @@ pub fn keep_warnings(d: &Deployment) -> Vec<String> {
     )]
 }
 
-/// What the keep rules would delete now among the recordings in metadata.db, changing nothing.
+/// What the curator would decide now among the recordings in metadata.db, changing nothing:
+/// the same judgement ([`judge::judge`]) it applies, so that `roost plan` never lists as going
+/// a recording the curator has kept for good or is still waiting to analyse.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Preview {
     /// Recordings whose file is there.
     pub recordings: usize,
+    /// Those already decided and kept (for good).
+    pub kept: usize,
+    /// Those waiting for a detector before anything is decided.
+    pub waiting: usize,
     /// Those the rules would delete (oldest first).
     pub would_delete: Vec<PathBuf>,
 }
 
-/// Applies the keep rules of `config` to every recording present, reading metadata.db only.
+/// Judges every recording present as the curator would, reading metadata.db only.
 ///
 /// # Errors
 /// metadata.db cannot be opened or read.
@@ -67,17 +75,32 @@ pub fn preview(config: &CurateConfig) -> rusqlite::Result<Preview> {
         &config.recorder,
         config.location.as_ref(),
     );
+    // Detectors as the curator knows them; one it has not seen yet looks only at what comes.
+    let seen = db::detectors_seen(&conn)?;
+    let newest: i64 = conn.query_row("SELECT coalesce(max(rowid), 0) FROM recording", [], |r| {
+        r.get(0)
+    })?;
+    let detectors: Vec<(String, i64)> = (config.detectors.iter())
+        .map(|d| {
+            let name = d.name.to_string();
+            let since = seen
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or(newest, |s| s.1);
+            (name, since)
+        })
+        .collect();
     let mut out = Preview::default();
     for rec in db::present(&conn)? {
         out.recordings += 1;
-        let facts = keep::Facts {
-            start: rec.start,
-            duration_s: rec.duration_s,
-            previous_end: db::previous_end(&conn, &rec)?,
-            found: db::found_in(&conn, &rec.id).unwrap_or_default(),
-        };
-        if !run::protected(&rec) && rules.kept_by(&facts).is_none() {
-            out.would_delete.push(rec.path);
+        if db::decision(&conn, &rec.id)?.is_some() {
+            out.kept += 1;
+            continue;
+        }
+        match judge::judge(&conn, &rec, &rules, &detectors)? {
+            judge::Verdict::Waiting => out.waiting += 1,
+            judge::Verdict::Keep(_) => {}
+            judge::Verdict::Delete => out.would_delete.push(rec.path),
         }
     }
     Ok(out)

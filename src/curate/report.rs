@@ -31,6 +31,12 @@ pub struct DetectorFigures {
     pub failed: u64,
     /// Recordings waiting for it.
     pub backlog: u64,
+    /// When the oldest recording waiting for it started (wall clock), while any waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backlog_oldest: Option<Timestamp>,
+    /// Recordings it failed on in a row (0 after a success); at 3 it is a problem in status.
+    #[serde(default)]
+    pub failing: u32,
     /// The last recording it finished.
     pub last_analysed: Option<PathBuf>,
     /// When it finished it.
@@ -65,6 +71,14 @@ pub struct StorageFigures {
     /// or a message about them waits in the outbox (at the last retention round).
     #[serde(default)]
     pub held_for_retention: u64,
+    /// Recordings whose wall-clock time disagrees by more than 10 minutes with how long they
+    /// have existed on this device (a clock set or stepped since): their age is the device
+    /// clock's.
+    #[serde(default)]
+    pub clock_disagrees: u64,
+    /// What retention does about those, in words, when `maxAge` is set and some disagree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_note: Option<String>,
 }
 
 /// The whole report.

@@ -12,6 +12,7 @@ use rusqlite::Connection;
 
 use super::config::CurateConfig;
 use super::db::{self, Recording};
+use super::judge;
 use super::keep::{self, Rules};
 use super::report::{CuratorReport, DetectorFigures, Problem};
 use crate::detect::band_energy::BandEnergy;
@@ -26,6 +27,17 @@ pub const IDLE_LOOK: Duration = Duration::from_secs(60);
 pub const STALLED_AFTER: Duration = Duration::from_secs(15 * 60);
 /// Recordings read from metadata.db at a time.
 const BATCH: usize = 32;
+/// Longest a round analyses before it decides, applies retention and reports (a detector
+/// slower than the recorder, or one hanging to its timeout on every file, never freezes the
+/// rest); the next round follows at once while recordings wait.
+pub const ANALYSIS_BUDGET: Duration = Duration::from_secs(20);
+/// A detector failing on this many recordings in a row is a problem of the curator in status.
+pub const FAILING_AFTER: u32 = 3;
+/// First wait before a failed run is retried (doubling per attempt up to [`RETRY_MAX`]):
+/// retries happen in later rounds, never milliseconds apart.
+pub const RETRY_FIRST: Duration = Duration::from_secs(30);
+/// Longest wait before a retry.
+pub const RETRY_MAX: Duration = Duration::from_secs(15 * 60);
 
 /// Why the curator cannot run at all (faults while running are reported, not returned).
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +81,7 @@ pub fn run(config_path: &Path, state_dir: &Path) -> Result<(), CurateError> {
         if curator.stopping {
             break;
         }
-        match rx.recv_timeout(IDLE_LOOK) {
+        match rx.recv_timeout(curator.next_look()) {
             Ok(Wake::Stop) => break,
             Ok(Wake::Look) | Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -205,6 +217,13 @@ impl Analyser {
     }
 
     fn analyse(&self, rec: &Recording) -> Result<Findings, Failure> {
+        if let Some(why) = rec.implausible() {
+            return Err(Failure {
+                code: &errors::RECORDING_UNDESCRIBABLE,
+                message: format!("{}: {why}", rec.path.display()),
+                retryable: false,
+            });
+        }
         match self {
             Self::Band(band) => band
                 .analyse_file(&rec.path)
@@ -247,7 +266,15 @@ pub fn band_findings(events: &[crate::detect::band_energy::Event]) -> Findings {
 struct Active {
     spec: DetectorSpec,
     analyser: Analyser,
-    since: Option<Timestamp>,
+    /// The rowid after which it analyses recordings (`roost_detector.since_rowid`).
+    since: Option<i64>,
+    /// Recordings it failed on in a row (reset by a success).
+    failing: u32,
+}
+
+/// A failed run waits before its retry: not before `at`.
+struct Retry {
+    at: std::time::Instant,
 }
 
 /// The curator's state between rounds.
@@ -261,9 +288,16 @@ pub struct Curator {
     rules: Rules,
     report: CuratorReport,
     written: Option<CuratorReport>,
-    /// (recording, detector) tried and failed this round: retried in a later round, so one bad
-    /// recording never holds the queue.
-    failed_now: HashSet<(String, String)>,
+    /// (recording, detector) that failed and wait for their retry (a later round, after a
+    /// back-off), so one bad recording never holds the queue nor is retried at once.
+    retries: std::collections::HashMap<(String, String), Retry>,
+    /// The device clock as last stored in metadata.db, and as read this round.
+    clock_stored: Option<super::age::Anchor>,
+    device_now: f64,
+    /// Recordings up to this rowid have their `roost_age` stamp.
+    stamped_until: i64,
+    /// Whether the last round left recordings waiting for analysis (look again at once).
+    more_waiting: bool,
     stopping: bool,
     /// Set by SIGTERM/SIGINT: a detector run that fails now was most likely ended by the same
     /// stop (roost stopping stops what the curator started), and is not counted.
@@ -285,6 +319,7 @@ impl Curator {
                 spec: spec.clone(),
                 analyser: Analyser::of(spec),
                 since: None,
+                failing: 0,
             })
             .collect();
         let report = CuratorReport {
@@ -308,7 +343,11 @@ impl Curator {
             rules,
             report,
             written: None,
-            failed_now: HashSet::new(),
+            retries: std::collections::HashMap::new(),
+            clock_stored: None,
+            device_now: 0.0,
+            stamped_until: 0,
+            more_waiting: false,
             stopping: false,
             stop_flag: Default::default(),
         }
@@ -345,16 +384,67 @@ impl Curator {
             message: format!("metadata.db in {}: {}", root.display(), e),
         })?;
         let _ = conn.busy_timeout(Duration::from_secs(5));
-        // WAL (set by the storage) with NORMAL: a power cut may lose the last commits, which
-        // are done again (findings and their mark commit together); no fsync per decision.
+        // WAL (set by the storage) with NORMAL for findings: a power cut may lose the last
+        // ones, which are done again while their file is there. Every commit after which a
+        // file is deleted is FULL (storage::durably), which puts what came before on the card
+        // too.
         let _ = conn.pragma_update(None, "synchronous", "NORMAL");
-        let now = Timestamp::now();
-        for d in &mut self.detectors {
-            d.since = db::detector_since(&conn, d.spec.name.as_str(), now).ok();
-        }
+        self.learn_detectors(&conn);
+        self.clock_stored = db::load_clock(&conn).ok().flatten();
+        self.stamped_until = 0;
         self.conn = Some(conn);
         self.db_identity = identity;
         Ok(())
+    }
+
+    /// Each detector's `since` rowid. On a storage no detector has looked at yet, from the
+    /// first recording of the running deployment: the files made before the curator first
+    /// opened a new storage are analysed too.
+    fn learn_detectors(&mut self, conn: &Connection) {
+        let from = match db::no_detector_yet(conn) {
+            Ok(true) => db::first_rowid_of(conn, &self.config.deployment)
+                .ok()
+                .flatten(),
+            _ => None,
+        };
+        let now = Timestamp::now();
+        for d in &mut self.detectors {
+            d.since = db::detector_since(conn, d.spec.name.as_str(), from, now).ok();
+        }
+    }
+
+    /// Reads the device clock, stores it when it moved far enough (or a new boot), and stamps
+    /// the recordings not seen before with when they were made on it.
+    fn follow_clock(&mut self) -> rusqlite::Result<()> {
+        let reading = super::age::Reading::now();
+        let anchor = super::age::advance(self.clock_stored.as_ref(), &reading);
+        let conn = self.conn.as_ref().expect("opened");
+        let store = self.clock_stored.as_ref().is_none_or(|s| {
+            s.boot_id != anchor.boot_id
+                || anchor.device_s - s.device_s >= super::age::PERSIST_EVERY_S
+        });
+        if store {
+            db::store_clock(conn, &anchor)?;
+            self.clock_stored = Some(anchor.clone());
+        }
+        self.device_now = anchor.device_s;
+        self.stamped_until =
+            db::stamp_made(conn, self.stamped_until, anchor.device_s, reading.wall)?;
+        Ok(())
+    }
+
+    /// How long to wait for news before the next round: at once while recordings wait for
+    /// a detector, else until the earliest retry or the idle look.
+    fn next_look(&self) -> Duration {
+        if self.more_waiting {
+            return Duration::ZERO;
+        }
+        let now = std::time::Instant::now();
+        self.retries
+            .values()
+            .map(|r| r.at.saturating_duration_since(now))
+            .min()
+            .map_or(IDLE_LOOK, |d| d.min(IDLE_LOOK))
     }
 
     /// Opens metadata.db and decides keep or delete for every recording waiting for it, as a
@@ -384,7 +474,6 @@ impl Curator {
 
     /// One round: analyse, decide, retain, report. Stops early on SIGTERM.
     fn round(&mut self, rx: &mpsc::Receiver<Wake>) {
-        self.failed_now.clear();
         if let Err(problem) = self.open() {
             self.report.error = Some(problem);
             self.publish(false);
@@ -392,7 +481,8 @@ impl Curator {
         }
         self.report.error = None;
         let result = self
-            .analyse_all(rx)
+            .follow_clock()
+            .and_then(|()| self.analyse_all(rx))
             .and_then(|()| self.decide_all())
             .and_then(|()| self.retain());
         if let Err(e) = result {
@@ -407,27 +497,36 @@ impl Curator {
         self.publish(false);
     }
 
+    /// Analyses what waits, detector by detector, oldest first, for at most
+    /// [`ANALYSIS_BUDGET`]; recordings whose retry is not due are passed over.
     fn analyse_all(&mut self, rx: &mpsc::Receiver<Wake>) -> rusqlite::Result<()> {
+        let deadline = std::time::Instant::now() + ANALYSIS_BUDGET;
+        self.more_waiting = false;
+        let now = std::time::Instant::now();
+        self.retries.retain(|_, r| r.at > now);
         for i in 0..self.detectors.len() {
+            let Some(since) = self.detectors[i].since else {
+                continue;
+            };
+            let name = self.detectors[i].spec.name.to_string();
+            let mut after = since;
             loop {
                 let conn = self.conn.as_ref().expect("opened");
-                let (name, since) = (
-                    self.detectors[i].spec.name.to_string(),
-                    self.detectors[i].since,
-                );
-                let Some(since) = since else { break };
-                let waiting: Vec<Recording> = db::pending(conn, &name, since, BATCH)?
-                    .into_iter()
-                    .filter(|r| !self.failed_now.contains(&(r.id.clone(), name.clone())))
-                    .collect();
-                if waiting.is_empty() {
-                    break;
-                }
-                for rec in waiting {
+                let batch = db::pending(conn, &name, after, BATCH)?;
+                let Some(last) = batch.last() else { break };
+                after = last.rowid;
+                for rec in batch {
+                    if self.retries.contains_key(&(rec.id.clone(), name.clone())) {
+                        continue;
+                    }
                     if let Ok(Wake::Stop) = rx.try_recv() {
                         self.stopping = true;
                     }
                     if self.stopping {
+                        return Ok(());
+                    }
+                    if std::time::Instant::now() >= deadline {
+                        self.more_waiting = true;
                         return Ok(());
                     }
                     self.analyse_one(i, &rec)?;
@@ -461,35 +560,65 @@ impl Curator {
             self.note_failure(i, rec, &errors::RECORDING_GONE, message);
             return Ok(());
         }
-        match self.detectors[i].analyser.analyse(rec) {
+        let outcome = self.detectors[i].analyser.analyse(rec);
+        match outcome {
             Ok(findings) => {
                 let conn = self.conn.as_mut().expect("opened");
                 db::record_findings(conn, &rec.id, &name, &findings, now())?;
+                let d = &mut self.detectors[i];
+                d.failing = 0;
                 let f = &mut self.report.detectors[i];
                 f.last_analysed = Some(rec.path.clone());
                 f.last_analysed_at = Some(now());
+                f.failing = 0;
+                f.backlog = f.backlog.saturating_sub(1);
             }
             Err(_) if self.stop_flag.load(std::sync::atomic::Ordering::SeqCst) => {
                 tracing::info!(recording = %rec.path.display(), detector = %name, "stopping: the run that ended with the stop is not counted; analysed again at the next start");
                 self.stopping = true;
             }
-            Err(failure) => {
-                let conn = self.conn.as_ref().expect("opened");
-                let attempts = db::attempts(conn, &rec.id, &name)? + 1;
-                let give_up = !failure.retryable || attempts > self.detectors[i].spec.retries();
-                db::record_failure(
-                    conn,
-                    &rec.id,
-                    &name,
-                    failure.code.code,
-                    &failure.message,
-                    give_up,
-                    now(),
-                )?;
-                tracing::warn!(code = failure.code.code, recording = %rec.path.display(), detector = %name, attempts, give_up, "{}", failure.message);
-                self.failed_now.insert((rec.id.clone(), name));
-                self.note_failure(i, rec, failure.code, failure.message);
-            }
+            Err(failure) => self.failed(i, rec, failure)?,
+        }
+        self.gone_after_run(rec)
+    }
+
+    /// Counts a failed run: given up (marked failed, the queue goes on) or retried in a later
+    /// round after a back-off.
+    fn failed(&mut self, i: usize, rec: &Recording, failure: Failure) -> rusqlite::Result<()> {
+        let name = self.detectors[i].spec.name.to_string();
+        let conn = self.conn.as_ref().expect("opened");
+        let attempts = db::attempts(conn, &rec.id, &name)? + 1;
+        let give_up = !failure.retryable || attempts > self.detectors[i].spec.retries();
+        db::record_failure(
+            conn,
+            &rec.id,
+            &name,
+            failure.code.code,
+            &failure.message,
+            give_up,
+            Timestamp::now(),
+        )?;
+        tracing::warn!(code = failure.code.code, recording = %rec.path.display(), detector = %name, attempts, give_up, "{}", failure.message);
+        if !give_up {
+            let wait = RETRY_FIRST
+                .saturating_mul(1 << (attempts - 1).min(10))
+                .min(RETRY_MAX);
+            let at = std::time::Instant::now() + wait;
+            self.retries.insert((rec.id.clone(), name), Retry { at });
+        }
+        self.detectors[i].failing += 1;
+        self.report.detectors[i].failing = self.detectors[i].failing;
+        self.note_failure(i, rec, failure.code, failure.message);
+        Ok(())
+    }
+
+    /// A detector that deleted (or moved) the recording it was given: its row says so now,
+    /// not at the next start.
+    fn gone_after_run(&mut self, rec: &Recording) -> rusqlite::Result<()> {
+        if matches!(rec.path.try_exists(), Ok(false)) {
+            let conn = self.conn.as_ref().expect("opened");
+            db::mark_deleted(conn, &rec.id, "missing", Timestamp::now())?;
+            tracing::warn!(path = %rec.path.display(), "a recording disappeared while a detector analysed it (did the detector delete it?); its row says deleted_by missing");
         }
         Ok(())
     }
@@ -503,70 +632,63 @@ impl Curator {
         f.last_failure_file = Some(rec.path.clone());
     }
 
-    fn since_list(&self) -> Vec<(String, Timestamp)> {
+    fn since_list(&self) -> Vec<(String, i64)> {
         self.detectors
             .iter()
             .filter_map(|d| Some((d.spec.name.to_string(), d.since?)))
             .collect()
     }
 
-    /// Keep or delete each recording every detector has finished.
+    /// Keep or delete each recording every detector has finished ([`judge::judge`], the
+    /// judgement `roost plan` shows). The decisions of a batch are on the card (a FULL commit)
+    /// before any of its files is deleted.
     fn decide_all(&mut self) -> rusqlite::Result<()> {
         if self.rules.is_empty() || self.stopping {
             return Ok(());
         }
         let since = self.since_list();
-        let mut doomed = Vec::new();
         loop {
             let conn = self.conn.as_mut().expect("opened");
-            // One transaction per batch: decisions are written together, not one commit each.
-            let conn = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let batch = db::undecided(&conn, &since, 256)?;
-            if batch.is_empty() {
+            let rules = &self.rules;
+            let (doomed, kept) = crate::storage::durably(conn, |tx| {
+                let now = Timestamp::now();
+                let (mut doomed, mut kept) = (Vec::new(), 0u64);
+                for rec in db::undecided(tx, &since, 256)? {
+                    let verdict = judge::judge(tx, &rec, rules, &since)?;
+                    let kept_by = match verdict {
+                        judge::Verdict::Waiting => break,
+                        judge::Verdict::Keep(by) => Some(by),
+                        judge::Verdict::Delete => None,
+                    };
+                    if kept_by.is_none() {
+                        db::mark_deleted(tx, &rec.id, "keep", now)?;
+                        doomed.push(rec.path.clone());
+                    } else {
+                        kept += 1;
+                    }
+                    db::decided(tx, &rec.id, kept_by.as_deref(), now)?;
+                }
+                Ok((doomed, kept))
+            })?;
+            if doomed.is_empty() && kept == 0 {
                 return Ok(());
             }
-            let now = Timestamp::now();
-            for rec in batch {
-                let facts = keep::Facts {
-                    start: rec.start,
-                    duration_s: rec.duration_s,
-                    previous_end: db::previous_end(&conn, &rec)?,
-                    found: db::found_in(&conn, &rec.id)?,
-                };
-                // A recording a detector could not judge is kept: its findings are unknown.
-                let kept_by = if protected(&rec) {
-                    Some("protected".to_string())
-                } else if db::failed_any(&conn, &rec.id)? {
-                    Some("analysisFailed".to_string())
-                } else {
-                    self.rules.kept_by(&facts)
-                };
-                if kept_by.is_none() {
-                    // The row first, the file after the commit: a reader that finds the file
-                    // gone (the recorder's repair) finds the row already saying why.
-                    db::mark_deleted(&conn, &rec.id, "keep", now)?;
-                    doomed.push(rec.path.clone());
-                    self.report.storage.deleted_this_run += 1;
-                } else {
-                    self.report.storage.kept_this_run += 1;
-                }
-                db::decided(&conn, &rec.id, kept_by.as_deref(), now)?;
-            }
-            conn.commit()?;
-            doomed.drain(..).for_each(|p| {
-                delete_file(&p);
+            self.report.storage.kept_this_run += kept;
+            self.report.storage.deleted_this_run += doomed.len() as u64;
+            doomed.iter().for_each(|p| {
+                delete_file(p);
             });
         }
     }
 
-    /// `maxAge` and `maxUsage`: the oldest deletable recordings go first.
+    /// `maxAge` and `maxUsage`: the oldest deletable recordings go first. Ages are real ages
+    /// on the device clock ([`super::age`]), never wall-clock differences.
     fn retain(&mut self) -> rusqlite::Result<()> {
-        let storage = &self.config.storage;
+        let storage = self.config.storage.clone();
         if (storage.max_age.is_none() && storage.max_usage.is_none()) || self.stopping {
             return Ok(());
         }
         let (candidates, unheld) = self.retention_candidates()?;
-        let conn = self.conn.as_ref().expect("opened");
         let limit = storage.max_usage.map(|u| match u {
             Usage::Bytes(b) => b.bytes(),
             Usage::Percent(p) => {
@@ -575,39 +697,43 @@ impl Curator {
             }
         });
         let max_age = storage.max_age.map(|a| a.as_std());
-        let now = Timestamp::now();
-        let lead = SignedDuration::try_from(self.config.recorder.duration.as_std())
-            .unwrap_or(SignedDuration::ZERO)
-            * 2;
-        let age_now = age_clock(now, &candidates, lead);
-        let verdicts = keep::retention(&candidates, age_now, max_age, limit);
+        let verdicts = keep::retention(&candidates, max_age, limit);
         // Held: what would go but for analysis or the outbox (others may go in their place).
         let going: HashSet<&str> = verdicts.iter().map(|(id, _)| id.as_str()).collect();
-        let unheld = keep::retention(&unheld, age_now, max_age, limit);
+        let unheld = keep::retention(&unheld, max_age, limit);
         self.report.storage.held_for_retention = unheld
             .iter()
             .filter(|(id, _)| !going.contains(id.as_str()))
             .count() as u64;
+        if verdicts.is_empty() {
+            return Ok(());
+        }
         let paths: std::collections::HashMap<&str, &Path> = (candidates.iter())
             .map(|c| (c.id.as_str(), c.path.as_path()))
             .collect();
+        let now = Timestamp::now();
+        // The rows first, on the card, then the files (see decide_all).
+        let conn = self.conn.as_mut().expect("opened");
+        crate::storage::durably(conn, |tx| {
+            verdicts
+                .iter()
+                .try_for_each(|(id, rule)| db::mark_deleted(tx, id, rule, now))
+        })?;
         for (id, rule) in verdicts {
-            let Some(path) = paths.get(id.as_str()) else {
-                continue;
-            };
-            // The row first, then the file (see decide_all).
-            db::mark_deleted(conn, &id, rule, now)?;
-            if delete_file(path) {
+            if let Some(path) = paths.get(id.as_str())
+                && delete_file(path)
+            {
                 tracing::info!(path = %path.display(), rule, "deleted a recording");
             }
         }
         Ok(())
     }
 
-    /// The present recordings as retention candidates, and the same as if analysis and the
-    /// outbox held nothing back (only protection): the difference is what they hold.
+    /// The present recordings as retention candidates, oldest by the device clock first, and
+    /// the same as if analysis and the outbox held nothing back (only protection): the
+    /// difference is what they hold.
     fn retention_candidates(
-        &self,
+        &mut self,
     ) -> rusqlite::Result<(Vec<keep::Candidate>, Vec<keep::Candidate>)> {
         let since = self.since_list();
         // An outbox not made yet, or that cannot be read now, owes every model output: holding
@@ -615,17 +741,28 @@ impl Curator {
         let owed = (self.config.outbox.as_ref())
             .map(|p| crate::connect::outbox::owed(p).unwrap_or_default());
         let conn = self.conn.as_ref().expect("opened");
+        let mut present = db::present(conn)?;
+        // Oldest first by when they were made on this device, whatever their wall times say.
+        present.sort_by(|a, b| {
+            let made = |r: &Recording| r.made_device_s.unwrap_or(self.device_now);
+            made(a).total_cmp(&made(b)).then(a.rowid.cmp(&b.rowid))
+        });
+        let wall_now = Timestamp::now();
+        let mut disagree = 0;
         let (mut held, mut unheld) = (Vec::new(), Vec::new());
-        for rec in db::present(conn)? {
-            let free = !protected(&rec);
+        for rec in present {
+            let free = !judge::protected(&rec) && rec.implausible().is_none();
             let deletable = free
                 && db::analysed_by_all(conn, &rec, &since)?
                 && !owed_to_outbox(conn, &rec, owed.as_ref())?;
+            // Not stamped yet (seen for the first time this round): made now.
+            let age_s = (self.device_now - rec.made_device_s.unwrap_or(self.device_now)).max(0.0);
+            disagree += u64::from(super::age::disagrees(wall_now, rec.start, age_s));
             let candidate = keep::Candidate {
                 bytes: crate::storage::disk_bytes(&rec.path),
                 id: rec.id,
                 path: rec.path,
-                start: rec.start,
+                age_s,
                 deletable: free,
             };
             held.push(keep::Candidate {
@@ -634,7 +771,20 @@ impl Curator {
             });
             unheld.push(candidate);
         }
+        self.note_clock(disagree);
         Ok((held, unheld))
+    }
+
+    /// Says in the report how many recordings' wall-clock times disagree with how long they
+    /// have existed, and what maxAge does about them.
+    fn note_clock(&mut self, disagree: u64) {
+        let s = &mut self.report.storage;
+        s.clock_disagrees = disagree;
+        s.age_note = (disagree > 0 && self.config.storage.max_age.is_some()).then(|| {
+            format!(
+                "{disagree} recordings have wall-clock times that disagree with how long they have existed on this device (the clock was set or stepped since they were made, or the curator first saw them late); maxAge counts their real age on the device clock, never their wall-clock time"
+            )
+        });
     }
 
     fn refresh_figures(&mut self) {
@@ -646,8 +796,10 @@ impl Curator {
         let recent = db::detections_since(conn, hour_ago).unwrap_or_default();
         for (d, f) in self.detectors.iter().zip(self.report.detectors.iter_mut()) {
             let name = d.spec.name.as_str();
-            if let Some(since) = d.since {
-                f.backlog = db::backlog(conn, name, since).unwrap_or(f.backlog);
+            if let Some(since) = d.since
+                && let Ok((backlog, oldest)) = db::backlog(conn, name, since)
+            {
+                (f.backlog, f.backlog_oldest) = (backlog, oldest);
             }
             let (done, failed) = db::outcomes(conn, name).unwrap_or((f.analysed, f.failed));
             f.analysed = done;
@@ -660,11 +812,12 @@ impl Curator {
         let present = db::present(conn).unwrap_or_default();
         let s = &mut self.report.storage;
         s.recordings = present.len() as u64;
-        // One stat per file for both sums.
-        let day_ago = now - SignedDuration::from_hours(24);
+        // One stat per file for both sums; the last day by the device clock.
+        let day_ago = self.device_now - 86_400.0;
         let (used, last_day) = present.iter().fold((0u64, 0u64), |(all, day), r| {
             let b = crate::storage::disk_bytes(&r.path);
-            (all + b, day + if r.start >= day_ago { b } else { 0 })
+            let recent = r.made_device_s.is_none_or(|m| m >= day_ago);
+            (all + b, day + if recent { b } else { 0 })
         });
         s.bytes_used = used;
         s.free_bytes =
@@ -682,8 +835,22 @@ impl Curator {
         self.report.error = self.report.error.take().or_else(|| self.health(now));
     }
 
-    /// A detector far behind, or one that finished nothing for long while recordings wait.
+    /// A detector failing on every recording, far behind, or one that finished nothing for
+    /// long while recordings wait.
     fn health(&self, now: Timestamp) -> Option<Problem> {
+        for f in &self.report.detectors {
+            if f.failing >= FAILING_AFTER
+                && let Some(last) = &f.last_failure
+            {
+                return Some(Problem {
+                    code: last.code.clone(),
+                    message: format!(
+                        "{} failed on its last {} recordings in a row; the newest: {}",
+                        f.name, f.failing, last.message
+                    ),
+                });
+            }
+        }
         for (d, f) in self.detectors.iter().zip(&self.report.detectors) {
             if f.backlog > u64::from(d.spec.max_backlog()) {
                 return Some(Problem {
@@ -737,29 +904,13 @@ impl Curator {
     }
 }
 
-/// The instant ages are counted to: the wall clock, but never more than `lead` (two files;
-/// at least a minute) past the newest recording's start. A clock stepped ahead (this
-/// process's alone, or the system's before the recorder has recorded under it) then cannot make
-/// every recording look old at once; ages grow again as recordings arrive, and stand still
-/// while none do (a recording window closed).
-fn age_clock(now: Timestamp, candidates: &[keep::Candidate], lead: SignedDuration) -> Timestamp {
-    match candidates.iter().map(|c| c.start).max() {
-        Some(newest) => now.min(newest + lead.max(SignedDuration::from_mins(1))),
-        None => now,
-    }
-}
-
 /// (device, inode) of a file; `None` when it is not there or cannot be read.
 fn file_identity(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
-/// Whether a recording may never be deleted: its row says `protected`, or a marker file
-/// `<file>.keep` ([`crate::storage::keep_marker`]) sits beside it.
-pub fn protected(rec: &Recording) -> bool {
-    rec.protected || crate::storage::keep_marker(&rec.path).exists()
-}
+pub use super::judge::protected;
 
 /// Whether a message about `rec` may still have to leave through the outbox: one waits there,
 /// or a model output of it is newer than what the connector has queued. `owed` is `None` when
@@ -848,43 +999,6 @@ mod tests {
         curator.round_now();
         assert_eq!(curator.report().error, None);
         assert_ne!(curator.db_identity, first, "opened the new one");
-    }
-
-    #[test]
-    fn ages_count_to_the_newest_recording_when_the_clock_runs_ahead() {
-        let t = |s: &str| s.parse::<Timestamp>().unwrap();
-        let c = |start: &str| keep::Candidate {
-            id: start.into(),
-            path: PathBuf::new(),
-            start: t(start),
-            bytes: 1,
-            deletable: true,
-        };
-        let recordings = [c("2026-06-01T10:00:00Z"), c("2026-06-01T10:30:00Z")];
-        let lead = SignedDuration::from_mins(2);
-        // Two hours ahead of the recorder: counted to the newest recording plus the lead.
-        assert_eq!(
-            age_clock(t("2026-06-01T12:30:00Z"), &recordings, lead),
-            t("2026-06-01T10:32:00Z")
-        );
-        // Within the lead, or behind: the wall clock.
-        assert_eq!(
-            age_clock(t("2026-06-01T10:31:00Z"), &recordings, lead),
-            t("2026-06-01T10:31:00Z")
-        );
-        assert_eq!(
-            age_clock(t("2026-06-01T09:00:00Z"), &recordings, lead),
-            t("2026-06-01T09:00:00Z")
-        );
-        // At least a minute of lead, and no recordings: the wall clock.
-        assert_eq!(
-            age_clock(t("2026-06-01T12:00:00Z"), &recordings, SignedDuration::ZERO),
-            t("2026-06-01T10:31:00Z")
-        );
-        assert_eq!(
-            age_clock(t("2026-06-01T12:00:00Z"), &[], lead),
-            t("2026-06-01T12:00:00Z")
-        );
     }
 
     /// A recording deleted by hand before analysis is marked (path cleared, `missing`, its

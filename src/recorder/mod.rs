@@ -1173,12 +1173,19 @@ impl<T: WavSample> Recorder<T> {
 
     /// Seconds by which a file starting at `start` overlaps the newest earlier file, counted and
     /// logged; `None` when it does not.
+    ///
+    /// Compared with the file before it (this run's previous file; at a start, the newest
+    /// registered one), not with the latest end ever: after a clock stepped ahead and back,
+    /// the step is told once, not again for every file until the clock catches up with the
+    /// files made while it was ahead. Two instants derived from sample counts and rounded
+    /// separately may differ by up to one sample: that is no overlap.
     fn overlap_with_earlier(&mut self, start: Timestamp) -> Option<f64> {
         let latest = self
             .last_file_end
-            .max(self.registrar.as_ref().and_then(|r| r.view_latest_end()))?;
+            .or_else(|| self.registrar.as_ref().and_then(|r| r.view_latest_end()))?;
         let overlap = latest.duration_since(start).as_secs_f64();
-        if overlap <= 0.0 {
+        let one_sample = 1.0 / f64::from(self.format.sample_rate.max(1)) + 1e-6;
+        if overlap <= one_sample {
             return None;
         }
         self.report.time_overlaps += 1;
@@ -1428,11 +1435,8 @@ impl<T: WavSample> Recorder<T> {
     /// Hands a placed file's row to the registrar and counts it.
     fn registered(&mut self, file: &Stranded, target: PathBuf) {
         let duration_s = file.frames as f64 / f64::from(file.sample_rate);
-        let end = file
-            .start
-            .checked_add(jiff::SignedDuration::from_secs_f64(duration_s))
-            .unwrap_or(file.start);
-        self.last_file_end = self.last_file_end.max(Some(end));
+        let end = crate::storage::end_of(file.start, duration_s).unwrap_or(file.start);
+        self.last_file_end = Some(end);
         if let Some(registrar) = &self.registrar {
             registrar.register(NewRecording {
                 path: target.clone(),

@@ -452,9 +452,8 @@ fn latest_end(db: &Storage) -> Option<Timestamp> {
     rows.iter()
         .filter_map(|r| {
             let start = storage::start_from_file_name(&r.path)?;
-            start
-                .checked_add(jiff::SignedDuration::from_secs_f64(r.duration_s))
-                .ok()
+            // A row's numbers are untrusted: a duration that is no time ends nothing.
+            storage::end_of(start, r.duration_s)
         })
         .max()
 }
