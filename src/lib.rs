@@ -42,6 +42,7 @@ pub mod logging;
 pub mod notify;
 pub mod observe;
 pub mod plan;
+pub mod procscan;
 pub mod publish;
 pub mod reconcile;
 pub mod recorder;

@@ -219,6 +219,25 @@ fn what_a_detector_leaves_behind_is_killed_when_it_exits() {
     assert_gone(&pids_in(&pid_file));
 }
 
+/// A process the detector started in a session of its own (setsid: outside the run's
+/// process group) does not outlive the run either: it carries the run's mark.
+#[test]
+fn what_a_detector_starts_outside_its_group_is_killed_too() {
+    let (dir, wav) = recording();
+    let pid_file = dir.path().join("pids");
+    let pid_file_arg = pid_file.to_string_lossy().into_owned();
+    let findings = detector(
+        &[&script("escapes_group.sh"), &pid_file_arg],
+        Duration::from_secs(30),
+    )
+    .run(&wav, 10.0, 48_000)
+    .unwrap();
+    assert_eq!(findings, Findings::default());
+    let escaped = pids_in(&pid_file);
+    assert_eq!(escaped.len(), 1);
+    assert_gone(&escaped);
+}
+
 #[test]
 fn garbage_on_stdout_is_bad_output_with_line_and_column() {
     let e = run(&[&script("garbage.sh")], Duration::from_secs(20)).unwrap_err();

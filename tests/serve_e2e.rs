@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 struct Server {
     child: Child,
     addr: String,
+    /// The run-time folder's base on a RAM file system (as systemd's `RuntimeDirectory=`).
+    _runtime: tempfile::TempDir,
 }
 
 impl Drop for Server {
@@ -32,9 +34,11 @@ fn free_port() -> u16 {
 
 fn start(state: &Path) -> Server {
     let addr = format!("127.0.0.1:{}", free_port());
+    let runtime = tempfile::tempdir_in("/dev/shm").unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_roost"))
         .args(["serve", "--listen", &addr, "--state-dir"])
         .arg(state)
+        .env("RUNTIME_DIRECTORY", runtime.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -47,7 +51,11 @@ fn start(state: &Path) -> Server {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    Server { child, addr }
+    Server {
+        child,
+        addr,
+        _runtime: runtime,
+    }
 }
 
 struct Answer {
@@ -202,8 +210,10 @@ fn the_page_its_data_and_spectrograms_are_served_read_only() {
     assert_eq!(png.status, 200, "{}", png.text());
     assert_eq!(png.header("content-type").unwrap(), "image/png");
     assert_eq!(&png.body[..8], b"\x89PNG\r\n\x1a\n");
-    let cached = state.join("cache/spectrograms/20261130T010000.000Z.png");
+    // Cached in the run-time folder (RAM), never in the state folder beside the recordings.
+    let cached = state.join("run/cache/spectrograms/20261130T010000.000Z.png");
     assert_eq!(std::fs::read(cached).unwrap(), png.body);
+    assert!(!state.join("cache").exists());
     let by_name = request(addr, "GET", &format!("/spectrogram.png?file={name}"));
     assert_eq!(by_name.body, png.body);
 

@@ -170,8 +170,10 @@ impl CommandDetector {
             std::path::absolute(wav).map_err(io("cannot make the recording's path absolute"))?;
         // A missing recording is roost's problem, not the detector's failure.
         std::fs::metadata(&wav).map_err(io("cannot find the recording"))?;
+        let marker = run_marker();
         let mut command = std::process::Command::new(&program);
         command
+            .env(RUN_MARKER_VAR, &marker)
             .args(self.command.iter().skip(1))
             .arg(&wav)
             .env("ROOST_RECORDING", &wav)
@@ -191,9 +193,11 @@ impl CommandDetector {
             Err(source) => return Err(io("cannot start it")(source)),
         };
         let ended = Running::watch(child)
-            .map_err(io("cannot watch it"))?
-            .wait(self.timeout)
-            .map_err(io("cannot read its output"))?;
+            .map_err(io("cannot watch it"))
+            .and_then(|running| (running.wait(self.timeout)).map_err(io("cannot read its output")));
+        // What left the group (setsid, a daemon) goes too: nothing outlives its run.
+        kill_escaped(&marker);
+        let ended = ended?;
         match ended.outcome {
             Outcome::Succeeded(stdout) => read_findings(&stdout, duration_s, sample_rate)
                 .map_err(|why| CommandError::BadOutput { program, why }),
@@ -213,6 +217,26 @@ impl CommandDetector {
             }),
             Outcome::StdoutFailed(source) => Err(io("cannot read its stdout")(source)),
         }
+    }
+}
+
+/// The environment variable every process of one detector run inherits, so that a
+/// descendant that left the run's process group (`setsid`) is still found and killed.
+pub const RUN_MARKER_VAR: &str = "ROOST_DETECTOR_RUN";
+
+/// A value of [`RUN_MARKER_VAR`] unique to one run: this process and a counter.
+fn run_marker() -> String {
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}.{n}", std::process::id())
+}
+
+/// SIGKILL to every process still carrying the run's marker.
+fn kill_escaped(marker: &str) {
+    let needle = format!("{RUN_MARKER_VAR}={marker}");
+    for pid in crate::procscan::with_env(&needle, false) {
+        tracing::warn!(pid, "a detector left a process outside its group; killed");
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
     }
 }
 

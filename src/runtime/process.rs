@@ -615,9 +615,7 @@ fn proc_start_ticks(pid: u32) -> Option<u64> {
 
 /// The fields of /proc/PID/stat after the command name (field 3 onwards).
 fn proc_stat_fields(pid: u32) -> Option<Vec<String>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_comm = stat.rsplit_once(')')?.1;
-    Some(after_comm.split_whitespace().map(str::to_string).collect())
+    crate::procscan::stat_fields(pid)
 }
 
 /// Kills the process groups a previous roost recorded, when they are still the same processes.
@@ -713,29 +711,11 @@ fn marked(marker: &str) -> Vec<u32> {
 /// Live processes with a `ROOST_COMPONENT_ID` equal to `needle`'s value, or (with `prefix`)
 /// starting with it.
 fn marked_where(needle: &str, prefix: bool) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let me = std::process::id();
-    let matches = |var: &[u8]| {
-        if prefix {
-            var.starts_with(needle.as_bytes())
-        } else {
-            var == needle.as_bytes()
-        }
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| *pid != me)
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|env| env.split(|b| *b == 0).any(matches))
-        })
-        .filter(|pid| alive(*pid))
-        .collect()
+    crate::procscan::with_env(needle, prefix)
 }
 
 fn alive(pid: u32) -> bool {
-    proc_stat_fields(pid).is_some_and(|f| f.first().map(String::as_str) != Some("Z"))
+    crate::procscan::alive(pid)
 }
 
 fn signal_pids(pids: &[u32], signal: Signal) {

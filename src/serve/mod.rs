@@ -147,7 +147,8 @@ fn spectrogram_of(name: Option<RecordingName>, state_dir: &Path, now: Timestamp)
     else {
         return Response::text(404, "no such recording");
     };
-    match spectrogram::cached(&wav, &cache_dir(state_dir)) {
+    let cache = spectrogram::Cache::new(cache_dir(state_dir), recordings_dir.clone());
+    match spectrogram::cached(&wav, &cache) {
         Ok(png) => Response {
             immutable: true,
             ..Response::ok("image/png", png)
@@ -159,9 +160,18 @@ fn spectrogram_of(name: Option<RecordingName>, state_dir: &Path, now: Timestamp)
     }
 }
 
-/// `<state>/cache/spectrograms`.
+/// `<state>/run/cache/spectrograms`: in the run-time folder, on a RAM file system when the
+/// device has one, never beside the recordings.
 pub fn cache_dir(state_dir: &Path) -> PathBuf {
-    state_dir.join("cache").join("spectrograms")
+    crate::fsutil::run_dir(state_dir)
+        .join("cache")
+        .join("spectrograms")
+}
+
+/// Where older roosts kept the cache (`<state>/cache`): removed at start (derived files on the
+/// card, competing with recordings).
+fn old_cache_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("cache")
 }
 
 /// The decoded value of `key` in a query string; `Err` when its escapes are not UTF-8.
@@ -210,6 +220,9 @@ pub fn run(listen: SocketAddr, state_dir: &Path) -> Result<(), ServeError> {
     };
     let listener = TcpListener::bind(listen).map_err(bind_err)?;
     let local = listener.local_addr().map_err(bind_err)?;
+    // Derived files only; gone is fine.
+    let _ = std::fs::remove_dir_all(old_cache_dir(state_dir));
+    let _ = crate::fsutil::prepare_run_dir(state_dir);
     tracing::info!(address = %local, state_dir = %state_dir.display(), "serving the read-only page");
     http::serve(listener, state_dir).map_err(bind_err)
 }

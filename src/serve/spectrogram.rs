@@ -40,12 +40,31 @@ pub enum SpectrogramError {
     },
 }
 
-/// The cached PNG for `wav` in `cache_dir` (`<stem>.png`), rendered and stored first when it
-/// is not there. The WAV name is unique, so a cached file never goes stale. A cache that cannot
+/// Most bytes the spectrogram cache may hold (the oldest pictures go first).
+pub const CACHE_MAX_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Where rendered pictures are kept, and their bounds. Derived files never compete with
+/// recordings: the cache is bounded, lives off the recordings' file system (nothing is cached
+/// when `dir` is on the same one), and a picture goes when its recording has gone.
+#[derive(Clone, Debug)]
+pub struct Cache {
+    /// The cache folder (`<state>/run/cache/spectrograms`).
+    pub dir: PathBuf,
+    /// The storage's `recordings/`, where each picture's recording is looked for.
+    pub recordings_dir: PathBuf,
+    /// Most bytes the folder may hold.
+    pub max_bytes: u64,
+    /// Whether the cache folder shares a file system with the recordings (no RAM folder for
+    /// run-time files): then nothing is cached, so a picture never takes a recording's place.
+    pub beside_recordings: bool,
+}
+
+/// The cached PNG for `wav` (`<stem>.png` in the cache), rendered and stored first when it is
+/// not there. The WAV name is unique, so a cached file never goes stale. A cache that cannot
 /// be written only costs a render next time.
-pub fn cached(wav: &Path, cache_dir: &Path) -> Result<Vec<u8>, SpectrogramError> {
+pub fn cached(wav: &Path, cache: &Cache) -> Result<Vec<u8>, SpectrogramError> {
     let stem = wav.file_stem().map(|s| s.to_string_lossy().into_owned());
-    let cache_file = stem.map(|s| cache_dir.join(format!("{s}.png")));
+    let cache_file = stem.map(|s| cache.dir.join(format!("{s}.png")));
     let from_cache = || cache_file.as_ref().and_then(|f| std::fs::read(f).ok());
     if let Some(bytes) = from_cache() {
         return Ok(bytes);
@@ -62,13 +81,83 @@ pub fn cached(wav: &Path, cache_dir: &Path) -> Result<Vec<u8>, SpectrogramError>
     let (png, whole) = render_checked(wav)?;
     // A file drawn only to where its data ended may be completed later (salvage): not cached.
     if let Some(file) = cache_file.filter(|_| whole) {
-        let stored = std::fs::create_dir_all(cache_dir)
-            .and_then(|()| crate::fsutil::replace_quietly(&file, &png));
-        if let Err(e) = stored {
+        cache.store(&file, &png);
+    }
+    Ok(png)
+}
+
+impl Cache {
+    /// Stores `png` as `file` when the cache may hold it, after making room: pictures of
+    /// recordings that are gone first, then the oldest.
+    fn store(&self, file: &Path, png: &[u8]) {
+        if self.beside_recordings || std::fs::create_dir_all(&self.dir).is_err() {
+            return;
+        }
+        self.sweep(self.max_bytes.saturating_sub(png.len() as u64));
+        if png.len() as u64 > self.max_bytes {
+            return;
+        }
+        if let Err(e) = crate::fsutil::replace_quietly(file, png) {
             tracing::warn!(file = %file.display(), error = %e, "cannot cache the spectrogram");
         }
     }
-    Ok(png)
+
+    /// The page's cache in `dir` for the recordings in `recordings_dir`, bounded by
+    /// [`CACHE_MAX_BYTES`], off when `dir`'s parent lies on the recordings' file system.
+    pub fn new(dir: PathBuf, recordings_dir: PathBuf) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev());
+        let parent = dir.parent().unwrap_or(&dir);
+        let beside_recordings = match (dev(parent), dev(&recordings_dir)) {
+            (Ok(a), Ok(b)) => a == b,
+            // Either not there now: cache nothing rather than guess.
+            _ => true,
+        };
+        Self {
+            dir,
+            recordings_dir,
+            max_bytes: CACHE_MAX_BYTES,
+            beside_recordings,
+        }
+    }
+
+    /// Removes the pictures of recordings that are gone, then the oldest until the rest holds
+    /// at most `keep` bytes.
+    pub fn sweep(&self, keep: u64) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut pictures: Vec<(std::time::SystemTime, u64, PathBuf)> = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = entry.metadata() else { continue };
+            if !self.recording_of(&path).is_some_and(|wav| wav.exists()) {
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            let modified = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+            pictures.push((modified, meta.len(), path));
+        }
+        pictures.sort();
+        let mut total: u64 = pictures.iter().map(|(_, len, _)| len).sum();
+        for (_, len, path) in pictures {
+            if total <= keep {
+                break;
+            }
+            if std::fs::remove_file(&path).is_ok() {
+                total -= len;
+            }
+        }
+    }
+
+    /// The recording a cached picture was drawn from (`recordings/YYYY/MM/DD/<stem>.wav`).
+    fn recording_of(&self, picture: &Path) -> Option<PathBuf> {
+        let stem = picture.file_stem()?.to_str()?;
+        let wav = format!("{stem}.wav");
+        let start = crate::storage::start_from_file_name(Path::new(&wav))?;
+        let day = crate::storage::recording_path(&self.recordings_dir, start);
+        Some(day.with_file_name(wav))
+    }
 }
 
 /// Renders the spectrogram of the first channel of `wav` as a greyscale PNG.
@@ -300,19 +389,88 @@ mod tests {
     #[test]
     fn long_recordings_are_capped_in_width_and_cached() {
         let dir = tempfile::tempdir().unwrap();
-        let wav = dir.path().join("long.wav");
+        let recordings = dir.path().join("recordings");
+        let start: jiff::Timestamp = "2026-06-01T04:30:00Z".parse().unwrap();
+        let wav = crate::storage::recording_path(&recordings, start);
+        std::fs::create_dir_all(wav.parent().unwrap()).unwrap();
         tone_wav(&wav, 8_000, 500.0, 60.0); // 937 frames
-        let cache = dir.path().join("cache");
+        let cache = test_cache(dir.path(), 1 << 20);
         let first = cached(&wav, &cache).unwrap();
         let (width, _, _) = decode(&first);
         assert!(width <= MAX_WIDTH, "width {width}");
-        assert_eq!(std::fs::read(cache.join("long.png")).unwrap(), first);
-        std::fs::remove_file(&wav).unwrap();
+        let png = cache.dir.join("20260601T043000.000000Z.png");
+        assert_eq!(std::fs::read(&png).unwrap(), first);
         assert_eq!(
             cached(&wav, &cache).unwrap(),
             first,
             "served from the cache"
         );
+        // The recording gone: its picture goes at the next sweep.
+        std::fs::remove_file(&wav).unwrap();
+        cache.sweep(u64::MAX);
+        assert!(!png.exists());
+    }
+
+    /// A cache in `dir/cache` for `dir/recordings`, holding at most `max_bytes`, allowed on the
+    /// same file system (unit tests have one).
+    fn test_cache(dir: &Path, max_bytes: u64) -> Cache {
+        Cache {
+            dir: dir.join("cache"),
+            recordings_dir: dir.join("recordings"),
+            max_bytes,
+            beside_recordings: false,
+        }
+    }
+
+    /// The cache never holds more than its bound (the oldest pictures go first), and caches
+    /// nothing on the recordings' own file system.
+    #[test]
+    fn the_cache_is_bounded_and_never_beside_the_recordings() {
+        let dir = tempfile::tempdir().unwrap();
+        let recordings = dir.path().join("recordings");
+        let mut sizes = Vec::new();
+        let t0: jiff::Timestamp = "2026-06-01T04:30:00Z".parse().unwrap();
+        let wavs: Vec<PathBuf> = (0..6)
+            .map(|i| {
+                let wav = crate::storage::recording_path(
+                    &recordings,
+                    t0 + jiff::SignedDuration::from_secs(i),
+                );
+                std::fs::create_dir_all(wav.parent().unwrap()).unwrap();
+                tone_wav(&wav, 8_000, 500.0 + 100.0 * i as f32, 2.0);
+                wav
+            })
+            .collect();
+        let unbounded = test_cache(dir.path(), u64::MAX);
+        for wav in &wavs {
+            sizes.push(cached(wav, &unbounded).unwrap().len() as u64);
+        }
+        std::fs::remove_dir_all(&unbounded.dir).unwrap();
+        // Room for three pictures.
+        let bound = sizes[..3].iter().sum::<u64>() + 10;
+        let cache = test_cache(dir.path(), bound);
+        for wav in &wavs {
+            cached(wav, &cache).unwrap();
+            // Pictures written in the same instant keep their order by name.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let held: u64 = std::fs::read_dir(&cache.dir)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum();
+        assert!(held <= bound, "{held} > {bound}");
+        assert!(
+            cache.dir.join("20260601T043005.000000Z.png").exists(),
+            "the newest stays"
+        );
+        assert!(
+            !cache.dir.join("20260601T043000.000000Z.png").exists(),
+            "the oldest went"
+        );
+        let beside = Cache::new(dir.path().join("cache2"), recordings.clone());
+        assert!(beside.beside_recordings);
+        cached(&wavs[0], &beside).unwrap();
+        assert!(!beside.dir.exists(), "nothing cached beside the recordings");
     }
 
     #[test]
@@ -342,10 +500,10 @@ mod tests {
             (4_000 - FFT_LEN) / HOP + 1,
             "frames of the half that is there"
         );
-        let cache = dir.path().join("cache");
+        let cache = test_cache(dir.path(), 1 << 20);
         cached(&cut, &cache).unwrap();
         assert!(
-            !cache.join("cut.png").exists(),
+            !cache.dir.join("cut.png").exists(),
             "a cut file's picture is not cached"
         );
     }
