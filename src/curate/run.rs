@@ -298,6 +298,8 @@ pub struct Curator {
     stamped_until: i64,
     /// Whether the last round left recordings waiting for analysis (look again at once).
     more_waiting: bool,
+    /// How long a round may analyse ([`ANALYSIS_BUDGET`]).
+    analysis_budget: Duration,
     stopping: bool,
     /// Set by SIGTERM/SIGINT: a detector run that fails now was most likely ended by the same
     /// stop (roost stopping stops what the curator started), and is not counted.
@@ -348,6 +350,7 @@ impl Curator {
             device_now: 0.0,
             stamped_until: 0,
             more_waiting: false,
+            analysis_budget: ANALYSIS_BUDGET,
             stopping: false,
             stop_flag: Default::default(),
         }
@@ -500,7 +503,7 @@ impl Curator {
     /// Analyses what waits, detector by detector, oldest first, for at most
     /// [`ANALYSIS_BUDGET`]; recordings whose retry is not due are passed over.
     fn analyse_all(&mut self, rx: &mpsc::Receiver<Wake>) -> rusqlite::Result<()> {
-        let deadline = std::time::Instant::now() + ANALYSIS_BUDGET;
+        let deadline = std::time::Instant::now() + self.analysis_budget;
         self.more_waiting = false;
         let now = std::time::Instant::now();
         self.retries.retain(|_, r| r.at > now);
@@ -999,6 +1002,223 @@ mod tests {
         curator.round_now();
         assert_eq!(curator.report().error, None);
         assert_ne!(curator.db_identity, first, "opened the new one");
+    }
+
+    /// A storage with `n` recordings of 2 s (tone files) made before the curator first opened
+    /// it, in deployment "unit"; returns the config for `detectors`/`keep`, the paths and the
+    /// storage folder.
+    fn storage_with(
+        dir: &Path,
+        n: i64,
+        detectors: serde_json::Value,
+        keep: serde_json::Value,
+    ) -> (CurateConfig, Vec<PathBuf>, PathBuf) {
+        let storage_path = dir.join("storage");
+        let config: CurateConfig = serde_json::from_value(serde_json::json!({
+            "deployment": "unit",
+            "detectors": detectors,
+            "storage": {"path": storage_path, "minFreeSpace": "0", "onLowSpace": "stop",
+                        "keep": keep},
+            "recorder": {"timezone": "UTC", "duration": "2s"},
+        }))
+        .unwrap();
+        let mut storage = Storage::open(&storage_path, &config.storage).unwrap();
+        let t0 = Timestamp::now() - SignedDuration::from_mins(5);
+        let dep = storage.start_deployment("unit", None, t0).unwrap();
+        let paths = (0..n)
+            .map(|i| {
+                let t = t0 + SignedDuration::from_secs(2 * i);
+                let path = storage
+                    .recordings_dir()
+                    .join(crate::storage::recording_file_name(t));
+                tone(&path);
+                let rec = NewRecording {
+                    path: path.clone(),
+                    datetime: t,
+                    duration_s: 2.0,
+                    samplerate_hz: 16_000,
+                    audio_channels: 1,
+                };
+                storage.register(&rec, &dep).unwrap();
+                path
+            })
+            .collect();
+        (config, paths, storage_path)
+    }
+
+    fn query<T: rusqlite::types::FromSql>(storage: &Path, sql: &str) -> Vec<T> {
+        let conn = Connection::open(storage.join("metadata.db")).unwrap();
+        let mut stmt = conn.prepare(sql).unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    /// On a storage new to the curator, the recordings made before it first opened
+    /// metadata.db are analysed too, and a detection rule decides only what was analysed.
+    /// A row whose numbers describe no recording (a duration of Inf, 0 Hz) is set aside with
+    /// DEP_E616 and kept, and the others are decided: no panic, no stop.
+    #[test]
+    fn a_new_storage_is_analysed_from_its_first_recording_and_a_bad_row_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, paths, storage) = storage_with(
+            dir.path(),
+            4,
+            serde_json::json!([{"name": "birds", "kind": "bandEnergy", "lowHz": 2000, "highHz": 5000}]),
+            serde_json::json!([{"detection": {"minScore": 0.99}}]),
+        );
+        let conn = Connection::open(storage.join("metadata.db")).unwrap();
+        for (id, duration, rate) in [("bad-inf", "1e999", 16_000), ("bad-rate", "2.0", 0)] {
+            conn.execute(
+                &format!("INSERT INTO recording (id, path, datetime, duration_s, samplerate_hz, audio_channels, deployment_id)
+                 SELECT ?1, ?2, datetime, {duration}, {rate}, 1, deployment_id FROM recording LIMIT 1"),
+                rusqlite::params![id, paths[0].with_extension(format!("{id}.wav")).to_string_lossy()],
+            )
+            .unwrap();
+            tone(&paths[0].with_extension(format!("{id}.wav")));
+        }
+        drop(conn);
+        let state = dir.path().join("state");
+        let mut curator = Curator::new(config, &state);
+        curator.round_now();
+        curator.round_now();
+        let analysed: Vec<String> = query(
+            &storage,
+            "SELECT r.id FROM recording r JOIN roost_analysis a ON a.recording_id = r.id WHERE a.outcome = 'done'",
+        );
+        assert_eq!(
+            analysed.len(),
+            4,
+            "every real recording, the first ones too"
+        );
+        let set_aside: Vec<String> = query(
+            &storage,
+            "SELECT recording_id || ':' || error_code FROM roost_analysis WHERE outcome = 'failed' ORDER BY recording_id",
+        );
+        assert_eq!(set_aside, vec!["bad-inf:DEP_E616", "bad-rate:DEP_E616"]);
+        let kept: Vec<String> = query(
+            &storage,
+            "SELECT recording_id || ':' || coalesce(kept_by, 'deleted') FROM roost_keep WHERE recording_id LIKE 'bad-%' ORDER BY recording_id",
+        );
+        assert_eq!(
+            kept,
+            vec!["bad-inf:undescribable", "bad-rate:undescribable"]
+        );
+        // The tone is under minScore 0.99: analysed, judged, deleted; the bad rows' files stay.
+        let deleted: Vec<String> = query(
+            &storage,
+            "SELECT deleted_by FROM recording WHERE deleted_by IS NOT NULL",
+        );
+        assert_eq!(deleted, vec!["keep"; 4]);
+        assert!(paths.iter().all(|p| !p.exists()));
+        assert!(paths[0].with_extension("bad-inf.wav").exists());
+    }
+
+    /// A detector failing on every recording is a problem of the curator (its code, its
+    /// stderr) after three in a row; a failed run is retried in a later round after a back-off,
+    /// not at once; a detector that deletes the recording it was given leaves the row saying
+    /// so at once.
+    #[test]
+    fn a_failing_detector_is_a_problem_and_its_retries_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, paths, storage) = storage_with(
+            dir.path(),
+            4,
+            serde_json::json!([{"name": "broken", "kind": "command", "retries": 1,
+                "command": ["sh", "-c", "echo 'model file /opt/m.tflite missing' >&2; exit 3", "sh"]}]),
+            serde_json::json!([{"always": true}]),
+        );
+        let state = dir.path().join("state");
+        let mut curator = Curator::new(config, &state);
+        curator.round_now();
+        let error = curator.report().error.clone().expect("a problem");
+        assert_eq!(error.code, "DEP_E602", "{error:?}");
+        assert!(
+            error
+                .message
+                .contains("failed on its last 4 recordings in a row")
+                && error.message.contains("model file /opt/m.tflite missing"),
+            "{}",
+            error.message
+        );
+        assert_eq!(curator.report().detectors[0].failing, 4);
+        // Retried in a later round, not in the next one at once.
+        assert!(
+            curator.next_look() > Duration::from_secs(20),
+            "{:?}",
+            curator.next_look()
+        );
+        curator.round_now();
+        let attempts: Vec<i64> = query(&storage, "SELECT attempts FROM roost_analysis");
+        assert_eq!(attempts, vec![1; 4], "no retry before its back-off");
+        for retry in curator.retries.values_mut() {
+            retry.at = std::time::Instant::now();
+        }
+        curator.round_now();
+        let outcomes: Vec<String> =
+            query(&storage, "SELECT outcome || attempts FROM roost_analysis");
+        assert_eq!(outcomes, vec!["failed2"; 4], "retried once, then given up");
+        assert_eq!(paths.len(), 4);
+    }
+
+    /// A detector that deletes (or moves) the recording it was given leaves its row saying
+    /// so at once (path cleared, deleted_by missing), not at the next start.
+    #[test]
+    fn a_recording_a_detector_deleted_is_marked_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, paths, storage) = storage_with(
+            dir.path(),
+            2,
+            serde_json::json!([{"name": "eater", "kind": "command",
+                "command": ["sh", "-c", "rm \"$ROOST_RECORDING\"; echo '{\"detections\": []}'", "sh"]}]),
+            serde_json::json!([]),
+        );
+        let mut curator = Curator::new(config, &dir.path().join("state"));
+        curator.round_now();
+        assert!(paths.iter().all(|p| !p.exists()));
+        let rows: Vec<String> = query(
+            &storage,
+            "SELECT coalesce(path, 'NULL') || ':' || deleted_by FROM recording",
+        );
+        assert_eq!(rows, vec!["NULL:missing"; 2]);
+        assert_eq!(curator.report().storage.recordings, 0);
+    }
+
+    /// A detector slower than the round's budget leaves the rest of the round to run: keep
+    /// decisions for what it finished, the backlog with its size and oldest start.
+    #[test]
+    fn a_slow_detector_never_freezes_decisions_or_figures() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, _paths, storage) = storage_with(
+            dir.path(),
+            5,
+            serde_json::json!([{"name": "slow", "kind": "command",
+                "command": ["sh", "-c", "sleep 0.4; echo '{\"detections\": []}'", "sh"]}]),
+            serde_json::json!([{"always": true}]),
+        );
+        let state = dir.path().join("state");
+        let mut curator = Curator::new(config, &state);
+        curator.analysis_budget = Duration::from_millis(700);
+        curator.round_now();
+        let figures = curator.report().detectors[0].clone();
+        assert!(
+            (1..=3).contains(&figures.analysed) && figures.backlog == 5 - figures.analysed,
+            "{figures:#?}"
+        );
+        assert!(figures.backlog_oldest.is_some());
+        assert_eq!(curator.next_look(), Duration::ZERO, "more waits: at once");
+        let kept: Vec<String> = query(&storage, "SELECT kept_by FROM roost_keep");
+        assert_eq!(
+            kept.len() as u64,
+            figures.analysed,
+            "decided what was analysed"
+        );
+        for _ in 0..5 {
+            curator.round_now();
+        }
+        assert_eq!(curator.report().detectors[0].backlog, 0);
+        assert_eq!(curator.next_look(), IDLE_LOOK);
     }
 
     /// A recording deleted by hand before analysis is marked (path cleared, `missing`, its
