@@ -92,12 +92,17 @@ impl RecordConfig {
     /// The recorder configuration of a deployment, `None` when it has no recorder.
     pub fn from_deployment(deployment: &Deployment, state_dir: &Path) -> Option<Self> {
         let recorder = deployment.spec.recorder.clone()?;
-        let storage = deployment
+        let mut storage = deployment
             .spec
             .storage
             .clone()
             .unwrap_or_default()
             .resolved(state_dir);
+        // The curator's rules, not the recorder's: a changed keep rule or retention limit must
+        // not restart the recorder (its configuration's hash is its spec), which would cut the
+        // file being written.
+        storage.keep.clear();
+        (storage.max_age, storage.max_usage) = (None, None);
         Some(Self {
             deployment: deployment.name().to_string(),
             location: deployment.spec.location,
@@ -1699,5 +1704,33 @@ fn guano_of(config: &RecordConfig, start: Timestamp) -> Guano {
             .map(|l| (l.latitude.value(), l.longitude.value())),
         clock_synchronized: None,
         time_overlap_s: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The curator's rules (keep, maxAge, maxUsage) are not the recorder's: changing them
+    /// leaves the recorder's configuration, and so its spec hash, as it was.
+    #[test]
+    fn keep_rules_and_retention_are_not_in_the_recorder_configuration() {
+        let yaml = |storage: &str| {
+            format!(
+                "apiVersion: roost/v1\nkind: Deployment\nmetadata: {{name: d}}\nspec:\n  storage: {{path: /srv/rec{storage}}}\n  recorder: {{device: default}}\n  components: []\n"
+            )
+        };
+        let config = |storage: &str| {
+            let d = crate::spec::parse_str(Path::new("d.yaml"), &yaml(storage)).unwrap();
+            RecordConfig::from_deployment(&d, Path::new("/var/lib/roost")).unwrap()
+        };
+        let plain = config("");
+        let curated = config(", keep: [{every: 10m}], maxAge: 30d, maxUsage: 80%");
+        assert_eq!(plain, curated);
+        assert_ne!(
+            plain,
+            config(", minFreeSpace: 2GiB"),
+            "the recorder's own fields count"
+        );
     }
 }
