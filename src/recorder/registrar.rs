@@ -348,6 +348,7 @@ impl Worker {
                     v.repair.registered.extend(r.registered);
                     v.repair.quarantined.extend(r.quarantined);
                     v.repair.rows_removed.extend(r.rows_removed);
+                    v.repair.deletions_finished.extend(r.deletions_finished);
                     v.version += 1;
                 }
             }
