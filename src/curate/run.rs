@@ -1162,6 +1162,65 @@ mod tests {
         assert_eq!(paths.len(), 4);
     }
 
+    /// `roost plan` judges as the curator does: recordings the curator kept for good (a
+    /// detector gave up on them) or that still wait for a detector are never listed as going;
+    /// what the rules would delete now is, and the curator then deletes exactly that.
+    #[test]
+    fn plan_lists_only_what_the_curator_would_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut config, paths, _storage) = storage_with(
+            dir.path(),
+            3,
+            serde_json::json!([{"name": "broken", "kind": "command", "retries": 0,
+                "command": ["sh", "-c", "exit 3", "sh"]}]),
+            serde_json::json!([{"detection": {"minScore": 0.5}}]),
+        );
+        let state = dir.path().join("state");
+        assert_eq!(
+            crate::curate::preview(&config).unwrap().would_delete,
+            Vec::<PathBuf>::new(),
+            "nothing judged yet: the detector has not seen them"
+        );
+        let mut curator = Curator::new(config.clone(), &state);
+        curator.round_now();
+        let after = crate::curate::preview(&config).unwrap();
+        assert_eq!(
+            (after.kept, after.waiting, after.would_delete.len()),
+            (3, 0, 0)
+        );
+        assert!(paths.iter().all(|p| p.exists()), "analysisFailed: all kept");
+        // The detector fixed: new recordings are judged and go; plan says so first.
+        config.detectors[0].command = Some(
+            ["sh", "-c", "echo '{\"detections\": []}'", "sh"]
+                .map(String::from)
+                .to_vec(),
+        );
+        let mut storage = Storage::open(&config.storage_path(), &config.storage).unwrap();
+        let dep = storage
+            .start_deployment("unit", None, Timestamp::now())
+            .unwrap();
+        let t = Timestamp::now() - SignedDuration::from_mins(1);
+        let path = storage
+            .recordings_dir()
+            .join(crate::storage::recording_file_name(t));
+        tone(&path);
+        let rec = NewRecording {
+            path: path.clone(),
+            datetime: t,
+            duration_s: 2.0,
+            samplerate_hz: 16_000,
+            audio_channels: 1,
+        };
+        storage.register(&rec, &dep).unwrap();
+        drop(storage);
+        let waiting = crate::curate::preview(&config).unwrap();
+        assert_eq!((waiting.kept, waiting.waiting), (3, 1));
+        let mut fixed = Curator::new(config.clone(), &state);
+        fixed.round_now();
+        assert!(!path.exists(), "no detection: deleted by the rule");
+        assert!(paths.iter().all(|p| p.exists()));
+    }
+
     /// A detector that deletes (or moves) the recording it was given leaves its row saying
     /// so at once (path cleared, deleted_by missing), not at the next start.
     #[test]
