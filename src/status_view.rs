@@ -341,6 +341,18 @@ pub fn curator_figures(doc: &StatusDoc) -> Vec<(String, String)> {
             format!("{held} past maxAge or maxUsage, kept until analysed and their messages sent"),
         ));
     }
+    let disagree = out
+        .pointer("/storage/clockDisagrees")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    if disagree > 0 {
+        figures.push((
+            "file times".to_string(),
+            format!(
+                "{disagree} recordings' clock times disagree with how long they have existed here (the clock was set or stepped since); maxAge counts their real age"
+            ),
+        ));
+    }
     figures
 }
 
@@ -650,7 +662,7 @@ mod tests {
         curator.name = "curator".into();
         curator.output = Some(
             json!({"detectors": [{"name": "birds", "analysed": 120, "failed": 1, "backlog": 2, "detectionsLastHour": 14, "lastFailure": {"code": "DEP_E603", "message": "slow"}}],
-                                     "storage": {"deletedByRule": {"keep": 30, "maxAge": 2}, "heldForRetention": 3}}),
+                                     "storage": {"deletedByRule": {"keep": 30, "maxAge": 2}, "heldForRetention": 3, "clockDisagrees": 15}}),
         );
         d.components.push(curator);
         let text = render(&d, &facts(), "2026-06-01T04:02:30Z".parse().unwrap());
@@ -658,6 +670,10 @@ mod tests {
         assert!(text.contains("birds          120 analysed, 1 failed, 2 waiting, 14 detections in the last hour, last failure DEP_E603"), "{text}");
         assert!(
             text.contains("files deleted  30 by keep, 2 by maxAge"),
+            "{text}"
+        );
+        assert!(
+            text.contains("file times     15 recordings' clock times disagree with how long they have existed here"),
             "{text}"
         );
         assert!(

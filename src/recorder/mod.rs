@@ -348,6 +348,8 @@ struct Recorder<T: WavSample> {
     /// The writer's own error; the report shows it, or else rows owed by the registrar.
     own_error: Option<ReportError>,
     last_report_write: Instant,
+    /// `expected_file_by` as last written to the report.
+    written_due: Option<Timestamp>,
     file: Option<OpenFile<T>>,
     /// End of the newest file written (or registered before), for overlap checks.
     last_file_end: Option<Timestamp>,
@@ -410,6 +412,7 @@ impl<T: WavSample> Recorder<T> {
             report,
             own_error: None,
             last_report_write: Instant::now(),
+            written_due: None,
             file: None,
             last_file_end: None,
             anchor_ns: None,
@@ -1126,6 +1129,11 @@ impl<T: WavSample> Recorder<T> {
                     _ => None,
                 };
                 self.set_state(RecorderState::Recording, error);
+                // The due time readers judge by is always the next file's: a report still
+                // naming the one just met would read as overdue before the next heartbeat.
+                if self.written_due != self.report.expected_file_by {
+                    self.force_report();
+                }
             }
             Err((e, _)) if storage::is_disk_full(&e) => {
                 self.disk_full(
@@ -1646,6 +1654,7 @@ impl<T: WavSample> Recorder<T> {
         self.report.warnings = self.warnings();
         self.report.updated_at = Timestamp::now();
         self.last_report_write = Instant::now();
+        self.written_due = self.report.expected_file_by;
         report::write_report(&self.state_dir, &self.report).map_err(|source| {
             RecorderError::Report {
                 path: report_path(&self.state_dir),

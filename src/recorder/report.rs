@@ -168,7 +168,10 @@ pub fn assess(report: &RecorderReport, now: Timestamp) -> Health {
             message: err.message.clone(),
         };
     }
-    if let Some(due) = report.expected_file_by
+    // A deadline a completed file already met is no deadline: a report the recorder has not
+    // refreshed since is judged by its age below, never as a file overdue.
+    let met = |due: Timestamp| report.last_file_at.is_some_and(|t| t >= due);
+    if let Some(due) = report.expected_file_by.filter(|d| !met(*d))
         && now.duration_since(due) > FILE_GRACE
     {
         let last = match report.last_file_at {
@@ -263,6 +266,26 @@ mod tests {
         );
         let Health::Error { code, .. } = assess(&r, t0 + SignedDuration::from_secs(91)) else {
             panic!()
+        };
+        assert_eq!(code.code, "DEP_E313");
+        // The file due at t0 + 60 s arrived and nothing rewrote the report since: a deadline
+        // met is no deadline (a false DEP_E313 from :30 to :00 of each minute otherwise);
+        // only the report's age counts then.
+        let met = RecorderReport {
+            last_file_at: Some(t0 + SignedDuration::from_millis(60_200)),
+            files_written: 1,
+            updated_at: t0 + SignedDuration::from_millis(60_200),
+            ..report(t0)
+        };
+        for after in [91, 119, 270] {
+            assert_eq!(
+                assess(&met, t0 + SignedDuration::from_secs(after)),
+                Health::Healthy,
+                "{after} s"
+            );
+        }
+        let Health::Error { code, .. } = assess(&met, t0 + SignedDuration::from_secs(271)) else {
+            panic!("a report not refreshed for three heartbeats and the grace")
         };
         assert_eq!(code.code, "DEP_E313");
         let waiting = RecorderReport {
