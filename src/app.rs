@@ -167,14 +167,18 @@ impl fmt::Display for CheckReport {
     }
 }
 
-/// `roost check`: the file, then what it needs from the machine.
+/// `roost check`: the file, then what it needs from the machine, with the codes the running
+/// components would raise. It creates and changes nothing (no state folder, no storage
+/// folder, no probe file).
 pub fn check(file: &Path, state_dir: &Path) -> CheckReport {
     let (deployment, mut problems) = check_file(file);
     if let Some(d) = &deployment {
         problems.extend(check_programs(d));
+        problems.extend(check_detectors(d));
+        problems.extend(check_connect_files(d));
         problems.extend(check_recorder(d, state_dir));
     }
-    if let Err(e) = std::fs::create_dir_all(state_dir).and_then(|_| writable(state_dir)) {
+    if let Err(e) = could_write(state_dir) {
         problems.push(Problem {
             code: &errors::INTERNAL,
             message: format!("state folder {} is not writable: {e}", state_dir.display()),
@@ -258,6 +262,40 @@ fn check_programs(d: &spec::Deployment) -> Vec<Problem> {
     problems
 }
 
+/// Every command detector's program can be found and run (DEP_E601, as the curator would
+/// say at its first recording).
+fn check_detectors(d: &spec::Deployment) -> Vec<Problem> {
+    let path_var = std::env::var("PATH").unwrap_or_default();
+    d.spec
+        .detectors
+        .iter()
+        .filter_map(|det| Some((det, det.command.as_ref()?.first()?)))
+        .filter_map(|(det, program)| {
+            let found = crate::runtime::process::resolve_program(program, &path_var, None);
+            found.err().map(|e| Problem {
+                code: &errors::DETECTOR_NOT_FOUND,
+                message: format!("detector {}: {e}", det.name),
+                snippet: None,
+            })
+        })
+        .collect()
+}
+
+/// The files `spec.connect` names can be read and parsed (DEP_E507, as the connector would say).
+fn check_connect_files(d: &spec::Deployment) -> Vec<Problem> {
+    let Some(connect) = &d.spec.connect else {
+        return Vec::new();
+    };
+    crate::connect::check_files(connect)
+        .into_iter()
+        .map(|p| Problem {
+            code: errors::lookup(&p.code).unwrap_or(&errors::SECRET_UNREADABLE),
+            message: p.message,
+            snippet: None,
+        })
+        .collect()
+}
+
 /// The recorder's storage is writable and its device healthy, judged as `roost status` judges
 /// it (from a live recorder's report, else by a bounded probe of the device).
 fn check_recorder(d: &spec::Deployment, state_dir: &Path) -> Vec<Problem> {
@@ -280,33 +318,50 @@ fn check_recorder(d: &spec::Deployment, state_dir: &Path) -> Vec<Problem> {
     problems
 }
 
-/// The storage takes files as the recorder will find it: mounted when `requireMount` says so
-/// (nothing is created on the root file system otherwise), its folders present, writable.
+/// The storage takes files as the recorder will find it: on a mounted disk when `requireMount`
+/// says so, and writable (or makeable: the nearest existing folder above it writable). Nothing
+/// is created.
 fn check_storage(config: &crate::recorder::RecordConfig, state_dir: &Path) -> Option<Problem> {
     let storage = config.storage_path(state_dir);
     let folders = crate::storage::Folders::new(&storage, &config.storage);
-    if let Err(e) = folders.prepare() {
+    if let Err(e) = folders.check_mounted() {
         let code = errors::lookup(e.code().code).unwrap_or(&errors::STORAGE_UNUSABLE);
-        let cause = std::error::Error::source(&e)
-            .map(|c| format!(": {c}"))
-            .unwrap_or_default();
         return Some(Problem {
             code,
-            message: format!("{e}{cause}"),
+            message: e.to_string(),
             snippet: None,
         });
     }
-    writable(&storage).err().map(|e| Problem {
+    could_write(&storage).err().map(|e| Problem {
         code: &errors::STORAGE_UNUSABLE,
         message: format!("storage {} is not writable: {e}", storage.display()),
         snippet: None,
     })
 }
 
-fn writable(dir: &Path) -> std::io::Result<()> {
-    let probe = dir.join(format!(".roost-check-{}", std::process::id()));
-    std::fs::write(&probe, b"")?;
-    std::fs::remove_file(probe)
+/// Whether roost could write in `dir` without anything being created now: it is a writable
+/// folder, or the nearest folder above it that exists is (roost makes the rest when it runs).
+fn could_write(dir: &Path) -> std::io::Result<()> {
+    let mut at = dir;
+    loop {
+        match std::fs::metadata(at) {
+            Ok(m) if m.is_dir() => {
+                use nix::unistd::{AccessFlags, access};
+                return access(at, AccessFlags::W_OK | AccessFlags::X_OK)
+                    .map_err(std::io::Error::from);
+            }
+            Ok(_) => {
+                return Err(std::io::Error::other(format!(
+                    "{} is not a folder",
+                    at.display()
+                )));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                at = at.parent().ok_or(e)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// `roost plan`: what a running roost would do with this file, changing nothing.

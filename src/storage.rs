@@ -156,13 +156,16 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
-    /// `requireMount: true` and no file system is mounted at the storage folder.
+    /// `requireMount: true` and the storage folder does not lie on a mounted file system
+    /// other than the root's.
     #[error(
-        "storage {path} is not mounted (requireMount: true); nothing is written until a disk is mounted there"
+        "storage {path} is not mounted (requireMount: true): waiting for {wait_for}; nothing is written until then"
     )]
     NotMounted {
-        /// The storage folder that should be a mount point.
+        /// The storage folder.
         path: PathBuf,
+        /// The mount it waits for.
+        wait_for: MountWait,
     },
     /// metadata.db could not be opened, migrated, read or written.
     #[error("metadata database {path}: cannot {action}")]
@@ -317,11 +320,7 @@ impl Folders {
     /// Makes sure the storage can take files now: mounted when `requireMount` says so, folders
     /// present (created again after an `rm -rf`). Cheap enough to call before every file.
     pub fn prepare(&self) -> Result<(), StorageError> {
-        if self.spec.require_mount && !is_mount_point(&self.root) {
-            return Err(StorageError::NotMounted {
-                path: self.root.clone(),
-            });
-        }
+        self.check_mounted()?;
         for dir in [self.root.clone(), self.recordings_dir(), self.partial_dir()] {
             std::fs::create_dir_all(&dir).map_err(|source| StorageError::Unusable {
                 path: self.root.clone(),
@@ -330,6 +329,22 @@ impl Folders {
             })?;
         }
         Ok(())
+    }
+
+    /// With `requireMount`, that the storage lies on a mounted disk (see [`mount_needed`]);
+    /// changes nothing.
+    pub fn check_mounted(&self) -> Result<(), StorageError> {
+        if !self.spec.require_mount {
+            return Ok(());
+        }
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+        let path = resolve_existing(&self.root);
+        mount_needed(&path, &read("/proc/self/mountinfo"), &read("/etc/fstab"))
+            .map(drop)
+            .map_err(|wait_for| StorageError::NotMounted {
+                path: self.root.clone(),
+                wait_for,
+            })
     }
 
     /// The storage folder, which holds metadata.db and recordings/.
@@ -378,24 +393,79 @@ impl Folders {
     }
 }
 
-/// Whether `path` is the root of a mounted file system (listed in /proc/self/mountinfo; bind
-/// mounts included). Falls back to comparing devices with the parent folder.
-pub fn is_mount_point(path: &Path) -> bool {
-    let Ok(canonical) = std::fs::canonicalize(path) else {
-        return false;
-    };
-    if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
-        return info.lines().any(|line| {
-            line.split(' ')
-                .nth(4)
-                .is_some_and(|mount| Path::new(&unescape_mountinfo(mount)) == canonical)
-        });
+/// `path` with its longest existing ancestor resolved (links followed) and the rest kept as
+/// written: where it is, or would be once made.
+pub fn resolve_existing(path: &Path) -> PathBuf {
+    let mut rest = Vec::new();
+    let mut at = path;
+    loop {
+        if let Ok(real) = std::fs::canonicalize(at) {
+            return rest.iter().rev().fold(real, |p, c| p.join(c));
+        }
+        match (at.parent(), at.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                at = parent;
+            }
+            _ => return path.to_path_buf(),
+        }
     }
-    use std::os::unix::fs::MetadataExt;
-    let parent = canonical.parent().unwrap_or(Path::new("/"));
-    match (std::fs::metadata(&canonical), std::fs::metadata(parent)) {
-        (Ok(a), Ok(b)) => a.dev() != b.dev() || canonical == parent,
-        _ => false,
+}
+
+/// The mount a storage with `requireMount` waits for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MountWait {
+    /// The mount point /etc/fstab names at or above the storage folder.
+    Fstab(PathBuf),
+    /// No fstab entry: a disk mounted at this folder or at any folder above it other than `/`.
+    AtOrAbove(PathBuf),
+}
+
+impl std::fmt::Display for MountWait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Fstab(p) => write!(f, "{} (its /etc/fstab entry) to be mounted", p.display()),
+            Self::AtOrAbove(p) => write!(
+                f,
+                "a disk mounted at {} or at a folder above it other than /",
+                p.display()
+            ),
+        }
+    }
+}
+
+/// The mount `path` (absolute, resolved) needs, as systemd's `RequiresMountsFor=` means it:
+/// `Ok(mount point)` when it lies on a mounted file system other than the root's, `Err(the
+/// mount point it waits for)` otherwise. A mount point in `fstab` at or above `path` is the one
+/// required (so a `/media` that is itself a file system does not stand in for the card below
+/// it); without one, any mount at or above `path` other than `/`. `mountinfo` and `fstab` are
+/// the texts of `/proc/self/mountinfo` and `/etc/fstab`.
+///
+/// # Errors
+/// The mount it waits for.
+pub fn mount_needed(path: &Path, mountinfo: &str, fstab: &str) -> Result<PathBuf, MountWait> {
+    let above = |m: &Path| m != Path::new("/") && path.starts_with(m);
+    let mounted: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(unescape_mountinfo(m)))
+        .collect();
+    let from_fstab = fstab
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .map(|m| PathBuf::from(unescape_mountinfo(m)))
+        .filter(|m| above(m))
+        .max_by_key(|m| m.as_os_str().len());
+    match from_fstab {
+        Some(wanted) if mounted.contains(&wanted) => Ok(wanted),
+        Some(wanted) => Err(MountWait::Fstab(wanted)),
+        None => mounted
+            .into_iter()
+            .filter(|m| above(m))
+            .max_by_key(|m| m.as_os_str().len())
+            .ok_or_else(|| MountWait::AtOrAbove(path.to_path_buf())),
     }
 }
 
@@ -1549,6 +1619,55 @@ mod tests {
         assert_eq!(s.integrity_check().unwrap(), "ok");
     }
 
+    /// `requireMount` as `RequiresMountsFor=`: a folder on a mounted card counts, the card's
+    /// own mount point counts, the root file system never; an fstab entry names the mount
+    /// waited for, and a file system mounted above it (`/media` on tmpfs) does not stand in.
+    #[test]
+    fn require_mount_is_a_mounted_file_system_at_or_above_the_folder() {
+        let info = |mounts: &[&str]| {
+            mounts
+                .iter()
+                .enumerate()
+                .map(|(i, m)| format!("{i} 1 8:1 / {m} rw,relatime shared:1 - ext4 /dev/x rw\n"))
+                .collect::<String>()
+        };
+        let p = |s: &str| PathBuf::from(s);
+        let root_only = info(&["/", "/proc"]);
+        let card = info(&["/", "/proc", "/media/card"]);
+        let path = p("/media/card/roost");
+        assert_eq!(
+            mount_needed(&path, &root_only, ""),
+            Err(MountWait::AtOrAbove(path.clone()))
+        );
+        assert_eq!(mount_needed(&path, &card, ""), Ok(p("/media/card")));
+        assert_eq!(
+            mount_needed(&p("/media/card"), &card, ""),
+            Ok(p("/media/card"))
+        );
+        assert_eq!(
+            mount_needed(&p("/media/cardigan"), &card, ""),
+            Err(MountWait::AtOrAbove(p("/media/cardigan")))
+        );
+        let fstab =
+            "# <fs> <dir>\nUUID=1 / ext4 defaults 0 1\nLABEL=CARD /media/card vfat nofail 0 0\n";
+        assert_eq!(
+            mount_needed(&path, &root_only, fstab),
+            Err(MountWait::Fstab(p("/media/card")))
+        );
+        let media = info(&["/", "/media"]);
+        assert_eq!(
+            mount_needed(&path, &media, fstab),
+            Err(MountWait::Fstab(p("/media/card")))
+        );
+        assert_eq!(mount_needed(&path, &media, ""), Ok(p("/media")));
+        assert_eq!(mount_needed(&path, &card, fstab), Ok(p("/media/card")));
+        let spaced = info(&["/", "/mnt/my\\040card"]);
+        assert_eq!(
+            mount_needed(&p("/mnt/my card/r"), &spaced, ""),
+            Ok(p("/mnt/my card"))
+        );
+    }
+
     #[test]
     fn a_storage_that_must_be_mounted_is_not_created_until_it_is() {
         let dir = tempfile::tempdir().unwrap();
@@ -1561,7 +1680,6 @@ mod tests {
         assert!(!root.exists(), "nothing is created on the root file system");
         std::fs::create_dir(&root).unwrap();
         assert!(Folders::new(&root, &must).prepare().is_err());
-        assert!(is_mount_point(Path::new("/")) && is_mount_point(Path::new("/proc")));
         assert_eq!(unescape_mountinfo("/mnt/my\\040card"), "/mnt/my card");
     }
 

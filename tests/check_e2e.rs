@@ -209,3 +209,55 @@ fn a_storage_that_must_be_a_mounted_card_is_checked_as_the_recorder_sees_it() {
         "check created the card's folder on the root file system"
     );
 }
+
+/// `roost check` checks what the running components would need, with their codes: a command
+/// detector's program (DEP_E601), the MQTT password file, the HTTP headers file and CA files
+/// (DEP_E507, also when a file is there but not what it should be); and it creates nothing,
+/// not its state folder, not the storage.
+#[test]
+fn check_finds_every_missing_file_a_component_needs_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let not_pem = dir.path().join("ca.txt");
+    std::fs::write(&not_pem, "not a certificate").unwrap();
+    let storage = dir.path().join("not/yet/storage");
+    let state = dir.path().join("state/deeper");
+    let yaml = format!(
+        "apiVersion: roost/v1\nkind: Deployment\nmetadata:\n  name: needs\nspec:\n  storage: {{path: {storage}}}\n  recorder: {{}}\n  detectors:\n    - {{name: birdnet, kind: command, command: [{m}/birdnet.sh]}}\n  connect:\n    deviceId: pi-1\n    mqtt: {{url: \"mqtts://127.0.0.1:8883\", username: pi, passwordFile: {m}/password, caFile: {ca}}}\n    http: {{url: \"https://127.0.0.1:9/ingest\", headersFile: {m}/headers, caFile: {m}/http-ca.pem}}\n  components: []\n",
+        storage = storage.display(),
+        m = missing.display(),
+        ca = not_pem.display(),
+    );
+    let file = dir.path().join("deployment.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--file"])
+        .arg(&file)
+        .arg("--state-dir")
+        .arg(&state)
+        .env("ALSA_CONFIG_PATH", dir.path().join("no-such-asound.conf"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for expected in [
+        format!("DEP_E601 detector birdnet: "),
+        format!("DEP_E507 passwordFile {}/password", missing.display()),
+        format!("DEP_E507 caFile {}", not_pem.display()),
+        format!("DEP_E507 headersFile {}/headers", missing.display()),
+        format!("DEP_E507 caFile {}/http-ca.pem", missing.display()),
+    ] {
+        assert!(text.contains(&expected), "{expected:?} missing in:\n{text}");
+    }
+    assert!(text.contains("birdnet.sh"), "{text}");
+    assert!(
+        !state.exists() && !dir.path().join("state").exists(),
+        "check made its state folder"
+    );
+    assert!(!dir.path().join("not").exists(), "check made the storage");
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left.len(), 2, "only the file and ca.txt: {left:?}");
+}

@@ -281,27 +281,49 @@ fn sh(script: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// `requireMount` as people lay out cards: the storage the card's mount point itself, or a
+/// folder on the card (`/media/card/roost`): nothing is written (not even the folder) until a
+/// disk is mounted there or above it, and the error says what it waits for.
 #[test]
 fn a_card_not_yet_mounted_is_not_written_until_it_is() {
     if !root_or_skip("a_card_not_yet_mounted_is_not_written_until_it_is") {
         return;
     }
-    let rig = Rig::new(RATE, json!({}), json!({"requireMount": true}));
+    for folder_on_card in [false, true] {
+        card_mounted_later(folder_on_card);
+    }
+}
+
+fn card_mounted_later(folder_on_card: bool) {
+    let mut rig = Rig::new(RATE, json!({}), json!({"requireMount": true}));
+    let card_at = rig.storage.clone();
+    if folder_on_card {
+        rig.storage = card_at.join("roost");
+        rig.write_config(json!({}), json!({"requireMount": true}));
+    }
     let feeder = PacedFeeder::start(&rig.fifo, RATE, rig.period);
     let mut child = KillOnDrop(rig.spawn_recorder());
     let report = rig.wait_report("not mounted", LONG, |r| {
         r.state == RecorderState::StorageError
             && r.error.as_ref().is_some_and(|e| e.code == "DEP_E301")
     });
-    assert!(report.error.unwrap().message.contains("not mounted"));
+    let message = report.error.unwrap().message;
+    assert!(
+        message.contains("not mounted")
+            && message.contains(&format!(
+                "waiting for a disk mounted at {} or at a folder above it",
+                rig.storage.display()
+            )),
+        "{message}"
+    );
     std::thread::sleep(Duration::from_secs(2));
-    let inside: Vec<_> = std::fs::read_dir(&rig.storage).unwrap().collect();
+    let inside: Vec<_> = std::fs::read_dir(&card_at).unwrap().collect();
     assert!(
         inside.is_empty(),
         "nothing is written on the root file system: {inside:?}"
     );
     let mounted = Instant::now();
-    let card = Tmpfs::mount(&rig.storage, "64m").expect("mount a tmpfs");
+    let card = Tmpfs::mount(&card_at, "64m").expect("mount a tmpfs");
     let after = wait_registered_after(&rig, mounted, "recording once mounted");
     eprintln!("figure: card mounted -> first file registered in {after:.1} s");
     assert!(terminate(&mut child.0).success(), "{}", rig.log());

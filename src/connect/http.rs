@@ -81,7 +81,7 @@ impl HttpSink {
 }
 
 /// `Name: value` lines; blank lines and `#` comments skipped.
-fn read_headers(path: &std::path::Path) -> Result<Vec<(String, String)>, String> {
+pub fn read_headers(path: &std::path::Path) -> Result<Vec<(String, String)>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {

@@ -131,3 +131,41 @@ pub enum ConnectError {
     #[error(transparent)]
     Watch(#[from] crate::watch::WatchError),
 }
+
+/// The files `spec` names (passwordFile, headersFile, the caFiles), read and parsed as the
+/// connector will, changing nothing: one problem (DEP_E507) per file that cannot be used.
+/// For `roost check`.
+pub fn check_files(spec: &crate::spec::connect::ConnectSpec) -> Vec<report::Problem> {
+    let mut problems = Vec::new();
+    let unusable = |what: &str, path: &std::path::Path, why: String| {
+        report::Problem::new(
+            &crate::errors::SECRET_UNREADABLE,
+            format!("{what} {}: {why}", path.display()),
+        )
+    };
+    if let Some(m) = &spec.mqtt {
+        if let Some(p) = &m.password_file
+            && let Err(e) = std::fs::read_to_string(p.as_path())
+        {
+            problems.push(unusable("passwordFile", p.as_path(), e.to_string()));
+        }
+        if let Some(p) = &m.ca_file
+            && let Err(problem) = mqtt::tls_config(Some(p.as_path()))
+        {
+            problems.push(problem);
+        }
+    }
+    if let Some(h) = &spec.http {
+        if let Some(p) = &h.headers_file
+            && let Err(why) = http::read_headers(p.as_path())
+        {
+            problems.push(unusable("headersFile", p.as_path(), why));
+        }
+        if let Some(p) = &h.ca_file
+            && let Err(problem) = mqtt::tls_config(Some(p.as_path()))
+        {
+            problems.push(problem);
+        }
+    }
+    problems
+}

@@ -37,9 +37,11 @@ pub struct StorageSpec {
     /// What to do when free space falls below minFreeSpace.
     #[serde(default)]
     pub on_low_space: OnLowSpace,
-    /// The storage folder must be a mount point (an SD card or USB disk): while nothing is
-    /// mounted there, the recorder writes nothing (not even its folders) and reports DEP_E301,
-    /// then records there by itself once the disk is mounted. Default false.
+    /// The storage folder must lie on a mounted disk (an SD card or USB disk), as systemd's
+    /// `RequiresMountsFor=`: the mount /etc/fstab names at or above it, else any mount at or
+    /// above it other than `/` (so `/media/card/roost` on a card mounted at `/media/card`).
+    /// Until then the recorder writes nothing (not even its folders) and reports DEP_E301
+    /// with the mount it waits for, then records there by itself. Default false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub require_mount: bool,
     /// Saving rules, decided for each recording once every detector has seen it: kept when any
