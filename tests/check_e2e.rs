@@ -241,7 +241,7 @@ fn check_finds_every_missing_file_a_component_needs_and_creates_nothing() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     for expected in [
-        format!("DEP_E601 detector birdnet: "),
+        "DEP_E601 detector birdnet: ".to_string(),
         format!("DEP_E507 passwordFile {}/password", missing.display()),
         format!("DEP_E507 caFile {}", not_pem.display()),
         format!("DEP_E507 headersFile {}/headers", missing.display()),
