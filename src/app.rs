@@ -139,6 +139,9 @@ pub struct CheckReport {
     pub problems: Vec<Problem>,
     /// What is valid but probably not meant (keep rules that keep nothing); never fails it.
     pub warnings: Vec<String>,
+    /// What a technician installing the device should know (when the next recording window
+    /// opens); never fails it.
+    pub notes: Vec<String>,
 }
 
 impl CheckReport {
@@ -150,6 +153,9 @@ impl CheckReport {
 
 impl fmt::Display for CheckReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for n in &self.notes {
+            writeln!(f, "note: {n}")?;
+        }
         for w in &self.warnings {
             writeln!(f, "warning: {w}")?;
         }
@@ -185,11 +191,55 @@ pub fn check(file: &Path, state_dir: &Path) -> CheckReport {
             snippet: None,
         });
     }
-    let warnings = deployment
+    let mut warnings = deployment
         .as_ref()
         .map(crate::curate::keep_warnings)
         .unwrap_or_default();
-    CheckReport { problems, warnings }
+    let mut notes = Vec::new();
+    if let Some(d) = &deployment {
+        next_window(d, jiff::Timestamp::now(), &mut notes, &mut warnings);
+    }
+    CheckReport {
+        problems,
+        warnings,
+        notes,
+    }
+}
+
+/// Outside the recorder's windows now: when the next one opens (local time) as a note, and
+/// DEP_E318 as a warning when that is more than 7 days away or never within a year.
+fn next_window(
+    d: &spec::Deployment,
+    now: jiff::Timestamp,
+    notes: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) {
+    let Some(recorder) = &d.spec.recorder else {
+        return;
+    };
+    let schedule = crate::schedule::Schedule::new(recorder, d.spec.location.as_ref());
+    if recorder.windows.is_empty() || schedule.in_window(now) {
+        return;
+    }
+    let tz = schedule.time_zone().clone();
+    match schedule.next_window_start(now) {
+        Some(at) => {
+            let local = at.to_zoned(tz).strftime("%a %-d %b %Y %H:%M %Z");
+            notes.push(format!(
+                "outside the recording windows now; the next opens {local}"
+            ));
+            if at.duration_since(now) > jiff::SignedDuration::from_hours(24 * 7) {
+                warnings.push(format!(
+                    "{} the next recording window opens {local}, more than 7 days from now",
+                    errors::NO_WINDOW_SOON.code
+                ));
+            }
+        }
+        None => warnings.push(format!(
+            "{} no recording window opens within a year (check spec.recorder.windows and spec.location)",
+            errors::NO_WINDOW_SOON.code
+        )),
+    }
 }
 
 /// `roost check --offline`: the file alone (parse and validate), for configuration-management
@@ -201,7 +251,11 @@ pub fn check_offline(file: &Path) -> CheckReport {
         .as_ref()
         .map(crate::curate::keep_warnings)
         .unwrap_or_default();
-    CheckReport { problems, warnings }
+    CheckReport {
+        problems,
+        warnings,
+        notes: Vec::new(),
+    }
 }
 
 /// Loads and validates the file: the deployment, or the problem with its file, line and column.

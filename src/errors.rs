@@ -81,6 +81,9 @@ codes! {
     TIME_OVERLAP = "DEP_E317", "Recording times overlap",
         "A recording claims a start time before the end of an earlier one: the wall clock was stepped back. A warning: nothing is overwritten (the later file gets a -N name) and the overlap is written into its GUANO.",
         "Give the device a time source before recording starts (NTP, GPS, an RTC module); use the GUANO 'ROOST|Time Overlap' field to place the files.";
+    NO_WINDOW_SOON = "DEP_E318", "No recording window soon",
+        "The recorder waits outside its windows and the next one opens more than 7 days from now, or none opens within a year (a sunrise or sunset window in a polar day or night, a window between two identical times). A warning: nothing is recorded meanwhile.",
+        "Check spec.recorder.windows and spec.location (latitude and longitude, sign included: west and south are negative); `roost status` shows when the next window opens and what it was computed from.";
     METADATA_DB_ERROR = "DEP_E321", "Metadata database error",
         "metadata.db could not be written or is damaged.",
         "Check the disk; roost repairs leftovers at start. If it persists, move metadata.db aside and restart roost.";

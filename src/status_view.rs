@@ -176,19 +176,7 @@ fn headline_in(doc: &StatusDoc, facts: &Facts, tz: &TimeZone, now: Timestamp) ->
             Some(t) => format!("Recording. Last file finished {} ago.", age(now, t)),
             None => "Recording (the first file is not finished yet).".to_string(),
         },
-        (ComponentState::Running, "waiting") => {
-            let next = out
-                .get("expectedFileBy")
-                .and_then(Value::as_str)
-                .and_then(|s| s.parse().ok());
-            match next {
-                Some(t) => format!(
-                    "Waiting between recordings; the next file is due by {}.",
-                    local(t, tz)
-                ),
-                None => "Waiting: outside the recording windows.".to_string(),
-            }
-        }
+        (ComponentState::Running, "waiting") => waiting_line(out, tz),
         (ComponentState::Running, "starting") => "Starting the recorder.".to_string(),
         // Files still arrive (metadata.db locked, samples dropped): say so, and what is wrong.
         // A recorder whose files stopped (DEP_E313) is not recording, whatever it reports.
@@ -473,6 +461,31 @@ fn problems_section(out: &mut String, doc: &StatusDoc) {
 }
 
 /// `Sat 28 Nov 14:03:05 GMT`: the time in `tz`, with the zone's abbreviation.
+/// The headline of a recorder waiting: outside its windows, when the next one opens and what
+/// that was computed from; between the files of a window, when the next file is due.
+fn waiting_line(out: &Value, tz: &TimeZone) -> String {
+    let time = |k: &str| {
+        out.get(k)
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse::<Timestamp>().ok())
+    };
+    let from = out.get("nextWindowFrom").and_then(Value::as_str);
+    match (time("nextWindowAt"), from, time("expectedFileBy")) {
+        (Some(at), Some(from), _) => format!(
+            "Waiting: outside the recording windows; the next opens {} (from {from}).",
+            local(at, tz)
+        ),
+        (None, Some(from), _) => format!(
+            "Waiting: outside the recording windows, and none opens within a year (from {from})."
+        ),
+        (_, None, Some(t)) => format!(
+            "Waiting between recordings; the next file is due by {}.",
+            local(t, tz)
+        ),
+        _ => "Waiting: outside the recording windows.".to_string(),
+    }
+}
+
 fn local(t: Timestamp, tz: &TimeZone) -> String {
     let z = t.to_zoned(tz.clone());
     z.strftime("%a %-d %b %H:%M:%S %Z").to_string()
@@ -558,6 +571,10 @@ mod tests {
         let now: Timestamp = "2026-06-01T04:02:30Z".parse().unwrap();
         let recording = json!({"state": "recording", "lastFile": "/s/recordings/2026/06/01/a.wav", "lastFileAt": "2026-06-01T04:00:00Z", "samplesDropped": 0, "samplesDiscarded": 0, "clockSynchronized": true});
         let waiting = json!({"state": "waiting", "expectedFileBy": "2026-06-01T19:30:00Z"});
+        let dawn = json!({"state": "waiting", "expectedFileBy": "2026-06-02T04:15:00Z",
+            "nextWindowAt": "2026-06-02T04:14:00Z",
+            "nextWindowFrom": "windows sunrise-30m-sunrise+2h (Europe/London); sunrise and sunset at spec.location"});
+        let polar = json!({"state": "waiting", "nextWindowFrom": "windows sunrise-30m-sunrise+2h (Europe/London); sunrise and sunset at spec.location"});
         let lost = json!({"state": "deviceUnavailable"});
         let mut broken = doc(
             OverallStatus::Error,
@@ -620,6 +637,24 @@ mod tests {
                 ),
                 facts(),
                 "Waiting between recordings; the next file is due by Mon 1 Jun 20:30:00 BST.",
+            ),
+            (
+                doc(
+                    OverallStatus::Running,
+                    Phase::Succeeded,
+                    Some((ComponentState::Running, dawn)),
+                ),
+                facts(),
+                "Waiting: outside the recording windows; the next opens Tue 2 Jun 05:14:00 BST (from windows sunrise-30m-sunrise+2h (Europe/London); sunrise and sunset at spec.location).",
+            ),
+            (
+                doc(
+                    OverallStatus::Running,
+                    Phase::Succeeded,
+                    Some((ComponentState::Running, polar)),
+                ),
+                facts(),
+                "Waiting: outside the recording windows, and none opens within a year (from windows sunrise-30m-sunrise+2h (Europe/London); sunrise and sunset at spec.location).",
             ),
             (
                 broken,

@@ -261,3 +261,65 @@ fn check_finds_every_missing_file_a_component_needs_and_creates_nothing() {
         .collect();
     assert_eq!(left.len(), 2, "only the file and ca.txt: {left:?}");
 }
+
+/// Outside its windows, `roost check` says when the next one opens (local time), and warns
+/// with DEP_E318 when that is more than 7 days away or never within a year (a sunrise window
+/// near a pole in its polar night or day).
+#[test]
+fn check_says_when_the_next_window_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("deployment.yaml");
+    let check = |location: &str, window: &str, tz: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "apiVersion: roost/v1\nkind: Deployment\nmetadata:\n  name: dawn\nspec:\n  location: {location}\n  storage: {{path: {}}}\n  recorder: {{timezone: {tz}, windows: [{window}]}}\n  components: []\n",
+                dir.path().join("storage").display()
+            ),
+        )
+        .unwrap();
+        let out = Command::new(BIN)
+            .args(["check", "--file"])
+            .arg(&file)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .env("ALSA_CONFIG_PATH", dir.path().join("no-such-asound.conf"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // A clock window opening in two hours (UTC), at Oxford.
+    let now = jiff::Timestamp::now();
+    let start = (now + jiff::SignedDuration::from_hours(2)).to_zoned(jiff::tz::TimeZone::UTC);
+    let end = start.clone() + jiff::SignedDuration::from_mins(30);
+    let window = format!(
+        "{{start: \"{}\", end: \"{}\"}}",
+        start.strftime("%H:%M"),
+        end.strftime("%H:%M")
+    );
+    let text = check("{latitude: 51.76, longitude: -1.26}", &window, "UTC");
+    let expected = format!(
+        "note: outside the recording windows now; the next opens {} UTC",
+        start.strftime("%a %-d %b %Y %H:%M")
+    );
+    assert!(text.contains(&expected), "{expected:?} in:\n{text}");
+    assert!(!text.contains("DEP_E318"), "{text}");
+    // A sunrise window at a pole: its equinox is weeks to months away (the pole whose
+    // equinox is farther from today), or no sunrise within a year.
+    let month = now.to_zoned(jiff::tz::TimeZone::UTC).month();
+    let pole = if (1..=6).contains(&month) {
+        -89.9
+    } else {
+        89.9
+    };
+    let text = check(
+        &format!("{{latitude: {pole}, longitude: 0}}"),
+        "{start: \"sunrise\", end: \"sunrise+1h\"}",
+        "UTC",
+    );
+    assert!(
+        text.contains("warning: DEP_E318 the next recording window opens")
+            || text.contains("warning: DEP_E318 no recording window opens within a year"),
+        "{text}"
+    );
+}

@@ -130,6 +130,8 @@ fn output(r: &RecorderReport) -> serde_json::Value {
         "overruns": r.overruns,
         "filesDiscarded": r.files_discarded,
         "expectedFileBy": r.expected_file_by,
+        "nextWindowAt": r.next_window_at,
+        "nextWindowFrom": r.next_window_from,
         "rowsOwed": r.rows_owed,
         "filesDeleted": r.files_deleted,
         "recentlyDeleted": r.recently_deleted,

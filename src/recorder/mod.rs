@@ -897,6 +897,7 @@ impl<T: WavSample> Recorder<T> {
         match self.schedule.segment_at(t) {
             Segment::Record { end, .. } => {
                 let end_index = self.index_of(end).max(self.index + 1);
+                (self.report.next_window_at, self.report.next_window_from) = (None, None);
                 self.open_file(end_index);
             }
             Segment::Idle { until } => {
@@ -904,6 +905,7 @@ impl<T: WavSample> Recorder<T> {
                     .map_or(u64::MAX, |u| self.index_of(u))
                     .max(self.index + 1);
                 self.report.expected_file_by = self.expected_after(until);
+                self.note_next_window(t, until);
                 if matches!(
                     self.report.state,
                     RecorderState::Recording | RecorderState::Starting
@@ -912,6 +914,37 @@ impl<T: WavSample> Recorder<T> {
                 }
             }
         }
+    }
+
+    /// Outside the windows (not merely between two files of a window): when the next window
+    /// opens and what that was computed from, so that a technician installing a dawn recorder
+    /// at noon sees that it will record tomorrow.
+    fn note_next_window(&mut self, t: Timestamp, until: Option<Timestamp>) {
+        if self.schedule.in_window(t) {
+            (self.report.next_window_at, self.report.next_window_from) = (None, None);
+            return;
+        }
+        let spec = &self.config.recorder;
+        let windows: Vec<String> = (spec.windows.iter())
+            .map(|w| format!("{}-{}", w.start, w.end))
+            .collect();
+        let solar = windows.iter().any(|w| w.contains("sun"));
+        // Never the coordinates themselves: this report reaches status.json, the page and the
+        // broker, and a site's location can reveal an endangered species.
+        let place = match (&self.config.location, solar) {
+            (Some(_), true) => "; sunrise and sunset at spec.location",
+            (None, true) => "; sunrise and sunset need spec.location",
+            _ => "",
+        };
+        self.report.next_window_at = until;
+        self.report.next_window_from = Some(format!(
+            "windows {} ({}){place}",
+            windows.join(", "),
+            self.schedule
+                .time_zone()
+                .iana_name()
+                .unwrap_or("local time")
+        ));
     }
 
     /// Sample time minus monotonic time since the anchor, in nanoseconds, and the monotonic time.
@@ -1607,6 +1640,25 @@ impl<T: WavSample> Recorder<T> {
     /// Warnings: conditions that do not stop recording but should be known.
     fn warnings(&self) -> Vec<ReportError> {
         let mut out = Vec::new();
+        if self.report.state == RecorderState::Waiting
+            && let Some(from) = &self.report.next_window_from
+        {
+            let far = self.report.next_window_at.is_none_or(|at| {
+                at.duration_since(Timestamp::now()) > jiff::SignedDuration::from_hours(24 * 7)
+            });
+            if far {
+                let when = self
+                    .report
+                    .next_window_at
+                    .map_or("no window opens within a year".to_string(), |at| {
+                        format!("the next window opens at {at}")
+                    });
+                out.push(ReportError::new(
+                    errors::NO_WINDOW_SOON,
+                    format!("{when}; computed from {from}"),
+                ));
+            }
+        }
         if self.report.clock_synchronized == Some(false) {
             out.push(ReportError::new(
                 errors::CLOCK_NOT_SYNCHRONIZED,
@@ -1690,6 +1742,8 @@ fn initial_report(
         overruns: 0,
         files_discarded: 0,
         expected_file_by: None,
+        next_window_at: None,
+        next_window_from: None,
         error: None,
         repair: Default::default(),
         rows_owed: 0,

@@ -108,8 +108,16 @@ pub struct RecorderReport {
     pub overruns: u64,
     /// Files discarded or cut short by onLowSpace or a full disk.
     pub files_discarded: u64,
-    /// When the next file must be complete if all is well; null outside the windows.
+    /// When the next file must be complete if all is well.
     pub expected_file_by: Option<Timestamp>,
+    /// While waiting outside the recording windows: when the next window opens (null: none
+    /// within the search horizon of about a year, or not waiting for a window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_window_at: Option<Timestamp>,
+    /// While waiting outside the windows: what the next opening was computed from (the
+    /// windows as written, and the location for sunrise and sunset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_window_from: Option<String>,
     /// The fault that keeps it from recording as it should, if any.
     pub error: Option<ReportError>,
     /// What the start-up repair of the storage did.
@@ -240,6 +248,8 @@ mod tests {
             overruns: 0,
             files_discarded: 0,
             expected_file_by: Some(now + SignedDuration::from_secs(60)),
+            next_window_at: None,
+            next_window_from: None,
             error: None,
             repair: RepairReport::default(),
             rows_owed: 0,
