@@ -90,6 +90,12 @@ codes! {
     INTERNAL = "DEP_E401", "Internal error",
         "Roost hit an unexpected internal error (a state file it cannot write, a bug).",
         "Check that the state folder is writable and read roost's own log (journalctl -u roost); report the bug with the log.";
+    ROOST_NOT_RUNNING = "DEP_E402", "Roost not running",
+        "The roost that wrote this status is not running (killed, crashed, out of memory): what the status says is what it last knew. Components it started may still run without supervision (the recorder keeps recording), but nothing restarts what fails and nothing reports new faults.",
+        "Start roost again (`systemctl restart roost`, or your service manager's restart); it adopts what still runs. Read why it stopped in its log (`journalctl -u roost`, `dmesg` for the out-of-memory killer).";
+    STATUS_OUT_OF_DATE = "DEP_E403", "Status out of date",
+        "status.json has not been rewritten although the recorder's next file was due (plus 45 s: its own grace of 30 s, and time to write): roost cannot write it (a full or read-only card holding the state folder; the reason is given when roost could record it) or is stuck. What it says may no longer be true.",
+        "Free space on the card that holds the state folder, or check it for errors (`dmesg`, `fsck`); read roost's log (`journalctl -u roost`). `roost status` clears this by itself once status.json is written again.";
     LINK_DOWN = "DEP_E501", "Link down",
         "Roost cannot reach the MQTT broker or the HTTP endpoint of spec.connect, for longer than spec.connect.outbox.warnAfter. A warning: recording goes on, and messages wait in the outbox (status.json shows its depth).",
         "Check the device's network (cellular signal, Wi-Fi) and the broker or endpoint (`mosquitto_sub -h HOST -p PORT -t '#'`, `curl URL`); messages are delivered, in order, once the link returns.";

@@ -52,6 +52,7 @@ pub mod serve;
 pub mod spec;
 pub mod state_dir;
 pub mod status;
+pub mod status_seen;
 pub mod status_view;
 pub mod storage;
 pub mod watch;

@@ -182,18 +182,22 @@ fn status(state_dir: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(3));
     }
     let doc = roost::status::read(&path)?;
+    let now = jiff::Timestamp::now();
+    // What the file says, as a reader must take it: roost gone or the file out of date is
+    // Unknown with its reason, never the green it last said.
+    let (seen, doc) = roost::status_seen::look(&doc, &state_dir.root, now);
     let mut out = std::io::stdout().lock();
     if json {
         // The file itself, so fields newer than this binary are not lost.
         out.write_all(&std::fs::read(&path)?)?;
     } else {
-        let now = jiff::Timestamp::now();
         let facts = roost::status_view::gather(&doc, &state_dir.root, now);
         write!(out, "{}", roost::status_view::render(&doc, &facts, now))?;
     }
-    if let Some(warning) = roost::status::stale_warning(&doc) {
-        eprintln!("{warning}");
-        return Ok(ExitCode::from(1));
+    if seen != roost::status_seen::Seen::Current
+        && let Some(e) = doc.errors.first()
+    {
+        eprintln!("warning: {} {} (status Unknown)", e.code, e.message);
     }
     Ok(ExitCode::from(doc.exit_code() as u8))
 }

@@ -34,7 +34,16 @@ impl StatusPublisher for StatusFile {
         "status.json"
     }
     fn publish(&mut self, doc: &StatusDoc) -> Result<(), String> {
-        status::write(&self.path, doc).map_err(|e| crate::errors::chain(&e))
+        let written = status::write(&self.path, doc).map_err(|e| crate::errors::chain(&e));
+        // Said where readers look (the run-time folder, RAM when it can be): a status that
+        // cannot be written is out of date, and they say why instead of showing it as now.
+        if let Some(state_dir) = self.path.parent() {
+            crate::status_seen::note_write_error(
+                state_dir,
+                written.as_ref().err().map(String::as_str),
+            );
+        }
+        written
     }
 }
 

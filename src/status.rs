@@ -500,19 +500,3 @@ pub fn read(path: &Path) -> Result<StatusDoc, StatusError> {
         source,
     })
 }
-
-/// A status file whose reconciler is gone says nothing about now: the warning to print, if so.
-/// (A final status of a cleanly stopped roost is not stale: it says Stopped.)
-pub fn stale_warning(doc: &StatusDoc) -> Option<String> {
-    if doc.status == OverallStatus::Stopped {
-        return None;
-    }
-    let alive =
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(doc.reconciler.pid as i32), None).is_ok();
-    (!alive).then(|| {
-        format!(
-            "warning: roost (pid {}) that wrote this status is not running; it is as of {} and may be out of date (status Unknown)",
-            doc.reconciler.pid, doc.updated_at
-        )
-    })
-}

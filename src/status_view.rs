@@ -13,6 +13,7 @@ use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 
 use crate::status::{ComponentState, ComponentStatus, OverallStatus, Phase, Reason, StatusDoc};
+use crate::status_seen::Seen;
 
 /// Facts beside the status document.
 #[derive(Clone, Debug, Default)]
@@ -26,8 +27,8 @@ pub struct Facts {
     pub bytes_last_day: Option<u64>,
     /// Free bytes on the storage's file system.
     pub free_bytes: Option<u64>,
-    /// Whether the roost that wrote status.json still runs.
-    pub roost_running: bool,
+    /// What a reader makes of status.json beyond its words (roost gone, out of date).
+    pub seen: crate::status_seen::Seen,
 }
 
 /// Reads the facts for `doc` from the state folder: the recorder's configuration (time zone,
@@ -48,7 +49,7 @@ pub fn gather(doc: &StatusDoc, state_dir: &Path, now: Timestamp) -> Facts {
         free_bytes: storage
             .as_deref()
             .and_then(crate::connect::messages::free_bytes),
-        roost_running: crate::status::stale_warning(doc).is_none(),
+        seen: crate::status_seen::look(doc, state_dir, now).0,
     }
 }
 
@@ -121,14 +122,14 @@ pub fn render(doc: &StatusDoc, facts: &Facts, now: Timestamp) -> String {
     }
     components_section(&mut out, doc);
     problems_section(&mut out, doc);
-    let roost = match (doc.status, facts.roost_running) {
+    let roost = match (doc.status, &facts.seen) {
         (OverallStatus::Stopped, _) => format!("stopped at {}", local(doc.updated_at, &tz)),
-        (_, true) => format!(
+        (_, Seen::RoostGone) => format!("not running; last update {}", local(doc.updated_at, &tz)),
+        (_, _) => format!(
             "pid {}, updated {}",
             doc.reconciler.pid,
             local(doc.updated_at, &tz)
         ),
-        (_, false) => format!("not running; last update {}", local(doc.updated_at, &tz)),
     };
     let _ = writeln!(
         out,
@@ -154,11 +155,34 @@ pub fn headline(doc: &StatusDoc, facts: &Facts, now: Timestamp) -> String {
 }
 
 fn headline_in(doc: &StatusDoc, facts: &Facts, tz: &TimeZone, now: Timestamp) -> String {
-    if !facts.roost_running && doc.status != OverallStatus::Stopped {
-        return format!(
-            "NOT RUNNING: roost stopped unexpectedly; this is what it last knew, at {}.",
-            local(doc.updated_at, tz)
-        );
+    match &facts.seen {
+        Seen::RoostGone => {
+            let recorder = doc.component(crate::spec::recorder::RECORDER_COMPONENT);
+            let still = match recorder.map(|c| (c.status, c.pid)) {
+                Some((ComponentState::Running, Some(pid))) => {
+                    format!("the recorder (pid {pid}) still records, unsupervised; ")
+                }
+                Some(_) => "the recorder is not running either; ".to_string(),
+                None => String::new(),
+            };
+            return format!(
+                "NOT RUNNING: roost stopped unexpectedly; {still}this is what it last knew, at {}.",
+                local(doc.updated_at, tz)
+            );
+        }
+        Seen::Stale { due, why } => {
+            let why = why
+                .as_deref()
+                .map_or("roost may be stuck".to_string(), |w| {
+                    format!("roost cannot write it: {w}")
+                });
+            return format!(
+                "STATUS OUT OF DATE: not rewritten since {} although a file was due by {}; {why}.",
+                local(doc.updated_at, tz),
+                local(*due, tz)
+            );
+        }
+        Seen::Current => {}
     }
     if doc.status == OverallStatus::Stopped || doc.phase == Phase::Stopped {
         return format!("Stopped (since {}).", local(doc.updated_at, tz));
@@ -561,7 +585,7 @@ mod tests {
             files_today: Some(57),
             bytes_last_day: Some(8_294_400_000),
             free_bytes: Some(124_000_000_000),
-            roost_running: true,
+            seen: Seen::Current,
         }
     }
 
@@ -669,10 +693,33 @@ mod tests {
             (
                 doc(OverallStatus::Running, Phase::Succeeded, None),
                 Facts {
-                    roost_running: false,
+                    seen: Seen::RoostGone,
                     ..facts()
                 },
                 "NOT RUNNING: roost stopped unexpectedly; this is what it last knew, at Mon 1 Jun 05:00:00 BST.",
+            ),
+            (
+                doc(
+                    OverallStatus::Running,
+                    Phase::Succeeded,
+                    Some((ComponentState::Running, json!({"state": "recording"}))),
+                ),
+                Facts {
+                    seen: Seen::RoostGone,
+                    ..facts()
+                },
+                "NOT RUNNING: roost stopped unexpectedly; the recorder (pid 7) still records, unsupervised; this is what it last knew, at Mon 1 Jun 05:00:00 BST.",
+            ),
+            (
+                doc(OverallStatus::Running, Phase::Succeeded, None),
+                Facts {
+                    seen: Seen::Stale {
+                        due: "2026-06-01T04:01:00Z".parse().unwrap(),
+                        why: Some("No space left on device (os error 28)".into()),
+                    },
+                    ..facts()
+                },
+                "STATUS OUT OF DATE: not rewritten since Mon 1 Jun 05:00:00 BST although a file was due by Mon 1 Jun 05:01:00 BST; roost cannot write it: No space left on device (os error 28).",
             ),
             (
                 doc(OverallStatus::Running, Phase::Succeeded, None),

@@ -262,6 +262,11 @@ struct RoostRun {
 
 impl RoostRun {
     fn start(dir: &Path, device: &str, broker_url: &str) -> Self {
+        Self::start_with(dir, device, broker_url, "")
+    }
+
+    /// With `extra` lines of spec (indented by 2).
+    fn start_with(dir: &Path, device: &str, broker_url: &str, extra: &str) -> Self {
         let folder = dir.join(device);
         std::fs::create_dir_all(&folder).unwrap();
         let file = folder.join("deployment.yaml");
@@ -283,7 +288,7 @@ spec:
       url: {broker_url}
       keepAlive: 5s
       homeAssistant: false
-"
+{extra}"
             ),
         )
         .unwrap();
@@ -419,4 +424,97 @@ fn a_killed_roost_shows_offline_once_the_broker_publishes_its_last_will() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("\ndev-b DEP_E151: "), "{text}");
     runs.clear();
+}
+
+/// The page's view (`/api/view.json`) on `port`.
+fn page_view(port: u16) -> Option<Value> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(stream, "GET /api/view.json HTTP/1.0\r\n\r\n").ok()?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).ok()?;
+    let body = answer.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    serde_json::from_slice(&answer[body..]).ok()
+}
+
+/// roost killed with SIGKILL while its components live on (the connector, the page, the
+/// sleeper): within 30 s every view says roost is not running, and what still runs: the
+/// broker's retained status (so `roost fleet`) is Unknown with DEP_E402 while the device stays
+/// online, the page's view is Unknown with DEP_E402, and `roost status` says NOT RUNNING and
+/// exits 1.
+#[test]
+fn a_roost_killed_alone_is_seen_on_every_channel() {
+    let test = "a_roost_killed_alone_is_seen_on_every_channel";
+    let Some(mosquitto) = mosquitto_or_skip(test) else {
+        return;
+    };
+    let broker = Broker::start(&mosquitto);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut run = RoostRun::start_with(
+        dir.path(),
+        "dev-k",
+        &broker.url(),
+        &format!("  page: {{listen: \"127.0.0.1:{port}\"}}\n"),
+    );
+    wait_for_fleet(
+        &broker.url(),
+        "online and Running",
+        Duration::from_secs(60),
+        |rows| {
+            rows.len() == 1 && rows[0]["status"] == "Running" && rows[0]["availability"] == "online"
+        },
+    );
+    let pids = run.component_pids();
+    assert!(pids.len() >= 3, "{pids:?}");
+    let _orphans = Orphans(pids.iter().map(|&(_, pid)| pid).collect());
+    let killed = Instant::now();
+    let _ = run.child.kill();
+    let _ = run.child.wait();
+    wait_for_fleet(
+        &broker.url(),
+        "DEP_E402 on the broker",
+        Duration::from_secs(30),
+        |rows| {
+            rows.len() == 1
+                && rows[0]["status"] == "Unknown"
+                && rows[0]["availability"] == "online"
+                && rows[0]["errorCodes"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c == "DEP_E402"))
+        },
+    );
+    eprintln!(
+        "figure: roost killed -> DEP_E402 on the broker in {:?}",
+        killed.elapsed()
+    );
+    let view = page_view(port).expect("the page still answers");
+    assert_eq!(view["status"], "Unknown", "{view:#}");
+    assert_eq!(view["errors"][0]["code"], "DEP_E402", "{view:#}");
+    assert!(
+        view["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("still running without supervision: "),
+        "{view:#}"
+    );
+    assert!(
+        view["headline"]
+            .as_str()
+            .unwrap()
+            .starts_with("NOT RUNNING: roost stopped unexpectedly"),
+        "{view:#}"
+    );
+    let status = Command::new(ROOST)
+        .args(["status", "--state-dir"])
+        .arg(&run.state)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.starts_with("NOT RUNNING: roost stopped unexpectedly"),
+        "{text}"
+    );
+    assert!(text.contains("DEP_E402"), "{text}");
+    assert_eq!(status.status.code(), Some(1), "{text}");
 }

@@ -97,3 +97,91 @@ fn files_longer_than_the_grace_raise_no_false_alarm_between_them() {
     assert!(files >= 3, "{files} files");
     assert_eq!(r.stop(), Some(0));
 }
+
+fn roost_status(r: &Roost) -> (String, Option<i32>) {
+    let out = Command::new(common::ROOST)
+        .args(["status", "--state-dir"])
+        .arg(&r.state)
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        out.status.code(),
+    )
+}
+
+/// The card holding the state folder fills up while the recorder records elsewhere:
+/// status.json can no longer be written, and within 45 s of the next file's due time
+/// `roost status` says the status is out of date and why (roost's own word, kept in the RAM
+/// run-time folder), exits 1, and says Recording again by itself once there is room.
+#[test]
+fn a_status_that_cannot_be_written_says_so() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping a_status_that_cannot_be_written_says_so: needs root to mount a tmpfs");
+        return;
+    }
+    let mut r = Roost::new("");
+    let card = r.path("state-card");
+    std::fs::create_dir_all(&card).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&card)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(card.clone());
+    r.state = card.join("state");
+    let runtime = tempfile::tempdir_in("/dev/shm").unwrap();
+    let storage = r.path("storage");
+    std::fs::write(&r.file, recorder_deployment("full-state", &storage, "")).unwrap();
+    let _feed = r.start_recording_env(&[], &[("RUNTIME_DIRECTORY", runtime.path())]);
+    r.wait_for("recording", Duration::from_secs(30), |s| {
+        component(s, "recorder")["output"]["filesWritten"].as_u64() >= Some(2)
+    });
+    assert_eq!(roost_status(&r).1, Some(0));
+    // Fill the card.
+    let fill = card.join("fill");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&fill).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+    }
+    let filled = Instant::now();
+    let (text, code) = loop {
+        let (text, code) = roost_status(&r);
+        if text.starts_with("STATUS OUT OF DATE") || filled.elapsed() > Duration::from_secs(90) {
+            break (text, code);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    eprintln!(
+        "figure: card full -> status out of date in {:?}",
+        filled.elapsed()
+    );
+    assert!(
+        text.starts_with("STATUS OUT OF DATE: not rewritten since ")
+            && text.contains("roost cannot write it: ")
+            && text.contains("No space left on device"),
+        "{text}"
+    );
+    assert!(text.contains("DEP_E403"), "{text}");
+    assert_eq!(code, Some(1), "{text}");
+    std::fs::remove_file(&fill).unwrap();
+    let freed = Instant::now();
+    loop {
+        let (text, code) = roost_status(&r);
+        if text.starts_with("Recording.") && code == Some(0) {
+            break;
+        }
+        assert!(freed.elapsed() < Duration::from_secs(30), "{text}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(r.stop(), Some(0));
+}

@@ -12,6 +12,7 @@ pub mod mqtt;
 pub mod outbox;
 pub mod prometheus;
 pub mod report;
+pub mod roost_watch;
 mod run;
 
 use std::path::{Path, PathBuf};

@@ -95,6 +95,10 @@ struct Connector {
     to_ack: Vec<i64>,
     mqtt: Option<MqttLink>,
     http: Option<HttpLink>,
+    /// The roost that wrote status.json: its exit wakes the loop.
+    roost: super::roost_watch::RoostWatch,
+    /// When the status read last becomes out of date if nothing rewrites it (a file was due).
+    recheck_at: Option<Instant>,
 }
 
 impl Connector {
@@ -136,6 +140,8 @@ impl Connector {
             to_ack: Vec::new(),
             mqtt,
             http,
+            roost: Default::default(),
+            recheck_at: None,
         })
     }
 
@@ -219,10 +225,14 @@ impl Connector {
             .and_then(|m| m.session.as_mut())
             .map(|s| &mut s.events);
         let http_job = self.http.as_mut().and_then(|h| h.job.as_mut());
+        let roost = &mut self.roost;
+        let recheck = self.recheck_at;
         tokio::select! {
             _ = term.recv() => Wake::Stop,
             _ = int.recv() => Wake::Stop,
             Some(()) = status_changes.recv() => Wake::Status,
+            Some(_) = roost.exited() => Wake::Status,
+            _ = at(recheck) => Wake::Status,
             _ = heartbeat.tick() => Wake::Heartbeat,
             event = recv(events) => Wake::Mqtt(event),
             _ = at(mqtt_retry) => Wake::MqttRetry,
@@ -319,6 +329,17 @@ impl Connector {
         let Ok(doc) = crate::status::read(&path) else {
             return;
         };
+        let now = Timestamp::now();
+        if doc.status != crate::status::OverallStatus::Stopped {
+            self.roost.follow(doc.reconciler.pid);
+        }
+        // Looked at again when it would become out of date, if nothing rewrites it first.
+        self.recheck_at = crate::status_seen::stale_at(&doc)
+            .filter(|t| *t > now)
+            .map(|t| Instant::now() + t.duration_since(now).unsigned_abs());
+        // What the broker gets is what a reader must take it for: roost gone, or a status
+        // out of date, is Unknown with its reason, never the green it last said.
+        let (_, doc) = crate::status_seen::look(&doc, &self.state_dir, now);
         let comparable = messages::comparable(&doc);
         self.status = Some(doc);
         if self.sent_status.as_ref() == Some(&comparable) {

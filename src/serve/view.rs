@@ -97,6 +97,8 @@ fn from_doc(
     recordings: Vec<Recording>,
     now: Timestamp,
 ) -> View {
+    // Roost gone or a status out of date shows as Unknown with its reason, never green.
+    let (_, doc) = &crate::status_seen::look(doc, state_dir, now);
     let facts = status_view::gather(doc, state_dir, now);
     // The recorder's own word first (it may be newer than metadata.db), else the newest row.
     let last_file = doc
