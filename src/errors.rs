@@ -117,6 +117,9 @@ codes! {
     SECRET_UNREADABLE = "DEP_E507", "Secret file unreadable",
         "A file spec.connect names (passwordFile, headersFile, caFile) cannot be read or parsed.",
         "Create the file with the secret (readable by roost, not by everyone: chmod 600), or fix its format (caFile: PEM certificates; headersFile: `Name: value` lines).";
+    MESSAGE_TOO_LARGE = "DEP_E508", "Message too large",
+        "A message was larger than roost sends (256 KiB; the MQTT packet limit is 1 MiB) and could never be carried: it was dropped (counted as `oversized` in the connector's report) so that it blocks nothing behind it. A status too large is sent summarised (component outputs left out), never dropped.",
+        "Nothing to do for one; if it repeats, read the connector's report for the topic and size, and shorten what makes the message large (many components, very long error messages from a program).";
     DETECTOR_NOT_FOUND = "DEP_E601", "Detector command not found or not executable",
         "The first element of a command detector's `command` does not exist, is not on PATH, or is not executable. Recordings are not analysed until it is fixed; they are not retried by themselves.",
         "Install the detector or correct `command` in deployment.yaml (use an absolute path), and make it executable (chmod +x); a script needs a first line such as `#!/usr/bin/env python3`.";

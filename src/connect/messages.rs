@@ -28,23 +28,78 @@ pub struct Facts {
 /// The status document as compared between sends: the connector's own output (outbox depth,
 /// link state) is left out, or each delivery would change the status and queue another.
 pub fn comparable(doc: &StatusDoc) -> Value {
-    let mut v = serde_json::to_value(doc).unwrap_or(Value::Null);
-    if let Some(components) = v.get_mut("components").and_then(Value::as_array_mut) {
-        components.retain(|c| c.get("name").and_then(Value::as_str) != Some(CONNECT_COMPONENT));
-    }
-    if let Some(o) = v.as_object_mut() {
-        o.remove("updatedAt");
-    }
-    v
+    // Meaning only: a counter that moves with every recording (files written, free space,
+    // the connector's own outbox) rides in heartbeats, never in a status of its own.
+    let components: Vec<Value> = doc
+        .components
+        .iter()
+        .filter(|c| c.name != CONNECT_COMPONENT)
+        .map(|c| {
+            let warnings: Vec<&Value> = c
+                .output
+                .as_ref()
+                .and_then(|o| o.get("warnings")?.as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(|w| w.get("code"))
+                .collect();
+            json!({"name": c.name, "status": c.status, "reason": c.reason,
+                   "restartCount": c.restart_count, "warnings": warnings})
+        })
+        .collect();
+    let errors: Vec<Value> = (doc.errors.iter())
+        .map(|e| json!({"code": e.code, "component": e.component}))
+        .collect();
+    json!({
+        "deployment": doc.deployment, "generation": doc.generation,
+        "observedGeneration": doc.observed_generation, "phase": doc.phase,
+        "status": doc.status, "specError": doc.spec_error.as_ref().map(|e| &e.code),
+        "components": components, "errors": errors, "reconcilerPid": doc.reconciler.pid,
+    })
 }
 
-/// The status message: the document itself with `messageId` and `deviceId` added.
+/// The largest message roost queues (bytes of payload): a quarter of the MQTT packet limit it
+/// sets (1 MiB), and far more than any status, heartbeat or detection message needs.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
+/// The status message: the document itself with `messageId` and `deviceId` added. One larger
+/// than [`MAX_MESSAGE_BYTES`] (hundreds of components, huge error messages) is summarised to
+/// fit: component outputs left out, then messages cut to 500 characters, then components and
+/// errors beyond the first 50; `summarised: true` says so.
 pub fn status(doc: &StatusDoc, device_id: &str, message_id: &str) -> Value {
-    let mut v = serde_json::to_value(doc).unwrap_or(Value::Null);
-    if let Some(o) = v.as_object_mut() {
-        o.insert("messageId".into(), json!(message_id));
-        o.insert("deviceId".into(), json!(device_id));
+    let with_ids = |mut v: Value| {
+        if let Some(o) = v.as_object_mut() {
+            o.insert("messageId".into(), json!(message_id));
+            o.insert("deviceId".into(), json!(device_id));
+        }
+        v
+    };
+    let full = with_ids(serde_json::to_value(doc).unwrap_or(Value::Null));
+    let fits = |v: &Value| v.to_string().len() <= MAX_MESSAGE_BYTES;
+    if fits(&full) {
+        return full;
     }
+    let mut summary = doc.clone();
+    summary.components.iter_mut().for_each(|c| c.output = None);
+    let cut = |s: &mut String| {
+        if let Some((i, _)) = s.char_indices().nth(500) {
+            s.truncate(i);
+            s.push('…');
+        }
+    };
+    summary.errors.iter_mut().for_each(|e| cut(&mut e.message));
+    if let Some(e) = summary.spec_error.as_mut() {
+        cut(&mut e.message);
+    }
+    let mut v = with_ids(serde_json::to_value(&summary).unwrap_or(Value::Null));
+    if !fits(&v) {
+        summary.components.truncate(50);
+        summary.errors.truncate(50);
+        v = with_ids(serde_json::to_value(&summary).unwrap_or(Value::Null));
+        v["componentsTotal"] = json!(doc.components.len());
+        v["errorsTotal"] = json!(doc.errors.len());
+    }
+    v["summarised"] = json!(true);
     v
 }
 
@@ -230,6 +285,15 @@ pub fn discovery(
         config,
     )
 }
+
+/// The Home Assistant entities whose state is a counter (sent with heartbeats only).
+pub const COUNTER_ENTITIES: &[&str] = &[
+    "last_recording",
+    "files_written",
+    "samples_dropped",
+    "free_bytes",
+    "outbox_depth",
+];
 
 /// Each entity's state now, as published on its state topic (strings, as Home Assistant reads).
 pub fn entity_states(doc: &StatusDoc, facts: &Facts) -> Vec<(&'static str, String)> {

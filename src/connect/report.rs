@@ -71,7 +71,14 @@ pub struct ConnectReport {
     /// drops since).
     #[serde(default)]
     pub dropped_before: u64,
-    /// Conditions that do not stop anything but should be known (DEP_E501 ... DEP_E507).
+    /// Messages dropped since the connector started because they could never be carried
+    /// (over [`super::messages::MAX_MESSAGE_BYTES`]), and the newest of them (DEP_E508).
+    #[serde(default)]
+    pub oversized: u64,
+    /// The newest oversized message: its topic and size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_oversized: Option<String>,
+    /// Conditions that do not stop anything but should be known (DEP_E501 ... DEP_E508).
     pub warnings: Vec<Problem>,
     /// When the report was written.
     pub updated_at: Option<Timestamp>,

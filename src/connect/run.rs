@@ -48,6 +48,22 @@ pub fn run(config_path: &Path, state_dir: &Path) -> Result<(), ConnectError> {
     })
 }
 
+/// The least time publishes may wait for an acknowledgement, none arriving, before the session
+/// is judged broken (else twice the keep-alive: a live broker answers a ping within one).
+pub const STALL_AFTER: Duration = Duration::from_secs(10);
+
+impl MqttLink {
+    /// How long publishes may wait with no acknowledgement at all.
+    fn stall_after(&self) -> Duration {
+        (self.spec.keep_alive.as_std() * 2).max(STALL_AFTER)
+    }
+
+    /// When the publishes in flight count as stalled, if any wait.
+    fn stall_deadline(&self) -> Option<Instant> {
+        self.waiting_since.map(|t| t + self.stall_after())
+    }
+}
+
 /// The MQTT side's state across sessions.
 struct MqttLink {
     spec: MqttSpec,
@@ -60,6 +76,9 @@ struct MqttLink {
     pending: VecDeque<Option<i64>>,
     /// Packet id -> outbox position, for publishes awaiting their PUBACK.
     in_flight: HashMap<u16, i64>,
+    /// Since when publishes wait for an acknowledgement without any arriving: a broker that
+    /// accepts the connection but acknowledges nothing is a link down, not an up one.
+    waiting_since: Option<Instant>,
 }
 
 /// The HTTP side's state.
@@ -80,6 +99,7 @@ enum Wake {
     Http(Option<(i64, Result<(), Problem>)>),
     HttpRetry,
     ReportDue,
+    MqttStalled,
 }
 
 struct Connector {
@@ -199,6 +219,7 @@ impl Connector {
                         h.retry_at = None;
                     }
                 }
+                Wake::MqttStalled => self.mqtt_stalled(),
                 Wake::ReportDue => {
                     self.on_status();
                     self.write_report_if(true);
@@ -218,6 +239,7 @@ impl Connector {
         report_due: &mut tokio::time::Interval,
     ) -> Wake {
         let mqtt_retry = self.mqtt.as_ref().and_then(|m| m.retry_at);
+        let stalled = self.mqtt.as_ref().and_then(MqttLink::stall_deadline);
         let http_retry = self.http.as_ref().and_then(|h| h.retry_at);
         let events = self
             .mqtt
@@ -233,6 +255,7 @@ impl Connector {
             Some(()) = status_changes.recv() => Wake::Status,
             Some(_) = roost.exited() => Wake::Status,
             _ = at(recheck) => Wake::Status,
+            _ = at(stalled) => Wake::MqttStalled,
             _ = heartbeat.tick() => Wake::Heartbeat,
             event = recv(events) => Wake::Mqtt(event),
             _ = at(mqtt_retry) => Wake::MqttRetry,
@@ -259,7 +282,19 @@ impl Connector {
     /// Queues `messages`; a drop to keep within the limits becomes a warning.
     /// Queues `messages`; false when the outbox cannot take them (reported as DEP_E506 until
     /// a write works again).
-    fn enqueue(&mut self, messages: Vec<NewMessage>) -> bool {
+    fn enqueue(&mut self, mut messages: Vec<NewMessage>) -> bool {
+        // A message that could never be carried is counted and said, never queued: it
+        // would block every message behind it.
+        messages.retain(|m| {
+            let fits = m.payload.len() <= messages::MAX_MESSAGE_BYTES;
+            if !fits {
+                self.report.oversized += 1;
+                self.report.last_oversized =
+                    Some(format!("{} ({} bytes)", m.topic, m.payload.len()));
+                tracing::warn!(code = errors::MESSAGE_TOO_LARGE.code, topic = %m.topic, bytes = m.payload.len(), "a message too large to send was dropped");
+            }
+            fits
+        });
         if messages.is_empty() {
             return true;
         }
@@ -353,7 +388,7 @@ impl Connector {
             .prefix()
             .map(|p| format!("{p}/{}/status", self.cfg.device_id));
         let mut out = self.to_sinks(topic, "status", &payload, true);
-        let (states, sent_states) = self.state_messages(&self.facts());
+        let (states, sent_states) = self.state_messages(&self.facts(), false);
         out.extend(states);
         // Only what reached the outbox counts as sent: a failed write is queued again at the
         // next wake-up (heartbeat or report), not forgotten.
@@ -366,7 +401,13 @@ impl Connector {
 
     /// The Home Assistant entity states that changed since last published, and the states
     /// published once they are queued.
-    fn state_messages(&self, facts: &Facts) -> (Vec<NewMessage>, BTreeMap<&'static str, String>) {
+    /// `counters`: also the entities that count (files, bytes), which change with every
+    /// recording: sent with heartbeats only.
+    fn state_messages(
+        &self,
+        facts: &Facts,
+        counters: bool,
+    ) -> (Vec<NewMessage>, BTreeMap<&'static str, String>) {
         let mut sent = self.sent_states.clone();
         let (Some(doc), Some(m)) = (&self.status, &self.mqtt) else {
             return (Vec::new(), sent);
@@ -378,7 +419,8 @@ impl Connector {
 
         let mut out = Vec::new();
         for (entity, value) in messages::entity_states(doc, facts) {
-            if sent.get(entity) == Some(&value) {
+            let counter = messages::COUNTER_ENTITIES.contains(&entity);
+            if sent.get(entity) == Some(&value) || (counter && !counters) {
                 continue;
             }
             out.push(NewMessage {
@@ -414,7 +456,7 @@ impl Connector {
                 recording: None,
             });
         }
-        let (states, sent_states) = self.state_messages(&facts);
+        let (states, sent_states) = self.state_messages(&facts, true);
         out.extend(states);
         if self.enqueue(out) {
             self.sent_states = sent_states;
@@ -531,6 +573,7 @@ impl Connector {
                 m.session = Some(Session::start(options));
                 m.pending.clear();
                 m.in_flight.clear();
+                m.waiting_since = None;
             }
             Err(problem) => {
                 // No TLS settings at all: wait, never connect in clear.
@@ -587,6 +630,7 @@ impl Connector {
             Event::Outgoing(Outgoing::Publish(pkid)) => {
                 if let Some(Some(seq)) = m.pending.pop_front() {
                     m.in_flight.insert(pkid, seq);
+                    m.waiting_since.get_or_insert_with(Instant::now);
                 }
             }
             Event::Incoming(Incoming::PubAck(ack)) => {
@@ -594,6 +638,8 @@ impl Connector {
                     self.to_ack.push(seq);
                     self.report.mqtt.delivered += 1;
                 }
+                // Progress: the clock starts again for what still waits.
+                m.waiting_since = (!m.in_flight.is_empty()).then(Instant::now);
             }
             Event::Incoming(Incoming::Publish(p)) => {
                 let ha_status = format!("{}/status", m.spec.discovery_prefix);
@@ -647,12 +693,33 @@ impl Connector {
         }
     }
 
+    /// Publishes waited [`MqttLink::stall_after`] without one acknowledgement: the session is dropped and
+    /// tried again with back-off, and the link reported down with why.
+    fn mqtt_stalled(&mut self) {
+        let Some(m) = &self.mqtt else { return };
+        let problem = Problem::new(
+            &errors::LINK_DOWN,
+            format!(
+                "the broker {} accepted the connection but acknowledged none of {} messages for {} s; connecting again",
+                m.spec.url,
+                m.in_flight.len(),
+                m.stall_after().as_secs()
+            ),
+        );
+        self.mqtt_failed_with(problem);
+    }
+
     fn mqtt_failed(&mut self, e: Option<rumqttc::ConnectionError>) {
-        let Some(m) = &mut self.mqtt else { return };
+        let Some(m) = &self.mqtt else { return };
         let problem = match &e {
             Some(e) => mqtt::classify(e, &m.spec.url.to_string()),
             None => Problem::new(&errors::LINK_DOWN, "the MQTT session ended"),
         };
+        self.mqtt_failed_with(problem);
+    }
+
+    fn mqtt_failed_with(&mut self, problem: Problem) {
+        let Some(m) = &mut self.mqtt else { return };
         if self.report.mqtt.last_error.as_ref() != Some(&problem) {
             tracing::warn!(code = %problem.code, "{}", problem.message);
         }
@@ -665,6 +732,7 @@ impl Connector {
         m.session = None;
         m.pending.clear();
         m.in_flight.clear();
+        m.waiting_since = None;
         m.retry_at = Some(Instant::now() + m.backoff);
         m.backoff = (m.backoff * 2).min(MAX_BACKOFF);
     }
@@ -688,6 +756,15 @@ impl Connector {
             }
         };
         for msg in batch {
+            // Queued by an older roost, or otherwise too large to ever carry: let it go.
+            if msg.payload.len() > messages::MAX_MESSAGE_BYTES {
+                self.to_ack.push(msg.seq);
+                self.report.oversized += 1;
+                self.report.last_oversized =
+                    Some(format!("{} ({} bytes)", msg.topic, msg.payload.len()));
+                m.cursor = msg.seq;
+                continue;
+            }
             let qos = QoS::AtLeastOnce;
             if s.client
                 .try_publish(msg.topic, qos, msg.retain, msg.payload)
@@ -727,6 +804,13 @@ impl Connector {
             Err(_) => None,
         };
         let Some(msg) = next else { return };
+        if msg.payload.len() > messages::MAX_MESSAGE_BYTES {
+            self.to_ack.push(msg.seq);
+            self.report.oversized += 1;
+            self.report.last_oversized =
+                Some(format!("{} ({} bytes)", msg.topic, msg.payload.len()));
+            return;
+        }
         let sink = h.sink.clone();
         h.job = Some(tokio::task::spawn_blocking(move || {
             (msg.seq, sink.post(&msg.payload))
@@ -862,6 +946,7 @@ fn open_mqtt(spec: MqttSpec) -> MqttLink {
         cursor: 0,
         pending: VecDeque::new(),
         in_flight: HashMap::new(),
+        waiting_since: None,
     }
 }
 
@@ -917,6 +1002,33 @@ fn warnings(r: &ConnectReport, cfg: &ConnectConfig, now: Timestamp) -> Vec<Probl
         if link.configured && !link.connected && (lasting || down_long) {
             out.push(problem.clone());
         }
+    }
+    // Judged by delivery: messages waiting longer than warnAfter mean nothing is being carried,
+    // connected or not (a broker that never acknowledges, an endpoint that never answers).
+    let oldest_waits = r
+        .outbox
+        .oldest_at
+        .is_some_and(|t| now.duration_since(t) >= warn_after);
+    if oldest_waits && !out.iter().any(|p| p.code == errors::LINK_DOWN.code) {
+        out.push(Problem::new(
+            &errors::LINK_DOWN,
+            format!(
+                "{} messages wait, the oldest since {}: nothing has been delivered for longer than warnAfter{}",
+                r.outbox.depth,
+                r.outbox.oldest_at.map(|t| t.to_string()).unwrap_or_default(),
+                if r.mqtt.connected { " although the broker is connected" } else { "" }
+            ),
+        ));
+    }
+    if r.oversized > 0 {
+        out.push(Problem::new(
+            &errors::MESSAGE_TOO_LARGE,
+            format!(
+                "{} messages too large to ever send were dropped since the connector started (the newest: {})",
+                r.oversized,
+                r.last_oversized.as_deref().unwrap_or("?")
+            ),
+        ));
     }
     out.extend(r.outbox_error.clone());
     if r.outbox.dropped > r.dropped_before {
