@@ -127,6 +127,42 @@ pub struct FileWatcher {
     /// (device, inode) of each watched folder when its watch was set.
     identities: std::collections::HashMap<PathBuf, (u64, u64)>,
     raw: mpsc::UnboundedReceiver<notify::Event>,
+    mounts: MountWatch,
+}
+
+/// Mount table changes, as events: `/proc/self/mountinfo` turns "priority readable" when a file
+/// system is mounted or unmounted. A desired file on a card is read again when the card goes
+/// (and the refusal says so) and when it comes back, where inotify sees neither; no polling.
+struct MountWatch {
+    fd: Option<tokio::io::unix::AsyncFd<std::fs::File>>,
+}
+
+impl MountWatch {
+    /// Follows the mount table when a tokio runtime runs here; otherwise (or when it cannot be
+    /// opened) never fires.
+    fn new() -> Self {
+        let fd = tokio::runtime::Handle::try_current().ok().and_then(|_| {
+            let file = std::fs::File::open("/proc/self/mountinfo").ok()?;
+            // Deprecated as unsound for descriptors that can change under it (tokio #8587); a
+            // File moved into it cannot.
+            #[allow(deprecated)]
+            let fd = tokio::io::unix::AsyncFd::with_interest(file, tokio::io::Interest::PRIORITY);
+            fd.inspect_err(|e| tracing::warn!(error = %e, "cannot follow mounts; a desired file on a card is read again only on file events and SIGHUP"))
+                .ok()
+        });
+        Self { fd }
+    }
+
+    /// Waits for the next change of the mount table.
+    async fn changed(&self) {
+        let Some(fd) = &self.fd else {
+            return std::future::pending().await;
+        };
+        match fd.ready(tokio::io::Interest::PRIORITY).await {
+            Ok(mut guard) => guard.clear_ready(),
+            Err(_) => std::future::pending().await,
+        }
+    }
 }
 
 /// (device, inode) of a folder, links followed; `None` when it cannot be read.
@@ -155,6 +191,7 @@ impl FileWatcher {
             current: WatchSet::default(),
             identities: Default::default(),
             raw,
+            mounts: MountWatch::new(),
         };
         w.refresh()?;
         Ok(w)
@@ -207,7 +244,19 @@ impl FileWatcher {
     /// (IN_CLOSE_WRITE), however long it pauses: half a file is never read.
     pub async fn changed(&mut self) {
         loop {
-            let Some(first) = self.raw.recv().await else {
+            let first = tokio::select! {
+                ev = self.raw.recv() => ev,
+                () = self.mounts.changed() => {
+                    // A card mounted or unmounted on the way to the file: look again (its
+                    // folders are other folders now, watched anew by refresh).
+                    tracing::info!(file = %self.file.display(), "the mount table changed; reading the desired file again");
+                    if let Err(e) = self.refresh() {
+                        tracing::warn!(error = %crate::errors::chain(&e), "cannot update file watches");
+                    }
+                    return;
+                }
+            };
+            let Some(first) = first else {
                 return std::future::pending().await;
             };
             if !self.relevant(&first) {

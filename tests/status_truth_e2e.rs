@@ -132,7 +132,11 @@ fn a_status_that_cannot_be_written_says_so() {
     struct Unmount(std::path::PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .stderr(std::process::Stdio::null())
+                .status();
         }
     }
     let _unmount = Unmount(card.clone());
@@ -183,5 +187,87 @@ fn a_status_that_cannot_be_written_says_so() {
         assert!(freed.elapsed() < Duration::from_secs(30), "{text}");
         std::thread::sleep(Duration::from_millis(500));
     }
+    assert_eq!(r.stop(), Some(0));
+}
+
+/// `deployment.yaml` a link to a file on a card: the card unmounted is reported (the file
+/// cannot be read; the last valid settings stay in force), and the card mounted again with new
+/// content is applied by itself within seconds (the mount table is followed), not only at
+/// SIGHUP.
+#[test]
+fn a_desired_file_on_a_card_is_read_again_when_the_card_comes_back() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!(
+            "skipping a_desired_file_on_a_card_is_read_again_when_the_card_comes_back: needs root to mount"
+        );
+        return;
+    }
+    let mut r = Roost::new("");
+    let card = r.path("card");
+    std::fs::create_dir_all(&card).unwrap();
+    let mount = |at: &std::path::Path| {
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    let umount = |at: &std::path::Path| {
+        let _ = Command::new("umount").arg("-l").arg(at).status();
+    };
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+    let _guard = Unmount(card.clone());
+    mount(&card);
+    let yaml = |tag: &str| {
+        common::deployment(
+            "on-card",
+            "",
+            &common::sleeper("sleeper", &common::unique(tag)),
+        )
+    };
+    std::fs::write(card.join("deployment.yaml"), yaml("first")).unwrap();
+    std::fs::remove_file(&r.file).unwrap();
+    std::os::unix::fs::symlink(card.join("deployment.yaml"), &r.file).unwrap();
+    r.start();
+    r.wait_succeeded(1);
+    umount(&card);
+    let s = r.wait_for("the missing file reported", Duration::from_secs(10), |s| {
+        s["specError"].is_object()
+    });
+    assert_eq!(
+        s["observedGeneration"], 1,
+        "the last valid settings stay: {s:#}"
+    );
+    // Edited elsewhere, the card comes back.
+    let staging = r.path("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    mount(&staging);
+    std::fs::write(staging.join("deployment.yaml"), yaml("second")).unwrap();
+    let _staging = Unmount(staging.clone());
+    let moved = Command::new("mount")
+        .arg("--move")
+        .arg(&staging)
+        .arg(&card)
+        .status()
+        .unwrap();
+    assert!(moved.success());
+    let back = Instant::now();
+    r.wait_for("the new content applied", Duration::from_secs(10), |s| {
+        s["observedGeneration"] == 2 && s["specError"].is_null()
+    });
+    eprintln!(
+        "figure: card mounted again -> new settings applied in {:?}",
+        back.elapsed()
+    );
     assert_eq!(r.stop(), Some(0));
 }
