@@ -37,3 +37,18 @@ pub fn stat_fields(pid: u32) -> Option<Vec<String>> {
 pub fn alive(pid: u32) -> bool {
     stat_fields(pid).is_some_and(|f| f.first().map(String::as_str) != Some("Z"))
 }
+
+/// Live children of `parent` (`/proc/*/stat`'s parent pid), zombies left out.
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            stat_fields(*pid).is_some_and(|f| {
+                f.first().map(String::as_str) != Some("Z")
+                    && f.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(parent)
+            })
+        })
+        .collect()
+}

@@ -908,7 +908,7 @@ impl Storage {
                     deployment_id: r.get(6)?,
                 })
             })
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .and_then(skip_foreign_rows)
             .map_err(self.db_error("list recordings"))?;
         Ok(rows)
     }
@@ -988,13 +988,18 @@ impl Storage {
             .next()
             .map_err(self.db_error("find the oldest recordings"))?
         {
-            let id: String = row.get(0).map_err(self.db_error("read a row"))?;
-            let path = PathBuf::from(
-                row.get::<_, String>(1)
-                    .map_err(self.db_error("read a row"))?,
-            );
-            // Only files of this storage free space here; a protected one never goes.
-            if !path.starts_with(&recordings_dir) || keep_marker(&path).exists() {
+            // A row another program wrote in another form (a blob id, as acoupi does) is
+            // passed over: it must not stop the space that the others can free.
+            let (Ok(id), Ok(path)) = (row.get::<_, String>(0), row.get::<_, String>(1)) else {
+                continue;
+            };
+            let path = PathBuf::from(path);
+            // Only files of this storage free space here; a protected one never goes, and a
+            // file already gone (removed by hand) frees nothing: repair marks it missing.
+            if !path.starts_with(&recordings_dir)
+                || keep_marker(&path).exists()
+                || matches!(path.try_exists(), Ok(false))
+            {
                 continue;
             }
             let size = disk_bytes(&path);
@@ -1127,6 +1132,34 @@ impl Storage {
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
             .map_err(self.db_error("check its integrity"))
     }
+}
+
+/// The rows that decode, the others (a value of another type than roost writes: a blob id as
+/// acoupi writes, text in a number column) passed over with one warning: one foreign row never
+/// stops what roost does with all the others. An error of the database itself is returned.
+pub fn skip_foreign_rows<T>(
+    rows: impl Iterator<Item = rusqlite::Result<T>>,
+) -> rusqlite::Result<Vec<T>> {
+    let mut out = Vec::new();
+    let mut skipped = 0;
+    for row in rows {
+        match row {
+            Ok(r) => out.push(r),
+            Err(
+                rusqlite::Error::InvalidColumnType(..)
+                | rusqlite::Error::FromSqlConversionFailure(..)
+                | rusqlite::Error::IntegralValueOutOfRange(..),
+            ) => skipped += 1,
+            Err(e) => return Err(e),
+        }
+    }
+    if skipped > 0 {
+        tracing::warn!(
+            skipped,
+            "rows of metadata.db in a form roost does not write were passed over"
+        );
+    }
+    Ok(out)
 }
 
 /// The file of a recording is gone or going: `path` NULL (acoupi's "not stored locally"),
@@ -1549,6 +1582,46 @@ mod tests {
         assert_eq!(s.recordings().unwrap().len(), 4);
         // Enough already: nothing to do.
         assert_eq!(s.make_room(0).unwrap().deleted.len(), 0);
+    }
+
+    /// Rows roost did not write, or whose file went by hand, never stop deleteOldest: a row
+    /// with a 16-byte blob id (as acoupi writes ids), the oldest, is passed over; a file
+    /// removed by hand frees nothing and is not counted as deleted by onLowSpace; the
+    /// recordings after them are deleted as asked, and listed.
+    #[test]
+    fn foreign_rows_and_vanished_files_never_stop_delete_oldest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Storage::open(dir.path(), &spec(0, OnLowSpace::DeleteOldest)).unwrap();
+        let dep = s.start_deployment("m", None, Timestamp::now()).unwrap();
+        let files = register_wavs(&mut s, &dep, 5, 40_000);
+        s.connection()
+            .execute(
+                "INSERT INTO recording (id, path, datetime, duration_s, samplerate_hz, audio_channels, deployment_id)
+                 VALUES (X'00112233445566778899aabbccddeeff', ?1, '2026-01-01 00:00:00.000000', 1.0, 8000, 1, ?2)",
+                params![dir.path().join("recordings/acoupi-row.wav").to_string_lossy(), dep],
+            )
+            .unwrap();
+        std::fs::remove_file(&files[0]).unwrap();
+        assert_eq!(
+            s.recordings().unwrap().len(),
+            5,
+            "the blob row is passed over"
+        );
+        let free = s.free_bytes().unwrap();
+        let size = std::fs::metadata(&files[1]).unwrap().len();
+        let out = s.make_room(free + size + size / 2).unwrap();
+        assert!(out.enough, "{out:?}");
+        assert_eq!(out.deleted, files[1..3].to_vec());
+        let by: Option<String> = s
+            .connection()
+            .query_row(
+                "SELECT deleted_by FROM recording WHERE path IS NULL AND datetime = '2026-06-01 10:00:00.000000'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .unwrap();
+        assert_eq!(by, None, "a file removed by hand is not onLowSpace's");
     }
 
     #[test]

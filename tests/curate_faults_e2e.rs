@@ -279,3 +279,42 @@ fn a_page_visitor_never_costs_a_recording_on_a_small_card() {
     );
     assert_eq!(r.stop(), Some(0));
 }
+
+/// Live processes whose command line contains `needle`.
+fn processes_with(needle: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                String::from_utf8_lossy(&c)
+                    .replace('\0', " ")
+                    .contains(needle)
+            })
+        })
+        .collect()
+}
+
+/// A detector that leaves a process behind in a session of its own with an empty environment
+/// (`env -i setsid`, as a daemonising model server may): the curator, the subreaper of what
+/// its detectors start, kills it when the run ends; nothing outlives the runs.
+#[test]
+fn nothing_a_detector_starts_outlives_its_run() {
+    let detectors = r#"[{name: leaky, kind: command, command: ["sh", "-c", "env -i setsid sleep 3011.7 < /dev/null > /dev/null 2>&1 & echo '{\"detections\": []}'", "sh"]}]"#;
+    let (mut r, _storage, _feed, conn) =
+        recording_with("leaky", detectors, "keep: [{always: true}]");
+    r.wait_for("five analysed", Duration::from_secs(60), |_| {
+        count(
+            &conn,
+            "SELECT count(*) FROM roost_analysis WHERE detector = 'leaky' AND outcome = 'done'",
+        ) >= 5
+    });
+    let alive = processes_with("sleep 3011.7");
+    assert!(alive.len() <= 1, "left behind: {alive:?}");
+    assert_eq!(r.stop(), Some(0));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !processes_with("sleep 3011.7").is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(processes_with("sleep 3011.7"), Vec::<u32>::new());
+}

@@ -438,3 +438,27 @@ fn batdetect2_results_convert_to_valid_findings() {
     );
     assert_eq!(findings.detections[2].location[2], 5.0);
 }
+
+/// A detector starts with no signal blocked, whatever the thread that runs it blocks (the
+/// curator blocks SIGTERM and SIGINT for the thread that waits for them): so SIGTERM reaches
+/// it, and its own `trap` runs when roost stops.
+#[test]
+fn a_detector_starts_with_no_signal_blocked() {
+    use nix::sys::signal::{SigSet, Signal};
+    let (dir, _wav) = recording();
+    let out = dir.path().join("sigblk");
+    let mut blocked = SigSet::empty();
+    blocked.add(Signal::SIGTERM);
+    blocked.add(Signal::SIGINT);
+    // This test's own thread, as the curator's.
+    blocked.thread_block().unwrap();
+    let script = format!(
+        "grep SigBlk /proc/self/status > '{}'; echo '{{\"detections\": []}}'",
+        out.display()
+    );
+    let findings = run(&["sh", "-c", &script, "sh"], Duration::from_secs(20));
+    blocked.thread_unblock().unwrap();
+    assert_eq!(findings.unwrap(), Findings::default());
+    let line = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(line.trim(), "SigBlk:\t0000000000000000");
+}

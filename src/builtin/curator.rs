@@ -77,6 +77,27 @@ impl Builtin for Curator {
 }
 
 fn reported(report: &CuratorReport, now: Timestamp) -> BuiltinReport {
+    // A report not refreshed for three heartbeats and a grace: the curator is hung (it
+    // rewrites it at least every heartbeat, during a long detector run too), whatever its
+    // last words said.
+    let stale_at = report
+        .updated_at
+        .map(|t| t + crate::recorder::HEARTBEAT * 3 + crate::recorder::FILE_GRACE);
+    if stale_at.is_some_and(|at| now > at) {
+        return BuiltinReport {
+            output: serde_json::to_value(report).unwrap_or(serde_json::Value::Null),
+            trouble: Some(Trouble {
+                code: &errors::CURATOR_SILENT,
+                reason: Reason::CuratorError,
+                message: format!(
+                    "the curator has not reported since {}; it may be hung (its report is due every minute)",
+                    report.updated_at.map(|t| t.to_string()).unwrap_or_default()
+                ),
+            }),
+            produced: true,
+            look_again_at: None,
+        };
+    }
     let trouble = report.error.as_ref().map(|p| {
         let code = errors::CATALOGUE
             .iter()
@@ -96,10 +117,7 @@ fn reported(report: &CuratorReport, now: Timestamp) -> BuiltinReport {
             message: p.message.clone(),
         }
     });
-    let stale = report
-        .updated_at
-        .map(|t| t + crate::recorder::HEARTBEAT * 3)
-        .filter(|t| *t > now);
+    let stale = stale_at.filter(|t| *t > now);
     BuiltinReport {
         output: serde_json::to_value(report).unwrap_or(serde_json::Value::Null),
         trouble,

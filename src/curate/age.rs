@@ -8,9 +8,10 @@
 //!
 //! ```text
 //! same boot:   device = stored.device + (boottime - stored.boottime)
-//! new boot:    device = stored.device + boottime (this boot's uptime)
-//!                       + time switched off, only when the wall clock was synchronised at the
-//!                         stored reading and is now (else nothing: ages run slow, never fast)
+//! new boot:    device = stored.device + (now - stored reading), by the wall clock, only when
+//!                       it was synchronised at both readings; else + nothing (ages run slow,
+//!                       never fast). Never this boot's uptime: a card moved into a device
+//!                       that has been up for weeks has not existed those weeks.
 //! recording:   made   = device at first sight - its wall-clock age then, clamped to
 //!                       0 ..= its duration + FIRST_SIGHT_SLACK (a wall age beyond that is a
 //!                       clock set or stepped since, or a curator that was down: not trusted)
@@ -84,7 +85,7 @@ pub fn advance(stored: Option<&Anchor>, now: &Reading) -> Anchor {
         Some(a) if a.boot_id == now.boot_id => {
             a.device_s + (now.boottime_s - a.boottime_s).max(0.0)
         }
-        Some(a) => a.device_s + now.boottime_s.max(0.0) + switched_off(a, now),
+        Some(a) => a.device_s + since_synchronised(a, now),
     };
     Anchor {
         boot_id: now.boot_id.clone(),
@@ -95,14 +96,13 @@ pub fn advance(stored: Option<&Anchor>, now: &Reading) -> Anchor {
     }
 }
 
-/// Seconds between the stored reading and this boot that the device spent switched off (or
-/// running unrecorded), only when both wall readings are synchronised; otherwise 0.
-fn switched_off(stored: &Anchor, now: &Reading) -> f64 {
+/// Seconds between the stored reading (another boot's) and now, only when both wall readings
+/// are synchronised (two synchronised readings are on one true timeline); otherwise 0.
+fn since_synchronised(stored: &Anchor, now: &Reading) -> f64 {
     if !(stored.wall_synced && now.wall_synced) {
         return 0.0;
     }
-    let between = now.wall.duration_since(stored.wall).as_secs_f64();
-    (between - now.boottime_s).max(0.0)
+    now.wall.duration_since(stored.wall).as_secs_f64().max(0.0)
 }
 
 /// When a recording that started at `start` (wall clock) and lasts `duration_s` was made, in
@@ -174,18 +174,31 @@ mod tests {
             &reading("b", 60.0, "2026-06-01T13:00:00Z", true),
         );
         assert_eq!(synced.device_s, 1000.0 + 3600.0);
-        // Not synchronised (booted in 2000 without a real-time clock): only the uptime.
+        // Not synchronised (booted in 2000 without a real-time clock): nothing is added, and
+        // from here on real time counts.
         let unsynced = advance(
             Some(&before),
             &reading("b", 60.0, "2000-01-01T00:01:00Z", false),
         );
-        assert_eq!(unsynced.device_s, 1060.0);
+        assert_eq!(unsynced.device_s, 1000.0);
+        let later = advance(
+            Some(&unsynced),
+            &reading("b", 90.0, "2026-06-01T13:00:30Z", true),
+        );
+        assert_eq!(later.device_s, 1030.0);
         // A synchronised clock behind the stored one never takes time away.
         let behind = advance(
             Some(&before),
             &reading("b", 60.0, "2026-05-01T00:00:00Z", true),
         );
-        assert_eq!(behind.device_s, 1060.0);
+        assert_eq!(behind.device_s, 1000.0);
+        // A card moved into a device that has been up for 45 days, clocks not synchronised:
+        // its recordings did not exist those 45 days.
+        let moved = advance(
+            Some(&before),
+            &reading("c", 45.0 * 86_400.0, "2026-06-01T12:05:00Z", false),
+        );
+        assert_eq!(moved.device_s, 1000.0);
     }
 
     #[test]

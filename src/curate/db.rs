@@ -47,7 +47,10 @@ const RECORDING_COLUMNS: &str = "r.id, r.rowid, r.path, r.datetime, r.duration_s
      (SELECT g.made_device_s FROM roost_age g WHERE g.recording_id = r.id)";
 
 fn recording(row: &rusqlite::Row<'_>) -> rusqlite::Result<Recording> {
-    let datetime: String = row.get(3)?;
+    let datetime: String = match row.get_ref(3)? {
+        rusqlite::types::ValueRef::Text(b) => String::from_utf8_lossy(b).into_owned(),
+        _ => String::new(),
+    };
     // Numbers of any SQLite type are read leniently: a row another program wrote with text
     // or out-of-range values is described as implausible, never an error for all others.
     let number = |i: usize| -> rusqlite::Result<f64> {
@@ -78,7 +81,7 @@ fn recording(row: &rusqlite::Row<'_>) -> rusqlite::Result<Recording> {
         samplerate_hz: whole(number(5)?, f64::from(u32::MAX)) as u32,
         audio_channels: whole(number(6)?, f64::from(u16::MAX)) as u16,
         protected: number(7)? != 0.0,
-        made_device_s: row.get(8)?,
+        made_device_s: Some(number(8)?).filter(|m| m.is_finite()),
     })
 }
 
@@ -120,8 +123,9 @@ pub fn detector_since(
          ON CONFLICT(name) DO NOTHING",
         params![name, db_datetime(now), from],
     )?;
+    // CAST: a value another program wrote as text or real still counts as a row number.
     conn.query_row(
-        "SELECT coalesce(since_rowid, 0) FROM roost_detector WHERE name = ?1",
+        "SELECT coalesce(CAST(since_rowid AS INTEGER), 0) FROM roost_detector WHERE name = ?1",
         [name],
         |r| r.get(0),
     )
@@ -129,7 +133,7 @@ pub fn detector_since(
 
 /// Every detector seen on this storage with its `since_rowid` (for `roost plan`).
 pub fn detectors_seen(conn: &Connection) -> rusqlite::Result<Vec<(String, i64)>> {
-    conn.prepare("SELECT name, coalesce(since_rowid, 0) FROM roost_detector")?
+    conn.prepare("SELECT name, coalesce(CAST(since_rowid AS INTEGER), 0) FROM roost_detector")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect()
 }
@@ -151,7 +155,7 @@ pub fn pending(
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt.query_map(params![detector, after, limit as i64], recording)?;
-    rows.collect()
+    crate::storage::skip_foreign_rows(rows)
 }
 
 /// How many recordings after rowid `since` wait for `detector`, and the start of the oldest.
@@ -281,9 +285,8 @@ pub fn undecided(
          ORDER BY r.rowid LIMIT ?1"
     );
     let mut stmt = conn.prepare_cached(&sql)?;
-    let rows: Vec<Recording> = stmt
-        .query_map(params![limit as i64], recording)?
-        .collect::<rusqlite::Result<_>>()?;
+    let rows: Vec<Recording> =
+        crate::storage::skip_foreign_rows(stmt.query_map(params![limit as i64], recording)?)?;
     let mut out = Vec::new();
     for r in rows {
         if analysed_by_all(conn, &r, detectors)? {
@@ -346,17 +349,25 @@ fn finished(
 /// When the recording before `r` ended (by start time; any row, a deleted one too: its rows
 /// stay); `None` when `r` is the first.
 pub fn previous_end(conn: &Connection, r: &Recording) -> rusqlite::Result<Option<Timestamp>> {
-    let row: Option<(String, Option<f64>)> = conn
+    // The neighbour may be any row, a deleted one or one another program wrote: its values
+    // are read as they come, and what is not a time or a number ends nothing.
+    let row: Option<(Option<String>, Option<f64>)> = conn
         .prepare_cached(
             "SELECT datetime, duration_s FROM recording WHERE datetime < ?1
              ORDER BY datetime DESC LIMIT 1",
         )?
         .query_row([crate::storage::db_datetime(r.start)], |row| {
-            Ok((row.get(0)?, row.get(1)?))
+            let text = row.get::<_, String>(0).ok();
+            let number = match row.get_ref(1)? {
+                rusqlite::types::ValueRef::Real(x) => Some(x),
+                rusqlite::types::ValueRef::Integer(n) => Some(n as f64),
+                _ => None,
+            };
+            Ok((text, number))
         })
         .optional()?;
     Ok(row.and_then(|(start, duration_s)| {
-        crate::storage::end_of(crate::storage::parse_db_datetime(&start)?, duration_s?)
+        crate::storage::end_of(crate::storage::parse_db_datetime(&start?)?, duration_s?)
     }))
 }
 
@@ -384,7 +395,7 @@ pub fn found_in(conn: &Connection, recording: &str) -> rusqlite::Result<Vec<Foun
                 .unwrap_or_default(),
         })
     })?;
-    rows.collect()
+    crate::storage::skip_foreign_rows(rows)
 }
 
 /// The keep decision made on a recording (`Some(kept_by)`; a deleted one has a NULL
@@ -423,10 +434,9 @@ pub fn stamp_made(
 ) -> rusqlite::Result<i64> {
     let sql =
         format!("SELECT {RECORDING_COLUMNS} FROM recording r WHERE r.rowid > ?1 ORDER BY r.rowid");
-    let rows: Vec<Recording> = conn
-        .prepare_cached(&sql)?
-        .query_map([after], recording)?
-        .collect::<rusqlite::Result<_>>()?;
+    let rows: Vec<Recording> = crate::storage::skip_foreign_rows(
+        conn.prepare_cached(&sql)?.query_map([after], recording)?,
+    )?;
     let mut insert = conn.prepare_cached(
         "INSERT INTO roost_age (recording_id, made_device_s) VALUES (?1, ?2)
          ON CONFLICT(recording_id) DO NOTHING",
@@ -486,7 +496,7 @@ pub fn present(conn: &Connection) -> rusqlite::Result<Vec<Recording>> {
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt.query_map([], recording)?;
-    rows.collect()
+    crate::storage::skip_foreign_rows(rows)
 }
 
 /// Detections and model outputs created since `since`, per detector: (detector, outputs,
@@ -502,7 +512,7 @@ pub fn detections_since(
     let rows = stmt.query_map([db_datetime(since)], |r| {
         Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
     })?;
-    rows.collect()
+    crate::storage::skip_foreign_rows(rows)
 }
 
 /// Files deleted by each rule or cause (`deleted_by`), all time.
@@ -511,7 +521,7 @@ pub fn deleted_by_rule(conn: &Connection) -> rusqlite::Result<Vec<(String, u64)>
         "SELECT deleted_by, count(*) FROM recording WHERE deleted_by IS NOT NULL GROUP BY deleted_by ORDER BY deleted_by",
     )?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
-    rows.collect()
+    crate::storage::skip_foreign_rows(rows)
 }
 
 /// (done, failed) recordings of `detector`.

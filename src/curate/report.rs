@@ -95,6 +95,10 @@ pub struct CuratorReport {
     pub storage: StorageFigures,
     /// What stops the curator's work now (storage unusable, a detector behind or stalled).
     pub error: Option<Problem>,
+    /// What a detector is analysing now, and since when, while one run lasts longer than a
+    /// heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysing: Option<String>,
     /// Whether it has stopped (SIGTERM).
     #[serde(default)]
     pub stopped: bool,

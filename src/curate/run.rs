@@ -73,6 +73,7 @@ pub fn run(config_path: &Path, state_dir: &Path) -> Result<(), CurateError> {
     let (tx, rx) = mpsc::channel();
     let mut curator = Curator::new(config, state_dir);
     stop_on_signals(tx.clone(), curator.stop_flag.clone())?;
+    become_subreaper();
     let mut watch = RecorderWatch::new(state_dir, tx)?;
     loop {
         // The run-time folder may have been made again (removed, a reboot's /run): watch that.
@@ -189,6 +190,7 @@ struct Failure {
     retryable: bool,
 }
 
+#[derive(Clone)]
 enum Analyser {
     Band(BandEnergy),
     Command(CommandDetector),
@@ -300,6 +302,11 @@ pub struct Curator {
     more_waiting: bool,
     /// How long a round may analyse ([`ANALYSIS_BUDGET`]).
     analysis_budget: Duration,
+    /// A detector whose bookkeeping cannot be read (it would be skipped silently otherwise).
+    detector_problem: Option<Problem>,
+    /// How often decisions, retention and the report go on while one detector run lasts
+    /// ([`crate::recorder::HEARTBEAT`]).
+    look_every: Duration,
     stopping: bool,
     /// Set by SIGTERM/SIGINT: a detector run that fails now was most likely ended by the same
     /// stop (roost stopping stops what the curator started), and is not counted.
@@ -351,6 +358,8 @@ impl Curator {
             stamped_until: 0,
             more_waiting: false,
             analysis_budget: ANALYSIS_BUDGET,
+            detector_problem: None,
+            look_every: crate::recorder::HEARTBEAT,
             stopping: false,
             stop_flag: Default::default(),
         }
@@ -411,8 +420,19 @@ impl Curator {
             _ => None,
         };
         let now = Timestamp::now();
+        self.detector_problem = None;
         for d in &mut self.detectors {
-            d.since = db::detector_since(conn, d.spec.name.as_str(), from, now).ok();
+            let since = db::detector_since(conn, d.spec.name.as_str(), from, now);
+            if let Err(e) = &since {
+                self.detector_problem = Some(Problem {
+                    code: errors::METADATA_DB_ERROR.code.to_string(),
+                    message: format!(
+                        "metadata.db: the bookkeeping of detector {} cannot be read ({e}); it analyses nothing until it can",
+                        d.spec.name
+                    ),
+                });
+            }
+            d.since = since.ok();
         }
     }
 
@@ -482,21 +502,25 @@ impl Curator {
             self.publish(false);
             return;
         }
-        self.report.error = None;
+        // The error of the last round stays in the report until this one has judged: a
+        // report written mid-round never shows a problem as gone for a few seconds.
         let result = self
             .follow_clock()
             .and_then(|()| self.analyse_all(rx))
             .and_then(|()| self.decide_all())
             .and_then(|()| self.retain());
-        if let Err(e) = result {
+        let db_problem = result.err().map(|e| {
             // A lost database (deleted, replaced, locked too long): open it again next round.
             self.conn = None;
-            self.report.error = Some(Problem {
+            Problem {
                 code: errors::METADATA_DB_ERROR.code.to_string(),
                 message: format!("metadata.db: {e}"),
-            });
-        }
+            }
+        });
         self.refresh_figures();
+        self.report.error = db_problem
+            .or_else(|| self.detector_problem.clone())
+            .or_else(|| self.health(Timestamp::now()));
         self.publish(false);
     }
 
@@ -563,7 +587,8 @@ impl Curator {
             self.note_failure(i, rec, &errors::RECORDING_GONE, message);
             return Ok(());
         }
-        let outcome = self.detectors[i].analyser.analyse(rec);
+        let outcome = self.analyse_watching(i, rec);
+        reap_leftovers();
         match outcome {
             Ok(findings) => {
                 let conn = self.conn.as_mut().expect("opened");
@@ -583,6 +608,77 @@ impl Curator {
             Err(failure) => self.failed(i, rec, failure)?,
         }
         self.gone_after_run(rec)
+    }
+
+    /// Runs detector `i` on `rec` in a thread of its own. Meanwhile, every [`HEARTBEAT`], it
+    /// decides what can be decided, applies retention and rewrites the report (saying what
+    /// runs since when): a detector that runs long never freezes keep decisions or retention,
+    /// nor hides the curator from status. A stop is passed on to the detector at once.
+    ///
+    /// [`HEARTBEAT`]: crate::recorder::HEARTBEAT
+    fn analyse_watching(&mut self, i: usize, rec: &Recording) -> Result<Findings, Failure> {
+        let analyser = self.detectors[i].analyser.clone();
+        let job = rec.clone();
+        let (tx, rx) = mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("detector".into())
+            .spawn(move || {
+                let _ = tx.send(analyser.analyse(&job));
+            });
+        if spawned.is_err() {
+            return self.detectors[i].analyser.analyse(rec);
+        }
+        let started = Timestamp::now();
+        let mut last_look = std::time::Instant::now();
+        let mut stop_passed = false;
+        loop {
+            match rx.recv_timeout(self.look_every.min(Duration::from_secs(1))) {
+                Ok(outcome) => {
+                    self.report.analysing = None;
+                    return outcome;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    self.report.analysing = None;
+                    return Err(Failure {
+                        code: &errors::DETECTOR_NOT_RUN,
+                        message: "the detector's thread ended without an answer".into(),
+                        retryable: true,
+                    });
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if self.stop_flag.load(std::sync::atomic::Ordering::SeqCst) && !stop_passed {
+                // Roost stops us: the detector (in a process group of its own) stops too.
+                signal_children(nix::sys::signal::Signal::SIGTERM);
+                stop_passed = true;
+            }
+            if last_look.elapsed() >= self.look_every && !stop_passed {
+                last_look = std::time::Instant::now();
+                self.report.analysing = Some(format!(
+                    "{} on {} since {started}",
+                    self.detectors[i].spec.name,
+                    rec.path.display()
+                ));
+                self.look_while_analysing();
+            }
+        }
+    }
+
+    /// What a round does after analysing, while a detector still runs: decisions, retention,
+    /// figures, health, the report.
+    fn look_while_analysing(&mut self) {
+        let result = self.decide_all().and_then(|()| self.retain());
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "metadata.db while a detector runs; trying again after it");
+        }
+        self.refresh_figures();
+        let now = Timestamp::now();
+        self.report.error = (self.report.error.clone())
+            .filter(|p| {
+                p.code != errors::DETECTOR_BEHIND.code && p.code != errors::DETECTOR_STALLED.code
+            })
+            .or_else(|| self.health(now));
+        self.publish(true);
     }
 
     /// Counts a failed run: given up (marked failed, the queue goes on) or retried in a later
@@ -835,7 +931,6 @@ impl Curator {
             .unwrap_or_default()
             .into_iter()
             .collect();
-        self.report.error = self.report.error.take().or_else(|| self.health(now));
     }
 
     /// A detector failing on every recording, far behind, or one that finished nothing for
@@ -929,6 +1024,63 @@ fn owed_to_outbox(
     }
     Ok(db::last_model_output(conn, &rec.id)?.is_some_and(|rowid| rowid > owed.queued_until))
 }
+
+/// Kills what detector runs left behind: the curator is the subreaper of its descendants
+/// ([`become_subreaper`]), so a process a detector started and left (in its group or outside
+/// it, whatever its environment) is the curator's child once the detector has exited, and
+/// the curator runs nothing else. Reaped, then looked for again (their own children come to
+/// us in turn), a few times.
+fn reap_leftovers() {
+    use nix::sys::wait::{WaitPidFlag, waitpid};
+    // Only in `roost curate`, where every child is a detector's: a process that runs a curator
+    // among other work (a test) must not lose its other children.
+    if !SUBREAPER.load(std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    for _ in 0..5 {
+        let left = crate::procscan::children_of(std::process::id());
+        if left.is_empty() {
+            return;
+        }
+        for pid in &left {
+            tracing::warn!(pid, "a detector left a process behind; killed");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            if status == nix::sys::wait::WaitStatus::StillAlive {
+                break;
+            }
+        }
+    }
+}
+
+/// Sends `signal` to every child of the curator (the detector running now, in its own group).
+fn signal_children(signal: nix::sys::signal::Signal) {
+    if !SUBREAPER.load(std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    for pid in crate::procscan::children_of(std::process::id()) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+    }
+}
+
+/// Makes the curator the reaper of orphans among its descendants (`PR_SET_CHILD_SUBREAPER`),
+/// so that nothing a detector starts can outlive its run unseen.
+fn become_subreaper() {
+    match nix::sys::prctl::set_child_subreaper(true) {
+        Ok(()) => SUBREAPER.store(true, std::sync::atomic::Ordering::SeqCst),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot become the subreaper of detector processes; a process that left a detector's group and environment may outlive its run")
+        }
+    }
+}
+
+/// Set in `roost curate` once it reaps its descendants: its children are all detectors'.
+static SUBREAPER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Deletes a recording's file; true when it is gone (already gone counts).
 fn delete_file(path: &Path) -> bool {
@@ -1219,6 +1371,99 @@ mod tests {
         fixed.round_now();
         assert!(!path.exists(), "no detection: deleted by the rule");
         assert!(paths.iter().all(|p| p.exists()));
+    }
+
+    /// Rows another program wrote in forms roost does not (a blob id, a blob datetime, text
+    /// in a number column, a text `roost_age` or `since_rowid`) never stop the decisions and
+    /// analyses of the others, and never disable a detector.
+    #[test]
+    fn foreign_rows_never_stop_the_curator() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, paths, storage) = storage_with(
+            dir.path(),
+            3,
+            serde_json::json!([{"name": "birds", "kind": "bandEnergy", "lowHz": 2000, "highHz": 5000}]),
+            serde_json::json!([{"always": true}]),
+        );
+        let conn = Connection::open(storage.join("metadata.db")).unwrap();
+        let dep: String = conn
+            .query_row("SELECT deployment_id FROM recording LIMIT 1", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        for sql in [
+            "INSERT INTO recording (id, path, datetime, duration_s, samplerate_hz, audio_channels, deployment_id)
+             VALUES (X'00112233445566778899aabbccddeeff', '/elsewhere/a.wav', '2020-01-01 00:00:00.000000', 1.0, 8000, 1, ?1)",
+            "INSERT INTO recording (id, path, datetime, duration_s, samplerate_hz, audio_channels, deployment_id)
+             VALUES ('blob-datetime', '/elsewhere/b.wav', X'00', 1.0, 8000, 1, ?1)",
+            "INSERT INTO recording (id, path, datetime, duration_s, samplerate_hz, audio_channels, deployment_id, deleted_by)
+             VALUES ('text-duration', NULL, '2099-01-01 00:00:00.000000', 'abc', 8000, 1, ?1, 'keep')",
+        ] {
+            conn.execute(sql, [&dep]).unwrap();
+        }
+        conn.execute(
+            "INSERT INTO roost_detector (name, since, since_rowid) VALUES ('birds', 'x', 'abc')",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        let mut curator = Curator::new(config, &dir.path().join("state"));
+        curator.round_now();
+        curator.round_now();
+        assert_eq!(curator.report().error, None);
+        let decided: Vec<String> = query(
+            &storage,
+            "SELECT r.path FROM roost_keep k JOIN recording r ON r.id = k.recording_id
+             WHERE k.kept_by = 'keep[0]:always' ORDER BY r.rowid",
+        );
+        let expected: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        assert!(expected.iter().all(|p| decided.contains(p)), "{decided:?}");
+        let analysed: Vec<i64> = query(
+            &storage,
+            "SELECT count(*) FROM roost_analysis WHERE detector = 'birds' AND outcome = 'done'",
+        );
+        assert!(
+            analysed[0] >= 3,
+            "the detector still analyses: {analysed:?}"
+        );
+    }
+
+    /// While one detector run lasts long, what was analysed before it is decided (keep
+    /// decisions never wait for a slow run), and the report is rewritten.
+    #[test]
+    fn decisions_go_on_while_a_detector_runs_long() {
+        let dir = tempfile::tempdir().unwrap();
+        let count = dir.path().join("runs");
+        let script = format!(
+            "n=$(cat {c} 2>/dev/null || echo 0); echo $((n+1)) > {c}; [ \"$n\" -ge 1 ] && sleep 3; echo '{{\"detections\": []}}'",
+            c = count.display()
+        );
+        let (config, _paths, storage) = storage_with(
+            dir.path(),
+            2,
+            serde_json::json!([{"name": "slow-second", "kind": "command", "timeout": "20s",
+                "command": ["sh", "-c", script, "sh"]}]),
+            serde_json::json!([{"always": true}]),
+        );
+        let state = dir.path().join("state");
+        let mut curator = Curator::new(config, &state);
+        curator.look_every = Duration::from_millis(500);
+        curator.round_now();
+        let order: Vec<String> = query(
+            &storage,
+            "SELECT 'decided ' || k.decided_on FROM roost_keep k
+             UNION ALL SELECT 'finished ' || a.finished_on FROM roost_analysis a
+             ORDER BY 1",
+        );
+        let decided: Vec<&String> = order.iter().filter(|l| l.starts_with("decided")).collect();
+        let finished: Vec<&String> = order.iter().filter(|l| l.starts_with("finished")).collect();
+        assert_eq!((decided.len(), finished.len()), (2, 2), "{order:?}");
+        // The first recording was decided before the second's 3 s run ended.
+        assert!(
+            decided[0].trim_start_matches("decided ") < finished[1].trim_start_matches("finished "),
+            "{order:?}"
+        );
+        assert_eq!(curator.report().analysing, None);
     }
 
     /// A detector that deletes (or moves) the recording it was given leaves its row saying

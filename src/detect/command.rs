@@ -185,6 +185,7 @@ impl CommandDetector {
         // Its own group, so that a timeout kills what it started too (a shell's children, a
         // Python multiprocessing pool).
         command.process_group(0);
+        unblock_signals_in_child(&mut command);
         let child = match command.spawn() {
             Ok(child) => child,
             Err(source) if self.command.is_empty() || is_not_executable(&source) => {
@@ -217,6 +218,23 @@ impl CommandDetector {
             }),
             Outcome::StdoutFailed(source) => Err(io("cannot read its stdout")(source)),
         }
+    }
+}
+
+/// The command starts with no signal blocked: the curator blocks SIGTERM and SIGINT in its
+/// threads (one thread waits for them), and a child inherits the mask of the thread that
+/// forks it, so a detector would never see SIGTERM (nor run its `trap`) when roost stops.
+fn unblock_signals_in_child(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec only async-signal-safe calls are allowed; the closure
+    // makes exactly one, pthread_sigmask (through nix), and allocates nothing.
+    #[allow(unsafe_code)]
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::signal::SigSet::empty()
+                .thread_set_mask()
+                .map_err(std::io::Error::from)
+        });
     }
 }
 
