@@ -450,8 +450,26 @@ fn problems_section(out: &mut String, doc: &StatusDoc) {
             );
         }
     }
-    let warnings: Vec<(String, String, String)> = doc
-        .components
+    let warnings = warnings(doc);
+    if !warnings.is_empty() {
+        let _ = writeln!(out, "\nWarnings");
+        for w in warnings {
+            let _ = writeln!(
+                out,
+                "  {} [{}] {}\n      what to do: {}",
+                w.code,
+                w.component.as_deref().unwrap_or_default(),
+                w.message,
+                w.action
+            );
+        }
+    }
+}
+
+/// Every component's warnings (conditions that do not stop anything but should be known),
+/// with the catalogue's action: what `roost status` lists under "Warnings", and the page too.
+pub fn warnings(doc: &StatusDoc) -> Vec<crate::status::ErrorEntry> {
+    doc.components
         .iter()
         .flat_map(|c| {
             let list = c
@@ -468,20 +486,18 @@ fn problems_section(out: &mut String, doc: &StatusDoc) {
                         .unwrap_or_default()
                         .to_string()
                 };
-                (f("code"), c.name.clone(), f("message"))
+                let code = f("code");
+                crate::status::ErrorEntry {
+                    action: crate::errors::lookup(&code)
+                        .map(|c| c.action.to_string())
+                        .unwrap_or_default(),
+                    code,
+                    component: Some(c.name.clone()),
+                    message: f("message"),
+                }
             })
         })
-        .collect();
-    if !warnings.is_empty() {
-        let _ = writeln!(out, "\nWarnings");
-        for (code, who, message) in warnings {
-            let action = crate::errors::lookup(&code).map(|c| c.action).unwrap_or("");
-            let _ = writeln!(
-                out,
-                "  {code} [{who}] {message}\n      what to do: {action}"
-            );
-        }
-    }
+        .collect()
 }
 
 /// `Sat 28 Nov 14:03:05 GMT`: the time in `tz`, with the zone's abbreviation.

@@ -153,7 +153,8 @@ fn prepare(state: &Path) -> String {
             {"name": "uploader", "status": "Error", "reason": "CrashLoopBackOff", "restartCount": 4}
         ],
         "errors": [{"code": "DEP_E163", "component": "uploader",
-                    "message": "uploader keeps exiting", "action": "Read its log <roost logs uploader>."}],
+                    "message": format!("uploader keeps exiting: /opt/{}/upload.py", "long-unbroken-folder-name".repeat(12)),
+                    "action": "Read its log <roost logs uploader>."}],
         "reconciler": {"pid": std::process::id(), "version": "0.1.0", "runtime": "process"},
         "updatedAt": "2026-11-30T01:00:03Z"
     });
@@ -204,6 +205,9 @@ fn the_page_its_data_and_spectrograms_are_served_read_only() {
     let view: serde_json::Value = serde_json::from_slice(&view.body).unwrap();
     assert_eq!(view["lastRecording"], name.as_str());
     assert_eq!(view["recordings"][0]["name"], name.as_str());
+    // In the deployment's time zone (UTC here), as roost status says times.
+    assert_eq!(view["recordings"][0]["datetime"], "Mon 30 Nov 01:00:00 UTC");
+    assert_eq!(view["deployment"], "meadow-test");
     assert_eq!(view["errors"][0]["code"], "DEP_E163");
 
     let png = request(addr, "GET", "/spectrogram.png");
@@ -240,6 +244,25 @@ fn the_page_its_data_and_spectrograms_are_served_read_only() {
         );
         assert!(!answer.text().contains("root:"), "{url}");
     }
+
+    // Keep rules delete the last file (row marked, file gone): the page never points at it.
+    let storage = state.join("storage");
+    let conn = rusqlite::Connection::open(storage.join("metadata.db")).unwrap();
+    conn.execute(
+        "UPDATE recording SET path = NULL, deleted_by = 'keep', deleted_on = '2026-11-30T01:01:00Z'",
+        [],
+    )
+    .unwrap();
+    std::fs::remove_file(storage.join("recordings").join(&name)).unwrap();
+    let view = request(addr, "GET", "/api/view.json");
+    let view: serde_json::Value = serde_json::from_slice(&view.body).unwrap();
+    assert_eq!(view["lastRecording"], serde_json::Value::Null, "{view:#}");
+    assert_eq!(request(addr, "GET", "/spectrogram.png").status, 404);
+    let page = request(addr, "GET", "/").text();
+    assert!(
+        page.contains("<img id=\"spec\" alt=\"no recording yet\""),
+        "{page}"
+    );
 }
 
 #[test]
@@ -295,6 +318,39 @@ fn idle_and_oversized_clients_do_not_stop_the_page() {
     assert!(closed_at.elapsed() < Duration::from_secs(8));
     assert!(rest.is_empty());
     drop(idle);
+}
+
+/// A flood of slow clients holding more connections than the page serves at once (100 that
+/// send half a head and wait, from the same address as the technician's phone) never keeps
+/// the technician waiting: a new connection takes the place of the oldest, and the page
+/// answers at once (before any slow client's 5 s head deadline could free a slot).
+#[test]
+fn a_flood_of_slow_clients_never_keeps_the_technician_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    prepare(&state);
+    let server = start(&state);
+    let addr = server.addr.as_str();
+    let crowd: Vec<TcpStream> = (0..100)
+        .map(|_| {
+            let mut c = TcpStream::connect(addr).unwrap();
+            let _ = c.write_all(b"GET / HTTP/1.1\r\nX-Slow: ");
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..3 {
+        let asked = Instant::now();
+        let page = request(addr, "GET", "/api/view.json");
+        assert_eq!(page.status, 200);
+        assert!(
+            asked.elapsed() < Duration::from_secs(4),
+            "the technician waited {:?} behind the crowd",
+            asked.elapsed()
+        );
+    }
+    drop(crowd);
 }
 
 #[test]
@@ -430,6 +486,11 @@ fn the_page_renders_in_a_headless_browser() {
         .to_string_lossy()
         .into_owned();
     assert!(html.contains(&file), "the last file {file} in\n{html}");
+    // At phone width nothing scrolls sideways, long paths in messages included.
+    assert!(
+        html.contains("data-fits=\"true\""),
+        "the page is wider than 412 px:\n{html}"
+    );
     let size = html
         .split("data-size=\"")
         .nth(1)

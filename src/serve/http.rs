@@ -17,11 +17,11 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use jiff::Timestamp;
-use tokio::sync::Semaphore;
 
 use super::Response;
 
-/// Connections served at once; more wait in the kernel's backlog until one ends.
+/// Connections served at once. One more evicts the oldest: a crowd of slow clients (or one
+/// greedy client) holding every slot cannot keep the technician's phone waiting.
 pub const MAX_CONNECTIONS: usize = 64;
 /// A client has this long from connecting to the end of its request head.
 pub const HEAD_DEADLINE: Duration = Duration::from_secs(5);
@@ -51,13 +51,33 @@ pub fn serve(listener: std::net::TcpListener, state_dir: &Path) -> std::io::Resu
     runtime.block_on(accept_loop(listener, state_dir))
 }
 
+/// The connections being served, oldest first, each with what ends it.
+#[derive(Default)]
+struct Live {
+    next: u64,
+    connections: std::collections::VecDeque<(u64, tokio::task::AbortHandle)>,
+}
+
+impl Live {
+    /// Makes room for one more: the oldest connection ends when all slots are taken (a
+    /// request that is answered takes milliseconds; one still there is the slowest).
+    fn make_room(&mut self) {
+        while self.connections.len() >= MAX_CONNECTIONS {
+            if let Some((_, oldest)) = self.connections.pop_front() {
+                oldest.abort();
+            }
+        }
+    }
+
+    fn ended(&mut self, id: u64) {
+        self.connections.retain(|(i, _)| *i != id);
+    }
+}
+
 async fn accept_loop(listener: std::net::TcpListener, state_dir: Arc<Path>) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let live = Arc::new(std::sync::Mutex::new(Live::default()));
     loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return Ok(());
-        };
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
@@ -68,7 +88,14 @@ async fn accept_loop(listener: std::net::TcpListener, state_dir: Arc<Path>) -> s
             }
         };
         let state_dir = state_dir.clone();
-        tokio::spawn(async move {
+        let mut guard = live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        guard.make_room();
+        let id = guard.next;
+        guard.next += 1;
+        let done = live.clone();
+        let task = tokio::spawn(async move {
             let service = service_fn(move |request| answer(request, state_dir.clone()));
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -78,8 +105,11 @@ async fn accept_loop(listener: std::net::TcpListener, state_dir: Arc<Path>) -> s
                 .serve_connection(TokioIo::new(stream), service);
             // A client gone or too slow is not an error of ours.
             let _ = tokio::time::timeout(CONNECTION_DEADLINE, connection).await;
-            drop(slot);
+            done.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .ended(id);
         });
+        guard.connections.push_back((id, task.abort_handle()));
     }
 }
 

@@ -107,8 +107,9 @@ impl Cache {
     pub fn new(dir: PathBuf, recordings_dir: PathBuf) -> Self {
         use std::os::unix::fs::MetadataExt;
         let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev());
-        let parent = dir.parent().unwrap_or(&dir);
-        let beside_recordings = match (dev(parent), dev(&recordings_dir)) {
+        // The cache folder may not be made yet: the nearest folder above it that is.
+        let existing = dir.ancestors().find(|a| a.exists()).unwrap_or(&dir);
+        let beside_recordings = match (dev(existing), dev(&recordings_dir)) {
             (Ok(a), Ok(b)) => a == b,
             // Either not there now: cache nothing rather than guess.
             _ => true,
