@@ -98,6 +98,31 @@ fn files_longer_than_the_grace_raise_no_false_alarm_between_them() {
     assert_eq!(r.stop(), Some(0));
 }
 
+/// A tmpfs mounted for a test (root only), unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path, size: &str) -> Self {
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mount a tmpfs at {}", at.display());
+        Self(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
 fn roost_status(r: &Roost) -> (String, Option<i32>) {
     let out = Command::new(common::ROOST)
         .args(["status", "--state-dir"])
@@ -123,23 +148,7 @@ fn a_status_that_cannot_be_written_says_so() {
     let mut r = Roost::new("");
     let card = r.path("state-card");
     std::fs::create_dir_all(&card).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
-        .arg(&card)
-        .status()
-        .unwrap();
-    assert!(mounted.success());
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .stderr(std::process::Stdio::null())
-                .status();
-        }
-    }
-    let _unmount = Unmount(card.clone());
+    let _unmount = Tmpfs::mount(&card, "2m");
     r.state = card.join("state");
     let runtime = tempfile::tempdir_in("/dev/shm").unwrap();
     let storage = r.path("storage");
@@ -205,29 +214,7 @@ fn a_desired_file_on_a_card_is_read_again_when_the_card_comes_back() {
     let mut r = Roost::new("");
     let card = r.path("card");
     std::fs::create_dir_all(&card).unwrap();
-    let mount = |at: &std::path::Path| {
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-            .arg(at)
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    };
-    let umount = |at: &std::path::Path| {
-        let _ = Command::new("umount").arg("-l").arg(at).status();
-    };
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .stderr(std::process::Stdio::null())
-                .status();
-        }
-    }
-    let _guard = Unmount(card.clone());
-    mount(&card);
+    let card_mount = Tmpfs::mount(&card, "1m");
     let yaml = |tag: &str| {
         common::deployment(
             "on-card",
@@ -240,7 +227,7 @@ fn a_desired_file_on_a_card_is_read_again_when_the_card_comes_back() {
     std::os::unix::fs::symlink(card.join("deployment.yaml"), &r.file).unwrap();
     r.start();
     r.wait_succeeded(1);
-    umount(&card);
+    drop(card_mount);
     let s = r.wait_for("the missing file reported", Duration::from_secs(10), |s| {
         s["specError"].is_object()
     });
@@ -251,9 +238,8 @@ fn a_desired_file_on_a_card_is_read_again_when_the_card_comes_back() {
     // Edited elsewhere, the card comes back.
     let staging = r.path("staging");
     std::fs::create_dir_all(&staging).unwrap();
-    mount(&staging);
+    let moved_away = Tmpfs::mount(&staging, "1m");
     std::fs::write(staging.join("deployment.yaml"), yaml("second")).unwrap();
-    let _staging = Unmount(staging.clone());
     let moved = Command::new("mount")
         .arg("--move")
         .arg(&staging)
@@ -261,6 +247,8 @@ fn a_desired_file_on_a_card_is_read_again_when_the_card_comes_back() {
         .status()
         .unwrap();
     assert!(moved.success());
+    let _card_again = Tmpfs(card.clone());
+    drop(moved_away);
     let back = Instant::now();
     r.wait_for("the new content applied", Duration::from_secs(10), |s| {
         s["observedGeneration"] == 2 && s["specError"].is_null()

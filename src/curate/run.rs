@@ -1178,24 +1178,26 @@ mod tests {
         let t0 = Timestamp::now() - SignedDuration::from_mins(5);
         let dep = storage.start_deployment("unit", None, t0).unwrap();
         let paths = (0..n)
-            .map(|i| {
-                let t = t0 + SignedDuration::from_secs(2 * i);
-                let path = storage
-                    .recordings_dir()
-                    .join(crate::storage::recording_file_name(t));
-                tone(&path);
-                let rec = NewRecording {
-                    path: path.clone(),
-                    datetime: t,
-                    duration_s: 2.0,
-                    samplerate_hz: 16_000,
-                    audio_channels: 1,
-                };
-                storage.register(&rec, &dep).unwrap();
-                path
-            })
+            .map(|i| tone_recording(&mut storage, &dep, t0 + SignedDuration::from_secs(2 * i)))
             .collect();
         (config, paths, storage_path)
+    }
+
+    /// A 2 s tone file starting at `t`, registered in deployment `dep`; its path.
+    fn tone_recording(storage: &mut Storage, dep: &str, t: Timestamp) -> PathBuf {
+        let path = storage
+            .recordings_dir()
+            .join(crate::storage::recording_file_name(t));
+        tone(&path);
+        let rec = NewRecording {
+            path: path.clone(),
+            datetime: t,
+            duration_s: 2.0,
+            samplerate_hz: 16_000,
+            audio_channels: 1,
+        };
+        storage.register(&rec, dep).unwrap();
+        path
     }
 
     fn query<T: rusqlite::types::FromSql>(storage: &Path, sql: &str) -> Vec<T> {
@@ -1351,19 +1353,11 @@ mod tests {
         let dep = storage
             .start_deployment("unit", None, Timestamp::now())
             .unwrap();
-        let t = Timestamp::now() - SignedDuration::from_mins(1);
-        let path = storage
-            .recordings_dir()
-            .join(crate::storage::recording_file_name(t));
-        tone(&path);
-        let rec = NewRecording {
-            path: path.clone(),
-            datetime: t,
-            duration_s: 2.0,
-            samplerate_hz: 16_000,
-            audio_channels: 1,
-        };
-        storage.register(&rec, &dep).unwrap();
+        let path = tone_recording(
+            &mut storage,
+            &dep,
+            Timestamp::now() - SignedDuration::from_mins(1),
+        );
         drop(storage);
         let waiting = crate::curate::preview(&config).unwrap();
         assert_eq!((waiting.kept, waiting.waiting), (3, 1));
