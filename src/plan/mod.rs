@@ -103,8 +103,14 @@ pub fn spec_hash(bytes: &[u8]) -> String {
 pub enum Action {
     /// Start a component that is not running.
     Start(ComponentRun),
-    /// Replace a running component whose spec changed.
-    Restart(ComponentRun),
+    /// Replace a running component whose spec changed: stop the running instance (by its own
+    /// stop timeout), then start `run`.
+    Restart {
+        /// How to run the new instance.
+        run: ComponentRun,
+        /// How long the running instance gets to stop before it is killed.
+        stop_timeout: Duration,
+    },
     /// Stop a component (the deployment is stopped).
     Stop {
         /// The component.
@@ -125,7 +131,7 @@ impl Action {
     /// The component the action is about.
     pub fn component(&self) -> &str {
         match self {
-            Action::Start(r) | Action::Restart(r) => r.name.as_str(),
+            Action::Start(r) | Action::Restart { run: r, .. } => r.name.as_str(),
             Action::Stop { name, .. } | Action::Remove { name, .. } => name,
         }
     }
@@ -135,7 +141,7 @@ impl std::fmt::Display for Action {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Action::Start(r) => write!(f, "start {}", r.name),
-            Action::Restart(r) => write!(f, "restart {} (spec changed)", r.name),
+            Action::Restart { run, .. } => write!(f, "restart {} (spec changed)", run.name),
             Action::Stop { name, .. } => write!(f, "stop {name}"),
             Action::Remove { name, .. } => write!(f, "remove {name} (no longer in the file)"),
         }
@@ -411,8 +417,8 @@ fn decide_stopped(dc: &DesiredComponent, input: &PlanInput<'_>) -> Verdict {
 enum Seen {
     /// Running the current spec.
     Running { pid: Option<u32>, since: Timestamp },
-    /// Running an older spec.
-    Outdated,
+    /// Running an older spec; the stop timeout it was started with, when known.
+    Outdated { stop_timeout: Option<Duration> },
     /// Exited; the runtime restarts it itself (systemd).
     RestartingItself { last_exit: Option<ExitInfo> },
     /// Stopped by someone outside roost.
@@ -429,7 +435,9 @@ fn classify(dc: &DesiredComponent, obs: Option<&ObservedComponent>, restarts_its
             pid: *pid,
             since: *since,
         },
-        (Some(ObservedState::Running { .. }), false) => Seen::Outdated,
+        (Some(ObservedState::Running { .. }), false) => Seen::Outdated {
+            stop_timeout: obs.and_then(|o| o.stop_timeout),
+        },
         (Some(ObservedState::Restarting { last_exit }), true) if restarts_itself => {
             Seen::RestartingItself {
                 last_exit: *last_exit,
@@ -450,9 +458,12 @@ fn decide_running(dc: &DesiredComponent, input: &PlanInput<'_>, earlier: &Earlie
             status.since = Some(since);
             Verdict::of(status)
         }
-        Seen::Outdated => {
+        Seen::Outdated { stop_timeout } => {
             status.reason = Some(Reason::SpecChanged);
-            Verdict::of(status).with_action(Action::Restart(dc.run.clone()))
+            Verdict::of(status).with_action(Action::Restart {
+                run: dc.run.clone(),
+                stop_timeout: stop_timeout.unwrap_or(dc.run.stop_timeout),
+            })
         }
         Seen::RestartingItself { last_exit } => {
             let quick = history.map_or(0, |h| h.consecutive_failures);

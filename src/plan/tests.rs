@@ -124,6 +124,27 @@ fn changed_spec_restarts_that_component_only() {
     );
 }
 
+/// The running instance of an older spec is stopped by its own stop timeout when the runtime
+/// knows it (it may differ from the new spec's), else by the new spec's.
+#[test]
+fn a_restart_stops_the_old_instance_by_its_own_timeout() {
+    let d = desired(vec![comp("a", RestartPolicy::Always, &[])]);
+    let restart_timeout = |known: Option<Duration>| {
+        let mut obs = Observation::from([running("a", 10)]);
+        let a = obs.get_mut("a").unwrap();
+        (a.spec_hash, a.stop_timeout) = (Some("old".into()), known);
+        match &run_plan(&d, obs, History::default(), 0).actions[..] {
+            [Action::Restart { run, stop_timeout }] if run.spec_hash == "hash-a" => *stop_timeout,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(
+        restart_timeout(Some(Duration::from_secs(7))),
+        Duration::from_secs(7)
+    );
+    assert_eq!(restart_timeout(None), Duration::from_secs(1));
+}
+
 #[test]
 fn restart_policies_after_exit_zero_and_failure() {
     // (policy, exit code, expected action, expected status, expected reason)

@@ -2,7 +2,7 @@
 //! one in force), counting generations, telling built-ins what changed, and taking note of
 //! what the runtime reports. Nothing here starts or stops anything.
 
-use super::Reconciler;
+use super::{Reconciler, Triggers};
 use crate::desired::Loaded;
 use crate::plan::{self, Desired};
 use crate::runtime::{Runtime, RuntimeEvent};
@@ -32,6 +32,20 @@ impl<R: Runtime> Reconciler<R> {
                     self.accept(deployment);
                 }
             }
+        }
+    }
+
+    /// Takes a file change or SIGHUP that waits in `triggers` (without waiting for one) and
+    /// reads the file as the loop would have.
+    pub(super) fn take_desired_news(&mut self, triggers: &mut Triggers) {
+        let hangup = triggers.hangup.try_recv().is_ok();
+        let file = triggers.file.try_recv().is_ok();
+        if hangup {
+            tracing::info!("SIGHUP: re-reading the desired state");
+            self.source.forget();
+        }
+        if hangup || file {
+            self.reload_file();
         }
     }
 

@@ -195,7 +195,7 @@ pub async fn drive<R: Runtime>(
     on_ready: impl FnOnce(),
 ) {
     reconciler.reload_file();
-    reconciler.reconcile().await;
+    reconciler.reconcile(&mut triggers).await;
     // READY=1 means status.json tells the truth already.
     reconciler.flush_status();
     on_ready();
@@ -221,7 +221,7 @@ pub async fn drive<R: Runtime>(
             event = reconciler.runtime.next_event() => reconciler.record_event(event),
             _ = timer => {}
         }
-        reconciler.reconcile().await;
+        reconciler.reconcile(&mut triggers).await;
     }
     tracing::info!("shutting down");
     reconciler.liveness.busy();

@@ -90,14 +90,15 @@ impl<R: Runtime> Reconciler<R> {
             deployment: &deployment,
             clock: self.clock.as_ref(),
             liveness: &self.liveness,
+            superseded: &|| false,
         }
         .stop_all(
             &order,
             &running,
+            // Each instance by its own rule (it may run an older spec), else the file's.
             |n| {
-                timeouts
-                    .get(n)
-                    .copied()
+                (running.get(n).and_then(|o| o.stop_timeout))
+                    .or_else(|| timeouts.get(n).copied())
                     .unwrap_or(plan::DEFAULT_STOP_TIMEOUT)
             },
             &mut self.history,

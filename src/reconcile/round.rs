@@ -1,14 +1,17 @@
 //! One round of the loop: observe, plan, apply, pass after pass until nothing is left to do,
 //! then publish the status and say when to look again. The planner decides; a round only
-//! carries data between the runtime, the built-ins, the planner and the applier.
+//! carries data between the runtime, the built-ins, the planner and the applier. A desired state
+//! that changes during a round (while a stop takes its time) is taken at the next pass, and the
+//! applier leaves the rest of a plan made from the older one: no pass carries out a superseded
+//! plan.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{MAX_PASSES, RETRY_FAILED_ACTIONS, Reconciler};
-use crate::apply::Applier;
+use super::{MAX_PASSES, RETRY_FAILED_ACTIONS, Reconciler, Triggers};
+use crate::apply::{Applied, Applier, Reach};
 use crate::builtin::BuiltinHealth;
 use crate::observe::Observation;
 use crate::plan::{self, Plan, PlanInput};
@@ -46,10 +49,11 @@ impl RoundEnd {
 }
 impl<R: Runtime> Reconciler<R> {
     /// Observes, plans and applies until nothing is left to do (or the pass limit), publishes
-    /// the status and sets the next wake-up.
-    pub async fn reconcile(&mut self) {
+    /// the status and sets the next wake-up. `triggers` are looked at (never waited on) for a
+    /// desired state newer than the one a pass planned from.
+    pub async fn reconcile(&mut self, triggers: &mut Triggers) {
         self.liveness.busy();
-        let end = self.round().await;
+        let end = self.round(triggers).await;
         let mut wake = end.wake_after();
         if self.desired_reports() {
             // A built-in's report wakes the loop through a file watch; should that watch be
@@ -63,8 +67,12 @@ impl<R: Runtime> Reconciler<R> {
         (self.desired.as_ref()).is_some_and(|(d, _)| self.builtins.any_reporting(d))
     }
 
-    async fn round(&mut self) -> RoundEnd {
+    async fn round(&mut self, triggers: &mut Triggers) -> RoundEnd {
+        // The generation whose InProgress the status has said, so it is said once per generation.
+        let mut announced = self.observed_generation;
         for pass in 0..MAX_PASSES {
+            // A file changed while the last pass applied (a stop can take seconds): plan from it.
+            self.take_desired_news(triggers);
             let observed = match self.observe().await {
                 Ok(o) => o,
                 Err(end) => return end,
@@ -86,12 +94,15 @@ impl<R: Runtime> Reconciler<R> {
                     },
                 };
             }
-            if pass == 0 && self.observed_generation != self.generation {
+            if announced != self.generation {
+                announced = self.generation;
                 let mut doc = self.status_doc(Some(&plan));
                 (doc.phase, doc.status) = (Phase::InProgress, OverallStatus::Pending);
                 self.write_doc(doc);
             }
-            if !self.apply(&plan).await {
+            let applied = self.apply(&plan, triggers).await;
+            let none_went_through = applied.counts.failed == applied.counts.tried;
+            if applied.reach == Reach::Whole && none_went_through {
                 // Nothing went through: look again soon rather than spin.
                 self.observed_generation = self.generation;
                 self.write_status(Some(&plan));
@@ -164,16 +175,18 @@ impl<R: Runtime> Reconciler<R> {
         })
     }
 
-    /// Carries the plan out; true when at least one action succeeded.
-    async fn apply(&mut self, plan: &Plan) -> bool {
+    /// Carries the plan out, until its end or until a newer desired state waits in `triggers`.
+    async fn apply(&mut self, plan: &Plan, triggers: &Triggers) -> Applied {
         let deployment = self.deployment_name();
         let spec = self.desired.as_ref().map(|(d, _)| d.clone());
         let builtins = &self.builtins;
-        let counts = Applier {
+        let superseded = || triggers.desired_news_waiting();
+        let applied = Applier {
             runtime: &mut self.runtime,
             deployment: &deployment,
             clock: self.clock.as_ref(),
             liveness: &self.liveness,
+            superseded: &superseded,
         }
         .apply(
             &plan.actions,
@@ -187,9 +200,11 @@ impl<R: Runtime> Reconciler<R> {
             },
         )
         .await;
-        self.last_apply = Some(counts);
+        if applied.counts.tried > 0 {
+            self.last_apply = Some(applied.counts);
+        }
         self.save_history();
-        counts.failed < counts.tried
+        applied
     }
 
     pub(super) fn save_history(&self) {

@@ -354,3 +354,151 @@ async fn a_silent_built_in_is_starting_then_failed_to_start() {
         (Phase::FailedToStart, OverallStatus::Error)
     );
 }
+
+/// One component `c` with `X=x` in its environment and stop timeout `stop_timeout`.
+fn with_x(x: &str, stop_timeout: &str) -> String {
+    format!(
+        "apiVersion: roost/v1\nkind: Deployment\nmetadata: {{name: meadow}}\nspec:\n  \
+         restartPolicy: Always\n  backoff: {{initial: 1s, max: 5m, resetAfter: 10m}}\n  \
+         components:\n    - name: c\n      command: [\"/bin/sleep\", \"1000\"]\n      \
+         stopTimeout: {stop_timeout}\n      env: {{X: \"{x}\"}}\n"
+    )
+}
+
+impl Loop {
+    /// Runs the loop for `ms` of paused time while `edits` (ms after the start, content) are
+    /// written to the file, each followed by a file trigger as the watcher sends it.
+    async fn run_with_edits(&mut self, ms: u64, edits: Vec<(u64, String)>) {
+        let (triggers, [file_tx, _, _]) = Triggers::manual();
+        let file = self.file.clone();
+        tokio::spawn(async move {
+            let start = tokio::time::Instant::now();
+            for (at, yaml) in edits {
+                tokio::time::sleep_until(start + Duration::from_millis(at)).await;
+                std::fs::write(&file, yaml).unwrap();
+                file_tx.send(()).await.unwrap();
+            }
+        });
+        let stop = tokio::time::sleep(Duration::from_millis(ms));
+        drive(&mut self.reconciler, triggers, stop, || {}).await;
+    }
+
+    /// (X, ms since start) of every start of `c`.
+    fn starts_of_c(&self) -> Vec<(String, i64)> {
+        (self.fake.runs("c").into_iter())
+            .map(|(run, at)| (run.env["X"].clone(), self.ms(at)))
+            .collect()
+    }
+
+    fn stops_ms(&self, name: &str) -> Vec<i64> {
+        (self.fake.calls().into_iter())
+            .filter_map(|c| match c {
+                Call::Stop(n, t) if n == name => Some(self.ms(t)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// (generation, observedGeneration, phase, c's status, c's X) before the shutdown.
+    fn settled(&self) -> (u64, u64, Phase, ComponentState, String) {
+        let doc = self.last_before_shutdown();
+        let x = self.fake.runs("c").last().unwrap().0.env["X"].clone();
+        (
+            doc.generation,
+            doc.observed_generation,
+            doc.phase,
+            doc.components[0].status,
+            x,
+        )
+    }
+}
+
+/// The baseline: a change pushed while the running instance takes 3 s to stop starts the new
+/// spec once the stop is done, with one stop.
+#[tokio::test(start_paused = true)]
+async fn a_change_during_a_slow_stop_starts_the_new_spec_when_the_stop_is_done() {
+    let mut l = setup(&with_x("1", "10s"), vec![]);
+    l.fake.slow_stop("c", Duration::from_secs(3));
+    l.run_with_edits(10_000, vec![(1000, with_x("2", "10s"))])
+        .await;
+    assert_eq!(l.starts_of_c(), [("1".into(), 0), ("2".into(), 4000)]);
+    assert_eq!(
+        l.stops_ms("c"),
+        [1000, 10_000],
+        "one stop, then the shutdown's"
+    );
+    let settled = (2, 2, Phase::Succeeded, ComponentState::Running, "2".into());
+    assert_eq!(l.settled(), settled);
+}
+
+/// The field report: X=2 pushed, reverted to X=1 0.7 s later while X=1 takes 3 s to stop. The
+/// pushed spec never starts: when the stop is done, the newest generation (3, the spec of 1)
+/// starts at once, and is the only start after it.
+#[tokio::test(start_paused = true)]
+async fn a_change_reverted_during_a_slow_stop_never_starts_the_pushed_spec() {
+    let mut l = setup(&with_x("1", "10s"), vec![]);
+    l.fake.slow_stop("c", Duration::from_secs(3));
+    let edits = vec![(1000, with_x("2", "10s")), (1700, with_x("1", "10s"))];
+    l.run_with_edits(10_000, edits).await;
+    assert_eq!(l.starts_of_c(), [("1".into(), 0), ("1".into(), 4000)]);
+    assert_eq!(
+        l.stops_ms("c"),
+        [1000, 10_000],
+        "one stop, then the shutdown's"
+    );
+    let settled = (3, 3, Phase::Succeeded, ComponentState::Running, "1".into());
+    assert_eq!(l.settled(), settled);
+    // While the stop ran the status said generation 2 was in progress; at 4 s, 3.
+    let in_progress: Vec<(i64, u64)> = (l.statuses.lock().unwrap().iter())
+        .filter(|d| d.phase == Phase::InProgress)
+        .map(|d| (l.ms(d.updated_at), d.generation))
+        .collect();
+    assert_eq!(in_progress, [(0, 1), (1000, 2), (4000, 3)]);
+}
+
+/// A third spec pushed during the stop is the one that starts.
+#[tokio::test(start_paused = true)]
+async fn a_third_spec_pushed_during_a_slow_stop_is_the_one_started() {
+    let mut l = setup(&with_x("1", "10s"), vec![]);
+    l.fake.slow_stop("c", Duration::from_secs(3));
+    let edits = vec![(1000, with_x("2", "10s")), (1700, with_x("3", "10s"))];
+    l.run_with_edits(10_000, edits).await;
+    assert_eq!(l.starts_of_c(), [("1".into(), 0), ("3".into(), 4000)]);
+    let settled = (3, 3, Phase::Succeeded, ComponentState::Running, "3".into());
+    assert_eq!(l.settled(), settled);
+}
+
+/// A -> B -> C -> A within 600 ms, all during the 3 s stop of A: only A starts again, once.
+/// C was replaced before roost read it: it is no generation of its own.
+#[tokio::test(start_paused = true)]
+async fn quick_edits_during_a_slow_stop_start_only_the_last() {
+    let mut l = setup(&with_x("A", "10s"), vec![]);
+    l.fake.slow_stop("c", Duration::from_secs(3));
+    let edits = vec![
+        (1000, with_x("B", "10s")),
+        (1300, with_x("C", "10s")),
+        (1600, with_x("A", "10s")),
+    ];
+    l.run_with_edits(10_000, edits).await;
+    assert_eq!(l.starts_of_c(), [("A".into(), 0), ("A".into(), 4000)]);
+    assert_eq!(
+        l.stops_ms("c"),
+        [1000, 10_000],
+        "one stop, then the shutdown's"
+    );
+    let settled = (3, 3, Phase::Succeeded, ComponentState::Running, "A".into());
+    assert_eq!(l.settled(), settled);
+}
+
+/// A stop that would take 30 s is cut at the 2 s stop timeout (the kill): the reverted spec
+/// starts then, never the pushed one.
+#[tokio::test(start_paused = true)]
+async fn a_stop_cut_by_its_timeout_starts_the_newest_spec() {
+    let mut l = setup(&with_x("1", "2s"), vec![]);
+    l.fake.slow_stop("c", Duration::from_secs(30));
+    let edits = vec![(1000, with_x("2", "2s")), (1500, with_x("1", "2s"))];
+    l.run_with_edits(10_000, edits).await;
+    assert_eq!(l.starts_of_c(), [("1".into(), 0), ("1".into(), 3000)]);
+    let settled = (3, 3, Phase::Succeeded, ComponentState::Running, "1".into());
+    assert_eq!(l.settled(), settled);
+}

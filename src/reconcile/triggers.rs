@@ -37,6 +37,12 @@ impl Triggers {
         })
     }
 
+    /// Whether a file change or SIGHUP waits to be taken: the desired state in force may be
+    /// superseded. Looks only; takes nothing.
+    pub fn desired_news_waiting(&self) -> bool {
+        !self.file.is_empty() || !self.hangup.is_empty()
+    }
+
     /// Triggers fed by hand (tests): the senders for file, outputs and hangup.
     pub fn manual() -> (Self, [Sender<()>; 3]) {
         let (file_tx, file) = channel(1);

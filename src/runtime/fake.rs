@@ -1,9 +1,10 @@
 //! A recording fake runtime for in-process tests of the loop's logic on tokio's paused clock:
 //! it keeps components in memory, plays each one's scripted behaviour (runs, exits after a
-//! while, fails to start) on tokio's timers, and records every call with the wall time of the
-//! clock it was given. It never replaces the real runtimes in end-to-end tests.
+//! while, fails to start, takes its time to stop) on tokio's timers, and records every call
+//! with the wall time of the clock it was given. It never replaces the real runtimes in
+//! end-to-end tests.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -49,8 +50,14 @@ pub enum Call {
 #[derive(Default)]
 struct Shared {
     behaviours: BTreeMap<String, Behaviour>,
+    /// How long the next stop of a component takes (bounded by the stop's timeout).
+    slow_stops: BTreeMap<String, Duration>,
+    /// Components being stopped: their scripted exits do not happen.
+    stopping: BTreeSet<String>,
     components: BTreeMap<String, ObservedComponent>,
     calls: Vec<Call>,
+    /// Every run started, with when.
+    runs: Vec<(ComponentRun, Timestamp)>,
     next_pid: u32,
 }
 
@@ -70,6 +77,20 @@ impl FakeHandle {
         self.lock()
             .behaviours
             .insert(component.to_string(), behaviour);
+    }
+
+    /// The next stop (or removal) of `component` takes `takes`, or its stop timeout if that is
+    /// shorter (then it is killed); it runs meanwhile.
+    pub fn slow_stop(&self, component: &str, takes: Duration) {
+        self.lock().slow_stops.insert(component.to_string(), takes);
+    }
+
+    /// The runs of `component` started so far, with when.
+    pub fn runs(&self, component: &str) -> Vec<(ComponentRun, Timestamp)> {
+        (self.lock().runs.iter())
+            .filter(|(run, _)| run.name.as_str() == component)
+            .cloned()
+            .collect()
     }
 
     /// Every call so far.
@@ -121,6 +142,21 @@ impl FakeRuntime {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Stops `name`, taking the time scripted for it (at most `timeout`); it runs meanwhile.
+    async fn stop_taking_its_time(&self, name: &str, timeout: Duration) {
+        let takes = {
+            let mut s = self.lock();
+            s.stopping.insert(name.to_string());
+            s.slow_stops.remove(name).unwrap_or_default().min(timeout)
+        };
+        if !takes.is_zero() {
+            tokio::time::sleep(takes).await;
+        }
+        let mut s = self.lock();
+        s.stopping.remove(name);
+        s.components.remove(name);
+    }
+
     /// Plays an exit after `after`: the component is Exited and the loop gets the event.
     fn exit_later(&self, name: String, pid: u32, after: Duration, code: i32) {
         let (shared, clock, tx) = (
@@ -136,6 +172,9 @@ impl FakeRuntime {
                 at: clock.now(),
             };
             let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
+            if s.stopping.contains(&name) {
+                return;
+            }
             let Some(c) = s.components.get_mut(&name) else {
                 return;
             };
@@ -190,6 +229,7 @@ impl Runtime for FakeRuntime {
                 stop_timeout: Some(run.stop_timeout),
             };
             s.components.insert(name.clone(), observed);
+            s.runs.push((run.clone(), now));
             (behaviour, pid)
         };
         if let Behaviour::ExitsAfter { after, code } = behaviour {
@@ -198,19 +238,17 @@ impl Runtime for FakeRuntime {
         Ok(())
     }
 
-    async fn stop(&mut self, _: &str, name: &str, _: Duration) -> Result<(), RuntimeError> {
+    async fn stop(&mut self, _: &str, name: &str, timeout: Duration) -> Result<(), RuntimeError> {
         let now = self.clock.now();
-        let mut s = self.lock();
-        s.calls.push(Call::Stop(name.to_string(), now));
-        s.components.remove(name);
+        self.lock().calls.push(Call::Stop(name.to_string(), now));
+        self.stop_taking_its_time(name, timeout).await;
         Ok(())
     }
 
-    async fn remove(&mut self, _: &str, name: &str, _: Duration) -> Result<(), RuntimeError> {
+    async fn remove(&mut self, _: &str, name: &str, timeout: Duration) -> Result<(), RuntimeError> {
         let now = self.clock.now();
-        let mut s = self.lock();
-        s.calls.push(Call::Remove(name.to_string(), now));
-        s.components.remove(name);
+        self.lock().calls.push(Call::Remove(name.to_string(), now));
+        self.stop_taking_its_time(name, timeout).await;
         Ok(())
     }
 

@@ -40,6 +40,8 @@ struct Child {
     marker: String,
     stop_timeout: std::time::Duration,
     since: Timestamp,
+    /// When it was spawned: a scan of marked processes made before knows nothing of its own.
+    spawned: std::time::Instant,
     exit: watch::Receiver<Option<ExitInfo>>,
     /// Set while roost stops it: its exit is expected, and the rest of its group gets the
     /// remainder of the stop timeout instead of an immediate SIGKILL.
@@ -175,8 +177,12 @@ impl ProcessRuntime {
         }
         // Detached descendants (setsid) are outside the group: they get SIGTERM too. Found once
         // (reading every process's environment is not for a 20 ms poll), looked for again at
-        // the SIGKILL below.
-        let detached = self.marked_recently(&marker);
+        // the SIGKILL below. The group had its SIGTERM: a second one would run a component's
+        // TERM handler twice (a shell trap that takes 3 s makes the stop take 6).
+        let spawned = child.spawned;
+        let detached: Vec<u32> = (self.marked_recently(&marker, spawned).into_iter())
+            .filter(|p| state_group_start(*p).is_some_and(|(_, group, _)| group != pid))
+            .collect();
         signal_pids(&detached, Signal::SIGTERM);
         let leftovers =
             |pid, ticks| group_members_since(pid, ticks) || detached.iter().any(|p| alive(*p));
@@ -368,8 +374,9 @@ impl Runtime for ProcessRuntime {
 
     async fn start(&mut self, run: &ComponentRun) -> Result<(), RuntimeError> {
         let name = run.name.to_string();
-        if self.children.contains_key(&name) {
-            self.stop_child(&name, run.stop_timeout).await?;
+        // Never two instances: one still running is stopped first, by its own stop timeout.
+        if let Some(timeout) = self.children.get(&name).map(|c| c.stop_timeout) {
+            self.stop_child(&name, timeout).await?;
         }
         let program = resolve_program(
             run.command.program(),
@@ -413,6 +420,7 @@ impl Runtime for ProcessRuntime {
                 marker,
                 stop_timeout: run.stop_timeout,
                 since: Timestamp::now(),
+                spawned: std::time::Instant::now(),
                 exit,
                 stopping,
             },
@@ -665,12 +673,13 @@ fn instance_of(state_dir: &Path) -> String {
 const MARKER_SCAN_REUSE: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl ProcessRuntime {
-    /// Processes marked with `marker`, from a scan at most [`MARKER_SCAN_REUSE`] old.
-    fn marked_recently(&mut self, marker: &str) -> Vec<u32> {
+    /// Processes marked with `marker`, from a scan at most [`MARKER_SCAN_REUSE`] old and made
+    /// after `not_before` (the instance's spawn: an older scan never saw its processes).
+    fn marked_recently(&mut self, marker: &str, not_before: std::time::Instant) -> Vec<u32> {
         let fresh = self
             .marker_scan
             .as_ref()
-            .is_some_and(|(at, _)| at.elapsed() < MARKER_SCAN_REUSE);
+            .is_some_and(|(at, _)| at.elapsed() < MARKER_SCAN_REUSE && *at > not_before);
         if !fresh {
             self.marker_scan = Some((std::time::Instant::now(), scan_markers()));
         }
@@ -791,6 +800,82 @@ mod tests {
         assert_eq!(state, fields[0].as_bytes()[0]);
         assert_eq!(group.to_string(), fields[2]);
         assert_eq!(start.to_string(), fields[19]);
+    }
+
+    fn shell(name: &str, script: &str, stop_timeout: Duration) -> ComponentRun {
+        ComponentRun {
+            deployment: "d".into(),
+            name: name.try_into().unwrap(),
+            spec_hash: "h".into(),
+            command: vec!["/bin/sh".to_string(), "-c".into(), script.into()]
+                .try_into()
+                .unwrap(),
+            env: Default::default(),
+            working_dir: None,
+            restart_policy: crate::spec::RestartPolicy::Always,
+            backoff: Default::default(),
+            stop_timeout,
+        }
+    }
+
+    /// A stop signals each process of the component once: a SIGTERM handler that takes 300 ms
+    /// runs once and the stop takes 300 ms, not 600 (its group had SIGTERM already; only
+    /// processes outside the group get it by their mark).
+    #[tokio::test]
+    async fn a_stop_terminates_each_process_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rt = ProcessRuntime::new(dir.path()).unwrap();
+        let terms = dir.path().join("terms");
+        let ready = dir.path().join("ready");
+        let script = format!(
+            "trap 'echo TERM >> {}; sleep 0.3; exit 0' TERM; touch {}; sleep 1000 & wait",
+            terms.display(),
+            ready.display()
+        );
+        rt.start(&shell("c", &script, Duration::from_secs(5)))
+            .await
+            .unwrap();
+        while !ready.exists() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let t0 = std::time::Instant::now();
+        rt.stop("d", "c", Duration::from_secs(5)).await.unwrap();
+        let took = t0.elapsed();
+        assert_eq!(std::fs::read_to_string(&terms).unwrap(), "TERM\n");
+        assert!(took < Duration::from_millis(550), "took {took:?}");
+    }
+
+    /// A stop right after a restart looks for the new instance's detached processes afresh:
+    /// the scan made by the stop before (under 2 s old) never saw them.
+    #[tokio::test]
+    async fn a_stop_after_a_restart_finds_the_new_instances_detached_processes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rt = ProcessRuntime::new(dir.path()).unwrap();
+        let quick = Duration::from_secs(2);
+        rt.start(&shell("c", "sleep 1000 & wait", quick))
+            .await
+            .unwrap();
+        rt.stop("d", "c", quick).await.unwrap();
+        let pid_file = dir.path().join("detached");
+        let script = format!(
+            "setsid sleep 1000 & echo $! > {}.tmp; mv {0}.tmp {0}; sleep 1000 & wait",
+            pid_file.display()
+        );
+        rt.start(&shell("c", &script, quick)).await.unwrap();
+        while !pid_file.exists() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let detached: u32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(alive(detached));
+        rt.stop("d", "c", quick).await.unwrap();
+        assert!(
+            !alive(detached),
+            "the detached process went with its instance"
+        );
     }
 
     #[test]
