@@ -151,7 +151,7 @@ codes! {
         "spec.storage.keep has rules, but none can keep a recording (e.g. only detection rules and no detector, or windows that never occur). A detection rule whose detector does not run judges nothing: such recordings are kept as notAnalysed, and only retention (maxAge, maxUsage) removes them.",
         "Add a rule that keeps something (always, a window, every: 10m), or a detector for the detection rule.";
     CURATOR_SILENT = "DEP_E615", "Curator not reporting",
-        "The curator (detectors, keep rules, retention) has not written its report since it started, or cannot use the storage.",
+        "The curator (detectors, keep rules, retention) has not written its report since it started, has not refreshed it for three and a half minutes (it rewrites it every minute, during a long detector run too: it is hung), or cannot use the storage.",
         "Read `roost logs curator`.";
     RECORDING_UNDESCRIBABLE = "DEP_E616", "Recording cannot be described",
         "A recording's row or WAV header holds numbers no recording can have (a sample rate of 0 or above 1.536 MHz, no channels, a duration that is not a number or longer than a day, more data than the file holds). It is set aside: never analysed or deleted by a rule, and never computed with; the others go on. A WAV with such a header found in recordings/ at start is moved to quarantine/.",

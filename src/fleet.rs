@@ -211,7 +211,8 @@ fn row(device_id: &str, heard: &Heard, now: Timestamp) -> DeviceRow {
     let status = heard.status.as_ref();
     let heartbeat = heard.heartbeat.as_ref();
     let metrics = heartbeat.and_then(|h| h.get("metrics"));
-    // The status document is sent on every change; the heartbeat's copy is the fallback.
+    // The status document is sent when its meaning changes; the heartbeat's copy (counters)
+    // is the fallback.
     let field = |name: &str| {
         status
             .and_then(|s| s.get(name))

@@ -12,6 +12,7 @@
 //! otherwise                               -> Current
 //! ```
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use jiff::{SignedDuration, Timestamp};
@@ -71,10 +72,15 @@ pub fn judge(
         return Seen::RoostGone;
     }
     match due(doc) {
-        Some(due) if doc.updated_at < due && now > due + STALE_AFTER_DUE => Seen::Stale {
-            due,
-            why: write_error.map(|w| w.error.clone()),
-        },
+        Some(due)
+            if doc.updated_at < due
+                && due.checked_add(STALE_AFTER_DUE).is_ok_and(|at| now > at) =>
+        {
+            Seen::Stale {
+                due,
+                why: write_error.map(|w| w.error.clone()),
+            }
+        }
         _ => Seen::Current,
     }
 }
@@ -83,7 +89,10 @@ pub fn judge(
 /// [`STALE_AFTER_DUE`]), while that is still ahead of its own writing; `None` without a promise.
 pub fn stale_at(doc: &StatusDoc) -> Option<Timestamp> {
     let due = due(doc)?;
-    (doc.updated_at < due).then(|| due + STALE_AFTER_DUE + SignedDuration::from_secs(1))
+    let at = due
+        .checked_add(STALE_AFTER_DUE + SignedDuration::from_secs(1))
+        .ok()?;
+    (doc.updated_at < due).then_some(at)
 }
 
 fn due(doc: &StatusDoc) -> Option<Timestamp> {
@@ -149,7 +158,7 @@ pub fn look(doc: &StatusDoc, state_dir: &Path, now: Timestamp) -> (Seen, StatusD
     let seen = judge(
         doc,
         now,
-        pid_alive(doc.reconciler.pid),
+        roost_alive(doc.reconciler.pid),
         write_error.as_ref(),
     );
     let still: Vec<(String, u32)> = doc
@@ -165,6 +174,18 @@ pub fn look(doc: &StatusDoc, state_dir: &Path, now: Timestamp) -> (Seen, StatusD
 /// Whether a process with this pid runs (a zombie does not).
 pub fn pid_alive(pid: u32) -> bool {
     pid != 0 && crate::procscan::alive(pid)
+}
+
+/// Whether the roost that wrote a status runs: its pid alive and still a roost program (after
+/// a reboot the pid is often another program's).
+pub fn roost_alive(pid: u32) -> bool {
+    pid_alive(pid)
+        && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+            let program = c.split(|b| *b == 0).next().unwrap_or_default();
+            Path::new(std::ffi::OsStr::from_bytes(program))
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("roost"))
+        })
 }
 
 /// Records (in the run-time folder, which is RAM when it can be) why status.json could not be

@@ -500,7 +500,6 @@ pub fn warnings(doc: &StatusDoc) -> Vec<crate::status::ErrorEntry> {
         .collect()
 }
 
-/// `Sat 28 Nov 14:03:05 GMT`: the time in `tz`, with the zone's abbreviation.
 /// The headline of a recorder waiting: outside its windows, when the next one opens and what
 /// that was computed from; between the files of a window, when the next file is due.
 fn waiting_line(out: &Value, tz: &TimeZone) -> String {
@@ -526,6 +525,7 @@ fn waiting_line(out: &Value, tz: &TimeZone) -> String {
     }
 }
 
+/// `Sat 28 Nov 14:03:05 GMT`: the time in `tz`, with the zone's abbreviation.
 fn local(t: Timestamp, tz: &TimeZone) -> String {
     let z = t.to_zoned(tz.clone());
     z.strftime("%a %-d %b %H:%M:%S %Z").to_string()

@@ -444,7 +444,22 @@ impl std::fmt::Display for MountWait {
 /// # Errors
 /// The mount it waits for.
 pub fn mount_needed(path: &Path, mountinfo: &str, fstab: &str) -> Result<PathBuf, MountWait> {
-    let above = |m: &Path| m != Path::new("/") && path.starts_with(m);
+    // The system's own mounts (RAM and kernel file systems) never stand for a disk: a card
+    // absent under /run/media/<user>/ must not count as mounted because /run is a tmpfs.
+    const SYSTEM: &[&str] = &[
+        "/",
+        "/run",
+        "/dev",
+        "/dev/shm",
+        "/proc",
+        "/sys",
+        "/tmp",
+        "/var/tmp",
+        "/var/run",
+        "/var/lock",
+        "/run/user",
+    ];
+    let above = |m: &Path| !SYSTEM.iter().any(|s| m == Path::new(s)) && path.starts_with(m);
     let mounted: Vec<PathBuf> = mountinfo
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
@@ -951,12 +966,12 @@ impl Storage {
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(StorageError::Unusable {
-                        path,
-                        action: "delete the oldest recording",
-                        source,
-                    });
+                Err(e) => {
+                    // Its row says deleted already: the start-up repair finishes it. The others
+                    // still go (returning here would leave their rows marked and files kept,
+                    // and the next call would choose more victims than needed).
+                    tracing::warn!(path = %path.display(), error = %e, "cannot delete the oldest recording; the start-up repair deletes it");
+                    continue;
                 }
             }
             tracing::warn!(code = errors::RECORDINGS_DELETED.code, path = %path.display(), bytes = size,
@@ -976,7 +991,7 @@ impl Storage {
             .conn
             .prepare(
                 "SELECT id, path FROM recording WHERE path IS NOT NULL AND protected = 0
-                 ORDER BY datetime, path",
+                 ORDER BY rowid",
             )
             .map_err(self.db_error("find the oldest recordings"))?;
         let mut rows = stmt
@@ -1088,15 +1103,30 @@ impl Storage {
         let Some(start) = start_from_file_name(file).filter(|_| plain) else {
             return Ok(false);
         };
-        self.conn
+        // The deletion of that row must not be older than the file: a new recording that
+        // claims the same start (a clock set back) is not the one that was deleted.
+        let written = std::fs::metadata(file)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| Timestamp::try_from(t).ok());
+        let deleted_on: Option<String> = self
+            .conn
             .query_row(
-                "SELECT EXISTS (SELECT 1 FROM recording WHERE datetime = ?1 AND path IS NULL
-                     AND deleted_by IS NOT NULL AND deleted_by != 'missing')
-                 AND NOT EXISTS (SELECT 1 FROM recording WHERE datetime = ?1 AND path IS NOT NULL)",
+                "SELECT max(deleted_on) FROM recording WHERE datetime = ?1 AND path IS NULL
+                     AND deleted_by IS NOT NULL AND deleted_by != 'missing'
+                     AND NOT EXISTS (SELECT 1 FROM recording WHERE datetime = ?1 AND path IS NOT NULL)",
                 [db_datetime(start)],
                 |r| r.get(0),
             )
-            .map_err(self.db_error("look up a deleted recording"))
+            .map_err(self.db_error("look up a deleted recording"))?;
+        let deleted_on = deleted_on.and_then(|t| t.parse::<Timestamp>().ok());
+        Ok(match (deleted_on, written) {
+            (Some(deleted), Some(written)) => {
+                written <= deleted + jiff::SignedDuration::from_secs(1)
+            }
+            (Some(_), None) => true,
+            (None, _) => false,
+        })
     }
 
     /// Records that a recording's file is gone: `path` NULL (acoupi's "not stored locally"),
@@ -1734,6 +1764,13 @@ mod tests {
         );
         assert_eq!(mount_needed(&path, &media, ""), Ok(p("/media")));
         assert_eq!(mount_needed(&path, &card, fstab), Ok(p("/media/card")));
+        let run = info(&["/", "/run", "/run/user"]);
+        let udisks = p("/run/media/pi/CARD/roost");
+        assert_eq!(
+            mount_needed(&udisks, &run, ""),
+            Err(MountWait::AtOrAbove(udisks.clone())),
+            "/run (tmpfs) is not the card"
+        );
         let spaced = info(&["/", "/mnt/my\\040card"]);
         assert_eq!(
             mount_needed(&p("/mnt/my card/r"), &spaced, ""),

@@ -98,8 +98,9 @@ fn request(addr: &str, method: &str, path: &str) -> Answer {
     }
 }
 
-/// The state folder and the name of its one recording under recordings/.
-fn prepare(state: &Path) -> String {
+/// The state folder and the name of its one recording under recordings/; its status says it
+/// was written by the roost process `writer` (a live one: the page judges a dead writer).
+fn prepare(state: &Path, writer: u32) -> String {
     let storage = state.join("storage");
     let config = serde_json::json!({
         "deployment": "meadow-test",
@@ -155,7 +156,7 @@ fn prepare(state: &Path) -> String {
         "errors": [{"code": "DEP_E163", "component": "uploader",
                     "message": format!("uploader keeps exiting: /opt/{}/upload.py", "long-unbroken-folder-name".repeat(12)),
                     "action": "Read its log <roost logs uploader>."}],
-        "reconciler": {"pid": std::process::id(), "version": "0.1.0", "runtime": "process"},
+        "reconciler": {"pid": writer, "version": "0.1.0", "runtime": "process"},
         "updatedAt": "2026-11-30T01:00:03Z"
     });
     std::fs::write(
@@ -171,8 +172,8 @@ fn the_page_its_data_and_spectrograms_are_served_read_only() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
-    let name = prepare(&state);
     let server = start(&state);
+    let name = prepare(&state, server.child.id());
     let addr = server.addr.as_str();
 
     let page = request(addr, "GET", "/");
@@ -270,8 +271,8 @@ fn idle_and_oversized_clients_do_not_stop_the_page() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
-    prepare(&state);
     let server = start(&state);
+    prepare(&state, server.child.id());
     let addr = server.addr.as_str();
 
     // Slowloris: 20 connections that send nothing, and one that never ends its head.
@@ -329,8 +330,8 @@ fn a_flood_of_slow_clients_never_keeps_the_technician_waiting() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
-    prepare(&state);
     let server = start(&state);
+    prepare(&state, server.child.id());
     let addr = server.addr.as_str();
     let crowd: Vec<TcpStream> = (0..100)
         .map(|_| {
@@ -455,8 +456,8 @@ fn the_page_renders_in_a_headless_browser() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let name = prepare(dir.path());
     let server = start(dir.path());
+    let name = prepare(dir.path(), server.child.id());
     let url = format!("http://{}/", server.addr);
     let profile = dir.path().join("profile");
     let common = [

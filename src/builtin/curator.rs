@@ -80,9 +80,10 @@ fn reported(report: &CuratorReport, now: Timestamp) -> BuiltinReport {
     // A report not refreshed for three heartbeats and a grace: the curator is hung (it
     // rewrites it at least every heartbeat, during a long detector run too), whatever its
     // last words said.
-    let stale_at = report
-        .updated_at
-        .map(|t| t + crate::recorder::HEARTBEAT * 3 + crate::recorder::FILE_GRACE);
+    let stale_at = report.updated_at.and_then(|t| {
+        let after = jiff::SignedDuration::try_from(crate::recorder::HEARTBEAT * 3).ok()?;
+        t.checked_add(after + crate::recorder::FILE_GRACE).ok()
+    });
     if stale_at.is_some_and(|at| now > at) {
         return BuiltinReport {
             output: serde_json::to_value(report).unwrap_or(serde_json::Value::Null),

@@ -48,6 +48,23 @@ pub fn run(config_path: &Path, state_dir: &Path) -> Result<(), ConnectError> {
     })
 }
 
+/// Whether a message of `bytes` can never be carried (over
+/// [`messages::MAX_MESSAGE_BYTES`]); such a one is counted in `report` and logged (DEP_E508).
+fn oversized(report: &mut ConnectReport, topic: &str, bytes: usize) -> bool {
+    if bytes <= messages::MAX_MESSAGE_BYTES {
+        return false;
+    }
+    report.oversized += 1;
+    report.last_oversized = Some(format!("{topic} ({bytes} bytes)"));
+    tracing::warn!(
+        code = errors::MESSAGE_TOO_LARGE.code,
+        topic,
+        bytes,
+        "a message too large to send was let go"
+    );
+    true
+}
+
 /// The least time publishes may wait for an acknowledgement, none arriving, before the session
 /// is judged broken (else twice the keep-alive: a live broker answers a ping within one).
 pub const STALL_AFTER: Duration = Duration::from_secs(10);
@@ -285,16 +302,8 @@ impl Connector {
     fn enqueue(&mut self, mut messages: Vec<NewMessage>) -> bool {
         // A message that could never be carried is counted and said, never queued: it
         // would block every message behind it.
-        messages.retain(|m| {
-            let fits = m.payload.len() <= messages::MAX_MESSAGE_BYTES;
-            if !fits {
-                self.report.oversized += 1;
-                self.report.last_oversized =
-                    Some(format!("{} ({} bytes)", m.topic, m.payload.len()));
-                tracing::warn!(code = errors::MESSAGE_TOO_LARGE.code, topic = %m.topic, bytes = m.payload.len(), "a message too large to send was dropped");
-            }
-            fits
-        });
+        let report = &mut self.report;
+        messages.retain(|m| !oversized(report, &m.topic, m.payload.len()));
         if messages.is_empty() {
             return true;
         }
@@ -361,6 +370,9 @@ impl Connector {
     /// aside), with the Home Assistant states that changed, and refresh the Prometheus file.
     fn on_status(&mut self) {
         let path = crate::state_dir::StateDir::new(self.state_dir.clone()).status();
+        // Set again below from what is read; a status that cannot be read promises nothing
+        // (a past instant kept here would wake the loop at once, for ever).
+        self.recheck_at = None;
         let Ok(doc) = crate::status::read(&path) else {
             return;
         };
@@ -757,11 +769,8 @@ impl Connector {
         };
         for msg in batch {
             // Queued by an older roost, or otherwise too large to ever carry: let it go.
-            if msg.payload.len() > messages::MAX_MESSAGE_BYTES {
+            if oversized(&mut self.report, &msg.topic, msg.payload.len()) {
                 self.to_ack.push(msg.seq);
-                self.report.oversized += 1;
-                self.report.last_oversized =
-                    Some(format!("{} ({} bytes)", msg.topic, msg.payload.len()));
                 m.cursor = msg.seq;
                 continue;
             }
@@ -799,18 +808,20 @@ impl Connector {
         if h.job.is_some() || h.retry_at.is_some() {
             return;
         }
-        let next = match self.outbox.next(Sink::Http, 0, 1) {
-            Ok(mut b) => b.pop(),
-            Err(_) => None,
-        };
-        let Some(msg) = next else { return };
-        if msg.payload.len() > messages::MAX_MESSAGE_BYTES {
+        // The first message that can be carried; those too large are let go on the way.
+        let mut after = 0;
+        let msg = loop {
+            let next = match self.outbox.next(Sink::Http, after, 1) {
+                Ok(mut b) => b.pop(),
+                Err(_) => None,
+            };
+            let Some(msg) = next else { return };
+            if !oversized(&mut self.report, &msg.topic, msg.payload.len()) {
+                break msg;
+            }
             self.to_ack.push(msg.seq);
-            self.report.oversized += 1;
-            self.report.last_oversized =
-                Some(format!("{} ({} bytes)", msg.topic, msg.payload.len()));
-            return;
-        }
+            after = msg.seq;
+        };
         let sink = h.sink.clone();
         h.job = Some(tokio::task::spawn_blocking(move || {
             (msg.seq, sink.post(&msg.payload))

@@ -85,23 +85,14 @@ fn recording(row: &rusqlite::Row<'_>) -> rusqlite::Result<Recording> {
     })
 }
 
-/// Whether no detector was ever seen on this storage (the curator never analysed here).
-pub fn no_detector_yet(conn: &Connection) -> rusqlite::Result<bool> {
-    conn.query_row(
-        "SELECT NOT EXISTS (SELECT 1 FROM roost_detector)",
-        [],
-        |r| r.get(0),
-    )
-}
-
-/// The rowid after which a detector first seen now looks at recordings, when this storage
-/// had no detector before: just before the first recording of the running deployment `name`,
-/// so that the first files of a new storage, made before the curator first opened it, are
-/// analysed too; `None` when that deployment has no recording yet.
-pub fn first_rowid_of(conn: &Connection, deployment: &str) -> rusqlite::Result<Option<i64>> {
+/// The rowid after which a detector first seen now looks at recordings: just before the first
+/// recording of the running deployment `name` that the curator has not seen yet (no
+/// `roost_age` stamp); `None` when it has seen them all (then: only what comes).
+pub fn first_unseen_rowid_of(conn: &Connection, deployment: &str) -> rusqlite::Result<Option<i64>> {
     conn.query_row(
         "SELECT min(r.rowid) - 1 FROM recording r JOIN deployment d ON d.id = r.deployment_id
-         WHERE d.name = ?1 AND d.ended_on IS NULL",
+         WHERE d.name = ?1 AND d.ended_on IS NULL
+           AND NOT EXISTS (SELECT 1 FROM roost_age g WHERE g.recording_id = r.id)",
         [deployment],
         |r| r.get(0),
     )
@@ -148,7 +139,7 @@ pub fn pending(
 ) -> rusqlite::Result<Vec<Recording>> {
     let sql = format!(
         "SELECT {RECORDING_COLUMNS} FROM recording r
-         WHERE r.rowid > ?2 AND r.path IS NOT NULL AND NOT EXISTS (
+         WHERE r.rowid > ?2 AND r.path IS NOT NULL AND typeof(r.id) = 'text' AND NOT EXISTS (
              SELECT 1 FROM roost_analysis a WHERE a.recording_id = r.id AND a.detector = ?1
              AND a.outcome IN ('done', 'failed'))
          ORDER BY r.rowid LIMIT ?3"
@@ -166,7 +157,7 @@ pub fn backlog(
 ) -> rusqlite::Result<(u64, Option<Timestamp>)> {
     conn.query_row(
         "SELECT count(*), min(r.datetime) FROM recording r
-         WHERE r.rowid > ?2 AND r.path IS NOT NULL AND NOT EXISTS (
+         WHERE r.rowid > ?2 AND r.path IS NOT NULL AND typeof(r.id) = 'text' AND NOT EXISTS (
              SELECT 1 FROM roost_analysis a WHERE a.recording_id = r.id AND a.detector = ?1
              AND a.outcome IN ('done', 'failed'))",
         params![detector, since],
@@ -281,7 +272,8 @@ pub fn undecided(
 ) -> rusqlite::Result<Vec<Recording>> {
     let sql = format!(
         "SELECT {RECORDING_COLUMNS} FROM recording r
-         WHERE r.path IS NOT NULL AND NOT EXISTS (SELECT 1 FROM roost_keep k WHERE k.recording_id = r.id)
+         WHERE r.path IS NOT NULL AND typeof(r.id) = 'text'
+           AND NOT EXISTS (SELECT 1 FROM roost_keep k WHERE k.recording_id = r.id)
          ORDER BY r.rowid LIMIT ?1"
     );
     let mut stmt = conn.prepare_cached(&sql)?;
@@ -492,7 +484,7 @@ pub fn store_clock(conn: &Connection, a: &super::age::Anchor) -> rusqlite::Resul
 /// Every recording whose file is there, oldest first.
 pub fn present(conn: &Connection) -> rusqlite::Result<Vec<Recording>> {
     let sql = format!(
-        "SELECT {RECORDING_COLUMNS} FROM recording r WHERE r.path IS NOT NULL ORDER BY r.datetime"
+        "SELECT {RECORDING_COLUMNS} FROM recording r WHERE r.path IS NOT NULL AND typeof(r.id) = 'text' ORDER BY r.datetime"
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt.query_map([], recording)?;

@@ -409,16 +409,14 @@ impl Curator {
         Ok(())
     }
 
-    /// Each detector's `since` rowid. On a storage no detector has looked at yet, from the
-    /// first recording of the running deployment: the files made before the curator first
-    /// opened a new storage are analysed too.
+    /// Each detector's `since` rowid. A detector seen for the first time starts at the first
+    /// recording of the running deployment that the curator has not seen yet (no `roost_age`
+    /// stamp): the first files of a new storage, and those made while the curator was down or
+    /// restarting for the new settings, are analysed too; months of history are not.
     fn learn_detectors(&mut self, conn: &Connection) {
-        let from = match db::no_detector_yet(conn) {
-            Ok(true) => db::first_rowid_of(conn, &self.config.deployment)
-                .ok()
-                .flatten(),
-            _ => None,
-        };
+        let from = db::first_unseen_rowid_of(conn, &self.config.deployment)
+            .ok()
+            .flatten();
         let now = Timestamp::now();
         self.detector_problem = None;
         for d in &mut self.detectors {
@@ -497,6 +495,11 @@ impl Curator {
 
     /// One round: analyse, decide, retain, report. Stops early on SIGTERM.
     fn round(&mut self, rx: &mpsc::Receiver<Wake>) {
+        // What the last round left waiting is looked at again by this one; a round that stops
+        // early (no storage) must not leave the loop looking again at once, for ever.
+        self.more_waiting = false;
+        let now = std::time::Instant::now();
+        self.retries.retain(|_, r| r.at > now);
         if let Err(problem) = self.open() {
             self.report.error = Some(problem);
             self.publish(false);
@@ -504,6 +507,14 @@ impl Curator {
         }
         // The error of the last round stays in the report until this one has judged: a
         // report written mid-round never shows a problem as gone for a few seconds.
+        if self.detectors.iter().any(|d| d.since.is_none())
+            && let Some(conn) = self.conn.take()
+        {
+            // Retried every round: until each detector's bookkeeping is read, nothing is
+            // decided or deleted (one a detector never saw could go otherwise).
+            self.learn_detectors(&conn);
+            self.conn = Some(conn);
+        }
         let result = self
             .follow_clock()
             .and_then(|()| self.analyse_all(rx))
@@ -528,9 +539,6 @@ impl Curator {
     /// [`ANALYSIS_BUDGET`]; recordings whose retry is not due are passed over.
     fn analyse_all(&mut self, rx: &mpsc::Receiver<Wake>) -> rusqlite::Result<()> {
         let deadline = std::time::Instant::now() + self.analysis_budget;
-        self.more_waiting = false;
-        let now = std::time::Instant::now();
-        self.retries.retain(|_, r| r.at > now);
         for i in 0..self.detectors.len() {
             let Some(since) = self.detectors[i].since else {
                 continue;
@@ -731,6 +739,12 @@ impl Curator {
         f.last_failure_file = Some(rec.path.clone());
     }
 
+    /// Whether some detector's bookkeeping could not be read: then nothing is decided or
+    /// deleted (it is reported, and read again every round).
+    fn detector_unknown(&self) -> bool {
+        self.detectors.iter().any(|d| d.since.is_none())
+    }
+
     fn since_list(&self) -> Vec<(String, i64)> {
         self.detectors
             .iter()
@@ -742,7 +756,7 @@ impl Curator {
     /// judgement `roost plan` shows). The decisions of a batch are on the card (a FULL commit)
     /// before any of its files is deleted.
     fn decide_all(&mut self) -> rusqlite::Result<()> {
-        if self.rules.is_empty() || self.stopping {
+        if self.rules.is_empty() || self.stopping || self.detector_unknown() {
             return Ok(());
         }
         let since = self.since_list();
@@ -784,16 +798,20 @@ impl Curator {
     /// on the device clock ([`super::age`]), never wall-clock differences.
     fn retain(&mut self) -> rusqlite::Result<()> {
         let storage = self.config.storage.clone();
-        if (storage.max_age.is_none() && storage.max_usage.is_none()) || self.stopping {
+        if (storage.max_age.is_none() && storage.max_usage.is_none())
+            || self.stopping
+            || self.detector_unknown()
+        {
             return Ok(());
         }
         let (candidates, unheld) = self.retention_candidates()?;
-        let limit = storage.max_usage.map(|u| match u {
-            Usage::Bytes(b) => b.bytes(),
-            Usage::Percent(p) => {
-                (crate::storage::fs_size(&self.config.storage_path()).unwrap_or(0) as f64 * p
-                    / 100.0) as u64
-            }
+        // A share of a file system whose size cannot be read is no limit (never 0 bytes,
+        // which would delete every deletable recording).
+        let limit = storage.max_usage.and_then(|u| match u {
+            Usage::Bytes(b) => Some(b.bytes()),
+            Usage::Percent(p) => crate::storage::fs_size(&self.config.storage_path())
+                .ok()
+                .map(|size| (size as f64 * p / 100.0) as u64),
         });
         let max_age = storage.max_age.map(|a| a.as_std());
         let verdicts = keep::retention(&candidates, max_age, limit);
@@ -1058,13 +1076,15 @@ fn reap_leftovers() {
     }
 }
 
-/// Sends `signal` to every child of the curator (the detector running now, in its own group).
+/// Sends `signal` to every child of the curator's process group (the detector running now).
 fn signal_children(signal: nix::sys::signal::Signal) {
     if !SUBREAPER.load(std::sync::atomic::Ordering::SeqCst) {
         return;
     }
+    // Each detector leads a process group of its own: the group gets it, so what the
+    // detector started stops with it.
     for pid in crate::procscan::children_of(std::process::id()) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), signal);
     }
 }
 

@@ -168,10 +168,17 @@ pub fn cache_dir(state_dir: &Path) -> PathBuf {
         .join("spectrograms")
 }
 
-/// Where older roosts kept the cache (`<state>/cache`): removed at start (derived files on the
-/// card, competing with recordings).
-fn old_cache_dir(state_dir: &Path) -> PathBuf {
-    state_dir.join("cache")
+/// Removes the pictures older roosts cached in `<state>/cache/spectrograms` (derived files on
+/// the card, competing with recordings): their `.png` files only, then the folders if empty.
+fn remove_old_cache(state_dir: &Path) {
+    let old = state_dir.join("cache").join("spectrograms");
+    for entry in std::fs::read_dir(&old).into_iter().flatten().flatten() {
+        if entry.path().extension().is_some_and(|e| e == "png") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    let _ = std::fs::remove_dir(&old);
+    let _ = std::fs::remove_dir(state_dir.join("cache"));
 }
 
 /// The decoded value of `key` in a query string; `Err` when its escapes are not UTF-8.
@@ -221,7 +228,7 @@ pub fn run(listen: SocketAddr, state_dir: &Path) -> Result<(), ServeError> {
     let listener = TcpListener::bind(listen).map_err(bind_err)?;
     let local = listener.local_addr().map_err(bind_err)?;
     // Derived files only; gone is fine.
-    let _ = std::fs::remove_dir_all(old_cache_dir(state_dir));
+    remove_old_cache(state_dir);
     let _ = crate::fsutil::prepare_run_dir(state_dir);
     tracing::info!(address = %local, state_dir = %state_dir.display(), "serving the read-only page");
     http::serve(listener, state_dir).map_err(bind_err)
