@@ -66,7 +66,7 @@ fn a_recorder_waiting_for_its_window_says_when_it_opens() {
 
 /// Files longer than the grace the reconciler gives a late file (35 s files here, the usual
 /// 60 s in the field) never show a false DEP_E313 between two files: status.json read twice a
-/// second for about two minutes stays Running.
+/// second over two file boundaries stays Running.
 #[test]
 fn files_longer_than_the_grace_raise_no_false_alarm_between_them() {
     let mut r = Roost::new("");
@@ -78,7 +78,8 @@ fn files_longer_than_the_grace_raise_no_false_alarm_between_them() {
     r.wait_for("recording", Duration::from_secs(30), |s| {
         component(s, "recorder")["output"]["state"] == "recording"
     });
-    let until = Instant::now() + Duration::from_secs(115);
+    // The false alarm came 30 s after a file ended until the next one did: 65-70 s here.
+    let until = Instant::now() + Duration::from_secs(80);
     let mut reads = 0;
     let mut files = 0;
     while Instant::now() < until {
@@ -94,7 +95,7 @@ fn files_longer_than_the_grace_raise_no_false_alarm_between_them() {
         reads += 1;
         std::thread::sleep(Duration::from_millis(500));
     }
-    assert!(files >= 3, "{files} files");
+    assert!(files >= 2, "{files} files");
     assert_eq!(r.stop(), Some(0));
 }
 

@@ -170,6 +170,12 @@ impl CommandDetector {
             std::path::absolute(wav).map_err(io("cannot make the recording's path absolute"))?;
         // A missing recording is roost's problem, not the detector's failure.
         std::fs::metadata(&wav).map_err(io("cannot find the recording"))?;
+        // What the kernel would refuse to run is refused here (ENOEXEC): with the signal mask
+        // reset before exec, std runs the command through execvp, which would otherwise run a
+        // file without `#!` as a shell script.
+        if let Err(source) = runnable(&program) {
+            return Err(CommandError::NotFound { program, source });
+        }
         let marker = run_marker();
         let mut command = std::process::Command::new(&program);
         command
@@ -218,6 +224,26 @@ impl CommandDetector {
             }),
             Outcome::StdoutFailed(source) => Err(io("cannot read its stdout")(source)),
         }
+    }
+}
+
+/// Whether the kernel would run `program` (found on PATH when it has no `/`): an ELF binary
+/// or a file starting with `#!`; anything else is ENOEXEC. A program not found is left to the
+/// spawn, which says so.
+fn runnable(program: &str) -> std::io::Result<()> {
+    let path_var = std::env::var("PATH").unwrap_or_default();
+    let Ok(path) = crate::runtime::process::resolve_program(program, &path_var, None) else {
+        return Ok(());
+    };
+    let mut head = [0u8; 4];
+    // A file roost may execute but not read is left to the spawn too.
+    let Ok(n) = std::fs::File::open(&path).and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+    else {
+        return Ok(());
+    };
+    match &head[..n] {
+        [0x7f, b'E', b'L', b'F'] | [b'#', b'!', ..] => Ok(()),
+        _ => Err(std::io::Error::from_raw_os_error(nix::libc::ENOEXEC)),
     }
 }
 
