@@ -138,8 +138,10 @@ fn band_energy_finds_the_fed_events_and_they_are_kept_and_sent() {
     std::fs::write(&r.file, &yaml).unwrap();
     let subscriber = mosquitto::Subscriber::start(broker.port, &["roost/meadow/detections"]);
     let _feed = r.start_recording_with(&["--signal", "events"]);
-    let s = r.wait_for("three files analysed", Duration::from_secs(60), |s| {
-        curator_output(s)["detectors"][0]["analysed"].as_u64() >= Some(3)
+    // Four: the first file, cut short at the next file boundary and now analysed too (it was
+    // made before the curator first opened metadata.db), holds few whole bursts.
+    let s = r.wait_for("four files analysed", Duration::from_secs(60), |s| {
+        curator_output(s)["detectors"][0]["analysed"].as_u64() >= Some(4)
     });
     assert_eq!(component(&s, "curator")["status"], "Running", "{s:#}");
     let out = curator_output(&s);
