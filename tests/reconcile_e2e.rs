@@ -172,9 +172,29 @@ fn start_order_follows_depends_on() {
     .concat();
     let mut r = Roost::new(&deployment("order", "", &comps));
     r.start();
-    r.wait_succeeded(1);
+    let s = r.wait_succeeded(1);
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(std::fs::read_to_string(&log).unwrap(), "a\nb\nc\n");
+    // Started in dependsOn order: each process started no earlier than the one it depends on
+    // (kernel start times; the shells' own echoes may interleave once both run).
+    let started = |name: &str| {
+        let pid = common::pid_of(&s, name);
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        fields[19].parse::<u64>().unwrap()
+    };
+    assert!(started("a") <= started("b") && started("b") <= started("c"));
+    let mut lines: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    assert_eq!(lines, ["a", "b", "c"]);
     let _ = std::fs::remove_file(log);
 }
 
