@@ -46,6 +46,7 @@ pub mod procscan;
 pub mod publish;
 pub mod reconcile;
 pub mod recorder;
+pub mod redact;
 pub mod runtime;
 pub mod schedule;
 pub mod serve;

@@ -481,7 +481,10 @@ pub enum StatusError {
 /// Writes `doc` to `path` whole or not at all (temp file, rename; not fsynced: a derived file
 /// rewritten on every change, so a power cut may lose the newest version, never tear it).
 pub fn write(path: &Path, doc: &StatusDoc) -> Result<(), StatusError> {
-    let mut bytes = serde_json::to_vec_pretty(doc).expect("status serializes");
+    // Every reader (the page, the broker, other users of the group) sees it: no credential a
+    // component printed or a start error quoted goes in.
+    let mut bytes =
+        serde_json::to_vec_pretty(&crate::redact::typed(doc)).expect("status serializes");
     bytes.push(b'\n');
     crate::fsutil::replace_quietly(path, &bytes).map_err(|source| StatusError::Write {
         path: path.display().to_string(),

@@ -96,6 +96,8 @@ pub fn read_report(state_dir: &Path) -> Option<ConnectReport> {
 
 /// Writes a report whole (not fsynced: derived, rewritten on change).
 pub fn write_report(state_dir: &Path, report: &ConnectReport) -> std::io::Result<()> {
-    let bytes = serde_json::to_vec_pretty(report).map_err(std::io::Error::other)?;
+    // Link errors may quote a URL with its user info.
+    let bytes =
+        serde_json::to_vec_pretty(&crate::redact::typed(report)).map_err(std::io::Error::other)?;
     crate::fsutil::replace_run_file(state_dir, REPORT_FILE, &bytes)
 }

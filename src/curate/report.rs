@@ -117,7 +117,9 @@ pub fn read_report(state_dir: &Path) -> Option<CuratorReport> {
 impl CuratorReport {
     /// Replaces the report whole (not fsynced: derived, rewritten at each change).
     pub fn write(&self, state_dir: &Path) -> std::io::Result<()> {
-        let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        // Detector errors quote their programs' output: no credential goes into the report.
+        let bytes = serde_json::to_vec_pretty(&crate::redact::typed(self))
+            .map_err(std::io::Error::other)?;
         crate::fsutil::replace_run_file(state_dir, REPORT_FILE, &bytes)
     }
 }

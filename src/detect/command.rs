@@ -212,7 +212,8 @@ impl CommandDetector {
                 program,
                 code: status.code(),
                 signal: status.signal(),
-                stderr_tail: ended.stderr_tail,
+                // A model's error output may carry its endpoint's credentials.
+                stderr_tail: crate::redact::text(&ended.stderr_tail).into_owned(),
             }),
             Outcome::TimedOut => Err(CommandError::TimedOut {
                 program,
