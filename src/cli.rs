@@ -160,9 +160,13 @@ pub enum Command {
     /// Serve a read-only web page of the device's state and spectrograms of its recordings
     /// (for a phone on the device's hotspot); runs until stopped.
     Serve {
-        /// Address and port to listen on.
-        #[arg(long, default_value = "0.0.0.0:8080")]
+        /// Address and port to listen on (default: this device only).
+        #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
+        /// A file whose first line is the page's password (HTTP Basic, any user name); without
+        /// it the page is open to whoever reaches the address.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
         /// Folder of status.json, history.json and logs (default: /var/lib/roost for root, else
         /// $XDG_STATE_HOME/roost).
         #[arg(long, env = "ROOST_STATE_DIR")]
@@ -255,11 +259,14 @@ impl Command {
             | Command::Curate { config, state_dir } => {
                 vec![Some(config), state_dir.as_mut()]
             }
-            Command::Status { state_dir, .. }
-            | Command::Logs { state_dir, .. }
-            | Command::Serve { state_dir, .. } => {
+            Command::Status { state_dir, .. } | Command::Logs { state_dir, .. } => {
                 vec![state_dir.as_mut()]
             }
+            Command::Serve {
+                state_dir,
+                password_file,
+                ..
+            } => vec![state_dir.as_mut(), password_file.as_mut()],
             Command::Feed {
                 fifo, alsa_config, ..
             } => vec![Some(fifo), alsa_config.as_mut()],

@@ -115,8 +115,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let _ = roost::logging::stderr().write_all(outcome.stderr.as_bytes());
             Ok(ExitCode::from(outcome.exit_code))
         }
-        Command::Serve { listen, state_dir } => {
-            roost::serve::run(listen, &resolve(state_dir))?;
+        Command::Serve {
+            listen,
+            state_dir,
+            password_file,
+        } => {
+            roost::serve::run(listen, &resolve(state_dir), password_file)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Record { config, state_dir } => {

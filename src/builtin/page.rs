@@ -38,7 +38,7 @@ impl Builtin for Page {
 
     fn run(&self, d: &Deployment) -> Option<ComponentRun> {
         let page = d.spec.page.as_ref()?;
-        let argv = vec![
+        let mut argv = vec![
             self.exe.display().to_string(),
             "serve".to_string(),
             "--listen".to_string(),
@@ -46,6 +46,9 @@ impl Builtin for Page {
             "--state-dir".to_string(),
             self.state_dir.display().to_string(),
         ];
+        if let Some(file) = &page.password_file {
+            argv.extend(["--password-file".to_string(), file.as_path().display().to_string()]);
+        }
         let hash_input = argv.join("\n");
         Some(super::own_run(
             PAGE_COMPONENT,

@@ -387,6 +387,8 @@ impl Connector {
         // What the broker gets is what a reader must take it for: roost gone, or a status
         // out of date, is Unknown with its reason, never the green it last said.
         let (_, doc) = crate::status_seen::look(&doc, &self.state_dir, now);
+        // An older roost's status.json was not redacted: the broker never gets a credential.
+        let doc = crate::redact::typed(&doc);
         let comparable = messages::comparable(&doc);
         self.status = Some(doc);
         if self.sent_status.as_ref() == Some(&comparable) {

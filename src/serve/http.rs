@@ -40,15 +40,31 @@ const CSP: &str = "default-src 'none'; img-src 'self'; connect-src 'self'; \
 ///
 /// # Errors
 /// The runtime cannot be built or the listener cannot be registered with it.
-pub fn serve(listener: std::net::TcpListener, state_dir: &Path) -> std::io::Result<()> {
+pub fn serve(
+    listener: std::net::TcpListener,
+    state_dir: &Path,
+    password_file: Option<PathBuf>,
+) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         // Renders and file reads: two at once at most, so many clients cost bounded memory.
         .max_blocking_threads(2)
         .build()?;
-    let state_dir: Arc<Path> = Arc::from(state_dir);
-    runtime.block_on(accept_loop(listener, state_dir))
+    let site = Arc::new(Site {
+        state_dir: state_dir.to_path_buf(),
+        password_file,
+        wrong: tokio::sync::Mutex::new(()),
+    });
+    runtime.block_on(accept_loop(listener, site))
+}
+
+/// What every answer needs: the state folder and the password, if one is asked.
+struct Site {
+    state_dir: PathBuf,
+    password_file: Option<PathBuf>,
+    /// Held while a wrong password waits out its delay: guesses are answered one at a time.
+    wrong: tokio::sync::Mutex<()>,
 }
 
 /// The connections being served, oldest first, each with what ends it.
@@ -74,7 +90,7 @@ impl Live {
     }
 }
 
-async fn accept_loop(listener: std::net::TcpListener, state_dir: Arc<Path>) -> std::io::Result<()> {
+async fn accept_loop(listener: std::net::TcpListener, site: Arc<Site>) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let live = Arc::new(std::sync::Mutex::new(Live::default()));
     loop {
@@ -87,7 +103,7 @@ async fn accept_loop(listener: std::net::TcpListener, state_dir: Arc<Path>) -> s
                 continue;
             }
         };
-        let state_dir = state_dir.clone();
+        let site = site.clone();
         let mut guard = live
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -96,7 +112,7 @@ async fn accept_loop(listener: std::net::TcpListener, state_dir: Arc<Path>) -> s
         guard.next += 1;
         let done = live.clone();
         let task = tokio::spawn(async move {
-            let service = service_fn(move |request| answer(request, state_dir.clone()));
+            let service = service_fn(move |request| answer(request, site.clone()));
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEAD_DEADLINE)
@@ -115,21 +131,53 @@ async fn accept_loop(listener: std::net::TcpListener, state_dir: Arc<Path>) -> s
 
 async fn answer(
     request: Request<Incoming>,
-    state_dir: Arc<Path>,
+    site: Arc<Site>,
 ) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
     let method = request.method().clone();
     let target = request.uri().to_string();
-    let response = if target.len() > MAX_TARGET_BYTES {
+    let authorization = request
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .map(|v| v.as_bytes().to_vec());
+    let verdict = super::auth::judge(site.password_file.as_deref(), authorization.as_deref());
+    let response = if verdict != super::auth::Verdict::Allowed {
+        refused(verdict, &site).await
+    } else if target.len() > MAX_TARGET_BYTES {
         Response::text(414, "request target too long")
     } else {
         let (m, t, dir): (String, String, PathBuf) =
-            (method.to_string(), target.clone(), state_dir.to_path_buf());
+            (method.to_string(), target.clone(), site.state_dir.clone());
         tokio::task::spawn_blocking(move || super::respond(&m, &t, &dir, Timestamp::now()))
             .await
             .unwrap_or_else(|_| Response::text(500, "the answer failed"))
     };
     tracing::debug!(%method, %target, status = response.status, "request");
-    Ok(to_hyper(response, method == Method::HEAD))
+    let ask = response.status == 401;
+    let mut reply = to_hyper(response, method == Method::HEAD);
+    if ask {
+        reply.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(super::auth::CHALLENGE),
+        );
+    }
+    Ok(reply)
+}
+
+/// The answer to a request without the right password.
+async fn refused(verdict: super::auth::Verdict, site: &Site) -> Response {
+    use super::auth::Verdict;
+    match verdict {
+        Verdict::Unavailable(why) => {
+            tracing::warn!(%why, "the page's password file cannot be read");
+            Response::text(503, "the page's password cannot be read on the device")
+        }
+        Verdict::Wrong => {
+            let _one_at_a_time = site.wrong.lock().await;
+            tokio::time::sleep(super::auth::WRONG_PASSWORD_DELAY).await;
+            Response::text(401, "wrong password")
+        }
+        Verdict::Ask | Verdict::Allowed => Response::text(401, "this page asks for a password"),
+    }
 }
 
 fn to_hyper(response: Response, head: bool) -> hyper::Response<Full<Bytes>> {

@@ -1,10 +1,13 @@
 //! `roost serve`: a read-only web page for a person on site with a phone on the device's
 //! hotspot. It shows what `roost status` says, each component and problem, and spectrograms of
-//! the recordings, and serves status.json as it is. It owns the HTTP answers ([`respond`] is a
+//! the recordings; it serves the view it renders (`/api/view.json`), never status.json itself
+//! (which names paths, commands and the schedule a stranger has no need of), and may ask for a
+//! password ([`auth`]). It owns the HTTP answers ([`respond`] is a
 //! pure function of the request and the state folder) and the spectrogram cache under
 //! `<state>/cache/spectrograms/`; it must never change the device: only GET and HEAD are
 //! answered, and the only file it writes is that cache.
 
+pub mod auth;
 pub mod files;
 pub mod http;
 pub mod spectrogram;
@@ -73,6 +76,7 @@ const JSON: &str = "application/json";
 #[derive(Debug, PartialEq, Eq)]
 enum Route {
     Page,
+    /// status.json is not served (see the module's documentation).
     StatusJson,
     ViewJson,
     /// `None`: the last recording.
@@ -117,14 +121,10 @@ pub fn respond(method: &str, url: &str, state_dir: &Path, now: Timestamp) -> Res
             let body = serde_json::to_vec(&view::gather(state_dir, now)).unwrap_or_default();
             Response::ok(JSON, body)
         }
-        Route::StatusJson => {
-            let path = crate::state_dir::StateDir::new(state_dir.into()).status();
-            // The bytes as they are, so fields newer than this binary are not lost.
-            match std::fs::read(&path) {
-                Ok(bytes) => Response::ok(JSON, bytes),
-                Err(_) => Response::text(404, "no status.json: roost has not run here"),
-            }
-        }
+        Route::StatusJson => Response::text(
+            404,
+            "status.json stays on the device: the page serves what it shows at /api/view.json",
+        ),
         Route::Spectrogram(name) => spectrogram_of(name, state_dir, now),
     }
 }
@@ -220,7 +220,11 @@ fn percent_decode(text: &str) -> Result<String, ()> {
 ///
 /// # Errors
 /// [`ServeError::Bind`] when the address cannot be listened on.
-pub fn run(listen: SocketAddr, state_dir: &Path) -> Result<(), ServeError> {
+pub fn run(
+    listen: SocketAddr,
+    state_dir: &Path,
+    password_file: Option<PathBuf>,
+) -> Result<(), ServeError> {
     let bind_err = |source| ServeError::Bind {
         addr: listen,
         source,
@@ -230,8 +234,14 @@ pub fn run(listen: SocketAddr, state_dir: &Path) -> Result<(), ServeError> {
     // Derived files only; gone is fine.
     remove_old_cache(state_dir);
     let _ = crate::fsutil::prepare_run_dir(state_dir);
-    tracing::info!(address = %local, state_dir = %state_dir.display(), "serving the read-only page");
-    http::serve(listener, state_dir).map_err(bind_err)
+    if let Some(file) = &password_file
+        && let Err(why) = auth::read_password(file)
+    {
+        // Served anyway (it fails closed): the file may be fixed while it runs.
+        tracing::warn!(%why, "the page's password file cannot be read: nobody gets in until it can");
+    }
+    tracing::info!(address = %local, state_dir = %state_dir.display(), password = password_file.is_some(), "serving the read-only page");
+    http::serve(listener, state_dir, password_file).map_err(bind_err)
 }
 
 #[cfg(test)]

@@ -83,7 +83,14 @@ pub fn gather(state_dir: &Path, now: Timestamp) -> View {
         .unwrap_or_default();
     let doc = crate::status::read(&crate::state_dir::StateDir::new(state_dir.into()).status());
     match doc {
-        Ok(doc) => from_doc(&doc, state_dir, storage.as_deref(), recordings, now),
+        // Written by this or an older roost: redacted again, whoever wrote it.
+        Ok(doc) => from_doc(
+            &crate::redact::typed(&doc),
+            state_dir,
+            storage.as_deref(),
+            recordings,
+            now,
+        ),
         Err(e) => View {
             deployment: None,
             device_id: None,

@@ -172,9 +172,24 @@ impl DeploymentSpec {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PageSpec {
-    /// Address and port to listen on, e.g. `0.0.0.0:8080` (every interface: the phone on the
-    /// device's hotspot) or `127.0.0.1:8080`.
+    /// Address and port to listen on. Default `127.0.0.1:8080`: nothing leaves the device until
+    /// the deployment names an interface. For a phone on the device's hotspot, the hotspot's
+    /// own address (NetworkManager's default is `10.42.0.1:8080`) together with `passwordFile`;
+    /// `0.0.0.0:8080` is every network the device is on.
+    #[serde(default = "default_listen")]
     pub listen: ListenAddress,
+    /// A file whose first line is the page's password (mode 0600 or 0640, owner root or the
+    /// `roost` user); the browser asks for it (HTTP Basic, any user name). Without it anyone
+    /// who reaches `listen` sees the page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<AbsolutePath>,
+}
+
+/// `spec.page.listen` when unset: this device only.
+pub const DEFAULT_PAGE_LISTEN: &str = "127.0.0.1:8080";
+
+fn default_listen() -> ListenAddress {
+    ListenAddress(DEFAULT_PAGE_LISTEN.parse().expect("a valid address"))
 }
 
 /// A socket address to listen on: `IP:port`.
