@@ -7,7 +7,13 @@ use std::path::Path;
 /// over `path` and fsyncs the folder, so a reader or a power cut sees the old or the new file,
 /// never a torn one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    replace(path, bytes, true)
+    replace(path, bytes, true, 0o666)
+}
+
+/// [`write_atomic`] for a file only its owner may read (mode 0600 from its creation on, never
+/// wider for an instant): environment files holding a component's secrets.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    replace(path, bytes, true, 0o600)
 }
 
 /// Replaces `path` whole like [`write_atomic`], without fsync: for derived files that are
@@ -16,10 +22,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// forces the data of a file renamed over another out before the rename, `auto_da_alloc`),
 /// which the next rewrite replaces. Saves two flushes of the card per write.
 pub fn replace_quietly(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    replace(path, bytes, false)
+    replace(path, bytes, false, 0o666)
 }
 
-fn replace(path: &Path, bytes: &[u8], durable: bool) -> std::io::Result<()> {
+/// `mode` is before the umask (roost runs with 027: 0666 gives 0640).
+fn replace(path: &Path, bytes: &[u8], durable: bool, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -30,7 +38,13 @@ fn replace(path: &Path, bytes: &[u8], durable: bool) -> std::io::Result<()> {
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        // A temp file left by a crash keeps its mode if opened again: start afresh.
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         if durable {
             f.sync_all()?;

@@ -48,6 +48,7 @@ pub mod reconcile;
 pub mod recorder;
 pub mod redact;
 pub mod runtime;
+pub mod sandbox;
 pub mod schedule;
 pub mod serve;
 pub mod spec;

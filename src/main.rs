@@ -9,6 +9,9 @@ use clap::Parser;
 use roost::cli::{Cli, Command, LogFormat, SchemaKind};
 
 fn main() -> ExitCode {
+    // Whatever roost or a component makes (recordings, metadata.db, reports, logs) gives others
+    // nothing and its group no write; inherited by every component it starts.
+    roost::sandbox::restrict_umask();
     let mut cli = Cli::parse();
     init_logging(cli.log_format);
     let resolved = cli

@@ -32,6 +32,9 @@ pub struct ComponentRun {
     pub backoff: Backoff,
     /// How long a stop waits before killing it.
     pub stop_timeout: Duration,
+    /// Its user and sandbox (built-ins always; a file's component with `user:`/`sandbox:`);
+    /// `None`: roost's own user, unconfined.
+    pub confinement: Option<crate::sandbox::Confinement>,
 }
 
 /// How a process ended.

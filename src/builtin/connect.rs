@@ -48,7 +48,18 @@ impl Builtin for Connect {
     fn run(&self, d: &Deployment) -> Option<ComponentRun> {
         let config = ConnectConfig::from_deployment(d, &self.state_dir)?;
         let (restart, stop) = (crate::spec::RestartPolicy::Always, Duration::from_secs(5));
-        Some(self.configured().run(d, &config, restart, stop))
+        let run_dir = crate::fsutil::run_dir(&self.state_dir);
+        // The outbox (in the state folder) and its report; the network.
+        let confinement = crate::sandbox::Confinement::builtin(
+            &[&self.state_dir, &run_dir],
+            true,
+            false,
+            true,
+        );
+        Some(
+            self.configured()
+                .run(d, &config, restart, stop, confinement),
+        )
     }
 
     fn prepare(&self, d: &Deployment) -> Result<(), BuiltinError> {

@@ -50,7 +50,21 @@ impl Builtin for Curator {
     fn run(&self, d: &Deployment) -> Option<ComponentRun> {
         let config = CurateConfig::from_deployment(d, &self.state_dir)?;
         let (restart, stop) = (crate::spec::RestartPolicy::Always, Duration::from_secs(10));
-        Some(self.configured().run(d, &config, restart, stop))
+        let storage = config.storage_path();
+        let run_dir = crate::fsutil::run_dir(&self.state_dir);
+        // Its storage and report; no network unless a detector asks for it; detectors may be
+        // interpreters with a JIT (no W^X rule).
+        let network = d.spec.detectors.iter().any(|det| det.network);
+        let confinement = crate::sandbox::Confinement::builtin(
+            &[&storage, &self.state_dir, &run_dir],
+            network,
+            false,
+            false,
+        );
+        Some(
+            self.configured()
+                .run(d, &config, restart, stop, confinement),
+        )
     }
 
     fn prepare(&self, d: &Deployment) -> Result<(), BuiltinError> {

@@ -98,6 +98,7 @@ impl Configured<'_> {
         config: &impl serde::Serialize,
         restart_policy: crate::spec::RestartPolicy,
         stop_timeout: std::time::Duration,
+        confinement: crate::sandbox::Confinement,
     ) -> ComponentRun {
         let config_json = serde_json::to_string(config).expect("a built-in's config serializes");
         let hash_input = format!("{}\n{}", self.exe.display(), config_json);
@@ -109,6 +110,7 @@ impl Configured<'_> {
             &hash_input,
             restart_policy,
             stop_timeout,
+            confinement,
         )
     }
 
@@ -131,7 +133,10 @@ pub(crate) fn own_run(
     hash_input: &str,
     restart_policy: crate::spec::RestartPolicy,
     stop_timeout: std::time::Duration,
+    confinement: crate::sandbox::Confinement,
 ) -> ComponentRun {
+    // Who it runs as and what it may reach restart it when they change.
+    let hash_input = format!("{hash_input}\n{confinement:?}");
     ComponentRun {
         deployment: d.metadata.name.to_string(),
         name: name.try_into().expect("a built-in's name is valid"),
@@ -142,6 +147,7 @@ pub(crate) fn own_run(
         restart_policy,
         backoff: d.spec.backoff,
         stop_timeout,
+        confinement: Some(confinement),
     }
 }
 
@@ -169,12 +175,21 @@ impl Builtins {
         self.0.iter().filter_map(|b| b.run(deployment)).collect()
     }
 
-    /// Prepares the built-in named `name`, if it is one; nothing for other components.
+    /// Prepares the built-in named `name`, if it is one (its configuration, then its folders
+    /// handed to its user); nothing for other components.
     pub fn prepare(&self, name: &str, deployment: &Deployment) -> Result<(), BuiltinError> {
-        match self.0.iter().find(|b| b.name() == name) {
-            Some(b) => b.prepare(deployment),
-            None => Ok(()),
+        let Some(b) = self.0.iter().find(|b| b.name() == name) else {
+            return Ok(());
+        };
+        b.prepare(deployment)?;
+        if let Some(c) = b.run(deployment).and_then(|r| r.confinement) {
+            crate::sandbox::hand_over_writable(&c).map_err(|why| BuiltinError::Prepare {
+                component: b.name(),
+                path: c.writable.first().cloned().unwrap_or_default(),
+                source: std::io::Error::other(why),
+            })?;
         }
+        Ok(())
     }
 
     /// The health of every built-in the runtime observes running, keyed by component name.

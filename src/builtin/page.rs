@@ -57,6 +57,13 @@ impl Builtin for Page {
             &hash_input,
             crate::spec::RestartPolicy::Always,
             Duration::from_secs(2),
+            // Reads everything it shows; writes only its spectrogram cache (run folder).
+            crate::sandbox::Confinement::builtin(
+                &[&crate::fsutil::run_dir(&self.state_dir)],
+                true,
+                false,
+                true,
+            ),
         ))
     }
 

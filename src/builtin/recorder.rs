@@ -57,14 +57,38 @@ impl Builtin for Recorder {
             .recorder
             .restart_policy
             .unwrap_or(d.spec.restart_policy);
-        Some(self.configured().run(d, &config, restart, STOP_TIMEOUT))
+        let storage = config.storage_path(&self.state_dir);
+        let run_dir = crate::fsutil::run_dir(&self.state_dir);
+        // Its storage and reports, the sound devices, no network, only roost's own code.
+        let confinement = crate::sandbox::Confinement::builtin(
+            &[&storage, &self.state_dir, &run_dir],
+            false,
+            true,
+            true,
+        );
+        Some(
+            self.configured()
+                .run(d, &config, restart, STOP_TIMEOUT, confinement),
+        )
     }
 
     fn prepare(&self, d: &Deployment) -> Result<(), BuiltinError> {
         let Some(config) = RecordConfig::from_deployment(d, &self.state_dir) else {
             return Ok(());
         };
-        self.configured().prepared(config.write(&self.state_dir))
+        self.configured().prepared(config.write(&self.state_dir))?;
+        // Made here, as roost, when its user could not make it (a folder under one of root's),
+        // but never on a card that is not mounted: the recorder waits for that itself.
+        let storage = config.storage_path(&self.state_dir);
+        if crate::sandbox::builtin_user().is_some()
+            && !storage.exists()
+            && crate::storage::Folders::new(&storage, &config.storage)
+                .check_mounted()
+                .is_ok()
+        {
+            let _ = std::fs::create_dir_all(&storage);
+        }
+        Ok(())
     }
 
     fn health(&self, pid: Option<u32>, now: Timestamp) -> BuiltinHealth {

@@ -75,6 +75,7 @@ impl Desired {
                     restart_policy,
                     backoff: spec.backoff,
                     stop_timeout: c.stop_timeout.as_std(),
+                    confinement: c.confinement(),
                 },
                 depends_on: c.depends_on.iter().map(|n| n.to_string()).collect(),
             });

@@ -288,6 +288,41 @@ fn command(run: &ComponentRun, program: &Path, marker: &str) -> tokio::process::
     cmd
 }
 
+/// What the process runtime can do of `run`'s confinement: its user (looked up now, taken in
+/// the child before exec) and `PR_SET_NO_NEW_PRIVS`. The file-system and network sandbox need
+/// systemd; under this runtime the component sees what its user may see.
+fn confine(cmd: &mut tokio::process::Command, run: &ComponentRun) -> Result<(), RuntimeError> {
+    let Some(c) = &run.confinement else {
+        return Ok(());
+    };
+    let identity = match &c.user {
+        Some(user) => {
+            let id = crate::sandbox::Identity::of(user, c.audio).map_err(|e| {
+                RuntimeError::Component {
+                    name: run.name.to_string(),
+                    message: e.to_string(),
+                }
+            })?;
+            // Already that user (roost not root): nothing to take.
+            (id.uid != nix::unistd::geteuid().as_raw()).then_some(id)
+        }
+        None => None,
+    };
+    // SAFETY: the closure runs in the forked child before exec and only makes system calls
+    // (setgroups, setgid, setuid, prctl); the identity was resolved before the fork, so nothing
+    // allocates or takes a lock there.
+    #[allow(unsafe_code)]
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(id) = &identity {
+                id.take()?;
+            }
+            crate::sandbox::no_new_privileges()
+        });
+    }
+    Ok(())
+}
+
 /// Why a spawn failed, in the words roost reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum SpawnFailure {
@@ -385,6 +420,7 @@ impl Runtime for ProcessRuntime {
         )?;
         let marker = format!("{}/{name}", self.instance);
         let mut cmd = command(run, &program, &marker);
+        confine(&mut cmd, run)?;
         if let Some(dir) = &run.working_dir
             && !dir.is_dir()
         {

@@ -56,6 +56,10 @@ pub struct DetectorSpec {
     /// then the recording is marked failed for this detector and the queue goes on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<u32>,
+    /// `command` detectors: the curator (and so every detector) may use the network; without
+    /// it none has any (a model that phones home fails instead).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub network: bool,
     /// Recordings waiting for this detector beyond which it is an error (default 20).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_backlog: Option<u32>,

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 pub use duration::{DurationParseError, HumanDuration};
 pub use load::{LoadError, MAX_FILE_BYTES, load_file, parse_str};
 pub use names::{
-    AbsolutePath, Command, ComponentName, DeploymentName, DetectorName, EnvName, Latitude,
+    AbsolutePath, Command, ComponentName, DeploymentName, DetectorName, EnvName, Latitude, UserName,
     Longitude,
 };
 pub use recorder::{RecorderSpec, StorageSpec};
@@ -246,6 +246,52 @@ pub struct ComponentSpec {
     /// Time between SIGTERM and SIGKILL when stopping.
     #[serde(default = "default_stop_timeout")]
     pub stop_timeout: HumanDuration,
+    /// The user it runs as (it must exist); without it, roost's own user (root when roost runs
+    /// as a system service: a program of the file may need the device's hardware or clock, so
+    /// nothing is taken from it unless the file says so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<UserName>,
+    /// Opt in to the built-ins' sandbox: everything read-only but `writablePaths`, no `/home`,
+    /// its own `/tmp`, no new privileges, no network unless `network`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxSpec>,
+}
+
+/// `sandbox:` of a component.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SandboxSpec {
+    /// Folders it may write (made when missing); everything else is read-only to it.
+    #[serde(default)]
+    pub writable_paths: Vec<AbsolutePath>,
+    /// It may use IPv4/IPv6 (default: no network at all).
+    #[serde(default)]
+    pub network: bool,
+    /// It may open the sound devices (`/dev/snd`, group `audio`).
+    #[serde(default)]
+    pub audio: bool,
+}
+
+impl ComponentSpec {
+    /// Its user and sandbox, `None` when it asks for neither.
+    pub fn confinement(&self) -> Option<crate::sandbox::Confinement> {
+        if self.user.is_none() && self.sandbox.is_none() {
+            return None;
+        }
+        let sandbox = self.sandbox.clone().unwrap_or_default();
+        Some(crate::sandbox::Confinement {
+            user: self.user.as_ref().map(|u| u.as_str().to_string()),
+            hardened: self.sandbox.is_some(),
+            writable: sandbox
+                .writable_paths
+                .iter()
+                .map(|p| p.as_path().to_path_buf())
+                .collect(),
+            network: sandbox.network || self.sandbox.is_none(),
+            audio: sandbox.audio,
+            own_code_only: false,
+        })
+    }
 }
 
 /// A problem found after parsing, located by its field path (e.g. `spec.components[1].dependsOn[0]`).

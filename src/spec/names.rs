@@ -160,6 +160,45 @@ impl EnvName {
     }
 }
 
+/// A user name of this device (`user:`): what `useradd` accepts (letters, digits, `_`, `-`,
+/// `.`, not starting with `-`, at most 32 bytes); whether it exists is checked when the
+/// component starts.
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(try_from = "String", into = "String")]
+#[schemars(with = "String")]
+pub struct UserName(String);
+
+impl TryFrom<String> for UserName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let ok = !s.is_empty()
+            && s.len() <= 32
+            && !s.starts_with('-')
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+            && !s.bytes().all(|b| b.is_ascii_digit());
+        if !ok {
+            return Err(format!(
+                "invalid user name {s:?}: use letters, digits, '_', '-' and '.', at most 32, not starting with '-' and not only digits"
+            ));
+        }
+        Ok(Self(s))
+    }
+}
+impl From<UserName> for String {
+    fn from(n: UserName) -> String {
+        n.0
+    }
+}
+impl UserName {
+    /// The name as written in the file.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// An absolute folder path.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(try_from = "String", into = "String")]

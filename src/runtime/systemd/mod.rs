@@ -12,11 +12,15 @@
 //! - [`notify`]: sd_notify for roost's own unit.
 
 pub mod dbus;
+pub mod hardening;
 pub mod names;
 /// sd_notify is used under any runtime; kept here under its old path too.
 pub use crate::notify;
 pub mod state;
 pub mod unit;
+
+/// The folder (under the unit folder, mode 0700) of the components' environment files.
+pub const ENV_DIR: &str = "roost-env";
 mod watcher;
 
 use std::collections::{BTreeMap, HashMap};
@@ -244,7 +248,43 @@ impl SystemdRuntime {
         UnitOptions {
             wanted_by: self.wanted_by,
             restart_steps: link.version >= 254,
+            privileged: self.wanted_by == "multi-user.target" || nix::unistd::geteuid().is_root(),
         }
+    }
+
+    /// Where the environment of `unit` is kept: `<unit folder>/roost-env/<unit>.env`, 0600.
+    pub fn env_file(&self, unit: &str) -> PathBuf {
+        self.unit_dir.join(ENV_DIR).join(format!("{unit}.env"))
+    }
+
+    /// Writes (or removes, when `run` has none) the environment file of `unit`, only when its
+    /// content changes.
+    fn write_env_file(&self, unit: &str, run: &ComponentRun) -> Result<(), RuntimeError> {
+        let path = self.env_file(unit);
+        if run.env.is_empty() {
+            return match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(RuntimeError::io(format!("removing {}", path.display()), e))
+                }
+                _ => Ok(()),
+            };
+        }
+        let text = hardening::environment_file(&run.env).map_err(|message| {
+            RuntimeError::InvalidValue {
+                name: run.name.to_string(),
+                message,
+            }
+        })?;
+        if std::fs::read_to_string(&path).ok().as_deref() == Some(text.as_str()) {
+            return Ok(());
+        }
+        let dir = self.unit_dir.join(ENV_DIR);
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| {
+                std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            })
+            .and_then(|()| crate::fsutil::write_private(&path, text.as_bytes()))
+            .map_err(|e| RuntimeError::io(format!("writing {}", path.display()), e))
     }
 
     /// Reads the unit's properties (two `GetAll` calls) with the receive position of the replies.
@@ -374,6 +414,8 @@ impl SystemdRuntime {
             &run.deployment,
             run.name.as_str(),
         )?;
+        // Before the unit is (re)loaded: the manager reads it when the unit starts.
+        self.write_env_file(unit, run)?;
         let before = self.refresh(link, unit).await?;
         let file_changed = existing.as_deref() != Some(text);
         let load = match Prepare::classify(file_changed, &before) {
@@ -786,7 +828,7 @@ impl Runtime for SystemdRuntime {
     async fn start(&mut self, run: &ComponentRun) -> Result<(), RuntimeError> {
         let link = self.link()?;
         let unit = names::unit_name(&run.deployment, run.name.as_str());
-        let text = unit::render(run, &self.options(&link))?;
+        let text = unit::render(run, &self.options(&link), &self.env_file(&unit))?;
         {
             let mut s = lock(&self.shared);
             s.units
@@ -837,6 +879,7 @@ impl Runtime for SystemdRuntime {
         if existing.is_some() {
             std::fs::remove_file(&path)
                 .map_err(|e| RuntimeError::io(format!("removing {}", path.display()), e))?;
+            let _ = std::fs::remove_file(self.env_file(&unit));
             if let Ok(dir) = std::fs::File::open(&self.unit_dir) {
                 let _ = dir.sync_all();
             }

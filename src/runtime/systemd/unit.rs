@@ -1,8 +1,10 @@
 //! The unit file roost writes for one component: rendering with every YAML-derived value quoted
 //! and escaped per systemd.syntax(7) and systemd.unit(5) specifiers, and reading back the marker
-//! line that makes a file roost's. Pure: no I/O. Command words and environment values are
-//! double-quoted and C-escaped (systemd unescapes quoted words of `ExecStart=` and
-//! `Environment=`), so newlines, tabs and every other character reach the process as written;
+//! line that makes a file roost's. Pure: no I/O. Command words are double-quoted and C-escaped
+//! (systemd unescapes quoted words of `ExecStart=`), and the environment goes into a file of its
+//! own ([`hardening::environment_file`](super::hardening::environment_file), mode 0600: unit
+//! files are world-readable), so newlines, tabs and every other character reach the process as
+//! written;
 //! what systemd cannot express (`WorkingDirectory=` is not unescaped) is refused when the file
 //! is loaded (`spec::Deployment::validate`), and refused here again as a last guard.
 
@@ -35,6 +37,9 @@ pub struct UnitOptions {
     pub wanted_by: &'static str,
     /// `RestartSteps=`/`RestartMaxDelaySec=` exist (systemd 254 and newer).
     pub restart_steps: bool,
+    /// The manager may switch users and make namespaces (system manager, or running as root):
+    /// confined components get their whole sandbox.
+    pub privileged: bool,
 }
 
 /// What the marker line says about a unit file.
@@ -50,8 +55,12 @@ pub struct Marker {
     pub intact: bool,
 }
 
-/// Renders the whole unit file for `run`.
-pub fn render(run: &ComponentRun, opts: &UnitOptions) -> Result<String, RuntimeError> {
+/// Renders the whole unit file for `run`, whose environment (if any) is in `env_file`.
+pub fn render(
+    run: &ComponentRun,
+    opts: &UnitOptions,
+    env_file: &std::path::Path,
+) -> Result<String, RuntimeError> {
     let name = run.name.as_str();
     let invalid = |message: String| RuntimeError::InvalidValue {
         name: name.to_string(),
@@ -87,12 +96,8 @@ pub fn render(run: &ComponentRun, opts: &UnitOptions) -> Result<String, RuntimeE
         "ExecStart={}",
         exec_line(run.command.argv()).map_err(invalid)?
     );
-    for (key, value) in &run.env {
-        let _ = writeln!(
-            body,
-            "Environment={}",
-            environment_assignment(key, value).map_err(invalid)?
-        );
+    if !run.env.is_empty() {
+        body.push_str(&super::hardening::environment_file_line(env_file).map_err(invalid)?);
     }
     if let Some(dir) = &run.working_dir {
         let _ = writeln!(
@@ -124,6 +129,9 @@ pub fn render(run: &ComponentRun, opts: &UnitOptions) -> Result<String, RuntimeE
         usec(run.stop_timeout.max(Duration::from_millis(1)))
     );
     body.push_str("KillMode=control-group\n");
+    if let Some(c) = &run.confinement {
+        body.push_str(&super::hardening::directives(c, opts.privileged).map_err(invalid)?);
+    }
 
     body.push_str("\n[Install]\n");
     let _ = writeln!(body, "WantedBy={}", opts.wanted_by);
@@ -186,20 +194,6 @@ fn exec_line(argv: &[String]) -> Result<String, String> {
         line.push_str(&quote(arg));
     }
     Ok(line)
-}
-
-fn environment_assignment(key: &str, value: &str) -> Result<String, String> {
-    let mut chars = key.chars();
-    let key_ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if !key_ok {
-        return Err(format!(
-            "environment variable name {key:?} is not a valid name"
-        ));
-    }
-    Ok(quote(&format!("{key}={value}")))
 }
 
 /// `WorkingDirectory=` is neither unquoted nor unescaped by systemd: only specifiers apply. A
@@ -296,20 +290,23 @@ mod tests {
             restart_policy: RestartPolicy::OnFailure,
             backoff: Backoff::default(),
             stop_timeout: Duration::from_secs(10),
+            confinement: None,
         }
     }
 
     const USER: UnitOptions = UnitOptions {
         wanted_by: "default.target",
         restart_steps: false,
+        privileged: true,
     };
+    const ENV: &str = "/etc/systemd/system/roost-env/roost-field-uploader.service.env";
 
     #[test]
     fn renders_a_complete_unit() {
         let mut r = run(&["/usr/bin/env", "sh", "-c", "echo $HOME; exit 3"]);
         r.env.insert("GREETING".into(), "hello world".into());
         r.working_dir = Some("/srv/field data".into());
-        let text = render(&r, &USER).unwrap();
+        let text = render(&r, &USER, std::path::Path::new(ENV)).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with(MARKER));
         for expected in [
@@ -318,7 +315,7 @@ mod tests {
             "StartLimitBurst=5",
             "Type=exec",
             r#"ExecStart=:"/usr/bin/env" "sh" "-c" "echo $HOME; exit 3""#,
-            r#"Environment="GREETING=hello world""#,
+            "EnvironmentFile=/etc/systemd/system/roost-env/roost-field-uploader.service.env",
             "WorkingDirectory=/srv/field data",
             "Restart=on-failure",
             "RestartSec=1000000us",
@@ -342,6 +339,7 @@ mod tests {
                 restart_steps: true,
                 ..USER
             },
+            std::path::Path::new(ENV),
         )
         .unwrap();
         assert!(text.contains("RestartSteps=6\n"), "{text}");
@@ -353,13 +351,13 @@ mod tests {
         let mut r = run(&["/bin/true"]);
         r.backoff.initial = HumanDuration::from_millis(1);
         r.restart_policy = RestartPolicy::Always;
-        let text = render(&r, &USER).unwrap();
+        let text = render(&r, &USER, std::path::Path::new(ENV)).unwrap();
         assert!(text.contains("RestartSec=100000us\n") && text.contains("Restart=always\n"));
         r.restart_policy = RestartPolicy::Never;
-        assert!(render(&r, &USER).unwrap().contains("Restart=no\n"));
+        assert!(render(&r, &USER, std::path::Path::new(ENV)).unwrap().contains("Restart=no\n"));
         r.stop_timeout = Duration::ZERO;
         assert!(
-            render(&r, &USER)
+            render(&r, &USER, std::path::Path::new(ENV))
                 .unwrap()
                 .contains("TimeoutStopSec=1000us\n")
         );
@@ -371,7 +369,7 @@ mod tests {
         assert_eq!(quote("100% %n"), r#""100%% %%n""#);
         assert_eq!(quote("$HOME ${X} ; 'q' ü"), r#""$HOME ${X} ; 'q' ü""#);
         assert_eq!(quote(""), r#""""#);
-        let text = render(&run(&["/bin/echo", ";", "%h", "\\"]), &USER).unwrap();
+        let text = render(&run(&["/bin/echo", ";", "%h", "\\"]), &USER, std::path::Path::new(ENV)).unwrap();
         assert!(
             text.contains(r#"ExecStart=:"/bin/echo" ";" "%%h" "\\""#),
             "{text}"
@@ -388,22 +386,18 @@ mod tests {
             "c1\u{85}",
             "bell\u{7}",
         ] {
-            let text = render(&run(&["/bin/echo", odd]), &USER).unwrap();
+            let text = render(&run(&["/bin/echo", odd]), &USER, std::path::Path::new(ENV)).unwrap();
             let exec = text.lines().find(|l| l.starts_with("ExecStart=")).unwrap();
             assert!(!exec.chars().any(char::is_control), "{exec:?}");
             assert!(!text.contains("\nExecStartPre"), "no new directive");
             let mut r = run(&["/bin/echo"]);
             r.env.insert("X".into(), odd.into());
-            let text = render(&r, &USER).unwrap();
-            let env = text
-                .lines()
-                .find(|l| l.starts_with("Environment="))
-                .unwrap();
-            assert!(!env.chars().any(char::is_control), "{env:?}");
+            let text = render(&r, &USER, std::path::Path::new(ENV)).unwrap();
+            assert!(!text.contains(odd), "a value never reaches the unit file");
             let mut r = run(&["/bin/echo"]);
             r.working_dir = Some(format!("/srv/{odd}").into());
             assert!(matches!(
-                render(&r, &USER),
+                render(&r, &USER, std::path::Path::new(ENV)),
                 Err(RuntimeError::InvalidValue { .. })
             ));
         }
@@ -416,25 +410,25 @@ mod tests {
     #[test]
     fn programs_systemd_would_misread_are_refused() {
         for bad in ["-rm", "@x", ":x", "+x", "!x", "bin/x"] {
-            assert!(render(&run(&[bad]), &USER).is_err(), "{bad}");
+            assert!(render(&run(&[bad]), &USER, std::path::Path::new(ENV)).is_err(), "{bad}");
         }
-        assert!(render(&run(&["sleep", "1"]), &USER).is_ok());
+        assert!(render(&run(&["sleep", "1"]), &USER, std::path::Path::new(ENV)).is_ok());
         let mut r = run(&["/bin/true"]);
         r.env.insert("1BAD".into(), "v".into());
-        assert!(render(&r, &USER).is_err());
+        assert!(render(&r, &USER, std::path::Path::new(ENV)).is_err());
         r = run(&["/bin/true"]);
         r.working_dir = Some("/srv/x\\".into());
-        assert!(render(&r, &USER).is_err());
+        assert!(render(&r, &USER, std::path::Path::new(ENV)).is_err());
         r.working_dir = Some("/srv/x ".into());
-        assert!(render(&r, &USER).is_err());
+        assert!(render(&r, &USER, std::path::Path::new(ENV)).is_err());
         r = run(&["/bin/true"]);
         r.spec_hash = "a b".into();
-        assert!(render(&r, &USER).is_err());
+        assert!(render(&r, &USER, std::path::Path::new(ENV)).is_err());
     }
 
     #[test]
     fn marker_round_trips_and_detects_edits() {
-        let text = render(&run(&["/bin/true"]), &USER).unwrap();
+        let text = render(&run(&["/bin/true"]), &USER, std::path::Path::new(ENV)).unwrap();
         let marker = parse_marker(&text).unwrap();
         assert_eq!(
             marker,

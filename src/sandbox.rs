@@ -1,0 +1,330 @@
+//! What a component may reach: the user it runs as and, for a confined component, the folders
+//! it may write, whether it may use the network or the sound devices. Built-ins are always
+//! confined ([`Confinement`] from [`builtin`](crate::builtin)); a component of the file opts in
+//! with `user:` and `sandbox:`. Each runtime enforces it as far as it can: systemd with
+//! `User=`, `ProtectSystem=strict`, `ReadWritePaths=` and the rest
+//! ([`crate::runtime::systemd::unit`]); the process runtime by dropping to the user and setting
+//! `PR_SET_NO_NEW_PRIVS` ([`Identity`]).
+//!
+//! The user: `ROOST_USER` when set (an empty value: roost's own), else the system user
+//! `roost` the package creates, when it exists and roost runs as root; otherwise roost's own
+//! user (a developer's machine, or a roost that is not root and so is already unprivileged).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The system user (and group) the package creates for the built-ins.
+pub const SYSTEM_USER: &str = "roost";
+/// Names another user for the built-ins (tests, an installation that names its own).
+pub const USER_VAR: &str = "ROOST_USER";
+/// The group that may open the sound devices (Debian's `audio`).
+pub const AUDIO_GROUP: &str = "audio";
+
+/// What a confined component may reach beyond reading the system.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Confinement {
+    /// The user it runs as; `None`: roost's own.
+    pub user: Option<String>,
+    /// The sandbox applies (read-only system, own `/tmp`, no new privileges, and the rest);
+    /// `false`: only the user is changed.
+    pub hardened: bool,
+    /// Folders it may write (created by roost first when missing); everything else is
+    /// read-only to it, `/home` and `/root` invisible, `/tmp` its own.
+    pub writable: Vec<PathBuf>,
+    /// It may open IPv4 and IPv6 sockets; otherwise it gets no network at all.
+    pub network: bool,
+    /// It may open the sound devices (`/dev/snd`, group `audio`).
+    pub audio: bool,
+    /// It runs roost's own code only, so memory that is both writable and executable can be
+    /// refused (not for the curator, whose detectors may be interpreters with a JIT).
+    pub own_code_only: bool,
+}
+
+/// The user the built-ins run as (see the module documentation); `None`: roost's own. Looked
+/// up once per process.
+pub fn builtin_user() -> Option<String> {
+    static USER: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    USER.get_or_init(look_up_builtin_user).clone()
+}
+
+fn look_up_builtin_user() -> Option<String> {
+    match std::env::var(USER_VAR) {
+        Ok(name) if name.is_empty() => None,
+        Ok(name) => Some(name),
+        Err(_) => (nix::unistd::geteuid().is_root()
+            && nix::unistd::User::from_name(SYSTEM_USER).ok().flatten().is_some())
+        .then(|| SYSTEM_USER.to_string()),
+    }
+}
+
+impl Confinement {
+    /// A built-in's: the built-ins' user, hardened, writing only `writable` (each folder
+    /// also by its resolved path, since `<state>/run` is a link to a RAM folder).
+    pub fn builtin(writable: &[&Path], network: bool, audio: bool, own_code_only: bool) -> Self {
+        let mut paths: Vec<PathBuf> = Vec::new();
+        for p in writable {
+            for q in [Some(p.to_path_buf()), std::fs::canonicalize(p).ok()]
+                .into_iter()
+                .flatten()
+            {
+                if !paths.contains(&q) {
+                    paths.push(q);
+                }
+            }
+        }
+        Self {
+            user: builtin_user(),
+            hardened: true,
+            writable: paths,
+            network,
+            audio,
+            own_code_only,
+        }
+    }
+}
+
+/// Before a built-in starts: hands each of its writable folders that exists to its user
+/// ([`hand_over`]), when it has a user other than roost's own. Folders that do not exist are
+/// left for the component (or for the built-in's own preparation) to make.
+///
+/// # Errors
+/// The user does not exist, or a folder cannot be handed over.
+pub fn hand_over_writable(c: &Confinement) -> Result<(), String> {
+    let Some(user) = &c.user else {
+        return Ok(());
+    };
+    let identity = Identity::of(user, c.audio).map_err(|e| e.to_string())?;
+    if identity.uid == nix::unistd::geteuid().as_raw() {
+        return Ok(());
+    }
+    for path in c.writable.iter().filter(|p| p.is_dir()) {
+        hand_over(path, &identity)
+            .map_err(|e| format!("cannot give {} to user {user}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// A user resolved to the ids a process takes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// The user's id.
+    pub uid: u32,
+    /// Its primary group.
+    pub gid: u32,
+    /// Its supplementary groups (from the group database) plus `audio` when asked (ready for
+    /// `setgroups`: nothing is allocated after the fork).
+    pub groups: Vec<nix::unistd::Gid>,
+}
+
+/// Why a user cannot be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// No such user.
+    #[error("user {0:?} does not exist on this device (create it, or remove `user:`)")]
+    NoSuchUser(String),
+    /// The user database cannot be read.
+    #[error("cannot look up user {name:?}: {source}")]
+    Lookup {
+        /// The user's name.
+        name: String,
+        /// Why.
+        #[source]
+        source: nix::Error,
+    },
+}
+
+impl Identity {
+    /// Looks `user` up (before a fork: the lookup is not async-signal-safe), adding the
+    /// `audio` group when `audio` is asked and the group exists.
+    pub fn of(user: &str, audio: bool) -> Result<Self, IdentityError> {
+        let lookup = |source| IdentityError::Lookup {
+            name: user.to_string(),
+            source,
+        };
+        let entry = nix::unistd::User::from_name(user)
+            .map_err(lookup)?
+            .ok_or_else(|| IdentityError::NoSuchUser(user.to_string()))?;
+        let name = std::ffi::CString::new(user).map_err(|_| lookup(nix::Error::EINVAL))?;
+        let mut groups = nix::unistd::getgrouplist(&name, entry.gid).map_err(lookup)?;
+        if audio
+            && let Ok(Some(group)) = nix::unistd::Group::from_name(AUDIO_GROUP)
+            && !groups.contains(&group.gid)
+        {
+            groups.push(group.gid);
+        }
+        Ok(Self {
+            uid: entry.uid.as_raw(),
+            gid: entry.gid.as_raw(),
+            groups,
+        })
+    }
+
+    /// Takes this identity in a forked child before exec: supplementary groups, group, user
+    /// (in that order: each needs the privilege the next one drops).
+    ///
+    /// # Errors
+    /// A call the kernel refuses (roost not root).
+    pub fn take(&self) -> std::io::Result<()> {
+        use nix::unistd::{Gid, Uid};
+        nix::unistd::setgroups(&self.groups)?;
+        nix::unistd::setgid(Gid::from_raw(self.gid))?;
+        nix::unistd::setuid(Uid::from_raw(self.uid))?;
+        Ok(())
+    }
+}
+
+/// `PR_SET_NO_NEW_PRIVS` in a forked child: nothing it executes gains privileges (set-user-id
+/// programs, file capabilities).
+///
+/// # Errors
+/// The kernel refuses it (older than 3.5).
+pub fn no_new_privileges() -> std::io::Result<()> {
+    nix::sys::prctl::set_no_new_privs().map_err(std::io::Error::from)
+}
+
+/// The mode mask of roost and everything it starts: files 0640, folders 0750.
+pub const UMASK: u32 = 0o027;
+
+/// Sets [`UMASK`] for this process (and so for its children).
+pub fn restrict_umask() {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(UMASK));
+}
+
+/// Makes `folder` (and nothing above it) the component user's own: created when missing, then
+/// owned by `identity` with mode 2750 (setgid, so what roost writes there belongs to the
+/// user's group and the component can read it; others get nothing). An existing folder owned by
+/// someone else is handed over whole, files 0640 and folders 2750 (an installation from before
+/// the built-ins had their own user); a folder already the user's is left as it is.
+///
+/// # Errors
+/// The folder cannot be made or handed over (roost not root, a read-only file system).
+pub fn hand_over(folder: &Path, identity: &Identity) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::create_dir_all(folder)?;
+    if std::fs::metadata(folder)?.uid() == identity.uid {
+        return Ok(());
+    }
+    walk(folder, &mut |path, meta| {
+        std::os::unix::fs::lchown(path, Some(identity.uid), Some(identity.gid))?;
+        let mode = match meta.file_type() {
+            t if t.is_dir() => 0o2750,
+            t if t.is_file() => 0o640,
+            _ => return Ok(()),
+        };
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+    })
+}
+
+/// Calls `each` on `root` and everything under it (symbolic links are not followed), deepest
+/// last; files that vanish meanwhile are skipped.
+fn walk(
+    root: &Path,
+    each: &mut dyn FnMut(&Path, &std::fs::Metadata) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        each(&path, &meta)?;
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path)? {
+                pending.push(entry?.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Who may read a file, from its mode and owner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exposure {
+    /// Only its owner (and root).
+    Owner,
+    /// Its owner and its group.
+    Group,
+    /// Every user of the device.
+    Everyone,
+}
+
+/// Who may read the file at `path`.
+///
+/// # Errors
+/// It cannot be looked at.
+pub fn exposure(path: &Path) -> std::io::Result<Exposure> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)?.permissions().mode();
+    Ok(if mode & 0o004 != 0 {
+        Exposure::Everyone
+    } else if mode & 0o040 != 0 {
+        Exposure::Group
+    } else {
+        Exposure::Owner
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    #[test]
+    fn exposure_follows_the_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("secret");
+        std::fs::write(&f, "x").unwrap();
+        for (mode, want) in [
+            (0o600, Exposure::Owner),
+            (0o400, Exposure::Owner),
+            (0o640, Exposure::Group),
+            (0o644, Exposure::Everyone),
+            (0o604, Exposure::Everyone),
+        ] {
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(exposure(&f).unwrap(), want, "{mode:o}");
+        }
+    }
+
+    #[test]
+    fn a_folder_is_handed_over_whole_once() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: handing a folder over needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let storage = dir.path().join("storage");
+        std::fs::create_dir_all(storage.join("recordings/2026")).unwrap();
+        std::fs::write(storage.join("recordings/2026/a.wav"), "x").unwrap();
+        std::fs::write(storage.join("metadata.db"), "x").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", storage.join("link")).unwrap();
+        let who = Identity {
+            uid: 4242,
+            gid: 4243,
+            groups: vec![],
+        };
+        hand_over(&storage, &who).unwrap();
+        for (p, mode) in [
+            ("", 0o2750),
+            ("recordings", 0o2750),
+            ("recordings/2026/a.wav", 0o640),
+            ("metadata.db", 0o640),
+        ] {
+            let m = std::fs::metadata(storage.join(p)).unwrap();
+            assert_eq!((m.uid(), m.gid()), (4242, 4243), "{p}");
+            assert_eq!(m.mode() & 0o7777, mode, "{p}");
+        }
+        // The link's target is not touched.
+        assert_eq!(std::fs::metadata("/etc/passwd").unwrap().uid(), 0);
+        // Once the user's, nothing is walked again (a file made by root later stays).
+        std::fs::write(storage.join("later"), "x").unwrap();
+        hand_over(&storage, &who).unwrap();
+        assert_eq!(std::fs::metadata(storage.join("later")).unwrap().uid(), 0);
+        // A missing folder is made.
+        hand_over(&dir.path().join("new/storage"), &who).unwrap();
+        let m = std::fs::metadata(dir.path().join("new/storage")).unwrap();
+        assert_eq!((m.uid(), m.mode() & 0o7777), (4242, 0o2750));
+    }
+}
