@@ -182,6 +182,7 @@ pub fn check(file: &Path, state_dir: &Path) -> CheckReport {
         problems.extend(check_programs(d));
         problems.extend(check_detectors(d));
         problems.extend(check_connect_files(d));
+        problems.extend(check_users(d));
         problems.extend(check_recorder(d, state_dir));
     }
     if let Err(e) = could_write(state_dir) {
@@ -198,6 +199,8 @@ pub fn check(file: &Path, state_dir: &Path) -> CheckReport {
     let mut notes = Vec::new();
     if let Some(d) = &deployment {
         next_window(d, jiff::Timestamp::now(), &mut notes, &mut warnings);
+        warnings.extend(exposure_warnings(d));
+        warnings.extend(page_open_warning(d));
     }
     CheckReport {
         problems,
@@ -247,15 +250,95 @@ fn next_window(
 /// at no device, storage, program or state folder, and creates nothing.
 pub fn check_offline(file: &Path) -> CheckReport {
     let (deployment, problems) = check_file(file);
-    let warnings = deployment
+    let mut warnings = deployment
         .as_ref()
         .map(crate::curate::keep_warnings)
         .unwrap_or_default();
+    warnings.extend(deployment.as_ref().and_then(page_open_warning));
     CheckReport {
         problems,
         warnings,
         notes: Vec::new(),
     }
+}
+
+/// The files of `d` that hold secrets, each with its field path.
+fn secret_files(d: &spec::Deployment) -> Vec<(&'static str, &Path)> {
+    let mut files = Vec::new();
+    if let Some(c) = &d.spec.connect {
+        if let Some(p) = c.mqtt.as_ref().and_then(|m| m.password_file.as_ref()) {
+            files.push(("spec.connect.mqtt.passwordFile", p.as_path()));
+        }
+        if let Some(p) = c.http.as_ref().and_then(|h| h.headers_file.as_ref()) {
+            files.push(("spec.connect.http.headersFile", p.as_path()));
+        }
+    }
+    if let Some(p) = d.spec.page.as_ref().and_then(|p| p.password_file.as_ref()) {
+        files.push(("spec.page.passwordFile", p.as_path()));
+    }
+    files
+}
+
+/// DEP_E509 for each secret file every user may read.
+fn exposure_warnings(d: &spec::Deployment) -> Vec<String> {
+    secret_files(d)
+        .into_iter()
+        .filter_map(|(field, path)| crate::secret_file::exposed(field, path))
+        .map(|why| format!("{} {why}", errors::SECRET_EXPOSED.code))
+        .collect()
+}
+
+/// DEP_E701 when the page listens beyond this device without a password.
+fn page_open_warning(d: &spec::Deployment) -> Option<String> {
+    let page = d.spec.page.as_ref()?;
+    let ip = page.listen.addr().ip();
+    (!ip.is_loopback() && page.password_file.is_none()).then(|| {
+        format!(
+            "{} spec.page listens on {} without a password: anyone on that network sees the page (set spec.page.passwordFile)",
+            errors::PAGE_OPEN.code,
+            page.listen.addr()
+        )
+    })
+}
+
+/// Users the components run as exist (DEP_E165), and the built-ins' user can read the secret
+/// files they need (DEP_E507), as the components would find out when they start.
+fn check_users(d: &spec::Deployment) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut missing = |who: &str, name: &str| {
+        problems.push(Problem {
+            code: &errors::USER_NOT_FOUND,
+            message: format!("{who}: user {name:?} does not exist on this device"),
+            snippet: None,
+        })
+    };
+    for c in &d.spec.components {
+        if let Some(u) = &c.user
+            && crate::sandbox::Identity::of(u.as_str(), false).is_err()
+        {
+            missing(&format!("component {}", c.name), u.as_str());
+        }
+    }
+    let Some(user) = crate::sandbox::builtin_user() else {
+        return problems;
+    };
+    let Ok(who) = crate::sandbox::Identity::of(&user, false) else {
+        missing("the built-ins (ROOST_USER)", &user);
+        return problems;
+    };
+    for (field, path) in secret_files(d) {
+        if crate::secret_file::readable_by(path, &who) == Some(false) {
+            let p = path.display();
+            problems.push(Problem {
+                code: &errors::SECRET_UNREADABLE,
+                message: format!(
+                    "{field} {p}: the built-ins run as user {user}, which cannot read it (`chown root:{user} {p} && chmod 0640 {p}`)"
+                ),
+                snippet: None,
+            });
+        }
+    }
+    problems
 }
 
 /// Loads and validates the file: the deployment, or the problem with its file, line and column.

@@ -8,7 +8,7 @@ use serde::Serialize;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct ErrorCode {
     /// `DEP_E` and three digits: 1xx deployment and runtime, 3xx recorder and storage, 4xx roost
-    /// itself, 5xx connect, 6xx detectors.
+    /// itself, 5xx connect, 6xx detectors, 7xx the page.
     pub code: &'static str,
     /// A short title.
     pub title: &'static str,
@@ -48,6 +48,9 @@ codes! {
     OUT_OF_DESCRIPTORS = "DEP_E164", "Out of file descriptors",
         "A component could not be started because roost or the system ran out of file descriptors (EMFILE/ENFILE). Roost raises its own soft limit to the hard limit at start; this is the hard limit or the system-wide one.",
         "Raise LimitNOFILE= in roost.service (or `ulimit -n` for a roost started by hand) or fs.file-max, or run fewer components; roost retries with back-off.";
+    USER_NOT_FOUND = "DEP_E165", "User not found",
+        "A component's `user:` (or ROOST_USER for the built-ins) names a user this device does not have: the component cannot start.",
+        "Create the user (`useradd --system NAME`), or correct `user:` in deployment.yaml.";
     STORAGE_UNUSABLE = "DEP_E301", "Storage unusable",
         "The storage folder or metadata.db cannot be created, written or opened.",
         "Check that spec.storage.path exists on a mounted, writable disk with the right owner and permissions.";
@@ -117,6 +120,9 @@ codes! {
     SECRET_UNREADABLE = "DEP_E507", "Secret file unreadable",
         "A file spec.connect names (passwordFile, headersFile, caFile) cannot be read or parsed.",
         "Create the file with the secret (readable by roost, not by everyone: chmod 600), or fix its format (caFile: PEM certificates; headersFile: `Name: value` lines).";
+    SECRET_EXPOSED = "DEP_E509", "Secret file readable by others",
+        "A file holding a secret (spec.connect.mqtt.passwordFile, spec.connect.http.headersFile, spec.page.passwordFile) can be read by every user of the device (its mode gives others read). A warning: roost still uses it, as Mosquitto does with its password file; a private key so exposed is refused, as OpenSSH refuses one.",
+        "Take it from others: `chown root:roost FILE && chmod 0640 FILE` (the built-ins run as user roost and read it through the group), or `chmod 0600 FILE` owned by roost.";
     MESSAGE_TOO_LARGE = "DEP_E508", "Message too large",
         "A message was larger than roost sends (256 KiB; the MQTT packet limit is 1 MiB) and could never be carried: it was dropped (counted as `oversized` in the connector's report) so that it blocks nothing behind it. A status too large is sent summarised (component outputs left out), never dropped.",
         "Nothing to do for one; if it repeats, read the connector's report for the topic and size, and shorten what makes the message large (many components, very long error messages from a program).";
@@ -156,6 +162,9 @@ codes! {
     RECORDING_UNDESCRIBABLE = "DEP_E616", "Recording cannot be described",
         "A recording's row or WAV header holds numbers no recording can have (a sample rate of 0 or above 1.536 MHz, no channels, a duration that is not a number or longer than a day, more data than the file holds). It is set aside: never analysed or deleted by a rule, and never computed with; the others go on. A WAV with such a header found in recordings/ at start is moved to quarantine/.",
         "Look at the file named in the message (e.g. with soxi); if it is not a recording of this device, move it out of the storage; fix or delete the row with sqlite3 if it was written by another program.";
+    PAGE_OPEN = "DEP_E701", "Page open without a password",
+        "spec.page listens on an address other devices can reach and has no passwordFile: anyone on that network (the hotspot, or every network with 0.0.0.0) sees the device's state and recordings. A warning.",
+        "Set spec.page.passwordFile to a file holding a password (mode 0640, group roost), or listen on the hotspot's address only, or on 127.0.0.1 (the default).";
 }
 
 /// An error and its causes (`source()` chain) on one line, `: `-separated, for logs and reports.

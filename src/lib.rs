@@ -50,6 +50,7 @@ pub mod redact;
 pub mod runtime;
 pub mod sandbox;
 pub mod schedule;
+pub mod secret_file;
 pub mod serve;
 pub mod spec;
 pub mod state_dir;

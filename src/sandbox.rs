@@ -53,7 +53,10 @@ fn look_up_builtin_user() -> Option<String> {
         Ok(name) if name.is_empty() => None,
         Ok(name) => Some(name),
         Err(_) => (nix::unistd::geteuid().is_root()
-            && nix::unistd::User::from_name(SYSTEM_USER).ok().flatten().is_some())
+            && nix::unistd::User::from_name(SYSTEM_USER)
+                .ok()
+                .flatten()
+                .is_some())
         .then(|| SYSTEM_USER.to_string()),
     }
 }

@@ -33,6 +33,7 @@ fn sleeper(name: &str) -> ComponentRun {
             reset_after: HumanDuration::from_secs(10),
         },
         stop_timeout: Duration::from_secs(5),
+        confinement: None,
     }
 }
 

@@ -31,6 +31,7 @@ fn run(name: &str, argv: &[&str], policy: RestartPolicy) -> ComponentRun {
             reset_after: HumanDuration::from_secs(10),
         },
         stop_timeout: Duration::from_secs(5),
+        confinement: None,
     }
 }
 
@@ -160,9 +161,17 @@ async fn hostile_values_reach_the_manager_exactly() {
     assert_eq!(exec[0].0, "/bin/sh");
     let expected_argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
     assert_eq!(exec[0].1, expected_argv);
-    let env = svc.environment().await.unwrap();
+    // The values are in a 0600 file the manager reads, never in the unit (world-readable) or
+    // its Environment property (shown to every user by `systemctl show`).
+    assert!(svc.environment().await.unwrap().is_empty());
     let expected_env: Vec<String> = r.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    assert_eq!(env, expected_env);
+    let env_file = rt.env_file(&unit);
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&env_file).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "{}", env_file.display());
+    let unit_text = std::fs::read_to_string(rt.unit_dir().join(&unit)).unwrap();
+    assert!(!unit_text.contains("ODD_"), "{unit_text}");
     assert_eq!(
         svc.working_directory().await.unwrap(),
         work.to_str().unwrap()

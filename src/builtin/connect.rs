@@ -50,12 +50,8 @@ impl Builtin for Connect {
         let (restart, stop) = (crate::spec::RestartPolicy::Always, Duration::from_secs(5));
         let run_dir = crate::fsutil::run_dir(&self.state_dir);
         // The outbox (in the state folder) and its report; the network.
-        let confinement = crate::sandbox::Confinement::builtin(
-            &[&self.state_dir, &run_dir],
-            true,
-            false,
-            true,
-        );
+        let confinement =
+            crate::sandbox::Confinement::builtin(&[&self.state_dir, &run_dir], true, false, true);
         Some(
             self.configured()
                 .run(d, &config, restart, stop, confinement),

@@ -47,7 +47,10 @@ impl Builtin for Page {
             self.state_dir.display().to_string(),
         ];
         if let Some(file) = &page.password_file {
-            argv.extend(["--password-file".to_string(), file.as_path().display().to_string()]);
+            argv.extend([
+                "--password-file".to_string(),
+                file.as_path().display().to_string(),
+            ]);
         }
         let hash_input = argv.join("\n");
         Some(super::own_run(

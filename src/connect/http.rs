@@ -21,6 +21,13 @@ impl HttpSink {
     /// The sink of `spec`; an unreadable headers or CA file is a warning in `report` (the sink
     /// still runs, without them).
     pub fn new(spec: &HttpSpec, report: &mut ConnectReport) -> Self {
+        if let Some(path) = &spec.headers_file
+            && let Some(why) = crate::secret_file::exposed("headersFile", path.as_path())
+        {
+            report
+                .warnings
+                .push(Problem::new(&errors::SECRET_EXPOSED, why));
+        }
         let headers = match &spec.headers_file {
             Some(path) => match read_headers(path.as_path()) {
                 Ok(h) => h,

@@ -970,6 +970,11 @@ fn secrets(
     spec: &MqttSpec,
     problems: &mut Vec<Problem>,
 ) -> Result<(Option<String>, Option<Arc<rustls::ClientConfig>>), Problem> {
+    if let Some(p) = &spec.password_file
+        && let Some(why) = crate::secret_file::exposed("passwordFile", p.as_path())
+    {
+        problems.push(Problem::new(&errors::SECRET_EXPOSED, why));
+    }
     let password = match &spec.password_file {
         Some(p) => match std::fs::read_to_string(p.as_path()) {
             Ok(s) => Some(s.lines().next().unwrap_or_default().to_string()),

@@ -25,6 +25,7 @@ fn comp(name: &str, policy: RestartPolicy, deps: &[&str]) -> DesiredComponent {
                 reset_after: HumanDuration::from_secs(60),
             },
             stop_timeout: Duration::from_secs(1),
+            confinement: None,
         },
         depends_on: deps.iter().map(|d| d.to_string()).collect(),
     }

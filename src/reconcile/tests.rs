@@ -255,6 +255,7 @@ impl Builtin for Probe {
             restart_policy: crate::spec::RestartPolicy::Always,
             backoff: Default::default(),
             stop_timeout: Duration::from_secs(1),
+            confinement: None,
         })
     }
     fn prepare(&self, _: &crate::spec::Deployment) -> Result<(), BuiltinError> {

@@ -851,6 +851,7 @@ mod tests {
             restart_policy: crate::spec::RestartPolicy::Always,
             backoff: Default::default(),
             stop_timeout,
+            confinement: None,
         }
     }
 

@@ -93,7 +93,10 @@ mod tests {
         let f = Some(file.as_path());
         assert_eq!(judge(None, None), Verdict::Allowed);
         assert_eq!(judge(f, None), Verdict::Ask);
-        assert_eq!(judge(f, Some(&basic("any:c0rrect horse"))), Verdict::Allowed);
+        assert_eq!(
+            judge(f, Some(&basic("any:c0rrect horse"))),
+            Verdict::Allowed
+        );
         assert_eq!(judge(f, Some(&basic(":c0rrect horse"))), Verdict::Allowed);
         for wrong in ["any:c0rrect", "any:c0rrect horse ", "c0rrect horse", "any:"] {
             assert_eq!(judge(f, Some(&basic(wrong))), Verdict::Wrong, "{wrong}");
@@ -104,8 +107,14 @@ mod tests {
         std::fs::write(&file, "crlf\r\n").unwrap();
         assert_eq!(judge(f, Some(&basic("u:crlf"))), Verdict::Allowed);
         std::fs::write(&file, "\n").unwrap();
-        assert!(matches!(judge(f, Some(&basic("u:"))), Verdict::Unavailable(_)));
+        assert!(matches!(
+            judge(f, Some(&basic("u:"))),
+            Verdict::Unavailable(_)
+        ));
         std::fs::remove_file(&file).unwrap();
-        assert!(matches!(judge(f, Some(&basic("u:crlf"))), Verdict::Unavailable(_)));
+        assert!(matches!(
+            judge(f, Some(&basic("u:crlf"))),
+            Verdict::Unavailable(_)
+        ));
     }
 }

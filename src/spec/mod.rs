@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 pub use duration::{DurationParseError, HumanDuration};
 pub use load::{LoadError, MAX_FILE_BYTES, load_file, parse_str};
 pub use names::{
-    AbsolutePath, Command, ComponentName, DeploymentName, DetectorName, EnvName, Latitude, UserName,
-    Longitude,
+    AbsolutePath, Command, ComponentName, DeploymentName, DetectorName, EnvName, Latitude,
+    Longitude, UserName,
 };
 pub use recorder::{RecorderSpec, StorageSpec};
 

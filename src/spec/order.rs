@@ -68,6 +68,8 @@ mod tests {
                 restart_policy: None,
                 depends_on: deps.iter().map(|d| (*d).try_into().unwrap()).collect(),
                 stop_timeout: crate::spec::HumanDuration::from_secs(1),
+                user: None,
+                sandbox: None,
             })
             .collect()
     }

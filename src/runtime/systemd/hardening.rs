@@ -106,7 +106,8 @@ pub fn environment_file_line(path: &Path) -> Result<String, String> {
 /// A name that is not a variable name, or a value systemd cannot read back (NUL, a Unicode
 /// noncharacter, a byte-order mark).
 pub fn environment_file(env: &BTreeMap<String, String>) -> Result<String, String> {
-    let mut out = String::from("# Managed by roost: this component's env, readable by root only.\n");
+    let mut out =
+        String::from("# Managed by roost: this component's env, readable by root only.\n");
     for (key, value) in env {
         let mut chars = key.chars();
         let key_ok = chars
@@ -114,7 +115,9 @@ pub fn environment_file(env: &BTreeMap<String, String>) -> Result<String, String
             .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !key_ok {
-            return Err(format!("environment variable name {key:?} is not a valid name"));
+            return Err(format!(
+                "environment variable name {key:?} is not a valid name"
+            ));
         }
         if let Some(c) = value.chars().find(|c| unreadable(*c)) {
             return Err(format!(

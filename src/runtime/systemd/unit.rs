@@ -97,6 +97,8 @@ pub fn render(
         exec_line(run.command.argv()).map_err(invalid)?
     );
     if !run.env.is_empty() {
+        // Refused here, before any file is written, like every other value.
+        super::hardening::environment_file(&run.env).map_err(invalid)?;
         body.push_str(&super::hardening::environment_file_line(env_file).map_err(invalid)?);
     }
     if let Some(dir) = &run.working_dir {
@@ -354,7 +356,11 @@ mod tests {
         let text = render(&r, &USER, std::path::Path::new(ENV)).unwrap();
         assert!(text.contains("RestartSec=100000us\n") && text.contains("Restart=always\n"));
         r.restart_policy = RestartPolicy::Never;
-        assert!(render(&r, &USER, std::path::Path::new(ENV)).unwrap().contains("Restart=no\n"));
+        assert!(
+            render(&r, &USER, std::path::Path::new(ENV))
+                .unwrap()
+                .contains("Restart=no\n")
+        );
         r.stop_timeout = Duration::ZERO;
         assert!(
             render(&r, &USER, std::path::Path::new(ENV))
@@ -369,7 +375,12 @@ mod tests {
         assert_eq!(quote("100% %n"), r#""100%% %%n""#);
         assert_eq!(quote("$HOME ${X} ; 'q' ü"), r#""$HOME ${X} ; 'q' ü""#);
         assert_eq!(quote(""), r#""""#);
-        let text = render(&run(&["/bin/echo", ";", "%h", "\\"]), &USER, std::path::Path::new(ENV)).unwrap();
+        let text = render(
+            &run(&["/bin/echo", ";", "%h", "\\"]),
+            &USER,
+            std::path::Path::new(ENV),
+        )
+        .unwrap();
         assert!(
             text.contains(r#"ExecStart=:"/bin/echo" ";" "%%h" "\\""#),
             "{text}"
@@ -410,7 +421,10 @@ mod tests {
     #[test]
     fn programs_systemd_would_misread_are_refused() {
         for bad in ["-rm", "@x", ":x", "+x", "!x", "bin/x"] {
-            assert!(render(&run(&[bad]), &USER, std::path::Path::new(ENV)).is_err(), "{bad}");
+            assert!(
+                render(&run(&[bad]), &USER, std::path::Path::new(ENV)).is_err(),
+                "{bad}"
+            );
         }
         assert!(render(&run(&["sleep", "1"]), &USER, std::path::Path::new(ENV)).is_ok());
         let mut r = run(&["/bin/true"]);
