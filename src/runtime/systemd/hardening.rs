@@ -34,12 +34,16 @@ pub fn directives(c: &Confinement, privileged: bool) -> Result<String, String> {
     }
     out.push_str(concat!(
         "ProtectSystem=strict\n",
-        "ProtectHome=yes\n",
+        // ProtectHome=yes, ProtectKernelTunables=yes and ProtectKernelLogs=yes (with a device
+        // policy) fail the unit with 226/NAMESPACE on some kernels (seen on a 6.18 VM kernel);
+        // the same intent, spelled so it starts everywhere: empty homes, /proc/sys and /sys
+        // read-only, and the kernel log is root's alone anyway (/proc/kmsg 0400, /dev/kmsg
+        // outside the device policy, no CAP_SYSLOG).
+        "ProtectHome=tmpfs\n",
+        "ReadOnlyPaths=/proc/sys /sys\n",
         "PrivateTmp=yes\n",
         "PrivateMounts=yes\n",
-        "ProtectKernelTunables=yes\n",
         "ProtectKernelModules=yes\n",
-        "ProtectKernelLogs=yes\n",
         "ProtectControlGroups=yes\n",
         "ProtectClock=yes\n",
         "ProtectHostname=yes\n",
@@ -74,10 +78,9 @@ pub fn directives(c: &Confinement, privileged: bool) -> Result<String, String> {
         out.push_str("MemoryDenyWriteExecute=yes\n");
     }
     if c.network {
+        // No ProtectProc=invisible: roost's own process (root), which it watches, must stay
+        // visible; no ProcSubset=pid: it fails the unit with 226/NAMESPACE on the same kernels.
         out.push_str("RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK\n");
-        // Its own processes only in /proc (roost's pid, which it watches, stays visible by
-        // number: ProtectProc= would hide a process of another user).
-        out.push_str("ProcSubset=pid\n");
     } else {
         out.push_str("RestrictAddressFamilies=AF_UNIX\nPrivateNetwork=yes\nIPAddressDeny=any\n");
         out.push_str("ProtectProc=invisible\n");
