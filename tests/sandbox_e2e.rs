@@ -489,3 +489,80 @@ async fn built_ins_run_confined_under_systemd_and_score_ok() {
         assert!(score <= 4.0, "{unit} exposure {score}:\n{said}");
     }
 }
+
+/// Every built-in's unit as roost writes it for the system manager (the package's case, user
+/// `roost`), scored offline by `systemd-analyze security`: each at most 4.0 ("OK"); the
+/// connector too, which the tests above do not start (it needs a broker).
+#[test]
+fn every_built_in_unit_scores_ok_offline() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: no systemd-analyze");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "{}  connect:\n    deviceId: dev-1\n    mqtt: {{url: \"mqtt://127.0.0.1:1883\"}}\n  detectors:\n    - {{name: energy, kind: bandEnergy, lowHz: 500, highHz: 4000, thresholdDb: 12, minDuration: 100ms}}\n  page: {{listen: \"10.42.0.1:8080\", passwordFile: /etc/roost/page-password}}\n",
+        recorder_deployment("scored", &dir.path().join("storage"), "")
+            .replace("  components: []\n", "")
+    ) + "  components: []\n";
+    let d = roost::spec::parse_str(Path::new("d.yaml"), &yaml).unwrap();
+    let builtins = roost::builtin::Builtins::standard(
+        Path::new("/usr/bin/roost"),
+        Path::new("/var/lib/roost"),
+    );
+    let runs = builtins.runs(&d);
+    assert_eq!(runs.len(), 4, "recorder, curator, connect, page");
+    let opts = roost::runtime::systemd::unit::UnitOptions {
+        wanted_by: "multi-user.target",
+        restart_steps: false,
+        privileged: true,
+    };
+    // Before issue 21 every unit was written unconfined: the first, scored for comparison.
+    let mut unconfined = runs[0].clone();
+    unconfined.confinement = None;
+    unconfined.name = "unconfined".try_into().unwrap();
+    for mut run in std::iter::once(unconfined).chain(runs) {
+        if let Some(c) = run.confinement.as_mut() {
+            c.user = Some("roost".into());
+        }
+        let unit = format!("roost-scored-{}.service", run.name);
+        let path = dir.path().join(&unit);
+        let text =
+            roost::runtime::systemd::unit::render(&run, &opts, &dir.path().join("env")).unwrap();
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new("systemd-analyze")
+            .args(["security", "--offline=true"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        let score: f64 = said
+            .lines()
+            .find_map(|l| {
+                l.split_once("Overall exposure level for ")?
+                    .1
+                    .split_once(": ")?
+                    .1
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "no exposure for {unit}: {said} {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
+        eprintln!("figure: systemd-analyze security --offline {unit}: {score}");
+        if run.confinement.is_none() {
+            assert!(score > 9.0, "unconfined scores {score}");
+            continue;
+        }
+        assert!(score <= 4.0, "{unit} exposure {score}:\n{said}");
+    }
+}
