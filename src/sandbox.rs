@@ -29,9 +29,14 @@ pub struct Confinement {
     /// The sandbox applies (read-only system, own `/tmp`, no new privileges, and the rest);
     /// `false`: only the user is changed.
     pub hardened: bool,
-    /// Folders it may write (created by roost first when missing); everything else is
-    /// read-only to it, `/home` and `/root` invisible, `/tmp` its own.
+    /// Folders it may write and that are its own: roost hands them to its user before it
+    /// starts ([`hand_over_writable`]); everything else is read-only to it, `/home` and
+    /// `/root` empty, `/tmp` its own.
     pub writable: Vec<PathBuf>,
+    /// Folders it may also write that belong to someone else (node_exporter's textfile
+    /// folder): never handed over.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shared: Vec<PathBuf>,
     /// It may open IPv4 and IPv6 sockets; otherwise it gets no network at all.
     pub network: bool,
     /// It may open the sound devices (`/dev/snd`, group `audio`).
@@ -80,6 +85,7 @@ impl Confinement {
             user: builtin_user(),
             hardened: true,
             writable: paths,
+            shared: Vec::new(),
             network,
             audio,
             own_code_only,

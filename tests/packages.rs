@@ -195,6 +195,7 @@ fn the_files_are_there(arch: &Arch, package: &Unpacked) {
         "/usr/share/doc/roost/RECORDER.md".into(),
         "/usr/share/doc/roost/SYSTEMD.md".into(),
         "/usr/share/doc/roost/PACKAGING.md".into(),
+        "/usr/share/doc/roost/SECURITY.md".into(),
         "/usr/share/doc/roost/DETECTORS.md".into(),
         "/usr/share/doc/roost/copyright".into(),
         "/usr/share/doc/roost/changelog.Debian.gz".into(),
@@ -829,6 +830,126 @@ fn the_amd64_package_installs_upgrades_and_goes_away_as_on_a_device() {
     container.must("test -f /var/lib/roost/storages/recordings/2026-11-30/dawn.wav");
     container.must("rm -rf /var/lib/roost");
     assert_nothing_of_roost_left(&container);
+    container.stop();
+}
+
+/// The device's desired state for the security test: a recorder fed by `roost feed` through
+/// ALSA's file plugin, the page with a password, and a component of the file with a token in
+/// its environment.
+const PRIVATE_DEPLOYMENT: &str = "apiVersion: roost/v1
+kind: Deployment
+metadata:
+  name: device
+spec:
+  location: {latitude: 51.76, longitude: -1.26}
+  backoff: {initial: 0s, max: 1s, resetAfter: 10m}
+  storage: {minFreeSpace: 0, onLowSpace: stop}
+  recorder: {device: default, sampleRate: 16000, channels: 1, sampleFormat: i16, duration: 1s, timezone: UTC}
+  page: {listen: \"127.0.0.1:8080\", passwordFile: /etc/roost/page-password}
+  components:
+    - name: uploader
+      command: [\"/bin/sh\", \"-c\", \"while true; do sleep 60; done\"]
+      env: {UPLOAD_TOKEN: tok-s3cr3t-4711}
+";
+
+#[test]
+#[ignore = "run by .ci/packages after packaging/build-debs"]
+fn the_installed_package_keeps_recordings_secrets_and_the_site_from_other_users() {
+    let deb = deb("amd64");
+    let mut container = Container::boot();
+    std::fs::copy(&deb, container.debs.path().join("roost.deb")).unwrap();
+    container.must("dpkg -i /debs/roost.deb");
+    // The built-ins' user and the modes the package sets.
+    assert!(
+        container.out("id roost").contains("(audio)"),
+        "{}",
+        container.out("id roost")
+    );
+    assert_eq!(
+        container.out("stat -c '%U:%G %a' /var/lib/roost"),
+        "roost:roost 2750"
+    );
+    assert_eq!(
+        container.out("stat -c '%U:%G %a' /etc/roost/deployment.yaml"),
+        "root:roost 640"
+    );
+    // The test signal (test equipment, readable by the recorder's user), then the deployment.
+    container.must(
+        "systemd-run --unit=feed /usr/bin/roost feed --sample-rate 16000 --fifo /srv/mic.fifo \
+         --alsa-config /etc/asound.conf && \
+         for i in $(seq 100); do [ -e /etc/asound.conf ] && break; sleep 0.1; done && \
+         chmod 0644 /etc/asound.conf /srv/mic.fifo",
+    );
+    container.must(
+        "printf 'meadow lark 7\\n' > /etc/roost/page-password && \
+         chown root:roost /etc/roost/page-password && chmod 0640 /etc/roost/page-password",
+    );
+    container.must(&format!(
+        "cat > /etc/roost/deployment.yaml.new <<'EOF'\n{PRIVATE_DEPLOYMENT}EOF\n\
+         mv /etc/roost/deployment.yaml.new /etc/roost/deployment.yaml"
+    ));
+    container.wait_for(
+        "find /var/lib/roost/storages/recordings -name '*.wav' | head -n1 | grep -c wav",
+        "1",
+        Duration::from_secs(60),
+    );
+    for unit in ["recorder", "page"] {
+        let unit = format!("roost-device-{unit}.service");
+        assert_eq!(container.show(&unit, "User"), "roost", "{unit}");
+        let said = container.must(&format!("systemd-analyze security {unit}"));
+        let score: f64 = said
+            .lines()
+            .find_map(|l| {
+                l.split_once(": ")?
+                    .1
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("{said}"));
+        eprintln!("figure: installed package, systemd-analyze security {unit}: {score}");
+        assert!(score <= 4.0, "{unit}: {score}\n{said}");
+    }
+
+    // Another local user: nothing of the device's, not the token in any form.
+    container.must("useradd -M tester && useradd -M -G roost ecologist");
+    let recording =
+        container.out("find /var/lib/roost/storages/recordings -name '*.wav' | head -n1");
+    let report = container.out("ls -d /run/roost/*/recorder-report.json | head -n1");
+    for file in [
+        recording.as_str(),
+        "/var/lib/roost/storages/metadata.db",
+        "/var/lib/roost/status.json",
+        "/var/lib/roost/history.json",
+        report.as_str(),
+        "/etc/roost/deployment.yaml",
+        "/etc/roost/page-password",
+        "/etc/systemd/system/roost-env/roost-device-uploader.service.env",
+    ] {
+        let out = container.sh(&format!("runuser -u tester -- cat {file}"));
+        assert!(!out.status.success(), "another user reads {file}");
+    }
+    let unit =
+        container.out("runuser -u tester -- cat /etc/systemd/system/roost-device-uploader.service");
+    assert!(
+        unit.contains("EnvironmentFile=") && !unit.contains("tok-s3cr3t"),
+        "{unit}"
+    );
+    let shown = container
+        .out("runuser -u tester -- systemctl show -p Environment roost-device-uploader.service");
+    assert!(!shown.contains("tok-s3cr3t"), "{shown}");
+    // The component still gets it.
+    let pid = container.show("roost-device-uploader.service", "MainPID");
+    assert!(
+        container
+            .out(&format!("tr '\\0' '\\n' < /proc/{pid}/environ"))
+            .contains("UPLOAD_TOKEN=tok-s3cr3t-4711")
+    );
+    // A person in the group roost reads recordings and status.
+    for file in [recording.as_str(), "/var/lib/roost/status.json"] {
+        container.must(&format!("runuser -u ecologist -- cat {file} > /dev/null"));
+    }
     container.stop();
 }
 

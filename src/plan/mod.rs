@@ -59,7 +59,16 @@ impl Desired {
         for i in order {
             let c = &spec.components[i];
             let restart_policy = c.effective_restart_policy(spec.restart_policy);
-            let hash_input = serde_json::json!({"component": c, "restartPolicy": restart_policy, "backoff": spec.backoff});
+            // `envFile`: a unit an older roost wrote holds env: values in clear; a new hash has
+            // it rewritten (and the component restarted once) with an environment file.
+            let hash_input = match c.env.is_empty() {
+                true => {
+                    serde_json::json!({"component": c, "restartPolicy": restart_policy, "backoff": spec.backoff})
+                }
+                false => {
+                    serde_json::json!({"component": c, "restartPolicy": restart_policy, "backoff": spec.backoff, "envFile": 1})
+                }
+            };
             components.push(DesiredComponent {
                 run: ComponentRun {
                     deployment: d.metadata.name.to_string(),

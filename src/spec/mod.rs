@@ -178,9 +178,9 @@ pub struct PageSpec {
     /// `0.0.0.0:8080` is every network the device is on.
     #[serde(default = "default_listen")]
     pub listen: ListenAddress,
-    /// A file whose first line is the page's password (mode 0600 or 0640, owner root or the
-    /// `roost` user); the browser asks for it (HTTP Basic, any user name). Without it anyone
-    /// who reaches `listen` sees the page.
+    /// A file whose first line is the page's password, readable by the user the page runs as
+    /// (`chown root:roost FILE && chmod 0640 FILE`); the browser asks for it (HTTP Basic, any
+    /// user name). Without it anyone who reaches `listen` sees the page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<AbsolutePath>,
 }
@@ -261,7 +261,8 @@ pub struct ComponentSpec {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SandboxSpec {
-    /// Folders it may write (made when missing); everything else is read-only to it.
+    /// Folders it may write (they must exist and be writable by its user: roost never changes
+    /// their owner); everything else is read-only to it.
     #[serde(default)]
     pub writable_paths: Vec<AbsolutePath>,
     /// It may use IPv4/IPv6 (default: no network at all).
@@ -282,7 +283,8 @@ impl ComponentSpec {
         Some(crate::sandbox::Confinement {
             user: self.user.as_ref().map(|u| u.as_str().to_string()),
             hardened: self.sandbox.is_some(),
-            writable: sandbox
+            writable: Vec::new(),
+            shared: sandbox
                 .writable_paths
                 .iter()
                 .map(|p| p.as_path().to_path_buf())

@@ -62,7 +62,7 @@ pub fn directives(c: &Confinement, privileged: bool) -> Result<String, String> {
         // tries something optional (a priority) goes on without it.
         "SystemCallErrorNumber=EPERM\n",
     ));
-    for path in &c.writable {
+    for path in c.writable.iter().chain(&c.shared) {
         let path = path
             .to_str()
             .ok_or_else(|| format!("writable path {path:?} is not valid UTF-8"))?;
@@ -153,6 +153,7 @@ mod tests {
             user: Some("roost".into()),
             hardened: true,
             writable: vec!["/var/lib/roost".into(), "/srv/card 1/storage".into()],
+            shared: vec![],
             network,
             audio,
             own_code_only: true,
