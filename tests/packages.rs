@@ -900,7 +900,9 @@ fn the_installed_package_keeps_recordings_secrets_and_the_site_from_other_users(
         let score: f64 = said
             .lines()
             .find_map(|l| {
-                l.split_once(": ")?
+                l.split_once("Overall exposure level for ")?
+                    .1
+                    .split_once(": ")?
                     .1
                     .split_whitespace()
                     .next()?
