@@ -53,7 +53,8 @@ impl DesiredSource {
                     return Loaded::Unchanged;
                 }
                 self.last_content_hash = Some(hash.clone());
-                if let Err(e) = crate::fsutil::write_atomic(&self.last_good, &bytes) {
+                // A copy of the desired state holds every env: value: root's alone (0600).
+                if let Err(e) = crate::fsutil::write_private(&self.last_good, &bytes) {
                     tracing::warn!(error = %e, "cannot keep a copy of the desired state");
                 }
                 Loaded::Valid {

@@ -10,6 +10,26 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     replace(path, bytes, true, 0o666)
 }
 
+/// [`replace_quietly`] for a file other users' programs read (node_exporter's text file): mode
+/// 0644 whatever roost's umask.
+pub fn replace_public(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    replace(path, bytes, false, 0o644).and_then(|()| {
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+    })
+}
+
+/// Makes `dir` and its missing parents; the parents made here are left traversable by every
+/// user (0755: roost's umask would make them 0750, and the built-ins' user could not reach
+/// `dir`), `dir` itself gets roost's umask.
+pub fn create_dir_all_traversable(dir: &Path) -> std::io::Result<()> {
+    let missing: Vec<&Path> = dir.ancestors().take_while(|a| !a.exists()).collect();
+    std::fs::create_dir_all(dir)?;
+    for parent in missing.iter().skip(1) {
+        std::fs::set_permissions(parent, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    }
+    Ok(())
+}
+
 /// [`write_atomic`] for a file only its owner may read (mode 0600 from its creation on, never
 /// wider for an instant): environment files holding a component's secrets.
 pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -170,12 +190,40 @@ fn ram_target(state_dir: &Path) -> Option<std::path::PathBuf> {
             return None;
         }
         let target = base.join(escape_path(&state));
-        std::fs::create_dir_all(&target).ok()?;
+        if !target.is_dir() {
+            create_dir_all_traversable(&target).ok()?;
+            // Made by roost (root) after a reboot emptied /run: the built-ins write here.
+            crate::sandbox::give_to_builtins(&target);
+        }
         Some(target)
     })
 }
 
-fn is_ram_dir(path: &Path) -> bool {
+/// Where `<state-dir>/run` leads, when it is a link to a folder roost itself would have made
+/// (`<base>/<escaped state path>` under one of the run-time bases) and that folder is a real
+/// folder: a link pointed elsewhere (by a component that may not be trusted) is not followed.
+pub fn run_target(state_dir: &Path) -> Option<std::path::PathBuf> {
+    let link = run_dir(state_dir);
+    let target = std::fs::read_link(&link).ok()?;
+    let state = std::fs::canonicalize(state_dir).ok()?;
+    let name = escape_path(&state);
+    let bases = [
+        std::env::var_os("RUNTIME_DIRECTORY")
+            .and_then(|v| std::env::split_paths(&v).next())
+            .filter(|p| p.is_absolute()),
+        Some(std::path::PathBuf::from("/run/roost")),
+        std::env::var_os("XDG_RUNTIME_DIR")
+            .map(std::path::PathBuf::from)
+            .filter(|p| p.is_absolute())
+            .map(|p| p.join("roost")),
+    ];
+    let expected = bases.into_iter().flatten().any(|b| target == b.join(&name));
+    let real_dir = std::fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir());
+    (expected && real_dir).then_some(target)
+}
+
+/// Whether `path` is a folder on tmpfs or ramfs.
+pub fn is_ram_dir(path: &Path) -> bool {
     use nix::sys::statfs::{FsType, TMPFS_MAGIC, statfs};
     // ramfs has no constant in nix; its magic number is in linux/magic.h.
     let ramfs = FsType(0x8584_58f6_u32 as _);

@@ -10,6 +10,7 @@
 //! `roost` the package creates, when it exists and roost runs as root; otherwise roost's own
 //! user (a developer's machine, or a roost that is not root and so is already unprivileged).
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -56,7 +57,14 @@ pub fn builtin_user() -> Option<String> {
 fn look_up_builtin_user() -> Option<String> {
     match std::env::var(USER_VAR) {
         Ok(name) if name.is_empty() => None,
-        Ok(name) => Some(name),
+        // Written into units (`User=`): only a valid user name.
+        Ok(name) => match crate::spec::UserName::try_from(name) {
+            Ok(n) => Some(n.as_str().to_string()),
+            Err(why) => {
+                tracing::error!(%why, "{USER_VAR} ignored: the built-ins run as roost's own user");
+                None
+            }
+        },
         Err(_) => (nix::unistd::geteuid().is_root()
             && nix::unistd::User::from_name(SYSTEM_USER)
                 .ok()
@@ -67,20 +75,20 @@ fn look_up_builtin_user() -> Option<String> {
 }
 
 impl Confinement {
-    /// A built-in's: the built-ins' user, hardened, writing only `writable` (each folder
-    /// also by its resolved path, since `<state>/run` is a link to a RAM folder).
-    pub fn builtin(writable: &[&Path], network: bool, audio: bool, own_code_only: bool) -> Self {
-        let mut paths: Vec<PathBuf> = Vec::new();
-        for p in writable {
-            for q in [Some(p.to_path_buf()), std::fs::canonicalize(p).ok()]
-                .into_iter()
-                .flatten()
-            {
-                if !paths.contains(&q) {
-                    paths.push(q);
-                }
-            }
-        }
+    /// A built-in's: the built-ins' user, hardened, writing only `writable` as configured
+    /// (no link is resolved: a built-in may write the state folder and could point a link
+    /// anywhere) plus the run-time folder `<state>/run` leads to, when it is the one roost
+    /// made ([`crate::fsutil::run_target`]).
+    pub fn builtin(
+        state_dir: &Path,
+        writable: &[&Path],
+        network: bool,
+        audio: bool,
+        own_code_only: bool,
+    ) -> Self {
+        let mut paths: Vec<PathBuf> = writable.iter().map(|p| p.to_path_buf()).collect();
+        paths.extend(crate::fsutil::run_target(state_dir));
+        paths.dedup();
         Self {
             user: builtin_user(),
             hardened: true,
@@ -107,11 +115,86 @@ pub fn hand_over_writable(c: &Confinement) -> Result<(), String> {
     if identity.uid == nix::unistd::geteuid().as_raw() {
         return Ok(());
     }
-    for path in c.writable.iter().filter(|p| p.is_dir()) {
-        hand_over(path, &identity)
-            .map_err(|e| format!("cannot give {} to user {user}: {e}", path.display()))?;
+    // Every folder is tried: one that fails (a card without Unix owners) keeps none of the
+    // others from being handed over.
+    let problems: Vec<String> = c
+        .writable
+        .iter()
+        .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()))
+        .filter_map(|path| {
+            roosts_kind(path)
+                .and_then(|()| hand_over(path, &identity).map_err(|e| e.to_string()))
+                .err()
+                .map(|why| format!("cannot give {} to user {user}: {why}", path.display()))
+        })
+        .collect();
+    match problems.is_empty() {
+        true => Ok(()),
+        false => Err(problems.join("; ")),
+    }
+}
+
+/// Whether `folder` is of a kind roost may hand over whole: a state folder (it holds
+/// `roost.lock`), a run-time folder on a RAM file system, or a storage (only metadata.db,
+/// recordings/, .partial/, quarantine/, lost+found). Anything else (a home folder named as a
+/// storage by mistake) is refused, naming what it holds.
+fn roosts_kind(folder: &Path) -> Result<(), String> {
+    const STORAGE: &[&str] = &["recordings", ".partial", "quarantine", "lost+found"];
+    if folder.join("roost.lock").exists() || crate::fsutil::is_ram_dir(folder) {
+        return Ok(());
+    }
+    let entries = std::fs::read_dir(folder).map_err(|e| e.to_string())?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(STORAGE.contains(&name.as_str()) || name.starts_with(crate::storage::DB_FILE)) {
+            return Err(format!(
+                "it holds {name:?}, which is not a storage's: make it the user's yourself (`chown -R {SYSTEM_USER}: {}`) or name an empty folder",
+                folder.display()
+            ));
+        }
     }
     Ok(())
+}
+
+impl Confinement {
+    /// The same, run as roost's own user when `storage` lies on a file system without Unix
+    /// owners (FAT, exFAT, NTFS, FUSE: a card formatted on a PC and mounted without
+    /// `uid=roost`): the built-ins' user could not write there, and a recorder that cannot
+    /// write records nothing. The rest of the sandbox stays.
+    pub fn on_storage(mut self, storage: &Path) -> Self {
+        if foreign_fs(storage) {
+            self.user = None;
+        }
+        self
+    }
+}
+
+/// Whether the file system holding `path` (or its nearest existing folder) has no Unix owners.
+fn foreign_fs(path: &Path) -> bool {
+    use nix::sys::statfs::{FsType, MSDOS_SUPER_MAGIC, statfs};
+    let Some(existing) = path.ancestors().find(|a| a.exists()) else {
+        return false;
+    };
+    let foreign = [
+        MSDOS_SUPER_MAGIC,
+        FsType(0x2011_bab0_u32 as _), // exFAT
+        FsType(0x5346_544e_u32 as _), // NTFS (ntfs3)
+        FsType(0x6573_5546_u32 as _), // FUSE (ntfs-3g, exfat-fuse)
+    ];
+    statfs(existing).is_ok_and(|s| foreign.contains(&s.filesystem_type()))
+}
+
+/// Gives `folder` (one folder, just made by roost as root) to the built-ins' user, mode 2750;
+/// nothing when there is no such user or roost is not root.
+pub fn give_to_builtins(folder: &Path) {
+    let Some(user) = builtin_user() else { return };
+    let Ok(id) = Identity::of(&user, false) else {
+        return;
+    };
+    if nix::unistd::geteuid().is_root() {
+        let _ = std::os::unix::fs::lchown(folder, Some(id.uid), Some(id.gid));
+        let _ = std::fs::set_permissions(folder, std::fs::Permissions::from_mode(0o2750));
+    }
 }
 
 /// A user resolved to the ids a process takes.
@@ -210,19 +293,37 @@ pub fn restrict_umask() {
 /// The folder cannot be made or handed over (roost not root, a read-only file system).
 pub fn hand_over(folder: &Path, identity: &Identity) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
-    std::fs::create_dir_all(folder)?;
-    if std::fs::metadata(folder)?.uid() == identity.uid {
+    crate::fsutil::create_dir_all_traversable(folder)?;
+    let top = std::fs::symlink_metadata(folder)?;
+    if top.file_type().is_symlink() {
+        return Err(std::io::Error::other("it is a symbolic link: not followed"));
+    }
+    if top.uid() == identity.uid {
         return Ok(());
     }
-    walk(folder, &mut |path, meta| {
+    let give = |path: &Path, meta: &std::fs::Metadata| -> std::io::Result<()> {
         std::os::unix::fs::lchown(path, Some(identity.uid), Some(identity.gid))?;
         let mode = match meta.file_type() {
             t if t.is_dir() => 0o2750,
             t if t.is_file() => 0o640,
             _ => return Ok(()),
         };
-        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
-    })
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+    };
+    // Everything below first, the folder itself last: an interrupted walk (a crash, a file
+    // deleted meanwhile) leaves the folder root's, so the next start walks it again.
+    walk(folder, &mut |path, meta| match path == folder {
+        true => Ok(()),
+        false => gone_is_fine(give(path, meta)),
+    })?;
+    give(folder, &top)
+}
+
+fn gone_is_fine(result: std::io::Result<()>) -> std::io::Result<()> {
+    match result {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
 }
 
 /// Calls `each` on `root` and everything under it (symbolic links are not followed), deepest
@@ -240,7 +341,11 @@ fn walk(
         };
         each(&path, &meta)?;
         if meta.is_dir() {
-            for entry in std::fs::read_dir(&path)? {
+            let entries = match std::fs::read_dir(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                other => other?,
+            };
+            for entry in entries {
                 pending.push(entry?.path());
             }
         }
@@ -331,9 +436,54 @@ mod tests {
         std::fs::write(storage.join("later"), "x").unwrap();
         hand_over(&storage, &who).unwrap();
         assert_eq!(std::fs::metadata(storage.join("later")).unwrap().uid(), 0);
-        // A missing folder is made.
+        // A missing folder is made; the parents made with it stay passable for the user.
         hand_over(&dir.path().join("new/storage"), &who).unwrap();
         let m = std::fs::metadata(dir.path().join("new/storage")).unwrap();
         assert_eq!((m.uid(), m.mode() & 0o7777), (4242, 0o2750));
+        let parent = std::fs::metadata(dir.path().join("new")).unwrap();
+        assert_eq!((parent.uid(), parent.mode() & 0o777), (0, 0o755));
+    }
+
+    #[test]
+    fn links_and_folders_that_are_not_roosts_are_never_handed_over() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let who = Identity {
+            uid: 4244,
+            gid: 4244,
+            groups: vec![],
+        };
+        // A built-in that may write the state folder points a storage at a folder of root's.
+        let victim = dir.path().join("victim");
+        std::fs::create_dir_all(&victim).unwrap();
+        std::fs::write(victim.join("passwd"), "x").unwrap();
+        let link = dir.path().join("storages");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        assert!(hand_over(&link, &who).is_err());
+        // A home folder named as a storage by mistake.
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::write(home.join(".bashrc"), "x").unwrap();
+        let c = Confinement {
+            user: Some("root".into()),
+            writable: vec![link.clone(), home.clone()],
+            ..Confinement::default()
+        };
+        // root is roost's own user here: nothing to do at all.
+        assert!(hand_over_writable(&c).is_ok());
+        assert!(roosts_kind(&home).unwrap_err().contains(".bashrc"));
+        for p in [&victim, &victim.join("passwd"), &home] {
+            assert_eq!(std::fs::metadata(p).unwrap().uid(), 0, "{}", p.display());
+        }
+        // A storage and a state folder are roost's kind.
+        let storage = dir.path().join("storage");
+        std::fs::create_dir_all(storage.join("recordings")).unwrap();
+        std::fs::write(storage.join("metadata.db-wal"), "x").unwrap();
+        assert!(roosts_kind(&storage).is_ok());
+        std::fs::write(home.join("roost.lock"), "").unwrap();
+        assert!(roosts_kind(&home).is_ok());
     }
 }

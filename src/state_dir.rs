@@ -91,12 +91,15 @@ pub fn lock(root: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, LockError> 
         source,
     };
     std::fs::create_dir_all(root).map_err(create)?;
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(StateDir::new(root.to_path_buf()).lock())
-        .map_err(create)?;
+    let file = std::os::unix::fs::OpenOptionsExt::custom_flags(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true),
+        nix::libc::O_NOFOLLOW,
+    )
+    .open(StateDir::new(root.to_path_buf()).lock())
+    .map_err(create)?;
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
         LockError::Held {
             path: root.display().to_string(),

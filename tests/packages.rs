@@ -871,7 +871,7 @@ fn the_installed_package_keeps_recordings_secrets_and_the_site_from_other_users(
     );
     assert_eq!(
         container.out("stat -c '%U:%G %a' /etc/roost/deployment.yaml"),
-        "root:roost 640"
+        "root:root 640"
     );
     // The test signal (test equipment, readable by the recorder's user), then the deployment.
     container.must(

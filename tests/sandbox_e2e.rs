@@ -140,7 +140,12 @@ impl Device {
             detector.display(),
             password.display()
         );
-        std::fs::write(&file, recorder_deployment(name, &storage, &extra)).unwrap();
+        // A component of the file with credentials on its command line and in its environment,
+        // failing with them on stderr: none of it may reach status, reports or the page.
+        let leaky_component = "  components:\n    - name: uploader\n      command: [\"/bin/sh\", \"-c\", \"echo POST https://alice:hunter2@x.example/ >&2; sleep 1; exit 3\", \"--password=hunter2\"]\n      env: {API_TOKEN: ghp_0123456789abcdefghijABCDEFGHIJ012345}\n";
+        let yaml = recorder_deployment(name, &storage, &extra)
+            .replace("  components: []\n", leaky_component);
+        std::fs::write(&file, yaml).unwrap();
 
         let (fifo, conf) = (base.join("mic.fifo"), base.join("asound.conf"));
         let feed = Feed(
@@ -389,7 +394,15 @@ fn assert_confined_and_private(dev: &Device, builtins: &User) {
     let (code, page) = dev.get("/", Some(&basic(PAGE_PASSWORD)));
     assert_eq!(code, 200);
     assert_eq!(dev.get("/status.json", Some(&basic(PAGE_PASSWORD))).0, 404);
-    for text in [&report, &status, &view, &page] {
+    let texts = [
+        report,
+        status,
+        view.clone(),
+        page,
+        browsed(dev),
+        curled(dev),
+    ];
+    for text in &texts {
         for secret in SECRETS {
             assert!(!text.contains(secret), "{secret} leaked into {text}");
         }
@@ -398,6 +411,62 @@ fn assert_confined_and_private(dev: &Device, builtins: &User) {
         !view.contains("51.76") && !view.contains("-1.26"),
         "the site's location: {view}"
     );
+}
+
+/// The page's view as curl gets it with the password (and 401 without, and with a wrong one).
+fn curled(dev: &Device) -> String {
+    let url = format!("http://127.0.0.1:{}/api/view.json", dev.port);
+    let code = |args: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(args)
+            .arg(&url)
+            .output()
+            .expect("curl (Debian package curl)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(code(&[]), "401");
+    assert_eq!(code(&["-u", "anyone:not it"]), "401");
+    assert_eq!(code(&["-u", &format!("anyone:{PAGE_PASSWORD}")]), "200");
+    let out = Command::new("curl")
+        .args(["-s", "-u", &format!("anyone:{PAGE_PASSWORD}")])
+        .arg(&url)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The page after its scripts ran in headless Chromium, logged in with the password in the
+/// URL; without it the browser gets the refusal.
+fn browsed(dev: &Device) -> String {
+    let profile = dev.base.join("profile");
+    let dump = |url: &str| {
+        let out = Command::new("chromium")
+            .args([
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(["--virtual-time-budget=5000", "--dump-dom", url])
+            .output()
+            .expect("chromium (Debian package chromium)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let refused = dump(&format!("http://127.0.0.1:{}/", dev.port));
+    // Chromium shows nothing of a page that asks for a password it was not given.
+    assert!(
+        !refused.contains("uploader") && !refused.contains("recorder"),
+        "{refused}"
+    );
+    let user = PAGE_PASSWORD.replace(' ', "%20");
+    let page = dump(&format!("http://anyone:{user}@127.0.0.1:{}/", dev.port));
+    assert!(
+        page.contains("uploader") && page.contains("recorder"),
+        "{page}"
+    );
+    page
 }
 
 #[test]

@@ -50,8 +50,13 @@ impl Builtin for Connect {
         let (restart, stop) = (crate::spec::RestartPolicy::Always, Duration::from_secs(5));
         let run_dir = crate::fsutil::run_dir(&self.state_dir);
         // The outbox (in the state folder) and its report; the network.
-        let mut confinement =
-            crate::sandbox::Confinement::builtin(&[&self.state_dir, &run_dir], true, false, true);
+        let mut confinement = crate::sandbox::Confinement::builtin(
+            &self.state_dir,
+            &[&self.state_dir, &run_dir],
+            true,
+            false,
+            true,
+        );
         // node_exporter's textfile folder: written, never taken over.
         if let Some(folder) = (d.spec.connect.as_ref())
             .and_then(|c| c.prometheus.as_ref())

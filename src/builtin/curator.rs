@@ -56,11 +56,13 @@ impl Builtin for Curator {
         // interpreters with a JIT (no W^X rule).
         let network = d.spec.detectors.iter().any(|det| det.network);
         let confinement = crate::sandbox::Confinement::builtin(
+            &self.state_dir,
             &[&storage, &self.state_dir, &run_dir],
             network,
             false,
             false,
-        );
+        )
+        .on_storage(&storage);
         Some(
             self.configured()
                 .run(d, &config, restart, stop, confinement),

@@ -62,6 +62,7 @@ impl Builtin for Page {
             Duration::from_secs(2),
             // Reads everything it shows; writes only its spectrogram cache (run folder).
             crate::sandbox::Confinement::builtin(
+                &self.state_dir,
                 &[&crate::fsutil::run_dir(&self.state_dir)],
                 true,
                 false,

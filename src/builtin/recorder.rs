@@ -61,11 +61,13 @@ impl Builtin for Recorder {
         let run_dir = crate::fsutil::run_dir(&self.state_dir);
         // Its storage and reports, the sound devices, no network, only roost's own code.
         let confinement = crate::sandbox::Confinement::builtin(
+            &self.state_dir,
             &[&storage, &self.state_dir, &run_dir],
             false,
             true,
             true,
-        );
+        )
+        .on_storage(&storage);
         Some(
             self.configured()
                 .run(d, &config, restart, STOP_TIMEOUT, confinement),
@@ -86,7 +88,7 @@ impl Builtin for Recorder {
                 .check_mounted()
                 .is_ok()
         {
-            let _ = std::fs::create_dir_all(&storage);
+            let _ = crate::fsutil::create_dir_all_traversable(&storage);
         }
         Ok(())
     }

@@ -561,7 +561,8 @@ impl Connector {
             &self.report,
             &self.cfg.device_id,
         );
-        if let Err(e) = crate::fsutil::replace_quietly(p.textfile.as_path(), text.as_bytes()) {
+        // Read by node_exporter, another user: 0644 (nothing in it is secret).
+        if let Err(e) = crate::fsutil::replace_public(p.textfile.as_path(), text.as_bytes()) {
             tracing::warn!(error = %e, file = %p.textfile.as_path().display(), "cannot write the Prometheus text file");
         }
     }

@@ -151,9 +151,7 @@ impl ProcessRuntime {
         let bytes = serde_json::to_vec(&records).expect("records serialize");
         // No fsync: this file only matters while the machine stays up (after a power cut no
         // child survives), and the rename alone keeps it whole.
-        let tmp = self.pids_file.with_extension("json.tmp");
-        let result =
-            std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, &self.pids_file));
+        let result = crate::fsutil::replace_quietly(&self.pids_file, &bytes);
         if let Err(e) = result {
             tracing::warn!(error = %e, path = %self.pids_file.display(), "cannot record child pids");
         }
@@ -571,11 +569,14 @@ struct LogFile {
 impl LogFile {
     fn open(dir: &Path, name: &str, max: u64) -> Result<Self, RuntimeError> {
         let path = dir.join(format!("{name}.log"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| RuntimeError::io(format!("cannot open log {}", path.display()), e))?;
+        // The logs folder may be writable by the built-ins' user: never follow a link planted
+        // there (roost, root, would append to whatever it names).
+        let file = std::os::unix::fs::OpenOptionsExt::custom_flags(
+            std::fs::OpenOptions::new().create(true).append(true),
+            nix::libc::O_NOFOLLOW,
+        )
+        .open(&path)
+        .map_err(|e| RuntimeError::io(format!("cannot open log {}", path.display()), e))?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         Ok(Self {
             path,
@@ -623,10 +624,11 @@ impl LogFile {
             let _ = std::fs::rename(rotated(&self.path, i), rotated(&self.path, i + 1));
         }
         let _ = std::fs::rename(&self.path, rotated(&self.path, 1));
-        match std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
+        match std::os::unix::fs::OpenOptionsExt::custom_flags(
+            std::fs::OpenOptions::new().create(true).append(true),
+            nix::libc::O_NOFOLLOW,
+        )
+        .open(&self.path)
         {
             Ok(f) => {
                 self.file = f;

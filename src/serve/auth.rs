@@ -54,9 +54,26 @@ pub fn judge(file: Option<&Path>, authorization: Option<&[u8]>) -> Verdict {
         return Verdict::Ask;
     };
     match given_password(header) {
-        Some(given) if bool::from(given.as_slice().ct_eq(&password)) => Verdict::Allowed,
+        Some(given) if same(&given, &password) => Verdict::Allowed,
         _ => Verdict::Wrong,
     }
+}
+
+/// Longest password compared (longer ones never match); both sides are padded to it so the
+/// time taken says nothing about the password's length either.
+const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// `given == password` in time independent of where they differ and of their lengths.
+fn same(given: &[u8], password: &[u8]) -> bool {
+    let pad = |b: &[u8]| {
+        let mut out = [0u8; MAX_PASSWORD_BYTES];
+        let n = b.len().min(MAX_PASSWORD_BYTES);
+        out[..n].copy_from_slice(&b[..n]);
+        out
+    };
+    let lengths = (given.len() as u64).ct_eq(&(password.len() as u64));
+    let fits = u8::from(given.len() <= MAX_PASSWORD_BYTES).ct_eq(&1);
+    bool::from(pad(given).ct_eq(&pad(password)) & lengths & fits)
 }
 
 /// The password of a `Basic base64(user:password)` header value.
@@ -98,7 +115,14 @@ mod tests {
             Verdict::Allowed
         );
         assert_eq!(judge(f, Some(&basic(":c0rrect horse"))), Verdict::Allowed);
-        for wrong in ["any:c0rrect", "any:c0rrect horse ", "c0rrect horse", "any:"] {
+        let long = format!("any:c0rrect horse{}", "x".repeat(2000));
+        for wrong in [
+            "any:c0rrect",
+            "any:c0rrect horse ",
+            "c0rrect horse",
+            "any:",
+            &long,
+        ] {
             assert_eq!(judge(f, Some(&basic(wrong))), Verdict::Wrong, "{wrong}");
         }
         for odd in [&b"Bearer abc"[..], b"Basic", b"Basic !!!", b"\xff\xfe", b""] {
