@@ -171,9 +171,10 @@ pub fn read_run_file(state_dir: &Path, name: &str) -> Option<Vec<u8>> {
 }
 
 /// A folder on tmpfs or ramfs for this state folder, made if needed; `None` when none can be.
-fn ram_target(state_dir: &Path) -> Option<std::path::PathBuf> {
-    let state = std::fs::canonicalize(state_dir).ok()?;
-    let bases = [
+/// The run-time bases, in the order they are tried: `$RUNTIME_DIRECTORY` (systemd's
+/// `RuntimeDirectory=`), `/run/roost`, `$XDG_RUNTIME_DIR/roost`.
+pub fn run_bases() -> Vec<std::path::PathBuf> {
+    let mut bases: Vec<std::path::PathBuf> = [
         std::env::var_os("RUNTIME_DIRECTORY")
             .and_then(|v| std::env::split_paths(&v).next())
             .filter(|p| p.is_absolute()),
@@ -182,8 +183,17 @@ fn ram_target(state_dir: &Path) -> Option<std::path::PathBuf> {
             .map(std::path::PathBuf::from)
             .filter(|p| p.is_absolute())
             .map(|p| p.join("roost")),
-    ];
-    bases.into_iter().flatten().find_map(|base| {
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    bases.dedup();
+    bases
+}
+
+fn ram_target(state_dir: &Path) -> Option<std::path::PathBuf> {
+    let state = std::fs::canonicalize(state_dir).ok()?;
+    run_bases().into_iter().find_map(|base| {
         // Judged before anything is made, so no folder is left on a disk-backed /run.
         let existing = base.ancestors().find(|a| a.exists())?;
         if !is_ram_dir(existing) {
@@ -207,17 +217,7 @@ pub fn run_target(state_dir: &Path) -> Option<std::path::PathBuf> {
     let target = std::fs::read_link(&link).ok()?;
     let state = std::fs::canonicalize(state_dir).ok()?;
     let name = escape_path(&state);
-    let bases = [
-        std::env::var_os("RUNTIME_DIRECTORY")
-            .and_then(|v| std::env::split_paths(&v).next())
-            .filter(|p| p.is_absolute()),
-        Some(std::path::PathBuf::from("/run/roost")),
-        std::env::var_os("XDG_RUNTIME_DIR")
-            .map(std::path::PathBuf::from)
-            .filter(|p| p.is_absolute())
-            .map(|p| p.join("roost")),
-    ];
-    let expected = bases.into_iter().flatten().any(|b| target == b.join(&name));
+    let expected = run_bases().into_iter().any(|b| target == b.join(&name));
     let real_dir = std::fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir());
     (expected && real_dir).then_some(target)
 }

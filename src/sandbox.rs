@@ -93,7 +93,10 @@ impl Confinement {
             user: builtin_user(),
             hardened: true,
             writable: paths,
-            shared: Vec::new(),
+            // The run-time bases themselves (root's, 0711: the mount is what they open), so that
+            // a folder roost makes there after the unit started (a boot that started the unit
+            // before roost) is writable without a restart.
+            shared: crate::fsutil::run_bases(),
             network,
             audio,
             own_code_only,
@@ -117,10 +120,14 @@ pub fn hand_over_writable(c: &Confinement) -> Result<(), String> {
     }
     // Every folder is tried: one that fails (a card without Unix owners) keeps none of the
     // others from being handed over.
+    use std::os::unix::fs::MetadataExt;
     let problems: Vec<String> = c
         .writable
         .iter()
-        .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()))
+        // Folders that are not links and not the user's yet: the usual start costs one stat.
+        .filter(|p| {
+            std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir() && m.uid() != identity.uid)
+        })
         .filter_map(|path| {
             roosts_kind(path)
                 .and_then(|()| hand_over(path, &identity).map_err(|e| e.to_string()))

@@ -647,7 +647,7 @@ fn the_amd64_package_installs_upgrades_and_goes_away_as_on_a_device() {
     ] {
         container.must(&format!("test -f {path}"));
     }
-    assert_eq!(container.out("stat -c %a /var/lib/roost"), "750");
+    assert_eq!(container.out("stat -c %a /var/lib/roost"), "2750");
     assert_eq!(
         container.out("dpkg-query -W -f '${Conffiles}' roost | awk '{print $1}'"),
         "/etc/roost/deployment.yaml"
@@ -886,6 +886,7 @@ fn the_installed_package_keeps_recordings_secrets_and_the_site_from_other_users(
     );
     container.must(&format!(
         "cat > /etc/roost/deployment.yaml.new <<'EOF'\n{PRIVATE_DEPLOYMENT}EOF\n\
+         chmod 0640 /etc/roost/deployment.yaml.new && \
          mv /etc/roost/deployment.yaml.new /etc/roost/deployment.yaml"
     ));
     container.wait_for(
