@@ -19,7 +19,7 @@
 use std::borrow::Cow;
 use std::sync::LazyLock;
 
-use regex::{Captures, Regex};
+use regex_lite::{Captures, Regex};
 
 /// What replaces a secret.
 pub const REDACTED: &str = "<redacted>";

@@ -164,6 +164,27 @@ fn roosts_kind(folder: &Path) -> Result<(), String> {
 }
 
 impl Confinement {
+    /// A built-in that works on `storage` (recorder, curator): it writes its storage, the state
+    /// folder and the run-time folder, and runs as roost's own user on a storage without Unix
+    /// owners ([`Confinement::on_storage`]).
+    pub fn storage_builtin(
+        state_dir: &Path,
+        storage: &Path,
+        network: bool,
+        audio: bool,
+        own_code_only: bool,
+    ) -> Self {
+        let run_dir = crate::fsutil::run_dir(state_dir);
+        Self::builtin(
+            state_dir,
+            &[storage, state_dir, &run_dir],
+            network,
+            audio,
+            own_code_only,
+        )
+        .on_storage(storage)
+    }
+
     /// The same, run as roost's own user when `storage` lies on a file system without Unix
     /// owners (FAT, exFAT, NTFS, FUSE: a card formatted on a PC and mounted without
     /// `uid=roost`): the built-ins' user could not write there, and a recorder that cannot

@@ -529,31 +529,11 @@ async fn built_ins_run_confined_under_systemd_and_score_ok() {
         let text =
             std::fs::read_to_string(sb.dir().join("config/systemd/user").join(&unit)).unwrap();
         assert!(text.contains(&format!("User={}", builtins.name)), "{text}");
-        let out = Command::new("systemd-analyze")
-            .args(["security", "--user", &unit])
+        let mut cmd = Command::new("systemd-analyze");
+        cmd.args(["security", "--user", &unit])
             .env("XDG_RUNTIME_DIR", sb.dir().join("xdg"))
-            .env("DBUS_SESSION_BUS_ADDRESS", sb.bus_address())
-            .output()
-            .unwrap();
-        let said = String::from_utf8_lossy(&out.stdout);
-        let score: f64 = said
-            .lines()
-            .find_map(|l| {
-                l.split_once("Overall exposure level for ")?
-                    .1
-                    .split_once(": ")?
-                    .1
-                    .split_whitespace()
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or_else(|| {
-                panic!(
-                    "no exposure for {unit}: {said} {}",
-                    String::from_utf8_lossy(&out.stderr)
-                )
-            });
+            .env("DBUS_SESSION_BUS_ADDRESS", sb.bus_address());
+        let (score, said) = exposure(&mut cmd, &unit);
         eprintln!("figure: systemd-analyze security {unit}: {score}");
         assert!(score <= 4.0, "{unit} exposure {score}:\n{said}");
     }
@@ -603,35 +583,36 @@ fn every_built_in_unit_scores_ok_offline() {
         let text =
             roost::runtime::systemd::unit::render(&run, &opts, &dir.path().join("env")).unwrap();
         std::fs::write(&path, text).unwrap();
-        let out = Command::new("systemd-analyze")
-            .args(["security", "--offline=true"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        let said = String::from_utf8_lossy(&out.stdout);
-        let score: f64 = said
-            .lines()
-            .find_map(|l| {
-                l.split_once("Overall exposure level for ")?
-                    .1
-                    .split_once(": ")?
-                    .1
-                    .split_whitespace()
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or_else(|| {
-                panic!(
-                    "no exposure for {unit}: {said} {}",
-                    String::from_utf8_lossy(&out.stderr)
-                )
-            });
+        let mut cmd = Command::new("systemd-analyze");
+        cmd.args(["security", "--offline=true"]).arg(&path);
+        let (score, said) = exposure(&mut cmd, &unit);
         eprintln!("figure: systemd-analyze security --offline {unit}: {score}");
         if run.confinement.is_none() {
             assert!(score > 9.0, "unconfined scores {score}");
             continue;
         }
         assert!(score <= 4.0, "{unit} exposure {score}:\n{said}");
+    }
+}
+
+/// The overall exposure `systemd-analyze security` gives `unit`, and all it said.
+fn exposure(cmd: &mut Command, unit: &str) -> (f64, String) {
+    let out = cmd.output().expect("systemd-analyze");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let score = said.lines().find_map(|l| {
+        let (_, rest) = l.split_once("Overall exposure level for ")?;
+        rest.split_once(": ")?
+            .1
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    });
+    match score {
+        Some(score) => (score, said),
+        None => panic!(
+            "no exposure for {unit}: {said} {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
     }
 }

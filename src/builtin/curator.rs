@@ -51,18 +51,16 @@ impl Builtin for Curator {
         let config = CurateConfig::from_deployment(d, &self.state_dir)?;
         let (restart, stop) = (crate::spec::RestartPolicy::Always, Duration::from_secs(10));
         let storage = config.storage_path();
-        let run_dir = crate::fsutil::run_dir(&self.state_dir);
         // Its storage and report; no network unless a detector asks for it; detectors may be
         // interpreters with a JIT (no W^X rule).
         let network = d.spec.detectors.iter().any(|det| det.network);
-        let confinement = crate::sandbox::Confinement::builtin(
+        let confinement = crate::sandbox::Confinement::storage_builtin(
             &self.state_dir,
-            &[&storage, &self.state_dir, &run_dir],
+            &storage,
             network,
             false,
             false,
-        )
-        .on_storage(&storage);
+        );
         Some(
             self.configured()
                 .run(d, &config, restart, stop, confinement),

@@ -58,16 +58,14 @@ impl Builtin for Recorder {
             .restart_policy
             .unwrap_or(d.spec.restart_policy);
         let storage = config.storage_path(&self.state_dir);
-        let run_dir = crate::fsutil::run_dir(&self.state_dir);
         // Its storage and reports, the sound devices, no network, only roost's own code.
-        let confinement = crate::sandbox::Confinement::builtin(
+        let confinement = crate::sandbox::Confinement::storage_builtin(
             &self.state_dir,
-            &[&storage, &self.state_dir, &run_dir],
+            &storage,
             false,
             true,
             true,
-        )
-        .on_storage(&storage);
+        );
         Some(
             self.configured()
                 .run(d, &config, restart, STOP_TIMEOUT, confinement),
