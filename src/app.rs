@@ -200,10 +200,6 @@ pub fn check(file: &Path, state_dir: &Path) -> CheckReport {
     if let Some(d) = &deployment {
         next_window(d, jiff::Timestamp::now(), &mut notes, &mut warnings);
         warnings.extend(exposure_warnings(d));
-        // The file itself holds the site's location and every env: value.
-        if let Some(why) = crate::secret_file::exposed("the desired state", file) {
-            warnings.push(format!("{} {why}", errors::SECRET_EXPOSED.code));
-        }
         warnings.extend(page_open_warning(d));
     }
     CheckReport {

@@ -226,10 +226,7 @@ impl FileWatcher {
     }
 
     fn relevant(&self, ev: &notify::Event) -> bool {
-        if matches!(
-            ev.kind,
-            EventKind::Access(AccessKind::Open(_)) | EventKind::Access(AccessKind::Read)
-        ) {
+        if !may_change(&ev.kind) {
             return false;
         }
         ev.paths.iter().any(|p| {
@@ -378,6 +375,22 @@ fn writable_fd(fdinfo: &Path) -> bool {
         .is_some_and(|flags| flags & 0o3 != 0)
 }
 
+/// Whether an event may mean a file's content or name changed: everything but a reader's open,
+/// read and close. Another program reading a watched report (roost reads every component's, the
+/// page and the connector read status.json) is no news, and taking it for news makes a loop of
+/// wake-ups and rewrites between components.
+pub fn may_change(kind: &EventKind) -> bool {
+    !matches!(
+        kind,
+        EventKind::Access(
+            AccessKind::Open(_)
+                | AccessKind::Read
+                | AccessKind::Close(AccessMode::Read)
+                | AccessKind::Close(AccessMode::Execute)
+        )
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -404,6 +417,27 @@ mod tests {
         assert!(set.dirs.contains(r), "{set:?}");
         assert!(set.names.contains(&OsString::from("current")));
         assert!(set.dirs.contains(&r.join("rev-abc")));
+    }
+
+    #[test]
+    fn a_reader_is_no_news_a_writer_is() {
+        use notify::event::{CreateKind, DataChange, RenameMode};
+        for read in [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Read),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+        ] {
+            assert!(!may_change(&read), "{read:?}");
+        }
+        for change in [
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Remove(notify::event::RemoveKind::File),
+        ] {
+            assert!(may_change(&change), "{change:?}");
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -163,10 +163,12 @@ impl RecorderWatch {
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
                 let Ok(event) = event else { return };
-                if event
-                    .paths
-                    .iter()
-                    .any(|p| p.file_name().map(|n| n.to_os_string()) == name)
+                // The recorder's report read by roost or the page is no new file.
+                if crate::watch::may_change(&event.kind)
+                    && event
+                        .paths
+                        .iter()
+                        .any(|p| p.file_name().map(|n| n.to_os_string()) == name)
                 {
                     let _ = tx.send(Wake::Look);
                 }
