@@ -202,8 +202,6 @@ fn ram_target(state_dir: &Path) -> Option<std::path::PathBuf> {
         let target = base.join(escape_path(&state));
         if !target.is_dir() {
             create_dir_all_traversable(&target).ok()?;
-            // Made by roost (root) after a reboot emptied /run: the built-ins write here.
-            crate::sandbox::give_to_builtins(&target);
         }
         Some(target)
     })

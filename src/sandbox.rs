@@ -212,14 +212,16 @@ fn foreign_fs(path: &Path) -> bool {
     statfs(existing).is_ok_and(|s| foreign.contains(&s.filesystem_type()))
 }
 
-/// Gives `folder` (one folder, just made by roost as root) to the built-ins' user, mode 2750;
-/// nothing when there is no such user or roost is not root.
+/// Gives `folder` (one folder roost made as root: the run-time folder) to the built-ins' user,
+/// mode 2750; nothing when it is theirs already, there is no such user or roost is not root.
 pub fn give_to_builtins(folder: &Path) {
     let Some(user) = builtin_user() else { return };
     let Ok(id) = Identity::of(&user, false) else {
         return;
     };
-    if nix::unistd::geteuid().is_root() {
+    use std::os::unix::fs::MetadataExt;
+    let theirs = std::fs::symlink_metadata(folder).is_ok_and(|m| m.uid() == id.uid);
+    if nix::unistd::geteuid().is_root() && !theirs {
         let _ = std::os::unix::fs::lchown(folder, Some(id.uid), Some(id.gid));
         let _ = std::fs::set_permissions(folder, std::fs::Permissions::from_mode(0o2750));
     }

@@ -84,7 +84,7 @@ impl Desired {
                     restart_policy,
                     backoff: spec.backoff,
                     stop_timeout: c.stop_timeout.as_std(),
-                    confinement: c.confinement(),
+                    confinement: confinement_of(c),
                 },
                 depends_on: c.depends_on.iter().map(|n| n.to_string()).collect(),
             });
@@ -703,6 +703,28 @@ pub fn describe_exit(exit: &ExitInfo) -> String {
         (Some(code), None) => format!("code {code}"),
         (None, None) => "an unknown status".into(),
     }
+}
+
+/// A component's user and sandbox from its `user:` and `sandbox:`, `None` when it asks for
+/// neither.
+fn confinement_of(c: &crate::spec::ComponentSpec) -> Option<crate::sandbox::Confinement> {
+    if c.user.is_none() && c.sandbox.is_none() {
+        return None;
+    }
+    let sandbox = c.sandbox.clone().unwrap_or_default();
+    Some(crate::sandbox::Confinement {
+        user: c.user.as_ref().map(|u| u.as_str().to_string()),
+        hardened: c.sandbox.is_some(),
+        writable: Vec::new(),
+        shared: sandbox
+            .writable_paths
+            .iter()
+            .map(|p| p.as_path().to_path_buf())
+            .collect(),
+        network: sandbox.network || c.sandbox.is_none(),
+        audio: sandbox.audio,
+        own_code_only: false,
+    })
 }
 
 mod builtin;

@@ -119,6 +119,11 @@ impl<R: Runtime> Reconciler<R> {
                 source,
             }
         })?;
+        // Made again by roost (root) after a reboot emptied /run: the built-ins write there,
+        // including those the manager started at boot before roost (never prepared by it).
+        if let Some(target) = crate::fsutil::run_target(&cfg.state_dir) {
+            crate::sandbox::give_to_builtins(&target);
+        }
         let state = StateDir::new(cfg.state_dir.clone());
         let history = History::load(&state.history());
         let status_file = StatusFile {

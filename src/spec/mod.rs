@@ -273,29 +273,6 @@ pub struct SandboxSpec {
     pub audio: bool,
 }
 
-impl ComponentSpec {
-    /// Its user and sandbox, `None` when it asks for neither.
-    pub fn confinement(&self) -> Option<crate::sandbox::Confinement> {
-        if self.user.is_none() && self.sandbox.is_none() {
-            return None;
-        }
-        let sandbox = self.sandbox.clone().unwrap_or_default();
-        Some(crate::sandbox::Confinement {
-            user: self.user.as_ref().map(|u| u.as_str().to_string()),
-            hardened: self.sandbox.is_some(),
-            writable: Vec::new(),
-            shared: sandbox
-                .writable_paths
-                .iter()
-                .map(|p| p.as_path().to_path_buf())
-                .collect(),
-            network: sandbox.network || self.sandbox.is_none(),
-            audio: sandbox.audio,
-            own_code_only: false,
-        })
-    }
-}
-
 /// A problem found after parsing, located by its field path (e.g. `spec.components[1].dependsOn[0]`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldIssue {
