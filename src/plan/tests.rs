@@ -469,3 +469,39 @@ fn zero_initial_backoff_still_reports_and_slows_a_crash_loop() {
     );
     assert_eq!(p.errors[0].code, "DEP_E163");
 }
+
+#[test]
+fn user_and_sandbox_of_a_component_of_the_file() {
+    let yaml = |extra: &str| {
+        format!(
+            "apiVersion: roost/v1\nkind: Deployment\nmetadata: {{name: d}}\nspec:\n  components:\n    - name: up\n      command: [/bin/true]\n{extra}"
+        )
+    };
+    let load = |extra: &str| {
+        crate::spec::parse_str(std::path::Path::new("d.yaml"), &yaml(extra)).map(|d| {
+            let c = &d.spec.components[0];
+            (confinement_of(c), c.clone())
+        })
+    };
+    let (none, _) = load("").unwrap();
+    assert_eq!(
+        none, None,
+        "without user: or sandbox:, roost's own user, unconfined"
+    );
+    let (user_only, _) = load("      user: uploader\n").unwrap();
+    let user_only = user_only.unwrap();
+    assert_eq!(user_only.user.as_deref(), Some("uploader"));
+    assert!(!user_only.hardened && user_only.network);
+    let (boxed, _) = load("      sandbox: {writablePaths: [/srv/out], network: false}\n").unwrap();
+    let boxed = boxed.unwrap();
+    assert!(boxed.hardened && !boxed.network && boxed.user.is_none());
+    // Its folders are written, never handed over (they are not roost's).
+    assert!(boxed.writable.is_empty());
+    assert_eq!(boxed.shared, vec![std::path::PathBuf::from("/srv/out")]);
+    for bad in ["-x", "a b", "12345", "x\ny", ""] {
+        assert!(
+            load(&format!("      user: {bad:?}\n")).is_err(),
+            "user {bad:?} accepted"
+        );
+    }
+}
