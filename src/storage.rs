@@ -140,6 +140,10 @@ const MIGRATIONS: &[&str] = &[
         wall TEXT NOT NULL,
         wall_synced INTEGER NOT NULL
     );",
+    // 4: a recording's clip-level tags are looked up by their model output (the connector's
+    // detection messages); without this index each lookup read the whole table, a cost that
+    // grew with every recording ever analysed.
+    "CREATE INDEX IF NOT EXISTS predicted_tag_model_output ON predicted_tag(model_output_id);",
 ];
 
 /// Why a storage or its metadata.db cannot be used; each variant names the path concerned.
@@ -1480,6 +1484,28 @@ mod tests {
             w.write_sample(i as i16).unwrap();
         }
         w.finalize().unwrap();
+    }
+
+    #[test]
+    fn tags_are_found_by_their_model_output_through_an_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), &spec(0, OnLowSpace::Stop)).unwrap();
+        for column in ["model_output_id", "detection_id"] {
+            let plan: Vec<String> = s
+                .conn
+                .prepare(&format!(
+                    "EXPLAIN QUERY PLAN SELECT key FROM predicted_tag WHERE {column} = ?1 ORDER BY id"
+                ))
+                .unwrap()
+                .query_map(["x"], |r| r.get::<_, String>(3))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            assert!(
+                plan.iter().any(|step| step.contains("USING INDEX")),
+                "{column}: {plan:?}"
+            );
+        }
     }
 
     #[test]
