@@ -148,19 +148,7 @@ impl Device {
         std::fs::write(&file, yaml).unwrap();
 
         let (fifo, conf) = (base.join("mic.fifo"), base.join("asound.conf"));
-        let feed = Feed(
-            Command::new(ROOST)
-                .args(["feed", "--sample-rate", "16000", "--fifo"])
-                .arg(&fifo)
-                .arg("--alsa-config")
-                .arg(&conf)
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-        while !conf.exists() {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let feed = start_feed(&fifo, &conf, &[]);
         // Test equipment, not the device's: the built-ins' user reads the test signal.
         for p in [&fifo, &conf] {
             std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -176,6 +164,27 @@ impl Device {
             child: None,
             _feed: feed,
         }
+    }
+
+    /// Starts `roost run` with `args` (its runtime) and `envs`, the built-ins as `builtins`, the
+    /// run-time folder on this device's RAM folder, its log in `roost.log`.
+    fn start(&mut self, args: &[&str], envs: &[(&str, &std::ffi::OsStr)], builtins: &User) {
+        let child = Command::new(&self.roost)
+            .arg("run")
+            .args(args)
+            .arg("--file")
+            .arg(&self.file)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .envs(envs.iter().copied())
+            .env("ROOST_USER", &builtins.name)
+            .env("RUNTIME_DIRECTORY", self.base.join("runtime"))
+            .env("ROOST_LOG", "info")
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(self.base.join("roost.log")).unwrap())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
     }
 
     fn status(&self) -> Option<serde_json::Value> {
@@ -476,20 +485,12 @@ fn built_ins_run_unprivileged_under_the_process_runtime() {
     }
     let builtins = User::new("rsbp", None);
     let mut dev = Device::new("sbproc", &builtins);
-    let child = Command::new(&dev.roost)
-        .args(["run", "--runtime", "process", "--file"])
-        .arg(&dev.file)
-        .arg("--state-dir")
-        .arg(&dev.state)
-        .env("ALSA_CONFIG_PATH", &dev.conf)
-        .env("ROOST_USER", &builtins.name)
-        .env("RUNTIME_DIRECTORY", dev.base.join("runtime"))
-        .env("ROOST_LOG", "info")
-        .stdin(Stdio::null())
-        .stderr(std::fs::File::create(dev.base.join("roost.log")).unwrap())
-        .spawn()
-        .unwrap();
-    dev.child = Some(child);
+    let conf = dev.conf.clone();
+    dev.start(
+        &["--runtime", "process"],
+        &[("ALSA_CONFIG_PATH", conf.as_os_str())],
+        &builtins,
+    );
     assert_confined_and_private(&dev, &builtins);
 }
 
@@ -504,23 +505,18 @@ async fn built_ins_run_confined_under_systemd_and_score_ok() {
     // Units get the manager's environment, not roost's: the test's ALSA file plugin.
     let conf = format!("ALSA_CONFIG_PATH={}", dev.conf.display());
     assert!(sb.systemctl(&["set-environment", &conf]).status.success());
-    let child = Command::new(&dev.roost)
-        .args(["run", "--runtime", "systemd", "--user", "--file"])
-        .arg(&dev.file)
-        .arg("--state-dir")
-        .arg(&dev.state)
-        .env("DBUS_SESSION_BUS_ADDRESS", sb.bus_address())
-        .env("XDG_RUNTIME_DIR", sb.dir().join("xdg"))
-        .env("XDG_CONFIG_HOME", sb.dir().join("config"))
-        .env("HOME", sb.dir().join("home"))
-        .env("ROOST_USER", &builtins.name)
-        .env("RUNTIME_DIRECTORY", dev.base.join("runtime"))
-        .env("ROOST_LOG", "info")
-        .stdin(Stdio::null())
-        .stderr(std::fs::File::create(dev.base.join("roost.log")).unwrap())
-        .spawn()
-        .unwrap();
-    dev.child = Some(child);
+    let (bus, xdg) = (sb.bus_address(), sb.dir().join("xdg"));
+    let (config, home) = (sb.dir().join("config"), sb.dir().join("home"));
+    dev.start(
+        &["--runtime", "systemd", "--user"],
+        &[
+            ("DBUS_SESSION_BUS_ADDRESS", bus.as_ref()),
+            ("XDG_RUNTIME_DIR", xdg.as_os_str()),
+            ("XDG_CONFIG_HOME", config.as_os_str()),
+            ("HOME", home.as_os_str()),
+        ],
+        &builtins,
+    );
     assert_confined_and_private(&dev, &builtins);
 
     // Each built-in's unit, scored by systemd itself.

@@ -280,6 +280,26 @@ impl Drop for Feed {
     }
 }
 
+/// Starts the 16 kHz feeder writing `fifo` and its ALSA configuration `conf`, with more
+/// `feed_args`; returns once the configuration is written.
+pub fn start_feed(fifo: &Path, conf: &Path, feed_args: &[&str]) -> Feed {
+    let feed = Feed(
+        Command::new(ROOST)
+            .args(["feed", "--sample-rate", "16000", "--fifo"])
+            .arg(fifo)
+            .arg("--alsa-config")
+            .arg(conf)
+            .args(feed_args)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    while !conf.exists() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    feed
+}
+
 /// A deployment named `name` that records 16 kHz mono i16 in 1 s files into `storage`, with
 /// `extra_spec` (lines indented by 2) and no components.
 pub fn recorder_deployment(name: &str, storage: &Path, extra_spec: &str) -> String {
@@ -303,22 +323,8 @@ impl Roost {
 
     /// [`Roost::start_recording_with`] with extra environment for `roost run`.
     pub fn start_recording_env(&mut self, feed_args: &[&str], envs: &[(&str, &Path)]) -> Feed {
-        let fifo = self.path("mic.fifo");
         let conf = self.path("asound.conf");
-        let feed = Feed(
-            Command::new(ROOST)
-                .args(["feed", "--sample-rate", "16000", "--fifo"])
-                .arg(&fifo)
-                .arg("--alsa-config")
-                .arg(&conf)
-                .args(feed_args)
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-        while !conf.exists() {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let feed = start_feed(&self.path("mic.fifo"), &conf, feed_args);
         let child = Command::new(ROOST)
             .args(["run", "--runtime", "process", "--file"])
             .arg(&self.file)
