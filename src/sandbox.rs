@@ -383,54 +383,10 @@ fn walk(
     Ok(())
 }
 
-/// Who may read a file, from its mode and owner.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Exposure {
-    /// Only its owner (and root).
-    Owner,
-    /// Its owner and its group.
-    Group,
-    /// Every user of the device.
-    Everyone,
-}
-
-/// Who may read the file at `path`.
-///
-/// # Errors
-/// It cannot be looked at.
-pub fn exposure(path: &Path) -> std::io::Result<Exposure> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path)?.permissions().mode();
-    Ok(if mode & 0o004 != 0 {
-        Exposure::Everyone
-    } else if mode & 0o040 != 0 {
-        Exposure::Group
-    } else {
-        Exposure::Owner
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-
-    #[test]
-    fn exposure_follows_the_mode() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("secret");
-        std::fs::write(&f, "x").unwrap();
-        for (mode, want) in [
-            (0o600, Exposure::Owner),
-            (0o400, Exposure::Owner),
-            (0o640, Exposure::Group),
-            (0o644, Exposure::Everyone),
-            (0o604, Exposure::Everyone),
-        ] {
-            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
-            assert_eq!(exposure(&f).unwrap(), want, "{mode:o}");
-        }
-    }
+    use std::os::unix::fs::MetadataExt;
 
     #[test]
     fn a_folder_is_handed_over_whole_once() {
