@@ -256,7 +256,9 @@ pub struct RecordingRow {
     pub deployment_id: Option<String>,
 }
 
-/// What the start-up repair found and did. Reported, never silent.
+/// What the start-up repair found and did. Reported, never silent. A [`Storage::repair_step`]
+/// returns the paths of one batch; the recorder keeps the latest few of each list and counts
+/// them all in `progress` (a rebuilt archive of a year would otherwise list half a million).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RepairReport {
@@ -264,7 +266,7 @@ pub struct RepairReport {
     pub registered: Vec<PathBuf>,
     /// Files that could not be read, moved to quarantine/.
     pub quarantined: Vec<PathBuf>,
-    /// Rows whose file no longer exists, removed.
+    /// Rows whose file no longer exists, marked deleted (`deleted_by` missing).
     pub rows_removed: Vec<PathBuf>,
     /// Partial files (from a crash) completed and registered.
     pub salvaged: Vec<PathBuf>,
@@ -275,6 +277,48 @@ pub struct RepairReport {
     /// Unreadable metadata.db files moved aside (`metadata.db.bad-<time>`) and replaced.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub databases_set_aside: Vec<PathBuf>,
+    /// How far the repair has got, and what it did in numbers (absent in older reports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<RepairProgress>,
+}
+
+/// Where a repair is: checking rows, then walking files, then done.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RepairPhase {
+    /// Checking that each row's file is there, in rowid order.
+    #[default]
+    Rows,
+    /// Walking recordings/ for files without a row.
+    Files,
+    /// Files and rows agree.
+    Done,
+}
+
+/// A repair's progress and totals; the lists of [`RepairReport`] name only some of them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RepairProgress {
+    /// What it is doing now.
+    pub phase: RepairPhase,
+    /// Rows whose file has been looked for.
+    pub rows_checked: u64,
+    /// Files under recordings/ looked up in metadata.db.
+    pub files_checked: u64,
+    /// Files registered (they had no row).
+    pub registered: u64,
+    /// Rows marked deleted because their file is missing.
+    pub rows_removed: u64,
+    /// Files moved to quarantine/.
+    pub quarantined: u64,
+    /// Deletions finished (rows said deleted, files were still there).
+    pub deletions_finished: u64,
+    /// When this repair started (the recorder's wall clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+    /// When it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
 }
 
 impl RepairReport {
@@ -286,6 +330,101 @@ impl RepairReport {
             && self.salvaged.is_empty()
             && self.databases_set_aside.is_empty()
             && self.deletions_finished.is_empty()
+    }
+
+    /// Adds a batch's paths to these lists, keeping the latest `keep_latest` of each.
+    pub fn absorb(&mut self, batch: RepairReport, keep_latest: usize) {
+        let lists = [
+            (&mut self.registered, batch.registered),
+            (&mut self.quarantined, batch.quarantined),
+            (&mut self.rows_removed, batch.rows_removed),
+            (&mut self.salvaged, batch.salvaged),
+            (&mut self.deletions_finished, batch.deletions_finished),
+            (&mut self.databases_set_aside, batch.databases_set_aside),
+        ];
+        for (list, more) in lists {
+            list.extend(more);
+            let extra = list.len().saturating_sub(keep_latest);
+            list.drain(..extra);
+        }
+    }
+}
+
+/// Rows or files one repair step handles at most: what a repair holds in memory at once, and
+/// about the longest (a fraction of a second) it keeps the rows of new recordings waiting.
+pub const REPAIR_BATCH: usize = 500;
+
+/// Folders nested deeper than this under recordings/ are not walked (`YYYY/MM/DD` is 3).
+const MAX_WALK_DEPTH: usize = 16;
+
+/// A repair under way, taken one batch at a time by [`Storage::repair_step`]. It holds one
+/// batch and one open folder per level of recordings/, whatever the size of the archive, and
+/// remembers where it is, so that a batch that fails (a lock held by the curator) is retried
+/// alone.
+#[derive(Debug)]
+pub struct Repair {
+    batch: usize,
+    /// Deletions decided after this are in progress (the curator's): not finished here.
+    started: Timestamp,
+    cursor: Cursor,
+    /// Files taken from the walk whose batch has not been committed yet.
+    pending: Vec<PathBuf>,
+    progress: RepairProgress,
+}
+
+#[derive(Debug)]
+enum Cursor {
+    /// Rows after this rowid are still to be checked.
+    Rows {
+        after_rowid: i64,
+    },
+    Files(WavWalk),
+    Done,
+}
+
+/// What a file under recordings/ is to the repair.
+enum FileVerdict {
+    Registered,
+    /// No row: register it.
+    Unregistered(NewRecording),
+    /// Its row says a deletion decided before the repair started: remove it.
+    DeletionInterrupted,
+    /// Its row says a deletion decided since: the curator is removing it.
+    DeletionInProgress,
+    /// Not a WAV roost can describe: quarantine it, saying why.
+    Unreadable(String),
+    /// Gone since the walk found it.
+    Gone,
+}
+
+impl Repair {
+    /// A repair starting now (`started`, the wall clock), [`REPAIR_BATCH`] at a time.
+    pub fn new(started: Timestamp) -> Self {
+        Self::with_batch(started, REPAIR_BATCH)
+    }
+
+    /// A repair taking `batch` rows or files per step (at least one).
+    pub fn with_batch(started: Timestamp, batch: usize) -> Self {
+        Self {
+            batch: batch.max(1),
+            started,
+            cursor: Cursor::Rows { after_rowid: 0 },
+            pending: Vec::new(),
+            progress: RepairProgress {
+                started_at: Some(started),
+                ..RepairProgress::default()
+            },
+        }
+    }
+
+    /// How far it has got and what it did, in numbers.
+    pub fn progress(&self) -> &RepairProgress {
+        &self.progress
+    }
+
+    /// True when files and rows agree.
+    pub fn is_done(&self) -> bool {
+        matches!(self.cursor, Cursor::Done)
     }
 }
 
@@ -881,42 +1020,75 @@ impl Storage {
         deployment_id: &str,
     ) -> Result<String, StorageError> {
         let id = new_uuid();
-        let path = self.folders.root.join(DB_FILE);
-        let err = |source| StorageError::Database {
-            path: path.clone(),
-            action: "register a recording",
-            source,
-        };
-        let tx = self.conn.transaction().map_err(err)?;
-        tx.execute(
-            "INSERT INTO recording (id, path, datetime, duration_s, samplerate_hz, audio_channels, deployment_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(path) DO NOTHING",
-            params![
-                id,
-                rec.path.to_string_lossy(),
-                db_datetime(rec.datetime),
-                rec.duration_s,
-                rec.samplerate_hz,
-                rec.audio_channels,
-                deployment_id
-            ],
-        )
-        .map_err(err)?;
-        tx.commit().map_err(err)?;
+        self.conn
+            .prepare_cached(INSERT_RECORDING)
+            .and_then(|mut insert| insert.execute(recording_params(&id, rec, deployment_id)))
+            .map_err(self.db_error("register a recording"))?;
         Ok(id)
     }
 
-    /// Every registered recording, oldest first.
+    /// Registers several recordings in one transaction (one commit per file made rebuilding a
+    /// year's archive take minutes). Says for each whether its row is new: a path registered
+    /// meanwhile (by the recorder's own writer) keeps its row and is not counted.
+    pub fn register_batch(
+        &mut self,
+        recs: &[&NewRecording],
+        deployment_id: &str,
+    ) -> Result<Vec<bool>, StorageError> {
+        if recs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let db_path = self.folders.root.join(DB_FILE);
+        let err = |source| StorageError::Database {
+            path: db_path.clone(),
+            action: "register recordings",
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let mut inserted = Vec::with_capacity(recs.len());
+        {
+            let mut insert = tx.prepare_cached(INSERT_RECORDING).map_err(err)?;
+            for rec in recs {
+                let id = new_uuid();
+                let params = recording_params(&id, rec, deployment_id);
+                inserted.push(insert.execute(params).map_err(err)? == 1);
+            }
+        }
+        tx.commit().map_err(err)?;
+        Ok(inserted)
+    }
+
+    /// Every registered recording, oldest first. Reads the whole table: for tests and small
+    /// storages; the recorder's start-up uses [`Storage::repair_step`] and
+    /// [`Storage::newest_recordings`].
     pub fn recordings(&self) -> Result<Vec<RecordingRow>, StorageError> {
+        self.recording_rows(
+            "SELECT id, path, datetime, duration_s, samplerate_hz, audio_channels, deployment_id
+             FROM recording WHERE path IS NOT NULL ORDER BY datetime, path LIMIT ?1",
+            i64::MAX,
+        )
+    }
+
+    /// The `limit` registered recordings that start last, newest first (through the index on
+    /// `datetime`: the cost does not grow with the archive).
+    pub fn newest_recordings(&self, limit: usize) -> Result<Vec<RecordingRow>, StorageError> {
+        self.recording_rows(
+            "SELECT id, path, datetime, duration_s, samplerate_hz, audio_channels, deployment_id
+             FROM recording WHERE path IS NOT NULL ORDER BY datetime DESC LIMIT ?1",
+            i64::try_from(limit).unwrap_or(i64::MAX),
+        )
+    }
+
+    fn recording_rows(&self, sql: &str, limit: i64) -> Result<Vec<RecordingRow>, StorageError> {
         let mut stmt = self
             .conn
-            .prepare(
-                "SELECT id, path, datetime, duration_s, samplerate_hz, audio_channels, deployment_id
-                 FROM recording WHERE path IS NOT NULL ORDER BY datetime, path",
-            )
+            .prepare(sql)
             .map_err(self.db_error("list recordings"))?;
         let rows = stmt
-            .query_map([], |r| {
+            .query_map([limit], |r| {
                 Ok(RecordingRow {
                     id: r.get(0)?,
                     path: PathBuf::from(r.get::<_, String>(1)?),
@@ -1031,81 +1203,265 @@ impl Storage {
         Ok(out)
     }
 
-    /// Makes files and rows agree: a file under recordings/ without a row is registered (its
-    /// header gives the format, its name the start time) or, if unreadable, quarantined; a row
-    /// whose file is gone is removed. Partial files are the recorder's to salvage before this.
+    /// Makes files and rows agree in one go (see [`Storage::repair_step`], which the recorder
+    /// uses so that rows of new recordings never wait for a whole repair). The lists of the
+    /// report name every path handled: for tests and small storages.
     pub fn repair(&mut self, deployment_id: &str) -> Result<RepairReport, StorageError> {
+        let mut repair = Repair::new(Timestamp::now());
         let mut report = RepairReport::default();
-        let rows = self.recordings()?;
-        let mut known = std::collections::HashSet::new();
+        while !repair.is_done() {
+            let batch = self.repair_step(&mut repair, deployment_id)?;
+            report.absorb(batch, usize::MAX);
+        }
+        report.progress = Some(repair.progress);
+        Ok(report)
+    }
+
+    /// One batch of a repair: a row whose file is confirmed gone is marked deleted ("missing"),
+    /// then a file under recordings/ without a row is registered (its header gives the format,
+    /// its name the start time) or, if unreadable, quarantined. Returns what this batch did. On
+    /// an error (a lock held by the curator) nothing of the batch is lost: the next call
+    /// retries it, not the whole repair. Partial files are the recorder's to salvage first.
+    pub fn repair_step(
+        &mut self,
+        repair: &mut Repair,
+        deployment_id: &str,
+    ) -> Result<RepairReport, StorageError> {
+        let mut report = RepairReport::default();
+        match &mut repair.cursor {
+            Cursor::Rows { after_rowid } => {
+                let rows = self.row_batch(*after_rowid, repair.batch)?;
+                let gone = self.files_gone(&rows);
+                report.rows_removed = self.mark_missing(&gone, Timestamp::now())?;
+                repair.progress.rows_checked += rows.len() as u64;
+                repair.progress.rows_removed += report.rows_removed.len() as u64;
+                match rows.last() {
+                    Some((last, _)) if rows.len() == repair.batch => *after_rowid = *last,
+                    _ => {
+                        repair.cursor = Cursor::Files(WavWalk::new(&self.recordings_dir()));
+                        repair.progress.phase = RepairPhase::Files;
+                    }
+                }
+            }
+            Cursor::Files(walk) => {
+                let room = repair.batch.saturating_sub(repair.pending.len());
+                repair.pending.extend(walk.by_ref().take(room));
+                let walked_all = repair.pending.len() < repair.batch;
+                report = self.repair_files(&repair.pending, repair.started, deployment_id)?;
+                let p = &mut repair.progress;
+                p.files_checked += repair.pending.len() as u64;
+                p.registered += report.registered.len() as u64;
+                p.quarantined += report.quarantined.len() as u64;
+                p.deletions_finished += report.deletions_finished.len() as u64;
+                repair.pending.clear();
+                if walked_all {
+                    repair.cursor = Cursor::Done;
+                    repair.progress.phase = RepairPhase::Done;
+                }
+            }
+            Cursor::Done => {}
+        }
+        Ok(report)
+    }
+
+    /// Up to `limit` rows with a path after `after_rowid`, in rowid order. A path in a form
+    /// roost does not write (a blob) is `None`: checked past, never judged.
+    fn row_batch(
+        &self,
+        after_rowid: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, Option<PathBuf>)>, StorageError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT rowid, path FROM recording WHERE rowid > ?1 AND path IS NOT NULL
+                 ORDER BY rowid LIMIT ?2",
+            )
+            .map_err(self.db_error("list recordings to repair"))?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        stmt.query_map(params![after_rowid, limit], |r| {
+            Ok((r.get(0)?, r.get::<_, String>(1).ok().map(PathBuf::from)))
+        })
+        .and_then(|rows| rows.collect())
+        .map_err(self.db_error("list recordings to repair"))
+    }
+
+    /// The rows whose file is confirmed absent under this storage's own recordings/: an
+    /// unreadable path (EACCES, EIO) or a row of a storage that was moved is left alone.
+    fn files_gone(&self, rows: &[(i64, Option<PathBuf>)]) -> Vec<(i64, PathBuf)> {
         let recordings_dir = self.recordings_dir();
-        for row in &rows {
-            // Only a confirmed absence under this storage's own recordings/ removes a row: an
-            // unreadable path (EACCES, EIO) or a row of a storage that was moved is left alone.
-            let confirmed_missing =
-                row.path.starts_with(&recordings_dir) && matches!(row.path.try_exists(), Ok(false));
-            if !confirmed_missing {
-                known.insert(row.path.clone());
-            } else {
-                self.mark_deleted(&row.id, "missing", Timestamp::now())
-                    .map_err(self.db_error("mark a row without file"))?;
-                tracing::warn!(path = %row.path.display(), "repair: marked the row of a recording whose file is missing (path cleared, deleted_by missing)");
-                report.rows_removed.push(row.path.clone());
+        rows.iter()
+            .filter_map(|(rowid, path)| Some((*rowid, path.clone()?)))
+            .filter(|(_, path)| {
+                path.starts_with(&recordings_dir) && matches!(path.try_exists(), Ok(false))
+            })
+            .collect()
+    }
+
+    /// Marks rows missing in one short transaction and returns the paths of those it changed.
+    /// A row the curator marked deleted in the meantime (it marks, commits, then removes the
+    /// file) no longer has its path: it is neither changed nor reported missing.
+    fn mark_missing(
+        &mut self,
+        rows: &[(i64, PathBuf)],
+        now: Timestamp,
+    ) -> Result<Vec<PathBuf>, StorageError> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let db_path = self.root().join(DB_FILE);
+        let err = |source| StorageError::Database {
+            path: db_path.clone(),
+            action: "mark rows without file",
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let mut marked = Vec::new();
+        {
+            let mut update = tx
+                .prepare_cached(
+                    "UPDATE recording SET path = NULL, deleted_on = ?3, deleted_by = 'missing'
+                     WHERE rowid = ?1 AND path = ?2",
+                )
+                .map_err(err)?;
+            let stamp = db_datetime(now);
+            for (rowid, path) in rows {
+                if update
+                    .execute(params![rowid, path.to_string_lossy(), stamp])
+                    .map_err(err)?
+                    == 1
+                {
+                    marked.push(path.clone());
+                }
             }
         }
-        // Best effort per entry: one unreadable folder or file must not stop the rows of all
-        // the others (a database error still does: nothing could be registered).
-        let mut files = Vec::new();
-        collect_wavs(&self.recordings_dir(), &mut files);
-        for file in files {
-            if known.contains(&file) {
-                continue;
-            }
-            if self.deletion_interrupted(&file)? {
-                // Its row says it was deleted (a rule decided, then the power went before
-                // the file was removed): the decision stands.
-                match std::fs::remove_file(&file) {
-                    Ok(()) => {
-                        tracing::warn!(path = %file.display(), "repair: finished deleting a recording whose row says it was deleted")
-                    }
-                    Err(e) => {
-                        tracing::warn!(path = %file.display(), error = %e, "repair: cannot finish deleting a recording")
-                    }
-                }
-                report.deletions_finished.push(file);
-                continue;
-            }
-            match describe_wav(&file) {
-                Ok(rec) => {
-                    self.register(&rec, deployment_id)?;
-                    tracing::warn!(path = %file.display(), "repair: registered a recording that had no row");
-                    report.registered.push(file);
-                }
-                Err(why) => match self.quarantine(&file) {
-                    Ok(moved) => {
-                        tracing::warn!(path = %file.display(), to = %moved.display(), why, "repair: quarantined a file that cannot be read or described");
-                        report.quarantined.push(moved);
-                    }
-                    Err(e) => {
-                        tracing::error!("repair: {}; left where it is", crate::errors::chain(&e))
-                    }
-                },
+        tx.commit().map_err(err)?;
+        for path in &marked {
+            tracing::warn!(path = %path.display(), "repair: marked the row of a recording whose file is missing (path cleared, deleted_by missing)");
+        }
+        Ok(marked)
+    }
+
+    /// One batch of files from the walk: judged first (reads only), the new rows registered in
+    /// one transaction, and only after that commit files deleted or quarantined, so that a
+    /// batch retried after a lock does nothing twice.
+    fn repair_files(
+        &mut self,
+        files: &[PathBuf],
+        started: Timestamp,
+        deployment_id: &str,
+    ) -> Result<RepairReport, StorageError> {
+        let verdicts = files
+            .iter()
+            .map(|f| self.judge_file(f, started))
+            .collect::<Result<Vec<_>, _>>()?;
+        let new: Vec<&NewRecording> = verdicts
+            .iter()
+            .filter_map(|v| match v {
+                FileVerdict::Unregistered(rec) => Some(rec),
+                _ => None,
+            })
+            .collect();
+        let inserted = self.register_batch(&new, deployment_id)?;
+        let mut report = RepairReport::default();
+        report.registered = new
+            .iter()
+            .zip(inserted)
+            .filter_map(|(rec, new)| new.then(|| rec.path.clone()))
+            .collect();
+        if let (Some(first), Some(last)) = (report.registered.first(), report.registered.last()) {
+            tracing::warn!(count = report.registered.len(), first = %first.display(), last = %last.display(),
+                "repair: registered recordings that had no row");
+        }
+        for (file, verdict) in files.iter().zip(verdicts) {
+            match verdict {
+                FileVerdict::DeletionInterrupted => self.finish_deletion(file, &mut report),
+                FileVerdict::Unreadable(why) => self.quarantine_unreadable(file, &why, &mut report),
+                FileVerdict::Registered
+                | FileVerdict::DeletionInProgress
+                | FileVerdict::Gone
+                | FileVerdict::Unregistered(_) => {}
             }
         }
         Ok(report)
     }
 
-    /// Whether `file` (no row has its path) is a recording whose row says a rule or cause
-    /// deleted it: a row of the same start time, path cleared, `deleted_by` other than
-    /// `missing`, and no other row of that start with a file.
-    fn deletion_interrupted(&self, file: &Path) -> Result<bool, StorageError> {
+    /// What a file found under recordings/ is to the repair.
+    fn judge_file(&self, file: &Path, started: Timestamp) -> Result<FileVerdict, StorageError> {
+        if self.has_row(file)? {
+            return Ok(FileVerdict::Registered);
+        }
+        match self.deletion_interrupted(file, started)? {
+            Some(true) => return Ok(FileVerdict::DeletionInterrupted),
+            Some(false) => return Ok(FileVerdict::DeletionInProgress),
+            None => {}
+        }
+        Ok(match describe_wav(file) {
+            Ok(rec) => FileVerdict::Unregistered(rec),
+            // Removed since the walk listed it (by the curator or by hand): nothing to do.
+            Err(_) if matches!(file.try_exists(), Ok(false)) => FileVerdict::Gone,
+            Err(why) => FileVerdict::Unreadable(why),
+        })
+    }
+
+    /// Whether a row has this path (`recording.path` is UNIQUE, so this is an index lookup).
+    fn has_row(&self, file: &Path) -> Result<bool, StorageError> {
+        self.conn
+            .prepare_cached("SELECT 1 FROM recording WHERE path = ?1")
+            .and_then(|mut stmt| stmt.exists([file.to_string_lossy()]))
+            .map_err(self.db_error("look up a recording by its path"))
+    }
+
+    fn finish_deletion(&self, file: &Path, report: &mut RepairReport) {
+        // Its row says it was deleted (a rule decided, then the power went before the file
+        // was removed): the decision stands.
+        match std::fs::remove_file(file) {
+            Ok(()) => {
+                tracing::warn!(path = %file.display(), "repair: finished deleting a recording whose row says it was deleted");
+                report.deletions_finished.push(file.to_path_buf());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %file.display(), error = %e, "repair: cannot finish deleting a recording");
+                report.deletions_finished.push(file.to_path_buf());
+            }
+        }
+    }
+
+    fn quarantine_unreadable(&self, file: &Path, why: &str, report: &mut RepairReport) {
+        match self.quarantine(file) {
+            Ok(moved) => {
+                tracing::warn!(path = %file.display(), to = %moved.display(), why, "repair: quarantined a file that cannot be read or described");
+                report.quarantined.push(moved);
+            }
+            Err(e) => tracing::error!("repair: {}; left where it is", crate::errors::chain(&e)),
+        }
+    }
+
+    /// For `file` (no row has its path): `Some(true)` when it is a recording whose row says a
+    /// rule or cause deleted it before the repair `started` (a row of the same start time, path
+    /// cleared, `deleted_by` other than `missing`, and no other row of that start with a file),
+    /// `Some(false)` when that deletion was decided since (the curator is removing the file
+    /// now: its to finish), `None` when no such row exists.
+    fn deletion_interrupted(
+        &self,
+        file: &Path,
+        started: Timestamp,
+    ) -> Result<Option<bool>, StorageError> {
         // A `-N` file shares its start with another: never matched by start alone.
         let plain = file
             .file_stem()
             .and_then(|s| s.to_str())
             .is_some_and(|s| s.ends_with('Z'));
         let Some(start) = start_from_file_name(file).filter(|_| plain) else {
-            return Ok(false);
+            return Ok(None);
+        };
+        let deleted_on = self.deletions_at(start)?;
+        let Some(deleted) = deleted_on.iter().filter_map(|t| parse_db_datetime(t)).max() else {
+            return Ok(None);
         };
         // The deletion of that row must not be older than the file: a new recording that
         // claims the same start (a clock set back) is not the one that was deleted.
@@ -1113,24 +1469,27 @@ impl Storage {
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| Timestamp::try_from(t).ok());
-        let deleted_on: Option<String> = self
-            .conn
-            .query_row(
-                "SELECT max(deleted_on) FROM recording WHERE datetime = ?1 AND path IS NULL
-                     AND deleted_by IS NOT NULL AND deleted_by != 'missing'
+        if written.is_some_and(|w| w > deleted + jiff::SignedDuration::from_secs(1)) {
+            return Ok(None);
+        }
+        Ok(Some(deleted < started))
+    }
+
+    /// `deleted_on` of the rows of recordings that started at `start` and were deleted by a
+    /// rule or cause, when no row of that start still has a file.
+    fn deletions_at(&self, start: Timestamp) -> Result<Vec<String>, StorageError> {
+        self.conn
+            .prepare_cached(
+                "SELECT deleted_on FROM recording WHERE datetime = ?1 AND path IS NULL
+                     AND deleted_by IS NOT NULL AND deleted_by != 'missing' AND deleted_on IS NOT NULL
                      AND NOT EXISTS (SELECT 1 FROM recording WHERE datetime = ?1 AND path IS NOT NULL)",
-                [db_datetime(start)],
-                |r| r.get(0),
             )
-            .map_err(self.db_error("look up a deleted recording"))?;
-        let deleted_on = deleted_on.and_then(|t| t.parse::<Timestamp>().ok());
-        Ok(match (deleted_on, written) {
-            (Some(deleted), Some(written)) => {
-                written <= deleted + jiff::SignedDuration::from_secs(1)
-            }
-            (Some(_), None) => true,
-            (None, _) => false,
-        })
+            .and_then(|mut stmt| {
+                stmt.query_map([db_datetime(start)], |r| r.get::<_, String>(0))?
+                    .filter(|r| !matches!(r, Err(rusqlite::Error::InvalidColumnType(..))))
+                    .collect()
+            })
+            .map_err(self.db_error("look up a deleted recording"))
     }
 
     /// Records that a recording's file is gone: `path` NULL (acoupi's "not stored locally"),
@@ -1202,9 +1561,29 @@ pub fn mark_deleted(conn: &Connection, id: &str, by: &str, now: Timestamp) -> ru
     conn.execute(
         "UPDATE recording SET path = NULL, deleted_on = ?2, deleted_by = ?3
          WHERE id = ?1 AND path IS NOT NULL",
-        params![id, now.to_string(), by],
+        params![id, db_datetime(now), by],
     )
     .map(drop)
+}
+
+const INSERT_RECORDING: &str = "INSERT INTO recording (id, path, datetime, duration_s, samplerate_hz, audio_channels, deployment_id)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(path) DO NOTHING";
+
+/// The parameters of [`INSERT_RECORDING`].
+fn recording_params<'a>(
+    id: &'a str,
+    rec: &'a NewRecording,
+    deployment_id: &'a str,
+) -> impl rusqlite::Params + 'a {
+    (
+        id,
+        rec.path.to_string_lossy(),
+        db_datetime(rec.datetime),
+        rec.duration_s,
+        rec.samplerate_hz,
+        rec.audio_channels,
+        deployment_id,
+    )
 }
 
 /// Runs `work` in one IMMEDIATE transaction whose commit is fsynced (synchronous FULL for that
@@ -1332,9 +1711,12 @@ pub fn keep_marker(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// The instant of a `datetime` column written by [`db_datetime`] (UTC); `None` when it is not
-/// such a text.
+/// The instant of a time column written by [`db_datetime`] (UTC); also RFC 3339 with an
+/// offset, as older roosts wrote `deleted_on`; `None` when it is neither.
 pub fn parse_db_datetime(text: &str) -> Option<Timestamp> {
+    if let Ok(t) = text.trim().parse::<Timestamp>() {
+        return Some(t);
+    }
     let civil: jiff::civil::DateTime = text.trim().parse().ok()?;
     civil
         .to_zoned(jiff::tz::TimeZone::UTC)
@@ -1407,28 +1789,59 @@ pub fn end_of(start: Timestamp, duration_s: f64) -> Option<Timestamp> {
     start.checked_add(d).ok()
 }
 
-/// The `*.wav` files under `dir` (hidden names such as macOS's `._x.wav` skipped); folders that
+/// The `*.wav` files under a folder, one at a time (hidden names such as macOS's `._x.wav`
+/// skipped): it holds one open folder per level, never a list of every path. Folders that
 /// cannot be read are logged and skipped.
-fn collect_wavs(dir: &Path, out: &mut Vec<PathBuf>) {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-        Err(e) => {
-            tracing::error!(path = %dir.display(), error = %e, "repair: cannot list a folder of recordings; skipped");
+#[derive(Debug)]
+struct WavWalk {
+    open: Vec<std::fs::ReadDir>,
+}
+
+impl WavWalk {
+    fn new(dir: &Path) -> Self {
+        let mut walk = Self { open: Vec::new() };
+        walk.enter(dir);
+        walk
+    }
+
+    fn enter(&mut self, dir: &Path) {
+        if self.open.len() >= MAX_WALK_DEPTH {
+            tracing::warn!(path = %dir.display(), "repair: folders nested too deep under recordings/; skipped");
             return;
         }
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with('.') {
-            continue;
+        match std::fs::read_dir(dir) {
+            Ok(entries) => self.open.push(entries),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::error!(path = %dir.display(), error = %e, "repair: cannot list a folder of recordings; skipped")
+            }
         }
-        match entry.file_type() {
-            Ok(t) if t.is_dir() => collect_wavs(&path, out),
-            Ok(t) if t.is_file() && name.to_ascii_lowercase().ends_with(".wav") => out.push(path),
-            _ => {}
+    }
+}
+
+impl Iterator for WavWalk {
+    type Item = PathBuf;
+
+    fn next(&mut self) -> Option<PathBuf> {
+        loop {
+            // An error ends that folder's listing (std marks its stream ended): never a loop.
+            let Some(entry) = self.open.last_mut()?.next() else {
+                self.open.pop();
+                continue;
+            };
+            let Ok(entry) = entry else { continue };
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') {
+                continue;
+            }
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => self.enter(&entry.path()),
+                Ok(t) if t.is_file() && name.to_ascii_lowercase().ends_with(".wav") => {
+                    return Some(entry.path());
+                }
+                _ => {}
+            }
         }
     }
 }
@@ -1593,6 +2006,179 @@ mod tests {
         assert_eq!(rows[0].duration_s, 1.0);
         assert!(s.repair(&dep).unwrap().is_empty());
         assert!(notes.exists() && sidecar.exists());
+    }
+
+    /// A storage with `n` registered files, one a minute from 10:00.
+    fn storage_with(n: u32) -> (tempfile::TempDir, Storage, String, Vec<PathBuf>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Storage::open(dir.path(), &spec(0, OnLowSpace::Stop)).unwrap();
+        let dep = s.start_deployment("m", None, Timestamp::now()).unwrap();
+        let files = register_wavs(&mut s, &dep, n, 10);
+        (dir, s, dep, files)
+    }
+
+    fn second_connection(s: &Storage) -> Connection {
+        let conn = Connection::open(s.root().join(DB_FILE)).unwrap();
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        conn
+    }
+
+    fn id_of(s: &Storage, path: &Path) -> String {
+        s.connection()
+            .query_row(
+                "SELECT id FROM recording WHERE path = ?1",
+                [path.to_string_lossy()],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+
+    /// Memory bounded by the batch, not the archive: each step handles at most one batch of
+    /// rows or files, holds at most one open folder per level, and the totals still add up.
+    #[test]
+    fn a_repair_holds_one_batch_at_a_time() {
+        let (_dir, mut s, dep, files) = storage_with(23);
+        for f in &files[..5] {
+            std::fs::remove_file(f).unwrap();
+        }
+        let t: Timestamp = "2026-06-02T10:00:00Z".parse().unwrap();
+        for minute in 0..7 {
+            let at = t + jiff::SignedDuration::from_mins(minute);
+            write_wav(&recording_path(&s.recordings_dir(), at), 10);
+        }
+        let mut repair = Repair::with_batch(Timestamp::now(), 4);
+        let mut steps = 0;
+        while !repair.is_done() {
+            let before = repair.progress().clone();
+            let batch = s.repair_step(&mut repair, &dep).unwrap();
+            let after = repair.progress();
+            let handled = (after.rows_checked - before.rows_checked)
+                + (after.files_checked - before.files_checked);
+            assert!(handled <= 4, "step {steps} handled {handled}");
+            let listed = batch.registered.len() + batch.rows_removed.len();
+            assert!(listed <= 4, "step {steps} listed {listed}");
+            assert!(repair.pending.is_empty());
+            if let Cursor::Files(walk) = &repair.cursor {
+                assert!(walk.open.len() <= 4, "recordings/YYYY/MM/DD");
+            }
+            steps += 1;
+            assert!(steps < 100);
+        }
+        let p = repair.progress();
+        assert_eq!((p.rows_checked, p.rows_removed), (23, 5));
+        assert_eq!((p.files_checked, p.registered), (25, 7));
+        assert_eq!(p.phase, RepairPhase::Done);
+        assert_eq!(s.recordings().unwrap().len(), 25);
+    }
+
+    /// The curator marks a row deleted (committed), then removes the file. A repair that read
+    /// the row before must not call it missing, nor relabel the curator's reason.
+    #[test]
+    fn a_row_the_curator_deletes_during_the_repair_is_not_reported_missing() {
+        let (_dir, mut s, dep, files) = storage_with(3);
+        let rows = s.row_batch(0, REPAIR_BATCH).unwrap();
+        let curator = second_connection(&s);
+        mark_deleted(&curator, &id_of(&s, &files[1]), "keep", Timestamp::now()).unwrap();
+        std::fs::remove_file(&files[1]).unwrap();
+        let gone = s.files_gone(&rows);
+        assert_eq!(gone.len(), 1, "the repair saw the file gone");
+        assert!(s.mark_missing(&gone, Timestamp::now()).unwrap().is_empty());
+        // Deleted before the repair read the rows: not even looked at.
+        mark_deleted(&curator, &id_of(&s, &files[2]), "maxAge", Timestamp::now()).unwrap();
+        std::fs::remove_file(&files[2]).unwrap();
+        let report = s.repair(&dep).unwrap();
+        assert!(report.is_empty(), "{report:?}");
+        let reasons: Vec<Option<String>> = s
+            .connection()
+            .prepare("SELECT deleted_by FROM recording ORDER BY rowid")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(reasons, [None, Some("keep".into()), Some("maxAge".into())]);
+    }
+
+    /// A file whose row the curator marked deleted after the repair started is the curator's
+    /// to remove: not registered, not removed, not reported. One whose deletion was decided
+    /// before (a power cut in between; `deleted_on` in the old RFC 3339 form) is finished.
+    #[test]
+    fn a_deletion_in_progress_is_left_to_the_curator_and_an_interrupted_one_finished() {
+        let (_dir, mut s, dep, files) = storage_with(2);
+        let started = Timestamp::now();
+        let curator = second_connection(&s);
+        let later = started + jiff::SignedDuration::from_secs(5);
+        mark_deleted(&curator, &id_of(&s, &files[0]), "keep", later).unwrap();
+        let old = started - jiff::SignedDuration::from_secs(5);
+        curator
+            .execute(
+                "UPDATE recording SET path = NULL, deleted_by = 'onLowSpace', deleted_on = ?2 WHERE path = ?1",
+                params![files[1].to_string_lossy(), old.to_string()],
+            )
+            .unwrap();
+        // The files were written before both decisions.
+        for f in &files {
+            let t = std::time::SystemTime::from(old - jiff::SignedDuration::from_secs(60));
+            std::fs::File::options()
+                .write(true)
+                .open(f)
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+        }
+        let mut repair = Repair::new(started);
+        let mut report = RepairReport::default();
+        while !repair.is_done() {
+            report.absorb(s.repair_step(&mut repair, &dep).unwrap(), usize::MAX);
+        }
+        assert!(files[0].exists(), "the curator's to remove");
+        assert!(!files[1].exists());
+        assert_eq!(report.deletions_finished, vec![files[1].clone()]);
+        assert!(report.registered.is_empty() && report.rows_removed.is_empty());
+    }
+
+    /// A lock held by another program fails one batch, which is retried alone: nothing is
+    /// redone and every row is counted once.
+    #[test]
+    fn a_locked_batch_is_retried_alone() {
+        let (_dir, mut s, dep, files) = storage_with(10);
+        for f in &files {
+            std::fs::remove_file(f).unwrap();
+        }
+        let mut repair = Repair::with_batch(Timestamp::now(), 4);
+        s.repair_step(&mut repair, &dep).unwrap();
+        let curator = second_connection(&s);
+        curator.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let err = s.repair_step(&mut repair, &dep).unwrap_err();
+        assert!(err.is_busy(), "{err}");
+        assert_eq!(repair.progress().rows_checked, 4);
+        curator.execute_batch("COMMIT").unwrap();
+        let mut removed = 4;
+        while !repair.is_done() {
+            removed += s.repair_step(&mut repair, &dep).unwrap().rows_removed.len();
+        }
+        assert_eq!(removed, 10);
+        assert_eq!(repair.progress().rows_checked, 10);
+        assert_eq!(repair.progress().rows_removed, 10);
+    }
+
+    #[test]
+    fn deleted_on_is_written_like_every_other_time_and_both_forms_are_read() {
+        let (_dir, s, _dep, files) = storage_with(1);
+        let t: Timestamp = "2026-06-01T10:00:00.25Z".parse().unwrap();
+        s.mark_deleted(&id_of(&s, &files[0]), "keep", t).unwrap();
+        let text: String = s
+            .connection()
+            .query_row("SELECT deleted_on FROM recording", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(text, "2026-06-01 10:00:00.250000");
+        assert_eq!(parse_db_datetime(&text), Some(t));
+        assert_eq!(parse_db_datetime(&t.to_string()), Some(t));
+        assert_eq!(
+            parse_db_datetime("2026-06-01T10:00:00.25+02:00"),
+            Some(t - jiff::SignedDuration::from_hours(2))
+        );
+        assert_eq!(parse_db_datetime("yesterday"), None);
     }
 
     fn register_wavs(s: &mut Storage, dep: &str, minutes: u32, frames: u32) -> Vec<PathBuf> {

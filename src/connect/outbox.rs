@@ -2,7 +2,9 @@
 //! committed transaction (synchronous FULL) before it counts as queued, delivered in order per
 //! sink, and deleted only when the sink acknowledged it (MQTT PUBACK, HTTP 2xx). Bounded by
 //! bytes and age: the oldest go first, and are counted. Survives restarts, kill -9 and power
-//! cuts; a file that is not a database is set aside and replaced. It never sends anything.
+//! cuts; a file that is not a database is set aside and replaced. It never sends anything, and
+//! no cost of it grows with the backlog but the backlog's bytes: depth and bytes are kept by
+//! triggers, messages are read in batches, and the space of delivered ones is given back.
 
 use std::path::{Path, PathBuf};
 
@@ -127,7 +129,32 @@ CREATE TABLE IF NOT EXISTS message (
 );
 CREATE INDEX IF NOT EXISTS message_sink ON message (sink, seq);
 CREATE TABLE IF NOT EXISTS counter (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS sent (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 ";
+
+/// Added for issue 22: the age limit and the oldest message found through an index, and depth
+/// and bytes kept by triggers (each was a scan of the whole outbox at every queueing and
+/// report), counted once from what is there.
+const TOTALS: &str = "
+BEGIN IMMEDIATE;
+CREATE INDEX IF NOT EXISTS message_created ON message (created_at);
+CREATE TABLE IF NOT EXISTS total (id INTEGER PRIMARY KEY CHECK (id = 1), depth INTEGER NOT NULL, bytes INTEGER NOT NULL);
+INSERT OR REPLACE INTO total SELECT 1, count(*), coalesce(sum(bytes), 0) FROM message;
+CREATE TRIGGER IF NOT EXISTS message_in AFTER INSERT ON message
+    BEGIN UPDATE total SET depth = depth + 1, bytes = bytes + NEW.bytes; END;
+CREATE TRIGGER IF NOT EXISTS message_out AFTER DELETE ON message
+    BEGIN UPDATE total SET depth = depth - 1, bytes = bytes - OLD.bytes; END;
+COMMIT;
+";
+
+fn has_totals(conn: &Connection) -> bool {
+    conn.prepare("SELECT depth FROM total LIMIT 0").is_ok()
+}
+
+/// Free pages given back per step (4 MiB): each step is a short transaction of its own.
+const SHRINK_STEP_PAGES: i64 = 1024;
+/// Free pages below which the file is left as it is (1 MiB; SQLite reuses them first).
+const SHRINK_MIN_FREE_PAGES: i64 = 256;
 
 /// Added after the first release: the recording a message is about (NULL for the others), in
 /// one transaction with its index.
@@ -196,6 +223,8 @@ pub struct Outbox {
     conn: Connection,
     path: PathBuf,
     limits: Limits,
+    /// Messages read since opening: what start-up and sending hold is bounded by batches.
+    loaded: std::cell::Cell<u64>,
 }
 
 impl Outbox {
@@ -237,12 +266,25 @@ impl Outbox {
         // Queued means on the card: a message is never reported queued and then lost.
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(err("set synchronous"))?;
+        // Before the first table, or it cannot be set without a VACUUM: a new outbox gives
+        // back the space of delivered messages step by step ([`Outbox::shrink`]).
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+            .map_err(err("set auto_vacuum"))?;
+        // The write-ahead log is cut back after a checkpoint, not left at its largest.
+        conn.pragma_update(None, "journal_size_limit", 1 << 20)
+            .map_err(err("limit its journal"))?;
         conn.execute_batch(SCHEMA)
             .map_err(err("create its tables"))?;
         if !has_recording_column(&conn) {
             conn.execute_batch(RECORDING_COLUMN).map_err(|e| {
                 let _ = conn.execute_batch("ROLLBACK");
                 err("add the recording column")(e)
+            })?;
+        }
+        if !has_totals(&conn) {
+            conn.execute_batch(TOTALS).map_err(|e| {
+                let _ = conn.execute_batch("ROLLBACK");
+                err("add its totals")(e)
             })?;
         }
         let check: String = conn
@@ -259,6 +301,7 @@ impl Outbox {
             conn,
             path: path.to_path_buf(),
             limits,
+            loaded: Default::default(),
         })
     }
 
@@ -273,7 +316,7 @@ impl Outbox {
     /// Queues `messages` in one transaction, then drops what exceeds the limits (oldest first).
     /// Returns how many were dropped.
     pub fn push(&mut self, messages: &[NewMessage], now: Timestamp) -> Result<u64, OutboxError> {
-        self.push_with(messages, None, now)
+        self.push_with(messages, Marks::default(), now)
     }
 
     /// Queues `messages` and sets counter `mark.0` to `mark.1` in the same transaction (a
@@ -284,13 +327,32 @@ impl Outbox {
         mark: (&str, i64),
         now: Timestamp,
     ) -> Result<u64, OutboxError> {
-        self.push_with(messages, Some(mark), now)
+        let marks = Marks {
+            counter: Some(mark),
+            ..Marks::default()
+        };
+        self.push_with(messages, marks, now)
+    }
+
+    /// Queues `messages` and remembers `sent` (name -> what was queued for it) in the same
+    /// transaction, so that a restart knows what the sinks already have.
+    pub fn push_remembering(
+        &mut self,
+        messages: &[NewMessage],
+        sent: &[(String, String)],
+        now: Timestamp,
+    ) -> Result<u64, OutboxError> {
+        let marks = Marks {
+            sent,
+            ..Marks::default()
+        };
+        self.push_with(messages, marks, now)
     }
 
     fn push_with(
         &mut self,
         messages: &[NewMessage],
-        mark: Option<(&str, i64)>,
+        marks: Marks<'_>,
         now: Timestamp,
     ) -> Result<u64, OutboxError> {
         let err = db_err(self.path.clone());
@@ -315,16 +377,43 @@ impl Outbox {
                     ])
                     .map_err(err("queue a message"))?;
             }
-            if let Some((name, value)) = mark {
+            if let Some((name, value)) = marks.counter {
                 tx.execute(
                     "INSERT INTO counter (name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value = ?2",
                     params![name, value],
                 )
                 .map_err(err("move a cursor"))?;
             }
+            for (name, value) in marks.sent {
+                tx.execute(
+                    "INSERT INTO sent (name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value = ?2",
+                    params![name, value],
+                )
+                .map_err(err("remember what was sent"))?;
+            }
         }
         tx.commit().map_err(err("commit"))?;
         self.enforce_limits(now)
+    }
+
+    /// What was remembered as sent, by name (see [`Outbox::push_remembering`]).
+    pub fn sent(&self) -> std::collections::BTreeMap<String, String> {
+        let read = || -> rusqlite::Result<std::collections::BTreeMap<String, String>> {
+            let mut stmt = self.conn.prepare("SELECT name, value FROM sent")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        };
+        read().unwrap_or_default()
+    }
+
+    /// Whether counter `name` was ever set.
+    pub fn has_counter(&self, name: &str) -> bool {
+        self.conn
+            .query_row("SELECT 1 FROM counter WHERE name = ?1", [name], |_| Ok(()))
+            .optional()
+            .ok()
+            .flatten()
+            .is_some()
     }
 
     /// The value of counter `name` (0 when never set).
@@ -336,29 +425,17 @@ impl Outbox {
             .unwrap_or(0)
     }
 
-    /// Drops messages older than maxAge, then the oldest until the rest fit in maxBytes.
+    /// Drops messages older than maxAge, then the oldest until the rest fit in maxBytes; both
+    /// through indexes and the kept totals, never a scan of the whole outbox.
     fn enforce_limits(&mut self, now: Timestamp) -> Result<u64, OutboxError> {
         let cutoff = (now - self.limits.max_age).to_string();
         let mut dropped = self
             .conn
             .execute("DELETE FROM message WHERE created_at < ?1", [cutoff])
             .map_err(self.err("drop old messages"))? as u64;
-        let total: i64 = self
-            .conn
-            .query_row("SELECT coalesce(sum(bytes), 0) FROM message", [], |r| {
-                r.get(0)
-            })
-            .map_err(self.err("measure it"))?;
-        if total as u64 > self.limits.max_bytes {
-            let excess = total as u64 - self.limits.max_bytes;
-            // The shortest run of oldest rows whose bytes cover the excess.
-            dropped += self
-                .conn
-                .execute(
-                    "DELETE FROM message WHERE seq IN (SELECT seq FROM (SELECT seq, bytes, sum(bytes) OVER (ORDER BY seq) AS running FROM message) WHERE running - bytes < ?1)",
-                    [excess as i64],
-                )
-                .map_err(self.err("drop the oldest messages"))? as u64;
+        let (_, total) = self.totals()?;
+        if total > self.limits.max_bytes {
+            dropped += self.drop_oldest(total - self.limits.max_bytes)?;
         }
         if dropped > 0 {
             self.add_counter("dropped", dropped as i64)?;
@@ -368,6 +445,57 @@ impl Outbox {
             );
         }
         Ok(dropped)
+    }
+
+    /// Drops the shortest run of oldest messages whose bytes cover `excess`, reading their
+    /// sizes in batches.
+    fn drop_oldest(&mut self, excess: u64) -> Result<u64, OutboxError> {
+        let mut covered = 0u64;
+        let mut last = None;
+        while covered < excess {
+            let batch: Vec<(i64, i64)> = {
+                let mut stmt = self
+                    .conn
+                    .prepare_cached(
+                        "SELECT seq, bytes FROM message WHERE seq > ?1 ORDER BY seq LIMIT 256",
+                    )
+                    .map_err(self.err("prepare a read"))?;
+                let rows = stmt
+                    .query_map([last.unwrap_or(0)], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .map_err(self.err("read sizes"))?;
+                rows.collect::<Result<_, _>>()
+                    .map_err(self.err("read a size"))?
+            };
+            if batch.is_empty() {
+                break;
+            }
+            for (seq, bytes) in batch {
+                if covered >= excess {
+                    break;
+                }
+                covered += bytes.max(0) as u64;
+                last = Some(seq);
+            }
+        }
+        let Some(last) = last else { return Ok(0) };
+        self.conn
+            .execute("DELETE FROM message WHERE seq <= ?1", [last])
+            .map(|n| n as u64)
+            .map_err(self.err("drop the oldest messages"))
+    }
+
+    /// Depth and bytes, as the triggers keep them.
+    fn totals(&self) -> Result<(u64, u64), OutboxError> {
+        self.conn
+            .query_row("SELECT depth, bytes FROM total WHERE id = 1", [], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?.max(0) as u64,
+                    r.get::<_, i64>(1)?.max(0) as u64,
+                ))
+            })
+            .optional()
+            .map(Option::unwrap_or_default)
+            .map_err(self.err("read its totals"))
     }
 
     fn add_counter(&self, name: &str, by: i64) -> Result<(), OutboxError> {
@@ -383,30 +511,43 @@ impl Outbox {
     /// Drops the messages for `sink` that no longer belong to the configuration: all of them
     /// when `keep` is empty (the sink was removed), else those whose topic starts with none of
     /// `keep` (the device id or prefix changed: a message for the old identity must not reach
-    /// a broker as a ghost device). Counted as dropped; returns how many.
+    /// a broker as a ghost device). Counted as dropped; returns how many. Done in SQL, loading
+    /// nothing, and only when `keep` differs from the last call's (a restart with the same
+    /// configuration does not read the backlog at all).
     pub fn drop_foreign(&mut self, sink: Sink, keep: &[String]) -> Result<u64, OutboxError> {
-        let rows = self.next(sink, 0, usize::MAX >> 1)?;
-        let foreign: Vec<i64> = rows
-            .iter()
-            .filter(|m| keep.is_empty() || !keep.iter().any(|k| m.topic.starts_with(k.as_str())))
-            .map(|m| m.seq)
-            .collect();
-        if foreign.is_empty() {
+        let identity = format!("identity_{}", sink.as_str());
+        let wanted = keep.join("\n");
+        if self.sent().get(&identity) == Some(&wanted) {
             return Ok(0);
         }
+        let matches: Vec<String> = (0..keep.len())
+            .map(|i| format!("substr(topic, 1, length(?{0})) = ?{0}", i + 2))
+            .collect();
+        let sql = match matches.is_empty() {
+            true => "DELETE FROM message WHERE sink = ?1".to_string(),
+            false => format!(
+                "DELETE FROM message WHERE sink = ?1 AND NOT ({})",
+                matches.join(" OR ")
+            ),
+        };
+        let values = std::iter::once(sink.as_str()).chain(keep.iter().map(String::as_str));
         let err = db_err(self.path.clone());
         let tx = self.conn.transaction().map_err(err("begin"))?;
-        {
-            let mut delete = tx
-                .prepare_cached("DELETE FROM message WHERE seq = ?1")
-                .map_err(err("prepare a delete"))?;
-            for seq in &foreign {
-                delete.execute([seq]).map_err(err("drop a message"))?;
-            }
-        }
+        let dropped = tx
+            .execute(&sql, rusqlite::params_from_iter(values))
+            .map_err(err("drop messages of an old configuration"))?;
+        tx.execute(
+            "INSERT INTO counter (name, value) VALUES ('dropped', ?1) ON CONFLICT(name) DO UPDATE SET value = value + ?1",
+            [dropped as i64],
+        )
+        .map_err(err("count"))?;
+        tx.execute(
+            "INSERT INTO sent (name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value = ?2",
+            params![identity, wanted],
+        )
+        .map_err(err("remember the configuration"))?;
         tx.commit().map_err(err("commit"))?;
-        self.add_counter("dropped", foreign.len() as i64)?;
-        Ok(foreign.len() as u64)
+        Ok(dropped as u64)
     }
 
     /// Up to `limit` messages for `sink` after position `after`, oldest first.
@@ -436,8 +577,27 @@ impl Outbox {
                 })
             })
             .map_err(self.err("read messages"))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(self.err("read a message"))
+        let rows: Vec<Message> = rows
+            .collect::<Result<_, _>>()
+            .map_err(self.err("read a message"))?;
+        self.loaded.set(self.loaded.get() + rows.len() as u64);
+        Ok(rows)
+    }
+
+    /// How many messages were ever queued (the sequence's last value).
+    pub fn counter_of_messages(&self) -> u64 {
+        self.conn
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'message'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_or(0, |n| n.max(0) as u64)
+    }
+
+    /// Messages read from the file since it was opened.
+    pub fn loaded(&self) -> u64 {
+        self.loaded.get()
     }
 
     /// Deletes the acknowledged messages `seqs` and notes the delivery time.
@@ -471,15 +631,13 @@ impl Outbox {
             .map_err(err("restore synchronous"))
     }
 
-    /// Depth, bytes, oldest message, drops and last delivery.
+    /// Depth, bytes, oldest message, drops and last delivery: each read through an index or
+    /// the kept totals.
     pub fn stats(&self) -> Result<OutboxStats, OutboxError> {
-        let (depth, bytes, oldest): (i64, i64, Option<String>) = self
+        let (depth, bytes) = self.totals()?;
+        let oldest: Option<String> = self
             .conn
-            .query_row(
-                "SELECT count(*), coalesce(sum(bytes), 0), min(created_at) FROM message",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
+            .query_row("SELECT min(created_at) FROM message", [], |r| r.get(0))
             .map_err(self.err("measure it"))?;
         let counter = |name: &str| -> Result<Option<i64>, OutboxError> {
             self.conn
@@ -490,14 +648,56 @@ impl Outbox {
                 .map_err(self.err("read a counter"))
         };
         Ok(OutboxStats {
-            depth: depth as u64,
-            bytes: bytes as u64,
+            depth,
+            bytes,
             oldest_at: oldest.and_then(|t| t.parse().ok()),
             dropped: counter("dropped")?.unwrap_or(0) as u64,
             last_delivered_at: counter("last_delivered_ms")?
                 .and_then(|ms| Timestamp::from_millisecond(ms).ok()),
         })
     }
+
+    /// Gives back the space of delivered messages once at least a quarter of the file is free:
+    /// [`SHRINK_STEP_PAGES`] at a time, each step a short transaction of its own, then the
+    /// write-ahead log is cut back. An outbox made before auto_vacuum was set is rebuilt
+    /// (VACUUM) once it is empty, when that costs nothing. Returns the pages given back.
+    pub fn shrink(&mut self) -> Result<i64, OutboxError> {
+        let pragma = |name: &str| -> Result<i64, OutboxError> {
+            self.conn
+                .query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+                .map_err(self.err("read its page counts"))
+        };
+        let (pages, free) = (pragma("page_count")?, pragma("freelist_count")?);
+        if free < SHRINK_MIN_FREE_PAGES || free * 4 < pages {
+            return Ok(0);
+        }
+        match pragma("auto_vacuum")? {
+            2 => {
+                for _ in 0..free.div_euclid(SHRINK_STEP_PAGES) + 1 {
+                    self.conn
+                        .execute_batch(&format!("PRAGMA incremental_vacuum({SHRINK_STEP_PAGES})"))
+                        .map_err(self.err("give back free pages"))?;
+                }
+            }
+            _ if self.totals()?.0 == 0 => self
+                .conn
+                .execute_batch("PRAGMA auto_vacuum = INCREMENTAL; VACUUM")
+                .map_err(self.err("rebuild it"))?,
+            _ => return Ok(0),
+        }
+        // Readers (the curator) may hold the log for a moment: then it is cut at a later step.
+        let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+        Ok(free - pragma("freelist_count")?)
+    }
+}
+
+/// What is committed with a batch of messages.
+#[derive(Default)]
+struct Marks<'a> {
+    /// A counter set to a value (a cursor).
+    counter: Option<(&'a str, i64)>,
+    /// Names remembered with what was queued for them.
+    sent: &'a [(String, String)],
 }
 
 #[cfg(test)]
@@ -623,5 +823,127 @@ mod tests {
         assert!(aside.exists());
         o.push(&[msg(Sink::Mqtt, 1, 5)], Timestamp::now()).unwrap();
         assert_eq!(o.stats().unwrap().depth, 1);
+    }
+
+    /// Bytes of the outbox file and its write-ahead log.
+    fn file_bytes(path: &Path) -> u64 {
+        let wal = PathBuf::from(format!("{}-wal", path.display()));
+        [path.to_path_buf(), wal]
+            .iter()
+            .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+            .sum()
+    }
+
+    /// Issue 22: 141 MB stayed on the card after 100,000 messages were delivered.
+    #[test]
+    fn the_file_gives_its_space_back_once_its_messages_are_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("outbox.db");
+        let big = Limits {
+            max_bytes: 64 << 20,
+            ..limits()
+        };
+        drop(Outbox::open(&dir.path().join("empty.db"), big).unwrap());
+        let empty = file_bytes(&dir.path().join("empty.db"));
+        let (mut o, _) = Outbox::open(&p, big).unwrap();
+        let batch: Vec<NewMessage> = (0..20_000).map(|n| msg(Sink::Mqtt, n, 500)).collect();
+        o.push(&batch, Timestamp::now()).unwrap();
+        assert!(file_bytes(&p) > 10_000_000, "{}", file_bytes(&p));
+        loop {
+            let next = o.next(Sink::Mqtt, 0, 100).unwrap();
+            if next.is_empty() {
+                break;
+            }
+            let seqs: Vec<i64> = next.iter().map(|m| m.seq).collect();
+            o.ack(&seqs, Timestamp::now()).unwrap();
+            o.shrink().unwrap();
+        }
+        // An empty outbox is 11 pages of 4 KiB; drained, it is back within twice that.
+        assert_eq!(empty, 11 * 4096);
+        assert!(
+            file_bytes(&p) <= 2 * empty,
+            "{} > 2 x {empty}",
+            file_bytes(&p)
+        );
+        assert_eq!(o.stats().unwrap().depth, 0);
+    }
+
+    /// An outbox of an older roost (no auto_vacuum) is rebuilt once it is empty.
+    #[test]
+    fn an_older_outbox_is_rebuilt_small_once_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("outbox.db");
+        let conn = Connection::open(&p).unwrap();
+        conn.execute_batch(&format!("PRAGMA journal_mode = WAL; {SCHEMA}"))
+            .unwrap();
+        drop(conn);
+        let (mut o, _) = Outbox::open(&p, limits()).unwrap();
+        let batch: Vec<NewMessage> = (0..2_000).map(|n| msg(Sink::Mqtt, n, 400)).collect();
+        o.push(&batch, Timestamp::now()).unwrap();
+        let seqs: Vec<i64> = (o.next(Sink::Mqtt, 0, 5_000).unwrap().iter())
+            .map(|m| m.seq)
+            .collect();
+        o.ack(&seqs, Timestamp::now()).unwrap();
+        assert!(o.shrink().unwrap() > 0);
+        assert!(file_bytes(&p) <= 12 * 4096, "{}", file_bytes(&p));
+    }
+
+    /// Issue 22: start-up loaded the whole outbox (82-110 MiB with a month offline).
+    #[test]
+    fn starting_loads_nothing_and_sending_reads_in_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("outbox.db");
+        let (mut o, _) = Outbox::open(&p, limits()).unwrap();
+        let batch: Vec<NewMessage> = (0..3_000)
+            .map(|n| NewMessage {
+                topic: format!("roost/dev/{n}"),
+                ..msg(Sink::Mqtt, n, 20)
+            })
+            .collect();
+        o.push(&batch, Timestamp::now()).unwrap();
+        drop(o);
+        let (mut o, _) = Outbox::open(&p, limits()).unwrap();
+        let keep = ["roost/dev/".to_string()];
+        assert_eq!(o.drop_foreign(Sink::Mqtt, &keep).unwrap(), 0);
+        assert_eq!(o.drop_foreign(Sink::Http, &[]).unwrap(), 0);
+        assert_eq!(o.stats().unwrap().depth, 3_000);
+        assert_eq!(
+            o.loaded(),
+            0,
+            "opening and checking the identity load nothing"
+        );
+        let first = o.next(Sink::Mqtt, 0, 100).unwrap();
+        assert_eq!((first.len(), o.loaded()), (100, 100));
+    }
+
+    /// Depth and bytes kept by triggers agree with what is there through pushes, drops and
+    /// acknowledgements.
+    #[test]
+    fn the_kept_totals_match_the_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = Limits {
+            max_bytes: 50_000,
+            max_age: SignedDuration::from_hours(1),
+        };
+        let (mut o, _) = Outbox::open(&dir.path().join("o.db"), small).unwrap();
+        let now = Timestamp::now();
+        for round in 0..5 {
+            let batch: Vec<NewMessage> =
+                (0..100).map(|n| msg(Sink::Mqtt, n, 300 + round)).collect();
+            o.push(&batch, now).unwrap();
+            let seqs: Vec<i64> = (o.next(Sink::Mqtt, 0, 7).unwrap().iter())
+                .map(|m| m.seq)
+                .collect();
+            o.ack(&seqs, now).unwrap();
+        }
+        let (depth, bytes): (i64, i64) = o
+            .conn
+            .query_row("SELECT count(*), sum(bytes) FROM message", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        let s = o.stats().unwrap();
+        assert_eq!((s.depth, s.bytes), (depth as u64, bytes as u64));
+        assert!(s.bytes <= 50_000 && s.dropped > 0, "{s:?}");
     }
 }

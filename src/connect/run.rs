@@ -22,6 +22,9 @@ use crate::errors;
 use crate::spec::connect::MqttSpec;
 use crate::status::StatusDoc;
 
+/// How far back the first start queues past model outputs: a day's findings catch a field
+/// engineer up, months of them would stall the start and the link.
+const CATCH_UP: SignedDuration = SignedDuration::from_hours(24);
 /// Longest wait between two connection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// The report is rewritten at least this often (fresh outbox figures for status.json).
@@ -89,13 +92,24 @@ struct MqttLink {
     backoff: Duration,
     /// Last outbox position handed to the session.
     cursor: i64,
-    /// Outbox positions of the publishes not yet written, in order (`None`: not from the outbox).
-    pending: VecDeque<Option<i64>>,
-    /// Packet id -> outbox position, for publishes awaiting their PUBACK.
-    in_flight: HashMap<u16, i64>,
+    /// The publishes not yet written, in order.
+    pending: VecDeque<Publish>,
+    /// Packet id -> what it carries, for publishes awaiting their PUBACK.
+    in_flight: HashMap<u16, Publish>,
     /// Since when publishes wait for an acknowledgement without any arriving: a broker that
     /// accepts the connection but acknowledges nothing is a link down, not an up one.
     waiting_since: Option<Instant>,
+}
+
+/// What a publish handed to the MQTT session carries.
+#[derive(Clone, Debug, PartialEq)]
+enum Publish {
+    /// A queued message: deleted from the outbox on its PUBACK.
+    Queued(i64),
+    /// Home Assistant's discovery config: remembered as sent on its PUBACK.
+    Discovery(String),
+    /// The availability: sent on each connect, nothing to note.
+    Direct,
 }
 
 /// The HTTP side's state.
@@ -126,8 +140,9 @@ struct Connector {
     report: ConnectReport,
     report_dirty: bool,
     status: Option<StatusDoc>,
-    sent_status: Option<Value>,
-    sent_states: BTreeMap<&'static str, String>,
+    /// What the sinks already have, remembered in the outbox across restarts (a start queues
+    /// only what changed).
+    sent: Remembered,
     counter: u64,
     to_ack: Vec<i64>,
     mqtt: Option<MqttLink>,
@@ -164,6 +179,7 @@ impl Connector {
         });
         report.mqtt.configured = mqtt.is_some();
         report.http.configured = http.is_some();
+        let sent = Remembered::read(&outbox, &cfg);
         Ok(Self {
             cfg,
             state_dir: state_dir.to_path_buf(),
@@ -171,8 +187,7 @@ impl Connector {
             report,
             report_dirty: true,
             status: None,
-            sent_status: None,
-            sent_states: BTreeMap::new(),
+            sent,
             counter: 0,
             to_ack: Vec::new(),
             mqtt,
@@ -296,10 +311,13 @@ impl Connector {
         self.mqtt.as_ref().map(|m| m.spec.topic_prefix.to_string())
     }
 
-    /// Queues `messages`; a drop to keep within the limits becomes a warning.
-    /// Queues `messages`; false when the outbox cannot take them (reported as DEP_E506 until
-    /// a write works again).
-    fn enqueue(&mut self, mut messages: Vec<NewMessage>) -> bool {
+    /// Queues `messages`, remembering `remember` with them; false when the outbox cannot take
+    /// them (reported as DEP_E506 until a write works again).
+    fn enqueue(
+        &mut self,
+        mut messages: Vec<NewMessage>,
+        mut remember: Vec<(String, String)>,
+    ) -> bool {
         // A message that could never be carried is counted and said, never queued: it
         // would block every message behind it.
         let report = &mut self.report;
@@ -309,7 +327,13 @@ impl Connector {
         }
         // The report's outbox figures change either way (depth, drops, the write error).
         self.report_dirty = true;
-        match self.outbox.push(&messages, Timestamp::now()) {
+        if !remember.is_empty() {
+            remember.push((DESTINATION.to_string(), self.sent.destination.clone()));
+        }
+        match self
+            .outbox
+            .push_remembering(&messages, &remember, Timestamp::now())
+        {
             Ok(_) => {
                 self.report.outbox_error = None;
                 true
@@ -391,7 +415,7 @@ impl Connector {
         let doc = crate::redact::typed(&doc);
         let comparable = messages::comparable(&doc);
         self.status = Some(doc);
-        if self.sent_status.as_ref() == Some(&comparable) {
+        if self.sent.status.as_ref() == Some(&comparable) {
             return;
         }
         let now = Timestamp::now();
@@ -404,11 +428,13 @@ impl Connector {
         let mut out = self.to_sinks(topic, "status", &payload, true);
         let (states, sent_states) = self.state_messages(&self.facts(), false);
         out.extend(states);
+        let mut remember = self.sent.states_changed(&sent_states);
+        remember.push(("status".to_string(), comparable.to_string()));
         // Only what reached the outbox counts as sent: a failed write is queued again at the
         // next wake-up (heartbeat or report), not forgotten.
-        if self.enqueue(out) {
-            self.sent_status = Some(comparable);
-            self.sent_states = sent_states;
+        if self.enqueue(out, remember) {
+            self.sent.status = Some(comparable);
+            self.sent.states = sent_states;
         }
         self.write_prometheus();
     }
@@ -421,8 +447,8 @@ impl Connector {
         &self,
         facts: &Facts,
         counters: bool,
-    ) -> (Vec<NewMessage>, BTreeMap<&'static str, String>) {
-        let mut sent = self.sent_states.clone();
+    ) -> (Vec<NewMessage>, BTreeMap<String, String>) {
+        let mut sent = self.sent.states.clone();
         let (Some(doc), Some(m)) = (&self.status, &self.mqtt) else {
             return (Vec::new(), sent);
         };
@@ -444,7 +470,7 @@ impl Connector {
                 retain: true,
                 recording: None,
             });
-            sent.insert(entity, value);
+            sent.insert(entity.to_string(), value);
         }
         (out, sent)
     }
@@ -472,8 +498,9 @@ impl Connector {
         }
         let (states, sent_states) = self.state_messages(&facts, true);
         out.extend(states);
-        if self.enqueue(out) {
-            self.sent_states = sent_states;
+        let remember = self.sent.states_changed(&sent_states);
+        if self.enqueue(out, remember) {
+            self.sent.states = sent_states;
         }
         // A status whose queueing failed earlier is queued now.
         self.on_status();
@@ -484,9 +511,24 @@ impl Connector {
 
     /// New model outputs in metadata.db become messages (those with a detection at or above
     /// their detector's sendMinScore, or file-level tags); the cursor moves in the same outbox
-    /// transaction, so each is queued exactly once.
+    /// transaction, so each is queued exactly once. The first time (spec.connect added to a
+    /// device with months of outputs) only the last [`CATCH_UP`] of them are.
     fn queue_detections(&mut self) {
         const CURSOR: &str = super::outbox::MODEL_OUTPUT_CURSOR;
+        if !self.outbox.has_counter(CURSOR) {
+            let since = Timestamp::now() - CATCH_UP;
+            let Some(start) = super::detections::catch_up_from(&self.cfg.storage, since) else {
+                return;
+            };
+            tracing::info!(since = %since, "first start beside past model outputs: queueing only the recent ones");
+            if let Err(e) = self
+                .outbox
+                .push_marked(&[], (CURSOR, start), Timestamp::now())
+            {
+                tracing::error!(error = %errors::chain(&e), "cannot set the detections' cursor");
+                return;
+            }
+        }
         loop {
             let after = self.outbox.counter(CURSOR);
             let Some(batch) =
@@ -514,7 +556,7 @@ impl Connector {
                     ..m
                 }));
             }
-            self.report_dirty = true;
+            self.report_dirty |= !out.is_empty();
             if let Err(e) = self.outbox.push_marked(&out, (CURSOR, last), now) {
                 tracing::error!(error = %errors::chain(&e), "cannot queue detections; trying again at the next change");
                 return;
@@ -642,17 +684,23 @@ impl Connector {
                 tracing::info!(broker = %m.spec.url, "connected to the MQTT broker");
                 self.announce();
             }
-            Event::Outgoing(Outgoing::Publish(pkid)) => {
-                if let Some(Some(seq)) = m.pending.pop_front() {
-                    m.in_flight.insert(pkid, seq);
+            Event::Outgoing(Outgoing::Publish(pkid)) => match m.pending.pop_front() {
+                Some(Publish::Direct) | None => {}
+                Some(publish) => {
+                    m.in_flight.insert(pkid, publish);
                     m.waiting_since.get_or_insert_with(Instant::now);
                 }
-            }
+            },
             Event::Incoming(Incoming::PubAck(ack)) => {
-                if let Some(seq) = m.in_flight.remove(&ack.pkid) {
-                    self.to_ack.push(seq);
-                    self.report.mqtt.delivered += 1;
+                match m.in_flight.remove(&ack.pkid) {
+                    Some(Publish::Queued(seq)) => {
+                        self.to_ack.push(seq);
+                        self.report.mqtt.delivered += 1;
+                    }
+                    Some(Publish::Discovery(config)) => self.discovery_acknowledged(config),
+                    Some(Publish::Direct) | None => {}
                 }
+                let Some(m) = &mut self.mqtt else { return };
                 // Progress: the clock starts again for what still waits.
                 m.waiting_since = (!m.in_flight.is_empty()).then(Instant::now);
             }
@@ -660,7 +708,7 @@ impl Connector {
                 let ha_status = format!("{}/status", m.spec.discovery_prefix);
                 if p.topic == ha_status && p.payload.as_ref() == b"online" {
                     tracing::info!("Home Assistant announced itself; publishing discovery again");
-                    self.announce_discovery();
+                    self.announce_discovery(true);
                 }
             }
             _ => {}
@@ -677,16 +725,18 @@ impl Connector {
             .try_publish(topic, QoS::AtLeastOnce, true, "online")
             .is_ok()
         {
-            m.pending.push_back(None);
+            m.pending.push_back(Publish::Direct);
         }
         if m.spec.home_assistant {
             let ha_status = format!("{}/status", m.spec.discovery_prefix);
             let _ = s.client.try_subscribe(ha_status, QoS::AtLeastOnce);
         }
-        self.announce_discovery();
+        self.announce_discovery(false);
     }
 
-    fn announce_discovery(&mut self) {
+    /// Publishes Home Assistant's discovery config when it differs from the one the broker
+    /// last acknowledged (retained there), or `always` (Home Assistant started and asks).
+    fn announce_discovery(&mut self, always: bool) {
         let device_id = self.cfg.device_id.clone();
         let deployment = self.cfg.deployment.clone();
         let Some(m) = &mut self.mqtt else { return };
@@ -700,11 +750,31 @@ impl Connector {
             &device_id,
             Some(&deployment),
         );
+        let config = config.to_string();
+        if !always && self.sent.discovery.as_ref() == Some(&config) {
+            return;
+        }
         if s.client
-            .try_publish(topic, QoS::AtLeastOnce, true, config.to_string())
+            .try_publish(topic, QoS::AtLeastOnce, true, config.clone())
             .is_ok()
         {
-            m.pending.push_back(None);
+            m.pending.push_back(Publish::Discovery(config));
+        }
+    }
+
+    fn discovery_acknowledged(&mut self, config: String) {
+        let remember = [
+            ("discovery".to_string(), config.clone()),
+            (DESTINATION.to_string(), self.sent.destination.clone()),
+        ];
+        match self
+            .outbox
+            .push_remembering(&[], &remember, Timestamp::now())
+        {
+            Ok(_) => self.sent.discovery = Some(config),
+            Err(e) => {
+                tracing::warn!(error = %errors::chain(&e), "cannot note the discovery config as sent")
+            }
         }
     }
 
@@ -784,7 +854,7 @@ impl Connector {
             {
                 break;
             }
-            m.pending.push_back(Some(msg.seq));
+            m.pending.push_back(Publish::Queued(msg.seq));
             m.cursor = msg.seq;
         }
     }
@@ -794,13 +864,18 @@ impl Connector {
             return;
         }
         let seqs = std::mem::take(&mut self.to_ack);
-        match self.outbox.ack(&seqs, Timestamp::now()) {
-            // The depth and `delivered` changed: without this status.json kept showing the
-            // queue as it was before the link returned, until the next periodic report.
-            Ok(()) => self.report_dirty = true,
-            Err(e) => {
-                tracing::error!(error = %errors::chain(&e), "cannot remove delivered messages from the outbox")
-            }
+        if let Err(e) = self.outbox.ack(&seqs, Timestamp::now()) {
+            tracing::error!(error = %errors::chain(&e), "cannot remove delivered messages from the outbox");
+            return;
+        }
+        // A figure that moves with every delivery waits for the periodic report (a report per
+        // batch of acknowledgements rewrote status.json as often); an emptied queue is said at
+        // once, or status.json shows a queue that is gone.
+        if self.outbox.stats().is_ok_and(|s| s.depth == 0) {
+            self.report_dirty = true;
+        }
+        if let Err(e) = self.outbox.shrink() {
+            tracing::warn!(error = %errors::chain(&e), "cannot give back the outbox's free space");
         }
     }
 
@@ -908,6 +983,61 @@ impl Connector {
         self.report.mqtt.connected = false;
         self.report_dirty = true;
         self.write_report_if(true);
+    }
+}
+
+/// The name under which the sinks' identity is remembered with what they were sent.
+const DESTINATION: &str = "destination";
+
+/// What the sinks already have, as remembered in the outbox: the status's meaning, the Home
+/// Assistant states and discovery config. Forgotten when the destination (device id, broker,
+/// prefixes, endpoint) changed: a new broker gets everything once.
+#[derive(Clone, Debug, Default)]
+struct Remembered {
+    /// The device id, broker, prefixes and endpoint these were sent to.
+    destination: String,
+    /// The comparable form of the last status queued.
+    status: Option<Value>,
+    /// Home Assistant entity -> its last state queued.
+    states: BTreeMap<String, String>,
+    /// The last discovery config the broker acknowledged.
+    discovery: Option<String>,
+}
+
+impl Remembered {
+    fn read(outbox: &Outbox, cfg: &ConnectConfig) -> Self {
+        let http = cfg.connect.http.as_ref().map(|h| h.url.as_str());
+        let mqtt = cfg.connect.mqtt.as_ref().map(|m| {
+            let ha = m.home_assistant.then_some(m.discovery_prefix.as_str());
+            (m.url.to_string(), m.topic_prefix.to_string(), ha)
+        });
+        let destination = serde_json::json!([cfg.device_id, mqtt, http]).to_string();
+        let sent = outbox.sent();
+        if sent.get(DESTINATION) != Some(&destination) {
+            return Self {
+                destination,
+                ..Self::default()
+            };
+        }
+        let states = (sent.iter())
+            .filter_map(|(k, v)| Some((k.strip_prefix("state/")?.to_string(), v.clone())))
+            .collect();
+        Self {
+            destination,
+            status: sent
+                .get("status")
+                .and_then(|s| serde_json::from_str(s).ok()),
+            states,
+            discovery: sent.get("discovery").cloned(),
+        }
+    }
+
+    /// The entries of `states` that differ from those remembered, to remember with them.
+    fn states_changed(&self, states: &BTreeMap<String, String>) -> Vec<(String, String)> {
+        (states.iter())
+            .filter(|(k, v)| self.states.get(*k) != Some(v))
+            .map(|(k, v)| (format!("state/{k}"), v.clone()))
+            .collect()
     }
 }
 
@@ -1096,5 +1226,67 @@ async fn join<T>(job: Option<&mut tokio::task::JoinHandle<T>>) -> Option<T> {
     match job {
         Some(job) => job.await.ok(),
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(storage: &Path, broker: &str) -> ConnectConfig {
+        serde_json::from_value(serde_json::json!({
+            "deployment": "t", "deviceId": "dev-1", "storage": storage,
+            "connect": {"mqtt": {"url": broker}, "heartbeat": {"interval": "10m"}}
+        }))
+        .unwrap()
+    }
+
+    fn write_status(state: &Path) {
+        let doc: StatusDoc = serde_json::from_value(serde_json::json!({
+            "apiVersion": "roost/v1", "kind": "DeploymentStatus", "generation": 1,
+            "observedGeneration": 1, "phase": "Succeeded", "status": "Running",
+            "reconciler": {"pid": std::process::id(), "version": "0", "runtime": "process"},
+            "updatedAt": Timestamp::now().to_string()
+        }))
+        .unwrap();
+        let path = crate::state_dir::StateDir::new(state.to_path_buf()).status();
+        crate::status::write(&path, &doc).unwrap();
+    }
+
+    /// Messages queued by a start: status, Home Assistant states, detections and a heartbeat.
+    fn start(state: &Path, cfg: ConnectConfig) -> (u64, u64) {
+        let mut c = Connector::open(cfg, state).unwrap();
+        let before = c.outbox.counter_of_messages();
+        c.on_status();
+        c.queue_detections();
+        let after_status = c.outbox.counter_of_messages();
+        c.on_heartbeat();
+        (
+            after_status - before,
+            c.outbox.counter_of_messages() - after_status,
+        )
+    }
+
+    /// Issue 22: each start queued a burst again; the first one, every past model output.
+    #[tokio::test]
+    async fn a_start_queues_only_what_the_sinks_do_not_have() {
+        let state = tempfile::tempdir().unwrap();
+        let storage = state.path().join("storage");
+        let now = Timestamp::now();
+        super::super::detections::tests::metadata(&storage, 3 * 24 * 60, 1, now);
+        write_status(state.path());
+        let cfg = config(&storage, "mqtt://127.0.0.1:9");
+        let (first, _) = start(state.path(), cfg.clone());
+        // Status, 4 Home Assistant states, a day of detections (the 3 days before it are not).
+        assert_eq!(first, 1 + 4 + 24 * 60);
+        let (again, beat) = start(state.path(), cfg.clone());
+        assert_eq!(again, 0, "nothing changed, nothing queued");
+        // The heartbeat and the counters that moved (its own depth, free space).
+        assert!(
+            beat <= 1 + messages::COUNTER_ENTITIES.len() as u64,
+            "{beat}"
+        );
+        let (moved, _) = start(state.path(), config(&storage, "mqtt://127.0.0.2:9"));
+        assert_eq!(moved, 1 + 4, "another broker gets the status again");
     }
 }
