@@ -480,7 +480,7 @@ fn a_fresh_storage_with_a_detection_rule_analyses_every_recording_before_any_is_
     );
     for (finished, gone) in &analysed_then_deleted {
         let finished = roost::storage::parse_db_datetime(finished).unwrap();
-        let gone: Timestamp = gone.parse().unwrap();
+        let gone = roost::storage::parse_db_datetime(gone).unwrap();
         assert!(finished <= gone, "analysed {finished}, deleted {gone}");
     }
     // Rows and files agree.

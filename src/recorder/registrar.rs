@@ -2,7 +2,9 @@
 //! hands it each finished file's row and carries on; the registrar writes the rows, retries
 //! while the database is locked, unwritable, deleted or replaced (reopening it, recreating it,
 //! and registering the files found on disk), and carries out `deleteOldest`. It must never make
-//! the writer wait: the writer only sends jobs and reads a snapshot of [`RegistrarView`].
+//! the writer wait: the writer only sends jobs and reads a snapshot of [`RegistrarView`]. The
+//! start-up repair (and the rebuild of a lost database) goes one batch at a time, with the
+//! writer's rows written between batches, and holds one batch whatever the archive's size.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -13,7 +15,7 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 
 use crate::spec::Location;
-use crate::storage::{self, Folders, NewRecording, RepairReport, Storage, StorageError};
+use crate::storage::{self, Folders, NewRecording, Repair, RepairReport, Storage, StorageError};
 
 /// Rows owed for longer than this are reported (DEP_E321).
 pub const OWED_GRACE: Duration = Duration::from_secs(3);
@@ -23,6 +25,13 @@ const RETRY: Duration = Duration::from_secs(1);
 const MAX_REPAIR_RETRY: Duration = Duration::from_secs(30);
 /// Deletions named in the view (the most recent ones).
 pub const RECENT_DELETIONS: usize = 10;
+/// Paths the view names per list of the repair (the latest); `repair.progress` counts them all.
+pub const RECENT_REPAIRS: usize = 100;
+/// A repair under way shows its progress in the report at most this often (and when it ends):
+/// each change of the view rewrites the report.
+const REPAIR_PROGRESS_EVERY: Duration = Duration::from_secs(10);
+/// Rows that start last, read at opening to find where the archive ends.
+const NEWEST_ROWS: usize = 64;
 
 /// What the writer sees of the registrar: a snapshot, copied under a short lock.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -109,6 +118,9 @@ impl Registrar {
             queue: VecDeque::new(),
             room: None,
             repair_pending: true,
+            repair: None,
+            repair_failed: false,
+            progress_shown: None,
             released: false,
             replace_db: false,
         };
@@ -224,6 +236,12 @@ struct Worker {
     queue: VecDeque<NewRecording>,
     room: Option<(u64, u64)>,
     repair_pending: bool,
+    /// The repair under way; a new one starts when a new connection is opened.
+    repair: Option<Repair>,
+    /// The last repair step failed: wait before the next instead of going straight on.
+    repair_failed: bool,
+    /// When the repair's progress was last shown in the view.
+    progress_shown: Option<Instant>,
     /// Closed on the writer's request: stays closed until a job needs the database.
     released: bool,
     /// The database was found damaged in use: set it aside at the next opening.
@@ -236,6 +254,9 @@ impl Worker {
         loop {
             let wait = if self.released {
                 None
+            } else if self.repair_pending && self.db.is_some() && !self.repair_failed {
+                // Between batches: only the jobs that arrived meanwhile, then the next batch.
+                Some(Duration::ZERO)
             } else if !self.queue.is_empty() || self.room.is_some() {
                 Some(RETRY)
             } else if self.repair_pending {
@@ -251,6 +272,9 @@ impl Worker {
                 Ok(job) => self.take(job),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
+                    // Stopping: the rows owed are written; the rest of a repair waits for the
+                    // next start (it would hold the recorder's exit up).
+                    self.repair_pending = false;
                     self.turn();
                     return;
                 }
@@ -259,7 +283,7 @@ impl Worker {
                 self.take(job);
             }
             self.turn();
-            repair_retry = if self.repair_pending {
+            repair_retry = if self.repair_pending && (self.repair_failed || self.db.is_none()) {
                 (repair_retry * 2).min(MAX_REPAIR_RETRY)
             } else {
                 RETRY
@@ -327,6 +351,8 @@ impl Worker {
             Timestamp::now(),
         )?;
         let latest_end = latest_end(&db);
+        // A new connection (perhaps to a new database) is checked from the start.
+        self.repair = None;
         let mut v = lock(&self.view);
         if let Some(aside) = db.set_aside() {
             v.databases_set_aside.push(aside.to_path_buf());
@@ -338,21 +364,42 @@ impl Worker {
         Ok(())
     }
 
+    /// One batch of the repair; the report shows what it did every [`REPAIR_PROGRESS_EVERY`]
+    /// and at its end (a rebuild of a year takes a thousand batches).
     fn repair(&mut self) {
         let Some(db) = self.db.as_mut() else { return };
-        match db.repair(&self.deployment_id) {
-            Ok(r) => {
-                self.repair_pending = false;
-                let mut v = lock(&self.view);
-                if !r.is_empty() {
-                    v.repair.registered.extend(r.registered);
-                    v.repair.quarantined.extend(r.quarantined);
-                    v.repair.rows_removed.extend(r.rows_removed);
-                    v.repair.deletions_finished.extend(r.deletions_finished);
-                    v.version += 1;
-                }
+        let repair = self
+            .repair
+            .get_or_insert_with(|| Repair::new(Timestamp::now()));
+        let batch = match db.repair_step(repair, &self.deployment_id) {
+            Ok(batch) => batch,
+            Err(e) => {
+                self.repair_failed = true;
+                self.failed(&e);
+                return;
             }
-            Err(e) => self.failed(&e),
+        };
+        self.repair_failed = false;
+        let mut progress = repair.progress().clone();
+        let done = repair.is_done();
+        if done {
+            progress.finished_at = Some(Timestamp::now());
+            self.repair_pending = false;
+            self.repair = None;
+        }
+        let latest = done.then(|| latest_end(db)).flatten();
+        let show = done
+            || self
+                .progress_shown
+                .is_none_or(|t| t.elapsed() >= REPAIR_PROGRESS_EVERY);
+        let mut v = lock(&self.view);
+        v.repair.absorb(batch, RECENT_REPAIRS);
+        v.repair.progress = Some(progress);
+        v.latest_end = v.latest_end.max(latest);
+        if show {
+            v.version += 1;
+            drop(v);
+            self.progress_shown = Some(Instant::now());
         }
     }
 
@@ -449,7 +496,7 @@ impl Worker {
 }
 
 fn latest_end(db: &Storage) -> Option<Timestamp> {
-    let rows = db.recordings().ok()?;
+    let rows = db.newest_recordings(NEWEST_ROWS).ok()?;
     rows.iter()
         .filter_map(|r| {
             let start = storage::start_from_file_name(&r.path)?;

@@ -120,7 +120,8 @@ pub struct RecorderReport {
     pub next_window_from: Option<String>,
     /// The fault that keeps it from recording as it should, if any.
     pub error: Option<ReportError>,
-    /// What the start-up repair of the storage did.
+    /// What the start-up repair of the storage did (the latest paths of each kind), and in
+    /// `repair.progress` how far it has got and its totals (a rebuild takes a while).
     #[serde(default)]
     pub repair: RepairReport,
     /// Finished files in recordings/ whose metadata.db row is not written yet (DEP_E321 once
