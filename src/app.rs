@@ -584,6 +584,12 @@ fn keep_preview(deployment: &spec::Deployment, state_dir: &Path) -> String {
             if p.would_delete.len() > 20 {
                 out.push_str(&format!("  ... and {} more\n", p.would_delete.len() - 20));
             }
+            if p.not_judged > 0 {
+                out.push_str(&format!(
+                    "  {} more recordings wait for a decision and are not judged by plan (the curator judges them in order, oldest first).\n",
+                    p.not_judged
+                ));
+            }
         }
         Err(e) => out.push_str(&format!(
             "Keep rules: metadata.db cannot be read yet ({e}); nothing to delete.\n"

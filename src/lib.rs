@@ -27,6 +27,7 @@
 
 pub mod app;
 pub mod apply;
+pub mod archive;
 pub mod builtin;
 pub mod cli;
 pub mod clock;

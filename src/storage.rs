@@ -144,6 +144,75 @@ const MIGRATIONS: &[&str] = &[
     // detection messages); without this index each lookup read the whole table, a cost that
     // grew with every recording ever analysed.
     "CREATE INDEX IF NOT EXISTS predicted_tag_model_output ON predicted_tag(model_output_id);",
+    // 5: figures kept as the rows change, so that no recurring look costs more with every
+    // recording ever made (see docs/PERFORMANCE.md, issue 22). `roost_age.bytes` is what a
+    // recording's file occupies (stat once, when the curator first sees it; the rows of files
+    // already gone: 0), `skew_s` its wall-clock start minus when it was made on the device
+    // clock (a clock step since shows as a skew unlike today's; NULL once the file is gone);
+    // `roost_tally` the recordings whose file is there and their bytes, `roost_deleted` the
+    // files deleted per rule or cause, both kept by triggers whoever writes the rows.
+    "ALTER TABLE roost_age ADD COLUMN bytes INTEGER;
+    ALTER TABLE roost_age ADD COLUMN skew_s REAL;
+    UPDATE roost_age SET bytes = 0
+        WHERE recording_id IN (SELECT id FROM recording WHERE path IS NULL);
+    UPDATE roost_age SET skew_s = (julianday(r.datetime) - 2440587.5) * 86400.0 - made_device_s
+        FROM recording r WHERE r.id = roost_age.recording_id AND r.path IS NOT NULL;
+    CREATE INDEX roost_age_made ON roost_age(made_device_s);
+    CREATE INDEX roost_age_skew ON roost_age(skew_s) WHERE skew_s IS NOT NULL;
+    CREATE INDEX roost_age_unsized ON roost_age(recording_id) WHERE bytes IS NULL;
+    CREATE TABLE roost_tally (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        recordings INTEGER NOT NULL,
+        bytes INTEGER NOT NULL
+    );
+    INSERT INTO roost_tally (id, recordings, bytes)
+        VALUES (1, (SELECT count(*) FROM recording WHERE path IS NOT NULL), 0);
+    CREATE TABLE roost_deleted (
+        deleted_by TEXT PRIMARY KEY NOT NULL,
+        recordings INTEGER NOT NULL
+    );
+    INSERT INTO roost_deleted (deleted_by, recordings)
+        SELECT deleted_by, count(*) FROM recording WHERE deleted_by IS NOT NULL GROUP BY deleted_by;
+    CREATE TRIGGER roost_tally_registered AFTER INSERT ON recording WHEN new.path IS NOT NULL
+    BEGIN
+        UPDATE roost_tally SET recordings = recordings + 1 WHERE id = 1;
+    END;
+    CREATE TRIGGER roost_tally_gone AFTER UPDATE OF path ON recording
+        WHEN old.path IS NOT NULL AND new.path IS NULL
+    BEGIN
+        UPDATE roost_tally SET recordings = recordings - 1, bytes = bytes - coalesce(
+            (SELECT bytes FROM roost_age WHERE recording_id = old.id), 0) WHERE id = 1;
+        UPDATE roost_age SET skew_s = NULL WHERE recording_id = old.id;
+    END;
+    CREATE TRIGGER roost_tally_back AFTER UPDATE OF path ON recording
+        WHEN old.path IS NULL AND new.path IS NOT NULL
+    BEGIN
+        UPDATE roost_tally SET recordings = recordings + 1, bytes = bytes + coalesce(
+            (SELECT bytes FROM roost_age WHERE recording_id = new.id), 0) WHERE id = 1;
+    END;
+    CREATE TRIGGER roost_tally_removed AFTER DELETE ON recording WHEN old.path IS NOT NULL
+    BEGIN
+        UPDATE roost_tally SET recordings = recordings - 1, bytes = bytes - coalesce(
+            (SELECT bytes FROM roost_age WHERE recording_id = old.id), 0) WHERE id = 1;
+    END;
+    CREATE TRIGGER roost_tally_stamped AFTER INSERT ON roost_age
+        WHEN new.bytes IS NOT NULL
+         AND EXISTS (SELECT 1 FROM recording WHERE id = new.recording_id AND path IS NOT NULL)
+    BEGIN
+        UPDATE roost_tally SET bytes = bytes + new.bytes WHERE id = 1;
+    END;
+    CREATE TRIGGER roost_tally_sized AFTER UPDATE OF bytes ON roost_age
+        WHEN EXISTS (SELECT 1 FROM recording WHERE id = new.recording_id AND path IS NOT NULL)
+    BEGIN
+        UPDATE roost_tally SET bytes = bytes + coalesce(new.bytes, 0) - coalesce(old.bytes, 0)
+            WHERE id = 1;
+    END;
+    CREATE TRIGGER roost_count_deleted AFTER UPDATE OF deleted_by ON recording
+        WHEN old.deleted_by IS NULL AND new.deleted_by IS NOT NULL
+    BEGIN
+        INSERT OR IGNORE INTO roost_deleted (deleted_by, recordings) VALUES (new.deleted_by, 0);
+        UPDATE roost_deleted SET recordings = recordings + 1 WHERE deleted_by = new.deleted_by;
+    END;",
 ];
 
 /// Why a storage or its metadata.db cannot be used; each variant names the path concerned.
@@ -940,6 +1009,11 @@ impl Storage {
     /// The open connection to metadata.db (WAL journal, synchronous NORMAL, foreign keys on).
     pub fn connection(&self) -> &Connection {
         &self.conn
+    }
+
+    /// The open connection, to write in transactions of one's own (the archive builder).
+    pub fn connection_mut(&mut self) -> &mut Connection {
+        &mut self.conn
     }
 
     /// The row of deployment `name` to attach recordings to: the open row of that name if there

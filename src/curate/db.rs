@@ -262,23 +262,26 @@ pub fn record_failure(
     .map(drop)
 }
 
-/// Recordings not yet decided on, oldest (insertion order) first, up to the first that a
-/// detector of `detectors` (name, since rowid) has not finished: a recording still waiting
-/// holds the ones after it.
+/// Recordings not yet decided on after rowid `after`, oldest (insertion order) first, up to the
+/// first that a detector of `detectors` (name, since rowid) has not finished: a recording still
+/// waiting holds the ones after it. `after` is the curator's cursor: every recording up to it
+/// is decided, so no look re-reads what was decided before.
 pub fn undecided(
     conn: &Connection,
+    after: i64,
     detectors: &[(String, i64)],
     limit: usize,
 ) -> rusqlite::Result<Vec<Recording>> {
     let sql = format!(
         "SELECT {RECORDING_COLUMNS} FROM recording r
-         WHERE r.path IS NOT NULL AND typeof(r.id) = 'text'
+         WHERE r.rowid > ?1 AND r.path IS NOT NULL AND typeof(r.id) = 'text'
            AND NOT EXISTS (SELECT 1 FROM roost_keep k WHERE k.recording_id = r.id)
-         ORDER BY r.rowid LIMIT ?1"
+         ORDER BY r.rowid LIMIT ?2"
     );
     let mut stmt = conn.prepare_cached(&sql)?;
-    let rows: Vec<Recording> =
-        crate::storage::skip_foreign_rows(stmt.query_map(params![limit as i64], recording)?)?;
+    let rows: Vec<Recording> = crate::storage::skip_foreign_rows(
+        stmt.query_map(params![after, limit as i64], recording)?,
+    )?;
     let mut out = Vec::new();
     for r in rows {
         if analysed_by_all(conn, &r, detectors)? {
@@ -288,6 +291,18 @@ pub fn undecided(
         }
     }
     Ok(out)
+}
+
+/// The rowid up to which every recording is decided: the newest decided one, found from the
+/// end (decisions are made in rowid order; only what came since is read).
+pub fn decided_until(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "SELECT coalesce((SELECT r.rowid FROM recording r
+             WHERE EXISTS (SELECT 1 FROM roost_keep k WHERE k.recording_id = r.id)
+             ORDER BY r.rowid DESC LIMIT 1), 0)",
+        [],
+        |r| r.get(0),
+    )
 }
 
 /// Whether every detector that looks at `r` (those whose `since` rowid lies before it) has
@@ -417,31 +432,84 @@ pub fn decided(
 pub use crate::storage::mark_deleted;
 
 /// Stamps, on the device clock, when each recording after rowid `after` that has none yet was
-/// made (see [`super::age::made_at`]); returns the newest rowid looked at.
+/// made (see [`super::age::made_at`]), with the bytes its file occupies and its skew (wall
+/// start minus made); at most `limit` rows. Returns the newest rowid looked at and how many
+/// rows were read.
 pub fn stamp_made(
     conn: &Connection,
     after: i64,
     device_now: f64,
     wall_now: Timestamp,
-) -> rusqlite::Result<i64> {
-    let sql =
-        format!("SELECT {RECORDING_COLUMNS} FROM recording r WHERE r.rowid > ?1 ORDER BY r.rowid");
+    limit: usize,
+) -> rusqlite::Result<(i64, usize)> {
+    let sql = format!(
+        "SELECT {RECORDING_COLUMNS} FROM recording r WHERE r.rowid > ?1 ORDER BY r.rowid LIMIT ?2"
+    );
     let rows: Vec<Recording> = crate::storage::skip_foreign_rows(
-        conn.prepare_cached(&sql)?.query_map([after], recording)?,
+        conn.prepare_cached(&sql)?
+            .query_map(params![after, limit as i64], recording)?,
     )?;
     let mut insert = conn.prepare_cached(
-        "INSERT INTO roost_age (recording_id, made_device_s) VALUES (?1, ?2)
+        "INSERT INTO roost_age (recording_id, made_device_s, bytes, skew_s) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT(recording_id) DO NOTHING",
     )?;
     let mut newest = after;
-    for r in rows {
+    for r in &rows {
         newest = newest.max(r.rowid);
         if r.made_device_s.is_none() {
             let made = super::age::made_at(device_now, wall_now, r.start, r.duration_s);
-            insert.execute(params![r.id, made])?;
+            let bytes = crate::storage::disk_bytes(&r.path) as i64;
+            insert.execute(params![r.id, made, bytes, skew(r.start, made)])?;
         }
     }
-    Ok(newest)
+    Ok((newest, rows.len()))
+}
+
+/// A recording's wall-clock start (Unix seconds) minus when it was made on the device clock.
+/// Every recording stamped while the clock ran true has about today's skew
+/// ([`clock_skew`]); one that differs by more than [`super::age::DISAGREE_AFTER_S`] was made
+/// before a clock step (or seen late).
+pub fn skew(start: Timestamp, made_device_s: f64) -> f64 {
+    start.as_millisecond() as f64 / 1000.0 - made_device_s
+}
+
+/// Today's skew: the wall clock (Unix seconds) minus the device clock.
+pub fn clock_skew(wall_now: Timestamp, device_now: f64) -> f64 {
+    wall_now.as_millisecond() as f64 / 1000.0 - device_now
+}
+
+/// The rowid up to which every recording has its `roost_age` stamp: the newest stamped one,
+/// found from the end (only what came since the curator last looked is read).
+pub fn stamped_until(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "SELECT coalesce((SELECT r.rowid FROM recording r
+             WHERE EXISTS (SELECT 1 FROM roost_age g WHERE g.recording_id = r.id)
+             ORDER BY r.rowid DESC LIMIT 1), 0)",
+        [],
+        |r| r.get(0),
+    )
+}
+
+/// Gives up to `limit` recordings stamped before their size was kept (a database of an older
+/// roost) their `bytes`; returns how many. The partial index holds only those rows.
+pub fn size_unsized(conn: &Connection, limit: usize) -> rusqlite::Result<usize> {
+    let rows: Vec<(String, Option<String>)> = conn
+        .prepare_cached(
+            "SELECT g.recording_id, r.path FROM roost_age g
+             LEFT JOIN recording r ON r.id = g.recording_id
+             WHERE g.bytes IS NULL LIMIT ?1",
+        )?
+        .query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1).ok().flatten())))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut update =
+        conn.prepare_cached("UPDATE roost_age SET bytes = ?2 WHERE recording_id = ?1")?;
+    for (id, path) in &rows {
+        let bytes = path
+            .as_deref()
+            .map_or(0, |p| crate::storage::disk_bytes(std::path::Path::new(p)));
+        update.execute(params![id, bytes as i64])?;
+    }
+    Ok(rows.len())
 }
 
 /// The device clock as last stored (`roost_clock`), if ever.
@@ -481,7 +549,8 @@ pub fn store_clock(conn: &Connection, a: &super::age::Anchor) -> rusqlite::Resul
     .map(drop)
 }
 
-/// Every recording whose file is there, oldest first.
+/// Every recording whose file is there, oldest first (start time). Reads the whole table: for
+/// tools and tests, never a recurring look.
 pub fn present(conn: &Connection) -> rusqlite::Result<Vec<Recording>> {
     let sql = format!(
         "SELECT {RECORDING_COLUMNS} FROM recording r WHERE r.path IS NOT NULL AND typeof(r.id) = 'text' ORDER BY r.datetime"
@@ -489,6 +558,64 @@ pub fn present(conn: &Connection) -> rusqlite::Result<Vec<Recording>> {
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt.query_map([], recording)?;
     crate::storage::skip_foreign_rows(rows)
+}
+
+/// The SQL of the recordings whose file is there, oldest first by when they were made on the
+/// device clock (the `roost_age_made` index: a look stops as soon as it has what it needs),
+/// with the bytes each occupies as column 9. Recordings not stamped yet (seen this round for
+/// the first time) are the newest and come last, outside it.
+pub fn oldest_made_sql() -> String {
+    format!(
+        "SELECT {RECORDING_COLUMNS}, g.bytes FROM roost_age g JOIN recording r ON r.id = g.recording_id
+         WHERE r.path IS NOT NULL AND typeof(r.id) = 'text' ORDER BY g.made_device_s"
+    )
+}
+
+/// A row of [`oldest_made_sql`]: the recording and the bytes its file occupies.
+pub fn recording_with_bytes(row: &rusqlite::Row<'_>) -> rusqlite::Result<(Recording, u64)> {
+    let bytes = match row.get_ref(9)? {
+        rusqlite::types::ValueRef::Integer(n) => n.max(0) as u64,
+        _ => 0,
+    };
+    Ok((recording(row)?, bytes))
+}
+
+/// Recordings whose file is there and the bytes they occupy (`roost_tally`, kept by
+/// triggers): one row read, whatever the size of the archive.
+pub fn tally(conn: &Connection) -> rusqlite::Result<(u64, u64)> {
+    conn.query_row(
+        "SELECT recordings, bytes FROM roost_tally WHERE id = 1",
+        [],
+        |r| {
+            Ok((
+                r.get::<_, i64>(0)?.max(0) as u64,
+                r.get::<_, i64>(1)?.max(0) as u64,
+            ))
+        },
+    )
+}
+
+/// Bytes of the recordings made on the device clock at or after `since_device_s` whose file
+/// is there (one day's worth of rows through the `roost_age_made` index).
+pub fn bytes_made_since(conn: &Connection, since_device_s: f64) -> rusqlite::Result<u64> {
+    conn.prepare_cached(
+        "SELECT coalesce(sum(g.bytes), 0) FROM roost_age g JOIN recording r ON r.id = g.recording_id
+         WHERE g.made_device_s >= ?1 AND r.path IS NOT NULL",
+    )?
+    .query_row([since_device_s], |r| Ok(r.get::<_, i64>(0)?.max(0) as u64))
+}
+
+/// Recordings whose file is there and whose skew (see [`skew`]) differs from `skew_now` by
+/// more than `tolerance_s`: two index ranges, only the disagreeing rows read.
+pub fn skew_disagrees(conn: &Connection, skew_now: f64, tolerance_s: f64) -> rusqlite::Result<u64> {
+    conn.prepare_cached(
+        "SELECT (SELECT count(*) FROM roost_age WHERE skew_s < ?1)
+              + (SELECT count(*) FROM roost_age WHERE skew_s > ?2)",
+    )?
+    .query_row(
+        params![skew_now - tolerance_s, skew_now + tolerance_s],
+        |r| Ok(r.get::<_, i64>(0)?.max(0) as u64),
+    )
 }
 
 /// Detections and model outputs created since `since`, per detector: (detector, outputs,
@@ -507,12 +634,13 @@ pub fn detections_since(
     crate::storage::skip_foreign_rows(rows)
 }
 
-/// Files deleted by each rule or cause (`deleted_by`), all time.
+/// Files deleted by each rule or cause (`deleted_by`), all time (`roost_deleted`, kept by a
+/// trigger).
 pub fn deleted_by_rule(conn: &Connection) -> rusqlite::Result<Vec<(String, u64)>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT deleted_by, count(*) FROM recording WHERE deleted_by IS NOT NULL GROUP BY deleted_by ORDER BY deleted_by",
+        "SELECT deleted_by, recordings FROM roost_deleted WHERE recordings > 0 ORDER BY deleted_by",
     )?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64)))?;
     crate::storage::skip_foreign_rows(rows)
 }
 

@@ -213,23 +213,62 @@ pub fn retention(
     max_age: Option<std::time::Duration>,
     max_usage: Option<u64>,
 ) -> Vec<(String, &'static str)> {
-    let mut out = Vec::new();
-    let mut used: u64 = candidates.iter().map(|c| c.bytes).sum();
-    for c in candidates {
-        if !c.deletable {
-            continue;
+    let used = candidates.iter().map(|c| c.bytes).sum();
+    let mut walk = Retention::new(used, max_age, max_usage);
+    candidates
+        .iter()
+        .filter_map(|c| Some((c.id.clone(), walk.take(c.age_s, c.bytes, c.deletable)?)))
+        .collect()
+}
+
+/// Retention as a walk over the recordings, oldest first, that can stop early: `used` is the
+/// bytes of every recording (from a tally, not from the walk), each recording taken decides
+/// whether it goes, and [`Retention::done`] says when no later (younger) one can.
+#[derive(Clone, Debug)]
+pub struct Retention {
+    used: u64,
+    max_age_s: Option<f64>,
+    max_usage: Option<u64>,
+}
+
+impl Retention {
+    /// A walk with `used` bytes of recordings in all, `max_age` and `max_usage` (bytes).
+    pub fn new(used: u64, max_age: Option<std::time::Duration>, max_usage: Option<u64>) -> Self {
+        Self {
+            used,
+            max_age_s: max_age.map(|a| a.as_secs_f64()),
+            max_usage,
         }
-        let too_old = max_age.is_some_and(|age| c.age_s > age.as_secs_f64());
-        let too_much = max_usage.is_some_and(|limit| used > limit);
-        let rule = match (too_old, too_much) {
+    }
+
+    fn too_old(&self, age_s: f64) -> bool {
+        self.max_age_s.is_some_and(|max| age_s > max)
+    }
+
+    fn too_much(&self) -> bool {
+        self.max_usage.is_some_and(|limit| self.used > limit)
+    }
+
+    /// Whether the walk can stop before a recording of `age_s`: it is not too old (nor is
+    /// any after it) and usage is within the limit.
+    pub fn done(&self, age_s: f64) -> bool {
+        !self.too_old(age_s) && !self.too_much()
+    }
+
+    /// The rule that deletes a recording of `age_s` and `bytes` (`None`: it stays); one that
+    /// is not `deletable` never goes.
+    pub fn take(&mut self, age_s: f64, bytes: u64, deletable: bool) -> Option<&'static str> {
+        if !deletable {
+            return None;
+        }
+        let rule = match (self.too_old(age_s), self.too_much()) {
             (true, _) => "maxAge",
             (false, true) => "maxUsage",
-            (false, false) => continue,
+            (false, false) => return None,
         };
-        used -= c.bytes;
-        out.push((c.id.clone(), rule));
+        self.used = self.used.saturating_sub(bytes);
+        Some(rule)
     }
-    out
 }
 
 #[cfg(test)]

@@ -60,7 +60,13 @@ pub struct Preview {
     pub waiting: usize,
     /// Those the rules would delete (oldest first).
     pub would_delete: Vec<PathBuf>,
+    /// Undecided recordings beyond the first [`PREVIEW_JUDGED`], not judged by the preview
+    /// (the curator judges them in order; a year of recordings is not judged for one plan).
+    pub not_judged: usize,
 }
+
+/// Undecided recordings the preview judges at most.
+pub const PREVIEW_JUDGED: usize = 10_000;
 
 /// Judges every recording present as the curator would, reading metadata.db only.
 ///
@@ -90,18 +96,36 @@ pub fn preview(config: &CurateConfig) -> rusqlite::Result<Preview> {
             (name, since)
         })
         .collect();
-    let mut out = Preview::default();
-    for rec in db::present(&conn)? {
-        out.recordings += 1;
-        if db::decision(&conn, &rec.id)?.is_some() {
-            out.kept += 1;
-            continue;
-        }
-        match judge::judge(&conn, &rec, &rules, &detectors)? {
-            judge::Verdict::Waiting => out.waiting += 1,
-            judge::Verdict::Keep(_) => {}
-            judge::Verdict::Delete => out.would_delete.push(rec.path),
+    let mut out = Preview {
+        recordings: db::tally(&conn).map(|(n, _)| n).or_else(|_| {
+            conn.query_row(
+                "SELECT count(*) FROM recording WHERE path IS NOT NULL",
+                [],
+                |r| r.get::<_, i64>(0).map(|n| n as u64),
+            )
+        })? as usize,
+        ..Preview::default()
+    };
+    // From the curator's cursor on: what it decided is kept for good and never read again.
+    let mut after = db::decided_until(&conn)?;
+    let mut undecided = 0;
+    loop {
+        let batch = db::undecided(&conn, after, &[], 256)?;
+        let Some(last) = batch.last() else { break };
+        after = last.rowid;
+        for rec in batch {
+            undecided += 1;
+            if undecided > PREVIEW_JUDGED {
+                out.not_judged += 1;
+                continue;
+            }
+            match judge::judge(&conn, &rec, &rules, &detectors)? {
+                judge::Verdict::Waiting => out.waiting += 1,
+                judge::Verdict::Keep(_) => {}
+                judge::Verdict::Delete => out.would_delete.push(rec.path),
+            }
         }
     }
+    out.kept = out.recordings.saturating_sub(undecided);
     Ok(out)
 }

@@ -2,7 +2,6 @@
 //! what waits, decides keep or delete, applies retention, and rewrites its report when it
 //! changed. Detectors run one recording at a time in this process, never in the recorder's.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -27,6 +26,16 @@ pub const IDLE_LOOK: Duration = Duration::from_secs(60);
 pub const STALLED_AFTER: Duration = Duration::from_secs(15 * 60);
 /// Recordings read from metadata.db at a time.
 const BATCH: usize = 32;
+/// Recordings stamped (or sized) per statement when many come at once.
+const STAMP_BATCH: usize = 500;
+/// Recordings decided per transaction: the write lock is held for one short commit.
+const DECIDE_BATCH: usize = 256;
+/// Recordings that retention may look past in one round (protected, unanalysed, owed to the
+/// outbox) before it stops looking: a round's cost stays bounded whatever the archive holds.
+const RETENTION_LOOK_PAST: usize = 4096;
+/// Free space moves with every write (status.json, the outbox, the WAL): the report's figure
+/// follows only steps of this size, so that no write is a reason to rewrite the report.
+const FREE_SPACE_STEP: u64 = 16 * 1024 * 1024;
 /// Longest a round analyses before it decides, applies retention and reports (a detector
 /// slower than the recorder, or one hanging to its timeout on every file, never freezes the
 /// rest); the next round follows at once while recordings wait.
@@ -274,6 +283,9 @@ struct Active {
     since: Option<i64>,
     /// Recordings it failed on in a row (reset by a success).
     failing: u32,
+    /// Every recording up to this rowid is finished (done or given up): the next look for
+    /// work starts after it, never at `since` (which would re-read all it ever analysed).
+    low_water: i64,
 }
 
 /// A failed run waits before its retry: not before `at`.
@@ -300,6 +312,14 @@ pub struct Curator {
     device_now: f64,
     /// Recordings up to this rowid have their `roost_age` stamp.
     stamped_until: i64,
+    /// The wall clock minus the device clock now (see [`db::skew`]).
+    wall_skew: f64,
+    /// Every recording up to this rowid is decided (`None`: not known yet, found from the
+    /// end of the table at the first decision after opening).
+    decided_until: Option<i64>,
+    /// Thousands of SQLite VM steps run on the curator's connections (a measure of rows read,
+    /// for the benchmarks and tests of costs against the archive's size).
+    vm_steps: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Whether the last round left recordings waiting for analysis (look again at once).
     more_waiting: bool,
     /// How long a round may analyse ([`ANALYSIS_BUDGET`]).
@@ -331,6 +351,7 @@ impl Curator {
                 analyser: Analyser::of(spec),
                 since: None,
                 failing: 0,
+                low_water: 0,
             })
             .collect();
         let report = CuratorReport {
@@ -358,6 +379,9 @@ impl Curator {
             clock_stored: None,
             device_now: 0.0,
             stamped_until: 0,
+            wall_skew: 0.0,
+            decided_until: None,
+            vm_steps: Default::default(),
             more_waiting: false,
             analysis_budget: ANALYSIS_BUDGET,
             detector_problem: None,
@@ -403,9 +427,20 @@ impl Curator {
         // file is deleted is FULL (storage::durably), which puts what came before on the card
         // too.
         let _ = conn.pragma_update(None, "synchronous", "NORMAL");
+        let mut conn = conn;
+        let steps = self.vm_steps.clone();
+        let _ = conn.progress_handler(
+            1000,
+            Some(move || {
+                steps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                false
+            }),
+        );
         self.learn_detectors(&conn);
+        self.count_outcomes(&conn);
         self.clock_stored = db::load_clock(&conn).ok().flatten();
-        self.stamped_until = 0;
+        self.stamped_until = db::stamped_until(&conn).unwrap_or(0);
+        self.decided_until = None;
         self.conn = Some(conn);
         self.db_identity = identity;
         Ok(())
@@ -433,6 +468,17 @@ impl Curator {
                 });
             }
             d.since = since.ok();
+            d.low_water = d.since.unwrap_or(0);
+        }
+    }
+
+    /// Each detector's finished and given-up recordings, counted once when metadata.db is
+    /// opened; from then on the curator counts what it does.
+    fn count_outcomes(&mut self, conn: &Connection) {
+        for f in &mut self.report.detectors {
+            if let Ok((done, failed)) = db::outcomes(conn, &f.name) {
+                (f.analysed, f.failed) = (done, failed);
+            }
         }
     }
 
@@ -451,9 +497,33 @@ impl Curator {
             self.clock_stored = Some(anchor.clone());
         }
         self.device_now = anchor.device_s;
-        self.stamped_until =
-            db::stamp_made(conn, self.stamped_until, anchor.device_s, reading.wall)?;
+        self.wall_skew = db::clock_skew(reading.wall, anchor.device_s);
+        // In batches: a storage new to the curator (or a rebuilt database) is stamped without
+        // holding all its rows in memory.
+        loop {
+            let (newest, read) = db::stamp_made(
+                conn,
+                self.stamped_until,
+                anchor.device_s,
+                reading.wall,
+                STAMP_BATCH,
+            )?;
+            self.stamped_until = newest;
+            if read < STAMP_BATCH {
+                break;
+            }
+        }
+        // Recordings stamped by an older roost get their size a batch at a time.
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while db::size_unsized(conn, STAMP_BATCH)? == STAMP_BATCH
+            && std::time::Instant::now() < deadline
+        {}
         Ok(())
+    }
+
+    /// Thousands of SQLite VM steps the curator has run so far (see [`Curator`]'s field).
+    pub fn vm_steps(&self) -> u64 {
+        self.vm_steps.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How long to wait for news before the next round: at once while recordings wait for
@@ -546,10 +616,19 @@ impl Curator {
                 continue;
             };
             let name = self.detectors[i].spec.name.to_string();
-            let mut after = since;
+            let mut after = since.max(self.detectors[i].low_water);
+            let mut first = true;
             loop {
                 let conn = self.conn.as_ref().expect("opened");
                 let batch = db::pending(conn, &name, after, BATCH)?;
+                if first {
+                    // Everything before the first recording still waiting is finished.
+                    self.detectors[i].low_water = match batch.first() {
+                        Some(r) => r.rowid - 1,
+                        None => newest_rowid(conn)?.max(after),
+                    };
+                    first = false;
+                }
                 let Some(last) = batch.last() else { break };
                 after = last.rowid;
                 for rec in batch {
@@ -594,6 +673,7 @@ impl Curator {
                 true,
                 now(),
             )?;
+            self.report.detectors[i].failed += 1;
             self.note_failure(i, rec, &errors::RECORDING_GONE, message);
             return Ok(());
         }
@@ -609,6 +689,7 @@ impl Curator {
                 f.last_analysed = Some(rec.path.clone());
                 f.last_analysed_at = Some(now());
                 f.failing = 0;
+                f.analysed += 1;
                 f.backlog = f.backlog.saturating_sub(1);
             }
             Err(_) if self.stop_flag.load(std::sync::atomic::Ordering::SeqCst) => {
@@ -717,6 +798,7 @@ impl Curator {
         }
         self.detectors[i].failing += 1;
         self.report.detectors[i].failing = self.detectors[i].failing;
+        self.report.detectors[i].failed += u64::from(give_up);
         self.note_failure(i, rec, failure.code, failure.message);
         Ok(())
     }
@@ -755,49 +837,52 @@ impl Curator {
     }
 
     /// Keep or delete each recording every detector has finished ([`judge::judge`], the
-    /// judgement `roost plan` shows). The decisions of a batch are on the card (a FULL commit)
-    /// before any of its files is deleted.
+    /// judgement `roost plan` shows), from the cursor on: what was decided is never read again.
+    /// A batch is judged with reads only, then its decisions are written in one short FULL
+    /// commit (the write lock is never held while judging) before any of its files is deleted.
     fn decide_all(&mut self) -> rusqlite::Result<()> {
         if self.rules.is_empty() || self.stopping || self.detector_unknown() {
             return Ok(());
         }
         let since = self.since_list();
+        let conn = self.conn.as_mut().expect("opened");
+        let mut after = match self.decided_until {
+            Some(after) => after,
+            None => db::decided_until(conn)?,
+        };
         loop {
-            let conn = self.conn.as_mut().expect("opened");
-            let rules = &self.rules;
-            let (doomed, kept) = crate::storage::durably(conn, |tx| {
-                let now = Timestamp::now();
-                let (mut doomed, mut kept) = (Vec::new(), 0u64);
-                for rec in db::undecided(tx, &since, 256)? {
-                    let verdict = judge::judge(tx, &rec, rules, &since)?;
-                    let kept_by = match verdict {
-                        judge::Verdict::Waiting => break,
-                        judge::Verdict::Keep(by) => Some(by),
-                        judge::Verdict::Delete => None,
-                    };
-                    if kept_by.is_none() {
-                        db::mark_deleted(tx, &rec.id, "keep", now)?;
-                        doomed.push(rec.path.clone());
-                    } else {
-                        kept += 1;
-                    }
-                    db::decided(tx, &rec.id, kept_by.as_deref(), now)?;
-                }
-                Ok((doomed, kept))
-            })?;
-            if doomed.is_empty() && kept == 0 {
-                return Ok(());
+            let batch = db::undecided(conn, after, &since, DECIDE_BATCH)?;
+            let mut verdicts = Vec::with_capacity(batch.len());
+            for rec in batch {
+                let kept_by = match judge::judge(conn, &rec, &self.rules, &since)? {
+                    judge::Verdict::Waiting => break,
+                    judge::Verdict::Keep(by) => Some(by),
+                    judge::Verdict::Delete => None,
+                };
+                verdicts.push((rec, kept_by));
             }
+            // A recording still waiting holds the ones after it: the cursor stops before it.
+            let Some((last, _)) = verdicts.last() else {
+                break;
+            };
+            after = last.rowid;
+            let doomed = write_decisions(conn, &verdicts)?;
+            let kept = (verdicts.len() - doomed.len()) as u64;
             self.report.storage.kept_this_run += kept;
             self.report.storage.deleted_this_run += doomed.len() as u64;
-            doomed.iter().for_each(|p| {
-                delete_file(p);
-            });
+            let gone = doomed.iter().filter(|p| delete_file(p)).count();
+            if gone > 0 {
+                tracing::info!(deleted = gone, kept, first = %doomed[0].display(), "keep rules: deleted the recordings no rule keeps");
+            }
         }
+        self.decided_until = Some(after);
+        Ok(())
     }
 
     /// `maxAge` and `maxUsage`: the oldest deletable recordings go first. Ages are real ages
-    /// on the device clock ([`super::age`]), never wall-clock differences.
+    /// on the device clock ([`super::age`]), never wall-clock differences. Reads the
+    /// recordings oldest first and stops as soon as nothing more can go: a round costs what
+    /// it deletes (and what it looks past), not the archive.
     fn retain(&mut self) -> rusqlite::Result<()> {
         let storage = self.config.storage.clone();
         if (storage.max_age.is_none() && storage.max_usage.is_none())
@@ -806,7 +891,6 @@ impl Curator {
         {
             return Ok(());
         }
-        let (candidates, unheld) = self.retention_candidates()?;
         // A share of a file system whose size cannot be read is no limit (never 0 bytes,
         // which would delete every deletable recording).
         let limit = storage.max_usage.and_then(|u| match u {
@@ -816,82 +900,73 @@ impl Curator {
                 .map(|size| (size as f64 * p / 100.0) as u64),
         });
         let max_age = storage.max_age.map(|a| a.as_std());
-        let verdicts = keep::retention(&candidates, max_age, limit);
-        // Held: what would go but for analysis or the outbox (others may go in their place).
-        let going: HashSet<&str> = verdicts.iter().map(|(id, _)| id.as_str()).collect();
-        let unheld = keep::retention(&unheld, max_age, limit);
-        self.report.storage.held_for_retention = unheld
-            .iter()
-            .filter(|(id, _)| !going.contains(id.as_str()))
-            .count() as u64;
-        if verdicts.is_empty() {
+        let (going, held) = self.retention_walk(max_age, limit)?;
+        self.report.storage.held_for_retention = held;
+        if going.is_empty() {
             return Ok(());
         }
-        let paths: std::collections::HashMap<&str, &Path> = (candidates.iter())
-            .map(|c| (c.id.as_str(), c.path.as_path()))
-            .collect();
         let now = Timestamp::now();
         // The rows first, on the card, then the files (see decide_all).
         let conn = self.conn.as_mut().expect("opened");
         crate::storage::durably(conn, |tx| {
-            verdicts
+            going
                 .iter()
-                .try_for_each(|(id, rule)| db::mark_deleted(tx, id, rule, now))
+                .try_for_each(|(id, _, rule)| db::mark_deleted(tx, id, rule, now))
         })?;
-        for (id, rule) in verdicts {
-            if let Some(path) = paths.get(id.as_str())
-                && delete_file(path)
-            {
-                tracing::info!(path = %path.display(), rule, "deleted a recording");
-            }
-        }
+        let gone = going
+            .iter()
+            .filter(|(_, path, _)| delete_file(path))
+            .count();
+        tracing::info!(deleted = gone, first = %going[0].1.display(), rule = going[0].2, "retention: deleted the oldest recordings");
         Ok(())
     }
 
-    /// The present recordings as retention candidates, oldest by the device clock first, and
-    /// the same as if analysis and the outbox held nothing back (only protection): the
-    /// difference is what they hold.
-    fn retention_candidates(
-        &mut self,
-    ) -> rusqlite::Result<(Vec<keep::Candidate>, Vec<keep::Candidate>)> {
+    /// The recordings retention deletes now (id, file, rule), and how many more would go but
+    /// for analysis or the outbox (held). Walks the recordings oldest first (device clock)
+    /// with two tallies, the real one and one as if nothing held recordings back, and stops
+    /// when neither can delete more, or after [`RETENTION_LOOK_PAST`] recordings it could not
+    /// delete.
+    fn retention_walk(
+        &self,
+        max_age: Option<Duration>,
+        limit: Option<u64>,
+    ) -> rusqlite::Result<(Vec<Going>, u64)> {
         let since = self.since_list();
         // An outbox not made yet, or that cannot be read now, owes every model output: holding
         // a file a round longer costs nothing, deleting it before its message left is final.
         let owed = (self.config.outbox.as_ref())
             .map(|p| crate::connect::outbox::owed(p).unwrap_or_default());
         let conn = self.conn.as_ref().expect("opened");
-        let mut present = db::present(conn)?;
-        // Oldest first by when they were made on this device, whatever their wall times say.
-        present.sort_by(|a, b| {
-            let made = |r: &Recording| r.made_device_s.unwrap_or(self.device_now);
-            made(a).total_cmp(&made(b)).then(a.rowid.cmp(&b.rowid))
-        });
-        let wall_now = Timestamp::now();
-        let mut disagree = 0;
-        let (mut held, mut unheld) = (Vec::new(), Vec::new());
-        for rec in present {
+        let used = db::tally(conn)?.1;
+        let mut real = keep::Retention::new(used, max_age, limit);
+        let mut unheld = keep::Retention::new(used, max_age, limit);
+        let (mut going, mut held, mut looked_past) = (Vec::new(), 0u64, 0usize);
+        let mut stmt = conn.prepare_cached(&db::oldest_made_sql())?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let Ok((rec, bytes)) = db::recording_with_bytes(row) else {
+                continue;
+            };
+            let age_s = (self.device_now - rec.made_device_s.unwrap_or(self.device_now)).max(0.0);
+            if real.done(age_s) && unheld.done(age_s) {
+                break;
+            }
             let free = !judge::protected(&rec) && rec.implausible().is_none();
             let deletable = free
                 && db::analysed_by_all(conn, &rec, &since)?
                 && !owed_to_outbox(conn, &rec, owed.as_ref())?;
-            // Not stamped yet (seen for the first time this round): made now.
-            let age_s = (self.device_now - rec.made_device_s.unwrap_or(self.device_now)).max(0.0);
-            disagree += u64::from(super::age::disagrees(wall_now, rec.start, age_s));
-            let candidate = keep::Candidate {
-                bytes: crate::storage::disk_bytes(&rec.path),
-                id: rec.id,
-                path: rec.path,
-                age_s,
-                deletable: free,
-            };
-            held.push(keep::Candidate {
-                deletable,
-                ..candidate.clone()
-            });
-            unheld.push(candidate);
+            let would = unheld.take(age_s, bytes, free);
+            match real.take(age_s, bytes, deletable) {
+                Some(rule) => going.push((rec.id, rec.path, rule)),
+                None if would.is_some() => held += 1,
+                None => {}
+            }
+            looked_past += usize::from(!deletable);
+            if looked_past >= RETENTION_LOOK_PAST {
+                break;
+            }
         }
-        self.note_clock(disagree);
-        Ok((held, unheld))
+        Ok((going, held))
     }
 
     /// Says in the report how many recordings' wall-clock times disagree with how long they
@@ -906,6 +981,10 @@ impl Curator {
         });
     }
 
+    /// The report's figures, each from an index or a tally (never a walk of the archive):
+    /// backlogs after each detector's low-water mark, the last hour's detections, the
+    /// recordings and bytes (`roost_tally`), the last day's bytes, free space in
+    /// [`FREE_SPACE_STEP`]s, deletions per rule (`roost_deleted`), clock disagreements.
     fn refresh_figures(&mut self) {
         let Some(conn) = self.conn.as_ref() else {
             return;
@@ -916,33 +995,27 @@ impl Curator {
         for (d, f) in self.detectors.iter().zip(self.report.detectors.iter_mut()) {
             let name = d.spec.name.as_str();
             if let Some(since) = d.since
-                && let Ok((backlog, oldest)) = db::backlog(conn, name, since)
+                && let Ok((backlog, oldest)) = db::backlog(conn, name, since.max(d.low_water))
             {
                 (f.backlog, f.backlog_oldest) = (backlog, oldest);
             }
-            let (done, failed) = db::outcomes(conn, name).unwrap_or((f.analysed, f.failed));
-            f.analysed = done;
-            f.failed = failed;
             f.detections_last_hour = recent
                 .iter()
                 .find(|(n, _)| n == name)
                 .map_or(0, |(_, c)| *c);
         }
-        let present = db::present(conn).unwrap_or_default();
         let s = &mut self.report.storage;
-        s.recordings = present.len() as u64;
-        // One stat per file for both sums; the last day by the device clock.
-        let day_ago = self.device_now - 86_400.0;
-        let (used, last_day) = present.iter().fold((0u64, 0u64), |(all, day), r| {
-            let b = crate::storage::disk_bytes(&r.path);
-            let recent = r.made_device_s.is_none_or(|m| m >= day_ago);
-            (all + b, day + if recent { b } else { 0 })
-        });
-        s.bytes_used = used;
-        s.free_bytes =
-            crate::storage::Folders::new(&self.config.storage_path(), &self.config.storage)
-                .free_bytes()
-                .ok();
+        if let Ok((recordings, bytes)) = db::tally(conn) {
+            (s.recordings, s.bytes_used) = (recordings, bytes);
+        }
+        let last_day = db::bytes_made_since(conn, self.device_now - 86_400.0).unwrap_or(0);
+        let free = crate::storage::Folders::new(&self.config.storage_path(), &self.config.storage)
+            .free_bytes()
+            .ok();
+        s.free_bytes = match (s.free_bytes, free) {
+            (Some(old), Some(new)) if old.abs_diff(new) < FREE_SPACE_STEP => Some(old),
+            _ => free,
+        };
         s.days_until_full = s
             .free_bytes
             .filter(|_| last_day > 0)
@@ -951,6 +1024,9 @@ impl Curator {
             .unwrap_or_default()
             .into_iter()
             .collect();
+        let disagree =
+            db::skew_disagrees(conn, self.wall_skew, super::age::DISAGREE_AFTER_S).unwrap_or(0);
+        self.note_clock(disagree);
     }
 
     /// A detector failing on every recording, far behind, or one that finished nothing for
@@ -1020,6 +1096,39 @@ impl Curator {
             Timestamp::now().duration_since(t).unsigned_abs() >= crate::recorder::HEARTBEAT
         })
     }
+}
+
+/// A recording retention deletes: its id, its file, the rule.
+type Going = (String, PathBuf, &'static str);
+
+/// The newest rowid of `recording` (0 when empty).
+fn newest_rowid(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("SELECT coalesce(max(rowid), 0) FROM recording", [], |r| {
+        r.get(0)
+    })
+}
+
+/// Writes a judged batch: each decision, and for each recording no rule keeps its row
+/// marked deleted, in one FULL commit. Returns the files to delete now.
+fn write_decisions(
+    conn: &mut Connection,
+    verdicts: &[(Recording, Option<String>)],
+) -> rusqlite::Result<Vec<PathBuf>> {
+    if verdicts.is_empty() {
+        return Ok(Vec::new());
+    }
+    crate::storage::durably(conn, |tx| {
+        let now = Timestamp::now();
+        let mut doomed = Vec::new();
+        for (rec, kept_by) in verdicts {
+            if kept_by.is_none() {
+                db::mark_deleted(tx, &rec.id, "keep", now)?;
+                doomed.push(rec.path.clone());
+            }
+            db::decided(tx, &rec.id, kept_by.as_deref(), now)?;
+        }
+        Ok(doomed)
+    })
 }
 
 /// (device, inode) of a file; `None` when it is not there or cannot be read.

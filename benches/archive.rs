@@ -1,0 +1,201 @@
+//! Costs against the size of the archive (issue 22): `cargo bench --bench archive -- [N ...]`
+//! builds, for each N (default 10000 130000), a storage of N one-a-minute recordings
+//! (`roost::archive`, in a folder under $ARCHIVE_DIR or /tmp) and prints, each measured in a
+//! process of its own (so that memory figures are that work's alone):
+//! - curator start-up: CPU of its first round, resident memory (VmHWM) after it;
+//! - work per new file: CPU and SQLite VM steps of the round after one new recording arrives
+//!   (median of 20), and of a round where nothing arrived;
+//! - curator CPU at one file a minute (the work per file plus one idle look, over 60 s);
+//! - `roost plan`'s preview of the curator (CPU);
+//! - metadata.db bytes per recording.
+//!
+//! `cargo bench --bench archive -- --measure KIND DIR` runs one measurement (internal).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use roost::archive::{ArchiveShape, build};
+use roost::curate::config::CurateConfig;
+use roost::curate::run::Curator;
+
+const YAML: &str = "apiVersion: roost/v1
+kind: Deployment
+metadata: {name: archive}
+spec:
+  recorder: {sampleRate: 8000, duration: 60s, timezone: UTC}
+  detectors:
+    - {name: band, kind: bandEnergy, lowHz: 1000, highHz: 3000, thresholdDb: 12, minDuration: 10ms}
+  storage:
+    path: STORAGE
+    keep:
+      - detection: {detector: band, minScore: 0.5}
+      - every: 10m
+    maxAge: 365d
+    maxUsage: 100GiB
+";
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    if args.first().map(String::as_str) == Some("--measure") {
+        measure(&args[1], Path::new(&args[2]));
+        return;
+    }
+    let sizes: Vec<u64> = args.iter().filter_map(|a| a.parse().ok()).collect();
+    let sizes = if sizes.is_empty() {
+        vec![10_000, 130_000]
+    } else {
+        sizes
+    };
+    let base = PathBuf::from(std::env::var("ARCHIVE_DIR").unwrap_or_else(|_| "/tmp".into()));
+    for n in sizes {
+        let dir = base.join(format!("roost-archive-{n}"));
+        if !dir.join("storage/metadata.db").exists() {
+            let _ = std::fs::remove_dir_all(&dir);
+            let t = Instant::now();
+            let shape = ArchiveShape {
+                recordings: n,
+                ..ArchiveShape::default()
+            };
+            build(&dir.join("storage"), &shape, jiff::Timestamp::now()).expect("archive");
+            println!("built {n} recordings in {:.1} s", t.elapsed().as_secs_f64());
+        }
+        println!("== {n} recordings ==");
+        for kind in ["curator", "plan"] {
+            // A copy of metadata.db per measurement: each starts from the same state.
+            let work = dir.join(format!("work-{kind}"));
+            let _ = std::fs::remove_dir_all(&work);
+            std::fs::create_dir_all(&work).unwrap();
+            let status = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--measure", kind, dir.to_str().unwrap()])
+                .status()
+                .unwrap();
+            assert!(status.success(), "{kind} measurement failed");
+        }
+    }
+}
+
+fn config(dir: &Path) -> CurateConfig {
+    let yaml = YAML.replace("STORAGE", dir.join("storage").to_str().unwrap());
+    let d = roost::spec::parse_str(Path::new("archive.yaml"), &yaml).unwrap();
+    CurateConfig::from_deployment(&d, dir).unwrap()
+}
+
+fn measure(kind: &str, dir: &Path) {
+    let state = dir.join(format!("work-{kind}"));
+    let config = config(dir);
+    match kind {
+        "curator" => curator(config, &state),
+        "plan" => {
+            let t = cpu_s();
+            let preview = roost::curate::preview(&config).unwrap();
+            println!(
+                "roost plan (curator preview): {:.3} s CPU, {} recordings, VmHWM {} KiB",
+                cpu_s() - t,
+                preview.recordings,
+                vm_hwm_kib()
+            );
+            let db = dir.join("storage/metadata.db");
+            let bytes = std::fs::metadata(&db).map_or(0, |m| m.len())
+                + std::fs::metadata(db.with_extension("db-wal")).map_or(0, |m| m.len());
+            println!(
+                "metadata.db: {bytes} bytes, {} bytes per recording",
+                bytes / preview.recordings.max(1) as u64
+            );
+        }
+        _ => panic!("unknown measurement {kind}"),
+    }
+}
+
+fn curator(config: CurateConfig, state: &Path) {
+    let storage_path = config.storage_path();
+    let mut curator = Curator::new(config.clone(), state);
+    let t = cpu_s();
+    curator.round_now();
+    println!(
+        "curator start-up: {:.3} s CPU, VmHWM {} KiB, VmRSS {} KiB",
+        cpu_s() - t,
+        vm_hwm_kib(),
+        vm_rss_kib()
+    );
+    let mut storage = roost::storage::Storage::open(&storage_path, &config.storage).unwrap();
+    let deployment = storage
+        .start_deployment("archive", None, jiff::Timestamp::now())
+        .unwrap();
+    let mut per_file = Vec::new();
+    let mut steps = Vec::new();
+    for _ in 0..20 {
+        let start = jiff::Timestamp::now();
+        let path = roost::storage::recording_path(&storage.recordings_dir(), start);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, roost::archive::wav_bytes(400)).unwrap();
+        let rec = roost::storage::NewRecording {
+            path,
+            datetime: start,
+            duration_s: 0.05,
+            samplerate_hz: roost::archive::SAMPLERATE_HZ,
+            audio_channels: 1,
+        };
+        storage.register(&rec, &deployment).unwrap();
+        let (cpu, vm) = counted(&mut curator);
+        per_file.push(cpu);
+        steps.push(vm);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let (idle_cpu, idle_steps) = counted(&mut curator);
+    let per_file_s = median(&mut per_file);
+    println!(
+        "work per new file: {:.1} ms CPU (median of 20), {} VM steps; a round with nothing new: {:.1} ms, {} VM steps",
+        per_file_s * 1e3,
+        median_u(&mut steps),
+        idle_cpu * 1e3,
+        idle_steps
+    );
+    println!(
+        "curator at one file a minute: {:.3} % of a core; VmHWM {} KiB after 21 rounds",
+        (per_file_s + idle_cpu) / 60.0 * 100.0,
+        vm_hwm_kib()
+    );
+}
+
+/// CPU seconds and SQLite VM steps (thousands, from the curator's connection) of one round.
+fn counted(curator: &mut Curator) -> (f64, u64) {
+    let steps0 = curator.vm_steps();
+    let t = cpu_s();
+    curator.round_now();
+    (cpu_s() - t, curator.vm_steps() - steps0)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn median_u(v: &mut [u64]) -> u64 {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+fn cpu_s() -> f64 {
+    let u = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).unwrap();
+    let tv = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    tv(u.user_time()) + tv(u.system_time())
+}
+
+fn status_kib(field: &str) -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn vm_hwm_kib() -> u64 {
+    status_kib("VmHWM:")
+}
+
+fn vm_rss_kib() -> u64 {
+    status_kib("VmRSS:")
+}

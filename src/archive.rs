@@ -1,0 +1,217 @@
+//! A synthetic archive: a storage as months alone leave it (one short WAV a minute with its
+//! row in metadata.db, analysed by one detector, decided, some with detections), built fast,
+//! for the benchmarks and tests of costs that must not grow with the archive
+//! (`benches/archive.rs`, the curator's tests). Never used by roost's own commands.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use jiff::{SignedDuration, Timestamp};
+use rusqlite::params;
+
+use crate::spec::StorageSpec;
+use crate::storage::{Storage, StorageError, db_datetime, new_uuid, recording_path};
+
+/// What [`build`] makes.
+#[derive(Clone, Debug)]
+pub struct ArchiveShape {
+    /// Recordings, one a minute, the newest ending now.
+    pub recordings: u64,
+    /// The deployment they belong to (its row stays open).
+    pub deployment: String,
+    /// The detector that analysed every one of them.
+    pub detector: String,
+    /// One recording in this many has a detection (two tags); 0: none.
+    pub detection_every: u64,
+    /// Frames of 8000 Hz mono 16-bit audio in each file (400: 0.05 s, 844 bytes).
+    pub frames: u32,
+    /// Whether keep rules decided on them (`false`: a device whose keep rules are new).
+    pub decided: bool,
+}
+
+impl Default for ArchiveShape {
+    fn default() -> Self {
+        Self {
+            recordings: 10_000,
+            deployment: "archive".into(),
+            detector: "band".into(),
+            detection_every: 10,
+            frames: 400,
+            decided: true,
+        }
+    }
+}
+
+/// Sample rate of the archive's files, Hz.
+pub const SAMPLERATE_HZ: u32 = 8000;
+
+/// Builds `shape` in the storage folder `root` (made if missing), as the recorder and a
+/// curator that kept everything would have left it; the device clock (`roost_clock`) says the
+/// newest recording was made just now; sizes and skews are stamped as the curator stamps them.
+/// Returns the files, oldest first.
+///
+/// # Errors
+/// The storage or metadata.db cannot be made or written.
+pub fn build(
+    root: &Path,
+    shape: &ArchiveShape,
+    now: Timestamp,
+) -> Result<Vec<PathBuf>, BuildError> {
+    let spec: StorageSpec = serde_json::from_value(serde_json::json!({"path": root}))
+        .map_err(|e| BuildError::Other(e.to_string()))?;
+    let mut storage = Storage::open(root, &spec)?;
+    let deployment = storage.start_deployment(&shape.deployment, None, now)?;
+    let files = write_files(&storage.recordings_dir(), shape, now)?;
+    insert_rows(&mut storage, &deployment, shape, &files, now)?;
+    Ok(files.into_iter().map(|(p, _)| p).collect())
+}
+
+/// Why an archive could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The storage could not be opened.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// metadata.db could not be written.
+    #[error("metadata.db: {0}")]
+    Db(#[from] rusqlite::Error),
+    /// A file could not be written.
+    #[error("a recording: {0}")]
+    Io(#[from] std::io::Error),
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A WAV file of `frames` frames of quiet noise, 8000 Hz mono 16-bit.
+pub fn wav_bytes(frames: u32) -> Vec<u8> {
+    let data = frames * 2;
+    let mut out = Vec::with_capacity(44 + data as usize);
+    out.extend_from_slice(b"RIFF");
+    out.extend_from_slice(&(36 + data).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    out.extend_from_slice(&16u32.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&SAMPLERATE_HZ.to_le_bytes());
+    out.extend_from_slice(&(SAMPLERATE_HZ * 2).to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&16u16.to_le_bytes());
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&data.to_le_bytes());
+    out.extend((0..frames).flat_map(|i| (((i * 7919) % 64) as i16 - 32).to_le_bytes()));
+    out
+}
+
+/// The start of recording `i` of `n` (one a minute, the last one ending at `now`).
+fn start_of(i: u64, n: u64, now: Timestamp) -> Timestamp {
+    now - SignedDuration::from_mins((n - i) as i64)
+}
+
+fn write_files(
+    dir: &Path,
+    shape: &ArchiveShape,
+    now: Timestamp,
+) -> Result<Vec<(PathBuf, Timestamp)>, BuildError> {
+    let bytes = wav_bytes(shape.frames);
+    let mut out = Vec::with_capacity(shape.recordings as usize);
+    for i in 0..shape.recordings {
+        let start = start_of(i, shape.recordings, now);
+        let path = recording_path(dir, start);
+        if let Some(parent) = path.parent()
+            && !parent.is_dir()
+        {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::File::create(&path)?.write_all(&bytes)?;
+        out.push((path, start));
+    }
+    Ok(out)
+}
+
+fn insert_rows(
+    storage: &mut Storage,
+    deployment: &str,
+    shape: &ArchiveShape,
+    files: &[(PathBuf, Timestamp)],
+    now: Timestamp,
+) -> Result<(), BuildError> {
+    let duration_s = f64::from(shape.frames) / f64::from(SAMPLERATE_HZ);
+    let conn = storage.connection_mut();
+    let tx = conn.transaction()?;
+    let n = files.len() as u64;
+    for (i, (path, start)) in files.iter().enumerate() {
+        let id = new_uuid();
+        tx.prepare_cached(
+            "INSERT INTO recording (id, path, datetime, duration_s, samplerate_hz, audio_channels, deployment_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6)",
+        )?
+        .execute(params![id, path.to_string_lossy(), db_datetime(*start), duration_s, SAMPLERATE_HZ, deployment])?;
+        // Made on the device clock as many seconds before now as its wall time says.
+        let made = -((n - i as u64) as f64) * 60.0;
+        let bytes = crate::storage::disk_bytes(path) as i64;
+        tx.prepare_cached(
+            "INSERT INTO roost_age (recording_id, made_device_s, bytes, skew_s) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![id, made, bytes, crate::curate::db::skew(*start, made)])?;
+        let when = db_datetime(*start + SignedDuration::from_secs(70));
+        tx.prepare_cached(
+            "INSERT INTO roost_analysis (recording_id, detector, outcome, attempts, finished_on)
+             VALUES (?1, ?2, 'done', 1, ?3)",
+        )?
+        .execute(params![id, shape.detector, when])?;
+        insert_output(&tx, &id, shape, i as u64, &when)?;
+        if shape.decided {
+            tx.prepare_cached(
+                "INSERT INTO roost_keep (recording_id, kept_by, decided_on) VALUES (?1, 'none', ?2)",
+            )?
+            .execute(params![id, when])?;
+        }
+    }
+    tx.execute(
+        "INSERT OR IGNORE INTO roost_detector (name, since, since_rowid) VALUES (?1, ?2, 0)",
+        params![shape.detector, db_datetime(start_of(0, n.max(1), now))],
+    )?;
+    tx.execute(
+        "INSERT OR REPLACE INTO roost_clock (id, boot_id, boottime_s, device_s, wall, wall_synced)
+         VALUES (1, 'archive', 0, 0, ?1, 1)",
+        [db_datetime(now)],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// The model output of recording `i`, with a detection and two tags on every
+/// `detection_every`-th.
+fn insert_output(
+    tx: &rusqlite::Transaction<'_>,
+    recording: &str,
+    shape: &ArchiveShape,
+    i: u64,
+    when: &str,
+) -> rusqlite::Result<()> {
+    let output = new_uuid();
+    tx.prepare_cached(
+        "INSERT INTO model_output (id, model_name, recording_id, created_on) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![output, shape.detector, recording, when])?;
+    if shape.detection_every == 0 || !i.is_multiple_of(shape.detection_every) {
+        return Ok(());
+    }
+    let detection = new_uuid();
+    tx.prepare_cached(
+        "INSERT INTO detection (id, location, detection_score, model_output_id) VALUES (?1, ?2, 0.8, ?3)",
+    )?
+    .execute(params![
+        detection,
+        r#"{"type":"BoundingBox","coordinates":[0.01,2000.0,0.04,3000.0]}"#,
+        output
+    ])?;
+    for (key, value) in [("band", "2-3 kHz"), ("species", "Turdus merula")] {
+        tx.prepare_cached(
+            "INSERT INTO predicted_tag (key, value, confidence_score, detection_id) VALUES (?1, ?2, 0.8, ?3)",
+        )?
+        .execute(params![key, value, detection])?;
+    }
+    Ok(())
+}

@@ -1,0 +1,181 @@
+//! Costs that must not grow with the archive (issue 22), counted, never timed: the SQLite VM
+//! steps (thousands) of the curator's rounds on archives of 2,000 and 20,000 recordings built
+//! by `roost::archive` (the benchmark's builder, at a test's scale), and what the figures of
+//! the report say against a count made the slow way.
+
+use std::path::Path;
+
+use roost::archive::{ArchiveShape, build, wav_bytes};
+use roost::curate::config::CurateConfig;
+use roost::curate::run::Curator;
+use roost::storage::{NewRecording, Storage, recording_path};
+
+const YAML: &str = "apiVersion: roost/v1
+kind: Deployment
+metadata: {name: archive}
+spec:
+  recorder: {sampleRate: 8000, duration: 60s, timezone: UTC}
+  detectors:
+    - {name: band, kind: bandEnergy, lowHz: 1000, highHz: 3000, thresholdDb: 12, minDuration: 10ms}
+  storage:
+    path: STORAGE
+    keep:
+      - every: 10m
+    maxAge: 365d
+    maxUsage: 100GiB
+";
+
+fn config(dir: &Path) -> CurateConfig {
+    let yaml = YAML.replace("STORAGE", dir.join("storage").to_str().unwrap());
+    let d = roost::spec::parse_str(Path::new("archive.yaml"), &yaml).unwrap();
+    CurateConfig::from_deployment(&d, dir).unwrap()
+}
+
+/// A curator on an archive of `n` recordings after its first round, and the storage.
+fn archive(dir: &Path, n: u64) -> (Curator, Storage, String) {
+    archive_of(dir, n, true)
+}
+
+fn archive_of(dir: &Path, n: u64, decided: bool) -> (Curator, Storage, String) {
+    let shape = ArchiveShape {
+        recordings: n,
+        decided,
+        ..ArchiveShape::default()
+    };
+    build(&dir.join("storage"), &shape, jiff::Timestamp::now()).unwrap();
+    let config = config(dir);
+    let mut curator = Curator::new(config.clone(), dir);
+    curator.round_now();
+    let mut storage = Storage::open(&config.storage_path(), &config.storage).unwrap();
+    let deployment = storage
+        .start_deployment("archive", None, jiff::Timestamp::now())
+        .unwrap();
+    (curator, storage, deployment)
+}
+
+/// One new recording, as the recorder registers it.
+fn arrive(storage: &mut Storage, deployment: &str) {
+    let start = jiff::Timestamp::now();
+    let path = recording_path(&storage.recordings_dir(), start);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, wav_bytes(400)).unwrap();
+    let rec = NewRecording {
+        path,
+        datetime: start,
+        duration_s: 0.05,
+        samplerate_hz: roost::archive::SAMPLERATE_HZ,
+        audio_channels: 1,
+    };
+    storage.register(&rec, deployment).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+}
+
+/// VM steps (thousands) of a round after one new file (the most of 5), and of a round with
+/// nothing new.
+fn work(n: u64) -> (u64, u64, Curator) {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut curator, mut storage, deployment) = archive(dir.path(), n);
+    let mut most = 0;
+    for _ in 0..5 {
+        arrive(&mut storage, &deployment);
+        let before = curator.vm_steps();
+        curator.round_now();
+        most = most.max(curator.vm_steps() - before);
+    }
+    let before = curator.vm_steps();
+    curator.round_now();
+    let idle = curator.vm_steps() - before;
+    (most, idle, curator)
+}
+
+/// What one of the archive's files occupies on this file system.
+fn one_file_bytes() -> u64 {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("a.wav");
+    std::fs::write(&f, wav_bytes(400)).unwrap();
+    roost::storage::disk_bytes(&f)
+}
+
+#[test]
+fn the_curators_work_per_new_file_does_not_grow_with_the_archive() {
+    let (small, small_idle, c_small) = work(2_000);
+    let (large, large_idle, c_large) = work(20_000);
+    eprintln!(
+        "VM kilo-steps per new file: {small} at 2,000, {large} at 20,000; idle {small_idle} / {large_idle}"
+    );
+    // Ten times the archive: the same work within a few thousand steps (an index one level
+    // deeper), never ten times as much (before issue 22: 5.9x).
+    assert!(large <= small + small / 4 + 3, "{small} -> {large}");
+    assert!(
+        large_idle <= small_idle + small_idle / 4 + 3,
+        "{small_idle} -> {large_idle}"
+    );
+    // The figures come from the tallies and agree with the archives: the five new files
+    // were judged (kept by `every: 10m` or deleted, having no detection), the rest stayed.
+    for (c, n) in [(&c_small, 2_000), (&c_large, 20_000)] {
+        let s = &c.report().storage;
+        assert_eq!(s.kept_this_run + s.deleted_this_run, 5);
+        assert_eq!(s.recordings, n + s.kept_this_run);
+        assert_eq!(s.bytes_used, s.recordings * one_file_bytes());
+    }
+}
+
+/// VM steps (thousands) per recording of the first pass of keep rules new to an archive of
+/// `n` recordings, and the recordings decided.
+fn first_pass(n: u64) -> (f64, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let (curator, _, _) = archive_of(dir.path(), n, false);
+    let s = &curator.report().storage;
+    (
+        curator.vm_steps() as f64 / n as f64,
+        s.kept_this_run + s.deleted_this_run,
+    )
+}
+
+#[test]
+fn keep_rules_new_to_an_archive_decide_it_in_one_linear_pass() {
+    let (small, decided_small) = first_pass(2_000);
+    let (large, decided_large) = first_pass(20_000);
+    eprintln!("first pass: {small:.3} kilo-steps per recording at 2,000, {large:.3} at 20,000");
+    // Every recording decided in the first round (none waits: all were analysed) ...
+    assert_eq!((decided_small, decided_large), (2_000, 20_000));
+    // ... at the same cost per recording (before issue 22 each batch skipped again every
+    // recording decided before it: quadratic).
+    assert!(large <= small * 1.25 + 0.05, "{small} -> {large}");
+}
+
+#[test]
+fn figures_follow_deletions_made_by_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut curator, storage, _) = archive(dir.path(), 500);
+    let ids: Vec<String> = storage
+        .connection()
+        .prepare("SELECT id FROM recording ORDER BY rowid LIMIT 30")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    // The recorder's deleteOldest and the start-up repair mark rows in their own process.
+    for id in &ids[..20] {
+        storage
+            .mark_deleted(id, "onLowSpace", jiff::Timestamp::now())
+            .unwrap();
+    }
+    for id in &ids[20..] {
+        storage
+            .mark_deleted(id, "missing", jiff::Timestamp::now())
+            .unwrap();
+    }
+    // Marking a row twice counts once.
+    storage
+        .mark_deleted(&ids[0], "missing", jiff::Timestamp::now())
+        .unwrap();
+    curator.round_now();
+    let s = &curator.report().storage;
+    assert_eq!(s.recordings, 470);
+    assert_eq!(s.bytes_used, 470 * one_file_bytes());
+    assert_eq!(s.deleted_by_rule.get("onLowSpace"), Some(&20));
+    assert_eq!(s.deleted_by_rule.get("missing"), Some(&10));
+    assert_eq!(s.clock_disagrees, 0);
+}
