@@ -13,7 +13,7 @@
 #      payload bytes per detection message at a subscriber, and messages queued by a second
 #      start (the burst of a restart, nothing having changed).
 # Usage: benches/connect.sh [--edits N] [--backlog M] [--idle-seconds S] [--outputs O]
-#                           [--only drain|detections]
+#                           [--only status|drain|detections]
 # ROOST_BIN defaults to target/release/roost (built if missing).
 set -euo pipefail
 edits=30
@@ -125,6 +125,9 @@ sqlite3 "$work/drain/outbox.db" "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELE
   SELECT 'mqtt', 'roost/drain-01/bench', CAST(printf('{\"messageId\":\"drain-01-%d\",\"n\":%d,\"pad\":\"%s\"}', i, i, substr(hex(zeroblob(100)), 1, 200)) AS BLOB), 0, strftime('%Y-%m-%dT%H:%M:%SZ','now'), 260 FROM n;"
 left() { sqlite3 "$work/drain/outbox.db" "SELECT count(*) FROM message"; }
 echo "queued: $(left)"
+mosquitto_sub -h 127.0.0.1 -p "$port" -q 1 -t 'roost/drain-01/bench' -F '%l' > "$work/drain-sub.log" &
+local spid=$!; pids+=($spid)
+sleep 0.5
 t0=$(date +%s.%N)
 "$bin" connect --config "$work/drain/connect-config.json" --state-dir "$work/drain" 2> "$work/drain.log" &
 dpid=$!; pids+=($dpid)
@@ -134,6 +137,8 @@ hwm=$(awk '$1 == "VmHWM:" {print $2}' "/proc/$dpid/status")
 python3 -c "import sys; n, t0, t1, hwm = map(float, sys.argv[1:]); print(f'drained {int(n)} messages in {t1 - t0:.1f} s: {n / (t1 - t0):.0f} messages/s (roost connect peak RSS {hwm / 1024:.1f} MiB)')" "$backlog" "$t0" "$t1" "$hwm"
 # 4. the outbox's size once drained (left a few seconds to give its space back)
 sleep 5
+echo "received at a subscriber (QoS 1): $(wc -l < "$work/drain-sub.log") messages; dropped by the outbox: $(sqlite3 "$work/drain/outbox.db" "SELECT coalesce((SELECT value FROM counter WHERE name = 'dropped'), 0)")"
+kill "$spid"
 echo "outbox after draining: $(outbox_bytes "$work/drain") bytes (outbox.db with its -wal); an empty one: $empty bytes"
 kill "$dpid"; wait "$dpid" 2> /dev/null || true
 }
@@ -156,7 +161,7 @@ cat > "$d/connect-config.json" <<EOF
 EOF
 # metadata.db's tables as roost's migrations 1-4 leave them (src/storage.rs), the columns the
 # connector reads; one recording a minute up to now, the newest with 300 detections.
-sqlite3 "$storage/metadata.db" <<EOF
+sqlite3 "$storage/metadata.db" > /dev/null <<EOF
 PRAGMA journal_mode = WAL;
 CREATE TABLE deployment (id TEXT PRIMARY KEY NOT NULL, name TEXT NOT NULL, started_on TEXT NOT NULL,
     ended_on TEXT, latitude REAL, longitude REAL);
@@ -242,6 +247,7 @@ kill "$cpid"; wait "$cpid" 2> /dev/null || true
 
 case "$only" in
     "") status_part; drain_part; detections_part ;;
+    status) status_part ;;
     drain) drain_part ;;
     detections) detections_part ;;
     *) echo "unknown part $only" >&2; exit 2 ;;
