@@ -1440,12 +1440,15 @@ impl Storage {
             })
             .collect();
         let inserted = self.register_batch(&new, deployment_id)?;
-        let mut report = RepairReport::default();
-        report.registered = new
-            .iter()
-            .zip(inserted)
-            .filter_map(|(rec, new)| new.then(|| rec.path.clone()))
-            .collect();
+        let mut report = RepairReport {
+            registered: new
+                .iter()
+                .zip(inserted)
+                .filter(|(_, inserted)| *inserted)
+                .map(|(rec, _)| rec.path.clone())
+                .collect(),
+            ..RepairReport::default()
+        };
         if let (Some(first), Some(last)) = (report.registered.first(), report.registered.last()) {
             tracing::warn!(count = report.registered.len(), first = %first.display(), last = %last.display(),
                 "repair: registered recordings that had no row");
