@@ -286,6 +286,9 @@ struct Active {
     /// Every recording up to this rowid is finished (done or given up): the next look for
     /// work starts after it, never at `since` (which would re-read all it ever analysed).
     low_water: i64,
+    /// Recordings it finished (done, given up), counted once at open and then as they go;
+    /// the report takes them at the end of each look (with the other figures).
+    outcomes: (u64, u64),
 }
 
 /// A failed run waits before its retry: not before `at`.
@@ -352,6 +355,7 @@ impl Curator {
                 since: None,
                 failing: 0,
                 low_water: 0,
+                outcomes: (0, 0),
             })
             .collect();
         let report = CuratorReport {
@@ -475,9 +479,9 @@ impl Curator {
     /// Each detector's finished and given-up recordings, counted once when metadata.db is
     /// opened; from then on the curator counts what it does.
     fn count_outcomes(&mut self, conn: &Connection) {
-        for f in &mut self.report.detectors {
-            if let Ok((done, failed)) = db::outcomes(conn, &f.name) {
-                (f.analysed, f.failed) = (done, failed);
+        for d in &mut self.detectors {
+            if let Ok(outcomes) = db::outcomes(conn, d.spec.name.as_str()) {
+                d.outcomes = outcomes;
             }
         }
     }
@@ -673,7 +677,7 @@ impl Curator {
                 true,
                 now(),
             )?;
-            self.report.detectors[i].failed += 1;
+            self.detectors[i].outcomes.1 += 1;
             self.note_failure(i, rec, &errors::RECORDING_GONE, message);
             return Ok(());
         }
@@ -689,7 +693,7 @@ impl Curator {
                 f.last_analysed = Some(rec.path.clone());
                 f.last_analysed_at = Some(now());
                 f.failing = 0;
-                f.analysed += 1;
+                d.outcomes.0 += 1;
                 f.backlog = f.backlog.saturating_sub(1);
             }
             Err(_) if self.stop_flag.load(std::sync::atomic::Ordering::SeqCst) => {
@@ -798,7 +802,7 @@ impl Curator {
         }
         self.detectors[i].failing += 1;
         self.report.detectors[i].failing = self.detectors[i].failing;
-        self.report.detectors[i].failed += u64::from(give_up);
+        self.detectors[i].outcomes.1 += u64::from(give_up);
         self.note_failure(i, rec, failure.code, failure.message);
         Ok(())
     }
@@ -999,6 +1003,7 @@ impl Curator {
             {
                 (f.backlog, f.backlog_oldest) = (backlog, oldest);
             }
+            (f.analysed, f.failed) = d.outcomes;
             f.detections_last_hour = recent
                 .iter()
                 .find(|(n, _)| n == name)
