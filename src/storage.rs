@@ -150,7 +150,9 @@ const MIGRATIONS: &[&str] = &[
     // already gone: 0), `skew_s` its wall-clock start minus when it was made on the device
     // clock (a clock step since shows as a skew unlike today's; NULL once the file is gone);
     // `roost_tally` the recordings whose file is there and their bytes, `roost_deleted` the
-    // files deleted per rule or cause, both kept by triggers whoever writes the rows.
+    // files deleted per rule or cause, `roost_outcomes` each detector's analyses per outcome,
+    // all kept by triggers whoever writes the rows (no `OR IGNORE` in them: an outer upsert's
+    // conflict handling would override it).
     "ALTER TABLE roost_age ADD COLUMN bytes INTEGER;
     ALTER TABLE roost_age ADD COLUMN skew_s REAL;
     UPDATE roost_age SET bytes = 0
@@ -207,10 +209,38 @@ const MIGRATIONS: &[&str] = &[
         UPDATE roost_tally SET bytes = bytes + coalesce(new.bytes, 0) - coalesce(old.bytes, 0)
             WHERE id = 1;
     END;
+    CREATE TABLE roost_outcomes (
+        detector TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        recordings INTEGER NOT NULL,
+        PRIMARY KEY (detector, outcome)
+    );
+    INSERT INTO roost_outcomes (detector, outcome, recordings)
+        SELECT detector, outcome, count(*) FROM roost_analysis GROUP BY detector, outcome;
+    CREATE TRIGGER roost_outcome_new AFTER INSERT ON roost_analysis
+    BEGIN
+        INSERT INTO roost_outcomes (detector, outcome, recordings)
+            SELECT new.detector, new.outcome, 0 WHERE NOT EXISTS (SELECT 1 FROM roost_outcomes
+                WHERE detector = new.detector AND outcome = new.outcome);
+        UPDATE roost_outcomes SET recordings = recordings + 1
+            WHERE detector = new.detector AND outcome = new.outcome;
+    END;
+    CREATE TRIGGER roost_outcome_changed AFTER UPDATE OF outcome ON roost_analysis
+        WHEN old.outcome IS NOT new.outcome
+    BEGIN
+        UPDATE roost_outcomes SET recordings = recordings - 1
+            WHERE detector = old.detector AND outcome = old.outcome;
+        INSERT INTO roost_outcomes (detector, outcome, recordings)
+            SELECT new.detector, new.outcome, 0 WHERE NOT EXISTS (SELECT 1 FROM roost_outcomes
+                WHERE detector = new.detector AND outcome = new.outcome);
+        UPDATE roost_outcomes SET recordings = recordings + 1
+            WHERE detector = new.detector AND outcome = new.outcome;
+    END;
     CREATE TRIGGER roost_count_deleted AFTER UPDATE OF deleted_by ON recording
         WHEN old.deleted_by IS NULL AND new.deleted_by IS NOT NULL
     BEGIN
-        INSERT OR IGNORE INTO roost_deleted (deleted_by, recordings) VALUES (new.deleted_by, 0);
+        INSERT INTO roost_deleted (deleted_by, recordings) SELECT new.deleted_by, 0
+            WHERE NOT EXISTS (SELECT 1 FROM roost_deleted WHERE deleted_by = new.deleted_by);
         UPDATE roost_deleted SET recordings = recordings + 1 WHERE deleted_by = new.deleted_by;
     END;",
 ];

@@ -179,3 +179,110 @@ fn figures_follow_deletions_made_by_others() {
     assert_eq!(s.deleted_by_rule.get("missing"), Some(&10));
     assert_eq!(s.clock_disagrees, 0);
 }
+
+/// metadata.db back at schema 4 (before the tallies), as an older roost left it.
+fn back_to_schema_4(conn: &rusqlite::Connection) {
+    conn.execute_batch(
+        "DROP TRIGGER roost_tally_registered; DROP TRIGGER roost_tally_gone;
+         DROP TRIGGER roost_tally_back; DROP TRIGGER roost_tally_removed;
+         DROP TRIGGER roost_tally_stamped; DROP TRIGGER roost_tally_sized;
+         DROP TRIGGER roost_count_deleted; DROP TRIGGER roost_outcome_new;
+         DROP TRIGGER roost_outcome_changed;
+         DROP TABLE roost_tally; DROP TABLE roost_deleted; DROP TABLE roost_outcomes;
+         DROP INDEX roost_age_made; DROP INDEX roost_age_skew; DROP INDEX roost_age_unsized;
+         ALTER TABLE roost_age DROP COLUMN bytes; ALTER TABLE roost_age DROP COLUMN skew_s;
+         PRAGMA user_version = 4;",
+    )
+    .unwrap();
+}
+
+/// A database of an older roost: migration 5 counts what is there, the curator sizes the
+/// recordings it stamped before, and from then on every writer's change is followed,
+/// upserts included (a retried analysis given up, then a deletion marked twice, a row removed).
+#[test]
+fn an_older_database_gets_its_tallies_and_every_writer_keeps_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (curator, storage, _) = archive(dir.path(), 300);
+    drop(curator);
+    let conn = storage.connection();
+    // Some history under the old schema: 10 files gone, one analysis given up.
+    let ids: Vec<String> = conn
+        .prepare("SELECT id FROM recording ORDER BY rowid LIMIT 12")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    back_to_schema_4(conn);
+    for id in &ids[..10] {
+        storage
+            .mark_deleted(id, "maxAge", jiff::Timestamp::now())
+            .unwrap();
+    }
+    conn.execute(
+        "UPDATE roost_analysis SET outcome = 'failed' WHERE recording_id = ?1",
+        [&ids[10]],
+    )
+    .unwrap();
+    drop(storage);
+    let config = config(dir.path());
+    let storage = Storage::open(&config.storage_path(), &config.storage).unwrap();
+    let conn = storage.connection();
+    let tally = |c: &rusqlite::Connection| roost::curate::db::tally(c).unwrap();
+    assert_eq!(tally(conn), (290, 0), "counted; not sized yet");
+    let mut curator = Curator::new(config.clone(), dir.path());
+    curator.round_now();
+    assert_eq!(
+        tally(conn),
+        (290, 290 * one_file_bytes()),
+        "sized by the curator"
+    );
+    assert_eq!(roost::curate::db::outcomes(conn, "band").unwrap(), (299, 1));
+    // Upserts: a retry, then given up, on a new row; the findings of another after a retry.
+    let now = jiff::Timestamp::now();
+    for outcome_give_up in [false, true] {
+        roost::curate::db::record_failure(
+            conn,
+            &ids[11],
+            "other",
+            "DEP_E602",
+            "x",
+            outcome_give_up,
+            now,
+        )
+        .unwrap();
+    }
+    assert_eq!(roost::curate::db::outcomes(conn, "other").unwrap(), (0, 1));
+    // Marked twice (the second is no change), a row removed by another program.
+    storage.mark_deleted(&ids[11], "keep", now).unwrap();
+    storage.mark_deleted(&ids[11], "missing", now).unwrap();
+    conn.execute("DELETE FROM roost_analysis WHERE recording_id = (SELECT id FROM recording WHERE rowid = 20)", []).unwrap();
+    conn.execute(
+        "DELETE FROM roost_keep WHERE recording_id = (SELECT id FROM recording WHERE rowid = 20)",
+        [],
+    )
+    .unwrap();
+    conn.execute(
+        "DELETE FROM roost_age WHERE recording_id = (SELECT id FROM recording WHERE rowid = 20)",
+        [],
+    )
+    .unwrap();
+    conn.execute(
+        "DELETE FROM model_output WHERE recording_id = (SELECT id FROM recording WHERE rowid = 20)",
+        [],
+    )
+    .unwrap();
+    assert_eq!(
+        conn.execute("DELETE FROM recording WHERE rowid = 20", [])
+            .unwrap(),
+        1
+    );
+    let expected = 290 - 2;
+    assert_eq!(tally(conn).0, expected);
+    curator.round_now();
+    let s = &curator.report().storage;
+    assert_eq!(s.recordings, expected);
+    assert_eq!(s.deleted_by_rule.get("maxAge"), Some(&10));
+    assert_eq!(s.deleted_by_rule.get("keep"), Some(&1));
+    assert_eq!(s.deleted_by_rule.get("missing"), None);
+}

@@ -145,12 +145,33 @@ fn rounded(x: f64) -> Value {
     serde_json::Number::from_f64((x * 1000.0).round() / 1000.0).map_or(Value::Null, Value::Number)
 }
 
-/// A detection's stored location (`[start_s, low_hz, end_s, high_hz]`) rounded; anything
-/// else a detector stored is left out.
+/// A detection's stored location as it was stored (the curator writes acoupi's
+/// `{"type": "BoundingBox", "coordinates": [start_s, low_hz, end_s, high_hz]}`; a bare array
+/// is kept as an array), its numbers rounded; anything larger or of another shape is left out.
 fn location_of(text: Option<String>) -> Value {
-    let parsed: Option<Vec<f64>> = text.and_then(|l| serde_json::from_str(&l).ok());
+    let rounded_all = |xs: &[Value]| -> Option<Value> {
+        (xs.len() <= 4)
+            .then(|| {
+                xs.iter()
+                    .map(|x| x.as_f64().map(rounded))
+                    .collect::<Option<Vec<_>>>()
+            })
+            .flatten()
+            .map(Value::Array)
+    };
+    let parsed: Option<Value> = text.and_then(|l| serde_json::from_str(&l).ok());
     match parsed {
-        Some(xs) if xs.len() <= 4 => Value::Array(xs.into_iter().map(rounded).collect()),
+        Some(Value::Array(xs)) => rounded_all(&xs).unwrap_or(Value::Null),
+        Some(Value::Object(o)) => match o.get("coordinates") {
+            Some(Value::Array(xs)) => rounded_all(xs).map_or(Value::Null, |c| {
+                let kind = o
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("BoundingBox");
+                json!({"type": kind.chars().take(32).collect::<String>(), "coordinates": c})
+            }),
+            _ => Value::Null,
+        },
         _ => Value::Null,
     }
 }
@@ -307,6 +328,31 @@ pub(crate) mod tests {
         // The highest scoring first, rounded.
         assert_eq!(listed[0]["detection_score"], 0.990);
         assert_eq!(listed[0]["location"][0], 96.123);
+    }
+
+    /// The curator stores acoupi's bounding-box object: it reaches the message in that shape,
+    /// rounded; a shape too large or not numbers is left out.
+    #[test]
+    fn a_stored_bounding_box_keeps_its_shape() {
+        let stored = r#"{"type": "BoundingBox", "coordinates": [1.23456, 2000.5555, 1.5, 4000.0]}"#;
+        assert_eq!(
+            location_of(Some(stored.into())),
+            json!({"type": "BoundingBox", "coordinates": [1.235, 2000.556, 1.5, 4000.0]})
+        );
+        assert_eq!(
+            location_of(Some("[0.5, 1000]".into())),
+            json!([0.5, 1000.0])
+        );
+        for bad in [
+            "[1, 2, 3, 4, 5]",
+            r#"{"coordinates": ["a"]}"#,
+            "{}",
+            "7",
+            "not json",
+        ] {
+            assert_eq!(location_of(Some(bad.into())), Value::Null, "{bad}");
+        }
+        assert_eq!(location_of(None), Value::Null);
     }
 
     /// Months of past outputs when spec.connect is added: the cursor starts a day back.

@@ -88,12 +88,18 @@ fn recording(row: &rusqlite::Row<'_>) -> rusqlite::Result<Recording> {
 /// The rowid after which a detector first seen now looks at recordings: just before the first
 /// recording of the running deployment `name` that the curator has not seen yet (no
 /// `roost_age` stamp); `None` when it has seen them all (then: only what comes).
-pub fn first_unseen_rowid_of(conn: &Connection, deployment: &str) -> rusqlite::Result<Option<i64>> {
+/// `stamped_until`: every recording up to it has its stamp (see [`stamped_until`]), so only
+/// the rows after it are read.
+pub fn first_unseen_rowid_of(
+    conn: &Connection,
+    deployment: &str,
+    stamped_until: i64,
+) -> rusqlite::Result<Option<i64>> {
     conn.query_row(
         "SELECT min(r.rowid) - 1 FROM recording r JOIN deployment d ON d.id = r.deployment_id
-         WHERE d.name = ?1 AND d.ended_on IS NULL
+         WHERE r.rowid > ?2 AND d.name = ?1 AND d.ended_on IS NULL
            AND NOT EXISTS (SELECT 1 FROM roost_age g WHERE g.recording_id = r.id)",
-        [deployment],
+        params![deployment, stamped_until],
         |r| r.get(0),
     )
 }
@@ -644,13 +650,20 @@ pub fn deleted_by_rule(conn: &Connection) -> rusqlite::Result<Vec<(String, u64)>
     crate::storage::skip_foreign_rows(rows)
 }
 
-/// (done, failed) recordings of `detector`.
+/// (done, failed) recordings of `detector` (`roost_outcomes`, kept by triggers: two rows
+/// read, whatever the archive holds).
 pub fn outcomes(conn: &Connection, detector: &str) -> rusqlite::Result<(u64, u64)> {
     conn.query_row(
-        "SELECT coalesce(sum(outcome = 'done'), 0), coalesce(sum(outcome = 'failed'), 0)
-         FROM roost_analysis WHERE detector = ?1",
+        "SELECT coalesce(sum(CASE outcome WHEN 'done' THEN recordings END), 0),
+                coalesce(sum(CASE outcome WHEN 'failed' THEN recordings END), 0)
+         FROM roost_outcomes WHERE detector = ?1",
         [detector],
-        |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+        |r| {
+            Ok((
+                r.get::<_, i64>(0)?.max(0) as u64,
+                r.get::<_, i64>(1)?.max(0) as u64,
+            ))
+        },
     )
 }
 

@@ -440,10 +440,10 @@ impl Curator {
                 false
             }),
         );
+        self.stamped_until = db::stamped_until(&conn).unwrap_or(0);
         self.learn_detectors(&conn);
         self.count_outcomes(&conn);
         self.clock_stored = db::load_clock(&conn).ok().flatten();
-        self.stamped_until = db::stamped_until(&conn).unwrap_or(0);
         self.decided_until = None;
         self.conn = Some(conn);
         self.db_identity = identity;
@@ -455,7 +455,7 @@ impl Curator {
     /// stamp): the first files of a new storage, and those made while the curator was down or
     /// restarting for the new settings, are analysed too; months of history are not.
     fn learn_detectors(&mut self, conn: &Connection) {
-        let from = db::first_unseen_rowid_of(conn, &self.config.deployment)
+        let from = db::first_unseen_rowid_of(conn, &self.config.deployment, self.stamped_until)
             .ok()
             .flatten();
         let now = Timestamp::now();
