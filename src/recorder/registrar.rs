@@ -272,10 +272,12 @@ impl Worker {
                 Ok(job) => self.take(job),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
-                    // Stopping: the rows owed are written; the rest of a repair waits for the
-                    // next start (it would hold the recorder's exit up).
-                    self.repair_pending = false;
+                    // Stopping: the rows owed first, then the rest of the repair for as long
+                    // as the recorder waits for this thread (what is left, the next start does).
                     self.turn();
+                    while self.repair_pending && self.db.is_some() && !self.repair_failed {
+                        self.repair();
+                    }
                     return;
                 }
             }
