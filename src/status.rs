@@ -297,11 +297,22 @@ impl StatusDoc {
         self.component(name).and_then(|c| c.output.as_ref())
     }
 
-    /// Whether two documents say the same thing, `updatedAt` aside.
+    /// Whether two documents say the same thing, `updatedAt` aside, and each component's
+    /// output's own `updatedAt` too: a report rewritten only to say it is alive (the
+    /// connector's minute) is no news, and rewriting status.json on the card for it would
+    /// follow every heartbeat of every component.
     pub fn same_content(&self, other: &Self) -> bool {
-        let mut a = self.clone();
-        a.updated_at = other.updated_at;
-        &a == other
+        let strip = |d: &Self| {
+            let mut d = d.clone();
+            d.updated_at = Timestamp::UNIX_EPOCH;
+            for c in &mut d.components {
+                if let Some(serde_json::Value::Object(o)) = c.output.as_mut() {
+                    o.remove("updatedAt");
+                }
+            }
+            d
+        };
+        strip(self) == strip(other)
     }
 
     /// Exit code of `roost status`: 0 healthy, 3 stopped or not started, 1 otherwise.

@@ -230,6 +230,34 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// A report rewritten only to say it is alive is no news for status.json; any other
+    /// change of an output, or of the document, is.
+    #[test]
+    fn a_report_heartbeat_alone_is_not_a_new_status() {
+        let with_output = |updated: &str, output: serde_json::Value| {
+            let mut d = doc(updated, None, OverallStatus::Running);
+            d.components[1].output = Some(output);
+            d
+        };
+        let a = with_output(
+            "2026-06-01T10:00:00Z",
+            serde_json::json!({"updatedAt": "a", "queued": 3}),
+        );
+        let heartbeat = with_output(
+            "2026-06-01T10:01:00Z",
+            serde_json::json!({"updatedAt": "b", "queued": 3}),
+        );
+        let news = with_output(
+            "2026-06-01T10:01:00Z",
+            serde_json::json!({"updatedAt": "b", "queued": 4}),
+        );
+        assert!(a.same_content(&heartbeat));
+        assert!(!a.same_content(&news));
+        let mut stopped = a.clone();
+        stopped.status = OverallStatus::Stopped;
+        assert!(!a.same_content(&stopped));
+    }
+
     #[test]
     fn a_status_is_judged_by_its_writer_and_its_promise() {
         let due = "2026-06-01T10:01:00Z";

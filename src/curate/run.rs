@@ -26,6 +26,8 @@ pub const IDLE_LOOK: Duration = Duration::from_secs(60);
 pub const STALLED_AFTER: Duration = Duration::from_secs(15 * 60);
 /// Recordings read from metadata.db at a time.
 const BATCH: usize = 32;
+/// Least time between two reports written in the middle of a round (a backlog's progress).
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 /// Recordings stamped (or sized) per statement when many come at once.
 const STAMP_BATCH: usize = 500;
 /// Recordings decided per transaction: the write lock is held for one short commit.
@@ -650,7 +652,7 @@ impl Curator {
                         return Ok(());
                     }
                     self.analyse_one(i, &rec)?;
-                    self.publish(false);
+                    self.publish_progress();
                 }
             }
         }
@@ -1094,6 +1096,19 @@ impl Curator {
             tracing::warn!(error = %e, "cannot write curator-report.json");
         }
         self.written = Some(self.report.clone());
+    }
+
+    /// Mid-round, while a backlog is worked through: the report at most every
+    /// [`PROGRESS_EVERY`], so that each analysed file is not a rewrite of the report and of
+    /// status.json of its own (the round's end writes what it changed).
+    fn publish_progress(&mut self) {
+        let due = self
+            .report
+            .updated_at
+            .is_none_or(|t| Timestamp::now().duration_since(t).unsigned_abs() >= PROGRESS_EVERY);
+        if due {
+            self.publish(false);
+        }
     }
 
     fn heartbeat_due(&self) -> bool {
