@@ -251,6 +251,27 @@ pub fn recorder_figures(
     recorder_figures_in(doc, facts, &tz, now)
 }
 
+/// While the recorder's start-up repair (or the rebuild of a lost metadata.db) runs: how far
+/// it has got. `None` once it is done, or when the report has no progress.
+fn repair_line(rec: &Value, tz: &TimeZone) -> Option<String> {
+    let p = rec.pointer("/repair/progress")?;
+    let what = match p.get("phase").and_then(Value::as_str)? {
+        "rows" => "checking that each row's file is there",
+        "files" => "looking for files without a row",
+        _ => return None,
+    };
+    let num = |k: &str| p.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let since = (p.get("startedAt").and_then(Value::as_str))
+        .and_then(|t| t.parse::<Timestamp>().ok())
+        .map_or(String::new(), |t| format!(" since {}", local(t, tz)));
+    Some(format!(
+        "{what}{since}: {} rows and {} files checked, {} registered (recording goes on meanwhile)",
+        num("rowsChecked"),
+        num("filesChecked"),
+        num("registered")
+    ))
+}
+
 fn recorder_figures_in(
     doc: &StatusDoc,
     facts: &Facts,
@@ -292,6 +313,9 @@ fn recorder_figures_in(
             _ => String::new(),
         };
         figures.push(("free space", format!("{}{days}", bytes(free))));
+    }
+    if let Some(line) = repair_line(rec, tz) {
+        figures.push(("storage repair", line));
     }
     let clock = match rec.get("clockSynchronized").and_then(Value::as_bool) {
         Some(true) => "synchronised",
@@ -603,6 +627,33 @@ mod tests {
             free_bytes: Some(124_000_000_000),
             seen: Seen::Current,
         }
+    }
+
+    /// A repair that runs (a lost metadata.db rebuilt) is shown with how far it has got; a
+    /// finished one is not.
+    #[test]
+    fn a_running_repair_is_shown_with_its_progress() {
+        let now: Timestamp = "2026-06-01T04:02:30Z".parse().unwrap();
+        let running = json!({"state": "recording", "repair": {"progress": {"phase": "files",
+            "rowsChecked": 0, "filesChecked": 120500, "registered": 120400,
+            "startedAt": "2026-06-01T04:00:00Z"}}});
+        let d = doc(
+            OverallStatus::Running,
+            Phase::Succeeded,
+            Some((ComponentState::Running, running)),
+        );
+        let text = render(&d, &facts(), now);
+        assert!(
+            text.contains("storage repair looking for files without a row since Mon 1 Jun 05:00:00 BST: 0 rows and 120500 files checked, 120400 registered"),
+            "{text}"
+        );
+        let done = json!({"state": "recording", "repair": {"progress": {"phase": "done", "filesChecked": 3}}});
+        let d = doc(
+            OverallStatus::Running,
+            Phase::Succeeded,
+            Some((ComponentState::Running, done)),
+        );
+        assert!(!render(&d, &facts(), now).contains("storage repair"));
     }
 
     /// The first line answers "is it recording?" for each kind of state.
