@@ -626,12 +626,15 @@ impl Curator {
             let mut first = true;
             loop {
                 let conn = self.conn.as_ref().expect("opened");
+                // The newest row read before what waits: a recording registered between the
+                // two reads has a later rowid, and the mark never passes it unseen.
+                let newest = if first { newest_rowid(conn)? } else { 0 };
                 let batch = db::pending(conn, &name, after, BATCH)?;
                 if first {
                     // Everything before the first recording still waiting is finished.
                     self.detectors[i].low_water = match batch.first() {
                         Some(r) => r.rowid - 1,
-                        None => newest_rowid(conn)?.max(after),
+                        None => newest.max(after),
                     };
                     first = false;
                 }
@@ -1772,5 +1775,71 @@ mod tests {
                 Some("keep[0]:detection".into())
             ]
         );
+    }
+
+    /// A recording registered while the curator looks for work (between its read of what
+    /// waits and its read of the newest row) is analysed and decided all the same: the
+    /// detector's low-water mark never passes a recording it has not seen.
+    #[test]
+    fn a_recording_registered_during_the_look_for_work_is_analysed() {
+        const LATE: u32 = 60;
+        const FIRST: usize = 30;
+        let dir = tempfile::tempdir().unwrap();
+        let (config, paths, storage) = storage_with(
+            dir.path(),
+            2,
+            serde_json::json!([{"name": "birds", "kind": "bandEnergy", "lowHz": 2000, "highHz": 5000}]),
+            serde_json::json!([{"always": true}]),
+        );
+        let mut curator = Curator::new(config, &dir.path().join("state"));
+        curator.round_now();
+        let late: Vec<String> = (0..LATE)
+            .map(|i| {
+                let p = paths[1].with_extension(format!("late{i}.wav"));
+                tone(&p);
+                p.to_string_lossy().into_owned()
+            })
+            .collect();
+        // The recorder registers a file at every step of the curator's look for work after
+        // its first steps (one of them between its read of what waits and its read of the
+        // newest row).
+        let other = Connection::open(storage.join("metadata.db")).unwrap();
+        let mut calls: usize = 0;
+        curator.follow_clock().unwrap();
+        curator.conn.as_mut().unwrap().progress_handler(
+            1,
+            Some(move || {
+                if let Some(path) = calls.checked_sub(FIRST).and_then(|i| late.get(i)) {
+                    other
+                        .execute(
+                            "INSERT INTO recording (id, path, datetime, duration_s, samplerate_hz, audio_channels, deployment_id)
+                             SELECT ?1, ?2, datetime, duration_s, samplerate_hz, audio_channels, deployment_id
+                             FROM recording WHERE typeof(id) = 'text' ORDER BY rowid LIMIT 1",
+                            [format!("late{calls}"), path.clone()],
+                        )
+                        .unwrap();
+                }
+                calls += 1;
+                false
+            }),
+        );
+        let (_tx, rx) = mpsc::channel();
+        curator.analyse_all(&rx).unwrap();
+        curator.conn.as_mut().unwrap().progress_handler(1, None::<fn() -> bool>);
+        for _ in 0..3 {
+            curator.round_now();
+        }
+        let waiting: Vec<String> = query(
+            &storage,
+            "SELECT r.id FROM recording r WHERE r.id LIKE 'late%' AND NOT EXISTS (
+                 SELECT 1 FROM roost_analysis a WHERE a.recording_id = r.id AND a.outcome = 'done')",
+        );
+        assert_eq!(waiting, Vec::<String>::new(), "every late recording is analysed");
+        let undecided: Vec<String> = query(
+            &storage,
+            "SELECT r.id FROM recording r WHERE r.id LIKE 'late%' AND NOT EXISTS (
+                 SELECT 1 FROM roost_keep k WHERE k.recording_id = r.id)",
+        );
+        assert_eq!(undecided, Vec::<String>::new(), "and decided");
     }
 }
