@@ -449,8 +449,11 @@ pub fn stamp_made(
     limit: usize,
 ) -> rusqlite::Result<(i64, usize)> {
     let sql = format!(
-        "SELECT {RECORDING_COLUMNS} FROM recording r WHERE r.rowid > ?1 ORDER BY r.rowid LIMIT ?2"
+        "SELECT {RECORDING_COLUMNS} FROM recording r WHERE r.rowid > ?1 AND typeof(r.id) = 'text'
+         ORDER BY r.rowid LIMIT ?2"
     );
+    // Rows of another program (a blob id) are not read at all: a batch of them alone would
+    // read as the end of the table and the cursor would never pass them.
     let rows: Vec<Recording> = crate::storage::skip_foreign_rows(
         conn.prepare_cached(&sql)?
             .query_map(params![after, limit as i64], recording)?,

@@ -1842,4 +1842,45 @@ mod tests {
         );
         assert_eq!(undecided, Vec::<String>::new(), "and decided");
     }
+
+    /// Rows another program wrote with blob ids, more than a batch of them in a row, never
+    /// stop the curator stamping (and so sizing, counting and retaining) the recordings after
+    /// them.
+    #[test]
+    fn many_foreign_rows_in_a_row_never_stop_the_stamps() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, _, storage) = storage_with(
+            dir.path(),
+            0,
+            serde_json::json!([]),
+            serde_json::json!([{"always": true}]),
+        );
+        {
+            let conn = Connection::open(storage.join("metadata.db")).unwrap();
+            for i in 0..(STAMP_BATCH + 10) {
+                conn.execute(
+                    "INSERT INTO recording (id, path, datetime, duration_s, samplerate_hz, audio_channels)
+                     VALUES (randomblob(16), ?1, '2020-01-01 00:00:00.000000', 1.0, 8000, 1)",
+                    [format!("/elsewhere/{i}.wav")],
+                )
+                .unwrap();
+            }
+        }
+        let mut s = Storage::open(&storage, &config.storage).unwrap();
+        let dep = s.start_deployment("unit", None, Timestamp::now()).unwrap();
+        let path = tone_recording(&mut s, &dep, Timestamp::now());
+        drop(s);
+        let mut curator = Curator::new(config, &dir.path().join("state"));
+        curator.round_now();
+        curator.round_now();
+        let stamped: Vec<i64> = query(
+            &storage,
+            "SELECT g.bytes FROM roost_age g JOIN recording r ON r.id = g.recording_id
+             WHERE typeof(r.id) = 'text'",
+        );
+        assert_eq!(stamped.len(), 1, "the recording is stamped");
+        assert!(stamped[0] > 0, "with its size");
+        assert!(path.exists());
+        assert!(curator.report().storage.bytes_used > 0);
+    }
 }
