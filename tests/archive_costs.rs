@@ -286,3 +286,40 @@ fn an_older_database_gets_its_tallies_and_every_writer_keeps_them() {
     assert_eq!(s.deleted_by_rule.get("keep"), Some(&1));
     assert_eq!(s.deleted_by_rule.get("missing"), None);
 }
+
+/// `maxUsage` over a storage whose oldest recordings are protected, more of them than a round
+/// looks past: the younger recordings that may go still go, round after round.
+#[test]
+fn max_usage_past_many_protected_recordings_still_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let shape = ArchiveShape {
+        recordings: 6_000,
+        ..ArchiveShape::default()
+    };
+    build(&dir.path().join("storage"), &shape, jiff::Timestamp::now()).unwrap();
+    {
+        let conn =
+            rusqlite::Connection::open(dir.path().join("storage").join("metadata.db")).unwrap();
+        conn.execute("UPDATE recording SET protected = 1 WHERE rowid <= 5000", [])
+            .unwrap();
+    }
+    let yaml = YAML
+        .replace("STORAGE", dir.path().join("storage").to_str().unwrap())
+        .replace("maxUsage: 100GiB", "maxUsage: 1MiB");
+    let d = roost::spec::parse_str(Path::new("archive.yaml"), &yaml).unwrap();
+    let config = CurateConfig::from_deployment(&d, dir.path()).unwrap();
+    let mut curator = Curator::new(config, dir.path());
+    for _ in 0..3 {
+        curator.round_now();
+    }
+    let conn = rusqlite::Connection::open(dir.path().join("storage").join("metadata.db")).unwrap();
+    let (deleted, protected_gone): (i64, i64) = conn
+        .query_row(
+            "SELECT count(*), coalesce(sum(protected), 0) FROM recording WHERE deleted_by = 'maxUsage'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(protected_gone, 0, "no protected recording goes");
+    assert_eq!(deleted, 1_000, "every recording that may go goes: usage is over the limit");
+}
