@@ -321,5 +321,45 @@ fn max_usage_past_many_protected_recordings_still_deletes() {
         )
         .unwrap();
     assert_eq!(protected_gone, 0, "no protected recording goes");
-    assert_eq!(deleted, 1_000, "every recording that may go goes: usage is over the limit");
+    assert_eq!(
+        deleted, 1_000,
+        "every recording that may go goes: usage is over the limit"
+    );
+}
+
+/// The same with the oldest recordings protected by `<file>.keep` markers beside them (the
+/// row says nothing): a round looks past at most 4,096 of them, the next goes on from there,
+/// and the recordings that may go still go.
+#[test]
+fn max_usage_past_many_keep_markers_goes_on_where_the_last_round_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let shape = ArchiveShape {
+        recordings: 6_000,
+        ..ArchiveShape::default()
+    };
+    let files = build(&dir.path().join("storage"), &shape, jiff::Timestamp::now()).unwrap();
+    for f in &files[..5_000] {
+        std::fs::write(roost::storage::keep_marker(f), b"").unwrap();
+    }
+    let yaml = YAML
+        .replace("STORAGE", dir.path().join("storage").to_str().unwrap())
+        .replace("maxUsage: 100GiB", "maxUsage: 1MiB");
+    let d = roost::spec::parse_str(Path::new("archive.yaml"), &yaml).unwrap();
+    let config = CurateConfig::from_deployment(&d, dir.path()).unwrap();
+    let mut curator = Curator::new(config, dir.path());
+    curator.round_now();
+    let gone = || files.iter().filter(|f| !f.exists()).count();
+    assert_eq!(
+        gone(),
+        0,
+        "the first round looked past 4,096 protected files only"
+    );
+    curator.round_now();
+    assert_eq!(gone(), 1_000, "the second went on from there");
+    assert!(
+        files[..5_000].iter().all(|f| f.exists()),
+        "no protected file goes"
+    );
+    curator.round_now();
+    assert_eq!(gone(), 1_000);
 }

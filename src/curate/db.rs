@@ -571,7 +571,8 @@ pub fn present(conn: &Connection) -> rusqlite::Result<Vec<Recording>> {
 
 /// The SQL of the recordings whose file is there, oldest first by when they were made on the
 /// device clock (the `roost_age_made` index: a look stops as soon as it has what it needs),
-/// with the bytes each occupies as column 9. Recordings not stamped yet (seen this round for
+/// with the bytes each occupies as column 9, from those made at or after `?1` on. Recordings
+/// not stamped yet (seen this round for
 /// the first time) are the newest and come last, outside it. Recordings whose row says
 /// protected never go and are left out here: thousands of them must not use up what a round
 /// may look past ([`Recording::protected`] reads any other value as protected too).
@@ -579,6 +580,7 @@ pub fn oldest_made_sql() -> String {
     format!(
         "SELECT {RECORDING_COLUMNS}, g.bytes FROM roost_age g JOIN recording r ON r.id = g.recording_id
          WHERE r.path IS NOT NULL AND typeof(r.id) = 'text' AND r.protected = 0
+           AND g.made_device_s >= ?1
          ORDER BY g.made_device_s"
     )
 }

@@ -319,6 +319,9 @@ pub struct Curator {
     stamped_until: i64,
     /// The wall clock minus the device clock now (see [`db::skew`]).
     wall_skew: f64,
+    /// Where the next retention walk starts (device-clock seconds) when the last one stopped
+    /// after looking past [`RETENTION_LOOK_PAST`] recordings it could not delete.
+    retention_from: Option<f64>,
     /// Every recording up to this rowid is decided (`None`: not known yet, found from the
     /// end of the table at the first decision after opening).
     decided_until: Option<i64>,
@@ -387,6 +390,7 @@ impl Curator {
             stamped_until: 0,
             wall_skew: 0.0,
             decided_until: None,
+            retention_from: None,
             vm_steps: Default::default(),
             more_waiting: false,
             analysis_budget: ANALYSIS_BUDGET,
@@ -936,7 +940,7 @@ impl Curator {
     /// when neither can delete more, or after [`RETENTION_LOOK_PAST`] recordings it could not
     /// delete.
     fn retention_walk(
-        &self,
+        &mut self,
         max_age: Option<Duration>,
         limit: Option<u64>,
     ) -> rusqlite::Result<(Vec<Going>, u64)> {
@@ -951,7 +955,8 @@ impl Curator {
         let mut unheld = keep::Retention::new(used, max_age, limit);
         let (mut going, mut held, mut looked_past) = (Vec::new(), 0u64, 0usize);
         let mut stmt = conn.prepare_cached(&db::oldest_made_sql())?;
-        let mut rows = stmt.query([])?;
+        let mut rows = stmt.query([self.retention_from.unwrap_or(f64::MIN)])?;
+        let mut stopped_at = None;
         while let Some(row) = rows.next()? {
             let Ok((rec, bytes)) = db::recording_with_bytes(row) else {
                 continue;
@@ -972,9 +977,14 @@ impl Curator {
             }
             looked_past += usize::from(!deletable);
             if looked_past >= RETENTION_LOOK_PAST {
+                stopped_at = rec.made_device_s;
                 break;
             }
         }
+        drop(rows);
+        // Stopped by the bound: the next round goes on from here (what it looked past is
+        // looked at again once a walk gets to its end), so retention always gets through.
+        self.retention_from = stopped_at;
         Ok((going, held))
     }
 
@@ -1825,7 +1835,11 @@ mod tests {
         );
         let (_tx, rx) = mpsc::channel();
         curator.analyse_all(&rx).unwrap();
-        curator.conn.as_mut().unwrap().progress_handler(1, None::<fn() -> bool>);
+        curator
+            .conn
+            .as_mut()
+            .unwrap()
+            .progress_handler(1, None::<fn() -> bool>);
         for _ in 0..3 {
             curator.round_now();
         }
@@ -1834,7 +1848,11 @@ mod tests {
             "SELECT r.id FROM recording r WHERE r.id LIKE 'late%' AND NOT EXISTS (
                  SELECT 1 FROM roost_analysis a WHERE a.recording_id = r.id AND a.outcome = 'done')",
         );
-        assert_eq!(waiting, Vec::<String>::new(), "every late recording is analysed");
+        assert_eq!(
+            waiting,
+            Vec::<String>::new(),
+            "every late recording is analysed"
+        );
         let undecided: Vec<String> = query(
             &storage,
             "SELECT r.id FROM recording r WHERE r.id LIKE 'late%' AND NOT EXISTS (
