@@ -302,12 +302,26 @@ pub fn undecided(
 /// The rowid up to which every recording is decided: the newest decided one, found from the
 /// end (decisions are made in rowid order; only what came since is read).
 pub fn decided_until(conn: &Connection) -> rusqlite::Result<i64> {
+    // Nothing decided yet (keep rules new to a storage): no walk through every row.
     conn.query_row(
-        "SELECT coalesce((SELECT r.rowid FROM recording r
+        "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM roost_keep) THEN 0 ELSE coalesce((
+             SELECT r.rowid FROM recording r
              WHERE EXISTS (SELECT 1 FROM roost_keep k WHERE k.recording_id = r.id)
-             ORDER BY r.rowid DESC LIMIT 1), 0)",
+             ORDER BY r.rowid DESC LIMIT 1), 0) END",
         [],
         |r| r.get(0),
+    )
+}
+
+/// How many recordings after rowid `after` whose file is there are not decided yet (counted
+/// in SQL, for `roost plan`'s "more wait").
+pub fn undecided_after(conn: &Connection, after: i64) -> rusqlite::Result<u64> {
+    conn.query_row(
+        "SELECT count(*) FROM recording r
+         WHERE r.rowid > ?1 AND r.path IS NOT NULL AND typeof(r.id) = 'text'
+           AND NOT EXISTS (SELECT 1 FROM roost_keep k WHERE k.recording_id = r.id)",
+        [after],
+        |r| Ok(r.get::<_, i64>(0)?.max(0) as u64),
     )
 }
 

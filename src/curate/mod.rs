@@ -108,17 +108,13 @@ pub fn preview(config: &CurateConfig) -> rusqlite::Result<Preview> {
     };
     // From the curator's cursor on: what it decided is kept for good and never read again.
     let mut after = db::decided_until(&conn)?;
-    let mut undecided = 0;
-    loop {
+    let mut judged = 0;
+    while judged < PREVIEW_JUDGED {
         let batch = db::undecided(&conn, after, &[], 256)?;
         let Some(last) = batch.last() else { break };
         after = last.rowid;
         for rec in batch {
-            undecided += 1;
-            if undecided > PREVIEW_JUDGED {
-                out.not_judged += 1;
-                continue;
-            }
+            judged += 1;
             match judge::judge(&conn, &rec, &rules, &detectors)? {
                 judge::Verdict::Waiting => out.waiting += 1,
                 judge::Verdict::Keep(_) => {}
@@ -126,6 +122,9 @@ pub fn preview(config: &CurateConfig) -> rusqlite::Result<Preview> {
             }
         }
     }
+    // The rest is counted in one statement, not read.
+    out.not_judged = db::undecided_after(&conn, after)? as usize;
+    let undecided = judged + out.not_judged;
     out.kept = out.recordings.saturating_sub(undecided);
     Ok(out)
 }
