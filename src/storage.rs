@@ -245,6 +245,61 @@ const MIGRATIONS: &[&str] = &[
     END;",
 ];
 
+/// Roost's own schema marker: the number of [`MIGRATIONS`] applied. `PRAGMA user_version` is
+/// written too (older roosts read it) but never trusted alone: other programs set it.
+const SCHEMA_MARKER: &str = "CREATE TABLE IF NOT EXISTS roost_schema (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    version INTEGER NOT NULL
+);";
+
+/// The migrations applied to the database: `roost_schema` when roost marked it, else judged
+/// from the tables and indexes each migration made (a database of a roost before the marker,
+/// whatever its `user_version` says now).
+fn schema_version(conn: &Connection) -> rusqlite::Result<usize> {
+    let marked: Option<i64> = conn
+        .query_row("SELECT version FROM roost_schema WHERE id = 1", [], |r| {
+            r.get(0)
+        })
+        .optional()
+        .or_else(|e| match e {
+            rusqlite::Error::SqliteFailure(..) => Ok(None),
+            e => Err(e),
+        })?;
+    if let Some(v) = marked {
+        return Ok(usize::try_from(v).unwrap_or(usize::MAX));
+    }
+    let has = |kind: &str, name: &str| -> rusqlite::Result<bool> {
+        conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = ?1 AND name = ?2)",
+            [kind, name],
+            |r| r.get(0),
+        )
+    };
+    // Newest first: what each migration left behind.
+    let marks = [
+        (5, "table", "roost_tally"),
+        (4, "index", "predicted_tag_model_output"),
+        (3, "table", "roost_age"),
+        (2, "table", "roost_analysis"),
+        (1, "table", "recording"),
+    ];
+    for (version, kind, name) in marks {
+        if has(kind, name)? {
+            return Ok(version);
+        }
+    }
+    Ok(0)
+}
+
+fn mark_version(tx: &rusqlite::Transaction<'_>, version: usize) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO roost_schema (id, version) VALUES (1, ?1)
+         ON CONFLICT(id) DO UPDATE SET version = ?1",
+        [version as i64],
+    )?;
+    tx.pragma_update(None, "user_version", version as i64)
+}
+
 /// Why a storage or its metadata.db cannot be used; each variant names the path concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -975,14 +1030,19 @@ impl Storage {
     }
 
     fn migrate(&mut self) -> Result<(), StorageError> {
-        let version: i64 = self
-            .conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(self.db_error("read its schema version"))?;
-        let version = usize::try_from(version).unwrap_or(0);
+        let path = self.folders.root.join(DB_FILE);
+        let err = |action: &'static str| {
+            let path = path.clone();
+            move |source| StorageError::Database {
+                path,
+                action,
+                source,
+            }
+        };
+        let version = schema_version(&self.conn).map_err(err("read its schema version"))?;
         if version > MIGRATIONS.len() {
             return Err(StorageError::Database {
-                path: self.folders.root.join(DB_FILE),
+                path: path.clone(),
                 action: "use it",
                 source: rusqlite::Error::InvalidParameterName(format!(
                     "schema version {version} is newer than this roost knows ({}); upgrade roost",
@@ -990,32 +1050,28 @@ impl Storage {
                 )),
             });
         }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-            let path = self.folders.root.join(DB_FILE);
+        for i in 0..MIGRATIONS.len() {
             // IMMEDIATE, and the version read again inside: the recorder and the curator may
             // open a new database at the same moment; one migrates, the other sees it done.
             let tx = self
                 .conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(|source| StorageError::Database {
-                    path: path.clone(),
-                    action: "migrate it",
-                    source,
-                })?;
-            let now: i64 = tx
-                .pragma_query_value(None, "user_version", |r| r.get(0))
-                .unwrap_or(0);
-            if now > i as i64 {
+                .map_err(err("migrate it"))?;
+            let now = schema_version(&tx).map_err(err("read its schema version"))?;
+            if now > i {
+                // Roost's own marker, kept beside `PRAGMA user_version`, which other programs
+                // set too (acoupi's store sets 1 on every open).
+                tx.execute_batch(SCHEMA_MARKER)
+                    .and_then(|()| mark_version(&tx, now))
+                    .and_then(|()| tx.commit())
+                    .map_err(err("migrate it"))?;
                 continue;
             }
-            tx.execute_batch(sql)
-                .and_then(|_| tx.pragma_update(None, "user_version", (i + 1) as i64))
-                .and_then(|_| tx.commit())
-                .map_err(|source| StorageError::Database {
-                    path,
-                    action: "migrate it",
-                    source,
-                })?;
+            tx.execute_batch(MIGRATIONS[i])
+                .and_then(|()| tx.execute_batch(SCHEMA_MARKER))
+                .and_then(|()| mark_version(&tx, i + 1))
+                .and_then(|()| tx.commit())
+                .map_err(err("migrate it"))?;
         }
         Ok(())
     }
@@ -2045,6 +2101,69 @@ mod tests {
         drop(s);
         let s = Storage::open(dir.path(), &spec(0, OnLowSpace::Stop)).unwrap();
         assert_eq!(s.integrity_check().unwrap(), "ok");
+    }
+
+    /// Another program sets `PRAGMA user_version` (acoupi's store sets 1 on every open): roost
+    /// replays no migration and keeps registering rows, whatever the value.
+    #[test]
+    fn another_programs_user_version_never_replays_a_migration() {
+        for foreign in [0, 1, 3, 4, 99] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut s = Storage::open(dir.path(), &spec(0, OnLowSpace::Stop)).unwrap();
+            let dep = s.start_deployment("d", None, Timestamp::now()).unwrap();
+            register_wavs(&mut s, &dep, 2, 800);
+            s.conn.pragma_update(None, "user_version", foreign).unwrap();
+            drop(s);
+            let mut s = Storage::open(dir.path(), &spec(0, OnLowSpace::Stop))
+                .unwrap_or_else(|e| panic!("user_version {foreign}: {}", crate::errors::chain(&e)));
+            let t: Timestamp = "2026-06-01T11:00:00Z".parse().unwrap();
+            let path = recording_path(&s.recordings_dir(), t);
+            write_wav(&path, 800);
+            let rec = NewRecording {
+                path,
+                datetime: t,
+                duration_s: 0.1,
+                samplerate_hz: 8000,
+                audio_channels: 1,
+            };
+            s.register(&rec, &dep).unwrap();
+            assert_eq!(s.recordings().unwrap().len(), 3, "user_version {foreign}");
+            assert_eq!(schema_version(&s.conn).unwrap(), MIGRATIONS.len());
+        }
+    }
+
+    /// A database of a roost before `roost_schema` is judged by its tables (its user_version
+    /// may have been changed by another program); one of a future roost is refused, untouched.
+    #[test]
+    fn the_schema_is_judged_by_roosts_own_marker_or_its_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), &spec(0, OnLowSpace::Stop)).unwrap();
+        s.conn
+            .execute_batch("DROP TABLE roost_schema; PRAGMA user_version = 1;")
+            .unwrap();
+        assert_eq!(schema_version(&s.conn).unwrap(), MIGRATIONS.len());
+        drop(s);
+        let s = Storage::open(dir.path(), &spec(0, OnLowSpace::Stop)).unwrap();
+        let marked: i64 = s
+            .conn
+            .query_row("SELECT version FROM roost_schema", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(marked, MIGRATIONS.len() as i64);
+        s.conn
+            .execute("UPDATE roost_schema SET version = 99", [])
+            .unwrap();
+        drop(s);
+        let e = Storage::open(dir.path(), &spec(0, OnLowSpace::Stop)).unwrap_err();
+        assert!(
+            crate::errors::chain(&e).contains("schema version 99 is newer than this roost knows"),
+            "{}",
+            crate::errors::chain(&e)
+        );
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let still: i64 = conn
+            .query_row("SELECT version FROM roost_schema", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(still, 99, "a future roost's database is not rewritten");
     }
 
     #[test]
