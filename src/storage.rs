@@ -1050,7 +1050,7 @@ impl Storage {
                 )),
             });
         }
-        for i in 0..MIGRATIONS.len() {
+        for (i, migration) in MIGRATIONS.iter().enumerate() {
             // IMMEDIATE, and the version read again inside: the recorder and the curator may
             // open a new database at the same moment; one migrates, the other sees it done.
             let tx = self
@@ -1067,7 +1067,7 @@ impl Storage {
                     .map_err(err("migrate it"))?;
                 continue;
             }
-            tx.execute_batch(MIGRATIONS[i])
+            tx.execute_batch(migration)
                 .and_then(|()| tx.execute_batch(SCHEMA_MARKER))
                 .and_then(|()| mark_version(&tx, i + 1))
                 .and_then(|()| tx.commit())

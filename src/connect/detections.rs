@@ -80,6 +80,7 @@ pub fn after(
             let recording = json!({
                 "id": r.get::<_, String>(4)?,
                 "path": r.get::<_, Option<String>>(5)?,
+                "created_on": aware(&r.get::<_, String>(6)?),
                 "datetime": r.get::<_, String>(6)?,
                 "duration": r.get::<_, f64>(7)?,
                 "samplerate": r.get::<_, i64>(8)?,
@@ -87,7 +88,7 @@ pub fn after(
                 "deployment": {
                     "id": r.get::<_, Option<String>>(10)?,
                     "name": r.get::<_, Option<String>>(11)?,
-                    "started_on": r.get::<_, Option<String>>(12)?,
+                    "started_on": r.get::<_, Option<String>>(12)?.as_deref().map(aware),
                     "latitude": r.get::<_, Option<f64>>(13)?,
                     "longitude": r.get::<_, Option<f64>>(14)?,
                 },
@@ -108,10 +109,14 @@ pub fn after(
         let (detections, total) = detections_of(&conn, &id, min).unwrap_or_default();
         let tags = tags_of(&conn, "model_output_id", &id).unwrap_or_default();
         let findings = total + tags_count(&tags);
+        let mut detections = detections;
+        if tags_count(&tags) > 0 {
+            detections.push(clip_detection(&tags));
+        }
         let mut body = json!({
             "id": id,
             "name_model": model,
-            "created_on": created,
+            "created_on": aware(&created),
             "recording": recording,
             "tags": tags,
             "detections": detections,
@@ -125,6 +130,29 @@ pub fn after(
         });
     }
     Some(out)
+}
+
+/// A time as acoupi's models take it (aware, RFC 3339 with `Z`) from metadata.db's text; text
+/// that is no time stays as it was (acoupi then refuses the message rather than misdate it).
+fn aware(text: &str) -> Value {
+    crate::storage::parse_db_datetime(text)
+        .map_or_else(|| Value::from(text), |t| Value::from(t.to_string()))
+}
+
+/// The file-level tags as acoupi has a place for them: a `presence` detection without a box,
+/// scored by its most confident tag.
+fn clip_detection(tags: &Value) -> Value {
+    let best = (tags.as_array().into_iter().flatten())
+        .filter_map(|t| t["confidence_score"].as_f64())
+        .fold(0.0f64, f64::max)
+        .clamp(0.0, 1.0);
+    json!({
+        "id": crate::storage::new_uuid(),
+        "prediction_type": "presence",
+        "location": null,
+        "detection_score": best,
+        "tags": tags,
+    })
 }
 
 /// Drops the lowest-scoring detections listed, then the clip's tags, until `body` fits.
@@ -145,9 +173,10 @@ fn rounded(x: f64) -> Value {
     serde_json::Number::from_f64((x * 1000.0).round() / 1000.0).map_or(Value::Null, Value::Number)
 }
 
-/// A detection's stored location as it was stored (the curator writes acoupi's
-/// `{"type": "BoundingBox", "coordinates": [start_s, low_hz, end_s, high_hz]}`; a bare array
-/// is kept as an array), its numbers rounded; anything larger or of another shape is left out.
+/// A detection's stored location as acoupi's `BoundingBox` (`{"type": "BoundingBox",
+/// "coordinates": [start_s, low_hz, end_s, high_hz]}`, as the curator writes it; a bare array
+/// of the four is taken too), its numbers rounded; anything acoupi would refuse (not four
+/// numbers, end not after start, high not above low) is no box (`null`).
 fn location_of(text: Option<String>) -> Value {
     let rounded_all = |xs: &[Value]| -> Option<Value> {
         (xs.len() <= 4)
@@ -161,9 +190,12 @@ fn location_of(text: Option<String>) -> Value {
     };
     let parsed: Option<Value> = text.and_then(|l| serde_json::from_str(&l).ok());
     match parsed {
-        Some(Value::Array(xs)) => rounded_all(&xs).unwrap_or(Value::Null),
+        Some(Value::Array(xs)) if is_box(&xs) => rounded_all(&xs).map_or(
+            Value::Null,
+            |c| json!({"type": "BoundingBox", "coordinates": c}),
+        ),
         Some(Value::Object(o)) => match o.get("coordinates") {
-            Some(Value::Array(xs)) => rounded_all(xs).map_or(Value::Null, |c| {
+            Some(Value::Array(xs)) if is_box(xs) => rounded_all(xs).map_or(Value::Null, |c| {
                 let kind = o
                     .get("type")
                     .and_then(Value::as_str)
@@ -174,6 +206,13 @@ fn location_of(text: Option<String>) -> Value {
         },
         _ => Value::Null,
     }
+}
+
+/// Whether `[start, low, end, high]` is a box acoupi's `BoundingBox` accepts (end after start,
+/// high above low).
+fn is_box(xs: &[Value]) -> bool {
+    let n: Vec<f64> = xs.iter().filter_map(Value::as_f64).collect();
+    n.len() == 4 && n[2] > n[0] && n[3] > n[1]
 }
 
 fn tags_count(tags: &Value) -> usize {
@@ -206,9 +245,18 @@ fn detections_of(
     })?;
     let mut out = Vec::new();
     for (id, location, score) in rows.flatten() {
+        let location = location_of(location);
+        // acoupi's kinds: a detection boxed in time and frequency is an `event`; one without a
+        // usable box only says the sound is there (`presence`).
+        let kind = if location.is_null() {
+            "presence"
+        } else {
+            "event"
+        };
         out.push(json!({
             "id": id,
-            "location": location_of(location),
+            "prediction_type": kind,
+            "location": location,
             "detection_score": rounded(score),
             "tags": tags_of(conn, "detection_id", &id)?,
         }));
@@ -327,7 +375,8 @@ pub(crate) mod tests {
         );
         // The highest scoring first, rounded.
         assert_eq!(listed[0]["detection_score"], 0.990);
-        assert_eq!(listed[0]["location"][0], 96.123);
+        assert_eq!(listed[0]["location"]["coordinates"][0], 96.123);
+        assert_eq!(listed[0]["prediction_type"], "event");
     }
 
     /// The curator stores acoupi's bounding-box object: it reaches the message in that shape,
@@ -340,10 +389,14 @@ pub(crate) mod tests {
             json!({"type": "BoundingBox", "coordinates": [1.235, 2000.556, 1.5, 4000.0]})
         );
         assert_eq!(
-            location_of(Some("[0.5, 1000]".into())),
-            json!([0.5, 1000.0])
+            location_of(Some("[0.5, 1000, 0.75, 2000]".into())),
+            json!({"type": "BoundingBox", "coordinates": [0.5, 1000.0, 0.75, 2000.0]})
         );
+        // What acoupi's BoundingBox refuses is no box: the detection is a presence.
         for bad in [
+            "[0.5, 1000]",
+            "[0.5, 2000, 0.4, 3000]",
+            "[0.5, 2000, 0.6, 2000]",
             "[1, 2, 3, 4, 5]",
             r#"{"coordinates": ["a"]}"#,
             "{}",

@@ -150,23 +150,67 @@ pub fn heartbeat(
     })
 }
 
-/// acoupi's heartbeat JSON (`sent_on`, `device_id`, `status`, `metrics`) on
-/// `<acoupiTopic>/<deviceId>`, so that dashboards that ingest acoupi's heartbeats take roost's.
+/// acoupi 0.8.0's `Heartbeat` (`acoupi.tasks.heartbeat`): `sent_on`, `device_id`, `status`
+/// (`OK` only while the deployment runs without an error, else roost's status word: never
+/// greener than roost's own status), `metrics` as acoupi's `Metric` list (`name`, `value` a
+/// number, `captured_on`, `unit`), and roost's own metrics under `roost`, which acoupi's model
+/// ignores. Published on `<acoupiTopic>/<deviceId>` (with `acoupiMessageType`:
+/// `.../heartbeat`), so that what ingests acoupi's heartbeats takes roost's.
 pub fn acoupi_heartbeat(
     doc: Option<&StatusDoc>,
     facts: &Facts,
     device_id: &str,
     now: Timestamp,
 ) -> Value {
-    let status = doc.map_or("unknown".to_string(), |d| {
-        format!("{:?}", d.status).to_lowercase()
-    });
+    let healthy = doc
+        .is_some_and(|d| d.status == crate::status::OverallStatus::Running && d.errors.is_empty());
+    let status = match doc {
+        _ if healthy => "OK".to_string(),
+        Some(d) => format!("{:?}", d.status).to_lowercase(),
+        None => "unknown".to_string(),
+    };
+    let roost = metrics(doc, facts, now);
     json!({
         "sent_on": now,
         "device_id": device_id,
         "status": status,
-        "metrics": metrics(doc, facts, now),
+        "metrics": acoupi_metrics(&roost, now),
+        "roost": roost,
     })
+}
+
+/// Roost's numeric metrics as acoupi `Metric`s (acoupi's own names where it has one:
+/// `remaining_storage`); a metric roost does not know now is left out, never sent as 0.
+fn acoupi_metrics(roost: &Value, now: Timestamp) -> Vec<Value> {
+    const NAMES: [(&str, &str, &str); 8] = [
+        ("remaining_storage", "freeBytes", "bytes"),
+        ("files_written", "filesWritten", "files"),
+        ("files_last_hour", "filesLastHour", "files"),
+        ("samples_dropped", "samplesDropped", "samples"),
+        ("last_recording_age", "lastRecordingAgeSeconds", "seconds"),
+        ("outbox_depth", "outboxDepth", "messages"),
+        ("outbox_dropped", "outboxDropped", "messages"),
+        ("clock_synchronized", "clockSynchronized", "boolean"),
+    ];
+    let metric = |name: &str, value: f64, unit: &str| json!({"name": name, "value": value, "captured_on": now, "unit": unit});
+    let mut out: Vec<Value> = NAMES
+        .iter()
+        .filter_map(|(name, key, unit)| {
+            let v = &roost[*key];
+            let value = v
+                .as_f64()
+                .or_else(|| v.as_bool().map(|b| f64::from(u8::from(b))))?;
+            Some(metric(name, value, unit))
+        })
+        .collect();
+    // Errors are known only with a status document (none yet: not "0 errors").
+    if let Some(codes) = roost["errorCodes"]
+        .as_array()
+        .filter(|_| !roost["status"].is_null())
+    {
+        out.push(metric("errors", codes.len() as f64, "count"));
+    }
+    out
 }
 
 /// One Home Assistant entity: its id, platform and the discovery fields beyond the common ones.

@@ -351,6 +351,19 @@ impl Connector {
     }
 
     /// A JSON message for every configured sink (`what` names it for HTTP).
+    /// Where acoupi's form of a message of `message_type` (`heartbeat`, `detection`) goes:
+    /// acoupi's one topic `<acoupiTopic>/<deviceId>`, or with `acoupiMessageType` its
+    /// `/<message_type>` below it; `None` when `acoupiTopic` is not set.
+    fn acoupi_topic(&self, message_type: &str) -> Option<String> {
+        let spec = &self.mqtt.as_ref()?.spec;
+        let base = format!("{}/{}", spec.acoupi_topic.as_ref()?, self.cfg.device_id);
+        Some(if spec.acoupi_message_type {
+            format!("{base}/{message_type}")
+        } else {
+            base
+        })
+    }
+
     fn to_sinks(
         &self,
         topic: Option<String>,
@@ -486,11 +499,11 @@ impl Connector {
             .prefix()
             .map(|p| format!("{p}/{}/heartbeat", self.cfg.device_id));
         let mut out = self.to_sinks(topic, "heartbeat", &beat, true);
-        if let Some(acoupi) = self.mqtt.as_ref().and_then(|m| m.spec.acoupi_topic.clone()) {
+        if let Some(topic) = self.acoupi_topic("heartbeat") {
             let payload = messages::acoupi_heartbeat(doc, &facts, &self.cfg.device_id, now);
             out.push(NewMessage {
                 sink: Sink::Mqtt,
-                topic: format!("{acoupi}/{}", self.cfg.device_id),
+                topic,
                 payload: payload.to_string().into_bytes(),
                 retain: false,
                 recording: None,
@@ -550,7 +563,17 @@ impl Connector {
                     .prefix()
                     .map(|p| format!("{p}/{}/detections", self.cfg.device_id));
                 let recording = output.body["recording"]["id"].as_str().map(str::to_string);
-                let messages = self.to_sinks(topic, "model_output", &body, false);
+                let mut messages = self.to_sinks(topic, "model_output", &body, false);
+                if let Some(topic) = self.acoupi_topic("detection") {
+                    // acoupi's consumers take the ModelOutput itself (no envelope).
+                    messages.push(NewMessage {
+                        sink: Sink::Mqtt,
+                        topic,
+                        payload: output.body.to_string().into_bytes(),
+                        retain: false,
+                        recording: None,
+                    });
+                }
                 out.extend(messages.into_iter().map(|m| NewMessage {
                     recording: recording.clone(),
                     ..m

@@ -1832,14 +1832,16 @@ mod tests {
                 calls += 1;
                 false
             }),
-        );
+        )
+        .unwrap();
         let (_tx, rx) = mpsc::channel();
         curator.analyse_all(&rx).unwrap();
         curator
             .conn
             .as_mut()
             .unwrap()
-            .progress_handler(1, None::<fn() -> bool>);
+            .progress_handler(1, None::<fn() -> bool>)
+            .unwrap();
         for _ in 0..3 {
             curator.round_now();
         }

@@ -54,10 +54,15 @@ pub struct MqttSpec {
     /// First topic level of every roost topic: `<topicPrefix>/<deviceId>/...` (default `roost`).
     #[serde(default = "default_prefix")]
     pub topic_prefix: TopicLevel,
-    /// When set, heartbeats are also published in acoupi's heartbeat JSON on
-    /// `<acoupiTopic>/<deviceId>`.
+    /// When set, heartbeats and model outputs are also published as acoupi 0.8.0 publishes
+    /// them (its `Heartbeat` and `ModelOutput` JSON, QoS 1, not retained) on one topic,
+    /// `<acoupiTopic>/<deviceId>`: what an acoupi consumer subscribed to acoupi's topic takes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acoupi_topic: Option<TopicLevel>,
+    /// acoupi's `use_message_type`: the acoupi messages go to `<acoupiTopic>/<deviceId>/heartbeat`
+    /// and `.../detection` instead of one topic (default false, as in acoupi).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub acoupi_message_type: bool,
     /// Home Assistant's discovery prefix (default `homeassistant`); `homeAssistant: false`
     /// turns discovery off.
     #[serde(default = "default_discovery_prefix")]
