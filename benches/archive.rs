@@ -7,7 +7,9 @@
 //!   (median of 20), and of a round where nothing arrived;
 //! - curator CPU at one file a minute (the work per file plus one idle look, over 60 s);
 //! - `roost plan`'s preview of the curator (CPU);
-//! - metadata.db bytes per recording.
+//! - metadata.db bytes per recording;
+//! - with `--new-rules`: an archive whose keep rules are new (nothing decided): `roost plan`
+//!   and the curator's first pass.
 //!
 //! `cargo bench --bench archive -- --measure KIND DIR` runs one measurement (internal).
 
@@ -63,6 +65,9 @@ fn main() {
             println!("built {n} recordings in {:.1} s", t.elapsed().as_secs_f64());
         }
         println!("== {n} recordings ==");
+        if args.iter().any(|a| a == "--new-rules") {
+            new_rules(&base, n);
+        }
         for kind in ["curator", "plan"] {
             // A copy of metadata.db per measurement: each starts from the same state.
             let work = dir.join(format!("work-{kind}"));
@@ -77,6 +82,32 @@ fn main() {
     }
 }
 
+/// Keep rules new to an archive of `n` recordings (none decided yet): the curator's first
+/// pass and `roost plan` on it, each in a process of its own.
+fn new_rules(base: &Path, n: u64) {
+    let dir = base.join(format!("roost-archive-{n}-new-rules"));
+    if !dir.join("storage/metadata.db").exists() {
+        let _ = std::fs::remove_dir_all(&dir);
+        let shape = ArchiveShape {
+            recordings: n,
+            decided: false,
+            ..ArchiveShape::default()
+        };
+        build(&dir.join("storage"), &shape, jiff::Timestamp::now()).expect("archive");
+    }
+    println!("== {n} recordings, keep rules new ==");
+    for kind in ["plan", "first-pass"] {
+        let work = dir.join(format!("work-{kind}"));
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(&work).unwrap();
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--measure", kind, dir.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "{kind} measurement failed");
+    }
+}
+
 fn config(dir: &Path) -> CurateConfig {
     let yaml = YAML.replace("STORAGE", dir.join("storage").to_str().unwrap());
     let d = roost::spec::parse_str(Path::new("archive.yaml"), &yaml).unwrap();
@@ -88,13 +119,31 @@ fn measure(kind: &str, dir: &Path) {
     let config = config(dir);
     match kind {
         "curator" => curator(config, &state),
+        "first-pass" => {
+            let mut curator = Curator::new(config, &state);
+            let (t, wall) = (cpu_s(), Instant::now());
+            curator.round_now();
+            let s = &curator.report().storage;
+            println!(
+                "first pass of new keep rules: {} decided ({} kept, {} deleted) in {:.1} s ({:.1} s CPU), in commits of 256; VmHWM {} KiB",
+                s.kept_this_run + s.deleted_this_run,
+                s.kept_this_run,
+                s.deleted_this_run,
+                wall.elapsed().as_secs_f64(),
+                cpu_s() - t,
+                vm_hwm_kib()
+            );
+        }
         "plan" => {
             let t = cpu_s();
             let preview = roost::curate::preview(&config).unwrap();
             println!(
-                "roost plan (curator preview): {:.3} s CPU, {} recordings, VmHWM {} KiB",
+                "roost plan (curator preview): {:.3} s CPU, {} recordings: {} would be deleted, {} kept, {} not judged; VmHWM {} KiB",
                 cpu_s() - t,
                 preview.recordings,
+                preview.would_delete.len(),
+                preview.kept,
+                preview.not_judged,
                 vm_hwm_kib()
             );
             let db = dir.join("storage/metadata.db");
