@@ -20,22 +20,6 @@ use roost::archive::{ArchiveShape, build};
 use roost::curate::config::CurateConfig;
 use roost::curate::run::Curator;
 
-const YAML: &str = "apiVersion: roost/v1
-kind: Deployment
-metadata: {name: archive}
-spec:
-  recorder: {sampleRate: 8000, duration: 60s, timezone: UTC}
-  detectors:
-    - {name: band, kind: bandEnergy, lowHz: 1000, highHz: 3000, thresholdDb: 12, minDuration: 10ms}
-  storage:
-    path: STORAGE
-    keep:
-      - detection: {detector: band, minScore: 0.5}
-      - every: 10m
-    maxAge: 365d
-    maxUsage: 100GiB
-";
-
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -109,9 +93,12 @@ fn new_rules(base: &Path, n: u64) {
 }
 
 fn config(dir: &Path) -> CurateConfig {
-    let yaml = YAML.replace("STORAGE", dir.join("storage").to_str().unwrap());
-    let d = roost::spec::parse_str(Path::new("archive.yaml"), &yaml).unwrap();
-    CurateConfig::from_deployment(&d, dir).unwrap()
+    roost::archive::curate_config(
+        dir,
+        "[{detection: {detector: band, minScore: 0.5}}, {every: 10m}]",
+        "100GiB",
+    )
+    .unwrap()
 }
 
 fn measure(kind: &str, dir: &Path) {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use jiff::{SignedDuration, Timestamp};
 use rusqlite::params;
 
+use crate::curate::config::CurateConfig;
 use crate::spec::StorageSpec;
 use crate::storage::{Storage, StorageError, db_datetime, new_uuid, recording_path};
 
@@ -214,4 +215,29 @@ fn insert_output(
         .execute(params![key, value, detection])?;
     }
     Ok(())
+}
+
+/// The curator's configuration the benchmarks and tests run on an archive built in
+/// `dir/storage`: the archive's detector (`band`, bandEnergy), the keep rules `keep` (a YAML
+/// flow list, e.g. `[{every: 10m}]`), `maxAge: 365d` and `maxUsage: max_usage` (e.g. `100GiB`).
+///
+/// # Errors
+/// The deployment these make is refused (a keep rule or size that does not parse).
+pub fn curate_config(dir: &Path, keep: &str, max_usage: &str) -> Result<CurateConfig, BuildError> {
+    let yaml = format!(
+        "apiVersion: roost/v1
+kind: Deployment
+metadata: {{name: archive}}
+spec:
+  recorder: {{sampleRate: 8000, duration: 60s, timezone: UTC}}
+  detectors:
+    - {{name: band, kind: bandEnergy, lowHz: 1000, highHz: 3000, thresholdDb: 12, minDuration: 10ms}}
+  storage: {{path: {}, keep: {keep}, maxAge: 365d, maxUsage: {max_usage}}}
+",
+        serde_json::to_string(&dir.join("storage")).map_err(|e| BuildError::Other(e.to_string()))?
+    );
+    let d = crate::spec::parse_str(Path::new("archive.yaml"), &yaml)
+        .map_err(|e| BuildError::Other(e.to_string()))?;
+    CurateConfig::from_deployment(&d, dir)
+        .ok_or_else(|| BuildError::Other("the deployment has no curator".into()))
 }

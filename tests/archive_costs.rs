@@ -10,25 +10,8 @@ use roost::curate::config::CurateConfig;
 use roost::curate::run::Curator;
 use roost::storage::{NewRecording, Storage, recording_path};
 
-const YAML: &str = "apiVersion: roost/v1
-kind: Deployment
-metadata: {name: archive}
-spec:
-  recorder: {sampleRate: 8000, duration: 60s, timezone: UTC}
-  detectors:
-    - {name: band, kind: bandEnergy, lowHz: 1000, highHz: 3000, thresholdDb: 12, minDuration: 10ms}
-  storage:
-    path: STORAGE
-    keep:
-      - every: 10m
-    maxAge: 365d
-    maxUsage: 100GiB
-";
-
 fn config(dir: &Path) -> CurateConfig {
-    let yaml = YAML.replace("STORAGE", dir.join("storage").to_str().unwrap());
-    let d = roost::spec::parse_str(Path::new("archive.yaml"), &yaml).unwrap();
-    CurateConfig::from_deployment(&d, dir).unwrap()
+    roost::archive::curate_config(dir, "[{every: 10m}]", "100GiB").unwrap()
 }
 
 /// A curator on an archive of `n` recordings after its first round, and the storage.
@@ -303,11 +286,7 @@ fn max_usage_past_many_protected_recordings_still_deletes() {
         conn.execute("UPDATE recording SET protected = 1 WHERE rowid <= 5000", [])
             .unwrap();
     }
-    let yaml = YAML
-        .replace("STORAGE", dir.path().join("storage").to_str().unwrap())
-        .replace("maxUsage: 100GiB", "maxUsage: 1MiB");
-    let d = roost::spec::parse_str(Path::new("archive.yaml"), &yaml).unwrap();
-    let config = CurateConfig::from_deployment(&d, dir.path()).unwrap();
+    let config = roost::archive::curate_config(dir.path(), "[{every: 10m}]", "1MiB").unwrap();
     let mut curator = Curator::new(config, dir.path());
     for _ in 0..3 {
         curator.round_now();
@@ -341,11 +320,7 @@ fn max_usage_past_many_keep_markers_goes_on_where_the_last_round_stopped() {
     for f in &files[..5_000] {
         std::fs::write(roost::storage::keep_marker(f), b"").unwrap();
     }
-    let yaml = YAML
-        .replace("STORAGE", dir.path().join("storage").to_str().unwrap())
-        .replace("maxUsage: 100GiB", "maxUsage: 1MiB");
-    let d = roost::spec::parse_str(Path::new("archive.yaml"), &yaml).unwrap();
-    let config = CurateConfig::from_deployment(&d, dir.path()).unwrap();
+    let config = roost::archive::curate_config(dir.path(), "[{every: 10m}]", "1MiB").unwrap();
     let mut curator = Curator::new(config, dir.path());
     curator.round_now();
     let gone = || files.iter().filter(|f| !f.exists()).count();

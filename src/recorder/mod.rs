@@ -503,6 +503,10 @@ impl<T: WavSample> Recorder<T> {
             }
         }
         self.end_file();
+        // Files kept in .partial/ because they could not be placed are tried once more now,
+        // not a second later: a stop right after the way cleared leaves none behind.
+        self.stranded_retry_at = Instant::now();
+        self.retry_stranded();
         if let Some(registrar) = self.registrar.take() {
             let view = registrar.finish(STOP_TIMEOUT / 3);
             self.apply_view(view);
