@@ -621,6 +621,7 @@ impl Curator {
     /// [`ANALYSIS_BUDGET`]; recordings whose retry is not due are passed over.
     fn analyse_all(&mut self, rx: &mpsc::Receiver<Wake>) -> rusqlite::Result<()> {
         let deadline = std::time::Instant::now() + self.analysis_budget;
+        let mut analysed = 0usize;
         for i in 0..self.detectors.len() {
             let Some(since) = self.detectors[i].since else {
                 continue;
@@ -659,7 +660,12 @@ impl Curator {
                         return Ok(());
                     }
                     self.analyse_one(i, &rec)?;
-                    self.publish_progress();
+                    analysed += 1;
+                    // Progress is shown while a backlog is worked through; one new file is
+                    // shown by the round's end.
+                    if analysed > 1 {
+                        self.publish_progress();
+                    }
                 }
             }
         }

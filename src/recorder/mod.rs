@@ -291,6 +291,9 @@ enum Pace {
 /// How long a storage that cannot be written is left alone before the next try (frames of
 /// audio skipped meanwhile are counted as lost to the storage, never silently).
 const STORAGE_RETRY: Duration = Duration::from_secs(1);
+/// Rows handed to the registrar count in the report's `rowsOwed` once they have waited this
+/// long (DEP_E321 follows later, see `effective_error`).
+const OWED_SHOWN_AFTER: Duration = Duration::from_secs(1);
 
 /// Where the capture loop stands in one stream.
 struct StreamPosition {
@@ -1618,18 +1621,36 @@ impl<T: WavSample> Recorder<T> {
     fn heartbeat(&mut self) {
         self.retry_stranded();
         let mut changed = false;
+        let owed_before = self.report.rows_owed;
         if let Some(view) = self
             .registrar
             .as_ref()
             .and_then(|r| r.changes(self.registrar_version))
         {
+            // The registrar moves on with every row; only what the report shows is news.
+            let shown = |r: &RecorderReport| {
+                (
+                    r.files_deleted,
+                    r.recently_deleted.clone(),
+                    r.repair.clone(),
+                )
+            };
+            let before = shown(&self.report);
             self.apply_view(view);
-            changed = true;
+            changed = shown(&self.report) != before;
         }
         if let Some(registrar) = &self.registrar {
-            let owed = registrar.owed().rows;
-            changed |= owed != self.report.rows_owed;
-            self.report.rows_owed = owed;
+            // A row written within a second of its file is not owed in any sense a reader
+            // cares about; counting it made every file two rewrites of the report (and of
+            // status.json): one saying 1 owed, one saying 0.
+            let owed = registrar.owed();
+            let shown = if owed.since.is_some_and(|s| s.elapsed() >= OWED_SHOWN_AFTER) {
+                owed.rows
+            } else {
+                0
+            };
+            changed |= shown != owed_before;
+            self.report.rows_owed = shown;
         }
         let error = self.effective_error();
         if error != self.report.error {
