@@ -243,6 +243,10 @@ const MIGRATIONS: &[&str] = &[
             WHERE NOT EXISTS (SELECT 1 FROM roost_deleted WHERE deleted_by = new.deleted_by);
         UPDATE roost_deleted SET recordings = recordings + 1 WHERE deleted_by = new.deleted_by;
     END;",
+    // 6: files whose deletion is decided but not done yet (`roost_unlink`), written in the same
+    // FULL commit as the rows that say why: a curator killed between that commit and the
+    // unlinks finishes them when it starts again (the row's `path` is already NULL).
+    "CREATE TABLE roost_unlink (path TEXT PRIMARY KEY NOT NULL);",
 ];
 
 /// Roost's own schema marker: the number of [`MIGRATIONS`] applied. `PRAGMA user_version` is
@@ -277,6 +281,7 @@ fn schema_version(conn: &Connection) -> rusqlite::Result<usize> {
     };
     // Newest first: what each migration left behind.
     let marks = [
+        (6, "table", "roost_unlink"),
         (5, "table", "roost_tally"),
         (4, "index", "predicted_tag_model_output"),
         (3, "table", "roost_age"),

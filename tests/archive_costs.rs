@@ -174,7 +174,7 @@ fn back_to_schema_4(conn: &rusqlite::Connection) {
          DROP TABLE roost_tally; DROP TABLE roost_deleted; DROP TABLE roost_outcomes;
          DROP INDEX roost_age_made; DROP INDEX roost_age_skew; DROP INDEX roost_age_unsized;
          ALTER TABLE roost_age DROP COLUMN bytes; ALTER TABLE roost_age DROP COLUMN skew_s;
-         DROP TABLE roost_schema; PRAGMA user_version = 4;",
+         DROP TABLE roost_schema; DROP TABLE roost_unlink; PRAGMA user_version = 4;",
     )
     .unwrap();
 }

@@ -451,6 +451,37 @@ pub fn decided(
 /// The file of a recording is gone: `path` NULL, when and why (see `Storage::mark_deleted`).
 pub use crate::storage::mark_deleted;
 
+/// Notes, in the transaction that marks their rows deleted, the files to remove after its
+/// commit (`roost_unlink`).
+pub fn unlink_later(tx: &Connection, paths: &[&std::path::Path]) -> rusqlite::Result<()> {
+    let mut stmt = tx.prepare_cached("INSERT OR IGNORE INTO roost_unlink (path) VALUES (?1)")?;
+    for p in paths {
+        stmt.execute([p.to_string_lossy()])?;
+    }
+    Ok(())
+}
+
+/// The files whose deletion was decided and not yet confirmed done (at most `limit`).
+pub fn unlinks_owed(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<std::path::PathBuf>> {
+    conn.prepare_cached("SELECT path FROM roost_unlink LIMIT ?1")?
+        .query_map([limit as i64], |r| {
+            r.get::<_, String>(0).map(std::path::PathBuf::from)
+        })?
+        .collect()
+}
+
+/// Forgets files that are gone now.
+pub fn unlinked(conn: &mut Connection, paths: &[std::path::PathBuf]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached("DELETE FROM roost_unlink WHERE path = ?1")?;
+        for p in paths {
+            stmt.execute([p.to_string_lossy()])?;
+        }
+    }
+    tx.commit()
+}
+
 /// Stamps, on the device clock, when each recording after rowid `after` that has none yet was
 /// made (see [`super::age::made_at`]), with the bytes its file occupies and its skew (wall
 /// start minus made); at most `limit` rows. Returns the newest rowid looked at and how many

@@ -26,6 +26,8 @@ pub const IDLE_LOOK: Duration = Duration::from_secs(60);
 pub const STALLED_AFTER: Duration = Duration::from_secs(15 * 60);
 /// Recordings read from metadata.db at a time.
 const BATCH: usize = 32;
+/// Next look after metadata.db failed.
+const DB_RETRY: Duration = Duration::from_secs(5);
 /// Least time between two reports written in the middle of a round (a backlog's progress).
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 /// Recordings stamped (or sized) per statement when many come at once.
@@ -319,6 +321,8 @@ pub struct Curator {
     stamped_until: i64,
     /// The wall clock minus the device clock now (see [`db::skew`]).
     wall_skew: f64,
+    /// Whether the last round failed on metadata.db (looked at again after [`DB_RETRY`]).
+    db_failed: bool,
     /// Where the next retention walk starts (device-clock seconds) when the last one stopped
     /// after looking past [`RETENTION_LOOK_PAST`] recordings it could not delete.
     retention_from: Option<f64>,
@@ -391,6 +395,7 @@ impl Curator {
             wall_skew: 0.0,
             decided_until: None,
             retention_from: None,
+            db_failed: false,
             vm_steps: Default::default(),
             more_waiting: false,
             analysis_budget: ANALYSIS_BUDGET,
@@ -542,12 +547,15 @@ impl Curator {
         if self.more_waiting {
             return Duration::ZERO;
         }
+        // metadata.db failed (locked by another program, replaced): looked at again soon, not
+        // at the idle minute, so that a fault gone is a problem gone.
+        let idle = if self.db_failed { DB_RETRY } else { IDLE_LOOK };
         let now = std::time::Instant::now();
         self.retries
             .values()
             .map(|r| r.at.saturating_duration_since(now))
             .min()
-            .map_or(IDLE_LOOK, |d| d.min(IDLE_LOOK))
+            .map_or(idle, |d| d.min(idle))
     }
 
     /// Opens metadata.db and decides keep or delete for every recording waiting for it, as a
@@ -598,10 +606,12 @@ impl Curator {
             self.conn = Some(conn);
         }
         let result = self
-            .follow_clock()
+            .finish_owed_unlinks()
+            .and_then(|()| self.follow_clock())
             .and_then(|()| self.analyse_all(rx))
             .and_then(|()| self.decide_all())
             .and_then(|()| self.retain());
+        self.db_failed = result.is_err();
         let db_problem = result.err().map(|e| {
             // A lost database (deleted, replaced, locked too long): open it again next round.
             self.conn = None;
@@ -889,9 +899,15 @@ impl Curator {
             let kept = (verdicts.len() - doomed.len()) as u64;
             self.report.storage.kept_this_run += kept;
             self.report.storage.deleted_this_run += doomed.len() as u64;
-            let gone = doomed.iter().filter(|p| delete_file(p)).count();
+            let gone = finish_unlinks(conn)?;
             if gone > 0 {
-                tracing::info!(deleted = gone, kept, first = %doomed[0].display(), "keep rules: deleted the recordings no rule keeps");
+                let first = doomed.first().map(|p| p.display().to_string());
+                tracing::info!(
+                    deleted = gone,
+                    kept,
+                    first,
+                    "keep rules: deleted the recordings no rule keeps"
+                );
             }
         }
         self.decided_until = Some(after);
@@ -930,13 +946,30 @@ impl Curator {
         crate::storage::durably(conn, |tx| {
             going
                 .iter()
-                .try_for_each(|(id, _, rule)| db::mark_deleted(tx, id, rule, now))
+                .try_for_each(|(id, _, rule)| db::mark_deleted(tx, id, rule, now))?;
+            db::unlink_later(
+                tx,
+                &going
+                    .iter()
+                    .map(|(_, p, _)| p.as_path())
+                    .collect::<Vec<_>>(),
+            )
         })?;
-        let gone = going
-            .iter()
-            .filter(|(_, path, _)| delete_file(path))
-            .count();
+        let gone = finish_unlinks(conn)?;
         tracing::info!(deleted = gone, first = %going[0].1.display(), rule = going[0].2, "retention: deleted the oldest recordings");
+        Ok(())
+    }
+
+    /// Carries out deletions decided before a crash (see [`finish_unlinks`]).
+    fn finish_owed_unlinks(&mut self) -> rusqlite::Result<()> {
+        let conn = self.conn.as_mut().expect("opened");
+        let gone = finish_unlinks(conn)?;
+        if gone > 0 {
+            tracing::warn!(
+                deleted = gone,
+                "finished deleting recordings whose deletion was decided before the curator stopped"
+            );
+        }
         Ok(())
     }
 
@@ -1166,8 +1199,26 @@ fn write_decisions(
             }
             db::decided(tx, &rec.id, kept_by.as_deref(), now)?;
         }
+        db::unlink_later(tx, &doomed.iter().map(PathBuf::as_path).collect::<Vec<_>>())?;
         Ok(doomed)
     })
+}
+
+/// Removes the files whose deletion is on the card (`roost_unlink`) and forgets those gone;
+/// returns how many. After a crash between a decision's commit and its unlinks, at the next
+/// open, the decision is carried out; in steady state it follows each batch.
+fn finish_unlinks(conn: &mut Connection) -> rusqlite::Result<usize> {
+    let mut finished = 0;
+    loop {
+        let owed = db::unlinks_owed(conn, 256)?;
+        let gone: Vec<PathBuf> = owed.iter().filter(|p| delete_file(p)).cloned().collect();
+        db::unlinked(conn, &gone)?;
+        finished += gone.len();
+        // A file that cannot be removed now stays owed and is tried again at the next look.
+        if owed.len() < 256 || gone.len() < owed.len() {
+            return Ok(finished);
+        }
+    }
 }
 
 /// (device, inode) of a file; `None` when it is not there or cannot be read.
@@ -1268,6 +1319,107 @@ fn delete_file(path: &Path) -> bool {
 mod tests {
     use super::*;
     use crate::storage::{NewRecording, Storage};
+
+    /// An archive of `n` decided recordings and a curator after its first round.
+    fn archived(dir: &Path, n: u64) -> Curator {
+        let shape = crate::archive::ArchiveShape {
+            recordings: n,
+            ..Default::default()
+        };
+        crate::archive::build(&dir.join("storage"), &shape, Timestamp::now()).unwrap();
+        let config = crate::archive::curate_config(dir, "[{every: 10m}]", "100GiB").unwrap();
+        let mut curator = Curator::new(config, dir);
+        curator.round_now();
+        curator
+    }
+
+    /// Killed between the FULL commit of its decisions and the unlinks: the rows say deleted
+    /// (path NULL) and `roost_unlink` names the files; the next curator removes them, and a
+    /// file that is already gone, or never was, is forgotten too.
+    #[test]
+    fn deletions_decided_before_a_crash_are_carried_out_at_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let curator = archived(dir.path(), 40);
+        drop(curator);
+        let db = dir.path().join("storage").join(crate::storage::DB_FILE);
+        let conn = Connection::open(&db).unwrap();
+        let doomed: Vec<(String, String)> = conn
+            .prepare("SELECT id, path FROM recording ORDER BY rowid LIMIT 5")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        // What write_decisions commits, without the unlinks that follow it.
+        for (id, path) in &doomed {
+            db::mark_deleted(&conn, id, "keep", Timestamp::now()).unwrap();
+            conn.execute("INSERT INTO roost_unlink (path) VALUES (?1)", [path])
+                .unwrap();
+        }
+        std::fs::remove_file(&doomed[4].1).unwrap();
+        conn.execute(
+            "INSERT INTO roost_unlink (path) VALUES ('/nowhere/x.wav')",
+            [],
+        )
+        .unwrap();
+        let config = crate::archive::curate_config(dir.path(), "[{every: 10m}]", "100GiB").unwrap();
+        let mut curator = Curator::new(config, dir.path());
+        curator.round_now();
+        assert!(doomed.iter().all(|(_, p)| !Path::new(p).exists()));
+        let owed: i64 = conn
+            .query_row("SELECT count(*) FROM roost_unlink", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(owed, 0);
+        assert_eq!(curator.report().storage.recordings, 35);
+        assert_eq!(curator.report().error, None);
+    }
+
+    /// Another program holds metadata.db's write lock: the round fails with DEP_E321 and the
+    /// next look comes within seconds, not at the idle minute; once the lock is gone the
+    /// problem is gone and what came meanwhile is decided.
+    #[test]
+    fn a_locked_database_is_looked_at_again_soon_and_the_problem_goes_with_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut curator = archived(dir.path(), 30);
+        let db = dir.path().join("storage").join(crate::storage::DB_FILE);
+        let mut storage =
+            Storage::open(&dir.path().join("storage"), &curator.config.storage).unwrap();
+        let dep = storage
+            .start_deployment("archive", None, Timestamp::now())
+            .unwrap();
+        let start = Timestamp::now();
+        let path = crate::storage::recording_path(&storage.recordings_dir(), start);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, crate::archive::wav_bytes(400)).unwrap();
+        let rec = NewRecording {
+            path,
+            datetime: start,
+            duration_s: 0.05,
+            samplerate_hz: crate::archive::SAMPLERATE_HZ,
+            audio_channels: 1,
+        };
+        storage.register(&rec, &dep).unwrap();
+        let locker = Connection::open(&db).unwrap();
+        locker.execute_batch("BEGIN IMMEDIATE").unwrap();
+        curator.round_now();
+        let error = curator
+            .report()
+            .error
+            .clone()
+            .expect("a problem while locked");
+        assert_eq!(error.code, "DEP_E321", "{error:?}");
+        assert!(curator.next_look() <= DB_RETRY, "{:?}", curator.next_look());
+        locker.execute_batch("COMMIT").unwrap();
+        curator.round_now();
+        assert_eq!(curator.report().error, None);
+        assert_eq!(curator.next_look(), IDLE_LOOK);
+        let s = &curator.report().storage;
+        assert_eq!(
+            s.kept_this_run + s.deleted_this_run,
+            1,
+            "the new recording decided"
+        );
+    }
 
     fn tone(path: &Path) {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
