@@ -53,15 +53,7 @@ fn main() {
             new_rules(&base, n);
         }
         for kind in ["curator", "plan"] {
-            // A copy of metadata.db per measurement: each starts from the same state.
-            let work = dir.join(format!("work-{kind}"));
-            let _ = std::fs::remove_dir_all(&work);
-            std::fs::create_dir_all(&work).unwrap();
-            let status = std::process::Command::new(std::env::current_exe().unwrap())
-                .args(["--measure", kind, dir.to_str().unwrap()])
-                .status()
-                .unwrap();
-            assert!(status.success(), "{kind} measurement failed");
+            measure_in_child(kind, &dir);
         }
     }
 }
@@ -81,15 +73,21 @@ fn new_rules(base: &Path, n: u64) {
     }
     println!("== {n} recordings, keep rules new ==");
     for kind in ["plan", "first-pass"] {
-        let work = dir.join(format!("work-{kind}"));
-        let _ = std::fs::remove_dir_all(&work);
-        std::fs::create_dir_all(&work).unwrap();
-        let status = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--measure", kind, dir.to_str().unwrap()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "{kind} measurement failed");
+        measure_in_child(kind, &dir);
     }
+}
+
+/// Runs measurement `kind` on the archive in `dir` in a process of its own (its memory figures
+/// are that work's alone), with a fresh state folder of its own.
+fn measure_in_child(kind: &str, dir: &Path) {
+    let work = dir.join(format!("work-{kind}"));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).unwrap();
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--measure", kind, dir.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "{kind} measurement failed");
 }
 
 fn config(dir: &Path) -> CurateConfig {

@@ -603,17 +603,6 @@ pub fn store_clock(conn: &Connection, a: &super::age::Anchor) -> rusqlite::Resul
     .map(drop)
 }
 
-/// Every recording whose file is there, oldest first (start time). Reads the whole table: for
-/// tools and tests, never a recurring look.
-pub fn present(conn: &Connection) -> rusqlite::Result<Vec<Recording>> {
-    let sql = format!(
-        "SELECT {RECORDING_COLUMNS} FROM recording r WHERE r.path IS NOT NULL AND typeof(r.id) = 'text' ORDER BY r.datetime"
-    );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map([], recording)?;
-    crate::storage::skip_foreign_rows(rows)
-}
-
 /// The SQL of the recordings whose file is there, oldest first by when they were made on the
 /// device clock (the `roost_age_made` index: a look stops as soon as it has what it needs),
 /// with the bytes each occupies as column 9, from those made at or after `?1` on. Recordings

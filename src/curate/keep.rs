@@ -189,38 +189,6 @@ fn holds_slot_start(facts: &Facts, seconds: i64, tz: &jiff::tz::TimeZone) -> boo
     next < end.max(s + 1)
 }
 
-/// A recording retention may delete.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Candidate {
-    /// Its row id.
-    pub id: String,
-    /// Its file.
-    pub path: std::path::PathBuf,
-    /// How long it has really existed on this device, s (see [`super::age`]); never the
-    /// difference of two wall-clock readings.
-    pub age_s: f64,
-    /// Bytes it occupies on the disk.
-    pub bytes: u64,
-    /// Whether it may go now: not protected, every detector done, no message of it waiting.
-    pub deletable: bool,
-}
-
-/// Which recordings `maxAge` and `maxUsage` delete, oldest first, with the rule (`maxAge` or
-/// `maxUsage`). `candidates` are oldest first; `max_usage` is in bytes of recordings.
-/// Recordings that are not deletable are never chosen, but count in the usage.
-pub fn retention(
-    candidates: &[Candidate],
-    max_age: Option<std::time::Duration>,
-    max_usage: Option<u64>,
-) -> Vec<(String, &'static str)> {
-    let used = candidates.iter().map(|c| c.bytes).sum();
-    let mut walk = Retention::new(used, max_age, max_usage);
-    candidates
-        .iter()
-        .filter_map(|c| Some((c.id.clone(), walk.take(c.age_s, c.bytes, c.deletable)?)))
-        .collect()
-}
-
 /// Retention as a walk over the recordings, oldest first, that can stop early: `used` is the
 /// bytes of every recording (from a tally, not from the walk), each recording taken decides
 /// whether it goes, and [`Retention::done`] says when no later (younger) one can.
@@ -274,7 +242,34 @@ impl Retention {
 #[cfg(test)]
 mod tests {
     use super::*;
+
     use crate::spec::curate::{AroundSun, DetectionRule};
+
+    /// A recording retention may delete, in the form of the table test below (the curator's
+    /// walk reads the same facts from metadata.db).
+    #[derive(Clone, Debug, PartialEq)]
+    struct Candidate {
+        id: String,
+        /// How long it has really existed on this device, s.
+        age_s: f64,
+        bytes: u64,
+        /// Not protected, every detector done, no message of it waiting.
+        deletable: bool,
+    }
+
+    /// [`Retention`] walked over `candidates` (oldest first): which go, with the rule.
+    fn retention(
+        candidates: &[Candidate],
+        max_age: Option<std::time::Duration>,
+        max_usage: Option<u64>,
+    ) -> Vec<(String, &'static str)> {
+        let used = candidates.iter().map(|c| c.bytes).sum();
+        let mut walk = Retention::new(used, max_age, max_usage);
+        candidates
+            .iter()
+            .filter_map(|c| Some((c.id.clone(), walk.take(c.age_s, c.bytes, c.deletable)?)))
+            .collect()
+    }
 
     fn recorder() -> RecorderSpec {
         serde_json::from_value(serde_json::json!({"timezone": "Europe/London"})).unwrap()
@@ -535,7 +530,6 @@ mod tests {
         // Ages as on 2026-06-10 12:00 of recordings made at midnight on day `day`.
         let c = |id: &str, day: u8, deletable: bool| Candidate {
             id: id.into(),
-            path: format!("/r/{id}.wav").into(),
             age_s: (f64::from(10 - day) + 0.5) * 86_400.0,
             bytes: 100,
             deletable,
