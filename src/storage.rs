@@ -965,6 +965,10 @@ impl Storage {
                 source,
             }
         };
+        // The identity is taken from a handle opened before SQLite's, not from the path after
+        // the migration: a file renamed over or deleted in between (a restore, `rm`) must be
+        // noticed at the next turn instead of being taken for the file SQLite writes to.
+        let pinned = pin_file(&db_path);
         let conn = Connection::open(&db_path).map_err(db_err("open it"))?;
         conn.busy_timeout(Duration::from_millis(500))
             .map_err(db_err("set its busy timeout"))?;
@@ -985,8 +989,10 @@ impl Storage {
             set_aside: None,
         };
         storage.migrate()?;
-        // After the first statements: SQLite creates the files lazily.
-        storage.db_identity = file_identity(&db_path);
+        storage.db_identity = pinned
+            .and_then(|f| f.metadata().ok())
+            .map(|m| identity_of(&m));
+        // After the first statements: SQLite creates the log lazily.
         storage.wal_identity = file_identity(&wal_path(root));
         Ok(storage)
     }
@@ -1791,8 +1797,26 @@ fn wal_path(root: &Path) -> PathBuf {
 }
 
 fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| identity_of(&m))
+}
+
+fn identity_of(m: &std::fs::Metadata) -> (u64, u64) {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    (m.dev(), m.ino())
+}
+
+/// A handle on metadata.db held while SQLite opens it, so that its identity is the file's
+/// at that moment. Created (0644, as SQLite would) when missing; read-only when the card is.
+fn pin_file(path: &Path) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .mode(0o644)
+        .open(path)
+        .or_else(|_| std::fs::File::open(path))
+        .ok()
 }
 
 /// Moves metadata.db (and its -wal and -shm files) to `metadata.db.bad-<UTC time>[-wal|-shm]`.
@@ -2516,6 +2540,59 @@ mod tests {
             assert_eq!(start_from_file_name(&placed), Some(start));
         }
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "first");
+    }
+
+    /// Whatever happens to metadata.db while it is being opened (another file renamed over
+    /// it, deleted, a folder put there), a connection that does not write to the file under
+    /// the name says so: found by a restore landing between SQLite's open and the identity.
+    #[test]
+    fn a_database_replaced_while_it_is_opened_is_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join(DB_FILE);
+        let spec = spec(0, OnLowSpace::Stop);
+        let mut missed = Vec::new();
+        for round in 0..60u64 {
+            for f in ["metadata.db", "metadata.db-wal", "metadata.db-shm"] {
+                let _ = std::fs::remove_file(dir.path().join(f));
+                let _ = std::fs::remove_dir(dir.path().join(f));
+            }
+            drop(Storage::open(dir.path(), &spec).unwrap());
+            let copy = dir.path().join("copy.db");
+            std::fs::copy(&db, &copy).unwrap();
+            let db2 = db.clone();
+            let meddler = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_micros(round * 97 % 3000));
+                match round % 3 {
+                    0 => std::fs::rename(&copy, &db2).unwrap(),
+                    1 => std::fs::remove_file(&db2).unwrap(),
+                    _ => {
+                        std::fs::remove_file(&db2).unwrap();
+                        std::fs::create_dir(&db2).unwrap();
+                    }
+                }
+            });
+            let opened = Storage::open(dir.path(), &spec);
+            meddler.join().unwrap();
+            let Ok(s) = opened else { continue };
+            s.conn
+                .execute_batch(
+                    "CREATE TABLE IF NOT EXISTS marker(x); INSERT INTO marker VALUES (1);",
+                )
+                .unwrap();
+            let named_has_it = Connection::open(&db).ok().is_some_and(|c| {
+                c.query_row("SELECT count(*) FROM marker", [], |r| r.get::<_, i64>(0))
+                    .is_ok_and(|n| n == 1)
+            });
+            if !named_has_it && !s.db_replaced() {
+                missed.push(round);
+            }
+            s.close_replaced();
+        }
+        assert_eq!(
+            missed,
+            Vec::<u64>::new(),
+            "rounds where rows went to an unlinked file unnoticed"
+        );
     }
 
     #[test]
