@@ -132,7 +132,7 @@ fn write_files(
 
 fn insert_rows(
     storage: &mut Storage,
-    deployment: &str,
+    deployment: &uuid::Uuid,
     shape: &ArchiveShape,
     files: &[(PathBuf, Timestamp)],
     now: Timestamp,
@@ -186,7 +186,7 @@ fn insert_rows(
 /// `detection_every`-th.
 fn insert_output(
     tx: &rusqlite::Transaction<'_>,
-    recording: &str,
+    recording: &uuid::Uuid,
     shape: &ArchiveShape,
     i: u64,
     when: &str,
@@ -201,13 +201,11 @@ fn insert_output(
     }
     let detection = new_uuid();
     tx.prepare_cached(
-        "INSERT INTO detection (id, location, detection_score, model_output_id) VALUES (?1, ?2, 0.8, ?3)",
+        "INSERT INTO detection (id, prediction_type, start_time_s, low_freq_hz, end_time_s,
+             high_freq_hz, detection_score, model_output_id)
+         VALUES (?1, 'event', 0.01, 2000.0, 0.04, 3000.0, 0.8, ?2)",
     )?
-    .execute(params![
-        detection,
-        r#"{"type":"BoundingBox","coordinates":[0.01,2000.0,0.04,3000.0]}"#,
-        output
-    ])?;
+    .execute(params![detection, output])?;
     for (key, value) in [("band", "2-3 kHz"), ("species", "Turdus merula")] {
         tx.prepare_cached(
             "INSERT INTO predicted_tag (key, value, confidence_score, detection_id) VALUES (?1, ?2, 0.8, ?3)",

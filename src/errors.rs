@@ -90,6 +90,12 @@ codes! {
     METADATA_DB_ERROR = "DEP_E321", "Metadata database error",
         "metadata.db could not be written or is damaged.",
         "Check the disk; roost repairs leftovers at start. If it persists, move metadata.db aside and restart roost.";
+    METADATA_DB_NEWER = "DEP_E322", "Metadata database from a newer roost",
+        "metadata.db says its layout (roost_schema.version) is newer than this roost knows: a newer roost wrote it. Roost leaves it as it is and registers no row in it; the recorder keeps recording and every file is registered once a roost that knows the layout runs.",
+        "Upgrade roost to the version that wrote the storage (or newer). Do not delete metadata.db: it holds which files were kept, deleted and analysed.";
+    METADATA_DB_MIGRATION = "DEP_E323", "Metadata database migration failed",
+        "metadata.db could not be brought to this roost's layout (acoupi 0.8.0's tables; roost's own bookkeeping): the step was rolled back, the file is as it was, and it is tried again at each start and after each failure. The recorder keeps recording; rows are owed meanwhile.",
+        "Read the message for SQLite's reason (disk full, a read-only card, a lock held by another program). Free space or fix the card; if it persists, copy metadata.db off the card and report it with roost's log.";
     INTERNAL = "DEP_E401", "Internal error",
         "Roost hit an unexpected internal error (a state file it cannot write, a bug).",
         "Check that the state folder is writable and read roost's own log (journalctl -u roost); report the bug with the log.";

@@ -21,6 +21,8 @@ use crate::errors::{self, ErrorCode};
 use crate::spec::Location;
 use crate::spec::recorder::StorageSpec;
 
+pub mod schema;
+
 /// File name of the metadata database in a storage folder.
 pub const DB_FILE: &str = "metadata.db";
 /// Folder of a storage that holds finished recordings, in `YYYY/MM/DD/` subfolders.
@@ -33,277 +35,6 @@ pub const QUARANTINE_DIR: &str = "quarantine";
 /// Space kept free beyond a file's own size so that metadata.db can still be written when the
 /// disk is otherwise full.
 pub const DB_RESERVE_BYTES: u64 = 512 * 1024;
-
-/// Schema migrations; `PRAGMA user_version` holds how many have been applied.
-const MIGRATIONS: &[&str] = &[
-    // 1: acoupi's tables and columns, so that queries written for acoupi's database work here.
-    "CREATE TABLE deployment (
-        id TEXT PRIMARY KEY NOT NULL,
-        name TEXT NOT NULL,
-        started_on TEXT NOT NULL,
-        ended_on TEXT,
-        latitude REAL,
-        longitude REAL
-    );
-    CREATE TABLE recording (
-        id TEXT PRIMARY KEY NOT NULL,
-        path TEXT NOT NULL UNIQUE,
-        datetime TEXT NOT NULL,
-        duration_s REAL NOT NULL,
-        samplerate_hz INTEGER NOT NULL,
-        audio_channels INTEGER NOT NULL,
-        deployment_id TEXT REFERENCES deployment(id)
-    );
-    CREATE INDEX recording_datetime ON recording(datetime);
-    CREATE INDEX deployment_name ON deployment(name);",
-    // 2: detectors' findings in acoupi's tables; a recording whose file is deleted keeps its
-    // row with `path` NULL (acoupi: "None if the recording is not stored locally"), and roost
-    // says when and why (`deleted_on`, `deleted_by`); `protected` recordings are never deleted;
-    // `roost_analysis` holds which detector finished which recording (exactly once).
-    "CREATE TABLE recording_v2 (
-        id TEXT PRIMARY KEY NOT NULL,
-        path TEXT UNIQUE,
-        datetime TEXT NOT NULL,
-        duration_s REAL NOT NULL,
-        samplerate_hz INTEGER NOT NULL,
-        audio_channels INTEGER NOT NULL,
-        deployment_id TEXT REFERENCES deployment(id),
-        protected INTEGER NOT NULL DEFAULT 0,
-        deleted_on TEXT,
-        deleted_by TEXT
-    );
-    INSERT INTO recording_v2 (id, path, datetime, duration_s, samplerate_hz, audio_channels, deployment_id)
-        SELECT id, path, datetime, duration_s, samplerate_hz, audio_channels, deployment_id FROM recording;
-    DROP TABLE recording;
-    ALTER TABLE recording_v2 RENAME TO recording;
-    CREATE INDEX recording_datetime ON recording(datetime);
-    CREATE TABLE model_output (
-        id TEXT PRIMARY KEY NOT NULL,
-        model_name TEXT NOT NULL,
-        recording_id TEXT NOT NULL REFERENCES recording(id),
-        created_on TEXT NOT NULL
-    );
-    CREATE INDEX model_output_recording ON model_output(recording_id);
-    CREATE INDEX model_output_created ON model_output(created_on);
-    CREATE TABLE detection (
-        id TEXT PRIMARY KEY NOT NULL,
-        location TEXT,
-        detection_score REAL NOT NULL,
-        model_output_id TEXT NOT NULL REFERENCES model_output(id)
-    );
-    CREATE INDEX detection_model_output ON detection(model_output_id);
-    CREATE TABLE predicted_tag (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        key TEXT NOT NULL,
-        value TEXT NOT NULL,
-        confidence_score REAL NOT NULL,
-        detection_id TEXT REFERENCES detection(id),
-        model_output_id TEXT REFERENCES model_output(id)
-    );
-    CREATE INDEX predicted_tag_detection ON predicted_tag(detection_id);
-    CREATE TABLE roost_analysis (
-        recording_id TEXT NOT NULL REFERENCES recording(id),
-        detector TEXT NOT NULL,
-        outcome TEXT NOT NULL,
-        attempts INTEGER NOT NULL,
-        error_code TEXT,
-        error TEXT,
-        finished_on TEXT,
-        PRIMARY KEY (recording_id, detector)
-    );
-    CREATE TABLE roost_detector (
-        name TEXT PRIMARY KEY NOT NULL,
-        since TEXT NOT NULL
-    );
-    CREATE TABLE roost_keep (
-        recording_id TEXT PRIMARY KEY NOT NULL REFERENCES recording(id),
-        kept_by TEXT,
-        decided_on TEXT NOT NULL
-    );",
-    // 3: clock-proof bookkeeping. A detector looks at recordings registered after a row
-    // (`since_rowid`, insertion order: a wall clock stepped back cannot hide a recording from
-    // it); `roost_age` holds when each recording was made on the device's own clock, which
-    // counts real elapsed time (`roost_clock`, see `curate::age`), so that no clock step makes
-    // a recording look old.
-    "ALTER TABLE roost_detector ADD COLUMN since_rowid INTEGER;
-    UPDATE roost_detector SET since_rowid = coalesce(
-        (SELECT max(rowid) FROM recording WHERE datetime < roost_detector.since), 0);
-    CREATE TABLE roost_age (
-        recording_id TEXT PRIMARY KEY NOT NULL REFERENCES recording(id),
-        made_device_s REAL NOT NULL
-    );
-    CREATE TABLE roost_clock (
-        id INTEGER PRIMARY KEY CHECK (id = 1),
-        boot_id TEXT NOT NULL,
-        boottime_s REAL NOT NULL,
-        device_s REAL NOT NULL,
-        wall TEXT NOT NULL,
-        wall_synced INTEGER NOT NULL
-    );",
-    // 4: a recording's clip-level tags are looked up by their model output (the connector's
-    // detection messages); without this index each lookup read the whole table, a cost that
-    // grew with every recording ever analysed.
-    "CREATE INDEX IF NOT EXISTS predicted_tag_model_output ON predicted_tag(model_output_id);",
-    // 5: figures kept as the rows change, so that no recurring look costs more with every
-    // recording ever made (see docs/PERFORMANCE.md, issue 22). `roost_age.bytes` is what a
-    // recording's file occupies (stat once, when the curator first sees it; the rows of files
-    // already gone: 0), `skew_s` its wall-clock start minus when it was made on the device
-    // clock (a clock step since shows as a skew unlike today's; NULL once the file is gone);
-    // `roost_tally` the recordings whose file is there and their bytes, `roost_deleted` the
-    // files deleted per rule or cause, `roost_outcomes` each detector's analyses per outcome,
-    // all kept by triggers whoever writes the rows (no `OR IGNORE` in them: an outer upsert's
-    // conflict handling would override it).
-    "ALTER TABLE roost_age ADD COLUMN bytes INTEGER;
-    ALTER TABLE roost_age ADD COLUMN skew_s REAL;
-    UPDATE roost_age SET bytes = 0
-        WHERE recording_id IN (SELECT id FROM recording WHERE path IS NULL);
-    UPDATE roost_age SET skew_s = (julianday(r.datetime) - 2440587.5) * 86400.0 - made_device_s
-        FROM recording r WHERE r.id = roost_age.recording_id AND r.path IS NOT NULL;
-    CREATE INDEX roost_age_made ON roost_age(made_device_s);
-    CREATE INDEX roost_age_skew ON roost_age(skew_s) WHERE skew_s IS NOT NULL;
-    CREATE INDEX roost_age_unsized ON roost_age(recording_id) WHERE bytes IS NULL;
-    CREATE TABLE roost_tally (
-        id INTEGER PRIMARY KEY CHECK (id = 1),
-        recordings INTEGER NOT NULL,
-        bytes INTEGER NOT NULL
-    );
-    INSERT INTO roost_tally (id, recordings, bytes)
-        VALUES (1, (SELECT count(*) FROM recording WHERE path IS NOT NULL), 0);
-    CREATE TABLE roost_deleted (
-        deleted_by TEXT PRIMARY KEY NOT NULL,
-        recordings INTEGER NOT NULL
-    );
-    INSERT INTO roost_deleted (deleted_by, recordings)
-        SELECT deleted_by, count(*) FROM recording WHERE deleted_by IS NOT NULL GROUP BY deleted_by;
-    CREATE TRIGGER roost_tally_registered AFTER INSERT ON recording WHEN new.path IS NOT NULL
-    BEGIN
-        UPDATE roost_tally SET recordings = recordings + 1 WHERE id = 1;
-    END;
-    CREATE TRIGGER roost_tally_gone AFTER UPDATE OF path ON recording
-        WHEN old.path IS NOT NULL AND new.path IS NULL
-    BEGIN
-        UPDATE roost_tally SET recordings = recordings - 1, bytes = bytes - coalesce(
-            (SELECT bytes FROM roost_age WHERE recording_id = old.id), 0) WHERE id = 1;
-        UPDATE roost_age SET skew_s = NULL WHERE recording_id = old.id;
-    END;
-    CREATE TRIGGER roost_tally_back AFTER UPDATE OF path ON recording
-        WHEN old.path IS NULL AND new.path IS NOT NULL
-    BEGIN
-        UPDATE roost_tally SET recordings = recordings + 1, bytes = bytes + coalesce(
-            (SELECT bytes FROM roost_age WHERE recording_id = new.id), 0) WHERE id = 1;
-    END;
-    CREATE TRIGGER roost_tally_removed AFTER DELETE ON recording WHEN old.path IS NOT NULL
-    BEGIN
-        UPDATE roost_tally SET recordings = recordings - 1, bytes = bytes - coalesce(
-            (SELECT bytes FROM roost_age WHERE recording_id = old.id), 0) WHERE id = 1;
-    END;
-    CREATE TRIGGER roost_tally_stamped AFTER INSERT ON roost_age
-        WHEN new.bytes IS NOT NULL
-         AND EXISTS (SELECT 1 FROM recording WHERE id = new.recording_id AND path IS NOT NULL)
-    BEGIN
-        UPDATE roost_tally SET bytes = bytes + new.bytes WHERE id = 1;
-    END;
-    CREATE TRIGGER roost_tally_sized AFTER UPDATE OF bytes ON roost_age
-        WHEN EXISTS (SELECT 1 FROM recording WHERE id = new.recording_id AND path IS NOT NULL)
-    BEGIN
-        UPDATE roost_tally SET bytes = bytes + coalesce(new.bytes, 0) - coalesce(old.bytes, 0)
-            WHERE id = 1;
-    END;
-    CREATE TABLE roost_outcomes (
-        detector TEXT NOT NULL,
-        outcome TEXT NOT NULL,
-        recordings INTEGER NOT NULL,
-        PRIMARY KEY (detector, outcome)
-    );
-    INSERT INTO roost_outcomes (detector, outcome, recordings)
-        SELECT detector, outcome, count(*) FROM roost_analysis GROUP BY detector, outcome;
-    CREATE TRIGGER roost_outcome_new AFTER INSERT ON roost_analysis
-    BEGIN
-        INSERT INTO roost_outcomes (detector, outcome, recordings)
-            SELECT new.detector, new.outcome, 0 WHERE NOT EXISTS (SELECT 1 FROM roost_outcomes
-                WHERE detector = new.detector AND outcome = new.outcome);
-        UPDATE roost_outcomes SET recordings = recordings + 1
-            WHERE detector = new.detector AND outcome = new.outcome;
-    END;
-    CREATE TRIGGER roost_outcome_changed AFTER UPDATE OF outcome ON roost_analysis
-        WHEN old.outcome IS NOT new.outcome
-    BEGIN
-        UPDATE roost_outcomes SET recordings = recordings - 1
-            WHERE detector = old.detector AND outcome = old.outcome;
-        INSERT INTO roost_outcomes (detector, outcome, recordings)
-            SELECT new.detector, new.outcome, 0 WHERE NOT EXISTS (SELECT 1 FROM roost_outcomes
-                WHERE detector = new.detector AND outcome = new.outcome);
-        UPDATE roost_outcomes SET recordings = recordings + 1
-            WHERE detector = new.detector AND outcome = new.outcome;
-    END;
-    CREATE TRIGGER roost_count_deleted AFTER UPDATE OF deleted_by ON recording
-        WHEN old.deleted_by IS NULL AND new.deleted_by IS NOT NULL
-    BEGIN
-        INSERT INTO roost_deleted (deleted_by, recordings) SELECT new.deleted_by, 0
-            WHERE NOT EXISTS (SELECT 1 FROM roost_deleted WHERE deleted_by = new.deleted_by);
-        UPDATE roost_deleted SET recordings = recordings + 1 WHERE deleted_by = new.deleted_by;
-    END;",
-    // 6: files whose deletion is decided but not done yet (`roost_unlink`), written in the same
-    // FULL commit as the rows that say why: a curator killed between that commit and the
-    // unlinks finishes them when it starts again (the row's `path` is already NULL).
-    "CREATE TABLE roost_unlink (path TEXT PRIMARY KEY NOT NULL);",
-];
-
-/// Roost's own schema marker: the number of [`MIGRATIONS`] applied. `PRAGMA user_version` is
-/// written too (older roosts read it) but never trusted alone: other programs set it.
-const SCHEMA_MARKER: &str = "CREATE TABLE IF NOT EXISTS roost_schema (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    version INTEGER NOT NULL
-);";
-
-/// The migrations applied to the database: `roost_schema` when roost marked it, else judged
-/// from the tables and indexes each migration made (a database of a roost before the marker,
-/// whatever its `user_version` says now).
-fn schema_version(conn: &Connection) -> rusqlite::Result<usize> {
-    let marked: Option<i64> = conn
-        .query_row("SELECT version FROM roost_schema WHERE id = 1", [], |r| {
-            r.get(0)
-        })
-        .optional()
-        .or_else(|e| match e {
-            rusqlite::Error::SqliteFailure(..) => Ok(None),
-            e => Err(e),
-        })?;
-    if let Some(v) = marked {
-        return Ok(usize::try_from(v).unwrap_or(usize::MAX));
-    }
-    let has = |kind: &str, name: &str| -> rusqlite::Result<bool> {
-        conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = ?1 AND name = ?2)",
-            [kind, name],
-            |r| r.get(0),
-        )
-    };
-    // Newest first: what each migration left behind.
-    let marks = [
-        (6, "table", "roost_unlink"),
-        (5, "table", "roost_tally"),
-        (4, "index", "predicted_tag_model_output"),
-        (3, "table", "roost_age"),
-        (2, "table", "roost_analysis"),
-        (1, "table", "recording"),
-    ];
-    for (version, kind, name) in marks {
-        if has(kind, name)? {
-            return Ok(version);
-        }
-    }
-    Ok(0)
-}
-
-fn mark_version(tx: &rusqlite::Transaction<'_>, version: usize) -> rusqlite::Result<()> {
-    tx.execute(
-        "INSERT INTO roost_schema (id, version) VALUES (1, ?1)
-         ON CONFLICT(id) DO UPDATE SET version = ?1",
-        [version as i64],
-    )?;
-    tx.pragma_update(None, "user_version", version as i64)
-}
 
 /// Why a storage or its metadata.db cannot be used; each variant names the path concerned.
 #[derive(Debug, thiserror::Error)]
@@ -318,6 +49,16 @@ pub enum StorageError {
         /// The I/O error.
         #[source]
         source: std::io::Error,
+    },
+    /// metadata.db's layout is a newer roost's, or could not be brought to this one's (see
+    /// [`schema::migrate`]); the file is left as it was.
+    #[error("metadata database {path}")]
+    Layout {
+        /// metadata.db.
+        path: PathBuf,
+        /// What stands in the way.
+        #[source]
+        source: schema::MigrateError,
     },
     /// `requireMount: true` and the storage folder does not lie on a mounted file system
     /// other than the root's.
@@ -353,6 +94,15 @@ impl StorageError {
             Self::Unusable { .. } | Self::NotMounted { .. } => errors::STORAGE_UNUSABLE,
             Self::Database { source, .. } if is_sqlite_full(source) => errors::DISK_FULL,
             Self::Database { .. } => errors::METADATA_DB_ERROR,
+            Self::Layout {
+                source: schema::MigrateError::Newer { .. },
+                ..
+            } => errors::METADATA_DB_NEWER,
+            Self::Layout {
+                source: schema::MigrateError::Failed { source, .. },
+                ..
+            } if is_sqlite_full(source) => errors::DISK_FULL,
+            Self::Layout { .. } => errors::METADATA_DB_MIGRATION,
         }
     }
 }
@@ -399,11 +149,11 @@ pub struct NewRecording {
 /// A registered recording.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RecordingRow {
-    /// The row's UUID (`recording.id`).
-    pub id: String,
+    /// The row's UUID (`recording.id`, 16 bytes in metadata.db).
+    pub id: uuid::Uuid,
     /// Where the WAV file lies, as registered.
     pub path: PathBuf,
-    /// Start of the recording as stored: UTC, `YYYY-MM-DD HH:MM:SS.ffffff`.
+    /// Start of the recording as stored: acoupi's text, see [`db_datetime`].
     pub datetime: String,
     /// Length of the recording in seconds.
     pub duration_s: f64,
@@ -411,8 +161,8 @@ pub struct RecordingRow {
     pub samplerate_hz: u32,
     /// Number of channels.
     pub audio_channels: u16,
-    /// The `deployment` row the recording belongs to, if any.
-    pub deployment_id: Option<String>,
+    /// The `deployment` row the recording belongs to.
+    pub deployment_id: Option<uuid::Uuid>,
 }
 
 /// What the start-up repair found and did. Reported, never silent. A [`Storage::repair_step`]
@@ -1041,50 +791,10 @@ impl Storage {
     }
 
     fn migrate(&mut self) -> Result<(), StorageError> {
-        let path = self.folders.root.join(DB_FILE);
-        let err = |action: &'static str| {
-            let path = path.clone();
-            move |source| StorageError::Database {
-                path,
-                action,
-                source,
-            }
-        };
-        let version = schema_version(&self.conn).map_err(err("read its schema version"))?;
-        if version > MIGRATIONS.len() {
-            return Err(StorageError::Database {
-                path: path.clone(),
-                action: "use it",
-                source: rusqlite::Error::InvalidParameterName(format!(
-                    "schema version {version} is newer than this roost knows ({}); upgrade roost",
-                    MIGRATIONS.len()
-                )),
-            });
-        }
-        for (i, migration) in MIGRATIONS.iter().enumerate() {
-            // IMMEDIATE, and the version read again inside: the recorder and the curator may
-            // open a new database at the same moment; one migrates, the other sees it done.
-            let tx = self
-                .conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(err("migrate it"))?;
-            let now = schema_version(&tx).map_err(err("read its schema version"))?;
-            if now > i {
-                // Roost's own marker, kept beside `PRAGMA user_version`, which other programs
-                // set too (acoupi's store sets 1 on every open).
-                tx.execute_batch(SCHEMA_MARKER)
-                    .and_then(|()| mark_version(&tx, now))
-                    .and_then(|()| tx.commit())
-                    .map_err(err("migrate it"))?;
-                continue;
-            }
-            tx.execute_batch(migration)
-                .and_then(|()| tx.execute_batch(SCHEMA_MARKER))
-                .and_then(|()| mark_version(&tx, i + 1))
-                .and_then(|()| tx.commit())
-                .map_err(err("migrate it"))?;
-        }
-        Ok(())
+        schema::migrate(&mut self.conn).map_err(|source| StorageError::Layout {
+            path: self.folders.root.join(DB_FILE),
+            source,
+        })
     }
 
     /// The storage folder, which holds metadata.db and recordings/.
@@ -1121,7 +831,7 @@ impl Storage {
         name: &str,
         location: Option<&Location>,
         now: Timestamp,
-    ) -> Result<String, StorageError> {
+    ) -> Result<uuid::Uuid, StorageError> {
         let path = self.folders.root.join(DB_FILE);
         let err = |source| StorageError::Database {
             path: path.clone(),
@@ -1135,9 +845,11 @@ impl Storage {
             params![stamp, name],
         )
         .map_err(err)?;
-        let existing: Option<String> = tx
+        let existing: Option<uuid::Uuid> = tx
             .query_row(
-                "SELECT id FROM deployment WHERE name = ?1 AND ended_on IS NULL ORDER BY started_on DESC LIMIT 1",
+                "SELECT id FROM deployment WHERE name = ?1 AND ended_on IS NULL
+                   AND typeof(id) = 'blob' AND length(id) = 16
+                 ORDER BY started_on DESC LIMIT 1",
                 params![name],
                 |r| r.get(0),
             )
@@ -1158,9 +870,12 @@ impl Storage {
             }
             None => {
                 let id = new_uuid();
+                // acoupi's `started_on` is UNIQUE: a deployment started in the same microsecond
+                // as another (a stepped clock) starts a microsecond later.
+                let started_on = schema::free_time(&tx, "deployment", "started_on", &stamp).map_err(err)?;
                 tx.execute(
                     "INSERT INTO deployment (id, name, started_on, ended_on, latitude, longitude) VALUES (?1, ?2, ?3, NULL, ?4, ?5)",
-                    params![id, name, stamp, lat, lon],
+                    params![id, name, started_on, lat, lon],
                 )
                 .map_err(err)?;
                 id
@@ -1188,12 +903,10 @@ impl Storage {
     pub fn register(
         &mut self,
         rec: &NewRecording,
-        deployment_id: &str,
-    ) -> Result<String, StorageError> {
+        deployment_id: &uuid::Uuid,
+    ) -> Result<uuid::Uuid, StorageError> {
         let id = new_uuid();
-        self.conn
-            .prepare_cached(INSERT_RECORDING)
-            .and_then(|mut insert| insert.execute(recording_params(&id, rec, deployment_id)))
+        insert_recording(&self.conn, &id, rec, deployment_id)
             .map_err(self.db_error("register a recording"))?;
         Ok(id)
     }
@@ -1204,7 +917,7 @@ impl Storage {
     pub fn register_batch(
         &mut self,
         recs: &[&NewRecording],
-        deployment_id: &str,
+        deployment_id: &uuid::Uuid,
     ) -> Result<Vec<bool>, StorageError> {
         if recs.is_empty() {
             return Ok(Vec::new());
@@ -1220,13 +933,9 @@ impl Storage {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(err)?;
         let mut inserted = Vec::with_capacity(recs.len());
-        {
-            let mut insert = tx.prepare_cached(INSERT_RECORDING).map_err(err)?;
-            for rec in recs {
-                let id = new_uuid();
-                let params = recording_params(&id, rec, deployment_id);
-                inserted.push(insert.execute(params).map_err(err)? == 1);
-            }
+        for rec in recs {
+            let id = new_uuid();
+            inserted.push(insert_recording(&tx, &id, rec, deployment_id).map_err(err)? == 1);
         }
         tx.commit().map_err(err)?;
         Ok(inserted)
@@ -1306,7 +1015,7 @@ impl Storage {
         }
         // The rows first, durable on the card, then the files: a power cut in between leaves
         // rows that say why and files that repair deletes at the next start.
-        let ids: Vec<&str> = victims.iter().map(|(id, _, _)| id.as_str()).collect();
+        let ids: Vec<&uuid::Uuid> = victims.iter().map(|(id, _, _)| id).collect();
         self.mark_deleted_durably(&ids, "onLowSpace", Timestamp::now())
             .map_err(self.db_error("mark the oldest recordings deleted"))?;
         for (_, path, size) in victims {
@@ -1332,7 +1041,7 @@ impl Storage {
 
     /// Registered recordings under recordings/, oldest first, with the bytes each occupies,
     /// until they add up to `bytes` (all of them when they never do).
-    fn oldest_until(&self, bytes: u64) -> Result<Vec<(String, PathBuf, u64)>, StorageError> {
+    fn oldest_until(&self, bytes: u64) -> Result<Vec<(uuid::Uuid, PathBuf, u64)>, StorageError> {
         let recordings_dir = self.recordings_dir();
         let mut stmt = self
             .conn
@@ -1350,9 +1059,9 @@ impl Storage {
             .next()
             .map_err(self.db_error("find the oldest recordings"))?
         {
-            // A row another program wrote in another form (a blob id, as acoupi does) is
-            // passed over: it must not stop the space that the others can free.
-            let (Ok(id), Ok(path)) = (row.get::<_, String>(0), row.get::<_, String>(1)) else {
+            // A row another program wrote in another form (an id that is not a UUID's 16
+            // bytes) is passed over: it must not stop the space that the others can free.
+            let (Ok(id), Ok(path)) = (row.get::<_, uuid::Uuid>(0), row.get::<_, String>(1)) else {
                 continue;
             };
             let path = PathBuf::from(path);
@@ -1377,7 +1086,7 @@ impl Storage {
     /// Makes files and rows agree in one go (see [`Storage::repair_step`], which the recorder
     /// uses so that rows of new recordings never wait for a whole repair). The lists of the
     /// report name every path handled: for tests and small storages.
-    pub fn repair(&mut self, deployment_id: &str) -> Result<RepairReport, StorageError> {
+    pub fn repair(&mut self, deployment_id: &uuid::Uuid) -> Result<RepairReport, StorageError> {
         let mut repair = Repair::new(Timestamp::now());
         let mut report = RepairReport::default();
         while !repair.is_done() {
@@ -1396,7 +1105,7 @@ impl Storage {
     pub fn repair_step(
         &mut self,
         repair: &mut Repair,
-        deployment_id: &str,
+        deployment_id: &uuid::Uuid,
     ) -> Result<RepairReport, StorageError> {
         let mut report = RepairReport::default();
         match &mut repair.cursor {
@@ -1523,7 +1232,7 @@ impl Storage {
         &mut self,
         files: &[PathBuf],
         started: Timestamp,
-        deployment_id: &str,
+        deployment_id: &uuid::Uuid,
     ) -> Result<RepairReport, StorageError> {
         let verdicts = files
             .iter()
@@ -1670,7 +1379,7 @@ impl Storage {
     /// `deleted_on` `now`, `deleted_by` the rule or cause (`onLowSpace`, `missing`, a keep
     /// rule, `maxAge`, `maxUsage`). Its detections stay. The first to mark a row wins: a
     /// later "missing" never relabels a deliberate deletion.
-    pub fn mark_deleted(&self, id: &str, by: &str, now: Timestamp) -> rusqlite::Result<()> {
+    pub fn mark_deleted(&self, id: &uuid::Uuid, by: &str, now: Timestamp) -> rusqlite::Result<()> {
         mark_deleted(&self.conn, id, by, now)
     }
 
@@ -1679,7 +1388,7 @@ impl Storage {
     /// files go.
     pub fn mark_deleted_durably(
         &mut self,
-        ids: &[&str],
+        ids: &[&uuid::Uuid],
         by: &str,
         now: Timestamp,
     ) -> rusqlite::Result<()> {
@@ -1731,7 +1440,7 @@ pub fn skip_foreign_rows<T>(
 
 /// The file of a recording is gone or going: `path` NULL (acoupi's "not stored locally"),
 /// `deleted_on` `now`, `deleted_by` the rule or cause. The first to mark a row wins.
-pub fn mark_deleted(conn: &Connection, id: &str, by: &str, now: Timestamp) -> rusqlite::Result<()> {
+pub fn mark_deleted(conn: &Connection, id: &uuid::Uuid, by: &str, now: Timestamp) -> rusqlite::Result<()> {
     conn.execute(
         "UPDATE recording SET path = NULL, deleted_on = ?2, deleted_by = ?3
          WHERE id = ?1 AND path IS NOT NULL",
@@ -1743,21 +1452,26 @@ pub fn mark_deleted(conn: &Connection, id: &str, by: &str, now: Timestamp) -> ru
 const INSERT_RECORDING: &str = "INSERT INTO recording (id, path, datetime, duration_s, samplerate_hz, audio_channels, deployment_id)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(path) DO NOTHING";
 
-/// The parameters of [`INSERT_RECORDING`].
-fn recording_params<'a>(
-    id: &'a str,
-    rec: &'a NewRecording,
-    deployment_id: &'a str,
-) -> impl rusqlite::Params + 'a {
-    (
+/// Inserts a recording's row ([`INSERT_RECORDING`]); returns 1, or 0 when its path has a row
+/// already. acoupi's `datetime` is UNIQUE: a recording that starts in the same microsecond as
+/// another (the clock stepped back) is stored a microsecond later; its file name and GUANO
+/// keep the time it was made.
+fn insert_recording(
+    conn: &Connection,
+    id: &uuid::Uuid,
+    rec: &NewRecording,
+    deployment_id: &uuid::Uuid,
+) -> rusqlite::Result<usize> {
+    let datetime = schema::free_time(conn, "recording", "datetime", &db_datetime(rec.datetime))?;
+    conn.prepare_cached(INSERT_RECORDING)?.execute(params![
         id,
         rec.path.to_string_lossy(),
-        db_datetime(rec.datetime),
+        datetime,
         rec.duration_s,
         rec.samplerate_hz,
         rec.audio_channels,
         deployment_id,
-    )
+    ])
 }
 
 /// Runs `work` in one IMMEDIATE transaction whose commit is fsynced (synchronous FULL for that
@@ -1891,9 +1605,17 @@ pub fn start_from_file_name(path: &Path) -> Option<Timestamp> {
         .map(|z| z.timestamp())
 }
 
-/// acoupi's datetime text form (UTC): `YYYY-MM-DD HH:MM:SS.ffffff`.
+/// acoupi 0.8.0's datetime text (Python's `isoformat()` of a UTC time), which acoupi's
+/// store compares as text: `YYYY-MM-DDTHH:MM:SS+00:00`, or `YYYY-MM-DDTHH:MM:SS.ffffff+00:00`
+/// when the microsecond is not 0 (nanoseconds are cut, as Python keeps microseconds). Both
+/// sort in time order ('+' sorts before '.').
 pub fn db_datetime(t: Timestamp) -> String {
-    t.strftime("%Y-%m-%d %H:%M:%S.%6f").to_string()
+    let micros = t.subsec_microsecond();
+    if micros == 0 {
+        t.strftime("%Y-%m-%dT%H:%M:%S+00:00").to_string()
+    } else {
+        format!("{}.{micros:06}+00:00", t.strftime("%Y-%m-%dT%H:%M:%S"))
+    }
 }
 
 /// The marker that protects a recording from every deletion: `<file>.keep` beside it.
@@ -1903,8 +1625,9 @@ pub fn keep_marker(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// The instant of a time column written by [`db_datetime`] (UTC); also RFC 3339 with an
-/// offset, as older roosts wrote `deleted_on`; `None` when it is neither.
+/// The instant of a time column written by [`db_datetime`]; also any RFC 3339 time with an
+/// offset or `Z` (acoupi keeps the offset it was given), and a time without one, taken as
+/// UTC (older roosts wrote `YYYY-MM-DD HH:MM:SS.ffffff`); `None` when it is no time.
 pub fn parse_db_datetime(text: &str) -> Option<Timestamp> {
     if let Ok(t) = text.trim().parse::<Timestamp>() {
         return Some(t);
@@ -2038,8 +1761,9 @@ impl Iterator for WavWalk {
     }
 }
 
-/// A random (version 4) UUID in its usual text form, as acoupi's ids are UUIDs.
-pub fn new_uuid() -> String {
+/// A random (version 4) UUID, as acoupi's ids are. Stored as its 16 bytes (acoupi's BLOB
+/// ids), sent in messages in its usual text form.
+pub fn new_uuid() -> uuid::Uuid {
     let mut b = [0u8; 16];
     if let Err(e) = std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
@@ -2049,17 +1773,7 @@ pub fn new_uuid() -> String {
         let n = Timestamp::now().as_nanosecond() as u128 ^ (u128::from(std::process::id()) << 96);
         b = n.to_le_bytes();
     }
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    uuid::Builder::from_random_bytes(b).into_uuid()
 }
 
 #[cfg(test)]
@@ -2091,26 +1805,25 @@ mod tests {
         w.finalize().unwrap();
     }
 
+    /// A model output's detections and their tags are read through acoupi's indexes: no
+    /// lookup reads the whole table (a cost that grew with every recording ever analysed).
     #[test]
-    fn tags_are_found_by_their_model_output_through_an_index() {
+    fn tags_are_found_by_their_model_output_through_indexes() {
         let dir = tempfile::tempdir().unwrap();
         let s = Storage::open(dir.path(), &spec(0, OnLowSpace::Stop)).unwrap();
-        for column in ["model_output_id", "detection_id"] {
-            let plan: Vec<String> = s
-                .conn
-                .prepare(&format!(
-                    "EXPLAIN QUERY PLAN SELECT key FROM predicted_tag WHERE {column} = ?1 ORDER BY id"
-                ))
-                .unwrap()
-                .query_map(["x"], |r| r.get::<_, String>(3))
-                .unwrap()
-                .map(Result::unwrap)
-                .collect();
-            assert!(
-                plan.iter().any(|step| step.contains("USING INDEX")),
-                "{column}: {plan:?}"
-            );
-        }
+        let plan: Vec<String> = s
+            .conn
+            .prepare(
+                "EXPLAIN QUERY PLAN SELECT t.key FROM predicted_tag t
+                 JOIN detection d ON d.id = t.detection_id WHERE d.model_output_id = ?1",
+            )
+            .unwrap()
+            .query_map([uuid::Uuid::nil()], |r| r.get::<_, String>(3))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(plan.len(), 2, "{plan:?}");
+        assert!(plan.iter().all(|step| step.contains("USING")), "{plan:?}");
     }
 
     #[test]
@@ -2121,7 +1834,7 @@ mod tests {
             .conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
-        assert_eq!(v, MIGRATIONS.len() as i64);
+        assert_eq!(v, 1, "acoupi's schema version");
         let mode: String = s
             .conn
             .pragma_query_value(None, "journal_mode", |r| r.get(0))
@@ -2157,7 +1870,10 @@ mod tests {
             };
             s.register(&rec, &dep).unwrap();
             assert_eq!(s.recordings().unwrap().len(), 3, "user_version {foreign}");
-            assert_eq!(schema_version(&s.conn).unwrap(), MIGRATIONS.len());
+            assert_eq!(
+                schema::layout(&s.conn).unwrap(),
+                schema::Layout::Roost(schema::VERSION)
+            );
         }
     }
 
@@ -2170,21 +1886,25 @@ mod tests {
         s.conn
             .execute_batch("DROP TABLE roost_schema; PRAGMA user_version = 1;")
             .unwrap();
-        assert_eq!(schema_version(&s.conn).unwrap(), MIGRATIONS.len());
+        assert_eq!(
+            schema::layout(&s.conn).unwrap(),
+            schema::Layout::Roost(schema::VERSION)
+        );
         drop(s);
         let s = Storage::open(dir.path(), &spec(0, OnLowSpace::Stop)).unwrap();
         let marked: i64 = s
             .conn
             .query_row("SELECT version FROM roost_schema", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(marked, MIGRATIONS.len() as i64);
+        assert_eq!(marked, schema::VERSION as i64);
         s.conn
             .execute("UPDATE roost_schema SET version = 99", [])
             .unwrap();
         drop(s);
         let e = Storage::open(dir.path(), &spec(0, OnLowSpace::Stop)).unwrap_err();
+        assert_eq!(e.code().code, "DEP_E322");
         assert!(
-            crate::errors::chain(&e).contains("schema version 99 is newer than this roost knows"),
+            crate::errors::chain(&e).contains("its layout is version 99, newer than this roost knows (7)"),
             "{}",
             crate::errors::chain(&e)
         );
@@ -2210,7 +1930,7 @@ mod tests {
                 r.get(0)
             })
             .unwrap();
-        assert_eq!(ended.as_deref(), Some("2026-06-01 00:00:00.000000"));
+        assert_eq!(ended.as_deref(), Some("2026-06-01T00:00:00+00:00"));
         assert!(s.end_deployment("forest", t0).unwrap());
         assert_ne!(s.start_deployment("forest", None, t0).unwrap(), b);
     }
@@ -2242,7 +1962,7 @@ mod tests {
         s.register(
             &NewRecording {
                 path: gone.clone(),
-                datetime: t,
+                datetime: t - jiff::SignedDuration::from_hours(1),
                 duration_s: 1.0,
                 samplerate_hz: 8000,
                 audio_channels: 1,
@@ -2257,14 +1977,14 @@ mod tests {
         let rows = s.recordings().unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].path, orphan);
-        assert_eq!(rows[0].datetime, "2026-06-01 10:00:00.000000");
+        assert_eq!(rows[0].datetime, "2026-06-01T10:00:00+00:00");
         assert_eq!(rows[0].duration_s, 1.0);
         assert!(s.repair(&dep).unwrap().is_empty());
         assert!(notes.exists() && sidecar.exists());
     }
 
     /// A storage with `n` registered files, one a minute from 10:00.
-    fn storage_with(n: u32) -> (tempfile::TempDir, Storage, String, Vec<PathBuf>) {
+    fn storage_with(n: u32) -> (tempfile::TempDir, Storage, uuid::Uuid, Vec<PathBuf>) {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Storage::open(dir.path(), &spec(0, OnLowSpace::Stop)).unwrap();
         let dep = s.start_deployment("m", None, Timestamp::now()).unwrap();
@@ -2278,7 +1998,7 @@ mod tests {
         conn
     }
 
-    fn id_of(s: &Storage, path: &Path) -> String {
+    fn id_of(s: &Storage, path: &Path) -> uuid::Uuid {
         s.connection()
             .query_row(
                 "SELECT id FROM recording WHERE path = ?1",
@@ -2426,8 +2146,9 @@ mod tests {
             .connection()
             .query_row("SELECT deleted_on FROM recording", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(text, "2026-06-01 10:00:00.250000");
+        assert_eq!(text, "2026-06-01T10:00:00.250000+00:00");
         assert_eq!(parse_db_datetime(&text), Some(t));
+        assert_eq!(parse_db_datetime("2026-06-01 10:00:00.250000"), Some(t), "older roosts");
         assert_eq!(parse_db_datetime(&t.to_string()), Some(t));
         assert_eq!(
             parse_db_datetime("2026-06-01T10:00:00.25+02:00"),
@@ -2436,7 +2157,7 @@ mod tests {
         assert_eq!(parse_db_datetime("yesterday"), None);
     }
 
-    fn register_wavs(s: &mut Storage, dep: &str, minutes: u32, frames: u32) -> Vec<PathBuf> {
+    fn register_wavs(s: &mut Storage, dep: &uuid::Uuid, minutes: u32, frames: u32) -> Vec<PathBuf> {
         (0..minutes)
             .map(|minute| {
                 let t: Timestamp = format!("2026-06-01T10:{minute:02}:00Z").parse().unwrap();
@@ -2482,7 +2203,8 @@ mod tests {
     }
 
     /// Rows roost did not write, or whose file went by hand, never stop deleteOldest: a row
-    /// with a 16-byte blob id (as acoupi writes ids), the oldest, is passed over; a file
+    /// whose id is no UUID's 16 bytes (text, as another program may write), the oldest, is
+    /// passed over; a file
     /// removed by hand frees nothing and is not counted as deleted by onLowSpace; the
     /// recordings after them are deleted as asked, and listed.
     #[test]
@@ -2494,7 +2216,7 @@ mod tests {
         s.connection()
             .execute(
                 "INSERT INTO recording (id, path, datetime, duration_s, samplerate_hz, audio_channels, deployment_id)
-                 VALUES (X'00112233445566778899aabbccddeeff', ?1, '2026-01-01 00:00:00.000000', 1.0, 8000, 1, ?2)",
+                 VALUES ('row-of-another-program', ?1, '2026-01-01T00:00:00+00:00', 1.0, 8000, 1, ?2)",
                 params![dir.path().join("recordings/acoupi-row.wav").to_string_lossy(), dep],
             )
             .unwrap();
@@ -2502,7 +2224,7 @@ mod tests {
         assert_eq!(
             s.recordings().unwrap().len(),
             5,
-            "the blob row is passed over"
+            "the text-id row is passed over"
         );
         let free = s.free_bytes().unwrap();
         let size = std::fs::metadata(&files[1]).unwrap().len();
@@ -2512,7 +2234,7 @@ mod tests {
         let by: Option<String> = s
             .connection()
             .query_row(
-                "SELECT deleted_by FROM recording WHERE path IS NULL AND datetime = '2026-06-01 10:00:00.000000'",
+                "SELECT deleted_by FROM recording WHERE path IS NULL AND datetime = '2026-06-01T10:00:00+00:00'",
                 [],
                 |r| r.get(0),
             )
@@ -2722,6 +2444,7 @@ mod tests {
             Path::new("/s/recordings/2026/06/01/20260601T100001.250000Z.wav")
         );
         assert_eq!(start_from_file_name(&p), Some(t));
-        assert_eq!(new_uuid().len(), 36);
+        assert_eq!(new_uuid().get_version_num(), 4);
+        assert_eq!(new_uuid().to_string().len(), 36);
     }
 }

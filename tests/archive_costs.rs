@@ -15,11 +15,11 @@ fn config(dir: &Path) -> CurateConfig {
 }
 
 /// A curator on an archive of `n` recordings after its first round, and the storage.
-fn archive(dir: &Path, n: u64) -> (Curator, Storage, String) {
+fn archive(dir: &Path, n: u64) -> (Curator, Storage, uuid::Uuid) {
     archive_of(dir, n, true)
 }
 
-fn archive_of(dir: &Path, n: u64, decided: bool) -> (Curator, Storage, String) {
+fn archive_of(dir: &Path, n: u64, decided: bool) -> (Curator, Storage, uuid::Uuid) {
     let shape = ArchiveShape {
         recordings: n,
         decided,
@@ -37,7 +37,7 @@ fn archive_of(dir: &Path, n: u64, decided: bool) -> (Curator, Storage, String) {
 }
 
 /// One new recording, as the recorder registers it.
-fn arrive(storage: &mut Storage, deployment: &str) {
+fn arrive(storage: &mut Storage, deployment: &uuid::Uuid) {
     let start = jiff::Timestamp::now();
     let path = recording_path(&storage.recordings_dir(), start);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -131,7 +131,7 @@ fn keep_rules_new_to_an_archive_decide_it_in_one_linear_pass() {
 fn figures_follow_deletions_made_by_others() {
     let dir = tempfile::tempdir().unwrap();
     let (mut curator, storage, _) = archive(dir.path(), 500);
-    let ids: Vec<String> = storage
+    let ids: Vec<uuid::Uuid> = storage
         .connection()
         .prepare("SELECT id FROM recording ORDER BY rowid LIMIT 30")
         .unwrap()
@@ -189,7 +189,7 @@ fn an_older_database_gets_its_tallies_and_every_writer_keeps_them() {
     drop(curator);
     let conn = storage.connection();
     // Some history under the old schema: 10 files gone, one analysis given up.
-    let ids: Vec<String> = conn
+    let ids: Vec<uuid::Uuid> = conn
         .prepare("SELECT id FROM recording ORDER BY rowid LIMIT 12")
         .unwrap()
         .query_map([], |r| r.get(0))

@@ -548,7 +548,7 @@ fn hostile_wav_headers_never_stop_the_curator() {
     assert_eq!(r.stop(), Some(0));
     drop(feed);
 
-    let (first_path, deployment_id): (String, String) = conn
+    let (first_path, deployment_id): (String, uuid::Uuid) = conn
         .query_row(
             "SELECT path, deployment_id FROM recording WHERE path IS NOT NULL ORDER BY datetime LIMIT 1",
             [],
@@ -618,7 +618,8 @@ fn hostile_wav_headers_never_stop_the_curator() {
     let _feed = r.start_recording();
     let new_decided = format!(
         "SELECT count(*) FROM roost_keep k JOIN recording r ON r.id = k.recording_id
-         WHERE r.rowid > {last_before} AND r.id != '{undescribable_id}'"
+         WHERE r.rowid > {last_before} AND hex(r.id) != '{}'",
+        undescribable_id.simple().to_string().to_uppercase()
     );
     wait_until(
         &r,
@@ -689,7 +690,7 @@ fn hostile_wav_headers_never_stop_the_curator() {
     assert_eq!(deleted_by, None);
     assert_eq!(path.as_deref(), undescribable.to_str());
     assert!(undescribable.is_file());
-    let analyses: Vec<(String, String, Option<String>)> = conn
+    let analyses: Vec<(uuid::Uuid, String, Option<String>)> = conn
         .prepare(
             "SELECT recording_id, outcome, error_code FROM roost_analysis WHERE outcome != 'done'",
         )
@@ -701,7 +702,7 @@ fn hostile_wav_headers_never_stop_the_curator() {
     assert_eq!(
         analyses,
         vec![(
-            undescribable_id.clone(),
+            undescribable_id,
             "failed".to_string(),
             Some("DEP_E616".to_string())
         )],

@@ -77,8 +77,11 @@ pub fn after(
         .ok()?;
     let rows = stmt
         .query_map(params![after, limit as i64], |r| {
+            let id_text = |i: usize| -> rusqlite::Result<Option<String>> {
+                Ok(r.get::<_, Option<uuid::Uuid>>(i)?.map(|u| u.to_string()))
+            };
             let recording = json!({
-                "id": r.get::<_, String>(4)?,
+                "id": id_text(4)?,
                 "path": r.get::<_, Option<String>>(5)?,
                 "created_on": aware(&r.get::<_, String>(6)?),
                 "datetime": r.get::<_, String>(6)?,
@@ -86,7 +89,7 @@ pub fn after(
                 "samplerate": r.get::<_, i64>(8)?,
                 "audio_channels": r.get::<_, i64>(9)?,
                 "deployment": {
-                    "id": r.get::<_, Option<String>>(10)?,
+                    "id": id_text(10)?,
                     "name": r.get::<_, Option<String>>(11)?,
                     "started_on": r.get::<_, Option<String>>(12)?.as_deref().map(aware),
                     "latitude": r.get::<_, Option<f64>>(13)?,
@@ -95,7 +98,7 @@ pub fn after(
             });
             Ok((
                 r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
+                r.get::<_, uuid::Uuid>(1)?,
                 r.get::<_, String>(2)?,
                 r.get::<_, String>(3)?,
                 recording,
@@ -107,14 +110,9 @@ pub fn after(
         let (rowid, id, model, created, recording) = row;
         let min = min_scores.get(&model).copied().unwrap_or(0.0);
         let (detections, total) = detections_of(&conn, &id, min).unwrap_or_default();
-        let tags = tags_of(&conn, "model_output_id", &id).unwrap_or_default();
-        let findings = total + tags_count(&tags);
-        let mut detections = detections;
-        if tags_count(&tags) > 0 {
-            detections.push(clip_detection(&tags));
-        }
+        let tags = clip_tags(&conn, &id).unwrap_or_default();
         let mut body = json!({
-            "id": id,
+            "id": id.to_string(),
             "name_model": model,
             "created_on": aware(&created),
             "recording": recording,
@@ -126,7 +124,7 @@ pub fn after(
         out.push(Output {
             rowid,
             body,
-            detections: findings,
+            detections: total,
         });
     }
     Some(out)
@@ -137,22 +135,6 @@ pub fn after(
 fn aware(text: &str) -> Value {
     crate::storage::parse_db_datetime(text)
         .map_or_else(|| Value::from(text), |t| Value::from(t.to_string()))
-}
-
-/// The file-level tags as acoupi has a place for them: a `presence` detection without a box,
-/// scored by its most confident tag.
-fn clip_detection(tags: &Value) -> Value {
-    let best = (tags.as_array().into_iter().flatten())
-        .filter_map(|t| t["confidence_score"].as_f64())
-        .fold(0.0f64, f64::max)
-        .clamp(0.0, 1.0);
-    json!({
-        "id": crate::storage::new_uuid(),
-        "prediction_type": "presence",
-        "location": null,
-        "detection_score": best,
-        "tags": tags,
-    })
 }
 
 /// Drops the lowest-scoring detections listed, then the clip's tags, until `body` fits.
@@ -173,101 +155,76 @@ fn rounded(x: f64) -> Value {
     serde_json::Number::from_f64((x * 1000.0).round() / 1000.0).map_or(Value::Null, Value::Number)
 }
 
-/// A detection's stored location as acoupi's `BoundingBox` (`{"type": "BoundingBox",
-/// "coordinates": [start_s, low_hz, end_s, high_hz]}`, as the curator writes it; a bare array
-/// of the four is taken too), its numbers rounded; anything acoupi would refuse (not four
-/// numbers, end not after start, high not above low) is no box (`null`).
-fn location_of(text: Option<String>) -> Value {
-    let rounded_all = |xs: &[Value]| -> Option<Value> {
-        (xs.len() <= 4)
-            .then(|| {
-                xs.iter()
-                    .map(|x| x.as_f64().map(rounded))
-                    .collect::<Option<Vec<_>>>()
-            })
-            .flatten()
-            .map(Value::Array)
-    };
-    let parsed: Option<Value> = text.and_then(|l| serde_json::from_str(&l).ok());
-    match parsed {
-        Some(Value::Array(xs)) if is_box(&xs) => rounded_all(&xs).map_or(
-            Value::Null,
-            |c| json!({"type": "BoundingBox", "coordinates": c}),
-        ),
-        Some(Value::Object(o)) => match o.get("coordinates") {
-            Some(Value::Array(xs)) if is_box(xs) => rounded_all(xs).map_or(Value::Null, |c| {
-                let kind = o
-                    .get("type")
-                    .and_then(Value::as_str)
-                    .unwrap_or("BoundingBox");
-                json!({"type": kind.chars().take(32).collect::<String>(), "coordinates": c})
-            }),
-            _ => Value::Null,
-        },
+/// A detection's box from acoupi's four columns as acoupi's `BoundingBox` (`{"type":
+/// "BoundingBox", "coordinates": [start_s, low_hz, end_s, high_hz]}`), rounded; `null` when it
+/// has none or acoupi's model would refuse it (end not after start, high not above low: a
+/// span of no length, see [`crate::storage::schema::box_values`]).
+fn location_of(cols: [Option<f64>; 4]) -> Value {
+    match crate::storage::schema::box_from_columns(cols) {
+        Some(b) if b[2] > b[0] && b[3] > b[1] => {
+            json!({"type": "BoundingBox", "coordinates": b.map(rounded)})
+        }
         _ => Value::Null,
     }
 }
 
-/// Whether `[start, low, end, high]` is a box acoupi's `BoundingBox` accepts (end after start,
-/// high above low).
-fn is_box(xs: &[Value]) -> bool {
-    let n: Vec<f64> = xs.iter().filter_map(Value::as_f64).collect();
-    n.len() == 4 && n[2] > n[0] && n[3] > n[1]
-}
+/// Which detections of a model output a message lists: those scoring at least `?2`, and
+/// every file-level tag (a `presence` detection without a box: sent whatever its score, as
+/// the file's tags always were).
+const LISTED_DETECTIONS: &str = "FROM detection WHERE model_output_id = ?1
+    AND (detection_score >= ?2 OR (prediction_type = 'presence' AND start_time_s IS NULL))";
 
-fn tags_count(tags: &Value) -> usize {
-    tags.as_array().map_or(0, Vec::len)
-}
-
-/// The [`LISTED`] highest-scoring detections of `output` at or above `min_score`, and how
-/// many there are.
+/// The [`LISTED`] highest-scoring detections of `output` (see [`LISTED_DETECTIONS`]), and how
+/// many there are, each as acoupi's `Detection` (`id`, `prediction_type`, `location`,
+/// `detection_score`, `tags`).
 fn detections_of(
     conn: &Connection,
-    output: &str,
+    output: &uuid::Uuid,
     min_score: f64,
 ) -> rusqlite::Result<(Vec<Value>, usize)> {
     let total: i64 = conn.query_row(
-        "SELECT count(*) FROM detection WHERE model_output_id = ?1 AND detection_score >= ?2",
+        &format!("SELECT count(*) {LISTED_DETECTIONS}"),
         params![output, min_score],
         |r| r.get(0),
     )?;
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, location, detection_score FROM detection
-         WHERE model_output_id = ?1 AND detection_score >= ?2
-         ORDER BY detection_score DESC, rowid LIMIT ?3",
-    )?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT id, prediction_type, start_time_s, low_freq_hz, end_time_s, high_freq_hz,
+                detection_score {LISTED_DETECTIONS}
+         ORDER BY detection_score DESC, rowid LIMIT ?3"
+    ))?;
     let rows = stmt.query_map(params![output, min_score, LISTED as i64], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, Option<String>>(1)?,
-            r.get::<_, f64>(2)?,
-        ))
+        let kind: String = r.get(1)?;
+        let cols = [r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?];
+        Ok((r.get::<_, uuid::Uuid>(0)?, kind, cols, r.get::<_, f64>(6)?))
     })?;
     let mut out = Vec::new();
-    for (id, location, score) in rows.flatten() {
-        let location = location_of(location);
-        // acoupi's kinds: a detection boxed in time and frequency is an `event`; one without a
-        // usable box only says the sound is there (`presence`).
-        let kind = if location.is_null() {
-            "presence"
-        } else {
-            "event"
-        };
+    for (id, kind, cols, score) in rows.flatten() {
         out.push(json!({
-            "id": id,
+            "id": id.to_string(),
             "prediction_type": kind,
-            "location": location,
+            "location": location_of(cols),
             "detection_score": rounded(score),
-            "tags": tags_of(conn, "detection_id", &id)?,
+            "tags": tags_of(conn, "t.detection_id = ?1", &id)?,
         }));
     }
     Ok((out, usize::try_from(total).unwrap_or(0)))
 }
 
-fn tags_of(conn: &Connection, column: &str, id: &str) -> rusqlite::Result<Value> {
+/// The file-level tags of a model output (its `presence` detections without a box), roost's
+/// `tags` of the message.
+fn clip_tags(conn: &Connection, output: &uuid::Uuid) -> rusqlite::Result<Value> {
+    tags_of(
+        conn,
+        "d.model_output_id = ?1 AND d.prediction_type = 'presence' AND d.start_time_s IS NULL",
+        output,
+    )
+}
+
+fn tags_of(conn: &Connection, filter: &str, id: &uuid::Uuid) -> rusqlite::Result<Value> {
     let sql = format!(
-        "SELECT substr(key, 1, ?2), substr(value, 1, ?2), confidence_score FROM predicted_tag
-         WHERE {column} = ?1 ORDER BY confidence_score DESC, id LIMIT ?3"
+        "SELECT substr(t.key, 1, ?2), substr(t.value, 1, ?2), t.confidence_score
+         FROM predicted_tag t JOIN detection d ON d.id = t.detection_id
+         WHERE {filter} ORDER BY t.confidence_score DESC, t.id LIMIT ?3"
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt.query_map(params![id, MAX_TEXT_CHARS as i64, LISTED as i64], |r| {
@@ -322,12 +279,18 @@ pub(crate) mod tests {
         let conn = Connection::open(root.join(crate::storage::DB_FILE)).unwrap();
         let db = crate::storage::db_datetime;
         conn.execute_batch("BEGIN").unwrap();
+        let dep = uuid::Uuid::from_u128(1);
+        conn.execute(
+            "INSERT INTO deployment (id, name, started_on) VALUES (?1, 'test', ?2)",
+            params![dep, db(newest)],
+        )
+        .unwrap();
         for n in 0..outputs {
             let at = newest - jiff::SignedDuration::from_mins(outputs - 1 - n);
-            let (rec, out) = (format!("rec-{n}"), format!("out-{n}"));
+            let (rec, out) = (uuid::Uuid::from_u128(1 << 64 | n as u128), uuid::Uuid::from_u128(2 << 64 | n as u128));
             conn.execute(
-                "INSERT INTO recording (id, path, datetime, duration_s, samplerate_hz, audio_channels) VALUES (?1, ?2, ?3, 60, 48000, 1)",
-                params![rec, format!("{}/rec-{n}.wav", root.display()), db(at)],
+                "INSERT INTO recording (id, path, datetime, duration_s, samplerate_hz, audio_channels, deployment_id) VALUES (?1, ?2, ?3, 60, 48000, 1, ?4)",
+                params![rec, format!("{}/rec-{n}.wav", root.display()), db(at), dep],
             )
             .unwrap();
             conn.execute(
@@ -336,10 +299,11 @@ pub(crate) mod tests {
             )
             .unwrap();
             for d in 0..per_output {
-                let id = format!("{out}-detection-{d:04}-0000-4000-8000-000000000000");
+                let id = uuid::Uuid::from_u128(3 << 96 | (n as u128) << 32 | d as u128);
                 conn.execute(
-                    "INSERT INTO detection (id, location, detection_score, model_output_id) VALUES (?1, ?2, ?3, ?4)",
-                    params![id, format!("[{}.123456789, 2000.987654, {}.423456789, 4000.5]", d, d), (d % 97) as f64 / 97.0, out],
+                    "INSERT INTO detection (id, prediction_type, start_time_s, low_freq_hz, end_time_s, high_freq_hz, detection_score, model_output_id)
+                     VALUES (?1, 'event', ?2, 2000.987654, ?3, 4000.5, ?4, ?5)",
+                    params![id, d as f64 + 0.123456789, d as f64 + 0.423456789, (d % 97) as f64 / 97.0, out],
                 )
                 .unwrap();
                 for (key, value) in [
@@ -379,33 +343,29 @@ pub(crate) mod tests {
         assert_eq!(listed[0]["prediction_type"], "event");
     }
 
-    /// The curator stores acoupi's bounding-box object: it reaches the message in that shape,
-    /// rounded; a shape too large or not numbers is left out.
+    /// A box in acoupi's four columns reaches the message as acoupi's `BoundingBox`, rounded;
+    /// what acoupi's model refuses (a span of no length, a missing corner) is no box.
     #[test]
-    fn a_stored_bounding_box_keeps_its_shape() {
-        let stored = r#"{"type": "BoundingBox", "coordinates": [1.23456, 2000.5555, 1.5, 4000.0]}"#;
+    fn a_stored_box_becomes_acoupis_bounding_box() {
+        let s = Some;
         assert_eq!(
-            location_of(Some(stored.into())),
+            location_of([s(1.23456), s(2000.5555), s(1.5), s(4000.0)]),
             json!({"type": "BoundingBox", "coordinates": [1.235, 2000.556, 1.5, 4000.0]})
         );
-        assert_eq!(
-            location_of(Some("[0.5, 1000, 0.75, 2000]".into())),
-            json!({"type": "BoundingBox", "coordinates": [0.5, 1000.0, 0.75, 2000.0]})
-        );
-        // What acoupi's BoundingBox refuses is no box: the detection is a presence.
         for bad in [
-            "[0.5, 1000]",
-            "[0.5, 2000, 0.4, 3000]",
-            "[0.5, 2000, 0.6, 2000]",
-            "[1, 2, 3, 4, 5]",
-            r#"{"coordinates": ["a"]}"#,
-            "{}",
-            "7",
-            "not json",
+            [s(0.5), s(1000.0), None, s(2000.0)],
+            [s(0.5), s(2000.0), s(0.6), None],
+            [None, None, None, None],
+            [None, s(1.0), s(2.0), s(3.0)],
         ] {
-            assert_eq!(location_of(Some(bad.into())), Value::Null, "{bad}");
+            assert_eq!(location_of(bad), Value::Null, "{bad:?}");
         }
-        assert_eq!(location_of(None), Value::Null);
+        // What roost writes for a click (end = start) and a pure tone (high = low).
+        for point in [[0.5, 1000.0, 0.5, 3000.0], [0.5, 1000.0, 0.7, 1000.0]] {
+            let cols = crate::storage::schema::box_values(point);
+            assert_eq!(location_of(cols), Value::Null, "{point:?}");
+            assert_eq!(crate::storage::schema::box_from_columns(cols), Some(point));
+        }
     }
 
     /// Months of past outputs when spec.connect is added: the cursor starts a day back.

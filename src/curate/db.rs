@@ -11,12 +11,13 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::keep::Found;
 use crate::detect::findings::{Findings, PredictedTag};
 use crate::storage::{db_datetime, new_uuid, parse_db_datetime};
+use uuid::Uuid;
 
 /// A registered recording whose file is still there.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Recording {
-    /// Row id.
-    pub id: String,
+    /// Row id (a UUID, 16 bytes in metadata.db).
+    pub id: Uuid,
     /// SQLite's rowid: insertion order, which no clock step reorders.
     pub rowid: i64,
     /// Its file.
@@ -145,7 +146,7 @@ pub fn pending(
 ) -> rusqlite::Result<Vec<Recording>> {
     let sql = format!(
         "SELECT {RECORDING_COLUMNS} FROM recording r
-         WHERE r.rowid > ?2 AND r.path IS NOT NULL AND typeof(r.id) = 'text' AND NOT EXISTS (
+         WHERE r.rowid > ?2 AND r.path IS NOT NULL AND typeof(r.id) = 'blob' AND length(r.id) = 16 AND NOT EXISTS (
              SELECT 1 FROM roost_analysis a WHERE a.recording_id = r.id AND a.detector = ?1
              AND a.outcome IN ('done', 'failed'))
          ORDER BY r.rowid LIMIT ?3"
@@ -163,7 +164,7 @@ pub fn backlog(
 ) -> rusqlite::Result<(u64, Option<Timestamp>)> {
     conn.query_row(
         "SELECT count(*), min(r.datetime) FROM recording r
-         WHERE r.rowid > ?2 AND r.path IS NOT NULL AND typeof(r.id) = 'text' AND NOT EXISTS (
+         WHERE r.rowid > ?2 AND r.path IS NOT NULL AND typeof(r.id) = 'blob' AND length(r.id) = 16 AND NOT EXISTS (
              SELECT 1 FROM roost_analysis a WHERE a.recording_id = r.id AND a.detector = ?1
              AND a.outcome IN ('done', 'failed'))",
         params![detector, since],
@@ -178,7 +179,7 @@ pub fn backlog(
 }
 
 /// Attempts made so far on `recording` by `detector`.
-pub fn attempts(conn: &Connection, recording: &str, detector: &str) -> rusqlite::Result<u32> {
+pub fn attempts(conn: &Connection, recording: &Uuid, detector: &str) -> rusqlite::Result<u32> {
     conn.query_row(
         "SELECT attempts FROM roost_analysis WHERE recording_id = ?1 AND detector = ?2",
         params![recording, detector],
@@ -190,28 +191,30 @@ pub fn attempts(conn: &Connection, recording: &str, detector: &str) -> rusqlite:
 
 /// Writes what `detector` found in `recording` (acoupi's model_output, detection and
 /// predicted_tag rows) and marks it done, in one transaction. Returns the model output's id.
+/// Each located detection is an `event` with its box in acoupi's four columns
+/// ([`crate::storage::schema::box_values`]); each file-level tag, for which acoupi's model has
+/// no place of its own, is a `presence` detection without a box, scored by the tag's
+/// confidence (acoupi's way to say "this is in the recording").
 pub fn record_findings(
     conn: &mut Connection,
-    recording: &str,
+    recording: &Uuid,
     detector: &str,
     findings: &Findings,
     now: Timestamp,
-) -> rusqlite::Result<String> {
+) -> rusqlite::Result<Uuid> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let output_id = new_uuid();
     tx.execute(
         "INSERT INTO model_output (id, model_name, recording_id, created_on) VALUES (?1, ?2, ?3, ?4)",
         params![output_id, detector, recording, db_datetime(now)],
     )?;
-    insert_tags(&tx, &findings.tags, None, Some(&output_id))?;
     for d in &findings.detections {
-        let detection_id = new_uuid();
-        let location = serde_json::json!({"type": "BoundingBox", "coordinates": d.location});
-        tx.execute(
-            "INSERT INTO detection (id, location, detection_score, model_output_id) VALUES (?1, ?2, ?3, ?4)",
-            params![detection_id, location.to_string(), d.detection_score, output_id],
-        )?;
-        insert_tags(&tx, &d.tags, Some(&detection_id), None)?;
+        let b = crate::storage::schema::box_values(d.location);
+        insert_detection(&tx, &output_id, "event", b, d.detection_score, &d.tags)?;
+    }
+    for t in &findings.tags {
+        let score = t.confidence_score.clamp(0.0, 1.0);
+        insert_detection(&tx, &output_id, "presence", [None; 4], score, std::slice::from_ref(t))?;
     }
     tx.execute(
         "INSERT INTO roost_analysis (recording_id, detector, outcome, attempts, finished_on)
@@ -224,24 +227,27 @@ pub fn record_findings(
     Ok(output_id)
 }
 
-fn insert_tags(
+/// One `detection` row (box in acoupi's column order: start, low, end, high) and its tags.
+fn insert_detection(
     tx: &rusqlite::Transaction<'_>,
+    output: &Uuid,
+    prediction_type: &str,
+    [start, low, end, high]: [Option<f64>; 4],
+    score: f64,
     tags: &[PredictedTag],
-    detection: Option<&str>,
-    output: Option<&str>,
 ) -> rusqlite::Result<()> {
+    let id = new_uuid();
+    tx.prepare_cached(
+        "INSERT INTO detection (id, prediction_type, start_time_s, low_freq_hz, end_time_s,
+             high_freq_hz, detection_score, model_output_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![id, prediction_type, start, low, end, high, score, output])?;
     let mut stmt = tx.prepare_cached(
-        "INSERT INTO predicted_tag (key, value, confidence_score, detection_id, model_output_id)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO predicted_tag (key, value, confidence_score, detection_id) VALUES (?1, ?2, ?3, ?4)",
     )?;
     for t in tags {
-        stmt.execute(params![
-            t.key,
-            t.value,
-            t.confidence_score,
-            detection,
-            output
-        ])?;
+        stmt.execute(params![t.key, t.value, t.confidence_score, id])?;
     }
     Ok(())
 }
@@ -250,7 +256,7 @@ fn insert_tags(
 /// the queue goes on without it.
 pub fn record_failure(
     conn: &Connection,
-    recording: &str,
+    recording: &Uuid,
     detector: &str,
     code: &str,
     error: &str,
@@ -280,7 +286,7 @@ pub fn undecided(
 ) -> rusqlite::Result<Vec<Recording>> {
     let sql = format!(
         "SELECT {RECORDING_COLUMNS} FROM recording r
-         WHERE r.rowid > ?1 AND r.path IS NOT NULL AND typeof(r.id) = 'text'
+         WHERE r.rowid > ?1 AND r.path IS NOT NULL AND typeof(r.id) = 'blob' AND length(r.id) = 16
            AND NOT EXISTS (SELECT 1 FROM roost_keep k WHERE k.recording_id = r.id)
          ORDER BY r.rowid LIMIT ?2"
     );
@@ -318,7 +324,7 @@ pub fn decided_until(conn: &Connection) -> rusqlite::Result<i64> {
 pub fn undecided_after(conn: &Connection, after: i64) -> rusqlite::Result<u64> {
     conn.query_row(
         "SELECT count(*) FROM recording r
-         WHERE r.rowid > ?1 AND r.path IS NOT NULL AND typeof(r.id) = 'text'
+         WHERE r.rowid > ?1 AND r.path IS NOT NULL AND typeof(r.id) = 'blob' AND length(r.id) = 16
            AND NOT EXISTS (SELECT 1 FROM roost_keep k WHERE k.recording_id = r.id)",
         [after],
         |r| Ok(r.get::<_, i64>(0)?.max(0) as u64),
@@ -346,7 +352,7 @@ pub fn analysed_by_all(
 /// The detectors of `detectors` that finished `recording` with their findings (`done`).
 pub fn analysed_by(
     conn: &Connection,
-    recording: &str,
+    recording: &Uuid,
     detectors: &[String],
 ) -> rusqlite::Result<Vec<String>> {
     let mut out = Vec::new();
@@ -360,7 +366,7 @@ pub fn analysed_by(
 
 fn finished(
     conn: &Connection,
-    recording: &str,
+    recording: &Uuid,
     detector: &str,
     outcomes: &[&str],
 ) -> rusqlite::Result<bool> {
@@ -399,13 +405,13 @@ pub fn previous_end(conn: &Connection, r: &Recording) -> rusqlite::Result<Option
 }
 
 /// The rowid of a recording's newest `model_output`; `None` when it has none.
-pub fn last_model_output(conn: &Connection, recording: &str) -> rusqlite::Result<Option<i64>> {
+pub fn last_model_output(conn: &Connection, recording: &Uuid) -> rusqlite::Result<Option<i64>> {
     conn.prepare_cached("SELECT max(rowid) FROM model_output WHERE recording_id = ?1")?
         .query_row([recording], |r| r.get(0))
 }
 
 /// Every detection of a recording, with its tag values.
-pub fn found_in(conn: &Connection, recording: &str) -> rusqlite::Result<Vec<Found>> {
+pub fn found_in(conn: &Connection, recording: &Uuid) -> rusqlite::Result<Vec<Found>> {
     let mut stmt = conn.prepare_cached(
         "SELECT m.model_name, d.detection_score, group_concat(t.value, char(31))
          FROM model_output m JOIN detection d ON d.model_output_id = m.id
@@ -427,7 +433,7 @@ pub fn found_in(conn: &Connection, recording: &str) -> rusqlite::Result<Vec<Foun
 
 /// The keep decision made on a recording (`Some(kept_by)`; a deleted one has a NULL
 /// `kept_by`, and no file), `None` when none was made.
-pub fn decision(conn: &Connection, recording: &str) -> rusqlite::Result<Option<Option<String>>> {
+pub fn decision(conn: &Connection, recording: &Uuid) -> rusqlite::Result<Option<Option<String>>> {
     conn.prepare_cached("SELECT kept_by FROM roost_keep WHERE recording_id = ?1")?
         .query_row([recording], |r| r.get(0))
         .optional()
@@ -436,7 +442,7 @@ pub fn decision(conn: &Connection, recording: &str) -> rusqlite::Result<Option<O
 /// Records the keep decision on a recording (`kept_by` `None`: deleted by the rules).
 pub fn decided(
     conn: &Connection,
-    recording: &str,
+    recording: &Uuid,
     kept_by: Option<&str>,
     now: Timestamp,
 ) -> rusqlite::Result<()> {
@@ -494,7 +500,7 @@ pub fn stamp_made(
     limit: usize,
 ) -> rusqlite::Result<(i64, usize)> {
     let sql = format!(
-        "SELECT {RECORDING_COLUMNS} FROM recording r WHERE r.rowid > ?1 AND typeof(r.id) = 'text'
+        "SELECT {RECORDING_COLUMNS} FROM recording r WHERE r.rowid > ?1 AND typeof(r.id) = 'blob' AND length(r.id) = 16
          ORDER BY r.rowid LIMIT ?2"
     );
     // Rows of another program (a blob id) are not read at all: a batch of them alone would
@@ -547,7 +553,7 @@ pub fn stamped_until(conn: &Connection) -> rusqlite::Result<i64> {
 /// Gives up to `limit` recordings stamped before their size was kept (a database of an older
 /// roost) their `bytes`; returns how many. The partial index holds only those rows.
 pub fn size_unsized(conn: &Connection, limit: usize) -> rusqlite::Result<usize> {
-    let rows: Vec<(String, Option<String>)> = conn
+    let rows: Vec<(rusqlite::types::Value, Option<String>)> = conn
         .prepare_cached(
             "SELECT g.recording_id, r.path FROM roost_age g
              LEFT JOIN recording r ON r.id = g.recording_id
@@ -613,7 +619,7 @@ pub fn store_clock(conn: &Connection, a: &super::age::Anchor) -> rusqlite::Resul
 pub fn oldest_made_sql() -> String {
     format!(
         "SELECT {RECORDING_COLUMNS}, g.bytes FROM roost_age g JOIN recording r ON r.id = g.recording_id
-         WHERE r.path IS NOT NULL AND typeof(r.id) = 'text' AND r.protected = 0
+         WHERE r.path IS NOT NULL AND typeof(r.id) = 'blob' AND length(r.id) = 16 AND r.protected = 0
            AND g.made_device_s >= ?1
          ORDER BY g.made_device_s"
     )
@@ -710,7 +716,7 @@ pub fn outcomes(conn: &Connection, detector: &str) -> rusqlite::Result<(u64, u64
 }
 
 /// Whether a detector gave up on `recording` (its findings are unknown).
-pub fn failed_any(conn: &Connection, recording: &str) -> rusqlite::Result<bool> {
+pub fn failed_any(conn: &Connection, recording: &Uuid) -> rusqlite::Result<bool> {
     conn.query_row(
         "SELECT EXISTS (SELECT 1 FROM roost_analysis WHERE recording_id = ?1 AND outcome = 'failed')",
         [recording],

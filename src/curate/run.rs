@@ -313,7 +313,7 @@ pub struct Curator {
     written: Option<CuratorReport>,
     /// (recording, detector) that failed and wait for their retry (a later round, after a
     /// back-off), so one bad recording never holds the queue nor is retried at once.
-    retries: std::collections::HashMap<(String, String), Retry>,
+    retries: std::collections::HashMap<(uuid::Uuid, String), Retry>,
     /// The device clock as last stored in metadata.db, and as read this round.
     clock_stored: Option<super::age::Anchor>,
     device_now: f64,
@@ -656,7 +656,7 @@ impl Curator {
                 let Some(last) = batch.last() else { break };
                 after = last.rowid;
                 for rec in batch {
-                    if self.retries.contains_key(&(rec.id.clone(), name.clone())) {
+                    if self.retries.contains_key(&(rec.id, name.clone())) {
                         continue;
                     }
                     if let Ok(Wake::Stop) = rx.try_recv() {
@@ -823,7 +823,7 @@ impl Curator {
                 .saturating_mul(1 << (attempts - 1).min(10))
                 .min(RETRY_MAX);
             let at = std::time::Instant::now() + wait;
-            self.retries.insert((rec.id.clone(), name), Retry { at });
+            self.retries.insert((rec.id, name), Retry { at });
         }
         self.detectors[i].failing += 1;
         self.report.detectors[i].failing = self.detectors[i].failing;
@@ -1171,7 +1171,7 @@ impl Curator {
 }
 
 /// A recording retention deletes: its id, its file, the rule.
-type Going = (String, PathBuf, &'static str);
+type Going = (uuid::Uuid, PathBuf, &'static str);
 
 /// The newest rowid of `recording` (0 when empty).
 fn newest_rowid(conn: &Connection) -> rusqlite::Result<i64> {
@@ -1238,7 +1238,7 @@ fn owed_to_outbox(
     owed: Option<&crate::connect::outbox::Owed>,
 ) -> rusqlite::Result<bool> {
     let Some(owed) = owed else { return Ok(false) };
-    if owed.recordings.contains(&rec.id) {
+    if owed.recordings.contains(&rec.id.to_string()) {
         return Ok(true);
     }
     Ok(db::last_model_output(conn, &rec.id)?.is_some_and(|rowid| rowid > owed.queued_until))
@@ -1343,7 +1343,7 @@ mod tests {
         drop(curator);
         let db = dir.path().join("storage").join(crate::storage::DB_FILE);
         let conn = Connection::open(&db).unwrap();
-        let doomed: Vec<(String, String)> = conn
+        let doomed: Vec<(uuid::Uuid, String)> = conn
             .prepare("SELECT id, path FROM recording ORDER BY rowid LIMIT 5")
             .unwrap()
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -1506,7 +1506,7 @@ mod tests {
     }
 
     /// A 2 s tone file starting at `t`, registered in deployment `dep`; its path.
-    fn tone_recording(storage: &mut Storage, dep: &str, t: Timestamp) -> PathBuf {
+    fn tone_recording(storage: &mut Storage, dep: &uuid::Uuid, t: Timestamp) -> PathBuf {
         let path = storage
             .recordings_dir()
             .join(crate::storage::recording_file_name(t));
@@ -1545,11 +1545,11 @@ mod tests {
             serde_json::json!([{"detection": {"minScore": 0.99}}]),
         );
         let conn = Connection::open(storage.join("metadata.db")).unwrap();
-        for (id, duration, rate) in [("bad-inf", "1e999", 16_000), ("bad-rate", "2.0", 0)] {
+        for (n, id, duration, rate) in [(1, "bad-inf", "1e999", 16_000), (2, "bad-rate", "2.0", 0)] {
             conn.execute(
                 &format!("INSERT INTO recording (id, path, datetime, duration_s, samplerate_hz, audio_channels, deployment_id)
-                 SELECT ?1, ?2, datetime, {duration}, {rate}, 1, deployment_id FROM recording LIMIT 1"),
-                rusqlite::params![id, paths[0].with_extension(format!("{id}.wav")).to_string_lossy()],
+                 SELECT ?1, ?2, '2026-01-01T00:00:0{n}+00:00', {duration}, {rate}, 1, deployment_id FROM recording LIMIT 1"),
+                rusqlite::params![uuid::Uuid::from_u128(0xbad0 + n), paths[0].with_extension(format!("{id}.wav")).to_string_lossy()],
             )
             .unwrap();
             tone(&paths[0].with_extension(format!("{id}.wav")));
@@ -1559,7 +1559,7 @@ mod tests {
         let mut curator = Curator::new(config, &state);
         curator.round_now();
         curator.round_now();
-        let analysed: Vec<String> = query(
+        let analysed: Vec<uuid::Uuid> = query(
             &storage,
             "SELECT r.id FROM recording r JOIN roost_analysis a ON a.recording_id = r.id WHERE a.outcome = 'done'",
         );
@@ -1570,17 +1570,14 @@ mod tests {
         );
         let set_aside: Vec<String> = query(
             &storage,
-            "SELECT recording_id || ':' || error_code FROM roost_analysis WHERE outcome = 'failed' ORDER BY recording_id",
+            "SELECT substr(hex(recording_id), 29) || ':' || error_code FROM roost_analysis WHERE outcome = 'failed' ORDER BY recording_id",
         );
-        assert_eq!(set_aside, vec!["bad-inf:DEP_E616", "bad-rate:DEP_E616"]);
+        assert_eq!(set_aside, vec!["BAD1:DEP_E616", "BAD2:DEP_E616"]);
         let kept: Vec<String> = query(
             &storage,
-            "SELECT recording_id || ':' || coalesce(kept_by, 'deleted') FROM roost_keep WHERE recording_id LIKE 'bad-%' ORDER BY recording_id",
+            "SELECT substr(hex(recording_id), 29) || ':' || coalesce(kept_by, 'deleted') FROM roost_keep WHERE hex(recording_id) LIKE '%BAD_' ORDER BY recording_id",
         );
-        assert_eq!(
-            kept,
-            vec!["bad-inf:undescribable", "bad-rate:undescribable"]
-        );
+        assert_eq!(kept, vec!["BAD1:undescribable", "BAD2:undescribable"]);
         // The tone is under minScore 0.99: analysed, judged, deleted; the bad rows' files stay.
         let deleted: Vec<String> = query(
             &storage,
@@ -1702,14 +1699,14 @@ mod tests {
             serde_json::json!([{"always": true}]),
         );
         let conn = Connection::open(storage.join("metadata.db")).unwrap();
-        let dep: String = conn
+        let dep: uuid::Uuid = conn
             .query_row("SELECT deployment_id FROM recording LIMIT 1", [], |r| {
                 r.get(0)
             })
             .unwrap();
         for sql in [
             "INSERT INTO recording (id, path, datetime, duration_s, samplerate_hz, audio_channels, deployment_id)
-             VALUES (X'00112233445566778899aabbccddeeff', '/elsewhere/a.wav', '2020-01-01 00:00:00.000000', 1.0, 8000, 1, ?1)",
+             VALUES ('text-id', '/elsewhere/a.wav', '2020-01-01 00:00:00.000000', 1.0, 8000, 1, ?1)",
             "INSERT INTO recording (id, path, datetime, duration_s, samplerate_hz, audio_channels, deployment_id)
              VALUES ('blob-datetime', '/elsewhere/b.wav', X'00', 1.0, 8000, 1, ?1)",
             "INSERT INTO recording (id, path, datetime, duration_s, samplerate_hz, audio_channels, deployment_id, deleted_by)
@@ -1981,9 +1978,15 @@ mod tests {
                     other
                         .execute(
                             "INSERT INTO recording (id, path, datetime, duration_s, samplerate_hz, audio_channels, deployment_id)
-                             SELECT ?1, ?2, datetime, duration_s, samplerate_hz, audio_channels, deployment_id
-                             FROM recording WHERE typeof(id) = 'text' ORDER BY rowid LIMIT 1",
-                            [format!("late{calls}"), path.clone()],
+                             SELECT ?1, ?2, ?3, duration_s, samplerate_hz, audio_channels, deployment_id
+                             FROM recording ORDER BY rowid LIMIT 1",
+                            rusqlite::params![
+                                uuid::Uuid::from_u128(0x1a7e << 64 | calls as u128),
+                                path,
+                                crate::storage::db_datetime(
+                                    Timestamp::now() + SignedDuration::from_millis(calls as i64)
+                                )
+                            ],
                         )
                         .unwrap();
                 }
@@ -2003,25 +2006,26 @@ mod tests {
         for _ in 0..3 {
             curator.round_now();
         }
-        let waiting: Vec<String> = query(
+        let waiting: Vec<uuid::Uuid> = query(
             &storage,
-            "SELECT r.id FROM recording r WHERE r.id LIKE 'late%' AND NOT EXISTS (
+            "SELECT r.id FROM recording r WHERE hex(r.id) LIKE '0000000000001A7E%' AND NOT EXISTS (
                  SELECT 1 FROM roost_analysis a WHERE a.recording_id = r.id AND a.outcome = 'done')",
         );
         assert_eq!(
             waiting,
-            Vec::<String>::new(),
+            Vec::<uuid::Uuid>::new(),
             "every late recording is analysed"
         );
-        let undecided: Vec<String> = query(
+        let undecided: Vec<uuid::Uuid> = query(
             &storage,
-            "SELECT r.id FROM recording r WHERE r.id LIKE 'late%' AND NOT EXISTS (
+            "SELECT r.id FROM recording r WHERE hex(r.id) LIKE '0000000000001A7E%' AND NOT EXISTS (
                  SELECT 1 FROM roost_keep k WHERE k.recording_id = r.id)",
         );
-        assert_eq!(undecided, Vec::<String>::new(), "and decided");
+        assert_eq!(undecided, Vec::<uuid::Uuid>::new(), "and decided");
     }
 
-    /// Rows another program wrote with blob ids, more than a batch of them in a row, never
+    /// Rows another program wrote with ids that are not UUIDs' 16 bytes (text), more than a
+    /// batch of them in a row, never
     /// stop the curator stamping (and so sizing, counting and retaining) the recordings after
     /// them.
     #[test]
@@ -2035,11 +2039,16 @@ mod tests {
         );
         {
             let conn = Connection::open(storage.join("metadata.db")).unwrap();
+            conn.execute(
+                "INSERT INTO deployment (id, name, started_on) VALUES (X'00', 'other', '2020')",
+                [],
+            )
+            .unwrap();
             for i in 0..(STAMP_BATCH + 10) {
                 conn.execute(
-                    "INSERT INTO recording (id, path, datetime, duration_s, samplerate_hz, audio_channels)
-                     VALUES (randomblob(16), ?1, '2020-01-01 00:00:00.000000', 1.0, 8000, 1)",
-                    [format!("/elsewhere/{i}.wav")],
+                    "INSERT INTO recording (id, path, datetime, duration_s, samplerate_hz, audio_channels, deployment_id)
+                     VALUES ('foreign-' || ?2, ?1, '2020-01-01 00:00:00.' || ?2, 1.0, 8000, 1, X'00')",
+                    rusqlite::params![format!("/elsewhere/{i}.wav"), i as i64],
                 )
                 .unwrap();
             }
@@ -2054,7 +2063,7 @@ mod tests {
         let stamped: Vec<i64> = query(
             &storage,
             "SELECT g.bytes FROM roost_age g JOIN recording r ON r.id = g.recording_id
-             WHERE typeof(r.id) = 'text'",
+             WHERE typeof(r.id) = 'blob'",
         );
         assert_eq!(stamped.len(), 1, "the recording is stamped");
         assert!(stamped[0] > 0, "with its size");
