@@ -212,8 +212,100 @@ fn insert_output(
         )?
         .execute(params![key, value, detection])?;
     }
+    // A file-level tag too: a `presence` detection without a box, as the curator stores one.
+    let clip = new_uuid();
+    tx.prepare_cached(
+        "INSERT INTO detection (id, prediction_type, detection_score, model_output_id)
+         VALUES (?1, 'presence', 0.6, ?2)",
+    )?
+    .execute(params![clip, output])?;
+    tx.prepare_cached(
+        "INSERT INTO predicted_tag (key, value, confidence_score, detection_id)
+         VALUES ('weather', 'calm', 0.6, ?1)",
+    )?
+    .execute(params![clip])?;
     Ok(())
 }
+
+/// Rewrites the metadata.db of the storage at `root` in the layout of roost before acoupi's
+/// (version 6: ids as text, times as `YYYY-MM-DD HH:MM:SS.ffffff`, a JSON `location`, file-level
+/// tags on `predicted_tag.model_output_id`), row for row and rowid for rowid, as an older
+/// roost would have left the same archive: for the tests and the benchmark of the conversion
+/// (`benches/archive.rs --v6`). The storage must not be open.
+///
+/// # Errors
+/// metadata.db cannot be read, or the new file written.
+pub fn as_roost_v6(root: &Path) -> Result<(), BuildError> {
+    let db = root.join(crate::storage::DB_FILE);
+    let old = root.join("metadata.v6.db");
+    let _ = std::fs::remove_file(&old);
+    let mut conn = rusqlite::Connection::open(&old)?;
+    crate::storage::schema::create_roost_v6(&mut conn)?;
+    let flags = rusqlite::functions::FunctionFlags::SQLITE_UTF8
+        | rusqlite::functions::FunctionFlags::SQLITE_DETERMINISTIC;
+    conn.create_scalar_function("v6_id", 1, flags, |ctx| {
+        Ok(ctx.get::<Option<uuid::Uuid>>(0)?.map(|u| u.to_string()))
+    })?;
+    conn.create_scalar_function("v6_time", 1, flags, |ctx| {
+        let text: Option<String> = ctx.get(0)?;
+        Ok(text.map(|t| match crate::storage::parse_db_datetime(&t) {
+            Some(ts) => ts.strftime("%Y-%m-%d %H:%M:%S.%6f").to_string(),
+            None => t,
+        }))
+    })?;
+    conn.execute("ATTACH DATABASE ?1 AS v7", [db.to_string_lossy()])?;
+    conn.execute_batch(V6_COPY)?;
+    conn.execute_batch("DETACH DATABASE v7")?;
+    drop(conn);
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(root.join(format!("{}{suffix}", crate::storage::DB_FILE)));
+    }
+    std::fs::rename(&old, &db)?;
+    Ok(())
+}
+
+/// The rows of `v7` (attached) in version 6's tables (see [`as_roost_v6`]); the figures are
+/// copied after the rows, whose triggers counted them once more.
+const V6_COPY: &str = "
+    BEGIN;
+    INSERT INTO deployment SELECT v6_id(id), name, v6_time(started_on), v6_time(ended_on),
+        latitude, longitude FROM v7.deployment;
+    INSERT INTO recording (rowid, id, path, datetime, duration_s, samplerate_hz, audio_channels,
+            deployment_id, protected, deleted_on, deleted_by)
+        SELECT rowid, v6_id(id), path, v6_time(datetime), duration_s, samplerate_hz,
+            audio_channels, v6_id(deployment_id), protected, v6_time(deleted_on), deleted_by
+        FROM v7.recording;
+    INSERT INTO model_output (rowid, id, model_name, recording_id, created_on)
+        SELECT rowid, v6_id(id), model_name, v6_id(recording_id), v6_time(created_on)
+        FROM v7.model_output;
+    INSERT INTO detection (rowid, id, location, detection_score, model_output_id)
+        SELECT rowid, v6_id(id), json_object('type', 'BoundingBox', 'coordinates',
+                json_array(start_time_s, low_freq_hz, coalesce(end_time_s, start_time_s),
+                    coalesce(high_freq_hz, low_freq_hz))),
+            detection_score, v6_id(model_output_id)
+        FROM v7.detection WHERE start_time_s IS NOT NULL;
+    INSERT INTO predicted_tag (id, key, value, confidence_score, detection_id, model_output_id)
+        SELECT t.id, t.key, t.value, t.confidence_score,
+            CASE WHEN d.start_time_s IS NULL THEN NULL ELSE v6_id(t.detection_id) END,
+            CASE WHEN d.start_time_s IS NULL THEN v6_id(d.model_output_id) END
+        FROM v7.predicted_tag t JOIN v7.detection d ON d.id = t.detection_id;
+    INSERT INTO roost_analysis (rowid, recording_id, detector, outcome, attempts, error_code,
+            error, finished_on)
+        SELECT rowid, v6_id(recording_id), detector, outcome, attempts, error_code, error,
+            v6_time(finished_on) FROM v7.roost_analysis;
+    INSERT INTO roost_keep (rowid, recording_id, kept_by, decided_on)
+        SELECT rowid, v6_id(recording_id), kept_by, v6_time(decided_on) FROM v7.roost_keep;
+    INSERT INTO roost_age (rowid, recording_id, made_device_s, bytes, skew_s)
+        SELECT rowid, v6_id(recording_id), made_device_s, bytes, skew_s FROM v7.roost_age;
+    INSERT INTO roost_detector (name, since, since_rowid)
+        SELECT name, v6_time(since), since_rowid FROM v7.roost_detector;
+    INSERT INTO roost_clock SELECT id, boot_id, boottime_s, device_s, v6_time(wall), wall_synced
+        FROM v7.roost_clock;
+    INSERT INTO roost_unlink SELECT path FROM v7.roost_unlink;
+    DELETE FROM roost_tally; INSERT INTO roost_tally SELECT * FROM v7.roost_tally;
+    DELETE FROM roost_deleted; INSERT INTO roost_deleted SELECT * FROM v7.roost_deleted;
+    DELETE FROM roost_outcomes; INSERT INTO roost_outcomes SELECT * FROM v7.roost_outcomes;
+    COMMIT;";
 
 /// The curator's configuration the benchmarks and tests run on an archive built in
 /// `dir/storage`: the archive's detector (`band`, bandEnergy), the keep rules `keep` (a YAML

@@ -872,7 +872,8 @@ impl Storage {
                 let id = new_uuid();
                 // acoupi's `started_on` is UNIQUE: a deployment started in the same microsecond
                 // as another (a stepped clock) starts a microsecond later.
-                let started_on = schema::free_time(&tx, "deployment", "started_on", &stamp).map_err(err)?;
+                let started_on =
+                    schema::free_time(&tx, "deployment", "started_on", &stamp).map_err(err)?;
                 tx.execute(
                     "INSERT INTO deployment (id, name, started_on, ended_on, latitude, longitude) VALUES (?1, ?2, ?3, NULL, ?4, ?5)",
                     params![id, name, started_on, lat, lon],
@@ -1440,7 +1441,12 @@ pub fn skip_foreign_rows<T>(
 
 /// The file of a recording is gone or going: `path` NULL (acoupi's "not stored locally"),
 /// `deleted_on` `now`, `deleted_by` the rule or cause. The first to mark a row wins.
-pub fn mark_deleted(conn: &Connection, id: &uuid::Uuid, by: &str, now: Timestamp) -> rusqlite::Result<()> {
+pub fn mark_deleted(
+    conn: &Connection,
+    id: &uuid::Uuid,
+    by: &str,
+    now: Timestamp,
+) -> rusqlite::Result<()> {
     conn.execute(
         "UPDATE recording SET path = NULL, deleted_on = ?2, deleted_by = ?3
          WHERE id = ?1 AND path IS NOT NULL",
@@ -1904,7 +1910,8 @@ mod tests {
         let e = Storage::open(dir.path(), &spec(0, OnLowSpace::Stop)).unwrap_err();
         assert_eq!(e.code().code, "DEP_E322");
         assert!(
-            crate::errors::chain(&e).contains("its layout is version 99, newer than this roost knows (7)"),
+            crate::errors::chain(&e)
+                .contains("its layout is version 99, newer than this roost knows (7)"),
             "{}",
             crate::errors::chain(&e)
         );
@@ -2148,7 +2155,11 @@ mod tests {
             .unwrap();
         assert_eq!(text, "2026-06-01T10:00:00.250000+00:00");
         assert_eq!(parse_db_datetime(&text), Some(t));
-        assert_eq!(parse_db_datetime("2026-06-01 10:00:00.250000"), Some(t), "older roosts");
+        assert_eq!(
+            parse_db_datetime("2026-06-01 10:00:00.250000"),
+            Some(t),
+            "older roosts"
+        );
         assert_eq!(parse_db_datetime(&t.to_string()), Some(t));
         assert_eq!(
             parse_db_datetime("2026-06-01T10:00:00.25+02:00"),

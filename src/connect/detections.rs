@@ -287,7 +287,10 @@ pub(crate) mod tests {
         .unwrap();
         for n in 0..outputs {
             let at = newest - jiff::SignedDuration::from_mins(outputs - 1 - n);
-            let (rec, out) = (uuid::Uuid::from_u128(1 << 64 | n as u128), uuid::Uuid::from_u128(2 << 64 | n as u128));
+            let (rec, out) = (
+                uuid::Uuid::from_u128(1 << 64 | n as u128),
+                uuid::Uuid::from_u128(2 << 64 | n as u128),
+            );
             conn.execute(
                 "INSERT INTO recording (id, path, datetime, duration_s, samplerate_hz, audio_channels, deployment_id) VALUES (?1, ?2, ?3, 60, 48000, 1, ?4)",
                 params![rec, format!("{}/rec-{n}.wav", root.display()), db(at), dep],

@@ -214,7 +214,14 @@ pub fn record_findings(
     }
     for t in &findings.tags {
         let score = t.confidence_score.clamp(0.0, 1.0);
-        insert_detection(&tx, &output_id, "presence", [None; 4], score, std::slice::from_ref(t))?;
+        insert_detection(
+            &tx,
+            &output_id,
+            "presence",
+            [None; 4],
+            score,
+            std::slice::from_ref(t),
+        )?;
     }
     tx.execute(
         "INSERT INTO roost_analysis (recording_id, detector, outcome, attempts, finished_on)
@@ -242,7 +249,16 @@ fn insert_detection(
              high_freq_hz, detection_score, model_output_id)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
-    .execute(params![id, prediction_type, start, low, end, high, score, output])?;
+    .execute(params![
+        id,
+        prediction_type,
+        start,
+        low,
+        end,
+        high,
+        score,
+        output
+    ])?;
     let mut stmt = tx.prepare_cached(
         "INSERT INTO predicted_tag (key, value, confidence_score, detection_id) VALUES (?1, ?2, ?3, ?4)",
     )?;

@@ -1545,7 +1545,8 @@ mod tests {
             serde_json::json!([{"detection": {"minScore": 0.99}}]),
         );
         let conn = Connection::open(storage.join("metadata.db")).unwrap();
-        for (n, id, duration, rate) in [(1, "bad-inf", "1e999", 16_000), (2, "bad-rate", "2.0", 0)] {
+        for (n, id, duration, rate) in [(1, "bad-inf", "1e999", 16_000), (2, "bad-rate", "2.0", 0)]
+        {
             conn.execute(
                 &format!("INSERT INTO recording (id, path, datetime, duration_s, samplerate_hz, audio_channels, deployment_id)
                  SELECT ?1, ?2, '2026-01-01T00:00:0{n}+00:00', {duration}, {rate}, 1, deployment_id FROM recording LIMIT 1"),

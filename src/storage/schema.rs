@@ -512,7 +512,9 @@ fn acoupi_detection(conn: &Connection) -> rusqlite::Result<bool> {
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
     /// A newer roost made it: it is left as it is.
-    #[error("its layout is version {found}, newer than this roost knows ({VERSION}); upgrade roost")]
+    #[error(
+        "its layout is version {found}, newer than this roost knows ({VERSION}); upgrade roost"
+    )]
     Newer {
         /// `roost_schema.version`.
         found: usize,
@@ -557,6 +559,21 @@ pub fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
             Layout::Empty | Layout::Acoupi => step(conn, adopt).map_err(failed(now))?,
         }
     }
+}
+
+/// Makes the layout of roost before acoupi's (version 6, marked) in an empty database: what
+/// an older roost left, for the tests and the benchmark of the conversion
+/// ([`crate::archive::as_roost_v6`]).
+///
+/// # Errors
+/// SQLite's, when a step fails.
+pub fn create_roost_v6(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    for (v, sql) in LEGACY.iter().enumerate() {
+        tx.execute_batch(sql)?;
+        mark(&tx, v + 1)?;
+    }
+    tx.commit()
 }
 
 fn marked(conn: &Connection) -> rusqlite::Result<bool> {
@@ -654,21 +671,26 @@ fn to_acoupi_layout(conn: &mut Connection) -> rusqlite::Result<()> {
         let started = std::time::Instant::now();
         tx.execute_batch(&drop_roost_triggers())?;
         for table in CONVERTED {
-            tx.execute_batch(&format!("ALTER TABLE {table} RENAME TO roost_v6_{table}"))?;
+            tx.execute_batch(&format!("ALTER TABLE {table} RENAME TO {}", aside(table)))?;
         }
         tx.execute_batch(ACOUPI_TABLES)?;
         add_recording_columns(tx)?;
         tx.execute_batch(ROOST_TABLES)?;
         copy_rows(tx)?;
         for table in CONVERTED.iter().rev() {
-            tx.execute_batch(&format!("DROP TABLE roost_v6_{table}"))?;
+            tx.execute_batch(&format!("DROP TABLE {}", aside(table)))?;
         }
         tx.execute_batch(ACOUPI_INDEXES)?;
         tx.execute_batch(ROOST_INDEXES)?;
         let dangling: i64 =
-            tx.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| r.get(0))?;
+            tx.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
+                r.get(0)
+            })?;
         if dangling > 0 {
-            tracing::warn!(rows = dangling, "metadata.db: rows whose parent row is missing were kept as they were");
+            tracing::warn!(
+                rows = dangling,
+                "metadata.db: rows whose parent row is missing were kept as they were"
+            );
         }
         mark(tx, VERSION)?;
         tracing::info!(
@@ -679,6 +701,11 @@ fn to_acoupi_layout(conn: &mut Connection) -> rusqlite::Result<()> {
     });
     let on = conn.pragma_update(None, "foreign_keys", "ON");
     result.and(on)
+}
+
+/// Where a table of [`CONVERTED`] waits while it is copied: `roost_v6_<name without roost_>`.
+fn aside(table: &str) -> String {
+    format!("roost_v6_{}", table.trim_start_matches("roost_"))
 }
 
 fn drop_roost_triggers() -> String {
@@ -802,7 +829,11 @@ fn copy_unique(
     table: &str,
     time_at: usize,
 ) -> rusqlite::Result<()> {
-    let column = if table == "deployment" { "started_on" } else { "datetime" };
+    let column = if table == "deployment" {
+        "started_on"
+    } else {
+        "datetime"
+    };
     let mut read = tx.prepare(select)?;
     let mut write = tx.prepare(insert)?;
     let mut rows = read.query([])?;
@@ -866,22 +897,37 @@ fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 /// An id as acoupi keeps it: a UUID's 16 bytes (RFC 4122 order, Python's `UUID.bytes`). A
-/// UUID in text (an older roost's ids) becomes its own bytes, so ids already sent in messages
-/// name the same rows; anything else, the same made-up UUID each time it is met (version 5 in
-/// roost's namespace), so references to it stay joined.
+/// UUID in the text form roost wrote (lowercase, hyphenated: an older roost's ids) becomes its
+/// own bytes, so ids already sent in messages name the same rows; anything else (another
+/// program's text, a UUID in another spelling, which must not collide with roost's), the
+/// same made-up UUID each time it is met (version 5 in roost's namespace), so references to
+/// it stay joined.
 pub fn id_blob(v: ValueRef<'_>) -> Value {
-    let made_up = |bytes: &[u8]| Value::Blob(uuid::Uuid::new_v5(&ROOST_NAMESPACE, bytes).as_bytes().to_vec());
+    let made_up = |bytes: &[u8]| {
+        Value::Blob(
+            uuid::Uuid::new_v5(&ROOST_NAMESPACE, bytes)
+                .as_bytes()
+                .to_vec(),
+        )
+    };
     match v {
         ValueRef::Null => Value::Null,
         ValueRef::Blob(b) if b.len() == 16 => Value::Blob(b.to_vec()),
         ValueRef::Blob(b) => made_up(b),
-        ValueRef::Text(t) => match std::str::from_utf8(t).ok().and_then(|s| uuid::Uuid::parse_str(s.trim()).ok()) {
+        ValueRef::Text(t) => match std::str::from_utf8(t).ok().and_then(canonical_uuid) {
             Some(u) => Value::Blob(u.as_bytes().to_vec()),
             None => made_up(t),
         },
         ValueRef::Integer(n) => made_up(n.to_string().as_bytes()),
         ValueRef::Real(x) => made_up(x.to_string().as_bytes()),
     }
+}
+
+/// `text` as a UUID when it is exactly the form roost writes (`uuid`'s hyphenated lowercase).
+fn canonical_uuid(text: &str) -> Option<uuid::Uuid> {
+    uuid::Uuid::parse_str(text)
+        .ok()
+        .filter(|u| u.hyphenated().to_string() == text)
 }
 
 /// A time column as acoupi's text ([`super::db_datetime`]); what is no time stays as it is.
@@ -943,5 +989,286 @@ fn box_columns(v: ValueRef<'_>) -> [Value; 4] {
     match four {
         Some(b) => box_values(b).map(|x| x.map_or(Value::Null, Value::Real)),
         None => [Value::Null, Value::Null, Value::Null, Value::Null],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::{ArchiveShape, as_roost_v6, build};
+    use crate::storage::Storage;
+
+    /// Every row of every table that matters, as text (ids in hex), in a stable order; the
+    /// file-level tags' detections by their model output (their ids are made anew).
+    fn snapshot(conn: &Connection) -> Vec<String> {
+        let queries = [
+            "SELECT rowid, hex(id), name, started_on, ended_on, latitude, longitude FROM deployment ORDER BY rowid",
+            "SELECT rowid, hex(id), path, datetime, duration_s, samplerate_hz, audio_channels, hex(deployment_id), protected, deleted_on, deleted_by FROM recording ORDER BY rowid",
+            "SELECT rowid, hex(id), model_name, hex(recording_id), created_on FROM model_output ORDER BY rowid",
+            "SELECT CASE prediction_type WHEN 'event' THEN hex(id) ELSE 'clip' END, prediction_type, start_time_s, low_freq_hz, end_time_s, high_freq_hz, detection_score, hex(model_output_id) FROM detection ORDER BY hex(model_output_id), prediction_type, hex(id)",
+            "SELECT t.id, t.key, t.value, t.confidence_score, CASE d.prediction_type WHEN 'event' THEN hex(d.id) ELSE 'clip of ' || hex(d.model_output_id) END FROM predicted_tag t JOIN detection d ON d.id = t.detection_id ORDER BY t.id",
+            "SELECT rowid, hex(recording_id), detector, outcome, attempts, error_code, error, finished_on FROM roost_analysis ORDER BY rowid",
+            "SELECT rowid, hex(recording_id), kept_by, decided_on FROM roost_keep ORDER BY rowid",
+            "SELECT rowid, hex(recording_id), made_device_s, bytes, skew_s FROM roost_age ORDER BY rowid",
+            "SELECT name, since, since_rowid FROM roost_detector ORDER BY name",
+            "SELECT boot_id, boottime_s, device_s, wall, wall_synced FROM roost_clock",
+            "SELECT recordings, bytes FROM roost_tally",
+            "SELECT deleted_by, recordings FROM roost_deleted ORDER BY deleted_by",
+            "SELECT detector, outcome, recordings FROM roost_outcomes ORDER BY detector, outcome",
+            "SELECT path FROM roost_unlink ORDER BY path",
+        ];
+        let mut out = Vec::new();
+        for sql in queries {
+            let mut stmt = conn.prepare(sql).unwrap();
+            let n = stmt.column_count();
+            let rows = stmt
+                .query_map([], |r| {
+                    (0..n)
+                        .map(|i| r.get::<_, Value>(i).map(|v| format!("{v:?}")))
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .unwrap();
+            out.extend(rows.map(|r| format!("{}: {}", &sql[7..30], r.unwrap().join("|"))));
+        }
+        out
+    }
+
+    fn archive(dir: &std::path::Path) -> (std::path::PathBuf, Vec<String>) {
+        let root = dir.join("storage");
+        let shape = ArchiveShape {
+            recordings: 120,
+            ..ArchiveShape::default()
+        };
+        let files = build(
+            &root,
+            &shape,
+            "2026-12-01T12:00:00.123456Z".parse().unwrap(),
+        )
+        .unwrap();
+        let s = Storage::open(&root, &Default::default()).unwrap();
+        for (i, f) in files.iter().take(7).enumerate() {
+            let id: uuid::Uuid = s
+                .connection()
+                .query_row(
+                    "SELECT id FROM recording WHERE path = ?1",
+                    [f.to_string_lossy()],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            let by = if i < 4 { "maxAge" } else { "keep" };
+            s.mark_deleted(&id, by, "2026-12-01T12:30:00Z".parse().unwrap())
+                .unwrap();
+        }
+        s.connection()
+            .execute(
+                "INSERT INTO roost_unlink (path) VALUES (?1)",
+                [files[6].to_string_lossy()],
+            )
+            .unwrap();
+        let before = snapshot(s.connection());
+        (root, before)
+    }
+
+    /// An older roost's database (version 6) comes back row for row, rowid for rowid, with
+    /// the same ids, times, deletions, decisions, analyses and figures, whether roost marked
+    /// it or not, and after acoupi's store opened it (its `user_version` and indexes).
+    #[test]
+    fn an_older_roosts_database_is_converted_keeping_everything() {
+        for variant in ["marked", "unmarked", "opened by acoupi"] {
+            let dir = tempfile::tempdir().unwrap();
+            let (root, before) = archive(dir.path());
+            as_roost_v6(&root).unwrap();
+            let db = root.join(crate::storage::DB_FILE);
+            let conn = Connection::open(&db).unwrap();
+            assert_eq!(layout(&conn).unwrap(), Layout::Roost(6));
+            let text_id: String = conn
+                .query_row("SELECT id FROM recording ORDER BY rowid LIMIT 1", [], |r| {
+                    r.get(0)
+                })
+                .unwrap();
+            match variant {
+                "unmarked" => conn.execute_batch("DROP TABLE roost_schema").unwrap(),
+                "opened by acoupi" => conn
+                    .execute_batch(&format!(
+                        "DROP TABLE roost_schema; {ACOUPI_TABLES} {ACOUPI_INDEXES} PRAGMA user_version = 1;"
+                    ))
+                    .unwrap(),
+                _ => {}
+            }
+            assert_eq!(layout(&conn).unwrap(), Layout::Roost(6), "{variant}");
+            drop(conn);
+            let s = Storage::open(&root, &Default::default()).unwrap();
+            assert_eq!(layout(s.connection()).unwrap(), Layout::Roost(VERSION));
+            let after = snapshot(s.connection());
+            assert_eq!(after.len(), before.len(), "{variant}");
+            for (a, b) in before.iter().zip(&after) {
+                assert_eq!(a, b, "{variant}");
+            }
+            let same: uuid::Uuid = s
+                .connection()
+                .query_row("SELECT id FROM recording ORDER BY rowid LIMIT 1", [], |r| {
+                    r.get(0)
+                })
+                .unwrap();
+            assert_eq!(
+                same.to_string(),
+                text_id,
+                "ids already sent name the same rows"
+            );
+            let fk: i64 = s
+                .connection()
+                .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
+                    r.get(0)
+                })
+                .unwrap();
+            assert_eq!(fk, 0);
+            assert_eq!(s.integrity_check().unwrap(), "ok");
+        }
+    }
+
+    /// A conversion that cannot finish (the card full, here SQLite's page limit) leaves the
+    /// file as it was, says so with its layout, and is done at the next open.
+    #[test]
+    fn a_failed_conversion_leaves_the_database_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, before) = archive(dir.path());
+        as_roost_v6(&root).unwrap();
+        let db = root.join(crate::storage::DB_FILE);
+        let mut conn = Connection::open(&db).unwrap();
+        let v6 = snapshot_v6(&conn);
+        let pages: i64 = conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        conn.pragma_update(None, "max_page_count", pages + 2)
+            .unwrap();
+        let e = migrate(&mut conn).unwrap_err();
+        assert!(matches!(e, MigrateError::Failed { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .contains("from roost's version 6 to 7 (nothing was changed)"),
+            "{e}"
+        );
+        assert_eq!(layout(&conn).unwrap(), Layout::Roost(6));
+        assert_eq!(snapshot_v6(&conn), v6);
+        let fk: bool = conn
+            .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+            .unwrap();
+        assert!(fk, "foreign keys on again");
+        drop(conn);
+        let s = Storage::open(&root, &Default::default()).unwrap();
+        assert_eq!(snapshot(s.connection()), before);
+    }
+
+    fn snapshot_v6(conn: &Connection) -> Vec<String> {
+        let mut out = Vec::new();
+        for table in CONVERTED {
+            let mut stmt = conn
+                .prepare(&format!("SELECT * FROM {table} ORDER BY rowid"))
+                .unwrap();
+            let n = stmt.column_count();
+            let rows = stmt
+                .query_map([], |r| {
+                    (0..n)
+                        .map(|i| r.get::<_, Value>(i).map(|v| format!("{v:?}")))
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .unwrap();
+            out.extend(rows.map(|r| r.unwrap().join("|")));
+        }
+        out
+    }
+
+    /// What an older roost or another program left that acoupi's layout cannot hold as it
+    /// was: ids that are not roost's UUID text, recordings without a deployment or in the same
+    /// microsecond, a JSON location of no box or of a click; every row arrives.
+    #[test]
+    fn odd_rows_of_an_older_roost_all_arrive() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("metadata.db");
+        let mut conn = Connection::open(&db).unwrap();
+        create_roost_v6(&mut conn).unwrap();
+        conn.execute_batch(
+            "PRAGMA foreign_keys = OFF;
+             INSERT INTO deployment VALUES ('d1', 'a', '2026-01-01 00:00:00.000000', NULL, NULL, NULL);
+             INSERT INTO deployment VALUES ('D1', 'b', '2026-01-01 00:00:00.000000', NULL, NULL, NULL);
+             INSERT INTO recording (id, path, datetime, duration_s, samplerate_hz, audio_channels, deployment_id) VALUES
+                ('0a1b2c3d-0000-4000-8000-000000000001', '/r/1.wav', '2026-01-01 00:01:00.000000', 60, 8000, 1, 'd1'),
+                ('0A1B2C3D-0000-4000-8000-000000000001', '/r/2.wav', '2026-01-01 00:01:00.000000', 60, 8000, 1, 'D1'),
+                ('r3', '/r/3.wav', '2026-01-01 00:01:00.000000', 60, 8000, 1, NULL),
+                ('r4', '/r/4.wav', 'not a time', 60, 8000, 1, 'gone'),
+                ('r5', NULL, 'not a time', 60, 8000, 1, 'd1');
+             INSERT INTO model_output VALUES ('m1', 'x', 'r3', '2026-01-01 00:02:00.5');
+             INSERT INTO detection VALUES ('e1', '[0.5, 1000, 0.5, 3000]', 0.9, 'm1');
+             INSERT INTO detection VALUES ('e2', 'not json', 0.8, 'm1');
+             INSERT INTO detection VALUES ('e3', '{\"coordinates\": [1, 2000, 3, 2000]}', 0.7, 'm1');
+             INSERT INTO predicted_tag (key, value, confidence_score, detection_id, model_output_id) VALUES
+                ('species', 'x', 0.9, 'e1', NULL), ('weather', 'rain', 1.5, NULL, 'm1'), ('lost', 'y', 0.1, NULL, NULL);",
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let all = |sql: &str| -> Vec<String> {
+            let mut stmt = conn.prepare(sql).unwrap();
+            let n = stmt.column_count();
+            stmt.query_map([], |r| {
+                (0..n)
+                    .map(|i| r.get::<_, Value>(i).map(|v| format!("{v:?}")))
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .unwrap()
+            .map(|r| r.unwrap().join("|"))
+            .collect()
+        };
+        assert_eq!(
+            all("SELECT name, started_on FROM deployment ORDER BY rowid"),
+            [
+                "Text(\"a\")|Text(\"2026-01-01T00:00:00+00:00\")",
+                "Text(\"b\")|Text(\"2026-01-01T00:00:00.000001+00:00\")",
+                "Text(\"recovered\")|Text(\"2026-01-01T00:01:00+00:00\")",
+            ]
+        );
+        assert_eq!(
+            all(
+                "SELECT r.path, r.datetime, d.name FROM recording r JOIN deployment d ON d.id = r.deployment_id ORDER BY r.rowid"
+            ),
+            [
+                "Text(\"/r/1.wav\")|Text(\"2026-01-01T00:01:00+00:00\")|Text(\"a\")",
+                "Text(\"/r/2.wav\")|Text(\"2026-01-01T00:01:00.000001+00:00\")|Text(\"b\")",
+                "Text(\"/r/3.wav\")|Text(\"2026-01-01T00:01:00.000002+00:00\")|Text(\"recovered\")",
+                "Text(\"/r/4.wav\")|Text(\"not a time\")|Text(\"recovered\")",
+                "Null|Text(\"not a time #1\")|Text(\"a\")",
+            ]
+        );
+        let first: uuid::Uuid = conn
+            .query_row(
+                "SELECT id FROM recording WHERE path = '/r/1.wav'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(first.to_string(), "0a1b2c3d-0000-4000-8000-000000000001");
+        assert_eq!(
+            all(
+                "SELECT prediction_type, start_time_s, low_freq_hz, end_time_s, high_freq_hz, detection_score FROM detection ORDER BY rowid"
+            ),
+            [
+                "Text(\"event\")|Real(0.5)|Real(1000.0)|Null|Real(3000.0)|Real(0.9)",
+                "Text(\"event\")|Null|Null|Null|Null|Real(0.8)",
+                "Text(\"event\")|Real(1.0)|Real(2000.0)|Real(3.0)|Null|Real(0.7)",
+                "Text(\"presence\")|Null|Null|Null|Null|Real(1.0)",
+            ]
+        );
+        assert_eq!(
+            all(
+                "SELECT t.key, d.prediction_type FROM predicted_tag t JOIN detection d ON d.id = t.detection_id ORDER BY t.id"
+            ),
+            [
+                "Text(\"species\")|Text(\"event\")",
+                "Text(\"weather\")|Text(\"presence\")"
+            ]
+        );
+        assert_eq!(
+            all("SELECT created_on FROM model_output"),
+            ["Text(\"2026-01-01T00:02:00.500000+00:00\")"]
+        );
     }
 }
