@@ -30,13 +30,17 @@ fn acoupis_models_take_roosts_model_outputs_and_heartbeats() {
     };
     build(&storage, &shape, jiff::Timestamp::now()).unwrap();
     let db = rusqlite::Connection::open(storage.join("metadata.db")).unwrap();
-    // File-level tags on the first output (a detector's clip-level verdict), and a detection
-    // whose box acoupi would refuse (end before start) on the second.
+    // A file-level tag on the first output (a detector's clip-level verdict: a presence
+    // detection without a box), and a detection whose box acoupi would refuse (end before
+    // start, as another program might write it) on the second.
     db.execute_batch(
-        "INSERT INTO predicted_tag (key, value, confidence_score, model_output_id)
-             SELECT 'habitat', 'hedgerow', 0.7, id FROM model_output WHERE rowid = 1;
-         INSERT INTO detection (id, location, detection_score, model_output_id)
-             SELECT '9b2f6a8e-1c3d-4e5f-8a9b-0c1d2e3f4a5b', '[0.5, 2000, 0.2, 3000]', 0.6, id
+        "INSERT INTO detection (id, prediction_type, detection_score, model_output_id)
+             SELECT X'7c1e6a8e1c3d4e5f8a9b0c1d2e3f4a5b', 'presence', 0.7, id FROM model_output WHERE rowid = 1;
+         INSERT INTO predicted_tag (key, value, confidence_score, detection_id)
+             VALUES ('habitat', 'hedgerow', 0.7, X'7c1e6a8e1c3d4e5f8a9b0c1d2e3f4a5b');
+         INSERT INTO detection (id, prediction_type, start_time_s, low_freq_hz, end_time_s,
+                 high_freq_hz, detection_score, model_output_id)
+             SELECT X'9b2f6a8e1c3d4e5f8a9b0c1d2e3f4a5b', 'event', 0.5, 2000, 0.2, 3000, 0.6, id
              FROM model_output WHERE rowid = 2;",
     )
     .unwrap();
@@ -45,36 +49,29 @@ fn acoupis_models_take_roosts_model_outputs_and_heartbeats() {
     let mut items = Vec::new();
     for o in &outputs {
         let b = &o.body;
-        let (id, recording_id): (String, String) = db
+        let (id, recording_id, start): (uuid::Uuid, uuid::Uuid, String) = db
             .query_row(
-                "SELECT m.id, m.recording_id FROM model_output m WHERE m.rowid = ?1",
+                "SELECT m.id, m.recording_id, r.datetime FROM model_output m
+                 JOIN recording r ON r.id = m.recording_id WHERE m.rowid = ?1",
                 [o.rowid],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .unwrap();
-        let start: String = db
-            .query_row(
-                "SELECT datetime FROM recording WHERE id = ?1",
-                [&recording_id],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .unwrap();
         let start = roost::storage::parse_db_datetime(&start).unwrap();
-        let mut kinds: Vec<&str> = Vec::new();
-        kinds.extend(std::iter::repeat_n(
-            "event",
-            usize::from((o.rowid - 1) % 3 == 0),
-        ));
-        if o.rowid == 1 {
-            kinds.push("presence");
-        }
-        if o.rowid == 2 {
-            kinds.push("presence");
-        }
-        kinds.sort();
+        let kinds = acoupi::kinds_in_db(&db, b);
+        // The archive's detections (every third output: an event and a file-level tag), and
+        // the two added above.
+        let expected = match o.rowid {
+            1 => 3,
+            2 => 1,
+            r if (r - 1) % 3 == 0 => 2,
+            _ => 0,
+        };
+        assert_eq!(kinds.len(), expected, "output {}: {b:#}", o.rowid);
         items.push(json!({"kind": "model_output", "json": b, "expect": {
             "start": start.to_string().replace('Z', "+00:00"),
-            "id": id, "recording_id": recording_id, "deployment": "archive", "kinds": kinds}}));
+            "id": id.to_string(), "recording_id": recording_id.to_string(),
+            "deployment": "archive", "kinds": kinds}}));
     }
     let facts = roost::connect::messages::Facts {
         files_last_hour: Some(60),

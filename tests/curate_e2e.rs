@@ -71,27 +71,22 @@ fn bursts(path: &Path) -> (Vec<Burst>, f64) {
     (out, samples.len() as f64 / rate)
 }
 
-/// (start, low, end, high, score) of every detection of `detector` in the recording at `path`.
+/// (start, low, end, high, score) of every located detection (`event`) of `detector` in the
+/// recording at `path`, from acoupi's four box columns (an end left NULL is the start: a span
+/// of no length, see `roost::storage::schema::box_values`).
 fn detections(db: &rusqlite::Connection, path: &Path, detector: &str) -> Vec<[f64; 5]> {
     let mut stmt = db
         .prepare(
-            "SELECT d.location, d.detection_score FROM detection d
+            "SELECT d.start_time_s, d.low_freq_hz, d.end_time_s, d.high_freq_hz, d.detection_score
+             FROM detection d
              JOIN model_output m ON m.id = d.model_output_id JOIN recording r ON r.id = m.recording_id
-             WHERE r.path = ?1 AND m.model_name = ?2",
+             WHERE r.path = ?1 AND m.model_name = ?2 AND d.prediction_type = 'event'",
         )
         .unwrap();
     stmt.query_map(rusqlite::params![path.to_str().unwrap(), detector], |r| {
-        let location: String = r.get(0)?;
-        let score: f64 = r.get(1)?;
-        let v: Value = serde_json::from_str(&location).unwrap();
-        let c = &v["coordinates"];
-        Ok([
-            c[0].as_f64().unwrap(),
-            c[1].as_f64().unwrap(),
-            c[2].as_f64().unwrap(),
-            c[3].as_f64().unwrap(),
-            score,
-        ])
+        let cols = [r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?];
+        let [a, b, c, d] = roost::storage::schema::box_from_columns(cols).unwrap();
+        Ok([a, b, c, d, r.get(4)?])
     })
     .unwrap()
     .map(Result::unwrap)
@@ -135,26 +130,21 @@ fn acoupi_takes_the_model_outputs(
         if body.get("name_model").is_none() {
             continue;
         }
-        let id = body["id"].as_str().unwrap().to_string();
-        let (recording_id, start, boxed, tags): (String, String, i64, i64) = conn
+        let id: uuid::Uuid = body["id"].as_str().unwrap().parse().unwrap();
+        let (recording_id, start): (uuid::Uuid, String) = conn
             .query_row(
-                "SELECT m.recording_id, r.datetime,
-                    (SELECT count(*) FROM detection d WHERE d.model_output_id = m.id),
-                    (SELECT count(*) FROM predicted_tag t WHERE t.model_output_id = m.id)
+                "SELECT m.recording_id, r.datetime
                  FROM model_output m JOIN recording r ON r.id = m.recording_id WHERE m.id = ?1",
                 [&id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .unwrap();
         let start = roost::storage::parse_db_datetime(&start).unwrap();
-        let mut kinds = vec!["event"; (boxed as usize).min(10)];
-        if tags > 0 {
-            kinds.push("presence");
-        }
+        let kinds = acoupi::kinds_in_db(conn, &body);
         items.push(
             serde_json::json!({"kind": "model_output", "json": body, "expect": {
-            "start": start.to_string().replace('Z', "+00:00"), "id": id,
-            "recording_id": recording_id, "deployment": "curate-e2e", "kinds": kinds}}),
+            "start": start.to_string().replace('Z', "+00:00"), "id": id.to_string(),
+            "recording_id": recording_id.to_string(), "deployment": "curate-e2e", "kinds": kinds}}),
         );
     }
     let verdicts = acoupi::validate(&python, &items);
@@ -615,8 +605,8 @@ fn deleted_by(s: &Value, rule: &str) -> u64 {
 
 /// The two oldest recordings present, protected: the first by a `.keep` marker, the second by
 /// its row's `protected` flag. Waits for them.
-fn protect_the_first_two(r: &Roost, conn: &rusqlite::Connection) -> Vec<(String, PathBuf)> {
-    let first_two = || -> Vec<(String, PathBuf)> {
+fn protect_the_first_two(r: &Roost, conn: &rusqlite::Connection) -> Vec<(uuid::Uuid, PathBuf)> {
+    let first_two = || -> Vec<(uuid::Uuid, PathBuf)> {
         conn.prepare(
             "SELECT id, path FROM recording WHERE path IS NOT NULL ORDER BY datetime LIMIT 2",
         )
@@ -758,7 +748,7 @@ fn retention_waits_for_the_messages_about_a_recording_to_leave() {
     let path_of = |id: &str| -> (Option<String>, Option<String>) {
         conn.query_row(
             "SELECT path, deleted_by FROM recording WHERE id = ?1",
-            [id],
+            [id.parse::<uuid::Uuid>().unwrap()],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap()

@@ -184,7 +184,7 @@ struct DeletedRow {
 /// Every recording row whose path is NULL, by id.
 fn deleted_rows(conn: &rusqlite::Connection) -> BTreeMap<String, DeletedRow> {
     conn.prepare(
-        "SELECT r.id, r.datetime, r.deleted_by, r.deleted_on,
+        "SELECT lower(hex(r.id)), r.datetime, r.deleted_by, r.deleted_on,
              EXISTS (SELECT 1 FROM roost_keep k WHERE k.recording_id = r.id AND k.kept_by IS NULL),
              (SELECT a.outcome FROM roost_analysis a WHERE a.recording_id = r.id AND a.detector = ?1),
              (SELECT count(*) FROM model_output m WHERE m.recording_id = r.id AND m.model_name = ?1),
