@@ -10,6 +10,9 @@
 //! - metadata.db bytes per recording;
 //! - with `--new-rules`: an archive whose keep rules are new (nothing decided): `roost plan`
 //!   and the curator's first pass.
+//! - with `--v6`: the same archive in an older roost's layout (version 6, `roost::archive::
+//!   as_roost_v6`) converted to acoupi's at the first open (issue 23): wall and CPU time,
+//!   VmHWM, metadata.db's bytes before and after.
 //!
 //! `cargo bench --bench archive -- --measure KIND DIR` runs one measurement (internal).
 
@@ -52,6 +55,10 @@ fn main() {
         if args.iter().any(|a| a == "--new-rules") {
             new_rules(&base, n);
         }
+        if args.iter().any(|a| a == "--v6") {
+            v6(&base, n);
+            continue;
+        }
         for kind in ["curator", "plan"] {
             measure_in_child(kind, &dir);
         }
@@ -74,6 +81,31 @@ fn new_rules(base: &Path, n: u64) {
     println!("== {n} recordings, keep rules new ==");
     for kind in ["plan", "first-pass"] {
         measure_in_child(kind, &dir);
+    }
+}
+
+/// An archive of `n` recordings as an older roost (layout 6) left it, converted by the first
+/// open, in a process of its own, from the same copy each time.
+fn v6(base: &Path, n: u64) {
+    let dir = base.join(format!("roost-archive-{n}-v6"));
+    let pristine = dir.join("metadata.v6-pristine.db");
+    if !pristine.exists() {
+        let _ = std::fs::remove_dir_all(&dir);
+        let shape = ArchiveShape {
+            recordings: n,
+            ..ArchiveShape::default()
+        };
+        build(&dir.join("storage"), &shape, jiff::Timestamp::now()).expect("archive");
+        roost::archive::as_roost_v6(&dir.join("storage")).expect("layout 6");
+        std::fs::copy(dir.join("storage/metadata.db"), &pristine).unwrap();
+    }
+    println!("== {n} recordings in layout 6, converted ==");
+    for _ in 0..3 {
+        for suffix in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(dir.join(format!("storage/metadata.db{suffix}")));
+        }
+        std::fs::copy(&pristine, dir.join("storage/metadata.db")).unwrap();
+        measure_in_child("convert", &dir);
     }
 }
 
@@ -137,6 +169,20 @@ fn measure(kind: &str, dir: &Path) {
             println!(
                 "metadata.db: {bytes} bytes, {} bytes per recording",
                 bytes / preview.recordings.max(1) as u64
+            );
+        }
+        "convert" => {
+            let db = dir.join("storage/metadata.db");
+            let before = std::fs::metadata(&db).map_or(0, |m| m.len());
+            let (t, wall) = (cpu_s(), Instant::now());
+            let storage =
+                roost::storage::Storage::open(&config.storage_path(), &config.storage).unwrap();
+            let (wall, cpu) = (wall.elapsed().as_secs_f64(), cpu_s() - t);
+            drop(storage);
+            let after = std::fs::metadata(&db).map_or(0, |m| m.len());
+            println!(
+                "converted to acoupi's layout: {wall:.2} s ({cpu:.2} s CPU), VmHWM {} KiB; metadata.db {before} -> {after} bytes",
+                vm_hwm_kib()
             );
         }
         _ => panic!("unknown measurement {kind}"),

@@ -85,9 +85,7 @@ fn recorded(storage: &Path, tz: &TimeZone, now: Timestamp) -> (Option<u64>, Opti
         |r| Ok((r.get::<_, f64>(0)?, r.get::<_, Option<String>>(1)?)),
     );
     let per_day = row.ok().and_then(|(bytes, first)| {
-        let first =
-            first.and_then(|f| jiff::civil::DateTime::strptime("%Y-%m-%d %H:%M:%S%.f", &f).ok())?;
-        let first = first.to_zoned(TimeZone::UTC).ok()?.timestamp().max(day_ago);
+        let first = crate::storage::parse_db_datetime(&first?)?.max(day_ago);
         let span = now.duration_since(first).as_secs_f64().max(60.0);
         Some((bytes * 86_400.0 / span) as u64)
     });

@@ -1533,6 +1533,7 @@ fn pin_file(path: &Path) -> Option<std::fs::File> {
         .read(true)
         .write(true)
         .create(true)
+        .truncate(false)
         .mode(0o644)
         .open(path)
         .or_else(|_| std::fs::File::open(path))

@@ -93,3 +93,138 @@ fn acoupis_models_take_roosts_model_outputs_and_heartbeats() {
         assert_eq!(verdict, "ok", "{item:#}");
     }
 }
+
+/// acoupi's own store makes a metadata.db and stores a deployment, a recording of its own and
+/// a model output (an event with a box, a presence) through its API.
+const ACOUPI_MAKES: &str = r#"
+import sys, datetime
+from pathlib import Path
+from acoupi import data
+from acoupi.components.stores.sqlite import SqliteStore
+utc = datetime.timezone.utc
+store = SqliteStore(Path(sys.argv[1]))
+dep = data.Deployment(name="acoupi-site", latitude=51.5, longitude=-0.12,
+    started_on=datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=utc))
+store.store_deployment(dep)
+rec = data.Recording(path=Path(sys.argv[2]), created_on=datetime.datetime(2026, 1, 2, 4, 0, 0, tzinfo=utc),
+    duration=0.05, samplerate=8000, deployment=dep)
+store.store_recording(rec)
+tag = lambda v, c: data.PredictedTag(tag=data.Tag(key="species", value=v), confidence_score=c)
+store.store_model_output(data.ModelOutput(name_model="BatDetect2", recording=rec,
+    created_on=datetime.datetime(2026, 1, 2, 4, 0, 12, tzinfo=utc), detections=[
+        data.EventDetection(location=data.BoundingBox(coordinates=(0.01, 1000.0, 0.02, 2000.0)),
+            detection_score=0.9, tags=[tag("Pipistrellus pipistrellus", 0.8)]),
+        data.PresenceDetection(detection_score=0.6, tags=[tag("Myotis daubentonii", 0.55)])]))
+print(rec.id)
+"#;
+
+/// A metadata.db that acoupi's own store made (with acoupi's rows in it) is roost's storage:
+/// roost adds its columns and tables, keeps acoupi's rows as they are, registers its own
+/// recordings, analyses and decides them (never deleting acoupi's file, which is not roost's);
+/// acoupi's store then reads both, and roost goes on writing after acoupi opened it again.
+#[test]
+fn a_database_acoupi_made_is_roosts_storage_and_acoupi_reads_both() {
+    let Some(python) = acoupi_python() else {
+        eprintln!(
+            "skipping a_database_acoupi_made_is_roosts_storage_and_acoupi_reads_both: acoupi 0.8.0 is not installed (bash .ci/setup makes target/acoupi-venv)"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("storage");
+    std::fs::create_dir_all(&storage).unwrap();
+    let theirs = dir.path().join("acoupi/20260102_040000.wav");
+    std::fs::create_dir_all(theirs.parent().unwrap()).unwrap();
+    std::fs::write(&theirs, roost::archive::wav_bytes(400)).unwrap();
+    let db = storage.join("metadata.db");
+    let made = std::process::Command::new(&python)
+        .args(["-c", ACOUPI_MAKES])
+        .arg(&db)
+        .arg(&theirs)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let their_id: uuid::Uuid = String::from_utf8_lossy(&made.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+
+    // Roost takes it as its storage: three recordings of its own, analysed and decided by
+    // a curator whose rule keeps only what its detector finds.
+    let config =
+        roost::archive::curate_config(dir.path(), "[{detection: {minScore: 0.99}}]", "100GiB")
+            .unwrap();
+    let mut s = roost::storage::Storage::open(&storage, &config.storage).unwrap();
+    // The deployment of `curate_config`'s file.
+    let dep = s
+        .start_deployment("archive", None, jiff::Timestamp::now())
+        .unwrap();
+    let now = jiff::Timestamp::now();
+    for i in 0..3 {
+        let t = now - jiff::SignedDuration::from_mins(3 - i);
+        let path = roost::storage::recording_path(&s.recordings_dir(), t);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, roost::archive::wav_bytes(400)).unwrap();
+        let rec = roost::storage::NewRecording {
+            path,
+            datetime: t,
+            duration_s: 0.05,
+            samplerate_hz: 8000,
+            audio_channels: 1,
+        };
+        s.register(&rec, &dep).unwrap();
+    }
+    drop(s);
+    let mut curator = roost::curate::run::Curator::new(config.clone(), &dir.path().join("state"));
+    curator.round_now();
+    curator.round_now();
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let (path, kept_by): (Option<String>, Option<String>) = conn
+        .query_row(
+            "SELECT r.path, k.kept_by FROM recording r LEFT JOIN roost_keep k ON k.recording_id = r.id WHERE r.id = ?1",
+            [their_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(path.as_deref(), theirs.to_str(), "acoupi's row as it was");
+    assert_eq!(kept_by.as_deref(), Some("notRoosts"));
+    assert!(theirs.is_file(), "acoupi's file is not roost's to delete");
+    let deleted: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM recording WHERE deleted_by = 'keep'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(deleted, 3, "roost's own quiet files go by its rule");
+    let outputs: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM model_output WHERE model_name = 'band'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(outputs, 3, "roost's detector analysed its own recordings");
+
+    // acoupi reads roost's rows and its own (roost's current deployment is the newest).
+    acoupi::acoupi_store_agrees(&python, &storage, "archive");
+    // After acoupi's store opened it again, roost registers rows as before.
+    let mut s = roost::storage::Storage::open(&storage, &config.storage).unwrap();
+    let t = jiff::Timestamp::now();
+    let path = roost::storage::recording_path(&s.recordings_dir(), t);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, roost::archive::wav_bytes(400)).unwrap();
+    let rec = roost::storage::NewRecording {
+        path,
+        datetime: t,
+        duration_s: 0.05,
+        samplerate_hz: 8000,
+        audio_channels: 1,
+    };
+    s.register(&rec, &dep).unwrap();
+    assert_eq!(s.recordings().unwrap().len(), 2, "acoupi's and the new one");
+}

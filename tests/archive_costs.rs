@@ -179,9 +179,11 @@ fn back_to_schema_4(conn: &rusqlite::Connection) {
     .unwrap();
 }
 
-/// A database of an older roost: migration 5 counts what is there, the curator sizes the
-/// recordings it stamped before, and from then on every writer's change is followed,
-/// upserts included (a retried analysis given up, then a deletion marked twice, a row removed).
+/// A database in acoupi's layout whose roost tables are partly an older roost's (figures,
+/// sizes, skews and the unlink list missing): opening completes it, counting what is there;
+/// the curator sizes the recordings it stamped before, and from then on every writer's
+/// change is followed, upserts included (a retried analysis given up, then a deletion marked
+/// twice, a row removed).
 #[test]
 fn an_older_database_gets_its_tallies_and_every_writer_keeps_them() {
     let dir = tempfile::tempdir().unwrap();

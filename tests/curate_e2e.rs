@@ -154,6 +154,44 @@ fn acoupi_takes_the_model_outputs(
     );
 }
 
+/// acoupi 0.8.0's own store reads metadata.db while roost runs (deployment, recordings by
+/// path and id against the files on disk, model outputs, detections, tags, a time window and
+/// its summary), and roost goes on registering rows in it after acoupi's store opened it.
+fn acoupis_store_reads_it_and_roost_goes_on(
+    r: &Roost,
+    storage: &Path,
+    conn: &rusqlite::Connection,
+) {
+    let Some(python) = acoupi::acoupi_python() else {
+        eprintln!("acoupi 0.8.0 is not installed: its store not tried (bash .ci/setup)");
+        return;
+    };
+    let found = acoupi::acoupi_store_agrees(&python, storage, "curate-e2e");
+    assert!(found >= 4, "{found}");
+    let rows = || -> i64 {
+        conn.query_row("SELECT count(*) FROM recording", [], |r| r.get(0))
+            .unwrap()
+    };
+    let before = rows();
+    let s = r.wait_for(
+        "two more rows after acoupi's store",
+        Duration::from_secs(30),
+        |s| {
+            rows() >= before + 2
+                && component(s, "recorder")["output"]["rowsOwed"].as_u64() == Some(0)
+        },
+    );
+    assert_eq!(
+        component(&s, "recorder")["output"]["error"],
+        Value::Null,
+        "{s:#}"
+    );
+    let user_version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(user_version, 1, "acoupi's");
+}
+
 fn curator_output(s: &Value) -> &Value {
     &component(s, "curator")["output"]
 }
@@ -289,6 +327,7 @@ fn band_energy_finds_the_fed_events_and_they_are_kept_and_sent() {
     );
     assert_eq!(d["tags"][0]["tag"]["value"], "sound");
     acoupi_takes_the_model_outputs(&subscriber, &r, &conn);
+    acoupis_store_reads_it_and_roost_goes_on(&r, &storage, &conn);
     let integrity: String = conn
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap();

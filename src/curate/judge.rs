@@ -14,6 +14,9 @@ pub const UNDESCRIBABLE: &str = "undescribable";
 pub const ANALYSIS_FAILED: &str = "analysisFailed";
 /// `kept_by` of a protected recording.
 pub const PROTECTED: &str = "protected";
+/// `kept_by` of a recording whose file roost did not name (another program's, e.g. acoupi's
+/// own recordings in a metadata.db both use): never deleted by roost's rules.
+pub const NOT_ROOSTS: &str = "notRoosts";
 
 /// What the rules make of a recording now.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,7 +43,7 @@ pub fn judge(
     if !db::analysed_by_all(conn, rec, detectors)? {
         return Ok(Verdict::Waiting);
     }
-    if protected(rec) {
+    if marked_protected(rec) {
         return Ok(Verdict::Keep(PROTECTED.into()));
     }
     if rec.implausible().is_some() {
@@ -48,6 +51,9 @@ pub fn judge(
     }
     if db::failed_any(conn, &rec.id)? {
         return Ok(Verdict::Keep(ANALYSIS_FAILED.into()));
+    }
+    if !roosts_file(rec) {
+        return Ok(Verdict::Keep(NOT_ROOSTS.into()));
     }
     let names: Vec<String> = detectors.iter().map(|(n, _)| n.clone()).collect();
     let facts = Facts {
@@ -61,8 +67,20 @@ pub fn judge(
     Ok(rules.kept_by(&facts).map_or(Verdict::Delete, Verdict::Keep))
 }
 
-/// Whether a recording may never be deleted: its row says `protected`, or a marker file
-/// `<file>.keep` ([`crate::storage::keep_marker`]) sits beside it.
+/// Whether a recording may never be deleted: its row says `protected`, a marker file
+/// `<file>.keep` ([`crate::storage::keep_marker`]) sits beside it, or its file is not roost's.
 pub fn protected(rec: &Recording) -> bool {
+    marked_protected(rec) || !roosts_file(rec)
+}
+
+/// Whether the row says `protected` or a `.keep` marker sits beside the file.
+fn marked_protected(rec: &Recording) -> bool {
     rec.protected || crate::storage::keep_marker(&rec.path).exists()
+}
+
+/// Whether roost named the recording's file (`YYYYMMDDTHHMMSS.ffffffZ.wav`): rows another
+/// program wrote into a shared metadata.db (acoupi names its files otherwise) are not roost's
+/// to delete. By name, not by folder: the storage may be reached through another path.
+pub fn roosts_file(rec: &Recording) -> bool {
+    crate::storage::start_from_file_name(&rec.path).is_some()
 }

@@ -623,24 +623,48 @@ fn mark(tx: &Transaction<'_>, version: usize) -> rusqlite::Result<()> {
 
 /// An empty database, or one acoupi made, gets acoupi's tables where missing, roost's columns
 /// and roost's tables: version 7.
+/// Whatever of roost's is there already (a database where some of roost's tables were made
+/// and others dropped) is completed, not made again: columns added where missing, figures
+/// counted from the rows when their table is new.
 fn adopt(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     tx.execute_batch(ACOUPI_TABLES)?;
     add_recording_columns(tx)?;
     tx.execute_batch(ROOST_TABLES)?;
+    add_columns(tx, "roost_age", &[("bytes", "INTEGER"), ("skew_s", "REAL")])?;
+    add_columns(tx, "roost_detector", &[("since_rowid", "INTEGER")])?;
+    tx.execute_batch(
+        "INSERT INTO roost_deleted (deleted_by, recordings)
+             SELECT deleted_by, count(*) FROM recording
+             WHERE deleted_by IS NOT NULL AND NOT EXISTS (SELECT 1 FROM roost_deleted)
+             GROUP BY deleted_by;
+         INSERT INTO roost_outcomes (detector, outcome, recordings)
+             SELECT detector, outcome, count(*) FROM roost_analysis
+             WHERE NOT EXISTS (SELECT 1 FROM roost_outcomes)
+             GROUP BY detector, outcome;",
+    )?;
     tx.execute_batch(ACOUPI_INDEXES)?;
     tx.execute_batch(ROOST_INDEXES)?;
     mark(tx, VERSION)
 }
 
 fn add_recording_columns(tx: &Transaction<'_>) -> rusqlite::Result<()> {
-    for (name, decl) in ROOST_RECORDING_COLUMNS {
+    add_columns(tx, "recording", &ROOST_RECORDING_COLUMNS)
+}
+
+/// Adds each `(name, declaration)` column `table` lacks.
+fn add_columns(
+    tx: &Transaction<'_>,
+    table: &str,
+    columns: &[(&str, &str)],
+) -> rusqlite::Result<()> {
+    for (name, decl) in columns {
         let present: bool = tx.query_row(
-            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('recording') WHERE name = ?1)",
-            [name],
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)",
+            [table, name],
             |r| r.get(0),
         )?;
         if !present {
-            tx.execute_batch(&format!("ALTER TABLE recording ADD COLUMN {name} {decl}"))?;
+            tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {name} {decl}"))?;
         }
     }
     Ok(())
@@ -818,10 +842,10 @@ fn recovered_deployment(tx: &Transaction<'_>) -> rusqlite::Result<Option<Vec<u8>
     Ok(Some(id.as_bytes().to_vec()))
 }
 
-/// Copies the rows `select` gives through `insert`; a row whose time (column `time_at`, from
-/// 1) is taken already (acoupi's UNIQUE `started_on` and `datetime`; an older roost had two
-/// recordings start in the same microsecond after a clock step) is stored a microsecond later
-/// (its file name and GUANO keep the time it was made).
+/// Copies the rows `select` gives through `insert`. A row whose time (the selected column at
+/// index `time_at`) another row has already (acoupi's UNIQUE `started_on` and `datetime`: an
+/// older roost had two recordings start in the same microsecond after a clock step) is stored
+/// a microsecond later; its file name and GUANO keep the time it was made.
 fn copy_unique(
     tx: &Transaction<'_>,
     select: &str,
