@@ -159,50 +159,52 @@ cat > "$d/connect-config.json" <<EOF
 {"deployment": "bench", "deviceId": "det-01", "storage": "$storage",
  "connect": {"mqtt": {"url": "mqtt://127.0.0.1:$port"}, "heartbeat": {"interval": "10m"}}}
 EOF
-# metadata.db's tables as roost's migrations 1-4 leave them (src/storage.rs), the columns the
-# connector reads; one recording a minute up to now, the newest with 300 detections.
+# metadata.db in acoupi 0.8.0's layout (src/storage/schema.rs: 16-byte ids, acoupi's time
+# text), the columns the connector reads; one recording a minute up to now, the newest with 300
+# detections, each output with a file-level tag (a presence detection without a box).
 sqlite3 "$storage/metadata.db" > /dev/null <<EOF
 PRAGMA journal_mode = WAL;
-CREATE TABLE deployment (id TEXT PRIMARY KEY NOT NULL, name TEXT NOT NULL, started_on TEXT NOT NULL,
+CREATE TABLE deployment (id BLOB PRIMARY KEY, name TEXT NOT NULL, started_on TEXT NOT NULL UNIQUE,
     ended_on TEXT, latitude REAL, longitude REAL);
-CREATE TABLE recording (id TEXT PRIMARY KEY NOT NULL, path TEXT UNIQUE, datetime TEXT NOT NULL,
-    duration_s REAL NOT NULL, samplerate_hz INTEGER NOT NULL, audio_channels INTEGER NOT NULL,
-    deployment_id TEXT REFERENCES deployment(id), protected INTEGER NOT NULL DEFAULT 0,
+CREATE TABLE recording (id BLOB PRIMARY KEY, path TEXT UNIQUE, datetime TEXT NOT NULL UNIQUE,
+    duration_s REAL NOT NULL, samplerate_hz INTEGER NOT NULL, audio_channels INTEGER NOT NULL DEFAULT 1,
+    deployment_id BLOB NOT NULL REFERENCES deployment(id), protected INTEGER NOT NULL DEFAULT 0,
     deleted_on TEXT, deleted_by TEXT);
-CREATE INDEX recording_datetime ON recording(datetime);
-CREATE TABLE model_output (id TEXT PRIMARY KEY NOT NULL, model_name TEXT NOT NULL,
-    recording_id TEXT NOT NULL REFERENCES recording(id), created_on TEXT NOT NULL);
-CREATE INDEX model_output_recording ON model_output(recording_id);
-CREATE INDEX model_output_created ON model_output(created_on);
-CREATE TABLE detection (id TEXT PRIMARY KEY NOT NULL, location TEXT, detection_score REAL NOT NULL,
-    model_output_id TEXT NOT NULL REFERENCES model_output(id));
-CREATE INDEX detection_model_output ON detection(model_output_id);
+CREATE TABLE model_output (id BLOB PRIMARY KEY, model_name TEXT NOT NULL,
+    recording_id BLOB NOT NULL REFERENCES recording(id), created_on TEXT NOT NULL);
+CREATE INDEX idx_model_output_recording_id ON model_output(recording_id);
+CREATE INDEX idx_model_output_created_on ON model_output(created_on);
+CREATE TABLE detection (id BLOB PRIMARY KEY, prediction_type TEXT NOT NULL
+    CHECK (prediction_type IN ('presence', 'sequence', 'event')), start_time_s REAL, end_time_s REAL,
+    low_freq_hz REAL, high_freq_hz REAL, detection_score REAL NOT NULL,
+    model_output_id BLOB NOT NULL REFERENCES model_output(id));
+CREATE INDEX idx_detection_model_output_id ON detection(model_output_id);
 CREATE TABLE predicted_tag (id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, value TEXT NOT NULL,
-    confidence_score REAL NOT NULL, detection_id TEXT REFERENCES detection(id),
-    model_output_id TEXT REFERENCES model_output(id));
-CREATE INDEX predicted_tag_detection ON predicted_tag(detection_id);
-CREATE INDEX predicted_tag_model_output ON predicted_tag(model_output_id);
-INSERT INTO deployment VALUES ('6d0c2a8e-3f7b-4c55-9a11-0b1e2f3a4b5c', 'bench',
-    strftime('%Y-%m-%d %H:%M:%S.000000', 'now', '-100 days'), NULL, 51.5, -0.1);
+    confidence_score REAL NOT NULL, detection_id BLOB NOT NULL REFERENCES detection(id));
+CREATE INDEX idx_predicted_tag_detection_id ON predicted_tag(detection_id);
+INSERT INTO deployment VALUES (randomblob(16), 'bench',
+    strftime('%Y-%m-%dT%H:%M:%S+00:00', 'now', '-100 days'), NULL, 51.5, -0.1);
 BEGIN;
 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $outputs)
 INSERT INTO recording (id, path, datetime, duration_s, samplerate_hz, audio_channels, deployment_id)
-SELECT printf('%08x-0000-4000-8000-%012x', i, i), printf('$storage/2026/%08d.wav', i),
-    strftime('%Y-%m-%d %H:%M:%S.000000', 'now', printf('-%d seconds', ($outputs - i) * 60 + 90)),
-    60.0, 48000, 1, '6d0c2a8e-3f7b-4c55-9a11-0b1e2f3a4b5c' FROM n;
+SELECT randomblob(16), printf('$storage/2026/%08d.wav', i),
+    strftime('%Y-%m-%dT%H:%M:%S+00:00', 'now', printf('-%d seconds', ($outputs - i) * 60 + 90)),
+    60.0, 48000, 1, (SELECT id FROM deployment) FROM n;
 INSERT INTO model_output (id, model_name, recording_id, created_on)
-SELECT printf('%08x-1111-4000-8000-%012x', rowid, rowid), 'bandEnergy', id,
-    strftime('%Y-%m-%d %H:%M:%S.000000', datetime, '+70 seconds') FROM recording ORDER BY rowid;
+SELECT randomblob(16), 'bandEnergy', id,
+    strftime('%Y-%m-%dT%H:%M:%S+00:00', datetime, '+70 seconds') FROM recording ORDER BY rowid;
 WITH RECURSIVE k(j) AS (SELECT 1 UNION ALL SELECT j + 1 FROM k WHERE j < 300)
-INSERT INTO detection (id, location, detection_score, model_output_id)
-SELECT printf('%08x-2222-4000-%04x-%012x', m.rowid, k.j, m.rowid),
-    printf('[%.9f, %.6f, %.9f, %.6f]', k.j * 0.1734567, 2000 + k.j * 3.3333, k.j * 0.1734567 + 0.3,
-           4000 + k.j * 7.7777), (abs(random()) % 1000000) / 1000000.0, m.id
+INSERT INTO detection (id, prediction_type, start_time_s, low_freq_hz, end_time_s, high_freq_hz,
+    detection_score, model_output_id)
+SELECT randomblob(16), 'event', k.j * 0.1734567, 2000 + k.j * 3.3333, k.j * 0.1734567 + 0.3,
+    4000 + k.j * 7.7777, (abs(random()) % 1000000) / 1000000.0, m.id
 FROM model_output m JOIN k ON k.j <= CASE WHEN m.rowid = $outputs THEN 300 ELSE 3 END;
 INSERT INTO predicted_tag (key, value, confidence_score, detection_id)
 SELECT 'species', 'Pipistrellus pipistrellus', (abs(random()) % 1000000) / 1000000.0, id FROM detection;
-INSERT INTO predicted_tag (key, value, confidence_score, model_output_id)
-SELECT 'event', 'bat pass', (abs(random()) % 1000000) / 1000000.0, id FROM model_output;
+INSERT INTO detection (id, prediction_type, detection_score, model_output_id)
+SELECT randomblob(16), 'presence', 0.5, id FROM model_output;
+INSERT INTO predicted_tag (key, value, confidence_score, detection_id)
+SELECT 'event', 'bat pass', 0.5, id FROM detection WHERE prediction_type = 'presence';
 COMMIT;
 EOF
 # A status.json to send (roost gone: the connector says so), from a short `roost run`.

@@ -102,6 +102,7 @@ impl StorageError {
                 source: schema::MigrateError::Failed { source, .. },
                 ..
             } if is_sqlite_full(source) => errors::DISK_FULL,
+            Self::Layout { .. } if self.is_busy() => errors::METADATA_DB_ERROR,
             Self::Layout { .. } => errors::METADATA_DB_MIGRATION,
         }
     }
@@ -118,16 +119,53 @@ fn is_sqlite_full(e: &rusqlite::Error) -> bool {
 }
 
 impl StorageError {
-    /// Another connection holds the lock: waiting helps, reopening does not.
-    pub fn is_busy(&self) -> bool {
-        matches!(self, Self::Database { source: rusqlite::Error::SqliteFailure(f, _), .. }
-            if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+    /// SQLite's code for a database error, a failed step of the layout's included.
+    fn sqlite_code(&self) -> Option<rusqlite::ErrorCode> {
+        match self {
+            Self::Database {
+                source: rusqlite::Error::SqliteFailure(f, _),
+                ..
+            }
+            | Self::Layout {
+                source:
+                    schema::MigrateError::Failed {
+                        source: rusqlite::Error::SqliteFailure(f, _),
+                        ..
+                    },
+                ..
+            } => Some(f.code),
+            _ => None,
+        }
     }
 
-    /// The file is not an SQLite database, or a damaged one: set it aside and start afresh.
+    /// A conversion of metadata.db's layout failed for another reason than a lock (see
+    /// [`schema::Retry`]): trying again at once would fail the same way.
+    pub fn is_failed_conversion(&self) -> bool {
+        matches!(
+            self,
+            Self::Layout {
+                source: schema::MigrateError::Failed { .. },
+                ..
+            }
+        ) && !self.is_busy()
+    }
+
+    /// Another connection holds the lock (another process converting the layout, too):
+    /// waiting helps, reopening does not.
+    pub fn is_busy(&self) -> bool {
+        matches!(
+            self.sqlite_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        )
+    }
+
+    /// The file is not an SQLite database, or a damaged one (found by a write, or by the
+    /// conversion reading every row): set it aside and start afresh.
     pub fn is_not_a_database(&self) -> bool {
-        matches!(self, Self::Database { source: rusqlite::Error::SqliteFailure(f, _), .. }
-            if matches!(f.code, rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt))
+        matches!(
+            self.sqlite_code(),
+            Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
+        )
     }
 }
 
@@ -739,9 +777,9 @@ impl Storage {
             set_aside: None,
         };
         storage.migrate()?;
-        storage.db_identity = pinned
-            .and_then(|f| f.metadata().ok())
-            .map(|m| identity_of(&m));
+        storage.db_identity = (pinned.and_then(|f| f.metadata().ok()))
+            .map(|m| identity_of(&m))
+            .or_else(|| file_identity(&db_path));
         // After the first statements: SQLite creates the log lazily.
         storage.wal_identity = file_identity(&wal_path(root));
         Ok(storage)
@@ -1066,9 +1104,11 @@ impl Storage {
                 continue;
             };
             let path = PathBuf::from(path);
-            // Only files of this storage free space here; a protected one never goes, and a
-            // file already gone (removed by hand) frees nothing: repair marks it missing.
+            // Only roost's files of this storage free space here (not another program's in a
+            // shared metadata.db); a protected one never goes, and a file already gone
+            // (removed by hand) frees nothing: repair marks it missing.
             if !path.starts_with(&recordings_dir)
+                || start_from_file_name(&path).is_none()
                 || keep_marker(&path).exists()
                 || matches!(path.try_exists(), Ok(false))
             {
@@ -1360,18 +1400,27 @@ impl Storage {
     }
 
     /// `deleted_on` of the rows of recordings that started at `start` and were deleted by a
-    /// rule or cause, when no row of that start still has a file.
+    /// rule or cause, when no row of that start still has a file. "At `start`": within a
+    /// millisecond after it, as a row in the same microsecond as another is stored a
+    /// microsecond later (acoupi's UNIQUE `datetime`).
     fn deletions_at(&self, start: Timestamp) -> Result<Vec<String>, StorageError> {
+        let until = start
+            .checked_add(jiff::SignedDuration::from_millis(1))
+            .unwrap_or(start);
         self.conn
             .prepare_cached(
-                "SELECT deleted_on FROM recording WHERE datetime = ?1 AND path IS NULL
-                     AND deleted_by IS NOT NULL AND deleted_by != 'missing' AND deleted_on IS NOT NULL
-                     AND NOT EXISTS (SELECT 1 FROM recording WHERE datetime = ?1 AND path IS NOT NULL)",
+                "SELECT deleted_on FROM recording WHERE datetime >= ?1 AND datetime < ?2
+                     AND path IS NULL AND deleted_by IS NOT NULL AND deleted_by != 'missing'
+                     AND deleted_on IS NOT NULL
+                     AND NOT EXISTS (SELECT 1 FROM recording WHERE datetime >= ?1
+                         AND datetime < ?2 AND path IS NOT NULL)",
             )
             .and_then(|mut stmt| {
-                stmt.query_map([db_datetime(start)], |r| r.get::<_, String>(0))?
-                    .filter(|r| !matches!(r, Err(rusqlite::Error::InvalidColumnType(..))))
-                    .collect()
+                stmt.query_map([db_datetime(start), db_datetime(until)], |r| {
+                    r.get::<_, String>(0)
+                })?
+                .filter(|r| !matches!(r, Err(rusqlite::Error::InvalidColumnType(..))))
+                .collect()
             })
             .map_err(self.db_error("look up a deleted recording"))
     }
@@ -1411,8 +1460,8 @@ impl Storage {
     }
 }
 
-/// The rows that decode, the others (a value of another type than roost writes: a blob id as
-/// acoupi writes, text in a number column) passed over with one warning: one foreign row never
+/// The rows that decode, the others (a value of another type than roost writes: a text id or
+/// one that is no UUID's 16 bytes, text in a number column) passed over with one warning: one foreign row never
 /// stops what roost does with all the others. An error of the database itself is returned.
 pub fn skip_foreign_rows<T>(
     rows: impl Iterator<Item = rusqlite::Result<T>>,
@@ -1526,18 +1575,29 @@ fn identity_of(m: &std::fs::Metadata) -> (u64, u64) {
 }
 
 /// A handle on metadata.db held while SQLite opens it, so that its identity is the file's
-/// at that moment. Created (0644, as SQLite would) when missing; read-only when the card is.
+/// at that moment. `O_PATH`: closing it never drops the POSIX locks SQLite holds on the file
+/// through other descriptors of this process (closing an ordinary descriptor would, and a
+/// connection in WAL mode would then take itself for the last one). A missing file is created
+/// first (exclusively: a new file has no locks to lose), as SQLite would create it.
 fn pin_file(path: &Path) -> Option<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o644)
-        .open(path)
-        .or_else(|_| std::fs::File::open(path))
-        .ok()
+    let pin = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_PATH)
+            .open(path)
+    };
+    match pin() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .open(path);
+            pin().ok()
+        }
+        other => other.ok(),
+    }
 }
 
 /// Moves metadata.db (and its -wal and -shm files) to `metadata.db.bad-<UTC time>[-wal|-shm]`.
@@ -1617,11 +1677,13 @@ pub fn start_from_file_name(path: &Path) -> Option<Timestamp> {
 /// when the microsecond is not 0 (nanoseconds are cut, as Python keeps microseconds). Both
 /// sort in time order ('+' sorts before '.').
 pub fn db_datetime(t: Timestamp) -> String {
-    let micros = t.subsec_microsecond();
+    // The civil time's fraction: a timestamp's is negative before 1970.
+    let civil = t.to_zoned(jiff::tz::TimeZone::UTC).datetime();
+    let micros = civil.subsec_nanosecond() / 1000;
     if micros == 0 {
-        t.strftime("%Y-%m-%dT%H:%M:%S+00:00").to_string()
+        civil.strftime("%Y-%m-%dT%H:%M:%S+00:00").to_string()
     } else {
-        format!("{}.{micros:06}+00:00", t.strftime("%Y-%m-%dT%H:%M:%S"))
+        format!("{}.{micros:06}+00:00", civil.strftime("%Y-%m-%dT%H:%M:%S"))
     }
 }
 
@@ -2167,6 +2229,15 @@ mod tests {
             Some(t - jiff::SignedDuration::from_hours(2))
         );
         assert_eq!(parse_db_datetime("yesterday"), None);
+        // Before 1970 and at the ends of time: acoupi's form, and read back.
+        for text in [
+            "1969-12-31T23:59:59.500000+00:00",
+            "1960-01-01T00:00:00+00:00",
+            "2999-12-31T23:59:59.999999+00:00",
+        ] {
+            let t = parse_db_datetime(text).unwrap();
+            assert_eq!(db_datetime(t), text);
+        }
     }
 
     fn register_wavs(s: &mut Storage, dep: &uuid::Uuid, minutes: u32, frames: u32) -> Vec<PathBuf> {
@@ -2274,6 +2345,46 @@ mod tests {
             assert_eq!(start_from_file_name(&placed), Some(start));
         }
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "first");
+    }
+
+    /// Opening keeps this process's locks on metadata.db: another program's connection that
+    /// closes (here the sqlite3 shell) must not take itself for the last one and remove the
+    /// -wal file this connection still writes into (found: a descriptor closed after SQLite's
+    /// open dropped every POSIX lock the process held on the file).
+    #[test]
+    fn another_programs_close_never_takes_this_connections_log() {
+        if std::process::Command::new("sqlite3")
+            .arg("-version")
+            .output()
+            .is_err()
+        {
+            eprintln!("skipping: no sqlite3 shell (apt-get install sqlite3)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Storage::open(dir.path(), &spec(0, OnLowSpace::Stop)).unwrap();
+        let dep = s.start_deployment("m", None, Timestamp::now()).unwrap();
+        register_wavs(&mut s, &dep, 2, 10);
+        let db = dir.path().join(DB_FILE);
+        let out = std::process::Command::new("sqlite3")
+            .arg(&db)
+            .arg("SELECT count(*) FROM recording;")
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
+        assert!(
+            dir.path().join("metadata.db-wal").exists(),
+            "the log is still there"
+        );
+        register_wavs(&mut s, &dep, 3, 10);
+        let fresh = Connection::open(&db).unwrap();
+        let n: i64 = fresh
+            .query_row("SELECT count(*) FROM recording", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(
+            n, 3,
+            "rows written after the other program closed are in the file"
+        );
     }
 
     /// Whatever happens to metadata.db while it is being opened (another file renamed over

@@ -178,6 +178,18 @@ fn a_database_acoupi_made_is_roosts_storage_and_acoupi_reads_both() {
         };
         s.register(&rec, &dep).unwrap();
     }
+    // acoupi writes another recording of its own after roost's (after roost's detector was
+    // first seen): it must neither be analysed nor hold roost's decisions.
+    let theirs_later = dir.path().join("acoupi/20260102_050000.wav");
+    std::fs::write(&theirs_later, roost::archive::wav_bytes(400)).unwrap();
+    s.connection()
+        .execute(
+            "INSERT INTO recording (id, path, datetime, duration_s, samplerate_hz, audio_channels, deployment_id)
+             SELECT X'5a5a5a5a5a5a4a5a8a5a5a5a5a5a5a5a', ?1, '2026-01-02T05:00:00+00:00', 0.05, 8000, 1, id
+             FROM deployment WHERE name = 'acoupi-site'",
+            [theirs_later.to_string_lossy()],
+        )
+        .unwrap();
     drop(s);
     let mut curator = roost::curate::run::Curator::new(config.clone(), &dir.path().join("state"));
     curator.round_now();
@@ -208,7 +220,32 @@ fn a_database_acoupi_made_is_roosts_storage_and_acoupi_reads_both() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(outputs, 3, "roost's detector analysed its own recordings");
+    assert_eq!(
+        outputs, 3,
+        "roost's detector analysed its own recordings, not acoupi's"
+    );
+    let later: (Option<String>, Option<String>, i64) = conn
+        .query_row(
+            "SELECT r.path, k.kept_by, (SELECT count(*) FROM roost_analysis a WHERE a.recording_id = r.id)
+             FROM recording r LEFT JOIN roost_keep k ON k.recording_id = r.id
+             WHERE r.id = X'5a5a5a5a5a5a4a5a8a5a5a5a5a5a5a5a'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        later,
+        (
+            Some(theirs_later.to_string_lossy().into()),
+            Some("notRoosts".into()),
+            0
+        )
+    );
+    assert!(theirs_later.is_file());
+    let bytes: i64 = conn
+        .query_row("SELECT bytes FROM roost_tally", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(bytes, 0, "acoupi's files are not counted in roost's usage");
 
     // acoupi reads roost's rows and its own (roost's current deployment is the newest).
     acoupi::acoupi_store_agrees(&python, &storage, "archive");
@@ -226,5 +263,9 @@ fn a_database_acoupi_made_is_roosts_storage_and_acoupi_reads_both() {
         audio_channels: 1,
     };
     s.register(&rec, &dep).unwrap();
-    assert_eq!(s.recordings().unwrap().len(), 2, "acoupi's and the new one");
+    assert_eq!(
+        s.recordings().unwrap().len(),
+        3,
+        "acoupi's two and the new one"
+    );
 }

@@ -269,6 +269,72 @@ fn a_database_that_cannot_be_opened_at_start_never_stops_capture() {
     rig.assert_consistent();
 }
 
+/// metadata.db of an older roost (layout 6, a week of recordings) is converted to acoupi's
+/// layout by the recorder while it records (no audio waits for it), every old row kept; one
+/// of a newer roost is left as it is (DEP_E322) while capture goes on and the files are kept.
+#[test]
+fn an_older_roosts_database_is_converted_while_recording_and_a_newer_ones_left_alone() {
+    use roost::storage::schema::{Layout, VERSION, layout};
+    let rig = Rig::new(RATE, json!({}), json!({}));
+    let shape = roost::archive::ArchiveShape {
+        recordings: 10_000,
+        ..Default::default()
+    };
+    roost::archive::build(&rig.storage, &shape, jiff::Timestamp::now()).unwrap();
+    roost::archive::as_roost_v6(&rig.storage).unwrap();
+    let db = rig.storage.join("metadata.db");
+    let feeder = PacedFeeder::start(&rig.fifo, RATE, rig.period);
+    let mut child = KillOnDrop(rig.spawn_recorder());
+    let report = rig.wait_report("recording, rows after the conversion", LONG, |r| {
+        r.files_written >= 3 && r.rows_owed == 0 && r.error.is_none()
+    });
+    assert_eq!(report.samples_dropped, 0, "{report:#?}");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    assert_eq!(layout(&conn).unwrap(), Layout::Roost(VERSION));
+    let old: i64 = conn
+        .query_row("SELECT count(*) FROM recording WHERE deployment_id = (SELECT id FROM deployment WHERE name = 'archive')", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(old, 10_000, "every old row");
+    drop(conn);
+    assert!(terminate(&mut child.0).success(), "{}", rig.log());
+    drop(feeder);
+    rig.assert_consistent();
+
+    // A newer roost's database: refused untouched, the recorder records on.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute("UPDATE roost_schema SET version = 99", [])
+        .unwrap();
+    let rows_before: i64 = conn
+        .query_row("SELECT count(*) FROM recording", [], |r| r.get(0))
+        .unwrap();
+    drop(conn);
+    let on_disk = rig.recordings().len();
+    let feeder = PacedFeeder::start(&rig.fifo, RATE, rig.period);
+    let mut child = KillOnDrop(rig.spawn_recorder());
+    let report = rig.wait_report(
+        "a newer roost's database refused, files written",
+        LONG,
+        |r| r.files_written >= 2 && r.error.as_ref().is_some_and(|e| e.code == "DEP_E322"),
+    );
+    assert!(report.rows_owed >= 1, "{report:#?}");
+    assert_eq!(report.samples_dropped, 0, "{report:#?}");
+    assert!(terminate(&mut child.0).success(), "{}", rig.log());
+    drop(feeder);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let (version, rows): (i64, i64) = conn
+        .query_row(
+            "SELECT (SELECT version FROM roost_schema), (SELECT count(*) FROM recording)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((version, rows), (99, rows_before), "not rewritten");
+    assert!(
+        rig.recordings().len() >= on_disk + 2,
+        "the new files are kept"
+    );
+}
+
 /// Runs `sh -c script`, panicking with its output on failure.
 fn sh(script: &str) -> String {
     let out = Command::new("sh").args(["-c", script]).output().unwrap();

@@ -44,6 +44,19 @@ impl Recording {
     }
 }
 
+/// SQL: the recording `r`'s file is one roost named (`.../YYYYMMDDTHHMMSS.ffffffZ.wav`, or
+/// `...Z-2.wav`), as [`super::judge::roosts_file`] says in Rust. Another program's recordings
+/// in a shared metadata.db (acoupi's) are never analysed, stamped or counted.
+pub const ROOSTS_FILE: &str = "r.path GLOB '*[0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]T[0-9][0-9][0-9][0-9][0-9][0-9].[0-9]*Z*.wav'";
+
+/// Whether roost named the recording's file (`YYYYMMDDTHHMMSS.ffffffZ.wav`): rows another
+/// program wrote into a shared metadata.db (acoupi names its files otherwise) are not roost's
+/// to analyse, count or delete. By name, not by folder: the storage may be reached through
+/// another path. The same test in SQL: [`ROOSTS_FILE`].
+pub fn roosts_file(rec: &Recording) -> bool {
+    crate::storage::start_from_file_name(&rec.path).is_some()
+}
+
 const RECORDING_COLUMNS: &str = "r.id, r.rowid, r.path, r.datetime, r.duration_s, r.samplerate_hz, r.audio_channels, r.protected,
      (SELECT g.made_device_s FROM roost_age g WHERE g.recording_id = r.id)";
 
@@ -146,7 +159,8 @@ pub fn pending(
 ) -> rusqlite::Result<Vec<Recording>> {
     let sql = format!(
         "SELECT {RECORDING_COLUMNS} FROM recording r
-         WHERE r.rowid > ?2 AND r.path IS NOT NULL AND typeof(r.id) = 'blob' AND length(r.id) = 16 AND NOT EXISTS (
+         WHERE r.rowid > ?2 AND r.path IS NOT NULL AND typeof(r.id) = 'blob' AND length(r.id) = 16
+           AND {ROOSTS_FILE} AND NOT EXISTS (
              SELECT 1 FROM roost_analysis a WHERE a.recording_id = r.id AND a.detector = ?1
              AND a.outcome IN ('done', 'failed'))
          ORDER BY r.rowid LIMIT ?3"
@@ -163,10 +177,13 @@ pub fn backlog(
     since: i64,
 ) -> rusqlite::Result<(u64, Option<Timestamp>)> {
     conn.query_row(
-        "SELECT count(*), min(r.datetime) FROM recording r
-         WHERE r.rowid > ?2 AND r.path IS NOT NULL AND typeof(r.id) = 'blob' AND length(r.id) = 16 AND NOT EXISTS (
-             SELECT 1 FROM roost_analysis a WHERE a.recording_id = r.id AND a.detector = ?1
-             AND a.outcome IN ('done', 'failed'))",
+        &format!(
+            "SELECT count(*), min(r.datetime) FROM recording r
+             WHERE r.rowid > ?2 AND r.path IS NOT NULL AND typeof(r.id) = 'blob'
+               AND length(r.id) = 16 AND {ROOSTS_FILE} AND NOT EXISTS (
+                 SELECT 1 FROM roost_analysis a WHERE a.recording_id = r.id AND a.detector = ?1
+                 AND a.outcome IN ('done', 'failed'))"
+        ),
         params![detector, since],
         |r| {
             let oldest: Option<String> = r.get(1)?;
@@ -312,7 +329,8 @@ pub fn undecided(
     )?;
     let mut out = Vec::new();
     for r in rows {
-        if analysed_by_all(conn, &r, detectors)? {
+        // Another program's recording is never analysed: it waits for no detector.
+        if !roosts_file(&r) || analysed_by_all(conn, &r, detectors)? {
             out.push(r);
         } else {
             break;
@@ -516,11 +534,13 @@ pub fn stamp_made(
     limit: usize,
 ) -> rusqlite::Result<(i64, usize)> {
     let sql = format!(
-        "SELECT {RECORDING_COLUMNS} FROM recording r WHERE r.rowid > ?1 AND typeof(r.id) = 'blob' AND length(r.id) = 16
+        "SELECT {RECORDING_COLUMNS} FROM recording r WHERE r.rowid > ?1 AND typeof(r.id) = 'blob'
+           AND length(r.id) = 16 AND (r.path IS NULL OR {ROOSTS_FILE})
          ORDER BY r.rowid LIMIT ?2"
     );
-    // Rows of another program (a blob id) are not read at all: a batch of them alone would
-    // read as the end of the table and the cursor would never pass them.
+    // Rows of another program (an id that is no UUID's 16 bytes, a file roost did not name)
+    // are not read at all: a batch of them alone would read as the end of the table and the
+    // cursor would never pass them.
     let rows: Vec<Recording> = crate::storage::skip_foreign_rows(
         conn.prepare_cached(&sql)?
             .query_map(params![after, limit as i64], recording)?,

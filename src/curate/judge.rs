@@ -40,6 +40,11 @@ pub fn judge(
     rules: &Rules,
     detectors: &[(String, i64)],
 ) -> rusqlite::Result<Verdict> {
+    // Another program's recording is never analysed (see `db::ROOSTS_FILE`): it must not
+    // wait for roost's detectors, nor hold the recordings after it.
+    if !roosts_file(rec) {
+        return Ok(Verdict::Keep(NOT_ROOSTS.into()));
+    }
     if !db::analysed_by_all(conn, rec, detectors)? {
         return Ok(Verdict::Waiting);
     }
@@ -51,9 +56,6 @@ pub fn judge(
     }
     if db::failed_any(conn, &rec.id)? {
         return Ok(Verdict::Keep(ANALYSIS_FAILED.into()));
-    }
-    if !roosts_file(rec) {
-        return Ok(Verdict::Keep(NOT_ROOSTS.into()));
     }
     let names: Vec<String> = detectors.iter().map(|(n, _)| n.clone()).collect();
     let facts = Facts {
@@ -78,9 +80,4 @@ fn marked_protected(rec: &Recording) -> bool {
     rec.protected || crate::storage::keep_marker(&rec.path).exists()
 }
 
-/// Whether roost named the recording's file (`YYYYMMDDTHHMMSS.ffffffZ.wav`): rows another
-/// program wrote into a shared metadata.db (acoupi names its files otherwise) are not roost's
-/// to delete. By name, not by folder: the storage may be reached through another path.
-pub fn roosts_file(rec: &Recording) -> bool {
-    crate::storage::start_from_file_name(&rec.path).is_some()
-}
+pub use super::db::roosts_file;

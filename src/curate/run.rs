@@ -307,6 +307,9 @@ pub struct Curator {
     conn: Option<Connection>,
     /// (device, inode) of the metadata.db `conn` has open.
     db_identity: Option<(u64, u64)>,
+    /// When a failed conversion of metadata.db's layout may be tried again, and its problem.
+    conversion: crate::storage::schema::Retry,
+    conversion_failed: Option<Problem>,
     detectors: Vec<Active>,
     rules: Rules,
     report: CuratorReport,
@@ -384,6 +387,8 @@ impl Curator {
             state_dir: state_dir.to_path_buf(),
             conn: None,
             db_identity: None,
+            conversion: Default::default(),
+            conversion_failed: None,
             detectors,
             rules,
             report,
@@ -426,12 +431,22 @@ impl Curator {
                 ),
             });
         }
-        let storage =
-            crate::storage::Storage::open(&root, &self.config.storage).map_err(|e| Problem {
-                code: e.code().code.to_string(),
-                message: errors::chain(&e),
-            })?;
-        drop(storage);
+        if let Some(problem) = self.conversion_failed.as_ref()
+            && !self.conversion.due(std::time::Instant::now())
+        {
+            return Err(problem.clone());
+        }
+        let opened = crate::storage::Storage::open(&root, &self.config.storage);
+        let failed = opened
+            .as_ref()
+            .is_err_and(crate::storage::StorageError::is_failed_conversion);
+        self.conversion.outcome(failed, std::time::Instant::now());
+        let storage = opened.map_err(|e| Problem {
+            code: e.code().code.to_string(),
+            message: errors::chain(&e),
+        });
+        self.conversion_failed = storage.as_ref().err().filter(|_| failed).cloned();
+        drop(storage?);
         let conn = Connection::open(root.join(crate::storage::DB_FILE)).map_err(|e| Problem {
             code: errors::STORAGE_UNUSABLE.code.to_string(),
             message: format!("metadata.db in {}: {}", root.display(), e),
@@ -1545,15 +1560,16 @@ mod tests {
             serde_json::json!([{"detection": {"minScore": 0.99}}]),
         );
         let conn = Connection::open(storage.join("metadata.db")).unwrap();
-        for (n, id, duration, rate) in [(1, "bad-inf", "1e999", 16_000), (2, "bad-rate", "2.0", 0)]
-        {
+        // Files roost named, with rows whose numbers describe no recording.
+        let bad = |n: u128| paths[0].with_file_name(format!("20260101T00000{n}.000000Z.wav"));
+        for (n, duration, rate) in [(1, "1e999", 16_000), (2, "2.0", 0)] {
             conn.execute(
                 &format!("INSERT INTO recording (id, path, datetime, duration_s, samplerate_hz, audio_channels, deployment_id)
                  SELECT ?1, ?2, '2026-01-01T00:00:0{n}+00:00', {duration}, {rate}, 1, deployment_id FROM recording LIMIT 1"),
-                rusqlite::params![uuid::Uuid::from_u128(0xbad0 + n), paths[0].with_extension(format!("{id}.wav")).to_string_lossy()],
+                rusqlite::params![uuid::Uuid::from_u128(0xbad0 + n), bad(n).to_string_lossy()],
             )
             .unwrap();
-            tone(&paths[0].with_extension(format!("{id}.wav")));
+            tone(&bad(n));
         }
         drop(conn);
         let state = dir.path().join("state");
@@ -1586,7 +1602,7 @@ mod tests {
         );
         assert_eq!(deleted, vec!["keep"; 4]);
         assert!(paths.iter().all(|p| !p.exists()));
-        assert!(paths[0].with_extension("bad-inf.wav").exists());
+        assert!(bad(1).exists() && bad(2).exists());
     }
 
     /// A detector failing on every recording is a problem of the curator (its code, its
@@ -1687,7 +1703,7 @@ mod tests {
         assert!(paths.iter().all(|p| p.exists()));
     }
 
-    /// Rows another program wrote in forms roost does not (a blob id, a blob datetime, text
+    /// Rows another program wrote in forms roost does not (a text id, a blob datetime, text
     /// in a number column, a text `roost_age` or `since_rowid`) never stop the decisions and
     /// analyses of the others, and never disable a detector.
     #[test]

@@ -123,6 +123,7 @@ impl Registrar {
             progress_shown: None,
             released: false,
             replace_db: false,
+            conversion: Default::default(),
         };
         let thread = std::thread::Builder::new()
             .name("roost-registrar".into())
@@ -246,6 +247,8 @@ struct Worker {
     released: bool,
     /// The database was found damaged in use: set it aside at the next opening.
     replace_db: bool,
+    /// When a failed conversion of metadata.db's layout may be tried again.
+    conversion: crate::storage::schema::Retry,
 }
 
 impl Worker {
@@ -328,11 +331,19 @@ impl Worker {
             }
             self.repair_pending = true;
         }
-        if self.db.is_none()
-            && let Err(e) = self.open()
-        {
-            self.failed(&e);
-            return;
+        if self.db.is_none() {
+            if !self.conversion.due(Instant::now()) {
+                return;
+            }
+            let opened = self.open();
+            let failed = opened
+                .as_ref()
+                .is_err_and(StorageError::is_failed_conversion);
+            self.conversion.outcome(failed, Instant::now());
+            if let Err(e) = opened {
+                self.failed(&e);
+                return;
+            }
         }
         // Rows handed over first: repair then finds only true orphans (not this run's files).
         self.flush();

@@ -361,6 +361,12 @@ const ROOST_TABLES: &str = "
     INSERT OR IGNORE INTO roost_tally (id, recordings, bytes)
         VALUES (1, (SELECT count(*) FROM recording WHERE path IS NOT NULL), 0);";
 
+/// `roost_tally.bytes` counted from the rows (an adopted database whose `roost_age` holds
+/// sizes already; the triggers keep it from then on).
+const TALLY_BYTES: &str = "UPDATE roost_tally SET bytes = (SELECT coalesce(sum(g.bytes), 0)
+    FROM roost_age g JOIN recording r ON r.id = g.recording_id WHERE r.path IS NOT NULL)
+    WHERE id = 1;";
+
 /// Roost's indexes and the triggers that keep its figures (`roost_tally`, `roost_deleted`,
 /// `roost_outcomes`) whoever writes the rows (no `OR IGNORE` in them: an outer upsert's
 /// conflict handling would override it).
@@ -547,16 +553,16 @@ pub fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
             Layout::Roost(VERSION) => {
                 // Judged by its tables: the marker was lost (a tool that copied the tables).
                 if !marked(conn).map_err(failed(now))? {
-                    step(conn, |tx| mark(tx, VERSION)).map_err(failed(now))?;
+                    step(conn, now, |tx| mark(tx, VERSION)).map_err(failed(now))?;
                 }
                 return Ok(());
             }
-            Layout::Roost(6) => to_acoupi_layout(conn).map_err(failed(now))?,
-            Layout::Roost(v) => step(conn, |tx| {
+            Layout::Roost(6) => to_acoupi_layout(conn, now).map_err(failed(now))?,
+            Layout::Roost(v) => step(conn, now, |tx| {
                 tx.execute_batch(LEGACY[v]).and_then(|()| mark(tx, v + 1))
             })
             .map_err(failed(now))?,
-            Layout::Empty | Layout::Acoupi => step(conn, adopt).map_err(failed(now))?,
+            Layout::Empty | Layout::Acoupi => step(conn, now, adopt).map_err(failed(now))?,
         }
     }
 }
@@ -576,6 +582,46 @@ pub fn create_roost_v6(conn: &mut Connection) -> rusqlite::Result<()> {
     tx.commit()
 }
 
+/// When to try a failed conversion again. A conversion that failed (a full card: it needs
+/// room for the converted rows beside the old ones until it commits) costs a pass over the
+/// whole archive each time: the recorder and the curator try it again after 1 minute, then
+/// twice as long each time up to an hour, not at every turn.
+#[derive(Clone, Debug)]
+pub struct Retry {
+    next: Option<std::time::Instant>,
+    wait: std::time::Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self {
+            next: None,
+            wait: Self::FIRST,
+        }
+    }
+}
+
+impl Retry {
+    const FIRST: std::time::Duration = std::time::Duration::from_secs(60);
+    const MOST: std::time::Duration = std::time::Duration::from_secs(3600);
+
+    /// Whether opening may convert again at `now`.
+    pub fn due(&self, now: std::time::Instant) -> bool {
+        self.next.is_none_or(|next| now >= next)
+    }
+
+    /// Notes the outcome of an opening at `now`: a failed conversion waits, anything else
+    /// (success, a lock, another error) starts over.
+    pub fn outcome(&mut self, failed_conversion: bool, now: std::time::Instant) {
+        if failed_conversion {
+            self.next = Some(now + self.wait);
+            self.wait = (self.wait * 2).min(Self::MOST);
+        } else {
+            *self = Self::default();
+        }
+    }
+}
+
 fn marked(conn: &Connection) -> rusqlite::Result<bool> {
     conn.query_row(
         "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'roost_schema')",
@@ -592,14 +638,15 @@ fn describe(layout: Layout) -> String {
     }
 }
 
-/// Runs `work` in one IMMEDIATE transaction if the layout is still the one judged outside it.
+/// Runs `work` in one IMMEDIATE transaction if the layout is still `judged` (another process,
+/// the recorder or the curator, may have taken the step meanwhile: then nothing is done here).
 fn step(
     conn: &mut Connection,
+    judged: Layout,
     work: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<()>,
 ) -> rusqlite::Result<()> {
-    let before = layout(conn)?;
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    if layout(&tx)? != before {
+    if layout(&tx)? != judged {
         return Ok(());
     }
     work(&tx)?;
@@ -642,6 +689,7 @@ fn adopt(tx: &Transaction<'_>) -> rusqlite::Result<()> {
              WHERE NOT EXISTS (SELECT 1 FROM roost_outcomes)
              GROUP BY detector, outcome;",
     )?;
+    tx.execute_batch(TALLY_BYTES)?;
     tx.execute_batch(ACOUPI_INDEXES)?;
     tx.execute_batch(ROOST_INDEXES)?;
     mark(tx, VERSION)
@@ -684,26 +732,26 @@ const CONVERTED: [&str; 8] = [
 
 /// Version 6 to 7, in one transaction with foreign keys off (SQLite ignores the pragma inside
 /// one): the old tables are renamed aside, acoupi's made, every row copied with its rowid (the
-/// curator's cursors are rowids), ids as the same UUIDs' 16 bytes, times as acoupi's text;
+/// curator's cursors are rowids; each old table is dropped once copied and its indexes before,
+/// so that their pages hold the next table's rows and the file grows as little as it can), ids as the same UUIDs' 16 bytes, times as acoupi's text;
 /// each JSON `location` becomes an `event` detection's four box columns (see
 /// [`box_columns`]), and the file-level tags (acoupi has no place for them) become one
 /// `presence` detection each, without a box, scored by the tag's confidence.
-fn to_acoupi_layout(conn: &mut Connection) -> rusqlite::Result<()> {
+fn to_acoupi_layout(conn: &mut Connection, judged: Layout) -> rusqlite::Result<()> {
+    room_for_conversion(conn)?;
     register_functions(conn)?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
-    let result = step(conn, |tx| {
+    let result = step(conn, judged, |tx| {
         let started = std::time::Instant::now();
         tx.execute_batch(&drop_roost_triggers())?;
         for table in CONVERTED {
             tx.execute_batch(&format!("ALTER TABLE {table} RENAME TO {}", aside(table)))?;
         }
+        drop_old_indexes(tx)?;
         tx.execute_batch(ACOUPI_TABLES)?;
         add_recording_columns(tx)?;
         tx.execute_batch(ROOST_TABLES)?;
         copy_rows(tx)?;
-        for table in CONVERTED.iter().rev() {
-            tx.execute_batch(&format!("DROP TABLE {}", aside(table)))?;
-        }
         tx.execute_batch(ACOUPI_INDEXES)?;
         tx.execute_batch(ROOST_INDEXES)?;
         let dangling: i64 =
@@ -723,8 +771,48 @@ fn to_acoupi_layout(conn: &mut Connection) -> rusqlite::Result<()> {
         );
         Ok(())
     });
-    let on = conn.pragma_update(None, "foreign_keys", "ON");
-    result.and(on)
+    if let Err(e) = conn.pragma_update(None, "foreign_keys", "ON") {
+        tracing::warn!(error = %e, "metadata.db: cannot turn foreign keys on again");
+    }
+    if result.is_ok() {
+        // The log holds every converted page until a checkpoint: give the card its room back.
+        let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    }
+    result
+}
+
+/// The conversion writes the converted rows to the log (-wal) before it commits, while the
+/// old ones are still in the file: it needs about the database's size free on its disk, and
+/// 16 MiB beside. Without that room it is not begun (a pass over the whole archive that would
+/// end in SQLITE_FULL, again at every try): SQLITE_FULL at once, with the figures.
+fn room_for_conversion(conn: &Connection) -> rusqlite::Result<()> {
+    let size: i64 = conn.query_row(
+        "SELECT page_count * page_size FROM pragma_page_count, pragma_page_size",
+        [],
+        |r| r.get(0),
+    )?;
+    let Some(dir) = conn
+        .path()
+        .map(std::path::Path::new)
+        .and_then(std::path::Path::parent)
+    else {
+        return Ok(());
+    };
+    let Ok(free) = super::free_bytes(dir) else {
+        return Ok(());
+    };
+    let needed = u64::try_from(size).unwrap_or(0) + 16 * 1024 * 1024;
+    if free >= needed {
+        return Ok(());
+    }
+    Err(rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+        Some(format!(
+            "the conversion needs {} MB free on the storage's disk and {} MB are: free space (delete recordings by hand) and it goes on by itself",
+            needed / 1_000_000,
+            free / 1_000_000
+        )),
+    ))
 }
 
 /// Where a table of [`CONVERTED`] waits while it is copied: `roost_v6_<name without roost_>`.
@@ -746,6 +834,21 @@ fn drop_roost_triggers() -> String {
     ]
     .map(|t| format!("DROP TRIGGER IF EXISTS {t};"))
     .concat()
+}
+
+/// Drops the indexes (not the UNIQUE constraints' own) of the tables renamed aside.
+fn drop_old_indexes(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    let names: Vec<String> = tx
+        .prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL
+             AND tbl_name LIKE 'roost_v6_%'",
+        )?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for name in names {
+        tx.execute_batch(&format!("DROP INDEX \"{}\"", name.replace('"', "\"\"")))?;
+    }
+    Ok(())
 }
 
 fn copy_rows(tx: &Transaction<'_>) -> rusqlite::Result<()> {
@@ -779,15 +882,19 @@ fn copy_rows(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     )?;
     tx.execute_batch(
         "DROP TABLE temp.roost_v6_orphan_deployment;
+        DROP TABLE roost_v6_recording;
+        DROP TABLE roost_v6_deployment;
         INSERT INTO model_output (rowid, id, model_name, recording_id, created_on)
             SELECT rowid, roost_id(id), model_name, roost_id(recording_id), roost_time(created_on)
             FROM roost_v6_model_output;
+        DROP TABLE roost_v6_model_output;
         INSERT INTO detection (rowid, id, prediction_type, start_time_s, low_freq_hz, end_time_s,
                 high_freq_hz, detection_score, model_output_id)
             SELECT rowid, roost_id(id), 'event', roost_box(location, 0), roost_box(location, 1),
                 roost_box(location, 2), roost_box(location, 3), detection_score,
                 roost_id(model_output_id)
             FROM roost_v6_detection;
+        DROP TABLE roost_v6_detection;
         INSERT INTO detection (id, prediction_type, detection_score, model_output_id)
             SELECT roost_id('roost-clip-tag:' || id), 'presence',
                 min(max(coalesce(confidence_score, 0.0), 0.0), 1.0), roost_id(model_output_id)
@@ -798,16 +905,25 @@ fn copy_rows(tx: &Transaction<'_>) -> rusqlite::Result<()> {
                 'roost-clip-tag:' || id))
             FROM roost_v6_predicted_tag
             WHERE detection_id IS NOT NULL OR model_output_id IS NOT NULL ORDER BY id;
+        INSERT INTO sqlite_sequence (name, seq)
+            SELECT 'predicted_tag', 0 WHERE NOT EXISTS
+                (SELECT 1 FROM sqlite_sequence WHERE name = 'predicted_tag');
+        UPDATE sqlite_sequence SET seq = max(seq, coalesce((SELECT max(seq) FROM sqlite_sequence
+            WHERE name = 'roost_v6_predicted_tag'), 0)) WHERE name = 'predicted_tag';
+        DROP TABLE roost_v6_predicted_tag;
         INSERT INTO roost_analysis (rowid, recording_id, detector, outcome, attempts, error_code,
                 error, finished_on)
             SELECT rowid, roost_id(recording_id), detector, outcome, attempts, error_code, error,
                 roost_time(finished_on)
             FROM roost_v6_analysis;
+        DROP TABLE roost_v6_analysis;
         INSERT INTO roost_keep (rowid, recording_id, kept_by, decided_on)
             SELECT rowid, roost_id(recording_id), kept_by, roost_time(decided_on)
             FROM roost_v6_keep;
+        DROP TABLE roost_v6_keep;
         INSERT INTO roost_age (rowid, recording_id, made_device_s, bytes, skew_s)
             SELECT rowid, roost_id(recording_id), made_device_s, bytes, skew_s FROM roost_v6_age;
+        DROP TABLE roost_v6_age;
         UPDATE roost_detector SET since = roost_time(since);
         UPDATE roost_clock SET wall = roost_time(wall);",
     )
@@ -817,18 +933,19 @@ fn copy_rows(tx: &Transaction<'_>) -> rusqlite::Result<()> {
 /// deployment row (or with one that is gone) are given one, `recovered`, spanning them.
 fn recovered_deployment(tx: &Transaction<'_>) -> rusqlite::Result<Option<Vec<u8>>> {
     let span: (i64, Option<String>, Option<String>) = tx.query_row(
-        "SELECT count(*), min(roost_time(datetime)), max(roost_time(datetime))
+        "SELECT count(*),
+                min(CASE typeof(datetime) WHEN 'text' THEN roost_time(datetime) END),
+                max(CASE typeof(datetime) WHEN 'text' THEN roost_time(datetime) END)
          FROM roost_v6_recording r
          WHERE NOT EXISTS (SELECT 1 FROM deployment d WHERE d.id = roost_id(r.deployment_id))",
         [],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )?;
-    let (n, Some(first), last) = span else {
-        return Ok(None);
-    };
+    let (n, first, last) = span;
     if n == 0 {
         return Ok(None);
     }
+    let first = first.unwrap_or_else(|| "1970-01-01T00:00:00+00:00".into());
     let id = super::new_uuid();
     let started_on = free_time(tx, "deployment", "started_on", &first)?;
     tx.execute(
@@ -865,8 +982,17 @@ fn copy_unique(
         let mut values: Vec<Value> = (0..row.as_ref().column_count())
             .map(|i| row.get::<_, Value>(i))
             .collect::<rusqlite::Result<_>>()?;
-        if let Value::Text(t) = &values[time_at] {
-            values[time_at] = Value::Text(free_time(tx, table, column, t)?);
+        // A time another program wrote as a number or bytes is kept as text (acoupi's
+        // column is text, and UNIQUE).
+        let text = match &values[time_at] {
+            Value::Text(t) => Some(t.clone()),
+            Value::Integer(n) => Some(n.to_string()),
+            Value::Real(x) => Some(x.to_string()),
+            Value::Blob(b) => Some(b.iter().map(|x| format!("{x:02x}")).collect()),
+            Value::Null => None,
+        };
+        if let Some(t) = text {
+            values[time_at] = Value::Text(free_time(tx, table, column, &t)?);
         }
         write.execute(rusqlite::params_from_iter(values.iter()))?;
     }
@@ -889,12 +1015,17 @@ pub fn free_time(
     };
     let parsed = super::parse_db_datetime(time);
     let mut candidate = time.to_string();
-    for n in 1..=1_000_000i64 {
+    // A microsecond later each time, for at most a second's worth; then (or for what is no
+    // time, or the end of time) a numbered suffix, which no time has.
+    for n in 1i64.. {
         if !taken(&candidate)? {
             return Ok(candidate);
         }
-        candidate = match parsed {
-            Some(t) => super::db_datetime(t + jiff::SignedDuration::from_micros(n)),
+        let later = parsed
+            .filter(|_| n <= 1_000_000)
+            .and_then(|t| t.checked_add(jiff::SignedDuration::from_micros(n)).ok());
+        candidate = match later {
+            Some(t) => super::db_datetime(t),
             None => format!("{time} #{n}"),
         };
     }
@@ -1007,8 +1138,8 @@ fn box_columns(v: ValueRef<'_>) -> [Value; 4] {
         j => j.get("coordinates").and_then(serde_json::Value::as_array),
     });
     let four: Option<[f64; 4]> = coords.and_then(|c| {
-        let xs: Vec<f64> = c.iter().filter_map(serde_json::Value::as_f64).collect();
-        <[f64; 4]>::try_from(xs).ok()
+        let xs: Option<Vec<f64>> = c.iter().map(serde_json::Value::as_f64).collect();
+        <[f64; 4]>::try_from(xs?).ok()
     });
     match four {
         Some(b) => box_values(b).map(|x| x.map_or(Value::Null, Value::Real)),
@@ -1200,6 +1331,32 @@ mod tests {
             out.extend(rows.map(|r| r.unwrap().join("|")));
         }
         out
+    }
+
+    /// A failed conversion is tried again after 1, 2, 4 ... minutes, at most an hour apart;
+    /// a success starts over.
+    #[test]
+    fn a_failed_conversion_waits_longer_each_time() {
+        let t0 = std::time::Instant::now();
+        let min = |m: u64| std::time::Duration::from_secs(60 * m);
+        let mut r = Retry::default();
+        assert!(r.due(t0));
+        r.outcome(true, t0);
+        assert!(!r.due(t0 + min(1) - std::time::Duration::from_millis(1)));
+        assert!(r.due(t0 + min(1)));
+        let mut at = t0;
+        let mut waits = Vec::new();
+        for _ in 0..9 {
+            r.outcome(true, at);
+            let next = r.next.unwrap();
+            waits.push((next - at).as_secs() / 60);
+            at = next;
+        }
+        assert_eq!(waits, [2, 4, 8, 16, 32, 60, 60, 60, 60]);
+        r.outcome(false, at);
+        assert!(r.due(at));
+        r.outcome(true, at);
+        assert_eq!(r.next.unwrap() - at, min(1));
     }
 
     /// What an older roost or another program left that acoupi's layout cannot hold as it
