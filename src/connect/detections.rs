@@ -47,6 +47,10 @@ fn open(storage: &Path) -> rusqlite::Result<Connection> {
 /// `None` when metadata.db has no such table yet (no detector ever ran).
 pub fn catch_up_from(storage: &Path, since: Timestamp) -> Option<i64> {
     let conn = open(storage).ok()?;
+    // An older roost's layout is read once converted (its time text compares otherwise).
+    if !in_acoupis_layout(&conn) {
+        return None;
+    }
     conn.query_row(
         "SELECT coalesce((SELECT min(rowid) FROM model_output WHERE created_on >= ?1) - 1,
                          (SELECT max(rowid) FROM model_output), 0)",
@@ -57,8 +61,11 @@ pub fn catch_up_from(storage: &Path, since: Timestamp) -> Option<i64> {
 }
 
 /// Model outputs after `after` (rowid), oldest first, at most `limit`; detections scoring under
-/// their detector's entry in `min_scores` are left out. `None` when metadata.db has no such
-/// table yet (no detector ever ran).
+/// their detector's entry in `min_scores` are left out. A row that does not decode (another
+/// program's, in another form) is an output with no body and no detection: the cursor passes
+/// it. `None` when metadata.db has no such table yet (no detector ever ran), or is not in
+/// acoupi's layout yet (an older roost's, converted by the recorder or the curator when they
+/// start: read before, its rows would be passed over unsent).
 pub fn after(
     storage: &Path,
     after: i64,
@@ -66,6 +73,9 @@ pub fn after(
     min_scores: &BTreeMap<String, f64>,
 ) -> Option<Vec<Output>> {
     let conn = open(storage).ok()?;
+    if !in_acoupis_layout(&conn) {
+        return None;
+    }
     let mut stmt = conn
         .prepare(
             "SELECT m.rowid, m.id, m.model_name, m.created_on, r.id, r.path, r.datetime, r.duration_s,
@@ -77,37 +87,19 @@ pub fn after(
         .ok()?;
     let rows = stmt
         .query_map(params![after, limit as i64], |r| {
-            let id_text = |i: usize| -> rusqlite::Result<Option<String>> {
-                Ok(r.get::<_, Option<uuid::Uuid>>(i)?.map(|u| u.to_string()))
-            };
-            let recording = json!({
-                "id": id_text(4)?,
-                "path": r.get::<_, Option<String>>(5)?,
-                "created_on": aware(&r.get::<_, String>(6)?),
-                "datetime": r.get::<_, String>(6)?,
-                "duration": r.get::<_, f64>(7)?,
-                "samplerate": r.get::<_, i64>(8)?,
-                "audio_channels": r.get::<_, i64>(9)?,
-                "deployment": {
-                    "id": id_text(10)?,
-                    "name": r.get::<_, Option<String>>(11)?,
-                    "started_on": r.get::<_, Option<String>>(12)?.as_deref().map(aware),
-                    "latitude": r.get::<_, Option<f64>>(13)?,
-                    "longitude": r.get::<_, Option<f64>>(14)?,
-                },
-            });
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, uuid::Uuid>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                recording,
-            ))
+            Ok((r.get::<_, i64>(0)?, decode(r).ok()))
         })
         .ok()?;
     let mut out = Vec::new();
     for row in rows.flatten() {
-        let (rowid, id, model, created, recording) = row;
+        let (rowid, Some((id, model, created, recording))) = row else {
+            out.push(Output {
+                rowid: row.0,
+                body: Value::Null,
+                detections: 0,
+            });
+            continue;
+        };
         let min = min_scores.get(&model).copied().unwrap_or(0.0);
         let (detections, total) = detections_of(&conn, &id, min).unwrap_or_default();
         let tags = clip_tags(&conn, &id).unwrap_or_default();
@@ -128,6 +120,41 @@ pub fn after(
         });
     }
     Some(out)
+}
+
+/// Whether metadata.db is in acoupi's layout: this roost's, or acoupi's own store's.
+fn in_acoupis_layout(conn: &Connection) -> bool {
+    use crate::storage::schema::{Layout, VERSION, layout};
+    matches!(layout(conn), Ok(Layout::Roost(VERSION) | Layout::Acoupi))
+}
+
+/// One row of [`after`]'s query: the model output's id, model, creation and its recording.
+fn decode(r: &rusqlite::Row<'_>) -> rusqlite::Result<(uuid::Uuid, String, String, Value)> {
+    let id_text = |i: usize| -> rusqlite::Result<Option<String>> {
+        Ok(r.get::<_, Option<uuid::Uuid>>(i)?.map(|u| u.to_string()))
+    };
+    let recording = json!({
+        "id": id_text(4)?,
+        "path": r.get::<_, Option<String>>(5)?,
+        "created_on": aware(&r.get::<_, String>(6)?),
+        "datetime": r.get::<_, String>(6)?,
+        "duration": r.get::<_, f64>(7)?,
+        "samplerate": r.get::<_, i64>(8)?,
+        "audio_channels": r.get::<_, i64>(9)?,
+        "deployment": {
+            "id": id_text(10)?,
+            "name": r.get::<_, Option<String>>(11)?,
+            "started_on": r.get::<_, Option<String>>(12)?.as_deref().map(aware),
+            "latitude": r.get::<_, Option<f64>>(13)?,
+            "longitude": r.get::<_, Option<f64>>(14)?,
+        },
+    });
+    Ok((
+        r.get::<_, uuid::Uuid>(1)?,
+        r.get::<_, String>(2)?,
+        r.get::<_, String>(3)?,
+        recording,
+    ))
 }
 
 /// A time as acoupi's models take it (aware, RFC 3339 with `Z`) from metadata.db's text; text
@@ -369,6 +396,45 @@ pub(crate) mod tests {
             assert_eq!(location_of(cols), Value::Null, "{point:?}");
             assert_eq!(crate::storage::schema::box_from_columns(cols), Some(point));
         }
+    }
+
+    /// An older roost's metadata.db is not read until it is converted (its rows would be
+    /// passed over unsent); a row another program wrote in another form is passed by the
+    /// cursor, sending nothing, instead of holding every output after it.
+    #[test]
+    fn an_older_layout_waits_and_an_odd_row_is_passed() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Timestamp::now();
+        metadata(dir.path(), 3, 1, now);
+        let conn = Connection::open(dir.path().join(crate::storage::DB_FILE)).unwrap();
+        conn.execute_batch(
+            "PRAGMA foreign_keys = OFF;
+             INSERT INTO model_output (id, model_name, recording_id, created_on)
+                 SELECT 'text-id', 'other', id, '2026-01-01T00:00:00+00:00'
+                 FROM recording ORDER BY rowid LIMIT 1;",
+        )
+        .unwrap();
+        metadata_more(&conn, now);
+        let out = after(dir.path(), 0, 10, &BTreeMap::new()).unwrap();
+        let rowids: Vec<i64> = out.iter().map(|o| o.rowid).collect();
+        assert_eq!(rowids.len(), 5, "{rowids:?}");
+        assert_eq!(out[3].body, Value::Null, "the odd row, passed");
+        assert_eq!(out[3].detections, 0);
+        assert_eq!(out[4].body["name_model"], "bandEnergy", "the one after it");
+        conn.execute("UPDATE roost_schema SET version = 6", [])
+            .unwrap();
+        assert_eq!(after(dir.path(), 0, 10, &BTreeMap::new()), None);
+        assert_eq!(catch_up_from(dir.path(), now), None);
+    }
+
+    /// One more model output of the first recording, after the others.
+    fn metadata_more(conn: &Connection, at: Timestamp) {
+        conn.execute(
+            "INSERT INTO model_output (id, model_name, recording_id, created_on)
+             SELECT ?1, 'bandEnergy', id, ?2 FROM recording ORDER BY rowid LIMIT 1",
+            params![uuid::Uuid::from_u128(99), crate::storage::db_datetime(at)],
+        )
+        .unwrap();
     }
 
     /// Months of past outputs when spec.connect is added: the cursor starts a day back.
