@@ -98,10 +98,6 @@ impl StorageError {
                 source: schema::MigrateError::Newer { .. },
                 ..
             } => errors::METADATA_DB_NEWER,
-            Self::Layout {
-                source: schema::MigrateError::Failed { source, .. },
-                ..
-            } if is_sqlite_full(source) => errors::DISK_FULL,
             Self::Layout { .. } if self.is_busy() => errors::METADATA_DB_ERROR,
             Self::Layout { .. } => errors::METADATA_DB_MIGRATION,
         }

@@ -1580,10 +1580,16 @@ impl<T: WavSample> Recorder<T> {
             .since_wall
             .map_or(String::new(), |t| format!(" since {t:.0}"));
         let why = owed.why.map_or(String::new(), |e| format!(" ({e})"));
+        // metadata.db's layout in the way: its own code and action (upgrade roost, free room),
+        // never DEP_E321's "move metadata.db aside", which would lose what it holds.
+        let code = owed
+            .code
+            .filter(|c| [errors::METADATA_DB_NEWER, errors::METADATA_DB_MIGRATION].contains(c))
+            .unwrap_or(errors::METADATA_DB_ERROR);
         Some(ReportError::new(
-            errors::METADATA_DB_ERROR,
+            code,
             format!(
-                "{} recordings are in recordings/ without their metadata.db row{since}{why}; files keep being written and the rows are retried every second",
+                "{} recordings are in recordings/ without their metadata.db row{since}{why}; files keep being written and the rows are retried",
                 owed.rows
             ),
         ))

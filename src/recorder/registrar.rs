@@ -44,6 +44,8 @@ pub struct RegistrarView {
     pub owed_since_wall: Option<Timestamp>,
     /// Why the last attempt failed, while rows are owed.
     pub last_error: Option<String>,
+    /// The catalogue code of that failure.
+    pub last_error_code: Option<crate::errors::ErrorCode>,
     /// Recordings deleted by deleteOldest since the recorder started, and the latest of them.
     pub files_deleted: u64,
     /// The latest recordings it deleted, newest last (at most [`RECENT_DELETIONS`]).
@@ -75,6 +77,8 @@ pub struct Owed {
     pub since_wall: Option<Timestamp>,
     /// Why the last attempt failed.
     pub why: Option<String>,
+    /// Its catalogue code.
+    pub code: Option<crate::errors::ErrorCode>,
 }
 
 enum Job {
@@ -199,6 +203,7 @@ impl Registrar {
             since: v.owed_since,
             since_wall: v.owed_since_wall,
             why: (v.rows_owed > 0).then(|| v.last_error.clone()).flatten(),
+            code: (v.rows_owed > 0).then_some(v.last_error_code).flatten(),
         }
     }
 
@@ -439,6 +444,7 @@ impl Worker {
                 v.owed_since = None;
                 v.owed_since_wall = None;
                 v.last_error = None;
+                v.last_error_code = None;
             } else if self.queue.is_empty() {
                 // The rest is still in the channel: it was handed over just now.
                 v.owed_since = Some(Instant::now());
@@ -471,6 +477,7 @@ impl Worker {
                 "{text}; retrying"
             );
             v.last_error = Some(text);
+            v.last_error_code = Some(e.code());
             v.version += 1;
         }
     }
