@@ -227,6 +227,53 @@ fn insert_output(
     Ok(())
 }
 
+/// Writes one recording of the archive's kind (400 frames) that starts at `start` into
+/// `storage` and registers it under `deployment`, as the recorder would; returns its file.
+///
+/// # Errors
+/// The file cannot be written or its row registered.
+pub fn arrive(
+    storage: &mut Storage,
+    deployment: &uuid::Uuid,
+    start: Timestamp,
+) -> Result<PathBuf, BuildError> {
+    let frames = 400;
+    let path = recording_path(&storage.recordings_dir(), start);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&path, wav_bytes(frames))?;
+    let rec = crate::storage::NewRecording {
+        path: path.clone(),
+        datetime: start,
+        duration_s: f64::from(frames) / f64::from(SAMPLERATE_HZ),
+        samplerate_hz: SAMPLERATE_HZ,
+        audio_channels: 1,
+    };
+    storage.register(&rec, deployment)?;
+    Ok(path)
+}
+
+/// Every row `sql` gives, each as its values' debug text joined by `|` (blobs as bytes): for
+/// comparing a database before and after a change, in the tests.
+///
+/// # Errors
+/// The query fails.
+pub fn rows_as_text(conn: &rusqlite::Connection, sql: &str) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare(sql)?;
+    let n = stmt.column_count();
+    stmt.query_map([], |r| {
+        (0..n)
+            .map(|i| {
+                r.get::<_, rusqlite::types::Value>(i)
+                    .map(|v| format!("{v:?}"))
+            })
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map(|v| v.join("|"))
+    })?
+    .collect()
+}
+
 /// Rewrites the metadata.db of the storage at `root` in the layout of roost before acoupi's
 /// (version 6: ids as text, times as `YYYY-MM-DD HH:MM:SS.ffffff`, a JSON `location`, file-level
 /// tags on `predicted_tag.model_output_id`), row for row and rowid for rowid, as an older

@@ -61,7 +61,7 @@ pub enum Command {
     /// Watch the file and reconcile until stopped (SIGTERM/SIGINT); SIGHUP re-reads the file.
     Run {
         /// The deployment file to apply and watch.
-        #[arg(long, short)]
+        #[arg(long, short, default_value = "/etc/roost/deployment.yaml")]
         file: PathBuf,
         /// Folder of status.json, history.json and logs (default: /var/lib/roost for root, else
         /// $XDG_STATE_HOME/roost).
@@ -77,7 +77,7 @@ pub enum Command {
     /// Validate the file and the environment it needs.
     Check {
         /// The deployment file to check.
-        #[arg(long, short)]
+        #[arg(long, short, default_value = "/etc/roost/deployment.yaml")]
         file: PathBuf,
         /// Folder of status.json, history.json and logs (default: /var/lib/roost for root, else
         /// $XDG_STATE_HOME/roost).
@@ -101,7 +101,7 @@ pub enum Command {
     /// Show what would change, changing nothing.
     Plan {
         /// The deployment file to compare with what runs now.
-        #[arg(long, short)]
+        #[arg(long, short, default_value = "/etc/roost/deployment.yaml")]
         file: PathBuf,
         /// Folder of status.json, history.json and logs (default: /var/lib/roost for root, else
         /// $XDG_STATE_HOME/roost).
@@ -113,6 +113,50 @@ pub enum Command {
         /// Which schema to print.
         #[arg(value_enum, default_value_t = SchemaKind::Deployment)]
         kind: SchemaKind,
+    },
+    /// Write a first deployment.yaml for a recording device: asks (at a terminal) or takes as
+    /// flags the site's name and position, the microphone, a schedule and the storage, then
+    /// checks the file.
+    Init {
+        /// The file to write (a file already there is kept as <file>.bak).
+        #[arg(long, short, default_value = "/etc/roost/deployment.yaml")]
+        file: PathBuf,
+        /// The deployment's name (the site): lower-case letters, digits and '-'.
+        #[arg(long)]
+        name: Option<String>,
+        /// The site's latitude in degrees (south negative).
+        #[arg(long, allow_hyphen_values = true)]
+        latitude: Option<f64>,
+        /// The site's longitude in degrees (west negative).
+        #[arg(long, allow_hyphen_values = true)]
+        longitude: Option<f64>,
+        /// The microphone: a NAME from `roost devices`.
+        #[arg(long)]
+        device: Option<String>,
+        /// What to record, and when.
+        #[arg(long, value_enum)]
+        preset: Option<crate::init::Preset>,
+        /// Where recordings go: a folder (a card's mount point, or a folder on it).
+        #[arg(long)]
+        storage: Option<PathBuf>,
+        /// The schedule's time zone (IANA name, e.g. Europe/London).
+        #[arg(long)]
+        timezone: Option<String>,
+        /// Sample rate in Hz (default: the preset's, or the microphone's best below it).
+        #[arg(long)]
+        sample_rate: Option<u32>,
+        /// Ask nothing: what no flag gives is the machine's suggestion.
+        #[arg(long)]
+        yes: bool,
+        /// Folder of status.json, history.json and logs, for the check that follows.
+        #[arg(long, env = "ROOST_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+    },
+    /// List the audio inputs (the names spec.recorder.device takes) and what each captures.
+    Devices {
+        /// One JSON document instead of the table.
+        #[arg(long)]
+        json: bool,
     },
     /// Explain an error code (or list them all).
     Explain {
@@ -233,6 +277,22 @@ pub enum Command {
 }
 
 impl Command {
+    /// Whether the command prints for a person or a pipe and ends (`check`, `status`, `plan`,
+    /// `schema`, `explain`, `logs`, `fleet`): a reader that stops early ends it quietly.
+    pub fn prints_for_a_reader(&self) -> bool {
+        matches!(
+            self,
+            Self::Check { .. }
+                | Self::Devices { .. }
+                | Self::Status { .. }
+                | Self::Plan { .. }
+                | Self::Schema { .. }
+                | Self::Explain { .. }
+                | Self::Logs { .. }
+                | Self::Fleet { .. }
+        )
+    }
+
     /// Makes every path argument (`ROOST_STATE_DIR` included, which clap puts into
     /// `--state-dir`) absolute, once, before anything uses it: the state folder ends up in the
     /// recorder's configuration, in spec hashes and in metadata.db, and must be the same folder
@@ -262,6 +322,12 @@ impl Command {
             Command::Status { state_dir, .. } | Command::Logs { state_dir, .. } => {
                 vec![state_dir.as_mut()]
             }
+            Command::Init {
+                file,
+                storage,
+                state_dir,
+                ..
+            } => vec![Some(file), storage.as_mut(), state_dir.as_mut()],
             Command::Serve {
                 state_dir,
                 password_file,
@@ -275,7 +341,7 @@ impl Command {
                 ca_file,
                 ..
             } => vec![password_file.as_mut(), ca_file.as_mut()],
-            Command::Schema { .. } | Command::Explain { .. } => vec![],
+            Command::Schema { .. } | Command::Explain { .. } | Command::Devices { .. } => vec![],
         };
         paths.into_iter().flatten().collect()
     }

@@ -184,14 +184,34 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Looks a code up, case-insensitively.
+/// Looks a code up as people type it: `DEP_E317`, `dep_e317`, `DEP-E317`, `E317`, `e317` or
+/// `317` (case, the `DEP_` prefix and the `E` are optional).
 pub fn lookup(code: &str) -> Option<&'static ErrorCode> {
-    CATALOGUE.iter().find(|c| c.code.eq_ignore_ascii_case(code))
+    let upper = code.trim().to_ascii_uppercase().replace('-', "_");
+    let bare = upper.strip_prefix("DEP_").unwrap_or(&upper);
+    let digits = bare.strip_prefix('E').unwrap_or(bare);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let full = format!("DEP_E{digits}");
+    CATALOGUE.iter().find(|c| c.code == full)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_code_is_found_however_it_is_typed() {
+        for typed in [
+            "DEP_E317", "dep_e317", "DEP-E317", "E317", "e317", "317", " 317 ",
+        ] {
+            assert_eq!(lookup(typed).map(|c| c.code), Some("DEP_E317"), "{typed}");
+        }
+        for wrong in ["", "E", "DEP_", "31a", "DEP_E999", "E3170"] {
+            assert_eq!(lookup(wrong), None, "{wrong}");
+        }
+    }
 
     #[test]
     fn codes_are_unique_and_complete() {

@@ -23,6 +23,7 @@
 //! - [`fleet`]: `roost fleet`, every device's retained status, availability and heartbeat on a broker, one row each.
 //! - [`recorder`], [`storage`], [`schedule`]: audio capture to WAV files and metadata.db.
 //! - [`errors`]: the error code catalogue.
+//! - [`init`]: `roost init`, a first deployment.yaml from a few answers.
 //! - [`logging`]: roost's own log writer, which no failed write can end.
 
 pub mod app;
@@ -39,6 +40,7 @@ pub mod errors;
 pub mod fleet;
 pub mod fsutil;
 pub mod history;
+pub mod init;
 pub mod logging;
 pub mod notify;
 pub mod observe;

@@ -24,6 +24,18 @@ impl<W: Write> Write for LossyWriter<W> {
     }
 }
 
+/// For the commands whose output goes to a person or a pipe (`roost explain | head -1`): a
+/// reader that closes the pipe early ends the process quietly, as `cat` and `ls` end (SIGPIPE's
+/// default), where `println!` would panic on EPIPE. Never for the long-running commands: a peer
+/// that closes a pipe or a socket must not end a supervisor or a recorder. Call before any
+/// thread starts.
+#[allow(unsafe_code)]
+pub fn quiet_on_closed_pipe() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: restores a signal's default disposition; no handler runs, no thread exists yet.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
 /// Stderr behind a [`LossyWriter`]; as a function it is a `MakeWriter` for tracing-subscriber.
 pub fn stderr() -> LossyWriter<io::Stderr> {
     LossyWriter(io::stderr())

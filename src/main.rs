@@ -13,6 +13,9 @@ fn main() -> ExitCode {
     // nothing and its group no write; inherited by every component it starts.
     roost::sandbox::restrict_umask();
     let mut cli = Cli::parse();
+    if cli.command.prints_for_a_reader() {
+        roost::logging::quiet_on_closed_pipe();
+    }
     init_logging(cli.log_format);
     let resolved = cli
         .command
@@ -86,6 +89,32 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Explain { code } => Ok(explain(code.as_deref())),
+        Command::Devices { json } => devices(json),
+        Command::Init {
+            file,
+            name,
+            latitude,
+            longitude,
+            device,
+            preset,
+            storage,
+            timezone,
+            sample_rate,
+            yes,
+            state_dir,
+        } => {
+            let given = roost::init::Given {
+                name,
+                latitude,
+                longitude,
+                device,
+                preset,
+                storage,
+                timezone,
+                sample_rate_hz: sample_rate,
+            };
+            init(&file, &given, yes, &resolve(state_dir))
+        }
         Command::Logs {
             name,
             state_dir,
@@ -175,6 +204,79 @@ fn check(file: &Path, state_dir: Option<PathBuf>, offline: bool) -> ExitCode {
     };
     print!("{report}");
     ExitCode::from(if report.passed() { 0 } else { 1 })
+}
+
+/// `roost devices`: the table, or JSON; exit 1 when ALSA cannot list its devices.
+fn devices(json: bool) -> anyhow::Result<ExitCode> {
+    let list = roost::recorder::devices::list_inputs().map_err(|e| anyhow::anyhow!(e.message))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+    } else {
+        print!("{}", roost::recorder::devices::render(&list));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `roost init`: gathers the answers (asking at a terminal unless `--yes`), writes the file,
+/// checks it as `roost check` does; exit 0 when it passes, 1 when it does not, 2 when nothing
+/// was written.
+fn init(
+    file: &Path,
+    given: &roost::init::Given,
+    yes: bool,
+    state_dir: &Path,
+) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal;
+    let machine = roost::init::Machine {
+        hostname: std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default(),
+        timezone: jiff::tz::TimeZone::system()
+            .iana_name()
+            .unwrap_or("UTC")
+            .to_string(),
+        devices: roost::recorder::devices::list_inputs().unwrap_or_default(),
+        cards: roost::init::mounted_cards(),
+    };
+    let interactive = !yes && std::io::stdin().is_terminal();
+    let mut terminal = roost::init::Terminal {
+        input: std::io::stdin().lock(),
+        output: std::io::stdout(),
+    };
+    if interactive {
+        print!("{}", roost::recorder::devices::render(&machine.devices));
+        println!();
+    }
+    let ask: Option<&mut dyn roost::init::Ask> = if interactive {
+        Some(&mut terminal)
+    } else {
+        None
+    };
+    let answers = match roost::init::gather(given, &machine, ask) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("roost init: {e}; nothing was written");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let text = roost::init::render(&answers, file, jiff::Timestamp::now());
+    if let Err(e) = roost::spec::parse_str(file, &text) {
+        eprintln!("roost init: the file would not be valid ({e}); nothing was written");
+        return Ok(ExitCode::from(2));
+    }
+    let kept = roost::init::write(file, &text)
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    println!("Wrote {}.", file.display());
+    if let Some(old) = kept {
+        println!("The file that was there is kept as {}.", old.display());
+    }
+    let report = roost::app::check(file, state_dir);
+    print!("{report}");
+    if report.passed() {
+        println!(
+            "Next: `systemctl restart roost` (or `roost run --file {}`), then `roost status`.",
+            file.display()
+        );
+    }
+    Ok(ExitCode::from(if report.passed() { 0 } else { 1 }))
 }
 
 /// Exit code: the document's own, 1 when it is stale, 3 when roost never ran here.

@@ -110,6 +110,13 @@ pub fn render(doc: &StatusDoc, facts: &Facts, now: Timestamp) -> String {
         );
     }
     let _ = writeln!(out, "{}", headline_in(doc, facts, &tz, now));
+    if recorder(doc).is_none() && doc.status == OverallStatus::Running {
+        // The packaged default records nothing: say how to get a recording.
+        let _ = writeln!(
+            out,
+            "  To record: `roost devices` lists the microphones; `roost init` writes a deployment that records (site, microphone, schedule, storage)."
+        );
+    }
     recorder_section(&mut out, doc, facts, &tz, now);
     let curated = curator_figures(doc);
     if !curated.is_empty() {

@@ -571,7 +571,7 @@ pub fn mount_needed(path: &Path, mountinfo: &str, fstab: &str) -> Result<PathBuf
 }
 
 /// mountinfo writes space, tab, newline and backslash as octal escapes (`\040`).
-fn unescape_mountinfo(s: &str) -> String {
+pub(crate) fn unescape_mountinfo(s: &str) -> String {
     let mut out = Vec::with_capacity(s.len());
     let b = s.as_bytes();
     let mut i = 0;
@@ -637,7 +637,7 @@ pub fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<PathBuf> {
 }
 
 /// Copies `from` to a new file `to` (never replacing one), fsynced.
-fn copy_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
+pub(crate) fn copy_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
     let mut src = std::fs::File::open(from)?;
     let mut dst = std::fs::OpenOptions::new()
         .write(true)

@@ -166,17 +166,7 @@ fn a_database_acoupi_made_is_roosts_storage_and_acoupi_reads_both() {
     let now = jiff::Timestamp::now();
     for i in 0..3 {
         let t = now - jiff::SignedDuration::from_mins(3 - i);
-        let path = roost::storage::recording_path(&s.recordings_dir(), t);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, roost::archive::wav_bytes(400)).unwrap();
-        let rec = roost::storage::NewRecording {
-            path,
-            datetime: t,
-            duration_s: 0.05,
-            samplerate_hz: 8000,
-            audio_channels: 1,
-        };
-        s.register(&rec, &dep).unwrap();
+        roost::archive::arrive(&mut s, &dep, t).unwrap();
     }
     // acoupi writes another recording of its own after roost's (after roost's detector was
     // first seen): it must neither be analysed nor hold roost's decisions.
@@ -251,18 +241,7 @@ fn a_database_acoupi_made_is_roosts_storage_and_acoupi_reads_both() {
     acoupi::acoupi_store_agrees(&python, &storage, "archive");
     // After acoupi's store opened it again, roost registers rows as before.
     let mut s = roost::storage::Storage::open(&storage, &config.storage).unwrap();
-    let t = jiff::Timestamp::now();
-    let path = roost::storage::recording_path(&s.recordings_dir(), t);
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(&path, roost::archive::wav_bytes(400)).unwrap();
-    let rec = roost::storage::NewRecording {
-        path,
-        datetime: t,
-        duration_s: 0.05,
-        samplerate_hz: 8000,
-        audio_channels: 1,
-    };
-    s.register(&rec, &dep).unwrap();
+    roost::archive::arrive(&mut s, &dep, jiff::Timestamp::now()).unwrap();
     assert_eq!(
         s.recordings().unwrap().len(),
         3,

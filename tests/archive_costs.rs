@@ -8,7 +8,7 @@ use std::path::Path;
 use roost::archive::{ArchiveShape, build, wav_bytes};
 use roost::curate::config::CurateConfig;
 use roost::curate::run::Curator;
-use roost::storage::{NewRecording, Storage, recording_path};
+use roost::storage::Storage;
 
 fn config(dir: &Path) -> CurateConfig {
     roost::archive::curate_config(dir, "[{every: 10m}]", "100GiB").unwrap()
@@ -38,18 +38,7 @@ fn archive_of(dir: &Path, n: u64, decided: bool) -> (Curator, Storage, uuid::Uui
 
 /// One new recording, as the recorder registers it.
 fn arrive(storage: &mut Storage, deployment: &uuid::Uuid) {
-    let start = jiff::Timestamp::now();
-    let path = recording_path(&storage.recordings_dir(), start);
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(&path, wav_bytes(400)).unwrap();
-    let rec = NewRecording {
-        path,
-        datetime: start,
-        duration_s: 0.05,
-        samplerate_hz: roost::archive::SAMPLERATE_HZ,
-        audio_channels: 1,
-    };
-    storage.register(&rec, deployment).unwrap();
+    roost::archive::arrive(storage, deployment, jiff::Timestamp::now()).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(2));
 }
 

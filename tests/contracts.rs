@@ -92,6 +92,56 @@ fn explain_prints_title_and_action() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// `roost explain e317` and `roost explain 311` are what people type: found.
+#[test]
+fn explain_takes_a_code_as_people_type_it() {
+    for typed in ["e317", "311", "DEP-E303", "dep_e321"] {
+        let out = Command::new(common::ROOST)
+            .args(["explain", typed])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{typed}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with("DEP_E3"),
+            "{typed}"
+        );
+    }
+}
+
+/// A reader that stops early (`| head -1`) ends the printing commands quietly: no panic, no
+/// backtrace, no error message; exit 0 or death by SIGPIPE, as `cat` ends. The reader is gone
+/// before the first line here, so every run meets the closed pipe.
+#[test]
+fn a_pipe_closed_early_ends_printing_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    for args in [
+        vec!["explain"],
+        vec!["explain", "311"],
+        vec!["schema", "deployment"],
+        vec!["schema", "status"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(common::ROOST)
+            .args(&args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+        assert!(
+            out.status.success() || out.status.signal() == Some(13),
+            "{args:?}: {:?}",
+            out.status
+        );
+    }
+}
+
 #[test]
 fn status_command_reports_and_exits_by_health() {
     let tag = common::unique("st");

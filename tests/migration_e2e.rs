@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use roost::archive::{ArchiveShape, as_roost_v6, build, curate_config};
 use roost::storage::schema::{Layout, layout};
-use rusqlite::types::Value;
 
 /// The rows that matter of acoupi's tables and roost's bookkeeping, as text; the detections
 /// of file-level tags by their model output (their ids are made by the conversion).
@@ -58,16 +57,7 @@ fn dump(db: &Path) -> Vec<String> {
     ];
     let mut out = Vec::new();
     for sql in queries {
-        let mut stmt = conn.prepare(&sql).unwrap();
-        let n = stmt.column_count();
-        let rows = stmt
-            .query_map([], |r| {
-                (0..n)
-                    .map(|i| r.get::<_, Value>(i).map(|v| format!("{v:?}")))
-                    .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .unwrap();
-        out.extend(rows.map(|r| r.unwrap().join("|")));
+        out.extend(roost::archive::rows_as_text(&conn, &sql).unwrap());
     }
     out
 }

@@ -33,7 +33,7 @@ pub struct DeviceError {
 }
 
 impl DeviceError {
-    fn unavailable(message: String) -> Self {
+    pub(crate) fn unavailable(message: String) -> Self {
         Self {
             code: errors::AUDIO_DEVICE_UNAVAILABLE,
             message,

@@ -11,6 +11,8 @@
 pub mod capture;
 /// The kernel's clock synchronisation (adjtimex).
 pub mod clock;
+/// The audio inputs and what each captures (`roost devices`, `roost init`).
+pub mod devices;
 /// A paced test source for ALSA's file plugin (`roost feed`).
 pub mod feed;
 /// The device as `roost check` sees it.

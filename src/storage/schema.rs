@@ -143,8 +143,8 @@ const LEGACY: &[&str] = &[
     // clock (a clock step since shows as a skew unlike today's; NULL once the file is gone);
     // `roost_tally` the recordings whose file is there and their bytes, `roost_deleted` the
     // files deleted per rule or cause, `roost_outcomes` each detector's analyses per outcome,
-    // all kept by triggers whoever writes the rows (no `OR IGNORE` in them: an outer upsert's
-    // conflict handling would override it).
+    // all kept by triggers whoever writes the rows ([`ROOST_TRIGGERS`], made with this step:
+    // see [`legacy_step`]).
     "ALTER TABLE roost_age ADD COLUMN bytes INTEGER;
     ALTER TABLE roost_age ADD COLUMN skew_s REAL;
     UPDATE roost_age SET bytes = 0
@@ -167,40 +167,6 @@ const LEGACY: &[&str] = &[
     );
     INSERT INTO roost_deleted (deleted_by, recordings)
         SELECT deleted_by, count(*) FROM recording WHERE deleted_by IS NOT NULL GROUP BY deleted_by;
-    CREATE TRIGGER roost_tally_registered AFTER INSERT ON recording WHEN new.path IS NOT NULL
-    BEGIN
-        UPDATE roost_tally SET recordings = recordings + 1 WHERE id = 1;
-    END;
-    CREATE TRIGGER roost_tally_gone AFTER UPDATE OF path ON recording
-        WHEN old.path IS NOT NULL AND new.path IS NULL
-    BEGIN
-        UPDATE roost_tally SET recordings = recordings - 1, bytes = bytes - coalesce(
-            (SELECT bytes FROM roost_age WHERE recording_id = old.id), 0) WHERE id = 1;
-        UPDATE roost_age SET skew_s = NULL WHERE recording_id = old.id;
-    END;
-    CREATE TRIGGER roost_tally_back AFTER UPDATE OF path ON recording
-        WHEN old.path IS NULL AND new.path IS NOT NULL
-    BEGIN
-        UPDATE roost_tally SET recordings = recordings + 1, bytes = bytes + coalesce(
-            (SELECT bytes FROM roost_age WHERE recording_id = new.id), 0) WHERE id = 1;
-    END;
-    CREATE TRIGGER roost_tally_removed AFTER DELETE ON recording WHEN old.path IS NOT NULL
-    BEGIN
-        UPDATE roost_tally SET recordings = recordings - 1, bytes = bytes - coalesce(
-            (SELECT bytes FROM roost_age WHERE recording_id = old.id), 0) WHERE id = 1;
-    END;
-    CREATE TRIGGER roost_tally_stamped AFTER INSERT ON roost_age
-        WHEN new.bytes IS NOT NULL
-         AND EXISTS (SELECT 1 FROM recording WHERE id = new.recording_id AND path IS NOT NULL)
-    BEGIN
-        UPDATE roost_tally SET bytes = bytes + new.bytes WHERE id = 1;
-    END;
-    CREATE TRIGGER roost_tally_sized AFTER UPDATE OF bytes ON roost_age
-        WHEN EXISTS (SELECT 1 FROM recording WHERE id = new.recording_id AND path IS NOT NULL)
-    BEGIN
-        UPDATE roost_tally SET bytes = bytes + coalesce(new.bytes, 0) - coalesce(old.bytes, 0)
-            WHERE id = 1;
-    END;
     CREATE TABLE roost_outcomes (
         detector TEXT NOT NULL,
         outcome TEXT NOT NULL,
@@ -208,33 +174,7 @@ const LEGACY: &[&str] = &[
         PRIMARY KEY (detector, outcome)
     );
     INSERT INTO roost_outcomes (detector, outcome, recordings)
-        SELECT detector, outcome, count(*) FROM roost_analysis GROUP BY detector, outcome;
-    CREATE TRIGGER roost_outcome_new AFTER INSERT ON roost_analysis
-    BEGIN
-        INSERT INTO roost_outcomes (detector, outcome, recordings)
-            SELECT new.detector, new.outcome, 0 WHERE NOT EXISTS (SELECT 1 FROM roost_outcomes
-                WHERE detector = new.detector AND outcome = new.outcome);
-        UPDATE roost_outcomes SET recordings = recordings + 1
-            WHERE detector = new.detector AND outcome = new.outcome;
-    END;
-    CREATE TRIGGER roost_outcome_changed AFTER UPDATE OF outcome ON roost_analysis
-        WHEN old.outcome IS NOT new.outcome
-    BEGIN
-        UPDATE roost_outcomes SET recordings = recordings - 1
-            WHERE detector = old.detector AND outcome = old.outcome;
-        INSERT INTO roost_outcomes (detector, outcome, recordings)
-            SELECT new.detector, new.outcome, 0 WHERE NOT EXISTS (SELECT 1 FROM roost_outcomes
-                WHERE detector = new.detector AND outcome = new.outcome);
-        UPDATE roost_outcomes SET recordings = recordings + 1
-            WHERE detector = new.detector AND outcome = new.outcome;
-    END;
-    CREATE TRIGGER roost_count_deleted AFTER UPDATE OF deleted_by ON recording
-        WHEN old.deleted_by IS NULL AND new.deleted_by IS NOT NULL
-    BEGIN
-        INSERT INTO roost_deleted (deleted_by, recordings) SELECT new.deleted_by, 0
-            WHERE NOT EXISTS (SELECT 1 FROM roost_deleted WHERE deleted_by = new.deleted_by);
-        UPDATE roost_deleted SET recordings = recordings + 1 WHERE deleted_by = new.deleted_by;
-    END;",
+        SELECT detector, outcome, count(*) FROM roost_analysis GROUP BY detector, outcome;",
     // 6: files whose deletion is decided but not done yet (`roost_unlink`), written in the same
     // FULL commit as the rows that say why: a curator killed between that commit and the
     // unlinks finishes them when it starts again (the row's `path` is already NULL).
@@ -367,14 +307,17 @@ const TALLY_BYTES: &str = "UPDATE roost_tally SET bytes = (SELECT coalesce(sum(g
     FROM roost_age g JOIN recording r ON r.id = g.recording_id WHERE r.path IS NOT NULL)
     WHERE id = 1;";
 
-/// Roost's indexes and the triggers that keep its figures (`roost_tally`, `roost_deleted`,
-/// `roost_outcomes`) whoever writes the rows (no `OR IGNORE` in them: an outer upsert's
-/// conflict handling would override it).
+/// Roost's indexes.
 const ROOST_INDEXES: &str = "
     CREATE INDEX IF NOT EXISTS roost_deployment_name ON deployment(name);
     CREATE INDEX IF NOT EXISTS roost_age_made ON roost_age(made_device_s);
     CREATE INDEX IF NOT EXISTS roost_age_skew ON roost_age(skew_s) WHERE skew_s IS NOT NULL;
-    CREATE INDEX IF NOT EXISTS roost_age_unsized ON roost_age(recording_id) WHERE bytes IS NULL;
+    CREATE INDEX IF NOT EXISTS roost_age_unsized ON roost_age(recording_id) WHERE bytes IS NULL;";
+
+/// The triggers that keep roost's figures (`roost_tally`, `roost_deleted`, `roost_outcomes`)
+/// whoever writes the rows (no `OR IGNORE` in them: an outer upsert's conflict handling would
+/// override it). Made by step 5 of the older layouts too.
+const ROOST_TRIGGERS: &str = "
     CREATE TRIGGER IF NOT EXISTS roost_tally_registered AFTER INSERT ON recording
         WHEN new.path IS NOT NULL
     BEGIN
@@ -558,10 +501,7 @@ pub fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
                 return Ok(());
             }
             Layout::Roost(6) => to_acoupi_layout(conn, now).map_err(failed(now))?,
-            Layout::Roost(v) => step(conn, now, |tx| {
-                tx.execute_batch(LEGACY[v]).and_then(|()| mark(tx, v + 1))
-            })
-            .map_err(failed(now))?,
+            Layout::Roost(v) => step(conn, now, |tx| legacy_step(tx, v)).map_err(failed(now))?,
             Layout::Empty | Layout::Acoupi => step(conn, now, adopt).map_err(failed(now))?,
         }
     }
@@ -575,9 +515,8 @@ pub fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
 /// SQLite's, when a step fails.
 pub fn create_roost_v6(conn: &mut Connection) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
-    for (v, sql) in LEGACY.iter().enumerate() {
-        tx.execute_batch(sql)?;
-        mark(&tx, v + 1)?;
+    for v in 0..LEGACY.len() {
+        legacy_step(&tx, v)?;
     }
     tx.commit()
 }
@@ -628,6 +567,16 @@ fn marked(conn: &Connection) -> rusqlite::Result<bool> {
         [],
         |r| r.get(0),
     )
+}
+
+/// Step `v + 1` of the older layouts ([`LEGACY`]; the fifth makes [`ROOST_TRIGGERS`] too), and
+/// its mark.
+fn legacy_step(tx: &Transaction<'_>, v: usize) -> rusqlite::Result<()> {
+    tx.execute_batch(LEGACY[v])?;
+    if v == 4 {
+        tx.execute_batch(ROOST_TRIGGERS)?;
+    }
+    mark(tx, v + 1)
 }
 
 fn describe(layout: Layout) -> String {
@@ -692,6 +641,7 @@ fn adopt(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     tx.execute_batch(TALLY_BYTES)?;
     tx.execute_batch(ACOUPI_INDEXES)?;
     tx.execute_batch(ROOST_INDEXES)?;
+    tx.execute_batch(ROOST_TRIGGERS)?;
     mark(tx, VERSION)
 }
 
@@ -754,6 +704,7 @@ fn to_acoupi_layout(conn: &mut Connection, judged: Layout) -> rusqlite::Result<(
         copy_rows(tx)?;
         tx.execute_batch(ACOUPI_INDEXES)?;
         tx.execute_batch(ROOST_INDEXES)?;
+        tx.execute_batch(ROOST_TRIGGERS)?;
         let dangling: i64 =
             tx.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
                 r.get(0)
@@ -1174,16 +1125,8 @@ mod tests {
         ];
         let mut out = Vec::new();
         for sql in queries {
-            let mut stmt = conn.prepare(sql).unwrap();
-            let n = stmt.column_count();
-            let rows = stmt
-                .query_map([], |r| {
-                    (0..n)
-                        .map(|i| r.get::<_, Value>(i).map(|v| format!("{v:?}")))
-                        .collect::<rusqlite::Result<Vec<_>>>()
-                })
-                .unwrap();
-            out.extend(rows.map(|r| format!("{}: {}", &sql[7..30], r.unwrap().join("|"))));
+            let rows = crate::archive::rows_as_text(conn, sql).unwrap();
+            out.extend(rows.iter().map(|r| format!("{}: {r}", &sql[7..30])));
         }
         out
     }
@@ -1317,18 +1260,8 @@ mod tests {
     fn snapshot_v6(conn: &Connection) -> Vec<String> {
         let mut out = Vec::new();
         for table in CONVERTED {
-            let mut stmt = conn
-                .prepare(&format!("SELECT * FROM {table} ORDER BY rowid"))
-                .unwrap();
-            let n = stmt.column_count();
-            let rows = stmt
-                .query_map([], |r| {
-                    (0..n)
-                        .map(|i| r.get::<_, Value>(i).map(|v| format!("{v:?}")))
-                        .collect::<rusqlite::Result<Vec<_>>>()
-                })
-                .unwrap();
-            out.extend(rows.map(|r| r.unwrap().join("|")));
+            let sql = format!("SELECT * FROM {table} ORDER BY rowid");
+            out.extend(crate::archive::rows_as_text(conn, &sql).unwrap());
         }
         out
     }
@@ -1387,18 +1320,7 @@ mod tests {
         )
         .unwrap();
         migrate(&mut conn).unwrap();
-        let all = |sql: &str| -> Vec<String> {
-            let mut stmt = conn.prepare(sql).unwrap();
-            let n = stmt.column_count();
-            stmt.query_map([], |r| {
-                (0..n)
-                    .map(|i| r.get::<_, Value>(i).map(|v| format!("{v:?}")))
-                    .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .unwrap()
-            .map(|r| r.unwrap().join("|"))
-            .collect()
-        };
+        let all = |sql: &str| crate::archive::rows_as_text(&conn, sql).unwrap();
         assert_eq!(
             all("SELECT name, started_on FROM deployment ORDER BY rowid"),
             [
