@@ -171,8 +171,8 @@ pub fn parse_str(path: &Path, text: &str) -> Result<Deployment, LoadError> {
             max_depth: 64,
         },
     };
-    let deployment: Deployment =
-        serde_saphyr::from_str_with_options(text, options).map_err(|e| syntax_error(path, &e))?;
+    let deployment: Deployment = serde_saphyr::from_str_with_options(text, options)
+        .map_err(|e| syntax_error(path, &e, text))?;
     if let Some(issue) = deployment.validate().into_iter().next() {
         let FieldIssue { field, message } = issue;
         return Err(LoadError::Invalid {
@@ -191,7 +191,7 @@ fn is_blank(text: &str) -> bool {
     })
 }
 
-fn syntax_error(path: &Path, e: &serde_saphyr::Error) -> LoadError {
+fn syntax_error(path: &Path, e: &serde_saphyr::Error, text: &str) -> LoadError {
     let (line, column) = e
         .location()
         .map(|l| (l.line(), l.column()))
@@ -203,6 +203,16 @@ fn syntax_error(path: &Path, e: &serde_saphyr::Error) -> LoadError {
         Some(rest) => rest.split_once(": ").map(|(_, m)| m).unwrap_or(rest),
         None => first,
     };
+    if let Some(slip) = super::slips::explain(message, text, line as u64, column as u64) {
+        let snippet = snippet_at(path, text, slip.line, slip.column, &slip.message);
+        return LoadError::Syntax {
+            file: path.to_path_buf(),
+            line: slip.line,
+            column: slip.column,
+            message: slip.message,
+            snippet: Some(snippet),
+        };
+    }
     let message = improve_message(message);
     let snippet = rendered
         .split_once('\n')
@@ -214,6 +224,30 @@ fn syntax_error(path: &Path, e: &serde_saphyr::Error) -> LoadError {
         message,
         snippet,
     }
+}
+
+/// The lines around `line` with a caret under `column` and `message`, in the parser's form.
+fn snippet_at(path: &Path, text: &str, line: u64, column: u64, message: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let first = line.saturating_sub(2).max(1);
+    let last = (line + 1).min(lines.len() as u64);
+    let width = last.to_string().len();
+    let mut out = format!(
+        "{:width$}--> {}:{line}:{column}\n{:width$} |\n",
+        "",
+        path.display(),
+        ""
+    );
+    for n in first..=last {
+        let text = lines.get(n as usize - 1).copied().unwrap_or("");
+        out += &format!("{n:>width$} | {text}\n");
+        if n == line {
+            let pad = " ".repeat(column.saturating_sub(1) as usize);
+            out += &format!("{:width$} | {pad}^ {message}\n", "");
+        }
+    }
+    out += &format!("{:width$} |", "");
+    out
 }
 
 /// Adds what to do to the parser's terse messages.

@@ -9,6 +9,7 @@ mod load;
 mod names;
 pub mod order;
 pub mod recorder;
+mod slips;
 
 use std::collections::{BTreeMap, BTreeSet};
 
