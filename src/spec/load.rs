@@ -203,7 +203,7 @@ fn syntax_error(path: &Path, e: &serde_saphyr::Error, text: &str) -> LoadError {
         Some(rest) => rest.split_once(": ").map(|(_, m)| m).unwrap_or(rest),
         None => first,
     };
-    if let Some(slip) = super::slips::explain(message, text, line as u64, column as u64) {
+    if let Some(slip) = super::slips::explain(message, text, line, column) {
         let snippet = snippet_at(path, text, slip.line, slip.column, &slip.message);
         return LoadError::Syntax {
             file: path.to_path_buf(),
