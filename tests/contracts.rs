@@ -367,3 +367,55 @@ fn json_logs_and_logs_follow() {
         "{seen}"
     );
 }
+
+/// Every YAML block of the README and every example (and the packaged deployment) is a
+/// deployment `roost check --offline` passes: what a reader copies works.
+#[test]
+fn every_readme_block_and_example_passes_check() {
+    let root = root();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for (i, block) in readme.split("```yaml\n").skip(1).enumerate() {
+        let block = block.split("```").next().unwrap();
+        let file = dir.path().join(format!("readme-{i}.yaml"));
+        std::fs::write(&file, block).unwrap();
+        files.push(file);
+    }
+    assert!(files.len() >= 3, "README's yaml blocks: {}", files.len());
+    for e in std::fs::read_dir(root.join("examples")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "yaml") {
+            files.push(p);
+        }
+    }
+    files.push(root.join("packaging/deployment.yaml"));
+    for file in &files {
+        let out = Command::new(common::ROOST)
+            .args(["check", "--offline", "--file"])
+            .arg(file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}{}",
+            file.display(),
+            String::from_utf8_lossy(&out.stdout),
+            std::fs::read_to_string(file).unwrap()
+        );
+    }
+}
+
+/// The README's error table lists every code roost can report.
+#[test]
+fn the_readme_lists_every_error_code() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    for c in roost::errors::CATALOGUE {
+        assert!(
+            readme.contains(&format!("| {} | {} |", c.code, c.title)),
+            "{} {}",
+            c.code,
+            c.title
+        );
+    }
+}
