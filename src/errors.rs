@@ -56,7 +56,7 @@ codes! {
         "Check that spec.storage.path exists on a mounted, writable disk with the right owner and permissions.";
     LOW_DISK_SPACE = "DEP_E302", "Low disk space",
         "Free space on the storage is below spec.storage.minFreeSpace; the onLowSpace policy is being applied.",
-        "Collect recordings from the device or add storage; consider onLowSpace: deleteOldest.";
+        "Collect recordings from the device or add storage. The message says what spec.storage.onLowSpace does meanwhile: stop and discardNew keep every recording made (nothing new is written), deleteOldest makes room by deleting the oldest ones.";
     DISK_FULL = "DEP_E303", "Disk full while recording",
         "The disk filled while a recording was written; the file was ended early and registered.",
         "Free space on the storage disk; recording resumes when space is available.";

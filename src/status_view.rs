@@ -84,10 +84,12 @@ fn recorded(storage: &Path, tz: &TimeZone, now: Timestamp) -> (Option<u64>, Opti
         [crate::storage::db_datetime(day_ago)],
         |r| Ok((r.get::<_, f64>(0)?, r.get::<_, Option<String>>(1)?)),
     );
+    // Only over an hour at least: a rate from a few minutes' files, extrapolated to a day,
+    // jumps with every file (148 days, then 13, a minute later).
     let per_day = row.ok().and_then(|(bytes, first)| {
         let first = crate::storage::parse_db_datetime(&first?)?.max(day_ago);
-        let span = now.duration_since(first).as_secs_f64().max(60.0);
-        Some((bytes * 86_400.0 / span) as u64)
+        let span = now.duration_since(first).as_secs_f64();
+        (span >= 3600.0).then(|| (bytes * 86_400.0 / span) as u64)
     });
     (today, per_day)
 }
@@ -103,10 +105,24 @@ pub fn render(doc: &StatusDoc, facts: &Facts, now: Timestamp) -> String {
             (_, _, Some(f)) => format!("{} ({f})", e.file),
             _ => e.file.clone(),
         };
+        // The loader's message may carry the position already: said once.
+        let message = e
+            .message
+            .strip_prefix(&format!("{at}: "))
+            .unwrap_or(&e.message);
+        let kept = if doc.generation == 0 {
+            "nothing runs until the file is valid (there are no earlier settings)".to_string()
+        } else {
+            format!(
+                "the previous settings (version {}) stay in force",
+                doc.generation
+            )
+        };
+        let action = crate::errors::lookup(&e.code).map_or("", |c| c.action);
         let _ = writeln!(
             out,
-            "The desired state was refused ({}): {at}: {}\n  the previous settings (version {}) stay in force\n",
-            e.code, e.message, doc.generation
+            "The desired state was refused ({}): {at}: {message}\n  {kept}\n  what to do: {action}\n",
+            e.code
         );
     }
     let _ = writeln!(out, "{}", headline_in(doc, facts, &tz, now));
@@ -217,10 +233,12 @@ fn headline_in(doc: &StatusDoc, facts: &Facts, tz: &TimeZone, now: Timestamp) ->
 }
 
 fn first_problem(doc: &StatusDoc) -> String {
-    doc.errors
-        .first()
-        .map(|e| format!("{} ({})", e.message, e.code))
-        .unwrap_or_else(|| "see the components below".to_string())
+    let refused = doc.spec_error.as_ref().map(|r| r.message.as_str());
+    match doc.errors.iter().find(|e| Some(e.message.as_str()) != refused) {
+        Some(e) => format!("{} ({})", e.message, e.code),
+        None if refused.is_some() => "the desired state was refused (above)".to_string(),
+        None => "see the components below".to_string(),
+    }
 }
 
 fn last_file_at(out: &Value) -> Option<Timestamp> {
@@ -294,6 +312,16 @@ fn recorder_figures_in(
                 .unwrap_or_default();
             format!("{name}, {} ago ({})", age(now, t), local(t, tz))
         }
+        // The recorder started again (new settings, a restart): its report begins empty while
+        // the storage holds today's files.
+        _ if facts.files_today.is_some_and(|n| n > 0) => {
+            let since = rec
+                .get("startedAt")
+                .and_then(Value::as_str)
+                .and_then(|s| s.parse::<Timestamp>().ok())
+                .map_or(String::new(), |t| format!(" (at {})", local(t, tz)));
+            format!("none since the recorder started{since}; the first is on its way")
+        }
         _ => "none yet".to_string(),
     };
     figures.push(("last file", last_line));
@@ -315,6 +343,9 @@ fn recorder_figures_in(
                 ", about {:.0} days at the last day's rate",
                 free as f64 / per_day as f64
             ),
+            None if facts.files_today.is_some_and(|n| n > 0) => {
+                ", days until full after an hour of recording".into()
+            }
             _ => String::new(),
         };
         figures.push(("free space", format!("{}{days}", bytes(free))));
@@ -464,9 +495,16 @@ fn reason_in_words(r: Reason) -> &'static str {
 }
 
 fn problems_section(out: &mut String, doc: &StatusDoc) {
-    if !doc.errors.is_empty() {
+    // The refused file is said first, with what to do; not again here.
+    let refused = doc.spec_error.as_ref().map(|r| r.message.as_str());
+    let errors: Vec<_> = doc
+        .errors
+        .iter()
+        .filter(|e| Some(e.message.as_str()) != refused)
+        .collect();
+    if !errors.is_empty() {
         let _ = writeln!(out, "\nProblems");
-        for e in &doc.errors {
+        for e in errors {
             let who = e
                 .component
                 .as_deref()
@@ -866,5 +904,65 @@ mod tests {
         ] {
             assert!(!text.contains(jargon), "{text}");
         }
+    }
+
+    /// A file refused at the first start: said once, with what to do, without "previous
+    /// settings (version 0)" that never existed.
+    #[test]
+    fn a_file_refused_at_the_first_start_is_said_once() {
+        let now: Timestamp = "2026-06-01T04:02:30Z".parse().unwrap();
+        let mut d = doc(OverallStatus::Error, Phase::FailedToStart, None);
+        d.generation = 0;
+        let message = "/e/d.yaml:9:17: \"48k\" is not a number of hertz; write 48000".to_string();
+        d.spec_error = Some(crate::status::SpecError {
+            code: "DEP_E162".into(),
+            message: message.clone(),
+            file: "/e/d.yaml".into(),
+            line: Some(9),
+            column: Some(17),
+            field: None,
+        });
+        d.errors = vec![crate::status::ErrorEntry::new(
+            &crate::errors::INVALID_SPEC,
+            None,
+            message,
+        )];
+        let text = render(&d, &facts(), now);
+        assert_eq!(text.matches("48k").count(), 1, "{text}");
+        assert_eq!(text.matches("/e/d.yaml:9:17").count(), 1, "{text}");
+        assert!(
+            text.contains("nothing runs until the file is valid (there are no earlier settings)"),
+            "{text}"
+        );
+        assert!(!text.contains("previous settings (version 0)"), "{text}");
+        assert!(text.contains("what to do: Fix the file"), "{text}");
+    }
+
+    /// After a settings change the recorder's report starts empty while the storage holds
+    /// today's files: not "none yet" beside "files today 57"; a rate from less than an hour
+    /// of files is no rate.
+    #[test]
+    fn a_restarted_recorder_and_a_young_deployment_are_said_as_they_are() {
+        let now: Timestamp = "2026-06-01T04:02:30Z".parse().unwrap();
+        let out = json!({"state": "recording", "startedAt": "2026-06-01T04:02:00Z", "samplesDropped": 0, "samplesDiscarded": 0});
+        let mut f = facts();
+        f.bytes_last_day = None;
+        let text = render(
+            &doc(
+                OverallStatus::Running,
+                Phase::Succeeded,
+                Some((ComponentState::Running, out)),
+            ),
+            &f,
+            now,
+        );
+        assert!(
+            text.contains("last file      none since the recorder started (at Mon 1 Jun 05:02:00 BST); the first is on its way"),
+            "{text}"
+        );
+        assert!(
+            text.contains("124.0 GB, days until full after an hour of recording"),
+            "{text}"
+        );
     }
 }

@@ -1286,7 +1286,10 @@ impl<T: WavSample> Recorder<T> {
             OnLowSpace::Stop => "onLowSpace: stop; recording paused until there is space".into(),
             OnLowSpace::DiscardNew => "onLowSpace: discardNew; this file is discarded".into(),
         };
-        let message = format!("free space {free} bytes is below minFreeSpace {min}; {what}");
+        let message = format!(
+            "free space {} is below minFreeSpace {min}; {what}",
+            crate::spec::recorder::human_bytes(free)
+        );
         if self.report.state != RecorderState::LowSpace {
             tracing::warn!(code = errors::LOW_DISK_SPACE.code, "{message}");
         }

@@ -176,6 +176,18 @@ impl FromStr for ByteSize {
     }
 }
 
+/// `b` bytes for a person: `1.2 GiB`, `350 MiB`, `12 KiB`, `800 bytes` (binary units, as
+/// minFreeSpace is written).
+pub fn human_bytes(b: u64) -> String {
+    let x = b as f64;
+    match b {
+        _ if b >= 1 << 30 => format!("{:.1} GiB", x / f64::from(1u32 << 30)),
+        _ if b >= 1 << 20 => format!("{:.0} MiB", x / f64::from(1u32 << 20)),
+        _ if b >= 1 << 10 => format!("{:.0} KiB", x / 1024.0),
+        _ => format!("{b} bytes"),
+    }
+}
+
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.0 == 0 {
