@@ -167,7 +167,7 @@ impl fmt::Display for CheckReport {
             if let Some(s) = &p.snippet {
                 writeln!(f, "{s}")?;
             }
-            writeln!(f, "  action: {}", p.code.action)?;
+            writeln!(f, "  action: {}", crate::errors::action_on_device(p.code))?;
         }
         writeln!(f, "{} problem(s) found", self.problems.len())
     }

@@ -184,6 +184,21 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// DEP_E151's action on a device (`roost status`, status.json): its runtime.
+pub const RUNTIME_UNREACHABLE_ON_DEVICE: &str = "Check that systemd is running and its D-Bus socket is reachable (`systemctl is-system-running`); roost retries with back-off and recovers by itself when the runtime returns.";
+/// DEP_E151's action in `roost fleet`: a device that is offline.
+pub const RUNTIME_UNREACHABLE_IN_FLEET: &str = "Check the device's power (battery, solar), its network link (cellular signal, Wi-Fi) and that `roost run` is running (`roost status` on the device); its messages wait in its outbox and arrive once it is back.";
+
+/// The action said where `code` is reported on the device itself: DEP_E151's device half,
+/// every other code's catalogue action.
+pub fn action_on_device(code: &ErrorCode) -> &'static str {
+    if code.code == RUNTIME_UNREACHABLE.code {
+        RUNTIME_UNREACHABLE_ON_DEVICE
+    } else {
+        code.action
+    }
+}
+
 /// Looks a code up as people type it: `DEP_E317`, `dep_e317`, `DEP-E317`, `E317`, `e317` or
 /// `317` (case, the `DEP_` prefix and the `E` are optional).
 pub fn lookup(code: &str) -> Option<&'static ErrorCode> {

@@ -96,7 +96,7 @@ pub enum Availability {
     Offline,
 }
 
-/// Why a device is shown with DEP_E151: its code, a fleet message and the catalogue's action.
+/// Why a device is shown with DEP_E151: its code, a fleet message and the fleet's action.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Unreachable {
     /// Always `DEP_E151`.
@@ -112,7 +112,7 @@ impl Unreachable {
         Self {
             code: errors::RUNTIME_UNREACHABLE.code,
             message: format!("device offline or not reachable: {why}"),
-            action: errors::RUNTIME_UNREACHABLE.action,
+            action: errors::RUNTIME_UNREACHABLE_IN_FLEET,
         }
     }
 }
@@ -702,7 +702,7 @@ mod tests {
                         "{case}: {}",
                         p.message
                     );
-                    assert_eq!(p.action, errors::RUNTIME_UNREACHABLE.action, "{case}");
+                    assert_eq!(p.action, errors::RUNTIME_UNREACHABLE_IN_FLEET, "{case}");
                 }
                 (want, got) => panic!("{case}: wanted {want:?}, got {got:?}"),
             }

@@ -188,13 +188,14 @@ pub struct ErrorEntry {
 }
 
 impl ErrorEntry {
-    /// An entry for `code` about `component`, with the catalogue's action.
+    /// An entry for `code` about `component`, with the catalogue's action as it applies on
+    /// the device ([`crate::errors::action_on_device`]).
     pub fn new(code: &ErrorCode, component: Option<&str>, message: impl Into<String>) -> Self {
         Self {
             code: code.code.to_string(),
             component: component.map(str::to_string),
             message: message.into(),
-            action: code.action.to_string(),
+            action: crate::errors::action_on_device(code).to_string(),
         }
     }
 }

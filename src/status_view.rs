@@ -118,7 +118,7 @@ pub fn render(doc: &StatusDoc, facts: &Facts, now: Timestamp) -> String {
                 doc.generation
             )
         };
-        let action = crate::errors::lookup(&e.code).map_or("", |c| c.action);
+        let action = crate::errors::lookup(&e.code).map_or("", crate::errors::action_on_device);
         let _ = writeln!(
             out,
             "The desired state was refused ({}): {at}: {message}\n  {kept}\n  what to do: {action}\n",
@@ -234,7 +234,11 @@ fn headline_in(doc: &StatusDoc, facts: &Facts, tz: &TimeZone, now: Timestamp) ->
 
 fn first_problem(doc: &StatusDoc) -> String {
     let refused = doc.spec_error.as_ref().map(|r| r.message.as_str());
-    match doc.errors.iter().find(|e| Some(e.message.as_str()) != refused) {
+    match doc
+        .errors
+        .iter()
+        .find(|e| Some(e.message.as_str()) != refused)
+    {
         Some(e) => format!("{} ({})", e.message, e.code),
         None if refused.is_some() => "the desired state was refused (above)".to_string(),
         None => "see the components below".to_string(),
@@ -556,7 +560,7 @@ pub fn warnings(doc: &StatusDoc) -> Vec<crate::status::ErrorEntry> {
                 let code = f("code");
                 crate::status::ErrorEntry {
                     action: crate::errors::lookup(&code)
-                        .map(|c| c.action.to_string())
+                        .map(|c| crate::errors::action_on_device(c).to_string())
                         .unwrap_or_default(),
                     code,
                     component: Some(c.name.clone()),
