@@ -166,7 +166,11 @@ fn roost_status_says_whether_it_records_in_each_state() {
     let (code, text) = human_status(&r);
     assert_eq!(code, Some(0), "{text}");
     assert!(text.starts_with("Recording. Last file finished"), "{text}");
-    for needle in ["files today", "free space", "days at the last day's rate"] {
+    for needle in [
+        "files today",
+        "free space",
+        "days until full after an hour of recording",
+    ] {
         assert!(text.contains(needle), "{needle}: {text}");
     }
 
