@@ -166,8 +166,10 @@ fn acoupis_store_reads_it_and_roost_goes_on(
         eprintln!("acoupi 0.8.0 is not installed: its store not tried (bash .ci/setup)");
         return;
     };
+    // Every file on disk is found (checked inside); some of the analysed ones the detection
+    // rule has deleted by now.
     let found = acoupi::acoupi_store_agrees(&python, storage, "curate-e2e");
-    assert!(found >= 4, "{found}");
+    assert!(found >= 2, "{found}");
     let rows = || -> i64 {
         conn.query_row("SELECT count(*) FROM recording", [], |r| r.get(0))
             .unwrap()
