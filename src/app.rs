@@ -23,6 +23,9 @@ pub enum AppError {
     /// The reconcile loop ended with an error.
     #[error(transparent)]
     Reconcile(#[from] ReconcileError),
+    /// The device's loop (`run --dir`) ended with an error.
+    #[error(transparent)]
+    Device(#[from] crate::device::DeviceError),
     /// The runtime could not be set up or asked (e.g. the systemd manager does not answer).
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
@@ -121,6 +124,83 @@ pub fn run(
         }
         Ok(())
     })
+}
+
+/// `roost run --dir`: reconciles every deployment file of `dir` until SIGTERM or SIGINT.
+pub fn run_dir(
+    dir: &Path,
+    state_dir: &Path,
+    choice: RuntimeChoice,
+    user: bool,
+) -> Result<(), AppError> {
+    let _lock = crate::state_dir::lock(state_dir)?;
+    raise_open_files_limit();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(AppError::Tokio)?;
+    let cfg = crate::device::DirConfig {
+        dir: absolute(dir),
+        state_dir: state_dir.to_path_buf(),
+        exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("roost")),
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).map_err(AppError::Tokio)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(AppError::Tokio)?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM"),
+                _ = int.recv() => tracing::info!("SIGINT"),
+            }
+        };
+        let ready = || {
+            let _ = crate::notify::sd_notify("READY=1");
+        };
+        use crate::runtime::systemd::{SystemdTarget, probe};
+        let target = if user { SystemdTarget::User } else { SystemdTarget::System };
+        let use_systemd = match choice {
+            RuntimeChoice::Process => false,
+            RuntimeChoice::Systemd => true,
+            RuntimeChoice::Auto => {
+                std::path::Path::new("/run/systemd/system").exists()
+                    && probe(&target, Duration::from_millis(500)).await
+            }
+        };
+        tracing::info!(runtime = if use_systemd { "systemd" } else { "process" }, dir = %cfg.dir.display(), "runtime chosen");
+        if use_systemd {
+            crate::device::run(cfg, SystemdMaker(target), shutdown, ready).await?;
+        } else {
+            if user && choice == RuntimeChoice::Process {
+                return Err(AppError::Usage("--user only applies to the systemd runtime".into()));
+            }
+            crate::device::run(cfg, ProcessMaker, shutdown, ready).await?;
+        }
+        Ok(())
+    })
+}
+
+/// Each deployment of a folder supervises its own child processes.
+struct ProcessMaker;
+
+impl crate::device::MakeRuntime for ProcessMaker {
+    type R = ProcessRuntime;
+    async fn make(&self, state_dir: &Path) -> Result<ProcessRuntime, RuntimeError> {
+        ProcessRuntime::new(state_dir)
+    }
+}
+
+/// Each deployment of a folder has its own connection to the systemd manager (its units carry
+/// the deployment's name).
+struct SystemdMaker(crate::runtime::systemd::SystemdTarget);
+
+impl crate::device::MakeRuntime for SystemdMaker {
+    type R = crate::runtime::systemd::SystemdRuntime;
+    async fn make(&self, _: &Path) -> Result<Self::R, RuntimeError> {
+        let runtime = crate::runtime::systemd::SystemdRuntime::connect(self.0.clone()).await?;
+        Ok(runtime.with_deployment_slices())
+    }
 }
 
 /// One problem `roost check` found.

@@ -63,6 +63,11 @@ pub enum Command {
         /// The deployment file to apply and watch.
         #[arg(long, short, default_value = "/etc/roost/deployment.yaml")]
         file: PathBuf,
+        /// A folder of deployment files (`*.yaml`, one deployment each) to apply and watch
+        /// instead of one file: each deployment has its own phase, status and restart counts;
+        /// removing a file removes its deployment.
+        #[arg(long, conflicts_with = "file")]
+        dir: Option<PathBuf>,
         /// Folder of status.json, history.json and logs (default: /var/lib/roost for root, else
         /// $XDG_STATE_HOME/roost).
         #[arg(long, env = "ROOST_STATE_DIR")]
@@ -90,6 +95,9 @@ pub enum Command {
     },
     /// Report the status file.
     Status {
+        /// One deployment of a device run with `--dir` (default: the device, each deployment
+        /// on a line).
+        name: Option<String>,
         /// Folder of status.json, history.json and logs (default: /var/lib/roost for root, else
         /// $XDG_STATE_HOME/roost).
         #[arg(long, env = "ROOST_STATE_DIR")]
@@ -308,9 +316,12 @@ impl Command {
     fn paths_mut(&mut self) -> Vec<&mut PathBuf> {
         let paths: Vec<Option<&mut PathBuf>> = match self {
             Command::Run {
-                file, state_dir, ..
-            }
-            | Command::Check {
+                file,
+                state_dir,
+                dir,
+                ..
+            } => vec![Some(file), state_dir.as_mut(), dir.as_mut()],
+            Command::Check {
                 file, state_dir, ..
             }
             | Command::Plan { file, state_dir } => vec![Some(file), state_dir.as_mut()],

@@ -24,13 +24,26 @@ pub enum Loaded {
     Refused(SpecError),
 }
 
+/// A check of a valid file against the rest of the device (`roost run --dir`: another
+/// deployment has the recorder, a cycle of dependsOn): `Some((field, why))` refuses it.
+pub type Veto = std::sync::Arc<dyn Fn(&std::path::Path, &Deployment) -> Option<(String, String)>>;
+
 /// The desired-state file and the copy of its last valid content.
-#[derive(Debug)]
 pub struct DesiredSource {
     file: PathBuf,
     last_good: PathBuf,
     /// Hash of the last valid content looked at, so that unchanged content is skipped.
     last_content_hash: Option<String>,
+    veto: Option<Veto>,
+}
+
+impl std::fmt::Debug for DesiredSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DesiredSource")
+            .field("file", &self.file)
+            .field("last_good", &self.last_good)
+            .finish_non_exhaustive()
+    }
 }
 
 impl DesiredSource {
@@ -40,7 +53,27 @@ impl DesiredSource {
             file,
             last_good,
             last_content_hash: None,
+            veto: None,
         }
+    }
+
+    /// Refuses valid files that `veto` refuses (the device's other deployments).
+    pub fn with_veto(mut self, veto: Veto) -> Self {
+        self.veto = Some(veto);
+        self
+    }
+
+    /// Reads another file from now on (the deployment's file was renamed in its folder).
+    pub fn retarget(&mut self, file: PathBuf) {
+        if file != self.file {
+            self.file = file;
+            self.last_content_hash = None;
+        }
+    }
+
+    /// The file read.
+    pub fn file(&self) -> &std::path::Path {
+        &self.file
     }
 
     /// Looks at the file. `in_force` says whether a desired state already runs: only then is
@@ -48,6 +81,20 @@ impl DesiredSource {
     pub fn read(&mut self, in_force: bool) -> Loaded {
         match spec::load_file(&self.file) {
             Ok((deployment, bytes)) => {
+                if let Some((field, why)) =
+                    self.veto.as_ref().and_then(|v| v(&self.file, &deployment))
+                {
+                    self.last_content_hash = None;
+                    tracing::warn!(file = %self.file.display(), %why, "desired state refused by the device's other deployments");
+                    return Loaded::Refused(SpecError {
+                        code: crate::errors::INVALID_SPEC.code.to_string(),
+                        message: format!("{}: {field}: {why}", self.file.display()),
+                        file: self.file.display().to_string(),
+                        line: None,
+                        column: None,
+                        field: Some(field),
+                    });
+                }
                 let hash = crate::plan::spec_hash(&bytes);
                 if in_force && self.last_content_hash.as_ref() == Some(&hash) {
                     return Loaded::Unchanged;

@@ -34,8 +34,14 @@ codes! {
         "A component exited with a non-zero status or was killed by a signal.",
         "Read the component's log with `roost logs NAME`, fix the command or its environment; the restart policy decides whether roost restarts it.";
     DEPENDENCY_FAILED = "DEP_E156", "A dependency is in error",
-        "A component is held back because a component it depends on (dependsOn) is in error.",
-        "Fix the failing dependency first; this component starts by itself once its dependencies run.";
+        "A component is held back because a component it depends on (dependsOn) is in error; or (roost run --dir) dependent deployment is in error state: a deployment named in this one's spec.dependsOn is in error. Components of this deployment that already run keep running; the others wait.",
+        "Fix the failing dependency first (troubleshoot the dependent deployment that is in error state: `roost status NAME`); this deployment goes on by itself once its dependencies run.";
+    DEPENDENCY_NOT_FOUND = "DEP_E157", "Dependent deployment not found",
+        "spec.dependsOn names a deployment that no deployment file of this device declares (roost run --dir), or roost runs a single file (--file), where no other deployment exists. The deployment's components wait; nothing is retried in a loop.",
+        "Add the missing deployment's file to the folder, correct the name in spec.dependsOn, or remove the dependency.";
+    DEPENDENCY_NOT_READY = "DEP_E158", "Waiting for a dependent deployment",
+        "A deployment named in spec.dependsOn is not yet Succeeded and Running (being applied, starting, stopped); this deployment's components wait for it.",
+        "Nothing, if the dependency is starting; otherwise see `roost status NAME` of the dependency. The components start by themselves once it runs.";
     EXECUTABLE_NOT_FOUND = "DEP_E161", "Executable not found or not executable",
         "The first element of the component's command does not exist, is not on PATH, or is not executable.",
         "Install the program or correct `command` in deployment.yaml (use an absolute path), and make it executable (chmod +x).";

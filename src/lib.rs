@@ -36,6 +36,7 @@ pub mod connect;
 pub mod curate;
 pub mod desired;
 pub mod detect;
+pub mod device;
 pub mod errors;
 pub mod fleet;
 pub mod fsutil;

@@ -61,11 +61,15 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run {
             file,
+            dir,
             state_dir,
             runtime,
             user,
         } => {
-            roost::app::run(&file, &resolve(state_dir), runtime, user)?;
+            match dir {
+                Some(dir) => roost::app::run_dir(&dir, &resolve(state_dir), runtime, user)?,
+                None => roost::app::run(&file, &resolve(state_dir), runtime, user)?,
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Check {
@@ -73,7 +77,11 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             state_dir,
             offline,
         } => Ok(check(&file, state_dir, offline)),
-        Command::Status { state_dir, json } => status(state_dir, json),
+        Command::Status {
+            name,
+            state_dir,
+            json,
+        } => status(state_dir, name.as_deref(), json),
         Command::Plan { file, state_dir } => {
             let (text, ok) = roost::app::plan_offline(&file, &resolve(state_dir));
             print!("{text}");
@@ -280,7 +288,7 @@ fn init(
 }
 
 /// Exit code: the document's own, 1 when it is stale, 3 when roost never ran here.
-fn status(state_dir: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
+fn status(state_dir: Option<PathBuf>, name: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
     let state_dir = roost::state_dir::StateDir::new(resolve(state_dir));
     let path = state_dir.status();
     if !path.exists() {
@@ -290,7 +298,34 @@ fn status(state_dir: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(3));
     }
-    let doc = roost::status::read(&path)?;
+    let mut doc = roost::status::read(&path)?;
+    if let Some(name) = name {
+        let Some(one) = doc
+            .deployments
+            .iter()
+            .find(|d| d.deployment.as_deref() == Some(name))
+        else {
+            let known: Vec<&str> = doc
+                .deployments
+                .iter()
+                .filter_map(|d| d.deployment.as_deref())
+                .collect();
+            eprintln!(
+                "no deployment {name:?} on this device (it has: {}); `roost status` lists them",
+                if known.is_empty() {
+                    "one deployment file, no --dir".to_string()
+                } else {
+                    known.join(", ")
+                }
+            );
+            return Ok(ExitCode::from(2));
+        };
+        doc = one.clone();
+        if json {
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+            return Ok(ExitCode::from(doc.exit_code() as u8));
+        }
+    }
     let now = jiff::Timestamp::now();
     // What the file says, as a reader must take it: roost gone or the file out of date is
     // Unknown with its reason, never the green it last said.

@@ -160,6 +160,9 @@ pub struct ComponentStatus {
     /// What the recorder produced (only on the `recorder` component).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<serde_json::Value>,
+    /// The deployment it belongs to, in the device's summary of `roost run --dir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<String>,
 }
 
 /// What the last apply did: shown in status.json as `lastApply`.
@@ -185,6 +188,9 @@ pub struct ErrorEntry {
     pub message: String,
     /// The recommended action (the catalogue's).
     pub action: String,
+    /// The deployment it concerns, in the device's summary of `roost run --dir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<String>,
 }
 
 impl ErrorEntry {
@@ -196,6 +202,7 @@ impl ErrorEntry {
             component: component.map(str::to_string),
             message: message.into(),
             action: crate::errors::action_on_device(code).to_string(),
+            deployment: None,
         }
     }
 }
@@ -285,6 +292,14 @@ pub struct StatusDoc {
     /// When it was built (UTC).
     #[schemars(with = "String", extend("format" = "date-time"))]
     pub updated_at: Timestamp,
+    /// The deployment file it was read from (each entry of `deployments`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// `roost run --dir`: one document per deployment of the folder, by name. The fields
+    /// above are then the device's summary: phase and status of the worst deployment, every
+    /// component and error (each with its `deployment`), generations summed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deployments: Vec<StatusDoc>,
 }
 
 impl StatusDoc {
@@ -385,7 +400,12 @@ impl StatusDoc {
                 _ => (Phase::FailedToStart, Vec::new()),
             },
         };
-        let status = overall(phase, &components, i.runtime_error.is_some());
+        let mut status = overall(phase, &components, i.runtime_error.is_some());
+        if status == OverallStatus::Running && held_by_error(&errors) {
+            // A deployment whose dependency is in error is in error itself (DEP_E156), even
+            // while its own components run.
+            status = OverallStatus::Error;
+        }
         StatusDoc {
             api_version: crate::spec::API_VERSION.to_string(),
             kind: "DeploymentStatus".to_string(),
@@ -404,6 +424,8 @@ impl StatusDoc {
                 runtime: i.runtime.to_string(),
             },
             updated_at: i.now,
+            file: None,
+            deployments: Vec::new(),
         }
     }
 
@@ -446,6 +468,13 @@ impl StatusDoc {
 
 /// An error judged from output after provisioning (a built-in's) keeps the phase Succeeded;
 /// the status must still not be greener than the output.
+/// Whether `errors` hold a dependency in error at the deployment's level (no component):
+/// `roost run --dir`'s DEP_E156.
+pub fn held_by_error(errors: &[ErrorEntry]) -> bool {
+    (errors.iter())
+        .any(|e| e.component.is_none() && e.code == crate::errors::DEPENDENCY_FAILED.code)
+}
+
 fn overall(phase: Phase, components: &[ComponentStatus], unreachable: bool) -> OverallStatus {
     let in_error = components.iter().any(|c| c.status == ComponentState::Error);
     match phase {

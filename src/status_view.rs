@@ -141,6 +141,7 @@ pub fn render(doc: &StatusDoc, facts: &Facts, now: Timestamp) -> String {
             let _ = writeln!(out, "  {label:<15}{value}");
         }
     }
+    deployments_section(&mut out, doc);
     components_section(&mut out, doc);
     problems_section(&mut out, doc);
     let roost = match (doc.status, &facts.seen) {
@@ -432,13 +433,37 @@ pub fn curator_figures(doc: &StatusDoc) -> Vec<(String, String)> {
     figures
 }
 
+/// `roost run --dir`: one line per deployment (its status, phase and file), worst news first
+/// in its own words; `roost status NAME` shows one.
+fn deployments_section(out: &mut String, doc: &StatusDoc) {
+    if doc.deployments.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\nDeployments");
+    for d in &doc.deployments {
+        let file = d.file.as_deref().unwrap_or("");
+        let name = d.deployment.as_deref().unwrap_or("(refused)");
+        let mut line = format!("  {name:<16} {:?} ({:?}), {file}", d.status, d.phase);
+        if let Some(e) = &d.spec_error {
+            let _ = write!(line, "; file refused: {}", e.code);
+        } else if let Some(e) = d.errors.first() {
+            let _ = write!(line, "; {}", e.code);
+        }
+        let _ = writeln!(out, "{line}");
+    }
+}
+
 fn components_section(out: &mut String, doc: &StatusDoc) {
     let _ = writeln!(out, "\nComponents");
     if doc.components.is_empty() {
         let _ = writeln!(out, "  (none)");
     }
     for c in &doc.components {
-        let mut line = format!("  {:<16} {}", c.name, component_in_words(c));
+        let name = match &c.deployment {
+            Some(d) => format!("{d}/{}", c.name),
+            None => c.name.clone(),
+        };
+        let mut line = format!("  {name:<16} {}", component_in_words(c));
         if c.restart_count > 0 {
             let _ = write!(line, "; restarted {} times", c.restart_count);
         }
@@ -509,11 +534,12 @@ fn problems_section(out: &mut String, doc: &StatusDoc) {
     if !errors.is_empty() {
         let _ = writeln!(out, "\nProblems");
         for e in errors {
-            let who = e
-                .component
-                .as_deref()
-                .map(|c| format!("[{c}] "))
-                .unwrap_or_default();
+            let who = match (&e.deployment, &e.component) {
+                (Some(d), Some(c)) => format!("[{d}/{c}] "),
+                (Some(d), None) => format!("[{d}] "),
+                (None, Some(c)) => format!("[{c}] "),
+                (None, None) => String::new(),
+            };
             let _ = writeln!(
                 out,
                 "  {} {who}{}\n      what to do: {}",
@@ -565,6 +591,7 @@ pub fn warnings(doc: &StatusDoc) -> Vec<crate::status::ErrorEntry> {
                     code,
                     component: Some(c.name.clone()),
                     message: f("message"),
+                    deployment: None,
                 }
             })
         })
@@ -652,6 +679,7 @@ mod tests {
                     pid: Some(7),
                     since: None,
                     output: Some(out),
+                    deployment: None,
                 })
                 .into_iter()
                 .collect(),
@@ -663,6 +691,8 @@ mod tests {
                 runtime: "process".into(),
             },
             updated_at: "2026-06-01T04:00:00Z".parse().unwrap(),
+            file: None,
+            deployments: Vec::new(),
         }
     }
 

@@ -128,6 +128,8 @@ pub struct FileWatcher {
     identities: std::collections::HashMap<PathBuf, (u64, u64)>,
     raw: mpsc::UnboundedReceiver<notify::Event>,
     mounts: MountWatch,
+    /// Watching a folder (`roost run --dir`): every name in it matters.
+    folder: bool,
 }
 
 /// Mount table changes, as events: `/proc/self/mountinfo` turns "priority readable" when a file
@@ -192,8 +194,17 @@ impl FileWatcher {
             identities: Default::default(),
             raw,
             mounts: MountWatch::new(),
+            folder: false,
         };
         w.refresh()?;
+        Ok(w)
+    }
+
+    /// Starts watching every file of the folder `dir` (and the links on its way), as
+    /// [`FileWatcher::new`] watches one file.
+    pub fn folder(dir: &Path) -> Result<Self, WatchError> {
+        let mut w = Self::new(&dir.join(".roost-folder"))?;
+        w.folder = true;
         Ok(w)
     }
 
@@ -229,10 +240,13 @@ impl FileWatcher {
         if !may_change(&ev.kind) {
             return false;
         }
+        let in_folder = |p: &Path| self.folder && p.parent() == self.file.parent();
         ev.paths.iter().any(|p| {
-            p.file_name().is_some_and(|n| {
-                self.current.names.contains(n) || n.to_string_lossy().starts_with("..")
-            }) || self.current.dirs.contains(p)
+            in_folder(p)
+                || p.file_name().is_some_and(|n| {
+                    self.current.names.contains(n) || n.to_string_lossy().starts_with("..")
+                })
+                || self.current.dirs.contains(p)
         }) || ev.need_rescan()
     }
 
@@ -260,17 +274,20 @@ impl FileWatcher {
                 continue;
             }
             let mut burst = Burst::default();
-            burst.add(&first.kind);
+            burst.add(&first);
             // One deadline per burst, moved only by relevant events: a busy folder cannot
             // starve the trigger.
             loop {
                 match tokio::time::timeout_at(burst.deadline(), self.raw.recv()).await {
-                    Ok(Some(ev)) if self.relevant(&ev) => burst.add(&ev.kind),
+                    Ok(Some(ev)) if self.relevant(&ev) => burst.add(&ev),
                     Ok(Some(_)) => {}
                     Ok(None) => break,
                     // A writer silent for long, or another writer still holding the file after
                     // the first one closed it: wait for them too.
-                    Err(_) if burst.wrote_in_place && open_for_writing(&self.file) => {
+                    Err(_)
+                        if burst.wrote_in_place
+                            && open_for_writing(burst.path.as_deref().unwrap_or(&self.file)) =>
+                    {
                         if burst.writing {
                             tracing::warn!(file = %self.file.display(), "still open for writing; waiting for the writer to finish before reading it");
                         }
@@ -297,6 +314,8 @@ struct Burst {
     wrote_in_place: bool,
     writing: bool,
     writing_since: tokio::time::Instant,
+    /// The file modified in place (a folder's watch sees several).
+    path: Option<PathBuf>,
 }
 
 impl Default for Burst {
@@ -307,21 +326,23 @@ impl Default for Burst {
             wrote_in_place: false,
             writing: false,
             writing_since: now,
+            path: None,
         }
     }
 }
 
 impl Burst {
-    fn add(&mut self, kind: &EventKind) {
+    fn add(&mut self, ev: &notify::Event) {
         let now = tokio::time::Instant::now();
         self.last = now;
-        match kind {
+        match &ev.kind {
             EventKind::Modify(ModifyKind::Data(_)) | EventKind::Modify(ModifyKind::Any)
                 if !self.writing =>
             {
                 self.writing = true;
                 self.wrote_in_place = true;
                 self.writing_since = now;
+                self.path = ev.paths.first().cloned();
             }
             EventKind::Access(AccessKind::Close(AccessMode::Write)) => self.writing = false,
             _ => {}
@@ -445,15 +466,23 @@ mod tests {
         use notify::event::DataChange;
         let start = tokio::time::Instant::now();
         let mut b = Burst::default();
-        b.add(&EventKind::Create(notify::event::CreateKind::File));
+        b.add(&notify::Event::new(EventKind::Create(
+            notify::event::CreateKind::File,
+        )));
         assert_eq!(b.deadline(), start + SETTLE_AFTER_COMPLETE);
-        b.add(&EventKind::Modify(ModifyKind::Data(DataChange::Any)));
+        b.add(&notify::Event::new(EventKind::Modify(ModifyKind::Data(
+            DataChange::Any,
+        ))));
         assert_eq!(b.deadline(), start + MAX_WAIT_FOR_WRITER);
         tokio::time::advance(Duration::from_secs(5)).await;
         // More writes keep the writer's deadline; they do not push it out.
-        b.add(&EventKind::Modify(ModifyKind::Data(DataChange::Any)));
+        b.add(&notify::Event::new(EventKind::Modify(ModifyKind::Data(
+            DataChange::Any,
+        ))));
         assert_eq!(b.deadline(), start + MAX_WAIT_FOR_WRITER);
-        b.add(&EventKind::Access(AccessKind::Close(AccessMode::Write)));
+        b.add(&notify::Event::new(EventKind::Access(AccessKind::Close(
+            AccessMode::Write,
+        ))));
         assert_eq!(
             b.deadline(),
             start + Duration::from_secs(5) + SETTLE_AFTER_COMPLETE

@@ -565,6 +565,7 @@ fn every_built_in_unit_scores_ok_offline() {
         wanted_by: "multi-user.target",
         restart_steps: false,
         privileged: true,
+        deployment_slice: false,
     };
     // Before issue 21 every unit was written unconfined: the first, scored for comparison.
     let mut unconfined = runs[0].clone();

@@ -5,6 +5,8 @@
 /// The start order lives with the desired state it is computed from.
 pub use crate::spec::order;
 
+pub mod gate;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -359,6 +361,7 @@ fn base_status(
         pid: None,
         since: None,
         output: None,
+        deployment: None,
     }
 }
 

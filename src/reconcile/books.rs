@@ -4,6 +4,7 @@
 
 use super::{Reconciler, Triggers};
 use crate::desired::Loaded;
+use crate::plan::gate::Links;
 use crate::plan::{self, Desired};
 use crate::runtime::{Runtime, RuntimeEvent};
 use crate::spec::Deployment;
@@ -64,7 +65,7 @@ impl<R: Runtime> Reconciler<R> {
                 .desired_changed(previous, &deployment, self.clock.now());
         }
         let was_stopped = self.desired.as_ref().is_some_and(|(_, d)| !d.running);
-        let desired = Desired::from_deployment(&deployment, self.builtins.runs(&deployment));
+        let desired = self.resolve(&deployment);
         if was_stopped && desired.running {
             // Starting a stopped deployment again is a new run: finished components run again.
             self.history
@@ -73,6 +74,49 @@ impl<R: Runtime> Reconciler<R> {
                 .for_each(|h| h.stopped_by_roost());
         }
         self.desired = Some((deployment, desired));
+    }
+
+    /// The desired state of `deployment` as the device's links make it: everything removed
+    /// once its file is gone, its dependencies' exports in its components' environment.
+    fn resolve(&self, deployment: &Deployment) -> Desired {
+        if self.links.gone {
+            let mut none = deployment.clone();
+            none.spec = crate::spec::DeploymentSpec::default();
+            return Desired::from_deployment(&none, Vec::new());
+        }
+        let mut desired = Desired::from_deployment(deployment, self.builtins.runs(deployment));
+        let own: Vec<&str> = (deployment.spec.components.iter())
+            .map(|c| c.name.as_str())
+            .collect();
+        plan::gate::bind(&mut desired, &self.links.env, &own);
+        desired
+    }
+
+    /// Takes the device's new word on this deployment: the desired state in force is resolved
+    /// again (no new generation: the file did not change).
+    pub fn set_links(&mut self, links: Links) {
+        if links == self.links {
+            return;
+        }
+        tracing::info!(
+            holds = links.holds.len(),
+            bindings = links.env.len(),
+            gone = links.gone,
+            "the device's links changed"
+        );
+        let moved = (links.file.as_ref()).filter(|f| f.as_path() != self.source.file());
+        if let Some(file) = moved.cloned() {
+            tracing::info!(file = %file.display(), "the deployment's file moved");
+            self.source.retarget(file);
+            self.reload_file();
+        }
+        self.links = links;
+        if let Some((deployment, _)) = &self.desired {
+            let desired = self.resolve(deployment);
+            if let Some((_, d)) = self.desired.as_mut() {
+                *d = desired;
+            }
+        }
     }
 
     /// Takes note of what the runtime reported; the next reconcile acts on it.

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-pub use triggers::Triggers;
+pub use triggers::{Triggers, of_deployment};
 
 use crate::apply::ApplyCounts;
 use crate::builtin::Builtins;
@@ -29,6 +29,7 @@ use crate::desired::DesiredSource;
 use crate::history::History;
 use crate::notify::Liveness;
 use crate::plan::Desired;
+use crate::plan::gate::Links;
 use crate::publish::{Publishers, StatusFile};
 use crate::runtime::Runtime;
 use crate::spec::Deployment;
@@ -82,6 +83,8 @@ pub struct Reconciler<R: Runtime> {
     liveness: Liveness,
     source: DesiredSource,
     desired: Option<(Deployment, Desired)>,
+    /// The device's word on this deployment (`roost run --dir`; default for a single file).
+    links: Links,
     generation: u64,
     observed_generation: u64,
     spec_error: Option<SpecError>,
@@ -96,6 +99,8 @@ pub struct Reconciler<R: Runtime> {
     next_wake: Option<Instant>,
     /// Every document published, kept in memory when asked for (tests).
     status_log: Option<Arc<std::sync::Mutex<Vec<StatusDoc>>>>,
+    /// Every new document also goes to the device's coordinator (`roost run --dir`).
+    forward: Option<tokio::sync::mpsc::UnboundedSender<StatusDoc>>,
 }
 
 impl<R: Runtime> Reconciler<R> {
@@ -139,6 +144,7 @@ impl<R: Runtime> Reconciler<R> {
             clock,
             liveness: Liveness::default(),
             desired: None,
+            links: Links::default(),
             spec_error: None,
             history,
             stop_failures: BTreeMap::new(),
@@ -149,7 +155,24 @@ impl<R: Runtime> Reconciler<R> {
             last_apply: None,
             next_wake: None,
             status_log: None,
+            forward: None,
         })
+    }
+
+    /// A deployment of a folder (`roost run --dir`): `veto` refuses files that clash with the
+    /// other deployments; every new status document also goes to `forward`.
+    pub fn in_device(
+        mut self,
+        veto: crate::desired::Veto,
+        forward: tokio::sync::mpsc::UnboundedSender<StatusDoc>,
+    ) -> Self {
+        let source = std::mem::replace(
+            &mut self.source,
+            DesiredSource::new(PathBuf::new(), PathBuf::new()),
+        );
+        self.source = source.with_veto(veto);
+        self.forward = Some(forward);
+        self
     }
 
     /// When the loop looks again by itself if nothing else happens.
@@ -224,6 +247,7 @@ pub async fn drive<R: Runtime>(
                 reconciler.reload_file();
             }
             event = reconciler.runtime.next_event() => reconciler.record_event(event),
+            links = triggers::next_links(&mut triggers.links) => reconciler.set_links(links),
             _ = timer => {}
         }
         reconciler.reconcile(&mut triggers).await;

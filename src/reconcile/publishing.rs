@@ -34,6 +34,9 @@ impl<R: Runtime> Reconciler<R> {
                 .unwrap_or_else(|e| e.into_inner())
                 .push(doc.clone());
         }
+        if let Some(tx) = &self.forward {
+            let _ = tx.send(doc.clone());
+        }
         self.publishers.publish(doc);
     }
 

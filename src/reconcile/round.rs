@@ -164,7 +164,7 @@ impl<R: Runtime> Reconciler<R> {
         let (_, desired) = self.desired.as_ref().expect("a desired state is in force");
         let now = self.clock.now();
         let builtins: BTreeMap<String, BuiltinHealth> = self.builtins.health(observed, now);
-        plan::plan(&PlanInput {
+        let mut plan = plan::plan(&PlanInput {
             desired,
             observed,
             history: &self.history,
@@ -172,7 +172,9 @@ impl<R: Runtime> Reconciler<R> {
             runtime_restarts_itself: self.runtime.restarts_itself(),
             builtins: &builtins,
             now,
-        })
+        });
+        plan::gate::gate(&mut plan, &desired.deployment, &self.links.holds);
+        plan
     }
 
     /// Carries the plan out, until its end or until a newer desired state waits in `triggers`.

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use tokio::sync::mpsc::{Receiver, Sender, channel};
 
 use super::ReconcileError;
+use crate::plan::gate::Links;
 use crate::watch::FileWatcher;
 
 /// The loop's trigger channels. A closed channel (its sender dropped) is simply never ready.
@@ -17,6 +18,9 @@ pub struct Triggers {
     pub outputs: Receiver<()>,
     /// SIGHUP: re-read the file even if its content looks unchanged.
     pub hangup: Receiver<()>,
+    /// The device's word on this deployment (`roost run --dir`): dependencies, bindings, a
+    /// file gone. `None` for a single file.
+    pub links: Option<tokio::sync::watch::Receiver<Links>>,
 }
 
 impl Triggers {
@@ -34,6 +38,7 @@ impl Triggers {
             file: file_rx,
             outputs: outputs_rx,
             hangup,
+            links: None,
         })
     }
 
@@ -52,8 +57,42 @@ impl Triggers {
             file,
             outputs,
             hangup,
+            links: None,
         };
         (triggers, [file_tx, outputs_tx, hangup_tx])
+    }
+}
+
+/// Triggers of one deployment of a folder (`roost run --dir`): its file's changes and SIGHUP
+/// come from the device's coordinator (one watch of the folder for all), its built-ins'
+/// outputs from its own watches.
+pub fn of_deployment(
+    file: Receiver<()>,
+    hangup: Receiver<()>,
+    outputs: &[PathBuf],
+    links: tokio::sync::watch::Receiver<Links>,
+) -> Result<Triggers, ReconcileError> {
+    let (outputs_tx, outputs_rx) = channel(1);
+    for path in outputs {
+        forward(FileWatcher::new(path)?, outputs_tx.clone());
+    }
+    Ok(Triggers {
+        file,
+        outputs: outputs_rx,
+        hangup,
+        links: Some(links),
+    })
+}
+
+/// The next word of the device on this deployment; never ready without a device (or once the
+/// device is gone).
+pub(super) async fn next_links(links: &mut Option<tokio::sync::watch::Receiver<Links>>) -> Links {
+    let Some(rx) = links else {
+        return std::future::pending().await;
+    };
+    match rx.changed().await {
+        Ok(()) => rx.borrow_and_update().clone(),
+        Err(_) => std::future::pending().await,
     }
 }
 

@@ -159,6 +159,15 @@ pub struct DeploymentSpec {
     /// The read-only field page (component `page`, `roost serve`); off unless set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub page: Option<PageSpec>,
+    /// Other deployments of this device (`roost run --dir`) that must be Succeeded and healthy
+    /// before this one's components start; while one of them is in error this one shows
+    /// DEP_E156. Under `--file` a named deployment is never found (DEP_E157).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<DeploymentName>,
+    /// Values this deployment offers the deployments that depend on it: each of their
+    /// components gets `<DEPLOYMENT>_<NAME>` (upper case, `-` as `_`) in its environment.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub exports: BTreeMap<EnvName, String>,
 }
 
 impl DeploymentSpec {
@@ -432,6 +441,7 @@ impl Deployment {
                 spec.location.is_some(),
             ));
         }
+        issues.extend(self.binding_issues());
         if spec.recorder.is_none()
             && (!spec.detectors.is_empty() || spec.storage.as_ref().is_some_and(|s| s.curates()))
         {
@@ -441,6 +451,52 @@ impl Deployment {
             ));
         }
         issues
+    }
+
+    /// `spec.dependsOn` and `spec.exports`: no dependency on itself or twice, no value a
+    /// process environment cannot hold.
+    fn binding_issues(&self) -> Vec<FieldIssue> {
+        let mut issues = Vec::new();
+        let mut seen = BTreeSet::new();
+        for (j, dep) in self.spec.depends_on.iter().enumerate() {
+            if dep == self.name() {
+                issues.push(FieldIssue::new(
+                    format!("spec.dependsOn[{j}]"),
+                    "a deployment cannot depend on itself",
+                ));
+            } else if !seen.insert(dep) {
+                issues.push(FieldIssue::new(
+                    format!("spec.dependsOn[{j}]"),
+                    format!(
+                        "{:?} is named twice; name each deployment once",
+                        dep.as_str()
+                    ),
+                ));
+            }
+        }
+        for (key, value) in &self.spec.exports {
+            if value.contains('\0') {
+                issues.push(FieldIssue::new(
+                    format!("spec.exports.{}", key.as_str()),
+                    "the value contains a NUL character, which no process environment can hold",
+                ));
+            }
+        }
+        issues
+    }
+
+    /// The environment variables this deployment's exports give its dependents' components:
+    /// `<DEPLOYMENT>_<NAME>` (upper case, `-` as `_`) -> value.
+    pub fn exported_env(&self) -> BTreeMap<String, String> {
+        let prefix = self.name().as_str().to_ascii_uppercase().replace('-', "_");
+        (self.spec.exports.iter())
+            .map(|(k, v)| {
+                (
+                    format!("{prefix}_{}", k.as_str().to_ascii_uppercase()),
+                    v.clone(),
+                )
+            })
+            .collect()
     }
 
     /// The deployment's name from `metadata.name`.

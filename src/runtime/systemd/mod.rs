@@ -139,6 +139,8 @@ pub async fn probe(target: &SystemdTarget, within: Duration) -> bool {
 pub struct SystemdRuntime {
     unit_dir: PathBuf,
     wanted_by: &'static str,
+    /// Units go into their deployment's slice (`roost run --dir`).
+    deployment_slices: bool,
     shared: SharedRef,
     events: mpsc::UnboundedReceiver<RuntimeEvent>,
     watcher: tokio::task::JoinHandle<()>,
@@ -205,11 +207,18 @@ impl SystemdRuntime {
         Ok(Self {
             unit_dir,
             wanted_by,
+            deployment_slices: false,
             shared,
             events,
             watcher,
             dbus_calls: 0,
         })
+    }
+
+    /// Puts every unit it writes into its deployment's slice (`roost run --dir`).
+    pub fn with_deployment_slices(mut self) -> Self {
+        self.deployment_slices = true;
+        self
     }
 
     /// Where this runtime writes unit files.
@@ -249,6 +258,7 @@ impl SystemdRuntime {
             wanted_by: self.wanted_by,
             restart_steps: link.version >= 254,
             privileged: self.wanted_by == "multi-user.target" || nix::unistd::geteuid().is_root(),
+            deployment_slice: self.deployment_slices,
         }
     }
 

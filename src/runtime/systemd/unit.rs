@@ -40,6 +40,16 @@ pub struct UnitOptions {
     /// The manager may switch users and make namespaces (system manager, or running as root):
     /// confined components get their whole sandbox.
     pub privileged: bool,
+    /// `roost run --dir`: each deployment's units go into its own slice
+    /// (`roost-<deployment>.slice`, under `roost.slice`), so resource accounting and
+    /// `systemctl status` follow deployments. Off for a single file (its units unchanged).
+    pub deployment_slice: bool,
+}
+
+/// The slice of a deployment's units under `roost run --dir`: `roost-<deployment>.slice`,
+/// the deployment's `-` escaped (`\x2d`): in a slice name `-` means a parent slice.
+pub fn slice_name(deployment: &str) -> String {
+    format!("roost-{}.slice", deployment.replace('-', "\\x2d"))
 }
 
 /// What the marker line says about a unit file.
@@ -131,6 +141,9 @@ pub fn render(
         usec(run.stop_timeout.max(Duration::from_millis(1)))
     );
     body.push_str("KillMode=control-group\n");
+    if opts.deployment_slice {
+        let _ = writeln!(body, "Slice={}", slice_name(&run.deployment));
+    }
     if let Some(c) = &run.confinement {
         body.push_str(&super::hardening::directives(c, opts.privileged).map_err(invalid)?);
     }
@@ -300,6 +313,7 @@ mod tests {
         wanted_by: "default.target",
         restart_steps: false,
         privileged: true,
+        deployment_slice: false,
     };
     const ENV: &str = "/etc/systemd/system/roost-env/roost-field-uploader.service.env";
 

@@ -1,0 +1,531 @@
+//! `roost run --dir DIR`: several deployments on one device, one file each. Every deployment
+//! runs its own reconcile loop (`reconcile::drive`) with its own runtime, state folder
+//! (`<state>/deployments/<name>/`: history, last valid file, status.json, logs), generation,
+//! phase and restart counts; a bad file disturbs only its own deployment. This coordinator
+//! watches the folder once, hands each file's changes to its deployment, tells each deployment
+//! what its dependencies mean for it (`plan::gate::Links`), removes a deployment whose file is
+//! gone past [`GRACE`], and writes the device's status.json (a summary and one entry per
+//! deployment). It decides nothing about components: each deployment's planner does.
+
+pub mod folder;
+pub mod graph;
+mod summary;
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::plan::gate::Links;
+use crate::reconcile::{self, Config, ReconcileError, Reconciler};
+use crate::runtime::{Runtime, RuntimeError};
+use crate::status::{SpecError, StatusDoc};
+use folder::{FileContent, Folder};
+use graph::InForce;
+
+/// How long a deployment whose file disappeared stays in force: a writer that deletes and
+/// writes anew (some sync tools do) must not restart everything.
+pub const GRACE: Duration = Duration::from_secs(10);
+
+/// The longest roost waits for every deployment's first status before it says it is ready.
+const FIRST_STATUS_WAIT: Duration = Duration::from_secs(30);
+
+/// Where the device's loop finds its folder, its state and itself.
+#[derive(Clone, Debug)]
+pub struct DirConfig {
+    /// The folder of deployment files.
+    pub dir: PathBuf,
+    /// The state folder: the device's status.json, and `deployments/<name>/` for each one.
+    pub state_dir: PathBuf,
+    /// The roost binary, which built-ins run.
+    pub exe: PathBuf,
+}
+
+/// Makes the runtime of one deployment (its own processes, or its own units under systemd).
+#[allow(async_fn_in_trait)]
+pub trait MakeRuntime {
+    /// The runtime made.
+    type R: Runtime + 'static;
+    /// A runtime keeping its files in `state_dir` (the deployment's state folder).
+    async fn make(&self, state_dir: &Path) -> Result<Self::R, RuntimeError>;
+}
+
+/// Why the device's loop cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// A deployment's loop could not be set up.
+    #[error(transparent)]
+    Reconcile(#[from] ReconcileError),
+    /// A deployment's runtime could not be set up.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
+/// The state folder of deployment `name`.
+pub fn deployment_state_dir(state_dir: &Path, name: &str) -> PathBuf {
+    state_dir.join("deployments").join(name)
+}
+
+struct Member {
+    file: PathBuf,
+    file_tx: mpsc::Sender<()>,
+    hangup_tx: mpsc::Sender<()>,
+    links_tx: watch::Sender<Links>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+    /// When its file went missing (no file of the folder names it).
+    missing_since: Option<Instant>,
+}
+
+type Shared = Rc<RefCell<BTreeMap<String, InForce>>>;
+
+struct Device<M: MakeRuntime> {
+    cfg: DirConfig,
+    maker: M,
+    folder: Folder,
+    members: BTreeMap<String, Member>,
+    in_force: Shared,
+    docs: BTreeMap<String, StatusDoc>,
+    /// Files of the folder that no deployment takes (refused, or a name taken by another file).
+    refusals: Vec<SpecError>,
+    status_tx: mpsc::UnboundedSender<(String, StatusDoc)>,
+    status_rx: mpsc::UnboundedReceiver<(String, StatusDoc)>,
+    publishers: crate::publish::Publishers,
+    last: Option<StatusDoc>,
+}
+
+/// Runs the device's deployments until `shutdown` resolves. Must run inside a
+/// `tokio::task::LocalSet` (each deployment's loop is a local task). `on_ready` is called once
+/// every deployment has said its first status (or after 30 s).
+pub async fn run<M: MakeRuntime>(
+    cfg: DirConfig,
+    maker: M,
+    shutdown: impl Future<Output = ()>,
+    on_ready: impl FnOnce(),
+) -> Result<(), DeviceError> {
+    std::fs::create_dir_all(&cfg.dir).ok();
+    let mut watcher = crate::watch::FileWatcher::folder(&cfg.dir).map_err(ReconcileError::from)?;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(ReconcileError::Signal)?;
+    let mut device = Device::new(cfg, maker);
+    device.rescan().await;
+    device.adopt_leftovers().await;
+    device.wait_first_statuses().await;
+    device.publish();
+    on_ready();
+    tokio::pin!(shutdown);
+    loop {
+        let grace = device.next_grace_end();
+        let timer = async move {
+            match grace {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = &mut shutdown => break,
+            () = watcher.changed() => device.rescan().await,
+            Some(()) = hangup.recv() => device.hangup().await,
+            Some((name, doc)) = device.status_rx.recv() => device.took_status(name, doc).await,
+            () = timer => device.relink(),
+        }
+    }
+    tracing::info!("shutting down every deployment");
+    device.stop_all().await;
+    Ok(())
+}
+
+impl<M: MakeRuntime> Device<M> {
+    fn new(cfg: DirConfig, maker: M) -> Self {
+        let (status_tx, status_rx) = mpsc::unbounded_channel();
+        let status_file = crate::publish::StatusFile {
+            path: crate::state_dir::StateDir::new(cfg.state_dir.clone()).status(),
+        };
+        Self {
+            cfg,
+            maker,
+            folder: Folder::default(),
+            members: BTreeMap::new(),
+            in_force: Rc::default(),
+            docs: BTreeMap::new(),
+            refusals: Vec::new(),
+            status_tx,
+            status_rx,
+            publishers: crate::publish::Publishers::new(vec![Box::new(status_file)]),
+            last: None,
+        }
+    }
+
+    /// Reads the folder and brings the members in line: new files start deployments, a
+    /// changed file is handed to its deployment, a missing one starts its grace.
+    async fn rescan(&mut self) {
+        let (files, changed) = self.folder.scan(&self.cfg.dir);
+        let now = Instant::now();
+        self.refusals.clear();
+        let mut claimed: BTreeMap<String, PathBuf> = BTreeMap::new();
+        for (path, content) in &files {
+            match content {
+                FileContent::Valid(d) => {
+                    let name = d.name().to_string();
+                    let bound = self.members.get(&name).map(|m| m.file.clone());
+                    let taken = claimed.get(&name).cloned().or_else(|| {
+                        bound.filter(|b| {
+                            b != path && files.iter().any(|(p, c)| p == b && names(c, &name))
+                        })
+                    });
+                    if let Some(first) = taken {
+                        self.refusals.push(duplicate(path, &first, &name));
+                        continue;
+                    }
+                    claimed.insert(name, path.clone());
+                }
+                FileContent::Refused(e) => {
+                    let owner = self.members.values().any(|m| &m.file == path);
+                    if !owner {
+                        self.refusals.push(e.clone());
+                    }
+                }
+            }
+        }
+        self.update_in_force(&files, &claimed);
+        for (name, member) in &mut self.members {
+            let present = files.iter().any(|(p, _)| p == &member.file);
+            match claimed.get(name) {
+                Some(file) => {
+                    member.missing_since = None;
+                    if file != &member.file {
+                        member.file = file.clone();
+                    }
+                }
+                // A file refused now still belongs to its deployment (its last good runs).
+                None if present && !claims_other(&files, &member.file, name) => {
+                    member.missing_since = None
+                }
+                None => {
+                    member.missing_since.get_or_insert(now);
+                }
+            }
+        }
+        let new: Vec<(String, PathBuf)> = (claimed.iter())
+            .filter(|(n, _)| !self.members.contains_key(*n))
+            .map(|(n, p)| (n.clone(), p.clone()))
+            .collect();
+        for (name, file) in new {
+            self.start_member(&name, file, None).await;
+        }
+        for member in self.members.values() {
+            if changed.contains(&member.file) && member.missing_since.is_none() {
+                let _ = member.file_tx.try_send(());
+            }
+        }
+        self.relink();
+        self.publish();
+    }
+
+    /// What each deployment has in force, as its own loop will judge it: its valid file
+    /// unless the other deployments refuse it, else what it had.
+    fn update_in_force(
+        &self,
+        files: &[(PathBuf, FileContent)],
+        claimed: &BTreeMap<String, PathBuf>,
+    ) {
+        for (name, path) in claimed {
+            let Some(FileContent::Valid(d)) = files.iter().find(|(p, _)| p == path).map(|(_, c)| c)
+            else {
+                continue;
+            };
+            let refused = graph::veto(name, d, &self.in_force.borrow()).is_some();
+            if !refused {
+                self.in_force.borrow_mut().insert(
+                    name.clone(),
+                    InForce {
+                        file: path.clone(),
+                        deployment: (**d).clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Starts the loop of deployment `name` read from `file`; `last_good` is what it had in
+    /// force when roost last ran (a leftover state folder whose file is gone).
+    async fn start_member(&mut self, name: &str, file: PathBuf, gone_since: Option<Instant>) {
+        match self.spawn_member(name, file.clone()).await {
+            Ok(mut member) => {
+                member.missing_since = gone_since;
+                self.members.insert(name.to_string(), member);
+            }
+            Err(e) => {
+                let why = crate::errors::chain(&e);
+                tracing::error!(deployment = name, error = %why, "cannot start the deployment's loop");
+                self.refusals.push(SpecError {
+                    code: crate::errors::RUNTIME_UNREACHABLE.code.to_string(),
+                    message: format!(
+                        "{}: deployment {name:?} cannot start: {why}",
+                        file.display()
+                    ),
+                    file: file.display().to_string(),
+                    line: None,
+                    column: None,
+                    field: None,
+                });
+            }
+        }
+    }
+
+    async fn spawn_member(&mut self, name: &str, file: PathBuf) -> Result<Member, DeviceError> {
+        let state_dir = deployment_state_dir(&self.cfg.state_dir, name);
+        make_state_dir(&self.cfg.state_dir, &state_dir);
+        let runtime = self.maker.make(&state_dir).await?;
+        let cfg = Config {
+            file: file.clone(),
+            state_dir,
+            exe: self.cfg.exe.clone(),
+        };
+        let in_force = self.in_force.clone();
+        let member_name = name.to_string();
+        let veto: crate::desired::Veto = std::sync::Arc::new(move |_: &Path, d| {
+            graph::veto(&member_name, d, &in_force.borrow())
+        });
+        let (forward, mut forwarded) = mpsc::unbounded_channel();
+        let mut reconciler = Reconciler::new(cfg, runtime)?.in_device(veto, forward);
+        let (file_tx, file_rx) = mpsc::channel(1);
+        let (hangup_tx, hangup_rx) = mpsc::channel(1);
+        let links = self.links_for(name);
+        reconciler.set_links(links.clone());
+        let (links_tx, links_rx) = watch::channel(links);
+        let triggers =
+            reconcile::of_deployment(file_rx, hangup_rx, &reconciler.output_files(), links_rx)?;
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let status_tx = self.status_tx.clone();
+        let tag = name.to_string();
+        tokio::task::spawn_local(async move {
+            while let Some(doc) = forwarded.recv().await {
+                if status_tx.send((tag.clone(), doc)).is_err() {
+                    return;
+                }
+            }
+        });
+        let task = tokio::task::spawn_local(async move {
+            let stop = async move {
+                let _ = stop_rx.await;
+            };
+            reconcile::drive(&mut reconciler, triggers, stop, || {}).await;
+        });
+        tracing::info!(deployment = name, file = %file.display(), "deployment started");
+        Ok(Member {
+            file,
+            file_tx,
+            hangup_tx,
+            links_tx,
+            stop: Some(stop_tx),
+            task,
+            missing_since: None,
+        })
+    }
+
+    /// State folders of deployments no file names any more (removed while roost was down):
+    /// each runs once more with nothing desired, so what it left running is removed.
+    async fn adopt_leftovers(&mut self) {
+        let root = self.cfg.state_dir.join("deployments");
+        let Ok(entries) = std::fs::read_dir(&root) else {
+            return;
+        };
+        let leftovers: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .filter(|n| !self.members.contains_key(n))
+            .filter(|n| crate::spec::DeploymentName::try_from(n.as_str()).is_ok())
+            .collect();
+        for name in leftovers {
+            tracing::info!(deployment = %name, "its file is gone: removing what it left");
+            let file = self.cfg.dir.join(format!(".{name}.gone"));
+            let long_ago = Instant::now()
+                .checked_sub(GRACE)
+                .unwrap_or_else(Instant::now);
+            self.start_member(&name, file, Some(long_ago)).await;
+        }
+        self.relink();
+    }
+
+    async fn wait_first_statuses(&mut self) {
+        let deadline = Instant::now() + FIRST_STATUS_WAIT;
+        while self.members.keys().any(|n| !self.docs.contains_key(n)) {
+            match tokio::time::timeout_at(deadline, self.status_rx.recv()).await {
+                Ok(Some((name, doc))) => {
+                    self.docs.insert(name, doc);
+                }
+                _ => break,
+            }
+        }
+        self.relink();
+    }
+
+    async fn hangup(&mut self) {
+        tracing::info!("SIGHUP: every deployment reads its file again");
+        for m in self.members.values() {
+            let _ = m.hangup_tx.try_send(());
+        }
+        self.rescan().await;
+    }
+
+    async fn took_status(&mut self, name: String, doc: StatusDoc) {
+        if !self.members.contains_key(&name) {
+            // The last word of a deployment already removed.
+            return;
+        }
+        let finished = self.is_gone(&name) && doc.components.is_empty();
+        self.docs.insert(name.clone(), doc);
+        if finished {
+            self.remove_member(&name).await;
+        }
+        self.relink();
+        self.publish();
+    }
+
+    fn is_gone(&self, name: &str) -> bool {
+        (self.members.get(name))
+            .is_some_and(|m| m.missing_since.is_some_and(|t| t + GRACE <= Instant::now()))
+    }
+
+    /// A deployment whose file is gone and whose components are all removed: its loop ends,
+    /// its state folder goes, it leaves the status.
+    async fn remove_member(&mut self, name: &str) {
+        let Some(mut member) = self.members.remove(name) else {
+            return;
+        };
+        if let Some(stop) = member.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = member.task.await;
+        self.docs.remove(name);
+        self.in_force.borrow_mut().remove(name);
+        let dir = deployment_state_dir(&self.cfg.state_dir, name);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(error = %e, dir = %dir.display(), "cannot remove a removed deployment's state folder");
+        }
+        tracing::info!(deployment = name, "deployment removed (its file is gone)");
+    }
+
+    fn links_for(&self, name: &str) -> Links {
+        let in_force = self.in_force.borrow();
+        let mut links = match in_force.get(name) {
+            Some(o) => graph::links_of(&o.deployment, &in_force, &self.docs),
+            None => Links::default(),
+        };
+        links.gone = self.is_gone(name);
+        links.file = self.members.get(name).map(|m| m.file.clone());
+        links
+    }
+
+    /// Tells every deployment what the others mean for it now (only changes wake it).
+    fn relink(&mut self) {
+        let gone: Vec<String> = (self.members.keys())
+            .filter(|n| self.is_gone(n))
+            .cloned()
+            .collect();
+        for name in &gone {
+            // A deployment being removed offers nothing to others any more.
+            self.in_force.borrow_mut().remove(name);
+        }
+        for (name, member) in &self.members {
+            let links = self.links_for(name);
+            member.links_tx.send_if_modified(|l| {
+                let changed = *l != links;
+                *l = links;
+                changed
+            });
+        }
+    }
+
+    fn next_grace_end(&self) -> Option<Instant> {
+        (self.members.values())
+            .filter_map(|m| m.missing_since.map(|t| t + GRACE))
+            .filter(|t| *t > Instant::now())
+            .min()
+    }
+
+    fn publish(&mut self) {
+        let doc = summary::device_doc(
+            &self.docs,
+            &self.members_files(),
+            &self.refusals,
+            jiff::Timestamp::now(),
+        );
+        if self.last.as_ref().is_some_and(|l| l.same_content(&doc)) {
+            return;
+        }
+        self.last = Some(doc.clone());
+        self.publishers.publish(doc);
+    }
+
+    fn members_files(&self) -> BTreeMap<String, String> {
+        (self.members.iter())
+            .map(|(n, m)| (n.clone(), m.file.display().to_string()))
+            .collect()
+    }
+
+    async fn stop_all(&mut self) {
+        let mut members = std::mem::take(&mut self.members);
+        // Every deployment stops at once (each its own components, dependents first within it).
+        for m in members.values_mut() {
+            if let Some(stop) = m.stop.take() {
+                let _ = stop.send(());
+            }
+        }
+        for (_, m) in members {
+            let _ = m.task.await;
+        }
+        while let Ok((name, doc)) = self.status_rx.try_recv() {
+            self.docs.insert(name, doc);
+        }
+        self.publish();
+        self.publishers.flush(Duration::from_secs(5));
+    }
+}
+
+fn names(content: &FileContent, name: &str) -> bool {
+    matches!(content, FileContent::Valid(d) if d.name().as_str() == name)
+}
+
+/// Whether `file` now holds a valid deployment other than `name`.
+fn claims_other(files: &[(PathBuf, FileContent)], file: &Path, name: &str) -> bool {
+    (files.iter())
+        .any(|(p, c)| p == file && matches!(c, FileContent::Valid(d) if d.name().as_str() != name))
+}
+
+fn duplicate(path: &Path, first: &Path, name: &str) -> SpecError {
+    SpecError {
+        code: crate::errors::INVALID_SPEC.code.to_string(),
+        message: format!(
+            "{}: metadata.name: deployment {name:?} is already declared by {}; each deployment has one file: rename one (metadata.name) or remove one. This file is not applied.",
+            path.display(),
+            first.display()
+        ),
+        file: path.display().to_string(),
+        line: None,
+        column: None,
+        field: Some("metadata.name".into()),
+    }
+}
+
+/// A deployment's state folder, with the owner, group and mode of the state folder (the
+/// built-ins' user reads and writes there under the package).
+fn make_state_dir(state_root: &Path, dir: &Path) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    for d in [dir.parent().unwrap_or(dir), dir] {
+        if std::fs::create_dir_all(d).is_err() {
+            continue;
+        }
+        if let Ok(meta) = std::fs::metadata(state_root) {
+            let _ =
+                std::fs::set_permissions(d, std::fs::Permissions::from_mode(meta.mode() & 0o7777));
+            let _ = nix::unistd::chown(d, Some(meta.uid().into()), Some(meta.gid().into()));
+        }
+    }
+}
