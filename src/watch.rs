@@ -128,8 +128,17 @@ pub struct FileWatcher {
     identities: std::collections::HashMap<PathBuf, (u64, u64)>,
     raw: mpsc::UnboundedReceiver<notify::Event>,
     mounts: MountWatch,
-    /// Watching a folder (`roost run --dir`): every name in it matters.
-    folder: bool,
+    /// Watching a folder (`roost run --dir`) rather than one file.
+    folder: Option<FolderWatch>,
+}
+
+/// What matters in a watched folder: its files (all, or those named), wherever links lead.
+#[derive(Debug)]
+struct FolderWatch {
+    /// The folder, links resolved (events name files by the folder inotify watches).
+    target: Option<PathBuf>,
+    /// The names that matter; `None`: every name.
+    names: Option<BTreeSet<OsString>>,
 }
 
 /// Mount table changes, as events: `/proc/self/mountinfo` turns "priority readable" when a file
@@ -194,17 +203,21 @@ impl FileWatcher {
             identities: Default::default(),
             raw,
             mounts: MountWatch::new(),
-            folder: false,
+            folder: None,
         };
         w.refresh()?;
         Ok(w)
     }
 
-    /// Starts watching every file of the folder `dir` (and the links on its way), as
-    /// [`FileWatcher::new`] watches one file.
-    pub fn folder(dir: &Path) -> Result<Self, WatchError> {
+    /// Starts watching the files of the folder `dir` (and the links on its way), as
+    /// [`FileWatcher::new`] watches one file: every file, or only those in `names`. One
+    /// inotify instance for the whole folder (a device runs 50 deployments).
+    pub fn folder(dir: &Path, names: Option<BTreeSet<OsString>>) -> Result<Self, WatchError> {
         let mut w = Self::new(&dir.join(".roost-folder"))?;
-        w.folder = true;
+        w.folder = Some(FolderWatch {
+            target: std::fs::canonicalize(dir).ok(),
+            names,
+        });
         Ok(w)
     }
 
@@ -229,6 +242,12 @@ impl FileWatcher {
                     source,
                 })?;
         }
+        if let Some(f) = self.folder.as_mut()
+            && let Some(dir) = self.file.parent()
+        {
+            // A link on the way may lead elsewhere now (a swap of `..data`).
+            f.target = std::fs::canonicalize(dir).ok();
+        }
         self.identities = (wanted.dirs.iter())
             .filter_map(|d| Some((d.clone(), dir_identity(d)?)))
             .collect();
@@ -240,7 +259,13 @@ impl FileWatcher {
         if !may_change(&ev.kind) {
             return false;
         }
-        let in_folder = |p: &Path| self.folder && p.parent() == self.file.parent();
+        let in_folder = |p: &Path| {
+            let Some(f) = &self.folder else { return false };
+            let here = p.parent() == self.file.parent() || p.parent() == f.target.as_deref();
+            let named = (f.names.as_ref())
+                .is_none_or(|names| p.file_name().is_some_and(|n| names.contains(n)));
+            here && named
+        };
         ev.paths.iter().any(|p| {
             in_folder(p)
                 || p.file_name().is_some_and(|n| {

@@ -194,8 +194,221 @@ fn hold_of(name: &str, doc: &StatusDoc) -> Option<Hold> {
     let ready = doc.phase == Phase::Succeeded
         && doc.status == OverallStatus::Running
         && doc.observed_generation == doc.generation;
-    (!ready).then(|| Hold::NotReady {
-        deployment: name.to_string(),
-        state: format!("{:?}/{:?}", doc.phase, doc.status),
-    })
+    // A built-in is healthy by its output: a recorder that has not yet written a file runs,
+    // and is not yet what a dependent waits for.
+    let starting = doc.components.iter().find(|c| {
+        c.reason == Some(crate::status::Reason::Starting)
+            || c.output.as_ref().is_some_and(|o| o["state"] == "starting")
+    });
+    match (ready, starting) {
+        (true, None) => None,
+        (true, Some(c)) => Some(Hold::NotReady {
+            deployment: name.to_string(),
+            state: format!("{} is starting (no output yet)", c.name),
+        }),
+        (false, _) => Some(Hold::NotReady {
+            deployment: name.to_string(),
+            state: format!("{:?}/{:?}", doc.phase, doc.status),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{ErrorEntry, ReconcilerInfo};
+    use std::path::Path;
+
+    fn dep(name: &str, extra: &str) -> Deployment {
+        let spec = if extra.is_empty() { " {}" } else { "" };
+        let text = format!(
+            "apiVersion: roost/v1\nkind: Deployment\nmetadata: {{name: {name}}}\nspec:{spec}\n{extra}"
+        );
+        crate::spec::parse_str(Path::new("/d/x.yaml"), &text).unwrap()
+    }
+
+    fn in_force(ds: &[Deployment]) -> BTreeMap<String, InForce> {
+        (ds.iter())
+            .map(|d| {
+                let file = PathBuf::from(format!("/d/{}.yaml", d.name()));
+                (
+                    d.name().to_string(),
+                    InForce {
+                        file,
+                        deployment: d.clone(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn doc(phase: Phase, status: OverallStatus, errors: &[&str]) -> StatusDoc {
+        StatusDoc {
+            api_version: "roost/v1".into(),
+            kind: "DeploymentStatus".into(),
+            deployment: Some("x".into()),
+            generation: 2,
+            observed_generation: 2,
+            phase,
+            status,
+            spec_error: None,
+            components: Vec::new(),
+            errors: (errors.iter())
+                .map(|c| ErrorEntry::new(crate::errors::lookup(c).unwrap(), None, "why"))
+                .collect(),
+            last_apply: None,
+            reconciler: ReconcilerInfo {
+                pid: 1,
+                version: "0".into(),
+                runtime: "process".into(),
+            },
+            updated_at: jiff::Timestamp::UNIX_EPOCH,
+            file: None,
+            deployments: Vec::new(),
+        }
+    }
+
+    const REC: &str = "  recorder: {device: hw:1}\n  storage: {path: /srv/a}\n";
+
+    #[test]
+    fn a_second_recorder_storage_or_unit_name_is_refused_naming_the_other_file() {
+        let first = dep("rec", REC);
+        let others = in_force(&[first]);
+        let (field, why) = veto("rec2", &dep("rec2", REC), &others).unwrap();
+        assert_eq!(field, "spec.recorder");
+        assert!(
+            why.contains("\"rec\" (/d/rec.yaml) already has the device's recorder"),
+            "{why}"
+        );
+        let same_storage = "  storage: {path: /srv/a}\n";
+        let (field, why) = veto("b", &dep("b", same_storage), &others).unwrap();
+        assert_eq!(field, "spec.storage.path", "{why}");
+        // roost-a-b-c.service from a + b-c and from a-b + c.
+        let ab = dep(
+            "a-b",
+            "  components:\n    - {name: c, command: [/bin/true]}\n",
+        );
+        let a = dep(
+            "a",
+            "  components:\n    - {name: b-c, command: [/bin/true]}\n",
+        );
+        let (field, why) = veto("a", &a, &in_force(&[ab])).unwrap();
+        assert_eq!(field, "spec.components");
+        assert!(why.contains("roost-a-b-c.service"), "{why}");
+        // Its own earlier self is no clash (the file edited).
+        assert_eq!(veto("rec", &dep("rec", REC), &others), None);
+    }
+
+    #[test]
+    fn a_cycle_across_three_files_is_named_by_the_file_that_closes_it() {
+        let a = dep("a", "  dependsOn: [b]\n");
+        let b = dep("b", "  dependsOn: [c]\n");
+        let c = dep("c", "  dependsOn: [a]\n");
+        let others = in_force(&[a, b]);
+        let (field, why) = veto("c", &c, &others).unwrap();
+        assert_eq!(field, "spec.dependsOn");
+        assert!(why.contains("c -> a -> b -> c"), "{why}");
+        // A chain, and a diamond, are no cycle.
+        let d = dep("d", "  dependsOn: [a, b]\n");
+        assert_eq!(veto("d", &d, &others), None);
+    }
+
+    #[test]
+    fn an_export_name_no_environment_can_hold_is_refused_at_load() {
+        let text = "apiVersion: roost/v1\nkind: Deployment\nmetadata: {name: a}\nspec:\n  exports: {port-no: \"1\"}\n";
+        let e = crate::spec::parse_str(Path::new("/d/a.yaml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("invalid environment variable name \"port-no\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_file_that_renames_its_deployment_is_refused_by_its_old_deployment() {
+        let (field, why) = veto("old", &dep("new", ""), &BTreeMap::new()).unwrap();
+        assert_eq!(field, "metadata.name");
+        assert!(why.contains("now names \"new\""), "{why}");
+    }
+
+    #[test]
+    fn links_say_what_each_dependency_means() {
+        let rec = dep(
+            "rec-site",
+            "  exports: {RECORDINGS: /srv/a/recordings, port_no: \"1\"}\n",
+        );
+        let up = dep("up", "  dependsOn: [rec-site, nobody]\n");
+        let all = in_force(&[rec.clone(), up.clone()]);
+        let table: [(Option<StatusDoc>, Option<&str>); 6] = [
+            (None, Some("NotReady")),
+            (
+                Some(doc(Phase::Succeeded, OverallStatus::Running, &[])),
+                None,
+            ),
+            (
+                Some(doc(Phase::Provisioning, OverallStatus::Pending, &[])),
+                Some("NotReady"),
+            ),
+            (
+                Some(doc(Phase::Succeeded, OverallStatus::Error, &["DEP_E311"])),
+                Some("InError"),
+            ),
+            (
+                Some(doc(Phase::FailedToStart, OverallStatus::Error, &[])),
+                Some("InError"),
+            ),
+            (
+                Some(doc(Phase::Stopped, OverallStatus::Stopped, &[])),
+                Some("NotReady"),
+            ),
+        ];
+        for (rec_doc, want) in table {
+            let docs: BTreeMap<String, StatusDoc> = rec_doc
+                .clone()
+                .map(|d| ("rec-site".to_string(), d))
+                .into_iter()
+                .collect();
+            let links = links_of(&up, &all, &docs);
+            let missing = Hold::Missing {
+                deployment: "nobody".into(),
+            };
+            assert_eq!(links.holds.last(), Some(&missing));
+            let got = (links.holds.iter().find(|h| **h != missing)).map(|h| match h {
+                Hold::NotReady { .. } => "NotReady",
+                Hold::InError { .. } => "InError",
+                Hold::Missing { .. } => "Missing",
+            });
+            assert_eq!(got, want, "{rec_doc:?}");
+            assert_eq!(
+                links.env.get("REC_SITE_RECORDINGS").map(String::as_str),
+                Some("/srv/a/recordings")
+            );
+            assert_eq!(
+                links.env.get("REC_SITE_PORT_NO").map(String::as_str),
+                Some("1")
+            );
+        }
+        let with_why = links_of(
+            &up,
+            &all,
+            &BTreeMap::from([(
+                "rec-site".to_string(),
+                doc(Phase::Succeeded, OverallStatus::Error, &["DEP_E311"]),
+            )]),
+        );
+        assert!(
+            matches!(&with_why.holds[0], Hold::InError { why, .. } if why.starts_with("DEP_E311"))
+        );
+        // A stale document (a newer generation not yet observed) is not ready either.
+        let mut stale = doc(Phase::Succeeded, OverallStatus::Running, &[]);
+        stale.generation = 3;
+        let links = links_of(
+            &up,
+            &all,
+            &BTreeMap::from([("rec-site".to_string(), stale)]),
+        );
+        assert!(matches!(links.holds[0], Hold::NotReady { .. }));
+        assert!(links_of(&rec, &all, &BTreeMap::new()).holds.is_empty());
+    }
 }

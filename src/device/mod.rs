@@ -109,7 +109,8 @@ pub async fn run<M: MakeRuntime>(
     on_ready: impl FnOnce(),
 ) -> Result<(), DeviceError> {
     std::fs::create_dir_all(&cfg.dir).ok();
-    let mut watcher = crate::watch::FileWatcher::folder(&cfg.dir).map_err(ReconcileError::from)?;
+    let mut watcher =
+        crate::watch::FileWatcher::folder(&cfg.dir, None).map_err(ReconcileError::from)?;
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(ReconcileError::Signal)?;
     let mut device = Device::new(cfg, maker);
@@ -187,6 +188,7 @@ impl<M: MakeRuntime> Device<M> {
                 FileContent::Refused(e) => {
                     let owner = self.members.values().any(|m| &m.file == path);
                     if !owner {
+                        tracing::warn!(file = %path.display(), error = %e.message, "deployment file refused");
                         self.refusals.push(e.clone());
                     }
                 }

@@ -505,3 +505,151 @@ fn user_and_sandbox_of_a_component_of_the_file() {
         );
     }
 }
+
+// --- roost run --dir: dependencies between deployments (plan::gate) ---
+
+fn gated(holds: &[gate::Hold], observed: Observation) -> Plan {
+    let d = desired(vec![
+        comp("a", RestartPolicy::Always, &[]),
+        comp("b", RestartPolicy::Always, &[]),
+    ]);
+    let mut p = run_plan(&d, observed, History::default(), 0);
+    gate::gate(&mut p, "d", holds);
+    p
+}
+
+fn codes(p: &Plan) -> Vec<&str> {
+    p.errors.iter().map(|e| e.code.as_str()).collect()
+}
+
+#[test]
+fn a_dependency_in_error_holds_every_start_and_says_dep_e156() {
+    let hold = gate::Hold::InError {
+        deployment: "rec".into(),
+        why: "DEP_E311: no microphone".into(),
+    };
+    let p = gated(&[hold], Observation::new());
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    assert_eq!(codes(&p), ["DEP_E156"]);
+    assert!(
+        p.errors[0]
+            .message
+            .contains("dependent deployment \"rec\" is in error state")
+    );
+    assert!(p.errors[0].component.is_none());
+    assert_eq!(p.phase, Phase::FailedToStart);
+    for c in &p.components {
+        assert_eq!(
+            (c.status, c.reason),
+            (ComponentState::Error, Some(Reason::DependencyFailed))
+        );
+    }
+}
+
+#[test]
+fn what_runs_keeps_running_while_a_dependency_is_in_error() {
+    let hold = gate::Hold::InError {
+        deployment: "rec".into(),
+        why: "x".into(),
+    };
+    // a runs; b has not started: only b waits, a is untouched, nothing is stopped.
+    let p = gated(&[hold], Observation::from([running("a", 10)]));
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    assert_eq!(p.components[0].status, ComponentState::Running);
+    assert_eq!(p.components[1].reason, Some(Reason::DependencyFailed));
+    assert_eq!(codes(&p), ["DEP_E156"]);
+    // Everything runs: the deployment stays Succeeded, and the document says Error (DEP_E156).
+    let all = gated(
+        &[gate::Hold::InError {
+            deployment: "rec".into(),
+            why: "x".into(),
+        }],
+        Observation::from([running("a", 10), running("b", 11)]),
+    );
+    assert_eq!(all.phase, Phase::Succeeded);
+    assert!(crate::status::held_by_error(&all.errors));
+}
+
+#[test]
+fn a_missing_dependency_waits_with_dep_e157_and_a_starting_one_with_dep_e158() {
+    let missing = gated(
+        &[gate::Hold::Missing {
+            deployment: "nobody".into(),
+        }],
+        Observation::new(),
+    );
+    assert!(missing.actions.is_empty());
+    assert_eq!(codes(&missing), ["DEP_E157"]);
+    assert_eq!(missing.phase, Phase::Provisioning);
+    assert_eq!(
+        missing.components[0].reason,
+        Some(Reason::WaitingForDependency)
+    );
+    assert!(!crate::status::held_by_error(&missing.errors));
+    let starting = gate::Hold::NotReady {
+        deployment: "rec".into(),
+        state: "Provisioning/Pending".into(),
+    };
+    assert_eq!(
+        codes(&gated(std::slice::from_ref(&starting), Observation::new())),
+        ["DEP_E158"]
+    );
+    // Waiting is no news once everything runs (a dependency restarting).
+    let all = gated(
+        &[starting],
+        Observation::from([running("a", 1), running("b", 2)]),
+    );
+    assert!(all.errors.is_empty(), "{:?}", all.errors);
+    assert_eq!(all.phase, Phase::Succeeded);
+}
+
+#[test]
+fn no_hold_leaves_the_plan_as_it_was() {
+    let d = desired(vec![comp("a", RestartPolicy::Always, &[])]);
+    let p = run_plan(&d, Observation::new(), History::default(), 0);
+    let mut gated = p.clone();
+    gate::gate(&mut gated, "d", &[]);
+    assert_eq!(gated, p);
+}
+
+#[test]
+fn bindings_reach_the_files_components_change_their_hash_and_never_override_their_own_env() {
+    let mut d = desired(vec![
+        comp("recorder", RestartPolicy::Always, &[]),
+        comp("up", RestartPolicy::Always, &[]),
+    ]);
+    d.components[1]
+        .run
+        .env
+        .insert("REC_PORT".into(), "own".into());
+    let before = d.clone();
+    gate::bind(&mut d, &BTreeMap::new(), &["up"]);
+    assert_eq!(
+        d, before,
+        "no bindings: nothing changes (single-file hashes hold)"
+    );
+    let env = BTreeMap::from([
+        ("REC_PORT".to_string(), "1".to_string()),
+        ("REC_DIR".to_string(), "/x".to_string()),
+    ]);
+    gate::bind(&mut d, &env, &["up"]);
+    assert_eq!(
+        d.components[0], before.components[0],
+        "a built-in takes nothing"
+    );
+    let up = &d.components[1].run;
+    assert_eq!(up.env.get("REC_DIR").map(String::as_str), Some("/x"));
+    assert_eq!(up.env.get("REC_PORT").map(String::as_str), Some("own"));
+    assert_ne!(up.spec_hash, before.components[1].run.spec_hash);
+    // Another value is another hash (the component restarts with it); the same is the same.
+    let mut again = before.clone();
+    gate::bind(&mut again, &env, &["up"]);
+    assert_eq!(again.components[1].run.spec_hash, up.spec_hash);
+    let mut other = before.clone();
+    let env2 = BTreeMap::from([
+        ("REC_PORT".to_string(), "1".to_string()),
+        ("REC_DIR".to_string(), "/y".to_string()),
+    ]);
+    gate::bind(&mut other, &env2, &["up"]);
+    assert_ne!(other.components[1].run.spec_hash, up.spec_hash);
+}

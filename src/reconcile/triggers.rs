@@ -73,8 +73,22 @@ pub fn of_deployment(
     links: tokio::sync::watch::Receiver<Links>,
 ) -> Result<Triggers, ReconcileError> {
     let (outputs_tx, outputs_rx) = channel(1);
+    // One watch of the run-time folder for all the reports: 50 deployments must stay far
+    // below the 128 inotify instances a user may have.
+    let mut by_folder: std::collections::BTreeMap<
+        PathBuf,
+        std::collections::BTreeSet<std::ffi::OsString>,
+    > = Default::default();
     for path in outputs {
-        forward(FileWatcher::new(path)?, outputs_tx.clone());
+        if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
+            by_folder
+                .entry(dir.to_path_buf())
+                .or_default()
+                .insert(name.to_os_string());
+        }
+    }
+    for (dir, names) in by_folder {
+        forward(FileWatcher::folder(&dir, Some(names))?, outputs_tx.clone());
     }
     Ok(Triggers {
         file,
