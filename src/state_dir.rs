@@ -39,6 +39,19 @@ impl StateDir {
     pub fn status(&self) -> PathBuf {
         self.root.join("status.json")
     }
+    /// The status document of the whole device: under `roost run --dir` a deployment's state
+    /// folder is `<state>/deployments/<name>`, and the device's summary (every deployment) is
+    /// `<state>/status.json`; otherwise [`StateDir::status`]. What the page and the connector
+    /// show and send.
+    pub fn device_status(&self) -> PathBuf {
+        let device = (self.root.parent())
+            .filter(|p| p.file_name().is_some_and(|n| n == "deployments"))
+            .and_then(Path::parent)
+            .map(|root| root.join("status.json"));
+        device
+            .filter(|p| p.exists())
+            .unwrap_or_else(|| self.status())
+    }
     /// `<root>/history.json`: restart counts, last exits and the accepted generation.
     pub fn history(&self) -> PathBuf {
         self.root.join("history.json")

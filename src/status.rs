@@ -300,6 +300,23 @@ pub struct StatusDoc {
     /// component and error (each with its `deployment`), generations summed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deployments: Vec<StatusDoc>,
+    /// `roost run --dir`: the components several deployments share (`shared: true`), each run
+    /// once in the deployment `shared`, with its owner (whose restart policy it follows) and
+    /// every deployment that declares it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shared: Vec<SharedComponent>,
+}
+
+/// One entry of `shared` in the device's status.json.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SharedComponent {
+    /// The component's name.
+    pub name: String,
+    /// The deployment that declared it first (its restart policy applies).
+    pub owner: String,
+    /// Every deployment that declares it, the owner first.
+    pub users: Vec<String>,
 }
 
 impl StatusDoc {
@@ -426,6 +443,7 @@ impl StatusDoc {
             updated_at: i.now,
             file: None,
             deployments: Vec::new(),
+            shared: Vec::new(),
         }
     }
 

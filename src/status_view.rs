@@ -693,6 +693,7 @@ mod tests {
             updated_at: "2026-06-01T04:00:00Z".parse().unwrap(),
             file: None,
             deployments: Vec::new(),
+            shared: Vec::new(),
         }
     }
 

@@ -567,3 +567,97 @@ fn a_dependency_in_a_crash_loop_holds_its_dependents_back() {
         running_everywhere(s, &["base", "app"])
     });
 }
+
+fn with_shared(name: &str, tag: &str, master_tag: &str, extra: &str) -> String {
+    deployment(
+        name,
+        extra,
+        &format!(
+            "{}      shared: true\n{}      dependsOn: [master]\n",
+            sleeper("master", master_tag),
+            sleeper("worker", tag)
+        ),
+    )
+}
+
+#[test]
+fn a_shared_component_runs_once_its_owner_is_remembered_and_handed_on_without_a_restart() {
+    let mut dev = Device::new();
+    let (tm, ta, tb) = (unique("e2e-master"), unique("e2e-wa"), unique("e2e-wb"));
+    // beta sorts after alpha, but it is there first: it owns the shared component.
+    dev.put(
+        "beta.yaml",
+        &with_shared("beta", &tb, &tm, "  restartPolicy: OnFailure\n"),
+    );
+    dev.start(&[]);
+    dev.wait("beta running", LONG, |s| {
+        running_everywhere(s, &["beta", "shared"])
+    });
+    dev.put("alpha.yaml", &with_shared("alpha", &ta, &tm, ""));
+    let s = dev.wait("both running", LONG, |s| {
+        running_everywhere(s, &["alpha", "beta", "shared"])
+    });
+    assert_eq!(
+        processes_with(&tm).len(),
+        1,
+        "the shared component runs once"
+    );
+    assert_eq!(s["shared"][0]["name"], "master");
+    assert_eq!(s["shared"][0]["owner"], "beta", "{s:#}");
+    assert_eq!(
+        s["shared"][0]["users"],
+        serde_json::json!(["beta", "alpha"])
+    );
+    let master = pid_in(&s, "shared", "master");
+    // A user lists it (as the deployment shared's) beside its own.
+    assert_eq!(pid_in(&s, "alpha", "master"), master);
+    let shared_yaml = std::fs::read_to_string(dev.state().join("shared.yaml")).unwrap();
+    assert!(
+        shared_yaml.contains("\"restartPolicy\": \"OnFailure\""),
+        "the owner's policy: {shared_yaml}"
+    );
+    // Remembered across a restart of roost, whatever the order files are read in.
+    assert_eq!(dev.stop(), Some(0));
+    dev.start(&[]);
+    let s = dev.wait("back", LONG, |s| {
+        running_everywhere(s, &["alpha", "beta", "shared"])
+    });
+    assert_eq!(s["shared"][0]["owner"], "beta");
+    let master = pid_in(&s, "shared", "master");
+    // A declaration that differs is refused, naming both files.
+    dev.put(
+        "gamma.yaml",
+        &with_shared("gamma", &ta, &format!("{tm}-other"), ""),
+    );
+    let s = dev.wait("gamma refused", LONG, |s| {
+        s["specError"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("gamma.yaml"))
+    });
+    let m = s["specError"]["message"].as_str().unwrap();
+    assert!(
+        m.contains("shared component \"master\" differs") && m.contains("alpha.yaml"),
+        "{m}"
+    );
+    std::fs::remove_file(dev.folder().join("gamma.yaml")).unwrap();
+    // The owner's file goes: alpha owns it now, and it was not restarted.
+    std::fs::remove_file(dev.folder().join("beta.yaml")).unwrap();
+    let s = dev.wait("owner handed on", LONG, |s| {
+        entry(s, "beta").is_none() && entry(s, "gamma").is_none()
+    });
+    assert_eq!(s["shared"][0]["owner"], "alpha", "{s:#}");
+    assert_eq!(
+        pid_in(&s, "shared", "master"),
+        master,
+        "handed on without a restart"
+    );
+    assert_eq!(processes_with(&tm).len(), 1);
+    assert!(processes_with(&tb).is_empty());
+    // The last user goes: the shared component stops too, and nothing is left behind.
+    std::fs::remove_file(dev.folder().join("alpha.yaml")).unwrap();
+    dev.wait("all gone", LONG, |s| {
+        s["deployments"].as_array().is_none_or(|d| d.is_empty())
+    });
+    assert!(processes_with(&tm).is_empty() && processes_with(&ta).is_empty());
+    assert_eq!(dev.stop(), Some(0));
+}

@@ -201,7 +201,7 @@ impl Connector {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).map_err(ConnectError::Runtime)?;
         let mut int = signal(SignalKind::interrupt()).map_err(ConnectError::Runtime)?;
-        let status_path = crate::state_dir::StateDir::new(self.state_dir.clone()).status();
+        let status_path = crate::state_dir::StateDir::new(self.state_dir.clone()).device_status();
         // The watcher debounces in a task of its own: a change is never lost to another
         // branch of the select below winning during its settle time.
         let mut watcher = crate::watch::FileWatcher::new(&status_path)?;
@@ -406,7 +406,7 @@ impl Connector {
     /// status.json changed: queue it when it says something new (the connector's own output
     /// aside), with the Home Assistant states that changed, and refresh the Prometheus file.
     fn on_status(&mut self) {
-        let path = crate::state_dir::StateDir::new(self.state_dir.clone()).status();
+        let path = crate::state_dir::StateDir::new(self.state_dir.clone()).device_status();
         // Set again below from what is read; a status that cannot be read promises nothing
         // (a past instant kept here would wake the loop at once, for ever).
         self.recheck_at = None;

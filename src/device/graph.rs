@@ -34,6 +34,9 @@ fn builtins_of(d: &Deployment) -> Vec<&'static str> {
         .collect()
 }
 
+/// The deployment that runs the device's shared components (reserved under `--dir`).
+pub const SHARED: &str = "shared";
+
 /// Why `d` (read from `file`, for the deployment `member` of the folder) cannot be in force
 /// beside `others`: `Some((field, what to do))`. Checked on every valid read of the file.
 pub fn veto(
@@ -41,6 +44,14 @@ pub fn veto(
     d: &Deployment,
     others: &BTreeMap<String, InForce>,
 ) -> Option<(String, String)> {
+    if member == SHARED {
+        return Some((
+            "metadata.name".into(),
+            format!(
+                "{SHARED:?} is the name of the device's shared components (shared: true); give this deployment another name"
+            ),
+        ));
+    }
     if d.name().as_str() != member {
         return Some((
             "metadata.name".into(),
@@ -73,6 +84,9 @@ pub fn veto(
                 ),
             ));
         }
+        if let Some(why) = shared_clash(d, &o.deployment, &o.file) {
+            return Some(why);
+        }
         if let Some(unit) = unit_clash(d, &o.deployment) {
             return Some((
                 "spec.components".into(),
@@ -83,6 +97,9 @@ pub fn veto(
             ));
         }
     }
+    if let Some(why) = shared_dependency(d) {
+        return Some(why);
+    }
     cycle_through(member, d, others).map(|cycle| {
         (
             "spec.dependsOn".into(),
@@ -91,6 +108,135 @@ pub fn veto(
                 cycle.join(" -> ")
             ),
         )
+    })
+}
+
+/// A shared component `d` declares as `other` does, but with another spec.
+fn shared_clash(
+    d: &Deployment,
+    other: &Deployment,
+    file: &std::path::Path,
+) -> Option<(String, String)> {
+    for (i, c) in d
+        .spec
+        .components
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.shared)
+    {
+        let theirs = (other.spec.components.iter()).find(|o| o.shared && o.name == c.name);
+        if theirs.is_some_and(|o| o != c) {
+            return Some((
+                format!("spec.components[{i}]"),
+                format!(
+                    "shared component {:?} differs from the one of deployment {:?} ({}); a shared component runs once, so every deployment must declare it identically",
+                    c.name.as_str(),
+                    other.name().as_str(),
+                    file.display()
+                ),
+            ));
+        }
+    }
+    None
+}
+
+/// A shared component that depends on one of this deployment's own (it runs apart from them).
+fn shared_dependency(d: &Deployment) -> Option<(String, String)> {
+    let shared = |n: &str| {
+        d.spec
+            .components
+            .iter()
+            .any(|c| c.shared && c.name.as_str() == n)
+    };
+    for (i, c) in d
+        .spec
+        .components
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.shared)
+    {
+        if let Some(dep) = c.depends_on.iter().find(|n| !shared(n.as_str())) {
+            return Some((
+                format!("spec.components[{i}].dependsOn"),
+                format!(
+                    "shared component {:?} depends on {:?}, which is not shared; a shared component runs apart from any one deployment: depend on shared components only",
+                    c.name.as_str(),
+                    dep.as_str()
+                ),
+            ));
+        }
+    }
+    None
+}
+
+/// Who declares each shared component, in the order they first did: `remembered` (across
+/// restarts) keeps its order for those still declaring it; new ones follow in name order.
+/// The first is its owner.
+pub fn shared_users(
+    in_force: &BTreeMap<String, InForce>,
+    remembered: &BTreeMap<String, Vec<String>>,
+) -> BTreeMap<String, Vec<String>> {
+    let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let declares = |dep: &str, comp: &str| {
+        in_force.get(dep).is_some_and(|o| {
+            (o.deployment.spec.components.iter()).any(|c| c.shared && c.name.as_str() == comp)
+        })
+    };
+    for (dep, o) in in_force {
+        for c in o.deployment.spec.components.iter().filter(|c| c.shared) {
+            users
+                .entry(c.name.to_string())
+                .or_default()
+                .push(dep.clone());
+        }
+    }
+    for (comp, list) in users.iter_mut() {
+        let mut ordered: Vec<String> = (remembered.get(comp).into_iter().flatten())
+            .filter(|d| declares(d, comp))
+            .cloned()
+            .collect();
+        ordered.extend(
+            list.iter()
+                .filter(|d| !ordered.contains(d))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        *list = ordered;
+    }
+    users
+}
+
+/// The deployment `shared` that runs every shared component once: each as its owner declares
+/// it, under its owner's restart policy. `None` when no deployment shares anything.
+pub fn shared_deployment(
+    in_force: &BTreeMap<String, InForce>,
+    users: &BTreeMap<String, Vec<String>>,
+) -> Option<Deployment> {
+    let mut components = Vec::new();
+    for (comp, list) in users {
+        let Some(owner) = list.first().and_then(|o| in_force.get(o)) else {
+            continue;
+        };
+        let spec = &owner.deployment.spec;
+        if let Some(c) = spec.components.iter().find(|c| c.name.as_str() == comp) {
+            let mut c = c.clone();
+            c.restart_policy = Some(c.effective_restart_policy(spec.restart_policy));
+            components.push(c);
+        }
+    }
+    if components.is_empty() {
+        return None;
+    }
+    Some(Deployment {
+        api_version: crate::spec::ApiVersion::V1,
+        kind: crate::spec::Kind::Deployment,
+        metadata: crate::spec::Metadata {
+            name: SHARED.try_into().ok()?,
+        },
+        spec: crate::spec::DeploymentSpec {
+            components,
+            ..Default::default()
+        },
     })
 }
 
@@ -152,6 +298,15 @@ pub fn links_of(
     docs: &BTreeMap<String, StatusDoc>,
 ) -> Links {
     let mut links = Links::default();
+    links.borrowed = (d.spec.components.iter())
+        .filter(|c| c.shared)
+        .map(|c| c.name.to_string())
+        .collect();
+    if !links.borrowed.is_empty() {
+        links
+            .holds
+            .extend(shared_hold(&links.borrowed, docs.get(SHARED)));
+    }
     for dep in &d.spec.depends_on {
         let Some(o) = in_force.get(dep.as_str()) else {
             links.holds.push(Hold::Missing {
@@ -173,6 +328,36 @@ pub fn links_of(
         }
     }
     links
+}
+
+/// What the shared components a deployment uses mean for it: running, or it waits (or is in
+/// error while one of them is).
+fn shared_hold(
+    borrowed: &std::collections::BTreeSet<String>,
+    doc: Option<&StatusDoc>,
+) -> Option<Hold> {
+    let not_ready = |state: String| {
+        Some(Hold::NotReady {
+            deployment: SHARED.to_string(),
+            state,
+        })
+    };
+    let Some(doc) = doc else {
+        return not_ready("not started".into());
+    };
+    for name in borrowed {
+        match doc.components.iter().find(|c| &c.name == name) {
+            Some(c) if c.status == crate::status::ComponentState::Error => {
+                return Some(Hold::InError {
+                    deployment: SHARED.to_string(),
+                    why: format!("shared component {name:?} is in error ({:?})", c.reason),
+                });
+            }
+            Some(c) if c.status == crate::status::ComponentState::Running => {}
+            _ => return not_ready(format!("shared component {name:?} is not running yet")),
+        }
+    }
+    None
 }
 
 /// Whether `doc` (of deployment `name`) holds its dependents back, and how.
@@ -265,6 +450,7 @@ mod tests {
             updated_at: jiff::Timestamp::UNIX_EPOCH,
             file: None,
             deployments: Vec::new(),
+            shared: Vec::new(),
         }
     }
 

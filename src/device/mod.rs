@@ -97,6 +97,8 @@ struct Device<M: MakeRuntime> {
     status_rx: mpsc::UnboundedReceiver<(String, StatusDoc)>,
     publishers: crate::publish::Publishers,
     last: Option<StatusDoc>,
+    /// Who declares each shared component, first declarer first (`shared-owners.json`).
+    shared_users: BTreeMap<String, Vec<String>>,
 }
 
 /// Runs the device's deployments until `shutdown` resolves. Must run inside a
@@ -133,7 +135,7 @@ pub async fn run<M: MakeRuntime>(
             () = watcher.changed() => device.rescan().await,
             Some(()) = hangup.recv() => device.hangup().await,
             Some((name, doc)) = device.status_rx.recv() => device.took_status(name, doc).await,
-            () = timer => device.relink(),
+            () = timer => device.settle().await,
         }
     }
     tracing::info!("shutting down every deployment");
@@ -143,6 +145,7 @@ pub async fn run<M: MakeRuntime>(
 
 impl<M: MakeRuntime> Device<M> {
     fn new(cfg: DirConfig, maker: M) -> Self {
+        let cfg_state = cfg.state_dir.clone();
         let (status_tx, status_rx) = mpsc::unbounded_channel();
         let status_file = crate::publish::StatusFile {
             path: crate::state_dir::StateDir::new(cfg.state_dir.clone()).status(),
@@ -159,6 +162,10 @@ impl<M: MakeRuntime> Device<M> {
             status_rx,
             publishers: crate::publish::Publishers::new(vec![Box::new(status_file)]),
             last: None,
+            shared_users: std::fs::read(cfg_state_owners(&cfg_state))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default(),
         }
     }
 
@@ -195,7 +202,11 @@ impl<M: MakeRuntime> Device<M> {
             }
         }
         self.update_in_force(&files, &claimed);
-        for (name, member) in &mut self.members {
+        for (name, member) in self
+            .members
+            .iter_mut()
+            .filter(|(n, _)| n.as_str() != graph::SHARED)
+        {
             let present = files.iter().any(|(p, _)| p == &member.file);
             match claimed.get(name) {
                 Some(file) => {
@@ -225,8 +236,68 @@ impl<M: MakeRuntime> Device<M> {
                 let _ = member.file_tx.try_send(());
             }
         }
+        self.settle().await;
+    }
+
+    /// After any change: the shared components' deployment brought in line, every deployment
+    /// told what the others mean for it, the device's status published.
+    async fn settle(&mut self) {
         self.relink();
+        self.sync_shared().await;
+        self.relink();
+        // Gone past the grace with nothing left running (or never anything valid): removed.
+        let finished: Vec<String> = (self.members.keys())
+            .filter(|n| self.is_gone(n))
+            .filter(|n| self.docs.get(*n).is_none_or(|d| d.components.is_empty()))
+            .cloned()
+            .collect();
+        for name in finished {
+            self.remove_member(&name).await;
+        }
         self.publish();
+    }
+
+    /// Runs the shared components once, in the deployment `shared` (its file written by roost
+    /// in the state folder); removes it when nothing is shared any more.
+    async fn sync_shared(&mut self) {
+        let users = graph::shared_users(&self.in_force.borrow(), &self.shared_users);
+        if users != self.shared_users {
+            self.shared_users = users;
+            let bytes = serde_json::to_vec(&self.shared_users).unwrap_or_default();
+            if let Err(e) =
+                crate::fsutil::write_atomic(&cfg_state_owners(&self.cfg.state_dir), &bytes)
+            {
+                tracing::warn!(error = %e, "cannot keep the shared components' owners");
+            }
+        }
+        let file = self.cfg.state_dir.join("shared.yaml");
+        let synthesized = graph::shared_deployment(&self.in_force.borrow(), &self.shared_users);
+        let Some(d) = synthesized else {
+            let _ = std::fs::remove_file(&file);
+            if let Some(m) = self.members.get_mut(graph::SHARED) {
+                m.missing_since.get_or_insert_with(|| {
+                    Instant::now()
+                        .checked_sub(GRACE)
+                        .unwrap_or_else(Instant::now)
+                });
+            }
+            return;
+        };
+        // JSON is YAML: the loader reads it as any deployment file.
+        let text = serde_json::to_vec_pretty(&d).unwrap_or_default();
+        if std::fs::read(&file).ok().as_deref() != Some(text.as_slice()) {
+            if let Err(e) = crate::fsutil::write_atomic(&file, &text) {
+                tracing::error!(error = %e, "cannot write the shared components' deployment");
+                return;
+            }
+            if let Some(m) = self.members.get(graph::SHARED) {
+                let _ = m.file_tx.try_send(());
+            }
+        }
+        match self.members.get_mut(graph::SHARED) {
+            Some(m) => m.missing_since = None,
+            None => self.start_member(graph::SHARED, file, None).await,
+        }
     }
 
     /// What each deployment has in force, as its own loop will judge it: its valid file
@@ -292,7 +363,11 @@ impl<M: MakeRuntime> Device<M> {
         let in_force = self.in_force.clone();
         let member_name = name.to_string();
         let veto: crate::desired::Veto = std::sync::Arc::new(move |_: &Path, d| {
-            graph::veto(&member_name, d, &in_force.borrow())
+            match member_name == graph::SHARED {
+                // roost's own file: always consistent with the others.
+                true => None,
+                false => graph::veto(&member_name, d, &in_force.borrow()),
+            }
         });
         let (forward, mut forwarded) = mpsc::unbounded_channel();
         let mut reconciler = Reconciler::new(cfg, runtime)?.in_device(veto, forward);
@@ -386,8 +461,7 @@ impl<M: MakeRuntime> Device<M> {
         if finished {
             self.remove_member(&name).await;
         }
-        self.relink();
-        self.publish();
+        self.settle().await;
     }
 
     fn is_gone(&self, name: &str) -> bool {
@@ -421,6 +495,7 @@ impl<M: MakeRuntime> Device<M> {
             None => Links::default(),
         };
         links.gone = self.is_gone(name);
+        links.runs_shared = name == graph::SHARED;
         links.file = self.members.get(name).map(|m| m.file.clone());
         links
     }
@@ -457,6 +532,7 @@ impl<M: MakeRuntime> Device<M> {
             &self.docs,
             &self.members_files(),
             &self.refusals,
+            &self.shared_users,
             jiff::Timestamp::now(),
         );
         if self.last.as_ref().is_some_and(|l| l.same_content(&doc)) {
@@ -489,6 +565,11 @@ impl<M: MakeRuntime> Device<M> {
         self.publish();
         self.publishers.flush(Duration::from_secs(5));
     }
+}
+
+/// `<state>/shared-owners.json`: who declares each shared component, first declarer first.
+fn cfg_state_owners(state_dir: &Path) -> PathBuf {
+    state_dir.join("shared-owners.json")
 }
 
 fn names(content: &FileContent, name: &str) -> bool {

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 
-use crate::status::{ErrorEntry, OverallStatus, Phase, ReconcilerInfo, SpecError, StatusDoc};
+use crate::status::{
+    ErrorEntry, OverallStatus, Phase, ReconcilerInfo, SharedComponent, SpecError, StatusDoc,
+};
 
 /// How bad a status is, for "the worst deployment".
 fn badness(s: OverallStatus) -> u8 {
@@ -20,18 +22,30 @@ fn badness(s: OverallStatus) -> u8 {
     }
 }
 
-/// The device's document from each deployment's last one (`docs`, by name), their files and
-/// the folder's files no deployment takes (`refusals`).
+/// The device's document from each deployment's last one (`docs`, by name), their files, the
+/// folder's files no deployment takes (`refusals`) and who declares each shared component
+/// (`shared`, first declarer first). A user of a shared component lists it among its own
+/// (with `deployment: shared`).
 pub fn device_doc(
     docs: &BTreeMap<String, StatusDoc>,
     files: &BTreeMap<String, String>,
     refusals: &[SpecError],
+    shared: &BTreeMap<String, Vec<String>>,
     now: Timestamp,
 ) -> StatusDoc {
+    let shared_doc = docs.get(super::graph::SHARED);
     let entries: Vec<StatusDoc> = (docs.iter())
         .map(|(name, d)| {
             let mut d = d.clone();
             d.file = files.get(name).cloned();
+            let borrowed = (shared.iter()).filter(|(_, users)| users.contains(name));
+            for (comp, _) in borrowed {
+                let run = shared_doc.and_then(|s| s.component(comp)).cloned();
+                d.components.extend(run.map(|mut c| {
+                    c.deployment = Some(super::graph::SHARED.to_string());
+                    c
+                }));
+            }
             d
         })
         .collect();
@@ -46,10 +60,17 @@ pub fn device_doc(
             e.deployment = name.clone();
             e
         }));
-        components.extend(d.components.iter().cloned().map(|mut c| {
-            c.deployment = name.clone();
-            c
-        }));
+        // A shared component is listed once, under `shared`.
+        components.extend(
+            d.components
+                .iter()
+                .filter(|c| c.deployment.is_none())
+                .cloned()
+                .map(|mut c| {
+                    c.deployment = name.clone();
+                    c
+                }),
+        );
     }
     let (phase, mut status) = match worst {
         Some(w) => (w.phase, w.status),
@@ -85,5 +106,14 @@ pub fn device_doc(
         updated_at: now,
         file: None,
         deployments: entries,
+        shared: (shared.iter())
+            .filter_map(|(name, users)| {
+                Some(SharedComponent {
+                    name: name.clone(),
+                    owner: users.first()?.clone(),
+                    users: users.clone(),
+                })
+            })
+            .collect(),
     }
 }

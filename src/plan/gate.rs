@@ -44,6 +44,26 @@ pub struct Links {
     pub gone: bool,
     /// The file the deployment is read from now, when another file took it over (a rename).
     pub file: Option<std::path::PathBuf>,
+    /// Its `shared: true` components: they run once for the device (deployment `shared`), not
+    /// in this deployment.
+    pub borrowed: std::collections::BTreeSet<String>,
+    /// This is the deployment `shared`: its components' restart policy (their owner's) is
+    /// left out of their spec hash, so a new owner takes them over without a restart.
+    pub runs_shared: bool,
+}
+
+/// Spec hashes without the restart policy (the deployment `shared`, whose owner may change):
+/// the same program, environment and settings are the same instance whoever owns it.
+pub fn hash_apart_from_policy(desired: &mut Desired, deployment: &crate::spec::Deployment) {
+    for c in &mut desired.components {
+        let Some(spec) = (deployment.spec.components.iter()).find(|s| s.name == c.run.name) else {
+            continue;
+        };
+        let mut spec = spec.clone();
+        spec.restart_policy = None;
+        let input = serde_json::json!({"component": spec, "backoff": deployment.spec.backoff, "shared": 1});
+        c.run.spec_hash = spec_hash(input.to_string().as_bytes());
+    }
 }
 
 /// Adds the bindings to every component of the file (not the built-ins, which take nothing

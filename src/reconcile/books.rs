@@ -84,12 +84,33 @@ impl<R: Runtime> Reconciler<R> {
             none.spec = crate::spec::DeploymentSpec::default();
             return Desired::from_deployment(&none, Vec::new());
         }
+        let deployment = &self.without_borrowed(deployment);
         let mut desired = Desired::from_deployment(deployment, self.builtins.runs(deployment));
         let own: Vec<&str> = (deployment.spec.components.iter())
             .map(|c| c.name.as_str())
             .collect();
         plan::gate::bind(&mut desired, &self.links.env, &own);
+        if self.links.runs_shared {
+            plan::gate::hash_apart_from_policy(&mut desired, deployment);
+        }
         desired
+    }
+
+    /// `deployment` without the shared components the device runs once for all (`roost run
+    /// --dir`), and without dependencies on them (the device holds starts until they run).
+    fn without_borrowed(&self, deployment: &Deployment) -> Deployment {
+        let mut d = deployment.clone();
+        let borrowed = &self.links.borrowed;
+        if borrowed.is_empty() {
+            return d;
+        }
+        d.spec
+            .components
+            .retain(|c| !borrowed.contains(c.name.as_str()));
+        for c in &mut d.spec.components {
+            c.depends_on.retain(|n| !borrowed.contains(n.as_str()));
+        }
+        d
     }
 
     /// Takes the device's new word on this deployment: the desired state in force is resolved

@@ -81,7 +81,8 @@ pub fn gather(state_dir: &Path, now: Timestamp) -> View {
         .as_deref()
         .map(|s| files::recent(s, RECENT_RECORDINGS))
         .unwrap_or_default();
-    let doc = crate::status::read(&crate::state_dir::StateDir::new(state_dir.into()).status());
+    let doc =
+        crate::status::read(&crate::state_dir::StateDir::new(state_dir.into()).device_status());
     match doc {
         // Written by this or an older roost: redacted again, whoever wrote it.
         Ok(doc) => from_doc(

@@ -265,6 +265,11 @@ pub struct ComponentSpec {
     /// its own `/tmp`, no new privileges, no network unless `network`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<SandboxSpec>,
+    /// `roost run --dir`: declared with the same name and the same spec by several deployments
+    /// of the device, it runs once, under the restart policy of the deployment that declared
+    /// it first. Without `--dir` it has no effect.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
 }
 
 /// `sandbox:` of a component.

@@ -70,6 +70,7 @@ mod tests {
                 stop_timeout: crate::spec::HumanDuration::from_secs(1),
                 user: None,
                 sandbox: None,
+                shared: false,
             })
             .collect()
     }
