@@ -297,11 +297,13 @@ pub fn links_of(
     in_force: &BTreeMap<String, InForce>,
     docs: &BTreeMap<String, StatusDoc>,
 ) -> Links {
-    let mut links = Links::default();
-    links.borrowed = (d.spec.components.iter())
-        .filter(|c| c.shared)
-        .map(|c| c.name.to_string())
-        .collect();
+    let mut links = Links {
+        borrowed: (d.spec.components.iter())
+            .filter(|c| c.shared)
+            .map(|c| c.name.to_string())
+            .collect(),
+        ..Links::default()
+    };
     if !links.borrowed.is_empty() {
         links
             .holds
