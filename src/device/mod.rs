@@ -82,6 +82,14 @@ struct Member {
     missing_since: Option<Instant>,
 }
 
+/// A deployment's loop ends with its member: roost's own loop aborted (a crash, a test) leaves
+/// no loop behind that would go on driving its components.
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 type Shared = Rc<RefCell<BTreeMap<String, InForce>>>;
 
 struct Device<M: MakeRuntime> {
@@ -478,7 +486,7 @@ impl<M: MakeRuntime> Device<M> {
         if let Some(stop) = member.stop.take() {
             let _ = stop.send(());
         }
-        let _ = member.task.await;
+        let _ = (&mut member.task).await;
         self.docs.remove(name);
         self.in_force.borrow_mut().remove(name);
         let dir = deployment_state_dir(&self.cfg.state_dir, name);
@@ -556,8 +564,8 @@ impl<M: MakeRuntime> Device<M> {
                 let _ = stop.send(());
             }
         }
-        for (_, m) in members {
-            let _ = m.task.await;
+        for (_, mut m) in members {
+            let _ = (&mut m.task).await;
         }
         while let Ok((name, doc)) = self.status_rx.try_recv() {
             self.docs.insert(name, doc);

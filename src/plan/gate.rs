@@ -61,7 +61,8 @@ pub fn hash_apart_from_policy(desired: &mut Desired, deployment: &crate::spec::D
         };
         let mut spec = spec.clone();
         spec.restart_policy = None;
-        let input = serde_json::json!({"component": spec, "backoff": deployment.spec.backoff, "shared": 1});
+        let input =
+            serde_json::json!({"component": spec, "backoff": deployment.spec.backoff, "shared": 1});
         c.run.spec_hash = spec_hash(input.to_string().as_bytes());
     }
 }
