@@ -212,14 +212,22 @@ fn an_uploader_waits_for_the_recorder_shows_dep_e156_while_its_microphone_is_gon
     });
     assert_eq!(s["status"], "Running", "the device's summary: {s:#}");
     assert_eq!(s["deployments"].as_array().unwrap().len(), 3);
-    // The uploader got the recorder's export, and started only once the recorder recorded.
+    // The uploader got the recorder's export, and started only once the recorder recorded
+    // (its report said so: "starting" is not yet healthy).
     let seen = std::fs::read_to_string(&out).unwrap();
     assert_eq!(seen.trim(), format!("{}/recordings", storage.display()));
     let rec = entry(&s, "recorder-site").unwrap();
     let recorder = &rec["components"][0];
+    assert_eq!(recorder["output"]["state"], "recording", "{recorder:#}");
+    let log = std::fs::read_to_string(dev.path("roost.log")).unwrap();
+    // Only the uploader has a dependency: a hold is its.
+    let waited = log.find("the device's links changed holds=1");
+    let started = log
+        .find("applying action=start rsync")
+        .expect("rsync started");
     assert!(
-        recorder["output"]["filesWritten"].as_u64().unwrap() >= 1,
-        "{recorder:#}"
+        waited.is_some_and(|w| w < started),
+        "the uploader waited for the recorder"
     );
     let (uploader_pid, monitor_pid) = (
         pid_in(&s, "uploader", "rsync"),
@@ -231,7 +239,7 @@ fn an_uploader_waits_for_the_recorder_shows_dep_e156_while_its_microphone_is_gon
             dev.state()
                 .join("deployments")
                 .join(n)
-                .join("status.json")
+                .join("last-good.yaml")
                 .exists(),
             "{n}"
         );

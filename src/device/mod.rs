@@ -9,6 +9,7 @@
 
 pub mod folder;
 pub mod graph;
+mod outputs;
 mod summary;
 
 use std::cell::RefCell;
@@ -107,6 +108,7 @@ struct Device<M: MakeRuntime> {
     last: Option<StatusDoc>,
     /// Who declares each shared component, first declarer first (`shared-owners.json`).
     shared_users: BTreeMap<String, Vec<String>>,
+    outputs: outputs::Outputs,
 }
 
 /// Runs the device's deployments until `shutdown` resolves. Must run inside a
@@ -143,6 +145,7 @@ pub async fn run<M: MakeRuntime>(
             () = watcher.changed() => device.rescan().await,
             Some(()) = hangup.recv() => device.hangup().await,
             Some((name, doc)) = device.status_rx.recv() => device.took_status(name, doc).await,
+            Some(ev) = device.outputs.events.recv() => device.outputs.route(&ev),
             () = timer => device.settle().await,
         }
     }
@@ -174,6 +177,7 @@ impl<M: MakeRuntime> Device<M> {
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok())
                 .unwrap_or_default(),
+            outputs: outputs::Outputs::new(),
         }
     }
 
@@ -384,8 +388,12 @@ impl<M: MakeRuntime> Device<M> {
         let links = self.links_for(name);
         reconciler.set_links(links.clone());
         let (links_tx, links_rx) = watch::channel(links);
-        let triggers =
-            reconcile::of_deployment(file_rx, hangup_rx, &reconciler.output_files(), links_rx)?;
+        let triggers = reconcile::of_deployment(
+            file_rx,
+            hangup_rx,
+            self.outputs.add(name, &reconciler.output_files()),
+            links_rx,
+        );
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let status_tx = self.status_tx.clone();
         let tag = name.to_string();
@@ -488,6 +496,7 @@ impl<M: MakeRuntime> Device<M> {
         }
         let _ = (&mut member.task).await;
         self.docs.remove(name);
+        self.outputs.remove(name);
         self.in_force.borrow_mut().remove(name);
         let dir = deployment_state_dir(&self.cfg.state_dir, name);
         if let Err(e) = std::fs::remove_dir_all(&dir) {

@@ -172,6 +172,9 @@ impl<R: Runtime> Reconciler<R> {
         );
         self.source = source.with_veto(veto);
         self.forward = Some(forward);
+        // The device writes one status.json for all its deployments (each one's document is
+        // an entry of it): no file, no thread per deployment.
+        self.publishers = Publishers::new(Vec::new());
         self
     }
 

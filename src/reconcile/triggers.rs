@@ -63,39 +63,21 @@ impl Triggers {
     }
 }
 
-/// Triggers of one deployment of a folder (`roost run --dir`): its file's changes and SIGHUP
-/// come from the device's coordinator (one watch of the folder for all), its built-ins'
-/// outputs from its own watches.
+/// Triggers of one deployment of a folder (`roost run --dir`): its file's changes, SIGHUP and
+/// its built-ins' reports come from the device's coordinator (one watch of the folder, one of
+/// every report, for all deployments).
 pub fn of_deployment(
     file: Receiver<()>,
     hangup: Receiver<()>,
-    outputs: &[PathBuf],
+    outputs: Receiver<()>,
     links: tokio::sync::watch::Receiver<Links>,
-) -> Result<Triggers, ReconcileError> {
-    let (outputs_tx, outputs_rx) = channel(1);
-    // One watch of the run-time folder for all the reports: 50 deployments must stay far
-    // below the 128 inotify instances a user may have.
-    let mut by_folder: std::collections::BTreeMap<
-        PathBuf,
-        std::collections::BTreeSet<std::ffi::OsString>,
-    > = Default::default();
-    for path in outputs {
-        if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
-            by_folder
-                .entry(dir.to_path_buf())
-                .or_default()
-                .insert(name.to_os_string());
-        }
-    }
-    for (dir, names) in by_folder {
-        forward(FileWatcher::folder(&dir, Some(names))?, outputs_tx.clone());
-    }
-    Ok(Triggers {
+) -> Triggers {
+    Triggers {
         file,
-        outputs: outputs_rx,
+        outputs,
         hangup,
         links: Some(links),
-    })
+    }
 }
 
 /// The next word of the device on this deployment; never ready without a device (or once the
