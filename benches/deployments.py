@@ -72,17 +72,21 @@ try:
             sys.exit("not all deployments came up")
         time.sleep(0.05)
     before = entries(status())
-    times = []
+    times, seen = [], []
     for k in range(1, a.edits + 1):
         time.sleep(0.3)
         t0 = time.perf_counter()
         put(7, k)
+        first = None
         while True:
             d = entries(status()).get("d07")
+            if first is None and d and d["generation"] == k + 1:
+                first = (time.perf_counter() - t0) * 1000
             if d and settled(d, k + 1):
                 break
             time.sleep(0.0005)
         times.append((time.perf_counter() - t0) * 1000)
+        seen.append(first)
     after = entries(status())
     pids = lambda d: [c.get("pid") for c in d["components"]]
     others = [n for n in before if n != "d07"]
@@ -90,6 +94,7 @@ try:
     times.sort()
     print(f"deployments {a.deployments} x components {a.components}; {a.edits} edits of d07")
     print(f"edit -> applied: median {statistics.median(times):.1f} ms, p90 {times[int(len(times) * 0.9) - 1]:.1f} ms, max {times[-1]:.1f} ms")
+    print(f"edit -> new generation first in status.json: median {statistics.median(seen):.1f} ms")
     print(f"other deployments touched (generation or pid changed): {len(touched)} of {len(others)}")
     runs = []
     for _ in range(50):

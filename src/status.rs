@@ -542,8 +542,13 @@ pub enum StatusError {
 pub fn write(path: &Path, doc: &StatusDoc) -> Result<(), StatusError> {
     // Every reader (the page, the broker, other users of the group) sees it: no credential a
     // component printed or a start error quoted goes in.
-    let mut bytes =
-        serde_json::to_vec_pretty(&crate::redact::typed(doc)).expect("status serializes");
+    write_redacted(path, &crate::redact::typed(doc))
+}
+
+/// [`write`] of a document already passed through [`crate::redact::typed`] (the device's
+/// document under `roost run --dir`, made of parts each redacted once when it arrived).
+pub fn write_redacted(path: &Path, doc: &StatusDoc) -> Result<(), StatusError> {
+    let mut bytes = serde_json::to_vec_pretty(doc).expect("status serializes");
     bytes.push(b'\n');
     crate::fsutil::replace_quietly(path, &bytes).map_err(|source| StatusError::Write {
         path: path.display().to_string(),

@@ -426,8 +426,9 @@ fn cycles_missing_dependencies_duplicates_and_renames_each_get_a_clear_status() 
         1,
         "no retry loop"
     );
-    // The cycle is broken and the missing dependency appears: everything starts by itself.
-    dev.put("c.yaml", &deployment("c", "", &sleeper("x", &ta)));
+    // The cycle is broken in another file than the refused one (a no longer depends on b), and
+    // the missing dependency appears: c is read again, and everything starts by itself.
+    dev.put("a.yaml", &deployment("a", "", &sleeper("x", &ta)));
     dev.put(
         "nowhere.yaml",
         &deployment("nowhere", "", &sleeper("y", &ta)),

@@ -109,6 +109,8 @@ struct Device<M: MakeRuntime> {
     /// Who declares each shared component, first declarer first (`shared-owners.json`).
     shared_users: BTreeMap<String, Vec<String>>,
     outputs: outputs::Outputs,
+    /// Files whose newest content the other deployments refuse (judged again on any change).
+    vetoed: std::collections::BTreeSet<PathBuf>,
 }
 
 /// Runs the device's deployments until `shutdown` resolves. Must run inside a
@@ -158,7 +160,7 @@ impl<M: MakeRuntime> Device<M> {
     fn new(cfg: DirConfig, maker: M) -> Self {
         let cfg_state = cfg.state_dir.clone();
         let (status_tx, status_rx) = mpsc::unbounded_channel();
-        let status_file = crate::publish::StatusFile {
+        let status_file = crate::publish::RedactedStatusFile {
             path: crate::state_dir::StateDir::new(cfg.state_dir.clone()).status(),
         };
         Self {
@@ -178,6 +180,7 @@ impl<M: MakeRuntime> Device<M> {
                 .and_then(|b| serde_json::from_slice(&b).ok())
                 .unwrap_or_default(),
             outputs: outputs::Outputs::new(),
+            vetoed: Default::default(),
         }
     }
 
@@ -213,7 +216,7 @@ impl<M: MakeRuntime> Device<M> {
                 }
             }
         }
-        self.update_in_force(&files, &claimed);
+        let again = self.update_in_force(&files, &claimed, &changed);
         for (name, member) in self
             .members
             .iter_mut()
@@ -243,8 +246,9 @@ impl<M: MakeRuntime> Device<M> {
         for (name, file) in new {
             self.start_member(&name, file, None).await;
         }
-        for member in self.members.values() {
-            if changed.contains(&member.file) && member.missing_since.is_none() {
+        for (name, member) in &self.members {
+            let read_again = changed.contains(&member.file) || again.contains(name);
+            if read_again && member.missing_since.is_none() {
                 let _ = member.file_tx.try_send(());
             }
         }
@@ -315,26 +319,42 @@ impl<M: MakeRuntime> Device<M> {
     /// What each deployment has in force, as its own loop will judge it: its valid file
     /// unless the other deployments refuse it, else what it had.
     fn update_in_force(
-        &self,
+        &mut self,
         files: &[(PathBuf, FileContent)],
         claimed: &BTreeMap<String, PathBuf>,
-    ) {
+        changed: &[PathBuf],
+    ) -> Vec<String> {
+        let mut accepted_again = Vec::new();
         for (name, path) in claimed {
+            let known = (self.in_force.borrow().get(name)).is_some_and(|o| &o.file == path);
+            let was_refused = self.vetoed.contains(path);
+            if known && !was_refused && !changed.contains(path) {
+                // Judged when it last changed; only its content changes its verdict.
+                continue;
+            }
             let Some(FileContent::Valid(d)) = files.iter().find(|(p, _)| p == path).map(|(_, c)| c)
             else {
                 continue;
             };
-            let refused = graph::veto(name, d, &self.in_force.borrow()).is_some();
-            if !refused {
-                self.in_force.borrow_mut().insert(
-                    name.clone(),
-                    InForce {
-                        file: path.clone(),
-                        deployment: (**d).clone(),
-                    },
-                );
+            if graph::veto(name, d, &self.in_force.borrow()).is_some() {
+                self.vetoed.insert(path.clone());
+                continue;
             }
+            self.vetoed.remove(path);
+            if was_refused && !changed.contains(path) {
+                // Refused for what another file said (a cycle, a second recorder), and that
+                // file changed: its deployment must read it again.
+                accepted_again.push(name.clone());
+            }
+            self.in_force.borrow_mut().insert(
+                name.clone(),
+                InForce {
+                    file: path.clone(),
+                    deployment: (**d).clone(),
+                },
+            );
         }
+        accepted_again
     }
 
     /// Starts the loop of deployment `name` read from `file`; `last_good` is what it had in
@@ -473,7 +493,8 @@ impl<M: MakeRuntime> Device<M> {
             return;
         }
         let finished = self.is_gone(&name) && doc.components.is_empty();
-        self.docs.insert(name.clone(), doc);
+        // Redacted once here: the device's document is written from these parts as they are.
+        self.docs.insert(name.clone(), crate::redact::typed(&doc));
         if finished {
             self.remove_member(&name).await;
         }

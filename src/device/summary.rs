@@ -51,7 +51,13 @@ pub fn device_doc(
         .collect();
     let worst = entries.iter().max_by_key(|d| badness(d.status));
     let mut errors: Vec<ErrorEntry> = (refusals.iter())
-        .map(|r| ErrorEntry::new(&crate::errors::INVALID_SPEC, None, r.message.clone()))
+        .map(|r| {
+            ErrorEntry::new(
+                &crate::errors::INVALID_SPEC,
+                None,
+                crate::redact::text(&r.message),
+            )
+        })
         .collect();
     let mut components = Vec::new();
     for d in &entries {
