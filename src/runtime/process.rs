@@ -17,7 +17,6 @@ use jiff::Timestamp;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 
 use super::{
@@ -436,10 +435,10 @@ impl Runtime for ProcessRuntime {
         let mut child = cmd.spawn().map_err(|e| spawn_error(run, e))?;
         let pid = child.id().unwrap_or(0);
         let start_ticks = proc_start_ticks(pid).unwrap_or(0);
-        if let Some(out) = child.stdout.take() {
+        if let Some(out) = child.stdout.take().and_then(|p| p.into_owned_fd().ok()) {
             tokio::spawn(pump(out, log.clone()));
         }
-        if let Some(err) = child.stderr.take() {
+        if let Some(err) = child.stderr.take().and_then(|p| p.into_owned_fd().ok()) {
             tokio::spawn(pump(err, log));
         }
         let stopping = Arc::new(AtomicBool::new(false));
@@ -544,12 +543,25 @@ pub fn resolve_program(
     Err(not_found(last))
 }
 
-async fn pump(mut from: impl tokio::io::AsyncRead + Unpin, log: Arc<Mutex<LogFile>>) {
-    let mut buf = vec![0u8; 8192];
+/// Copies a component's output pipe into its log file. The read buffer lives on the stack only
+/// while the pipe has data, never in the waiting task: 250 quiet components hold no buffers
+/// (8 KiB each for stdout and stderr was 4 MiB of roost's memory).
+async fn pump(from: std::os::fd::OwnedFd, log: Arc<Mutex<LogFile>>) {
+    // Deprecated as unsound for descriptors that can change under it (tokio #8587); an
+    // OwnedFd moved into it cannot. The pipe is non-blocking already (tokio made it).
+    #[allow(deprecated)]
+    let Ok(pipe) = tokio::io::unix::AsyncFd::new(from) else {
+        return;
+    };
     loop {
-        match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
+        let Ok(mut ready) = pipe.readable().await else {
+            return;
+        };
+        let mut buf = [0u8; 8192];
+        match ready.try_io(|fd| nix::unistd::read(fd, &mut buf).map_err(std::io::Error::from)) {
+            Err(_would_block) => continue,
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(n)) => {
                 if let Ok(mut log) = log.lock() {
                     log.write(&buf[..n]);
                 }
