@@ -715,10 +715,46 @@ pub fn view_schema() -> String {
         .expect("schema serializes")
 }
 
-/// `roost logs NAME [--follow]`: the rotated files oldest first, then the current one.
+/// Where component `name`'s log is: `<state>/logs/NAME.log`, or under `roost run --dir`
+/// `<state>/deployments/<deployment>/logs/<component>.log` for `deployment/component`, or for a
+/// component name only one deployment has (two: an error naming them).
+fn log_path(state_dir: &Path, name: &str) -> std::io::Result<PathBuf> {
+    let state = StateDir::new(state_dir.to_path_buf());
+    let deployments = state_dir.join("deployments");
+    if let Some((deployment, component)) = name.split_once('/') {
+        return Ok(StateDir::new(deployments.join(deployment)).log_of(component));
+    }
+    if state.log_of(name).exists() {
+        return Ok(state.log_of(name));
+    }
+    let found: Vec<PathBuf> = std::fs::read_dir(&deployments)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| StateDir::new(e.path()).log_of(name))
+        .filter(|p| p.exists())
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Ok(state.log_of(name)),
+        many => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "several deployments have a component {name:?}: {}; say which, e.g. `roost logs DEPLOYMENT/{name}`",
+                many.iter()
+                    .filter_map(|p| p.parent()?.parent()?.file_name()?.to_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
+
+/// `roost logs NAME [--follow]`: the rotated files oldest first, then the current one (`NAME`
+/// may be `deployment/component` under `roost run --dir`).
 pub fn logs(state_dir: &Path, name: &str, follow: bool) -> std::io::Result<()> {
     let state = StateDir::new(state_dir.to_path_buf());
-    let current = state.log_of(name);
+    let current = log_path(state_dir, name)?;
     if !current.exists() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::NotFound,

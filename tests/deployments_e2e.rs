@@ -331,6 +331,19 @@ fn a_bad_file_disturbs_only_its_own_deployment() {
     dev.start(&[]);
     let s = dev.wait("both running", LONG, |s| running_everywhere(s, &["a", "b"]));
     let a_pid = pid_in(&s, "a", "x");
+    // Logs by component, or by deployment/component.
+    for name in ["x", "a/x", "b/y"] {
+        let out = Command::new(ROOST)
+            .args(["logs", name, "--state-dir"])
+            .arg(dev.state())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     dev.put("a.yaml", "apiVersion: roost/v1\nkind: Deployment\nmetadata: {name: a}\nspec:\n  components:\n    - name: x\n      command: [\"/bin/sleep\", 5s]\n      bogus: 1\n");
     let tc = unique("e2e-b2");
     dev.put(

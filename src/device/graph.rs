@@ -290,6 +290,22 @@ fn find_cycle(start: &str, deps: &BTreeMap<String, Vec<String>>, path: &mut Vec<
     false
 }
 
+/// The deployments of `left` that no other of `left` depends on (nor uses as `shared`): they
+/// stop first. Never empty while `left` is not (a cycle, which vetoes prevent, stops at once).
+pub fn stop_wave(left: &[String], in_force: &BTreeMap<String, InForce>) -> Vec<String> {
+    let needed = |name: &str| {
+        left.iter().filter(|o| o.as_str() != name).any(|o| {
+            in_force.get(o).is_some_and(|d| {
+                let spec = &d.deployment.spec;
+                spec.depends_on.iter().any(|n| n.as_str() == name)
+                    || (name == SHARED && spec.components.iter().any(|c| c.shared))
+            })
+        })
+    };
+    let wave: Vec<String> = left.iter().filter(|n| !needed(n)).cloned().collect();
+    if wave.is_empty() { left.to_vec() } else { wave }
+}
+
 /// What the device says to `d`: each dependency that is not Succeeded and Running holds it
 /// back, and the exports of every dependency in force reach its components.
 pub fn links_of(
@@ -510,6 +526,29 @@ mod tests {
         assert!(
             e.contains("invalid environment variable name \"port-no\""),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn dependents_stop_before_what_they_depend_on() {
+        let rec = dep("rec", "");
+        let up = dep("up", "  dependsOn: [rec]\n");
+        let web = dep(
+            "web",
+            "  dependsOn: [up]\n  components:\n    - {name: b, command: [/bin/true], shared: true}\n",
+        );
+        let all = in_force(&[rec, up, web]);
+        let mut left: Vec<String> = ["rec", "shared", "up", "web"].map(String::from).to_vec();
+        let mut waves = Vec::new();
+        while !left.is_empty() {
+            let wave = stop_wave(&left, &all);
+            left.retain(|n| !wave.contains(n));
+            waves.push(wave);
+        }
+        assert_eq!(
+            waves,
+            [vec!["web"], vec!["shared", "up"], vec!["rec"]]
+                .map(|w| w.iter().map(|s| s.to_string()).collect::<Vec<_>>())
         );
     }
 

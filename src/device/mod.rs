@@ -588,14 +588,25 @@ impl<M: MakeRuntime> Device<M> {
 
     async fn stop_all(&mut self) {
         let mut members = std::mem::take(&mut self.members);
-        // Every deployment stops at once (each its own components, dependents first within it).
-        for m in members.values_mut() {
-            if let Some(stop) = m.stop.take() {
-                let _ = stop.send(());
+        // Dependents first, as within a deployment: each round stops (together) the
+        // deployments no remaining one depends on; users of shared components before `shared`.
+        while !members.is_empty() {
+            let wave = graph::stop_wave(
+                &members.keys().cloned().collect::<Vec<_>>(),
+                &self.in_force.borrow(),
+            );
+            let mut stopping = Vec::new();
+            for name in wave {
+                if let Some(mut m) = members.remove(&name) {
+                    if let Some(stop) = m.stop.take() {
+                        let _ = stop.send(());
+                    }
+                    stopping.push(m);
+                }
             }
-        }
-        for (_, mut m) in members {
-            let _ = (&mut m.task).await;
+            for mut m in stopping {
+                let _ = (&mut m.task).await;
+            }
         }
         while let Ok((name, doc)) = self.status_rx.try_recv() {
             self.docs.insert(name, doc);

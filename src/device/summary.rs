@@ -82,8 +82,10 @@ pub fn device_doc(
         Some(w) => (w.phase, w.status),
         None => (Phase::Stopped, OverallStatus::Stopped),
     };
-    let spec_error =
-        (refusals.first().cloned()).or_else(|| entries.iter().find_map(|d| d.spec_error.clone()));
+    // Refusals are the folder's own words about a file (it may quote a line): redacted here;
+    // the deployments' documents were redacted when they arrived.
+    let spec_error = (refusals.first().map(crate::redact::typed))
+        .or_else(|| entries.iter().find_map(|d| d.spec_error.clone()));
     if spec_error.is_some() && status == OverallStatus::Running {
         // A refused file is news the pusher must get, whatever runs.
         status = OverallStatus::Error;
@@ -121,5 +123,129 @@ pub fn device_doc(
                 })
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{ComponentState, ComponentStatus};
+
+    fn doc(name: &str, status: OverallStatus, phase: Phase, generation: u64) -> StatusDoc {
+        let mut d = crate::status::StatusDoc::build(crate::status::StatusInputs {
+            deployment: Some(name.into()),
+            generation,
+            observed_generation: generation,
+            spec_error: None,
+            runtime_error: None,
+            planned: Some((phase, &[], &[])),
+            last: None,
+            has_desired: true,
+            last_apply: None,
+            runtime: "process",
+            now: Timestamp::UNIX_EPOCH,
+        });
+        d.status = status;
+        d.components.push(ComponentStatus {
+            name: "c".into(),
+            status: ComponentState::Running,
+            reason: None,
+            restart_count: 0,
+            exit_code: None,
+            pid: Some(1),
+            since: None,
+            output: None,
+            deployment: None,
+        });
+        d
+    }
+
+    #[test]
+    fn the_device_is_its_worst_deployment_and_tags_what_is_whose() {
+        let docs = BTreeMap::from([
+            (
+                "a".to_string(),
+                doc("a", OverallStatus::Running, Phase::Succeeded, 2),
+            ),
+            (
+                "b".to_string(),
+                doc("b", OverallStatus::Pending, Phase::Provisioning, 3),
+            ),
+            (
+                "c".to_string(),
+                doc("c", OverallStatus::Error, Phase::FailedToStart, 1),
+            ),
+        ]);
+        let files = BTreeMap::from([("a".to_string(), "/d/a.yaml".to_string())]);
+        let d = device_doc(&docs, &files, &[], &BTreeMap::new(), Timestamp::UNIX_EPOCH);
+        assert_eq!(
+            (d.status, d.phase),
+            (OverallStatus::Error, Phase::FailedToStart)
+        );
+        assert_eq!((d.generation, d.observed_generation), (6, 6));
+        assert_eq!(d.deployment.as_deref(), Some("a, b, c"));
+        assert_eq!(d.deployments.len(), 3);
+        assert_eq!(d.deployments[0].file.as_deref(), Some("/d/a.yaml"));
+        let owners: Vec<_> = d
+            .components
+            .iter()
+            .map(|c| c.deployment.as_deref())
+            .collect();
+        assert_eq!(owners, [Some("a"), Some("b"), Some("c")]);
+        // Nothing worse than Pending: Pending; nothing at all: Stopped.
+        let calm = BTreeMap::from([
+            (
+                "a".to_string(),
+                doc("a", OverallStatus::Running, Phase::Succeeded, 1),
+            ),
+            (
+                "b".to_string(),
+                doc("b", OverallStatus::Pending, Phase::Provisioning, 1),
+            ),
+        ]);
+        let d = device_doc(&calm, &files, &[], &BTreeMap::new(), Timestamp::UNIX_EPOCH);
+        assert_eq!(d.status, OverallStatus::Pending);
+        let none = device_doc(
+            &BTreeMap::new(),
+            &files,
+            &[],
+            &BTreeMap::new(),
+            Timestamp::UNIX_EPOCH,
+        );
+        assert_eq!(
+            (none.status, none.deployment),
+            (OverallStatus::Stopped, None)
+        );
+    }
+
+    #[test]
+    fn a_refused_file_is_news_and_no_secret_of_it_is_written() {
+        let docs = BTreeMap::from([(
+            "a".to_string(),
+            doc("a", OverallStatus::Running, Phase::Succeeded, 1),
+        )]);
+        let refusal = SpecError {
+            code: "DEP_E162".into(),
+            message: "/d/b.yaml:3:1: bad line: password=hunter22".into(),
+            file: "/d/b.yaml".into(),
+            line: Some(3),
+            column: Some(1),
+            field: None,
+        };
+        let d = device_doc(
+            &docs,
+            &BTreeMap::new(),
+            &[refusal],
+            &BTreeMap::new(),
+            Timestamp::UNIX_EPOCH,
+        );
+        assert_eq!(
+            d.status,
+            OverallStatus::Error,
+            "a refused file makes a Running device Error"
+        );
+        let text = serde_json::to_string(&d).unwrap();
+        assert!(!text.contains("hunter22"), "{text}");
+        assert!(d.spec_error.unwrap().message.contains("<redacted>"));
     }
 }

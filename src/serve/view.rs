@@ -161,13 +161,27 @@ fn from_doc(
             .into_iter()
             .map(|(label, value)| (label.to_string(), value))
             .chain(status_view::curator_figures(doc))
+            // `roost run --dir`: each deployment's status on its own line.
+            .chain(doc.deployments.iter().map(|d| {
+                let name = d
+                    .deployment
+                    .clone()
+                    .unwrap_or_else(|| "(refused file)".into());
+                (
+                    format!("deployment {name}"),
+                    format!("{:?} ({:?})", d.status, d.phase),
+                )
+            }))
             .map(|(label, value)| Figure { label, value })
             .collect(),
         components: doc
             .components
             .iter()
             .map(|c| Component {
-                name: c.name.clone(),
+                name: match &c.deployment {
+                    Some(d) => format!("{d}/{}", c.name),
+                    None => c.name.clone(),
+                },
                 state: format!("{:?}", c.status),
                 reason: c.reason.map(|r| format!("{r:?}")),
                 in_words: status_view::component_in_words(c).to_string(),
