@@ -547,8 +547,14 @@ pub fn resolve_program(
 /// while the pipe has data, never in the waiting task: 250 quiet components hold no buffers
 /// (8 KiB each for stdout and stderr was 4 MiB of roost's memory).
 async fn pump(from: std::os::fd::OwnedFd, log: Arc<Mutex<LogFile>>) {
+    // tokio hands the pipe back in blocking mode: a read would then stop the whole loop.
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = fcntl(&from, FcntlArg::F_GETFL).map(OFlag::from_bits_truncate);
+    if flags.and_then(|f| fcntl(&from, FcntlArg::F_SETFL(f | OFlag::O_NONBLOCK))).is_err() {
+        return;
+    }
     // Deprecated as unsound for descriptors that can change under it (tokio #8587); an
-    // OwnedFd moved into it cannot. The pipe is non-blocking already (tokio made it).
+    // OwnedFd moved into it cannot.
     #[allow(deprecated)]
     let Ok(pipe) = tokio::io::unix::AsyncFd::new(from) else {
         return;
