@@ -140,6 +140,10 @@ pub struct DeviceRow {
     pub availability: Option<Availability>,
     /// DEP_E151 when it is offline or its heartbeat is overdue.
     pub problem: Option<Unreachable>,
+    /// A device run with `roost run --dir`: each deployment's name, phase, status and error
+    /// codes (`deployment` then holds their names joined).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deployments: Vec<Value>,
 }
 
 impl DeviceRow {
@@ -261,6 +265,9 @@ fn row(device_id: &str, heard: &Heard, now: Timestamp) -> DeviceRow {
         last_seen,
         availability: heard.availability,
         problem: unreachable(heard.availability, heartbeat_age).map(Unreachable::new),
+        deployments: field("deployments")
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default(),
     }
 }
 

@@ -3,6 +3,7 @@
 //! slice, exports in the dependents' environment, DEP_E156 while a dependency crash-loops and
 //! its recovery, adoption after roost crashes, a removed file's units removed. Needs root.
 
+mod common;
 #[path = "support/systemd_sandbox.rs"]
 mod sandbox;
 
@@ -197,5 +198,105 @@ async fn folder() {
     assert!(!unit_dir.join("roost-app-web.service").exists());
     let active = sandbox.systemctl(&["is-active", "roost-app-web.service"]);
     assert_ne!(String::from_utf8_lossy(&active.stdout).trim(), "active");
+    task.abort();
+}
+
+#[tokio::test]
+async fn an_uploader_shows_dep_e156_while_the_recorders_microphone_is_gone_under_systemd() {
+    tokio::task::LocalSet::new().run_until(microphone()).await;
+}
+
+async fn microphone() {
+    let sandbox = Sandbox::start().await;
+    let dir = sandbox.dir().join("deployments.d");
+    std::fs::create_dir(&dir).unwrap();
+    let (conf, fifo) = (
+        sandbox.dir().join("asound.conf"),
+        sandbox.dir().join("mic.fifo"),
+    );
+    let feed = common::start_feed(&fifo, &conf, &[]);
+    // Units get the manager's environment: the test's ALSA file plugin.
+    let env = format!("ALSA_CONFIG_PATH={}", conf.display());
+    assert!(
+        sandbox
+            .systemctl(&["set-environment", &env])
+            .status
+            .success()
+    );
+    let storage = sandbox.dir().join("storage");
+    let exports = format!(
+        "  exports: {{RECORDINGS: {}/recordings}}\n",
+        storage.display()
+    );
+    put(
+        &dir,
+        "recorder-site.yaml",
+        &common::recorder_deployment("recorder-site", &storage, &exports),
+    );
+    let out = sandbox.dir().join("uploader-saw");
+    let uploader = format!(
+        "apiVersion: roost/v1\nkind: Deployment\nmetadata: {{name: uploader}}\nspec:\n  dependsOn: [recorder-site]\n  components:\n    - name: rsync\n      command: [\"/bin/sh\", \"-c\", \"echo $RECORDER_SITE_RECORDINGS > {}; exec sleep 100000\"]\n",
+        out.display()
+    );
+    put(&dir, "uploader.yaml", &uploader);
+    put(
+        &dir,
+        "monitor.yaml",
+        "apiVersion: roost/v1\nkind: Deployment\nmetadata: {name: monitor}\nspec:\n  components:\n    - name: agent\n      command: [\"/bin/sleep\", \"100000\"]\n",
+    );
+    let task = start(&sandbox, &dir);
+    let all = ["recorder-site", "uploader", "monitor"];
+    let doc = wait(&sandbox, "three running", |d| running(d, &all)).await;
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap().trim(),
+        format!("{}/recordings", storage.display())
+    );
+    let unit_dir = sandbox.dir().join("config/systemd/user");
+    assert!(
+        unit_dir
+            .join("roost-recorder-site-recorder.service")
+            .exists()
+    );
+    let (rsync, agent) = (
+        pid(&doc, "uploader", "rsync"),
+        pid(&doc, "monitor", "agent"),
+    );
+
+    // The microphone goes: the recorder's deployment is in error, the uploader says DEP_E156.
+    std::process::Command::new("kill")
+        .args(["-STOP", &feed.0.id().to_string()])
+        .status()
+        .unwrap();
+    std::fs::remove_file(&fifo).unwrap();
+    let doc = wait(&sandbox, "DEP_E156", |d| {
+        entry(d, "uploader").is_some_and(|u| u.errors.iter().any(|e| e.code == "DEP_E156"))
+    })
+    .await;
+    let e = (entry(&doc, "uploader").unwrap().errors.iter())
+        .find(|e| e.code == "DEP_E156")
+        .unwrap();
+    // Under systemd the recorder, stuck on a device that stopped, is restarted by its unit and
+    // cannot open it again: a crash loop (DEP_E163) or the device's own code (DEP_E311).
+    assert!(
+        e.message
+            .contains("\"recorder-site\" is in error state: DEP_E"),
+        "{}",
+        e.message
+    );
+    assert_eq!(
+        pid(&doc, "uploader", "rsync"),
+        rsync,
+        "what runs keeps running"
+    );
+    assert_eq!(pid(&doc, "monitor", "agent"), agent);
+
+    // It comes back: everything clears by itself.
+    drop(feed);
+    let _feed = common::start_feed(&fifo, &conf, &[]);
+    let doc = wait(&sandbox, "recovered", |d| {
+        running(d, &all) && d.errors.is_empty()
+    })
+    .await;
+    assert_eq!(pid(&doc, "uploader", "rsync"), rsync);
     task.abort();
 }

@@ -50,12 +50,24 @@ pub fn comparable(doc: &StatusDoc) -> Value {
     let errors: Vec<Value> = (doc.errors.iter())
         .map(|e| json!({"code": e.code, "component": e.component}))
         .collect();
-    json!({
+    let mut summary = json!({
         "deployment": doc.deployment, "generation": doc.generation,
         "observedGeneration": doc.observed_generation, "phase": doc.phase,
         "status": doc.status, "specError": doc.spec_error.as_ref().map(|e| &e.code),
         "components": components, "errors": errors, "reconcilerPid": doc.reconciler.pid,
-    })
+    });
+    if !doc.deployments.is_empty() {
+        // `roost run --dir`: each deployment of the device, for `roost fleet`.
+        summary["deployments"] = (doc.deployments.iter())
+            .map(|d| {
+                json!({"deployment": d.deployment, "generation": d.generation,
+                       "observedGeneration": d.observed_generation, "phase": d.phase,
+                       "status": d.status, "specError": d.spec_error.as_ref().map(|e| &e.code),
+                       "errorCodes": d.errors.iter().map(|e| &e.code).collect::<Vec<_>>()})
+            })
+            .collect();
+    }
+    summary
 }
 
 /// The largest message roost queues (bytes of payload): a quarter of the MQTT packet limit it

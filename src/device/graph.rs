@@ -529,6 +529,57 @@ mod tests {
         );
     }
 
+    const BROKER: &str =
+        "  components:\n    - {name: broker, command: [/bin/sleep, \"9\"], shared: true}\n";
+
+    #[test]
+    fn a_shared_components_owner_is_who_declared_it_first_not_the_file_order() {
+        let (a, b, c) = (dep("a", BROKER), dep("b", BROKER), dep("c", BROKER));
+        // First look: everyone new, in name order.
+        let users = shared_users(&in_force(&[a.clone(), b.clone()]), &BTreeMap::new());
+        assert_eq!(users["broker"], ["a", "b"]);
+        // Remembered: c arrives, and after a restart (files read in any order) b still follows a.
+        let remembered =
+            BTreeMap::from([("broker".to_string(), vec!["b".to_string(), "a".to_string()])]);
+        let users = shared_users(&in_force(&[a.clone(), b.clone(), c.clone()]), &remembered);
+        assert_eq!(users["broker"], ["b", "a", "c"], "b declared it first");
+        // The owner goes: the next user owns it, with its spec.
+        let users = shared_users(&in_force(&[a.clone(), c.clone()]), &users);
+        assert_eq!(users["broker"], ["a", "c"]);
+        let run = shared_deployment(&in_force(&[a.clone(), c.clone()]), &users).unwrap();
+        assert_eq!(run.name().as_str(), SHARED);
+        assert_eq!(run.spec.components.len(), 1);
+        assert_eq!(
+            run.spec.components[0].restart_policy,
+            Some(crate::spec::RestartPolicy::Always)
+        );
+        // Nobody shares anything: nothing runs.
+        assert!(shared_deployment(&in_force(&[dep("d", "")]), &BTreeMap::new()).is_none());
+    }
+
+    #[test]
+    fn a_shared_component_that_differs_or_leans_on_a_private_one_is_refused() {
+        let a = dep("a", BROKER);
+        let other = dep(
+            "b",
+            "  components:\n    - {name: broker, command: [/bin/sleep, \"10\"], shared: true}\n",
+        );
+        let (field, why) = veto("b", &other, &in_force(std::slice::from_ref(&a))).unwrap();
+        assert_eq!(field, "spec.components[0]");
+        assert!(
+            why.contains("differs from the one of deployment \"a\" (/d/a.yaml)"),
+            "{why}"
+        );
+        let leaning = dep(
+            "c",
+            "  components:\n    - {name: db, command: [/bin/true]}\n    - {name: broker, command: [/bin/true], shared: true, dependsOn: [db]}\n",
+        );
+        let (field, _) = veto("c", &leaning, &BTreeMap::new()).unwrap();
+        assert_eq!(field, "spec.components[1].dependsOn");
+        let (field, _) = veto(SHARED, &dep(SHARED, ""), &BTreeMap::new()).unwrap();
+        assert_eq!(field, "metadata.name", "the name shared is the device's");
+    }
+
     #[test]
     fn dependents_stop_before_what_they_depend_on() {
         let rec = dep("rec", "");

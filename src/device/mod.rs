@@ -132,6 +132,8 @@ pub async fn run<M: MakeRuntime>(
     device.adopt_leftovers().await;
     device.wait_first_statuses().await;
     device.publish();
+    // READY=1 means status.json tells the truth already.
+    device.publishers.flush(Duration::from_secs(5));
     on_ready();
     tokio::pin!(shutdown);
     loop {

@@ -550,7 +550,10 @@ async fn pump(from: std::os::fd::OwnedFd, log: Arc<Mutex<LogFile>>) {
     // tokio hands the pipe back in blocking mode: a read would then stop the whole loop.
     use nix::fcntl::{FcntlArg, OFlag, fcntl};
     let flags = fcntl(&from, FcntlArg::F_GETFL).map(OFlag::from_bits_truncate);
-    if flags.and_then(|f| fcntl(&from, FcntlArg::F_SETFL(f | OFlag::O_NONBLOCK))).is_err() {
+    if flags
+        .and_then(|f| fcntl(&from, FcntlArg::F_SETFL(f | OFlag::O_NONBLOCK)))
+        .is_err()
+    {
         return;
     }
     // Deprecated as unsound for descriptors that can change under it (tokio #8587); an
