@@ -65,60 +65,19 @@ pub fn run(
 ) -> Result<(), AppError> {
     let _lock = crate::state_dir::lock(state_dir)?;
     raise_open_files_limit();
-    // One thread is plenty for a reconciler and keeps the footprint small.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(AppError::Tokio)?;
-    let file = absolute(file);
+    let rt = one_thread()?;
     let cfg = Config {
-        file,
+        file: absolute(file),
         state_dir: state_dir.to_path_buf(),
         exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("roost")),
     };
     rt.block_on(async move {
-        // Registered before anything starts, so a SIGTERM during start-up is not lost (the
-        // default action would kill roost and orphan what it started).
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).map_err(AppError::Tokio)?;
-        let mut int = signal(SignalKind::interrupt()).map_err(AppError::Tokio)?;
-        let shutdown = async move {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM"),
-                _ = int.recv() => tracing::info!("SIGINT"),
-            }
-        };
-        let ready = || {
-            let _ = crate::notify::sd_notify("READY=1");
-        };
-        use crate::runtime::systemd::{SystemdRuntime, SystemdTarget, probe};
-        let target = if user {
-            SystemdTarget::User
-        } else {
-            SystemdTarget::System
-        };
-        let use_systemd = match choice {
-            RuntimeChoice::Process => false,
-            RuntimeChoice::Systemd => true,
-            RuntimeChoice::Auto => {
-                // No manager on this machine (a container, a test box): the process runtime.
-                std::path::Path::new("/run/systemd/system").exists()
-                    && probe(&target, Duration::from_millis(500)).await
-            }
-        };
-        tracing::info!(
-            runtime = if use_systemd { "systemd" } else { "process" },
-            "runtime chosen"
-        );
+        let shutdown = shutdown_signal()?;
+        let (use_systemd, target) = choose_runtime(choice, user).await?;
         if use_systemd {
-            let runtime = SystemdRuntime::connect(target).await?;
+            let runtime = crate::runtime::systemd::SystemdRuntime::connect(target).await?;
             reconcile::run(cfg, runtime, shutdown, ready).await?;
         } else {
-            if user && choice == RuntimeChoice::Process {
-                return Err(AppError::Usage(
-                    "--user only applies to the systemd runtime".into(),
-                ));
-            }
             let runtime = ProcessRuntime::new(state_dir)?;
             reconcile::run(cfg, runtime, shutdown, ready).await?;
         }
@@ -135,50 +94,79 @@ pub fn run_dir(
 ) -> Result<(), AppError> {
     let _lock = crate::state_dir::lock(state_dir)?;
     raise_open_files_limit();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(AppError::Tokio)?;
+    let rt = one_thread()?;
     let cfg = crate::device::DirConfig {
         dir: absolute(dir),
         state_dir: state_dir.to_path_buf(),
         exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("roost")),
     };
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).map_err(AppError::Tokio)?;
-        let mut int = signal(SignalKind::interrupt()).map_err(AppError::Tokio)?;
-        let shutdown = async move {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM"),
-                _ = int.recv() => tracing::info!("SIGINT"),
-            }
-        };
-        let ready = || {
-            let _ = crate::notify::sd_notify("READY=1");
-        };
-        use crate::runtime::systemd::{SystemdTarget, probe};
-        let target = if user { SystemdTarget::User } else { SystemdTarget::System };
-        let use_systemd = match choice {
-            RuntimeChoice::Process => false,
-            RuntimeChoice::Systemd => true,
-            RuntimeChoice::Auto => {
-                std::path::Path::new("/run/systemd/system").exists()
-                    && probe(&target, Duration::from_millis(500)).await
-            }
-        };
-        tracing::info!(runtime = if use_systemd { "systemd" } else { "process" }, dir = %cfg.dir.display(), "runtime chosen");
+    // Each deployment's loop is a local task of this one thread.
+    tokio::task::LocalSet::new().block_on(&rt, async move {
+        let shutdown = shutdown_signal()?;
+        let (use_systemd, target) = choose_runtime(choice, user).await?;
         if use_systemd {
             crate::device::run(cfg, SystemdMaker(target), shutdown, ready).await?;
         } else {
-            if user && choice == RuntimeChoice::Process {
-                return Err(AppError::Usage("--user only applies to the systemd runtime".into()));
-            }
             crate::device::run(cfg, ProcessMaker, shutdown, ready).await?;
         }
         Ok(())
     })
+}
+
+/// One thread is plenty for a reconciler and keeps the footprint small.
+fn one_thread() -> Result<tokio::runtime::Runtime, AppError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(AppError::Tokio)
+}
+
+/// SIGTERM or SIGINT, registered now: a signal during start-up is not lost (the default action
+/// would kill roost and orphan what it started).
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, AppError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(AppError::Tokio)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(AppError::Tokio)?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
+    })
+}
+
+fn ready() {
+    let _ = crate::notify::sd_notify("READY=1");
+}
+
+/// Whether components run under systemd (`auto`: when a manager answers) and which manager.
+async fn choose_runtime(
+    choice: RuntimeChoice,
+    user: bool,
+) -> Result<(bool, crate::runtime::systemd::SystemdTarget), AppError> {
+    use crate::runtime::systemd::{SystemdTarget, probe};
+    let target = if user {
+        SystemdTarget::User
+    } else {
+        SystemdTarget::System
+    };
+    let use_systemd = match choice {
+        RuntimeChoice::Process => false,
+        RuntimeChoice::Systemd => true,
+        // No manager on this machine (a container, a test box): the process runtime.
+        RuntimeChoice::Auto => {
+            std::path::Path::new("/run/systemd/system").exists()
+                && probe(&target, Duration::from_millis(500)).await
+        }
+    };
+    if !use_systemd && user && choice == RuntimeChoice::Process {
+        return Err(AppError::Usage(
+            "--user only applies to the systemd runtime".into(),
+        ));
+    }
+    let runtime = if use_systemd { "systemd" } else { "process" };
+    tracing::info!(runtime, "runtime chosen");
+    Ok((use_systemd, target))
 }
 
 /// Each deployment of a folder supervises its own child processes.

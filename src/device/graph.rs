@@ -111,19 +111,18 @@ pub fn veto(
     })
 }
 
+/// `d`'s `shared: true` components, with their index in `spec.components`.
+fn shared_of(d: &Deployment) -> impl Iterator<Item = (usize, &crate::spec::ComponentSpec)> {
+    (d.spec.components.iter().enumerate()).filter(|(_, c)| c.shared)
+}
+
 /// A shared component `d` declares as `other` does, but with another spec.
 fn shared_clash(
     d: &Deployment,
     other: &Deployment,
     file: &std::path::Path,
 ) -> Option<(String, String)> {
-    for (i, c) in d
-        .spec
-        .components
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| c.shared)
-    {
+    for (i, c) in shared_of(d) {
         let theirs = (other.spec.components.iter()).find(|o| o.shared && o.name == c.name);
         if theirs.is_some_and(|o| o != c) {
             return Some((
@@ -148,13 +147,7 @@ fn shared_dependency(d: &Deployment) -> Option<(String, String)> {
             .iter()
             .any(|c| c.shared && c.name.as_str() == n)
     };
-    for (i, c) in d
-        .spec
-        .components
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| c.shared)
-    {
+    for (i, c) in shared_of(d) {
         if let Some(dep) = c.depends_on.iter().find(|n| !shared(n.as_str())) {
             return Some((
                 format!("spec.components[{i}].dependsOn"),
