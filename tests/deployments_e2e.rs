@@ -683,3 +683,26 @@ fn a_shared_component_runs_once_its_owner_is_remembered_and_handed_on_without_a_
     assert!(processes_with(&tm).is_empty() && processes_with(&ta).is_empty());
     assert_eq!(dev.stop(), Some(0));
 }
+
+#[test]
+fn a_single_file_that_depends_on_another_deployment_waits_with_dep_e157() {
+    let tag = unique("e2e-single");
+    let mut r = common::Roost::new(&deployment(
+        "up",
+        "  dependsOn: [recorder-site]\n",
+        &sleeper("x", &tag),
+    ));
+    r.start();
+    let s = r.wait_for("DEP_E157", LONG, |s| {
+        s["errors"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["code"] == "DEP_E157"))
+    });
+    assert_eq!(s["status"], "Pending");
+    assert_eq!(s["components"][0]["reason"], "WaitingForDependency");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        processes_with(&tag).is_empty(),
+        "--file has no other deployment: nothing starts"
+    );
+}

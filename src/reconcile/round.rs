@@ -173,8 +173,21 @@ impl<R: Runtime> Reconciler<R> {
             builtins: &builtins,
             now,
         });
-        plan::gate::gate(&mut plan, &desired.deployment, &self.links.holds);
+        plan::gate::gate(&mut plan, &desired.deployment, &self.holds());
         plan
+    }
+
+    /// What holds this deployment's starts: the device's word under `roost run --dir`; with a
+    /// single file every deployment named in `spec.dependsOn` is missing (DEP_E157).
+    fn holds(&self) -> Vec<plan::gate::Hold> {
+        if self.forward.is_some() {
+            return self.links.holds.clone();
+        }
+        let deps = self.desired.iter().flat_map(|(d, _)| &d.spec.depends_on);
+        deps.map(|n| plan::gate::Hold::Missing {
+            deployment: n.to_string(),
+        })
+        .collect()
     }
 
     /// Carries the plan out, until its end or until a newer desired state waits in `triggers`.
