@@ -125,6 +125,16 @@ impl DesiredSource {
     /// The last valid content roost kept, with its hash, if it can still be read.
     pub fn last_good(&self) -> Option<(Deployment, String)> {
         let (deployment, bytes) = spec::load_file(&self.last_good).ok()?;
+        if let Some((_, why)) = self
+            .veto
+            .as_ref()
+            .and_then(|v| v(&self.last_good, &deployment))
+        {
+            // The device's other deployments refuse it now (they took the recorder meanwhile):
+            // nothing of it runs rather than two of one thing.
+            tracing::warn!(%why, "the last valid desired state clashes with the device's other deployments");
+            return None;
+        }
         Some((deployment, crate::plan::spec_hash(&bytes)))
     }
 }

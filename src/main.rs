@@ -298,7 +298,11 @@ fn status(state_dir: Option<PathBuf>, name: Option<&str>, json: bool) -> anyhow:
         );
         return Ok(ExitCode::from(3));
     }
-    let mut doc = roost::status::read(&path)?;
+    let doc = roost::status::read(&path)?;
+    let now = jiff::Timestamp::now();
+    // What the file says, as a reader must take it: roost gone or the file out of date is
+    // Unknown with its reason, never the green it last said.
+    let (seen, mut doc) = roost::status_seen::look(&doc, &state_dir.root, now);
     if let Some(name) = name {
         let Some(one) = doc
             .deployments
@@ -320,16 +324,18 @@ fn status(state_dir: Option<PathBuf>, name: Option<&str>, json: bool) -> anyhow:
             );
             return Ok(ExitCode::from(2));
         };
-        doc = one.clone();
+        let mut one = one.clone();
+        if seen != roost::status_seen::Seen::Current {
+            // The device's verdict (roost gone, status out of date) is each deployment's too.
+            one.status = roost::status::OverallStatus::Unknown;
+            one.errors.splice(0..0, doc.errors.first().cloned());
+        }
+        doc = one;
         if json {
             println!("{}", serde_json::to_string_pretty(&doc)?);
             return Ok(ExitCode::from(doc.exit_code() as u8));
         }
     }
-    let now = jiff::Timestamp::now();
-    // What the file says, as a reader must take it: roost gone or the file out of date is
-    // Unknown with its reason, never the green it last said.
-    let (seen, doc) = roost::status_seen::look(&doc, &state_dir.root, now);
     let mut out = std::io::stdout().lock();
     if json {
         // The file itself, so fields newer than this binary are not lost.

@@ -137,8 +137,8 @@ pub struct FileWatcher {
 struct FolderWatch {
     /// The folder, links resolved (events name files by the folder inotify watches).
     target: Option<PathBuf>,
-    /// The names that matter; `None`: every name.
-    names: Option<BTreeSet<OsString>>,
+    /// Which names matter; `None`: every name.
+    accept: Option<fn(&str) -> bool>,
 }
 
 /// Mount table changes, as events: `/proc/self/mountinfo` turns "priority readable" when a file
@@ -210,13 +210,13 @@ impl FileWatcher {
     }
 
     /// Starts watching the files of the folder `dir` (and the links on its way), as
-    /// [`FileWatcher::new`] watches one file: every file, or only those in `names`. One
-    /// inotify instance for the whole folder (a device runs 50 deployments).
-    pub fn folder(dir: &Path, names: Option<BTreeSet<OsString>>) -> Result<Self, WatchError> {
+    /// [`FileWatcher::new`] watches one file: every file, or those whose name `accept` takes
+    /// (an editor's swap file open for an hour must not hold the burst open).
+    pub fn folder(dir: &Path, accept: Option<fn(&str) -> bool>) -> Result<Self, WatchError> {
         let mut w = Self::new(&dir.join(".roost-folder"))?;
         w.folder = Some(FolderWatch {
             target: std::fs::canonicalize(dir).ok(),
-            names,
+            accept,
         });
         Ok(w)
     }
@@ -262,8 +262,8 @@ impl FileWatcher {
         let in_folder = |p: &Path| {
             let Some(f) = &self.folder else { return false };
             let here = p.parent() == self.file.parent() || p.parent() == f.target.as_deref();
-            let named = (f.names.as_ref())
-                .is_none_or(|names| p.file_name().is_some_and(|n| names.contains(n)));
+            let named = (f.accept)
+                .is_none_or(|accept| p.file_name().is_some_and(|n| accept(&n.to_string_lossy())));
             here && named
         };
         ev.paths.iter().any(|p| {

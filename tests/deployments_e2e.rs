@@ -706,3 +706,75 @@ fn a_single_file_that_depends_on_another_deployment_waits_with_dep_e157() {
         "--file has no other deployment: nothing starts"
     );
 }
+
+#[test]
+fn a_file_refused_when_roost_starts_keeps_its_deployment_on_its_last_valid_state() {
+    let mut dev = Device::new();
+    let (ta, tb) = (unique("e2e-keep-a"), unique("e2e-keep-b"));
+    dev.put("a.yaml", &deployment("a", "", &sleeper("x", &ta)));
+    dev.put("b.yaml", &deployment("b", "", &sleeper("y", &tb)));
+    dev.start(&[]);
+    dev.wait("running", LONG, |s| running_everywhere(s, &["a", "b"]));
+    assert_eq!(dev.stop(), Some(0));
+    // While roost is down a's file is broken, and a duplicate of b appears.
+    dev.put(
+        "a.yaml",
+        "apiVersion: roost/v1\nkind: Deployment\nmetadata: {name: a}\nspec:\n  components: [oops\n",
+    );
+    dev.put(
+        "b-copy.yaml",
+        &deployment("b", "", &sleeper("y", &format!("{tb}-copy"))),
+    );
+    dev.start(&[]);
+    let s = dev.wait("a on its last valid state", LONG, |s| {
+        entry(s, "a").is_some_and(|d| {
+            d["specError"].is_object() && d["components"][0]["status"] == "Running"
+        })
+    });
+    assert_eq!(processes_with(&ta).len(), 1);
+    assert!(
+        entry(&s, "b").unwrap()["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("/b.yaml")
+    );
+    // Past the grace it is still there: a refused file is not a removed one.
+    std::thread::sleep(Duration::from_secs(11));
+    let s = dev.status().unwrap();
+    assert!(entry(&s, "a").is_some(), "{s:#}");
+    assert_eq!(processes_with(&ta).len(), 1);
+    // A typo in b's own file does not hand b to its duplicate.
+    dev.put(
+        "b.yaml",
+        "apiVersion: roost/v1\nkind: Deployment\nmetadata: {name: b}\nspec: [\n",
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    dev.put("b.yaml", &deployment("b", "", &sleeper("y", &tb)));
+    let s = dev.wait("b back", LONG, |s| {
+        running_everywhere(s, &["b"]) && entry(s, "b").is_some_and(|d| d["specError"].is_null())
+    });
+    assert!(
+        entry(&s, "b").unwrap()["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("/b.yaml"),
+        "{s:#}"
+    );
+    assert!(
+        processes_with(&format!("{tb}-copy")).is_empty(),
+        "the duplicate never ran"
+    );
+    // A file naming the reserved deployment `shared` is refused, naming why.
+    dev.put("shared.yaml", &deployment("shared", "", &sleeper("z", &ta)));
+    let s = dev.wait("shared refused", LONG, |s| {
+        s["errors"].as_array().is_some_and(|e| {
+            e.iter().any(|e| {
+                e["message"].as_str().is_some_and(|m| {
+                    m.contains("shared.yaml") && m.contains("reserved")
+                        || m.contains("shared components")
+                })
+            })
+        })
+    });
+    assert!(entry(&s, "shared").is_none(), "{s:#}");
+}

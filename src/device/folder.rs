@@ -42,15 +42,19 @@ impl Folder {
     /// Reads the folder: every deployment file, in name order, with what it holds. Returns
     /// the files whose content may have changed since the last scan too.
     pub fn scan(&mut self, dir: &Path) -> (Vec<(PathBuf, FileContent)>, Vec<PathBuf>) {
-        let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .filter(|e| is_deployment_file(&e.file_name().to_string_lossy()))
-                    .map(|e| e.path())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut names: Vec<PathBuf> = match std::fs::read_dir(dir) {
+            Ok(entries) => entries
+                .flatten()
+                .filter(|e| is_deployment_file(&e.file_name().to_string_lossy()))
+                .map(|e| e.path())
+                .collect(),
+            // A folder that cannot be read (its card gone, EIO, permissions) is not a folder
+            // emptied: nothing is removed for it; what was read last stands.
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot read the deployments' folder; keeping what was read last");
+                return (self.current(), Vec::new());
+            }
+        };
         names.sort();
         let mut changed = Vec::new();
         let mut next = BTreeMap::new();
@@ -70,16 +74,41 @@ impl Folder {
         }
         changed.extend(self.seen.keys().cloned());
         self.seen = next;
-        let files = (self.seen.iter())
+        (self.current(), changed)
+    }
+
+    fn current(&self) -> Vec<(PathBuf, FileContent)> {
+        (self.seen.iter())
             .map(|(p, (_, c))| (p.clone(), c.clone()))
-            .collect();
-        (files, changed)
+            .collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_folder_that_cannot_be_read_keeps_what_was_read_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.yaml");
+        std::fs::write(
+            &file,
+            "apiVersion: roost/v1\nkind: Deployment\nmetadata: {name: a}\nspec: {}\n",
+        )
+        .unwrap();
+        let mut folder = Folder::default();
+        let (files, changed) = folder.scan(dir.path());
+        assert_eq!((files.len(), changed), (1, vec![file.clone()]));
+        // Unchanged: nothing read again.
+        assert_eq!(folder.scan(dir.path()).1, Vec::<PathBuf>::new());
+        // The folder vanishes (a card unmounted): the last scan stands, nothing "changed".
+        let moved = dir.path().with_extension("away");
+        std::fs::rename(dir.path(), &moved).unwrap();
+        let (files, changed) = folder.scan(dir.path());
+        assert_eq!((files.len(), changed.len()), (1, 0));
+        std::fs::rename(&moved, dir.path()).unwrap();
+    }
 
     #[test]
     fn only_visible_yaml_files_are_deployments() {

@@ -305,6 +305,7 @@ pub fn links_of(
     d: &Deployment,
     in_force: &BTreeMap<String, InForce>,
     docs: &BTreeMap<String, StatusDoc>,
+    last_exports: &BTreeMap<String, BTreeMap<String, String>>,
 ) -> Links {
     let mut links = Links {
         borrowed: (d.spec.components.iter())
@@ -320,6 +321,11 @@ pub fn links_of(
     }
     for dep in &d.spec.depends_on {
         let Some(o) = in_force.get(dep.as_str()) else {
+            // What it last offered stays bound: a dependent that runs is not restarted
+            // without it while its dependency is gone.
+            links
+                .env
+                .extend(last_exports.get(dep.as_str()).cloned().unwrap_or_default());
             links.holds.push(Hold::Missing {
                 deployment: dep.to_string(),
             });
@@ -640,7 +646,7 @@ mod tests {
                 .map(|d| ("rec-site".to_string(), d))
                 .into_iter()
                 .collect();
-            let links = links_of(&up, &all, &docs);
+            let links = links_of(&up, &all, &docs, &BTreeMap::new());
             let missing = Hold::Missing {
                 deployment: "nobody".into(),
             };
@@ -667,7 +673,14 @@ mod tests {
                 "rec-site".to_string(),
                 doc(Phase::Succeeded, OverallStatus::Error, &["DEP_E311"]),
             )]),
+            &BTreeMap::new(),
         );
+        // A dependency gone: its last exports stay bound (no restart of what runs).
+        let gone = in_force(std::slice::from_ref(&up));
+        let last = BTreeMap::from([("rec-site".to_string(), rec.exported_env())]);
+        let kept = links_of(&up, &gone, &BTreeMap::new(), &last);
+        assert_eq!(kept.env, rec.exported_env());
+        assert!(matches!(kept.holds[0], Hold::Missing { .. }));
         assert!(
             matches!(&with_why.holds[0], Hold::InError { why, .. } if why.starts_with("DEP_E311"))
         );
@@ -678,8 +691,13 @@ mod tests {
             &up,
             &all,
             &BTreeMap::from([("rec-site".to_string(), stale)]),
+            &BTreeMap::new(),
         );
         assert!(matches!(links.holds[0], Hold::NotReady { .. }));
-        assert!(links_of(&rec, &all, &BTreeMap::new()).holds.is_empty());
+        assert!(
+            links_of(&rec, &all, &BTreeMap::new(), &BTreeMap::new())
+                .holds
+                .is_empty()
+        );
     }
 }

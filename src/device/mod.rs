@@ -81,6 +81,10 @@ struct Member {
     task: tokio::task::JoinHandle<()>,
     /// When its file went missing (no file of the folder names it).
     missing_since: Option<Instant>,
+    /// Its number among the loops this device started.
+    epoch: u64,
+    /// Whether its loop was told it is gone.
+    gone_sent: bool,
 }
 
 /// A deployment's loop ends with its member: roost's own loop aborted (a crash, a test) leaves
@@ -102,8 +106,13 @@ struct Device<M: MakeRuntime> {
     docs: BTreeMap<String, StatusDoc>,
     /// Files of the folder that no deployment takes (refused, or a name taken by another file).
     refusals: Vec<SpecError>,
-    status_tx: mpsc::UnboundedSender<(String, StatusDoc)>,
-    status_rx: mpsc::UnboundedReceiver<(String, StatusDoc)>,
+    status_tx: mpsc::UnboundedSender<(String, u64, StatusDoc)>,
+    status_rx: mpsc::UnboundedReceiver<(String, u64, StatusDoc)>,
+    /// Each member's number: a late document of a removed loop never lands on its successor.
+    epoch: u64,
+    /// The exports each dependency last offered: a dependent keeps its bindings (and runs on)
+    /// while its dependency is gone or refused.
+    last_exports: BTreeMap<String, BTreeMap<String, String>>,
     publishers: crate::publish::Publishers,
     last: Option<StatusDoc>,
     /// Who declares each shared component, first declarer first (`shared-owners.json`).
@@ -111,6 +120,9 @@ struct Device<M: MakeRuntime> {
     outputs: outputs::Outputs,
     /// Files whose newest content the other deployments refuse (judged again on any change).
     vetoed: std::collections::BTreeSet<PathBuf>,
+    /// The folder as last scanned and who claimed which file: judged again when a deployment
+    /// leaves (its recorder is free for a refused file).
+    last_scan: (Vec<(PathBuf, FileContent)>, BTreeMap<String, PathBuf>),
 }
 
 /// Runs the device's deployments until `shutdown` resolves. Must run inside a
@@ -123,8 +135,11 @@ pub async fn run<M: MakeRuntime>(
     on_ready: impl FnOnce(),
 ) -> Result<(), DeviceError> {
     std::fs::create_dir_all(&cfg.dir).ok();
-    let mut watcher =
-        crate::watch::FileWatcher::folder(&cfg.dir, None).map_err(ReconcileError::from)?;
+    // In its own task: a watcher's wait is not cancel-safe (it settles after the first event),
+    // and the select below must never drop a file change.
+    let watcher = crate::watch::FileWatcher::folder(&cfg.dir, Some(folder::is_deployment_file))
+        .map_err(ReconcileError::from)?;
+    let mut folder_changed = forward_changes(watcher);
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(ReconcileError::Signal)?;
     let mut device = Device::new(cfg, maker);
@@ -146,9 +161,9 @@ pub async fn run<M: MakeRuntime>(
         };
         tokio::select! {
             _ = &mut shutdown => break,
-            () = watcher.changed() => device.rescan().await,
+            Some(()) = folder_changed.recv() => device.rescan().await,
             Some(()) = hangup.recv() => device.hangup().await,
-            Some((name, doc)) = device.status_rx.recv() => device.took_status(name, doc).await,
+            Some((name, epoch, doc)) = device.status_rx.recv() => device.took_status(name, epoch, doc).await,
             Some(ev) = device.outputs.events.recv() => device.outputs.route(&ev),
             () = timer => device.settle().await,
         }
@@ -183,6 +198,9 @@ impl<M: MakeRuntime> Device<M> {
                 .unwrap_or_default(),
             outputs: outputs::Outputs::new(),
             vetoed: Default::default(),
+            epoch: 0,
+            last_exports: BTreeMap::new(),
+            last_scan: Default::default(),
         }
     }
 
@@ -195,12 +213,24 @@ impl<M: MakeRuntime> Device<M> {
         let mut claimed: BTreeMap<String, PathBuf> = BTreeMap::new();
         for (path, content) in &files {
             match content {
+                FileContent::Valid(d) if d.name().as_str() == graph::SHARED => {
+                    let why = graph::veto(graph::SHARED, d, &BTreeMap::new()).map(|(_, w)| w);
+                    self.refusals.push(refusal(path, why.unwrap_or_default()));
+                }
                 FileContent::Valid(d) => {
                     let name = d.name().to_string();
-                    let bound = self.members.get(&name).map(|m| m.file.clone());
+                    // Its file: the one its loop reads, else (roost starting) the one its
+                    // state folder notes, whatever the order of names.
+                    let bound = (self.members.get(&name).map(|m| m.file.clone())).or_else(|| {
+                        remembered_file(&deployment_state_dir(&self.cfg.state_dir, &name))
+                    });
+                    // A file present keeps its deployment, even while refused (a typo must
+                    // not hand it to a duplicate).
                     let taken = claimed.get(&name).cloned().or_else(|| {
                         bound.filter(|b| {
-                            b != path && files.iter().any(|(p, c)| p == b && names(c, &name))
+                            b != path
+                                && files.iter().any(|(p, _)| p == b)
+                                && !claims_other(&files, b, &name)
                         })
                     });
                     if let Some(first) = taken {
@@ -211,14 +241,19 @@ impl<M: MakeRuntime> Device<M> {
                 }
                 FileContent::Refused(e) => {
                     let owner = self.members.values().any(|m| &m.file == path);
-                    if !owner {
+                    if let Some(name) = (!owner).then(|| self.owner_of(path)).flatten() {
+                        // Refused at roost's start: still its deployment's, which runs its
+                        // last valid state and says why the file is refused.
+                        claimed.insert(name, path.clone());
+                    } else if !owner {
                         tracing::warn!(file = %path.display(), error = %e.message, "deployment file refused");
                         self.refusals.push(e.clone());
                     }
                 }
             }
         }
-        let again = self.update_in_force(&files, &claimed, &changed);
+        let again = self.judge(&files, &claimed, &changed);
+        self.last_scan = (files.clone(), claimed.clone());
         for (name, member) in self
             .members
             .iter_mut()
@@ -230,6 +265,7 @@ impl<M: MakeRuntime> Device<M> {
                     member.missing_since = None;
                     if file != &member.file {
                         member.file = file.clone();
+                        remember_file(&deployment_state_dir(&self.cfg.state_dir, name), file);
                     }
                 }
                 // A file refused now still belongs to its deployment (its last good runs).
@@ -266,11 +302,22 @@ impl<M: MakeRuntime> Device<M> {
         // Gone past the grace with nothing left running (or never anything valid): removed.
         let finished: Vec<String> = (self.members.keys())
             .filter(|n| self.is_gone(n))
-            .filter(|n| self.docs.get(*n).is_none_or(|d| d.components.is_empty()))
+            .filter(|n| self.docs.get(*n).is_some_and(removed_all))
             .cloned()
             .collect();
+        let left = !finished.is_empty();
         for name in finished {
             self.remove_member(&name).await;
+        }
+        if left && !self.vetoed.is_empty() {
+            let (files, claimed) = std::mem::take(&mut self.last_scan);
+            for name in self.judge(&files, &claimed, &[]) {
+                if let Some(m) = self.members.get(&name) {
+                    let _ = m.file_tx.try_send(());
+                }
+            }
+            self.last_scan = (files, claimed);
+            self.relink();
         }
         self.publish();
     }
@@ -318,6 +365,26 @@ impl<M: MakeRuntime> Device<M> {
         }
     }
 
+    /// [`Device::update_in_force`] until nothing changes: a file refused for what another said
+    /// is judged again once that other is judged (both changed in one scan). Returns the
+    /// deployments that must read their unchanged file again.
+    fn judge(
+        &mut self,
+        files: &[(PathBuf, FileContent)],
+        claimed: &BTreeMap<String, PathBuf>,
+        changed: &[PathBuf],
+    ) -> Vec<String> {
+        let mut again = self.update_in_force(files, claimed, changed);
+        for _ in 0..claimed.len() {
+            let more = self.update_in_force(files, claimed, &[]);
+            if more.is_empty() {
+                break;
+            }
+            again.extend(more);
+        }
+        again
+    }
+
     /// What each deployment has in force, as its own loop will judge it: its valid file
     /// unless the other deployments refuse it, else what it had.
     fn update_in_force(
@@ -362,9 +429,8 @@ impl<M: MakeRuntime> Device<M> {
     /// Starts the loop of deployment `name` read from `file`; `last_good` is what it had in
     /// force when roost last ran (a leftover state folder whose file is gone).
     async fn start_member(&mut self, name: &str, file: PathBuf, gone_since: Option<Instant>) {
-        match self.spawn_member(name, file.clone()).await {
-            Ok(mut member) => {
-                member.missing_since = gone_since;
+        match self.spawn_member(name, file.clone(), gone_since).await {
+            Ok(member) => {
                 self.members.insert(name.to_string(), member);
             }
             Err(e) => {
@@ -385,9 +451,15 @@ impl<M: MakeRuntime> Device<M> {
         }
     }
 
-    async fn spawn_member(&mut self, name: &str, file: PathBuf) -> Result<Member, DeviceError> {
+    async fn spawn_member(
+        &mut self,
+        name: &str,
+        file: PathBuf,
+        gone_since: Option<Instant>,
+    ) -> Result<Member, DeviceError> {
         let state_dir = deployment_state_dir(&self.cfg.state_dir, name);
         make_state_dir(&self.cfg.state_dir, &state_dir);
+        remember_file(&state_dir, &file);
         let runtime = self.maker.make(&state_dir).await?;
         let cfg = Config {
             file: file.clone(),
@@ -407,7 +479,10 @@ impl<M: MakeRuntime> Device<M> {
         let mut reconciler = Reconciler::new(cfg, runtime)?.in_device(veto, forward);
         let (file_tx, file_rx) = mpsc::channel(1);
         let (hangup_tx, hangup_rx) = mpsc::channel(1);
-        let links = self.links_for(name);
+        let mut links = self.links_for(name);
+        // Its first round already knows what the device says (a leftover is gone at once).
+        links.gone = gone_since.is_some_and(|t| t + GRACE <= Instant::now());
+        let links_gone = links.gone;
         reconciler.set_links(links.clone());
         let (links_tx, links_rx) = watch::channel(links);
         let triggers = reconcile::of_deployment(
@@ -419,9 +494,11 @@ impl<M: MakeRuntime> Device<M> {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let status_tx = self.status_tx.clone();
         let tag = name.to_string();
+        self.epoch += 1;
+        let epoch = self.epoch;
         tokio::task::spawn_local(async move {
             while let Some(doc) = forwarded.recv().await {
-                if status_tx.send((tag.clone(), doc)).is_err() {
+                if status_tx.send((tag.clone(), epoch, doc)).is_err() {
                     return;
                 }
             }
@@ -440,7 +517,19 @@ impl<M: MakeRuntime> Device<M> {
             links_tx,
             stop: Some(stop_tx),
             task,
-            missing_since: None,
+            missing_since: gone_since,
+            epoch,
+            gone_sent: links_gone,
+        })
+    }
+
+    /// The deployment whose state folder notes `file` as its file, if one does.
+    fn owner_of(&self, file: &Path) -> Option<String> {
+        let root = self.cfg.state_dir.join("deployments");
+        std::fs::read_dir(root).ok()?.flatten().find_map(|e| {
+            (remembered_file(&e.path()).as_deref() == Some(file))
+                .then(|| e.file_name().to_str().map(str::to_string))
+                .flatten()
         })
     }
 
@@ -456,6 +545,11 @@ impl<M: MakeRuntime> Device<M> {
             .filter_map(|e| e.file_name().to_str().map(str::to_string))
             .filter(|n| !self.members.contains_key(n))
             .filter(|n| crate::spec::DeploymentName::try_from(n.as_str()).is_ok())
+            // A loop that could not start (its runtime) is not a removed deployment.
+            .filter(|n| {
+                remembered_file(&deployment_state_dir(&self.cfg.state_dir, n))
+                    .is_none_or(|f| !f.exists() || n == graph::SHARED)
+            })
             .collect();
         for name in leftovers {
             tracing::info!(deployment = %name, "its file is gone: removing what it left");
@@ -472,8 +566,10 @@ impl<M: MakeRuntime> Device<M> {
         let deadline = Instant::now() + FIRST_STATUS_WAIT;
         while self.members.keys().any(|n| !self.docs.contains_key(n)) {
             match tokio::time::timeout_at(deadline, self.status_rx.recv()).await {
-                Ok(Some((name, doc))) => {
-                    self.docs.insert(name, doc);
+                Ok(Some((name, epoch, doc))) => {
+                    if self.members.get(&name).is_some_and(|m| m.epoch == epoch) {
+                        self.docs.insert(name, crate::redact::typed(&doc));
+                    }
                 }
                 _ => break,
             }
@@ -489,12 +585,12 @@ impl<M: MakeRuntime> Device<M> {
         self.rescan().await;
     }
 
-    async fn took_status(&mut self, name: String, doc: StatusDoc) {
-        if !self.members.contains_key(&name) {
-            // The last word of a deployment already removed.
+    async fn took_status(&mut self, name: String, epoch: u64, doc: StatusDoc) {
+        if self.members.get(&name).is_none_or(|m| m.epoch != epoch) {
+            // The last word of a loop already removed.
             return;
         }
-        let finished = self.is_gone(&name) && doc.components.is_empty();
+        let finished = self.is_gone(&name) && removed_all(&doc);
         // Redacted once here: the device's document is written from these parts as they are.
         self.docs.insert(name.clone(), crate::redact::typed(&doc));
         if finished {
@@ -531,7 +627,7 @@ impl<M: MakeRuntime> Device<M> {
     fn links_for(&self, name: &str) -> Links {
         let in_force = self.in_force.borrow();
         let mut links = match in_force.get(name) {
-            Some(o) => graph::links_of(&o.deployment, &in_force, &self.docs),
+            Some(o) => graph::links_of(&o.deployment, &in_force, &self.docs, &self.last_exports),
             None => Links::default(),
         };
         links.gone = self.is_gone(name);
@@ -550,8 +646,17 @@ impl<M: MakeRuntime> Device<M> {
             // A deployment being removed offers nothing to others any more.
             self.in_force.borrow_mut().remove(name);
         }
-        for (name, member) in &self.members {
-            let links = self.links_for(name);
+        for (name, o) in self.in_force.borrow().iter() {
+            self.last_exports
+                .insert(name.clone(), o.deployment.exported_env());
+        }
+        let names: Vec<String> = self.members.keys().cloned().collect();
+        for name in names {
+            let links = self.links_for(&name);
+            let Some(member) = self.members.get_mut(&name) else {
+                continue;
+            };
+            member.gone_sent = links.gone;
             member.links_tx.send_if_modified(|l| {
                 let changed = *l != links;
                 *l = links;
@@ -562,8 +667,8 @@ impl<M: MakeRuntime> Device<M> {
 
     fn next_grace_end(&self) -> Option<Instant> {
         (self.members.values())
+            .filter(|m| !m.gone_sent)
             .filter_map(|m| m.missing_since.map(|t| t + GRACE))
-            .filter(|t| *t > Instant::now())
             .min()
     }
 
@@ -610,12 +715,60 @@ impl<M: MakeRuntime> Device<M> {
                 let _ = (&mut m.task).await;
             }
         }
-        while let Ok((name, doc)) = self.status_rx.try_recv() {
-            self.docs.insert(name, doc);
+        // The loops' last words (each forwarder hands them on when its loop has ended).
+        tokio::task::yield_now().await;
+        while let Ok((name, _, doc)) = self.status_rx.try_recv() {
+            if self.docs.contains_key(&name) {
+                self.docs.insert(name, crate::redact::typed(&doc));
+            }
         }
         self.publish();
         self.publishers.flush(Duration::from_secs(5));
     }
+}
+
+/// Delivers the folder watcher's changes through a channel, from a task of its own.
+fn forward_changes(mut watcher: crate::watch::FileWatcher) -> mpsc::Receiver<()> {
+    let (tx, rx) = mpsc::channel(1);
+    tokio::task::spawn_local(async move {
+        loop {
+            watcher.changed().await;
+            if tx.send(()).await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The deployment file a deployment's state folder belongs to, kept in the folder (`file`):
+/// a file refused when roost starts is still known as this deployment's (its last valid
+/// state runs), never taken for a removed one.
+fn remember_file(state_dir: &Path, file: &Path) {
+    let record = state_dir.join("file");
+    let text = file.display().to_string();
+    if std::fs::read_to_string(&record).ok().as_deref() != Some(text.as_str())
+        && let Err(e) = crate::fsutil::write_atomic(&record, text.as_bytes())
+    {
+        tracing::warn!(error = %e, "cannot note a deployment's file");
+    }
+}
+
+/// The deployment file noted in a deployment's state folder, if any.
+fn remembered_file(state_dir: &Path) -> Option<PathBuf> {
+    std::fs::read_to_string(state_dir.join("file"))
+        .ok()
+        .map(PathBuf::from)
+}
+
+/// A gone deployment's loop is done: nothing desired, nothing left running or failing to
+/// stop (Stopped; PartiallyDeprovisioned while a stop fails), the runtime answering.
+fn removed_all(doc: &StatusDoc) -> bool {
+    // A loop that never had a valid file in force (refused from the start) started nothing.
+    let never_desired = doc.deployment.is_none() && doc.generation == 0;
+    (doc.phase == crate::status::Phase::Stopped || never_desired)
+        && doc.status != crate::status::OverallStatus::Unknown
+        && doc.components.is_empty()
 }
 
 /// `<state>/shared-owners.json`: who declares each shared component, first declarer first.
@@ -623,14 +776,22 @@ fn cfg_state_owners(state_dir: &Path) -> PathBuf {
     state_dir.join("shared-owners.json")
 }
 
-fn names(content: &FileContent, name: &str) -> bool {
-    matches!(content, FileContent::Valid(d) if d.name().as_str() == name)
-}
-
 /// Whether `file` now holds a valid deployment other than `name`.
 fn claims_other(files: &[(PathBuf, FileContent)], file: &Path, name: &str) -> bool {
     (files.iter())
         .any(|(p, c)| p == file && matches!(c, FileContent::Valid(d) if d.name().as_str() != name))
+}
+
+/// A file of the folder roost does not apply, and why.
+fn refusal(path: &Path, why: String) -> SpecError {
+    SpecError {
+        code: crate::errors::INVALID_SPEC.code.to_string(),
+        message: format!("{}: metadata.name: {why}", path.display()),
+        file: path.display().to_string(),
+        line: None,
+        column: None,
+        field: Some("metadata.name".into()),
+    }
 }
 
 fn duplicate(path: &Path, first: &Path, name: &str) -> SpecError {

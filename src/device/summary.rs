@@ -11,6 +11,23 @@ use crate::status::{
     ErrorEntry, OverallStatus, Phase, ReconcilerInfo, SharedComponent, SpecError, StatusDoc,
 };
 
+/// The entry of a deployment whose loop has not said anything yet: InProgress, Pending.
+fn not_yet(name: &str, now: Timestamp) -> StatusDoc {
+    StatusDoc::build(crate::status::StatusInputs {
+        deployment: Some(name.to_string()),
+        generation: 0,
+        observed_generation: 0,
+        spec_error: None,
+        runtime_error: None,
+        planned: Some((Phase::InProgress, &[], &[])),
+        last: None,
+        has_desired: false,
+        last_apply: None,
+        runtime: "",
+        now,
+    })
+}
+
 /// How bad a status is, for "the worst deployment".
 fn badness(s: OverallStatus) -> u8 {
     match s {
@@ -34,11 +51,18 @@ pub fn device_doc(
     now: Timestamp,
 ) -> StatusDoc {
     let shared_doc = docs.get(super::graph::SHARED);
-    let entries: Vec<StatusDoc> = (docs.iter())
+    // A deployment whose loop has said nothing yet is Pending, never left out (the device
+    // would look greener without it).
+    let placeholders: BTreeMap<String, StatusDoc> = (files.keys())
+        .filter(|n| !docs.contains_key(*n))
+        .map(|n| (n.clone(), not_yet(n, now)))
+        .collect();
+    let all: BTreeMap<&String, &StatusDoc> = docs.iter().chain(placeholders.iter()).collect();
+    let entries: Vec<StatusDoc> = (all.iter())
         .map(|(name, d)| {
-            let mut d = d.clone();
-            d.file = files.get(name).cloned();
-            let borrowed = (shared.iter()).filter(|(_, users)| users.contains(name));
+            let mut d = (*d).clone();
+            d.file = files.get(*name).cloned();
+            let borrowed = (shared.iter()).filter(|(_, users)| users.contains(*name));
             for (comp, _) in borrowed {
                 let run = shared_doc.and_then(|s| s.component(comp)).cloned();
                 d.components.extend(run.map(|mut c| {
@@ -93,8 +117,12 @@ pub fn device_doc(
     StatusDoc {
         api_version: crate::spec::API_VERSION.to_string(),
         kind: "DeploymentStatus".to_string(),
-        deployment: (!entries.is_empty())
-            .then(|| docs.keys().cloned().collect::<Vec<_>>().join(", ")),
+        deployment: (!entries.is_empty()).then(|| {
+            all.keys()
+                .map(|n| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }),
         generation: entries.iter().map(|d| d.generation).sum(),
         observed_generation: entries.iter().map(|d| d.observed_generation).sum(),
         phase,
@@ -207,7 +235,7 @@ mod tests {
         assert_eq!(d.status, OverallStatus::Pending);
         let none = device_doc(
             &BTreeMap::new(),
-            &files,
+            &BTreeMap::new(),
             &[],
             &BTreeMap::new(),
             Timestamp::UNIX_EPOCH,
@@ -215,6 +243,27 @@ mod tests {
         assert_eq!(
             (none.status, none.deployment),
             (OverallStatus::Stopped, None)
+        );
+    }
+
+    #[test]
+    fn a_deployment_that_has_said_nothing_yet_is_pending_never_left_out() {
+        let docs = BTreeMap::from([(
+            "a".to_string(),
+            doc("a", OverallStatus::Running, Phase::Succeeded, 1),
+        )]);
+        let files = BTreeMap::from([
+            ("a".to_string(), "/d/a.yaml".to_string()),
+            ("z".to_string(), "/d/z.yaml".to_string()),
+        ]);
+        let d = device_doc(&docs, &files, &[], &BTreeMap::new(), Timestamp::UNIX_EPOCH);
+        assert_eq!(d.deployments.len(), 2);
+        assert_eq!(d.deployments[1].deployment.as_deref(), Some("z"));
+        assert_eq!(d.deployments[1].status, OverallStatus::Pending);
+        assert_eq!(
+            d.status,
+            OverallStatus::Pending,
+            "not Running while z is unknown"
         );
     }
 

@@ -81,7 +81,11 @@ impl<R: Runtime> Reconciler<R> {
     fn resolve(&self, deployment: &Deployment) -> Desired {
         if self.links.gone {
             let mut none = deployment.clone();
-            none.spec = crate::spec::DeploymentSpec::default();
+            // Stopped: the phase says PartiallyDeprovisioned while a removal fails.
+            none.spec = crate::spec::DeploymentSpec {
+                state: crate::spec::RunState::Stopped,
+                ..Default::default()
+            };
             return Desired::from_deployment(&none, Vec::new());
         }
         let deployment = &self.without_borrowed(deployment);

@@ -253,6 +253,9 @@ pub async fn drive<R: Runtime>(
             links = triggers::next_links(&mut triggers.links) => reconciler.set_links(links),
             _ = timer => {}
         }
+        if let Some(links) = triggers::pending_links(&mut triggers.links) {
+            reconciler.set_links(links);
+        }
         reconciler.reconcile(&mut triggers).await;
     }
     tracing::info!("shutting down");

@@ -92,6 +92,17 @@ pub(super) async fn next_links(links: &mut Option<tokio::sync::watch::Receiver<L
     }
 }
 
+/// The device's word waiting to be taken, without waiting for one: a file change and new
+/// links may arrive together, and a round must not plan the file with the old links.
+pub(super) fn pending_links(
+    links: &mut Option<tokio::sync::watch::Receiver<Links>>,
+) -> Option<Links> {
+    let rx = links.as_mut()?;
+    rx.has_changed()
+        .unwrap_or(false)
+        .then(|| rx.borrow_and_update().clone())
+}
+
 /// Debounces a watcher in its own task.
 fn forward(mut watcher: FileWatcher, tx: Sender<()>) {
     tokio::spawn(async move {
