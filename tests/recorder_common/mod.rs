@@ -326,16 +326,23 @@ impl Drop for Tmpfs {
     }
 }
 
-/// Paths of the recording rows in the order they were written.
+/// Paths of the recording rows in the order they were written; none while there is no
+/// database or no table yet (opened read-only: a test never creates metadata.db behind the
+/// recorder's back, as a plain open would).
 pub fn rows_in_order(storage: &Path) -> Vec<PathBuf> {
-    let conn = rusqlite::Connection::open(storage.join("metadata.db")).unwrap();
-    let mut stmt = conn
-        .prepare("SELECT path FROM recording WHERE path IS NOT NULL ORDER BY rowid")
-        .unwrap();
+    let flags =
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let Ok(conn) = rusqlite::Connection::open_with_flags(storage.join("metadata.db"), flags) else {
+        return Vec::new();
+    };
+    let Ok(mut stmt) =
+        conn.prepare("SELECT path FROM recording WHERE path IS NOT NULL ORDER BY rowid")
+    else {
+        return Vec::new();
+    };
     stmt.query_map([], |r| r.get::<_, String>(0))
-        .unwrap()
-        .map(|p| PathBuf::from(p.unwrap()))
-        .collect()
+        .map(|rows| rows.flatten().map(PathBuf::from).collect())
+        .unwrap_or_default()
 }
 
 /// Frames in a WAV file.
