@@ -34,11 +34,41 @@ fn target(sandbox: &Sandbox) -> SystemdTarget {
     }
 }
 
-fn start(sandbox: &Sandbox, dir: &Path) -> tokio::task::JoinHandle<()> {
+/// The roost binary where confined built-ins can run it: not under /tmp (their PrivateTmp=
+/// hides it; a clone of the repository may live there), as tests/sandbox_e2e.rs does. The copy
+/// goes with the value.
+struct Exe(PathBuf, Option<PathBuf>);
+
+impl Exe {
+    fn outside_tmp(tag: &str) -> Self {
+        let built = PathBuf::from(env!("CARGO_BIN_EXE_roost"));
+        if !built.starts_with("/tmp") {
+            return Self(built, None);
+        }
+        let dir = PathBuf::from(format!(
+            "/srv/roost-deployments-e2e-{}-{tag}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let copy = dir.join("roost");
+        std::fs::copy(&built, &copy).unwrap();
+        Self(copy, Some(dir))
+    }
+}
+
+impl Drop for Exe {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.1 {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn start(sandbox: &Sandbox, dir: &Path, exe: &Exe) -> tokio::task::JoinHandle<()> {
     let cfg = DirConfig {
         dir: dir.to_path_buf(),
         state_dir: sandbox.dir().join("state"),
-        exe: PathBuf::from(env!("CARGO_BIN_EXE_roost")),
+        exe: exe.0.clone(),
     };
     let maker = Maker(target(sandbox));
     tokio::task::spawn_local(async move {
@@ -116,12 +146,13 @@ async fn deployments_of_a_folder_run_as_units_in_their_own_slices() {
 
 async fn folder() {
     let sandbox = Sandbox::start().await;
+    let exe = Exe::outside_tmp("slices");
     let dir = sandbox.dir().join("deployments.d");
     std::fs::create_dir(&dir).unwrap();
     let out = sandbox.dir().join("web-saw");
     put(&dir, "rec-site.yaml", &base("[\"/bin/sleep\", \"100000\"]"));
     put(&dir, "app.yaml", &app(&out));
-    let task = start(&sandbox, &dir);
+    let task = start(&sandbox, &dir, &exe);
     let doc = wait(&sandbox, "both running", |d| {
         running(d, &["rec-site", "app"])
     })
@@ -160,7 +191,7 @@ async fn folder() {
     // roost crashes and starts again: every deployment's units are adopted, nothing restarts.
     task.abort();
     let _ = task.await;
-    let task = start(&sandbox, &dir);
+    let task = start(&sandbox, &dir, &exe);
     let doc = wait(&sandbox, "adopted", |d| {
         running(d, &["rec-site", "app"]) && d.reconciler.pid == std::process::id()
     })
@@ -208,6 +239,7 @@ async fn an_uploader_shows_dep_e156_while_the_recorders_microphone_is_gone_under
 
 async fn microphone() {
     let sandbox = Sandbox::start().await;
+    let exe = Exe::outside_tmp("microphone");
     let dir = sandbox.dir().join("deployments.d");
     std::fs::create_dir(&dir).unwrap();
     let (conf, fifo) = (
@@ -244,7 +276,7 @@ async fn microphone() {
         "monitor.yaml",
         "apiVersion: roost/v1\nkind: Deployment\nmetadata: {name: monitor}\nspec:\n  components:\n    - name: agent\n      command: [\"/bin/sleep\", \"100000\"]\n",
     );
-    let task = start(&sandbox, &dir);
+    let task = start(&sandbox, &dir, &exe);
     let all = ["recorder-site", "uploader", "monitor"];
     let doc = wait(&sandbox, "three running", |d| running(d, &all)).await;
     assert_eq!(
