@@ -303,8 +303,9 @@ struct StreamPosition {
     consumed: u64,
     last_data: Instant,
     opened: Instant,
-    /// Stop was asked: one more pass takes what the device already delivered.
-    draining: bool,
+    /// Stop was asked (when): the ring is read until it is empty, so what the device already
+    /// delivered is in the last file, bounded by [`MAX_DRAIN`].
+    draining: Option<Instant>,
     /// No samples for this long: the device is lost.
     stall_timeout: Duration,
 }
@@ -317,11 +318,14 @@ impl StreamPosition {
             consumed: 0,
             last_data: Instant::now(),
             opened: Instant::now(),
-            draining: false,
+            draining: None,
             stall_timeout: (period_time * 8).max(Duration::from_secs(2)),
         }
     }
 }
+
+/// The longest the capture loop goes on reading the ring once stop was asked.
+const MAX_DRAIN: Duration = Duration::from_secs(2);
 
 /// What the capture loop does next.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -652,11 +656,14 @@ impl<T: WavSample> Recorder<T> {
         let mut stream = StreamPosition::new(cap.period_frames, self.format.sample_rate);
         let lost = loop {
             if self.stopping() {
-                // What the device already delivered belongs in the last file: one more pass.
-                if stream.draining {
+                // What the device already delivered belongs in the last file: every sample in
+                // the ring, not one more period (a backlog behind a slow start held several, and
+                // the report counted them captured but never written). Bounded: a source far
+                // faster than real time never empties it.
+                let since = *stream.draining.get_or_insert_with(Instant::now);
+                if since.elapsed() > MAX_DRAIN {
                     break None;
                 }
-                stream.draining = true;
             }
             match self.next_step(&cap, &stream) {
                 StreamStep::End => break None,
@@ -724,7 +731,7 @@ impl<T: WavSample> Recorder<T> {
         // first moments: let it into the ring, then anchor with all of it, so that its samples
         // get their true, earlier times.
         let settling = self.anchor_ns.is_none() && stream.opened.elapsed() < ANCHOR_SETTLE;
-        match (available, stream.draining, stalled, settling) {
+        match (available, stream.draining.is_some(), stalled, settling) {
             (0, true, _, _) => StreamStep::End,
             (0, false, true, _) => StreamStep::Lost(format!(
                 "the audio device delivered no samples for {:.1} s",
