@@ -634,6 +634,14 @@ fn a_shared_component_runs_once_its_owner_is_remembered_and_handed_on_without_a_
     // A user lists it (as the deployment shared's) beside its own.
     assert_eq!(pid_in(&s, "alpha", "master"), master);
     let shared_yaml = std::fs::read_to_string(dev.state().join("shared.yaml")).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dev.state().join("shared.yaml"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "it holds env: values");
+    }
     assert!(
         shared_yaml.contains("\"restartPolicy\": \"OnFailure\""),
         "the owner's policy: {shared_yaml}"

@@ -351,7 +351,8 @@ impl<M: MakeRuntime> Device<M> {
         // JSON is YAML: the loader reads it as any deployment file.
         let text = serde_json::to_vec_pretty(&d).unwrap_or_default();
         if std::fs::read(&file).ok().as_deref() != Some(text.as_slice()) {
-            if let Err(e) = crate::fsutil::write_atomic(&file, &text) {
+            // It holds the shared components' env: values, as last-good.yaml does: root's alone.
+            if let Err(e) = crate::fsutil::write_private(&file, &text) {
                 tracing::error!(error = %e, "cannot write the shared components' deployment");
                 return;
             }
