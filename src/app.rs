@@ -71,9 +71,11 @@ pub fn run(
         state_dir: state_dir.to_path_buf(),
         exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("roost")),
     };
+    let remote = crate::remote::ledger::Target::File(cfg.file.clone());
     rt.block_on(async move {
         let shutdown = shutdown_signal()?;
         let (use_systemd, target) = choose_runtime(choice, user).await?;
+        tokio::spawn(crate::remote::device::run(remote, cfg.state_dir.clone()));
         if use_systemd {
             let runtime = crate::runtime::systemd::SystemdRuntime::connect(target).await?;
             reconcile::run(cfg, runtime, shutdown, ready).await?;
@@ -101,9 +103,11 @@ pub fn run_dir(
         exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("roost")),
     };
     // Each deployment's loop is a local task of this one thread.
+    let remote = crate::remote::ledger::Target::Dir(cfg.dir.clone());
     tokio::task::LocalSet::new().block_on(&rt, async move {
         let shutdown = shutdown_signal()?;
         let (use_systemd, target) = choose_runtime(choice, user).await?;
+        tokio::spawn(crate::remote::device::run(remote, cfg.state_dir.clone()));
         if use_systemd {
             crate::device::run(cfg, SystemdMaker(target), shutdown, ready).await?;
         } else {

@@ -177,6 +177,33 @@ codes! {
     PAGE_OPEN = "DEP_E701", "Page open without a password",
         "spec.page listens on an address other devices can reach and has no passwordFile: anyone on that network (the hotspot, or every network with 0.0.0.0) sees the device's state and recordings. A warning.",
         "Set spec.page.passwordFile to a file holding a password (mode 0640, group roost), or listen on the hotspot's address only, or on 127.0.0.1 (the default).";
+    DESIRED_NOT_SIGNED = "DEP_E801", "Desired state not signed or signature invalid",
+        "A desired-state message on the device's desired topic has no minisign signature, a signature that is not minisign's format, or one that does not verify against the key it names (the message was altered, or signed over other bytes). Nothing of it was applied; the device keeps its deployment.",
+        "Sign with `roost fleet rollout --key` or `minisign -S` over the message's `document` exactly as published; check that nothing between the signer and the broker re-encodes it.";
+    DESIRED_UNTRUSTED_KEY = "DEP_E802", "Desired state signed by an untrusted key",
+        "The message is signed by a key whose public key is not in spec.connect.desired.trustedKeys (the key id is in the message), or that folder holds no readable key. Nothing was applied.",
+        "Copy the fleet's public key (`minisign.pub`) into the trustedKeys folder on the device, or sign with a key that is there; a device that trusts no key can only be changed on site (docs/FLEET.md).";
+    DESIRED_OTHER_DEVICE = "DEP_E803", "Desired state for another device",
+        "The signed message names another device id than this one (spec.connect.deviceId, or the id from /etc/machine-id): it was copied or published to the wrong topic. Nothing was applied.",
+        "Publish each device's message to its own topic `<topicPrefix>/<deviceId>/desired`; `roost fleet rollout` does.";
+    DESIRED_NOT_NEWER = "DEP_E804", "Desired state not newer than the one applied",
+        "The message's version is lower than the highest version this device has accepted (a replay of an old message, or a controller that counts from a lower number). Freshness is the version, never the clock. Nothing was applied.",
+        "Publish a version higher than the device reports as `highestVersion` (`roost fleet` shows it); `roost fleet rollout` picks one by itself.";
+    DESIRED_TOO_LARGE = "DEP_E805", "Desired state message too large",
+        "The message is larger than 1 MiB, the most a device takes. Nothing was applied.",
+        "Send smaller deployment files (a deployment file is a few KiB; large data belongs in files the deployment names, not in it).";
+    DESIRED_INVALID = "DEP_E806", "Desired state does not validate",
+        "The signed message's deployment file (named in the message, with line and column) is not a valid deployment, its file names are not deployment file names, or a `--file` device was sent several files. Nothing was applied; the device keeps its deployment.",
+        "Run `roost check --offline FILE` on the file before a rollout, fix what it names, and publish a new version.";
+    DESIRED_REVERTED = "DEP_E807", "Desired state reverted by the health gate",
+        "A version applied from the broker made the device worse within its health gate (a deployment in error, a crash loop, a recorder that stopped: the codes are in the message) and the device went back to the files it had before. That version is not applied again; a newer one is.",
+        "Read the codes that caused it (`roost status`, `roost fleet`), fix the deployment and publish a newer version.";
+    DESIRED_MALFORMED = "DEP_E808", "Desired state message malformed",
+        "The message on the desired topic is not roost's desired-state JSON (`kind`, `document`, `signature`), or its signed document is not (`device`, `version`, `files`). Nothing was applied.",
+        "Publish messages made by `roost fleet rollout`, or follow docs/FLEET.md's format exactly.";
+    DESIRED_NOT_APPLIED = "DEP_E809", "Desired state could not be written",
+        "An accepted version could not be written into the deployment file or folder (a read-only or full card): the device keeps what it had, the version counts as not applied, and it is tried again when the message arrives again (at the next connection).",
+        "Free space on the card or check it for errors (`dmesg`); read roost's log.";
 }
 
 /// An error and its causes (`source()` chain) on one line, `: `-separated, for logs and reports.

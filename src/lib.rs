@@ -51,6 +51,7 @@ pub mod publish;
 pub mod reconcile;
 pub mod recorder;
 pub mod redact;
+pub mod remote;
 pub mod runtime;
 pub mod sandbox;
 pub mod schedule;

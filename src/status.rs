@@ -305,6 +305,118 @@ pub struct StatusDoc {
     /// every deployment that declares it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shared: Vec<SharedComponent>,
+    /// Desired state over the broker (spec.connect.desired): which version the broker asked
+    /// for, which is applied and by what, the health gate, a revert or a refusal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<RemoteStatus>,
+}
+
+/// `remote` in status.json, also published retained on `<topicPrefix>/<deviceId>/desired/report`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteStatus {
+    /// The device's id (spec.connect.deviceId or from /etc/machine-id).
+    pub device: String,
+    /// Where the remote version stands: `waiting` (accepted, deferred until a file boundary
+    /// or a window's end), `gating`, `passed`, `reverted`, `refused` (the newest message), or
+    /// `none` (nothing from the broker yet).
+    pub state: RemoteState,
+    /// The newest version the broker asked for and the device accepted (absent: none yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_version: Option<u64>,
+    /// The version whose files are in force (absent: files not from the broker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_version: Option<u64>,
+    /// What wrote the files in force: `remote` (that version) or `local` (a local edit since).
+    pub applied_by: AppliedBy,
+    /// The highest version accepted: a message must carry at least this one.
+    pub highest_version: u64,
+    /// Seconds left in the health gate, while `gating`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate_left_s: Option<u64>,
+    /// The last version the health gate reverted, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverted: Option<RemoteReverted>,
+    /// The last message refused, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<RemoteRefused>,
+    /// The rollout that sent the newest version (`roost fleet rollout`'s id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<String>,
+    /// spec.connect.labels.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// `remote.state`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum RemoteState {
+    /// Nothing from the broker yet.
+    #[default]
+    None,
+    /// Accepted, waiting for a file boundary or a window's end.
+    Waiting,
+    /// Applied; the health gate is watching.
+    Gating,
+    /// Through the health gate.
+    Passed,
+    /// Made the device worse: the files before it are back.
+    Reverted,
+    /// The newest message was refused (DEP_E801..DEP_E809); nothing of it applied.
+    Refused,
+}
+
+/// `remote.appliedBy`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum AppliedBy {
+    /// The files in force are not the broker's: a local edit (or none came yet).
+    #[default]
+    Local,
+    /// The files in force are `appliedVersion`'s.
+    Remote,
+}
+
+/// `remote.reverted`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteReverted {
+    /// The version taken back.
+    pub version: u64,
+    /// The codes that made the device worse (DEP_E807 is the revert's own).
+    pub codes: Vec<String>,
+    /// What happened, for people.
+    pub reason: String,
+}
+
+/// `remote.refused`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteRefused {
+    /// The message's version, when it could be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// DEP_E801..DEP_E809.
+    pub code: String,
+    /// Why, naming the key, device, file, line and column.
+    pub reason: String,
+    /// The deployment file's error, when the file did not validate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_error: Option<SpecError>,
+}
+
+impl RemoteStatus {
+    /// Where the remote desired state's report lives: `<state_dir>/remote.json`.
+    pub fn path(state_dir: &std::path::Path) -> std::path::PathBuf {
+        state_dir.join("remote.json")
+    }
+
+    /// The report in `state_dir`, when there is one that reads.
+    pub fn read(state_dir: &std::path::Path) -> Option<Self> {
+        let bytes = std::fs::read(Self::path(state_dir)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
 }
 
 /// One entry of `shared` in the device's status.json.
@@ -444,6 +556,7 @@ impl StatusDoc {
             file: None,
             deployments: Vec::new(),
             shared: Vec::new(),
+            remote: None,
         }
     }
 

@@ -694,6 +694,7 @@ mod tests {
             file: None,
             deployments: Vec::new(),
             shared: Vec::new(),
+            remote: None,
         }
     }
 

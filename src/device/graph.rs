@@ -468,6 +468,7 @@ mod tests {
             file: None,
             deployments: Vec::new(),
             shared: Vec::new(),
+            remote: None,
         }
     }
 

@@ -140,6 +140,11 @@ pub async fn run<M: MakeRuntime>(
     let watcher = crate::watch::FileWatcher::folder(&cfg.dir, Some(folder::is_deployment_file))
         .map_err(ReconcileError::from)?;
     let mut folder_changed = forward_changes(watcher);
+    // The desired state over the broker says where it stands here (merged into status.json).
+    let remote_watch = crate::status::RemoteStatus::path(&cfg.state_dir);
+    let mut remote_changed = forward_changes(
+        crate::watch::FileWatcher::new(&remote_watch).map_err(ReconcileError::from)?,
+    );
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(ReconcileError::Signal)?;
     let mut device = Device::new(cfg, maker);
@@ -163,6 +168,7 @@ pub async fn run<M: MakeRuntime>(
             _ = &mut shutdown => break,
             Some(()) = folder_changed.recv() => device.rescan().await,
             Some(()) = hangup.recv() => device.hangup().await,
+            Some(()) = remote_changed.recv() => device.publish(),
             Some((name, epoch, doc)) = device.status_rx.recv() => device.took_status(name, epoch, doc).await,
             Some(ev) = device.outputs.events.recv() => device.outputs.route(&ev),
             () = timer => device.settle().await,
@@ -681,6 +687,8 @@ impl<M: MakeRuntime> Device<M> {
             &self.shared_users,
             jiff::Timestamp::now(),
         );
+        let mut doc = doc;
+        doc.remote = crate::status::RemoteStatus::read(&self.cfg.state_dir);
         if self.last.as_ref().is_some_and(|l| l.same_content(&doc)) {
             return;
         }

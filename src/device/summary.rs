@@ -141,6 +141,7 @@ pub fn device_doc(
         },
         updated_at: now,
         file: None,
+        remote: None,
         deployments: entries,
         shared: (shared.iter())
             .filter_map(|(name, users)| {

@@ -76,6 +76,9 @@ pub enum ReconcileError {
 /// The loop's state between turns.
 pub struct Reconciler<R: Runtime> {
     state: StateDir,
+    /// The state folder whose `remote.json` (desired state over the broker) goes into the
+    /// status; set by [`run`] only, so tests of the loop see no stray file.
+    remote_in: Option<PathBuf>,
     /// Where components run.
     pub runtime: R,
     builtins: Builtins,
@@ -135,6 +138,7 @@ impl<R: Runtime> Reconciler<R> {
             path: state.status(),
         };
         Ok(Self {
+            remote_in: None,
             generation: history.generation,
             observed_generation: 0,
             source: DesiredSource::new(cfg.file, state.last_good()),
@@ -204,7 +208,10 @@ pub async fn run<R: Runtime>(
     on_ready: impl FnOnce(),
 ) -> Result<(), ReconcileError> {
     let mut reconciler = Reconciler::new(cfg.clone(), runtime)?;
-    let triggers = Triggers::watching(&cfg.file, &reconciler.output_files())?;
+    reconciler.remote_in = Some(cfg.state_dir.clone());
+    let mut outputs = reconciler.output_files();
+    outputs.push(crate::status::RemoteStatus::path(&cfg.state_dir));
+    let triggers = Triggers::watching(&cfg.file, &outputs)?;
     let watchdog = crate::notify::watchdog_interval().map(|w| {
         crate::notify::spawn_watchdog(w, reconciler.liveness(), || {
             let _ = crate::notify::sd_notify("WATCHDOG=1");

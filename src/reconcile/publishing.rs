@@ -41,6 +41,12 @@ impl<R: Runtime> Reconciler<R> {
     }
 
     pub(super) fn status_doc(&self, plan: Option<&Plan>) -> StatusDoc {
+        let mut doc = self.built_doc(plan);
+        doc.remote = (self.remote_in.as_deref()).and_then(crate::status::RemoteStatus::read);
+        doc
+    }
+
+    fn built_doc(&self, plan: Option<&Plan>) -> StatusDoc {
         StatusDoc::build(StatusInputs {
             deployment: self
                 .desired

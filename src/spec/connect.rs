@@ -34,6 +34,33 @@ pub struct ConnectSpec {
     /// A text file for node_exporter's textfile collector.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prometheus: Option<PrometheusSpec>,
+    /// Desired state over the broker (needs `mqtt`): signed deployment files taken from the
+    /// retained topic `<topicPrefix>/<deviceId>/desired`, applied like a local edit, kept only
+    /// through a health gate (docs/FLEET.md). Off unless set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired: Option<DesiredSpec>,
+    /// Labels that `roost fleet rollout --select label=value` chooses devices by (names and
+    /// values: 1-64 letters, digits, '-' or '_'); published with the device's rollout report.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<TopicLevel, TopicLevel>,
+}
+
+/// `spec.connect.desired`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DesiredSpec {
+    /// Absolute path of a folder of minisign public keys (`*.pub`, as `minisign -G` writes
+    /// them); a message signed by any of them is trusted. Read at each message, so a key is
+    /// added or withdrawn by adding or removing its file.
+    pub trusted_keys: AbsolutePath,
+    /// How long the health gate watches a new version when its message does not say (default
+    /// 10m; 5s..24h).
+    #[serde(default = "default_gate")]
+    pub gate: HumanDuration,
+}
+
+fn default_gate() -> HumanDuration {
+    HumanDuration::from_secs(600)
 }
 
 /// `spec.connect.mqtt`.
@@ -156,7 +183,9 @@ fn default_http_timeout() -> HumanDuration {
 }
 
 /// One MQTT topic level: 1-64 letters, digits, '-' or '_' (no '/', '+', '#').
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(try_from = "String", into = "String")]
 #[schemars(with = "String")]
 pub struct TopicLevel(String);
@@ -315,6 +344,21 @@ impl ConnectSpec {
                 issues.push(FieldIssue::new(
                     "spec.connect.mqtt.keepAlive",
                     format!("keepAlive {} is outside 5s..1h", m.keep_alive),
+                ));
+            }
+        }
+        if let Some(d) = &self.desired {
+            if self.mqtt.is_none() {
+                issues.push(FieldIssue::new(
+                    "spec.connect.desired",
+                    "desired state comes over MQTT: add spec.connect.mqtt, or remove spec.connect.desired",
+                ));
+            }
+            let gate = d.gate.as_std().as_secs();
+            if !(5..=86_400).contains(&gate) {
+                issues.push(FieldIssue::new(
+                    "spec.connect.desired.gate",
+                    format!("gate {} is outside 5s..24h", d.gate),
                 ));
             }
         }

@@ -1,0 +1,198 @@
+//! The device's side of desired state over the broker, a task of `roost run` (so a version
+//! that breaks the connector cannot cut the device off from the next one). It subscribes to
+//! `<topicPrefix>/<deviceId>/desired`, checks each message ([`super::signed::verify`]), writes
+//! an accepted version into the watched file or folder (the reconciler takes it as a local
+//! edit), watches the device's status through the health gate and reverts by itself, and
+//! reports in `<state>/remote.json` (merged into status.json) and retained on
+//! `<topicPrefix>/<deviceId>/desired/report`. Nothing here waits on the network to decide.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rumqttc::{Event, Incoming, MqttOptions, QoS, Transport};
+use tokio::time::Instant;
+
+use super::gate::{self, Health, Verdict};
+use super::ledger::{self, Files, GateRecord, Ledger, Target};
+use super::signed::{self, ApplyAt, Document, Refusal};
+use crate::connect::mqtt::Session;
+use crate::errors;
+use crate::spec::connect::{DesiredSpec, MqttSpec};
+use crate::status::{
+    AppliedBy, RemoteRefused, RemoteReverted, RemoteState, RemoteStatus, StatusDoc,
+};
+
+/// What the deployment in force says about desired state over the broker.
+#[derive(Clone, Debug, PartialEq)]
+struct Link {
+    device: String,
+    mqtt: MqttSpec,
+    desired: DesiredSpec,
+    labels: std::collections::BTreeMap<String, String>,
+}
+
+/// An accepted version waiting for its moment.
+struct Pending {
+    doc: Document,
+    deadline: Instant,
+    files_at_arrival: Option<u64>,
+}
+
+/// The task's state.
+struct Remote {
+    target: Target,
+    state_dir: PathBuf,
+    ledger: Ledger,
+    link: Option<Link>,
+    files_hash: u64,
+    session: Option<Session>,
+    reconnect_at: Option<Instant>,
+    backoff: Duration,
+    pending: Option<Pending>,
+    worse_since: Option<Duration>,
+    gate_next: Option<Instant>,
+    reported: Option<RemoteStatus>,
+}
+
+/// Runs until the process ends (the caller drops the task at shutdown; every write is whole).
+pub async fn run(target: Target, state_dir: PathBuf) {
+    let status_path = crate::state_dir::StateDir::new(state_dir.clone()).status();
+    let mut status_changed = match crate::watch::FileWatcher::new(&status_path) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::error!(error = %e, "remote desired state: cannot watch status.json; the gate looks only at its timers");
+            None
+        }
+    };
+    let mut r = Remote::new(target, state_dir);
+    r.step(None).await;
+    loop {
+        let wake = r.next_wake();
+        let event = async {
+            match r.session.as_mut() {
+                Some(s) => s.events.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            ev = event => r.on_event(ev).await,
+            () = async { match status_changed.as_mut() {
+                Some(w) => w.changed().await,
+                None => std::future::pending().await,
+            } } => r.step(None).await,
+            () = sleep_until(wake) => r.step(None).await,
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Remote {
+    fn new(target: Target, state_dir: PathBuf) -> Self {
+        Self {
+            target,
+            ledger: Ledger::load(&state_dir),
+            state_dir,
+            link: None,
+            files_hash: 0,
+            session: None,
+            reconnect_at: None,
+            backoff: Duration::from_secs(1),
+            pending: None,
+            worse_since: None,
+            gate_next: None,
+            reported: None,
+        }
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        [
+            self.reconnect_at,
+            self.pending.as_ref().map(|p| p.deadline),
+            self.gate_next,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Everything that follows from the files, the status and the clock now; `message` is a
+    /// desired-state payload that just arrived.
+    async fn step(&mut self, message: Option<&[u8]>) {
+        self.follow_files();
+        if let Some(payload) = message {
+            self.take_message(payload);
+        }
+        self.run_pending();
+        self.run_gate();
+        self.connect_if_due();
+        self.report();
+    }
+
+    /// Re-reads the deployment files when they changed: the link's settings, and whether a
+    /// local edit replaced what the broker wrote.
+    fn follow_files(&mut self) {
+        let files = self.target.read();
+        let h = ledger::hash(&files);
+        if h == self.files_hash {
+            return;
+        }
+        self.files_hash = h;
+        let link = find_link(&files);
+        if link != self.link {
+            tracing::info!(
+                enabled = link.is_some(),
+                "remote desired state: settings changed"
+            );
+            self.session = None;
+            self.reconnect_at = link.as_ref().map(|_| Instant::now());
+            self.backoff = Duration::from_secs(1);
+            self.link = link;
+        }
+        let edited = self.ledger.written_hash.is_some_and(|w| w != h);
+        if edited && self.ledger.gate.is_some() {
+            tracing::warn!(
+                "remote desired state: a local edit during the health gate; the gate ends without judging"
+            );
+            self.ledger.gate = None;
+            self.gate_next = None;
+            self.save();
+        }
+    }
+
+    fn save(&self) {
+        if let Err(e) = self.ledger.save(&self.state_dir) {
+            tracing::error!(error = %e, "remote desired state: cannot write its ledger");
+        }
+    }
+
+    fn status_doc(&self) -> Option<StatusDoc> {
+        let path = crate::state_dir::StateDir::new(self.state_dir.clone()).status();
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    }
+}
+
+/// The desired-state link the deployment files declare (the one with `spec.connect.desired`).
+fn find_link(files: &Files) -> Option<Link> {
+    files.iter().find_map(|(name, text)| {
+        let d = crate::spec::parse_str(Path::new(name), text).ok()?;
+        let connect = d.spec.connect.as_ref()?;
+        Some(Link {
+            device: (connect.device_id.as_ref())
+                .map_or_else(crate::connect::default_device_id, |d| d.to_string()),
+            mqtt: connect.mqtt.clone()?,
+            desired: connect.desired.clone()?,
+            labels: (connect.labels.iter())
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        })
+    })
+}
+
+mod apply;
+mod link;

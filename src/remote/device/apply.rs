@@ -1,0 +1,406 @@
+//! Taking a message, applying a version at its moment, the health gate's steps, a revert, and
+//! the report.
+
+use super::*;
+
+impl Remote {
+    /// Checks a message and accepts, defers or refuses it.
+    pub(super) fn take_message(&mut self, payload: &[u8]) {
+        let Some(link) = self.link.clone() else {
+            return;
+        };
+        if payload.is_empty() {
+            return; // the retained message was cleared
+        }
+        let doc = match self.verify(payload, &link) {
+            Ok(doc) => doc,
+            Err(r) => return self.refuse(r, None),
+        };
+        if self.already_taken(&doc) {
+            return;
+        }
+        if let Some(of) = doc.revert_of {
+            return self.take_revert(&doc, of);
+        }
+        if let Err(refused) = self.validate(&doc) {
+            let (r, spec_error) = *refused;
+            return self.refuse(r, spec_error);
+        }
+        tracing::info!(version = doc.version, at = ?doc.apply.at, "remote desired state: version accepted");
+        self.ledger.highest = doc.version;
+        self.ledger.desired = Some(doc.version);
+        self.ledger.rollout = doc.rollout.clone();
+        self.ledger.refused_last = false;
+        self.save();
+        let files_at_arrival = self.status_doc().and_then(|d| recorder_files(&d));
+        self.pending = Some(Pending {
+            deadline: Instant::now() + doc.apply.max_wait.as_std(),
+            doc,
+            files_at_arrival,
+        });
+    }
+
+    fn verify(&self, payload: &[u8], link: &Link) -> Result<Document, Refusal> {
+        let dir = link.desired.trusted_keys.as_path();
+        let keys = match signed::load_keys(dir) {
+            Ok((keys, bad)) => {
+                if !bad.is_empty() {
+                    tracing::warn!(files = ?bad, "remote desired state: not minisign public keys, skipped");
+                }
+                keys
+            }
+            Err(e) => {
+                return Err(Refusal {
+                    code: &errors::DESIRED_UNTRUSTED_KEY,
+                    reason: format!("trustedKeys {}: {e}", dir.display()),
+                    version: None,
+                });
+            }
+        };
+        signed::verify(payload, &keys, &link.device, self.ledger.highest)
+    }
+
+    /// A message seen before: the retained one delivered again at each connection.
+    fn already_taken(&self, doc: &Document) -> bool {
+        let v = doc.version;
+        let waiting = self.pending.as_ref().is_some_and(|p| p.doc.version == v);
+        let reverted = self
+            .ledger
+            .reverted
+            .as_ref()
+            .is_some_and(|r| r.version == v);
+        let revert_done = doc.revert_of.is_some() && self.ledger.highest >= v;
+        waiting || reverted || revert_done || self.ledger.applied == Some(v)
+    }
+
+    fn validate(
+        &self,
+        doc: &Document,
+    ) -> Result<(), Box<(Refusal, Option<crate::status::SpecError>)>> {
+        let refusal = |reason: String| Refusal {
+            code: &errors::DESIRED_INVALID,
+            reason,
+            version: Some(doc.version),
+        };
+        if matches!(self.target, Target::File(_)) && doc.files.len() != 1 {
+            let why = format!(
+                "version {} carries {} files; `roost run --file` takes one",
+                doc.version,
+                doc.files.len()
+            );
+            return Err(Box::new((refusal(why), None)));
+        }
+        for (name, text) in &doc.files {
+            if !crate::device::folder::is_deployment_file(name) {
+                let why = format!(
+                    "{name:?} is not a deployment file name (NAME.yaml, no '/', not hidden)"
+                );
+                return Err(Box::new((refusal(why), None)));
+            }
+            if let Err(e) = crate::spec::parse_str(Path::new(name), text) {
+                let spec_error = crate::status::SpecError::from(&e);
+                return Err(Box::new((
+                    refusal(format!("version {}: {e}", doc.version)),
+                    Some(spec_error),
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn refuse(&mut self, r: Refusal, spec_error: Option<crate::status::SpecError>) {
+        tracing::warn!(code = r.code.code, reason = %r.reason, "remote desired state: message refused");
+        self.ledger.refused = Some(RemoteRefused {
+            version: r.version,
+            code: r.code.code.to_string(),
+            reason: r.reason,
+            spec_error,
+        });
+        self.ledger.refused_last = true;
+        self.save();
+    }
+
+    fn take_revert(&mut self, doc: &Document, of: u64) {
+        self.ledger.highest = doc.version;
+        self.ledger.refused_last = false;
+        self.ledger.rollout = doc.rollout.clone();
+        if self.ledger.applied == Some(of) {
+            let reason = format!(
+                "asked by version {} (rollout {})",
+                doc.version,
+                doc.rollout.as_deref().unwrap_or("-")
+            );
+            self.revert(of, vec![], reason);
+        } else {
+            self.save();
+        }
+    }
+
+    /// Applies the waiting version when its moment has come.
+    pub(super) fn run_pending(&mut self) {
+        let Some(mut p) = self.pending.take() else {
+            return;
+        };
+        let due = Instant::now() >= p.deadline
+            || match p.doc.apply.at {
+                ApplyAt::Now => true,
+                ApplyAt::FileBoundary => self.file_closed(&p),
+                ApplyAt::WindowClosed => self.window_closed(&mut p),
+            };
+        self.pending = Some(p);
+        if due && let Some(p) = self.pending.take() {
+            self.apply(&p.doc);
+        }
+    }
+
+    fn file_closed(&self, p: &Pending) -> bool {
+        let now = self.status_doc().and_then(|d| recorder_files(&d));
+        match (p.files_at_arrival, now) {
+            (Some(before), Some(now)) => now > before,
+            // No recorder, or none reporting: no file to cut.
+            (None, _) | (_, None) => true,
+        }
+    }
+
+    fn window_closed(&self, p: &mut Pending) -> bool {
+        let files = self.target.read();
+        let schedule = files.iter().find_map(|(name, text)| {
+            let d = crate::spec::parse_str(Path::new(name), text).ok()?;
+            let r = d.spec.recorder.as_ref()?;
+            (!r.windows.is_empty())
+                .then(|| crate::schedule::Schedule::new(r, d.spec.location.as_ref()))
+        });
+        let Some(schedule) = schedule else {
+            // Always recording (or no recorder): no window closes; a file boundary is next best.
+            return self.file_closed(p);
+        };
+        let now = jiff::Timestamp::now();
+        match schedule.window_end(now).filter(|_| schedule.in_window(now)) {
+            None => true,
+            Some(end) => {
+                let left = end.duration_since(now).unsigned_abs();
+                let at = Instant::now() + left + Duration::from_secs(1);
+                p.deadline = p.deadline.min(at);
+                false
+            }
+        }
+    }
+
+    /// Writes the version's files and opens (or carries on) the health gate.
+    pub(super) fn apply(&mut self, doc: &Document) {
+        let current = self.target.read();
+        let gating = self.ledger.gate.is_some();
+        // The files before an unproven version stay the ones to go back to; so do the files
+        // when this version's are already in place (a write cut by a crash, then the message
+        // again).
+        if !gating && ledger::hash(&current) != ledger::hash(&doc.files) {
+            if let Err(e) = ledger::save_previous(&self.state_dir, &current) {
+                return self.not_applied(doc, format!("cannot keep the files before it: {e}"));
+            }
+            self.ledger.previous = self.applied_now(&current);
+        }
+        if let Err(e) = self.target.write(&doc.files) {
+            return self.not_applied(doc, format!("cannot write the deployment files: {e}"));
+        }
+        let baseline = match &self.ledger.gate {
+            Some(g) => g.baseline.clone(),
+            None => self
+                .status_doc()
+                .map(|d| Health::of(&d))
+                .unwrap_or_default(),
+        };
+        let length = doc.gate.map_or_else(
+            || {
+                self.link
+                    .as_ref()
+                    .map_or(Duration::from_secs(600), |l| l.desired.gate.as_std())
+            },
+            |g| g.as_std(),
+        );
+        self.ledger.gate = Some(GateRecord {
+            version: doc.version,
+            boot_id: ledger::boot_id(),
+            opened_ms: ledger::boot_ms(),
+            length_ms: length.as_millis() as u64,
+            baseline,
+        });
+        self.ledger.applied = Some(doc.version);
+        self.ledger.written_hash = Some(ledger::hash(&doc.files));
+        self.files_hash = ledger::hash(&doc.files);
+        self.worse_since = None;
+        self.save();
+        tracing::info!(
+            version = doc.version,
+            gate_s = length.as_secs(),
+            "remote desired state: version applied; health gate open"
+        );
+    }
+
+    /// The remote version whose files `current` are, if they are (not a local edit).
+    fn applied_now(&self, current: &Files) -> Option<u64> {
+        let same = self.ledger.written_hash == Some(ledger::hash(current));
+        self.ledger.applied.filter(|_| same)
+    }
+
+    fn not_applied(&mut self, doc: &Document, why: String) {
+        let r = Refusal {
+            code: &errors::DESIRED_NOT_APPLIED,
+            reason: format!("version {}: {why}", doc.version),
+            version: Some(doc.version),
+        };
+        self.refuse(r, None);
+    }
+
+    /// One look of the health gate, at the status now.
+    pub(super) fn run_gate(&mut self) {
+        let Some(g) = self.ledger.gate.clone() else {
+            self.gate_next = None;
+            return;
+        };
+        let length = Duration::from_millis(g.length_ms);
+        let elapsed = match g.boot_id == ledger::boot_id() {
+            true => Duration::from_millis(ledger::boot_ms().saturating_sub(g.opened_ms)),
+            false => {
+                // Another boot: the time before it is unknown, so the gate starts again whole.
+                self.reopen_gate(&g);
+                Duration::ZERO
+            }
+        };
+        let now = self
+            .status_doc()
+            .map(|d| Health::of(&d))
+            .unwrap_or_default();
+        let worse = gate::worse(&g.baseline, &now, false).is_some();
+        self.worse_since = match worse {
+            true => self.worse_since.or(Some(elapsed)),
+            false => None,
+        };
+        match gate::judge(&g.baseline, &now, elapsed, length, self.worse_since) {
+            Verdict::Wait { next } => {
+                self.gate_next = Some(Instant::now() + next.saturating_sub(elapsed));
+            }
+            Verdict::Pass => {
+                tracing::info!(
+                    version = g.version,
+                    "remote desired state: through the health gate"
+                );
+                self.ledger.gate = None;
+                self.gate_next = None;
+                self.save();
+            }
+            Verdict::Revert(codes) => {
+                let reason = format!(
+                    "worse than before it within the health gate ({}s after applying): {}",
+                    elapsed.as_secs(),
+                    codes.join(", ")
+                );
+                self.revert(g.version, codes, reason);
+            }
+        }
+    }
+
+    fn reopen_gate(&mut self, g: &GateRecord) {
+        let mut g = g.clone();
+        g.boot_id = ledger::boot_id();
+        g.opened_ms = ledger::boot_ms();
+        self.ledger.gate = Some(g);
+        self.save();
+    }
+
+    /// Puts the files before `version` back.
+    fn revert(&mut self, version: u64, codes: Vec<String>, reason: String) {
+        self.ledger.gate = None;
+        self.gate_next = None;
+        self.worse_since = None;
+        let Some(previous) = ledger::load_previous(&self.state_dir) else {
+            tracing::error!(
+                version,
+                "remote desired state: nothing kept to go back to; the version stays"
+            );
+            return self.save();
+        };
+        if let Err(e) = self.target.write(&previous) {
+            tracing::error!(version, error = %e, "remote desired state: cannot write the files to go back to; tried again at the next look");
+            return;
+        }
+        tracing::warn!(version, codes = ?codes, %reason, "remote desired state: version reverted");
+        self.ledger.applied = self.ledger.previous;
+        self.ledger.written_hash = Some(ledger::hash(&previous));
+        self.files_hash = ledger::hash(&previous);
+        self.ledger.reverted = Some(RemoteReverted {
+            version,
+            codes,
+            reason,
+        });
+        self.save();
+    }
+
+    /// Writes `remote.json` and publishes the report when it says something new.
+    pub(super) fn report(&mut self) {
+        let status = self.remote_status();
+        let mut same = status.clone();
+        same.gate_left_s = self.reported.as_ref().and_then(|r| r.gate_left_s);
+        if self.reported.as_ref() == Some(&same) {
+            return;
+        }
+        let bytes = serde_json::to_vec_pretty(&status).unwrap_or_default();
+        let path = RemoteStatus::path(&self.state_dir);
+        if let Err(e) = crate::fsutil::write_private(&path, &bytes) {
+            tracing::error!(error = %e, "remote desired state: cannot write remote.json");
+        }
+        self.publish_report(&status);
+        self.reported = Some(status);
+    }
+
+    fn remote_status(&self) -> RemoteStatus {
+        let l = &self.ledger;
+        let latest_reverted = l
+            .reverted
+            .as_ref()
+            .is_some_and(|r| Some(r.version) == l.desired);
+        let state = match () {
+            _ if self.pending.is_some() => RemoteState::Waiting,
+            _ if l.gate.is_some() => RemoteState::Gating,
+            _ if l.refused_last => RemoteState::Refused,
+            _ if latest_reverted => RemoteState::Reverted,
+            _ if l.applied.is_some() => RemoteState::Passed,
+            _ => RemoteState::None,
+        };
+        let remote = l.applied.is_some() && l.written_hash == Some(self.files_hash);
+        RemoteStatus {
+            device: (self.link.as_ref())
+                .map_or_else(crate::connect::default_device_id, |k| k.device.clone()),
+            state,
+            desired_version: l.desired,
+            applied_version: l.applied.filter(|_| remote),
+            applied_by: if remote {
+                AppliedBy::Remote
+            } else {
+                AppliedBy::Local
+            },
+            highest_version: l.highest,
+            gate_left_s: l.gate.as_ref().map(|g| {
+                let elapsed = ledger::boot_ms().saturating_sub(g.opened_ms);
+                g.length_ms.saturating_sub(elapsed).div_ceil(1000)
+            }),
+            reverted: l.reverted.clone(),
+            refused: l.refused.clone(),
+            rollout: l.rollout.clone(),
+            labels: self
+                .link
+                .as_ref()
+                .map(|k| k.labels.clone())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// The recorder's count of files written, from its output in the status document.
+fn recorder_files(doc: &StatusDoc) -> Option<u64> {
+    let all = doc
+        .components
+        .iter()
+        .chain(doc.deployments.iter().flat_map(|d| d.components.iter()));
+    all.filter(|c| c.name == "recorder")
+        .find_map(|c| c.output.as_ref()?.get("filesWritten")?.as_u64())
+}

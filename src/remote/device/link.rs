@@ -1,0 +1,121 @@
+//! The MQTT session of the desired state: its own client id (`roost-<deviceId>-desired`, no
+//! last will: availability is the connector's), the subscription, the report, the back-off.
+
+use super::*;
+
+/// Longest wait between two connection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+impl Remote {
+    /// Starts a session when one is due and the deployment asks for it.
+    pub(super) fn connect_if_due(&mut self) {
+        let Some(link) = &self.link else {
+            self.reconnect_at = None;
+            return;
+        };
+        if self.session.is_some() || self.reconnect_at.is_some_and(|t| t > Instant::now()) {
+            return;
+        }
+        self.reconnect_at = None;
+        match options(link) {
+            Ok(o) => self.session = Some(Session::start(o)),
+            Err(why) => {
+                tracing::warn!(%why, "remote desired state: cannot connect");
+                self.retry_later();
+            }
+        }
+    }
+
+    fn retry_later(&mut self) {
+        self.session = None;
+        self.reconnect_at = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+
+    /// One event of the session.
+    pub(super) async fn on_event(&mut self, ev: Option<crate::connect::mqtt::SessionEvent>) {
+        let Some(link) = self.link.clone() else {
+            return;
+        };
+        match ev {
+            Some(Ok(Event::Incoming(Incoming::ConnAck(_)))) => {
+                self.backoff = Duration::from_secs(1);
+                if let Some(s) = &self.session {
+                    let _ = s
+                        .client
+                        .try_subscribe(desired_topic(&link), QoS::AtLeastOnce);
+                }
+                // Say where the device stands to whoever looks now.
+                if let Some(status) = self.reported.clone() {
+                    self.publish_report(&status);
+                }
+                self.step(None).await;
+            }
+            Some(Ok(Event::Incoming(Incoming::Publish(p)))) if p.topic == desired_topic(&link) => {
+                self.step(Some(&p.payload)).await;
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                let problem = crate::connect::mqtt::classify(&e, &link.mqtt.url.to_string());
+                tracing::warn!(code = problem.code, message = %problem.message, "remote desired state: link lost");
+                self.retry_later();
+            }
+            None => self.retry_later(),
+        }
+    }
+
+    /// Publishes `status` retained on the report topic (queued; never waits on the network).
+    pub(super) fn publish_report(&self, status: &RemoteStatus) {
+        let (Some(link), Some(s)) = (&self.link, &self.session) else {
+            return;
+        };
+        let bytes = serde_json::to_vec(status).unwrap_or_default();
+        let _ = s
+            .client
+            .try_publish(report_topic(link), QoS::AtLeastOnce, true, bytes);
+    }
+}
+
+/// `<topicPrefix>/<deviceId>/desired`.
+fn desired_topic(link: &Link) -> String {
+    super::super::desired_topic(link.mqtt.topic_prefix.as_str(), &link.device)
+}
+
+/// `<topicPrefix>/<deviceId>/desired/report`.
+fn report_topic(link: &Link) -> String {
+    super::super::report_topic(link.mqtt.topic_prefix.as_str(), &link.device)
+}
+
+fn options(link: &Link) -> Result<MqttOptions, String> {
+    let spec = &link.mqtt;
+    let mut o = MqttOptions::new(
+        format!("roost-{}-desired", link.device),
+        spec.url.host.clone(),
+        spec.url.port,
+    );
+    o.set_keep_alive(spec.keep_alive.as_std().max(Duration::from_secs(5)));
+    // A persistent session: a version published while the link was down is the retained
+    // message anyway, so a clean session loses nothing and keeps the broker's memory small.
+    o.set_clean_session(true);
+    // Room for a message just over the 1 MiB a device takes, so it is refused with its code
+    // (DEP_E805) instead of ending the session.
+    o.set_max_packet_size(2 << 20, 64 << 10);
+    if let Some(user) = &spec.username {
+        let password = match &spec.password_file {
+            Some(p) => std::fs::read_to_string(p.as_path())
+                .map_err(|e| format!("passwordFile {}: {e}", p.as_path().display()))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+            None => String::new(),
+        };
+        o.set_credentials(user.clone(), password);
+    }
+    if spec.url.tls {
+        let ca = spec.ca_file.as_ref().map(|p| p.as_path());
+        let config = crate::connect::mqtt::tls_config(ca).map_err(|p| p.message)?;
+        o.set_transport(Transport::Tls(rumqttc::TlsConfiguration::Rustls(config)));
+    }
+    Ok(o)
+}
