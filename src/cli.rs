@@ -186,10 +186,14 @@ pub enum Command {
     /// One line per device from the retained status, availability and heartbeat topics on an
     /// MQTT broker; exit 0 when every device is reachable and Running, 1 otherwise, 2 when the
     /// broker cannot be read.
+    #[command(subcommand_negates_reqs = true, args_conflicts_with_subcommands = true)]
     Fleet {
+        /// `rollout`: change devices from afar (signed, in batches, through a health gate).
+        #[command(subcommand)]
+        action: Option<FleetAction>,
         /// The broker: `mqtt://host[:port]` or `mqtts://host[:port]`.
-        #[arg(long, value_parser = broker_url)]
-        broker: BrokerUrl,
+        #[arg(long, value_parser = broker_url, required = true)]
+        broker: Option<BrokerUrl>,
         /// First topic level of the devices' topics (their spec.connect.mqtt.topicPrefix).
         #[arg(long, value_parser = topic_level, default_value = "roost")]
         prefix: TopicLevel,
@@ -434,6 +438,7 @@ mod tests {
         else {
             panic!("not fleet");
         };
+        let broker = broker.unwrap();
         assert_eq!((broker.port, broker.tls), (8883, true));
         assert_eq!(prefix.as_str(), "roost");
         assert_eq!(password_file, Some(cwd.join("pw")));
@@ -448,4 +453,98 @@ mod tests {
             assert!(Cli::try_parse_from(&bad).is_err(), "{bad:?}");
         }
     }
+}
+
+/// `roost fleet` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum FleetAction {
+    /// Sign a version of the deployment file(s), publish it to the chosen devices batch by
+    /// batch, wait for each batch through its health gate; halt when more than --max-failed
+    /// fail. Exit 0 done, 1 halted, 2 could not run. Progress is kept on the broker
+    /// (`<prefix>/_rollouts/<id>`) for --resume.
+    Rollout(Box<RolloutArgs>),
+}
+
+/// `roost fleet rollout`'s arguments.
+#[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("source").args(["file", "dir"])))]
+#[command(group(clap::ArgGroup::new("choice").args(["devices", "select"])))]
+pub struct RolloutArgs {
+    /// The broker: `mqtt://host[:port]` or `mqtts://host[:port]`.
+    #[arg(long, value_parser = broker_url)]
+    pub broker: BrokerUrl,
+    /// First topic level of the devices' topics (their spec.connect.mqtt.topicPrefix).
+    #[arg(long, value_parser = topic_level, default_value = "roost")]
+    pub prefix: TopicLevel,
+    /// User name, when the broker asks for one.
+    #[arg(long)]
+    pub username: Option<String>,
+    /// A file whose first line is the password (with --username).
+    #[arg(long, requires = "username")]
+    pub password_file: Option<PathBuf>,
+    /// PEM CA certificates to trust besides the system's (mqtts).
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// The minisign secret key that signs (`minisign -G` writes it).
+    #[arg(long)]
+    pub key: PathBuf,
+    /// A file whose first line is the key's password (else ROOST_KEY_PASSWORD).
+    #[arg(long)]
+    pub key_password_file: Option<PathBuf>,
+    /// The deployment file every chosen device gets (`roost run --file` devices).
+    #[arg(long, required_unless_present_any = ["dir", "resume"])]
+    pub file: Option<PathBuf>,
+    /// The folder of deployment files every chosen device gets (`roost run --dir` devices).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Devices by id, comma-separated.
+    #[arg(long, value_delimiter = ',', required_unless_present_any = ["select", "resume"])]
+    pub devices: Vec<String>,
+    /// Devices whose spec.connect.labels has LABEL=VALUE (from their reports on the broker).
+    #[arg(long, value_parser = label_value)]
+    pub select: Option<(String, String)>,
+    /// Devices in all by the end of each batch: counts and percentages.
+    #[arg(long, value_delimiter = ',', default_value = "1,10%,100%")]
+    pub batches: Vec<crate::rollout::BatchSize>,
+    /// How long each device's health gate watches the version.
+    #[arg(long, default_value = "10m")]
+    pub gate: crate::spec::HumanDuration,
+    /// Failures allowed before the rollout halts.
+    #[arg(long, default_value_t = 0)]
+    pub max_failed: usize,
+    /// When devices apply: now, fileBoundary (after the recorder closes a file) or windowClosed.
+    #[arg(long, default_value = "now", value_parser = apply_at)]
+    pub apply: crate::remote::signed::ApplyAt,
+    /// The latest a deferred version waits on a device after it arrived.
+    #[arg(long, default_value = "1h")]
+    pub max_wait: crate::spec::HumanDuration,
+    /// How long a device may take beyond its gate (and --max-wait) to report.
+    #[arg(long, default_value = "15m")]
+    pub timeout: crate::spec::HumanDuration,
+    /// On a halt, ask the devices that took the version to go back to their files before it.
+    #[arg(long)]
+    pub revert: bool,
+    /// The version number (default: one above the highest any chosen device reports).
+    #[arg(long)]
+    pub version: Option<u64>,
+    /// Carry on the rollout ID (its devices, files and batches are on the broker).
+    #[arg(long, conflicts_with_all = ["file", "dir", "devices", "select", "version"])]
+    pub resume: Option<String>,
+    /// Print the rollout's final record as JSON (the files left out) instead of the summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn label_value(text: &str) -> Result<(String, String), String> {
+    let (l, v) = text
+        .split_once('=')
+        .ok_or_else(|| format!("--select {text:?}: give LABEL=VALUE"))?;
+    let l = TopicLevel::try_from(l.to_string())?;
+    let v = TopicLevel::try_from(v.to_string())?;
+    Ok((l.to_string(), v.to_string()))
+}
+
+fn apply_at(text: &str) -> Result<crate::remote::signed::ApplyAt, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_string()))
+        .map_err(|_| format!("--apply {text:?}: give now, fileBoundary or windowClosed"))
 }

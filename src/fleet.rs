@@ -144,6 +144,15 @@ pub struct DeviceRow {
     /// codes (`deployment` then holds their names joined).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub deployments: Vec<Value>,
+    /// Desired state over the broker: the version asked for, the one applied, and its state
+    /// (`gating`, `passed`, `reverted`, `refused`...), from `<prefix>/<id>/desired/report`.
+    pub desired_version: Option<u64>,
+    /// The remote version whose files are in force (absent: none, or a local edit since).
+    pub applied_version: Option<u64>,
+    /// `remote.state` of the device's report.
+    pub remote_state: Option<String>,
+    /// The last version the device's health gate reverted, and the codes that caused it.
+    pub reverted: Option<Value>,
 }
 
 impl DeviceRow {
@@ -159,6 +168,7 @@ struct Heard {
     status: Option<Value>,
     availability: Option<Availability>,
     heartbeat: Option<Value>,
+    remote: Option<Value>,
 }
 
 /// What a device's heartbeat says about its reachability.
@@ -178,11 +188,14 @@ pub fn fleet_view(messages: &[Message], now: Timestamp) -> Vec<DeviceRow> {
     let mut devices: BTreeMap<&str, Heard> = BTreeMap::new();
     for (topic, payload) in messages {
         let levels: Vec<&str> = topic.split('/').collect();
-        let [_prefix, device_id, kind] = levels[..] else {
-            continue;
+        let (device_id, kind) = match levels[..] {
+            [_prefix, device_id, kind] => (device_id, kind),
+            [_prefix, device_id, "desired", "report"] => (device_id, "desired/report"),
+            _ => continue,
         };
         let heard = devices.entry(device_id).or_default();
         match kind {
+            "desired/report" => heard.remote = json_object(payload),
             "status" => heard.status = json_object(payload),
             "heartbeat" => heard.heartbeat = json_object(payload),
             "availability" => {
@@ -268,7 +281,37 @@ fn row(device_id: &str, heard: &Heard, now: Timestamp) -> DeviceRow {
         deployments: field("deployments")
             .and_then(|v| v.as_array().cloned())
             .unwrap_or_default(),
+        desired_version: remote_field(heard, "desiredVersion").and_then(|v| v.as_u64()),
+        applied_version: remote_field(heard, "appliedVersion").and_then(|v| v.as_u64()),
+        remote_state: remote_field(heard, "state").and_then(|v| v.as_str().map(str::to_string)),
+        reverted: remote_field(heard, "reverted"),
     }
+}
+
+fn remote_field(heard: &Heard, name: &str) -> Option<Value> {
+    heard.remote.as_ref()?.get(name).cloned()
+}
+
+/// The REMOTE column: the version asked for, its state, the version in force when another.
+fn remote_cell(r: &DeviceRow) -> String {
+    let Some(state) = &r.remote_state else {
+        return "-".into();
+    };
+    let asked = r.desired_version.map_or_else(String::new, |v| format!("v{v} "));
+    let mut cell = format!("{asked}{state}");
+    if r.applied_version != r.desired_version {
+        cell += &match r.applied_version {
+            Some(a) => format!(", on v{a}"),
+            None => ", on local files".into(),
+        };
+    }
+    if state == "reverted"
+        && let Some(codes) = r.reverted.as_ref().and_then(|v| v.get("codes")?.as_array().cloned())
+    {
+        let codes: Vec<&str> = codes.iter().filter_map(Value::as_str).collect();
+        cell += &format!(" ({})", codes.join(","));
+    }
+    cell
 }
 
 /// `lastFileAt` of the `recorder` component's output in a status document.
@@ -361,6 +404,7 @@ pub fn render_human(rows: &[DeviceRow], now: Timestamp) -> String {
         "LAST RECORDING",
         "LAST SEEN",
         "AVAILABILITY",
+        "REMOTE",
         "PROBLEM",
     ]
     .map(String::from);
@@ -386,6 +430,7 @@ pub fn render_human(rows: &[DeviceRow], now: Timestamp) -> String {
                 Some(Availability::Offline) => "offline".into(),
                 None => dash(),
             },
+            remote_cell(r),
             r.problem.as_ref().map_or_else(dash, |p| p.code.to_string()),
         ]);
     }
@@ -474,7 +519,7 @@ pub fn collect(options: &FleetOptions) -> Result<Vec<Message>, Problem> {
         .enable_all()
         .build()
         .map_err(|e| Problem::new(&errors::INTERNAL, format!("cannot start a runtime: {e}")))?;
-    let filters = ["status", "availability", "heartbeat"]
+    let filters = ["status", "availability", "heartbeat", "desired/report"]
         .map(|kind| SubscribeFilter::new(format!("{}/+/{kind}", options.prefix), QoS::AtMostOnce));
     runtime
         .block_on(gather(
@@ -486,8 +531,14 @@ pub fn collect(options: &FleetOptions) -> Result<Vec<Message>, Problem> {
 }
 
 fn mqtt_options(options: &FleetOptions) -> Result<MqttOptions, Problem> {
+    broker_options(options, "fleet")
+}
+
+/// Options for a tool's session with the fleet's broker: client id `roost-<role>-<pid>`,
+/// credentials and TLS from `options`.
+pub fn broker_options(options: &FleetOptions, role: &str) -> Result<MqttOptions, Problem> {
     // Unique per process, so two people looking at once do not throw each other off.
-    let client_id = format!("roost-fleet-{}", std::process::id());
+    let client_id = format!("roost-{role}-{}", std::process::id());
     let mut o = MqttOptions::new(client_id, options.broker.host.clone(), options.broker.port);
     o.set_keep_alive(Duration::from_secs(30));
     o.set_clean_session(true);

@@ -52,6 +52,7 @@ pub mod reconcile;
 pub mod recorder;
 pub mod redact;
 pub mod remote;
+pub mod rollout;
 pub mod runtime;
 pub mod sandbox;
 pub mod schedule;

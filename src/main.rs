@@ -132,7 +132,20 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Fleet {
-            broker,
+            action: Some(roost::cli::FleetAction::Rollout(args)),
+            ..
+        } => {
+            let (out, err, code) = roost::rollout::command(*args);
+            std::io::stdout().lock().write_all(out.as_bytes())?;
+            let _ = roost::logging::stderr().write_all(err.as_bytes());
+            Ok(ExitCode::from(code))
+        }
+        Command::Fleet { broker: None, .. } => {
+            anyhow::bail!("roost fleet: give --broker, or a subcommand (rollout)")
+        }
+        Command::Fleet {
+            action: None,
+            broker: Some(broker),
             prefix,
             json,
             username,

@@ -133,7 +133,20 @@ pub struct Broker {
 impl Broker {
     /// Writes the configuration, the PKI and the password file (both users), and starts it.
     pub fn start() -> Self {
+        Self::start_with(&[ROOST_USER, WATCHER], None)
+    }
+
+    /// [`Broker::start`] with exactly `users` and, when given, an ACL file of `acl`'s lines.
+    pub fn start_with(users: &[(&str, &str)], acl: Option<&str>) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let acl_line = match acl {
+            Some(text) => {
+                let path = dir.path().join("acl");
+                std::fs::write(&path, text).unwrap();
+                format!("acl_file {}\n", path.display())
+            }
+            None => String::new(),
+        };
         let ca = TestCa::create(dir.path(), "test-ca");
         let (cert, key) = ca.server_cert(dir.path(), "server");
         let passwd = dir.path().join("passwd");
@@ -144,7 +157,7 @@ impl Broker {
             &conf,
             format!(
                 "user root\npersistence false\nper_listener_settings false\nallow_anonymous false\n\
-                 password_file {passwd}\nlog_dest stderr\nlog_type all\n\
+                 password_file {passwd}\n{acl_line}log_dest stderr\nlog_type all\n\
                  listener {port} 127.0.0.1\n\
                  listener {tls_port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n",
                 passwd = passwd.display(),
@@ -164,7 +177,7 @@ impl Broker {
             child: None,
             starts: 0,
         };
-        broker.set_users(&[ROOST_USER, WATCHER]);
+        broker.set_users(users);
         broker.start_again();
         broker
     }

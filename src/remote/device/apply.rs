@@ -343,8 +343,14 @@ impl Remote {
         if self.reported.as_ref() == Some(&same) {
             return;
         }
-        let bytes = serde_json::to_vec_pretty(&status).unwrap_or_default();
         let path = RemoteStatus::path(&self.state_dir);
+        if self.link.is_none() && self.ledger == Ledger::default() {
+            // Never asked for: status.json stays as it was without the feature.
+            let _ = std::fs::remove_file(&path);
+            self.reported = Some(same);
+            return;
+        }
+        let bytes = serde_json::to_vec_pretty(&status).unwrap_or_default();
         if let Err(e) = crate::fsutil::write_private(&path, &bytes) {
             tracing::error!(error = %e, "remote desired state: cannot write remote.json");
         }

@@ -1,0 +1,465 @@
+//! Desired state over the broker, end to end: a real Mosquitto with a password and an ACL per
+//! device (Mosquitto `pattern` lines), real `roost run` processes as devices (their own state
+//! folders, light components), `roost fleet rollout` as the controller, Debian's `minisign`
+//! making the keys and checking signatures on the other side.
+
+mod common;
+#[path = "support/mosquitto.rs"]
+mod mosquitto;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{deployment, sleeper};
+use mosquitto::{Broker, have_or_skip};
+use serde_json::Value;
+
+const ROOST: &str = env!("CARGO_BIN_EXE_roost");
+const ADMIN: (&str, &str) = ("fleet-admin", "s3cret-admin");
+
+/// Each device reads only its own desired topic and writes only its own topics; the fleet's
+/// owners read and write everything under the prefix.
+const ACL: &str = "user fleet-admin\ntopic readwrite roost/#\n\n\
+pattern read roost/%u/desired\n\
+pattern write roost/%u/desired/report\n\
+pattern write roost/%u/status\n\
+pattern write roost/%u/availability\n\
+pattern write roost/%u/heartbeat\n";
+
+struct Fleet {
+    root: tempfile::TempDir,
+    broker: Broker,
+    keys: PathBuf,
+    secret_key: PathBuf,
+    admin_password: PathBuf,
+}
+
+impl Fleet {
+    fn start(devices: &[&str], test: &str) -> Option<Self> {
+        if !have_or_skip(&["mosquitto_passwd", "minisign", "mosquitto_pub"], test) {
+            return None;
+        }
+        let mut users: Vec<(String, String)> = devices.iter().map(|d| (d.to_string(), format!("pw-{d}"))).collect();
+        users.push((ADMIN.0.into(), ADMIN.1.into()));
+        let users_ref: Vec<(&str, &str)> = users.iter().map(|(u, p)| (u.as_str(), p.as_str())).collect();
+        let broker = Broker::start_with(&users_ref, Some(ACL));
+        let root = tempfile::tempdir().unwrap();
+        let keys = root.path().join("trusted-keys");
+        std::fs::create_dir(&keys).unwrap();
+        let secret_key = root.path().join("fleet.key");
+        let public = keys.join("fleet.pub");
+        run_ok(Command::new("minisign").args(["-G", "-W", "-p"]).arg(&public).arg("-s").arg(&secret_key));
+        let admin_password = root.path().join("admin-password");
+        std::fs::write(&admin_password, ADMIN.1).unwrap();
+        Some(Self {
+            root,
+            broker,
+            keys,
+            secret_key,
+            admin_password,
+        })
+    }
+
+    fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.broker.port)
+    }
+
+    fn device(&self, id: &str, labels: &str) -> Device {
+        let dir = self.root.path().join(id);
+        std::fs::create_dir_all(&dir).unwrap();
+        let password = dir.join("mqtt-password");
+        std::fs::write(&password, format!("pw-{id}")).unwrap();
+        let connect = format!(
+            "  connect:\n    deviceId: {id}\n    mqtt: {{url: \"{}\", username: {id}, passwordFile: {}, keepAlive: 5s, homeAssistant: false}}\n    desired: {{trustedKeys: {}, gate: 5s}}\n    labels: {{{labels}}}\n",
+            self.url(),
+            password.display(),
+            self.keys.display()
+        );
+        Device {
+            id: id.into(),
+            file: dir.join("deployment.yaml"),
+            state: dir.join("state"),
+            connect,
+            child: None,
+        }
+    }
+
+    /// `roost fleet rollout` with the fleet's broker, credentials and key, and `args`.
+    fn rollout(&self, args: &[&str]) -> Output {
+        let out = Command::new(ROOST)
+            .args(["fleet", "rollout", "--broker", &self.url(), "--username", ADMIN.0, "--password-file"])
+            .arg(&self.admin_password)
+            .arg("--key")
+            .arg(&self.secret_key)
+            .args(args)
+            .output()
+            .unwrap();
+        eprintln!("rollout {args:?}: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+        out
+    }
+
+    /// Publishes `payload` retained on `topic` as `user` (mosquitto_pub).
+    fn publish_as(&self, user: (&str, &str), topic: &str, payload: &Path) {
+        run_ok(
+            Command::new("mosquitto_pub")
+                .args(["-h", "127.0.0.1", "-p", &self.broker.port.to_string(), "-u", user.0, "-P", user.1, "-q", "1", "-r", "-t", topic, "-f"])
+                .arg(payload),
+        );
+    }
+
+    /// The retained message on `topic`, read as the fleet's owner.
+    fn retained(&self, topic: &str) -> Vec<u8> {
+        let out = Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &self.broker.port.to_string(), "-u", ADMIN.0, "-P", ADMIN.1, "-C", "1", "-W", "5", "-t", topic])
+            .output()
+            .unwrap();
+        let mut bytes = out.stdout;
+        if bytes.last() == Some(&b'\n') {
+            bytes.pop();
+        }
+        bytes
+    }
+}
+
+struct Device {
+    id: String,
+    file: PathBuf,
+    state: PathBuf,
+    connect: String,
+    child: Option<Child>,
+}
+
+impl Device {
+    fn yaml(&self, components: &str) -> String {
+        deployment(&self.id, &self.connect, components)
+    }
+
+    fn start(&mut self, components: &str) {
+        std::fs::write(&self.file, self.yaml(components)).unwrap();
+        self.run();
+    }
+
+    fn run(&mut self) {
+        let log = std::fs::File::create(self.state.with_extension("log")).unwrap();
+        let child = Command::new("setpriv")
+            .args(["--pdeathsig", "KILL", ROOST, "run", "--runtime", "process", "--file"])
+            .arg(&self.file)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.state.with_extension("log")).unwrap_or_default()
+    }
+
+    fn status(&self) -> Value {
+        std::fs::read(self.state.join("status.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null)
+    }
+
+    /// Waits (at most `secs`) until status.json's `remote` satisfies `cond`; returns it.
+    fn wait_remote(&self, secs: u64, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let remote = self.status()["remote"].clone();
+            if cond(&remote) {
+                return remote;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: never {what}; remote: {remote:#}\nlog:\n{}",
+                self.id,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn wait_running(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.status()["status"] != "Running" || self.status()["remote"].is_null() {
+            assert!(Instant::now() < deadline, "{} never Running with a remote report: {:#}\n{}", self.id, self.status(), self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{cmd:?}: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn components(tag: &str, names: &[&str]) -> String {
+    names.iter().map(|n| sleeper(n, &format!("{tag}-{n}-{}", std::process::id()))).collect()
+}
+
+fn broken(tag: &str) -> String {
+    components(tag, &["a"])
+        + "    - name: missing\n      command: [\"/nonexistent/roost-test-program\"]\n      restartPolicy: Always\n"
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn a_rollout_goes_through_its_batches_and_a_bad_version_reverts_by_itself_and_halts() {
+    let ids = ["d01", "d02", "d03", "d04", "d05", "d06"];
+    let Some(fleet) = Fleet::start(&ids, "rollout batches") else {
+        return;
+    };
+    let mut devices: Vec<Device> = ids.iter().enumerate().map(|(i, id)| {
+        let site = if i < 4 { "north" } else { "south" };
+        fleet.device(id, &format!("site: {site}"))
+    }).collect();
+    for d in &mut devices {
+        d.start(&components("v0", &["a"]));
+    }
+    for d in &devices {
+        d.wait_running();
+    }
+    // Version 1 to every device, in three batches through a 5 s gate.
+    let v1 = fleet.root.path().join("v1.yaml");
+    std::fs::write(&v1, devices[0].yaml(&components("v1", &["a", "b"]))).unwrap();
+    let out = fleet.rollout(&["--file", v1.to_str().unwrap(), "--devices", &ids.join(","), "--batches", "1,50%,100%", "--gate", "5s", "--timeout", "60s", "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let record = json(&out);
+    assert_eq!(record["state"], "done");
+    assert_eq!(record["version"], 1);
+    assert_eq!(record["batches"].as_array().unwrap().iter().map(|b| b.as_array().unwrap().len()).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert!(record.get("files").is_none(), "the files stay off the terminal");
+    for d in &devices {
+        let r = d.wait_remote(10, "passed v1", |r| r["state"] == "passed");
+        assert_eq!((r["appliedVersion"].as_u64(), r["appliedBy"].as_str()), (Some(1), Some("remote")));
+        // Applied like a local edit: the file is the new version, under its own name.
+        assert!(std::fs::read_to_string(&d.file).unwrap().contains("v1-b"), "{}", d.id);
+        assert_eq!(record["devices"][&d.id]["state"], "passed");
+    }
+    // What roost signed verifies with Debian's minisign.
+    let message: Value = serde_json::from_slice(&fleet.retained("roost/d03/desired")).unwrap();
+    let doc = fleet.root.path().join("doc.json");
+    std::fs::write(&doc, message["document"].as_str().unwrap()).unwrap();
+    std::fs::write(doc.with_extension("json.minisig"), message["signature"].as_str().unwrap()).unwrap();
+    run_ok(Command::new("minisign").arg("-Vm").arg(&doc).arg("-p").arg(fleet.keys.join("fleet.pub")));
+
+    // Version 2 names a program that does not exist: the first device of site=north reverts
+    // within its gate, the rollout halts after that batch, the others never get it.
+    let v2 = fleet.root.path().join("v2.yaml");
+    std::fs::write(&v2, devices[0].yaml(&broken("v2"))).unwrap();
+    let out = fleet.rollout(&["--file", v2.to_str().unwrap(), "--select", "site=north", "--batches", "1,100%", "--gate", "5s", "--timeout", "60s", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "halted");
+    let record = json(&out);
+    assert_eq!(record["state"], "halted");
+    assert_eq!(record["version"], 2);
+    let first = &devices[0];
+    let reason = record["devices"]["d01"]["reason"].as_str().unwrap();
+    assert!(reason.contains("reverted") && reason.contains("DEP_E161"), "{reason}");
+    let r = first.wait_remote(10, "reverted", |r| r["state"] == "reverted");
+    assert_eq!(r["reverted"]["version"], 2);
+    assert_eq!((r["appliedVersion"].as_u64(), r["appliedBy"].as_str()), (Some(1), Some("remote")));
+    assert!(std::fs::read_to_string(&first.file).unwrap().contains("v1-b"), "the files before v2 are back");
+    for d in &devices[1..4] {
+        assert_eq!(record["devices"][&d.id]["state"], "queued", "{}", d.id);
+        assert_eq!(d.status()["remote"]["appliedVersion"], 1);
+    }
+    for d in &devices[4..] {
+        assert!(record["devices"].get(&d.id).is_none(), "not site=north");
+    }
+    let first_status = first.status();
+    assert_eq!(first_status["status"], "Running", "{first_status:#}");
+    // The fleet view shows the revert.
+    let out = Command::new(ROOST)
+        .args(["fleet", "--broker", &fleet.url(), "--username", ADMIN.0, "--password-file"])
+        .arg(&fleet.admin_password)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = rows.as_array().unwrap().iter().find(|r| r["deviceId"] == "d01").unwrap();
+    assert_eq!((row["remoteState"].as_str(), row["desiredVersion"].as_u64(), row["appliedVersion"].as_u64()), (Some("reverted"), Some(2), Some(1)));
+    assert_eq!(row["reverted"]["codes"][0], "DEP_E161");
+    // A version that is not newer is never applied again: the retained v2 stays reverted
+    // after a restart of the device (the broker delivers it again).
+    let mut first = devices.remove(0);
+    first.kill();
+    first.run();
+    std::thread::sleep(Duration::from_secs(3));
+    let r = first.wait_remote(10, "still reverted", |r| r["state"] == "reverted");
+    assert_eq!(r["appliedVersion"], 1);
+}
+
+#[test]
+fn every_refusal_is_said_with_its_code_and_nothing_is_applied() {
+    let ids = ["r01", "r02"];
+    let Some(fleet) = Fleet::start(&ids, "rollout refusals") else {
+        return;
+    };
+    let mut d = fleet.device("r01", "site: east");
+    d.start(&components("r0", &["a"]));
+    d.wait_running();
+    let original = std::fs::read_to_string(&d.file).unwrap();
+    let dir = fleet.root.path();
+    let topic = "roost/r01/desired";
+    assert!(original.contains("r0-a"));
+    // A document signed with Debian's minisign (not roost) is taken: interoperable both ways.
+    let good_doc = serde_json::json!({"device": "r01", "version": 5, "files": {"deployment.yaml": d.yaml(&components("r5", &["a"]))}});
+    let message = |doc: &Value, key: &Path, name: &str| -> PathBuf {
+        let text = doc.to_string();
+        let f = dir.join(format!("{name}.json"));
+        std::fs::write(&f, &text).unwrap();
+        run_ok(Command::new("minisign").args(["-S", "-s"]).arg(key).arg("-m").arg(&f));
+        let sig = std::fs::read_to_string(f.with_extension("json.minisig")).unwrap();
+        let env = serde_json::json!({"kind": "roost.desired/v1", "document": text, "signature": sig});
+        let p = dir.join(format!("{name}.msg"));
+        std::fs::write(&p, env.to_string()).unwrap();
+        p
+    };
+    let good = message(&good_doc, &fleet.secret_key, "good");
+    fleet.publish_as(ADMIN, topic, &good);
+    let r = d.wait_remote(15, "passed v5", |r| r["state"] == "passed");
+    assert_eq!(r["appliedVersion"], 5);
+    let applied = std::fs::read_to_string(&d.file).unwrap();
+    assert!(applied.contains("r5-a"));
+    let original = applied;
+    let check = |d: &Device, payload: &Path, code: &str| -> Value {
+        fleet.publish_as(ADMIN, topic, payload);
+        let r = d.wait_remote(10, code, |r| r["state"] == "refused" && r["refused"]["code"] == code);
+        assert_eq!(std::fs::read_to_string(&d.file).unwrap(), original, "{code}: nothing applied");
+        assert_eq!(r["appliedVersion"], 5, "{code}");
+        r
+    };
+    // Altered after signing.
+    let mut env: Value = serde_json::from_slice(&std::fs::read(&good).unwrap()).unwrap();
+    let doc6 = serde_json::json!({"device": "r01", "version": 6, "files": {"deployment.yaml": d.yaml(&components("r6", &["a"]))}});
+    let signed6: Value = serde_json::from_slice(&std::fs::read(message(&doc6, &fleet.secret_key, "six")).unwrap()).unwrap();
+    env["document"] = Value::String(signed6["document"].as_str().unwrap().replace("r6-a", "r6-x"));
+    env["signature"] = signed6["signature"].clone();
+    let altered = dir.join("altered.msg");
+    std::fs::write(&altered, env.to_string()).unwrap();
+    check(&d, &altered, "DEP_E801");
+    // Not signed at all.
+    let unsigned = dir.join("unsigned.msg");
+    std::fs::write(&unsigned, serde_json::json!({"kind": "roost.desired/v1", "document": doc6.to_string()}).to_string()).unwrap();
+    check(&d, &unsigned, "DEP_E801");
+    // Signed by a key the device does not trust.
+    let other_key = dir.join("other.key");
+    run_ok(Command::new("minisign").args(["-G", "-W", "-p"]).arg(dir.join("other.pub")).arg("-s").arg(&other_key));
+    let r = check(&d, &message(&doc6, &other_key, "untrusted"), "DEP_E802");
+    assert!(r["refused"]["reason"].as_str().unwrap().contains("not among the trusted keys"));
+    // Another device's message published on this device's topic.
+    let theirs = serde_json::json!({"device": "r02", "version": 6, "files": {"deployment.yaml": d.yaml(&components("r6", &["a"]))}});
+    check(&d, &message(&theirs, &fleet.secret_key, "theirs"), "DEP_E803");
+    // A replay of an older version, as the broker's retained store could hold it.
+    let old = serde_json::json!({"device": "r01", "version": 3, "files": {"deployment.yaml": d.yaml(&components("r3", &["a"]))}});
+    let r = check(&d, &message(&old, &fleet.secret_key, "old"), "DEP_E804");
+    assert_eq!(r["refused"]["version"], 3);
+    // Over 1 MiB.
+    let big = dir.join("big.msg");
+    std::fs::write(&big, vec![b' '; (1 << 20) + 10]).unwrap();
+    check(&d, &big, "DEP_E805");
+    // A deployment that does not validate: the file's line and column come back.
+    let bad_yaml = format!("{}  bogusField: 1\n", d.yaml(&components("r6", &["a"])));
+    let invalid = serde_json::json!({"device": "r01", "version": 6, "files": {"deployment.yaml": bad_yaml}});
+    let r = check(&d, &message(&invalid, &fleet.secret_key, "invalid"), "DEP_E806");
+    let spec_error = &r["refused"]["specError"];
+    assert_eq!(spec_error["file"], "deployment.yaml", "{r:#}");
+    assert!(spec_error["line"].as_u64().is_some(), "{r:#}");
+    // Not JSON.
+    let junk = dir.join("junk.msg");
+    std::fs::write(&junk, "hello").unwrap();
+    check(&d, &junk, "DEP_E808");
+    // Published with another device's credentials: the broker's ACL drops it, so the device
+    // never sees it (its last refusal stays the one above).
+    let newer = serde_json::json!({"device": "r01", "version": 9, "files": {"deployment.yaml": d.yaml(&components("r9", &["a"]))}});
+    let newer = message(&newer, &fleet.secret_key, "newer");
+    run_ok(
+        Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &fleet.broker.port.to_string(), "-u", "r02", "-P", "pw-r02", "-q", "1", "-r", "-t", topic, "-f"])
+            .arg(&newer),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let r = d.status()["remote"].clone();
+    assert_eq!((r["refused"]["code"].as_str(), r["appliedVersion"].as_u64()), (Some("DEP_E808"), Some(5)));
+    // The highest version survives a restart: the replay is still refused afterwards.
+    d.kill();
+    d.run();
+    d.wait_running();
+    check(&d, &message(&old, &fleet.secret_key, "old-again"), "DEP_E804");
+    // A local edit since is said as such.
+    std::fs::write(&d.file, d.yaml(&components("local", &["a"]))).unwrap();
+    let r = d.wait_remote(10, "local", |r| r["appliedBy"] == "local");
+    assert!(r.get("appliedVersion").is_none(), "{r:#}");
+}
+
+#[test]
+fn the_controller_resumes_and_the_gate_decides_across_a_device_restart() {
+    let ids = ["s01", "s02", "s03"];
+    let Some(fleet) = Fleet::start(&ids, "rollout resume") else {
+        return;
+    };
+    let mut devices: Vec<Device> = ids.iter().map(|id| fleet.device(id, "site: west")).collect();
+    for d in &mut devices {
+        d.start(&components("s0", &["a"]));
+    }
+    for d in &devices {
+        d.wait_running();
+    }
+    // A bad version with a 20 s gate; the controller is killed once the first device took it.
+    let v = fleet.root.path().join("bad.yaml");
+    std::fs::write(&v, devices[0].yaml(&broken("s1"))).unwrap();
+    let mut controller = Command::new(ROOST)
+        .args(["fleet", "rollout", "--broker", &fleet.url(), "--username", ADMIN.0, "--password-file"])
+        .arg(&fleet.admin_password)
+        .arg("--key")
+        .arg(&fleet.secret_key)
+        .args(["--file", v.to_str().unwrap(), "--devices", "s01,s02,s03", "--batches", "1,100%", "--gate", "20s", "--max-failed", "1", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    devices[0].wait_remote(15, "gating", |r| r["state"] == "gating");
+    controller.kill().unwrap();
+    controller.wait().unwrap();
+    // The device restarts in the middle of its gate: the gate still decides (reverts).
+    devices[0].kill();
+    devices[0].run();
+    let r = devices[0].wait_remote(40, "reverted after its restart", |r| r["state"] == "reverted");
+    assert_eq!(r["reverted"]["version"], 1);
+    // The broker restarts too; the rollout's record was retained in memory only, so resume
+    // needs the broker that kept it: resume before stopping it.
+    let record: Value = serde_json::from_slice(&fleet.retained("roost/_rollouts/+")).unwrap();
+    let id = record["id"].as_str().unwrap().to_string();
+    let out = fleet.rollout(&["--resume", &id, "--timeout", "60s", "--json"]);
+    let record = json(&out);
+    // One failure is allowed: the second batch goes out, and reverts too: halted.
+    assert_eq!(record["state"], "halted", "{record:#}");
+    assert_eq!(out.status.code(), Some(1));
+    for d in &devices {
+        let r = d.wait_remote(40, "reverted", |r| r["state"] == "reverted");
+        assert_eq!(r["reverted"]["version"], 1, "{}", d.id);
+        assert!(std::fs::read_to_string(&d.file).unwrap().contains("s0-a"));
+    }
+}
