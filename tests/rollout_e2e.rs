@@ -95,7 +95,7 @@ impl Fleet {
             .args(args)
             .output()
             .unwrap();
-        eprintln!("rollout {args:?}: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+        eprintln!("rollout {args:?}: {}\n{}\n{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         out
     }
 
@@ -244,8 +244,8 @@ fn a_rollout_goes_through_its_batches_and_a_bad_version_reverts_by_itself_and_ha
     // Version 1 to every device, in three batches through a 5 s gate.
     let v1 = fleet.root.path().join("v1.yaml");
     std::fs::write(&v1, devices[0].yaml(&components("v1", &["a", "b"]))).unwrap();
-    let out = fleet.rollout(&["--file", v1.to_str().unwrap(), "--devices", &ids.join(","), "--batches", "1,50%,100%", "--gate", "5s", "--timeout", "60s", "--json"]);
-    assert_eq!(out.status.code(), Some(0));
+    let out = fleet.rollout(&["--file", v1.to_str().unwrap(), "--devices", &ids.join(","), "--batches", "1,50%,100%", "--gate", "5s", "--timeout", "20s", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{:#}\n{}", devices[0].status(), devices[0].log());
     let record = json(&out);
     assert_eq!(record["state"], "done");
     assert_eq!(record["version"], 1);

@@ -135,6 +135,18 @@ impl Target {
         }
     }
 
+    /// `files` as [`Target::read`] would read them once written (a `--file` file under its
+    /// own name, whatever the message called it).
+    pub fn as_written(&self, files: &Files) -> Files {
+        match self {
+            Target::File(f) => {
+                let name = f.file_name().map(|n| n.to_string_lossy().into_owned());
+                (name.zip(files.values().next().cloned())).into_iter().collect()
+            }
+            Target::Dir(_) => files.clone(),
+        }
+    }
+
     /// Puts `files` in force, each written whole (temp file, fsync, rename) with the mode the
     /// file it replaces had (0640 for a new one); with a folder, its deployment files that
     /// `files` does not name are removed after the others are written.

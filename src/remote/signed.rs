@@ -303,6 +303,9 @@ pub fn load_secret_key(text: &str, password: Option<String>) -> Result<SecretKey
     if let Ok(sk) = sk_box.clone().into_unencrypted_secret_key() {
         return Ok(sk);
     }
+    if let Some(sk) = unencrypted_without_checksum(text) {
+        return Ok(sk);
+    }
     let Some(password) = password else {
         return Err(
             "the key is encrypted: give its password (--key-password-file, or ROOST_KEY_PASSWORD)"
@@ -312,6 +315,20 @@ pub fn load_secret_key(text: &str, password: Option<String>) -> Result<SecretKey
     sk_box
         .into_secret_key(Some(password))
         .map_err(|e| e.to_string())
+}
+
+/// An unencrypted key as Debian's minisign 0.11 writes it with `-G -W`: its checksum field is
+/// left zero, which the crate's loader takes for a corrupted key. Read as it is; a key damaged
+/// otherwise makes signatures no device verifies.
+fn unencrypted_without_checksum(text: &str) -> Option<SecretKey> {
+    use base64::Engine;
+    let line = text.lines().nth(1)?.trim();
+    let bytes = base64::engine::general_purpose::STANDARD.decode(line).ok()?;
+    let unencrypted = bytes.get(2..4) == Some(&[0, 0][..]);
+    let zero_checksum = bytes.len() == 158 && bytes[126..].iter().all(|b| *b == 0);
+    (unencrypted && zero_checksum)
+        .then(|| SecretKey::from_bytes(&bytes).ok())
+        .flatten()
 }
 
 /// Signs `doc` and returns the MQTT payload.

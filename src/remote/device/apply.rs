@@ -193,7 +193,8 @@ impl Remote {
         // The files before an unproven version stay the ones to go back to; so do the files
         // when this version's are already in place (a write cut by a crash, then the message
         // again).
-        if !gating && ledger::hash(&current) != ledger::hash(&doc.files) {
+        let new = self.target.as_written(&doc.files);
+        if !gating && ledger::hash(&current) != ledger::hash(&new) {
             if let Err(e) = ledger::save_previous(&self.state_dir, &current) {
                 return self.not_applied(doc, format!("cannot keep the files before it: {e}"));
             }
@@ -225,8 +226,8 @@ impl Remote {
             baseline,
         });
         self.ledger.applied = Some(doc.version);
-        self.ledger.written_hash = Some(ledger::hash(&doc.files));
-        self.files_hash = ledger::hash(&doc.files);
+        self.ledger.written_hash = Some(ledger::hash(&new));
+        self.files_hash = ledger::hash(&new);
         self.worse_since = None;
         self.save();
         tracing::info!(
@@ -325,8 +326,9 @@ impl Remote {
         }
         tracing::warn!(version, codes = ?codes, %reason, "remote desired state: version reverted");
         self.ledger.applied = self.ledger.previous;
-        self.ledger.written_hash = Some(ledger::hash(&previous));
-        self.files_hash = ledger::hash(&previous);
+        let back = self.target.as_written(&previous);
+        self.ledger.written_hash = Some(ledger::hash(&back));
+        self.files_hash = ledger::hash(&back);
         self.ledger.reverted = Some(RemoteReverted {
             version,
             codes,
