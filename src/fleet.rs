@@ -297,7 +297,9 @@ fn remote_cell(r: &DeviceRow) -> String {
     let Some(state) = &r.remote_state else {
         return "-".into();
     };
-    let asked = r.desired_version.map_or_else(String::new, |v| format!("v{v} "));
+    let asked = r
+        .desired_version
+        .map_or_else(String::new, |v| format!("v{v} "));
     let mut cell = format!("{asked}{state}");
     if r.applied_version != r.desired_version {
         cell += &match r.applied_version {
@@ -306,7 +308,10 @@ fn remote_cell(r: &DeviceRow) -> String {
         };
     }
     if state == "reverted"
-        && let Some(codes) = r.reverted.as_ref().and_then(|v| v.get("codes")?.as_array().cloned())
+        && let Some(codes) = r
+            .reverted
+            .as_ref()
+            .and_then(|v| v.get("codes")?.as_array().cloned())
     {
         let codes: Vec<&str> = codes.iter().filter_map(Value::as_str).collect();
         cell += &format!(" ({})", codes.join(","));

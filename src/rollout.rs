@@ -164,13 +164,23 @@ impl Progress {
 pub fn outcome_of(report: &serde_json::Value, version: u64) -> Option<DeviceOutcome> {
     let num = |k: &str| report.get(k).and_then(serde_json::Value::as_u64);
     let state = report.get("state").and_then(|s| s.as_str()).unwrap_or("");
-    if let Some(r) = report.get("reverted").filter(|r| r.get("version").and_then(|v| v.as_u64()) == Some(version)) {
-        let codes: Vec<&str> = (r.get("codes").and_then(|c| c.as_array()).into_iter().flatten())
-            .filter_map(|c| c.as_str())
-            .collect();
+    if let Some(r) = report
+        .get("reverted")
+        .filter(|r| r.get("version").and_then(|v| v.as_u64()) == Some(version))
+    {
+        let codes: Vec<&str> = (r
+            .get("codes")
+            .and_then(|c| c.as_array())
+            .into_iter()
+            .flatten())
+        .filter_map(|c| c.as_str())
+        .collect();
         let reason = r.get("reason").and_then(|s| s.as_str()).unwrap_or("");
         return Some(DeviceOutcome::Failed {
-            reason: format!("reverted by its health gate ({}): {reason}", codes.join(",")),
+            reason: format!(
+                "reverted by its health gate ({}): {reason}",
+                codes.join(",")
+            ),
         });
     }
     if let Some(r) = report.get("refused").filter(|_| state == "refused")
@@ -196,7 +206,11 @@ pub fn next_version<'a>(reports: impl Iterator<Item = &'a serde_json::Value>) ->
 }
 
 /// The devices whose report carries `label=value`.
-pub fn select(reports: &BTreeMap<String, serde_json::Value>, label: &str, value: &str) -> Vec<String> {
+pub fn select(
+    reports: &BTreeMap<String, serde_json::Value>,
+    label: &str,
+    value: &str,
+) -> Vec<String> {
     (reports.iter())
         .filter(|(_, r)| r.get("labels").and_then(|l| l.get(label)?.as_str()) == Some(value))
         .map(|(d, _)| d.clone())
@@ -223,7 +237,9 @@ mod tests;
 pub fn read_files(file: Option<&PathBuf>, dir: Option<&PathBuf>) -> std::io::Result<Files> {
     match (file, dir) {
         (Some(f), _) => {
-            let name = (f.file_name()).map_or("deployment.yaml".into(), |n| n.to_string_lossy().into_owned());
+            let name = (f.file_name()).map_or("deployment.yaml".into(), |n| {
+                n.to_string_lossy().into_owned()
+            });
             Ok(Files::from([(name, std::fs::read_to_string(f)?)]))
         }
         (None, Some(d)) => {
@@ -258,7 +274,11 @@ fn say_progress(p: &Progress, json: bool) {
         return;
     }
     let total = p.devices.len();
-    let passed = p.devices.values().filter(|o| **o == DeviceOutcome::Passed).count();
+    let passed = p
+        .devices
+        .values()
+        .filter(|o| **o == DeviceOutcome::Passed)
+        .count();
     let failed = p.failed().len();
     let width = 30;
     let filled = (passed + failed) * width / total.max(1);
@@ -337,7 +357,11 @@ pub fn command(args: crate::cli::RolloutArgs) -> (String, String, u8) {
 pub fn render(outcome: &RolloutOutcome, json: bool) -> (String, String, u8) {
     let Some(p) = &outcome.progress else {
         let e = outcome.error.clone().unwrap_or_default();
-        return (String::new(), format!("roost fleet rollout: {e}\n"), outcome.exit_code);
+        return (
+            String::new(),
+            format!("roost fleet rollout: {e}\n"),
+            outcome.exit_code,
+        );
     };
     if json {
         let mut v = serde_json::to_value(p).unwrap_or_default();
@@ -346,7 +370,11 @@ pub fn render(outcome: &RolloutOutcome, json: bool) -> (String, String, u8) {
         }
         return (format!("{v:#}\n"), String::new(), outcome.exit_code);
     }
-    let passed = p.devices.values().filter(|o| **o == DeviceOutcome::Passed).count();
+    let passed = p
+        .devices
+        .values()
+        .filter(|o| **o == DeviceOutcome::Passed)
+        .count();
     let mut out = format!(
         "\nrollout {} version {}: {} ({passed} of {} devices passed)\n",
         p.id,
@@ -362,10 +390,20 @@ pub fn render(outcome: &RolloutOutcome, json: bool) -> (String, String, u8) {
         .map(|(d, _)| d)
         .collect();
     if !reverted.is_empty() {
-        out += &format!("  asked to revert: {}\n", reverted.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "));
+        out += &format!(
+            "  asked to revert: {}\n",
+            reverted
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     if p.state == "halted" {
-        out += &format!("resume after fixing it with: roost fleet rollout --resume {} (a newer version is a new rollout)\n", p.id);
+        out += &format!(
+            "resume after fixing it with: roost fleet rollout --resume {} (a newer version is a new rollout)\n",
+            p.id
+        );
     }
     (out, String::new(), outcome.exit_code)
 }

@@ -40,16 +40,28 @@ impl Fleet {
         if !have_or_skip(&["mosquitto_passwd", "minisign", "mosquitto_pub"], test) {
             return None;
         }
-        let mut users: Vec<(String, String)> = devices.iter().map(|d| (d.to_string(), format!("pw-{d}"))).collect();
+        let mut users: Vec<(String, String)> = devices
+            .iter()
+            .map(|d| (d.to_string(), format!("pw-{d}")))
+            .collect();
         users.push((ADMIN.0.into(), ADMIN.1.into()));
-        let users_ref: Vec<(&str, &str)> = users.iter().map(|(u, p)| (u.as_str(), p.as_str())).collect();
+        let users_ref: Vec<(&str, &str)> = users
+            .iter()
+            .map(|(u, p)| (u.as_str(), p.as_str()))
+            .collect();
         let broker = Broker::start_with(&users_ref, Some(ACL));
         let root = tempfile::tempdir().unwrap();
         let keys = root.path().join("trusted-keys");
         std::fs::create_dir(&keys).unwrap();
         let secret_key = root.path().join("fleet.key");
         let public = keys.join("fleet.pub");
-        run_ok(Command::new("minisign").args(["-G", "-W", "-p"]).arg(&public).arg("-s").arg(&secret_key));
+        run_ok(
+            Command::new("minisign")
+                .args(["-G", "-W", "-p"])
+                .arg(&public)
+                .arg("-s")
+                .arg(&secret_key),
+        );
         let admin_password = root.path().join("admin-password");
         std::fs::write(&admin_password, ADMIN.1).unwrap();
         Some(Self {
@@ -88,14 +100,27 @@ impl Fleet {
     /// `roost fleet rollout` with the fleet's broker, credentials and key, and `args`.
     fn rollout(&self, args: &[&str]) -> Output {
         let out = Command::new(ROOST)
-            .args(["fleet", "rollout", "--broker", &self.url(), "--username", ADMIN.0, "--password-file"])
+            .args([
+                "fleet",
+                "rollout",
+                "--broker",
+                &self.url(),
+                "--username",
+                ADMIN.0,
+                "--password-file",
+            ])
             .arg(&self.admin_password)
             .arg("--key")
             .arg(&self.secret_key)
             .args(args)
             .output()
             .unwrap();
-        eprintln!("rollout {args:?}: {}\n{}\n{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        eprintln!(
+            "rollout {args:?}: {}\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         out
     }
 
@@ -103,7 +128,22 @@ impl Fleet {
     fn publish_as(&self, user: (&str, &str), topic: &str, payload: &Path) {
         run_ok(
             Command::new("mosquitto_pub")
-                .args(["-h", "127.0.0.1", "-p", &self.broker.port.to_string(), "-u", user.0, "-P", user.1, "-q", "1", "-r", "-t", topic, "-f"])
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.broker.port.to_string(),
+                    "-u",
+                    user.0,
+                    "-P",
+                    user.1,
+                    "-q",
+                    "1",
+                    "-r",
+                    "-t",
+                    topic,
+                    "-f",
+                ])
                 .arg(payload),
         );
     }
@@ -111,7 +151,22 @@ impl Fleet {
     /// The retained message on `topic`, read as the fleet's owner.
     fn retained(&self, topic: &str) -> Vec<u8> {
         let out = Command::new("mosquitto_sub")
-            .args(["-h", "127.0.0.1", "-p", &self.broker.port.to_string(), "-u", ADMIN.0, "-P", ADMIN.1, "-C", "1", "-W", "5", "-t", topic])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.broker.port.to_string(),
+                "-u",
+                ADMIN.0,
+                "-P",
+                ADMIN.1,
+                "-C",
+                "1",
+                "-W",
+                "5",
+                "-t",
+                topic,
+            ])
             .output()
             .unwrap();
         let mut bytes = out.stdout;
@@ -143,7 +198,15 @@ impl Device {
     fn run(&mut self) {
         let log = std::fs::File::create(self.state.with_extension("log")).unwrap();
         let child = Command::new("setpriv")
-            .args(["--pdeathsig", "KILL", ROOST, "run", "--runtime", "process", "--file"])
+            .args([
+                "--pdeathsig",
+                "KILL",
+                ROOST,
+                "run",
+                "--runtime",
+                "process",
+                "--file",
+            ])
             .arg(&self.file)
             .arg("--state-dir")
             .arg(&self.state)
@@ -194,7 +257,13 @@ impl Device {
     fn wait_running(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.status()["status"] != "Running" || self.status()["remote"].is_null() {
-            assert!(Instant::now() < deadline, "{} never Running with a remote report: {:#}\n{}", self.id, self.status(), self.log());
+            assert!(
+                Instant::now() < deadline,
+                "{} never Running with a remote report: {:#}\n{}",
+                self.id,
+                self.status(),
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -208,12 +277,20 @@ impl Drop for Device {
 
 fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{cmd:?}: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
 fn components(tag: &str, names: &[&str]) -> String {
-    names.iter().map(|n| sleeper(n, &format!("{tag}-{n}-{}", std::process::id()))).collect()
+    names
+        .iter()
+        .map(|n| sleeper(n, &format!("{tag}-{n}-{}", std::process::id())))
+        .collect()
 }
 
 fn broken(tag: &str) -> String {
@@ -222,7 +299,8 @@ fn broken(tag: &str) -> String {
 }
 
 fn json(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 #[test]
@@ -231,10 +309,14 @@ fn a_rollout_goes_through_its_batches_and_a_bad_version_reverts_by_itself_and_ha
     let Some(fleet) = Fleet::start(&ids, "rollout batches") else {
         return;
     };
-    let mut devices: Vec<Device> = ids.iter().enumerate().map(|(i, id)| {
-        let site = if i < 4 { "north" } else { "south" };
-        fleet.device(id, &format!("site: {site}"))
-    }).collect();
+    let mut devices: Vec<Device> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let site = if i < 4 { "north" } else { "south" };
+            fleet.device(id, &format!("site: {site}"))
+        })
+        .collect();
     for d in &mut devices {
         d.start(&components("v0", &["a"]));
     }
@@ -244,43 +326,112 @@ fn a_rollout_goes_through_its_batches_and_a_bad_version_reverts_by_itself_and_ha
     // Version 1 to every device, in three batches through a 5 s gate.
     let v1 = fleet.root.path().join("v1.yaml");
     std::fs::write(&v1, devices[0].yaml(&components("v1", &["a", "b"]))).unwrap();
-    let out = fleet.rollout(&["--file", v1.to_str().unwrap(), "--devices", &ids.join(","), "--batches", "1,50%,100%", "--gate", "5s", "--timeout", "20s", "--json"]);
-    assert_eq!(out.status.code(), Some(0), "{:#}\n{}", devices[0].status(), devices[0].log());
+    let out = fleet.rollout(&[
+        "--file",
+        v1.to_str().unwrap(),
+        "--devices",
+        &ids.join(","),
+        "--batches",
+        "1,50%,100%",
+        "--gate",
+        "5s",
+        "--timeout",
+        "20s",
+        "--json",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{:#}\n{}",
+        devices[0].status(),
+        devices[0].log()
+    );
     let record = json(&out);
     assert_eq!(record["state"], "done");
     assert_eq!(record["version"], 1);
-    assert_eq!(record["batches"].as_array().unwrap().iter().map(|b| b.as_array().unwrap().len()).collect::<Vec<_>>(), vec![1, 2, 3]);
-    assert!(record.get("files").is_none(), "the files stay off the terminal");
+    assert_eq!(
+        record["batches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b.as_array().unwrap().len())
+            .collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert!(
+        record.get("files").is_none(),
+        "the files stay off the terminal"
+    );
     for d in &devices {
         let r = d.wait_remote(10, "passed v1", |r| r["state"] == "passed");
-        assert_eq!((r["appliedVersion"].as_u64(), r["appliedBy"].as_str()), (Some(1), Some("remote")));
+        assert_eq!(
+            (r["appliedVersion"].as_u64(), r["appliedBy"].as_str()),
+            (Some(1), Some("remote"))
+        );
         // Applied like a local edit: the file is the new version, under its own name.
-        assert!(std::fs::read_to_string(&d.file).unwrap().contains("v1-b"), "{}", d.id);
+        assert!(
+            std::fs::read_to_string(&d.file).unwrap().contains("v1-b"),
+            "{}",
+            d.id
+        );
         assert_eq!(record["devices"][&d.id]["state"], "passed");
     }
     // What roost signed verifies with Debian's minisign.
     let message: Value = serde_json::from_slice(&fleet.retained("roost/d03/desired")).unwrap();
     let doc = fleet.root.path().join("doc.json");
     std::fs::write(&doc, message["document"].as_str().unwrap()).unwrap();
-    std::fs::write(doc.with_extension("json.minisig"), message["signature"].as_str().unwrap()).unwrap();
-    run_ok(Command::new("minisign").arg("-Vm").arg(&doc).arg("-p").arg(fleet.keys.join("fleet.pub")));
+    std::fs::write(
+        doc.with_extension("json.minisig"),
+        message["signature"].as_str().unwrap(),
+    )
+    .unwrap();
+    run_ok(
+        Command::new("minisign")
+            .arg("-Vm")
+            .arg(&doc)
+            .arg("-p")
+            .arg(fleet.keys.join("fleet.pub")),
+    );
 
     // Version 2 names a program that does not exist: the first device of site=north reverts
     // within its gate, the rollout halts after that batch, the others never get it.
     let v2 = fleet.root.path().join("v2.yaml");
     std::fs::write(&v2, devices[0].yaml(&broken("v2"))).unwrap();
-    let out = fleet.rollout(&["--file", v2.to_str().unwrap(), "--select", "site=north", "--batches", "1,100%", "--gate", "5s", "--timeout", "60s", "--json"]);
+    let out = fleet.rollout(&[
+        "--file",
+        v2.to_str().unwrap(),
+        "--select",
+        "site=north",
+        "--batches",
+        "1,100%",
+        "--gate",
+        "5s",
+        "--timeout",
+        "60s",
+        "--json",
+    ]);
     assert_eq!(out.status.code(), Some(1), "halted");
     let record = json(&out);
     assert_eq!(record["state"], "halted");
     assert_eq!(record["version"], 2);
     let first = &devices[0];
     let reason = record["devices"]["d01"]["reason"].as_str().unwrap();
-    assert!(reason.contains("reverted") && reason.contains("DEP_E161"), "{reason}");
+    assert!(
+        reason.contains("reverted") && reason.contains("DEP_E161"),
+        "{reason}"
+    );
     let r = first.wait_remote(10, "reverted", |r| r["state"] == "reverted");
     assert_eq!(r["reverted"]["version"], 2);
-    assert_eq!((r["appliedVersion"].as_u64(), r["appliedBy"].as_str()), (Some(1), Some("remote")));
-    assert!(std::fs::read_to_string(&first.file).unwrap().contains("v1-b"), "the files before v2 are back");
+    assert_eq!(
+        (r["appliedVersion"].as_u64(), r["appliedBy"].as_str()),
+        (Some(1), Some("remote"))
+    );
+    assert!(
+        std::fs::read_to_string(&first.file)
+            .unwrap()
+            .contains("v1-b"),
+        "the files before v2 are back"
+    );
     for d in &devices[1..4] {
         assert_eq!(record["devices"][&d.id]["state"], "queued", "{}", d.id);
         assert_eq!(d.status()["remote"]["appliedVersion"], 1);
@@ -292,14 +443,33 @@ fn a_rollout_goes_through_its_batches_and_a_bad_version_reverts_by_itself_and_ha
     assert_eq!(first_status["status"], "Running", "{first_status:#}");
     // The fleet view shows the revert.
     let out = Command::new(ROOST)
-        .args(["fleet", "--broker", &fleet.url(), "--username", ADMIN.0, "--password-file"])
+        .args([
+            "fleet",
+            "--broker",
+            &fleet.url(),
+            "--username",
+            ADMIN.0,
+            "--password-file",
+        ])
         .arg(&fleet.admin_password)
         .arg("--json")
         .output()
         .unwrap();
     let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let row = rows.as_array().unwrap().iter().find(|r| r["deviceId"] == "d01").unwrap();
-    assert_eq!((row["remoteState"].as_str(), row["desiredVersion"].as_u64(), row["appliedVersion"].as_u64()), (Some("reverted"), Some(2), Some(1)));
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["deviceId"] == "d01")
+        .unwrap();
+    assert_eq!(
+        (
+            row["remoteState"].as_str(),
+            row["desiredVersion"].as_u64(),
+            row["appliedVersion"].as_u64()
+        ),
+        (Some("reverted"), Some(2), Some(1))
+    );
     assert_eq!(row["reverted"]["codes"][0], "DEP_E161");
     // A version that is not newer is never applied again: the retained v2 stays reverted
     // after a restart of the device (the broker delivers it again).
@@ -330,9 +500,16 @@ fn every_refusal_is_said_with_its_code_and_nothing_is_applied() {
         let text = doc.to_string();
         let f = dir.join(format!("{name}.json"));
         std::fs::write(&f, &text).unwrap();
-        run_ok(Command::new("minisign").args(["-S", "-s"]).arg(key).arg("-m").arg(&f));
+        run_ok(
+            Command::new("minisign")
+                .args(["-S", "-s"])
+                .arg(key)
+                .arg("-m")
+                .arg(&f),
+        );
         let sig = std::fs::read_to_string(f.with_extension("json.minisig")).unwrap();
-        let env = serde_json::json!({"kind": "roost.desired/v1", "document": text, "signature": sig});
+        let env =
+            serde_json::json!({"kind": "roost.desired/v1", "document": text, "signature": sig});
         let p = dir.join(format!("{name}.msg"));
         std::fs::write(&p, env.to_string()).unwrap();
         p
@@ -346,32 +523,64 @@ fn every_refusal_is_said_with_its_code_and_nothing_is_applied() {
     let original = applied;
     let check = |d: &Device, payload: &Path, code: &str| -> Value {
         fleet.publish_as(ADMIN, topic, payload);
-        let r = d.wait_remote(10, code, |r| r["state"] == "refused" && r["refused"]["code"] == code);
-        assert_eq!(std::fs::read_to_string(&d.file).unwrap(), original, "{code}: nothing applied");
+        let r = d.wait_remote(10, code, |r| {
+            r["state"] == "refused" && r["refused"]["code"] == code
+        });
+        assert_eq!(
+            std::fs::read_to_string(&d.file).unwrap(),
+            original,
+            "{code}: nothing applied"
+        );
         assert_eq!(r["appliedVersion"], 5, "{code}");
         r
     };
     // Altered after signing.
     let mut env: Value = serde_json::from_slice(&std::fs::read(&good).unwrap()).unwrap();
     let doc6 = serde_json::json!({"device": "r01", "version": 6, "files": {"deployment.yaml": d.yaml(&components("r6", &["a"]))}});
-    let signed6: Value = serde_json::from_slice(&std::fs::read(message(&doc6, &fleet.secret_key, "six")).unwrap()).unwrap();
-    env["document"] = Value::String(signed6["document"].as_str().unwrap().replace("r6-a", "r6-x"));
+    let signed6: Value =
+        serde_json::from_slice(&std::fs::read(message(&doc6, &fleet.secret_key, "six")).unwrap())
+            .unwrap();
+    env["document"] = Value::String(
+        signed6["document"]
+            .as_str()
+            .unwrap()
+            .replace("r6-a", "r6-x"),
+    );
     env["signature"] = signed6["signature"].clone();
     let altered = dir.join("altered.msg");
     std::fs::write(&altered, env.to_string()).unwrap();
     check(&d, &altered, "DEP_E801");
     // Not signed at all.
     let unsigned = dir.join("unsigned.msg");
-    std::fs::write(&unsigned, serde_json::json!({"kind": "roost.desired/v1", "document": doc6.to_string()}).to_string()).unwrap();
+    std::fs::write(
+        &unsigned,
+        serde_json::json!({"kind": "roost.desired/v1", "document": doc6.to_string()}).to_string(),
+    )
+    .unwrap();
     check(&d, &unsigned, "DEP_E801");
     // Signed by a key the device does not trust.
     let other_key = dir.join("other.key");
-    run_ok(Command::new("minisign").args(["-G", "-W", "-p"]).arg(dir.join("other.pub")).arg("-s").arg(&other_key));
+    run_ok(
+        Command::new("minisign")
+            .args(["-G", "-W", "-p"])
+            .arg(dir.join("other.pub"))
+            .arg("-s")
+            .arg(&other_key),
+    );
     let r = check(&d, &message(&doc6, &other_key, "untrusted"), "DEP_E802");
-    assert!(r["refused"]["reason"].as_str().unwrap().contains("not among the trusted keys"));
+    assert!(
+        r["refused"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not among the trusted keys")
+    );
     // Another device's message published on this device's topic.
     let theirs = serde_json::json!({"device": "r02", "version": 6, "files": {"deployment.yaml": d.yaml(&components("r6", &["a"]))}});
-    check(&d, &message(&theirs, &fleet.secret_key, "theirs"), "DEP_E803");
+    check(
+        &d,
+        &message(&theirs, &fleet.secret_key, "theirs"),
+        "DEP_E803",
+    );
     // A replay of an older version, as the broker's retained store could hold it.
     let old = serde_json::json!({"device": "r01", "version": 3, "files": {"deployment.yaml": d.yaml(&components("r3", &["a"]))}});
     let r = check(&d, &message(&old, &fleet.secret_key, "old"), "DEP_E804");
@@ -382,8 +591,13 @@ fn every_refusal_is_said_with_its_code_and_nothing_is_applied() {
     check(&d, &big, "DEP_E805");
     // A deployment that does not validate: the file's line and column come back.
     let bad_yaml = format!("{}  bogusField: 1\n", d.yaml(&components("r6", &["a"])));
-    let invalid = serde_json::json!({"device": "r01", "version": 6, "files": {"deployment.yaml": bad_yaml}});
-    let r = check(&d, &message(&invalid, &fleet.secret_key, "invalid"), "DEP_E806");
+    let invalid =
+        serde_json::json!({"device": "r01", "version": 6, "files": {"deployment.yaml": bad_yaml}});
+    let r = check(
+        &d,
+        &message(&invalid, &fleet.secret_key, "invalid"),
+        "DEP_E806",
+    );
     let spec_error = &r["refused"]["specError"];
     assert_eq!(spec_error["file"], "deployment.yaml", "{r:#}");
     assert!(spec_error["line"].as_u64().is_some(), "{r:#}");
@@ -397,17 +611,39 @@ fn every_refusal_is_said_with_its_code_and_nothing_is_applied() {
     let newer = message(&newer, &fleet.secret_key, "newer");
     run_ok(
         Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &fleet.broker.port.to_string(), "-u", "r02", "-P", "pw-r02", "-q", "1", "-r", "-t", topic, "-f"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &fleet.broker.port.to_string(),
+                "-u",
+                "r02",
+                "-P",
+                "pw-r02",
+                "-q",
+                "1",
+                "-r",
+                "-t",
+                topic,
+                "-f",
+            ])
             .arg(&newer),
     );
     std::thread::sleep(Duration::from_secs(2));
     let r = d.status()["remote"].clone();
-    assert_eq!((r["refused"]["code"].as_str(), r["appliedVersion"].as_u64()), (Some("DEP_E808"), Some(5)));
+    assert_eq!(
+        (r["refused"]["code"].as_str(), r["appliedVersion"].as_u64()),
+        (Some("DEP_E808"), Some(5))
+    );
     // The highest version survives a restart: the replay is still refused afterwards.
     d.kill();
     d.run();
     d.wait_running();
-    check(&d, &message(&old, &fleet.secret_key, "old-again"), "DEP_E804");
+    check(
+        &d,
+        &message(&old, &fleet.secret_key, "old-again"),
+        "DEP_E804",
+    );
     // A local edit since is said as such.
     std::fs::write(&d.file, d.yaml(&components("local", &["a"]))).unwrap();
     let r = d.wait_remote(10, "local", |r| r["appliedBy"] == "local");
@@ -420,7 +656,10 @@ fn the_controller_resumes_and_the_gate_decides_across_a_device_restart() {
     let Some(fleet) = Fleet::start(&ids, "rollout resume") else {
         return;
     };
-    let mut devices: Vec<Device> = ids.iter().map(|id| fleet.device(id, "site: west")).collect();
+    let mut devices: Vec<Device> = ids
+        .iter()
+        .map(|id| fleet.device(id, "site: west"))
+        .collect();
     for d in &mut devices {
         d.start(&components("s0", &["a"]));
     }
@@ -431,11 +670,31 @@ fn the_controller_resumes_and_the_gate_decides_across_a_device_restart() {
     let v = fleet.root.path().join("bad.yaml");
     std::fs::write(&v, devices[0].yaml(&broken("s1"))).unwrap();
     let mut controller = Command::new(ROOST)
-        .args(["fleet", "rollout", "--broker", &fleet.url(), "--username", ADMIN.0, "--password-file"])
+        .args([
+            "fleet",
+            "rollout",
+            "--broker",
+            &fleet.url(),
+            "--username",
+            ADMIN.0,
+            "--password-file",
+        ])
         .arg(&fleet.admin_password)
         .arg("--key")
         .arg(&fleet.secret_key)
-        .args(["--file", v.to_str().unwrap(), "--devices", "s01,s02,s03", "--batches", "1,100%", "--gate", "20s", "--max-failed", "1", "--json"])
+        .args([
+            "--file",
+            v.to_str().unwrap(),
+            "--devices",
+            "s01,s02,s03",
+            "--batches",
+            "1,100%",
+            "--gate",
+            "20s",
+            "--max-failed",
+            "1",
+            "--json",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -446,7 +705,9 @@ fn the_controller_resumes_and_the_gate_decides_across_a_device_restart() {
     // The device restarts in the middle of its gate: the gate still decides (reverts).
     devices[0].kill();
     devices[0].run();
-    let r = devices[0].wait_remote(40, "reverted after its restart", |r| r["state"] == "reverted");
+    let r = devices[0].wait_remote(40, "reverted after its restart", |r| {
+        r["state"] == "reverted"
+    });
     assert_eq!(r["reverted"]["version"], 1);
     // The broker restarts too; the rollout's record was retained in memory only, so resume
     // needs the broker that kept it: resume before stopping it.

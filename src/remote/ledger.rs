@@ -141,7 +141,9 @@ impl Target {
         match self {
             Target::File(f) => {
                 let name = f.file_name().map(|n| n.to_string_lossy().into_owned());
-                (name.zip(files.values().next().cloned())).into_iter().collect()
+                (name.zip(files.values().next().cloned()))
+                    .into_iter()
+                    .collect()
             }
             Target::Dir(_) => files.clone(),
         }

@@ -323,7 +323,9 @@ pub fn load_secret_key(text: &str, password: Option<String>) -> Result<SecretKey
 fn unencrypted_without_checksum(text: &str) -> Option<SecretKey> {
     use base64::Engine;
     let line = text.lines().nth(1)?.trim();
-    let bytes = base64::engine::general_purpose::STANDARD.decode(line).ok()?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(line)
+        .ok()?;
     let unencrypted = bytes.get(2..4) == Some(&[0, 0][..]);
     let zero_checksum = bytes.len() == 158 && bytes[126..].iter().all(|b| *b == 0);
     (unencrypted && zero_checksum)

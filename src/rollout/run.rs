@@ -31,8 +31,8 @@ pub fn resume(id: &str, run: &RolloutRun) -> RolloutOutcome {
         let record = b.retained.get(&topic).cloned().ok_or_else(|| {
             format!("no rollout {id:?} on the broker ({topic} holds no retained record)")
         })?;
-        let progress: Progress =
-            serde_json::from_value(record).map_err(|e| format!("{topic}: not a rollout record: {e}"))?;
+        let progress: Progress = serde_json::from_value(record)
+            .map_err(|e| format!("{topic}: not a rollout record: {e}"))?;
         b.drive(progress, &sk, run).await
     })
 }
@@ -51,7 +51,10 @@ where
         Ok(sk) => sk,
         Err(e) => return failed(format!("--key: {e}")),
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return failed(format!("cannot start a runtime: {e}")),
     };
@@ -101,8 +104,15 @@ impl Broker {
         loop {
             let ev = tokio::time::timeout_at(deadline, self.events.poll())
                 .await
-                .map_err(|_| format!("the broker {} did not answer within 10 s", self.options.broker))?
-                .map_err(|e| crate::connect::mqtt::classify(&e, &self.options.broker.to_string()).message)?;
+                .map_err(|_| {
+                    format!(
+                        "the broker {} did not answer within 10 s",
+                        self.options.broker
+                    )
+                })?
+                .map_err(|e| {
+                    crate::connect::mqtt::classify(&e, &self.options.broker.to_string()).message
+                })?;
             match ev {
                 Event::Incoming(Incoming::ConnAck(_)) => {
                     let filters = [
@@ -137,7 +147,13 @@ impl Broker {
             match tokio::time::timeout(QUIET, self.events.poll()).await {
                 Err(_) => return Ok(()),
                 Ok(Ok(ev)) => self.take(&ev),
-                Ok(Err(e)) => return Err(crate::connect::mqtt::classify(&e, &self.options.broker.to_string()).message),
+                Ok(Err(e)) => {
+                    return Err(crate::connect::mqtt::classify(
+                        &e,
+                        &self.options.broker.to_string(),
+                    )
+                    .message);
+                }
             }
         }
     }
@@ -167,14 +183,17 @@ impl Broker {
     }
 
     fn report(&self, device: &str) -> Option<&Value> {
-        self.retained.get(&crate::remote::report_topic(&self.prefix, device))
+        self.retained
+            .get(&crate::remote::report_topic(&self.prefix, device))
     }
 
     fn reports(&self) -> BTreeMap<String, Value> {
         let suffix = "/desired/report";
         (self.retained.iter())
             .filter_map(|(t, v)| {
-                let device = t.strip_prefix(&format!("{}/", self.prefix))?.strip_suffix(suffix)?;
+                let device = t
+                    .strip_prefix(&format!("{}/", self.prefix))?
+                    .strip_suffix(suffix)?;
                 (!device.contains('/')).then(|| (device.to_string(), v.clone()))
             })
             .collect()
@@ -189,7 +208,10 @@ impl Broker {
         devices.sort();
         devices.dedup();
         if devices.is_empty() {
-            return Err("no device chosen: --devices names none, or no device reports the --select label".into());
+            return Err(
+                "no device chosen: --devices names none, or no device reports the --select label"
+                    .into(),
+            );
         }
         if req.files.is_empty() {
             return Err("no deployment file to send (--file or --dir)".into());
@@ -197,7 +219,10 @@ impl Broker {
         let version = req
             .version
             .unwrap_or_else(|| next_version(devices.iter().filter_map(|d| reports.get(d))));
-        let id = format!("{}-v{version}", jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ"));
+        let id = format!(
+            "{}-v{version}",
+            jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ")
+        );
         Ok(Progress {
             id,
             version,
@@ -207,7 +232,10 @@ impl Broker {
             max_failed: req.max_failed,
             batches: plan_batches(&devices, &req.batches),
             batch: 0,
-            devices: devices.iter().map(|d| (d.clone(), DeviceOutcome::Queued)).collect(),
+            devices: devices
+                .iter()
+                .map(|d| (d.clone(), DeviceOutcome::Queued))
+                .collect(),
             state: "running".into(),
         })
     }
@@ -215,7 +243,8 @@ impl Broker {
     /// Queues a retained publish; while the queue is full, the event loop runs to drain it.
     async fn publish(&mut self, topic: String, payload: Vec<u8>) {
         while let Err(rumqttc::ClientError::TryRequest(_)) =
-            self.client.try_publish(topic.clone(), QoS::AtLeastOnce, true, payload.clone())
+            self.client
+                .try_publish(topic.clone(), QoS::AtLeastOnce, true, payload.clone())
         {
             self.pump(Instant::now() + Duration::from_millis(50)).await;
         }
@@ -223,17 +252,29 @@ impl Broker {
 
     async fn save(&mut self, p: &Progress) {
         let bytes = serde_json::to_vec(p).unwrap_or_default();
-        self.publish(progress_topic(&self.prefix, &p.id), bytes).await;
+        self.publish(progress_topic(&self.prefix, &p.id), bytes)
+            .await;
     }
 
-    async fn send(&mut self, p: &Progress, device: &str, sk: &minisign::SecretKey) -> Result<(), String> {
+    async fn send(
+        &mut self,
+        p: &Progress,
+        device: &str,
+        sk: &minisign::SecretKey,
+    ) -> Result<(), String> {
         let payload = signed::seal(&document(p, device), sk)?;
-        self.publish(crate::remote::desired_topic(&self.prefix, device), payload).await;
+        self.publish(crate::remote::desired_topic(&self.prefix, device), payload)
+            .await;
         Ok(())
     }
 
     /// Works through the batches from `p.batch`.
-    async fn drive(&mut self, mut p: Progress, sk: &minisign::SecretKey, run: &RolloutRun) -> Result<Progress, String> {
+    async fn drive(
+        &mut self,
+        mut p: Progress,
+        sk: &minisign::SecretKey,
+        run: &RolloutRun,
+    ) -> Result<Progress, String> {
         while p.batch < p.batches.len() && p.state == "running" {
             let batch = p.batches[p.batch].clone();
             for d in &batch {
@@ -271,7 +312,13 @@ impl Broker {
         run: &RolloutRun,
     ) -> Result<(), String> {
         let deferred = p.apply.at != signed::ApplyAt::Now;
-        let patience = p.gate.as_std() + run.timeout + if deferred { p.apply.max_wait.as_std() } else { Duration::ZERO };
+        let patience = p.gate.as_std()
+            + run.timeout
+            + if deferred {
+                p.apply.max_wait.as_std()
+            } else {
+                Duration::ZERO
+            };
         let deadline = Instant::now() + patience;
         loop {
             let mut changed = false;
@@ -288,20 +335,28 @@ impl Broker {
                 self.save(p).await;
                 say_progress(p, run.json);
             }
-            let open = batch.iter().any(|d| p.devices.get(d) == Some(&DeviceOutcome::Sent));
+            let open = batch
+                .iter()
+                .any(|d| p.devices.get(d) == Some(&DeviceOutcome::Sent));
             if !open {
                 return Ok(());
             }
             if Instant::now() >= deadline {
                 for d in batch {
                     if p.devices.get(d) == Some(&DeviceOutcome::Sent) {
-                        let reason = format!("no report of version {} within {}s", p.version, patience.as_secs());
-                        p.devices.insert(d.clone(), DeviceOutcome::Failed { reason });
+                        let reason = format!(
+                            "no report of version {} within {}s",
+                            p.version,
+                            patience.as_secs()
+                        );
+                        p.devices
+                            .insert(d.clone(), DeviceOutcome::Failed { reason });
                     }
                 }
                 return Ok(());
             }
-            self.pump((Instant::now() + Duration::from_millis(500)).min(deadline)).await;
+            self.pump((Instant::now() + Duration::from_millis(500)).min(deadline))
+                .await;
             if std::mem::take(&mut self.reconnected) {
                 // A broker restarted without persistence may have lost the retained messages.
                 for d in batch {
@@ -331,7 +386,8 @@ impl Broker {
                 rollout: Some(p.id.clone()),
             };
             let payload = signed::seal(&doc, sk)?;
-            self.publish(crate::remote::desired_topic(&self.prefix, &d), payload).await;
+            self.publish(crate::remote::desired_topic(&self.prefix, &d), payload)
+                .await;
             p.devices.insert(d, DeviceOutcome::Reverted);
         }
         Ok(())

@@ -7,9 +7,15 @@ fn names(n: usize) -> Vec<String> {
 
 #[test]
 fn batches_are_cumulative_and_the_last_reaches_every_device() {
-    let sizes: Vec<BatchSize> = ["1", "10%", "100%"].iter().map(|s| s.parse().unwrap()).collect();
+    let sizes: Vec<BatchSize> = ["1", "10%", "100%"]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
     let lens = |n: usize, sizes: &[BatchSize]| -> Vec<usize> {
-        plan_batches(&names(n), sizes).iter().map(Vec::len).collect()
+        plan_batches(&names(n), sizes)
+            .iter()
+            .map(Vec::len)
+            .collect()
     };
     assert_eq!(lens(20, &sizes), vec![1, 1, 18]);
     assert_eq!(lens(40, &sizes), vec![1, 3, 36]);
@@ -28,7 +34,10 @@ fn a_devices_report_gives_its_verdict_on_the_version() {
     let cases = [
         (json!({"state": "gating", "appliedVersion": 7}), None),
         (json!({"state": "waiting", "desiredVersion": 7}), None),
-        (json!({"state": "passed", "appliedVersion": 7}), Some("passed")),
+        (
+            json!({"state": "passed", "appliedVersion": 7}),
+            Some("passed"),
+        ),
         (json!({"state": "passed", "appliedVersion": 6}), None),
         (
             json!({"state": "reverted", "appliedVersion": 6,
@@ -36,12 +45,18 @@ fn a_devices_report_gives_its_verdict_on_the_version() {
             Some("reverted by its health gate (DEP_E301): worse"),
         ),
         // An older revert says nothing about this version.
-        (json!({"state": "passed", "appliedVersion": 7, "reverted": {"version": 5, "codes": []}}), Some("passed")),
+        (
+            json!({"state": "passed", "appliedVersion": 7, "reverted": {"version": 5, "codes": []}}),
+            Some("passed"),
+        ),
         (
             json!({"state": "refused", "refused": {"version": 7, "code": "DEP_E806", "reason": "bad"}}),
             Some("refused DEP_E806: bad"),
         ),
-        (json!({"state": "refused", "refused": {"code": "DEP_E801", "reason": "x"}}), None),
+        (
+            json!({"state": "refused", "refused": {"code": "DEP_E801", "reason": "x"}}),
+            None,
+        ),
     ];
     for (report, want) in cases {
         let got = outcome_of(&report, 7).map(|o| match o {
@@ -56,8 +71,14 @@ fn a_devices_report_gives_its_verdict_on_the_version() {
 #[test]
 fn versions_and_labels_come_from_the_reports() {
     let reports = BTreeMap::from([
-        ("a".to_string(), json!({"highestVersion": 4, "labels": {"site": "north"}})),
-        ("b".to_string(), json!({"highestVersion": 9, "labels": {"site": "south"}})),
+        (
+            "a".to_string(),
+            json!({"highestVersion": 4, "labels": {"site": "north"}}),
+        ),
+        (
+            "b".to_string(),
+            json!({"highestVersion": 9, "labels": {"site": "south"}}),
+        ),
         ("c".to_string(), json!({"labels": {"site": "north"}})),
     ]);
     assert_eq!(next_version(reports.values()), 10);

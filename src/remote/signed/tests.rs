@@ -166,4 +166,3 @@ fn an_encrypted_secret_key_needs_its_password() {
     assert!(load_secret_key(&text, Some("wrong".into())).is_err());
     assert!(load_secret_key(&text, Some("pw".into())).is_ok());
 }
-
