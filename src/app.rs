@@ -75,13 +75,18 @@ pub fn run(
     rt.block_on(async move {
         let shutdown = shutdown_signal()?;
         let (use_systemd, target) = choose_runtime(choice, user).await?;
-        tokio::spawn(crate::remote::device::run(remote, cfg.state_dir.clone()));
+        let (link, side) = crate::publish::remote_link();
+        tokio::spawn(crate::remote::device::run(
+            remote,
+            cfg.state_dir.clone(),
+            side,
+        ));
         if use_systemd {
             let runtime = crate::runtime::systemd::SystemdRuntime::connect(target).await?;
-            reconcile::run(cfg, runtime, shutdown, ready).await?;
+            reconcile::run_linked(cfg, runtime, shutdown, ready, Some(link)).await?;
         } else {
             let runtime = ProcessRuntime::new(state_dir)?;
-            reconcile::run(cfg, runtime, shutdown, ready).await?;
+            reconcile::run_linked(cfg, runtime, shutdown, ready, Some(link)).await?;
         }
         Ok(())
     })
@@ -107,11 +112,17 @@ pub fn run_dir(
     tokio::task::LocalSet::new().block_on(&rt, async move {
         let shutdown = shutdown_signal()?;
         let (use_systemd, target) = choose_runtime(choice, user).await?;
-        tokio::spawn(crate::remote::device::run(remote, cfg.state_dir.clone()));
+        let (link, side) = crate::publish::remote_link();
+        tokio::spawn(crate::remote::device::run(
+            remote,
+            cfg.state_dir.clone(),
+            side,
+        ));
         if use_systemd {
-            crate::device::run(cfg, SystemdMaker(target), shutdown, ready).await?;
+            crate::device::run_linked(cfg, SystemdMaker(target), shutdown, ready, Some(link))
+                .await?;
         } else {
-            crate::device::run(cfg, ProcessMaker, shutdown, ready).await?;
+            crate::device::run_linked(cfg, ProcessMaker, shutdown, ready, Some(link)).await?;
         }
         Ok(())
     })

@@ -524,7 +524,7 @@ pub struct RolloutArgs {
     /// On a halt, ask the devices that took the version to go back to their files before it.
     #[arg(long)]
     pub revert: bool,
-    /// The version number (default: one above the highest any chosen device reports).
+    /// The version number (default: one above the highest any device under --prefix reports).
     #[arg(long)]
     pub version: Option<u64>,
     /// Carry on the rollout ID (its devices, files and batches are on the broker).

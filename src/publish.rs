@@ -305,3 +305,58 @@ mod tests {
         assert_eq!(seen.lock().unwrap().clone(), vec![2]);
     }
 }
+
+/// The loop's side of the in-process link with the desired state over the broker
+/// (`crate::remote::device`): each new status document goes to it, and its report comes back
+/// into the status (`remote`). Channels, not files: no inotify instance, no disk write.
+#[derive(Clone, Debug)]
+pub struct RemoteLink {
+    /// Each document the loop (or the device) publishes.
+    pub docs: tokio::sync::watch::Sender<Option<std::sync::Arc<StatusDoc>>>,
+    /// The remote task's report.
+    pub report: tokio::sync::watch::Receiver<Option<crate::status::RemoteStatus>>,
+}
+
+/// The remote task's side of [`RemoteLink`].
+#[derive(Debug)]
+pub struct RemoteSide {
+    /// Documents as the loop publishes them.
+    pub docs: tokio::sync::watch::Receiver<Option<std::sync::Arc<StatusDoc>>>,
+    /// Where the task says where it stands.
+    pub report: tokio::sync::watch::Sender<Option<crate::status::RemoteStatus>>,
+}
+
+/// A linked pair.
+pub fn remote_link() -> (RemoteLink, RemoteSide) {
+    let (docs_tx, docs_rx) = tokio::sync::watch::channel(None);
+    let (report_tx, report_rx) = tokio::sync::watch::channel(None);
+    (
+        RemoteLink {
+            docs: docs_tx,
+            report: report_rx,
+        },
+        RemoteSide {
+            docs: docs_rx,
+            report: report_tx,
+        },
+    )
+}
+
+impl RemoteLink {
+    /// The report now (redacted: refusal reasons may quote a file).
+    pub fn current(&self) -> Option<crate::status::RemoteStatus> {
+        self.report.borrow().as_ref().map(crate::redact::typed)
+    }
+
+    /// Resolves when the report changed (never once the task is gone).
+    pub async fn changed(link: Option<&mut Self>) {
+        match link {
+            Some(l) => {
+                if l.report.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending().await,
+        }
+    }
+}

@@ -34,7 +34,7 @@ pub struct RolloutRequest {
     pub max_failed: usize,
     /// `--apply` and `--max-wait`.
     pub apply: ApplyOptions,
-    /// `--version` (default: one above the highest any chosen device reports).
+    /// `--version` (default: one above the highest any device of the fleet reports).
     pub version: Option<u64>,
 }
 

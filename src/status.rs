@@ -406,19 +406,6 @@ pub struct RemoteRefused {
     pub spec_error: Option<SpecError>,
 }
 
-impl RemoteStatus {
-    /// Where the remote desired state's report lives: `<state_dir>/remote.json`.
-    pub fn path(state_dir: &std::path::Path) -> std::path::PathBuf {
-        state_dir.join("remote.json")
-    }
-
-    /// The report in `state_dir`, when there is one that reads.
-    pub fn read(state_dir: &std::path::Path) -> Option<Self> {
-        let bytes = std::fs::read(Self::path(state_dir)).ok()?;
-        serde_json::from_slice(&bytes).ok()
-    }
-}
-
 /// One entry of `shared` in the device's status.json.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

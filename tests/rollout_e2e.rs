@@ -91,9 +91,12 @@ impl Fleet {
         Device {
             id: id.into(),
             file: dir.join("deployment.yaml"),
+            dir: false,
             state: dir.join("state"),
             connect,
+            env: Vec::new(),
             child: None,
+            _feed: None,
         }
     }
 
@@ -179,15 +182,55 @@ impl Fleet {
 
 struct Device {
     id: String,
+    /// The deployment file (`--file`), or the folder (`--dir`) when `dir` is set.
     file: PathBuf,
+    dir: bool,
     state: PathBuf,
     connect: String,
+    env: Vec<(String, PathBuf)>,
     child: Option<Child>,
+    _feed: Option<common::Feed>,
 }
 
 impl Device {
     fn yaml(&self, components: &str) -> String {
         deployment(&self.id, &self.connect, components)
+    }
+
+    /// A deployment that records from ALSA `pcm` into `storage` (16 kHz mono, 1 s files) with
+    /// `extra` recorder lines (indented by 4), the device's connect section and `components`.
+    fn recorder_yaml(&self, storage: &Path, pcm: &str, extra: &str, components: &str) -> String {
+        format!(
+            "apiVersion: roost/v1\nkind: Deployment\nmetadata:\n  name: {}\nspec:\n  location: {{latitude: 51.76, longitude: -1.26}}\n  backoff: {{initial: 0s, max: 1s, resetAfter: 10m}}\n  storage: {{path: {}, minFreeSpace: 0, onLowSpace: stop}}\n  recorder:\n    device: {pcm}\n    sampleRate: 16000\n    channels: 1\n    sampleFormat: i16\n    duration: 1s\n    timezone: UTC\n{extra}{}  components:\n{components}",
+            self.id,
+            storage.display(),
+            self.connect
+        )
+    }
+
+    /// Starts the device's microphone: `roost feed` writing a FIFO through ALSA's file plugin.
+    fn with_microphone(&mut self) {
+        let base = self.file.parent().unwrap().to_path_buf();
+        let conf = base.join("asound.conf");
+        self._feed = Some(common::start_feed(&base.join("mic.fifo"), &conf, &[]));
+        self.env.push(("ALSA_CONFIG_PATH".into(), conf));
+    }
+
+    /// Makes the device a `roost run --dir` device whose folder holds `files`.
+    fn start_dir(&mut self, files: &[(&str, String)]) {
+        let folder = self.file.parent().unwrap().join("deployments");
+        std::fs::create_dir_all(&folder).unwrap();
+        for (name, text) in files {
+            std::fs::write(folder.join(name), text).unwrap();
+        }
+        self.file = folder;
+        self.dir = true;
+        self.run();
+    }
+
+    fn start_text(&mut self, text: &str) {
+        std::fs::write(&self.file, text).unwrap();
+        self.run();
     }
 
     fn start(&mut self, components: &str) {
@@ -198,16 +241,10 @@ impl Device {
     fn run(&mut self) {
         let log = std::fs::File::create(self.state.with_extension("log")).unwrap();
         let child = Command::new("setpriv")
-            .args([
-                "--pdeathsig",
-                "KILL",
-                ROOST,
-                "run",
-                "--runtime",
-                "process",
-                "--file",
-            ])
+            .args(["--pdeathsig", "KILL", ROOST, "run", "--runtime", "process"])
+            .arg(if self.dir { "--dir" } else { "--file" })
             .arg(&self.file)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_os_str())))
             .arg("--state-dir")
             .arg(&self.state)
             .stdin(Stdio::null())
@@ -270,8 +307,19 @@ impl Device {
 }
 
 impl Drop for Device {
+    /// SIGTERM, so roost stops what it started (a SIGKILLed roost leaves its components to
+    /// the next one); SIGKILL after 10 s.
     fn drop(&mut self) {
-        self.kill();
+        if let Some(mut c) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
@@ -303,40 +351,71 @@ fn json(out: &Output) -> Value {
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
+/// The fleet view's row of `id`.
+fn fleet_row(fleet: &Fleet, id: &str) -> Value {
+    let out = Command::new(ROOST)
+        .args([
+            "fleet",
+            "--broker",
+            &fleet.url(),
+            "--username",
+            ADMIN.0,
+            "--password-file",
+        ])
+        .arg(&fleet.admin_password)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["deviceId"] == id)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
 #[test]
-fn a_rollout_goes_through_its_batches_and_a_bad_version_reverts_by_itself_and_halts() {
-    let ids = ["d01", "d02", "d03", "d04", "d05", "d06"];
+fn twenty_devices_take_a_rollout_in_batches_and_a_bad_microphone_reverts_by_itself_and_halts() {
+    // 18 devices with light components, 2 recording through ALSA's file plugin.
+    let light: Vec<String> = (1..=18).map(|i| format!("d{i:02}")).collect();
+    let mut ids: Vec<&str> = light.iter().map(String::as_str).collect();
+    ids.extend(["rec1", "rec2"]);
     let Some(fleet) = Fleet::start(&ids, "rollout batches") else {
         return;
     };
-    let mut devices: Vec<Device> = ids
+    let mut devices: Vec<Device> = light
         .iter()
-        .enumerate()
-        .map(|(i, id)| {
-            let site = if i < 4 { "north" } else { "south" };
-            fleet.device(id, &format!("site: {site}"))
-        })
+        .map(|id| fleet.device(id, "kind: light"))
         .collect();
     for d in &mut devices {
         d.start(&components("v0", &["a"]));
     }
-    for d in &devices {
+    let mut recorders: Vec<Device> = ["rec1", "rec2"]
+        .iter()
+        .map(|id| fleet.device(id, "kind: recorder"))
+        .collect();
+    for r in &mut recorders {
+        r.with_microphone();
+        let storage = r.file.parent().unwrap().join("storage");
+        let text = r.recorder_yaml(&storage, "default", "", "    []\n");
+        r.start_text(&text.replace("components:\n    []\n", "components: []\n"));
+    }
+    for d in devices.iter().chain(&recorders) {
         d.wait_running();
     }
-    // Version 1 to every device, in three batches through a 5 s gate.
+    // Version 1 to the 18 light devices in three batches (1, 10%, 100%) through a 5 s gate.
     let v1 = fleet.root.path().join("v1.yaml");
     std::fs::write(&v1, devices[0].yaml(&components("v1", &["a", "b"]))).unwrap();
     let out = fleet.rollout(&[
         "--file",
         v1.to_str().unwrap(),
-        "--devices",
-        &ids.join(","),
-        "--batches",
-        "1,50%,100%",
+        "--select",
+        "kind=light",
         "--gate",
         "5s",
         "--timeout",
-        "20s",
+        "30s",
         "--json",
     ]);
     assert_eq!(
@@ -347,16 +426,20 @@ fn a_rollout_goes_through_its_batches_and_a_bad_version_reverts_by_itself_and_ha
         devices[0].log()
     );
     let record = json(&out);
-    assert_eq!(record["state"], "done");
-    assert_eq!(record["version"], 1);
     assert_eq!(
-        record["batches"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| b.as_array().unwrap().len())
-            .collect::<Vec<_>>(),
-        vec![1, 2, 3]
+        (record["state"].as_str(), record["version"].as_u64()),
+        (Some("done"), Some(1))
+    );
+    let sizes: Vec<usize> = record["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_array().unwrap().len())
+        .collect();
+    assert_eq!(
+        sizes,
+        vec![1, 1, 16],
+        "cumulative: 1 device, then 10% (2) in all, then all"
     );
     assert!(
         record.get("files").is_none(),
@@ -376,6 +459,10 @@ fn a_rollout_goes_through_its_batches_and_a_bad_version_reverts_by_itself_and_ha
         );
         assert_eq!(record["devices"][&d.id]["state"], "passed");
     }
+    for r in &recorders {
+        assert!(record["devices"].get(&r.id).is_none(), "not kind=light");
+        assert!(r.status()["remote"].get("appliedVersion").is_none());
+    }
     // What roost signed verifies with Debian's minisign.
     let message: Value = serde_json::from_slice(&fleet.retained("roost/d03/desired")).unwrap();
     let doc = fleet.root.path().join("doc.json");
@@ -393,92 +480,88 @@ fn a_rollout_goes_through_its_batches_and_a_bad_version_reverts_by_itself_and_ha
             .arg(fleet.keys.join("fleet.pub")),
     );
 
-    // Version 2 names a program that does not exist: the first device of site=north reverts
-    // within its gate, the rollout halts after that batch, the others never get it.
+    // A version whose microphone does not exist: the first recorder reverts by itself within
+    // its gate, the rollout halts after that batch, the second recorder never gets it.
+    let first = &recorders[0];
+    let storage = first.file.parent().unwrap().join("storage");
+    let bad = first.recorder_yaml(
+        &storage,
+        "no-such-microphone",
+        "",
+        &components("v2", &["a"]),
+    );
     let v2 = fleet.root.path().join("v2.yaml");
-    std::fs::write(&v2, devices[0].yaml(&broken("v2"))).unwrap();
+    std::fs::write(&v2, bad).unwrap();
     let out = fleet.rollout(&[
         "--file",
         v2.to_str().unwrap(),
         "--select",
-        "site=north",
+        "kind=recorder",
         "--batches",
         "1,100%",
         "--gate",
-        "5s",
+        "10s",
         "--timeout",
-        "60s",
+        "30s",
         "--json",
     ]);
     assert_eq!(out.status.code(), Some(1), "halted");
     let record = json(&out);
-    assert_eq!(record["state"], "halted");
-    assert_eq!(record["version"], 2);
-    let first = &devices[0];
-    let reason = record["devices"]["d01"]["reason"].as_str().unwrap();
+    assert_eq!(
+        (record["state"].as_str(), record["version"].as_u64()),
+        (Some("halted"), Some(2))
+    );
+    let reason = record["devices"]["rec1"]["reason"].as_str().unwrap();
     assert!(
-        reason.contains("reverted") && reason.contains("DEP_E161"),
+        reason.contains("reverted") && reason.contains("DEP_E311"),
         "{reason}"
     );
+    assert_eq!(record["devices"]["rec2"]["state"], "queued");
     let r = first.wait_remote(10, "reverted", |r| r["state"] == "reverted");
     assert_eq!(r["reverted"]["version"], 2);
     assert_eq!(
-        (r["appliedVersion"].as_u64(), r["appliedBy"].as_str()),
-        (Some(1), Some("remote"))
+        r["appliedBy"], "local",
+        "the files before v2 were the local ones"
     );
     assert!(
         std::fs::read_to_string(&first.file)
             .unwrap()
-            .contains("v1-b"),
+            .contains("device: default"),
         "the files before v2 are back"
     );
-    for d in &devices[1..4] {
-        assert_eq!(record["devices"][&d.id]["state"], "queued", "{}", d.id);
-        assert_eq!(d.status()["remote"]["appliedVersion"], 1);
+    // Recording again on the files it had.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while first.status()["status"] != "Running" {
+        assert!(Instant::now() < deadline, "{:#}", first.status());
+        std::thread::sleep(Duration::from_millis(200));
     }
-    for d in &devices[4..] {
-        assert!(record["devices"].get(&d.id).is_none(), "not site=north");
-    }
-    let first_status = first.status();
-    assert_eq!(first_status["status"], "Running", "{first_status:#}");
-    // The fleet view shows the revert.
-    let out = Command::new(ROOST)
-        .args([
-            "fleet",
-            "--broker",
-            &fleet.url(),
-            "--username",
-            ADMIN.0,
-            "--password-file",
-        ])
-        .arg(&fleet.admin_password)
-        .arg("--json")
-        .output()
-        .unwrap();
-    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let row = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["deviceId"] == "d01")
-        .unwrap();
-    assert_eq!(
-        (
-            row["remoteState"].as_str(),
-            row["desiredVersion"].as_u64(),
-            row["appliedVersion"].as_u64()
-        ),
-        (Some("reverted"), Some(2), Some(1))
+    assert!(
+        recorders[1].status()["remote"]
+            .get("desiredVersion")
+            .is_none()
     );
-    assert_eq!(row["reverted"]["codes"][0], "DEP_E161");
-    // A version that is not newer is never applied again: the retained v2 stays reverted
-    // after a restart of the device (the broker delivers it again).
-    let mut first = devices.remove(0);
+    // The fleet view shows the revert and the codes.
+    let row = fleet_row(&fleet, "rec1");
+    assert_eq!(
+        (row["remoteState"].as_str(), row["desiredVersion"].as_u64()),
+        (Some("reverted"), Some(2))
+    );
+    assert_eq!(row["reverted"]["codes"][0], "DEP_E311", "{row:#}");
+    assert_eq!(fleet_row(&fleet, "d07")["appliedVersion"], 1);
+    // A version reverted is never applied again: the broker delivers the retained v2 again
+    // after a restart, and it stays reverted.
+    let mut first = recorders.remove(0);
     first.kill();
     first.run();
-    std::thread::sleep(Duration::from_secs(3));
+    first.wait_running();
+    std::thread::sleep(Duration::from_secs(2));
     let r = first.wait_remote(10, "still reverted", |r| r["state"] == "reverted");
-    assert_eq!(r["appliedVersion"], 1);
+    assert!(
+        std::fs::read_to_string(&first.file)
+            .unwrap()
+            .contains("device: default"),
+        "{r:#}"
+    );
 }
 
 #[test]

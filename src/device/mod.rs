@@ -118,6 +118,8 @@ struct Device<M: MakeRuntime> {
     /// Who declares each shared component, first declarer first (`shared-owners.json`).
     shared_users: BTreeMap<String, Vec<String>>,
     outputs: outputs::Outputs,
+    /// The in-process link with the desired state over the broker.
+    remote: Option<crate::publish::RemoteLink>,
     /// Files whose newest content the other deployments refuse (judged again on any change).
     vetoed: std::collections::BTreeSet<PathBuf>,
     /// The folder as last scanned and who claimed which file: judged again when a deployment
@@ -134,20 +136,28 @@ pub async fn run<M: MakeRuntime>(
     shutdown: impl Future<Output = ()>,
     on_ready: impl FnOnce(),
 ) -> Result<(), DeviceError> {
+    run_linked(cfg, maker, shutdown, on_ready, None).await
+}
+
+/// [`run`], linked with the desired state over the broker: the device's documents go to it,
+/// its report comes into the device's status.
+pub async fn run_linked<M: MakeRuntime>(
+    cfg: DirConfig,
+    maker: M,
+    shutdown: impl Future<Output = ()>,
+    on_ready: impl FnOnce(),
+    remote: Option<crate::publish::RemoteLink>,
+) -> Result<(), DeviceError> {
     std::fs::create_dir_all(&cfg.dir).ok();
     // In its own task: a watcher's wait is not cancel-safe (it settles after the first event),
     // and the select below must never drop a file change.
     let watcher = crate::watch::FileWatcher::folder(&cfg.dir, Some(folder::is_deployment_file))
         .map_err(ReconcileError::from)?;
     let mut folder_changed = forward_changes(watcher);
-    // The desired state over the broker says where it stands here (merged into status.json).
-    let remote_watch = crate::status::RemoteStatus::path(&cfg.state_dir);
-    let mut remote_changed = forward_changes(
-        crate::watch::FileWatcher::new(&remote_watch).map_err(ReconcileError::from)?,
-    );
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(ReconcileError::Signal)?;
     let mut device = Device::new(cfg, maker);
+    device.remote = remote;
     device.rescan().await;
     device.adopt_leftovers().await;
     device.wait_first_statuses().await;
@@ -168,7 +178,7 @@ pub async fn run<M: MakeRuntime>(
             _ = &mut shutdown => break,
             Some(()) = folder_changed.recv() => device.rescan().await,
             Some(()) = hangup.recv() => device.hangup().await,
-            Some(()) = remote_changed.recv() => device.publish(),
+            () = crate::publish::RemoteLink::changed(device.remote.as_mut()) => device.publish(),
             Some((name, epoch, doc)) = device.status_rx.recv() => device.took_status(name, epoch, doc).await,
             Some(ev) = device.outputs.events.recv() => device.outputs.route(&ev),
             () = timer => device.settle().await,
@@ -203,6 +213,7 @@ impl<M: MakeRuntime> Device<M> {
                 .and_then(|b| serde_json::from_slice(&b).ok())
                 .unwrap_or_default(),
             outputs: outputs::Outputs::new(),
+            remote: None,
             vetoed: Default::default(),
             epoch: 0,
             last_exports: BTreeMap::new(),
@@ -688,11 +699,15 @@ impl<M: MakeRuntime> Device<M> {
             jiff::Timestamp::now(),
         );
         let mut doc = doc;
-        doc.remote = crate::status::RemoteStatus::read(&self.cfg.state_dir);
+        doc.remote = self.remote.as_ref().and_then(|l| l.current());
         if self.last.as_ref().is_some_and(|l| l.same_content(&doc)) {
             return;
         }
         self.last = Some(doc.clone());
+        if let Some(link) = &self.remote {
+            link.docs
+                .send_replace(Some(std::sync::Arc::new(doc.clone())));
+        }
         self.publishers.publish(doc);
     }
 

@@ -76,9 +76,8 @@ pub enum ReconcileError {
 /// The loop's state between turns.
 pub struct Reconciler<R: Runtime> {
     state: StateDir,
-    /// The state folder whose `remote.json` (desired state over the broker) goes into the
-    /// status; set by [`run`] only, so tests of the loop see no stray file.
-    remote_in: Option<PathBuf>,
+    /// The in-process link with the desired state over the broker (set by [`run_linked`]).
+    remote: Option<crate::publish::RemoteLink>,
     /// Where components run.
     pub runtime: R,
     builtins: Builtins,
@@ -138,7 +137,7 @@ impl<R: Runtime> Reconciler<R> {
             path: state.status(),
         };
         Ok(Self {
-            remote_in: None,
+            remote: None,
             generation: history.generation,
             observed_generation: 0,
             source: DesiredSource::new(cfg.file, state.last_good()),
@@ -207,11 +206,21 @@ pub async fn run<R: Runtime>(
     shutdown: impl Future<Output = ()>,
     on_ready: impl FnOnce(),
 ) -> Result<(), ReconcileError> {
+    run_linked(cfg, runtime, shutdown, on_ready, None).await
+}
+
+/// [`run`], linked with the desired state over the broker: documents go to it, its report
+/// comes into the status.
+pub async fn run_linked<R: Runtime>(
+    cfg: Config,
+    runtime: R,
+    shutdown: impl Future<Output = ()>,
+    on_ready: impl FnOnce(),
+    remote: Option<crate::publish::RemoteLink>,
+) -> Result<(), ReconcileError> {
     let mut reconciler = Reconciler::new(cfg.clone(), runtime)?;
-    reconciler.remote_in = Some(cfg.state_dir.clone());
-    let mut outputs = reconciler.output_files();
-    outputs.push(crate::status::RemoteStatus::path(&cfg.state_dir));
-    let triggers = Triggers::watching(&cfg.file, &outputs)?;
+    reconciler.remote = remote;
+    let triggers = Triggers::watching(&cfg.file, &reconciler.output_files())?;
     let watchdog = crate::notify::watchdog_interval().map(|w| {
         crate::notify::spawn_watchdog(w, reconciler.liveness(), || {
             let _ = crate::notify::sd_notify("WATCHDOG=1");
@@ -258,6 +267,7 @@ pub async fn drive<R: Runtime>(
             }
             event = reconciler.runtime.next_event() => reconciler.record_event(event),
             links = triggers::next_links(&mut triggers.links) => reconciler.set_links(links),
+            () = crate::publish::RemoteLink::changed(reconciler.remote.as_mut()) => {}
             _ = timer => {}
         }
         if let Some(links) = triggers::pending_links(&mut triggers.links) {

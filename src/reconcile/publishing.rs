@@ -37,12 +37,15 @@ impl<R: Runtime> Reconciler<R> {
         if let Some(tx) = &self.forward {
             let _ = tx.send(doc.clone());
         }
+        if let Some(link) = &self.remote {
+            link.docs.send_replace(Some(Arc::new(doc.clone())));
+        }
         self.publishers.publish(doc);
     }
 
     pub(super) fn status_doc(&self, plan: Option<&Plan>) -> StatusDoc {
         let mut doc = self.built_doc(plan);
-        doc.remote = (self.remote_in.as_deref()).and_then(crate::status::RemoteStatus::read);
+        doc.remote = self.remote.as_ref().and_then(|l| l.current());
         doc
     }
 

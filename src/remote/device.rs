@@ -52,19 +52,20 @@ struct Remote {
     worse_since: Option<Duration>,
     gate_next: Option<Instant>,
     reported: Option<RemoteStatus>,
+    /// Whether the session connected since the gate opened (or since roost started).
+    connected_in_gate: bool,
+    /// The newest status document the loop published.
+    doc: Option<std::sync::Arc<StatusDoc>>,
+    /// Where the report goes (into status.json).
+    report_tx: tokio::sync::watch::Sender<Option<RemoteStatus>>,
 }
 
 /// Runs until the process ends (the caller drops the task at shutdown; every write is whole).
-pub async fn run(target: Target, state_dir: PathBuf) {
-    let status_path = crate::state_dir::StateDir::new(state_dir.clone()).status();
-    let mut status_changed = match crate::watch::FileWatcher::new(&status_path) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::error!(error = %e, "remote desired state: cannot watch status.json; the gate looks only at its timers");
-            None
-        }
-    };
-    let mut r = Remote::new(target, state_dir);
+/// `side` brings the status documents the loop publishes and takes the report back.
+pub async fn run(target: Target, state_dir: PathBuf, side: crate::publish::RemoteSide) {
+    let crate::publish::RemoteSide { mut docs, report } = side;
+    let mut r = Remote::new(target, state_dir, report);
+    r.settle_applying();
     r.step(None).await;
     loop {
         let wake = r.next_wake();
@@ -76,10 +77,13 @@ pub async fn run(target: Target, state_dir: PathBuf) {
         };
         tokio::select! {
             ev = event => r.on_event(ev).await,
-            () = async { match status_changed.as_mut() {
-                Some(w) => w.changed().await,
-                None => std::future::pending().await,
-            } } => r.step(None).await,
+            changed = docs.changed() => {
+                if changed.is_err() {
+                    return; // the loop is gone: roost is stopping
+                }
+                r.doc = docs.borrow_and_update().clone();
+                r.step(None).await;
+            }
             () = sleep_until(wake) => r.step(None).await,
         }
     }
@@ -93,7 +97,11 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 impl Remote {
-    fn new(target: Target, state_dir: PathBuf) -> Self {
+    fn new(
+        target: Target,
+        state_dir: PathBuf,
+        report_tx: tokio::sync::watch::Sender<Option<RemoteStatus>>,
+    ) -> Self {
         Self {
             target,
             ledger: Ledger::load(&state_dir),
@@ -107,6 +115,9 @@ impl Remote {
             worse_since: None,
             gate_next: None,
             reported: None,
+            connected_in_gate: false,
+            doc: None,
+            report_tx,
         }
     }
 
@@ -152,6 +163,7 @@ impl Remote {
             self.session = None;
             self.reconnect_at = link.as_ref().map(|_| Instant::now());
             self.backoff = Duration::from_secs(1);
+            self.connected_in_gate = false;
             self.link = link;
         }
         let edited = self.ledger.written_hash.is_some_and(|w| w != h);
@@ -171,7 +183,12 @@ impl Remote {
         }
     }
 
+    /// The newest status: as the loop published it, or status.json as the last roost left it
+    /// (before the loop's first document).
     fn status_doc(&self) -> Option<StatusDoc> {
+        if let Some(d) = &self.doc {
+            return Some((**d).clone());
+        }
         let path = crate::state_dir::StateDir::new(self.state_dir.clone()).status();
         serde_json::from_slice(&std::fs::read(path).ok()?).ok()
     }

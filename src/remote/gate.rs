@@ -53,11 +53,13 @@ impl Health {
 
 /// Whether a code counts against a version. Not: the link (DEP_E5xx: a link that drops right
 /// after the message is no fault of the version), the remote desired state itself (DEP_E8xx),
-/// roost's own liveness and the status file's age (DEP_E402, DEP_E403), a wall clock stepped
-/// (DEP_E317: NTP), a dependency not yet ready (DEP_E158, transient by nature).
+/// roost's own liveness and the status file's age (DEP_E402, DEP_E403), the wall clock (DEP_E316
+/// not yet synchronised, DEP_E317 recording times overlapping after NTP stepped it back), a
+/// dependency not yet ready (DEP_E158, transient by nature). A window that never opens
+/// (DEP_E318) counts: it silences a device as surely as a wrong microphone.
 pub fn counts(code: &str) -> bool {
     let ignored = ["DEP_E5", "DEP_E8"];
-    let ignored_codes = ["DEP_E402", "DEP_E403", "DEP_E317", "DEP_E158"];
+    let ignored_codes = ["DEP_E402", "DEP_E403", "DEP_E316", "DEP_E317", "DEP_E158"];
     !(ignored.iter().any(|p| code.starts_with(p)) || ignored_codes.contains(&code))
 }
 
@@ -205,7 +207,10 @@ mod tests {
         ] {
             assert!(!counts(code), "{code}");
         }
-        for code in ["DEP_E152", "DEP_E161", "DEP_E163", "DEP_E301", "DEP_E162"] {
+        for code in [
+            "DEP_E152", "DEP_E161", "DEP_E163", "DEP_E301", "DEP_E162", "DEP_E311", "DEP_E313",
+            "DEP_E318",
+        ] {
             assert!(counts(code), "{code}");
         }
     }

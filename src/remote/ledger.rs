@@ -40,6 +40,10 @@ pub struct Ledger {
     pub rollout: Option<String>,
     /// Whether the newest message was refused (cleared by the next one accepted).
     pub refused_last: bool,
+    /// A version whose files are being written, and their hash: set just before the write,
+    /// cleared after it (a crash in between is settled at the next start).
+    #[serde(default)]
+    pub applying: Option<(u64, u64)>,
 }
 
 /// An open health gate, as it survives a restart of roost.
@@ -56,6 +60,9 @@ pub struct GateRecord {
     pub length_ms: u64,
     /// The health before the version.
     pub baseline: Health,
+    /// The link's settings before the version (see `device::fingerprint`).
+    #[serde(default)]
+    pub link_before: Option<u64>,
 }
 
 /// The ledger's folder.

@@ -218,7 +218,8 @@ impl Broker {
         }
         let version = req
             .version
-            .unwrap_or_else(|| next_version(devices.iter().filter_map(|d| reports.get(d))));
+            // Over the whole fleet, so a number names one rollout wherever it is read.
+            .unwrap_or_else(|| next_version(reports.values()));
         let id = format!(
             "{}-v{version}",
             jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ")

@@ -186,23 +186,45 @@ impl Remote {
         }
     }
 
-    /// Writes the version's files and opens (or carries on) the health gate.
+    /// Writes the version's files and opens (or carries on) the health gate. The ledger says
+    /// `applying` before the files are written, so a crash in between is settled at the next
+    /// start ([`Remote::settle_applying`]).
     pub(super) fn apply(&mut self, doc: &Document) {
         let current = self.target.read();
-        let gating = self.ledger.gate.is_some();
-        // The files before an unproven version stay the ones to go back to; so do the files
-        // when this version's are already in place (a write cut by a crash, then the message
-        // again).
         let new = self.target.as_written(&doc.files);
-        if !gating && ledger::hash(&current) != ledger::hash(&new) {
+        // The files before an unproven version stay the ones to go back to; so do the files
+        // when this version's are already in place.
+        if self.ledger.gate.is_none() && ledger::hash(&current) != ledger::hash(&new) {
             if let Err(e) = ledger::save_previous(&self.state_dir, &current) {
                 return self.not_applied(doc, format!("cannot keep the files before it: {e}"));
             }
             self.ledger.previous = self.applied_now(&current);
         }
+        let gate_before = self.ledger.gate.clone();
+        self.ledger.gate = Some(self.open_gate(doc));
+        self.ledger.applying = Some((doc.version, ledger::hash(&new)));
+        self.save();
         if let Err(e) = self.target.write(&doc.files) {
+            self.ledger.gate = gate_before;
+            self.ledger.applying = None;
             return self.not_applied(doc, format!("cannot write the deployment files: {e}"));
         }
+        self.ledger.applying = None;
+        self.ledger.applied = Some(doc.version);
+        self.ledger.written_hash = Some(ledger::hash(&new));
+        self.files_hash = ledger::hash(&new);
+        self.worse_since = None;
+        self.connected_in_gate = false;
+        self.save();
+        tracing::info!(
+            version = doc.version,
+            "remote desired state: version applied; health gate open"
+        );
+    }
+
+    /// The gate for `doc`: the baseline of an open gate is kept (the health before the last
+    /// proven version), else the health now.
+    fn open_gate(&self, doc: &Document) -> GateRecord {
         let baseline = match &self.ledger.gate {
             Some(g) => g.baseline.clone(),
             None => self
@@ -210,31 +232,41 @@ impl Remote {
                 .map(|d| Health::of(&d))
                 .unwrap_or_default(),
         };
-        let length = doc.gate.map_or_else(
-            || {
-                self.link
-                    .as_ref()
-                    .map_or(Duration::from_secs(600), |l| l.desired.gate.as_std())
-            },
-            |g| g.as_std(),
-        );
-        self.ledger.gate = Some(GateRecord {
+        let default = self
+            .link
+            .as_ref()
+            .map_or(600, |l| l.desired.gate.as_std().as_secs());
+        let length = doc
+            .gate
+            .map_or(Duration::from_secs(default), |g| g.as_std());
+        GateRecord {
             version: doc.version,
             boot_id: ledger::boot_id(),
             opened_ms: ledger::boot_ms(),
             length_ms: length.as_millis() as u64,
             baseline,
-        });
-        self.ledger.applied = Some(doc.version);
-        self.ledger.written_hash = Some(ledger::hash(&new));
-        self.files_hash = ledger::hash(&new);
-        self.worse_since = None;
+            link_before: self.link.as_ref().map(fingerprint),
+        }
+    }
+
+    /// At start: a version whose files were being written when roost stopped is applied if
+    /// they are in place, else forgotten (the retained message brings it again).
+    pub(super) fn settle_applying(&mut self) {
+        let Some((version, hash)) = self.ledger.applying.take() else {
+            return;
+        };
+        if ledger::hash(&self.target.read()) == hash {
+            self.ledger.applied = Some(version);
+            self.ledger.written_hash = Some(hash);
+        } else if self
+            .ledger
+            .gate
+            .as_ref()
+            .is_some_and(|g| g.version == version)
+        {
+            self.ledger.gate = None;
+        }
         self.save();
-        tracing::info!(
-            version = doc.version,
-            gate_s = length.as_secs(),
-            "remote desired state: version applied; health gate open"
-        );
     }
 
     /// The remote version whose files `current` are, if they are (not a local edit).
@@ -279,6 +311,10 @@ impl Remote {
         match gate::judge(&g.baseline, &now, elapsed, length, self.worse_since) {
             Verdict::Wait { next } => {
                 self.gate_next = Some(Instant::now() + next.saturating_sub(elapsed));
+            }
+            Verdict::Pass if self.link_lost_by(&g) => {
+                let reason = "its spec.connect reaches no broker: the device could not be changed from afar again".to_string();
+                self.revert(g.version, vec![errors::LINK_DOWN.code.to_string()], reason);
             }
             Verdict::Pass => {
                 tracing::info!(
@@ -345,17 +381,12 @@ impl Remote {
         if self.reported.as_ref() == Some(&same) {
             return;
         }
-        let path = RemoteStatus::path(&self.state_dir);
         if self.link.is_none() && self.ledger == Ledger::default() {
-            // Never asked for: status.json stays as it was without the feature.
-            let _ = std::fs::remove_file(&path);
+            // Never asked for: the status stays as it was without the feature.
             self.reported = Some(same);
             return;
         }
-        let bytes = serde_json::to_vec_pretty(&status).unwrap_or_default();
-        if let Err(e) = crate::fsutil::write_private(&path, &bytes) {
-            tracing::error!(error = %e, "remote desired state: cannot write remote.json");
-        }
+        self.report_tx.send_replace(Some(status.clone()));
         self.publish_report(&status);
         self.reported = Some(status);
     }
@@ -411,4 +442,19 @@ fn recorder_files(doc: &StatusDoc) -> Option<u64> {
         .chain(doc.deployments.iter().flat_map(|d| d.components.iter()));
     all.filter(|c| c.name == "recorder")
         .find_map(|c| c.output.as_ref()?.get("filesWritten")?.as_u64())
+}
+
+/// The settings of a link, as a number: a gate knows whether its version changed them.
+pub(super) fn fingerprint(link: &Link) -> u64 {
+    let text = format!("{:?} {}", link.mqtt, link.device);
+    ledger::hash(&Files::from([(String::new(), text)]))
+}
+
+impl Remote {
+    /// A version that changed the link's settings and never connected with them during its
+    /// gate: it would cut the device off from the next version.
+    fn link_lost_by(&self, g: &GateRecord) -> bool {
+        let now = self.link.as_ref().map(fingerprint);
+        g.link_before.is_some() && now.is_some() && now != g.link_before && !self.connected_in_gate
+    }
 }

@@ -40,6 +40,7 @@ impl Remote {
         match ev {
             Some(Ok(Event::Incoming(Incoming::ConnAck(_)))) => {
                 self.backoff = Duration::from_secs(1);
+                self.connected_in_gate = true;
                 if let Some(s) = &self.session {
                     let _ = s
                         .client
@@ -69,7 +70,8 @@ impl Remote {
         let (Some(link), Some(s)) = (&self.link, &self.session) else {
             return;
         };
-        let bytes = serde_json::to_vec(status).unwrap_or_default();
+        // Refusal reasons may quote the file (a location): redacted as status.json is.
+        let bytes = serde_json::to_vec(&crate::redact::typed(status)).unwrap_or_default();
         let _ = s
             .client
             .try_publish(report_topic(link), QoS::AtLeastOnce, true, bytes);
