@@ -650,6 +650,48 @@ fn bytes(b: u64) -> String {
     }
 }
 
+/// "Desired state from the broker": the version asked for and where it stands.
+fn remote_section(out: &mut String, doc: &StatusDoc) {
+    use crate::status::{AppliedBy, RemoteState};
+    let Some(r) = &doc.remote else {
+        return;
+    };
+    let _ = writeln!(out, "\nDesired state from the broker (device {})", r.device);
+    let asked = r
+        .desired_version
+        .map_or_else(|| "-".to_string(), |v| format!("version {v}"));
+    let line = match r.state {
+        RemoteState::None => "nothing received yet".to_string(),
+        RemoteState::Waiting => {
+            format!("{asked} accepted, waiting for a file boundary or the recording window's end")
+        }
+        RemoteState::Gating => format!(
+            "{asked} applied; health gate open for {} s more",
+            r.gate_left_s.unwrap_or(0)
+        ),
+        RemoteState::Passed => format!("{asked} applied and through its health gate"),
+        RemoteState::Reverted => match &r.reverted {
+            Some(rv) => format!(
+                "version {} reverted by the health gate ({}): {}",
+                rv.version,
+                rv.codes.join(", "),
+                rv.reason
+            ),
+            None => format!("{asked} reverted"),
+        },
+        RemoteState::Refused => match &r.refused {
+            Some(f) => format!("last message refused ({}): {}", f.code, f.reason),
+            None => "last message refused".to_string(),
+        },
+    };
+    let _ = writeln!(out, "  {line}");
+    let in_force = match (r.applied_by, r.applied_version) {
+        (AppliedBy::Remote, Some(v)) => format!("files in force: version {v} from the broker"),
+        _ => "files in force: a local edit (not a version from the broker)".to_string(),
+    };
+    let _ = writeln!(out, "  {in_force}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1002,46 +1044,4 @@ mod tests {
             "{text}"
         );
     }
-}
-
-/// "Desired state from the broker": the version asked for and where it stands.
-fn remote_section(out: &mut String, doc: &StatusDoc) {
-    use crate::status::{AppliedBy, RemoteState};
-    let Some(r) = &doc.remote else {
-        return;
-    };
-    let _ = writeln!(out, "\nDesired state from the broker (device {})", r.device);
-    let asked = r
-        .desired_version
-        .map_or_else(|| "-".to_string(), |v| format!("version {v}"));
-    let line = match r.state {
-        RemoteState::None => "nothing received yet".to_string(),
-        RemoteState::Waiting => {
-            format!("{asked} accepted, waiting for a file boundary or the recording window's end")
-        }
-        RemoteState::Gating => format!(
-            "{asked} applied; health gate open for {} s more",
-            r.gate_left_s.unwrap_or(0)
-        ),
-        RemoteState::Passed => format!("{asked} applied and through its health gate"),
-        RemoteState::Reverted => match &r.reverted {
-            Some(rv) => format!(
-                "version {} reverted by the health gate ({}): {}",
-                rv.version,
-                rv.codes.join(", "),
-                rv.reason
-            ),
-            None => format!("{asked} reverted"),
-        },
-        RemoteState::Refused => match &r.refused {
-            Some(f) => format!("last message refused ({}): {}", f.code, f.reason),
-            None => "last message refused".to_string(),
-        },
-    };
-    let _ = writeln!(out, "  {line}");
-    let in_force = match (r.applied_by, r.applied_version) {
-        (AppliedBy::Remote, Some(v)) => format!("files in force: version {v} from the broker"),
-        _ => "files in force: a local edit (not a version from the broker)".to_string(),
-    };
-    let _ = writeln!(out, "  {in_force}");
 }
