@@ -807,3 +807,279 @@ fn the_controller_resumes_and_the_gate_decides_across_a_device_restart() {
         assert!(std::fs::read_to_string(&d.file).unwrap().contains("s0-a"));
     }
 }
+
+#[test]
+fn a_folder_device_takes_every_file_of_a_version_and_reverts_them_all() {
+    let Some(fleet) = Fleet::start(&["g01"], "rollout --dir") else {
+        return;
+    };
+    let mut d = fleet.device("g01", "kind: folder");
+    let extra = deployment("extra", "", &components("g0-extra", &["x"]));
+    d.start_dir(&[
+        ("site.yaml", d.yaml(&components("g0", &["a"]))),
+        ("extra.yaml", extra),
+    ]);
+    d.wait_running();
+    // Version 1: site.yaml changed, monitor.yaml new, extra.yaml gone.
+    let v1 = fleet.root.path().join("v1");
+    std::fs::create_dir(&v1).unwrap();
+    std::fs::write(v1.join("site.yaml"), d.yaml(&components("g1", &["a", "b"]))).unwrap();
+    std::fs::write(
+        v1.join("monitor.yaml"),
+        deployment("monitor", "", &components("g1-mon", &["m"])),
+    )
+    .unwrap();
+    std::fs::write(v1.join("notes.txt"), "not a deployment file").unwrap();
+    let out = fleet.rollout(&[
+        "--dir",
+        v1.to_str().unwrap(),
+        "--devices",
+        "g01",
+        "--gate",
+        "5s",
+        "--timeout",
+        "30s",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", d.log());
+    let names = |d: &Device| -> Vec<String> {
+        let mut n: Vec<String> = std::fs::read_dir(&d.file)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(&d), vec!["monitor.yaml", "site.yaml"]);
+    // A file gone stays in force for its 10 s grace, then its deployment goes.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let s = loop {
+        let s = d.status();
+        let names: Vec<&str> = (s["deployments"].as_array().into_iter().flatten())
+            .filter_map(|e| e["deployment"].as_str())
+            .collect();
+        if names == ["g01", "monitor"] {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "{s:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+
+    assert_eq!(s["remote"]["appliedVersion"], 1);
+    // Version 2 breaks the monitor: every file of version 1 comes back.
+    std::fs::write(
+        v1.join("monitor.yaml"),
+        deployment("monitor", "", &broken("g2-mon")),
+    )
+    .unwrap();
+    let out = fleet.rollout(&[
+        "--dir",
+        v1.to_str().unwrap(),
+        "--devices",
+        "g01",
+        "--gate",
+        "5s",
+        "--timeout",
+        "30s",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let r = d.wait_remote(10, "reverted", |r| r["state"] == "reverted");
+    assert_eq!(
+        (
+            r["appliedVersion"].as_u64(),
+            r["reverted"]["version"].as_u64()
+        ),
+        (Some(1), Some(2))
+    );
+    assert_eq!(names(&d), vec!["monitor.yaml", "site.yaml"]);
+    assert!(
+        std::fs::read_to_string(d.file.join("monitor.yaml"))
+            .unwrap()
+            .contains("g1-mon")
+    );
+}
+
+#[test]
+fn a_rollout_carries_on_when_the_broker_restarts_between_batches() {
+    let ids = ["b01", "b02", "b03"];
+    let Some(mut fleet) = Fleet::start(&ids, "rollout broker restart") else {
+        return;
+    };
+    let mut devices: Vec<Device> = ids
+        .iter()
+        .map(|id| fleet.device(id, "kind: light"))
+        .collect();
+    for d in &mut devices {
+        d.start(&components("b0", &["a"]));
+    }
+    for d in &devices {
+        d.wait_running();
+    }
+    let v1 = fleet.root.path().join("v1.yaml");
+    std::fs::write(&v1, devices[0].yaml(&components("b1", &["a", "b"]))).unwrap();
+    let mut controller = Command::new(ROOST)
+        .args([
+            "fleet",
+            "rollout",
+            "--broker",
+            &fleet.url(),
+            "--username",
+            ADMIN.0,
+            "--password-file",
+        ])
+        .arg(&fleet.admin_password)
+        .arg("--key")
+        .arg(&fleet.secret_key)
+        .args([
+            "--file",
+            v1.to_str().unwrap(),
+            "--devices",
+            "b01,b02,b03",
+            "--batches",
+            "1,2,3",
+            "--gate",
+            "5s",
+            "--timeout",
+            "60s",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first batch passes; the broker goes away (nothing kept: persistence false) and comes
+    // back while the second batch is under way.
+    devices[0].wait_remote(20, "passed", |r| r["state"] == "passed");
+    devices[1].wait_remote(20, "v1 received", |r| r["desiredVersion"] == 1);
+    fleet.broker.stop();
+    std::thread::sleep(Duration::from_secs(3));
+    fleet.broker.start_again();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while controller.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the rollout never ended");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = controller.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let record = json(&out);
+    assert_eq!(record["state"], "done");
+    for d in &devices {
+        let r = d.wait_remote(10, "passed", |r| r["state"] == "passed");
+        assert_eq!(r["appliedVersion"], 1, "{}", d.id);
+    }
+}
+
+/// A time of day for the schedule that falls on `at` to the second: sunrise or sunset with an
+/// offset in seconds (a clock time has minutes only).
+fn solar_time_of(at: jiff::Timestamp) -> String {
+    use roost::spec::recorder::SunEvent;
+    let date = at.to_zoned(jiff::tz::TimeZone::UTC).date();
+    for (name, event) in [("sunrise", SunEvent::Sunrise), ("sunset", SunEvent::Sunset)] {
+        let Some(sun) = roost::schedule::sun_event(date, 51.76, -1.26, event) else {
+            continue;
+        };
+        let offset = at.as_second() - sun.as_second();
+        if offset.abs() < 12 * 3600 {
+            let sign = if offset < 0 { '-' } else { '+' };
+            return format!("{name}{sign}{}s", offset.abs());
+        }
+    }
+    panic!("no solar time within 12 h of {at}");
+}
+
+#[test]
+fn a_deferred_version_waits_for_the_recording_window_to_close() {
+    let Some(fleet) = Fleet::start(&["w01"], "rollout windowClosed") else {
+        return;
+    };
+    // Not across midnight: the window below must open and close on one day.
+    let now = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC);
+    if now.hour() == 23 && now.minute() >= 58 {
+        std::thread::sleep(Duration::from_secs(150));
+    }
+    let now = jiff::Timestamp::now();
+    let start = now - jiff::SignedDuration::from_mins(10);
+    let start = start.to_zoned(jiff::tz::TimeZone::UTC);
+    let start = match start.date() == now.to_zoned(jiff::tz::TimeZone::UTC).date() {
+        true => format!("\"{:02}:{:02}\"", start.hour(), start.minute()),
+        false => "\"00:00\"".to_string(),
+    };
+    let window_end = now + jiff::SignedDuration::from_secs(25);
+    let windows = format!(
+        "    windows: [{{start: {start}, end: \"{}\"}}]\n",
+        solar_time_of(window_end)
+    );
+    let mut d = fleet.device("w01", "kind: recorder");
+    d.with_microphone();
+    let storage = d.file.parent().unwrap().join("storage");
+    let v0 = d.recorder_yaml(&storage, "default", &windows, &components("w0", &["a"]));
+    d.start_text(&v0);
+    d.wait_running();
+    let v1 = fleet.root.path().join("v1.yaml");
+    std::fs::write(
+        &v1,
+        d.recorder_yaml(
+            &storage,
+            "default",
+            &windows,
+            &components("w1", &["a", "b"]),
+        ),
+    )
+    .unwrap();
+    let controller = Command::new(ROOST)
+        .args([
+            "fleet",
+            "rollout",
+            "--broker",
+            &fleet.url(),
+            "--username",
+            ADMIN.0,
+            "--password-file",
+        ])
+        .arg(&fleet.admin_password)
+        .arg("--key")
+        .arg(&fleet.secret_key)
+        .args([
+            "--file",
+            v1.to_str().unwrap(),
+            "--devices",
+            "w01",
+            "--apply",
+            "windowClosed",
+            "--max-wait",
+            "5m",
+            "--gate",
+            "5s",
+            "--timeout",
+            "60s",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    d.wait_remote(15, "waiting", |r| r["state"] == "waiting");
+    assert_eq!(
+        std::fs::read_to_string(&d.file).unwrap(),
+        v0,
+        "nothing applied inside the window"
+    );
+    d.wait_remote(60, "gating", |r| {
+        r["state"] == "gating" || r["state"] == "passed"
+    });
+    let applied_at = jiff::Timestamp::now();
+    assert!(
+        applied_at >= window_end,
+        "applied at {applied_at}, before the window's end {window_end}"
+    );
+    assert!(std::fs::read_to_string(&d.file).unwrap().contains("w1-b"));
+    let out = controller.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(json(&out)["devices"]["w01"]["state"], "passed");
+}
