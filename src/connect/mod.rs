@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 pub use run::run;
 
 use crate::spec::Deployment;
-use crate::spec::connect::ConnectSpec;
+use crate::spec::connect::{ConnectSpec, TopicLevel};
 
 /// File name of the connector's configuration in the state folder.
 pub const CONFIG_FILE: &str = "connect-config.json";
@@ -85,9 +85,18 @@ impl ConnectConfig {
     }
 }
 
-/// `roost-` and the first 12 characters of /etc/machine-id: stable across reboots and unique
-/// per installation; `roost-unknown` when there is none.
+/// The device's id when spec.connect.deviceId does not say: `ROOST_DEVICE_ID` when set to a
+/// valid topic level (provisioning sets it, e.g. `Environment=` in roost.service, so one
+/// deployment file serves a whole fleet), else `roost-` and the first 12 characters of
+/// /etc/machine-id (stable across reboots, unique per installation), `roost-unknown` when
+/// there is none.
 pub fn default_device_id() -> String {
+    if let Ok(id) = std::env::var("ROOST_DEVICE_ID") {
+        match TopicLevel::try_from(id) {
+            Ok(id) => return id.to_string(),
+            Err(why) => tracing::warn!(%why, "ROOST_DEVICE_ID ignored"),
+        }
+    }
     let id = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
     let id: String = id
         .trim()

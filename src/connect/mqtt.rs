@@ -76,8 +76,8 @@ pub fn options(
     o.set_clean_session(true);
     o.set_inflight(IN_FLIGHT);
     o.set_max_packet_size(1 << 20, 1 << 20);
-    if let Some(user) = &spec.username {
-        o.set_credentials(user.clone(), password.unwrap_or_default());
+    if let Some(user) = spec.user(device_id) {
+        o.set_credentials(user, password.unwrap_or_default());
     }
     o.set_last_will(LastWill::new(
         availability_topic(spec.topic_prefix.as_str(), device_id),

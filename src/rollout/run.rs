@@ -216,6 +216,13 @@ impl Broker {
         if req.files.is_empty() {
             return Err("no deployment file to send (--file or --dir)".into());
         }
+        if devices.len() > 1
+            && let Some(name) = names_one_device(&req.files)
+        {
+            return Err(format!(
+                "{name} sets spec.connect.deviceId: every device would take that one id; leave it out (each device takes its id from ROOST_DEVICE_ID or /etc/machine-id)"
+            ));
+        }
         let version = req
             .version
             // Over the whole fleet, so a number names one rollout wherever it is read.
@@ -393,4 +400,12 @@ impl Broker {
         }
         Ok(())
     }
+}
+
+/// The first file that names a device id (`spec.connect.deviceId`).
+fn names_one_device(files: &Files) -> Option<String> {
+    files.iter().find_map(|(name, text)| {
+        let d = crate::spec::parse_str(std::path::Path::new(name), text).ok()?;
+        d.spec.connect.as_ref()?.device_id.as_ref().map(|_| name.clone())
+    })
 }

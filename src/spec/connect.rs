@@ -69,7 +69,8 @@ fn default_gate() -> HumanDuration {
 pub struct MqttSpec {
     /// `mqtt://host[:port]` (default port 1883) or `mqtts://host[:port]` (TLS, default 8883).
     pub url: BrokerUrl,
-    /// User name, when the broker asks for one.
+    /// User name, when the broker asks for one. Default with a passwordFile: the device's id,
+    /// so one file serves a fleet whose broker has a user per device (docs/FLEET.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
     /// Absolute path of a file holding the password (its first line; the file, never the YAML).
@@ -322,6 +323,13 @@ impl HttpUrl {
     }
 }
 
+impl MqttSpec {
+    /// The user name sent: `username`, else the device's id when a password file is given.
+    pub fn user(&self, device_id: &str) -> Option<String> {
+        (self.username.clone()).or_else(|| self.password_file.as_ref().map(|_| device_id.to_string()))
+    }
+}
+
 impl ConnectSpec {
     /// Cross-field checks.
     pub fn validate(&self) -> Vec<FieldIssue> {
@@ -333,12 +341,6 @@ impl ConnectSpec {
             ));
         }
         if let Some(m) = &self.mqtt {
-            if m.password_file.is_some() && m.username.is_none() {
-                issues.push(FieldIssue::new(
-                    "spec.connect.mqtt.passwordFile",
-                    "a password needs a username; add spec.connect.mqtt.username",
-                ));
-            }
             let keep_alive = m.keep_alive.as_std().as_secs();
             if !(5..=3600).contains(&keep_alive) {
                 issues.push(FieldIssue::new(

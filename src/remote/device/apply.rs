@@ -97,15 +97,31 @@ impl Remote {
                 );
                 return Err(Box::new((refusal(why), None)));
             }
-            if let Err(e) = crate::spec::parse_str(Path::new(name), text) {
-                let spec_error = crate::status::SpecError::from(&e);
-                return Err(Box::new((
-                    refusal(format!("version {}: {e}", doc.version)),
-                    Some(spec_error),
-                )));
+            let d = match crate::spec::parse_str(Path::new(name), text) {
+                Ok(d) => d,
+                Err(e) => {
+                    let spec_error = crate::status::SpecError::from(&e);
+                    return Err(Box::new((
+                        refusal(format!("version {}: {e}", doc.version)),
+                        Some(spec_error),
+                    )));
+                }
+            };
+            if let Some(why) = self.claims_another_id(&d) {
+                return Err(Box::new((refusal(format!("version {}: {name}: {why}", doc.version)), None)));
             }
         }
         Ok(())
+    }
+
+    /// A file that would give this device another device's id (a file meant for the whole
+    /// fleet that names one device): every device taking it would impersonate that one.
+    fn claims_another_id(&self, d: &crate::spec::Deployment) -> Option<String> {
+        let named = d.spec.connect.as_ref()?.device_id.as_ref()?.to_string();
+        let me = self.link.as_ref()?.device.clone();
+        (named != me).then(|| format!(
+            "spec.connect.deviceId is {named:?}, this device is {me:?}: leave deviceId out of a file sent to several devices (each takes its id from ROOST_DEVICE_ID or /etc/machine-id)"
+        ))
     }
 
     fn refuse(&mut self, r: Refusal, spec_error: Option<crate::status::SpecError>) {

@@ -102,7 +102,7 @@ fn options(link: &Link) -> Result<MqttOptions, String> {
     // Room for a message just over the 1 MiB a device takes, so it is refused with its code
     // (DEP_E805) instead of ending the session.
     o.set_max_packet_size(2 << 20, 64 << 10);
-    if let Some(user) = &spec.username {
+    if let Some(user) = spec.user(&link.device) {
         let password = match &spec.password_file {
             Some(p) => std::fs::read_to_string(p.as_path())
                 .map_err(|e| format!("passwordFile {}: {e}", p.as_path().display()))?
@@ -112,7 +112,7 @@ fn options(link: &Link) -> Result<MqttOptions, String> {
                 .to_string(),
             None => String::new(),
         };
-        o.set_credentials(user.clone(), password);
+        o.set_credentials(user, password);
     }
     if spec.url.tls {
         let ca = spec.ca_file.as_ref().map(|p| p.as_path());
