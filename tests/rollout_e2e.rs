@@ -41,7 +41,9 @@ impl Fleet {
             return None;
         }
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipping {test}: needs root (each device gets a mount namespace of its own)");
+            eprintln!(
+                "skipping {test}: needs root (each device gets a mount namespace of its own)"
+            );
             return None;
         }
         let mut users: Vec<(String, String)> = devices
@@ -268,8 +270,24 @@ impl Device {
             shared.display()
         );
         let child = Command::new("setpriv")
-            .args(["--pdeathsig", "KILL", "unshare", "--mount", "--propagation", "private"])
-            .args(["sh", "-c", &script, "sh", ROOST, "run", "--runtime", "process"])
+            .args([
+                "--pdeathsig",
+                "KILL",
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+            ])
+            .args([
+                "sh",
+                "-c",
+                &script,
+                "sh",
+                ROOST,
+                "run",
+                "--runtime",
+                "process",
+            ])
             .arg(if self.dir { "--dir" } else { "--file" })
             .arg(&self.file)
             .arg("--state-dir")
@@ -434,9 +452,18 @@ fn twenty_devices_take_a_rollout_in_batches_and_a_bad_microphone_reverts_by_itse
     }
     // A file naming one device is never sent to several: each would take that id.
     let one = fleet.root.path().join("one.yaml");
-    let named = devices[0].yaml(&components("v1", &["a"])).replace("  connect:\n", "  connect:\n    deviceId: d01\n");
+    let named = devices[0]
+        .yaml(&components("v1", &["a"]))
+        .replace("  connect:\n", "  connect:\n    deviceId: d01\n");
     std::fs::write(&one, named).unwrap();
-    let out = fleet.rollout(&["--file", one.to_str().unwrap(), "--select", "kind=light", "--gate", "5s"]);
+    let out = fleet.rollout(&[
+        "--file",
+        one.to_str().unwrap(),
+        "--select",
+        "kind=light",
+        "--gate",
+        "5s",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("spec.connect.deviceId"));
     // Version 1 to the 18 light devices in three batches (1, 10%, 100%) through a 5 s gate.
@@ -644,7 +671,9 @@ fn every_refusal_is_said_with_its_code_and_nothing_is_applied() {
         let before = d.status()["remote"]["refused"]["reason"].clone();
         fleet.publish_as(ADMIN, topic, payload);
         let r = d.wait_remote(10, code, |r| {
-            r["state"] == "refused" && r["refused"]["code"] == code && r["refused"]["reason"] != before
+            r["state"] == "refused"
+                && r["refused"]["code"] == code
+                && r["refused"]["reason"] != before
         });
         assert_eq!(
             std::fs::read_to_string(&d.file).unwrap(),
@@ -722,10 +751,23 @@ fn every_refusal_is_said_with_its_code_and_nothing_is_applied() {
     assert_eq!(spec_error["file"], "deployment.yaml", "{r:#}");
     assert!(spec_error["line"].as_u64().is_some(), "{r:#}");
     // A file that would make this device another one (a fleet-wide file naming one device).
-    let impostor = d.yaml(&components("r6", &["a"])).replace("  connect:\n", "  connect:\n    deviceId: r02\n");
-    let impostor = serde_json::json!({"device": "r01", "version": 6, "files": {"deployment.yaml": impostor}});
-    let r = check(&d, &message(&impostor, &fleet.secret_key, "impostor"), "DEP_E806");
-    assert!(r["refused"]["reason"].as_str().unwrap().contains("deviceId"), "{r:#}");
+    let impostor = d
+        .yaml(&components("r6", &["a"]))
+        .replace("  connect:\n", "  connect:\n    deviceId: r02\n");
+    let impostor =
+        serde_json::json!({"device": "r01", "version": 6, "files": {"deployment.yaml": impostor}});
+    let r = check(
+        &d,
+        &message(&impostor, &fleet.secret_key, "impostor"),
+        "DEP_E806",
+    );
+    assert!(
+        r["refused"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("deviceId"),
+        "{r:#}"
+    );
     // Not JSON.
     let junk = dir.join("junk.msg");
     std::fs::write(&junk, "hello").unwrap();
@@ -1118,7 +1160,10 @@ fn a_deferred_version_waits_for_the_recording_window_to_close() {
     let applied_at = jiff::Timestamp::now();
     // The window's end is sunrise/sunset plus whole seconds: within a second of `window_end`.
     let earliest = window_end - jiff::SignedDuration::from_secs(2);
-    assert!(applied_at >= earliest, "applied at {applied_at}, before the window's end {window_end}");
+    assert!(
+        applied_at >= earliest,
+        "applied at {applied_at}, before the window's end {window_end}"
+    );
     assert!(std::fs::read_to_string(&d.file).unwrap().contains("w1-b"));
     let out = controller.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0));

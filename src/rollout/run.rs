@@ -406,6 +406,11 @@ impl Broker {
 fn names_one_device(files: &Files) -> Option<String> {
     files.iter().find_map(|(name, text)| {
         let d = crate::spec::parse_str(std::path::Path::new(name), text).ok()?;
-        d.spec.connect.as_ref()?.device_id.as_ref().map(|_| name.clone())
+        d.spec
+            .connect
+            .as_ref()?
+            .device_id
+            .as_ref()
+            .map(|_| name.clone())
     })
 }

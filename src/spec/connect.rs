@@ -326,7 +326,8 @@ impl HttpUrl {
 impl MqttSpec {
     /// The user name sent: `username`, else the device's id when a password file is given.
     pub fn user(&self, device_id: &str) -> Option<String> {
-        (self.username.clone()).or_else(|| self.password_file.as_ref().map(|_| device_id.to_string()))
+        (self.username.clone())
+            .or_else(|| self.password_file.as_ref().map(|_| device_id.to_string()))
     }
 }
 

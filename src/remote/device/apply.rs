@@ -108,7 +108,10 @@ impl Remote {
                 }
             };
             if let Some(why) = self.claims_another_id(&d) {
-                return Err(Box::new((refusal(format!("version {}: {name}: {why}", doc.version)), None)));
+                return Err(Box::new((
+                    refusal(format!("version {}: {name}: {why}", doc.version)),
+                    None,
+                )));
             }
         }
         Ok(())
