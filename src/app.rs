@@ -506,14 +506,51 @@ fn check_connect_files(d: &spec::Deployment) -> Vec<Problem> {
     let Some(connect) = &d.spec.connect else {
         return Vec::new();
     };
-    crate::connect::check_files(connect)
+    let mut problems: Vec<Problem> = crate::connect::check_files(connect)
         .into_iter()
         .map(|p| Problem {
             code: errors::lookup(&p.code).unwrap_or(&errors::SECRET_UNREADABLE),
             message: p.message,
             snippet: None,
         })
-        .collect()
+        .collect();
+    if let Some(desired) = &connect.desired {
+        problems.extend(check_trusted_keys(desired.trusted_keys.as_path()));
+    }
+    problems
+}
+
+/// spec.connect.desired.trustedKeys: a folder with at least one minisign public key, or the
+/// device refuses every version (DEP_E802) and can only be changed on site.
+fn check_trusted_keys(dir: &Path) -> Vec<Problem> {
+    let problem = |message: String| Problem {
+        code: &errors::DESIRED_UNTRUSTED_KEY,
+        message,
+        snippet: None,
+    };
+    match crate::remote::signed::load_keys(dir) {
+        Err(e) => vec![problem(format!(
+            "spec.connect.desired.trustedKeys {}: {e}",
+            dir.display()
+        ))],
+        Ok((keys, bad)) => {
+            let mut out = Vec::new();
+            if keys.is_empty() {
+                out.push(problem(format!(
+                    "spec.connect.desired.trustedKeys {} holds no minisign public key (*.pub): every version from the broker would be refused",
+                    dir.display()
+                )));
+            }
+            if !bad.is_empty() {
+                out.push(problem(format!(
+                    "spec.connect.desired.trustedKeys {}: not minisign public keys: {}",
+                    dir.display(),
+                    bad.join(", ")
+                )));
+            }
+            out
+        }
+    }
 }
 
 /// The recorder's storage is writable and its device healthy, judged as `roost status` judges

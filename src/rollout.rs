@@ -117,6 +117,10 @@ pub enum DeviceOutcome {
     Failed {
         /// Why, with codes.
         reason: String,
+        /// No report came in time (the device may still take the version: at a halt it is
+        /// asked to drop it).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        silent: bool,
     },
     /// Taken back by the controller after a halt.
     Reverted,
@@ -152,7 +156,7 @@ impl Progress {
     fn failed(&self) -> Vec<(&String, &String)> {
         (self.devices.iter())
             .filter_map(|(d, o)| match o {
-                DeviceOutcome::Failed { reason } => Some((d, reason)),
+                DeviceOutcome::Failed { reason, .. } => Some((d, reason)),
                 _ => None,
             })
             .collect()
@@ -181,6 +185,7 @@ pub fn outcome_of(report: &serde_json::Value, version: u64) -> Option<DeviceOutc
                 "reverted by its health gate ({}): {reason}",
                 codes.join(",")
             ),
+            silent: false,
         });
     }
     if let Some(r) = report.get("refused").filter(|_| state == "refused")
@@ -190,19 +195,20 @@ pub fn outcome_of(report: &serde_json::Value, version: u64) -> Option<DeviceOutc
         let reason = r.get("reason").and_then(|s| s.as_str()).unwrap_or("");
         return Some(DeviceOutcome::Failed {
             reason: format!("refused {code}: {reason}"),
+            silent: false,
         });
     }
     let passed = state == "passed" && num("appliedVersion") == Some(version);
     passed.then_some(DeviceOutcome::Passed)
 }
 
-/// One above the highest version any report shows.
-pub fn next_version<'a>(reports: impl Iterator<Item = &'a serde_json::Value>) -> u64 {
-    reports
+/// One above the highest version any report shows; `None` when a report claims the highest
+/// version there is (a device that reports so takes no newer one).
+pub fn next_version<'a>(reports: impl Iterator<Item = &'a serde_json::Value>) -> Option<u64> {
+    let highest = reports
         .filter_map(|r| r.get("highestVersion")?.as_u64())
-        .max()
-        .unwrap_or(0)
-        + 1
+        .max();
+    highest.unwrap_or(0).checked_add(1)
 }
 
 /// The devices whose report carries `label=value`.
@@ -400,10 +406,7 @@ pub fn render(outcome: &RolloutOutcome, json: bool) -> (String, String, u8) {
         );
     }
     if p.state == "halted" {
-        out += &format!(
-            "resume after fixing it with: roost fleet rollout --resume {} (a newer version is a new rollout)\n",
-            p.id
-        );
+        out += "halted: fix the deployment and start a new rollout (a newer version); the devices that did not pass were asked to drop the version\n";
     }
     (out, String::new(), outcome.exit_code)
 }

@@ -134,13 +134,14 @@ impl StorageError {
         }
     }
 
-    /// A conversion of metadata.db's layout failed for another reason than a lock (see
-    /// [`schema::Retry`]): trying again at once would fail the same way.
+    /// A conversion of an older roost's metadata.db failed for another reason than a lock
+    /// (see [`schema::Retry`]): trying again at once would cost another pass over the archive
+    /// and fail the same way. Making the tables of a new database is not one.
     pub fn is_failed_conversion(&self) -> bool {
         matches!(
             self,
             Self::Layout {
-                source: schema::MigrateError::Failed { .. },
+                source: schema::MigrateError::Failed { costly: true, .. },
                 ..
             }
         ) && !self.is_busy()

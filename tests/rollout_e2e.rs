@@ -750,6 +750,21 @@ fn every_refusal_is_said_with_its_code_and_nothing_is_applied() {
     let spec_error = &r["refused"]["specError"];
     assert_eq!(spec_error["file"], "deployment.yaml", "{r:#}");
     assert!(spec_error["line"].as_u64().is_some(), "{r:#}");
+    // A file name that leads out of the folder, even signed.
+    let escape = serde_json::json!({"device": "r01", "version": 6, "files": {"../../escaped.yaml": d.yaml(&components("r6", &["a"]))}});
+    let r = check(
+        &d,
+        &message(&escape, &fleet.secret_key, "escape"),
+        "DEP_E806",
+    );
+    assert!(
+        r["refused"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not a deployment file name"),
+        "{r:#}"
+    );
+    assert!(!fleet.root.path().join("escaped.yaml").exists());
     // A file that would make this device another one (a fleet-wide file naming one device).
     let impostor = d
         .yaml(&components("r6", &["a"]))
@@ -1168,4 +1183,86 @@ fn a_deferred_version_waits_for_the_recording_window_to_close() {
     let out = controller.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(json(&out)["devices"]["w01"]["state"], "passed");
+}
+
+const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+#[test]
+fn a_wall_clock_step_during_the_gate_neither_ends_it_early_nor_fails_it() {
+    if !Path::new(FAKETIME_LIB).exists() {
+        eprintln!(
+            "skipping the clock step test: libfaketime is not installed (bash .ci/setup installs faketime)"
+        );
+        return;
+    }
+    let Some(fleet) = Fleet::start(&["t01"], "rollout clock step") else {
+        return;
+    };
+    let mut d = fleet.device("t01", "kind: light");
+    // The wall clock of the device's processes moves as the offset file says (an NTP step);
+    // the monotonic and boot clocks are left alone, as NTP leaves them.
+    let offset = fleet.root.path().join("offset");
+    std::fs::write(&offset, "+0s").unwrap();
+    for (k, v) in [
+        ("LD_PRELOAD", FAKETIME_LIB),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ("FAKETIME_NO_CACHE", "1"),
+    ] {
+        d.env.push((k.into(), PathBuf::from(v)));
+    }
+    d.env
+        .push(("FAKETIME_TIMESTAMP_FILE".into(), offset.clone()));
+    d.start(&components("t0", &["a"]));
+    d.wait_running();
+    for (version, step) in [(1, "-2h"), (2, "+3h")] {
+        let file = fleet.root.path().join(format!("v{version}.yaml"));
+        std::fs::write(
+            &file,
+            d.yaml(&components(&format!("t{version}"), &["a", "b"])),
+        )
+        .unwrap();
+        let mut controller = Command::new(ROOST)
+            .args([
+                "fleet",
+                "rollout",
+                "--broker",
+                &fleet.url(),
+                "--username",
+                ADMIN.0,
+                "--password-file",
+            ])
+            .arg(&fleet.admin_password)
+            .arg("--key")
+            .arg(&fleet.secret_key)
+            .args([
+                "--file",
+                file.to_str().unwrap(),
+                "--devices",
+                "t01",
+                "--gate",
+                "10s",
+                "--timeout",
+                "60s",
+                "--json",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        d.wait_remote(15, "gating", |r| {
+            r["state"] == "gating" && r["desiredVersion"] == version
+        });
+        let opened = Instant::now();
+        std::fs::write(&offset, step).unwrap();
+        let r = d.wait_remote(40, "passed", |r| {
+            r["state"] == "passed" && r["appliedVersion"] == version
+        });
+        let took = opened.elapsed();
+        assert!(
+            took >= Duration::from_secs(7),
+            "v{version}: the gate ended {took:?} after a {step} step"
+        );
+        assert!(r.get("reverted").is_none(), "{r:#}");
+        assert_eq!(controller.wait().unwrap().code(), Some(0));
+    }
 }

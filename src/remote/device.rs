@@ -54,8 +54,13 @@ struct Remote {
     reported: Option<RemoteStatus>,
     /// Whether the session connected since the gate opened (or since roost started).
     connected_in_gate: bool,
+    /// When the session now up connected.
+    connected_at: Option<Instant>,
     /// The newest status document the loop published.
     doc: Option<std::sync::Arc<StatusDoc>>,
+    /// The loop's generation when a version that changes the files was written: the gate
+    /// decides only on a document past it (absent: no change to wait for, or after a restart).
+    gen_at_apply: Option<u64>,
     /// Where the report goes (into status.json).
     report_tx: tokio::sync::watch::Sender<Option<RemoteStatus>>,
 }
@@ -81,7 +86,13 @@ pub async fn run(target: Target, state_dir: PathBuf, side: crate::publish::Remot
                 if changed.is_err() {
                     return; // the loop is gone: roost is stopping
                 }
-                r.doc = docs.borrow_and_update().clone();
+                let doc = docs.borrow_and_update().clone();
+                // The loop's last words at shutdown (everything Stopped) are no verdict on a
+                // version.
+                if doc.as_deref().is_some_and(gate::is_shutdown) {
+                    continue;
+                }
+                r.doc = doc;
                 r.step(None).await;
             }
             () = sleep_until(wake) => r.step(None).await,
@@ -116,7 +127,9 @@ impl Remote {
             gate_next: None,
             reported: None,
             connected_in_gate: false,
+            connected_at: None,
             doc: None,
+            gen_at_apply: None,
             report_tx,
         }
     }
@@ -212,4 +225,7 @@ fn find_link(files: &Files) -> Option<Link> {
 }
 
 mod apply;
+mod judge;
 mod link;
+
+use judge::fingerprint;

@@ -51,6 +51,18 @@ impl Health {
     }
 }
 
+/// Whether `doc` is the one the loop writes as roost stops (components stopped by roost).
+pub fn is_shutdown(doc: &StatusDoc) -> bool {
+    let stopped = |c: &crate::status::ComponentStatus| {
+        c.reason == Some(crate::status::Reason::ReconcilerStopped)
+    };
+    doc.components.iter().any(stopped)
+        || doc
+            .deployments
+            .iter()
+            .any(|d| d.components.iter().any(stopped))
+}
+
 /// Whether a code counts against a version. Not: the link (DEP_E5xx: a link that drops right
 /// after the message is no fault of the version), the remote desired state itself (DEP_E8xx),
 /// roost's own liveness and the status file's age (DEP_E402, DEP_E403), the wall clock (DEP_E316

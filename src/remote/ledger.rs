@@ -166,6 +166,10 @@ impl Target {
                 None => Ok(()),
             },
             Target::Dir(d) => {
+                if let Some(bad) = files.keys().find(|n| !writable_name(n)) {
+                    let why = format!("{bad:?} is not a deployment file name");
+                    return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, why));
+                }
                 for (name, text) in files {
                     write_keeping_mode(&d.join(name), text)?;
                 }
@@ -179,6 +183,14 @@ impl Target {
             }
         }
     }
+}
+
+/// Whether a name a message gives may be written as a deployment file: a deployment file name
+/// (`*.yaml`/`*.yml`, not hidden) of one path component, so nothing lands outside the folder.
+pub fn writable_name(name: &str) -> bool {
+    crate::device::folder::is_deployment_file(name)
+        && !name.contains(['/', '\\', '\0'])
+        && name.len() <= 255
 }
 
 fn deployment_names(d: &Path) -> Vec<String> {
@@ -278,6 +290,26 @@ mod tests {
         target.write(&load_previous(tmp.path()).unwrap()).unwrap();
         assert_eq!(target.read(), before);
         assert_ne!(hash(&before), hash(&new));
+    }
+
+    #[test]
+    fn only_plain_deployment_file_names_are_written() {
+        for ok in ["site.yaml", "a.yml", "x-1_2.yaml"] {
+            assert!(writable_name(ok), "{ok}");
+        }
+        for bad in [
+            "../etc/cron.d/x.yaml",
+            "a/b.yaml",
+            "/etc/x.yaml",
+            ".hidden.yaml",
+            "x.txt",
+            "a\\b.yaml",
+            "a\0.yaml",
+            "",
+        ] {
+            assert!(!writable_name(bad), "{bad:?}");
+        }
+        assert!(!writable_name(&format!("{}.yaml", "a".repeat(300))));
     }
 
     #[test]

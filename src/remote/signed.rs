@@ -360,5 +360,50 @@ pub fn sign_bytes(
         .map_err(|e| e.to_string())
 }
 
+/// `kind` of a rollout's progress record (`roost fleet rollout`).
+pub const RECORD_KIND: &str = "roost.rollout/v1";
+
+/// A record only its signer trusts (a rollout's progress kept on the broker): `text` signed
+/// with `sk`, in the envelope of [`Envelope`] with [`RECORD_KIND`].
+pub fn seal_record(text: &str, sk: &SecretKey) -> Result<Vec<u8>, String> {
+    let pk = PublicKey::from_secret_key(sk).map_err(|e| e.to_string())?;
+    let signature = minisign::sign(
+        Some(&pk),
+        sk,
+        Cursor::new(text.as_bytes()),
+        Some("roost rollout record"),
+        None,
+    )
+    .map(|b| b.into_string())
+    .map_err(|e| e.to_string())?;
+    let envelope = Envelope {
+        kind: RECORD_KIND.into(),
+        document: text.into(),
+        signature,
+    };
+    serde_json::to_vec(&envelope).map_err(|e| e.to_string())
+}
+
+/// The text of a record sealed by [`seal_record`] with the secret key of `pk`; an error when
+/// it is not one or someone else signed or altered it.
+pub fn open_record(payload: &[u8], pk: &PublicKey) -> Result<String, String> {
+    let envelope: Envelope =
+        serde_json::from_slice(payload).map_err(|e| format!("not a rollout record: {e}"))?;
+    if envelope.kind != RECORD_KIND {
+        return Err(format!("kind {:?}, not {RECORD_KIND:?}", envelope.kind));
+    }
+    let signature = SignatureBox::from_string(&envelope.signature).map_err(|e| e.to_string())?;
+    minisign::verify(
+        pk,
+        &signature,
+        Cursor::new(envelope.document.as_bytes()),
+        true,
+        false,
+        false,
+    )
+    .map_err(|e| format!("not signed by this key: {e}"))?;
+    Ok(envelope.document)
+}
+
 #[cfg(test)]
 mod tests;

@@ -31,7 +31,12 @@ pub fn resume(id: &str, run: &RolloutRun) -> RolloutOutcome {
         let record = b.retained.get(&topic).cloned().ok_or_else(|| {
             format!("no rollout {id:?} on the broker ({topic} holds no retained record)")
         })?;
-        let progress: Progress = serde_json::from_value(record)
+        // The record is on the broker: only one this key signed is carried on (someone who
+        // can write the topic must not get files signed for the fleet).
+        let pk = minisign::PublicKey::from_secret_key(&sk).map_err(|e| e.to_string())?;
+        let bytes = serde_json::to_vec(&record).unwrap_or_default();
+        let text = signed::open_record(&bytes, &pk).map_err(|e| format!("{topic}: {e}"))?;
+        let progress: Progress = serde_json::from_str(&text)
             .map_err(|e| format!("{topic}: not a rollout record: {e}"))?;
         b.drive(progress, &sk, run).await
     })
@@ -80,6 +85,11 @@ struct Broker {
     /// Retained and live messages by topic: reports and rollout records.
     retained: BTreeMap<String, Value>,
     reconnected: bool,
+    /// Publishes queued and acknowledged (QoS 1), to know when the last ones are out.
+    published: u64,
+    acked: u64,
+    /// Devices asked to drop or revert the version at a halt (sent again after a reconnection).
+    revert_to: Vec<String>,
 }
 
 impl Broker {
@@ -93,6 +103,9 @@ impl Broker {
             prefix: options.prefix.to_string(),
             retained: BTreeMap::new(),
             reconnected: false,
+            published: 0,
+            acked: 0,
+            revert_to: Vec::new(),
         };
         b.subscribe().await?;
         Ok(b)
@@ -173,6 +186,7 @@ impl Broker {
                     .map(|f| SubscribeFilter::new(f, QoS::AtLeastOnce));
                     let _ = self.client.try_subscribe_many(filters);
                 }
+                Ok(Ok(Event::Incoming(Incoming::PubAck(_)))) => self.acked += 1,
                 Ok(Ok(ev)) => self.take(&ev),
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "rollout: broker link lost; trying again");
@@ -216,6 +230,22 @@ impl Broker {
         if req.files.is_empty() {
             return Err("no deployment file to send (--file or --dir)".into());
         }
+        let sample = Document {
+            device: devices[0].clone(),
+            version: u64::MAX,
+            files: req.files.clone(),
+            revert_of: None,
+            apply: req.apply,
+            gate: Some(req.gate),
+            rollout: Some("x".repeat(40)),
+        };
+        let size = serde_json::to_string(&sample).map_or(0, |t| t.len()) * 2 + 1024;
+        if size > signed::MAX_MESSAGE {
+            return Err(format!(
+                "the files are too large for one message (about {size} bytes signed; devices take {})",
+                signed::MAX_MESSAGE
+            ));
+        }
         if devices.len() > 1
             && let Some(name) = names_one_device(&req.files)
         {
@@ -226,7 +256,8 @@ impl Broker {
         let version = req
             .version
             // Over the whole fleet, so a number names one rollout wherever it is read.
-            .unwrap_or_else(|| next_version(reports.values()));
+            .or_else(|| next_version(reports.values()))
+            .ok_or("a device reports the highest version there is; give --version")?;
         let id = format!(
             "{}-v{version}",
             jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ")
@@ -250,6 +281,7 @@ impl Broker {
 
     /// Queues a retained publish; while the queue is full, the event loop runs to drain it.
     async fn publish(&mut self, topic: String, payload: Vec<u8>) {
+        self.published += 1;
         while let Err(rumqttc::ClientError::TryRequest(_)) =
             self.client
                 .try_publish(topic.clone(), QoS::AtLeastOnce, true, payload.clone())
@@ -258,10 +290,15 @@ impl Broker {
         }
     }
 
-    async fn save(&mut self, p: &Progress) {
-        let bytes = serde_json::to_vec(p).unwrap_or_default();
-        self.publish(progress_topic(&self.prefix, &p.id), bytes)
-            .await;
+    async fn save(&mut self, p: &Progress, sk: &minisign::SecretKey) {
+        let text = serde_json::to_string(p).unwrap_or_default();
+        match signed::seal_record(&text, sk) {
+            Ok(bytes) => {
+                self.publish(progress_topic(&self.prefix, &p.id), bytes)
+                    .await
+            }
+            Err(e) => tracing::warn!(error = %e, "rollout: cannot sign its record"),
+        }
     }
 
     async fn send(
@@ -291,25 +328,62 @@ impl Broker {
                     p.devices.insert(d.clone(), DeviceOutcome::Sent);
                 }
             }
-            self.save(&p).await;
+            self.save(&p, sk).await;
             say_progress(&p, run.json);
             self.wait_batch(&mut p, &batch, sk, run).await?;
             p.batch += 1;
             if p.failed().len() > p.max_failed {
                 p.state = "halted".into();
-                if run.revert_on_halt {
-                    self.revert(&mut p, sk).await?;
-                }
+                self.take_back(&mut p, run.revert_on_halt);
             }
-            self.save(&p).await;
+            self.save(&p, sk).await;
         }
         if p.state == "running" {
             p.state = "done".into();
-            self.save(&p).await;
         }
-        // Let the last publishes out before the process ends.
-        self.pump(Instant::now() + Duration::from_millis(500)).await;
+        self.finish(&p, sk).await?;
         Ok(p)
+    }
+
+    /// Sends the last messages (the take-backs of a halt, the final record) and waits for the
+    /// broker to acknowledge them, sending them again after a reconnection (a clean session
+    /// drops what was queued), for at most 30 s.
+    async fn finish(&mut self, p: &Progress, sk: &minisign::SecretKey) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            self.reconnected = false;
+            for d in self.revert_to.clone() {
+                self.send_revert(p, &d, sk).await?;
+            }
+            self.save(p, sk).await;
+            while self.acked < self.published && !self.reconnected && Instant::now() < deadline {
+                self.pump(Instant::now() + Duration::from_millis(200)).await;
+            }
+            if !self.reconnected || Instant::now() >= deadline {
+                return Ok(());
+            }
+        }
+    }
+
+    /// At a halt: the devices that were sent the version and did not pass it (still waiting,
+    /// or silent: a slow or deferred device would apply it later, with nobody watching) are
+    /// asked to drop or revert it; with `--revert`, those that passed too.
+    fn take_back(&mut self, p: &mut Progress, also_passed: bool) {
+        let back: Vec<String> = (p.devices.iter())
+            .filter(|(_, o)| match o {
+                DeviceOutcome::Sent => true,
+                DeviceOutcome::Failed { silent, .. } => *silent,
+                DeviceOutcome::Passed => also_passed,
+                _ => false,
+            })
+            .map(|(d, _)| d.clone())
+            .collect();
+        for d in back {
+            if p.devices.get(&d) == Some(&DeviceOutcome::Passed) {
+                p.devices.insert(d.clone(), DeviceOutcome::Reverted);
+            }
+            self.revert_to.push(d);
+        }
     }
 
     async fn wait_batch(
@@ -340,7 +414,7 @@ impl Broker {
                 }
             }
             if changed {
-                self.save(p).await;
+                self.save(p, sk).await;
                 say_progress(p, run.json);
             }
             let open = batch
@@ -357,8 +431,13 @@ impl Broker {
                             p.version,
                             patience.as_secs()
                         );
-                        p.devices
-                            .insert(d.clone(), DeviceOutcome::Failed { reason });
+                        p.devices.insert(
+                            d.clone(),
+                            DeviceOutcome::Failed {
+                                reason,
+                                silent: true,
+                            },
+                        );
                     }
                 }
                 return Ok(());
@@ -372,32 +451,33 @@ impl Broker {
                         self.send(p, d, sk).await?;
                     }
                 }
-                self.save(p).await;
+                self.save(p, sk).await;
             }
         }
     }
 
-    /// Asks every device that took the version to go back to the files it had before.
-    async fn revert(&mut self, p: &mut Progress, sk: &minisign::SecretKey) -> Result<(), String> {
-        let took: Vec<String> = (p.devices.iter())
-            .filter(|(_, o)| matches!(o, DeviceOutcome::Passed | DeviceOutcome::Sent))
-            .map(|(d, _)| d.clone())
-            .collect();
-        for d in took {
-            let doc = Document {
-                device: d.clone(),
-                version: p.version + 1,
-                files: Files::new(),
-                revert_of: Some(p.version),
-                apply: ApplyOptions::default(),
-                gate: None,
-                rollout: Some(p.id.clone()),
-            };
-            let payload = signed::seal(&doc, sk)?;
-            self.publish(crate::remote::desired_topic(&self.prefix, &d), payload)
-                .await;
-            p.devices.insert(d, DeviceOutcome::Reverted);
-        }
+    /// A `revertOf` message for `device`: one version above the rollout's.
+    async fn send_revert(
+        &mut self,
+        p: &Progress,
+        device: &str,
+        sk: &minisign::SecretKey,
+    ) -> Result<(), String> {
+        let doc = Document {
+            device: device.to_string(),
+            version: p
+                .version
+                .checked_add(1)
+                .ok_or("no version above the rollout's")?,
+            files: Files::new(),
+            revert_of: Some(p.version),
+            apply: ApplyOptions::default(),
+            gate: None,
+            rollout: Some(p.id.clone()),
+        };
+        let payload = signed::seal(&doc, sk)?;
+        self.publish(crate::remote::desired_topic(&self.prefix, device), payload)
+            .await;
         Ok(())
     }
 }

@@ -61,7 +61,7 @@ fn a_devices_report_gives_its_verdict_on_the_version() {
     for (report, want) in cases {
         let got = outcome_of(&report, 7).map(|o| match o {
             DeviceOutcome::Passed => "passed".to_string(),
-            DeviceOutcome::Failed { reason } => reason,
+            DeviceOutcome::Failed { reason, .. } => reason,
             other => format!("{other:?}"),
         });
         assert_eq!(got.as_deref(), want, "{report}");
@@ -81,8 +81,10 @@ fn versions_and_labels_come_from_the_reports() {
         ),
         ("c".to_string(), json!({"labels": {"site": "north"}})),
     ]);
-    assert_eq!(next_version(reports.values()), 10);
-    assert_eq!(next_version(std::iter::empty()), 1);
+    assert_eq!(next_version(reports.values()), Some(10));
+    assert_eq!(next_version(std::iter::empty()), Some(1));
+    let at_the_top = json!({"highestVersion": u64::MAX});
+    assert_eq!(next_version(std::iter::once(&at_the_top)), None);
     assert_eq!(select(&reports, "site", "north"), vec!["a", "c"]);
     assert!(select(&reports, "site", "east").is_empty());
 }

@@ -473,6 +473,11 @@ pub enum MigrateError {
     Failed {
         /// The layout it stays at.
         from: String,
+        /// Whether the step passes over the archive (an older roost's layout converted): only
+        /// such a step waits before it is tried again ([`Retry`]); making the tables of an
+        /// empty database or adopting acoupi's costs nothing and is tried at the next turn (a
+        /// storage removed and made again while the file was being made, issue 26's CI run).
+        costly: bool,
         /// What SQLite said.
         #[source]
         source: rusqlite::Error,
@@ -486,6 +491,7 @@ pub fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
     let failed = |layout: Layout| {
         move |source| MigrateError::Failed {
             from: describe(layout),
+            costly: matches!(layout, Layout::Roost(v) if v < VERSION),
             source,
         }
     };
@@ -1240,7 +1246,10 @@ mod tests {
         conn.pragma_update(None, "max_page_count", pages + 2)
             .unwrap();
         let e = migrate(&mut conn).unwrap_err();
-        assert!(matches!(e, MigrateError::Failed { .. }), "{e}");
+        assert!(
+            matches!(e, MigrateError::Failed { costly: true, .. }),
+            "{e}"
+        );
         assert!(
             e.to_string()
                 .contains("from roost's version 6 to 7 (nothing was changed)"),
@@ -1264,6 +1273,25 @@ mod tests {
             out.extend(crate::archive::rows_as_text(conn, &sql).unwrap());
         }
         out
+    }
+
+    /// Making the tables of a new database (or adopting acoupi's) costs nothing: a failure
+    /// there (a storage removed while the file was being made, a full card) is tried again at
+    /// the next turn, not after the conversion's minutes of back-off.
+    #[test]
+    fn a_failed_step_on_a_new_database_is_not_held_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(crate::storage::DB_FILE);
+        let mut conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "max_page_count", 1).unwrap();
+        let e = migrate(&mut conn).unwrap_err();
+        assert!(
+            matches!(e, MigrateError::Failed { costly: false, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("from an empty database"), "{e}");
+        let storage_error = crate::storage::StorageError::Layout { path, source: e };
+        assert!(!storage_error.is_failed_conversion());
     }
 
     /// A failed conversion is tried again after 1, 2, 4 ... minutes, at most an hour apart;

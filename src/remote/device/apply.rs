@@ -91,7 +91,7 @@ impl Remote {
             return Err(Box::new((refusal(why), None)));
         }
         for (name, text) in &doc.files {
-            if !crate::device::folder::is_deployment_file(name) {
+            if !ledger::writable_name(name) {
                 let why = format!(
                     "{name:?} is not a deployment file name (NAME.yaml, no '/', not hidden)"
                 );
@@ -127,28 +127,46 @@ impl Remote {
         ))
     }
 
+    /// A refusal found outside a message's checks (the session's own limit).
+    pub(super) fn take_refusal(&mut self, r: Refusal) {
+        self.refuse(r, None);
+    }
+
     fn refuse(&mut self, r: Refusal, spec_error: Option<crate::status::SpecError>) {
-        tracing::warn!(code = r.code.code, reason = %r.reason, "remote desired state: message refused");
-        self.ledger.refused = Some(RemoteRefused {
+        let refused = RemoteRefused {
             version: r.version,
             code: r.code.code.to_string(),
             reason: r.reason,
             spec_error,
-        });
+        };
+        if self.ledger.refused_last && self.ledger.refused.as_ref() == Some(&refused) {
+            return; // the same message again: nothing new to say or to write to the card
+        }
+        tracing::warn!(code = %refused.code, reason = %refused.reason, "remote desired state: message refused");
+        self.ledger.refused = Some(refused);
         self.ledger.refused_last = true;
         self.save();
     }
 
+    /// `revertOf`: the version goes back if it is in force, and is dropped if it waits.
     fn take_revert(&mut self, doc: &Document, of: u64) {
         self.ledger.highest = doc.version;
         self.ledger.refused_last = false;
         self.ledger.rollout = doc.rollout.clone();
-        if self.ledger.applied == Some(of) {
-            let reason = format!(
-                "asked by version {} (rollout {})",
-                doc.version,
-                doc.rollout.as_deref().unwrap_or("-")
-            );
+        let reason = format!(
+            "asked by version {} (rollout {})",
+            doc.version,
+            doc.rollout.as_deref().unwrap_or("-")
+        );
+        if self.pending.as_ref().is_some_and(|p| p.doc.version == of) {
+            self.pending = None;
+            self.ledger.reverted = Some(RemoteReverted {
+                version: of,
+                codes: vec![],
+                reason: format!("{reason}, before it was applied"),
+            });
+            self.save();
+        } else if self.ledger.applied == Some(of) {
             self.revert(of, vec![], reason);
         } else {
             self.save();
@@ -157,6 +175,9 @@ impl Remote {
 
     /// Applies the waiting version when its moment has come.
     pub(super) fn run_pending(&mut self) {
+        if self.doc.is_none() {
+            return; // the gate needs the loop's own view of the health before the version
+        }
         let Some(mut p) = self.pending.take() else {
             return;
         };
@@ -207,31 +228,32 @@ impl Remote {
 
     /// Writes the version's files and opens (or carries on) the health gate. The ledger says
     /// `applying` before the files are written, so a crash in between is settled at the next
-    /// start ([`Remote::settle_applying`]).
+    /// start ([`Remote::settle_applying`]); a write that fails puts the last files that passed
+    /// back ([`Remote::fall_back`]).
     pub(super) fn apply(&mut self, doc: &Document) {
         let current = self.target.read();
         let new = self.target.as_written(&doc.files);
-        // The files before an unproven version stay the ones to go back to; so do the files
-        // when this version's are already in place.
-        if self.ledger.gate.is_none() && ledger::hash(&current) != ledger::hash(&new) {
+        // The files before an unproven version stay the ones to go back to.
+        if self.ledger.gate.is_none() {
             if let Err(e) = ledger::save_previous(&self.state_dir, &current) {
                 return self.not_applied(doc, format!("cannot keep the files before it: {e}"));
             }
             self.ledger.previous = self.applied_now(&current);
         }
-        let gate_before = self.ledger.gate.clone();
+        let changes = ledger::hash(&current) != ledger::hash(&new);
+        self.gen_at_apply = (self.doc.as_ref())
+            .filter(|_| changes)
+            .map(|d| d.generation);
         self.ledger.gate = Some(self.open_gate(doc));
         self.ledger.applying = Some((doc.version, ledger::hash(&new)));
         self.save();
         if let Err(e) = self.target.write(&doc.files) {
-            self.ledger.gate = gate_before;
-            self.ledger.applying = None;
+            self.fall_back();
             return self.not_applied(doc, format!("cannot write the deployment files: {e}"));
         }
         self.ledger.applying = None;
         self.ledger.applied = Some(doc.version);
         self.ledger.written_hash = Some(ledger::hash(&new));
-        self.files_hash = ledger::hash(&new);
         self.worse_since = None;
         self.connected_in_gate = false;
         self.save();
@@ -239,10 +261,12 @@ impl Remote {
             version = doc.version,
             "remote desired state: version applied; health gate open"
         );
+        // The version's own settings (trusted keys, broker, labels) from now on.
+        self.follow_files();
     }
 
     /// The gate for `doc`: the baseline of an open gate is kept (the health before the last
-    /// proven version), else the health now.
+    /// proven version), else the health now; its length is bounded to 5 s..24 h.
     fn open_gate(&self, doc: &Document) -> GateRecord {
         let baseline = match &self.ledger.gate {
             Some(g) => g.baseline.clone(),
@@ -258,6 +282,7 @@ impl Remote {
         let length = doc
             .gate
             .map_or(Duration::from_secs(default), |g| g.as_std());
+        let length = length.clamp(Duration::from_secs(5), Duration::from_secs(86_400));
         GateRecord {
             version: doc.version,
             boot_id: ledger::boot_id(),
@@ -269,7 +294,8 @@ impl Remote {
     }
 
     /// At start: a version whose files were being written when roost stopped is applied if
-    /// they are in place, else forgotten (the retained message brings it again).
+    /// they are all in place; otherwise the last files that passed come back (the retained
+    /// message brings the version again).
     pub(super) fn settle_applying(&mut self) {
         let Some((version, hash)) = self.ledger.applying.take() else {
             return;
@@ -277,14 +303,31 @@ impl Remote {
         if ledger::hash(&self.target.read()) == hash {
             self.ledger.applied = Some(version);
             self.ledger.written_hash = Some(hash);
-        } else if self
-            .ledger
-            .gate
-            .as_ref()
-            .is_some_and(|g| g.version == version)
-        {
-            self.ledger.gate = None;
+            self.save();
+        } else {
+            self.fall_back();
         }
+    }
+
+    /// Whatever a failed or cut write left, the files kept before the first unproven version
+    /// (the last that passed) come back, and no gate is open.
+    fn fall_back(&mut self) {
+        if let Some(previous) = ledger::load_previous(&self.state_dir) {
+            match self.target.write(&previous) {
+                Ok(()) => {
+                    let back = self.target.as_written(&previous);
+                    self.ledger.written_hash = Some(ledger::hash(&back));
+                    self.ledger.applied = self.ledger.previous;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "remote desired state: cannot put the files before the version back")
+                }
+            }
+        }
+        self.ledger.applying = None;
+        self.ledger.gate = None;
+        self.gate_next = None;
+        self.gen_at_apply = None;
         self.save();
     }
 
@@ -301,95 +344,6 @@ impl Remote {
             version: Some(doc.version),
         };
         self.refuse(r, None);
-    }
-
-    /// One look of the health gate, at the status now.
-    pub(super) fn run_gate(&mut self) {
-        let Some(g) = self.ledger.gate.clone() else {
-            self.gate_next = None;
-            return;
-        };
-        let length = Duration::from_millis(g.length_ms);
-        let elapsed = match g.boot_id == ledger::boot_id() {
-            true => Duration::from_millis(ledger::boot_ms().saturating_sub(g.opened_ms)),
-            false => {
-                // Another boot: the time before it is unknown, so the gate starts again whole.
-                self.reopen_gate(&g);
-                Duration::ZERO
-            }
-        };
-        let now = self
-            .status_doc()
-            .map(|d| Health::of(&d))
-            .unwrap_or_default();
-        let worse = gate::worse(&g.baseline, &now, false).is_some();
-        self.worse_since = match worse {
-            true => self.worse_since.or(Some(elapsed)),
-            false => None,
-        };
-        match gate::judge(&g.baseline, &now, elapsed, length, self.worse_since) {
-            Verdict::Wait { next } => {
-                self.gate_next = Some(Instant::now() + next.saturating_sub(elapsed));
-            }
-            Verdict::Pass if self.link_lost_by(&g) => {
-                let reason = "its spec.connect reaches no broker: the device could not be changed from afar again".to_string();
-                self.revert(g.version, vec![errors::LINK_DOWN.code.to_string()], reason);
-            }
-            Verdict::Pass => {
-                tracing::info!(
-                    version = g.version,
-                    "remote desired state: through the health gate"
-                );
-                self.ledger.gate = None;
-                self.gate_next = None;
-                self.save();
-            }
-            Verdict::Revert(codes) => {
-                let reason = format!(
-                    "worse than before it within the health gate ({}s after applying): {}",
-                    elapsed.as_secs(),
-                    codes.join(", ")
-                );
-                self.revert(g.version, codes, reason);
-            }
-        }
-    }
-
-    fn reopen_gate(&mut self, g: &GateRecord) {
-        let mut g = g.clone();
-        g.boot_id = ledger::boot_id();
-        g.opened_ms = ledger::boot_ms();
-        self.ledger.gate = Some(g);
-        self.save();
-    }
-
-    /// Puts the files before `version` back.
-    fn revert(&mut self, version: u64, codes: Vec<String>, reason: String) {
-        self.ledger.gate = None;
-        self.gate_next = None;
-        self.worse_since = None;
-        let Some(previous) = ledger::load_previous(&self.state_dir) else {
-            tracing::error!(
-                version,
-                "remote desired state: nothing kept to go back to; the version stays"
-            );
-            return self.save();
-        };
-        if let Err(e) = self.target.write(&previous) {
-            tracing::error!(version, error = %e, "remote desired state: cannot write the files to go back to; tried again at the next look");
-            return;
-        }
-        tracing::warn!(version, codes = ?codes, %reason, "remote desired state: version reverted");
-        self.ledger.applied = self.ledger.previous;
-        let back = self.target.as_written(&previous);
-        self.ledger.written_hash = Some(ledger::hash(&back));
-        self.files_hash = ledger::hash(&back);
-        self.ledger.reverted = Some(RemoteReverted {
-            version,
-            codes,
-            reason,
-        });
-        self.save();
     }
 
     /// Writes `remote.json` and publishes the report when it says something new.
@@ -461,19 +415,4 @@ fn recorder_files(doc: &StatusDoc) -> Option<u64> {
         .chain(doc.deployments.iter().flat_map(|d| d.components.iter()));
     all.filter(|c| c.name == "recorder")
         .find_map(|c| c.output.as_ref()?.get("filesWritten")?.as_u64())
-}
-
-/// The settings of a link, as a number: a gate knows whether its version changed them.
-pub(super) fn fingerprint(link: &Link) -> u64 {
-    let text = format!("{:?} {}", link.mqtt, link.device);
-    ledger::hash(&Files::from([(String::new(), text)]))
-}
-
-impl Remote {
-    /// A version that changed the link's settings and never connected with them during its
-    /// gate: it would cut the device off from the next version.
-    fn link_lost_by(&self, g: &GateRecord) -> bool {
-        let now = self.link.as_ref().map(fingerprint);
-        g.link_before.is_some() && now.is_some() && now != g.link_before && !self.connected_in_gate
-    }
 }

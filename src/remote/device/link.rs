@@ -6,6 +6,9 @@ use super::*;
 /// Longest wait between two connection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
+/// How long a session must last before the back-off starts over.
+const STEADY: Duration = Duration::from_secs(30);
+
 impl Remote {
     /// Starts a session when one is due and the deployment asks for it.
     pub(super) fn connect_if_due(&mut self) {
@@ -26,7 +29,18 @@ impl Remote {
         }
     }
 
+    /// Drops the session and tries again after the back-off. The back-off starts over only
+    /// after a session that stayed up [`STEADY`]: a broker that takes the connection and then
+    /// drops it (another client with the same id, a message too large) is not retried every
+    /// second.
     fn retry_later(&mut self) {
+        if self
+            .connected_at
+            .take()
+            .is_some_and(|t| t.elapsed() >= STEADY)
+        {
+            self.backoff = Duration::from_secs(1);
+        }
         self.session = None;
         self.reconnect_at = Some(Instant::now() + self.backoff);
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
@@ -39,7 +53,7 @@ impl Remote {
         };
         match ev {
             Some(Ok(Event::Incoming(Incoming::ConnAck(_)))) => {
-                self.backoff = Duration::from_secs(1);
+                self.connected_at = Some(Instant::now());
                 self.connected_in_gate = true;
                 if let Some(s) = &self.session {
                     let _ = s
@@ -57,6 +71,22 @@ impl Remote {
             }
             Some(Ok(_)) => {}
             Some(Err(e)) => {
+                if let rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+                    rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(size),
+                )) = &e
+                {
+                    // Larger than the session takes: it ended the session, and would again at
+                    // each connection; said as the refusal it is.
+                    let r = Refusal {
+                        code: &errors::DESIRED_TOO_LARGE,
+                        reason: format!(
+                            "a message of {size} bytes on the desired topic, over the {} bytes a device takes",
+                            signed::MAX_MESSAGE
+                        ),
+                        version: None,
+                    };
+                    self.take_refusal(r);
+                }
                 let problem = crate::connect::mqtt::classify(&e, &link.mqtt.url.to_string());
                 tracing::warn!(code = problem.code, message = %problem.message, "remote desired state: link lost");
                 self.retry_later();

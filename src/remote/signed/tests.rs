@@ -166,3 +166,19 @@ fn an_encrypted_secret_key_needs_its_password() {
     assert!(load_secret_key(&text, Some("wrong".into())).is_err());
     assert!(load_secret_key(&text, Some("pw".into())).is_ok());
 }
+
+#[test]
+fn a_record_opens_only_with_its_signers_key_and_unaltered() {
+    let (sk, pk) = pair();
+    let (_, other) = pair();
+    let sealed = seal_record("{\"version\":3}", &sk).unwrap();
+    assert_eq!(open_record(&sealed, &pk.key).unwrap(), "{\"version\":3}");
+    assert!(open_record(&sealed, &other.key).is_err());
+    let mut env: Envelope = serde_json::from_slice(&sealed).unwrap();
+    env.document = "{\"version\":4}".into();
+    assert!(open_record(&serde_json::to_vec(&env).unwrap(), &pk.key).is_err());
+    assert!(open_record(b"{}", &pk.key).is_err());
+    // A desired-state message is not a record.
+    let message = seal(&doc("pi-01", 1), &sk).unwrap();
+    assert!(open_record(&message, &pk.key).unwrap_err().contains("kind"));
+}
