@@ -891,10 +891,29 @@ fn the_controller_resumes_and_the_gate_decides_across_a_device_restart() {
         r["state"] == "reverted"
     });
     assert_eq!(r["reverted"]["version"], 1);
-    // The broker restarts too; the rollout's record was retained in memory only, so resume
-    // needs the broker that kept it: resume before stopping it.
+    // The rollout's record is on the broker, signed by the rollout's key.
     let record: Value = serde_json::from_slice(&fleet.retained("roost/_rollouts/+")).unwrap();
-    let id = record["id"].as_str().unwrap().to_string();
+    assert_eq!(record["kind"], "roost.rollout/v1");
+    let progress: Value = serde_json::from_str(record["document"].as_str().unwrap()).unwrap();
+    let id = progress["id"].as_str().unwrap().to_string();
+    // A record someone else altered on the broker is not carried on.
+    let mut forged = record.clone();
+    forged["document"] = Value::String(
+        record["document"]
+            .as_str()
+            .unwrap()
+            .replace("\"maxFailed\":1", "\"maxFailed\":9"),
+    );
+    let forged_file = fleet.root.path().join("forged.json");
+    std::fs::write(&forged_file, forged.to_string()).unwrap();
+    let topic = format!("roost/_rollouts/{id}");
+    fleet.publish_as(ADMIN, &topic, &forged_file);
+    let out = fleet.rollout(&["--resume", &id, "--json"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not signed by this key"));
+    let original = fleet.root.path().join("record.json");
+    std::fs::write(&original, record.to_string()).unwrap();
+    fleet.publish_as(ADMIN, &topic, &original);
     let out = fleet.rollout(&["--resume", &id, "--timeout", "60s", "--json"]);
     let record = json(&out);
     // One failure is allowed: the second batch goes out, and reverts too: halted.
@@ -1264,5 +1283,52 @@ fn a_wall_clock_step_during_the_gate_neither_ends_it_early_nor_fails_it() {
         );
         assert!(r.get("reverted").is_none(), "{r:#}");
         assert_eq!(controller.wait().unwrap().code(), Some(0));
+    }
+}
+
+#[test]
+fn roost_check_says_when_a_device_would_trust_no_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    std::fs::write(keys.join("notes.pub"), "not a key\n").unwrap();
+    let connect = format!(
+        "  connect:\n    mqtt: {{url: \"mqtt://127.0.0.1:1\", homeAssistant: false}}\n    desired: {{trustedKeys: {}}}\n",
+        keys.display()
+    );
+    let file = dir.path().join("deployment.yaml");
+    std::fs::write(
+        &file,
+        deployment("site", &connect, &components("k", &["a"])),
+    )
+    .unwrap();
+    let run = || {
+        let out = Command::new(ROOST)
+            .args(["check", "--file"])
+            .arg(&file)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let text = run();
+    assert!(
+        text.contains("DEP_E802") && text.contains("holds no minisign public key"),
+        "{text}"
+    );
+    assert!(text.contains("notes.pub"), "{text}");
+    // With a key there, nothing is said about it.
+    if have_or_skip(&["minisign"], "roost check trusted keys") {
+        std::fs::remove_file(keys.join("notes.pub")).unwrap();
+        run_ok(
+            Command::new("minisign")
+                .args(["-G", "-W", "-p"])
+                .arg(keys.join("fleet.pub"))
+                .arg("-s")
+                .arg(dir.path().join("k.key")),
+        );
+        let text = run();
+        assert!(!text.contains("DEP_E802"), "{text}");
     }
 }
