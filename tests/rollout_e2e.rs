@@ -148,6 +148,28 @@ impl Fleet {
         out
     }
 
+    /// `roost fleet rollout` started in the background (its stdout piped, for `--json`).
+    fn spawn_rollout(&self, args: &[&str]) -> Child {
+        Command::new(ROOST)
+            .args([
+                "fleet",
+                "rollout",
+                "--broker",
+                &self.url(),
+                "--username",
+                ADMIN.0,
+                "--password-file",
+            ])
+            .arg(&self.admin_password)
+            .arg("--key")
+            .arg(&self.secret_key)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     /// Publishes `payload` retained on `topic` as `user` (mosquitto_pub).
     fn publish_as(&self, user: (&str, &str), topic: &str, payload: &Path) {
         run_ok(
@@ -851,36 +873,19 @@ fn the_controller_resumes_and_the_gate_decides_across_a_device_restart() {
     // A bad version with a 20 s gate; the controller is killed once the first device took it.
     let v = fleet.root.path().join("bad.yaml");
     std::fs::write(&v, devices[0].yaml(&broken("s1"))).unwrap();
-    let mut controller = Command::new(ROOST)
-        .args([
-            "fleet",
-            "rollout",
-            "--broker",
-            &fleet.url(),
-            "--username",
-            ADMIN.0,
-            "--password-file",
-        ])
-        .arg(&fleet.admin_password)
-        .arg("--key")
-        .arg(&fleet.secret_key)
-        .args([
-            "--file",
-            v.to_str().unwrap(),
-            "--devices",
-            "s01,s02,s03",
-            "--batches",
-            "1,100%",
-            "--gate",
-            "20s",
-            "--max-failed",
-            "1",
-            "--json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut controller = fleet.spawn_rollout(&[
+        "--file",
+        v.to_str().unwrap(),
+        "--devices",
+        "s01,s02,s03",
+        "--batches",
+        "1,100%",
+        "--gate",
+        "20s",
+        "--max-failed",
+        "1",
+        "--json",
+    ]);
     devices[0].wait_remote(15, "gating", |r| r["state"] == "gating");
     controller.kill().unwrap();
     controller.wait().unwrap();
@@ -1036,36 +1041,19 @@ fn a_rollout_carries_on_when_the_broker_restarts_between_batches() {
     }
     let v1 = fleet.root.path().join("v1.yaml");
     std::fs::write(&v1, devices[0].yaml(&components("b1", &["a", "b"]))).unwrap();
-    let mut controller = Command::new(ROOST)
-        .args([
-            "fleet",
-            "rollout",
-            "--broker",
-            &fleet.url(),
-            "--username",
-            ADMIN.0,
-            "--password-file",
-        ])
-        .arg(&fleet.admin_password)
-        .arg("--key")
-        .arg(&fleet.secret_key)
-        .args([
-            "--file",
-            v1.to_str().unwrap(),
-            "--devices",
-            "b01,b02,b03",
-            "--batches",
-            "1,2,3",
-            "--gate",
-            "5s",
-            "--timeout",
-            "60s",
-            "--json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut controller = fleet.spawn_rollout(&[
+        "--file",
+        v1.to_str().unwrap(),
+        "--devices",
+        "b01,b02,b03",
+        "--batches",
+        "1,2,3",
+        "--gate",
+        "5s",
+        "--timeout",
+        "60s",
+        "--json",
+    ]);
     // The first batch passes; the broker goes away (nothing kept: persistence false) and comes
     // back while the second batch is under way.
     devices[0].wait_remote(20, "passed", |r| r["state"] == "passed");
@@ -1150,38 +1138,21 @@ fn a_deferred_version_waits_for_the_recording_window_to_close() {
         ),
     )
     .unwrap();
-    let controller = Command::new(ROOST)
-        .args([
-            "fleet",
-            "rollout",
-            "--broker",
-            &fleet.url(),
-            "--username",
-            ADMIN.0,
-            "--password-file",
-        ])
-        .arg(&fleet.admin_password)
-        .arg("--key")
-        .arg(&fleet.secret_key)
-        .args([
-            "--file",
-            v1.to_str().unwrap(),
-            "--devices",
-            "w01",
-            "--apply",
-            "windowClosed",
-            "--max-wait",
-            "5m",
-            "--gate",
-            "5s",
-            "--timeout",
-            "60s",
-            "--json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let controller = fleet.spawn_rollout(&[
+        "--file",
+        v1.to_str().unwrap(),
+        "--devices",
+        "w01",
+        "--apply",
+        "windowClosed",
+        "--max-wait",
+        "5m",
+        "--gate",
+        "5s",
+        "--timeout",
+        "60s",
+        "--json",
+    ]);
     d.wait_remote(15, "waiting", |r| r["state"] == "waiting");
     assert_eq!(
         std::fs::read_to_string(&d.file).unwrap(),
@@ -1240,34 +1211,17 @@ fn a_wall_clock_step_during_the_gate_neither_ends_it_early_nor_fails_it() {
             d.yaml(&components(&format!("t{version}"), &["a", "b"])),
         )
         .unwrap();
-        let mut controller = Command::new(ROOST)
-            .args([
-                "fleet",
-                "rollout",
-                "--broker",
-                &fleet.url(),
-                "--username",
-                ADMIN.0,
-                "--password-file",
-            ])
-            .arg(&fleet.admin_password)
-            .arg("--key")
-            .arg(&fleet.secret_key)
-            .args([
-                "--file",
-                file.to_str().unwrap(),
-                "--devices",
-                "t01",
-                "--gate",
-                "10s",
-                "--timeout",
-                "60s",
-                "--json",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut controller = fleet.spawn_rollout(&[
+            "--file",
+            file.to_str().unwrap(),
+            "--devices",
+            "t01",
+            "--gate",
+            "10s",
+            "--timeout",
+            "60s",
+            "--json",
+        ]);
         d.wait_remote(15, "gating", |r| {
             r["state"] == "gating" && r["desiredVersion"] == version
         });
