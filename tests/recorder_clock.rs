@@ -65,7 +65,7 @@ fn a_clock_stepped_back_and_forward_overwrites_nothing_and_flags_overlaps() {
     }
     let rig = Rig::new(RATE, json!({}), json!({}));
     let offset = rig.dir.path().join("offset");
-    std::fs::write(&offset, "+0s").unwrap();
+    set_offset(&offset, "+0s");
     let env = faked(&[
         ("FAKETIME_TIMESTAMP_FILE", offset.display().to_string()),
         ("FAKETIME_NO_CACHE", "1".to_string()),
@@ -74,7 +74,7 @@ fn a_clock_stepped_back_and_forward_overwrites_nothing_and_flags_overlaps() {
     let mut child = spawn(&rig, &env);
     rig.wait_report("three files", LONG, |r| r.files_written >= 3);
     // Back by more than the files written so far: new names fall on old ones.
-    std::fs::write(&offset, "-4s").unwrap();
+    set_offset(&offset, "-4s");
     let stepped = rig.wait_report("overlaps flagged", LONG, |r| {
         r.time_overlaps >= 1 && r.files_written >= 8
     });
@@ -83,7 +83,7 @@ fn a_clock_stepped_back_and_forward_overwrites_nothing_and_flags_overlaps() {
         "{stepped:#?}"
     );
     // Forward by an hour: files follow the new time, no gap in the audio.
-    std::fs::write(&offset, "+1h").unwrap();
+    set_offset(&offset, "+1h");
     let written = stepped.files_written;
     rig.wait_report("files after the step forward", LONG, |r| {
         r.files_written >= written + 3
@@ -203,7 +203,7 @@ fn a_clock_stepped_into_an_open_window_starts_recording_at_once() {
         json!({}),
     );
     let offset = rig.dir.path().join("offset");
-    std::fs::write(&offset, "+0s").unwrap();
+    set_offset(&offset, "+0s");
     let env = faked(&[
         ("FAKETIME_TIMESTAMP_FILE", offset.display().to_string()),
         ("FAKETIME_NO_CACHE", "1".to_string()),
@@ -211,7 +211,7 @@ fn a_clock_stepped_into_an_open_window_starts_recording_at_once() {
     let feeder = PacedFeeder::start(&rig.fifo, RATE, rig.period);
     let mut child = spawn(&rig, &env);
     rig.wait_report("waiting", LONG, |r| r.state == RecorderState::Waiting);
-    std::fs::write(&offset, "+1h").unwrap();
+    set_offset(&offset, "+1h");
     let stepped = Instant::now();
     let report = rig.wait_report("recording after the step", LONG, |r| {
         r.files_written >= 1 && r.error.is_none()
@@ -293,4 +293,12 @@ fn fresh_starts_raise_no_false_time_overlap() {
     drop(feeder);
     assert!(written >= 40);
     rig.assert_consistent();
+}
+
+/// Writes libfaketime's offset file whole (temp file, rename), as an NTP step is one instant: a
+/// process reading it at every clock call must never see it empty or half written.
+fn set_offset(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
 }

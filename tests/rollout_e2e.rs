@@ -852,6 +852,23 @@ fn every_refusal_is_said_with_its_code_and_nothing_is_applied() {
     std::fs::write(&d.file, d.yaml(&components("local", &["a"]))).unwrap();
     let r = d.wait_remote(10, "local", |r| r["appliedBy"] == "local");
     assert!(r.get("appliedVersion").is_none(), "{r:#}");
+    // A bad local edit (a typo on site) keeps the link: the fix can come from the broker.
+    let typo = d
+        .yaml(&components("typo", &["a"]))
+        .replace("  components:", "  bogusField: 1\n  components:");
+    std::fs::write(&d.file, typo).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.status()["specError"].is_null() {
+        assert!(Instant::now() < deadline, "{:#}", d.status());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let fix = serde_json::json!({"device": "r01", "version": 10, "files": {"deployment.yaml": d.yaml(&components("r10", &["a"]))}});
+    fleet.publish_as(ADMIN, topic, &message(&fix, &fleet.secret_key, "fix"));
+    let r = d.wait_remote(20, "v10 passed", |r| {
+        r["state"] == "passed" && r["appliedVersion"] == 10
+    });
+    assert_eq!(r["appliedBy"], "remote");
+    assert!(d.status()["specError"].is_null());
 }
 
 #[test]
@@ -1192,7 +1209,7 @@ fn a_wall_clock_step_during_the_gate_neither_ends_it_early_nor_fails_it() {
     // The wall clock of the device's processes moves as the offset file says (an NTP step);
     // the monotonic and boot clocks are left alone, as NTP leaves them.
     let offset = fleet.root.path().join("offset");
-    std::fs::write(&offset, "+0s").unwrap();
+    set_offset(&offset, "+0s");
     for (k, v) in [
         ("LD_PRELOAD", FAKETIME_LIB),
         ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
@@ -1226,7 +1243,7 @@ fn a_wall_clock_step_during_the_gate_neither_ends_it_early_nor_fails_it() {
             r["state"] == "gating" && r["desiredVersion"] == version
         });
         let opened = Instant::now();
-        std::fs::write(&offset, step).unwrap();
+        set_offset(&offset, step);
         let r = d.wait_remote(40, "passed", |r| {
             r["state"] == "passed" && r["appliedVersion"] == version
         });
@@ -1285,4 +1302,12 @@ fn roost_check_says_when_a_device_would_trust_no_key() {
         let text = run();
         assert!(!text.contains("DEP_E802"), "{text}");
     }
+}
+
+/// Writes libfaketime's offset file whole (temp file, rename), as an NTP step is one instant: a
+/// process reading it at every clock call must never see it empty or half written.
+fn set_offset(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
 }

@@ -56,6 +56,8 @@ struct Remote {
     connected_in_gate: bool,
     /// When the session now up connected.
     connected_at: Option<Instant>,
+    /// Whether the files were looked at once (a bad file at start falls back to the last good).
+    started: bool,
     /// The newest status document the loop published.
     doc: Option<std::sync::Arc<StatusDoc>>,
     /// The loop's generation when a version that changes the files was written: the gate
@@ -128,6 +130,7 @@ impl Remote {
             reported: None,
             connected_in_gate: false,
             connected_at: None,
+            started: false,
             doc: None,
             gen_at_apply: None,
             report_tx,
@@ -137,7 +140,11 @@ impl Remote {
     fn next_wake(&self) -> Option<Instant> {
         [
             self.reconnect_at,
-            self.pending.as_ref().map(|p| p.deadline),
+            // A waiting version is applied only once the loop has spoken (its document wakes
+            // the task): no timer before that, or a passed deadline would spin.
+            (self.pending.as_ref())
+                .filter(|_| self.doc.is_some())
+                .map(|p| p.deadline),
             self.gate_next,
         ]
         .into_iter()
@@ -167,7 +174,15 @@ impl Remote {
             return;
         }
         self.files_hash = h;
-        let link = find_link(&files);
+        // A bad file changes nothing that runs: the link stays as the last valid files said
+        // (at start, as the last valid file kept in the state folder says), so a fix can still
+        // come from the broker.
+        let link = match find_link(&files) {
+            Some(link) => link,
+            None if self.started => self.link.clone(),
+            None => self.last_good_link(),
+        };
+        self.started = true;
         if link != self.link {
             tracing::info!(
                 enabled = link.is_some(),
@@ -207,10 +222,23 @@ impl Remote {
     }
 }
 
-/// The desired-state link the deployment files declare (the one with `spec.connect.desired`).
-fn find_link(files: &Files) -> Option<Link> {
-    files.iter().find_map(|(name, text)| {
-        let d = crate::spec::parse_str(Path::new(name), text).ok()?;
+impl Remote {
+    /// The link of the last valid file roost kept (`last-good.yaml`, `roost run --file`).
+    fn last_good_link(&self) -> Option<Link> {
+        let path = crate::state_dir::StateDir::new(self.state_dir.clone()).last_good();
+        let text = std::fs::read_to_string(path).ok()?;
+        find_link(&Files::from([("last-good.yaml".to_string(), text)])).flatten()
+    }
+}
+
+/// The desired-state link the deployment files declare (the one with `spec.connect.desired`);
+/// `None` when a file does not parse (its link is unknown), `Some(None)` when none has one.
+fn find_link(files: &Files) -> Option<Option<Link>> {
+    let mut parsed = Vec::new();
+    for (name, text) in files {
+        parsed.push(crate::spec::parse_str(Path::new(name), text).ok()?);
+    }
+    Some(parsed.iter().find_map(|d| {
         let connect = d.spec.connect.as_ref()?;
         Some(Link {
             device: (connect.device_id.as_ref())
@@ -221,7 +249,7 @@ fn find_link(files: &Files) -> Option<Link> {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         })
-    })
+    }))
 }
 
 mod apply;

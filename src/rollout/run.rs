@@ -246,6 +246,16 @@ impl Broker {
                 signed::MAX_MESSAGE
             ));
         }
+        // The record keeps the files and each device's outcome (a failure's reason: ~250 B).
+        let record =
+            req.files.values().map(|t| t.len() * 2).sum::<usize>() + devices.len() * 300 + 4096;
+        if record > signed::MAX_MESSAGE {
+            return Err(format!(
+                "{} devices and these files make a rollout record of about {record} bytes, over the {} a broker message here takes: split the rollout (--select, --devices)",
+                devices.len(),
+                signed::MAX_MESSAGE
+            ));
+        }
         if devices.len() > 1
             && let Some(name) = names_one_device(&req.files)
         {
