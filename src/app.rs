@@ -75,12 +75,7 @@ pub fn run(
     rt.block_on(async move {
         let shutdown = shutdown_signal()?;
         let (use_systemd, target) = choose_runtime(choice, user).await?;
-        let (link, side) = crate::publish::remote_link();
-        tokio::spawn(crate::remote::device::run(
-            remote,
-            cfg.state_dir.clone(),
-            side,
-        ));
+        let link = spawn_remote(remote, &cfg.state_dir);
         if use_systemd {
             let runtime = crate::runtime::systemd::SystemdRuntime::connect(target).await?;
             reconcile::run_linked(cfg, runtime, shutdown, ready, Some(link)).await?;
@@ -112,12 +107,7 @@ pub fn run_dir(
     tokio::task::LocalSet::new().block_on(&rt, async move {
         let shutdown = shutdown_signal()?;
         let (use_systemd, target) = choose_runtime(choice, user).await?;
-        let (link, side) = crate::publish::remote_link();
-        tokio::spawn(crate::remote::device::run(
-            remote,
-            cfg.state_dir.clone(),
-            side,
-        ));
+        let link = spawn_remote(remote, &cfg.state_dir);
         if use_systemd {
             crate::device::run_linked(cfg, SystemdMaker(target), shutdown, ready, Some(link))
                 .await?;
@@ -126,6 +116,21 @@ pub fn run_dir(
         }
         Ok(())
     })
+}
+
+/// Starts the desired state over the broker for `target` as a task of this runtime; the link
+/// goes to the loop (or the device's coordinator).
+fn spawn_remote(
+    target: crate::remote::ledger::Target,
+    state_dir: &Path,
+) -> crate::publish::RemoteLink {
+    let (link, side) = crate::publish::remote_link();
+    tokio::spawn(crate::remote::device::run(
+        target,
+        state_dir.to_path_buf(),
+        side,
+    ));
+    link
 }
 
 /// One thread is plenty for a reconciler and keeps the footprint small.

@@ -591,17 +591,12 @@ pub fn broker_options(options: &FleetOptions, role: &str) -> Result<MqttOptions,
     o.set_max_packet_size(1 << 20, 1 << 20);
     if let Some(user) = &options.username {
         let password = match &options.password_file {
-            Some(path) => std::fs::read_to_string(path)
-                .map_err(|e| {
-                    Problem::new(
-                        &errors::SECRET_UNREADABLE,
-                        format!("password file {}: {e}", path.display()),
-                    )
-                })?
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_string(),
+            Some(path) => crate::secret_file::first_line(path).map_err(|e| {
+                Problem::new(
+                    &errors::SECRET_UNREADABLE,
+                    format!("password file {}: {e}", path.display()),
+                )
+            })?,
             None => String::new(),
         };
         o.set_credentials(user.clone(), password);

@@ -312,8 +312,8 @@ pub fn command(args: crate::cli::RolloutArgs) -> (String, String, u8) {
         Err(e) => return fail(format!("--key {}: {e}", args.key.display())),
     };
     let key_password = match &args.key_password_file {
-        Some(p) => match std::fs::read_to_string(p) {
-            Ok(t) => Some(t.lines().next().unwrap_or_default().to_string()),
+        Some(p) => match crate::secret_file::first_line(p) {
+            Ok(t) => Some(t),
             Err(e) => return fail(format!("--key-password-file {}: {e}", p.display())),
         },
         None => std::env::var("ROOST_KEY_PASSWORD").ok(),

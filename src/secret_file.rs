@@ -18,6 +18,13 @@ pub enum Kind {
     PrivateKey,
 }
 
+/// The secret a password file holds: its first line, without the line end (what Mosquitto's
+/// and roost's password files hold; an empty file is an empty password).
+pub fn first_line(path: &Path) -> std::io::Result<String> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(text.lines().next().unwrap_or_default().to_string())
+}
+
 /// The DEP_E509 message (without the code) when every user may read `path` (`field` names it:
 /// `passwordFile`); `None` when it cannot be looked at (another check says so) or is not
 /// exposed.

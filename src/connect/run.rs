@@ -1130,8 +1130,8 @@ fn secrets(
         problems.push(Problem::new(&errors::SECRET_EXPOSED, why));
     }
     let password = match &spec.password_file {
-        Some(p) => match std::fs::read_to_string(p.as_path()) {
-            Ok(s) => Some(s.lines().next().unwrap_or_default().to_string()),
+        Some(p) => match crate::secret_file::first_line(p.as_path()) {
+            Ok(s) => Some(s),
             Err(e) => {
                 problems.push(Problem::new(
                     &errors::SECRET_UNREADABLE,

@@ -129,12 +129,7 @@ impl Target {
     /// The deployment files in force now, by name (a `--file` file under its own name).
     pub fn read(&self) -> Files {
         match self {
-            Target::File(f) => {
-                let name = f.file_name().map(|n| n.to_string_lossy().into_owned());
-                (name.zip(std::fs::read_to_string(f).ok()))
-                    .into_iter()
-                    .collect()
-            }
+            Target::File(f) => under_own_name(f, std::fs::read_to_string(f).ok()),
             Target::Dir(d) => deployment_names(d)
                 .into_iter()
                 .filter_map(|n| Some((n.clone(), std::fs::read_to_string(d.join(&n)).ok()?)))
@@ -146,12 +141,7 @@ impl Target {
     /// own name, whatever the message called it).
     pub fn as_written(&self, files: &Files) -> Files {
         match self {
-            Target::File(f) => {
-                let name = f.file_name().map(|n| n.to_string_lossy().into_owned());
-                (name.zip(files.values().next().cloned()))
-                    .into_iter()
-                    .collect()
-            }
+            Target::File(f) => under_own_name(f, files.values().next().cloned()),
             Target::Dir(_) => files.clone(),
         }
     }
@@ -191,6 +181,12 @@ pub fn writable_name(name: &str) -> bool {
     crate::device::folder::is_deployment_file(name)
         && !name.contains(['/', '\\', '\0'])
         && name.len() <= 255
+}
+
+/// A `--file` file's set: `text` under the file's own name (empty without text).
+fn under_own_name(f: &Path, text: Option<String>) -> Files {
+    let name = f.file_name().map(|n| n.to_string_lossy().into_owned());
+    name.zip(text).into_iter().collect()
 }
 
 fn deployment_names(d: &Path) -> Vec<String> {

@@ -134,12 +134,8 @@ fn options(link: &Link) -> Result<MqttOptions, String> {
     o.set_max_packet_size(2 << 20, 64 << 10);
     if let Some(user) = spec.user(&link.device) {
         let password = match &spec.password_file {
-            Some(p) => std::fs::read_to_string(p.as_path())
-                .map_err(|e| format!("passwordFile {}: {e}", p.as_path().display()))?
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_string(),
+            Some(p) => crate::secret_file::first_line(p.as_path())
+                .map_err(|e| format!("passwordFile {}: {e}", p.as_path().display()))?,
             None => String::new(),
         };
         o.set_credentials(user, password);
