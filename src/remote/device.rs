@@ -58,6 +58,10 @@ struct Remote {
     connected_at: Option<Instant>,
     /// Whether the files were looked at once (a bad file at start falls back to the last good).
     started: bool,
+    /// The loop's generation and refusal when the files were last read, and whether they must
+    /// be read again (at start, and when either changed).
+    files_seen: Option<(u64, Option<String>)>,
+    files_dirty: bool,
     /// The newest status document the loop published.
     doc: Option<std::sync::Arc<StatusDoc>>,
     /// The loop's generation when a version that changes the files was written: the gate
@@ -93,6 +97,13 @@ pub async fn run(target: Target, state_dir: PathBuf, side: crate::publish::Remot
                 // version.
                 if doc.as_deref().is_some_and(gate::is_shutdown) {
                     continue;
+                }
+                // The files can only have changed for the loop when its generation or its
+                // refusal did: only then are they read again (not at every status rewrite).
+                let seen = doc.as_deref().map(|d| (d.generation, d.spec_error.as_ref().map(|e| e.message.clone())));
+                if seen != r.files_seen {
+                    r.files_seen = seen;
+                    r.files_dirty = true;
                 }
                 r.doc = doc;
                 r.step(None).await;
@@ -131,6 +142,8 @@ impl Remote {
             connected_in_gate: false,
             connected_at: None,
             started: false,
+            files_seen: None,
+            files_dirty: true,
             doc: None,
             gen_at_apply: None,
             report_tx,
@@ -155,7 +168,9 @@ impl Remote {
     /// Everything that follows from the files, the status and the clock now; `message` is a
     /// desired-state payload that just arrived.
     async fn step(&mut self, message: Option<&[u8]>) {
-        self.follow_files();
+        if std::mem::take(&mut self.files_dirty) {
+            self.follow_files();
+        }
         if let Some(payload) = message {
             self.take_message(payload);
         }
