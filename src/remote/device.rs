@@ -3,7 +3,7 @@
 //! `<topicPrefix>/<deviceId>/desired`, checks each message ([`super::signed::verify`]), writes
 //! an accepted version into the watched file or folder (the reconciler takes it as a local
 //! edit), watches the device's status through the health gate and reverts by itself, and
-//! reports in `<state>/remote.json` (merged into status.json) and retained on
+//! reports to the loop (status.json's `remote`, over `publish::RemoteLink`) and retained on
 //! `<topicPrefix>/<deviceId>/desired/report`. Nothing here waits on the network to decide.
 
 use std::path::{Path, PathBuf};

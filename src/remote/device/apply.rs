@@ -346,7 +346,8 @@ impl Remote {
         self.refuse(r, None);
     }
 
-    /// Writes `remote.json` and publishes the report when it says something new.
+    /// Hands the report to the loop (into status.json) and publishes it when it says something
+    /// new.
     pub(super) fn report(&mut self) {
         let status = self.remote_status();
         let mut same = status.clone();
