@@ -77,6 +77,7 @@ pub async fn run(target: Target, state_dir: PathBuf, side: crate::publish::Remot
     let crate::publish::RemoteSide { mut docs, report } = side;
     let mut r = Remote::new(target, state_dir, report);
     r.settle_applying();
+    r.settle_reverting();
     r.step(None).await;
     loop {
         let wake = r.next_wake();

@@ -44,6 +44,11 @@ pub struct Ledger {
     /// cleared after it (a crash in between is settled at the next start).
     #[serde(default)]
     pub applying: Option<(u64, u64)>,
+    /// A revert whose files are being written, and their hash: set just before the write,
+    /// cleared after it, so a crash in between is finished (or the gate judges again) at the
+    /// next start instead of being taken for a local edit.
+    #[serde(default)]
+    pub reverting: Option<(u64, RemoteReverted)>,
 }
 
 /// An open health gate, as it survives a restart of roost.
@@ -215,9 +220,15 @@ pub fn save_previous(state_dir: &Path, files: &Files) -> std::io::Result<()> {
     private_dir(&base)?;
     let next = base.join("previous.new");
     let _ = std::fs::remove_dir_all(&next);
-    private_dir(&next)?;
-    for (name, text) in files {
-        crate::fsutil::write_private(&next.join(name), text.as_bytes())?;
+    let written = private_dir(&next).and_then(|()| {
+        (files.iter()).try_for_each(|(name, text)| {
+            crate::fsutil::write_private(&next.join(name), text.as_bytes())
+        })
+    });
+    if let Err(e) = written {
+        // A full card: leave no half set behind.
+        let _ = std::fs::remove_dir_all(&next);
+        return Err(e);
     }
     let old = base.join("previous.old");
     let _ = std::fs::remove_dir_all(&old);

@@ -221,6 +221,12 @@ fn envelope(payload: &[u8]) -> Result<Envelope, Refusal> {
     let malformed = |why: String| Refusal::new(&errors::DESIRED_MALFORMED, why);
     let value: serde_json::Value = serde_json::from_slice(payload)
         .map_err(|e| malformed(format!("the message is not JSON: {e}")))?;
+    let kind = value.get("kind").and_then(|k| k.as_str());
+    if kind != Some(KIND) {
+        return Err(malformed(format!(
+            "kind {kind:?}: this roost reads {KIND:?}"
+        )));
+    }
     if value
         .get("signature")
         .is_none_or(|s| s.as_str().is_none_or(str::is_empty))
@@ -232,12 +238,6 @@ fn envelope(payload: &[u8]) -> Result<Envelope, Refusal> {
     }
     let envelope: Envelope = serde_json::from_value(value)
         .map_err(|e| malformed(format!("the message is not roost's desired state: {e}")))?;
-    if envelope.kind != KIND {
-        return Err(malformed(format!(
-            "kind {:?}: this roost reads {KIND:?}",
-            envelope.kind
-        )));
-    }
     Ok(envelope)
 }
 

@@ -365,7 +365,7 @@ impl Remote {
         self.reported = Some(status);
     }
 
-    fn remote_status(&self) -> RemoteStatus {
+    pub(super) fn remote_status(&self) -> RemoteStatus {
         let l = &self.ledger;
         let latest_reverted = l
             .reverted

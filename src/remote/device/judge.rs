@@ -114,22 +114,46 @@ impl Remote {
             });
             return self.save();
         };
-        if let Err(e) = self.target.write(&previous) {
-            tracing::error!(version, error = %e, "remote desired state: cannot write the files to go back to; trying again");
-            self.gate_next = Some(Instant::now() + REVERT_RETRY);
-            return;
-        }
-        tracing::warn!(version, codes = ?codes, %reason, "remote desired state: version reverted");
-        self.close_gate();
-        self.ledger.applied = self.ledger.previous;
-        self.ledger.written_hash = Some(ledger::hash(&self.target.as_written(&previous)));
-        self.ledger.reverted = Some(RemoteReverted {
+        let back = ledger::hash(&self.target.as_written(&previous));
+        let reverted = RemoteReverted {
             version,
             codes,
             reason,
-        });
+        };
+        self.ledger.reverting = Some((back, reverted.clone()));
         self.save();
+        if let Err(e) = self.target.write(&previous) {
+            tracing::error!(version, error = %e, "remote desired state: cannot write the files to go back to; trying again");
+            self.ledger.reverting = None;
+            self.save();
+            self.gate_next = Some(Instant::now() + REVERT_RETRY);
+            return;
+        }
+        self.finish_revert(back, reverted);
         self.follow_files();
+    }
+
+    /// The files before the version are back (`back` their hash): the ledger says so.
+    fn finish_revert(&mut self, back: u64, reverted: RemoteReverted) {
+        tracing::warn!(version = reverted.version, codes = ?reverted.codes, reason = %reverted.reason, "remote desired state: version reverted");
+        self.close_gate();
+        self.ledger.reverting = None;
+        self.ledger.applied = self.ledger.previous;
+        self.ledger.written_hash = Some(back);
+        self.ledger.reverted = Some(reverted);
+        self.save();
+    }
+
+    /// At start: a revert cut by a crash is finished when its files are in place; otherwise
+    /// its gate is still open and judges again.
+    pub(super) fn settle_reverting(&mut self) {
+        let Some((back, reverted)) = self.ledger.reverting.take() else {
+            return;
+        };
+        match ledger::hash(&self.target.read()) == back {
+            true => self.finish_revert(back, reverted),
+            false => self.save(),
+        }
     }
 
     fn close_gate(&mut self) {
@@ -151,4 +175,126 @@ impl Remote {
 pub(super) fn fingerprint(link: &Link) -> u64 {
     let text = format!("{:?} {}", link.mqtt, link.device);
     ledger::hash(&Files::from([(String::new(), text)]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A device whose deployment file holds `text`, its ledger `ledger`, and `previous`
+    /// kept as the files before the version.
+    fn device(dir: &Path, text: &str, previous: &str, ledger: Ledger) -> Remote {
+        let file = dir.join("deployment.yaml");
+        std::fs::write(&file, text).unwrap();
+        let state = dir.join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        ledger::save_previous(
+            &state,
+            &Files::from([("deployment.yaml".into(), previous.into())]),
+        )
+        .unwrap();
+        ledger.save(&state).unwrap();
+        let (tx, _rx) = tokio::sync::watch::channel(None);
+        Remote::new(Target::File(file), state, tx)
+    }
+
+    fn gate(version: u64) -> GateRecord {
+        GateRecord {
+            version,
+            boot_id: ledger::boot_id(),
+            opened_ms: ledger::boot_ms(),
+            length_ms: 10_000,
+            baseline: Health::default(),
+            link_before: None,
+        }
+    }
+
+    fn named(text: &str) -> u64 {
+        ledger::hash(&Files::from([("deployment.yaml".into(), text.into())]))
+    }
+
+    fn reverted(version: u64) -> RemoteReverted {
+        RemoteReverted {
+            version,
+            codes: vec!["DEP_E161".into()],
+            reason: "worse".into(),
+        }
+    }
+
+    #[test]
+    fn a_revert_cut_by_a_crash_is_finished_or_judged_again_never_taken_for_a_local_edit() {
+        // (files on disk at restart, the revert is finished?)
+        for (on_disk, finished) in [("old", true), ("bad", false)] {
+            let tmp = tempfile::tempdir().unwrap();
+            let ledger = Ledger {
+                highest: 2,
+                desired: Some(2),
+                applied: Some(2),
+                written_hash: Some(named("bad")),
+                previous: Some(1),
+                gate: Some(gate(2)),
+                reverting: Some((named("old"), reverted(2))),
+                ..Ledger::default()
+            };
+            let mut r = device(tmp.path(), on_disk, "old", ledger);
+            r.settle_applying();
+            r.settle_reverting();
+            r.follow_files();
+            let l = Ledger::load(tmp.path().join("state").as_path());
+            assert_eq!(l.reverting, None, "{on_disk}");
+            match finished {
+                true => {
+                    assert_eq!((l.applied, l.gate.is_none()), (Some(1), true), "{on_disk}");
+                    assert_eq!(l.reverted.as_ref().map(|r| r.version), Some(2));
+                    assert_eq!(r.remote_status().state, RemoteState::Reverted);
+                }
+                false => {
+                    // The write never happened: the gate is still open and decides again.
+                    assert_eq!(
+                        (l.applied, l.gate.map(|g| g.version)),
+                        (Some(2), Some(2)),
+                        "{on_disk}"
+                    );
+                    assert_eq!(l.reverted, None);
+                    assert_eq!(r.remote_status().state, RemoteState::Gating);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_apply_cut_by_a_crash_is_kept_whole_or_the_files_before_it_come_back() {
+        // (files on disk at restart, what the file holds after, applied version)
+        for (on_disk, after, applied) in [
+            ("new", "new", Some(2)),
+            ("old", "old", Some(1)),
+            ("half", "old", Some(1)),
+        ] {
+            let tmp = tempfile::tempdir().unwrap();
+            let ledger = Ledger {
+                highest: 2,
+                desired: Some(2),
+                applied: Some(1),
+                written_hash: Some(named("old")),
+                previous: Some(1),
+                gate: Some(gate(2)),
+                applying: Some((2, named("new"))),
+                ..Ledger::default()
+            };
+            let mut r = device(tmp.path(), on_disk, "old", ledger);
+            r.settle_applying();
+            let l = Ledger::load(tmp.path().join("state").as_path());
+            let text = std::fs::read_to_string(tmp.path().join("deployment.yaml")).unwrap();
+            assert_eq!(
+                (text.as_str(), l.applied, l.applying),
+                (after, applied, None),
+                "{on_disk}"
+            );
+            assert_eq!(
+                l.gate.is_some(),
+                on_disk == "new",
+                "{on_disk}: a gate only for a version in place"
+            );
+        }
+    }
 }

@@ -117,6 +117,12 @@ fn every_kind_of_bad_message_is_refused_with_its_code() {
         )),
         "DEP_E808"
     );
+    // Not roost's kind: malformed, also when it carries no signature.
+    let other = serde_json::json!({"kind": "x", "document": "{}", "signature": ""});
+    assert_eq!(
+        code(verify(other.to_string().as_bytes(), keys, "pi-01", 0)),
+        "DEP_E808"
+    );
     env.kind = "roost.desired/v9".into();
     assert_eq!(
         code(verify(&serde_json::to_vec(&env).unwrap(), keys, "pi-01", 0)),
