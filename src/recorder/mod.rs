@@ -19,15 +19,19 @@ pub mod feed;
 pub mod probe;
 /// The only metadata.db connection, on a thread of its own.
 pub mod registrar;
+/// The report's error and warnings, pure.
+pub mod health;
 /// The recorder's report (`recorder-report.json`) and its assessment.
 pub mod report;
+/// The recorder's rules about time, pure: sample index <-> wall clock, pace, re-anchoring.
+pub mod timeline;
 /// One WAV file being written, and salvage of a cut one.
 pub mod wav;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -38,6 +42,7 @@ use crate::spec::recorder::{OnLowSpace, RecorderSpec, SampleFormat, StorageSpec}
 use crate::spec::{Deployment, Location};
 use crate::storage::{self, Folders, NewRecording, StorageError};
 use registrar::{DeploymentInfo, Registrar};
+use timeline::{Now, Pace, Pacing, Recovery, Timeline};
 
 pub use capture::default_period_frames;
 pub use probe::{check_device, check_device_or_report};
@@ -280,16 +285,6 @@ struct Stranded {
     channels: u16,
 }
 
-/// How samples arrive, judged against the monotonic clock since the anchor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Pace {
-    RealTime,
-    /// Far faster than the sample rate: a source at its end, a misconfigured device.
-    Fast,
-    /// Too little time since the anchor to tell.
-    Unknown,
-}
-
 /// How long a storage that cannot be written is left alone before the next try (frames of
 /// audio skipped meanwhile are counted as lost to the storage, never silently).
 const STORAGE_RETRY: Duration = Duration::from_secs(1);
@@ -301,23 +296,24 @@ const OWED_SHOWN_AFTER: Duration = Duration::from_secs(1);
 struct StreamPosition {
     /// Samples taken from the ring since the stream opened.
     consumed: u64,
-    last_data: Instant,
-    opened: Instant,
+    /// Monotonic times (see [`Now`]) of the last samples and of the opening.
+    last_data: Duration,
+    opened: Duration,
     /// Stop was asked (when): the ring is read until it is empty, so what the device already
     /// delivered is in the last file, bounded by [`MAX_DRAIN`].
-    draining: Option<Instant>,
+    draining: Option<Duration>,
     /// No samples for this long: the device is lost.
     stall_timeout: Duration,
 }
 
 impl StreamPosition {
-    fn new(period_frames: u32, sample_rate: u32) -> Self {
+    fn new(period_frames: u32, sample_rate: u32, now: Now) -> Self {
         let period_time =
             Duration::from_secs_f64(f64::from(period_frames) / f64::from(sample_rate));
         Self {
             consumed: 0,
-            last_data: Instant::now(),
-            opened: Instant::now(),
+            last_data: now.mono,
+            opened: now.mono,
             draining: None,
             stall_timeout: (period_time * 8).max(Duration::from_secs(2)),
         }
@@ -356,28 +352,18 @@ struct Recorder<T: WavSample> {
     report: RecorderReport,
     /// The writer's own error; the report shows it, or else rows owed by the registrar.
     own_error: Option<ReportError>,
-    last_report_write: Instant,
+    last_report_write: Duration,
     /// `expected_file_by` as last written to the report.
     written_due: Option<Timestamp>,
     file: Option<OpenFile<T>>,
     /// End of the newest file written (or registered before), for overlap checks.
     last_file_end: Option<Timestamp>,
-    /// Wall-clock nanoseconds of frame 0 of the current stream.
-    anchor_ns: Option<i128>,
-    /// When the anchor was taken (monotonic) and the frame index then: the sample clock is
-    /// compared with the monotonic clock to tell input far off real time (a file, an unpaced
-    /// FIFO) from a wall clock that moved (NTP step, drift).
-    anchored_at: Instant,
-    /// Frames the device had delivered then (dropped ones included: they arrived too).
-    anchored_captured: u64,
-    /// Frame index just past the newest captured frame, and when it was seen.
-    captured_end_index: u64,
-    captured_end_at: Timestamp,
-    /// Samples arrive far faster than real time: they are discarded until they do not.
-    fast_input: bool,
-    /// Since when, and whether this stream (not only an earlier one) showed it.
-    fast_since: Instant,
-    fast_seen_on_stream: bool,
+    /// The clocks as read for the chunk being handled: every rule below judges at this instant.
+    now: Now,
+    /// Where the current stream's frames sit on the wall clock.
+    timeline: Timeline,
+    /// Whether samples are recorded or discarded for not being real time.
+    pacing: Pacing,
     /// The first deleteOldest request of the current low-space episode.
     low_space_since_request: Option<u64>,
     /// Frame index at which the storage is looked at next while idle.
@@ -387,7 +373,7 @@ struct Recorder<T: WavSample> {
     /// Finished recordings not yet moved into recordings/, why, and when to try again.
     stranded: Vec<Stranded>,
     stranded_error: Option<String>,
-    stranded_retry_at: Instant,
+    stranded_retry_at: Duration,
     /// Frames since the anchor that have been handled.
     index: u64,
     /// Frames before this index are not recorded (between files, outside windows, low space).
@@ -406,9 +392,9 @@ impl<T: WavSample> Recorder<T> {
             channels: config.recorder.channels.get(),
             sample_format: config.recorder.sample_format,
         };
-        let now = Timestamp::now();
+        let now = Now::read();
         let storage_root = config.storage_path(state_dir);
-        let report = initial_report(&config, &format, &storage_root, now);
+        let report = initial_report(&config, &format, &storage_root, now.wall);
         Self {
             folders: Folders::new(&storage_root, &config.storage),
             config,
@@ -420,24 +406,19 @@ impl<T: WavSample> Recorder<T> {
             registrar_version: 0,
             report,
             own_error: None,
-            last_report_write: Instant::now(),
+            last_report_write: now.mono,
             written_due: None,
             file: None,
             last_file_end: None,
-            anchor_ns: None,
-            anchored_at: Instant::now(),
-            anchored_captured: 0,
-            captured_end_index: 0,
-            captured_end_at: now,
-            fast_input: false,
-            fast_since: Instant::now(),
-            fast_seen_on_stream: false,
+            now,
+            timeline: Timeline::new(format.sample_rate, now),
+            pacing: Pacing::Recording,
             low_space_since_request: None,
             next_storage_check: 0,
             discarding: false,
             stranded: Vec::new(),
             stranded_error: None,
-            stranded_retry_at: Instant::now(),
+            stranded_retry_at: now.mono,
             index: 0,
             skip_until: 0,
             captured_before: 0,
@@ -448,6 +429,17 @@ impl<T: WavSample> Recorder<T> {
 
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Samples arrive far faster than real time and are discarded (DEP_E315).
+    fn fast_input(&self) -> bool {
+        matches!(self.pacing, Pacing::Discarding { .. })
+    }
+
+    /// Reads the clocks once for what follows (a chunk, a wait).
+    fn tick(&mut self) -> Now {
+        self.now = Now::read();
+        self.now
     }
 
     fn channels(&self) -> usize {
@@ -478,19 +470,19 @@ impl<T: WavSample> Recorder<T> {
             match capture::start::<D, T>(&self.config.recorder, period) {
                 Ok(capture) => {
                     tracing::info!(device = %self.config.recorder.device, period_frames = capture.period_frames, "capturing");
-                    let opened = Instant::now();
+                    let opened = self.tick().mono;
                     self.capture_loop(capture);
                     // A stream lost soon after it opened is retried with back-off too: a device
                     // that opens and fails at once must not be reopened in a tight loop.
-                    let cap = if self.fast_input {
+                    let cap = if self.fast_input() {
                         FAST_INPUT_MAX_BACKOFF
                     } else {
                         Duration::from_secs(10)
                     };
-                    if opened.elapsed() >= STABLE_STREAM && !self.fast_input {
+                    if self.tick().since(opened) >= STABLE_STREAM && !self.fast_input() {
                         backoff = Duration::from_millis(250);
                     } else if !self.stopping() {
-                        if self.fast_input {
+                        if self.fast_input() {
                             backoff = backoff.max(FAST_INPUT_FIRST_BACKOFF);
                         }
                         self.sleep(backoff);
@@ -514,7 +506,7 @@ impl<T: WavSample> Recorder<T> {
         self.end_file();
         // Files kept in .partial/ because they could not be placed are tried once more now,
         // not a second later: a stop right after the way cleared leaves none behind.
-        self.stranded_retry_at = Instant::now();
+        self.stranded_retry_at = self.tick().mono;
         self.retry_stranded();
         if let Some(registrar) = self.registrar.take() {
             let view = registrar.finish(STOP_TIMEOUT / 3);
@@ -527,12 +519,11 @@ impl<T: WavSample> Recorder<T> {
 
     /// Sleeps up to `d`, waking early on stop, refreshing the report on the way.
     fn sleep(&mut self, d: Duration) {
-        let until = Instant::now() + d;
-        while !self.stopping() && Instant::now() < until {
+        let until = self.tick().mono + d;
+        while !self.stopping() && self.now.mono < until {
             // The signal thread unparks this thread on a stop.
-            std::thread::park_timeout(
-                IDLE_LOOK.min(until.saturating_duration_since(Instant::now())),
-            );
+            std::thread::park_timeout(IDLE_LOOK.min(until.saturating_sub(self.now.mono)));
+            self.tick();
             self.heartbeat();
         }
     }
@@ -648,20 +639,27 @@ impl<T: WavSample> Recorder<T> {
     where
         T: capture::FromDevice<D>,
     {
-        self.anchor_ns = None;
+        self.timeline.reset();
         self.index = 0;
         self.next_storage_check = 0;
-        self.fast_seen_on_stream = false;
+        if self.fast_input() {
+            // This stream has not shown it yet.
+            self.pacing = Pacing::Discarding {
+                seen_on_stream_at: None,
+            };
+        }
         self.skip_until = 0;
-        let mut stream = StreamPosition::new(cap.period_frames, self.format.sample_rate);
+        let now = self.tick();
+        let mut stream = StreamPosition::new(cap.period_frames, self.format.sample_rate, now);
         let lost = loop {
+            let now = self.tick();
             if self.stopping() {
                 // What the device already delivered belongs in the last file: every sample in
                 // the ring, not one more period (a backlog behind a slow start held several, and
                 // the report counted them captured but never written). Bounded: a source far
                 // faster than real time never empties it.
-                let since = *stream.draining.get_or_insert_with(Instant::now);
-                if since.elapsed() > MAX_DRAIN {
+                let since = *stream.draining.get_or_insert(now.mono);
+                if now.since(since) > MAX_DRAIN {
                     break None;
                 }
             }
@@ -682,15 +680,15 @@ impl<T: WavSample> Recorder<T> {
                     // bound keeps the stall check and the stop flag looked at.
                     let to_stall = stream
                         .stall_timeout
-                        .saturating_sub(stream.last_data.elapsed());
+                        .saturating_sub(now.since(stream.last_data));
                     cap.wait(to_stall.min(IDLE_LOOK));
                 }
                 StreamStep::Settle => {
-                    stream.last_data = Instant::now();
-                    std::thread::sleep(ANCHOR_SETTLE.saturating_sub(stream.opened.elapsed()));
+                    stream.last_data = now.mono;
+                    std::thread::sleep(ANCHOR_SETTLE.saturating_sub(now.since(stream.opened)));
                 }
                 StreamStep::Read { samples } => {
-                    stream.last_data = Instant::now();
+                    stream.last_data = now.mono;
                     stream.consumed += self.read_samples(&mut cap, samples);
                 }
             }
@@ -705,9 +703,10 @@ impl<T: WavSample> Recorder<T> {
         }
         // Input far faster than real time keeps a core busy for nothing: close the stream
         // and look again later (run() backs off), keeping DEP_E315 meanwhile.
-        if self.fast_input
-            && self.fast_seen_on_stream
-            && self.fast_since.elapsed() >= FAST_INPUT_CLOSE
+        if let Pacing::Discarding {
+            seen_on_stream_at: Some(since),
+        } = self.pacing
+            && self.now.since(since) >= FAST_INPUT_CLOSE
         {
             return StreamStep::End;
         }
@@ -726,11 +725,12 @@ impl<T: WavSample> Recorder<T> {
             }
             available = available.min((gap.at_sample - stream.consumed) as usize);
         }
-        let stalled = stream.last_data.elapsed() > stream.stall_timeout;
+        let stalled = self.now.since(stream.last_data) > stream.stall_timeout;
         // What a source had buffered before the stream opened (a FIFO's backlog) arrives in its
         // first moments: let it into the ring, then anchor with all of it, so that its samples
         // get their true, earlier times.
-        let settling = self.anchor_ns.is_none() && stream.opened.elapsed() < ANCHOR_SETTLE;
+        let settling =
+            !self.timeline.is_anchored() && self.now.since(stream.opened) < ANCHOR_SETTLE;
         match (available, stream.draining.is_some(), stalled, settling) {
             (0, true, _, _) => StreamStep::End,
             (0, false, true, _) => StreamStep::Lost(format!(
@@ -747,13 +747,13 @@ impl<T: WavSample> Recorder<T> {
     /// returns how many were taken.
     fn read_samples(&mut self, cap: &mut capture::Capture<T>, available: usize) -> u64 {
         let channels = self.channels();
-        if self.anchor_ns.is_none() {
+        if !self.timeline.is_anchored() {
             self.anchor_stream(cap);
         }
         // Frames already captured beyond the ones about to be handled: for the drift check.
         let queued = (cap.samples.slots() / channels) as u64;
-        self.captured_end_index = self.index + queued;
-        self.captured_end_at = Timestamp::now();
+        self.timeline
+            .note_captured(self.index + queued, self.now.wall);
         let mut taken = 0;
         if let Ok(chunk) = cap.samples.read_chunk(available) {
             let (a, b) = chunk.as_slices();
@@ -770,12 +770,10 @@ impl<T: WavSample> Recorder<T> {
     /// Frame 0 of the stream gets the wall-clock time it was captured at, judged from what is
     /// queued behind it.
     fn anchor_stream(&mut self, cap: &capture::Capture<T>) {
-        let queued = cap.samples.slots() / self.channels();
-        let behind = queued as f64 / f64::from(self.format.sample_rate);
-        self.anchor_ns = Some(Timestamp::now().as_nanosecond() - (behind * 1e9) as i128);
-        self.anchored_at = Instant::now();
+        let queued = (cap.samples.slots() / self.channels()) as u64;
         self.update_counters(cap);
-        self.anchored_captured = self.report.samples_captured;
+        self.timeline
+            .anchor(self.now, queued, self.report.samples_captured);
         if self.report.state == RecorderState::DeviceUnavailable {
             tracing::info!("the audio device delivers samples again");
             self.set_state(RecorderState::Starting, None);
@@ -817,27 +815,12 @@ impl<T: WavSample> Recorder<T> {
 
     /// Wall-clock time of frame `index` of the current stream.
     fn time_of(&self, index: u64) -> Timestamp {
-        let anchor = self
-            .anchor_ns
-            .unwrap_or_else(|| Timestamp::now().as_nanosecond());
-        let ns = anchor + i128::from(index) * 1_000_000_000 / i128::from(self.format.sample_rate);
-        Timestamp::from_nanosecond(ns).unwrap_or(Timestamp::MAX)
+        self.timeline.time_of(index, self.now.wall)
     }
 
     /// The first frame index at or after instant `t`.
     fn index_of(&self, t: Timestamp) -> u64 {
-        if t == Timestamp::MAX {
-            return u64::MAX;
-        }
-        let anchor = self
-            .anchor_ns
-            .unwrap_or_else(|| Timestamp::now().as_nanosecond());
-        let num = (t.as_nanosecond() - anchor) * i128::from(self.format.sample_rate);
-        if num <= 0 {
-            return 0;
-        }
-        let idx = (num + 999_999_999) / 1_000_000_000;
-        u64::try_from(idx).unwrap_or(u64::MAX)
+        self.timeline.index_of(t, self.now.wall)
     }
 
     /// Handles interleaved samples starting at frame `self.index`.
@@ -846,7 +829,7 @@ impl<T: WavSample> Recorder<T> {
         while !rest.is_empty() {
             let fast = self.pace() == Pace::Fast;
             let skipping = self.index < self.skip_until;
-            match (self.file.is_some(), self.fast_input, skipping, fast) {
+            match (self.file.is_some(), self.fast_input(), skipping, fast) {
                 (true, _, _, true) | (false, false, false, true) => {
                     self.enter_fast_input("samples arrive far faster than real time");
                 }
@@ -963,47 +946,20 @@ impl<T: WavSample> Recorder<T> {
         ));
     }
 
-    /// Sample time minus monotonic time since the anchor, in nanoseconds, and the monotonic time.
-    fn sample_lead(&self) -> (i128, i128) {
-        let rate = i128::from(self.format.sample_rate);
-        let monotonic = self.anchored_at.elapsed().as_nanos() as i128;
-        let sampled = i128::from(
-            self.report
-                .samples_captured
-                .saturating_sub(self.anchored_captured),
-        ) * 1_000_000_000
-            / rate;
-        (sampled - monotonic, monotonic)
-    }
-
-    /// A real sound card keeps time with the monotonic clock within a fraction of a per mille;
-    /// samples two seconds or more ahead of it are not real time (a start-up backlog of a
-    /// second, a sound card's buffer, is).
     fn pace(&self) -> Pace {
-        let (lead, monotonic) = self.sample_lead();
-        if lead > (monotonic / 500).max(2_000_000_000) {
-            Pace::Fast
-        } else if monotonic < 2_000_000_000 {
-            Pace::Unknown
-        } else {
-            Pace::RealTime
-        }
+        self.timeline.pace(self.now, self.report.samples_captured)
     }
 
     /// Stops recording input that is not real time: the open file (if any) ends, every sample is
     /// discarded and counted, and the error says why until input is real time again.
     fn enter_fast_input(&mut self, why: &str) {
         self.end_file();
-        self.fast_input = true;
-        self.fast_seen_on_stream = true;
-        self.fast_since = Instant::now();
+        self.pacing = Pacing::Discarding {
+            seen_on_stream_at: Some(self.now.mono),
+        };
+        let (samples_s, in_s) = (self.timeline).window_seconds(self.now, self.report.samples_captured);
         let message = format!(
-            "{why} ({} s of samples in {:.1} s); they cannot be given true times and are not recorded",
-            self.report
-                .samples_captured
-                .saturating_sub(self.anchored_captured)
-                / u64::from(self.format.sample_rate),
-            self.anchored_at.elapsed().as_secs_f64()
+            "{why} ({samples_s} s of samples in {in_s:.1} s); they cannot be given true times and are not recorded"
         );
         tracing::error!(code = errors::INPUT_NOT_REAL_TIME.code, "{message}");
         self.restart_pace_window();
@@ -1015,74 +971,49 @@ impl<T: WavSample> Recorder<T> {
     }
 
     fn restart_pace_window(&mut self) {
-        self.anchored_at = Instant::now();
-        self.anchored_captured = self.report.samples_captured;
+        self.timeline
+            .restart_pace_window(self.now, self.report.samples_captured);
     }
 
     /// Every two seconds of discarding, looks at the pace again; real time again means a new
     /// anchor on the wall clock, and recording resumes.
     fn leave_fast_input_when_real_time(&mut self) {
-        match self.pace() {
-            Pace::Unknown => {}
-            Pace::Fast => {
-                if !self.fast_seen_on_stream {
-                    self.fast_seen_on_stream = true;
-                    self.fast_since = Instant::now();
+        let captured = self.report.samples_captured;
+        match self.timeline.recovery(self.now, captured) {
+            Recovery::Wait => {}
+            Recovery::StillOff => {
+                // Only input still far too fast (not one merely out of step) closes the stream.
+                if self.pace() == Pace::Fast
+                    && let Pacing::Discarding {
+                    seen_on_stream_at: seen @ None,
+                } = &mut self.pacing
+                {
+                    *seen = Some(self.now.mono);
                 }
                 self.restart_pace_window();
             }
-            Pace::RealTime => {
-                let (lead, _) = self.sample_lead();
-                if lead.abs() > 200_000_000 {
-                    self.restart_pace_window();
-                    return;
-                }
+            Recovery::Resume => {
                 tracing::info!("samples arrive in real time again; recording resumes");
-                self.fast_input = false;
-                self.anchor_to_wall_clock();
+                self.pacing = Pacing::Recording;
+                self.timeline.re_anchor(self.index, self.now, captured);
                 self.skip_until = self.index;
                 self.set_state(RecorderState::Starting, None);
             }
         }
     }
 
-    /// Wall-clock nanoseconds of frame `self.index`, judged from the newest captured frame.
-    fn wall_of_index(&self) -> i128 {
-        let rate = i128::from(self.format.sample_rate);
-        let behind =
-            i128::from(self.captured_end_index.saturating_sub(self.index)) * 1_000_000_000 / rate;
-        self.captured_end_at.as_nanosecond() - behind
-    }
-
-    fn anchor_to_wall_clock(&mut self) {
-        let rate = i128::from(self.format.sample_rate);
-        self.anchor_ns = Some(self.wall_of_index() - i128::from(self.index) * 1_000_000_000 / rate);
-        self.restart_pace_window();
-    }
-
     /// Between files, moves the anchor when sample time and the wall clock differ by a second or
-    /// more: a drifting sound card (tens of ppm add up to seconds a day) or a wall clock that was
-    /// stepped (an RTC-less board set by NTP after boot). Returns whether it moved.
+    /// more (see [`Timeline::drift_to_follow`]). Returns whether it moved.
     fn follow_wall_clock(&mut self) -> bool {
-        let Some(anchor) = self.anchor_ns else {
+        let captured = self.report.samples_captured;
+        let Some(drift) = self.timeline.drift_to_follow(self.index, self.now, captured) else {
             return false;
         };
-        let rate = i128::from(self.format.sample_rate);
-        let drift = anchor + i128::from(self.index) * 1_000_000_000 / rate - self.wall_of_index();
-        if drift.abs() < 1_000_000_000 {
-            return false;
-        }
-        // A sample clock ahead of the monotonic clock is a burst or a backlog: it keeps its
-        // time. One behind it lost frames (an overrun, a stall): the wall clock is right then.
-        let (lead, monotonic) = self.sample_lead();
-        if lead > monotonic / 1000 + 200_000_000 {
-            return false;
-        }
         tracing::info!(
             drift_s = drift as f64 / 1e9,
             "the wall clock moved against the sound card (drift or a clock step); re-anchoring between files"
         );
-        self.anchor_to_wall_clock();
+        self.timeline.re_anchor(self.index, self.now, captured);
         true
     }
 
@@ -1097,7 +1028,7 @@ impl<T: WavSample> Recorder<T> {
 
     /// Like [`Self::expected_after`], judged from the wall clock (when no samples arrive).
     fn expected_by_wall_clock(&self) -> Option<Timestamp> {
-        match self.schedule.segment_at(Timestamp::now()) {
+        match self.schedule.segment_at(self.now.wall) {
             Segment::Record { end, .. } => Some(end),
             Segment::Idle { until } => self.expected_after(until),
         }
@@ -1134,7 +1065,7 @@ impl<T: WavSample> Recorder<T> {
         }
         let start = self.time_of(self.index);
         let duration_ns = self.config.recorder.duration.as_std().as_nanos() as i128;
-        if start.as_nanosecond() - Timestamp::now().as_nanosecond() > duration_ns.max(1_000_000_000)
+        if start.as_nanosecond() - self.now.wall.as_nanosecond() > duration_ns.max(1_000_000_000)
         {
             self.enter_fast_input(
                 "a file would start more than one file duration ahead of the wall clock",
@@ -1245,11 +1176,7 @@ impl<T: WavSample> Recorder<T> {
         let latest = self
             .last_file_end
             .or_else(|| self.registrar.as_ref().and_then(|r| r.view_latest_end()))?;
-        let overlap = latest.duration_since(start).as_secs_f64();
-        let one_sample = 1.0 / f64::from(self.format.sample_rate.max(1)) + 1e-6;
-        if overlap <= one_sample {
-            return None;
-        }
+        let overlap = timeline::overlap_s(latest, start, self.format.sample_rate)?;
         self.report.time_overlaps += 1;
         tracing::warn!(
             code = errors::TIME_OVERLAP.code,
@@ -1513,15 +1440,15 @@ impl<T: WavSample> Recorder<T> {
         }
         self.report.files_written += 1;
         self.report.last_file = Some(target);
-        self.report.last_file_at = Some(Timestamp::now());
+        self.report.last_file_at = Some(self.now.wall);
     }
 
     /// Tries the stranded files again, once a second at most.
     fn retry_stranded(&mut self) {
-        if self.stranded.is_empty() || self.stranded_retry_at > Instant::now() {
+        if self.stranded.is_empty() || self.stranded_retry_at > self.now.mono {
             return;
         }
-        self.stranded_retry_at = Instant::now() + STORAGE_RETRY;
+        self.stranded_retry_at = self.now.mono + STORAGE_RETRY;
         let files = std::mem::take(&mut self.stranded);
         let count = files.len();
         for file in files {
@@ -1570,41 +1497,17 @@ impl<T: WavSample> Recorder<T> {
     }
 
     fn effective_error(&self) -> Option<ReportError> {
-        if self.own_error.is_some() {
-            return self.own_error.clone();
-        }
-        if let Some(why) = &self.stranded_error {
-            return Some(ReportError::new(
-                errors::STORAGE_UNUSABLE,
-                format!(
-                    "{} finished recordings cannot be moved into recordings/ ({why}); they stay in .partial/ and are moved as soon as they can be",
-                    self.stranded.len()
-                ),
-            ));
-        }
-        let owed = self.registrar.as_ref()?.owed();
-        if owed.rows == 0 || owed.since?.elapsed() < registrar::OWED_GRACE {
-            return None;
-        }
-        // Stable while the fault lasts (no per-second rewrite of the report): the count
-        // changes once per file, the rest not at all.
-        let since = owed
-            .since_wall
-            .map_or(String::new(), |t| format!(" since {t:.0}"));
-        let why = owed.why.map_or(String::new(), |e| format!(" ({e})"));
-        // metadata.db's layout in the way: its own code and action (upgrade roost, free room),
-        // never DEP_E321's "move metadata.db aside", which would lose what it holds.
-        let code = owed
-            .code
-            .filter(|c| [errors::METADATA_DB_NEWER, errors::METADATA_DB_MIGRATION].contains(c))
-            .unwrap_or(errors::METADATA_DB_ERROR);
-        Some(ReportError::new(
-            code,
-            format!(
-                "{} recordings are in recordings/ without their metadata.db row{since}{why}; files keep being written and the rows are retried",
-                owed.rows
-            ),
-        ))
+        let stranded = (self.stranded_error.as_deref()).map(|why| health::Stranded {
+            files: self.stranded.len(),
+            why,
+        });
+        let owed = self.registrar.as_ref().map(Registrar::owed);
+        health::effective_error(
+            self.own_error.as_ref(),
+            stranded,
+            owed.as_ref(),
+            self.now.mono,
+        )
     }
 
     /// Copies what the registrar did into the report.
@@ -1658,15 +1561,7 @@ impl<T: WavSample> Recorder<T> {
             changed = shown(&self.report) != before;
         }
         if let Some(registrar) = &self.registrar {
-            // A row written within a second of its file is not owed in any sense a reader
-            // cares about; counting it made every file two rewrites of the report (and of
-            // status.json): one saying 1 owed, one saying 0.
-            let owed = registrar.owed();
-            let shown = if owed.since.is_some_and(|s| s.elapsed() >= OWED_SHOWN_AFTER) {
-                owed.rows
-            } else {
-                0
-            };
+            let shown = health::rows_shown(&registrar.owed(), self.now.mono, OWED_SHOWN_AFTER);
             changed |= shown != owed_before;
             self.report.rows_owed = shown;
         }
@@ -1675,80 +1570,17 @@ impl<T: WavSample> Recorder<T> {
             self.report.error = error;
             changed = true;
         }
-        if changed || self.last_report_write.elapsed() >= HEARTBEAT {
+        if changed || self.now.since(self.last_report_write) >= HEARTBEAT {
             self.force_report();
         }
     }
 
-    /// Warnings: conditions that do not stop recording but should be known.
-    fn warnings(&self) -> Vec<ReportError> {
-        let mut out = Vec::new();
-        if self.report.state == RecorderState::Waiting
-            && let Some(from) = &self.report.next_window_from
-        {
-            let far = self.report.next_window_at.is_none_or(|at| {
-                at.duration_since(Timestamp::now()) > jiff::SignedDuration::from_hours(24 * 7)
-            });
-            if far {
-                let when = self
-                    .report
-                    .next_window_at
-                    .map_or("no window opens within a year".to_string(), |at| {
-                        format!("the next window opens at {at}")
-                    });
-                out.push(ReportError::new(
-                    errors::NO_WINDOW_SOON,
-                    format!("{when}; computed from {from}"),
-                ));
-            }
-        }
-        if self.report.clock_synchronized == Some(false) {
-            out.push(ReportError::new(
-                errors::CLOCK_NOT_SYNCHRONIZED,
-                "the kernel says the wall clock is not synchronised; file times may be wrong (each file's GUANO says whether it was)",
-            ));
-        }
-        if self.report.files_deleted > 0 {
-            let latest = self
-                .report
-                .recently_deleted
-                .last()
-                .map_or(String::new(), |p| format!("; the latest: {}", p.display()));
-            out.push(ReportError::new(
-                errors::RECORDINGS_DELETED,
-                format!(
-                    "onLowSpace: deleteOldest deleted {} recordings since {} to keep minFreeSpace{latest}",
-                    self.report.files_deleted, self.report.started_at
-                ),
-            ));
-        }
-        let (dropped, discarded) = (self.report.samples_dropped, self.report.samples_discarded);
-        if dropped + discarded > 0 {
-            // One warning for all audio lost since the start, whatever lost it.
-            out.push(ReportError::new(
-                errors::SAMPLES_DROPPED,
-                format!(
-                    "frames lost since {}: {dropped} dropped (the writer fell behind or the process stalled; files split at each gap), {discarded} not recorded (storage faults, low space, input not in real time; see the log)",
-                    self.report.started_at
-                ),
-            ));
-        }
-        if self.report.time_overlaps > 0 {
-            out.push(ReportError::new(
-                errors::TIME_OVERLAP,
-                format!(
-                    "{} files claim start times before the end of earlier files (the wall clock was stepped back); none was overwritten",
-                    self.report.time_overlaps
-                ),
-            ));
-        }
-        out
-    }
-
     fn write_report(&mut self) -> Result<(), RecorderError> {
-        self.report.warnings = self.warnings();
-        self.report.updated_at = Timestamp::now();
-        self.last_report_write = Instant::now();
+        self.report.warnings = health::warnings(&self.report, self.now.wall);
+        // The report says when it was written, not when the chunk was read.
+        let now = Now::read();
+        self.report.updated_at = now.wall;
+        self.last_report_write = now.mono;
         self.written_due = self.report.expected_file_by;
         report::write_report(&self.state_dir, &self.report).map_err(|source| {
             RecorderError::Report {

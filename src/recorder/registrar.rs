@@ -39,7 +39,7 @@ pub struct RegistrarView {
     /// Rows handed over and not written yet.
     pub rows_owed: u64,
     /// When the oldest owed row was handed over (monotonic, and on the wall clock for messages).
-    pub owed_since: Option<Instant>,
+    pub owed_since: Option<Duration>,
     /// The same moment on the wall clock.
     pub owed_since_wall: Option<Timestamp>,
     /// Why the last attempt failed, while rows are owed.
@@ -71,8 +71,8 @@ pub struct RegistrarView {
 pub struct Owed {
     /// Rows handed over and not written yet.
     pub rows: u64,
-    /// When the oldest of them was handed over (monotonic).
-    pub since: Option<Instant>,
+    /// When the oldest of them was handed over (monotonic, [`super::timeline::Now::mono`]).
+    pub since: Option<Duration>,
     /// The same moment on the wall clock.
     pub since_wall: Option<Timestamp>,
     /// Why the last attempt failed.
@@ -146,8 +146,8 @@ impl Registrar {
             let mut v = lock(&self.view);
             v.rows_owed += 1;
             if v.owed_since.is_none() {
-                v.owed_since = Some(Instant::now());
-                v.owed_since_wall = Some(Timestamp::now());
+                let now = super::timeline::Now::read();
+                (v.owed_since, v.owed_since_wall) = (Some(now.mono), Some(now.wall));
             }
         }
         self.send(Job::Register(rec));
@@ -447,8 +447,8 @@ impl Worker {
                 v.last_error_code = None;
             } else if self.queue.is_empty() {
                 // The rest is still in the channel: it was handed over just now.
-                v.owed_since = Some(Instant::now());
-                v.owed_since_wall = Some(Timestamp::now());
+                let now = super::timeline::Now::read();
+                (v.owed_since, v.owed_since_wall) = (Some(now.mono), Some(now.wall));
             }
         }
         if let Some(e) = failure {

@@ -226,10 +226,11 @@ pub fn write_report(state_dir: &Path, report: &RecorderReport) -> std::io::Resul
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn report(now: Timestamp) -> RecorderReport {
+    /// A recording recorder's report started at `now` (for tests of what reads it).
+    pub(crate) fn report(now: Timestamp) -> RecorderReport {
         RecorderReport {
             pid: 1,
             state: RecorderState::Recording,
