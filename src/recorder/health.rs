@@ -51,7 +51,10 @@ pub fn effective_error(
     let since = owed
         .since_wall
         .map_or(String::new(), |t| format!(" since {t:.0}"));
-    let why = owed.why.as_ref().map_or(String::new(), |e| format!(" ({e})"));
+    let why = owed
+        .why
+        .as_ref()
+        .map_or(String::new(), |e| format!(" ({e})"));
     // metadata.db's layout in the way: its own code and action (upgrade roost, free room),
     // never DEP_E321's "move metadata.db aside", which would lose what it holds.
     let code = owed

@@ -15,14 +15,18 @@ pub mod clock;
 pub mod devices;
 /// A paced test source for ALSA's file plugin (`roost feed`).
 pub mod feed;
+/// The report's error and warnings, pure.
+pub mod health;
 /// The device as `roost check` sees it.
 pub mod probe;
 /// The only metadata.db connection, on a thread of its own.
 pub mod registrar;
-/// The report's error and warnings, pure.
-pub mod health;
 /// The recorder's report (`recorder-report.json`) and its assessment.
 pub mod report;
+/// Where recordings land: `.partial/`, recordings/, files kept for later, salvage.
+pub mod sink;
+/// The low-space verdict, pure.
+pub mod space;
 /// The recorder's rules about time, pure: sample index <-> wall clock, pace, re-anchoring.
 pub mod timeline;
 /// One WAV file being written, and salvage of a cut one.
@@ -38,10 +42,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::errors::{self, ErrorCode};
 use crate::schedule::{Schedule, Segment};
-use crate::spec::recorder::{OnLowSpace, RecorderSpec, SampleFormat, StorageSpec};
+use crate::spec::recorder::{RecorderSpec, SampleFormat, StorageSpec};
 use crate::spec::{Deployment, Location};
 use crate::storage::{self, Folders, NewRecording, StorageError};
 use registrar::{DeploymentInfo, Registrar};
+use sink::{Finished, Placed, Salvage, Sink};
 use timeline::{Now, Pace, Pacing, Recovery, Timeline};
 
 pub use capture::default_period_frames;
@@ -275,16 +280,6 @@ struct OpenFile<T: WavSample> {
     clock_synchronized: Option<bool>,
 }
 
-/// A finished recording that could not be moved into recordings/ yet (its folder cannot be
-/// created, the storage was swapped): retried every second, reported until it is placed.
-struct Stranded {
-    temp: PathBuf,
-    start: Timestamp,
-    frames: u64,
-    sample_rate: u32,
-    channels: u16,
-}
-
 /// How long a storage that cannot be written is left alone before the next try (frames of
 /// audio skipped meanwhile are counted as lost to the storage, never silently).
 const STORAGE_RETRY: Duration = Duration::from_secs(1);
@@ -346,7 +341,7 @@ struct Recorder<T: WavSample> {
     stop: Arc<AtomicBool>,
     schedule: Schedule,
     format: WavFormat,
-    folders: Folders,
+    sink: Sink,
     registrar: Option<Registrar>,
     registrar_version: u64,
     report: RecorderReport,
@@ -370,10 +365,6 @@ struct Recorder<T: WavSample> {
     next_storage_check: u64,
     /// The frames being skipped are lost to a fault (storage, space), not outside the windows.
     discarding: bool,
-    /// Finished recordings not yet moved into recordings/, why, and when to try again.
-    stranded: Vec<Stranded>,
-    stranded_error: Option<String>,
-    stranded_retry_at: Duration,
     /// Frames since the anchor that have been handled.
     index: u64,
     /// Frames before this index are not recorded (between files, outside windows, low space).
@@ -396,7 +387,7 @@ impl<T: WavSample> Recorder<T> {
         let storage_root = config.storage_path(state_dir);
         let report = initial_report(&config, &format, &storage_root, now.wall);
         Self {
-            folders: Folders::new(&storage_root, &config.storage),
+            sink: Sink::new(Folders::new(&storage_root, &config.storage)),
             config,
             state_dir: state_dir.to_path_buf(),
             stop,
@@ -416,9 +407,6 @@ impl<T: WavSample> Recorder<T> {
             low_space_since_request: None,
             next_storage_check: 0,
             discarding: false,
-            stranded: Vec::new(),
-            stranded_error: None,
-            stranded_retry_at: now.mono,
             index: 0,
             skip_until: 0,
             captured_before: 0,
@@ -455,7 +443,7 @@ impl<T: WavSample> Recorder<T> {
         // Partial files of a crash are completed here, before the registrar's start-up repair.
         self.prepare_storage();
         self.registrar = Some(Registrar::start(
-            self.folders.clone(),
+            self.sink.folders().clone(),
             DeploymentInfo {
                 name: self.config.deployment.clone(),
                 location: self.config.location,
@@ -506,8 +494,8 @@ impl<T: WavSample> Recorder<T> {
         self.end_file();
         // Files kept in .partial/ because they could not be placed are tried once more now,
         // not a second later: a stop right after the way cleared leaves none behind.
-        self.stranded_retry_at = self.tick().mono;
-        self.retry_stranded();
+        self.tick();
+        self.retry_stranded(true);
         if let Some(registrar) = self.registrar.take() {
             let view = registrar.finish(STOP_TIMEOUT / 3);
             self.apply_view(view);
@@ -531,7 +519,7 @@ impl<T: WavSample> Recorder<T> {
     /// Makes the storage ready for a file (mounted if required, folders present); on failure the
     /// error is in the report and nothing was created.
     fn prepare_storage(&mut self) -> bool {
-        match self.folders.prepare() {
+        match self.sink.folders().prepare() {
             Ok(()) => {
                 // Partial files are looked for before every file, not once: a storage back from
                 // a fault (remounted, its journal replayed) may bring some back.
@@ -572,69 +560,31 @@ impl<T: WavSample> Recorder<T> {
     /// them with the other files found without a row). Everything done goes to the log and the
     /// report.
     fn salvage_partials(&mut self) {
-        let entries: Vec<PathBuf> = std::fs::read_dir(self.folders.partial_dir())
-            .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
-            .unwrap_or_default();
-        for temp in entries {
-            let stranded = self.stranded.iter().any(|s| s.temp == temp);
-            // One the storage cannot take now (read-only, I/O errors) is tried with the next file.
-            if temp.extension().is_some_and(|e| e == "part") && !stranded {
-                self.salvage_one(&temp);
-            }
-        }
-    }
-
-    /// Completes one partial file (one the storage cannot take now stays for the next try).
-    fn salvage_one(&mut self, temp: &Path) {
-        let name = temp
-            .file_stem()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let Some(start) = storage::start_from_file_name(Path::new(&name)) else {
-            self.quarantine(temp, "its name holds no start time");
-            return;
-        };
-        let guano = self.guano(start, None, None);
-        match wav::salvage(temp, &guano, &name) {
-            Ok(Some((frames, format))) => {
-                let stranded = Stranded {
-                    temp: temp.to_path_buf(),
-                    start,
-                    frames,
-                    sample_rate: format.sample_rate,
-                    channels: format.channels,
-                };
-                if let Some(target) = self.place_or_strand(stranded) {
-                    tracing::warn!(path = %target.display(), frames, "repair: completed a recording interrupted by a crash or a storage fault");
-                    self.report.repair.salvaged.push(target);
+        let config = &self.config;
+        let outcomes = self.sink.salvage_partials(|start| guano_of(config, start));
+        for outcome in outcomes {
+            match outcome {
+                Salvage::Completed(file, placed) => {
+                    if let Some(target) = self.after_placed(&file, placed) {
+                        tracing::warn!(path = %target.display(), frames = file.frames, "repair: completed a recording interrupted by a crash or a storage fault");
+                        self.report.repair.salvaged.push(target);
+                    }
                 }
-            }
-            Ok(None) => {
-                tracing::warn!(path = %temp.display(), "repair: removed a partial file that holds no audio");
-                let _ = std::fs::remove_file(temp);
-            }
-            // An unreadable header: kept aside for a person. Anything else is the storage's
-            // fault (read-only, I/O errors): left for a later attempt.
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                self.quarantine(temp, &e.to_string());
-            }
-            Err(e) => {
-                tracing::debug!(path = %temp.display(), error = %e, "cannot complete a partial file now; trying again when the storage works");
+                Salvage::Empty(temp) => {
+                    tracing::warn!(path = %temp.display(), "repair: removed a partial file that holds no audio");
+                }
+                Salvage::Quarantined { from, to, why } => match to {
+                    Ok(to) => {
+                        tracing::error!(path = %from.display(), to = %to.display(), "repair: cannot salvage a partial file ({why}); quarantined it");
+                        self.report.repair.quarantined.push(to);
+                    }
+                    Err(e) => tracing::error!("{e}"),
+                },
+                Salvage::Later => {}
             }
         }
     }
 
-    /// Moves a file that cannot be salvaged aside (left in place, and tried again with the next
-    /// file, when even that fails).
-    fn quarantine(&mut self, file: &Path, why: &str) {
-        match self.folders.quarantine(file) {
-            Ok(to) => {
-                tracing::error!(path = %file.display(), to = %to.display(), "repair: cannot salvage a partial file ({why}); quarantined it");
-                self.report.repair.quarantined.push(to);
-            }
-            Err(e) => tracing::error!("{}", errors::chain(&e)),
-        }
-    }
     fn capture_loop<D>(&mut self, mut cap: capture::Capture<T>)
     where
         T: capture::FromDevice<D>,
@@ -957,7 +907,8 @@ impl<T: WavSample> Recorder<T> {
         self.pacing = Pacing::Discarding {
             seen_on_stream_at: Some(self.now.mono),
         };
-        let (samples_s, in_s) = (self.timeline).window_seconds(self.now, self.report.samples_captured);
+        let (samples_s, in_s) =
+            (self.timeline).window_seconds(self.now, self.report.samples_captured);
         let message = format!(
             "{why} ({samples_s} s of samples in {in_s:.1} s); they cannot be given true times and are not recorded"
         );
@@ -985,8 +936,8 @@ impl<T: WavSample> Recorder<T> {
                 // Only input still far too fast (not one merely out of step) closes the stream.
                 if self.pace() == Pace::Fast
                     && let Pacing::Discarding {
-                    seen_on_stream_at: seen @ None,
-                } = &mut self.pacing
+                        seen_on_stream_at: seen @ None,
+                    } = &mut self.pacing
                 {
                     *seen = Some(self.now.mono);
                 }
@@ -1006,7 +957,10 @@ impl<T: WavSample> Recorder<T> {
     /// more (see [`Timeline::drift_to_follow`]). Returns whether it moved.
     fn follow_wall_clock(&mut self) -> bool {
         let captured = self.report.samples_captured;
-        let Some(drift) = self.timeline.drift_to_follow(self.index, self.now, captured) else {
+        let Some(drift) = self
+            .timeline
+            .drift_to_follow(self.index, self.now, captured)
+        else {
             return false;
         };
         tracing::info!(
@@ -1065,8 +1019,7 @@ impl<T: WavSample> Recorder<T> {
         }
         let start = self.time_of(self.index);
         let duration_ns = self.config.recorder.duration.as_std().as_nanos() as i128;
-        if start.as_nanosecond() - self.now.wall.as_nanosecond() > duration_ns.max(1_000_000_000)
-        {
+        if start.as_nanosecond() - self.now.wall.as_nanosecond() > duration_ns.max(1_000_000_000) {
             self.enter_fast_input(
                 "a file would start more than one file duration ahead of the wall clock",
             );
@@ -1078,17 +1031,15 @@ impl<T: WavSample> Recorder<T> {
             return;
         }
         // Reserve the file's space now; if the disk cannot hold all of it, record what fits.
-        let free = self.folders.free_bytes().unwrap_or(0);
-        let room = free.saturating_sub(storage::DB_RESERVE_BYTES + wav::RESERVE_EXTRA)
-            / self.format.bytes_per_frame();
-        let frames = frames_wanted.min(room);
-        if frames < u64::from(self.format.sample_rate) && frames < frames_wanted {
+        let free = self.sink.folders().free_bytes().unwrap_or(0);
+        let (bpf, rate) = (self.format.bytes_per_frame(), self.format.sample_rate);
+        let Some(frames) = space::frames_that_fit(free, frames_wanted, bpf, rate) else {
             self.disk_full(
                 end_index,
                 format!("the disk is full ({free} bytes free); not recording"),
             );
             return;
-        }
+        };
         match self.create_part(start, frames) {
             Ok((wav, temp)) => {
                 let overlap_s = self.overlap_with_earlier(start);
@@ -1141,27 +1092,8 @@ impl<T: WavSample> Recorder<T> {
         frames: u64,
     ) -> Result<(WavFile<T>, PathBuf), (std::io::Error, PathBuf)> {
         self.report.clock_synchronized = clock::synchronized();
-        let name = storage::recording_file_name(start);
-        // The real folder, not a path through a link that may be swapped before the file ends.
-        let partial = self.folders.partial_dir();
-        let partial = std::fs::canonicalize(&partial).unwrap_or(partial);
-        let first = partial.join(format!("{name}.part"));
-        let mut temp = first.clone();
-        for n in 1..1000 {
-            let sync = self.config.recorder.effective_sync_interval();
-            match WavFile::<T>::create(&temp, self.format, frames, sync) {
-                Ok(wav) => return Ok((wav, temp)),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    temp =
-                        storage::numbered(&first.with_extension(""), n).with_extension("wav.part");
-                }
-                Err(e) => return Err((e, temp)),
-            }
-        }
-        Err((
-            std::io::Error::from(std::io::ErrorKind::AlreadyExists),
-            temp,
-        ))
+        let sync = self.config.recorder.effective_sync_interval();
+        self.sink.create::<T>(start, self.format, frames, sync)
     }
 
     /// Seconds by which a file starting at `start` overlaps the newest earlier file, counted and
@@ -1188,7 +1120,8 @@ impl<T: WavSample> Recorder<T> {
 
     /// Whether a file of `bytes` may be written now under minFreeSpace and onLowSpace.
     fn space_allows(&mut self, bytes: u64, end_index: u64) -> bool {
-        let free = match self.folders.free_bytes() {
+        let folders = self.sink.folders();
+        let free = match folders.free_bytes() {
             Ok(free) => free,
             Err(e) => {
                 self.retry_storage_soon(end_index);
@@ -1196,34 +1129,32 @@ impl<T: WavSample> Recorder<T> {
                 return false;
             }
         };
-        let min = self.folders.spec().min_free_space;
-        let wanted = min.bytes().saturating_add(bytes);
-        if free >= wanted {
-            self.low_space_since_request = None;
-            return true;
-        }
-        let what = match self.folders.spec().on_low_space {
-            OnLowSpace::DeleteOldest => {
+        let (min, on_low) = (folders.spec().min_free_space, folders.spec().on_low_space);
+        let message = match space::verdict(free, min, on_low, bytes) {
+            space::Verdict::Room => {
+                self.low_space_since_request = None;
+                return true;
+            }
+            space::Verdict::Refuse(message) => message,
+            space::Verdict::MakeRoom { wanted_free } => {
                 // The registrar deletes; until it finds, in this low-space episode, that it
                 // cannot help, minFreeSpace's margin takes this file (the reservation below
                 // still cuts it at a truly full disk).
                 let Some(registrar) = self.registrar.as_ref() else {
                     return true;
                 };
-                let seq = registrar.make_room(wanted);
+                let seq = registrar.make_room(wanted_free);
                 let first = *self.low_space_since_request.get_or_insert(seq);
                 match registrar.cannot_make_room(first) {
                     None => return true,
-                    Some(why) => format!("deleteOldest: {why}; not recording"),
+                    Some(why) => space::low_space_message(
+                        free,
+                        min,
+                        &format!("deleteOldest: {why}; not recording"),
+                    ),
                 }
             }
-            OnLowSpace::Stop => "onLowSpace: stop; recording paused until there is space".into(),
-            OnLowSpace::DiscardNew => "onLowSpace: discardNew; this file is discarded".into(),
         };
-        let message = format!(
-            "free space {} is below minFreeSpace {min}; {what}",
-            crate::spec::recorder::human_bytes(free)
-        );
         if self.report.state != RecorderState::LowSpace {
             tracing::warn!(code = errors::LOW_DISK_SPACE.code, "{message}");
         }
@@ -1379,53 +1310,50 @@ impl<T: WavSample> Recorder<T> {
     }
 
     /// Moves a finished file into recordings/ (never over another file) and hands its row to
-    /// the registrar; a file that cannot be moved yet is kept and retried (see [`Stranded`]).
+    /// the registrar; a file that cannot be moved yet is kept and retried (see [`Sink::place`]).
     fn place_and_register(&mut self, temp: &Path, start: Timestamp, frames: u64) {
-        let stranded = Stranded {
+        let file = Finished {
             temp: temp.to_path_buf(),
             start,
             frames,
             sample_rate: self.format.sample_rate,
             channels: self.format.channels,
         };
-        if self.place_or_strand(stranded).is_some() {
+        let placed = self.sink.place(file.clone());
+        if self.after_placed(&file, placed).is_some() {
             self.force_report();
         }
     }
 
-    /// Places and registers one file; `None` when it had to be kept for later.
-    fn place_or_strand(&mut self, file: Stranded) -> Option<PathBuf> {
-        match self.place(&file.temp, file.start) {
-            Ok(target) => {
-                self.registered(&file, target.clone());
+    /// Registers and counts a placed file, counts one lost with its storage, logs the first
+    /// kept; the path when it is in recordings/.
+    fn after_placed(&mut self, file: &Finished, placed: Placed) -> Option<PathBuf> {
+        match placed {
+            Placed::Moved(target) => {
+                self.registered(file, target.clone());
                 Some(target)
             }
-            Err(e) if !file.temp.exists() => {
+            Placed::Gone { frames, why } => {
                 // Removed with its storage (rm -rf): nothing left to keep, but counted.
-                tracing::error!(code = errors::STORAGE_UNUSABLE.code, path = %file.temp.display(), "{}; the file was removed with its storage", errors::chain(&e));
+                tracing::error!(code = errors::STORAGE_UNUSABLE.code, path = %file.temp.display(), "{why}; the file was removed with its storage");
                 self.report.files_discarded += 1;
-                self.report.samples_discarded += file.frames;
+                self.report.samples_discarded += frames;
                 None
             }
-            Err(e) => {
-                let message = errors::chain(&e);
-                if self.stranded.is_empty() {
+            Placed::Kept { first, why } => {
+                if first {
                     tracing::error!(
                         code = errors::STORAGE_UNUSABLE.code,
-                        "{message}; the file stays in .partial/ and is moved every second until it can be"
+                        "{why}; the file stays in .partial/ and is moved every second until it can be"
                     );
                 }
-                // The first reason stays: a message that changed every second would rewrite
-                // the report (and status.json) every second.
-                self.stranded_error.get_or_insert(message);
-                self.stranded.push(file);
                 None
             }
         }
     }
 
     /// Hands a placed file's row to the registrar and counts it.
-    fn registered(&mut self, file: &Stranded, target: PathBuf) {
+    fn registered(&mut self, file: &Finished, target: PathBuf) {
         let duration_s = file.frames as f64 / f64::from(file.sample_rate);
         let end = crate::storage::end_of(file.start, duration_s).unwrap_or(file.start);
         self.last_file_end = Some(end);
@@ -1443,45 +1371,28 @@ impl<T: WavSample> Recorder<T> {
         self.report.last_file_at = Some(self.now.wall);
     }
 
-    /// Tries the stranded files again, once a second at most.
-    fn retry_stranded(&mut self) {
-        if self.stranded.is_empty() || self.stranded_retry_at > self.now.mono {
+    /// Tries the files kept in `.partial/` again: once a second at most, or now (`force`).
+    fn retry_stranded(&mut self, force: bool) {
+        let Some((count, _)) = self.sink.stranded() else {
             return;
+        };
+        let (moved, gone) = self.sink.retry((!force).then_some(self.now.mono));
+        for file in &gone {
+            tracing::error!(path = %file.temp.display(), "a recording kept in .partial/ was removed before it could be moved");
         }
-        self.stranded_retry_at = self.now.mono + STORAGE_RETRY;
-        let files = std::mem::take(&mut self.stranded);
-        let count = files.len();
-        for file in files {
-            match self.place(&file.temp, file.start) {
-                Ok(target) => self.registered(&file, target),
-                Err(_) if !file.temp.exists() => {
-                    tracing::error!(path = %file.temp.display(), "a recording kept in .partial/ was removed before it could be moved");
-                }
-                Err(e) => {
-                    self.stranded_error.get_or_insert_with(|| errors::chain(&e));
-                    self.stranded.push(file);
-                }
-            }
+        let changed = !moved.is_empty() || !gone.is_empty();
+        for (file, target) in moved {
+            self.registered(&file, target);
         }
-        if self.stranded.is_empty() {
+        if self.sink.stranded().is_none() {
             tracing::info!(
                 count,
                 "the recordings kept in .partial/ are in recordings/ now"
             );
-            self.stranded_error = None;
         }
-        if self.stranded.len() != count {
+        if changed {
             self.force_report();
         }
-    }
-
-    fn place(&self, temp: &Path, start: Timestamp) -> Result<PathBuf, StorageError> {
-        let target = storage::recording_path(&self.folders.recordings_dir(), start);
-        storage::rename_no_replace(temp, &target).map_err(|source| StorageError::Unusable {
-            path: target,
-            action: "move a finished recording into recordings/",
-            source,
-        })
     }
 
     /// Sets the state and the writer's own error; the report shows that error, or else rows
@@ -1497,10 +1408,7 @@ impl<T: WavSample> Recorder<T> {
     }
 
     fn effective_error(&self) -> Option<ReportError> {
-        let stranded = (self.stranded_error.as_deref()).map(|why| health::Stranded {
-            files: self.stranded.len(),
-            why,
-        });
+        let stranded = (self.sink.stranded()).map(|(files, why)| health::Stranded { files, why });
         let owed = self.registrar.as_ref().map(Registrar::owed);
         health::effective_error(
             self.own_error.as_ref(),
@@ -1540,7 +1448,7 @@ impl<T: WavSample> Recorder<T> {
     /// Called between chunks: shows what the registrar did and rows owed too long, and
     /// refreshes the report at least every [`HEARTBEAT`].
     fn heartbeat(&mut self) {
-        self.retry_stranded();
+        self.retry_stranded(false);
         let mut changed = false;
         let owed_before = self.report.rows_owed;
         if let Some(view) = self

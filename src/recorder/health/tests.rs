@@ -36,12 +36,21 @@ fn the_writers_own_error_comes_first_then_stranded_files_then_rows_owed() {
     let mono = Duration::from_secs(10);
     let code = |e: Option<ReportError>| e.map(|e| e.code);
     assert_eq!(
-        code(effective_error(Some(&own), Some(stranded), Some(&late), mono)),
+        code(effective_error(
+            Some(&own),
+            Some(stranded),
+            Some(&late),
+            mono
+        )),
         Some(errors::DISK_FULL.code.to_string())
     );
     let e = effective_error(None, Some(stranded), Some(&late), mono).unwrap();
     assert_eq!(e.code, errors::STORAGE_UNUSABLE.code);
-    assert!(e.message.starts_with("2 finished recordings"), "{}", e.message);
+    assert!(
+        e.message.starts_with("2 finished recordings"),
+        "{}",
+        e.message
+    );
     let e = effective_error(None, None, Some(&late), mono).unwrap();
     assert_eq!(e.code, errors::METADATA_DB_ERROR.code);
     assert!(e.message.contains("3 recordings") && e.message.contains("(database is locked)"));

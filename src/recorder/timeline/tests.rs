@@ -31,15 +31,36 @@ fn anchored(rate: u32) -> Timeline {
 #[test]
 fn frames_and_instants_round_trip_at_common_rates() {
     // Frame counts that do not divide into whole nanoseconds at 44.1 kHz, a day in, a year in.
-    let indices = [0, 1, 2, 3, 441, 44_099, 44_100, 44_101, 3_810_240_001, 1_390_000_000_007];
-    for rate in [8_000, 22_050, 44_100, 48_000, 96_000, 192_000, 250_000, 384_000] {
+    let indices = [
+        0,
+        1,
+        2,
+        3,
+        441,
+        44_099,
+        44_100,
+        44_101,
+        3_810_240_001,
+        1_390_000_000_007,
+    ];
+    for rate in [
+        8_000, 22_050, 44_100, 48_000, 96_000, 192_000, 250_000, 384_000,
+    ] {
         let t = anchored(rate);
         let wall = at(T0);
         for i in indices {
-            assert_eq!(t.index_of(t.time_of(i, wall), wall), i, "rate {rate}, index {i}");
+            assert_eq!(
+                t.index_of(t.time_of(i, wall), wall),
+                i,
+                "rate {rate}, index {i}"
+            );
             // One nanosecond later belongs to the next frame (no frame is in two files).
             let later = t.time_of(i, wall) + SignedDuration::from_nanos(1);
-            assert_eq!(t.index_of(later, wall), i + 1, "rate {rate}, index {i} + 1 ns");
+            assert_eq!(
+                t.index_of(later, wall),
+                i + 1,
+                "rate {rate}, index {i} + 1 ns"
+            );
         }
     }
 }
@@ -53,15 +74,21 @@ fn consecutive_files_are_contiguous_and_their_lengths_are_exact() {
     for minute in 1..=10i64 {
         let end = t.index_of(at(T0) + SignedDuration::from_mins(minute), wall);
         assert_eq!(end - start, 2_646_000, "file {minute}");
-        assert_eq!(t.time_of(end, wall), at(T0) + SignedDuration::from_mins(minute));
+        assert_eq!(
+            t.time_of(end, wall),
+            at(T0) + SignedDuration::from_mins(minute)
+        );
         start = end;
     }
 }
 
 #[test]
 fn a_backlog_at_the_anchor_gets_its_true_earlier_times() {
-    for (rate, queued, before_ms) in [(48_000, 48_000, 1000), (44_100, 22_050, 500), (16_000, 0, 0)]
-    {
+    for (rate, queued, before_ms) in [
+        (48_000, 48_000, 1000),
+        (44_100, 22_050, 500),
+        (16_000, 0, 0),
+    ] {
         let mut t = Timeline::new(rate, now(T0, 5.0));
         t.anchor(now(T0, 5.0), queued, 0);
         assert_eq!(
@@ -94,7 +121,12 @@ fn the_wall_clock_is_followed_when_it_steps_or_drifts_a_second_or_more() {
         ("sound card 1.5 s fast", -1.5, 0.0, Some(1.5)),
         ("NTP stepped forward an hour", 3600.0, 0.0, Some(-3600.0)),
         ("NTP stepped back an hour", -3600.0, 0.0, Some(3600.0)),
-        ("a board without RTC set by NTP (+6 years)", 189_302_400.0, 0.0, Some(-189_302_400.0)),
+        (
+            "a board without RTC set by NTP (+6 years)",
+            189_302_400.0,
+            0.0,
+            Some(-189_302_400.0),
+        ),
         // A burst keeps its time: the samples ran ahead of the monotonic clock.
         ("a burst, wall clock ahead", 5.0, 5.0, None),
     ];
@@ -113,8 +145,16 @@ fn the_wall_clock_is_followed_when_it_steps_or_drifts_a_second_or_more() {
         assert_eq!(got.map(|ns| ns as f64 / 1e9), want, "{what}");
         if got.is_some() {
             t.re_anchor(index, look, captured);
-            assert_eq!(t.time_of(index, wall), wall, "{what}: frame {index} re-anchored");
-            assert_eq!(t.drift_to_follow(index, look, captured), None, "{what}: followed");
+            assert_eq!(
+                t.time_of(index, wall),
+                wall,
+                "{what}: frame {index} re-anchored"
+            );
+            assert_eq!(
+                t.drift_to_follow(index, look, captured),
+                None,
+                "{what}: followed"
+            );
         }
     }
 }
@@ -126,7 +166,12 @@ fn the_pace_tells_real_time_from_input_far_faster() {
         ("first second", 1.0, 1.0, Pace::Unknown),
         ("a second of start-up backlog", 1.9, 0.5, Pace::Unknown),
         ("ten seconds in real time", 10.0, 10.0, Pace::RealTime),
-        ("a day, sound card 100 ppm fast", 86_408.64, 86_400.0, Pace::RealTime),
+        (
+            "a day, sound card 100 ppm fast",
+            86_408.64,
+            86_400.0,
+            Pace::RealTime,
+        ),
         ("a minute of samples in a second", 60.0, 1.0, Pace::Fast),
         ("two seconds ahead after two", 4.1, 2.0, Pace::Fast),
         ("a day, 0.3 % fast", 86_659.2, 86_400.0, Pace::Fast),
@@ -136,7 +181,11 @@ fn the_pace_tells_real_time_from_input_far_faster() {
         for (what, samples_s, mono_s, want) in cases {
             let t = anchored(rate);
             let captured = (samples_s * f64::from(rate)) as u64;
-            assert_eq!(t.pace(now(T0, mono_s), captured), want, "{what} at {rate} Hz");
+            assert_eq!(
+                t.pace(now(T0, mono_s), captured),
+                want,
+                "{what} at {rate} Hz"
+            );
         }
     }
 }
@@ -166,7 +215,11 @@ fn a_stream_across_a_daylight_saving_change_has_no_jump() {
         let mut t = Timeline::new(48_000, now(start, 0.0));
         t.anchor(now(start, 0.0), 0, 0);
         let two_minutes = t.time_of(48_000 * 120, at(start));
-        assert_eq!(two_minutes.duration_since(at(start)), SignedDuration::from_mins(2), "{start}");
+        assert_eq!(
+            two_minutes.duration_since(at(start)),
+            SignedDuration::from_mins(2),
+            "{start}"
+        );
     }
 }
 
@@ -188,6 +241,10 @@ fn overlaps_are_counted_only_beyond_one_sample_of_rounding() {
     ];
     for (ns, rate, want) in cases {
         let earlier_end = start + SignedDuration::from_nanos(ns);
-        assert_eq!(overlap_s(earlier_end, start, rate), want, "{ns} ns at {rate} Hz");
+        assert_eq!(
+            overlap_s(earlier_end, start, rate),
+            want,
+            "{ns} ns at {rate} Hz"
+        );
     }
 }
