@@ -748,10 +748,27 @@ pub fn deployment_schema() -> String {
         .expect("schema serializes")
 }
 
-/// The JSON Schema of `status.json`, pretty-printed (`roost schema status`).
+/// The JSON Schema of `status.json`, pretty-printed (`roost schema status`). A component's
+/// `output` is one of the component processes' output types (the status document itself does
+/// not know them: it is below the components in the module graph).
 pub fn status_schema() -> String {
-    serde_json::to_string_pretty(&schemars::schema_for!(crate::status::StatusDoc))
-        .expect("schema serializes")
+    let mut generator = schemars::generate::SchemaSettings::default().into_generator();
+    let mut outputs = vec![
+        generator.subschema_for::<crate::recorder::RecorderOutput>(),
+        generator.subschema_for::<crate::curate::report::CuratorReport>(),
+        generator.subschema_for::<crate::connect::report::ConnectReport>(),
+    ];
+    outputs.push(schemars::json_schema!({"type": "null"}));
+    let mut schema = generator.into_root_schema_for::<crate::status::StatusDoc>();
+    if let Some(output) = schema.pointer_mut("/$defs/ComponentStatus/properties/output")
+        && let Some(output) = output.as_object_mut()
+    {
+        output.insert(
+            "anyOf".into(),
+            serde_json::to_value(outputs).expect("schemas"),
+        );
+    }
+    serde_json::to_string_pretty(&schema).expect("schema serializes")
 }
 
 /// The JSON Schema of the field page's `/api/view.json`, pretty-printed (`roost schema view`).

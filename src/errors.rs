@@ -4,6 +4,28 @@
 
 use serde::Serialize;
 
+/// A problem a component reports: a catalogue code and what happened, in words (the recorder's
+/// `error` and `warnings`, the curator's and the connector's alike).
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+pub struct Problem {
+    /// A catalogue code (`DEP_E3xx`).
+    pub code: String,
+    /// What happened and what follows.
+    pub message: String,
+}
+
+impl Problem {
+    /// A problem with catalogue `code`.
+    pub fn new(code: impl std::borrow::Borrow<ErrorCode>, message: impl Into<String>) -> Self {
+        Self {
+            code: code.borrow().code.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
 /// One entry of the catalogue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct ErrorCode {

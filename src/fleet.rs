@@ -4,6 +4,7 @@
 //! judgement of those messages ([`fleet_view`], which takes `now`). It never publishes, so it
 //! can never disturb a device's retained messages or its last will.
 
+use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -360,13 +361,25 @@ fn remote_cell(r: &DeviceRow) -> String {
     cell
 }
 
+/// The part of the recorder's output (`RecorderOutput`) `roost fleet` keeps: a slim copy of
+/// a device's status holds only this.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct RecorderSeen {
+    last_file_at: Option<Timestamp>,
+}
+
+/// The recorder's output in a component of a status document, as far as `roost fleet` reads it.
+fn recorder_seen(component: &Value) -> Option<RecorderSeen> {
+    let recorder = component.get("name").and_then(Value::as_str)
+        == Some(crate::spec::recorder::RECORDER_COMPONENT);
+    recorder.then(|| RecorderSeen::deserialize(component.get("output")?).ok())?
+}
+
 /// `lastFileAt` of the `recorder` component's output in a status document.
 fn recorder_last_file(status: Option<&Value>) -> Option<Timestamp> {
     let components = status?.get("components")?.as_array()?;
-    let recorder = components.iter().find(|c| {
-        c.get("name").and_then(Value::as_str) == Some(crate::spec::recorder::RECORDER_COMPONENT)
-    })?;
-    timestamp(recorder.get("output")?.get("lastFileAt"))
+    components.iter().find_map(recorder_seen)?.last_file_at
 }
 
 fn error_codes(status: Option<&Value>, metrics: Option<&Value>) -> Vec<String> {
@@ -564,7 +577,7 @@ pub fn collect(options: &FleetOptions) -> Result<Gathered, Problem> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| Problem::new(&errors::INTERNAL, format!("cannot start a runtime: {e}")))?;
+        .map_err(|e| Problem::new(errors::INTERNAL, format!("cannot start a runtime: {e}")))?;
     let filters = ["status", "availability", "heartbeat", "desired/report"]
         .map(|kind| SubscribeFilter::new(format!("{}/+/{kind}", options.prefix), QoS::AtMostOnce));
     runtime
@@ -593,7 +606,7 @@ pub fn broker_options(options: &FleetOptions, role: &str) -> Result<MqttOptions,
         let password = match &options.password_file {
             Some(path) => crate::secret_file::first_line(path).map_err(|e| {
                 Problem::new(
-                    &errors::SECRET_UNREADABLE,
+                    errors::SECRET_UNREADABLE,
                     format!("password file {}: {e}", path.display()),
                 )
             })?,
@@ -647,8 +660,8 @@ fn slim_doc(v: &Value) -> Value {
     }
     if let Some(components) = v.get("components").and_then(Value::as_array) {
         let recorder: Vec<Value> = (components.iter())
-            .filter(|c| c.get("name").and_then(Value::as_str) == Some(crate::spec::recorder::RECORDER_COMPONENT))
-            .map(|c| serde_json::json!({"name": c.get("name"), "output": {"lastFileAt": c.get("output").and_then(|o| o.get("lastFileAt"))}}))
+            .filter_map(|c| Some((c.get("name")?, recorder_seen(c)?)))
+            .map(|(name, seen)| serde_json::json!({"name": name, "output": seen}))
             .collect();
         out.insert("components".into(), Value::Array(recorder));
     }

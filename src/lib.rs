@@ -8,6 +8,7 @@
 //! - [`runtime`]: where components run: the embedded process supervisor and systemd.
 //! - [`apply`]: carries a plan out through a runtime and counts what failed.
 //! - [`builtin`]: components roost provides itself (the recorder), their runs and health.
+//! - [`component`]: the skeleton of a component process: its configuration, report and stop.
 //! - [`desired`]: the desired-state file, its last valid copy and what changed.
 //! - [`clock`]: the wall clock handed to decision code (a tokio-paced one for tests).
 //! - [`reconcile`]: the loop that wakes on triggers, observes, plans, applies and publishes.
@@ -32,6 +33,7 @@ pub mod archive;
 pub mod builtin;
 pub mod cli;
 pub mod clock;
+pub mod component;
 pub mod connect;
 pub mod curate;
 pub mod desired;

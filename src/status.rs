@@ -157,12 +157,20 @@ pub struct ComponentStatus {
     #[serde(default)]
     #[schemars(with = "Option<String>", extend("format" = "date-time"))]
     pub since: Option<Timestamp>,
-    /// What the recorder produced (only on the `recorder` component).
+    /// What the component produced: its output type (the recorder's `RecorderOutput`, the
+    /// curator's `CuratorReport`, the connector's `ConnectReport`; see the schema).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<serde_json::Value>,
     /// The deployment it belongs to, in the device's summary of `roost run --dir`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment: Option<String>,
+}
+
+impl ComponentStatus {
+    /// Its output read as `T`; `None` when it has none or not of that shape.
+    pub fn output_as<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
+        T::deserialize(self.output.as_ref()?).ok()
+    }
 }
 
 /// What the last apply did: shown in status.json as `lastApply`.
@@ -427,6 +435,12 @@ impl StatusDoc {
     /// The output of the component named `name` (its report), if it has one.
     pub fn output_of(&self, name: &str) -> Option<&serde_json::Value> {
         self.component(name).and_then(|c| c.output.as_ref())
+    }
+
+    /// The output of the component named `name` read as its type (`RecorderOutput`,
+    /// `CuratorReport`, `ConnectReport`); `None` when it has none or not of that shape.
+    pub fn output_as<T: serde::de::DeserializeOwned>(&self, name: &str) -> Option<T> {
+        self.component(name)?.output_as()
     }
 
     /// Whether two documents say the same thing, `updatedAt` aside, and each component's

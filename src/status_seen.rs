@@ -96,8 +96,8 @@ pub fn stale_at(doc: &StatusDoc) -> Option<Timestamp> {
 }
 
 fn due(doc: &StatusDoc) -> Option<Timestamp> {
-    doc.output_of(crate::spec::recorder::RECORDER_COMPONENT)
-        .and_then(|o| o.get("expectedFileBy")?.as_str()?.parse::<Timestamp>().ok())
+    (doc.output_as::<crate::recorder::RecorderOutput>(crate::spec::recorder::RECORDER_COMPONENT))
+        .and_then(|o| o.expected_file_by)
 }
 
 /// The document as readers should show it: unchanged when `Current`; otherwise status

@@ -5,12 +5,15 @@
 //! the few facts status.json does not hold (metadata.db, free space, the recorder's settings).
 //! The status.json contract and `--json` are untouched.
 
+use crate::component::ConfigFile;
+use crate::curate::report::CuratorReport;
+use crate::recorder::{RecorderOutput, RecorderState};
+use crate::storage::RepairPhase;
 use std::fmt::Write;
 use std::path::Path;
 
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
-use serde_json::Value;
 
 use crate::status::{ComponentState, ComponentStatus, OverallStatus, Phase, Reason, StatusDoc};
 use crate::status_seen::Seen;
@@ -165,9 +168,9 @@ pub fn render(doc: &StatusDoc, facts: &Facts, now: Timestamp) -> String {
     out
 }
 
-fn recorder(doc: &StatusDoc) -> Option<(&ComponentStatus, &Value)> {
+fn recorder(doc: &StatusDoc) -> Option<(&ComponentStatus, RecorderOutput)> {
     let c = doc.component(crate::spec::recorder::RECORDER_COMPONENT)?;
-    Some((c, c.output.as_ref()?))
+    Some((c, c.output_as()?))
 }
 
 /// The first line of the report: recording, not recording and why, or stopped (times in the
@@ -216,18 +219,18 @@ fn headline_in(doc: &StatusDoc, facts: &Facts, tz: &TimeZone, now: Timestamp) ->
             _ => format!("Not all is well: {}.", first_problem(doc)),
         };
     };
-    let state = out.get("state").and_then(Value::as_str).unwrap_or("");
-    let last = last_file_at(out);
-    match (c.status, state) {
-        (ComponentState::Running, "recording") => match last {
+    match (c.status, out.state) {
+        (ComponentState::Running, RecorderState::Recording) => match out.last_file_at {
             Some(t) => format!("Recording. Last file finished {} ago.", age(now, t)),
             None => "Recording (the first file is not finished yet).".to_string(),
         },
-        (ComponentState::Running, "waiting") => waiting_line(out, tz),
-        (ComponentState::Running, "starting") => "Starting the recorder.".to_string(),
+        (ComponentState::Running, RecorderState::Waiting) => waiting_line(&out, tz),
+        (ComponentState::Running, RecorderState::Starting) => "Starting the recorder.".to_string(),
         // Files still arrive (metadata.db locked, samples dropped): say so, and what is wrong.
         // A recorder whose files stopped (DEP_E313) is not recording, whatever it reports.
-        (ComponentState::Error, "recording") if c.reason != Some(Reason::NoRecordings) => {
+        (ComponentState::Error, RecorderState::Recording)
+            if c.reason != Some(Reason::NoRecordings) =>
+        {
             format!("Recording, with a problem: {}.", first_problem(doc))
         }
         _ => format!("NOT RECORDING: {}.", first_problem(doc)),
@@ -245,12 +248,6 @@ fn first_problem(doc: &StatusDoc) -> String {
         None if refused.is_some() => "the desired state was refused (above)".to_string(),
         None => "see the components below".to_string(),
     }
-}
-
-fn last_file_at(out: &Value) -> Option<Timestamp> {
-    out.get("lastFileAt")
-        .and_then(Value::as_str)
-        .and_then(|s| s.parse().ok())
 }
 
 fn recorder_section(
@@ -282,22 +279,17 @@ pub fn recorder_figures(
 
 /// While the recorder's start-up repair (or the rebuild of a lost metadata.db) runs: how far
 /// it has got. `None` once it is done, or when the report has no progress.
-fn repair_line(rec: &Value, tz: &TimeZone) -> Option<String> {
-    let p = rec.pointer("/repair/progress")?;
-    let what = match p.get("phase").and_then(Value::as_str)? {
-        "rows" => "checking that each row's file is there",
-        "files" => "looking for files without a row",
-        _ => return None,
+fn repair_line(rec: &RecorderOutput, tz: &TimeZone) -> Option<String> {
+    let p = rec.repair.as_ref()?.progress.as_ref()?;
+    let what = match p.phase {
+        RepairPhase::Rows => "checking that each row's file is there",
+        RepairPhase::Files => "looking for files without a row",
+        RepairPhase::Done => return None,
     };
-    let num = |k: &str| p.get(k).and_then(Value::as_u64).unwrap_or(0);
-    let since = (p.get("startedAt").and_then(Value::as_str))
-        .and_then(|t| t.parse::<Timestamp>().ok())
-        .map_or(String::new(), |t| format!(" since {}", local(t, tz)));
+    let since = (p.started_at).map_or(String::new(), |t| format!(" since {}", local(t, tz)));
     Some(format!(
         "{what}{since}: {} rows and {} files checked, {} registered (recording goes on meanwhile)",
-        num("rowsChecked"),
-        num("filesChecked"),
-        num("registered")
+        p.rows_checked, p.files_checked, p.registered
     ))
 }
 
@@ -309,11 +301,9 @@ fn recorder_figures_in(
 ) -> Option<Vec<(&'static str, String)>> {
     let (_, rec) = recorder(doc)?;
     let mut figures = Vec::new();
-    let last = rec.get("lastFile").and_then(Value::as_str);
-    let last_line = match (last, last_file_at(rec)) {
+    let last_line = match (&rec.last_file, rec.last_file_at) {
         (Some(f), Some(t)) => {
-            let name = Path::new(f)
-                .file_name()
+            let name = (f.file_name())
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
             format!("{name}, {} ago ({})", age(now, t), local(t, tz))
@@ -321,11 +311,8 @@ fn recorder_figures_in(
         // The recorder started again (new settings, a restart): its report begins empty while
         // the storage holds today's files.
         _ if facts.files_today.is_some_and(|n| n > 0) => {
-            let since = rec
-                .get("startedAt")
-                .and_then(Value::as_str)
-                .and_then(|s| s.parse::<Timestamp>().ok())
-                .map_or(String::new(), |t| format!(" (at {})", local(t, tz)));
+            let since =
+                (rec.started_at).map_or(String::new(), |t| format!(" (at {})", local(t, tz)));
             format!("none since the recorder started{since}; the first is on its way")
         }
         _ => "none yet".to_string(),
@@ -334,13 +321,11 @@ fn recorder_figures_in(
     if let Some(n) = facts.files_today {
         figures.push(("files today", n.to_string()));
     }
-    let num = |k: &str| rec.get(k).and_then(Value::as_u64).unwrap_or(0);
     figures.push((
         "samples lost",
         format!(
             "{} dropped, {} not written",
-            num("samplesDropped"),
-            num("samplesDiscarded")
+            rec.samples_dropped, rec.samples_discarded
         ),
     ));
     if let Some(free) = facts.free_bytes {
@@ -356,10 +341,10 @@ fn recorder_figures_in(
         };
         figures.push(("free space", format!("{}{days}", bytes(free))));
     }
-    if let Some(line) = repair_line(rec, tz) {
+    if let Some(line) = repair_line(&rec, tz) {
         figures.push(("storage repair", line));
     }
-    let clock = match rec.get("clockSynchronized").and_then(Value::as_bool) {
+    let clock = match rec.clock_synchronized {
         Some(true) => "synchronised",
         Some(false) => "NOT synchronised (file times may be wrong)",
         None => "unknown",
@@ -371,58 +356,36 @@ fn recorder_figures_in(
 /// The curator's figures as (label, value): per detector what it analysed, what waits and
 /// what it found in the last hour, then the files deleted by rule. Empty without a curator.
 pub fn curator_figures(doc: &StatusDoc) -> Vec<(String, String)> {
-    let Some(out) = doc.output_of(crate::spec::curate::CURATOR_COMPONENT) else {
+    let Some(out) = doc.output_as::<CuratorReport>(crate::spec::curate::CURATOR_COMPONENT) else {
         return Vec::new();
     };
-    let num = |v: &Value, k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
     let mut figures = Vec::new();
-    for d in out
-        .get("detectors")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let name = d.get("name").and_then(Value::as_str).unwrap_or("detector");
-        let failure = d
-            .pointer("/lastFailure/code")
-            .and_then(Value::as_str)
-            .map(|c| format!(", last failure {c}"))
+    for d in &out.detectors {
+        let failure = (d.last_failure.as_ref())
+            .map(|p| format!(", last failure {}", p.code))
             .unwrap_or_default();
         figures.push((
-            name.to_string(),
+            d.name.clone(),
             format!(
                 "{} analysed, {} failed, {} waiting, {} detections in the last hour{failure}",
-                num(d, "analysed"),
-                num(d, "failed"),
-                num(d, "backlog"),
-                num(d, "detectionsLastHour")
+                d.analysed, d.failed, d.backlog, d.detections_last_hour
             ),
         ));
     }
-    let deleted: Vec<String> = out
-        .pointer("/storage/deletedByRule")
-        .and_then(Value::as_object)
-        .into_iter()
-        .flatten()
-        .map(|(rule, n)| format!("{} by {rule}", n.as_u64().unwrap_or(0)))
+    let deleted: Vec<String> = (out.storage.deleted_by_rule.iter())
+        .map(|(rule, n)| format!("{n} by {rule}"))
         .collect();
     if !deleted.is_empty() {
         figures.push(("files deleted".to_string(), deleted.join(", ")));
     }
-    let held = out
-        .pointer("/storage/heldForRetention")
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
+    let held = out.storage.held_for_retention;
     if held > 0 {
         figures.push((
             "files held".to_string(),
             format!("{held} past maxAge or maxUsage, kept until analysed and their messages sent"),
         ));
     }
-    let disagree = out
-        .pointer("/storage/clockDisagrees")
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
+    let disagree = out.storage.clock_disagrees;
     if disagree > 0 {
         figures.push((
             "file times".to_string(),
@@ -570,45 +533,34 @@ pub fn warnings(doc: &StatusDoc) -> Vec<crate::status::ErrorEntry> {
     doc.components
         .iter()
         .flat_map(|c| {
-            let list = c
-                .output
-                .as_ref()
-                .and_then(|o| o.get("warnings"))
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            list.into_iter().map(move |w| {
-                let f = |k: &str| {
-                    w.get(k)
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string()
-                };
-                let code = f("code");
-                crate::status::ErrorEntry {
-                    action: crate::errors::lookup(&code)
-                        .map(|c| crate::errors::action_on_device(c).to_string())
-                        .unwrap_or_default(),
-                    code,
-                    component: Some(c.name.clone()),
-                    message: f("message"),
-                    deployment: None,
-                }
+            let list = c.output_as::<Warned>().unwrap_or_default().warnings;
+            list.into_iter().map(move |w| crate::status::ErrorEntry {
+                action: crate::errors::lookup(&w.code)
+                    .map(|c| crate::errors::action_on_device(c).to_string())
+                    .unwrap_or_default(),
+                code: w.code,
+                component: Some(c.name.clone()),
+                message: w.message,
+                deployment: None,
             })
         })
         .collect()
 }
 
+/// The part every component output shares: its warnings (the recorder's and the connector's;
+/// the curator has none).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct Warned {
+    /// Conditions that do not stop anything but should be known.
+    pub warnings: Vec<crate::errors::Problem>,
+}
+
 /// The headline of a recorder waiting: outside its windows, when the next one opens and what
 /// that was computed from; between the files of a window, when the next file is due.
-fn waiting_line(out: &Value, tz: &TimeZone) -> String {
-    let time = |k: &str| {
-        out.get(k)
-            .and_then(Value::as_str)
-            .and_then(|s| s.parse::<Timestamp>().ok())
-    };
-    let from = out.get("nextWindowFrom").and_then(Value::as_str);
-    match (time("nextWindowAt"), from, time("expectedFileBy")) {
+fn waiting_line(out: &RecorderOutput, tz: &TimeZone) -> String {
+    let from = out.next_window_from.as_deref();
+    match (out.next_window_at, from, out.expected_file_by) {
         (Some(at), Some(from), _) => format!(
             "Waiting: outside the recording windows; the next opens {} (from {from}).",
             local(at, tz)
@@ -696,7 +648,7 @@ fn remote_section(out: &mut String, doc: &StatusDoc) {
 mod tests {
     use super::*;
     use crate::status::{ErrorEntry, ReconcilerInfo};
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn doc(
         status: OverallStatus,

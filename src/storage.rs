@@ -227,7 +227,17 @@ pub struct RepairReport {
 }
 
 /// Where a repair is: checking rows, then walking files, then done.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub enum RepairPhase {
     /// Checking that each row's file is there, in rowid order.
@@ -240,8 +250,10 @@ pub enum RepairPhase {
 }
 
 /// A repair's progress and totals; the lists of [`RepairReport`] name only some of them.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "camelCase", default)]
 pub struct RepairProgress {
     /// What it is doing now.
     pub phase: RepairPhase,
@@ -259,9 +271,11 @@ pub struct RepairProgress {
     pub deletions_finished: u64,
     /// When this repair started (the recorder's wall clock).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>", extend("format" = "date-time"))]
     pub started_at: Option<Timestamp>,
     /// When it finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>", extend("format" = "date-time"))]
     pub finished_at: Option<Timestamp>,
 }
 

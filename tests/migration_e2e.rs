@@ -87,11 +87,11 @@ fn a_conversion_killed_at_any_moment_leaves_the_old_file_or_the_whole_new_one() 
     let config = curate_config(dir.path(), "[{every: 10m}]", "100GiB").unwrap();
     let state = dir.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
-    config.write(&state).unwrap();
+    roost::component::ConfigFile::write(&config, &state).unwrap();
     let run = || {
         Command::new(env!("CARGO_BIN_EXE_roost"))
             .args(["curate", "--config"])
-            .arg(roost::curate::CurateConfig::path(&state))
+            .arg(<roost::curate::CurateConfig as roost::component::ConfigFile>::path(&state))
             .arg("--state-dir")
             .arg(&state)
             .stdout(Stdio::null())

@@ -540,7 +540,8 @@ fn a_power_cut_at_any_instant_loses_no_row_finding_or_decision_of_a_deleted_reco
                 .collect();
             files == present
                 && files_in(&storage.join(".partial")) == 0
-                && roost::recorder::read_report(&state).is_some_and(|r| r.pid == pid)
+                && <roost::recorder::RecorderReport as roost::component::ReportFile>::read(&state)
+                    .is_some_and(|r| r.pid == pid)
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !agree(&conn) && Instant::now() < deadline {
@@ -551,7 +552,9 @@ fn a_power_cut_at_any_instant_loses_no_row_finding_or_decision_of_a_deleted_reco
             "cut {n}: roost record failed"
         );
         let log = std::fs::read_to_string(base.path().join(format!("repair{n}.log"))).unwrap();
-        let report = roost::recorder::read_report(&state).expect("the recorder's report");
+        let report =
+            <roost::recorder::RecorderReport as roost::component::ReportFile>::read(&state)
+                .expect("the recorder's report");
 
         // After the repair, files and rows agree both ways; no reason was lost or relabelled.
         assert_eq!(integrity(&conn), "ok", "cut {n}");

@@ -22,7 +22,8 @@ fn the_last_status_carries_the_recorders_last_word() {
     assert_eq!(r.stop(), Some(0));
     drop(feed);
     let s = r.status().unwrap();
-    let report = roost::recorder::read_report(&r.state).unwrap();
+    let report =
+        <roost::recorder::RecorderReport as roost::component::ReportFile>::read(&r.state).unwrap();
     let out = &component(&s, "recorder")["output"];
     assert_eq!(s["status"], "Stopped");
     assert_eq!(out["state"], "stopped", "{s:#}");

@@ -3,90 +3,63 @@
 //! `curator-report.json`: a detector far behind or stalled is an error of the component, never
 //! of the recording (the recorder goes on whatever the curator does).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use jiff::Timestamp;
 
-use super::{Builtin, BuiltinError};
-use crate::curate::report::{CuratorReport, read_report, report_path};
+use super::process::{Adapter, Process};
+use crate::curate::report::CuratorReport;
 use crate::curate::{CURATOR_COMPONENT, CurateConfig};
 use crate::errors;
-use crate::observe::{BuiltinHealth, BuiltinReport, ComponentRun, Trouble};
-use crate::spec::Deployment;
+use crate::observe::{BuiltinHealth, BuiltinReport, Trouble};
+use crate::sandbox::Confinement;
+use crate::spec::{Deployment, RestartPolicy};
 use crate::status::Reason;
 
-/// The curator built-in of a roost running `exe` with its state in `state_dir`.
-pub struct Curator {
-    exe: PathBuf,
-    state_dir: PathBuf,
-}
+/// The curator built-in: `<exe> curate`.
+pub type Curator = Adapter<CurateProcess>;
 
-impl Curator {
-    /// The curator started as `<exe> curate`, its files in `state_dir`.
-    pub fn new(exe: &Path, state_dir: &Path) -> Self {
-        Self {
-            exe: exe.to_path_buf(),
-            state_dir: state_dir.to_path_buf(),
-        }
+/// How the curator runs and what its report means.
+pub struct CurateProcess;
+
+impl Process for CurateProcess {
+    const NAME: &'static str = CURATOR_COMPONENT;
+    const SUBCOMMAND: &'static str = "curate";
+    type Config = CurateConfig;
+    type Report = CuratorReport;
+
+    fn config(d: &Deployment, state_dir: &Path) -> Option<CurateConfig> {
+        CurateConfig::from_deployment(d, state_dir)
     }
 
-    fn configured(&self) -> super::Configured<'_> {
-        super::Configured {
-            component: CURATOR_COMPONENT,
-            subcommand: "curate",
-            exe: &self.exe,
-            state_dir: &self.state_dir,
-            config_path: CurateConfig::path(&self.state_dir),
-        }
-    }
-}
-
-impl Builtin for Curator {
-    fn name(&self) -> &'static str {
-        CURATOR_COMPONENT
-    }
-
-    fn run(&self, d: &Deployment) -> Option<ComponentRun> {
-        let config = CurateConfig::from_deployment(d, &self.state_dir)?;
-        let (restart, stop) = (crate::spec::RestartPolicy::Always, Duration::from_secs(10));
-        let storage = config.storage_path();
+    fn how(
+        config: &CurateConfig,
+        d: &Deployment,
+        state_dir: &Path,
+    ) -> (RestartPolicy, Duration, Confinement) {
         // Its storage and report; no network unless a detector asks for it; detectors may be
         // interpreters with a JIT (no W^X rule).
         let network = d.spec.detectors.iter().any(|det| det.network);
-        let confinement = crate::sandbox::Confinement::storage_builtin(
-            &self.state_dir,
-            &storage,
-            network,
-            false,
-            false,
-        );
-        Some(
-            self.configured()
-                .run(d, &config, restart, stop, confinement),
-        )
+        let storage = config.storage_path();
+        let confinement = Confinement::storage_builtin(state_dir, &storage, network, false, false);
+        (RestartPolicy::Always, Duration::from_secs(10), confinement)
     }
 
-    fn prepare(&self, d: &Deployment) -> Result<(), BuiltinError> {
-        let Some(config) = CurateConfig::from_deployment(d, &self.state_dir) else {
-            return Ok(());
-        };
-        self.configured().prepared(config.write(&self.state_dir))
+    fn pid(report: &CuratorReport) -> u32 {
+        report.pid
     }
 
-    fn health(&self, pid: Option<u32>, now: Timestamp) -> BuiltinHealth {
-        match read_report(&self.state_dir).filter(|r| Some(r.pid) == pid) {
-            Some(report) => BuiltinHealth::Reported(reported(&report, now)),
-            None => BuiltinHealth::Silent {
-                within: crate::recorder::FIRST_REPORT_WITHIN,
-                code: &errors::CURATOR_SILENT,
-                reason: Reason::CuratorError,
-            },
+    fn judge(report: &CuratorReport, now: Timestamp) -> BuiltinReport {
+        reported(report, now)
+    }
+
+    fn silent() -> BuiltinHealth {
+        BuiltinHealth::Silent {
+            within: crate::recorder::FIRST_REPORT_WITHIN,
+            code: &errors::CURATOR_SILENT,
+            reason: Reason::CuratorError,
         }
-    }
-
-    fn output_file(&self) -> Option<PathBuf> {
-        Some(report_path(&self.state_dir))
     }
 }
 

@@ -3,11 +3,14 @@
 //! its running instance is, read from its output. A built-in never decides what the deployment
 //! does about that: the planner receives the health as input and decides alone.
 //!
-//! A new built-in is a type implementing [`Builtin`], added to [`Builtins::standard`].
+//! A new built-in is a type implementing [`Builtin`], added to [`Builtins::standard`]; a new
+//! component process of roost's own binary is a [`process::Process`] description and its
+//! [`process::Adapter`].
 
 pub mod connect;
 pub mod curator;
 pub mod page;
+pub mod process;
 pub mod recorder;
 
 use std::collections::BTreeMap;

@@ -3,83 +3,73 @@
 //! in the state folder's run-time folder (`run/recorder-report.json`). Never judges what the report means for the
 //! deployment: that is the planner's.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use jiff::Timestamp;
 
-use super::{Builtin, BuiltinError};
+use super::process::{Adapter, Process};
 use crate::errors::{self, ErrorCode};
-use crate::observe::{BuiltinHealth, BuiltinReport, ComponentRun, Trouble};
+use crate::observe::{BuiltinHealth, BuiltinReport, Trouble};
 use crate::recorder::{
     FILE_GRACE, FIRST_REPORT_WITHIN, HEARTBEAT, Health, RecordConfig, RecorderReport,
 };
-use crate::spec::{self, Deployment, recorder::RECORDER_COMPONENT};
+use crate::sandbox::Confinement;
+use crate::spec::{self, Deployment, RestartPolicy, recorder::RECORDER_COMPONENT};
 use crate::status::Reason;
 
 /// How long a recorder lets its last file go before it has finished and registered it.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The recorder built-in of a roost running `exe` with its state in `state_dir`.
-pub struct Recorder {
-    exe: PathBuf,
-    state_dir: PathBuf,
-}
+/// The recorder built-in: `<exe> record`.
+pub type Recorder = Adapter<RecordProcess>;
 
-impl Recorder {
-    /// The recorder started as `<exe> record`, its files in `state_dir`.
-    pub fn new(exe: &Path, state_dir: &Path) -> Self {
-        Self {
-            exe: exe.to_path_buf(),
-            state_dir: state_dir.to_path_buf(),
-        }
+/// How the recorder runs and what its report means.
+pub struct RecordProcess;
+
+impl Process for RecordProcess {
+    const NAME: &'static str = RECORDER_COMPONENT;
+    const SUBCOMMAND: &'static str = "record";
+    type Config = RecordConfig;
+    type Report = RecorderReport;
+
+    fn config(d: &Deployment, state_dir: &Path) -> Option<RecordConfig> {
+        RecordConfig::from_deployment(d, state_dir)
     }
 
-    fn configured(&self) -> super::Configured<'_> {
-        super::Configured {
-            component: RECORDER_COMPONENT,
-            subcommand: "record",
-            exe: &self.exe,
-            state_dir: &self.state_dir,
-            config_path: RecordConfig::path(&self.state_dir),
-        }
-    }
-}
-
-impl Builtin for Recorder {
-    fn name(&self) -> &'static str {
-        RECORDER_COMPONENT
-    }
-
-    fn run(&self, d: &Deployment) -> Option<ComponentRun> {
-        let config = RecordConfig::from_deployment(d, &self.state_dir)?;
-        let restart = config
-            .recorder
-            .restart_policy
-            .unwrap_or(d.spec.restart_policy);
-        let storage = config.storage_path(&self.state_dir);
+    fn how(
+        config: &RecordConfig,
+        d: &Deployment,
+        state_dir: &Path,
+    ) -> (RestartPolicy, Duration, Confinement) {
+        let restart = (config.recorder.restart_policy).unwrap_or(d.spec.restart_policy);
+        let storage = config.storage_path(state_dir);
         // Its storage and reports, the sound devices, no network, only roost's own code.
-        let confinement = crate::sandbox::Confinement::storage_builtin(
-            &self.state_dir,
-            &storage,
-            false,
-            true,
-            true,
-        );
-        Some(
-            self.configured()
-                .run(d, &config, restart, STOP_TIMEOUT, confinement),
-        )
+        let confinement = Confinement::storage_builtin(state_dir, &storage, false, true, true);
+        (restart, STOP_TIMEOUT, confinement)
     }
 
-    fn prepare(&self, d: &Deployment) -> Result<(), BuiltinError> {
-        let Some(config) = RecordConfig::from_deployment(d, &self.state_dir) else {
-            return Ok(());
-        };
-        self.configured().prepared(config.write(&self.state_dir))?;
-        // Made here, as roost, when its user could not make it (a folder under one of root's),
-        // but never on a card that is not mounted: the recorder waits for that itself.
-        let storage = config.storage_path(&self.state_dir);
+    fn pid(report: &RecorderReport) -> u32 {
+        report.pid
+    }
+
+    fn judge(report: &RecorderReport, now: Timestamp) -> BuiltinReport {
+        reported(report, now)
+    }
+
+    // Just started: it has until its first report is due, then it is an error.
+    fn silent() -> BuiltinHealth {
+        BuiltinHealth::Silent {
+            within: FIRST_REPORT_WITHIN,
+            code: &errors::NO_RECORDINGS,
+            reason: Reason::NoRecordings,
+        }
+    }
+
+    // Made here, as roost, when its user could not make it (a folder under one of root's),
+    // but never on a card that is not mounted: the recorder waits for that itself.
+    fn prepare_more(config: &RecordConfig, state_dir: &Path) {
+        let storage = config.storage_path(state_dir);
         if crate::sandbox::builtin_user().is_some()
             && !storage.exists()
             && crate::storage::Folders::new(&storage, &config.storage)
@@ -88,27 +78,10 @@ impl Builtin for Recorder {
         {
             let _ = crate::fsutil::create_dir_all_traversable(&storage);
         }
-        Ok(())
     }
 
-    fn health(&self, pid: Option<u32>, now: Timestamp) -> BuiltinHealth {
-        match crate::recorder::read_report(&self.state_dir).filter(|r| Some(r.pid) == pid) {
-            Some(report) => BuiltinHealth::Reported(reported(&report, now)),
-            // Just started: it has until its first report is due, then it is an error.
-            None => BuiltinHealth::Silent {
-                within: FIRST_REPORT_WITHIN,
-                code: &errors::NO_RECORDINGS,
-                reason: Reason::NoRecordings,
-            },
-        }
-    }
-
-    fn desired_changed(&self, previous: &Deployment, next: &Deployment, now: Timestamp) {
-        end_deployment_if_left(&self.state_dir, previous, next, now);
-    }
-
-    fn output_file(&self) -> Option<PathBuf> {
-        Some(crate::recorder::report_path(&self.state_dir))
+    fn desired_changed(state_dir: &Path, previous: &Deployment, next: &Deployment, now: Timestamp) {
+        end_deployment_if_left(state_dir, previous, next, now);
     }
 }
 
@@ -133,37 +106,11 @@ fn reported(report: &RecorderReport, now: Timestamp) -> BuiltinReport {
         .filter(|t| *t > now)
         .min();
     BuiltinReport {
-        output: output(report),
+        output: crate::recorder::RecorderOutput::from(report).to_value(),
         trouble,
         produced: report.files_written > 0,
         look_again_at,
     }
-}
-
-/// The part of the recorder's report shown under the `recorder` component in status.json.
-fn output(r: &RecorderReport) -> serde_json::Value {
-    serde_json::json!({
-        "state": r.state,
-        "device": r.device,
-        "filesWritten": r.files_written,
-        "lastFile": r.last_file,
-        "lastFileAt": r.last_file_at,
-        "samplesCaptured": r.samples_captured,
-        "samplesDropped": r.samples_dropped,
-        "samplesDiscarded": r.samples_discarded,
-        "overruns": r.overruns,
-        "filesDiscarded": r.files_discarded,
-        "expectedFileBy": r.expected_file_by,
-        "nextWindowAt": r.next_window_at,
-        "nextWindowFrom": r.next_window_from,
-        "rowsOwed": r.rows_owed,
-        "filesDeleted": r.files_deleted,
-        "recentlyDeleted": r.recently_deleted,
-        "timeOverlaps": r.time_overlaps,
-        "clockSynchronized": r.clock_synchronized,
-        "warnings": r.warnings,
-        "error": r.error,
-    })
 }
 
 fn reason_of(code: &ErrorCode) -> Reason {

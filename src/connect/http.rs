@@ -26,14 +26,14 @@ impl HttpSink {
         {
             report
                 .warnings
-                .push(Problem::new(&errors::SECRET_EXPOSED, why));
+                .push(Problem::new(errors::SECRET_EXPOSED, why));
         }
         let headers = match &spec.headers_file {
             Some(path) => match read_headers(path.as_path()) {
                 Ok(h) => h,
                 Err(why) => {
                     report.warnings.push(Problem::new(
-                        &errors::SECRET_UNREADABLE,
+                        errors::SECRET_UNREADABLE,
                         format!("headersFile {}: {why}", path.as_path().display()),
                     ));
                     Vec::new()
@@ -72,7 +72,7 @@ impl HttpSink {
         match request.send(body) {
             Ok(response) if response.status().is_success() => Ok(()),
             Ok(response) => Err(Problem::new(
-                &errors::HTTP_ENDPOINT_FAILING,
+                errors::HTTP_ENDPOINT_FAILING,
                 format!("{} answered {}", self.url, response.status()),
             )),
             Err(e) => {
@@ -128,11 +128,11 @@ fn roots(
         match parsed {
             Ok(certs) if !certs.is_empty() => roots.extend(certs),
             Ok(_) => report.warnings.push(Problem::new(
-                &errors::SECRET_UNREADABLE,
+                errors::SECRET_UNREADABLE,
                 format!("caFile {}: no PEM certificate in it", path.display()),
             )),
             Err(why) => report.warnings.push(Problem::new(
-                &errors::SECRET_UNREADABLE,
+                errors::SECRET_UNREADABLE,
                 format!("caFile {}: {why}", path.display()),
             )),
         }

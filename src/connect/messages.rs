@@ -3,6 +3,7 @@
 //! figures, metadata.db, free space, the outbox). Pure builders plus the few reads they need;
 //! nothing here sends.
 
+use crate::recorder::RecorderOutput;
 use std::path::Path;
 
 use jiff::Timestamp;
@@ -115,28 +116,25 @@ pub fn status(doc: &StatusDoc, device_id: &str, message_id: &str) -> Value {
     v
 }
 
-fn recorder_output(doc: &StatusDoc) -> Option<&Value> {
-    doc.output_of(crate::spec::recorder::RECORDER_COMPONENT)
+fn recorder_output(doc: &StatusDoc) -> Option<RecorderOutput> {
+    doc.output_as(crate::spec::recorder::RECORDER_COMPONENT)
 }
 
 /// The heartbeat's metrics, in roost's names.
 pub fn metrics(doc: Option<&StatusDoc>, facts: &Facts, now: Timestamp) -> Value {
     let rec = doc.and_then(recorder_output);
-    let last_file_at = rec
-        .and_then(|r| r.get("lastFileAt"))
-        .and_then(Value::as_str)
-        .and_then(|s| s.parse::<Timestamp>().ok());
+    let last_file_at = rec.as_ref().and_then(|r| r.last_file_at);
     json!({
         "phase": doc.map(|d| d.phase),
         "status": doc.map(|d| d.status),
         "errorCodes": doc.map(|d| d.errors.iter().map(|e| e.code.clone()).collect::<Vec<_>>()).unwrap_or_default(),
         "lastRecordingAt": last_file_at,
         "lastRecordingAgeSeconds": last_file_at.map(|t| now.duration_since(t).as_secs()),
-        "filesWritten": rec.and_then(|r| r.get("filesWritten")).cloned(),
+        "filesWritten": rec.as_ref().map(|r| r.files_written),
         "filesLastHour": facts.files_last_hour,
-        "samplesDropped": rec.and_then(|r| r.get("samplesDropped")).cloned(),
+        "samplesDropped": rec.as_ref().map(|r| r.samples_dropped),
         "freeBytes": facts.free_bytes,
-        "clockSynchronized": rec.and_then(|r| r.get("clockSynchronized")).cloned(),
+        "clockSynchronized": rec.as_ref().and_then(|r| r.clock_synchronized),
         "outboxDepth": facts.outbox.depth,
         "outboxOldestAt": facts.outbox.oldest_at,
         "outboxDropped": facts.outbox.dropped,

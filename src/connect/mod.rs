@@ -44,6 +44,10 @@ pub struct ConnectConfig {
     pub send_min_scores: std::collections::BTreeMap<String, f64>,
 }
 
+impl crate::component::ConfigFile for ConnectConfig {
+    const FILE: &'static str = CONFIG_FILE;
+}
+
 impl ConnectConfig {
     /// The connector's configuration of a deployment, `None` when it has no `spec.connect`.
     pub fn from_deployment(d: &Deployment, state_dir: &Path) -> Option<Self> {
@@ -71,17 +75,6 @@ impl ConnectConfig {
                 .map(|x| (x.name.to_string(), x.send_min_score()))
                 .collect(),
         })
-    }
-
-    /// `<state_dir>/connect-config.json`.
-    pub fn path(state_dir: &Path) -> PathBuf {
-        state_dir.join(CONFIG_FILE)
-    }
-
-    /// Writes the configuration whole to `<state_dir>/connect-config.json`.
-    pub fn write(&self, state_dir: &Path) -> std::io::Result<()> {
-        let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        crate::fsutil::write_atomic(&Self::path(state_dir), &bytes)
     }
 }
 
@@ -113,24 +106,9 @@ pub fn default_device_id() -> String {
 /// Why the connector cannot run (link faults are reported, not returned).
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    /// The configuration cannot be read.
-    #[error("cannot read the connector configuration {path}")]
-    ConfigUnreadable {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The configuration is not valid JSON of the expected shape.
-    #[error("the connector configuration {path} is invalid")]
-    ConfigInvalid {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: serde_json::Error,
-    },
+    /// The configuration cannot be taken.
+    #[error("the connector cannot start")]
+    Config(#[from] crate::component::ConfigError),
     /// The outbox cannot be opened even after setting a bad one aside.
     #[error(transparent)]
     Outbox(#[from] outbox::OutboxError),
@@ -149,7 +127,7 @@ pub fn check_files(spec: &crate::spec::connect::ConnectSpec) -> Vec<report::Prob
     let mut problems = Vec::new();
     let unusable = |what: &str, path: &std::path::Path, why: String| {
         report::Problem::new(
-            &crate::errors::SECRET_UNREADABLE,
+            crate::errors::SECRET_UNREADABLE,
             format!("{what} {}: {why}", path.display()),
         )
     };

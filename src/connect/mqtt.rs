@@ -100,7 +100,7 @@ pub fn tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::Clien
     if let Some(path) = ca_file {
         let unreadable = |why: String| {
             Problem::new(
-                &errors::SECRET_UNREADABLE,
+                errors::SECRET_UNREADABLE,
                 format!("caFile {}: {why}", path.display()),
             )
         };
@@ -118,7 +118,7 @@ pub fn tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::Clien
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| Problem::new(&errors::INTERNAL, e.to_string()))?
+        .map_err(|e| Problem::new(errors::INTERNAL, e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
@@ -132,15 +132,15 @@ pub fn classify(e: &ConnectionError, url: &str) -> Problem {
         ConnectionError::ConnectionRefused(
             ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized,
         ) => Problem::new(
-            &errors::CREDENTIALS_REFUSED,
+            errors::CREDENTIALS_REFUSED,
             format!("the broker {url} refused the credentials ({text})"),
         ),
         _ if is_certificate_error(&text) => Problem::new(
-            &errors::CERTIFICATE_NOT_TRUSTED,
+            errors::CERTIFICATE_NOT_TRUSTED,
             format!("the broker {url} presented a certificate that does not verify: {text}"),
         ),
         _ => Problem::new(
-            &errors::LINK_DOWN,
+            errors::LINK_DOWN,
             format!("cannot reach the broker {url}: {text}"),
         ),
     }

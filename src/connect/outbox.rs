@@ -63,7 +63,9 @@ pub struct Message {
 }
 
 /// What the outbox holds, for the report and the heartbeat.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase", default)]
 pub struct OutboxStats {
     /// Messages waiting (all sinks).
@@ -71,10 +73,12 @@ pub struct OutboxStats {
     /// Their bytes.
     pub bytes: u64,
     /// When the oldest waiting message was queued.
+    #[schemars(with = "Option<String>", extend("format" = "date-time"))]
     pub oldest_at: Option<Timestamp>,
     /// Messages dropped to keep within maxBytes and maxAge since the outbox was created.
     pub dropped: u64,
     /// When a sink last acknowledged a message.
+    #[schemars(with = "Option<String>", extend("format" = "date-time"))]
     pub last_delivered_at: Option<Timestamp>,
 }
 

@@ -2,9 +2,8 @@
 //! and TYPE lines, rendered from the status document and the connector's facts. Pure rendering;
 //! the connector writes it whole (temp file in the same folder, rename).
 
+use crate::recorder::RecorderOutput;
 use std::fmt::Write;
-
-use serde_json::Value;
 
 use super::messages::Facts;
 use super::report::ConnectReport;
@@ -163,45 +162,40 @@ pub fn render(
 }
 
 fn recorder_metrics(out: &mut String, doc: &StatusDoc, dev: &str) {
-    let Some(rec) = doc.output_of(crate::spec::recorder::RECORDER_COMPONENT) else {
+    let Some(rec) = doc.output_as::<RecorderOutput>(crate::spec::recorder::RECORDER_COMPONENT)
+    else {
         return;
     };
-    let num = |k: &str| rec.get(k).and_then(Value::as_f64);
     let labels = format!("{{{dev}}}");
-    for (name, key, kind, help) in [
+    for (name, value, kind, help) in [
         (
             "roost_recorder_files_written_total",
-            "filesWritten",
+            rec.files_written,
             "counter",
             "Recordings written since the recorder started.",
         ),
         (
             "roost_recorder_samples_captured_total",
-            "samplesCaptured",
+            rec.samples_captured,
             "counter",
             "Frames the audio device delivered since the recorder started.",
         ),
         (
             "roost_recorder_samples_dropped_total",
-            "samplesDropped",
+            rec.samples_dropped,
             "counter",
             "Frames lost because the writer fell behind.",
         ),
         (
             "roost_recorder_samples_discarded_total",
-            "samplesDiscarded",
+            rec.samples_discarded,
             "counter",
             "Frames delivered but not written (storage faults, low space).",
         ),
     ] {
-        if let Some(v) = num(key) {
-            metric(out, name, kind, help, &[(labels.clone(), v)]);
-        }
+        metric(out, name, kind, help, &[(labels.clone(), value as f64)]);
     }
-    let last = rec
-        .get("lastFileAt")
-        .and_then(Value::as_str)
-        .and_then(|s| s.parse::<jiff::Timestamp>().ok());
+    let last = rec.last_file_at;
     if let Some(t) = last {
         metric(
             out,

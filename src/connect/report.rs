@@ -2,45 +2,29 @@
 //! component's output in status.json: link state per sink, the outbox, and warnings. A link
 //! that is down is a warning, never an error of the recording. Replaced whole, not fsynced.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::outbox::OutboxStats;
-use crate::errors::ErrorCode;
 
 /// File name of the report in the state folder.
 pub const REPORT_FILE: &str = "connect-report.json";
 
 /// A warning or a sink's last error: a catalogue code and what happened.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Problem {
-    /// Catalogue code (`DEP_E50x`).
-    pub code: String,
-    /// What happened and what follows.
-    pub message: String,
-}
-
-impl Problem {
-    /// A problem with catalogue `code`.
-    pub fn new(code: &ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code: code.code.to_string(),
-            message: message.into(),
-        }
-    }
-}
+pub use crate::errors::Problem;
 
 /// One sink's link.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
 pub struct LinkState {
     /// Whether the sink is configured.
     pub configured: bool,
     /// Connected (MQTT) or the last POST succeeded (HTTP).
     pub connected: bool,
     /// Since when it is connected, or since when it is not.
+    #[schemars(with = "Option<String>", extend("format" = "date-time"))]
     pub since: Option<Timestamp>,
     /// Messages it acknowledged since the connector started.
     pub delivered: u64,
@@ -49,8 +33,8 @@ pub struct LinkState {
 }
 
 /// `<state-dir>/run/connect-report.json`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
 pub struct ConnectReport {
     /// The connector's process id (a report of another process is ignored).
     pub pid: u32,
@@ -81,23 +65,13 @@ pub struct ConnectReport {
     /// Conditions that do not stop anything but should be known (DEP_E501 ... DEP_E508).
     pub warnings: Vec<Problem>,
     /// When the report was written.
+    #[schemars(with = "Option<String>", extend("format" = "date-time"))]
     pub updated_at: Option<Timestamp>,
 }
 
-/// `<state-dir>/run/connect-report.json` (see [`crate::fsutil::RUN_DIR`]).
-pub fn report_path(state_dir: &Path) -> PathBuf {
-    crate::fsutil::run_dir(state_dir).join(REPORT_FILE)
-}
-
-/// Reads a report; `None` when there is none or it cannot be parsed.
-pub fn read_report(state_dir: &Path) -> Option<ConnectReport> {
-    serde_json::from_slice(&crate::fsutil::read_run_file(state_dir, REPORT_FILE)?).ok()
-}
-
-/// Writes a report whole (not fsynced: derived, rewritten on change).
-pub fn write_report(state_dir: &Path, report: &ConnectReport) -> std::io::Result<()> {
+/// `<state-dir>/run/connect-report.json`, replaced whole on change.
+impl crate::component::ReportFile for ConnectReport {
+    const FILE: &'static str = REPORT_FILE;
     // Link errors may quote a URL with its user info.
-    let bytes =
-        serde_json::to_vec_pretty(&crate::redact::typed(report)).map_err(std::io::Error::other)?;
-    crate::fsutil::replace_run_file(state_dir, REPORT_FILE, &bytes)
+    const REDACT: bool = true;
 }

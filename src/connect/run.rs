@@ -3,6 +3,7 @@
 //! answer or a stop; everything else waits. Messages are queued first and sent from the
 //! outbox, in order, at least once.
 
+use crate::component::{ConfigFile, ReportFile};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,22 +33,21 @@ const REPORT_EVERY: Duration = Duration::from_secs(60);
 
 /// Runs the connector until SIGTERM or SIGINT.
 pub fn run(config_path: &Path, state_dir: &Path) -> Result<(), ConnectError> {
-    let bytes = std::fs::read(config_path).map_err(|source| ConnectError::ConfigUnreadable {
-        path: config_path.to_path_buf(),
-        source,
-    })?;
-    let cfg: ConnectConfig =
-        serde_json::from_slice(&bytes).map_err(|source| ConnectError::ConfigInvalid {
-            path: config_path.to_path_buf(),
-            source,
-        })?;
+    let cfg = ConnectConfig::load(config_path)?;
+    // The same stop as every component process: a thread takes the signals (blocked before the
+    // runtime's threads exist) and the loop wakes on the channel.
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let on_stop = move || {
+        let _ = stop_tx.send(true);
+    };
+    crate::component::stop_on_signals(on_stop, None).map_err(ConnectError::Runtime)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(ConnectError::Runtime)?;
     rt.block_on(async {
         let mut connector = Connector::open(cfg, state_dir)?;
-        connector.run().await
+        connector.run(stop).await
     })
 }
 
@@ -197,10 +197,10 @@ impl Connector {
         })
     }
 
-    async fn run(&mut self) -> Result<(), ConnectError> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).map_err(ConnectError::Runtime)?;
-        let mut int = signal(SignalKind::interrupt()).map_err(ConnectError::Runtime)?;
+    async fn run(
+        &mut self,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), ConnectError> {
         let status_path = crate::state_dir::StateDir::new(self.state_dir.clone()).device_status();
         // The watcher debounces in a task of its own: a change is never lost to another
         // branch of the select below winning during its settle time.
@@ -229,8 +229,7 @@ impl Connector {
             self.write_report_if(false);
             let wake = self
                 .wait(
-                    &mut term,
-                    &mut int,
+                    &mut stop,
                     &mut status_changes,
                     &mut heartbeat,
                     &mut report_due,
@@ -264,8 +263,7 @@ impl Connector {
 
     async fn wait(
         &mut self,
-        term: &mut tokio::signal::unix::Signal,
-        int: &mut tokio::signal::unix::Signal,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
         status_changes: &mut tokio::sync::mpsc::Receiver<()>,
         heartbeat: &mut tokio::time::Interval,
         report_due: &mut tokio::time::Interval,
@@ -282,8 +280,7 @@ impl Connector {
         let roost = &mut self.roost;
         let recheck = self.recheck_at;
         tokio::select! {
-            _ = term.recv() => Wake::Stop,
-            _ = int.recv() => Wake::Stop,
+            _ = stop.wait_for(|s| *s) => Wake::Stop,
             Some(()) = status_changes.recv() => Wake::Status,
             Some(_) = roost.exited() => Wake::Status,
             _ = at(recheck) => Wake::Status,
@@ -342,7 +339,7 @@ impl Connector {
                 let why = errors::chain(&e);
                 tracing::error!(error = %why, "cannot queue messages");
                 self.report.outbox_error = Some(Problem::new(
-                    &errors::OUTBOX_UNREADABLE,
+                    errors::OUTBOX_UNREADABLE,
                     format!("messages cannot be queued: {why}; they are built again when it works"),
                 ));
                 false
@@ -806,7 +803,7 @@ impl Connector {
     fn mqtt_stalled(&mut self) {
         let Some(m) = &self.mqtt else { return };
         let problem = Problem::new(
-            &errors::LINK_DOWN,
+            errors::LINK_DOWN,
             format!(
                 "the broker {} accepted the connection but acknowledged none of {} messages for {} s; connecting again",
                 m.spec.url,
@@ -821,7 +818,7 @@ impl Connector {
         let Some(m) = &self.mqtt else { return };
         let problem = match &e {
             Some(e) => mqtt::classify(e, &m.spec.url.to_string()),
-            None => Problem::new(&errors::LINK_DOWN, "the MQTT session ended"),
+            None => Problem::new(errors::LINK_DOWN, "the MQTT session ended"),
         };
         self.mqtt_failed_with(problem);
     }
@@ -935,7 +932,7 @@ impl Connector {
         let outcome = result.unwrap_or((
             0,
             Err(Problem::new(
-                &errors::INTERNAL,
+                errors::INTERNAL,
                 "the HTTP request task failed",
             )),
         ));
@@ -976,7 +973,7 @@ impl Connector {
         self.report.outbox = self.outbox.stats().unwrap_or_default();
         self.report.warnings = warnings(&self.report, &self.cfg, Timestamp::now());
         self.report.updated_at = Some(Timestamp::now());
-        if let Err(e) = super::report::write_report(&self.state_dir, &self.report) {
+        if let Err(e) = self.report.write(&self.state_dir) {
             tracing::warn!(error = %e, "cannot write the connector report");
         }
         self.report_dirty = false;
@@ -1127,14 +1124,14 @@ fn secrets(
     if let Some(p) = &spec.password_file
         && let Some(why) = crate::secret_file::exposed("passwordFile", p.as_path())
     {
-        problems.push(Problem::new(&errors::SECRET_EXPOSED, why));
+        problems.push(Problem::new(errors::SECRET_EXPOSED, why));
     }
     let password = match &spec.password_file {
         Some(p) => match crate::secret_file::first_line(p.as_path()) {
             Ok(s) => Some(s),
             Err(e) => {
                 problems.push(Problem::new(
-                    &errors::SECRET_UNREADABLE,
+                    errors::SECRET_UNREADABLE,
                     format!("passwordFile {}: {e}", p.as_path().display()),
                 ));
                 None
@@ -1182,8 +1179,7 @@ fn warnings(r: &ConnectReport, cfg: &ConnectConfig, now: Timestamp) -> Vec<Probl
         .oldest_at
         .is_some_and(|t| now.duration_since(t) >= warn_after);
     if oldest_waits && !out.iter().any(|p| p.code == errors::LINK_DOWN.code) {
-        out.push(Problem::new(
-            &errors::LINK_DOWN,
+        out.push(Problem::new(errors::LINK_DOWN,
             format!(
                 "{} messages wait, the oldest since {}: nothing has been delivered for longer than warnAfter{}",
                 r.outbox.depth,
@@ -1193,8 +1189,7 @@ fn warnings(r: &ConnectReport, cfg: &ConnectConfig, now: Timestamp) -> Vec<Probl
         ));
     }
     if r.oversized > 0 {
-        out.push(Problem::new(
-            &errors::MESSAGE_TOO_LARGE,
+        out.push(Problem::new(errors::MESSAGE_TOO_LARGE,
             format!(
                 "{} messages too large to ever send were dropped since the connector started (the newest: {})",
                 r.oversized,
@@ -1204,8 +1199,7 @@ fn warnings(r: &ConnectReport, cfg: &ConnectConfig, now: Timestamp) -> Vec<Probl
     }
     out.extend(r.outbox_error.clone());
     if r.outbox.dropped > r.dropped_before {
-        out.push(Problem::new(
-            &errors::OUTBOX_FULL,
+        out.push(Problem::new(errors::OUTBOX_FULL,
             format!(
                 "{} messages dropped since the connector started, to keep the outbox within maxBytes and maxAge",
                 r.outbox.dropped - r.dropped_before
@@ -1214,7 +1208,7 @@ fn warnings(r: &ConnectReport, cfg: &ConnectConfig, now: Timestamp) -> Vec<Probl
     }
     for aside in &r.outboxes_set_aside {
         out.push(Problem::new(
-            &errors::OUTBOX_UNREADABLE,
+            errors::OUTBOX_UNREADABLE,
             format!(
                 "the outbox could not be read and was set aside as {}",
                 aside.display()

@@ -34,6 +34,10 @@ pub struct CurateConfig {
     pub outbox: Option<PathBuf>,
 }
 
+impl crate::component::ConfigFile for CurateConfig {
+    const FILE: &'static str = CONFIG_FILE;
+}
+
 impl CurateConfig {
     /// The curator's configuration of a deployment; `None` when nothing is to curate.
     pub fn from_deployment(d: &Deployment, state_dir: &Path) -> Option<Self> {
@@ -57,23 +61,6 @@ impl CurateConfig {
                 .as_ref()
                 .map(|_| state_dir.join(crate::connect::outbox::OUTBOX_FILE)),
         })
-    }
-
-    /// `<state_dir>/curator-config.json`.
-    pub fn path(state_dir: &Path) -> PathBuf {
-        state_dir.join(CONFIG_FILE)
-    }
-
-    /// Writes it whole (temp file, fsync, rename).
-    pub fn write(&self, state_dir: &Path) -> std::io::Result<()> {
-        let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        crate::fsutil::write_atomic(&Self::path(state_dir), &bytes)
-    }
-
-    /// Reads `path`.
-    pub fn read(path: &Path) -> std::io::Result<Self> {
-        let bytes = std::fs::read(path)?;
-        serde_json::from_slice(&bytes).map_err(std::io::Error::other)
     }
 
     /// The storage folder.

@@ -2,7 +2,7 @@
 //! for status.json (component `curator`) and by the page. Replaced whole, not fsynced (derived).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -11,17 +11,11 @@ use serde::{Deserialize, Serialize};
 pub const REPORT_FILE: &str = "curator-report.json";
 
 /// A problem, with its code.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Problem {
-    /// The catalogue code.
-    pub code: String,
-    /// What happened.
-    pub message: String,
-}
+pub use crate::errors::Problem;
 
 /// One detector's figures.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
 pub struct DetectorFigures {
     /// Its name.
     pub name: String,
@@ -33,6 +27,7 @@ pub struct DetectorFigures {
     pub backlog: u64,
     /// When the oldest recording waiting for it started (wall clock), while any waits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>", extend("format" = "date-time"))]
     pub backlog_oldest: Option<Timestamp>,
     /// Recordings it failed on in a row (0 after a success); at 3 it is a problem in status.
     #[serde(default)]
@@ -40,6 +35,7 @@ pub struct DetectorFigures {
     /// The last recording it finished.
     pub last_analysed: Option<PathBuf>,
     /// When it finished it.
+    #[schemars(with = "Option<String>", extend("format" = "date-time"))]
     pub last_analysed_at: Option<Timestamp>,
     /// Detections it wrote in the last hour.
     pub detections_last_hour: u64,
@@ -50,8 +46,8 @@ pub struct DetectorFigures {
 }
 
 /// What the storage holds and what was deleted.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
 pub struct StorageFigures {
     /// Bytes the recordings occupy on disk.
     pub bytes_used: u64,
@@ -82,12 +78,13 @@ pub struct StorageFigures {
 }
 
 /// The whole report.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
 pub struct CuratorReport {
     /// The curator's process.
     pub pid: u32,
     /// When it was written.
+    #[schemars(with = "Option<String>", extend("format" = "date-time"))]
     pub updated_at: Option<Timestamp>,
     /// Per detector, in `spec.detectors` order.
     pub detectors: Vec<DetectorFigures>,
@@ -104,22 +101,9 @@ pub struct CuratorReport {
     pub stopped: bool,
 }
 
-/// `<state_dir>/run/curator-report.json` (see [`crate::fsutil::RUN_DIR`]).
-pub fn report_path(state_dir: &Path) -> PathBuf {
-    crate::fsutil::run_dir(state_dir).join(REPORT_FILE)
-}
-
-/// The report in `state_dir`, if there is a readable one.
-pub fn read_report(state_dir: &Path) -> Option<CuratorReport> {
-    serde_json::from_slice(&crate::fsutil::read_run_file(state_dir, REPORT_FILE)?).ok()
-}
-
-impl CuratorReport {
-    /// Replaces the report whole (not fsynced: derived, rewritten at each change).
-    pub fn write(&self, state_dir: &Path) -> std::io::Result<()> {
-        // Detector errors quote their programs' output: no credential goes into the report.
-        let bytes = serde_json::to_vec_pretty(&crate::redact::typed(self))
-            .map_err(std::io::Error::other)?;
-        crate::fsutil::replace_run_file(state_dir, REPORT_FILE, &bytes)
-    }
+/// `<state_dir>/run/curator-report.json`, replaced whole at each change.
+impl crate::component::ReportFile for CuratorReport {
+    const FILE: &'static str = REPORT_FILE;
+    // Detector errors quote their programs' output: no credential goes into the report.
+    const REDACT: bool = true;
 }

@@ -2,6 +2,7 @@
 //! what waits, decides keep or delete, applies retention, and rewrites its report when it
 //! changed. Detectors run one recording at a time in this process, never in the recorder's.
 
+use crate::component::{ConfigFile, ReportFile};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -55,15 +56,9 @@ pub const RETRY_MAX: Duration = Duration::from_secs(15 * 60);
 /// Why the curator cannot run at all (faults while running are reported, not returned).
 #[derive(Debug, thiserror::Error)]
 pub enum CurateError {
-    /// The configuration cannot be read.
-    #[error("cannot read the curator configuration {path}")]
-    Config {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
+    /// The configuration cannot be taken.
+    #[error("the curator cannot start")]
+    Config(#[from] crate::component::ConfigError),
     /// SIGTERM/SIGINT cannot be taken over, or the state folder cannot be watched.
     #[error("cannot set up the curator")]
     Setup(#[source] std::io::Error),
@@ -79,13 +74,15 @@ enum Wake {
 /// # Errors
 /// [`CurateError`] when it cannot start; every later fault is in its report.
 pub fn run(config_path: &Path, state_dir: &Path) -> Result<(), CurateError> {
-    let config = CurateConfig::read(config_path).map_err(|source| CurateError::Config {
-        path: config_path.to_path_buf(),
-        source,
-    })?;
+    let config = CurateConfig::load(config_path)?;
     let (tx, rx) = mpsc::channel();
     let mut curator = Curator::new(config, state_dir);
-    stop_on_signals(tx.clone(), curator.stop_flag.clone())?;
+    let (flag, stop_tx) = (curator.stop_flag.clone(), tx.clone());
+    let on_stop = move || {
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = stop_tx.send(Wake::Stop);
+    };
+    crate::component::stop_on_signals(on_stop, None).map_err(CurateError::Setup)?;
     become_subreaper();
     let mut watch = RecorderWatch::new(state_dir, tx)?;
     loop {
@@ -113,27 +110,6 @@ pub fn run(config_path: &Path, state_dir: &Path) -> Result<(), CurateError> {
     curator.report.stopped = true;
     curator.publish(true);
     Ok(())
-}
-
-fn stop_on_signals(
-    tx: mpsc::Sender<Wake>,
-    flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> Result<(), CurateError> {
-    use nix::sys::signal::{SigSet, Signal};
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGTERM);
-    set.add(Signal::SIGINT);
-    set.thread_block()
-        .map_err(|e| CurateError::Setup(std::io::Error::from(e)))?;
-    std::thread::Builder::new()
-        .name("roost-signals".into())
-        .spawn(move || {
-            let _ = set.wait();
-            flag.store(true, std::sync::atomic::Ordering::SeqCst);
-            let _ = tx.send(Wake::Stop);
-        })
-        .map(drop)
-        .map_err(CurateError::Setup)
 }
 
 /// Wakes the loop when `recorder-report.json` is replaced (the recorder finished a file), in

@@ -400,7 +400,9 @@ fn hold_of(name: &str, doc: &StatusDoc) -> Option<Hold> {
     // and is not yet what a dependent waits for.
     let starting = doc.components.iter().find(|c| {
         c.reason == Some(crate::status::Reason::Starting)
-            || c.output.as_ref().is_some_and(|o| o["state"] == "starting")
+            || (c.name == crate::spec::recorder::RECORDER_COMPONENT
+                && (c.output_as::<crate::recorder::RecorderOutput>())
+                    .is_some_and(|o| o.state == crate::recorder::RecorderState::Starting))
     });
     match (ready, starting) {
         (true, None) => None,

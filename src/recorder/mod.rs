@@ -28,7 +28,11 @@ pub mod sink;
 /// The low-space verdict, pure.
 pub mod space;
 
+/// What `roost record` is given (`recorder-config.json`) and why it cannot run.
+pub mod config;
 mod files;
+/// The recorder's output in status.json, typed.
+pub mod output;
 mod pacing;
 mod reporting;
 /// The recorder's rules about time, pure: sample index <-> wall clock, pace, re-anchoring.
@@ -43,12 +47,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
 
-use crate::errors::{self, ErrorCode};
+use crate::component::{ConfigFile, ReportFile};
+use crate::errors;
 use crate::schedule::{Schedule, Segment};
-use crate::spec::recorder::{RecorderSpec, SampleFormat, StorageSpec};
-use crate::spec::{Deployment, Location};
+use crate::spec::recorder::SampleFormat;
 use crate::storage::{self, Folders, NewRecording, StorageError};
 use registrar::{DeploymentInfo, Registrar};
 use reporting::initial_report;
@@ -56,10 +59,12 @@ use sink::{Finished, Placed, Salvage, Sink};
 use timeline::{Now, Pace, Pacing, Recovery, Timeline};
 
 pub use capture::default_period_frames;
+pub use config::{CONFIG_FILE, RecordConfig, RecorderError};
+pub use output::RecorderOutput;
 pub use probe::{check_device, check_device_or_report};
 pub use report::{
     FILE_GRACE, FIRST_REPORT_WITHIN, HEARTBEAT, Health, REPORT_FILE, RecorderReport, RecorderState,
-    ReportError, assess, read_report, report_path,
+    ReportError, assess,
 };
 use wav::{Guano, WavFile, WavFormat, WavSample};
 
@@ -85,139 +90,24 @@ const STABLE_STREAM: Duration = Duration::from_secs(10);
 /// Longest time between SIGTERM/SIGINT and the recorder's exit.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(8);
 
-/// File name of the recorder's configuration in the state folder.
-pub const CONFIG_FILE: &str = "recorder-config.json";
-
-/// What `roost record` is given: everything it needs, with the storage path resolved.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RecordConfig {
-    /// The deployment's name.
-    pub deployment: String,
-    /// Where the device records (GUANO and metadata.db).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub location: Option<Location>,
-    /// With `path` set.
-    pub storage: StorageSpec,
-    /// The recorder's spec as written in the file.
-    pub recorder: RecorderSpec,
-    /// Frames per capture period; default [`default_period_frames`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub period_frames: Option<u32>,
-}
-
-impl RecordConfig {
-    /// The recorder configuration of a deployment, `None` when it has no recorder.
-    pub fn from_deployment(deployment: &Deployment, state_dir: &Path) -> Option<Self> {
-        let recorder = deployment.spec.recorder.clone()?;
-        let mut storage = deployment
-            .spec
-            .storage
-            .clone()
-            .unwrap_or_default()
-            .resolved(state_dir);
-        // The curator's rules, not the recorder's: a changed keep rule or retention limit must
-        // not restart the recorder (its configuration's hash is its spec), which would cut the
-        // file being written.
-        storage.keep.clear();
-        (storage.max_age, storage.max_usage) = (None, None);
-        Some(Self {
-            deployment: deployment.name().to_string(),
-            location: deployment.spec.location,
-            storage,
-            recorder,
-            period_frames: None,
-        })
-    }
-
-    /// `<state_dir>/recorder-config.json`.
-    pub fn path(state_dir: &Path) -> PathBuf {
-        state_dir.join(CONFIG_FILE)
-    }
-
-    /// The configuration roost last wrote into `state_dir`, if it can be read (for tools that
-    /// show the recorder: `roost status`, the field page).
-    pub fn read(state_dir: &Path) -> Option<Self> {
-        let bytes = std::fs::read(Self::path(state_dir)).ok()?;
-        serde_json::from_slice(&bytes).ok()
-    }
-
-    /// Writes the configuration atomically to `<state_dir>/recorder-config.json`.
-    pub fn write(&self, state_dir: &Path) -> std::io::Result<PathBuf> {
-        let path = Self::path(state_dir);
-        let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        crate::fsutil::write_atomic(&path, &bytes)?;
-        Ok(path)
-    }
-
-    /// The storage folder, relative paths resolved against `state_dir`.
-    pub fn storage_path(&self, state_dir: &Path) -> PathBuf {
-        self.storage.resolved_path(state_dir)
-    }
-}
-
-/// Why the recorder process cannot run (device and storage faults are reported, not returned).
-#[derive(Debug, thiserror::Error)]
-pub enum RecorderError {
-    /// The configuration file cannot be read.
-    #[error("cannot read the recorder configuration {path}")]
-    ConfigUnreadable {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The configuration is not valid JSON of the expected shape.
-    #[error("the recorder configuration {path} is invalid")]
-    ConfigInvalid {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: serde_json::Error,
-    },
-    /// SIGTERM and SIGINT cannot be taken over.
-    #[error("cannot set up signal handling")]
-    Signals(#[source] nix::Error),
-    /// The report cannot be written.
-    #[error("cannot write the recorder report {path}")]
-    Report {
-        /// The report's path.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-impl RecorderError {
-    /// The catalogue code for the report.
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            Self::ConfigUnreadable { .. }
-            | Self::ConfigInvalid { .. }
-            | Self::Signals(_)
-            | Self::Report { .. } => errors::INTERNAL,
-        }
-    }
-}
-
 /// Runs the recorder until SIGTERM or SIGINT, then finishes the current file (registered) and
 /// returns. Device and storage problems are reported and retried, not returned. Call it from the
 /// main thread before other threads exist: the signals are blocked here and in every thread
 /// started later, and taken by a thread of the recorder's own.
 pub fn run(config_path: &Path, state_dir: &Path) -> Result<(), RecorderError> {
-    let bytes = std::fs::read(config_path).map_err(|source| RecorderError::ConfigUnreadable {
-        path: config_path.to_path_buf(),
-        source,
-    })?;
-    let config: RecordConfig =
-        serde_json::from_slice(&bytes).map_err(|source| RecorderError::ConfigInvalid {
-            path: config_path.to_path_buf(),
-            source,
-        })?;
-    let stop = stop_on_signals()?;
+    let config = RecordConfig::load(config_path)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    // The writer runs on this thread: a stop wakes it at once, wherever it waits. Opening a
+    // device can block (a FIFO without a writer, a hung driver): the process does not outlive
+    // a stop by more than STOP_TIMEOUT; a file cut then is completed at the next start.
+    let writer = std::thread::current();
+    let on_stop = move || {
+        flag.store(true, Ordering::SeqCst);
+        writer.unpark();
+    };
+    crate::component::stop_on_signals(on_stop, Some(STOP_TIMEOUT))
+        .map_err(RecorderError::Signals)?;
     run_with(config, state_dir, stop)
 }
 
@@ -228,7 +118,7 @@ pub fn run_with(
     stop: Arc<AtomicBool>,
 ) -> Result<(), RecorderError> {
     std::fs::create_dir_all(state_dir).map_err(|source| RecorderError::Report {
-        path: report_path(state_dir),
+        path: RecorderReport::path(state_dir),
         source,
     })?;
     match config.recorder.sample_format {
@@ -236,39 +126,6 @@ pub fn run_with(
         SampleFormat::I24 => Recorder::<i32>::new(config, state_dir, stop).run::<cpal::I24>(),
         SampleFormat::F32 => Recorder::<f32>::new(config, state_dir, stop).run::<f32>(),
     }
-}
-
-/// SIGTERM and SIGINT set the returned flag. The signals are blocked in this thread (and so in
-/// every thread started after, the audio threads included) and taken by a thread of their own.
-fn stop_on_signals() -> Result<Arc<AtomicBool>, RecorderError> {
-    use nix::sys::signal::{SigSet, Signal};
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGTERM);
-    set.add(Signal::SIGINT);
-    set.thread_block().map_err(RecorderError::Signals)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    // The writer runs on this thread: a stop wakes it at once, wherever it waits.
-    let writer = std::thread::current();
-    std::thread::Builder::new()
-        .name("roost-signals".into())
-        .spawn(move || {
-            if let Ok(sig) = set.wait() {
-                tracing::info!(signal = ?sig, "stopping: finishing the current file");
-            }
-            flag.store(true, Ordering::SeqCst);
-            writer.unpark();
-            // Opening a device can block (a FIFO without a writer, a hung driver): do not
-            // outlive a stop request by much. A file cut here is completed at the next start.
-            std::thread::sleep(STOP_TIMEOUT);
-            tracing::error!(
-                "the recorder did not stop within {} s; exiting",
-                STOP_TIMEOUT.as_secs()
-            );
-            std::process::exit(1);
-        })
-        .map_err(|e| RecorderError::Signals(nix::Error::from_raw(e.raw_os_error().unwrap_or(0))))?;
-    Ok(stop)
 }
 
 /// A file being recorded.
@@ -762,33 +619,5 @@ impl<T: WavSample> Recorder<T> {
         }
         self.index += take;
         &rest[take as usize * self.channels()..]
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The curator's rules (keep, maxAge, maxUsage) are not the recorder's: changing them
-    /// leaves the recorder's configuration, and so its spec hash, as it was.
-    #[test]
-    fn keep_rules_and_retention_are_not_in_the_recorder_configuration() {
-        let yaml = |storage: &str| {
-            format!(
-                "apiVersion: roost/v1\nkind: Deployment\nmetadata: {{name: d}}\nspec:\n  storage: {{path: /srv/rec{storage}}}\n  recorder: {{device: default}}\n  components: []\n"
-            )
-        };
-        let config = |storage: &str| {
-            let d = crate::spec::parse_str(Path::new("d.yaml"), &yaml(storage)).unwrap();
-            RecordConfig::from_deployment(&d, Path::new("/var/lib/roost")).unwrap()
-        };
-        let plain = config("");
-        let curated = config(", keep: [{every: 10m}], maxAge: 30d, maxUsage: 80%");
-        assert_eq!(plain, curated);
-        assert_ne!(
-            plain,
-            config(", minFreeSpace: 2GiB"),
-            "the recorder's own fields count"
-        );
     }
 }

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 
 use super::capture::{self, DeviceError, FromDevice};
-use super::report::{Health, RecorderReport, assess, read_report};
+use super::report::{Health, RecorderReport, assess};
+use crate::component::ReportFile;
 use crate::errors::{self, ErrorCode};
 use crate::spec::recorder::{RecorderSpec, SampleFormat};
 
@@ -49,7 +50,7 @@ pub fn check_device_or_report(
 
 /// The report of a running recorder capturing `spec`'s device, rate, channels and format.
 fn live_report(spec: &RecorderSpec, state_dir: &Path) -> Option<RecorderReport> {
-    let report = read_report(state_dir)?;
+    let report = RecorderReport::read(state_dir)?;
     let same_capture = report.device == spec.device.as_str()
         && report.sample_rate == spec.sample_rate.get()
         && report.channels == spec.channels.get()

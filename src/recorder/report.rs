@@ -3,10 +3,11 @@
 //! state change and fault, and at least every [`HEARTBEAT`]. [`assess`] turns a report into health for the reconciler and
 //! `roost check`: output decides, so a recorder that runs but writes nothing is an error.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::errors::{self, ErrorCode};
@@ -27,7 +28,7 @@ pub const FIRST_REPORT_WITHIN: Duration = Duration::from_secs(30);
 pub const FILE_GRACE: SignedDuration = SignedDuration::from_secs(30);
 
 /// What the recorder is doing (`state` in the report and in status.json's recorder output).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum RecorderState {
     /// Opening the device and the storage.
@@ -44,29 +45,14 @@ pub enum RecorderState {
     StorageError,
     /// Free space is below minFreeSpace and onLowSpace keeps files from being written.
     LowSpace,
-    /// Exited after SIGTERM/SIGINT.
+    /// Exited after SIGTERM/SIGINT (also what an output without a state reads as: never
+    /// greener than what is known).
+    #[default]
     Stopped,
 }
 
 /// An error in the report: a catalogue code and a message for humans.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ReportError {
-    /// A catalogue code (`DEP_E3xx`).
-    pub code: String,
-    /// What happened and what follows, in words.
-    pub message: String,
-}
-
-impl ReportError {
-    /// An entry for catalogue `code`.
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code: code.code.to_string(),
-            message: message.into(),
-        }
-    }
-}
+pub type ReportError = crate::errors::Problem;
 
 /// `<state-dir>/run/recorder-report.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -207,22 +193,11 @@ pub fn assess(report: &RecorderReport, now: Timestamp) -> Health {
     Health::Healthy
 }
 
-/// `<state-dir>/run/recorder-report.json` (see [`crate::fsutil::RUN_DIR`]).
-pub fn report_path(state_dir: &Path) -> PathBuf {
-    crate::fsutil::run_dir(state_dir).join(REPORT_FILE)
-}
-
-/// Reads a report; `None` when there is none or it cannot be parsed.
-pub fn read_report(state_dir: &Path) -> Option<RecorderReport> {
-    let bytes = crate::fsutil::read_run_file(state_dir, REPORT_FILE)?;
-    serde_json::from_slice(&bytes).ok()
-}
-
-/// Writes a report whole or not at all, without fsync (a derived file: a power cut may lose the
-/// newest version, never tear it; see [`crate::fsutil::replace_quietly`]).
-pub fn write_report(state_dir: &Path, report: &RecorderReport) -> std::io::Result<()> {
-    let bytes = serde_json::to_vec_pretty(report).map_err(std::io::Error::other)?;
-    crate::fsutil::replace_run_file(state_dir, REPORT_FILE, &bytes)
+/// `<state-dir>/run/recorder-report.json`, replaced whole (see [`crate::fsutil::replace_quietly`]).
+impl crate::component::ReportFile for RecorderReport {
+    const FILE: &'static str = REPORT_FILE;
+    // Paths, device names and counters: nothing to mask (and written ~11 times a minute).
+    const REDACT: bool = false;
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The recorder's report (`recorder-report.json`): state, error and counters, written when
 //! they change and at least every heartbeat.
 
+use crate::component::ReportFile;
 use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
@@ -103,12 +104,12 @@ impl<T: WavSample> Recorder<T> {
         self.report.updated_at = now.wall;
         self.last_report_write = now.mono;
         self.written_due = self.report.expected_file_by;
-        report::write_report(&self.state_dir, &self.report).map_err(|source| {
-            RecorderError::Report {
-                path: report_path(&self.state_dir),
+        self.report
+            .write(&self.state_dir)
+            .map_err(|source| RecorderError::Report {
+                path: RecorderReport::path(&self.state_dir),
                 source,
-            }
-        })
+            })
     }
 }
 

@@ -328,7 +328,7 @@ mod tests {
                          "sampleFormat": "i16", "duration": "2s"},
         });
         std::fs::write(
-            crate::recorder::RecordConfig::path(state),
+            <crate::recorder::RecordConfig as crate::component::ConfigFile>::path(state),
             serde_json::to_vec(&config).unwrap(),
         )
         .unwrap();

@@ -3,6 +3,8 @@
 //! external address, sized for a phone. The words come from [`crate::status_view`], so the
 //! page and `roost status` say the same thing. Reads only.
 
+use crate::component::ConfigFile;
+use crate::connect::report::ConnectReport;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
@@ -120,11 +122,10 @@ fn from_doc(
     let facts = status_view::gather(doc, state_dir, now);
     // The recorder's own word first (it may be newer than metadata.db) while its file is
     // still there, else the newest row: never the picture of a file keep rules deleted.
-    let last_file = doc
-        .components
-        .iter()
-        .filter_map(|c| c.output.as_ref()?.get("lastFile")?.as_str())
-        .find(|f| Path::new(f).is_file());
+    let last_file = (doc.components.iter())
+        .filter(|c| c.name == crate::spec::recorder::RECORDER_COMPONENT)
+        .filter_map(|c| c.output_as::<crate::recorder::RecorderOutput>()?.last_file)
+        .find(|f| f.is_file());
     // Times in the deployment's time zone, as `roost status` says them.
     let tz = facts.time_zone.clone().unwrap_or(jiff::tz::TimeZone::UTC);
     let recordings: Vec<Recording> = recordings
@@ -140,18 +141,16 @@ fn from_doc(
         })
         .collect();
     let last_recording = match (last_file, storage) {
-        (Some(f), Some(s)) => {
-            RecordingName::of(Path::new(f), &s.join(crate::storage::RECORDINGS_DIR))
-                .map(|n| n.as_str().to_string())
-        }
+        (Some(f), Some(s)) => RecordingName::of(&f, &s.join(crate::storage::RECORDINGS_DIR))
+            .map(|n| n.as_str().to_string()),
         _ => None,
     }
     .or_else(|| recordings.first().map(|r| r.name.clone()));
     View {
         deployment: doc.deployment.clone(),
-        device_id: doc
-            .output_of(crate::connect::messages::CONNECT_COMPONENT)
-            .and_then(|o| o.get("deviceId")?.as_str().map(str::to_string)),
+        device_id: (doc.output_as::<ConnectReport>(crate::connect::messages::CONNECT_COMPONENT))
+            .map(|o| o.device_id)
+            .filter(|id| !id.is_empty()),
         warnings: status_view::warnings(doc),
         headline: status_view::headline(doc, &facts, now),
         status: Some(format!("{:?}", doc.status)),

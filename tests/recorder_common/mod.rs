@@ -116,7 +116,7 @@ impl Rig {
     }
 
     pub fn report(&self) -> Option<RecorderReport> {
-        roost::recorder::read_report(&self.state)
+        <roost::recorder::RecorderReport as roost::component::ReportFile>::read(&self.state)
     }
 
     /// Waits until the report satisfies `cond`, failing with the log after `timeout`.

@@ -414,6 +414,11 @@ fn recorder_files(doc: &StatusDoc) -> Option<u64> {
         .components
         .iter()
         .chain(doc.deployments.iter().flat_map(|d| d.components.iter()));
-    all.filter(|c| c.name == "recorder")
-        .find_map(|c| c.output.as_ref()?.get("filesWritten")?.as_u64())
+    all.filter(|c| c.name == crate::spec::recorder::RECORDER_COMPONENT)
+        .find_map(|c| {
+            Some(
+                c.output_as::<crate::recorder::RecorderOutput>()?
+                    .files_written,
+            )
+        })
 }
