@@ -156,7 +156,7 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, AppError> 
 }
 
 fn ready() {
-    let _ = crate::notify::sd_notify("READY=1");
+    let _ = crate::sd_notify::sd_notify("READY=1");
 }
 
 /// Whether components run under systemd (`auto`: when a manager answers) and which manager.

@@ -10,10 +10,10 @@ use std::collections::BTreeMap;
 use crate::clock::Clock;
 use crate::errors;
 use crate::history::History;
-use crate::notify::Liveness;
 use crate::observe::{ComponentRun, Observation, ObservedState};
 use crate::plan::Action;
 use crate::runtime::{Runtime, RuntimeError};
+use crate::sd_notify::Liveness;
 
 /// What the last apply did (a status.json type, kept with the document).
 pub use crate::status::ApplyCounts;
@@ -247,7 +247,9 @@ pub fn start_error_code(e: &RuntimeError) -> &'static str {
         RuntimeError::ExecutableNotFound { .. } => errors::EXECUTABLE_NOT_FOUND.code,
         RuntimeError::OutOfDescriptors { .. } => errors::OUT_OF_DESCRIPTORS.code,
         RuntimeError::InvalidValue { .. } => errors::INVALID_SPEC.code,
-        RuntimeError::Unreachable(_) => errors::RUNTIME_UNREACHABLE.code,
+        RuntimeError::Unreachable(_) | RuntimeError::BusLost { .. } => {
+            errors::RUNTIME_UNREACHABLE.code
+        }
         _ => errors::COMPONENT_FAILED.code,
     }
 }

@@ -26,6 +26,77 @@ impl Problem {
     }
 }
 
+/// Why a component is in its status, as `reason` in status.json (the strings are a contract:
+/// each variant is written as its name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+pub enum Reason {
+    /// Started and not yet reporting (a built-in), or about to be started.
+    Starting,
+    /// Its spec changed; it is being replaced.
+    SpecChanged,
+    /// Someone stopped it outside roost; it stays stopped until its spec changes.
+    StoppedByOperator,
+    /// Roost could not stop it.
+    StopFailed,
+    /// `state: stopped`.
+    DeploymentStopped,
+    /// It exited 0 and its policy does not restart it.
+    Completed,
+    /// It exited with an error and restartPolicy Never keeps it stopped.
+    Failed,
+    /// Something it depends on is in error.
+    DependencyFailed,
+    /// Something it depends on is not running yet.
+    WaitingForDependency,
+    /// It keeps exiting soon after starting; restarted with back-off.
+    CrashLoopBackOff,
+    /// It exited; restarted when its back-off expires.
+    BackOff,
+    /// Its program is missing or not executable (DEP_E161).
+    ExecutableNotFound,
+    /// No file descriptor was left to start it (DEP_E164).
+    OutOfDescriptors,
+    /// The runtime refused a value of its spec (DEP_E162).
+    InvalidSpec,
+    /// The runtime could not be reached to start it (DEP_E151).
+    RuntimeUnreachable,
+    /// Its start failed for another reason.
+    StartFailed,
+    /// The recorder runs and produces no files (DEP_E313).
+    NoRecordings,
+    /// The recorder's storage cannot be written (DEP_E301).
+    StorageUnusable,
+    /// Below the storage's free-space floor (DEP_E302).
+    LowDiskSpace,
+    /// The storage is full (DEP_E303).
+    DiskFull,
+    /// The audio device cannot be opened (DEP_E311).
+    AudioDeviceUnavailable,
+    /// The audio device does not offer the asked format (DEP_E312).
+    AudioFormatUnsupported,
+    /// Samples were dropped (DEP_E314).
+    SamplesDropped,
+    /// The input runs far faster than real time (DEP_E315).
+    InputNotRealTime,
+    /// metadata.db cannot take the recorder's rows (DEP_E321).
+    MetadataDbError,
+    /// Another recorder fault.
+    RecorderError,
+    /// A detector has more recordings waiting than its maxBacklog (DEP_E611).
+    DetectorBehind,
+    /// A detector finished nothing for long while recordings wait (DEP_E612).
+    DetectorStalled,
+    /// A detector failed on its last recordings in a row (DEP_E601–E605, DEP_E610).
+    DetectorFailing,
+    /// Another curator fault (storage, metadata.db).
+    CuratorError,
+    /// Roost stopped and stopped it.
+    ReconcilerStopped,
+    /// A reason this version of roost does not know (a status written by a newer one).
+    #[serde(other)]
+    Unknown,
+}
+
 /// One entry of the catalogue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct ErrorCode {
@@ -38,6 +109,34 @@ pub struct ErrorCode {
     pub description: &'static str,
     /// What to do about it.
     pub action: &'static str,
+}
+
+impl ErrorCode {
+    /// The `reason` a component in error with this code gets in status.json; `None` for codes
+    /// that are not a component's own trouble (the caller's general reason applies).
+    pub fn reason(&self) -> Option<Reason> {
+        Some(match self.code {
+            "DEP_E151" => Reason::RuntimeUnreachable,
+            "DEP_E161" => Reason::ExecutableNotFound,
+            "DEP_E162" => Reason::InvalidSpec,
+            "DEP_E164" => Reason::OutOfDescriptors,
+            "DEP_E301" => Reason::StorageUnusable,
+            "DEP_E302" => Reason::LowDiskSpace,
+            "DEP_E303" => Reason::DiskFull,
+            "DEP_E311" => Reason::AudioDeviceUnavailable,
+            "DEP_E312" => Reason::AudioFormatUnsupported,
+            "DEP_E313" => Reason::NoRecordings,
+            "DEP_E314" => Reason::SamplesDropped,
+            "DEP_E315" => Reason::InputNotRealTime,
+            "DEP_E321" => Reason::MetadataDbError,
+            "DEP_E611" => Reason::DetectorBehind,
+            "DEP_E612" => Reason::DetectorStalled,
+            "DEP_E601" | "DEP_E602" | "DEP_E603" | "DEP_E604" | "DEP_E605" | "DEP_E610" => {
+                Reason::DetectorFailing
+            }
+            _ => return None,
+        })
+    }
 }
 
 macro_rules! codes {

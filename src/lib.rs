@@ -13,7 +13,7 @@
 //! - [`clock`]: the wall clock handed to decision code (a tokio-paced one for tests).
 //! - [`reconcile`]: the loop that wakes on triggers, observes, plans, applies and publishes.
 //! - [`publish`]: status publishers (status.json first), each on its own thread.
-//! - [`notify`]: sd_notify (READY=1, WATCHDOG=1) under any runtime.
+//! - [`sd_notify`]: sd_notify (READY=1, WATCHDOG=1) under any runtime.
 //! - [`watch`]: inotify on the file's folders, debounced into reload triggers.
 //! - [`status`]: the status document and its atomic writer.
 //! - [`status_view`]: what `roost status` says to people (the first line answers "is it recording?").
@@ -45,7 +45,6 @@ pub mod fsutil;
 pub mod history;
 pub mod init;
 pub mod logging;
-pub mod notify;
 pub mod observe;
 pub mod plan;
 pub mod procscan;
@@ -58,6 +57,7 @@ pub mod rollout;
 pub mod runtime;
 pub mod sandbox;
 pub mod schedule;
+pub mod sd_notify;
 pub mod secret_file;
 pub mod serve;
 pub mod spec;

@@ -55,76 +55,7 @@ pub enum ComponentState {
     Stopped,
 }
 
-/// Why a component is in its status, as `reason` in status.json (the strings are a contract:
-/// each variant is written as its name).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Reason {
-    /// Started and not yet reporting (a built-in), or about to be started.
-    Starting,
-    /// Its spec changed; it is being replaced.
-    SpecChanged,
-    /// Someone stopped it outside roost; it stays stopped until its spec changes.
-    StoppedByOperator,
-    /// Roost could not stop it.
-    StopFailed,
-    /// `state: stopped`.
-    DeploymentStopped,
-    /// It exited 0 and its policy does not restart it.
-    Completed,
-    /// It exited with an error and restartPolicy Never keeps it stopped.
-    Failed,
-    /// Something it depends on is in error.
-    DependencyFailed,
-    /// Something it depends on is not running yet.
-    WaitingForDependency,
-    /// It keeps exiting soon after starting; restarted with back-off.
-    CrashLoopBackOff,
-    /// It exited; restarted when its back-off expires.
-    BackOff,
-    /// Its program is missing or not executable (DEP_E161).
-    ExecutableNotFound,
-    /// No file descriptor was left to start it (DEP_E164).
-    OutOfDescriptors,
-    /// The runtime refused a value of its spec (DEP_E162).
-    InvalidSpec,
-    /// The runtime could not be reached to start it (DEP_E151).
-    RuntimeUnreachable,
-    /// Its start failed for another reason.
-    StartFailed,
-    /// The recorder runs and produces no files (DEP_E313).
-    NoRecordings,
-    /// The recorder's storage cannot be written (DEP_E301).
-    StorageUnusable,
-    /// Below the storage's free-space floor (DEP_E302).
-    LowDiskSpace,
-    /// The storage is full (DEP_E303).
-    DiskFull,
-    /// The audio device cannot be opened (DEP_E311).
-    AudioDeviceUnavailable,
-    /// The audio device does not offer the asked format (DEP_E312).
-    AudioFormatUnsupported,
-    /// Samples were dropped (DEP_E314).
-    SamplesDropped,
-    /// The input runs far faster than real time (DEP_E315).
-    InputNotRealTime,
-    /// metadata.db cannot take the recorder's rows (DEP_E321).
-    MetadataDbError,
-    /// Another recorder fault.
-    RecorderError,
-    /// A detector has more recordings waiting than its maxBacklog (DEP_E611).
-    DetectorBehind,
-    /// A detector finished nothing for long while recordings wait (DEP_E612).
-    DetectorStalled,
-    /// A detector failed on its last recordings in a row (DEP_E601–E605, DEP_E610).
-    DetectorFailing,
-    /// Another curator fault (storage, metadata.db).
-    CuratorError,
-    /// Roost stopped and stopped it.
-    ReconcilerStopped,
-    /// A reason this version of roost does not know (a status written by a newer one).
-    #[serde(other)]
-    Unknown,
-}
+pub use crate::errors::Reason;
 
 impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

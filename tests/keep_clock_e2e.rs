@@ -6,6 +6,9 @@
 //! and metadata.db rows that lie about their numbers.
 
 mod common;
+#[path = "support/faketime.rs"]
+mod faketime;
+use faketime::faketime_lib;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -14,11 +17,10 @@ use common::{Roost, component, recorder_deployment};
 use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 
-const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 const LONG: Duration = Duration::from_secs(60);
 
 fn faketime_or_skip(test: &str) -> bool {
-    let found = Path::new(FAKETIME_LIB).exists();
+    let found = Path::new(&faketime_lib()).exists();
     if !found {
         eprintln!(
             "skipping {test}: libfaketime is not installed (bash .ci/setup installs faketime)"
@@ -52,7 +54,7 @@ impl FakeClock {
     /// Environment for `roost run`.
     fn env(&self) -> Vec<(&'static str, PathBuf)> {
         vec![
-            ("LD_PRELOAD", FAKETIME_LIB.into()),
+            ("LD_PRELOAD", faketime_lib().into()),
             ("FAKETIME_DONT_FAKE_MONOTONIC", "1".into()),
             ("FAKETIME_TIMESTAMP_FILE", self.offset.clone()),
             ("FAKETIME_NO_CACHE", "1".into()),
@@ -147,7 +149,7 @@ fn nothing_deleted(conn: &rusqlite::Connection, storage: &Path) -> usize {
 /// hands its own environment to what it starts.
 fn runs_faked(pid: u64) -> bool {
     let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-    let wanted = format!("LD_PRELOAD={FAKETIME_LIB}");
+    let wanted = format!("LD_PRELOAD={}", faketime_lib());
     env.split(|b| *b == 0).any(|v| v == wanted.as_bytes())
 }
 

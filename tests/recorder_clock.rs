@@ -3,7 +3,10 @@
 //! saving transitions of Europe/London and by steps back and forward while it runs; and input
 //! that stops being real time and becomes real time again.
 
+#[path = "support/faketime.rs"]
+mod faketime;
 mod recorder_common;
+use faketime::faketime_lib;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -15,10 +18,9 @@ use serde_json::json;
 
 const LONG: Duration = Duration::from_secs(40);
 const RATE: u32 = 16_000;
-const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
 fn faketime_or_skip(test: &str) -> bool {
-    let found = Path::new(FAKETIME_LIB).exists();
+    let found = Path::new(&faketime_lib()).exists();
     if !found {
         eprintln!(
             "skipping {test}: libfaketime is not installed (bash .ci/setup installs faketime)"
@@ -31,7 +33,7 @@ fn faketime_or_skip(test: &str) -> bool {
 /// from a file on every call; the monotonic clock stays real.
 fn faked(setting: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
     let mut env = vec![
-        ("LD_PRELOAD", FAKETIME_LIB.to_string()),
+        ("LD_PRELOAD", faketime_lib()),
         ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_string()),
     ];
     env.extend(setting.iter().cloned());

@@ -4,6 +4,9 @@
 //! making the keys and checking signatures on the other side.
 
 mod common;
+#[path = "support/faketime.rs"]
+mod faketime;
+use faketime::faketime_lib;
 #[path = "support/mosquitto.rs"]
 mod mosquitto;
 
@@ -1192,11 +1195,9 @@ fn a_deferred_version_waits_for_the_recording_window_to_close() {
     assert_eq!(json(&out)["devices"]["w01"]["state"], "passed");
 }
 
-const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
-
 #[test]
 fn a_wall_clock_step_during_the_gate_neither_ends_it_early_nor_fails_it() {
-    if !Path::new(FAKETIME_LIB).exists() {
+    if !Path::new(&faketime_lib()).exists() {
         eprintln!(
             "skipping the clock step test: libfaketime is not installed (bash .ci/setup installs faketime)"
         );
@@ -1210,8 +1211,9 @@ fn a_wall_clock_step_during_the_gate_neither_ends_it_early_nor_fails_it() {
     // the monotonic and boot clocks are left alone, as NTP leaves them.
     let offset = fleet.root.path().join("offset");
     set_offset(&offset, "+0s");
+    let lib = faketime_lib();
     for (k, v) in [
-        ("LD_PRELOAD", FAKETIME_LIB),
+        ("LD_PRELOAD", lib.as_str()),
         ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
         ("FAKETIME_NO_CACHE", "1"),
     ] {

@@ -91,14 +91,11 @@ fn reported(report: &CuratorReport, now: Timestamp) -> BuiltinReport {
             .iter()
             .find(|c| c.code == p.code)
             .unwrap_or(&errors::CURATOR_SILENT);
-        let reason = match code.code {
-            "DEP_E611" => Reason::DetectorBehind,
-            "DEP_E612" => Reason::DetectorStalled,
-            "DEP_E601" | "DEP_E602" | "DEP_E603" | "DEP_E604" | "DEP_E605" | "DEP_E610" => {
-                Reason::DetectorFailing
-            }
-            _ => Reason::CuratorError,
-        };
+        // Its detectors' codes carry their reason; anything else (its storage, itself) is
+        // the curator's trouble, never the recording's.
+        let reason = (code.reason())
+            .filter(|_| code.code.starts_with("DEP_E6"))
+            .unwrap_or(Reason::CuratorError);
         Trouble {
             code,
             reason,

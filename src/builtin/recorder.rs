@@ -113,19 +113,9 @@ fn reported(report: &RecorderReport, now: Timestamp) -> BuiltinReport {
     }
 }
 
+/// The catalogue's reason for the code, else the recorder's general one.
 fn reason_of(code: &ErrorCode) -> Reason {
-    match code.code {
-        "DEP_E301" => Reason::StorageUnusable,
-        "DEP_E302" => Reason::LowDiskSpace,
-        "DEP_E303" => Reason::DiskFull,
-        "DEP_E311" => Reason::AudioDeviceUnavailable,
-        "DEP_E312" => Reason::AudioFormatUnsupported,
-        "DEP_E313" => Reason::NoRecordings,
-        "DEP_E314" => Reason::SamplesDropped,
-        "DEP_E315" => Reason::InputNotRealTime,
-        "DEP_E321" => Reason::MetadataDbError,
-        _ => Reason::RecorderError,
-    }
+    code.reason().unwrap_or(Reason::RecorderError)
 }
 
 /// Marks the deployment's row in metadata.db as ended when the new desired state stops

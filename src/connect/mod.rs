@@ -78,6 +78,17 @@ impl ConnectConfig {
     }
 }
 
+/// What the connector still owes about recordings: messages waiting in its outbox, and how far
+/// it has queued the curator's model outputs. Its public word for the curator, whose retention
+/// must not delete a recording before its messages left; read without disturbing the
+/// connector. `None` when the connector has not run yet or its outbox cannot be read now.
+pub fn owed_messages(state_dir: &Path) -> Option<OwedMessages> {
+    outbox::owed(&state_dir.join(outbox::OUTBOX_FILE))
+}
+
+/// See [`owed_messages`].
+pub use outbox::Owed as OwedMessages;
+
 /// The device's id when spec.connect.deviceId does not say: `ROOST_DEVICE_ID` when set to a
 /// valid topic level (provisioning sets it, e.g. `Environment=` in roost.service, so one
 /// deployment file serves a whole fleet), else `roost-` and the first 12 characters of

@@ -28,10 +28,10 @@ pub struct CurateConfig {
     /// Where the device stands (sunrise and sunset rules).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<Location>,
-    /// The connector's outbox when the deployment sends messages (`spec.connect`): retention
-    /// waits for the messages about a recording to leave it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outbox: Option<PathBuf>,
+    /// The deployment sends messages (`spec.connect`): retention waits for the messages about a
+    /// recording to leave (the connector says which: [`crate::connect::owed_messages`]).
+    #[serde(default)]
+    pub sends_messages: bool,
 }
 
 impl crate::component::ConfigFile for CurateConfig {
@@ -55,11 +55,7 @@ impl CurateConfig {
                 .resolved(state_dir),
             recorder: d.spec.recorder.clone()?,
             location: d.spec.location,
-            outbox: d
-                .spec
-                .connect
-                .as_ref()
-                .map(|_| state_dir.join(crate::connect::outbox::OUTBOX_FILE)),
+            sends_messages: d.spec.connect.is_some(),
         })
     }
 

@@ -977,8 +977,8 @@ impl Curator {
         let since = self.since_list();
         // An outbox not made yet, or that cannot be read now, owes every model output: holding
         // a file a round longer costs nothing, deleting it before its message left is final.
-        let owed = (self.config.outbox.as_ref())
-            .map(|p| crate::connect::outbox::owed(p).unwrap_or_default());
+        let owed = (self.config.sends_messages)
+            .then(|| crate::connect::owed_messages(&self.state_dir).unwrap_or_default());
         let conn = self.conn.as_ref().expect("opened");
         let used = db::tally(conn)?.1;
         let mut real = keep::Retention::new(used, max_age, limit);
@@ -1226,7 +1226,7 @@ pub use super::judge::protected;
 fn owed_to_outbox(
     conn: &Connection,
     rec: &Recording,
-    owed: Option<&crate::connect::outbox::Owed>,
+    owed: Option<&crate::connect::OwedMessages>,
 ) -> rusqlite::Result<bool> {
     let Some(owed) = owed else { return Ok(false) };
     if owed.recordings.contains(&rec.id.to_string()) {

@@ -690,13 +690,7 @@ fn crash_or_backoff(
 }
 
 fn start_failure_reason(code: &ErrorCode) -> Reason {
-    match code.code {
-        "DEP_E161" => Reason::ExecutableNotFound,
-        "DEP_E164" => Reason::OutOfDescriptors,
-        "DEP_E162" => Reason::InvalidSpec,
-        "DEP_E151" => Reason::RuntimeUnreachable,
-        _ => Reason::StartFailed,
-    }
+    code.reason().unwrap_or(Reason::StartFailed)
 }
 
 /// An exit in words: `code 3`, `signal 9`.

@@ -27,11 +27,11 @@ use crate::builtin::Builtins;
 use crate::clock::{Clock, SystemClock};
 use crate::desired::DesiredSource;
 use crate::history::History;
-use crate::notify::Liveness;
 use crate::plan::Desired;
 use crate::plan::gate::Links;
 use crate::publish::{Publishers, StatusFile};
 use crate::runtime::Runtime;
+use crate::sd_notify::Liveness;
 use crate::spec::Deployment;
 use crate::state_dir::StateDir;
 use crate::status::{SpecError, StatusDoc};
@@ -221,9 +221,9 @@ pub async fn run_linked<R: Runtime>(
     let mut reconciler = Reconciler::new(cfg.clone(), runtime)?;
     reconciler.remote = remote;
     let triggers = Triggers::watching(&cfg.file, &reconciler.output_files())?;
-    let watchdog = crate::notify::watchdog_interval().map(|w| {
-        crate::notify::spawn_watchdog(w, reconciler.liveness(), || {
-            let _ = crate::notify::sd_notify("WATCHDOG=1");
+    let watchdog = crate::sd_notify::watchdog_interval().map(|w| {
+        crate::sd_notify::spawn_watchdog(w, reconciler.liveness(), || {
+            let _ = crate::sd_notify::sd_notify("WATCHDOG=1");
         })
     });
     drive(&mut reconciler, triggers, shutdown, on_ready).await;

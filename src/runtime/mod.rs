@@ -41,6 +41,27 @@ pub enum RuntimeError {
     /// The runtime does not answer (systemd's bus or manager); holds what failed.
     #[error("runtime not reachable: {0}")]
     Unreachable(String),
+    /// The D-Bus connection or the systemd manager was lost while doing something; keeps
+    /// zbus's error as the source.
+    #[error("runtime not reachable: {doing}")]
+    BusLost {
+        /// What was being done, and to which unit.
+        doing: String,
+        /// zbus's error.
+        #[source]
+        source: zbus::Error,
+    },
+    /// The systemd manager refused or failed an operation on a component's unit.
+    #[error("component {name}: {doing}")]
+    Bus {
+        /// The unit concerned.
+        name: String,
+        /// What was being done.
+        doing: String,
+        /// zbus's error.
+        #[source]
+        source: zbus::Error,
+    },
     /// A component's program is missing or may not be executed.
     #[error("executable not found or not executable: {program}: {reason}")]
     ExecutableNotFound {

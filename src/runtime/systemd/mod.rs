@@ -15,7 +15,7 @@ pub mod dbus;
 pub mod hardening;
 pub mod names;
 /// sd_notify is used under any runtime; kept here under its old path too.
-pub use crate::notify;
+pub use crate::sd_notify;
 pub mod state;
 pub mod unit;
 
@@ -175,9 +175,12 @@ impl SystemdRuntime {
     /// manager answers; after that, losing it is reported as [`RuntimeEvent::Unreachable`] and
     /// the watcher reconnects with back-off.
     pub async fn connect(target: SystemdTarget) -> Result<Self, RuntimeError> {
-        let conn = open_connection(&target).await.map_err(|e| {
-            RuntimeError::Unreachable(format!("cannot connect to the systemd manager's bus: {e}"))
-        })?;
+        let conn = open_connection(&target)
+            .await
+            .map_err(|source| RuntimeError::BusLost {
+                doing: "cannot connect to the systemd manager's bus".into(),
+                source,
+            })?;
         let (events_tx, events) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = oneshot::channel();
         let shared = SharedRef::default();
@@ -729,11 +732,15 @@ fn dbus_error(unit: &str, doing: &str, e: zbus::Error) -> RuntimeError {
         _ => false,
     };
     if lost {
-        RuntimeError::Unreachable(format!("{doing} {unit}: {e}"))
+        RuntimeError::BusLost {
+            doing: format!("{doing} {unit}"),
+            source: e,
+        }
     } else {
-        RuntimeError::Component {
+        RuntimeError::Bus {
             name: unit.to_string(),
-            message: format!("{doing}: {e}"),
+            doing: doing.to_string(),
+            source: e,
         }
     }
 }
