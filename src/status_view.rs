@@ -58,39 +58,19 @@ pub fn gather(doc: &StatusDoc, state_dir: &Path, now: Timestamp) -> Facts {
 
 /// Recordings since local midnight, and bytes a day at the last 24 h's rate, from metadata.db.
 fn recorded(storage: &Path, tz: &TimeZone, now: Timestamp) -> (Option<u64>, Option<u64>) {
-    use rusqlite::{Connection, OpenFlags};
-    let Ok(conn) = Connection::open_with_flags(
-        storage.join("metadata.db"),
-        OpenFlags::SQLITE_OPEN_READ_ONLY,
-    ) else {
-        return (None, None);
-    };
     let midnight = now
         .to_zoned(tz.clone())
         .start_of_day()
         .map(|z| z.timestamp())
         .unwrap_or(now);
-    let today = conn
-        .query_row(
-            "SELECT count(*) FROM recording WHERE datetime >= ?1",
-            [crate::storage::db_datetime(midnight)],
-            |r| r.get::<_, i64>(0),
-        )
-        .ok()
-        .map(|n| n as u64);
+    let today = crate::storage::read::recordings_since(storage, midnight);
     let day_ago = now - SignedDuration::from_hours(24);
-    // 2 bytes a sample (i16, the default): an estimate, said to be one. Over the span the
-    // last day's recordings cover, so that a deployment a few minutes old is not taken for
-    // one that records a few minutes a day.
-    let row = conn.query_row(
-        "SELECT coalesce(sum(duration_s * samplerate_hz * audio_channels * 2), 0), min(datetime) FROM recording WHERE datetime >= ?1 AND path IS NOT NULL",
-        [crate::storage::db_datetime(day_ago)],
-        |r| Ok((r.get::<_, f64>(0)?, r.get::<_, Option<String>>(1)?)),
-    );
-    // Only over an hour at least: a rate from a few minutes' files, extrapolated to a day,
-    // jumps with every file (148 days, then 13, a minute later).
-    let per_day = row.ok().and_then(|(bytes, first)| {
-        let first = crate::storage::parse_db_datetime(&first?)?.max(day_ago);
+    // An estimate at 2 bytes a sample, said to be one. Over the span the last day's
+    // recordings cover, so that a deployment a few minutes old is not taken for one that
+    // records a few minutes a day. Only over an hour at least: a rate from a few minutes'
+    // files, extrapolated to a day, jumps with every file (148 days, then 13, a minute later).
+    let per_day = crate::storage::read::audio_since(storage, day_ago).and_then(|(bytes, first)| {
+        let first = first?.max(day_ago);
         let span = now.duration_since(first).as_secs_f64();
         (span >= 3600.0).then(|| (bytes * 86_400.0 / span) as u64)
     });

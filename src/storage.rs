@@ -21,6 +21,10 @@ use crate::errors::{self, ErrorCode};
 use crate::spec::Location;
 use crate::spec::recorder::StorageSpec;
 
+pub mod curation;
+pub mod detections;
+pub mod findings;
+pub mod read;
 pub mod schema;
 
 /// File name of the metadata database in a storage folder.

@@ -109,3 +109,103 @@ fn the_planner_imports_data_only() {
     }
     assert!(!graph["spec"].contains("plan"), "spec imports plan");
 }
+
+/// Every source file's non-test code, comments left out, with its path under `src/`.
+fn sources() -> Vec<(String, String)> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut out = Vec::new();
+    let mut todo = vec![src.clone()];
+    while let Some(dir) = todo.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+                continue;
+            }
+            if path.file_name().is_some_and(|n| n == "tests.rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let code = text.split("#[cfg(test)]").next().unwrap_or(&text);
+            let code: Vec<&str> = (code.lines())
+                .filter(|l| !l.trim_start().starts_with("//"))
+                .collect();
+            let rel = path.strip_prefix(&src).unwrap().display().to_string();
+            out.push((rel, code.join("\n")));
+        }
+    }
+    out
+}
+
+/// `keyword table` in `code` (a whole word after it), e.g. `FROM recording`.
+fn names_table(code: &str, keyword: &str, table: &str) -> bool {
+    let needle = format!("{keyword} {table}");
+    code.match_indices(&needle).any(|(i, _)| {
+        let next = code[i + needle.len()..].chars().next();
+        !next.is_some_and(|c| c.is_ascii_alphanumeric() || (c == '_' && !table.ends_with('_')))
+    })
+}
+
+/// metadata.db has one room: its schema, migrations and every query live under
+/// `src/storage`. `archive.rs` is exempt: it writes archives as an older roost left them, for
+/// benchmarks and tests.
+#[test]
+fn metadata_db_is_read_and_written_in_the_storage_room_only() {
+    let tables = [
+        "recording",
+        "deployment",
+        "model_output",
+        "detection",
+        "predicted_tag",
+        "roost_",
+    ];
+    for (file, code) in sources() {
+        if file.starts_with("storage") || file == "archive.rs" {
+            continue;
+        }
+        for keyword in ["FROM", "INTO", "UPDATE", "JOIN"] {
+            for table in tables {
+                assert!(
+                    !names_table(&code, keyword, table),
+                    "src/{file} queries metadata.db ({keyword} {table}): move the query into src/storage"
+                );
+            }
+        }
+        let opens = code.lines().any(|l| {
+            l.contains("Connection::open") && (l.contains("DB_FILE") || l.contains("metadata.db"))
+        });
+        assert!(
+            !code.contains("\"metadata.db\"") && !opens,
+            "src/{file} opens metadata.db itself: use src/storage (read::open for tools)"
+        );
+    }
+}
+
+/// Components talk through each other's public words (reports, `connect::owed_messages`),
+/// never through each other's private files: only the connector knows its outbox, only the
+/// curator's and the recorder's own code their process internals.
+#[test]
+fn components_do_not_reach_into_each_others_private_files() {
+    for (file, code) in sources() {
+        let own = |dir: &str| file.starts_with(dir);
+        if !own("connect") {
+            for private in ["connect::outbox", "OUTBOX_FILE"] {
+                assert!(
+                    !code.contains(private),
+                    "src/{file} reaches into the connector's outbox ({private})"
+                );
+            }
+        }
+        if own("recorder") {
+            for other in ["crate::curate", "crate::connect"] {
+                assert!(!code.contains(other), "src/{file} (recorder) uses {other}");
+            }
+        }
+        if own("connect") {
+            assert!(
+                !code.contains("crate::curate"),
+                "src/{file} (connector) uses the curator"
+            );
+        }
+    }
+}

@@ -381,17 +381,7 @@ pub fn entity_states(doc: &StatusDoc, facts: &Facts) -> Vec<(&'static str, Strin
 /// Recordings registered in metadata.db over the hour before `now` (read-only, no waiting on a
 /// lock); `None` when it cannot be read.
 pub fn files_last_hour(storage: &Path, now: Timestamp) -> Option<u64> {
-    use rusqlite::{Connection, OpenFlags};
-    let db = storage.join("metadata.db");
-    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
-    let since = crate::storage::db_datetime(now - jiff::SignedDuration::from_hours(1));
-    conn.query_row(
-        "SELECT count(*) FROM recording WHERE datetime >= ?1",
-        [since],
-        |r| r.get::<_, i64>(0),
-    )
-    .ok()
-    .map(|n| n as u64)
+    crate::storage::read::recordings_since(storage, now - jiff::SignedDuration::from_hours(1))
 }
 
 /// Free bytes for unprivileged writers on the file system holding `path` (its nearest existing

@@ -5,7 +5,9 @@
 //! ([`outbox`]) and leaves it only when the sink acknowledged it. It reads status.json (on
 //! inotify) and metadata.db; it writes only its outbox, its report and the Prometheus file.
 
-pub mod detections;
+/// Detectors' findings as acoupi's model-output messages, read from metadata.db:
+/// [`crate::storage::detections`].
+pub use crate::storage::detections;
 pub mod http;
 pub mod messages;
 pub mod mqtt;

@@ -43,20 +43,7 @@ pub struct Reading {
     pub wall_synced: bool,
 }
 
-/// The device clock at one reading (the `roost_clock` row).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Anchor {
-    /// The boot of the reading.
-    pub boot_id: String,
-    /// `CLOCK_BOOTTIME` at the reading, s.
-    pub boottime_s: f64,
-    /// Device seconds at the reading.
-    pub device_s: f64,
-    /// The wall clock at the reading.
-    pub wall: Timestamp,
-    /// Whether it was synchronised then.
-    pub wall_synced: bool,
-}
+pub use crate::storage::curation::Anchor;
 
 impl Reading {
     /// The system's clocks now. A kernel without a boot id gives an empty one (every reading

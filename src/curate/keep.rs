@@ -8,16 +8,7 @@ use crate::schedule::Schedule;
 use crate::spec::recorder::{RecorderSpec, SunEvent, TimeOfDay, Window};
 use crate::spec::{Location, curate::KeepRule};
 
-/// What one detection of a recording is, for the rules.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Found {
-    /// The detector (`model_name`).
-    pub detector: String,
-    /// Its score, 0..1.
-    pub score: f64,
-    /// Its tag values.
-    pub tags: Vec<String>,
-}
+pub use crate::storage::curation::Found;
 
 /// What the rules look at in one recording.
 #[derive(Clone, Debug, PartialEq)]

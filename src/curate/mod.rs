@@ -5,7 +5,8 @@
 
 pub mod age;
 pub mod config;
-pub mod db;
+/// The curator's queries: [`crate::storage::curation`], where every metadata.db query lives.
+pub use crate::storage::curation as db;
 pub mod judge;
 pub mod keep;
 pub mod report;
@@ -73,9 +74,7 @@ pub const PREVIEW_JUDGED: usize = 10_000;
 /// # Errors
 /// metadata.db cannot be opened or read.
 pub fn preview(config: &CurateConfig) -> rusqlite::Result<Preview> {
-    let db = config.storage_path().join(crate::storage::DB_FILE);
-    let conn =
-        rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let conn = crate::storage::read::open(&config.storage_path())?;
     let rules = keep::Rules::new(
         &config.storage.keep,
         &config.recorder,
@@ -83,9 +82,7 @@ pub fn preview(config: &CurateConfig) -> rusqlite::Result<Preview> {
     );
     // Detectors as the curator knows them; one it has not seen yet looks only at what comes.
     let seen = db::detectors_seen(&conn)?;
-    let newest: i64 = conn.query_row("SELECT coalesce(max(rowid), 0) FROM recording", [], |r| {
-        r.get(0)
-    })?;
+    let newest = crate::storage::read::newest_rowid(&conn)?;
     let detectors: Vec<(String, i64)> = (config.detectors.iter())
         .map(|d| {
             let name = d.name.to_string();
@@ -97,13 +94,8 @@ pub fn preview(config: &CurateConfig) -> rusqlite::Result<Preview> {
         })
         .collect();
     let mut out = Preview {
-        recordings: db::tally(&conn).map(|(n, _)| n).or_else(|_| {
-            conn.query_row(
-                "SELECT count(*) FROM recording WHERE path IS NOT NULL",
-                [],
-                |r| r.get::<_, i64>(0).map(|n| n as u64),
-            )
-        })? as usize,
+        recordings: (db::tally(&conn).map(|(n, _)| n))
+            .or_else(|_| crate::storage::read::count_present(&conn))? as usize,
         ..Preview::default()
     };
     // From the curator's cursor on: what it decided is kept for good and never read again.

@@ -423,17 +423,10 @@ impl Curator {
         });
         self.conversion_failed = storage.as_ref().err().filter(|_| failed).cloned();
         drop(storage?);
-        let conn = Connection::open(root.join(crate::storage::DB_FILE)).map_err(|e| Problem {
+        let mut conn = db::open(&root).map_err(|e| Problem {
             code: errors::STORAGE_UNUSABLE.code.to_string(),
             message: format!("metadata.db in {}: {}", root.display(), e),
         })?;
-        let _ = conn.busy_timeout(Duration::from_secs(5));
-        // WAL (set by the storage) with NORMAL for findings: a power cut may lose the last
-        // ones, which are done again while their file is there. Every commit after which a
-        // file is deleted is FULL (storage::durably), which puts what came before on the card
-        // too.
-        let _ = conn.pragma_update(None, "synchronous", "NORMAL");
-        let mut conn = conn;
         let steps = self.vm_steps.clone();
         let _ = conn.progress_handler(
             1000,
@@ -507,13 +500,10 @@ impl Curator {
         // In batches: a storage new to the curator (or a rebuilt database) is stamped without
         // holding all its rows in memory.
         loop {
-            let (newest, read) = db::stamp_made(
-                conn,
-                self.stamped_until,
-                anchor.device_s,
-                reading.wall,
-                STAMP_BATCH,
-            )?;
+            let (device_now, wall_now) = (anchor.device_s, reading.wall);
+            let made_at =
+                |start, duration_s| super::age::made_at(device_now, wall_now, start, duration_s);
+            let (newest, read) = db::stamp_made(conn, self.stamped_until, made_at, STAMP_BATCH)?;
             self.stamped_until = newest;
             if read < STAMP_BATCH {
                 break;
@@ -1164,12 +1154,7 @@ impl Curator {
 /// A recording retention deletes: its id, its file, the rule.
 type Going = (uuid::Uuid, PathBuf, &'static str);
 
-/// The newest rowid of `recording` (0 when empty).
-fn newest_rowid(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.query_row("SELECT coalesce(max(rowid), 0) FROM recording", [], |r| {
-        r.get(0)
-    })
-}
+use crate::storage::read::newest_rowid;
 
 /// Writes a judged batch: each decision, and for each recording no rule keeps its row
 /// marked deleted, in one FULL commit. Returns the files to delete now.

@@ -2,4 +2,6 @@
 
 pub mod band_energy;
 pub mod command;
-pub mod findings;
+/// What a detector hands over (acoupi's model-output shape, as metadata.db stores it):
+/// [`crate::storage::findings`].
+pub use crate::storage::findings;

@@ -63,25 +63,13 @@ impl RecordingName {
     /// too). A file under recordings/ that is not registered is not served: only what roost
     /// recorded and registered reaches the page. Opened read-only; `false` without metadata.db.
     pub fn listed(&self, storage: &Path) -> bool {
-        use rusqlite::{Connection, OpenFlags};
-        let Ok(conn) = Connection::open_with_flags(
-            storage.join("metadata.db"),
-            OpenFlags::SQLITE_OPEN_READ_ONLY,
-        ) else {
-            return false;
-        };
         let recordings_dir = storage.join(crate::storage::RECORDINGS_DIR);
         let absolute = recordings_dir.join(&self.0);
         let relative = Path::new(crate::storage::RECORDINGS_DIR).join(&self.0);
         let (Some(absolute), Some(relative)) = (absolute.to_str(), relative.to_str()) else {
             return false;
         };
-        conn.query_row(
-            "SELECT 1 FROM recording WHERE path IN (?1, ?2) LIMIT 1",
-            [absolute, relative],
-            |_| Ok(()),
-        )
-        .is_ok()
+        crate::storage::read::has_path(storage, [absolute, relative])
     }
 
     /// The name of `path` relative to `recordings_dir`, if it lies there.
@@ -102,26 +90,9 @@ pub struct Recording {
 
 /// The newest `limit` recordings of the storage at `storage` (empty without metadata.db).
 pub fn recent(storage: &Path, limit: usize) -> Vec<Recording> {
-    use rusqlite::{Connection, OpenFlags};
     let recordings_dir = storage.join(crate::storage::RECORDINGS_DIR);
-    let Ok(conn) = Connection::open_with_flags(
-        storage.join("metadata.db"),
-        OpenFlags::SQLITE_OPEN_READ_ONLY,
-    ) else {
-        return Vec::new();
-    };
-    let Ok(mut query) =
-        conn.prepare("SELECT path, datetime FROM recording WHERE path IS NOT NULL ORDER BY datetime DESC LIMIT ?1")
-    else {
-        return Vec::new();
-    };
-    let rows = query.query_map([limit as i64], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-    });
-    let Ok(rows) = rows else {
-        return Vec::new();
-    };
-    rows.flatten()
+    let rows = crate::storage::read::newest(storage, limit);
+    rows.into_iter()
         .filter_map(|(path, datetime)| {
             let name = RecordingName::of(Path::new(&path), &recordings_dir)?;
             Some(Recording {

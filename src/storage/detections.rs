@@ -1,5 +1,5 @@
-//! Detectors' findings as messages: each model output in acoupi's model-output JSON (the
-//! model's name, when it was created, the recording with its deployment, the detections with
+//! Detectors' findings as the connector sends them, read here with every other metadata.db
+//! query: each model output in acoupi's model-output JSON (the model's name, when it was created, the recording with its deployment, the detections with
 //! their bounding box `[start_s, low_hz, end_s, high_hz]` and tags with confidence), and a
 //! periodic summary per tag. Read from metadata.db, read-only; the outbox keeps the cursor.
 //! A message is sized for a cellular link: at most [`LISTED`] detections, the highest scoring,

@@ -1,4 +1,5 @@
-//! The curator's reads and writes in metadata.db. A detector's findings, and the mark that it
+//! The curator's reads and writes in metadata.db (its queries live here, with the schema and
+//! every other query, so that one room knows the tables). A detector's findings, and the mark that it
 //! finished a recording (`roost_analysis`), are one transaction: a recording is analysed
 //! exactly once per detector across kill -9 (nothing committed: analysed again; committed: never
 //! again). Rows of recordings are never removed: a deleted file clears `path`.
@@ -8,10 +9,50 @@ use std::path::PathBuf;
 use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::keep::Found;
-use crate::detect::findings::{Findings, PredictedTag};
+use super::findings::{Findings, PredictedTag};
 use crate::storage::{db_datetime, new_uuid, parse_db_datetime};
 use uuid::Uuid;
+
+/// The curator's connection to metadata.db of the storage at `root` (made and laid out by
+/// [`crate::storage::Storage::open`] first): waits up to 5 s on a writer's lock; WAL (set by
+/// the storage) with `synchronous = NORMAL` for findings: a power cut may lose the last ones,
+/// which are done again while their file is there. Every commit after which a file is deleted
+/// is FULL ([`crate::storage::durably`]), which puts what came before on the card too.
+///
+/// # Errors
+/// SQLite's, when the file cannot be opened.
+pub fn open(root: &std::path::Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(root.join(crate::storage::DB_FILE))?;
+    let _ = conn.busy_timeout(std::time::Duration::from_secs(5));
+    let _ = conn.pragma_update(None, "synchronous", "NORMAL");
+    Ok(conn)
+}
+
+/// What one detection of a recording is, for the rules.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Found {
+    /// The detector (`model_name`).
+    pub detector: String,
+    /// Its score, 0..1.
+    pub score: f64,
+    /// Its tag values.
+    pub tags: Vec<String>,
+}
+
+/// The device clock at one reading (the `roost_clock` row).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Anchor {
+    /// The boot of the reading.
+    pub boot_id: String,
+    /// `CLOCK_BOOTTIME` at the reading, s.
+    pub boottime_s: f64,
+    /// Device seconds at the reading.
+    pub device_s: f64,
+    /// The wall clock at the reading.
+    pub wall: Timestamp,
+    /// Whether it was synchronised then.
+    pub wall_synced: bool,
+}
 
 /// A registered recording whose file is still there.
 #[derive(Clone, Debug, PartialEq)]
@@ -45,7 +86,7 @@ impl Recording {
 }
 
 /// SQL: the recording `r`'s file is one roost named (`.../YYYYMMDDTHHMMSS.ffffffZ.wav`, or
-/// `...Z-2.wav`), as [`super::judge::roosts_file`] says in Rust. Another program's recordings
+/// `...Z-2.wav`), as [`crate::curate::judge::roosts_file`] says in Rust. Another program's recordings
 /// in a shared metadata.db (acoupi's) are never analysed, stamped or counted.
 pub const ROOSTS_FILE: &str = "r.path GLOB '*[0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]T[0-9][0-9][0-9][0-9][0-9][0-9].[0-9]*Z*.wav'";
 
@@ -523,14 +564,13 @@ pub fn unlinked(conn: &mut Connection, paths: &[std::path::PathBuf]) -> rusqlite
 }
 
 /// Stamps, on the device clock, when each recording after rowid `after` that has none yet was
-/// made (see [`super::age::made_at`]), with the bytes its file occupies and its skew (wall
+/// made (see [`crate::curate::age::made_at`]), with the bytes its file occupies and its skew (wall
 /// start minus made); at most `limit` rows. Returns the newest rowid looked at and how many
 /// rows were read.
 pub fn stamp_made(
     conn: &Connection,
     after: i64,
-    device_now: f64,
-    wall_now: Timestamp,
+    made_at: impl Fn(Timestamp, f64) -> f64,
     limit: usize,
 ) -> rusqlite::Result<(i64, usize)> {
     let sql = format!(
@@ -553,7 +593,7 @@ pub fn stamp_made(
     for r in &rows {
         newest = newest.max(r.rowid);
         if r.made_device_s.is_none() {
-            let made = super::age::made_at(device_now, wall_now, r.start, r.duration_s);
+            let made = made_at(r.start, r.duration_s);
             let bytes = crate::storage::disk_bytes(&r.path) as i64;
             insert.execute(params![r.id, made, bytes, skew(r.start, made)])?;
         }
@@ -563,7 +603,7 @@ pub fn stamp_made(
 
 /// A recording's wall-clock start (Unix seconds) minus when it was made on the device clock.
 /// Every recording stamped while the clock ran true has about today's skew
-/// ([`clock_skew`]); one that differs by more than [`super::age::DISAGREE_AFTER_S`] was made
+/// ([`clock_skew`]); one that differs by more than [`crate::curate::age::DISAGREE_AFTER_S`] was made
 /// before a clock step (or seen late).
 pub fn skew(start: Timestamp, made_device_s: f64) -> f64 {
     start.as_millisecond() as f64 / 1000.0 - made_device_s
@@ -609,13 +649,13 @@ pub fn size_unsized(conn: &Connection, limit: usize) -> rusqlite::Result<usize> 
 }
 
 /// The device clock as last stored (`roost_clock`), if ever.
-pub fn load_clock(conn: &Connection) -> rusqlite::Result<Option<super::age::Anchor>> {
+pub fn load_clock(conn: &Connection) -> rusqlite::Result<Option<Anchor>> {
     conn.query_row(
         "SELECT boot_id, boottime_s, device_s, wall, wall_synced FROM roost_clock WHERE id = 1",
         [],
         |r| {
             let wall: String = r.get(3)?;
-            Ok(super::age::Anchor {
+            Ok(Anchor {
                 boot_id: r.get(0)?,
                 boottime_s: r.get(1)?,
                 device_s: r.get(2)?,
@@ -628,7 +668,7 @@ pub fn load_clock(conn: &Connection) -> rusqlite::Result<Option<super::age::Anch
 }
 
 /// Stores the device clock.
-pub fn store_clock(conn: &Connection, a: &super::age::Anchor) -> rusqlite::Result<()> {
+pub fn store_clock(conn: &Connection, a: &Anchor) -> rusqlite::Result<()> {
     conn.execute(
         "INSERT INTO roost_clock (id, boot_id, boottime_s, device_s, wall, wall_synced)
          VALUES (1, ?1, ?2, ?3, ?4, ?5)
