@@ -9,6 +9,7 @@
 /// [`crate::storage::detections`].
 pub use crate::storage::detections;
 pub mod http;
+pub mod link;
 pub mod messages;
 pub mod mqtt;
 pub mod outbox;

@@ -179,3 +179,13 @@ mod tests {
         assert_eq!(classify(&down, "mqtt://h").code, "DEP_E501");
     }
 }
+
+/// The session's client is where the link's publishes go (QoS 1, never waiting: a full
+/// request queue refuses, and the message waits in the outbox).
+impl super::link::Publisher for Session {
+    fn publish(&self, topic: String, retain: bool, payload: Vec<u8>) -> bool {
+        (self.client)
+            .try_publish(topic, rumqttc::QoS::AtLeastOnce, retain, payload)
+            .is_ok()
+    }
+}

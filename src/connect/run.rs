@@ -4,7 +4,7 @@
 //! outbox, in order, at least once.
 
 use crate::component::{ConfigFile, ReportFile};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,9 +14,10 @@ use rumqttc::{Event, Incoming, Outgoing, QoS};
 use serde_json::Value;
 use tokio::time::Instant;
 
+use super::link::{Link, MAX_BACKOFF, Publish};
 use super::messages::{self, Facts};
 use super::mqtt::{self, IN_FLIGHT, Session, SessionEvent};
-use super::outbox::{Limits, NewMessage, Outbox, Sink};
+use super::outbox::{Limits, Message, NewMessage, Outbox, Sink};
 use super::report::{ConnectReport, Problem};
 use super::{ConnectConfig, ConnectError, http, prometheus};
 use crate::errors;
@@ -26,8 +27,6 @@ use crate::status::StatusDoc;
 /// How far back the first start queues past model outputs: a day's findings catch a field
 /// engineer up, months of them would stall the start and the link.
 const CATCH_UP: SignedDuration = SignedDuration::from_hours(24);
-/// Longest wait between two connection attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// The report is rewritten at least this often (fresh outbox figures for status.json).
 const REPORT_EVERY: Duration = Duration::from_secs(60);
 
@@ -68,48 +67,19 @@ fn oversized(report: &mut ConnectReport, topic: &str, bytes: usize) -> bool {
     true
 }
 
-/// The least time publishes may wait for an acknowledgement, none arriving, before the session
-/// is judged broken (else twice the keep-alive: a live broker answers a ping within one).
-pub const STALL_AFTER: Duration = Duration::from_secs(10);
-
-impl MqttLink {
-    /// How long publishes may wait with no acknowledgement at all.
-    fn stall_after(&self) -> Duration {
-        (self.spec.keep_alive.as_std() * 2).max(STALL_AFTER)
-    }
-
-    /// When the publishes in flight count as stalled, if any wait.
-    fn stall_deadline(&self) -> Option<Instant> {
-        self.waiting_since.map(|t| t + self.stall_after())
-    }
-}
-
-/// The MQTT side's state across sessions.
+/// The MQTT side: its settings, the session while there is one, and the link's state
+/// ([`Link`]: window, stall, back-off, cursor).
 struct MqttLink {
     spec: MqttSpec,
     session: Option<Session>,
-    retry_at: Option<Instant>,
-    backoff: Duration,
-    /// Last outbox position handed to the session.
-    cursor: i64,
-    /// The publishes not yet written, in order.
-    pending: VecDeque<Publish>,
-    /// Packet id -> what it carries, for publishes awaiting their PUBACK.
-    in_flight: HashMap<u16, Publish>,
-    /// Since when publishes wait for an acknowledgement without any arriving: a broker that
-    /// accepts the connection but acknowledges nothing is a link down, not an up one.
-    waiting_since: Option<Instant>,
+    link: Link,
 }
 
-/// What a publish handed to the MQTT session carries.
-#[derive(Clone, Debug, PartialEq)]
-enum Publish {
-    /// A queued message: deleted from the outbox on its PUBACK.
-    Queued(i64),
-    /// Home Assistant's discovery config: remembered as sent on its PUBACK.
-    Discovery(String),
-    /// The availability: sent on each connect, nothing to note.
-    Direct,
+impl MqttLink {
+    /// When the publishes in flight count as stalled, if any wait.
+    fn stall_deadline(&self) -> Option<Instant> {
+        self.link.stall_deadline()
+    }
 }
 
 /// The HTTP side's state.
@@ -220,7 +190,7 @@ impl Connector {
         self.on_status();
         self.queue_detections();
         if let Some(m) = &mut self.mqtt {
-            m.retry_at = Some(Instant::now());
+            m.link.retry_now(Instant::now());
         }
         loop {
             self.fill_mqtt();
@@ -268,7 +238,7 @@ impl Connector {
         heartbeat: &mut tokio::time::Interval,
         report_due: &mut tokio::time::Interval,
     ) -> Wake {
-        let mqtt_retry = self.mqtt.as_ref().and_then(|m| m.retry_at);
+        let mqtt_retry = self.mqtt.as_ref().and_then(|m| m.link.retry_at());
         let stalled = self.mqtt.as_ref().and_then(MqttLink::stall_deadline);
         let http_retry = self.http.as_ref().and_then(|h| h.retry_at);
         let events = self
@@ -634,7 +604,6 @@ impl Connector {
     fn connect_mqtt(&mut self) {
         let device_id = self.cfg.device_id.clone();
         let Some(m) = &mut self.mqtt else { return };
-        m.retry_at = None;
         let mut problems = Vec::new();
         let secrets = secrets(&m.spec, &mut problems);
         // Secret problems are warnings of this attempt: fixed files clear them.
@@ -648,15 +617,12 @@ impl Connector {
             Ok((password, tls)) => {
                 let options = mqtt::options(&m.spec, &device_id, password, tls);
                 m.session = Some(Session::start(options));
-                m.pending.clear();
-                m.in_flight.clear();
-                m.waiting_since = None;
+                m.link.session_started();
             }
             Err(problem) => {
                 // No TLS settings at all: wait, never connect in clear.
                 self.report.mqtt.last_error = Some(problem);
-                m.retry_at = Some(Instant::now() + m.backoff);
-                m.backoff = (m.backoff * 2).min(MAX_BACKOFF);
+                m.link.not_started(Instant::now());
             }
         }
     }
@@ -695,8 +661,7 @@ impl Connector {
             Event::Incoming(Incoming::ConnAck(ack))
                 if ack.code == rumqttc::ConnectReturnCode::Success =>
             {
-                m.backoff = Duration::from_secs(1);
-                m.cursor = 0;
+                m.link.connected();
                 self.report.mqtt.connected = true;
                 self.report.mqtt.since = Some(Timestamp::now());
                 self.report.mqtt.last_error = None;
@@ -704,15 +669,9 @@ impl Connector {
                 tracing::info!(broker = %m.spec.url, "connected to the MQTT broker");
                 self.announce();
             }
-            Event::Outgoing(Outgoing::Publish(pkid)) => match m.pending.pop_front() {
-                Some(Publish::Direct) | None => {}
-                Some(publish) => {
-                    m.in_flight.insert(pkid, publish);
-                    m.waiting_since.get_or_insert_with(Instant::now);
-                }
-            },
+            Event::Outgoing(Outgoing::Publish(pkid)) => m.link.written(pkid, Instant::now()),
             Event::Incoming(Incoming::PubAck(ack)) => {
-                match m.in_flight.remove(&ack.pkid) {
+                match m.link.acknowledged(ack.pkid, Instant::now()) {
                     Some(Publish::Queued(seq)) => {
                         self.to_ack.push(seq);
                         self.report.mqtt.delivered += 1;
@@ -720,9 +679,6 @@ impl Connector {
                     Some(Publish::Discovery(config)) => self.discovery_acknowledged(config),
                     Some(Publish::Direct) | None => {}
                 }
-                let Some(m) = &mut self.mqtt else { return };
-                // Progress: the clock starts again for what still waits.
-                m.waiting_since = (!m.in_flight.is_empty()).then(Instant::now);
             }
             Event::Incoming(Incoming::Publish(p)) => {
                 let ha_status = format!("{}/status", m.spec.discovery_prefix);
@@ -745,7 +701,7 @@ impl Connector {
             .try_publish(topic, QoS::AtLeastOnce, true, "online")
             .is_ok()
         {
-            m.pending.push_back(Publish::Direct);
+            m.link.handed(Publish::Direct);
         }
         if m.spec.home_assistant {
             let ha_status = format!("{}/status", m.spec.discovery_prefix);
@@ -778,7 +734,7 @@ impl Connector {
             .try_publish(topic, QoS::AtLeastOnce, true, config.clone())
             .is_ok()
         {
-            m.pending.push_back(Publish::Discovery(config));
+            m.link.handed(Publish::Discovery(config));
         }
     }
 
@@ -807,8 +763,8 @@ impl Connector {
             format!(
                 "the broker {} accepted the connection but acknowledged none of {} messages for {} s; connecting again",
                 m.spec.url,
-                m.in_flight.len(),
-                m.stall_after().as_secs()
+                m.link.in_flight(),
+                m.link.stall_after().as_secs()
             ),
         );
         self.mqtt_failed_with(problem);
@@ -835,48 +791,29 @@ impl Connector {
         self.report.mqtt.last_error = Some(problem);
         self.report_dirty = true;
         m.session = None;
-        m.pending.clear();
-        m.in_flight.clear();
-        m.waiting_since = None;
-        m.retry_at = Some(Instant::now() + m.backoff);
-        m.backoff = (m.backoff * 2).min(MAX_BACKOFF);
+        m.link.failed(Instant::now());
     }
 
     /// Hands the session the next queued messages, keeping [`IN_FLIGHT`] of them in flight.
     fn fill_mqtt(&mut self) {
         let Some(m) = &mut self.mqtt else { return };
         let Some(s) = &m.session else { return };
-        if !self.report.mqtt.connected {
-            return;
-        }
-        let room = usize::from(IN_FLIGHT).saturating_sub(m.pending.len() + m.in_flight.len());
+        let room = m.link.room();
         if room == 0 {
             return;
         }
-        let batch = match self.outbox.next(Sink::Mqtt, m.cursor, room) {
+        let batch = match self.outbox.next(Sink::Mqtt, m.link.cursor(), room) {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %errors::chain(&e), "cannot read the outbox");
                 return;
             }
         };
-        for msg in batch {
-            // Queued by an older roost, or otherwise too large to ever carry: let it go.
-            if oversized(&mut self.report, &msg.topic, msg.payload.len()) {
-                self.to_ack.push(msg.seq);
-                m.cursor = msg.seq;
-                continue;
-            }
-            let qos = QoS::AtLeastOnce;
-            if s.client
-                .try_publish(msg.topic, qos, msg.retain, msg.payload)
-                .is_err()
-            {
-                break;
-            }
-            m.pending.push_back(Publish::Queued(msg.seq));
-            m.cursor = msg.seq;
-        }
+        // Queued by an older roost, or otherwise too large to ever carry: let go.
+        let report = &mut self.report;
+        let too_large = |msg: &Message| oversized(report, &msg.topic, msg.payload.len());
+        let let_go = m.link.fill(batch, s, too_large);
+        self.to_ack.extend(let_go);
     }
 
     fn flush_acks(&mut self) {
@@ -1102,15 +1039,11 @@ fn forget_foreign(outbox: &mut Outbox, cfg: &ConnectConfig) {
 }
 
 fn open_mqtt(spec: MqttSpec) -> MqttLink {
+    let stall_after = Link::stall_after_for(spec.keep_alive.as_std());
     MqttLink {
         spec,
         session: None,
-        retry_at: None,
-        backoff: Duration::from_secs(1),
-        cursor: 0,
-        pending: VecDeque::new(),
-        in_flight: HashMap::new(),
-        waiting_since: None,
+        link: Link::new(usize::from(IN_FLIGHT), stall_after),
     }
 }
 
