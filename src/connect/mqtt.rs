@@ -160,6 +160,16 @@ pub fn is_certificate_error(text: &str) -> bool {
     .any(|w| t.contains(w))
 }
 
+/// The session's client is where the link's publishes go (QoS 1, never waiting: a full
+/// request queue refuses, and the message waits in the outbox).
+impl super::link::Publisher for Session {
+    fn publish(&self, topic: String, retain: bool, payload: Vec<u8>) -> bool {
+        (self.client)
+            .try_publish(topic, rumqttc::QoS::AtLeastOnce, retain, payload)
+            .is_ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,15 +187,5 @@ mod tests {
         assert_eq!(classify(&refused, "mqtt://h").code, "DEP_E502");
         let down = ConnectionError::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
         assert_eq!(classify(&down, "mqtt://h").code, "DEP_E501");
-    }
-}
-
-/// The session's client is where the link's publishes go (QoS 1, never waiting: a full
-/// request queue refuses, and the message waits in the outbox).
-impl super::link::Publisher for Session {
-    fn publish(&self, topic: String, retain: bool, payload: Vec<u8>) -> bool {
-        (self.client)
-            .try_publish(topic, rumqttc::QoS::AtLeastOnce, retain, payload)
-            .is_ok()
     }
 }
