@@ -32,6 +32,8 @@ impl Problem {
 pub enum Reason {
     /// Started and not yet reporting (a built-in), or about to be started.
     Starting,
+    /// The energy policy (`spec.power.saving`) stopped it until power is back (DEP_E906).
+    PowerSaving,
     /// Its spec changed; it is being replaced.
     SpecChanged,
     /// Someone stopped it outside roost; it stays stopped until its spec changes.
@@ -101,7 +103,7 @@ pub enum Reason {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct ErrorCode {
     /// `DEP_E` and three digits: 1xx deployment and runtime, 3xx recorder and storage, 4xx roost
-    /// itself, 5xx connect, 6xx detectors, 7xx the page.
+    /// itself, 5xx connect, 6xx detectors, 7xx the page, 8xx desired state from afar, 9xx power and heat.
     pub code: &'static str,
     /// A short title.
     pub title: &'static str,
@@ -129,6 +131,7 @@ impl ErrorCode {
             "DEP_E314" => Reason::SamplesDropped,
             "DEP_E315" => Reason::InputNotRealTime,
             "DEP_E321" => Reason::MetadataDbError,
+            "DEP_E906" => Reason::PowerSaving,
             "DEP_E611" => Reason::DetectorBehind,
             "DEP_E612" => Reason::DetectorStalled,
             "DEP_E601" | "DEP_E602" | "DEP_E603" | "DEP_E604" | "DEP_E605" | "DEP_E610" => {
@@ -325,6 +328,24 @@ codes! {
     DESIRED_NOT_APPLIED = "DEP_E809", "Desired state could not be written",
         "An accepted version could not be written into the deployment file or folder (a read-only or full card): the device keeps what it had, the version counts as not applied, and it is tried again when the message arrives again (at the next connection).",
         "Free space on the card or check it for errors (`dmesg`); read roost's log.";
+    UNDERVOLTAGE = "DEP_E901", "Undervoltage now",
+        "The board's supply is below what it needs (the Raspberry Pi firmware's undervoltage bit or the `rpi_volt` alarm). At this voltage SD cards get corrupted and boards reboot in loops; recordings may be lost with the card.",
+        "Use a supply that holds its voltage under load (5.1 V, 3 A for a Pi 4; short, thick cables); on a battery or solar setup check the regulator, the battery's charge and the wiring's voltage drop. `spec.power.saving.onUndervoltage` can pause work meanwhile.";
+    UNDERVOLTAGE_SINCE_BOOT = "DEP_E902", "Undervoltage since boot",
+        "The supply fell below what the board needs at some time since it booted, though not now: a weak supply that sags under load (a detector run, a Wi-Fi burst).",
+        "Check the supply, its cable and the battery's charge before the next sag corrupts the card; the warning clears at the next boot.";
+    THROTTLED = "DEP_E903", "Processor throttled or capped",
+        "The firmware caps or throttles the processor's clock now, for low voltage or heat. Audio taken meanwhile may glitch; each recording's GUANO says whether it was made so.",
+        "Fix the supply (DEP_E901) or the heat (DEP_E904): shade the box, ventilate it, add a heat sink.";
+    TOO_HOT = "DEP_E904", "Board too hot",
+        "The SoC's temperature is at or above `spec.power.hotCelsius` (default 80 °C), or the firmware's soft temperature limit is active: the board slows down, and hotter still it throttles hard.",
+        "Shade the enclosure, give it air, paint it light, add a heat sink; move it out of the afternoon sun.";
+    BATTERY_LOW = "DEP_E905", "Battery low",
+        "The battery is below `spec.power.batteryLowPercent` (default 20 %) and not charging: the device will stop when it is empty.",
+        "Charge or replace the battery, check the solar panel (angle, dirt, shade) and the charger; `spec.power.saving` can pause detectors and recording to last longer.";
+    POWER_SAVING = "DEP_E906", "Paused to save power",
+        "The energy policy (`spec.power.saving`) pauses work while power is short: first detectors and the page's spectrograms (recording goes on), then recording itself (after the current file, which is kept). It resumes by itself once power is back past the hysteresis.",
+        "Restore power (charge the battery, fix the supply); to record through it, lower or remove `spec.power.saving`'s thresholds.";
 }
 
 /// An error and its causes (`source()` chain) on one line, `: `-separated, for logs and reports.

@@ -154,6 +154,10 @@ pub struct DeviceRow {
     pub remote_state: Option<String>,
     /// The last version the device's health gate reverted, and the codes that caused it.
     pub reverted: Option<Value>,
+    /// The board's power and heat from its heartbeat (`temperatureC`, `batteryPercent`,
+    /// `undervoltage`, `throttled`, `powerSaving`: what it reports).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub power: Option<Value>,
 }
 
 impl DeviceRow {
@@ -327,7 +331,50 @@ fn row(device_id: &str, heard: &Heard, now: Timestamp) -> DeviceRow {
         applied_version: remote_field(heard, "appliedVersion").and_then(|v| v.as_u64()),
         remote_state: remote_field(heard, "state").and_then(|v| v.as_str().map(str::to_string)),
         reverted: remote_field(heard, "reverted"),
+        power: metrics.and_then(power_of),
     }
+}
+
+/// The heartbeat's power metrics, those the device reports.
+fn power_of(metrics: &Value) -> Option<Value> {
+    let keys = POWER_METRICS.iter().filter(|k| !metrics[**k].is_null());
+    let kept: serde_json::Map<String, Value> =
+        keys.map(|k| (k.to_string(), metrics[*k].clone())).collect();
+    (!kept.is_empty()).then_some(Value::Object(kept))
+}
+
+/// The heartbeat metrics that say the board's power and heat.
+const POWER_METRICS: [&str; 5] = [
+    "temperatureC",
+    "batteryPercent",
+    "undervoltage",
+    "throttled",
+    "powerSaving",
+];
+
+/// The POWER column: what needs a visit first (undervoltage, throttling, saving), then
+/// temperature and battery.
+fn power_cell(r: &DeviceRow) -> String {
+    let Some(p) = &r.power else {
+        return "-".into();
+    };
+    let mut parts = Vec::new();
+    if p["undervoltage"] == true {
+        parts.push("UNDERVOLTAGE".to_string());
+    }
+    if p["throttled"] == true {
+        parts.push("throttled".to_string());
+    }
+    if let Some(level) = p["powerSaving"].as_str().filter(|l| *l != "none") {
+        parts.push(format!("saving:{level}"));
+    }
+    if let Some(t) = p["temperatureC"].as_f64() {
+        parts.push(format!("{t:.0}C"));
+    }
+    if let Some(b) = p["batteryPercent"].as_f64() {
+        parts.push(format!("{b:.0}%"));
+    }
+    if parts.is_empty() { "-".into() } else { parts.join(" ") }
 }
 
 fn remote_field(heard: &Heard, name: &str) -> Option<Value> {
@@ -464,6 +511,7 @@ pub fn render_human(rows: &[DeviceRow], now: Timestamp) -> String {
         "LAST SEEN",
         "AVAILABILITY",
         "REMOTE",
+        "POWER",
         "PROBLEM",
     ]
     .map(String::from);
@@ -490,6 +538,7 @@ pub fn render_human(rows: &[DeviceRow], now: Timestamp) -> String {
                 None => dash(),
             },
             remote_cell(r),
+            power_cell(r),
             r.problem.as_ref().map_or_else(dash, |p| p.code.to_string()),
         ]);
     }
@@ -647,6 +696,11 @@ fn slim_doc(v: &Value) -> Value {
         "intervalSeconds",
         "lastRecordingAt",
         "errorCodes",
+        "temperatureC",
+        "batteryPercent",
+        "undervoltage",
+        "throttled",
+        "powerSaving",
     ] {
         if let Some(x) = v.get(key) {
             out.insert(key.into(), x.clone());

@@ -24,6 +24,7 @@
 //! - [`fleet`]: `roost fleet`, every device's retained status, availability and heartbeat on a broker, one row each.
 //! - [`recorder`], [`storage`], [`schedule`]: audio capture to WAV files and metadata.db.
 //! - [`errors`]: the error code catalogue.
+//! - [`power`]: the board's power and heat from sysfs, their warnings, and the energy policy.
 //! - [`init`]: `roost init`, a first deployment.yaml from a few answers.
 //! - [`logging`]: roost's own log writer, which no failed write can end.
 
@@ -47,6 +48,7 @@ pub mod init;
 pub mod logging;
 pub mod observe;
 pub mod plan;
+pub mod power;
 pub mod procscan;
 pub mod publish;
 pub mod reconcile;

@@ -273,6 +273,34 @@ fn repair_line(rec: &RecorderOutput, tz: &TimeZone) -> Option<String> {
     ))
 }
 
+/// The board's power and heat in words: temperature, battery, the firmware's word, and what
+/// the energy policy pauses.
+fn power_line(p: &crate::power::PowerOutput) -> String {
+    use crate::spec::power::SavingLevel;
+    let r = &p.reading;
+    let mut parts = Vec::new();
+    if let Some(t) = r.temperature_c {
+        parts.push(format!("{t:.1} °C"));
+    }
+    if let Some(b) = r.battery_percent {
+        let status = r.battery_status.as_deref().unwrap_or("");
+        parts.push(format!("battery {b:.0} % {status}").trim_end().to_string());
+    }
+    let now = r.now.unwrap_or_default();
+    match (r.now, r.since_boot) {
+        (Some(_), _) if now.any() => parts.push(format!("NOW: {}", now.names().join(", "))),
+        (_, Some(b)) if b.any() => parts.push(format!("since boot: {}", b.names().join(", "))),
+        (Some(_), _) => parts.push("supply and clock normal".into()),
+        _ => {}
+    }
+    match p.saving {
+        SavingLevel::None => {}
+        SavingLevel::Reduce => parts.push("SAVING: detectors and spectrograms paused".into()),
+        SavingLevel::Stop => parts.push("SAVING: recording stopped".into()),
+    }
+    parts.join("; ")
+}
+
 fn recorder_figures_in(
     doc: &StatusDoc,
     facts: &Facts,
@@ -320,6 +348,9 @@ fn recorder_figures_in(
             _ => String::new(),
         };
         figures.push(("free space", format!("{}{days}", bytes(free))));
+    }
+    if let Some(line) = rec.power.as_ref().map(power_line) {
+        figures.push(("power", line));
     }
     if let Some(line) = repair_line(&rec, tz) {
         figures.push(("storage repair", line));
@@ -462,6 +493,7 @@ fn reason_in_words(r: Reason) -> &'static str {
         Reason::DetectorStalled => "stalled: no recording analysed for long",
         Reason::DetectorFailing => "failing on every recording",
         Reason::CuratorError => "in trouble",
+        Reason::PowerSaving => "paused to save power",
         Reason::ReconcilerStopped => "stopped with roost",
         Reason::Unknown => "in an unknown state",
     }

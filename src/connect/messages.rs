@@ -124,6 +124,8 @@ fn recorder_output(doc: &StatusDoc) -> Option<RecorderOutput> {
 pub fn metrics(doc: Option<&StatusDoc>, facts: &Facts, now: Timestamp) -> Value {
     let rec = doc.and_then(recorder_output);
     let last_file_at = rec.as_ref().and_then(|r| r.last_file_at);
+    let power = rec.as_ref().and_then(|r| r.power.as_ref());
+    let now_bits = power.and_then(|p| p.reading.now);
     json!({
         "phase": doc.map(|d| d.phase),
         "status": doc.map(|d| d.status),
@@ -138,6 +140,11 @@ pub fn metrics(doc: Option<&StatusDoc>, facts: &Facts, now: Timestamp) -> Value 
         "outboxDepth": facts.outbox.depth,
         "outboxOldestAt": facts.outbox.oldest_at,
         "outboxDropped": facts.outbox.dropped,
+        "temperatureC": power.and_then(|p| p.reading.temperature_c),
+        "batteryPercent": power.and_then(|p| p.reading.battery_percent),
+        "undervoltage": now_bits.map(|c| c.undervoltage),
+        "throttled": now_bits.map(|c| c.throttled || c.frequency_capped),
+        "powerSaving": power.map(|p| p.saving),
     })
 }
 
@@ -192,7 +199,7 @@ pub fn acoupi_heartbeat(
 /// Roost's numeric metrics as acoupi `Metric`s (acoupi's own names where it has one:
 /// `remaining_storage`); a metric roost does not know now is left out, never sent as 0.
 fn acoupi_metrics(roost: &Value, now: Timestamp) -> Vec<Value> {
-    const NAMES: [(&str, &str, &str); 8] = [
+    const NAMES: [(&str, &str, &str); 12] = [
         ("remaining_storage", "freeBytes", "bytes"),
         ("files_written", "filesWritten", "files"),
         ("files_last_hour", "filesLastHour", "files"),
@@ -201,6 +208,10 @@ fn acoupi_metrics(roost: &Value, now: Timestamp) -> Vec<Value> {
         ("outbox_depth", "outboxDepth", "messages"),
         ("outbox_dropped", "outboxDropped", "messages"),
         ("clock_synchronized", "clockSynchronized", "boolean"),
+        ("temperature", "temperatureC", "celsius"),
+        ("battery", "batteryPercent", "percent"),
+        ("undervoltage", "undervoltage", "boolean"),
+        ("throttled", "throttled", "boolean"),
     ];
     let metric = |name: &str, value: f64, unit: &str| json!({"name": name, "value": value, "captured_on": now, "unit": unit});
     let mut out: Vec<Value> = NAMES
@@ -286,6 +297,30 @@ fn entities() -> Vec<Entity> {
             platform: "sensor",
             name: "Outbox depth",
             extra: json!({"stat_cla": "measurement"}),
+        },
+        Entity {
+            id: "temperature",
+            platform: "sensor",
+            name: "SoC temperature",
+            extra: json!({"dev_cla": "temperature", "unit_of_meas": "°C", "stat_cla": "measurement"}),
+        },
+        Entity {
+            id: "battery",
+            platform: "sensor",
+            name: "Battery",
+            extra: json!({"dev_cla": "battery", "unit_of_meas": "%", "stat_cla": "measurement"}),
+        },
+        Entity {
+            id: "undervoltage",
+            platform: "binary_sensor",
+            name: "Undervoltage",
+            extra: json!({"dev_cla": "problem", "pl_on": "ON", "pl_off": "OFF"}),
+        },
+        Entity {
+            id: "throttled",
+            platform: "binary_sensor",
+            name: "Throttled",
+            extra: json!({"dev_cla": "problem", "pl_on": "ON", "pl_off": "OFF"}),
         },
     ]
 }
@@ -375,7 +410,20 @@ pub fn entity_states(doc: &StatusDoc, facts: &Facts) -> Vec<(&'static str, Strin
         ("samples_dropped", text(&m["samplesDropped"])),
         ("free_bytes", text(&m["freeBytes"])),
         ("outbox_depth", text(&m["outboxDepth"])),
+        ("temperature", text(&m["temperatureC"])),
+        ("battery", text(&m["batteryPercent"])),
+        ("undervoltage", on_off(&m["undervoltage"])),
+        ("throttled", on_off(&m["throttled"])),
     ]
+}
+
+/// A Home Assistant binary sensor's state from a metric (`unknown` when the board does not say).
+fn on_off(v: &Value) -> String {
+    match v.as_bool() {
+        Some(true) => "ON".into(),
+        Some(false) => "OFF".into(),
+        None => "unknown".into(),
+    }
 }
 
 /// Recordings registered in metadata.db over the hour before `now` (read-only, no waiting on a

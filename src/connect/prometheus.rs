@@ -202,7 +202,53 @@ fn recorder_metrics(out: &mut String, doc: &StatusDoc, dev: &str) {
             "roost_recorder_last_file_timestamp_seconds",
             "gauge",
             "When the newest recording was completed (Unix time).",
-            &[(labels, t.as_millisecond() as f64 / 1000.0)],
+            &[(labels.clone(), t.as_millisecond() as f64 / 1000.0)],
         );
+    }
+    if let Some(power) = &rec.power {
+        power_metrics(out, power, &labels);
+    }
+}
+
+/// The board's power and heat (only what the board reports: a missing sensor is no sample).
+fn power_metrics(out: &mut String, power: &crate::power::PowerOutput, labels: &str) {
+    let r = &power.reading;
+    let flag = |b: bool| f64::from(u8::from(b));
+    let now = r.now;
+    for (name, value, help) in [
+        (
+            "roost_power_undervoltage",
+            now.map(|c| flag(c.undervoltage)),
+            "1 while the supply is below what the board needs (DEP_E901).",
+        ),
+        (
+            "roost_power_undervoltage_since_boot",
+            r.since_boot.map(|c| flag(c.undervoltage)),
+            "1 when the supply fell too low at some time since boot (DEP_E902).",
+        ),
+        (
+            "roost_power_throttled",
+            now.map(|c| flag(c.throttled || c.frequency_capped)),
+            "1 while the processor's clock is throttled or capped (DEP_E903).",
+        ),
+        (
+            "roost_power_soc_temperature_celsius",
+            r.temperature_c,
+            "The SoC's temperature.",
+        ),
+        (
+            "roost_power_battery_percent",
+            r.battery_percent,
+            "The battery's level.",
+        ),
+        (
+            "roost_power_saving_level",
+            Some(power.saving as u8 as f64),
+            "What the energy policy pauses: 0 nothing, 1 detectors and spectrograms, 2 recording too (DEP_E906).",
+        ),
+    ] {
+        if let Some(v) = value {
+            metric(out, name, "gauge", help, &[(labels.to_string(), v)]);
+        }
     }
 }

@@ -32,6 +32,9 @@ pub struct CurateConfig {
     /// recording to leave (the connector says which: [`crate::connect::owed_messages`]).
     #[serde(default)]
     pub sends_messages: bool,
+    /// `spec.power`: the energy policy pauses the detectors while power is short.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power: Option<crate::spec::power::PowerSpec>,
 }
 
 impl crate::component::ConfigFile for CurateConfig {
@@ -56,6 +59,7 @@ impl CurateConfig {
             recorder: d.spec.recorder.clone()?,
             location: d.spec.location,
             sends_messages: d.spec.connect.is_some(),
+            power: d.spec.power.clone(),
         })
     }
 

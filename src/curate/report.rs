@@ -99,6 +99,10 @@ pub struct CuratorReport {
     /// Whether it has stopped (SIGTERM).
     #[serde(default)]
     pub stopped: bool,
+    /// Conditions that do not stop the curator but should be known: its detectors paused by
+    /// the energy policy (DEP_E906).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<Problem>,
 }
 
 /// `<state_dir>/run/curator-report.json`, replaced whole at each change.

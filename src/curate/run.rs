@@ -279,6 +279,8 @@ struct Retry {
 /// The curator's state between rounds.
 pub struct Curator {
     config: CurateConfig,
+    /// The board's power, when the deployment has an energy policy: its sensors and state.
+    power: Option<(crate::power::Sensors, crate::power::Saving)>,
     state_dir: PathBuf,
     conn: Option<Connection>,
     /// (device, inode) of the metadata.db `conn` has open.
@@ -358,8 +360,12 @@ impl Curator {
                 .collect(),
             ..CuratorReport::default()
         };
+        let power = (config.power.as_ref())
+            .filter(|p| p.saving.is_some())
+            .map(|p| (crate::power::Sensors::find(p.sysfs_root.as_path()), Default::default()));
         Self {
             config,
+            power,
             state_dir: state_dir.to_path_buf(),
             conn: None,
             db_identity: None,
@@ -586,10 +592,11 @@ impl Curator {
             self.learn_detectors(&conn);
             self.conn = Some(conn);
         }
+        let paused = self.paused_for_power();
         let result = self
             .finish_owed_unlinks()
             .and_then(|()| self.follow_clock())
-            .and_then(|()| self.analyse_all(rx))
+            .and_then(|()| if paused { Ok(()) } else { self.analyse_all(rx) })
             .and_then(|()| self.decide_all())
             .and_then(|()| self.retain());
         self.db_failed = result.is_err();
@@ -602,10 +609,32 @@ impl Curator {
             }
         });
         self.refresh_figures();
+        // Paused detectors fall behind by design: not a detector's fault while it lasts.
+        let health = if paused { None } else { self.health(Timestamp::now()) };
         self.report.error = db_problem
             .or_else(|| self.detector_problem.clone())
-            .or_else(|| self.health(Timestamp::now()));
+            .or(health);
         self.publish(false);
+    }
+
+    /// Whether the energy policy pauses the detectors now (looked at once a round: the
+    /// curator wakes on each new recording and once a minute); its DEP_E906 warning set or
+    /// cleared.
+    fn paused_for_power(&mut self) -> bool {
+        let (Some((sensors, saving)), Some(spec)) = (self.power.as_mut(), self.config.power.as_ref())
+        else {
+            return false;
+        };
+        let reading = sensors.read();
+        let mono = crate::power::mono_now();
+        *saving = saving.next(&reading, spec, mono);
+        let paused = saving.level >= crate::spec::power::SavingLevel::Reduce;
+        let code = errors::POWER_SAVING.code;
+        self.report.warnings.retain(|w| w.code != code);
+        if paused && let Some(p) = saving.problem(&reading) {
+            self.report.warnings.push(p);
+        }
+        paused
     }
 
     /// Analyses what waits, detector by detector, oldest first, for at most

@@ -26,7 +26,11 @@ pub struct RecordConfig {
     pub storage: StorageSpec,
     /// The recorder's spec as written in the file.
     pub recorder: RecorderSpec,
-    /// Frames per capture period; default [`default_period_frames`].
+    /// `spec.power` (where the board's power is read, its limits and the energy policy);
+    /// absent: `/sys` with the defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power: Option<crate::spec::power::PowerSpec>,
+    /// Frames per capture period; default [`super::default_period_frames`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub period_frames: Option<u32>,
 }
@@ -55,6 +59,7 @@ impl RecordConfig {
             location: deployment.spec.location,
             storage,
             recorder,
+            power: deployment.spec.power.clone(),
             period_frames: None,
         })
     }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use jiff::Timestamp;
 
 use super::*;
+use crate::power::Conditions;
 
 impl<T: WavSample> Recorder<T> {
     /// Makes the storage ready for a file (mounted if required, folders present); on failure the
@@ -142,6 +143,8 @@ impl<T: WavSample> Recorder<T> {
                     dropped_at_start: self.report.samples_dropped,
                     overlap_s,
                     clock_synchronized: self.report.clock_synchronized,
+                    power_seen: self.supply.conditions(None),
+                    boot_power_at_open: self.supply.since_boot(),
                 });
                 self.report.expected_file_by = Some(self.time_of(end_index));
                 let error = match &self.own_error {
@@ -288,7 +291,7 @@ impl<T: WavSample> Recorder<T> {
             file.temp.display()
         );
         tracing::error!(code = code.code, "{message}");
-        self.salvage_after_error(&file.temp, file.start, file.overlap_s);
+        self.salvage_after_error(&file.temp, file.start, file.overlap_s, file.power_seen);
         self.release_storage();
         if code == errors::DISK_FULL {
             self.skip_until = end_index;
@@ -310,8 +313,9 @@ impl<T: WavSample> Recorder<T> {
         temp: &Path,
         start: Timestamp,
         overlap_s: Option<f64>,
+        power: Conditions,
     ) {
-        let guano = self.guano(start, self.report.clock_synchronized, overlap_s);
+        let guano = self.guano(start, self.report.clock_synchronized, overlap_s, power);
         let name = storage::recording_file_name(start);
         match wav::salvage(temp, &guano, &name) {
             Ok(Some((frames, _))) => self.place_and_register(temp, start, frames),
@@ -330,10 +334,12 @@ impl<T: WavSample> Recorder<T> {
         start: Timestamp,
         clock_synchronized: Option<bool>,
         overlap_s: Option<f64>,
+        power: Conditions,
     ) -> Guano {
         Guano {
             clock_synchronized,
             time_overlap_s: overlap_s,
+            power: power.any().then(|| power.names().join(", ")),
             ..guano_of(&self.config, start)
         }
     }
@@ -357,7 +363,12 @@ impl<T: WavSample> Recorder<T> {
     pub(super) fn finish_file(&mut self) {
         let Some(file) = self.file.take() else { return };
         let name = storage::recording_file_name(file.start);
-        let guano = self.guano(file.start, file.clock_synchronized, file.overlap_s);
+        let guano = self.guano(
+            file.start,
+            file.clock_synchronized,
+            file.overlap_s,
+            file.power_seen,
+        );
         let dropped = self.report.samples_dropped - file.dropped_at_start;
         match file.wav.finish(&guano, &name) {
             Ok(frames) => self.place_and_register(&file.temp, file.start, frames),
@@ -369,7 +380,7 @@ impl<T: WavSample> Recorder<T> {
                 };
                 let message = format!("cannot complete {}: {e}", file.temp.display());
                 tracing::error!(code = code.code, "{message}");
-                self.salvage_after_error(&file.temp, file.start, file.overlap_s);
+                self.salvage_after_error(&file.temp, file.start, file.overlap_s, file.power_seen);
                 self.set_state(
                     RecorderState::StorageError,
                     Some(ReportError::new(code, message)),
@@ -502,5 +513,6 @@ pub(super) fn guano_of(config: &RecordConfig, start: Timestamp) -> Guano {
             .map(|l| (l.latitude.value(), l.longitude.value())),
         clock_synchronized: None,
         time_overlap_s: None,
+        power: None,
     }
 }

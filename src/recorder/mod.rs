@@ -27,6 +27,7 @@ pub mod report;
 pub mod sink;
 /// The low-space verdict, pure.
 pub mod space;
+mod supply;
 
 /// What `roost record` is given (`recorder-config.json`) and why it cannot run.
 pub mod config;
@@ -141,6 +142,11 @@ struct OpenFile<T: WavSample> {
     /// Seconds by which the start lies before the end of an earlier file (clock stepped back).
     overlap_s: Option<f64>,
     clock_synchronized: Option<bool>,
+    /// What the board's firmware said while it was written (for its GUANO).
+    power_seen: crate::power::Conditions,
+    /// The firmware's since-boot conditions at the last look (a dip between looks shows as a
+    /// new one).
+    boot_power_at_open: Option<crate::power::Conditions>,
 }
 
 /// How long a storage that cannot be written is left alone before the next try (frames of
@@ -222,6 +228,8 @@ struct Recorder<T: WavSample> {
     timeline: Timeline,
     /// Whether samples are recorded or discarded for not being real time.
     pacing: Pacing,
+    /// The board's power and heat, and the energy policy.
+    supply: supply::Supply,
     /// The first deleteOldest request of the current low-space episode.
     low_space_since_request: Option<u64>,
     /// Frame index at which the storage is looked at next while idle.
@@ -248,7 +256,9 @@ impl<T: WavSample> Recorder<T> {
         };
         let now = Now::read();
         let storage_root = config.storage_path(state_dir);
-        let report = initial_report(&config, &format, &storage_root, now.wall);
+        let mut report = initial_report(&config, &format, &storage_root, now.wall);
+        let supply = supply::Supply::new(config.power.clone());
+        report.power = supply.output();
         Self {
             sink: Sink::new(Folders::new(&storage_root, &config.storage)),
             config,
@@ -267,6 +277,7 @@ impl<T: WavSample> Recorder<T> {
             now,
             timeline: Timeline::new(format.sample_rate, now),
             pacing: Pacing::Recording,
+            supply,
             low_space_since_request: None,
             next_storage_check: 0,
             discarding: false,
@@ -318,6 +329,10 @@ impl<T: WavSample> Recorder<T> {
             .unwrap_or_else(|| default_period_frames(self.format.sample_rate));
         let mut backoff = Duration::from_millis(250);
         while !self.stopping() {
+            if self.supply.stops_recording() {
+                self.rest_for_power();
+                continue;
+            }
             match capture::start::<D, T>(&self.config.recorder, period) {
                 Ok(capture) => {
                     tracing::info!(device = %self.config.recorder.device, period_frames = capture.period_frames, "capturing");
@@ -444,6 +459,10 @@ impl<T: WavSample> Recorder<T> {
     fn next_step(&self, cap: &capture::Capture<T>, stream: &StreamPosition) -> StreamStep {
         if cap.shared.device_lost.load(Ordering::Relaxed) {
             return StreamStep::Lost("the audio device disappeared".to_string());
+        }
+        // The energy policy stops recording: the file ends here, kept, and the stream closes.
+        if self.supply.stops_recording() {
+            return StreamStep::End;
         }
         // Input far faster than real time keeps a core busy for nothing: close the stream
         // and look again later (run() backs off), keeping DEP_E315 meanwhile.

@@ -66,6 +66,10 @@ pub struct RecorderOutput {
     /// While the start-up repair (or a rebuild of a lost metadata.db) runs: how far it got.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repair: Option<RepairShown>,
+    /// The board's power and heat, and what the energy policy pauses (absent on a board
+    /// without such sensors).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub power: Option<crate::power::PowerOutput>,
 }
 
 /// The repair as the output shows it: its progress and totals, not the lists of paths.
@@ -105,6 +109,7 @@ impl From<&RecorderReport> for RecorderOutput {
             repair: (r.repair.progress.as_ref().filter(running)).map(|p| RepairShown {
                 progress: Some(p.clone()),
             }),
+            power: r.power.clone(),
         }
     }
 }

@@ -45,6 +45,9 @@ pub enum RecorderState {
     StorageError,
     /// Free space is below minFreeSpace and onLowSpace keeps files from being written.
     LowSpace,
+    /// The energy policy (`spec.power.saving`) stopped recording until power is back
+    /// (DEP_E906); the last file was finished and kept.
+    PowerSaving,
     /// Exited after SIGTERM/SIGINT (also what an output without a state reads as: never
     /// greener than what is known).
     #[default]
@@ -127,9 +130,14 @@ pub struct RecorderReport {
     /// Whether the kernel says the wall clock is synchronised (null: unknown).
     #[serde(default)]
     pub clock_synchronized: Option<bool>,
-    /// Conditions that do not stop recording but should be known (DEP_E304, DEP_E316, DEP_E317).
+    /// Conditions that do not stop recording but should be known (DEP_E304, DEP_E316, DEP_E317,
+    /// the board's power and heat DEP_E901..E906).
     #[serde(default)]
     pub warnings: Vec<ReportError>,
+    /// The board's power and heat as last read, and what the energy policy pauses; absent on a
+    /// board without such sensors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power: Option<crate::power::PowerOutput>,
     /// When this report was written.
     pub updated_at: Timestamp,
 }
@@ -235,6 +243,7 @@ pub(crate) mod tests {
             time_overlaps: 0,
             clock_synchronized: None,
             warnings: Vec::new(),
+            power: None,
             updated_at: now,
         }
     }

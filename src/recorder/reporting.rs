@@ -62,6 +62,7 @@ impl<T: WavSample> Recorder<T> {
     /// Called between chunks: shows what the registrar did and rows owed too long, and
     /// refreshes the report at least every [`HEARTBEAT`].
     pub(super) fn heartbeat(&mut self) {
+        self.watch_supply();
         self.retry_stranded(false);
         let mut changed = false;
         let owed_before = self.report.rows_owed;
@@ -99,6 +100,7 @@ impl<T: WavSample> Recorder<T> {
 
     pub(super) fn write_report(&mut self) -> Result<(), RecorderError> {
         self.report.warnings = health::warnings(&self.report, self.now.wall);
+        self.report.warnings.extend(self.supply.warnings());
         // The report says when it was written, not when the chunk was read.
         let now = Now::read();
         self.report.updated_at = now.wall;
@@ -149,6 +151,7 @@ pub(super) fn initial_report(
         time_overlaps: 0,
         clock_synchronized: clock::synchronized(),
         warnings: Vec::new(),
+        power: None,
         updated_at: now,
     }
 }

@@ -99,6 +99,10 @@ pub struct Guano {
     pub clock_synchronized: Option<bool>,
     /// Seconds by which the start lies before the end of an earlier file (clock stepped back).
     pub time_overlap_s: Option<f64>,
+    /// What the board's firmware said while the file was made (`undervoltage, throttled`):
+    /// audio taken under undervoltage or a capped clock can glitch. `None`: nothing, or a
+    /// board that does not say.
+    pub power: Option<String>,
 }
 
 impl Guano {
@@ -131,6 +135,9 @@ impl Guano {
         }
         if let Some(overlap) = self.time_overlap_s {
             s += &format!("ROOST|Time Overlap:{overlap:.6}\n");
+        }
+        if let Some(power) = &self.power {
+            s += &format!("ROOST|Power:{}\n", single_line(power));
         }
         s
     }
@@ -468,6 +475,7 @@ mod tests {
             latitude_longitude: Some((51.5, -0.12)),
             clock_synchronized: Some(false),
             time_overlap_s: Some(1.5),
+            power: Some("undervoltage, throttled".into()),
         }
     }
 

@@ -133,6 +133,14 @@ fn spectrogram_of(name: Option<RecordingName>, state_dir: &Path, now: Timestamp)
     let Some(storage) = view::storage_of(state_dir) else {
         return Response::text(404, "no recorder configuration in the state folder");
     };
+    // Rendering is the page's one costly work: the energy policy pauses it first (the status
+    // itself, which a technician on site needs most then, is still served).
+    if power_saving(state_dir) {
+        return Response::text(
+            503,
+            "spectrograms are paused to save power (DEP_E906, spec.power.saving); they come back with power",
+        );
+    }
     let name = match name {
         Some(name) => Some(name),
         None => view::gather(state_dir, now)
@@ -158,6 +166,18 @@ fn spectrogram_of(name: Option<RecordingName>, state_dir: &Path, now: Timestamp)
             Response::text(500, e.to_string())
         }
     }
+}
+
+/// Whether the recorder says the energy policy pauses work (its output in status.json).
+fn power_saving(state_dir: &Path) -> bool {
+    let path = crate::state_dir::StateDir::new(state_dir.into()).device_status();
+    let Ok(doc) = crate::status::read(&path) else {
+        return false;
+    };
+    let out: Option<crate::recorder::RecorderOutput> =
+        doc.output_as(crate::spec::recorder::RECORDER_COMPONENT);
+    out.and_then(|o| o.power)
+        .is_some_and(|p| p.saving >= crate::spec::power::SavingLevel::Reduce)
 }
 
 /// `<state>/run/cache/spectrograms`: in the run-time folder, on a RAM file system when the

@@ -8,6 +8,7 @@ mod duration;
 mod load;
 mod names;
 pub mod order;
+pub mod power;
 pub mod recorder;
 mod slips;
 
@@ -159,6 +160,10 @@ pub struct DeploymentSpec {
     /// The read-only field page (component `page`, `roost serve`); off unless set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub page: Option<PageSpec>,
+    /// Power and heat: where they are read, when they warn, and the energy policy (what pauses
+    /// when power runs short). Unset: read from `/sys` with the default limits, nothing pauses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power: Option<power::PowerSpec>,
     /// Other deployments of this device (`roost run --dir`) that must be Succeeded and healthy
     /// before this one's components start; while one of them is in error this one shows
     /// DEP_E156. Under `--file` a named deployment is never found (DEP_E157).
@@ -358,6 +363,9 @@ impl Deployment {
     pub fn validate(&self) -> Vec<FieldIssue> {
         let mut issues = Vec::new();
         let spec = &self.spec;
+        if let Some(p) = &spec.power {
+            issues.extend(p.validate());
+        }
         if spec.backoff.initial > spec.backoff.max {
             issues.push(FieldIssue::new(
                 "spec.backoff.initial",
