@@ -247,9 +247,7 @@ pub fn start_error_code(e: &RuntimeError) -> &'static str {
         RuntimeError::ExecutableNotFound { .. } => errors::EXECUTABLE_NOT_FOUND.code,
         RuntimeError::OutOfDescriptors { .. } => errors::OUT_OF_DESCRIPTORS.code,
         RuntimeError::InvalidValue { .. } => errors::INVALID_SPEC.code,
-        RuntimeError::Unreachable(_) | RuntimeError::BusLost { .. } => {
-            errors::RUNTIME_UNREACHABLE.code
-        }
+        RuntimeError::Unreachable(_) => errors::RUNTIME_UNREACHABLE.code,
         _ => errors::COMPONENT_FAILED.code,
     }
 }

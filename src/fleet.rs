@@ -374,7 +374,11 @@ fn power_cell(r: &DeviceRow) -> String {
     if let Some(b) = p["batteryPercent"].as_f64() {
         parts.push(format!("{b:.0}%"));
     }
-    if parts.is_empty() { "-".into() } else { parts.join(" ") }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(" ")
+    }
 }
 
 fn remote_field(heard: &Heard, name: &str) -> Option<Value> {

@@ -145,7 +145,10 @@ impl Sensors {
             .filter(|p| p.is_file());
         let zones = entries(&root.join("class/thermal"));
         let zones: Vec<&PathBuf> = (zones.iter())
-            .filter(|z| z.file_name().is_some_and(|n| n.to_string_lossy().starts_with("thermal_zone")))
+            .filter(|z| {
+                z.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("thermal_zone"))
+            })
             .collect();
         let thermal = (zones.iter())
             .find(|z| read_text(&z.join("type")).as_deref() == Some("cpu-thermal"))
@@ -159,7 +162,10 @@ impl Sensors {
             throttled,
             undervoltage_alarm,
             thermal,
-            batteries: (supplies.iter()).filter(|d| kind(d) == "Battery").cloned().collect(),
+            batteries: (supplies.iter())
+                .filter(|d| kind(d) == "Battery")
+                .cloned()
+                .collect(),
             supplies: (supplies.iter())
                 .filter(|d| matches!(kind(d).as_str(), "Mains" | "USB" | "USB_PD"))
                 .cloned()
@@ -182,11 +188,13 @@ impl Sensors {
             .map(|t| t != "0");
         let now = match (bits, alarm) {
             (None, None) => None,
-            (b, a) => Some(Conditions {
-                undervoltage: a == Some(true),
-                ..Conditions::default()
-            }
-            .or(b.map_or_else(Conditions::default, |b| Conditions::of_bits(b, 0)))),
+            (b, a) => Some(
+                Conditions {
+                    undervoltage: a == Some(true),
+                    ..Conditions::default()
+                }
+                .or(b.map_or_else(Conditions::default, |b| Conditions::of_bits(b, 0))),
+            ),
         };
         let battery = self.batteries.first();
         Reading {
@@ -228,7 +236,10 @@ fn read_text(path: &Path) -> Option<String> {
 }
 
 fn read_number(path: &Path) -> Option<f64> {
-    read_text(path)?.parse::<f64>().ok().filter(|v| v.is_finite())
+    read_text(path)?
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite())
 }
 
 /// The warnings a reading gives (DEP_E901 undervoltage now, DEP_E902 since boot, DEP_E903
@@ -256,10 +267,15 @@ pub fn warnings(r: &Reading, spec: &PowerSpec) -> Vec<Problem> {
     }
     let hot = r.temperature_c.filter(|t| *t >= spec.hot_celsius);
     if hot.is_some() || now.soft_temperature_limit {
-        let t = r.temperature_c.map_or(String::new(), |t| format!(" ({t:.1} °C)"));
+        let t = r
+            .temperature_c
+            .map_or(String::new(), |t| format!(" ({t:.1} °C)"));
         out.push(Problem::new(
             errors::TOO_HOT,
-            format!("the board is too hot{t}; at {} °C or with the firmware's soft limit it slows down", spec.hot_celsius),
+            format!(
+                "the board is too hot{t}; at {} °C or with the firmware's soft limit it slows down",
+                spec.hot_celsius
+            ),
         ));
     }
     if let Some(level) = r.battery_percent.filter(|l| *l < spec.battery_low_percent)
@@ -267,7 +283,10 @@ pub fn warnings(r: &Reading, spec: &PowerSpec) -> Vec<Problem> {
     {
         out.push(Problem::new(
             errors::BATTERY_LOW,
-            format!("the battery is at {level:.0} % and not charging (below {} %)", spec.battery_low_percent),
+            format!(
+                "the battery is at {level:.0} % and not charging (below {} %)",
+                spec.battery_low_percent
+            ),
         ));
     }
     out
@@ -299,17 +318,34 @@ impl Saving {
             return Self::default();
         };
         let undervoltage = r.now.is_some_and(|c| c.undervoltage);
-        let undervoltage_seen = if undervoltage { Some(mono) } else { self.undervoltage_seen };
-        let settling = undervoltage_seen.is_some_and(|t| mono.saturating_sub(t) < s.settle.as_std());
-        let from_undervoltage = if settling { s.on_undervoltage } else { SavingLevel::None };
+        let undervoltage_seen = if undervoltage {
+            Some(mono)
+        } else {
+            self.undervoltage_seen
+        };
+        let settling =
+            undervoltage_seen.is_some_and(|t| mono.saturating_sub(t) < s.settle.as_std());
+        let from_undervoltage = if settling {
+            s.on_undervoltage
+        } else {
+            SavingLevel::None
+        };
         let battery = |below: Option<f64>, level: SavingLevel| -> SavingLevel {
             let (Some(below), Some(pct)) = (below, r.battery_percent) else {
                 return SavingLevel::None;
             };
             let held = self.level >= level;
-            let limit = if held { below + s.hysteresis_percent } else { below };
+            let limit = if held {
+                below + s.hysteresis_percent
+            } else {
+                below
+            };
             // A charging battery below the line still pauses: the panel may not keep up.
-            if pct < limit { level } else { SavingLevel::None }
+            if pct < limit {
+                level
+            } else {
+                SavingLevel::None
+            }
         };
         let level = from_undervoltage
             .max(battery(s.reduce_below_percent, SavingLevel::Reduce))
@@ -324,8 +360,12 @@ impl Saving {
     pub fn problem(&self, r: &Reading) -> Option<Problem> {
         let what = match self.level {
             SavingLevel::None => return None,
-            SavingLevel::Reduce => "detectors and the page's spectrograms are paused; recording goes on",
-            SavingLevel::Stop => "recording is stopped (the last file was finished and kept), and detectors and spectrograms are paused",
+            SavingLevel::Reduce => {
+                "detectors and the page's spectrograms are paused; recording goes on"
+            }
+            SavingLevel::Stop => {
+                "recording is stopped (the last file was finished and kept), and detectors and spectrograms are paused"
+            }
         };
         let why = match (r.battery_percent, r.now.is_some_and(|c| c.undervoltage)) {
             (_, true) => "undervoltage".to_string(),

@@ -199,6 +199,7 @@ fn the_files_are_there(arch: &Arch, package: &Unpacked) {
         "/usr/share/doc/roost/DETECTORS.md".into(),
         "/usr/share/doc/roost/FLEET.md".into(),
         "/usr/share/doc/roost/DEPLOYMENTS.md".into(),
+        "/usr/share/doc/roost/POWER.md".into(),
         "/usr/share/doc/roost/copyright".into(),
         "/usr/share/doc/roost/changelog.Debian.gz".into(),
         "/usr/share/man/man1/roost.1.gz".into(),

@@ -382,7 +382,13 @@ pub const COUNTER_ENTITIES: &[&str] = &[
     "samples_dropped",
     "free_bytes",
     "outbox_depth",
+    "temperature",
+    "battery",
 ];
+
+/// The Home Assistant entities of a sensor the board may not have: no state is published
+/// while it is unknown (a board without it sends nothing more).
+pub const BOARD_ENTITIES: &[&str] = &["temperature", "battery", "undervoltage", "throttled"];
 
 /// Each entity's state now, as published on its state topic (strings, as Home Assistant reads).
 pub fn entity_states(doc: &StatusDoc, facts: &Facts) -> Vec<(&'static str, String)> {

@@ -440,7 +440,8 @@ impl Connector {
         let mut out = Vec::new();
         for (entity, value) in messages::entity_states(doc, facts) {
             let counter = messages::COUNTER_ENTITIES.contains(&entity);
-            if sent.get(entity) == Some(&value) || (counter && !counters) {
+            let absent = value == "unknown" && messages::BOARD_ENTITIES.contains(&entity);
+            if sent.get(entity) == Some(&value) || (counter && !counters) || absent {
                 continue;
             }
             out.push(NewMessage {

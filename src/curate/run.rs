@@ -362,7 +362,12 @@ impl Curator {
         };
         let power = (config.power.as_ref())
             .filter(|p| p.saving.is_some())
-            .map(|p| (crate::power::Sensors::find(p.sysfs_root.as_path()), Default::default()));
+            .map(|p| {
+                (
+                    crate::power::Sensors::find(p.sysfs_root.as_path()),
+                    Default::default(),
+                )
+            });
         Self {
             config,
             power,
@@ -610,7 +615,11 @@ impl Curator {
         });
         self.refresh_figures();
         // Paused detectors fall behind by design: not a detector's fault while it lasts.
-        let health = if paused { None } else { self.health(Timestamp::now()) };
+        let health = if paused {
+            None
+        } else {
+            self.health(Timestamp::now())
+        };
         self.report.error = db_problem
             .or_else(|| self.detector_problem.clone())
             .or(health);
@@ -621,7 +630,8 @@ impl Curator {
     /// curator wakes on each new recording and once a minute); its DEP_E906 warning set or
     /// cleared.
     fn paused_for_power(&mut self) -> bool {
-        let (Some((sensors, saving)), Some(spec)) = (self.power.as_mut(), self.config.power.as_ref())
+        let (Some((sensors, saving)), Some(spec)) =
+            (self.power.as_mut(), self.config.power.as_ref())
         else {
             return false;
         };

@@ -28,7 +28,11 @@ fn pi_tree(root: &Path, bits: &str, alarm: &str, millideg: &str, battery: Option
         put(root, "class/power_supply/BAT0/capacity", capacity);
         put(root, "class/power_supply/BAT0/status", status);
         put(root, "class/power_supply/ac/type", "Mains");
-        put(root, "class/power_supply/ac/online", if status == "Charging" { "1" } else { "0" });
+        put(
+            root,
+            "class/power_supply/ac/online",
+            if status == "Charging" { "1" } else { "0" },
+        );
     }
 }
 
@@ -68,7 +72,11 @@ fn the_bits_read_as_conditions_now_and_since_boot() {
     let now = r.now.unwrap();
     assert_eq!(now.names(), ["undervoltage", "throttled"]);
     assert_eq!(r.since_boot.unwrap().names(), ["undervoltage", "throttled"]);
-    assert_eq!(r.temperature_c, Some(52.5), "the cpu-thermal zone, not the first");
+    assert_eq!(
+        r.temperature_c,
+        Some(52.5),
+        "the cpu-thermal zone, not the first"
+    );
     assert_eq!(r.battery_percent, None);
 }
 
@@ -95,7 +103,11 @@ fn a_low_battery_warns_only_while_it_is_not_charging() {
 fn a_board_without_the_interfaces_reads_as_absent_and_stays_quiet() {
     // A Pi Zero (no undervoltage detector, no firmware node), a laptop, an empty folder.
     let dir = tempfile::tempdir().unwrap();
-    put(dir.path(), "class/thermal/thermal_zone0/type", "x86_pkg_temp");
+    put(
+        dir.path(),
+        "class/thermal/thermal_zone0/type",
+        "x86_pkg_temp",
+    );
     put(dir.path(), "class/thermal/thermal_zone0/temp", "41000");
     let r = Sensors::find(dir.path()).read();
     assert_eq!(r.now, None);
@@ -110,7 +122,16 @@ fn a_board_without_the_interfaces_reads_as_absent_and_stays_quiet() {
 
 #[test]
 fn garbage_in_the_files_reads_as_absent_never_a_panic() {
-    for junk in ["", "zz", "0x", "-1", "99999999999999999999", "nan", "\u{0}\u{1}", "inf"] {
+    for junk in [
+        "",
+        "zz",
+        "0x",
+        "-1",
+        "99999999999999999999",
+        "nan",
+        "\u{0}\u{1}",
+        "inf",
+    ] {
         let dir = tempfile::tempdir().unwrap();
         pi_tree(dir.path(), junk, junk, junk, Some((junk, junk)));
         let r = Sensors::find(dir.path()).read();
@@ -164,7 +185,10 @@ fn the_policy_pauses_in_order_and_resumes_with_hysteresis() {
     for (i, (pct, want)) in steps.into_iter().enumerate() {
         state = state.next(&battery(pct), &spec, Duration::from_secs(i as u64 * 60));
         assert_eq!(state.level, want, "step {i}: {pct} %");
-        assert_eq!(state.problem(&battery(pct)).is_some(), want != SavingLevel::None);
+        assert_eq!(
+            state.problem(&battery(pct)).is_some(),
+            want != SavingLevel::None
+        );
     }
 }
 

@@ -46,11 +46,15 @@ impl Supply {
         }
     }
 
-    /// Looks again if [`LOOK_EVERY`] has passed at monotonic `mono` (or `force`); returns whether
-    /// the warnings or the policy's level changed.
-    pub(super) fn look(&mut self, mono: Duration, force: bool) -> bool {
-        if !force && self.last_look.is_some_and(|t| mono.saturating_sub(t) < LOOK_EVERY) {
-            return false;
+    /// Looks again if [`LOOK_EVERY`] has passed at monotonic `mono` (or `force`); returns
+    /// `None` when it did not look, else whether the warnings or the policy's level changed.
+    pub(super) fn look(&mut self, mono: Duration, force: bool) -> Option<bool> {
+        if !force
+            && self
+                .last_look
+                .is_some_and(|t| mono.saturating_sub(t) < LOOK_EVERY)
+        {
+            return None;
         }
         self.last_look = Some(mono);
         if self.sensors.lost() {
@@ -60,13 +64,13 @@ impl Supply {
         self.saving = self.saving.next(&self.reading, &self.spec, mono);
         let now = (self.warnings(), self.saving.level);
         if now == self.shown {
-            return false;
+            return Some(false);
         }
         if now.1 != self.shown.1 {
             tracing::warn!(level = ?now.1, "the energy policy changed what runs");
         }
         self.shown = now;
-        true
+        Some(true)
     }
 
     /// The firmware's conditions now, with those newly set since boot (a dip between looks).
@@ -113,10 +117,13 @@ impl Supply {
         self.saving.problem(&self.reading)
     }
 
-    /// What the report shows.
+    /// What the report shows: the temperature in whole degrees (its tenths jitter, and each
+    /// change would rewrite status.json at the next heartbeat for nothing).
     pub(super) fn output(&self) -> Option<PowerOutput> {
-        (self.reading != Reading::default()).then(|| PowerOutput {
-            reading: self.reading.clone(),
+        let mut reading = self.reading.clone();
+        reading.temperature_c = reading.temperature_c.map(f64::round);
+        (reading != Reading::default()).then_some(PowerOutput {
+            reading,
             saving: self.saving.level,
         })
     }
@@ -127,14 +134,17 @@ impl<T: WavSample> Recorder<T> {
     /// in the open file's record, rewrites the report when a warning or the level changed, and
     /// closes the stream when the policy stops recording.
     pub(super) fn watch_supply(&mut self) {
-        let changed = self.supply.look(self.now.mono, false);
+        let Some(changed) = self.supply.look(self.now.mono, false) else {
+            return;
+        };
         if let Some(file) = self.file.as_mut() {
             let seen = self.supply.conditions(file.boot_power_at_open);
             file.power_seen = file.power_seen.or(seen);
             file.boot_power_at_open = self.supply.since_boot().or(file.boot_power_at_open);
         }
+        // Fresh figures ride with the next report; a changed warning or level is said at once.
+        self.report.power = self.supply.output();
         if changed {
-            self.report.power = self.supply.output();
             self.force_report();
         }
     }
@@ -142,7 +152,10 @@ impl<T: WavSample> Recorder<T> {
     /// While the policy stops recording: state PowerSaving with DEP_E906, nothing expected,
     /// a look every `checkEvery` (and at a stop request), until power is back.
     pub(super) fn rest_for_power(&mut self) {
-        tracing::warn!(code = errors::POWER_SAVING.code, "recording stops to save power; the last file was finished and kept");
+        tracing::warn!(
+            code = errors::POWER_SAVING.code,
+            "recording stops to save power; the last file was finished and kept"
+        );
         self.report.expected_file_by = None;
         let error = self.supply.stop_error();
         self.set_state(RecorderState::PowerSaving, error);
@@ -151,7 +164,7 @@ impl<T: WavSample> Recorder<T> {
             self.tick();
             let changed = self.supply.look(self.now.mono, true);
             self.report.power = self.supply.output();
-            if changed {
+            if changed == Some(true) {
                 self.force_report();
             }
             self.heartbeat();

@@ -67,11 +67,16 @@ pub fn is_shutdown(doc: &StatusDoc) -> bool {
 /// after the message is no fault of the version), the remote desired state itself (DEP_E8xx),
 /// roost's own liveness and the status file's age (DEP_E402, DEP_E403), the wall clock (DEP_E316
 /// not yet synchronised, DEP_E317 recording times overlapping after NTP stepped it back), a
-/// dependency not yet ready (DEP_E158, transient by nature). A window that never opens
-/// (DEP_E318) counts: it silences a device as surely as a wrong microphone.
+/// dependency not yet ready (DEP_E158, transient by nature), the board's power and heat
+/// (DEP_E901..E905: the weather and the battery, not the version). A window that never opens
+/// (DEP_E318) counts: it silences a device as surely as a wrong microphone; so does the energy
+/// policy pausing work (DEP_E906): the policy is part of the version.
 pub fn counts(code: &str) -> bool {
     let ignored = ["DEP_E5", "DEP_E8"];
-    let ignored_codes = ["DEP_E402", "DEP_E403", "DEP_E316", "DEP_E317", "DEP_E158"];
+    let ignored_codes = [
+        "DEP_E402", "DEP_E403", "DEP_E316", "DEP_E317", "DEP_E158", "DEP_E901", "DEP_E902",
+        "DEP_E903", "DEP_E904", "DEP_E905",
+    ];
     !(ignored.iter().any(|p| code.starts_with(p)) || ignored_codes.contains(&code))
 }
 

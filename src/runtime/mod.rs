@@ -38,19 +38,10 @@ pub enum RuntimeEvent {
 /// failed start to its catalogue code.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    /// The runtime does not answer (systemd's bus or manager); holds what failed.
-    #[error("runtime not reachable: {0}")]
-    Unreachable(String),
-    /// The D-Bus connection or the systemd manager was lost while doing something; keeps
-    /// zbus's error as the source.
-    #[error("runtime not reachable: {doing}")]
-    BusLost {
-        /// What was being done, and to which unit.
-        doing: String,
-        /// zbus's error.
-        #[source]
-        source: zbus::Error,
-    },
+    /// The runtime does not answer (systemd's bus or manager); holds what failed, and zbus's
+    /// error as the source when the bus said why.
+    #[error("runtime not reachable")]
+    Unreachable(#[source] Lost),
     /// The systemd manager refused or failed an operation on a component's unit.
     #[error("component {name}: {doing}")]
     Bus {
@@ -103,6 +94,39 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// What was being done when the runtime could not be reached, and the bus's own error.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}")]
+pub struct Lost {
+    /// What was being done (to which unit).
+    pub what: String,
+    /// zbus's error, when the bus said why.
+    #[source]
+    pub source: Option<zbus::Error>,
+}
+
+impl Lost {
+    /// Lost while doing `what`, for the bus's reason `source`.
+    pub fn bus(what: impl Into<String>, source: zbus::Error) -> Self {
+        Self {
+            what: what.into(),
+            source: Some(source),
+        }
+    }
+}
+
+impl From<String> for Lost {
+    fn from(what: String) -> Self {
+        Self { what, source: None }
+    }
+}
+
+impl From<&str> for Lost {
+    fn from(what: &str) -> Self {
+        what.to_string().into()
+    }
 }
 
 impl RuntimeError {

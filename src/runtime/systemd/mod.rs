@@ -33,7 +33,7 @@ use zbus::message::Sequence;
 use zbus::{Connection, OwnedVariant};
 
 use crate::runtime::{
-    ComponentRun, Observation, ObservedComponent, Runtime, RuntimeError, RuntimeEvent,
+    ComponentRun, Lost, Observation, ObservedComponent, Runtime, RuntimeError, RuntimeEvent,
 };
 use crate::spec::RestartPolicy;
 use state::{ActiveState, CLD_EXITED, EXIT_EXEC, Memory, UnitProps};
@@ -175,12 +175,10 @@ impl SystemdRuntime {
     /// manager answers; after that, losing it is reported as [`RuntimeEvent::Unreachable`] and
     /// the watcher reconnects with back-off.
     pub async fn connect(target: SystemdTarget) -> Result<Self, RuntimeError> {
-        let conn = open_connection(&target)
-            .await
-            .map_err(|source| RuntimeError::BusLost {
-                doing: "cannot connect to the systemd manager's bus".into(),
-                source,
-            })?;
+        let conn = open_connection(&target).await.map_err(|source| {
+            let what = "cannot connect to the systemd manager's bus";
+            RuntimeError::Unreachable(Lost::bus(what, source))
+        })?;
         let (events_tx, events) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = oneshot::channel();
         let shared = SharedRef::default();
@@ -201,9 +199,9 @@ impl SystemdRuntime {
         match ready_rx.await {
             Ok(Ok(())) => {}
             Ok(Err(reason)) => {
-                return Err(RuntimeError::Unreachable(format!(
+                return Err(RuntimeError::Unreachable(Lost::from(format!(
                     "systemd manager: {reason}"
-                )));
+                ))));
             }
             Err(_) => return Err(RuntimeError::Unreachable("systemd watcher stopped".into())),
         }
@@ -732,10 +730,7 @@ fn dbus_error(unit: &str, doing: &str, e: zbus::Error) -> RuntimeError {
         _ => false,
     };
     if lost {
-        RuntimeError::BusLost {
-            doing: format!("{doing} {unit}"),
-            source: e,
-        }
+        RuntimeError::Unreachable(Lost::bus(format!("{doing} {unit}"), e))
     } else {
         RuntimeError::Bus {
             name: unit.to_string(),
