@@ -166,21 +166,28 @@ fn each_condition_raises_and_clears_its_code_on_every_channel() {
     assert_eq!(s["status"], "Running", "{s:#}");
 }
 
-/// `GET path` on the page; the status code.
+/// `GET path` on the page; the status code (waiting up to 20 s for the page to listen).
 fn http_status(port: u16, path: &str) -> u16 {
-    let Ok(mut tcp) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return 0;
-    };
-    let _ = write!(
-        tcp,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    );
-    let mut text = String::new();
-    let _ = tcp.read_to_string(&mut text);
-    text.split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
+    for _ in 0..100 {
+        let Ok(mut tcp) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        };
+        let _ = write!(
+            tcp,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        );
+        // The body may be a PNG: only the status line is read as text.
+        let mut bytes = Vec::new();
+        let _ = tcp.read_to_end(&mut bytes);
+        let head = String::from_utf8_lossy(&bytes[..bytes.len().min(64)]).into_owned();
+        return head
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+    }
+    0
 }
 
 fn free_port() -> u16 {
