@@ -183,9 +183,10 @@ impl Sensors {
         let bits = (self.throttled.as_deref())
             .and_then(read_text)
             .and_then(|t| u32::from_str_radix(t.trim_start_matches("0x"), 16).ok());
+        // Only a 1 is an alarm: an empty or garbled read is no undervoltage.
         let alarm = (self.undervoltage_alarm.as_deref())
             .and_then(read_text)
-            .map(|t| t != "0");
+            .map(|t| t == "1");
         let now = match (bits, alarm) {
             (None, None) => None,
             (b, a) => Some(
@@ -209,6 +210,14 @@ impl Sensors {
                 (self.supplies.iter()).any(|s| read_number(&s.join("online")) == Some(1.0))
             }),
         }
+    }
+
+    /// Whether some kind of sensor was not found (it may appear later).
+    pub fn incomplete(&self) -> bool {
+        self.throttled.is_none()
+            || self.thermal.is_none()
+            || self.batteries.is_empty()
+            || self.supplies.is_empty()
     }
 
     /// Whether a sensor found before can no longer be read (a tree that changed: look again).
@@ -265,26 +274,26 @@ pub fn warnings(r: &Reading, spec: &PowerSpec) -> Vec<Problem> {
             format!("the processor's clock is {what} now (power or heat); audio taken meanwhile may glitch"),
         ));
     }
+    // Messages name the limits, never the readings (those are in the output): a reading that
+    // moves must not rewrite the report and status.json at every look.
     let hot = r.temperature_c.filter(|t| *t >= spec.hot_celsius);
     if hot.is_some() || now.soft_temperature_limit {
-        let t = r
-            .temperature_c
-            .map_or(String::new(), |t| format!(" ({t:.1} °C)"));
         out.push(Problem::new(
             errors::TOO_HOT,
             format!(
-                "the board is too hot{t}; at {} °C or with the firmware's soft limit it slows down",
+                "the board is too hot (at or above {} °C, or the firmware's soft limit); it slows down",
                 spec.hot_celsius
             ),
         ));
     }
-    if let Some(level) = r.battery_percent.filter(|l| *l < spec.battery_low_percent)
+    if r.battery_percent
+        .is_some_and(|l| l < spec.battery_low_percent)
         && r.discharging()
     {
         out.push(Problem::new(
             errors::BATTERY_LOW,
             format!(
-                "the battery is at {level:.0} % and not charging (below {} %)",
+                "the battery is below {} % and not charging",
                 spec.battery_low_percent
             ),
         ));
@@ -307,6 +316,8 @@ pub struct Saving {
     pub level: SavingLevel,
     /// Monotonic time undervoltage was last seen now.
     undervoltage_seen: Option<Duration>,
+    /// What the battery's level alone pauses (its hysteresis is its own).
+    battery: SavingLevel,
 }
 
 impl Saving {
@@ -331,10 +342,15 @@ impl Saving {
             SavingLevel::None
         };
         let battery = |below: Option<f64>, level: SavingLevel| -> SavingLevel {
-            let (Some(below), Some(pct)) = (below, r.battery_percent) else {
+            let held = self.battery >= level;
+            let Some(below) = below else {
                 return SavingLevel::None;
             };
-            let held = self.level >= level;
+            // A reading that failed (a fuel gauge on a flaky bus) changes nothing: resuming on
+            // a nearly empty battery to stop again at the next look would cut files for nothing.
+            let Some(pct) = r.battery_percent else {
+                return if held { level } else { SavingLevel::None };
+            };
             let limit = if held {
                 below + s.hysteresis_percent
             } else {
@@ -347,11 +363,11 @@ impl Saving {
                 SavingLevel::None
             }
         };
-        let level = from_undervoltage
-            .max(battery(s.reduce_below_percent, SavingLevel::Reduce))
+        let from_battery = battery(s.reduce_below_percent, SavingLevel::Reduce)
             .max(battery(s.stop_below_percent, SavingLevel::Stop));
         Self {
-            level,
+            level: from_undervoltage.max(from_battery),
+            battery: from_battery,
             undervoltage_seen: undervoltage_seen.filter(|_| settling),
         }
     }

@@ -635,6 +635,10 @@ impl Curator {
         else {
             return false;
         };
+        // Sensors that were missing (a fuel gauge bound late) are looked for again each round.
+        if sensors.incomplete() || sensors.lost() {
+            *sensors = crate::power::Sensors::find(spec.sysfs_root.as_path());
+        }
         let reading = sensors.read();
         let mono = crate::power::mono_now();
         *saving = saving.next(&reading, spec, mono);

@@ -225,3 +225,42 @@ fn without_a_policy_nothing_pauses_whatever_the_power() {
     assert_eq!(s.level, SavingLevel::None);
     assert_eq!(s.problem(&battery(1.0)), None);
 }
+
+/// A fuel gauge that cannot be read keeps what the battery paused: no resume on a nearly empty
+/// battery just to stop again at the next look; and it pauses nothing that was running.
+#[test]
+fn a_battery_reading_that_fails_changes_nothing() {
+    let spec = policy(SavingLevel::None);
+    let gone = Reading::default();
+    let at = Duration::from_secs;
+    let s = Saving::default().next(&battery(10.0), &spec, at(0));
+    assert_eq!(s.level, SavingLevel::Stop);
+    let s = s.next(&gone, &spec, at(60));
+    assert_eq!(s.level, SavingLevel::Stop, "held while unread");
+    let s = s.next(&battery(30.0), &spec, at(120));
+    assert_eq!(s.level, SavingLevel::Reduce);
+    let fresh = Saving::default().next(&gone, &spec, at(0));
+    assert_eq!(
+        fresh.level,
+        SavingLevel::None,
+        "nothing paused on no reading"
+    );
+}
+
+/// An alarm file that reads empty or garbled is no undervoltage.
+#[test]
+fn only_a_one_in_the_alarm_is_undervoltage() {
+    for (text, want) in [
+        ("1", true),
+        ("0", false),
+        ("", false),
+        ("x", false),
+        ("2", false),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        put(dir.path(), "class/hwmon/hwmon0/name", "rpi_volt");
+        put(dir.path(), "class/hwmon/hwmon0/in0_lcrit_alarm", text);
+        let r = Sensors::find(dir.path()).read();
+        assert_eq!(r.now.map(|c| c.undervoltage), Some(want), "{text:?}");
+    }
+}

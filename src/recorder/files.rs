@@ -474,7 +474,9 @@ impl<T: WavSample> Recorder<T> {
         }
         self.report.files_written += 1;
         self.report.last_file = Some(target);
-        self.report.last_file_at = Some(self.now.wall);
+        // A fact for the report, like updatedAt: when the file was placed, not when its last
+        // chunk was read.
+        self.report.last_file_at = Some(Now::read().wall);
     }
 
     /// Tries the files kept in `.partial/` again: once a second at most, or now (`force`).

@@ -338,6 +338,9 @@ impl<T: WavSample> Recorder<T> {
                     tracing::info!(device = %self.config.recorder.device, period_frames = capture.period_frames, "capturing");
                     let opened = self.tick().mono;
                     self.capture_loop(capture);
+                    if self.supply.stops_recording() {
+                        continue;
+                    }
                     // A stream lost soon after it opened is retried with back-off too: a device
                     // that opens and fails at once must not be reopened in a tight loop.
                     let cap = if self.fast_input() {
@@ -460,8 +463,9 @@ impl<T: WavSample> Recorder<T> {
         if cap.shared.device_lost.load(Ordering::Relaxed) {
             return StreamStep::Lost("the audio device disappeared".to_string());
         }
-        // The energy policy stops recording: the file ends here, kept, and the stream closes.
-        if self.supply.stops_recording() {
+        // The energy policy stops recording: once the current file is finished (kept), the
+        // stream closes.
+        if self.supply.stops_recording() && self.file.is_none() {
             return StreamStep::End;
         }
         // Input far faster than real time keeps a core busy for nothing: close the stream

@@ -12,12 +12,16 @@ use crate::spec::power::{PowerSpec, SavingLevel};
 
 /// Least time between two looks at the board (a handful of small sysfs reads).
 const LOOK_EVERY: Duration = Duration::from_secs(5);
+/// Least time between two searches for sensors the board did not show (yet).
+const FIND_EVERY: Duration = Duration::from_secs(60);
 
 /// What the recorder knows of the board's power.
 pub(super) struct Supply {
     spec: PowerSpec,
     sensors: Sensors,
     last_look: Option<Duration>,
+    /// When the sensors were last looked for.
+    last_find: Option<Duration>,
     reading: Reading,
     saving: Saving,
     /// The warnings and level as last shown: only their change rewrites the report.
@@ -36,12 +40,16 @@ impl Supply {
         } else {
             tracing::info!(sensors = %has.join(", "), "watching the board's power and temperature");
         }
+        // The policy's level from the first look: a recorder started under `stop` never
+        // opens the device.
+        let saving = Saving::default().next(&reading, &spec, crate::power::mono_now());
         Self {
             spec,
             sensors,
             last_look: None,
+            last_find: None,
             reading,
-            saving: Saving::default(),
+            saving,
             shown: (Vec::new(), SavingLevel::None),
         }
     }
@@ -57,8 +65,14 @@ impl Supply {
             return None;
         }
         self.last_look = Some(mono);
-        if self.sensors.lost() {
+        // A sensor gone, or one missing that may appear late (a HAT's fuel gauge whose driver
+        // binds after roost started): looked for again, at most once a minute.
+        let due = self
+            .last_find
+            .is_none_or(|t| mono.saturating_sub(t) >= FIND_EVERY);
+        if self.sensors.lost() || (due && self.sensors.incomplete()) {
             self.sensors = Sensors::find(self.sensors.root());
+            self.last_find = Some(mono);
         }
         self.reading = self.sensors.read();
         self.saving = self.saving.next(&self.reading, &self.spec, mono);

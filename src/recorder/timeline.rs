@@ -215,17 +215,17 @@ impl Timeline {
     }
 
     /// Between files: the drift (sample time minus wall time at `index`, nanoseconds) when the
-    /// stream should be re-anchored: a second or more apart (a drifting sound card, a stepped
-    /// wall clock) and the samples not ahead of the monotonic clock (a burst or a backlog keeps
-    /// its time; a stream behind it lost frames, and the wall clock is right then).
+    /// stream should be re-anchored: sample time and the wall clock a second or more apart
+    /// beyond what the samples' lead on the monotonic clock explains (a drifting sound card, a
+    /// stepped wall clock). Samples arriving ahead of real time (a burst, a backlog, a capture
+    /// thread catching up after it was starved) run ahead of the wall clock by their lead and
+    /// keep their time; a stream behind it lost frames, and the wall clock is right then.
     pub fn drift_to_follow(&self, index: u64, now: Now, captured: u64) -> Option<i128> {
         let anchor = self.anchor_ns?;
         let drift = anchor + self.span_ns(index) - self.wall_of_index(index);
-        if drift.abs() < FOLLOW_WALL_AFTER_NS {
-            return None;
-        }
-        let (lead, monotonic) = self.sample_lead(now, captured);
-        (lead <= monotonic / 1000 + BACK_IN_STEP_NS).then_some(drift)
+        let (lead, _) = self.sample_lead(now, captured);
+        let unexplained = drift - lead.max(0);
+        (unexplained.abs() >= FOLLOW_WALL_AFTER_NS).then_some(drift)
     }
 
     fn anchor_or(&self, wall: Timestamp) -> i128 {

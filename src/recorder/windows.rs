@@ -10,6 +10,12 @@ impl<T: WavSample> Recorder<T> {
     pub(super) fn decide(&mut self) {
         // Skipping from here on is waiting, unless a fault says otherwise.
         self.discarding = false;
+        // The energy policy stops recording once the current file is finished: no next file,
+        // and the stream closes at the next chunk.
+        if self.supply.stops_recording() {
+            self.skip_until = u64::MAX;
+            return;
+        }
         self.follow_wall_clock();
         let t = self.time_of(self.index);
         match self.schedule.segment_at(t) {

@@ -114,7 +114,7 @@ fn an_unanchored_timeline_reads_the_wall_clock_it_is_given() {
 #[test]
 fn the_wall_clock_is_followed_when_it_steps_or_drifts_a_second_or_more() {
     let rate = 48_000;
-    let cases: [(&str, f64, f64, Option<f64>); 8] = [
+    let cases: [(&str, f64, f64, Option<f64>); 11] = [
         ("in step", 0.0, 0.0, None),
         ("sound card 0.9 s slow", 0.9, 0.0, None),
         ("sound card 1.5 s slow", 1.5, 0.0, Some(-1.5)),
@@ -127,8 +127,28 @@ fn the_wall_clock_is_followed_when_it_steps_or_drifts_a_second_or_more() {
             0.0,
             Some(-189_302_400.0),
         ),
-        // A burst keeps its time: the samples ran ahead of the monotonic clock.
-        ("a burst, wall clock ahead", 5.0, 5.0, None),
+        // A burst keeps its time: the samples ran ahead of the wall clock by their lead.
+        ("a burst of 5 s", -5.0, 5.0, None),
+        (
+            "a capture thread caught up 0.3 s after a stall",
+            -0.3,
+            0.3,
+            None,
+        ),
+        // ... but a lead never hides a step: a starved capture thread that caught up 0.3 s
+        // must not keep the recorder from following NTP for the rest of the stream.
+        (
+            "caught up 0.3 s, then NTP stepped forward an hour",
+            3600.0,
+            0.3,
+            Some(-3600.0),
+        ),
+        (
+            "caught up 0.3 s, then stepped back 4 s",
+            -4.0,
+            0.3,
+            Some(4.0),
+        ),
     ];
     for (what, wall_ahead_s, burst_s, want) in cases {
         let mut t = anchored(rate);
