@@ -7,22 +7,15 @@ use std::path::Path;
 
 type Graph = BTreeMap<String, BTreeSet<String>>;
 
-fn module_of(path: &Path, src: &Path) -> Option<String> {
-    let rel = path.strip_prefix(src).ok()?;
+/// The top-level module of a file, from its path under `src/`.
+fn module_of(rel: &Path) -> Option<String> {
     let first = rel.components().next()?.as_os_str().to_str()?;
     let name = first.trim_end_matches(".rs").to_string();
     (name != "main" && name != "lib").then_some(name)
 }
 
-fn imports(text: &str) -> BTreeSet<String> {
-    // Test code may reach anywhere; it is not part of the graph.
-    let code = text.split("#[cfg(test)]").next().unwrap_or(text);
-    // Comments (doc links included) are not imports.
-    let code: String = code
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("//"))
-        .collect::<Vec<_>>()
-        .join("\n");
+/// The top-level modules `code` (test code and comments left out, see [`sources`]) names.
+fn imports(code: &str) -> BTreeSet<String> {
     code.match_indices("crate::")
         .map(|(i, _)| {
             code[i + 7..]
@@ -34,24 +27,13 @@ fn imports(text: &str) -> BTreeSet<String> {
 }
 
 fn graph() -> Graph {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut graph = Graph::new();
-    let mut todo = vec![src.clone()];
-    while let Some(dir) = todo.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                todo.push(path);
-                continue;
-            }
-            let is_tests = path.file_name().is_some_and(|n| n == "tests.rs");
-            let Some(module) = module_of(&path, &src).filter(|_| !is_tests) else {
-                continue;
-            };
-            let text = std::fs::read_to_string(&path).unwrap();
-            let out = graph.entry(module.clone()).or_default();
-            out.extend(imports(&text).into_iter().filter(|m| *m != module));
-        }
+    for (file, code) in sources() {
+        let Some(module) = module_of(Path::new(&file)) else {
+            continue;
+        };
+        let out = graph.entry(module.clone()).or_default();
+        out.extend(imports(&code).into_iter().filter(|m| *m != module));
     }
     graph
 }
@@ -110,7 +92,8 @@ fn the_planner_imports_data_only() {
     assert!(!graph["spec"].contains("plan"), "spec imports plan");
 }
 
-/// Every source file's non-test code, comments left out, with its path under `src/`.
+/// Every source file's non-test code (test code may reach anywhere), comments left out (doc
+/// links are not imports), with its path under `src/`.
 fn sources() -> Vec<(String, String)> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut out = Vec::new();
