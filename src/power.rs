@@ -22,6 +22,11 @@ use serde::{Deserialize, Serialize};
 use crate::errors::{self, Problem};
 use crate::spec::power::{PowerSpec, SavingLevel};
 
+/// Degrees below `hotCelsius` the board must cool before DEP_E904 clears.
+pub const HOT_HYSTERESIS_C: f64 = 3.0;
+/// Points above `batteryLowPercent` the battery must climb before DEP_E905 clears.
+pub const LOW_HYSTERESIS_PERCENT: f64 = 2.0;
+
 /// The firmware's throttling bits, relative to the sysfs root.
 pub const THROTTLED_FILE: &str = "devices/platform/soc/soc:firmware/get_throttled";
 
@@ -253,7 +258,12 @@ fn read_number(path: &Path) -> Option<f64> {
 
 /// The warnings a reading gives (DEP_E901 undervoltage now, DEP_E902 since boot, DEP_E903
 /// throttled or capped, DEP_E904 too hot, DEP_E905 battery low).
-pub fn warnings(r: &Reading, spec: &PowerSpec) -> Vec<Problem> {
+///
+/// `shown` are the warnings given at the last look: heat and a low battery clear only
+/// [`HOT_HYSTERESIS_C`] below the limit and [`LOW_HYSTERESIS_PERCENT`] above it, so that a
+/// reading hovering at a limit does not flip the warning (and rewrite the report) at every look.
+pub fn warnings(r: &Reading, spec: &PowerSpec, shown: &[Problem]) -> Vec<Problem> {
+    let was = |code: &errors::ErrorCode| shown.iter().any(|p| p.code == code.code);
     let mut out = Vec::new();
     let now = r.now.unwrap_or_default();
     if now.undervoltage {
@@ -276,7 +286,11 @@ pub fn warnings(r: &Reading, spec: &PowerSpec) -> Vec<Problem> {
     }
     // Messages name the limits, never the readings (those are in the output): a reading that
     // moves must not rewrite the report and status.json at every look.
-    let hot = r.temperature_c.filter(|t| *t >= spec.hot_celsius);
+    let hot_from = match was(&errors::TOO_HOT) {
+        true => spec.hot_celsius - HOT_HYSTERESIS_C,
+        false => spec.hot_celsius,
+    };
+    let hot = r.temperature_c.filter(|t| *t >= hot_from);
     if hot.is_some() || now.soft_temperature_limit {
         out.push(Problem::new(
             errors::TOO_HOT,
@@ -286,10 +300,11 @@ pub fn warnings(r: &Reading, spec: &PowerSpec) -> Vec<Problem> {
             ),
         ));
     }
-    if r.battery_percent
-        .is_some_and(|l| l < spec.battery_low_percent)
-        && r.discharging()
-    {
+    let low_below = match was(&errors::BATTERY_LOW) {
+        true => spec.battery_low_percent + LOW_HYSTERESIS_PERCENT,
+        false => spec.battery_low_percent,
+    };
+    if r.battery_percent.is_some_and(|l| l < low_below) && r.discharging() {
         out.push(Problem::new(
             errors::BATTERY_LOW,
             format!(

@@ -37,7 +37,7 @@ fn pi_tree(root: &Path, bits: &str, alarm: &str, millideg: &str, battery: Option
 }
 
 fn codes(r: &Reading, spec: &PowerSpec) -> Vec<String> {
-    warnings(r, spec).into_iter().map(|p| p.code).collect()
+    warnings(r, spec, &[]).into_iter().map(|p| p.code).collect()
 }
 
 /// (get_throttled, rpi_volt alarm, temperature m°C) -> warnings.
@@ -112,12 +112,12 @@ fn a_board_without_the_interfaces_reads_as_absent_and_stays_quiet() {
     let r = Sensors::find(dir.path()).read();
     assert_eq!(r.now, None);
     assert_eq!(r.interfaces(), ["temperature"]);
-    assert!(warnings(&r, &PowerSpec::default()).is_empty());
+    assert!(warnings(&r, &PowerSpec::default(), &[]).is_empty());
     let empty = tempfile::tempdir().unwrap();
     let r = Sensors::find(empty.path()).read();
     assert_eq!(r, Reading::default());
     assert!(r.interfaces().is_empty());
-    assert!(warnings(&r, &PowerSpec::default()).is_empty());
+    assert!(warnings(&r, &PowerSpec::default(), &[]).is_empty());
 }
 
 #[test]
@@ -135,7 +135,7 @@ fn garbage_in_the_files_reads_as_absent_never_a_panic() {
         let dir = tempfile::tempdir().unwrap();
         pi_tree(dir.path(), junk, junk, junk, Some((junk, junk)));
         let r = Sensors::find(dir.path()).read();
-        let _ = warnings(&r, &PowerSpec::default());
+        let _ = warnings(&r, &PowerSpec::default(), &[]);
         assert!(r.temperature_c.is_none_or(f64::is_finite), "{junk:?}");
     }
 }
@@ -262,5 +262,42 @@ fn only_a_one_in_the_alarm_is_undervoltage() {
         put(dir.path(), "class/hwmon/hwmon0/in0_lcrit_alarm", text);
         let r = Sensors::find(dir.path()).read();
         assert_eq!(r.now.map(|c| c.undervoltage), Some(want), "{text:?}");
+    }
+}
+
+/// (temperature, battery, shown last time) -> DEP_E904 / DEP_E905: a reading hovering at a
+/// limit does not flip the warning at every look.
+#[test]
+fn heat_and_a_low_battery_clear_only_past_their_hysteresis() {
+    let spec = PowerSpec::default();
+    let shown = |codes: &[&str]| -> Vec<Problem> {
+        codes
+            .iter()
+            .map(|c| Problem {
+                code: c.to_string(),
+                message: String::new(),
+            })
+            .collect()
+    };
+    let cases: [(f64, f64, &[&str], &[&str]); 8] = [
+        (79.0, 50.0, &[], &[]),
+        (80.0, 50.0, &[], &["DEP_E904"]),
+        (78.0, 50.0, &["DEP_E904"], &["DEP_E904"]),
+        (77.0, 50.0, &["DEP_E904"], &["DEP_E904"]),
+        (76.9, 50.0, &["DEP_E904"], &[]),
+        (50.0, 19.0, &[], &["DEP_E905"]),
+        (50.0, 21.0, &["DEP_E905"], &["DEP_E905"]),
+        (50.0, 22.0, &["DEP_E905"], &[]),
+    ];
+    for (t, b, before, want) in cases {
+        let r = Reading {
+            temperature_c: Some(t),
+            ..battery(b)
+        };
+        let got: Vec<String> = warnings(&r, &spec, &shown(before))
+            .into_iter()
+            .map(|p| p.code)
+            .collect();
+        assert_eq!(got, want, "{t} C, {b} %, shown {before:?}");
     }
 }

@@ -119,7 +119,7 @@ impl Supply {
     /// The power warnings (DEP_E901..E905) and, while the policy pauses something but
     /// recording, DEP_E906.
     pub(super) fn warnings(&self) -> Vec<ReportError> {
-        let mut out = crate::power::warnings(&self.reading, &self.spec);
+        let mut out = crate::power::warnings(&self.reading, &self.spec, &self.shown.0);
         if self.saving.level == SavingLevel::Reduce {
             out.extend(self.saving.problem(&self.reading));
         }
