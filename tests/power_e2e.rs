@@ -164,6 +164,19 @@ fn each_condition_raises_and_clears_its_code_on_every_channel() {
     });
     assert_eq!(recorder(&s)["state"], "recording", "{s:#}");
     assert_eq!(s["status"], "Running", "{s:#}");
+
+    // The tree vanishes (unmounted, a driver unbound) and comes back with undervoltage: the
+    // sensors are found again at the next looks, not a minute later, and it is said.
+    let gone = r.path("sys.gone");
+    std::fs::rename(&sys, &gone).unwrap();
+    std::thread::sleep(Duration::from_secs(6));
+    std::fs::rename(&gone, &sys).unwrap();
+    put(&sys, BITS, "0x50005");
+    r.wait_for(
+        "DEP_E901 after the tree came back",
+        Duration::from_secs(20),
+        |s| has(&warning_codes(s, "recorder"), "DEP_E901"),
+    );
 }
 
 /// `GET path` on the page; the status code (waiting up to 20 s for the page to listen).

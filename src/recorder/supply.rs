@@ -22,6 +22,9 @@ pub(super) struct Supply {
     last_look: Option<Duration>,
     /// When the sensors were last looked for.
     last_find: Option<Duration>,
+    /// Sensors found before disappeared (a tree unmounted, a driver unbound): looked for at
+    /// every look until some are back, not once a minute.
+    searching: bool,
     reading: Reading,
     saving: Saving,
     /// The warnings and level as last shown: only their change rewrites the report.
@@ -48,6 +51,7 @@ impl Supply {
             sensors,
             last_look: None,
             last_find: None,
+            searching: false,
             reading,
             saving,
             shown: (Vec::new(), SavingLevel::None),
@@ -70,11 +74,19 @@ impl Supply {
         let due = self
             .last_find
             .is_none_or(|t| mono.saturating_sub(t) >= FIND_EVERY);
-        if self.sensors.lost() || (due && self.sensors.incomplete()) {
+        if self.sensors.lost() && !self.searching {
+            tracing::warn!(root = %self.sensors.root().display(), "the board's power sensors disappeared; looking for them again");
+            self.searching = true;
+        }
+        if self.searching || (due && self.sensors.incomplete()) {
             self.sensors = Sensors::find(self.sensors.root());
             self.last_find = Some(mono);
         }
         self.reading = self.sensors.read();
+        if self.searching && !self.reading.interfaces().is_empty() {
+            tracing::info!("the board's power sensors are back");
+            self.searching = false;
+        }
         self.saving = self.saving.next(&self.reading, &self.spec, mono);
         let now = (self.warnings(), self.saving.level);
         if now == self.shown {
